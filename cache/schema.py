@@ -40,7 +40,7 @@ samples/vision_tokens     (S, T)        int32      vision tokens per tier
 samples/lang_feature      (S, Dl)       float32    mean prompt-token embedding (LanguageFeatureExtractor)
 samples/latency_token     (S, T, P, Dt) float16    last prompt token's hidden state after block p-1
 samples/uncertainty       (S, 2)        float32    first-token entropy, margin (NaN = unknown)
-outcomes/score            (S, C)        float32    metric score in [0, 1]; NaN = not computed
+outcomes/score            (S, C)        float32    metric score in [0, 1] (CIDEr stored /10); NaN = not computed
 outcomes/output_tokens    (S, C)        int32      generated tokens; -1 = unknown
 outcomes/measured_ms      (S, C, 3)     float32    measured vision / prefill / decode-total ms; NaN
 outcomes/prediction       (S, C)        str        prediction text ("" = none)
