@@ -51,11 +51,14 @@ progress/samples_done     (S,)          uint8      1 once the sample table row i
 
 Crash safety (the writer's protocol): every finished chunk is first written atomically
 (temporary file + fsync + rename) to the journal directory ``<path>.journal/`` and only then
-applied to the HDF5 file, with ``status`` / ``samples_done`` written after the data of a chunk.
-The journal is deleted once the writer is closed cleanly. A writer reopened on a file with a
-journal (``resume``) replays the journal; if the HDF5 file itself cannot be opened (killed
-mid-write) it is rebuilt from the journal's header and chunks. So a SIGKILL loses at most the
-chunk in flight, and nothing already written is lost. A reader refuses a file that still has a
+applied to the HDF5 file, with ``status`` / ``samples_done`` written after the data of a chunk;
+after the file is flushed and fsynced the journal records the chunk as applied. The journal is
+deleted once the writer is closed cleanly. A writer reopened on a file with a journal
+(``resume``) uses the file as it is when every journaled chunk was applied; if a kill hit the
+file mid-write (HDF5 is not crash-consistent: a damaged B-tree or string heap can still open),
+or the file cannot be opened, it is rebuilt from the journal's header (or a snapshot of the
+finished file the journal was started on) and chunks. So a SIGKILL loses at most the chunk in
+flight, and nothing already written is lost. A reader refuses a file that still has a
 journal beside it only when it cannot be opened; otherwise it warns that a build is unfinished.
 A reader trusts an outcome only where ``status == STATUS_OK``.
 

@@ -1,0 +1,175 @@
+"""Constructor arguments shared by the replay envs, resolved once into :class:`ReplaySettings`.
+
+Every env (two-stage / flat, scalar / vector) takes the same keyword arguments
+(:func:`resolve_settings` documents them) and the same ``info`` keys (:data:`INFO_DOC`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from envs.budgets import BudgetSampler
+from envs.replay_data import INCOMPLETE_MODES, ReplayData, as_replay_data
+from envs.reward import RewardConfig
+
+if TYPE_CHECKING:
+    from cache.reader import OutcomeCache
+    from model_runtime.latency_estimator import LatencyEstimator
+
+INVALID_ACTION_MODES: tuple[str, ...] = ("raise", "penalty")
+#: Reward of a masked action under ``invalid_action="penalty"`` (the episode then ends).
+INVALID_ACTION_REWARD: float = -1.0
+ENV_MODES: tuple[str, ...] = ("replay",)
+#: Keys options of ``reset`` accepts.
+RESET_OPTIONS: tuple[str, ...] = ("sample_index", "sample_id", "budget_ms")
+
+#: Keys of every ``info`` (after ``reset`` and every ``step``).
+INFO_KEYS_ALWAYS: tuple[str, ...] = (
+    "budget_ms", "config", "config_index", "sample_id", "sample_index", "dataset", "synthetic",
+    "action_mask", "stage", "invalid_action",
+)
+#: Keys present only in the ``info`` of the step that produced an outcome (a valid final action).
+INFO_KEYS_OUTCOME: tuple[str, ...] = (
+    "score", "latency_ms", "vision_ms", "prefill_ms", "decode_ms", "violation", "output_tokens",
+)
+#: Present with the outcome only when the cache holds a measurement.
+INFO_KEY_MEASURED = "measured_ms"
+INFO_KEYS: tuple[str, ...] = INFO_KEYS_ALWAYS + INFO_KEYS_OUTCOME + (INFO_KEY_MEASURED,)
+
+INFO_DOC = """
+    ``info`` keys, present after ``reset`` and every ``step``:
+
+    - ``budget_ms`` (float): the episode's budget.
+    - ``config`` (dict): ``{"tier": str, "p": int, "top_k": int, "blocks": int}``; what is not
+      chosen yet is ``""`` / -1. ``config_index`` (int): stable KnobSpace index, -1 until chosen.
+    - ``sample_id`` (str), ``sample_index`` (int: row in the split's ReplayData),
+      ``dataset`` (str): the request.
+    - ``synthetic`` (bool): the outcomes come from a synthetic generator.
+    - ``action_mask`` (bool array): the mask of the returned observation (= ``action_masks()``).
+    - ``stage`` (int): decisions taken in this episode so far (0 after ``reset``).
+    - ``invalid_action`` (bool): this step's action was masked (``invalid_action="penalty"``).
+
+    Outcome keys, present only in the ``info`` of the step that ends an episode with a valid
+    configuration (absent rather than NaN before that: gymnasium's checker compares infos
+    with ``==``, under which NaN never equals itself):
+
+    - ``score`` (float): metric score of the chosen configuration, in [0, 1].
+    - ``latency_ms`` (float): the estimator's total latency of the configuration for this
+      request at its own output length (the latency the reward uses).
+    - ``vision_ms``, ``prefill_ms``, ``decode_ms`` (float): its components (``decode_ms`` is
+      the whole decode, not per token).
+    - ``violation`` (bool): ``latency_ms > budget_ms``.
+    - ``output_tokens`` (int): generated tokens at the chosen configuration.
+    - ``measured_ms`` (float): measured total latency from the cache, only when measured.
+
+    The vector envs return the same keys as dicts of arrays the gymnasium way (``info[k]`` of
+    shape (num_envs, ...) with a bool mask ``info["_" + k]``; masked-out rows hold NaN / -1 /
+    False / ``""``, so a float array reads NaN where unknown).
+"""
+
+
+def add_outcome(info: dict[str, Any], outcome: tuple, budget_ms: float) -> None:
+    """Add the outcome keys to a scalar env's ``info``; ``outcome`` as returned by ``_outcome``."""
+    score, lat, vis, pre, dec, meas, out = outcome
+    info["score"] = score
+    info["latency_ms"] = lat
+    info["vision_ms"] = vis
+    info["prefill_ms"] = pre
+    info["decode_ms"] = dec
+    info["violation"] = lat > budget_ms
+    info["output_tokens"] = out
+    if meas == meas:  # not NaN
+        info["measured_ms"] = meas
+
+
+@dataclass
+class ReplaySettings:
+    """Resolved constructor arguments of a replay env (see :func:`resolve_settings`)."""
+
+    data: ReplayData
+    reward: RewardConfig
+    budgets: BudgetSampler
+    incomplete: str
+    invalid_action: str
+    eligible: np.ndarray = field(init=False)  # int64 (E,) requests episodes draw from
+    eligible_mask: np.ndarray = field(init=False)  # bool (n,)
+
+    def __post_init__(self) -> None:
+        self.eligible = self.data.eligible(self.incomplete)
+        self.eligible_mask = np.zeros(self.data.n, dtype=bool)
+        self.eligible_mask[self.eligible] = True
+
+    @property
+    def scale_ms(self) -> float:
+        return self.data.latency_scale_ms
+
+
+def resolve_settings(
+    *,
+    cache: "str | Path | OutcomeCache | None" = None,
+    split: str = "train",
+    data: ReplayData | None = None,
+    reward: "str | RewardConfig" = "hinge",
+    reward_kwargs: dict | None = None,
+    budget_range: Sequence[float] | None = None,
+    budgets: Sequence[float] | None = None,
+    budget_bounds: Sequence[float] | None = None,
+    estimator: "LatencyEstimator | None" = None,
+    nominal_output_tokens: int = 3,
+    incomplete: str = "skip",
+    invalid_action: str = "raise",
+    mode: str = "replay",
+) -> ReplaySettings:
+    """Validate the envs' shared arguments and load the data (cheap arguments first).
+
+    Args:
+        cache: outcome-cache path or open ``OutcomeCache``; or ``data``: a ready
+            :class:`ReplayData` (exactly one of the two).
+        split: split of the cache to replay.
+        reward: reward mode (``hinge`` / ``hard`` / ``lagrangian`` / ``shaped``) or a
+            :class:`RewardConfig`; ``reward_kwargs``: its parameters (``alpha``, ``c``, ``lam``,
+            ``beta``, ``gamma``, ``delta``, ``epsilon``; see :mod:`envs.reward`).
+        budget_range: ``(lo, hi)`` ms, default ``data.budget_range_ms``; or ``budgets``: a fixed
+            list (not both). ``budget_bounds``: accepted range of pinned budgets.
+        estimator, nominal_output_tokens: passed to :meth:`ReplayData.from_cache`.
+        incomplete: ``"skip"`` (only requests with every outcome) or ``"mask"`` (requests with
+            any outcome; masks hide the values without an outcome).
+        invalid_action: ``"raise"`` (ValueError) or ``"penalty"`` (reward
+            :data:`INVALID_ACTION_REWARD`, episode ends, ``info["invalid_action"]``).
+        mode: only ``"replay"`` exists yet.
+    """
+    if mode != "replay":
+        raise NotImplementedError(
+            f"mode={mode!r} is not implemented yet: live outcomes need the model runtime "
+            "(DESIGN.md §4 'live', §7 model_runtime), which plugs in by overriding the envs' outcome "
+            "lookup (_outcome / _outcomes); use mode='replay'"
+        )
+    if incomplete not in INCOMPLETE_MODES:
+        raise ValueError(f"incomplete={incomplete!r}; valid values: {list(INCOMPLETE_MODES)}")
+    if invalid_action not in INVALID_ACTION_MODES:
+        raise ValueError(f"invalid_action={invalid_action!r}; valid values: {list(INVALID_ACTION_MODES)}")
+    rcfg = RewardConfig.make(reward, reward_kwargs)
+    if budget_range is not None and budgets is not None:
+        raise ValueError("give budget_range=(lo, hi) or budgets=[...], not both")
+    rd = as_replay_data(cache, data, split, estimator, nominal_output_tokens)
+    if budgets is not None:
+        sampler = BudgetSampler(budgets=budgets, bounds=budget_bounds)
+    else:
+        sampler = BudgetSampler(range_ms=rd.budget_range_ms if budget_range is None else budget_range, bounds=budget_bounds)
+    return ReplaySettings(data=rd, reward=rcfg, budgets=sampler, incomplete=incomplete, invalid_action=invalid_action)
+
+
+def check_reset_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``reset`` options as a dict; ValueError naming unknown keys."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"reset options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(RESET_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; valid options: {list(RESET_OPTIONS)}")
+    return options

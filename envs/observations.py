@@ -1,0 +1,65 @@
+"""Observation spaces and encoders shared by the replay envs (scalar and vector) and live mode.
+
+Layout (docs/INTERFACES.md, "Observations of the envs"), ``T`` tiers, ``P`` insertion
+positions, ``K`` top-k values, ``B`` knob3 options (3, 5, 5, 5 by default):
+
+Two-stage ``MolmoeKnobs-v0`` (``Dict``):
+
+- ``lang``: float32 (Dl,) language feature of the prompt (both stages).
+- ``token``: float32 (Dt,) latency token at the chosen (tier, p) at stage 1; zeros at stage 0.
+- ``budget``: float32 (4,) ``[budget/scale, cheapest/scale, full/scale, budget/full]``:
+  the budget, the request's cheapest- and full-configuration latency (estimator, nominal
+  output length) in units of ``scale`` = the env's ``latency_scale_ms``, and the budget
+  relative to the full configuration.
+- ``context``: float32 (1+T+P,) ``[stage, one-hot tier, one-hot p]`` (one-hots zero at stage 0).
+- ``action_mask``: int8 (T+P+K+B,) per-component masks (1 = allowed), the same as
+  ``action_masks()``.
+
+Flat ``MolmoeKnobsFlat-v0`` (``Dict``): ``lang``, ``budget`` as above, ``action_mask`` int8 (C,).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+
+from envs.replay_data import ReplayData
+
+
+def two_stage_observation_space(data: ReplayData) -> spaces.Dict:
+    t_, p_, k_, b_ = data.nvec
+    return spaces.Dict(
+        {
+            "lang": spaces.Box(-np.inf, np.inf, (data.lang_dim,), np.float32),
+            "token": spaces.Box(-np.inf, np.inf, (data.token_dim,), np.float32),
+            "budget": spaces.Box(0.0, np.inf, (4,), np.float32),
+            "context": spaces.Box(0.0, 1.0, (1 + t_ + p_,), np.float32),
+            "action_mask": spaces.MultiBinary(t_ + p_ + k_ + b_),
+        }
+    )
+
+
+def flat_observation_space(data: ReplayData) -> spaces.Dict:
+    return spaces.Dict(
+        {
+            "lang": spaces.Box(-np.inf, np.inf, (data.lang_dim,), np.float32),
+            "budget": spaces.Box(0.0, np.inf, (4,), np.float32),
+            "action_mask": spaces.MultiBinary(data.n_configs),
+        }
+    )
+
+
+def budget_features(
+    budget_ms: np.ndarray | float, cheapest_ms: np.ndarray | float, full_ms: np.ndarray | float, scale_ms: float
+) -> np.ndarray:
+    """float32 (..., 4) ``[budget/scale, cheapest/scale, full/scale, budget/full]`` (all ms in)."""
+    b = np.asarray(budget_ms, dtype=np.float64)
+    c = np.asarray(cheapest_ms, dtype=np.float64)
+    f = np.asarray(full_ms, dtype=np.float64)
+    b, c, f = np.broadcast_arrays(b, c, f)
+    out = np.empty(b.shape + (4,), dtype=np.float32)
+    out[..., 0] = b / scale_ms
+    out[..., 1] = c / scale_ms
+    out[..., 2] = f / scale_ms
+    out[..., 3] = b / f
+    return out

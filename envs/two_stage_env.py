@@ -1,0 +1,292 @@
+"""``MolmoeKnobs-v0``: the two-stage budget-aware configuration env (DESIGN.md §3), replay mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.env_settings import INFO_DOC, add_outcome, INVALID_ACTION_REWARD, check_reset_options, resolve_settings
+from envs.observations import two_stage_observation_space
+from envs.replay_data import ReplayData, pinned_request
+from envs.reward import RewardConfig
+
+if TYPE_CHECKING:
+    from cache.reader import OutcomeCache
+    from model_runtime.latency_estimator import LatencyEstimator
+
+COMPONENT_NAMES: tuple[str, ...] = ("tier index", "p index", "top-k index", "knob3 index")
+
+
+def parse_multidiscrete(action: Any, nvec: Sequence[int]) -> list[int]:
+    """A MultiDiscrete action as Python ints; ValueError if it is not an in-range integer vector."""
+    a = action if type(action) is np.ndarray else np.asarray(action)
+    if a.shape != (len(nvec),) or a.dtype.kind not in "iu":
+        raise ValueError(
+            f"action {action!r} is not an integer array of shape ({len(nvec)},) in MultiDiscrete({list(nvec)})"
+        )
+    vals = a.tolist()
+    for v, n in zip(vals, nvec):
+        if not 0 <= v < n:
+            raise ValueError(f"action {vals} outside MultiDiscrete({list(nvec)})")
+    return vals
+
+
+def masked_action_message(action: Sequence[int], mask: np.ndarray, nvec: Sequence[int], stage: int, sample_id: str) -> str | None:
+    """Why ``action`` violates the per-component ``mask`` (bool (Σnvec,)), or None if it does not."""
+    bad, offset, valid_sets = [], 0, []
+    for name, v, n in zip(COMPONENT_NAMES, action, nvec):
+        m = mask[offset:offset + n]
+        allowed = np.flatnonzero(m).tolist()
+        valid_sets.append(f"{name} {allowed}")
+        if not m[v]:
+            bad.append(f"{name} = {v} not in {allowed}")
+        offset += n
+    if not bad:
+        return None
+    return (
+        f"action {list(action)} is masked at stage {stage} of request {sample_id!r}: {'; '.join(bad)} "
+        f"(valid per component: {', '.join(valid_sets)})"
+    )
+
+
+class MolmoeKnobsEnv(gym.Env):
+    """Two-stage env: pick (tier, p), see the latency token, pick (top-k, knob3); one request per episode.
+
+    Episode: ``reset`` draws a request (uniformly from the split's eligible requests) and a
+    budget. Stage 0 observation: language feature, budget features, zero token, stage 0.
+    Step 1 reads the first two action components (tier, p); reward 0.0; the observation now
+    holds the latency token at (tier, p). Step 2 reads the last two (top-k, knob3) and ends the
+    episode (``terminated=True``) with the reward of the configuration's outcome. Episodes are
+    never truncated.
+
+    Action space ``MultiDiscrete([T, P, K, B])`` = ``[3, 5, 5, 5]``: (tier index, p − 1,
+    top-k − 4, knob3 index ``i`` with total blocks ``p + 11 + i``, valid ``i = 0 .. 5 − p``).
+    Both steps take the full 4-vector and it must respect the current mask:
+
+    - stage 0: tiers / positions with an outcome allowed, top-k and knob3 pinned to index 0;
+    - stage 1: tier and p pinned to the stage-0 choice, the top-k values and knob3 indices
+      with an outcome allowed (all top-k, knob3 ``0 .. 5 − p`` on complete data).
+
+    A masked component is never silently ignored (it would hide an agent that does not apply
+    the masks): with ``invalid_action="raise"`` (default) it raises a ValueError naming the
+    action and the valid set of each component; with ``"penalty"`` the episode ends with
+    reward :data:`envs.env_settings.INVALID_ACTION_REWARD` (−1.0) and
+    ``info["invalid_action"] = True``. An action outside the action space always raises.
+    Under ``incomplete="mask"`` the per-component masks cannot express every missing
+    combination: a (tier, p) without any outcome, or a final configuration without an outcome,
+    is treated like a masked action. Random-action checkers (gymnasium's / SB3's
+    ``check_env``) therefore need ``invalid_action="penalty"``; MaskablePPO never samples a
+    masked action.
+
+    ``action_masks()`` returns the per-component masks concatenated (bool (T+P+K+B,),
+    sb3-contrib's MultiDiscrete format); the observation's ``action_mask`` is the same as int8.
+
+    The terminal observation (returned with ``terminated=True``) repeats the observation the
+    last action was taken on (fresh arrays); it is never bootstrapped from.
+
+    ``reset(seed=, options=)``: ``options={"sample_index": i}`` or ``{"sample_id": s}`` pins the
+    request, ``{"budget_ms": b}`` the budget (validated against ``budget_bounds``), e.g. for
+    GRPO's several rollouts of one context. A seeded reset makes the whole trajectory
+    (request, budget, observations, rewards) deterministic.
+
+    Args: see :func:`envs.env_settings.resolve_settings` (``cache`` / ``data``, ``split``,
+    ``reward``, ``reward_kwargs``, ``budget_range`` / ``budgets``, ``budget_bounds``,
+    ``estimator``, ``nominal_output_tokens``, ``incomplete``, ``invalid_action``, ``mode``).
+    Live mode will plug in a different outcome source by overriding :meth:`_outcome`.
+    """
+
+    __doc__ = (__doc__ or "") + INFO_DOC
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        cache: "str | Path | OutcomeCache | None" = None,
+        split: str = "train",
+        data: ReplayData | None = None,
+        reward: "str | RewardConfig" = "hinge",
+        reward_kwargs: dict | None = None,
+        budget_range: Sequence[float] | None = None,
+        budgets: Sequence[float] | None = None,
+        budget_bounds: Sequence[float] | None = None,
+        estimator: "LatencyEstimator | None" = None,
+        nominal_output_tokens: int = 3,
+        incomplete: str = "skip",
+        invalid_action: str = "raise",
+        mode: str = "replay",
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: this env does not render")
+        self.settings = resolve_settings(
+            cache=cache, split=split, data=data, reward=reward, reward_kwargs=reward_kwargs,
+            budget_range=budget_range, budgets=budgets, budget_bounds=budget_bounds, estimator=estimator,
+            nominal_output_tokens=nominal_output_tokens, incomplete=incomplete, invalid_action=invalid_action, mode=mode,
+        )
+        d = self.data = self.settings.data
+        self.reward_config: RewardConfig = self.settings.reward
+        self.budget_sampler = self.settings.budgets
+        self.invalid_action = invalid_action
+        self.latency_scale_ms = d.latency_scale_ms
+        self.nvec = d.nvec
+        t_, p_, _, _ = self.nvec
+        self.action_space = spaces.MultiDiscrete(np.array(self.nvec, dtype=np.int64))
+        self.observation_space = two_stage_observation_space(d)
+        # hot-path views and Python-level copies (a numpy scalar round trip costs more than a lookup)
+        self._mask0 = d.stage0_mask
+        self._mask1 = d.stage1_mask
+        # joint validity of whole actions, flat over s * n_md + md (ReplayData.stage0_action_valid)
+        self._valid0_f = d.stage0_action_valid.reshape(-1)
+        self._valid1_f = d.prefix_valid.reshape(-1)
+        self._md_f = d.md_to_config.reshape(-1)
+        self._n_md = int(np.prod(self.nvec))
+        self._mask0_i8 = d.stage0_mask.view(np.int8)
+        self._mask1_i8 = d.stage1_mask.view(np.int8)
+        # context rows per (t, p) at stage 1, index t*P + p
+        ctx = np.zeros((t_ * p_, 1 + t_ + p_), dtype=np.float32)
+        tt, pp = np.divmod(np.arange(t_ * p_), p_)
+        ctx[:, 0] = 1.0
+        ctx[np.arange(t_ * p_), 1 + tt] = 1.0
+        ctx[np.arange(t_ * p_), 1 + t_ + pp] = 1.0
+        self._ctx1 = ctx
+        self._cheap = d.cheapest_ms.tolist()
+        self._full = d.full_ms.tolist()
+        self._complexity = d.complexity.tolist()
+        self._ids, self._datasets = d.sample_id_list, d.dataset_list
+        self._tiers, self._positions = d.knob_space.tiers, d.knob_space.insertion_positions
+        self._zero_token = np.zeros(d.token_dim, dtype=np.float32)
+        self._zero_ctx = np.zeros(1 + t_ + p_, dtype=np.float32)
+        self._s = -1
+        self._done = True
+        self._last_obs: dict[str, np.ndarray] | None = None
+        self._last_mask: np.ndarray = np.zeros(sum(self.nvec), dtype=bool)
+
+    # ------------------------------------------------------------------ API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        opts = check_reset_options(options)
+        st = self.settings
+        s = pinned_request(self.data, st.eligible_mask, opts)
+        if s is None:
+            # uniform over the eligible requests (float resolution 2**-53: no measurable bias),
+            # about 10x cheaper than Generator.integers for one draw
+            s = int(st.eligible[int(self.np_random.random() * st.eligible.size)])
+        b = opts.get("budget_ms")
+        self._b = self.budget_sampler.validate(b) if b is not None else self.budget_sampler.sample(self.np_random)
+        self._s, self._stage, self._t, self._p, self._done = s, 0, -1, -1, False
+        obs = self._observation()
+        return obs, self._info(stage=0)
+
+    def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
+        if self._done:
+            raise RuntimeError("step() called before reset() or after the episode ended; call reset()")
+        a = parse_multidiscrete(action, self.nvec)
+        s = self._s
+        _, p_, k_, b_ = self.nvec
+        md = ((a[0] * p_ + a[1]) * k_ + a[2]) * b_ + a[3]
+        if self._stage == 0:
+            if not self._valid0_f[s * self._n_md + md]:
+                return self._invalid(self._masked_message(a), stage=1)
+            self._t, self._p, self._stage = a[0], a[1], 1
+            return self._observation(), 0.0, False, False, self._info(stage=1)
+        if not (a[0] == self._t and a[1] == self._p and self._valid1_f[s * self._n_md + md]):
+            return self._invalid(self._masked_message(a), stage=2)
+        c = int(self._md_f[md])
+        outcome = self._outcome(s, c)
+        r = self.reward_config.scalar(outcome[0], outcome[1], self._b, self._complexity[c], self._full[s])
+        self._done = True
+        info = self._info(stage=2, c=c, outcome=outcome)
+        return self._terminal_observation(), float(r), True, False, info
+
+    def _masked_message(self, a: list[int]) -> str:
+        """Why ``a`` is invalid now: the component(s) outside the mask with the valid sets, or,
+        when every component passes (``incomplete="mask"``), the missing outcome."""
+        s = self._s
+        mask = self._mask0[s] if self._stage == 0 else self._mask1[s, self._t, self._p]
+        err = masked_action_message(a, mask, self.nvec, self._stage, self._ids[s])
+        if err is not None:
+            return err
+        if self._stage == 0:
+            return (f"action {a}: no configuration with tier index {a[0]} and p index {a[1]} has an outcome "
+                    f"for request {self._ids[s]!r} (incomplete='mask')")
+        c = int(self.data.md_to_config[tuple(a)])
+        return f"action {a}: configuration {self.data.knob_space.configs[c]} has no outcome for request {self._ids[s]!r}"
+
+    def action_masks(self) -> np.ndarray:
+        """bool (T+P+K+B,) per-component masks of the current observation (sb3-contrib format)."""
+        return self._last_mask.copy()
+
+    # ------------------------------------------------------------------ outcome source
+    def _outcome(self, s: int, c: int) -> tuple[float, float, float, float, float, float, int]:
+        """(score, total, vision, prefill, decode, measured ms, output tokens) of request ``s`` at
+        configuration ``c``; the one place outcomes come from (live mode overrides it)."""
+        d = self.data
+        return (
+            float(d.score[s, c]), float(d.total_ms[s, c]), float(d.vision_ms[s, c]), float(d.prefill_ms[s, c]),
+            float(d.decode_ms[s, c]), float(d.measured_ms[s, c]), int(d.output_tokens[s, c]),
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _observation(self) -> dict[str, np.ndarray]:
+        s, b = self._s, self._b
+        if self._stage == 0:
+            token = self._zero_token.copy()
+            ctx = self._zero_ctx.copy()
+            mask = self._mask0_i8[s].copy()
+            self._last_mask = self._mask0[s]
+        else:
+            t, p = self._t, self._p
+            token = self.data.tokens[s, t, p].copy()
+            ctx = self._ctx1[t * self.nvec[1] + p].copy()
+            mask = self._mask1_i8[s, t, p].copy()
+            self._last_mask = self._mask1[s, t, p]
+        scale, full = self.latency_scale_ms, self._full[s]
+        obs = {
+            "lang": self.data.lang[s].copy(),
+            "token": token,
+            "budget": np.array([b / scale, self._cheap[s] / scale, full / scale, b / full], dtype=np.float32),
+            "context": ctx,
+            "action_mask": mask,
+        }
+        self._last_obs = obs
+        return obs
+
+    def _terminal_observation(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self._last_obs.items()}
+
+    def _invalid(self, err: str, stage: int) -> tuple[dict, float, bool, bool, dict]:
+        if self.invalid_action == "raise":
+            raise ValueError(err)
+        self._done = True
+        info = self._info(stage=stage, invalid=True)
+        return self._terminal_observation(), float(INVALID_ACTION_REWARD), True, False, info
+
+    def _info(self, stage: int, c: int = -1, outcome: tuple | None = None, invalid: bool = False) -> dict[str, Any]:
+        s = self._s
+        if c >= 0:
+            config = dict(self.data.config_dicts[c])
+        else:
+            config = {
+                "tier": self._tiers[self._t] if self._t >= 0 else "",
+                "p": self._positions[self._p] if self._p >= 0 else -1,
+                "top_k": -1,
+                "blocks": -1,
+            }
+        info = {
+            "budget_ms": self._b,
+            "config": config,
+            "config_index": c,
+            "sample_id": self._ids[s],
+            "sample_index": s,
+            "dataset": self._datasets[s],
+            "synthetic": self.data.synthetic,
+            "action_mask": self._last_mask.copy(),
+            "stage": stage,
+            "invalid_action": invalid,
+        }
+        if outcome is not None:
+            add_outcome(info, outcome, self._b)
+        return info

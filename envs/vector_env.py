@@ -1,0 +1,538 @@
+"""Native vector versions of the replay envs: one numpy step for all sub-envs, same-step autoreset.
+
+``gymnasium.make_vec("MolmoeKnobs-v0" | "MolmoeKnobsFlat-v0", num_envs=N,
+vectorization_mode="vector_entry_point", **kwargs)`` returns :class:`MolmoeKnobsVectorEnv` /
+:class:`MolmoeKnobsFlatVectorEnv`; ``kwargs`` are the scalar envs' (see
+:func:`envs.env_settings.resolve_settings`), loaded once for all sub-envs.
+
+Semantics follow the scalar envs exactly (observations, masks, rewards, info keys and
+values); what differs is the gymnasium vector convention:
+
+- ``metadata["autoreset_mode"] = AutoresetMode.SAME_STEP``: a sub-env whose episode ends is
+  reset within the same ``step``; the returned observation is the new episode's first one, the
+  top-level ``info`` rows are the new episode's reset info, and the finished episode's
+  ``info`` goes to ``info["final_info"]`` (a dict of arrays with ``_key`` masks, rows of the
+  sub-envs that finished) with ``info["_final_info"]`` marking those sub-envs.
+- ``info["final_obs"]`` holds the finished episodes' terminal observations (the observation
+  the last action was taken on) *batched like the observation* (dict of (num_envs, ...)
+  arrays; rows where ``info["_final_obs"]`` is False are unspecified), not gymnasium's object
+  array of per-env dicts, which would cost more than the whole step at thousands of envs.
+  It is the observation batch returned by the previous call (episodes always terminate and are
+  never truncated, so nothing bootstraps from it).
+- ``info["action_mask"]`` is a bool view of the returned ``obs["action_mask"]``;
+  ``info["sample_id"]`` / ``info["dataset"]`` are read-only arrays shared by the infos of one
+  request draw, and the ``_key`` masks of one info dict share one array (read-only use).
+- Info values are batched the way gymnasium's ``SyncVectorEnv`` batches the scalar envs'
+  infos (floats float64, ints int64, bools bool, strings object arrays, ``config`` a nested
+  dict), with masked-out rows NaN / -1 / False / ``""``.
+- Draws (requests, budgets) come from one generator for all sub-envs
+  (``reset(seed=int)``); ``reset(options=)`` takes ``sample_index`` / ``sample_id`` /
+  ``budget_ms`` as a scalar (all sub-envs) or a (num_envs,) array.
+- A masked action in any sub-env raises a ValueError before any state changes
+  (``invalid_action="raise"``), naming the sub-env, the action and the valid sets; with
+  ``"penalty"`` those sub-envs end with reward −1.0 and ``invalid_action`` True.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import VectorEnv
+from gymnasium.vector.utils import batch_space
+from gymnasium.vector.vector_env import AutoresetMode
+
+from envs.env_settings import (
+    INFO_DOC,
+    INFO_KEYS_ALWAYS,
+    INVALID_ACTION_REWARD,
+    ReplaySettings,
+    check_reset_options,
+    resolve_settings,
+)
+from envs.observations import flat_observation_space, two_stage_observation_space
+from envs.reward import compute_reward
+from envs.two_stage_env import masked_action_message
+
+
+#: Autoreset draws are made ahead for this many steps of all sub-envs at once.
+DRAW_BLOCK_STEPS = 64
+
+
+def _str_table(values: np.ndarray) -> tuple[np.ndarray, np.dtype]:
+    """A numpy str array as fixed-width void records (gathering those is a plain memcpy, about
+    twice as fast as gathering the str array) and its str dtype to view the gather back."""
+    u = np.ascontiguousarray(np.asarray(values).astype(str))
+    return u.view(f"V{u.dtype.itemsize}"), u.dtype
+
+
+class _ReplayVectorEnv(VectorEnv):
+    """Shared state and tables of the replay vector envs (requests, budgets, outcomes, info)."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int, render_mode: str | None = None, **kwargs: Any) -> None:
+        if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: this env does not render")
+        self.num_envs = int(num_envs)
+        st: ReplaySettings = resolve_settings(**kwargs)
+        self.settings = st
+        d = self.data = st.data
+        self.reward_config = st.reward
+        self.budget_sampler = st.budgets
+        self.invalid_action = st.invalid_action
+        self.latency_scale_ms = d.latency_scale_ms
+        n, c = d.n, d.n_configs
+        self._n, self._c = n, c
+        # one float64 record per (request, configuration): an outcome lookup touches one cache
+        # line instead of seven. Columns: score, total, vision, prefill, decode, measured ms,
+        # output tokens, (padding).
+        rec = np.zeros((n * c, 8), dtype=np.float64)
+        for j, a in enumerate((d.score, d.total_ms, d.vision_ms, d.prefill_ms, d.decode_ms, d.measured_ms, d.output_tokens)):
+            rec[:, j] = a.reshape(-1)
+        self._outcome_rec = rec
+        self._valid_f = d.valid.reshape(-1)
+        self._complexity = d.complexity.astype(np.float64)
+        # budget features: columns 1, 2 per request, columns 0 and 3 depend on the budget
+        self._budget_base = np.zeros((n, 4), dtype=np.float32)
+        self._budget_base[:, 1] = d.cheapest_ms / self.latency_scale_ms
+        self._budget_base[:, 2] = d.full_ms / self.latency_scale_ms
+        self._full = d.full_ms
+        self._ids_v, self._ids_dtype = _str_table(d.sample_ids)
+        self._ds_v, self._ds_dtype = _str_table(d.datasets)
+        ca = d.config_arrays
+        # per-configuration tables with a sentinel last entry, so that index -1 reads "not chosen"
+        self._cfg_tier_i = np.append(ca["tier"], -1)
+        self._cfg_p = np.append(ca["p"], -1)
+        self._cfg_k = np.append(ca["top_k"], -1)
+        self._cfg_blocks = np.append(ca["blocks"], -1)
+        self._tier_names = np.array(list(d.knob_space.tiers) + [""])
+        self._positions = np.append(np.asarray(d.knob_space.insertion_positions, dtype=np.int64), -1)
+        self._s = np.zeros(self.num_envs, dtype=np.int64)
+        self._b = np.zeros(self.num_envs, dtype=np.float64)
+        self._req: tuple[np.ndarray, np.ndarray] | None = None  # (ids, datasets) of self._s
+        self._pool_s = np.zeros(0, dtype=np.int64)  # requests / budgets drawn ahead (see _draw)
+        self._pool_b = np.zeros(0, dtype=np.float64)
+        self._pool_pos = 0
+        self._obs: dict[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ draws / state
+    def _draw(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``k`` requests (uniform over the eligible ones) and budgets (fresh arrays).
+
+        Drawn ahead in blocks of :data:`DRAW_BLOCK_STEPS` steps' worth from one generator call
+        (a generator call per step is a sizeable part of a flat step); the sequence is fixed by
+        the seed, and ``reset(seed=)`` discards the block drawn with the previous generator.
+        """
+        if self._pool_pos + k > self._pool_s.size:
+            u = self.np_random.random((2, max(k, DRAW_BLOCK_STEPS * self.num_envs)))
+            e = self.settings.eligible
+            self._pool_s = e[(u[0] * e.size).astype(np.int64)]
+            self._pool_b = self.budget_sampler.from_uniform(u[1])
+            self._pool_pos = 0
+        i = self._pool_pos
+        self._pool_pos = i + k
+        return self._pool_s[i:i + k].copy(), self._pool_b[i:i + k].copy()
+
+    def _set_requests(self, s: np.ndarray, b: np.ndarray) -> None:
+        self._s, self._b, self._req = s, b, None
+
+    def _request_strings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sample ids, dataset names) of the current requests: gathered once per draw and
+        handed out read-only to every info until the next draw (copying ~100 KB of str per
+        info per step would cost more than the rest of the info)."""
+        if self._req is None:
+            ids = np.take(self._ids_v, self._s).view(self._ids_dtype)
+            ds = np.take(self._ds_v, self._s).view(self._ds_dtype)
+            ids.flags.writeable = False
+            ds.flags.writeable = False
+            self._req = (ids, ds)
+        return self._req
+
+    def _reset_state(self, seed: int | None, options: dict[str, Any] | None) -> None:
+        if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"seed must be an int or None (one generator draws for all sub-envs), got {seed!r}")
+        super().reset(seed=None if seed is None else int(seed))
+        if seed is not None:
+            self._pool_pos = self._pool_s.size  # drop draws made with the previous generator
+        opts = check_reset_options(options)
+        s, b = self._draw(self.num_envs)
+        d, n_env = self.data, self.num_envs
+        has_i, has_s = opts.get("sample_index") is not None, opts.get("sample_id") is not None
+        if has_i and has_s:
+            raise ValueError("options: give sample_index or sample_id, not both")
+        if has_i or has_s:
+            if has_s:
+                ids = np.broadcast_to(np.asarray(opts["sample_id"], dtype=object), (n_env,))
+                s = np.array([d.index_of(x) for x in ids], dtype=np.int64)
+            else:
+                raw = np.asarray(opts["sample_index"])
+                if raw.dtype.kind not in "iu":
+                    raise ValueError(f"options sample_index {opts['sample_index']!r} must be int(s)")
+                s = np.broadcast_to(raw, (n_env,)).astype(np.int64)
+                bad = (s < 0) | (s >= d.n)
+                if bad.any():
+                    raise ValueError(f"options sample_index {s[bad][0]} out of range [0, {d.n}) of split {d.split!r}")
+            bad = ~self.settings.eligible_mask[s]
+            if bad.any():
+                i = int(s[bad][0])
+                raise ValueError(
+                    f"request {i} ({d.sample_id_list[i]!r}) is not eligible: it has outcomes for "
+                    f"{int(d.valid[i].sum())} of {d.n_configs} configurations (see incomplete=)"
+                )
+        if opts.get("budget_ms") is not None:
+            b = self.budget_sampler.validate_many(np.broadcast_to(np.asarray(opts["budget_ms"], dtype=np.float64), (n_env,)))
+        self._set_requests(np.array(s, dtype=np.int64), np.array(b, dtype=np.float64))
+
+    def _budget_features(self, s: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.take(self._budget_base, s, axis=0)
+        out[:, 0] = b / self.latency_scale_ms
+        out[:, 3] = b / self._full[s]
+        return out
+
+    # ------------------------------------------------------------------ outcomes / info
+    def _outcomes(self, s: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+        """Outcomes of requests ``s`` at configurations ``c`` (int64 (k,), pairs with an outcome):
+        float64 arrays (``output_tokens`` int64). The one place outcomes come from (live mode
+        overrides it)."""
+        rec = np.take(self._outcome_rec, s * self._c + c, axis=0)
+        return {
+            "score": rec[:, 0],
+            "latency_ms": rec[:, 1],
+            "vision_ms": rec[:, 2],
+            "prefill_ms": rec[:, 3],
+            "decode_ms": rec[:, 4],
+            "measured_ms": rec[:, 5],
+            "output_tokens": rec[:, 6].astype(np.int64),
+        }
+
+    def _info(self, *, s: np.ndarray, b: np.ndarray, strings: tuple[np.ndarray, np.ndarray], mask_view: np.ndarray,
+              stage: np.ndarray, keep: np.ndarray, tier_i: np.ndarray, p: np.ndarray, top_k: np.ndarray,
+              blocks: np.ndarray, config_index: np.ndarray, invalid: np.ndarray) -> dict[str, Any]:
+        """The always-present info keys as arrays over all sub-envs, each masked by ``keep``.
+        All arguments must be fresh arrays (they are handed out), except ``strings`` (read-only).
+        The ``_key`` masks of one info share one array (read them, do not write them)."""
+        n_env = self.num_envs
+        info: dict[str, Any] = {
+            "budget_ms": b,
+            "config": {"tier": np.take(self._tier_names, tier_i), "p": p, "top_k": top_k, "blocks": blocks,
+                       "_tier": keep, "_p": keep, "_top_k": keep, "_blocks": keep},
+            "config_index": config_index,
+            "sample_id": strings[0],
+            "sample_index": s,
+            "dataset": strings[1],
+            "synthetic": np.full(n_env, self.data.synthetic),
+            "action_mask": mask_view,
+            "stage": stage,
+            "invalid_action": invalid,
+        }
+        for k in INFO_KEYS_ALWAYS:
+            info["_" + k] = keep
+        return info
+
+    @staticmethod
+    def _add_outcome_info(info: dict[str, Any], out: dict[str, np.ndarray], b: np.ndarray, fin: np.ndarray) -> None:
+        """Outcome keys into a final_info, masked by ``fin``; NaN / -1 / False in the other rows."""
+        all_fin = bool(fin.all())
+        for k in ("score", "latency_ms", "vision_ms", "prefill_ms", "decode_ms"):
+            info[k] = out[k] if all_fin else np.where(fin, out[k], np.nan)
+            info["_" + k] = fin
+        info["violation"] = (out["latency_ms"] > b) & fin
+        info["_violation"] = fin
+        info["output_tokens"] = out["output_tokens"] if all_fin else np.where(fin, out["output_tokens"], -1)
+        info["_output_tokens"] = fin
+        meas = out["measured_ms"]
+        info["measured_ms"] = meas if all_fin else np.where(fin, meas, np.nan)
+        info["_measured_ms"] = fin & ~np.isnan(meas)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self._obs = None
+
+
+class MolmoeKnobsFlatVectorEnv(_ReplayVectorEnv):
+    """``num_envs`` copies of :class:`envs.flat_env.MolmoeKnobsFlatEnv` stepped as one numpy batch.
+
+    Every step ends every episode (one decision each), so every step returns ``final_info``
+    for all sub-envs and the observations of freshly drawn requests. ``action_masks()``:
+    bool (num_envs, C). See the module docstring for the vector conventions.
+    """
+
+    __doc__ = (__doc__ or "") + INFO_DOC
+
+    def __init__(self, num_envs: int, **kwargs: Any) -> None:
+        super().__init__(num_envs, **kwargs)
+        d = self.data
+        self.single_observation_space = flat_observation_space(d)
+        self.single_action_space = spaces.Discrete(self._c)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._mask_i8 = d.valid.view(np.int8)
+        # every eligible request complete: the mask is all ones and needs no gather
+        self._complete = bool(d.valid[self.settings.eligible].all())
+        self._minus1 = np.full(self.num_envs, -1, dtype=np.int64)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        self._reset_state(seed, options)
+        obs = self._observe()
+        return obs, self._reset_info(obs)
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        s = self._s
+        if self._complete:
+            mask = np.ones((self.num_envs, self._c), dtype=np.int8)
+        else:
+            mask = np.take(self._mask_i8, s, axis=0)
+        obs = {
+            "lang": np.take(self.data.lang, s, axis=0),
+            "budget": self._budget_features(s, self._b),
+            "action_mask": mask,
+        }
+        self._obs = obs
+        return obs
+
+    def _reset_info(self, obs: dict[str, np.ndarray]) -> dict[str, Any]:
+        n_env, m1 = self.num_envs, self._minus1
+        return self._info(
+            s=self._s.copy(), b=self._b.copy(), strings=self._request_strings(), mask_view=obs["action_mask"].view(bool),
+            stage=np.zeros(n_env, dtype=np.int64), keep=np.ones(n_env, dtype=bool), tier_i=m1, p=m1.copy(),
+            top_k=m1.copy(), blocks=m1.copy(), config_index=m1.copy(), invalid=np.zeros(n_env, dtype=bool),
+        )
+
+    def action_masks(self) -> np.ndarray:
+        """bool (num_envs, C): configurations with an outcome for each sub-env's request."""
+        if self._complete:
+            return np.ones((self.num_envs, self._c), dtype=bool)
+        return np.take(self.data.valid, self._s, axis=0)
+
+    def step(self, actions: Any) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        if self._obs is None:
+            raise RuntimeError("step() called before reset(); call reset()")
+        n_env = self.num_envs
+        a = np.asarray(actions)
+        if a.shape != (n_env,) or a.dtype.kind not in "iu":
+            raise ValueError(f"actions must be an integer array of shape ({n_env},) in Discrete({self._c}), got {a.dtype} {a.shape}")
+        if a.dtype != np.int64:
+            a = a.astype(np.int64)
+        if a.min() < 0 or a.max() >= self._c:
+            i = int(np.flatnonzero((a < 0) | (a >= self._c))[0])
+            raise ValueError(f"action {int(a[i])} of sub-env {i} outside Discrete({self._c})")
+        s, b = self._s, self._b
+        f = s * self._c + a
+        ok = None if self._complete else self._valid_f[f]
+        all_ok = ok is None or bool(ok.all())
+        if not all_ok and self.invalid_action == "raise":
+            i = int(np.flatnonzero(~ok)[0])
+            valid = np.flatnonzero(self.data.valid[s[i]]).tolist()
+            raise ValueError(
+                f"action {int(a[i])} ({self.data.knob_space.configs[int(a[i])]}) of sub-env {i} is masked for request "
+                f"{self.data.sample_id_list[s[i]]!r}: no outcome; valid configuration indices: {valid} "
+                f"({int((~ok).sum())} sub-envs took a masked action)"
+            )
+        if all_ok:
+            ok = np.ones(n_env, dtype=bool)
+            c = ci = a
+        else:
+            c, ci = np.where(ok, a, 0), np.where(ok, a, -1)
+        out = self._outcomes(s, c)
+        reward = compute_reward(out["score"], out["latency_ms"], b, self._complexity[c], self.reward_config, self._full[s])
+        if not all_ok:
+            reward[~ok] = INVALID_ACTION_REWARD
+        done = np.ones(n_env, dtype=bool)
+        prev = self._obs
+        final_info = self._info(
+            s=s, b=b, strings=self._request_strings(), mask_view=prev["action_mask"].view(bool),
+            stage=np.ones(n_env, dtype=np.int64), keep=done, tier_i=self._cfg_tier_i[ci], p=self._cfg_p[ci],
+            top_k=self._cfg_k[ci], blocks=self._cfg_blocks[ci], config_index=ci.copy(), invalid=~ok,
+        )
+        self._add_outcome_info(final_info, out, b, ok)
+        self._set_requests(*self._draw(n_env))  # same-step autoreset of every sub-env
+        obs = self._observe()
+        info = self._reset_info(obs)
+        info["final_obs"] = prev
+        info["_final_obs"] = done.copy()
+        info["final_info"] = final_info
+        info["_final_info"] = done.copy()
+        return obs, reward, done.copy(), np.zeros(n_env, dtype=bool), info
+
+
+class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
+    """``num_envs`` copies of :class:`envs.two_stage_env.MolmoeKnobsEnv` stepped as one numpy batch.
+
+    Sub-envs step in lockstep (stage 0, stage 1 + autoreset, ...) unless a penalised invalid
+    action ends an episode at stage 0; any mix of stages works. ``action_masks()``:
+    bool (num_envs, T+P+K+B). See the module docstring for the vector conventions.
+    """
+
+    __doc__ = (__doc__ or "") + INFO_DOC
+
+    def __init__(self, num_envs: int, **kwargs: Any) -> None:
+        super().__init__(num_envs, **kwargs)
+        d = self.data
+        self.nvec = d.nvec
+        t_, p_, k_, b_ = self.nvec
+        self._tp, self._n_md = t_ * p_, t_ * p_ * k_ * b_
+        self.single_observation_space = two_stage_observation_space(d)
+        self.single_action_space = spaces.MultiDiscrete(np.array(self.nvec, dtype=np.int64))
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        # one mask table: row s = stage 0 of request s, row n + (s*T + t)*P + p = stage 1 after (t, p)
+        self._mask_table = np.concatenate([d.stage0_mask, d.stage1_mask.reshape(-1, sum(self.nvec))])
+        self._mask_table_i8 = self._mask_table.view(np.int8)
+        self._md_f = d.md_to_config.reshape(-1)
+        # joint validity of a whole 4-vector action, flat over s * n_md + md (see
+        # ReplayData.stage0_action_valid); equivalent to the scalar env's per-component checks
+        self._valid0_f = d.stage0_action_valid.reshape(-1)
+        self._valid1_f = d.prefix_valid.reshape(-1)
+        self._tokens_f = d.tokens.reshape(d.n * self._tp, d.token_dim)
+        # context rows: index t*P + p = stage 1 after (t, p); index T*P = stage 0 (all zero)
+        ctx = np.zeros((self._tp + 1, 1 + t_ + p_), dtype=np.float32)
+        tt, pp = np.divmod(np.arange(self._tp), p_)
+        ctx[np.arange(self._tp), 0] = 1.0
+        ctx[np.arange(self._tp), 1 + tt] = 1.0
+        ctx[np.arange(self._tp), 1 + t_ + pp] = 1.0
+        self._ctx_table = ctx
+        self._stage = np.zeros(self.num_envs, dtype=np.int64)
+        self._t = np.full(self.num_envs, -1, dtype=np.int64)
+        self._p = np.full(self.num_envs, -1, dtype=np.int64)
+        self._minus1 = np.full(self.num_envs, -1, dtype=np.int64)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        self._reset_state(seed, options)
+        self._stage = np.zeros(self.num_envs, dtype=np.int64)
+        self._t, self._p = self._minus1.copy(), self._minus1.copy()
+        obs = self._observe()
+        return obs, self._state_info(obs)
+
+    def _mask_rows(self) -> np.ndarray:
+        return np.where(self._stage == 0, self._s, self._n + (self._s * self.nvec[0] + self._t) * self.nvec[1] + self._p)
+
+    def action_masks(self) -> np.ndarray:
+        """bool (num_envs, T+P+K+B): per-component masks of each sub-env's current observation."""
+        return np.take(self._mask_table, self._mask_rows(), axis=0)
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        s, st, n_env = self._s, self._stage, self.num_envs
+        n1 = int(np.count_nonzero(st))
+        if n1 == 0:  # all at stage 0 (after reset / autoreset in lockstep)
+            token = np.zeros((n_env, self.data.token_dim), dtype=np.float32)
+            ctx = np.zeros((n_env, self._ctx_table.shape[1]), dtype=np.float32)
+            rows = s
+        else:
+            tp = self._t * self.nvec[1] + self._p
+            tp_row = s * self._tp + tp
+            if n1 == n_env:
+                token = np.take(self._tokens_f, tp_row, axis=0)
+                ctx = np.take(self._ctx_table, tp, axis=0)
+                rows = self._n + tp_row
+            else:
+                st0 = st == 0
+                token = np.take(self._tokens_f, np.where(st0, 0, tp_row), axis=0)
+                token[st0] = 0.0
+                ctx = np.take(self._ctx_table, np.where(st0, self._tp, tp), axis=0)
+                rows = np.where(st0, s, self._n + tp_row)
+        obs = {
+            "lang": np.take(self.data.lang, s, axis=0),
+            "token": token,
+            "budget": self._budget_features(s, self._b),
+            "context": ctx,
+            "action_mask": np.take(self._mask_table_i8, rows, axis=0),
+        }
+        self._obs = obs
+        return obs
+
+    def _state_info(self, obs: dict[str, np.ndarray]) -> dict[str, Any]:
+        n_env, m1 = self.num_envs, self._minus1
+        return self._info(
+            s=self._s.copy(), b=self._b.copy(), strings=self._request_strings(), mask_view=obs["action_mask"].view(bool),
+            stage=self._stage.copy(), keep=np.ones(n_env, dtype=bool), tier_i=self._t, p=self._positions[self._p],
+            top_k=m1.copy(), blocks=m1.copy(), config_index=m1.copy(), invalid=np.zeros(n_env, dtype=bool),
+        )
+
+    def _masked_message(self, a: np.ndarray, ok: np.ndarray) -> str:
+        i = int(np.flatnonzero(~ok)[0])
+        s, st = int(self._s[i]), int(self._stage[i])
+        act = a[i].tolist()
+        msg = masked_action_message(act, self._mask_table[self._mask_rows()[i]], self.nvec, st, self.data.sample_id_list[s])
+        if msg is None:  # passes the per-component masks, but the combination has no outcome
+            cfg = int(self.data.md_to_config[tuple(act)])
+            what = (f"no configuration with tier index {act[0]} and p index {act[1]} has an outcome" if st == 0
+                    else f"configuration {self.data.knob_space.configs[cfg]} has no outcome")
+            msg = f"action {act}: {what} for request {self.data.sample_id_list[s]!r} (incomplete='mask')"
+        return f"sub-env {i}: {msg} ({int((~ok).sum())} sub-envs took a masked action)"
+
+    def step(self, actions: Any) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        if self._obs is None:
+            raise RuntimeError("step() called before reset(); call reset()")
+        n_env = self.num_envs
+        t_, p_, k_, b_ = self.nvec
+        a = np.asarray(actions)
+        if a.shape != (n_env, 4) or a.dtype.kind not in "iu":
+            raise ValueError(
+                f"actions must be an integer array of shape ({n_env}, 4) in MultiDiscrete({list(self.nvec)}), got {a.dtype} {a.shape}"
+            )
+        a0, a1, a2, a3 = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+        if a.min() < 0 or a0.max() >= t_ or a1.max() >= p_ or a2.max() >= k_ or a3.max() >= b_:
+            i = int(np.flatnonzero(((a < 0) | (a >= np.array(self.nvec))).any(axis=1))[0])
+            raise ValueError(f"action {a[i].tolist()} of sub-env {i} outside MultiDiscrete({list(self.nvec)})")
+        s, b, st = self._s, self._b, self._stage
+        md = ((a0 * p_ + a1) * k_ + a2) * b_ + a3
+        idx = s * self._n_md + md
+        n1 = int(np.count_nonzero(st))
+        if n1 == 0:
+            ok = self._valid0_f[idx]
+        else:
+            ok1 = self._valid1_f[idx] & (a0 == self._t) & (a1 == self._p)
+            ok = ok1 if n1 == n_env else np.where(st == 0, self._valid0_f[idx], ok1)
+        all_ok = bool(ok.all())
+        if not all_ok and self.invalid_action == "raise":
+            raise ValueError(self._masked_message(a, ok))
+        reward = np.zeros(n_env, dtype=np.float64)
+        prev, final_info = self._obs, None
+        fin = (st == 1) & ok if n1 else None  # episodes that end with an outcome
+        done = fin if all_ok else (~ok if fin is None else fin | ~ok)
+        n_done = 0 if done is None else int(np.count_nonzero(done))
+        if n_done:
+            cfg = self._md_f[md]
+            if fin is None:
+                fin = np.zeros(n_env, dtype=bool)
+            all_fin = n_done == n_env and all_ok
+            safe = cfg if all_fin else np.where(fin, cfg, 0)
+            out = self._outcomes(s, safe)
+            r = compute_reward(out["score"], out["latency_ms"], b, self._complexity[safe], self.reward_config, self._full[s])
+            reward = r if all_fin else np.where(fin, r, np.where(ok, 0.0, INVALID_ACTION_REWARD))
+            ci = cfg if all_fin else np.where(fin, cfg, -1)
+            final_info = self._info(
+                s=s, b=b, strings=self._request_strings(), mask_view=prev["action_mask"].view(bool), stage=st + 1,
+                keep=done, tier_i=self._cfg_tier_i[ci] if all_fin else np.where(fin, self._cfg_tier_i[ci], self._t),
+                p=self._cfg_p[ci] if all_fin else np.where(fin, self._cfg_p[ci], self._positions[self._p]),
+                top_k=self._cfg_k[ci], blocks=self._cfg_blocks[ci], config_index=ci.copy(), invalid=~ok,
+            )
+            self._add_outcome_info(final_info, out, b, fin)
+        # transitions: stage 0 → 1 with a valid action; finished episodes reset (same step)
+        if n_done == n_env:
+            self._set_requests(*self._draw(n_env))
+            self._t, self._p, self._stage = self._minus1.copy(), self._minus1.copy(), np.zeros(n_env, dtype=np.int64)
+        else:
+            go1 = (st == 0) & ok
+            if n1 == 0 and all_ok:
+                self._t, self._p, self._stage = a0.copy(), a1.copy(), np.ones(n_env, dtype=np.int64)
+            else:
+                self._t, self._p = np.where(go1, a0, self._t), np.where(go1, a1, self._p)
+                self._stage = np.where(go1, 1, st)
+            if n_done:
+                new_s, new_b = s.copy(), b.copy()
+                new_s[done], new_b[done] = self._draw(n_done)
+                self._set_requests(new_s, new_b)
+                self._t[done], self._p[done], self._stage[done] = -1, -1, 0
+        obs = self._observe()
+        info = self._state_info(obs)
+        if final_info is not None:
+            info["final_obs"] = prev
+            info["_final_obs"] = done.copy()
+            info["final_info"] = final_info
+            info["_final_info"] = done.copy()
+        terminated = done.copy() if n_done else np.zeros(n_env, dtype=bool)
+        return obs, reward, terminated, np.zeros(n_env, dtype=bool), info
