@@ -26,13 +26,17 @@ def load_policy(spec: str) -> Any:
         from agents.grpo import GRPOPolicy
 
         pol = GRPOPolicy.load(directory)
-    elif agent in ("maskable_ppo", "ppo"):
-        from agents import ppo
+    elif agent == "maskable_ppo":
+        from agents.ppo import TwoStagePPOPolicy
 
-        pol = ppo.load_policy(agent, directory)
+        pol = TwoStagePPOPolicy.load(directory)
+    elif agent == "ppo":
+        from agents.ppo import FlatPPOPolicy
+
+        pol = FlatPPOPolicy.load(directory)
     else:
-        from agents import bandits
+        from agents.bandits import BanditPolicy
 
-        pol = bandits.load_policy(directory)
+        pol = BanditPolicy.load(directory)
     pol.name = agent
     return pol

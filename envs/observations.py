@@ -47,19 +47,3 @@ def flat_observation_space(data: ReplayData) -> spaces.Dict:
             "action_mask": spaces.MultiBinary(data.n_configs),
         }
     )
-
-
-def budget_features(
-    budget_ms: np.ndarray | float, cheapest_ms: np.ndarray | float, full_ms: np.ndarray | float, scale_ms: float
-) -> np.ndarray:
-    """float32 (..., 4) ``[budget/scale, cheapest/scale, full/scale, budget/full]`` (all ms in)."""
-    b = np.asarray(budget_ms, dtype=np.float64)
-    c = np.asarray(cheapest_ms, dtype=np.float64)
-    f = np.asarray(full_ms, dtype=np.float64)
-    b, c, f = np.broadcast_arrays(b, c, f)
-    out = np.empty(b.shape + (4,), dtype=np.float32)
-    out[..., 0] = b / scale_ms
-    out[..., 1] = c / scale_ms
-    out[..., 2] = f / scale_ms
-    out[..., 3] = b / f
-    return out

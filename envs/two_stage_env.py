@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.env_settings import INFO_DOC, add_outcome, INVALID_ACTION_REWARD, check_reset_options, resolve_settings
+from envs.env_settings import INFO_DOC, INVALID_ACTION_REWARD
 from envs.observations import two_stage_observation_space
-from envs.replay_data import ReplayData, pinned_request
+from envs.replay_data import ReplayData
+from envs.replay_env_base import Outcome, ReplayEnvBase
 from envs.reward import RewardConfig
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def masked_action_message(action: Sequence[int], mask: np.ndarray, nvec: Sequenc
     )
 
 
-class MolmoeKnobsEnv(gym.Env):
+class MolmoeKnobsEnv(ReplayEnvBase):
     """Two-stage env: pick (tier, p), see the latency token, pick (top-k, knob3); one request per episode.
 
     Episode: ``reset`` draws a request (uniformly from the split's eligible requests) and a
@@ -100,7 +100,6 @@ class MolmoeKnobsEnv(gym.Env):
     """
 
     __doc__ = (__doc__ or "") + INFO_DOC
-    metadata = {"render_modes": []}
 
     def __init__(
         self,
@@ -119,32 +118,23 @@ class MolmoeKnobsEnv(gym.Env):
         mode: str = "replay",
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: this env does not render")
-        self.settings = resolve_settings(
-            cache=cache, split=split, data=data, reward=reward, reward_kwargs=reward_kwargs,
+        self._setup(
+            render_mode, cache=cache, split=split, data=data, reward=reward, reward_kwargs=reward_kwargs,
             budget_range=budget_range, budgets=budgets, budget_bounds=budget_bounds, estimator=estimator,
             nominal_output_tokens=nominal_output_tokens, incomplete=incomplete, invalid_action=invalid_action, mode=mode,
         )
-        d = self.data = self.settings.data
-        self.reward_config: RewardConfig = self.settings.reward
-        self.budget_sampler = self.settings.budgets
-        self.invalid_action = invalid_action
-        self.latency_scale_ms = d.latency_scale_ms
+        d = self.data
         self.nvec = d.nvec
         t_, p_, _, _ = self.nvec
         self.action_space = spaces.MultiDiscrete(np.array(self.nvec, dtype=np.int64))
         self.observation_space = two_stage_observation_space(d)
-        # hot-path views and Python-level copies (a numpy scalar round trip costs more than a lookup)
-        self._mask0 = d.stage0_mask
-        self._mask1 = d.stage1_mask
+        self._mask0, self._mask1 = d.stage0_mask, d.stage1_mask
+        self._mask0_i8, self._mask1_i8 = d.stage0_mask.view(np.int8), d.stage1_mask.view(np.int8)
         # joint validity of whole actions, flat over s * n_md + md (ReplayData.stage0_action_valid)
         self._valid0_f = d.stage0_action_valid.reshape(-1)
         self._valid1_f = d.prefix_valid.reshape(-1)
         self._md_f = d.md_to_config.reshape(-1)
         self._n_md = int(np.prod(self.nvec))
-        self._mask0_i8 = d.stage0_mask.view(np.int8)
-        self._mask1_i8 = d.stage1_mask.view(np.int8)
         # context rows per (t, p) at stage 1, index t*P + p
         ctx = np.zeros((t_ * p_, 1 + t_ + p_), dtype=np.float32)
         tt, pp = np.divmod(np.arange(t_ * p_), p_)
@@ -152,37 +142,21 @@ class MolmoeKnobsEnv(gym.Env):
         ctx[np.arange(t_ * p_), 1 + tt] = 1.0
         ctx[np.arange(t_ * p_), 1 + t_ + pp] = 1.0
         self._ctx1 = ctx
-        self._cheap = d.cheapest_ms.tolist()
-        self._full = d.full_ms.tolist()
-        self._complexity = d.complexity.tolist()
-        self._ids, self._datasets = d.sample_id_list, d.dataset_list
-        self._tiers, self._positions = d.knob_space.tiers, d.knob_space.insertion_positions
         self._zero_token = np.zeros(d.token_dim, dtype=np.float32)
         self._zero_ctx = np.zeros(1 + t_ + p_, dtype=np.float32)
-        self._s = -1
-        self._done = True
-        self._last_obs: dict[str, np.ndarray] | None = None
+        self._tiers, self._positions = d.knob_space.tiers, d.knob_space.insertion_positions
+        self._stage, self._t, self._p = 0, -1, -1
         self._last_mask: np.ndarray = np.zeros(sum(self.nvec), dtype=bool)
 
     # ------------------------------------------------------------------ API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        super().reset(seed=seed)
-        opts = check_reset_options(options)
-        st = self.settings
-        s = pinned_request(self.data, st.eligible_mask, opts)
-        if s is None:
-            # uniform over the eligible requests (float resolution 2**-53: no measurable bias),
-            # about 10x cheaper than Generator.integers for one draw
-            s = int(st.eligible[int(self.np_random.random() * st.eligible.size)])
-        b = opts.get("budget_ms")
-        self._b = self.budget_sampler.validate(b) if b is not None else self.budget_sampler.sample(self.np_random)
-        self._s, self._stage, self._t, self._p, self._done = s, 0, -1, -1, False
+        self._begin_episode(seed, options)
+        self._stage, self._t, self._p = 0, -1, -1
         obs = self._observation()
         return obs, self._info(stage=0)
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
-        if self._done:
-            raise RuntimeError("step() called before reset() or after the episode ended; call reset()")
+        self._check_running()
         a = parse_multidiscrete(action, self.nvec)
         s = self._s
         _, p_, k_, b_ = self.nvec
@@ -196,11 +170,15 @@ class MolmoeKnobsEnv(gym.Env):
             return self._invalid(self._masked_message(a), stage=2)
         c = int(self._md_f[md])
         outcome = self._outcome(s, c)
-        r = self.reward_config.scalar(outcome[0], outcome[1], self._b, self._complexity[c], self._full[s])
+        r = self._reward(outcome, c)
         self._done = True
-        info = self._info(stage=2, c=c, outcome=outcome)
-        return self._terminal_observation(), float(r), True, False, info
+        return self._terminal_observation(), r, True, False, self._info(stage=2, c=c, outcome=outcome)
 
+    def action_masks(self) -> np.ndarray:
+        """bool (T+P+K+B,) per-component masks of the current observation (sb3-contrib format)."""
+        return self._last_mask.copy()
+
+    # ------------------------------------------------------------------ helpers
     def _masked_message(self, a: list[int]) -> str:
         """Why ``a`` is invalid now: the component(s) outside the mask with the valid sets, or,
         when every component passes (``incomplete="mask"``), the missing outcome."""
@@ -215,26 +193,10 @@ class MolmoeKnobsEnv(gym.Env):
         c = int(self.data.md_to_config[tuple(a)])
         return f"action {a}: configuration {self.data.knob_space.configs[c]} has no outcome for request {self._ids[s]!r}"
 
-    def action_masks(self) -> np.ndarray:
-        """bool (T+P+K+B,) per-component masks of the current observation (sb3-contrib format)."""
-        return self._last_mask.copy()
-
-    # ------------------------------------------------------------------ outcome source
-    def _outcome(self, s: int, c: int) -> tuple[float, float, float, float, float, float, int]:
-        """(score, total, vision, prefill, decode, measured ms, output tokens) of request ``s`` at
-        configuration ``c``; the one place outcomes come from (live mode overrides it)."""
-        d = self.data
-        return (
-            float(d.score[s, c]), float(d.total_ms[s, c]), float(d.vision_ms[s, c]), float(d.prefill_ms[s, c]),
-            float(d.decode_ms[s, c]), float(d.measured_ms[s, c]), int(d.output_tokens[s, c]),
-        )
-
-    # ------------------------------------------------------------------ helpers
     def _observation(self) -> dict[str, np.ndarray]:
-        s, b = self._s, self._b
+        s = self._s
         if self._stage == 0:
-            token = self._zero_token.copy()
-            ctx = self._zero_ctx.copy()
+            token, ctx = self._zero_token.copy(), self._zero_ctx.copy()
             mask = self._mask0_i8[s].copy()
             self._last_mask = self._mask0[s]
         else:
@@ -243,29 +205,24 @@ class MolmoeKnobsEnv(gym.Env):
             ctx = self._ctx1[t * self.nvec[1] + p].copy()
             mask = self._mask1_i8[s, t, p].copy()
             self._last_mask = self._mask1[s, t, p]
-        scale, full = self.latency_scale_ms, self._full[s]
         obs = {
             "lang": self.data.lang[s].copy(),
             "token": token,
-            "budget": np.array([b / scale, self._cheap[s] / scale, full / scale, b / full], dtype=np.float32),
+            "budget": self._budget_obs(),
             "context": ctx,
             "action_mask": mask,
         }
         self._last_obs = obs
         return obs
 
-    def _terminal_observation(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self._last_obs.items()}
-
     def _invalid(self, err: str, stage: int) -> tuple[dict, float, bool, bool, dict]:
-        if self.invalid_action == "raise":
+        if self.invalid_action == "raise":  # state untouched: the episode can go on with a valid action
             raise ValueError(err)
         self._done = True
         info = self._info(stage=stage, invalid=True)
         return self._terminal_observation(), float(INVALID_ACTION_REWARD), True, False, info
 
-    def _info(self, stage: int, c: int = -1, outcome: tuple | None = None, invalid: bool = False) -> dict[str, Any]:
-        s = self._s
+    def _info(self, stage: int, c: int = -1, outcome: Outcome | None = None, invalid: bool = False) -> dict[str, Any]:
         if c >= 0:
             config = dict(self.data.config_dicts[c])
         else:
@@ -275,18 +232,5 @@ class MolmoeKnobsEnv(gym.Env):
                 "top_k": -1,
                 "blocks": -1,
             }
-        info = {
-            "budget_ms": self._b,
-            "config": config,
-            "config_index": c,
-            "sample_id": self._ids[s],
-            "sample_index": s,
-            "dataset": self._datasets[s],
-            "synthetic": self.data.synthetic,
-            "action_mask": self._last_mask.copy(),
-            "stage": stage,
-            "invalid_action": invalid,
-        }
-        if outcome is not None:
-            add_outcome(info, outcome, self._b)
-        return info
+        return self._make_info(stage=stage, config=config, c=c, mask=self._last_mask.copy(), outcome=outcome,
+                               invalid=invalid)

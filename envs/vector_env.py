@@ -22,11 +22,13 @@ values); what differs is the gymnasium vector convention:
 - ``info["action_mask"]`` is a bool view of the returned ``obs["action_mask"]``;
   ``info["sample_id"]`` / ``info["dataset"]`` are read-only arrays shared by the infos of one
   request draw, and the ``_key`` masks of one info dict share one array (read-only use).
-- Info values are batched the way gymnasium's ``SyncVectorEnv`` batches the scalar envs'
-  infos (floats float64, ints int64, bools bool, strings object arrays, ``config`` a nested
-  dict), with masked-out rows NaN / -1 / False / ``""``.
-- Draws (requests, budgets) come from one generator for all sub-envs
-  (``reset(seed=int)``); ``reset(options=)`` takes ``sample_index`` / ``sample_id`` /
+- Info values are batched like gymnasium's ``SyncVectorEnv`` batches the scalar envs' infos
+  (floats float64, ints int64, bools bool, ``config`` a nested dict with its own masks), except
+  that strings are numpy str arrays (not object arrays); masked-out rows hold NaN / -1 /
+  False / ``""``.
+- Draws (requests, budgets) come from one generator for all sub-envs, seeded by
+  ``reset(seed=int)`` (so the draws differ from N scalar envs' own generators; pinning
+  requests and budgets makes the two agree exactly); ``reset(options=)`` takes ``sample_index`` / ``sample_id`` /
   ``budget_ms`` as a scalar (all sub-envs) or a (num_envs,) array.
 - A masked action in any sub-env raises a ValueError before any state changes
   (``invalid_action="raise"``), naming the sub-env, the action and the valid sets; with
@@ -87,10 +89,10 @@ class _ReplayVectorEnv(VectorEnv):
         self.latency_scale_ms = d.latency_scale_ms
         n, c = d.n, d.n_configs
         self._n, self._c = n, c
-        # one float64 record per (request, configuration): an outcome lookup touches one cache
+        # one 32-byte record per (request, configuration): an outcome lookup touches one cache
         # line instead of seven. Columns: score, total, vision, prefill, decode, measured ms,
-        # output tokens, (padding).
-        rec = np.zeros((n * c, 8), dtype=np.float64)
+        # output tokens (exact in float32 below 2**24), padding.
+        rec = np.zeros((n * c, 8), dtype=np.float32)
         for j, a in enumerate((d.score, d.total_ms, d.vision_ms, d.prefill_ms, d.decode_ms, d.measured_ms, d.output_tokens)):
             rec[:, j] = a.reshape(-1)
         self._outcome_rec = rec
@@ -198,15 +200,16 @@ class _ReplayVectorEnv(VectorEnv):
         """Outcomes of requests ``s`` at configurations ``c`` (int64 (k,), pairs with an outcome):
         float64 arrays (``output_tokens`` int64). The one place outcomes come from (live mode
         overrides it)."""
-        rec = np.take(self._outcome_rec, s * self._c + c, axis=0)
+        # (8, k) float64, so that every column below is a contiguous row
+        rec = np.ascontiguousarray(np.take(self._outcome_rec, s * self._c + c, axis=0).T, dtype=np.float64)
         return {
-            "score": rec[:, 0],
-            "latency_ms": rec[:, 1],
-            "vision_ms": rec[:, 2],
-            "prefill_ms": rec[:, 3],
-            "decode_ms": rec[:, 4],
-            "measured_ms": rec[:, 5],
-            "output_tokens": rec[:, 6].astype(np.int64),
+            "score": rec[0],
+            "latency_ms": rec[1],
+            "vision_ms": rec[2],
+            "prefill_ms": rec[3],
+            "decode_ms": rec[4],
+            "measured_ms": rec[5],
+            "output_tokens": rec[6].astype(np.int64),
         }
 
     def _info(self, *, s: np.ndarray, b: np.ndarray, strings: tuple[np.ndarray, np.ndarray], mask_view: np.ndarray,
