@@ -16,6 +16,8 @@ from model_runtime.latency_estimator import LatencyEstimator, budget_range, pred
 
 REFERENCE_CSV = Path("/work/shared/reference/h100_hf_transformers_molmoe1b_shape.csv")
 PACKAGED_CSV = le.DEFAULT_PROFILE_DIR / "h100_hf_eager_reference.csv"
+RUNTIME_CSV = le.DEFAULT_PROFILE_DIR / "h100_runtime_eager.csv"
+REFERENCE_JSON = le.DEFAULT_PROFILE_DIR / "reference_hf_eager_estimator.json"
 
 TRUE_COEF = {
     "vision": {"v0_const": 5.0, "v1_crops": 0.7},
@@ -299,15 +301,30 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- default profile
 def test_default_estimator_report_and_reproducibility() -> None:
+    """The default is the fit of this runtime's own H100 profile (eager experts, see profiles/README.md)."""
     est = LatencyEstimator.default()
     assert LatencyEstimator.default() is est  # cached
     rep = est.fit_report["phases"]
-    for phase in ("vision", "prefill"):
+    for phase in ("vision", "prefill", "decode"):
         assert rep[phase]["heldout_evaluated"] and np.isfinite(rep[phase]["heldout"]["mape"])
-        assert 0 <= rep[phase]["heldout"]["mape"] < 50
+    assert rep["prefill"]["heldout"]["mape"] < 10 and rep["decode"]["heldout"]["mape"] < 10
+    assert not rep["decode"]["underdetermined"]
+    assert "experts impl eager" in est.source and "H100" in est.source
+    # the packaged JSON is exactly what fitting the packaged CSV gives
+    rows = le.load_profile(RUNTIME_CSV)
+    refit = LatencyEstimator.fit(rows, holdout_frac=est.fit_report["holdout_frac"], seed=est.fit_report["seed"],
+                                 ridge=est.fit_report["ridge"])
+    for phase in le.PHASES:
+        np.testing.assert_allclose(refit.coef_vector(phase), est.coef_vector(phase), rtol=1e-9, atol=1e-15)
+    assert est.fidelity(rows)["prefill"]["n"] == 117
+
+
+def test_reference_estimator_reproducibility() -> None:
+    """The transformers-reference fit (the first default) stays reproducible from its CSV."""
+    est = LatencyEstimator.load(REFERENCE_JSON)
+    rep = est.fit_report["phases"]
     assert rep["decode"]["underdetermined"] and rep["decode"]["n_rows"] == 2
     assert "eager" in est.source and "grouped_mm" in est.source
-    # the packaged JSON is exactly what fitting the packaged CSV gives
     rows = le.load_profile(PACKAGED_CSV)
     refit = LatencyEstimator.fit(rows, holdout_frac=est.fit_report["holdout_frac"], seed=est.fit_report["seed"],
                                  ridge=est.fit_report["ridge"])
