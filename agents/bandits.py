@@ -1,0 +1,678 @@
+"""Contextual bandits over the 225 configurations of the flat env ``MolmoeKnobsFlat-v0``.
+
+Three disjoint-linear-model bandits (one ridge regression per arm, Li et al. 2010):
+
+- ``linucb``: score = x·θ_a + α √(xᵀ A_a⁻¹ x)
+- ``lin_ts``: linear Thompson sampling, score = x·θ̃_a with θ̃_a ~ N(θ_a, v² A_a⁻¹) drawn
+  independently per (context, arm). Only the scalar x·θ̃_a enters the argmax, and its law is
+  N(x·θ_a, v² xᵀA_a⁻¹x), so it is sampled directly as ``x·θ_a + v √(xᵀA_a⁻¹x) z``, z ~ N(0, 1),
+  which is the same distribution as drawing θ̃_a (what mabwiser does) at O(d) per pair
+  instead of a Cholesky factor per draw.
+- ``eps_greedy``: with probability ε a uniformly random *valid* arm, else argmax x·θ_a;
+  ε decays linearly from ``epsilon`` to ``epsilon_final`` over the training rounds.
+
+Per arm a: precision ``A_a = λI + Σ x xᵀ`` (d×d), ``b_a = Σ r x``, ``θ_a = A_a⁻¹ b_a``. They are
+stored stacked, ``A``/``A_inv`` as (arms, d, d) float64 and ``b``/``theta`` as (arms, d), so that
+a whole batch of n contexts is scored at once with two matrix products (no Python loop over
+arms or samples). An update with a batch of (arm, context, reward) triples either applies
+rank-one Sherman–Morrison updates to ``A_inv`` — grouped by occurrence rank, i.e. the k-th
+sample of every arm is applied to all arms together, so the loop runs over the largest
+per-arm multiplicity, not over samples — or re-inverts the touched arms' precision matrices in
+one batched call (``update_method``; ``auto`` picks Sherman–Morrison while the multiplicity is
+small). Both give the same matrices as sequential per-sample updates (tests check 1e-8).
+
+Masked arms score −inf and are never chosen (exploration included).
+
+Greedy action (what :class:`BanditPolicy.act` does in evaluation): argmax of the posterior
+mean x·θ_a over valid arms, for all three kinds (UCB without its bonus, TS without sampling,
+ε-greedy with ε = 0).
+
+Context (:class:`ContextFeaturizer`): ``[1, PCA(lang), standardised obs["budget"],
+u, u², RBF(u)]`` with ``u = (budget − cheapest) / (full − cheapest)`` read from
+``obs["budget"] = [budget/scale, cheapest/scale, full/scale, budget/full]``. The reward of an
+arm as a function of the budget is a step (in budget → score, over budget → penalty) located
+where the budget crosses that arm's latency, which sits between the request's cheapest and
+full latency; the radial basis bumps over ``u`` let each arm's linear model place that step.
+Optionally the GRPO agent's shared budget encoding (``agents.budget_encoding``) is appended.
+
+Reward is the env's reward (the budget is in the context, so each arm's model learns the
+reward as a function of the budget).
+
+Torch is not needed here; only numpy (and gymnasium / the envs in :func:`train_bandit`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+BANDIT_KINDS: tuple[str, ...] = ("linucb", "lin_ts", "eps_greedy")
+#: Other accepted spellings (the command line's agent names) → kind.
+KIND_ALIASES: dict[str, str] = {"lints": "lin_ts", "egreedy": "eps_greedy", "epsilon_greedy": "eps_greedy",
+                                "thompson": "lin_ts"}
+
+
+def canonical_kind(kind: str) -> str:
+    """``kind`` or an alias of it (:data:`KIND_ALIASES`) → one of :data:`BANDIT_KINDS`; ValueError otherwise."""
+    k = KIND_ALIASES.get(str(kind), str(kind))
+    if k not in BANDIT_KINDS:
+        raise ValueError(f"unknown bandit kind {kind!r}; expected one of {BANDIT_KINDS} (aliases {sorted(KIND_ALIASES)})")
+    return k
+UPDATE_METHODS: tuple[str, ...] = ("auto", "sherman_morrison", "refactor")
+
+#: ``LinearBanditConfig.alpha`` when None, per kind (unused by ε-greedy).
+DEFAULT_ALPHA: dict[str, float] = {"linucb": 1.0, "lin_ts": 0.4, "eps_greedy": 0.0}
+
+#: Largest per-arm multiplicity in one update for which ``auto`` still uses Sherman–Morrison;
+#: beyond it one batched re-inversion of the touched arms is cheaper than that many passes.
+_SM_MAX_RANK = 8
+
+
+# ============================================================================ linear models
+@dataclass
+class LinearBanditConfig:
+    """Hyper-parameters of :class:`LinearBandit`.
+
+    Attributes:
+        kind: one of :data:`BANDIT_KINDS` (aliases accepted, :data:`KIND_ALIASES`).
+        alpha: LinUCB bonus width α, and the posterior scale v of linear Thompson sampling;
+            None = the kind's default (:data:`DEFAULT_ALPHA`: 1.0 for LinUCB; 0.4 for TS, about
+            the reward noise sd on the default synthetic cache, since v scales the posterior of
+            a model whose noise variance is taken as 1).
+        l2: ridge regularisation λ (prior precision): ``A_a`` starts at ``λ I``.
+        epsilon: ε-greedy's initial exploration probability.
+        epsilon_final: ε at the end of training (linear decay; see :meth:`LinearBandit.set_progress`).
+        update_method: one of :data:`UPDATE_METHODS`.
+        seed: seed of the bandit's own generator (TS draws, ε coin flips, random arms).
+    """
+
+    kind: str = "linucb"
+    alpha: float | None = None
+    l2: float = 1.0
+    epsilon: float = 0.3
+    epsilon_final: float = 0.05
+    update_method: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.kind = canonical_kind(self.kind)
+        if self.update_method not in UPDATE_METHODS:
+            raise ValueError(f"unknown update_method {self.update_method!r}; expected one of {UPDATE_METHODS}")
+        if not self.l2 > 0:
+            raise ValueError(f"l2 must be > 0 (it makes every A_a invertible), got {self.l2}")
+        if self.alpha is not None and not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0 or None, got {self.alpha}")
+        for name in ("epsilon", "epsilon_final"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+
+
+    @property
+    def alpha_value(self) -> float:
+        """``alpha``, or the kind's default when it is None."""
+        return DEFAULT_ALPHA[self.kind] if self.alpha is None else float(self.alpha)
+
+
+class LinearBandit:
+    """Disjoint linear models for ``n_arms`` arms over ``dim``-dimensional contexts.
+
+    State (all float64): ``A`` (arms, d, d) precision, ``A_inv`` (arms, d, d) its inverse,
+    ``b`` (arms, d), ``theta`` (arms, d) = ``A_inv @ b``, ``counts`` (arms,) int64 updates per arm.
+    """
+
+    def __init__(self, n_arms: int, dim: int, config: LinearBanditConfig | None = None) -> None:
+        if n_arms < 1 or dim < 1:
+            raise ValueError(f"need n_arms >= 1 and dim >= 1, got n_arms={n_arms}, dim={dim}")
+        self.config = config or LinearBanditConfig()
+        self.n_arms = int(n_arms)
+        self.dim = int(dim)
+        eye = np.eye(self.dim)
+        self.A = np.repeat((self.config.l2 * eye)[None], self.n_arms, axis=0)
+        self.A_inv = np.repeat((eye / self.config.l2)[None], self.n_arms, axis=0)
+        self.b = np.zeros((self.n_arms, self.dim))
+        self.theta = np.zeros((self.n_arms, self.dim))
+        self.counts = np.zeros(self.n_arms, dtype=np.int64)
+        self.rng = np.random.default_rng(self.config.seed)
+        self.epsilon_now = float(self.config.epsilon)
+
+    # ------------------------------------------------------------------ checks
+    def _check_contexts(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise ValueError(f"contexts must have shape (n, {self.dim}), got {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError("contexts contain NaN or inf")
+        return X
+
+    def _check_mask(self, mask: np.ndarray | None, n: int) -> np.ndarray | None:
+        if mask is None:
+            return None
+        m = np.asarray(mask).astype(bool)
+        if m.shape != (n, self.n_arms):
+            raise ValueError(f"mask must have shape ({n}, {self.n_arms}), got {m.shape}")
+        empty = ~m.any(axis=1)
+        if empty.any():
+            raise ValueError(f"rows {np.flatnonzero(empty)[:5].tolist()} of the mask allow no arm")
+        return m
+
+    # ------------------------------------------------------------------ scoring
+    def mean(self, X: np.ndarray) -> np.ndarray:
+        """Posterior mean x·θ_a: (n, arms) float64 for contexts X (n, d)."""
+        return self._check_contexts(X) @ self.theta.T
+
+    def variance(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """xᵀ A_a⁻¹ x for every (context, arm): (n, arms) float64, ≥ 0.
+
+        Computed as one (n, d) × (d, arms·d) product per chunk of contexts, which bounds the
+        temporary at ``chunk × arms × d`` floats.
+        """
+        X = self._check_contexts(X)
+        n = X.shape[0]
+        # (d, arms*d): column block a is A_inv[a]
+        M = self.A_inv.transpose(1, 0, 2).reshape(self.dim, self.n_arms * self.dim)
+        out = np.empty((n, self.n_arms))
+        for s in range(0, n, chunk):
+            x = X[s : s + chunk]
+            xa = (x @ M).reshape(x.shape[0], self.n_arms, self.dim)
+            out[s : s + chunk] = np.einsum("nad,nd->na", xa, x)
+        return np.maximum(out, 0.0)
+
+    def scores(self, X: np.ndarray, mask: np.ndarray | None = None, *, explore: bool = True) -> np.ndarray:
+        """Selection scores (n, arms): masked arms get −inf.
+
+        ``explore=False`` gives the posterior mean for every kind. With ``explore=True``:
+        LinUCB adds α√var, TS adds v√var·z (z fresh N(0,1) per pair, from the bandit's generator),
+        ε-greedy replaces the rows drawn for exploration by uniform random keys (so the argmax
+        is a uniformly random valid arm).
+        """
+        X = self._check_contexts(X)
+        n = X.shape[0]
+        m = self._check_mask(mask, n)
+        s = X @ self.theta.T
+        if explore:
+            kind = self.config.kind
+            alpha = self.config.alpha_value
+            if kind == "linucb":
+                if alpha > 0:
+                    s = s + alpha * np.sqrt(self.variance(X))
+            elif kind == "lin_ts":
+                z = self.rng.standard_normal((n, self.n_arms))
+                s = s + alpha * np.sqrt(self.variance(X)) * z
+            else:  # eps_greedy
+                coin = self.rng.random(n) < self.epsilon_now
+                keys = self.rng.random((n, self.n_arms))
+                s = np.where(coin[:, None], keys, s)
+        if m is not None:
+            s = np.where(m, s, -np.inf)
+        return s
+
+    def select(self, X: np.ndarray, mask: np.ndarray | None = None, *, explore: bool = True) -> np.ndarray:
+        """Arm per context: (n,) int64, argmax of :meth:`scores` (ties → lowest arm index)."""
+        return np.argmax(self.scores(X, mask, explore=explore), axis=1).astype(np.int64)
+
+    def set_progress(self, frac: float) -> None:
+        """Training progress in [0, 1] → ε = epsilon + frac·(epsilon_final − epsilon)."""
+        f = min(max(float(frac), 0.0), 1.0)
+        self.epsilon_now = self.config.epsilon + f * (self.config.epsilon_final - self.config.epsilon)
+
+    # ------------------------------------------------------------------ updates
+    def update(self, arms: np.ndarray, X: np.ndarray, rewards: np.ndarray, method: str | None = None) -> None:
+        """Add observations: arms (n,) ints, contexts X (n, d), rewards (n,) finite floats.
+
+        ``method`` overrides ``config.update_method`` for this call.
+        """
+        X = self._check_contexts(X)
+        arms = np.asarray(arms).astype(np.int64).reshape(-1)
+        r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+        n = X.shape[0]
+        if arms.shape != (n,) or r.shape != (n,):
+            raise ValueError(f"arms {arms.shape} and rewards {r.shape} must both have shape ({n},)")
+        if n == 0:
+            return
+        if arms.min() < 0 or arms.max() >= self.n_arms:
+            raise ValueError(f"arm indices must be in [0, {self.n_arms}), got range [{arms.min()}, {arms.max()}]")
+        if not np.all(np.isfinite(r)):
+            raise ValueError("rewards contain NaN or inf")
+        method = method or self.config.update_method
+        if method not in UPDATE_METHODS:
+            raise ValueError(f"unknown update method {method!r}; expected one of {UPDATE_METHODS}")
+
+        order = np.argsort(arms, kind="stable")  # stable: per-arm samples keep arrival order
+        sa, sx = arms[order], X[order]
+        starts = np.flatnonzero(np.r_[True, sa[1:] != sa[:-1]])
+        touched = sa[starts]
+        group_len = np.diff(np.r_[starts, n])
+        rank = np.arange(n) - np.repeat(starts, group_len)
+        max_rank = int(group_len.max())
+
+        np.add.at(self.b, arms, r[:, None] * X)
+        np.add.at(self.counts, arms, 1)
+        if method == "auto":
+            method = "sherman_morrison" if max_rank <= _SM_MAX_RANK else "refactor"
+        if method == "sherman_morrison":
+            for k in range(max_rank):
+                sel = rank == k
+                a, x = sa[sel], sx[sel]  # distinct arms
+                self.A[a] += x[:, :, None] * x[:, None, :]
+                u = np.einsum("aij,aj->ai", self.A_inv[a], x)  # A⁻¹x (A⁻¹ symmetric)
+                denom = 1.0 + np.einsum("ai,ai->a", x, u)
+                self.A_inv[a] -= u[:, :, None] * u[:, None, :] / denom[:, None, None]
+        else:
+            self._add_outer_grouped(sa, sx)
+            inv = np.linalg.inv(self.A[touched])
+            self.A_inv[touched] = 0.5 * (inv + inv.transpose(0, 2, 1))
+        self.theta[touched] = np.einsum("aij,aj->ai", self.A_inv[touched], self.b[touched])
+
+    def _add_outer_grouped(self, sorted_arms: np.ndarray, sorted_X: np.ndarray, chunk: int = 1024) -> None:
+        """A[a] += Σ x xᵀ over the (arm-sorted) samples, summing each arm's run with reduceat.
+
+        Chunked so the (chunk, d, d) temporary stays small whatever the batch size.
+        """
+        n = sorted_X.shape[0]
+        for s in range(0, n, chunk):
+            a, x = sorted_arms[s : s + chunk], sorted_X[s : s + chunk]
+            st = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+            sums = np.add.reduceat(x[:, :, None] * x[:, None, :], st, axis=0)
+            self.A[a[st]] += sums  # arms within one chunk are distinct after the reduce
+
+    def refresh(self) -> None:
+        """Recompute ``A_inv`` and ``theta`` from ``A`` and ``b`` (removes any Sherman–Morrison drift)."""
+        inv = np.linalg.inv(self.A)
+        self.A_inv = 0.5 * (inv + inv.transpose(0, 2, 1))
+        self.theta = np.einsum("aij,aj->ai", self.A_inv, self.b)
+
+    # ------------------------------------------------------------------ state
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {"A": self.A, "A_inv": self.A_inv, "b": self.b, "theta": self.theta, "counts": self.counts}
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for name, ref in self.state_arrays().items():
+            arr = np.asarray(arrays[name])
+            if arr.shape != ref.shape:
+                raise ValueError(f"bandit state {name!r} has shape {arr.shape}, expected {ref.shape}")
+        self.A = np.array(arrays["A"], dtype=np.float64)
+        self.A_inv = np.array(arrays["A_inv"], dtype=np.float64)
+        self.b = np.array(arrays["b"], dtype=np.float64)
+        self.theta = np.array(arrays["theta"], dtype=np.float64)
+        self.counts = np.array(arrays["counts"], dtype=np.int64)
+
+
+# ============================================================================ context features
+@dataclass
+class FeaturizerConfig:
+    """What goes into the bandit context (see the module docstring).
+
+    Attributes:
+        lang_components: PCA components kept of the (standardised) language feature; 0 drops
+            the language feature. Fitted on the observations given to :meth:`ContextFeaturizer.fit`.
+        rbf_centers: Gaussian bumps over u = (budget − cheapest)/(full − cheapest), evenly spaced
+            on ``rbf_range``; width = their spacing. 0 disables them.
+        rbf_range: (lo, hi) of the bump centres in units of u.
+        budget_encoding_dim: width of the shared :class:`agents.budget_encoding.BudgetEncoding`
+            appended (its first 4 raw entries are dropped, they are already in); 0 = none.
+            Keep it small (≤ ~32): the bandit's cost grows with d² per arm.
+        budget_encoding_quantities: quantities of that encoding.
+    """
+
+    lang_components: int = 4
+    rbf_centers: int = 20
+    rbf_range: tuple[float, float] = (-0.1, 1.1)
+    budget_encoding_dim: int = 0
+    budget_encoding_quantities: tuple[str, ...] = ("pos",)
+
+    def __post_init__(self) -> None:
+        self.rbf_range = tuple(float(v) for v in self.rbf_range)  # type: ignore[assignment]
+        self.budget_encoding_quantities = tuple(self.budget_encoding_quantities)
+        if self.lang_components < 0 or self.rbf_centers < 0 or self.budget_encoding_dim < 0:
+            raise ValueError("lang_components, rbf_centers and budget_encoding_dim must be >= 0")
+        if len(self.rbf_range) != 2 or not self.rbf_range[0] < self.rbf_range[1]:
+            raise ValueError(f"rbf_range must be (lo, hi) with lo < hi, got {self.rbf_range}")
+
+
+class ContextFeaturizer:
+    """Maps a flat-env observation batch to bandit contexts ``(n, dim)`` float64.
+
+    Layout: ``[1 | PCA(lang) (k) | z-scored obs["budget"] (4) | u, u² (2) | RBF(u) (R) |
+    shared budget encoding without its raw part (E − 4)]``. The PCA basis and the z-score
+    statistics are fitted once (:meth:`fit`) and then frozen, so contexts of one request never
+    change during training. PCA components are scaled to unit variance on the fit data.
+    """
+
+    def __init__(self, config: FeaturizerConfig | None = None) -> None:
+        self.config = config or FeaturizerConfig()
+        self.lang_mean: np.ndarray | None = None  # (Dl,)
+        self.lang_basis: np.ndarray | None = None  # (Dl, k): projection incl. 1/σ of each component
+        self.budget_mean: np.ndarray | None = None  # (4,)
+        self.budget_std: np.ndarray | None = None  # (4,)
+        self._encoding = None
+        if self.config.budget_encoding_dim:
+            from agents.budget_encoding import BudgetEncoding
+
+            self._encoding = BudgetEncoding(
+                dim=self.config.budget_encoding_dim, quantities=self.config.budget_encoding_quantities
+            )
+
+    @property
+    def fitted(self) -> bool:
+        return self.budget_mean is not None
+
+    @property
+    def dim(self) -> int:
+        if not self.fitted:
+            raise ValueError("ContextFeaturizer is not fitted; call fit(obs) first")
+        k = 0 if self.lang_basis is None else self.lang_basis.shape[1]
+        e = 0 if self._encoding is None else self.config.budget_encoding_dim - 4
+        return 1 + k + 4 + 2 + self.config.rbf_centers + e
+
+    @staticmethod
+    def _arrays(obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        for key in ("lang", "budget"):
+            if key not in obs:
+                raise ValueError(f"observation lacks key {key!r} (flat-env Dict obs expected), has {sorted(obs)}")
+        lang = np.asarray(obs["lang"], dtype=np.float64)
+        budget = np.asarray(obs["budget"], dtype=np.float64)
+        if lang.ndim == 1:
+            lang, budget = lang[None], budget[None]
+        if budget.ndim != 2 or budget.shape[1] != 4 or lang.shape[0] != budget.shape[0]:
+            raise ValueError(f"expected lang (n, Dl) and budget (n, 4), got {lang.shape} and {budget.shape}")
+        return lang, budget
+
+    def fit(self, obs: Mapping[str, np.ndarray]) -> "ContextFeaturizer":
+        """Fit the PCA basis of ``obs["lang"]`` (n, Dl) and z-score stats of ``obs["budget"]`` (n, 4)."""
+        lang, budget = self._arrays(obs)
+        if lang.shape[0] < 2:
+            raise ValueError("need at least 2 observations to fit the featurizer")
+        self.budget_mean = budget.mean(axis=0)
+        self.budget_std = np.where(budget.std(axis=0) > 1e-8, budget.std(axis=0), 1.0)
+        k = min(self.config.lang_components, lang.shape[1], lang.shape[0] - 1)
+        if k > 0:
+            self.lang_mean = lang.mean(axis=0)
+            _, s, vt = np.linalg.svd(lang - self.lang_mean, full_matrices=False)
+            sd = s[:k] / math.sqrt(lang.shape[0] - 1)
+            keep = sd > 1e-8 * max(sd[0], 1e-300)
+            self.lang_basis = (vt[:k][keep] / sd[keep][:, None]).T
+            # fix the sign of each component (SVD signs are arbitrary) for reproducible contexts
+            signs = np.sign(self.lang_basis[np.argmax(np.abs(self.lang_basis), axis=0), np.arange(self.lang_basis.shape[1])])
+            self.lang_basis = self.lang_basis * signs
+        else:
+            self.lang_mean, self.lang_basis = None, None
+        return self
+
+    def budget_position(self, budget: np.ndarray) -> np.ndarray:
+        """u = (budget − cheapest)/(full − cheapest) for obs["budget"] rows (n, 4) → (n,)."""
+        return (budget[:, 0] - budget[:, 1]) / np.maximum(budget[:, 2] - budget[:, 1], 1e-6)
+
+    def transform(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Observation batch (``lang`` (n, Dl), ``budget`` (n, 4)) → contexts (n, dim) float64."""
+        if not self.fitted:
+            raise ValueError("ContextFeaturizer is not fitted; call fit(obs) first")
+        lang, budget = self._arrays(obs)
+        n = lang.shape[0]
+        parts = [np.ones((n, 1))]
+        if self.lang_basis is not None:
+            if lang.shape[1] != self.lang_basis.shape[0]:
+                raise ValueError(f"lang feature width {lang.shape[1]} != fitted width {self.lang_basis.shape[0]}")
+            parts.append((lang - self.lang_mean) @ self.lang_basis)
+        parts.append((budget - self.budget_mean) / self.budget_std)
+        u = self.budget_position(budget)
+        parts.append(np.stack([u, u * u], axis=1))
+        R = self.config.rbf_centers
+        if R:
+            lo, hi = self.config.rbf_range
+            centers = np.linspace(lo, hi, R)
+            width = (hi - lo) / max(R - 1, 1)
+            parts.append(np.exp(-0.5 * ((u[:, None] - centers) / width) ** 2))
+        if self._encoding is not None:
+            parts.append(self._encoding(budget)[:, 4:].astype(np.float64))
+        X = np.concatenate(parts, axis=1)
+        if not np.all(np.isfinite(X)):
+            raise ValueError("non-finite context features (check obs['budget'] / obs['lang'])")
+        return X
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        if not self.fitted:
+            raise ValueError("ContextFeaturizer is not fitted")
+        out = {"feat_budget_mean": self.budget_mean, "feat_budget_std": self.budget_std}
+        if self.lang_basis is not None:
+            out["feat_lang_mean"] = self.lang_mean
+            out["feat_lang_basis"] = self.lang_basis
+        return out
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.budget_mean = np.asarray(arrays["feat_budget_mean"], dtype=np.float64)
+        self.budget_std = np.asarray(arrays["feat_budget_std"], dtype=np.float64)
+        if "feat_lang_basis" in arrays:
+            self.lang_mean = np.asarray(arrays["feat_lang_mean"], dtype=np.float64)
+            self.lang_basis = np.asarray(arrays["feat_lang_basis"], dtype=np.float64)
+        else:
+            self.lang_mean, self.lang_basis = None, None
+
+
+# ============================================================================ policy (evaluator API)
+def _mask_from(obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None, n: int, n_arms: int) -> np.ndarray | None:
+    """The (n, arms) bool action mask from ``obs["action_mask"]`` (else ``info["action_mask"]``)."""
+    m = obs.get("action_mask") if hasattr(obs, "get") else None
+    if m is None and info is not None and hasattr(info, "get"):
+        m = info.get("action_mask")
+    if m is None:
+        return None
+    m = np.asarray(m).astype(bool).reshape(n, -1)
+    if m.shape[1] != n_arms:
+        raise ValueError(f"action mask has {m.shape[1]} entries per row, the bandit has {n_arms} arms")
+    return m
+
+
+class BanditPolicy:
+    """A fitted :class:`ContextFeaturizer` + :class:`LinearBandit`, as a ``FlatPolicy``.
+
+    :meth:`act` is greedy (posterior mean, masks respected) — the evaluation behaviour;
+    :meth:`act_explore` is the training behaviour of the bandit's kind.
+    """
+
+    def __init__(self, bandit: LinearBandit, featurizer: ContextFeaturizer, name: str | None = None) -> None:
+        if featurizer.dim != bandit.dim:
+            raise ValueError(f"featurizer dim {featurizer.dim} != bandit dim {bandit.dim}")
+        self.bandit = bandit
+        self.featurizer = featurizer
+        self.name = name or bandit.config.kind
+
+    def _prepare(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        X = self.featurizer.transform(obs)
+        return X, _mask_from(obs, info, X.shape[0], self.bandit.n_arms)
+
+    def act(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Greedy configuration index per row: (n,) int64."""
+        X, m = self._prepare(obs, info)
+        return self.bandit.select(X, m, explore=False)
+
+    def act_explore(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exploring choice per row and the contexts used: ((n,) int64, (n, d) float64)."""
+        X, m = self._prepare(obs, info)
+        return self.bandit.select(X, m, explore=True), X
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``bandit.npz`` (model + featurizer arrays) and ``config.json``; returns the dir."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {**self.bandit.state_arrays(), **self.featurizer.state_arrays()}
+        np.savez(d / "bandit.npz", **arrays)
+        cfg = {
+            "format": "molmoe-gym-linear-bandit",
+            "version": 1,
+            "name": self.name,
+            "n_arms": self.bandit.n_arms,
+            "dim": self.bandit.dim,
+            "bandit": asdict(self.bandit.config),
+            "features": {**asdict(self.featurizer.config),
+                         "rbf_range": list(self.featurizer.config.rbf_range),
+                         "budget_encoding_quantities": list(self.featurizer.config.budget_encoding_quantities)},
+        }
+        (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "BanditPolicy":
+        d = Path(directory)
+        cfg_path, npz_path = d / "config.json", d / "bandit.npz"
+        if not cfg_path.is_file() or not npz_path.is_file():
+            raise ValueError(f"{d} is not a saved bandit policy (needs config.json and bandit.npz)")
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("format") != "molmoe-gym-linear-bandit":
+            raise ValueError(f"{cfg_path} is not a molmoe-gym bandit config (format={cfg.get('format')!r})")
+        feat = ContextFeaturizer(FeaturizerConfig(**cfg["features"]))
+        bandit = LinearBandit(cfg["n_arms"], cfg["dim"], LinearBanditConfig(**cfg["bandit"]))
+        with np.load(npz_path) as z:
+            arrays = {k: z[k] for k in z.files}
+        feat.load_state_arrays(arrays)
+        bandit.load_state_arrays(arrays)
+        return cls(bandit, feat, name=cfg.get("name"))
+
+
+# ============================================================================ training
+@dataclass
+class BanditTrainConfig:
+    """Settings of :func:`train_bandit`.
+
+    Attributes:
+        bandit: the linear model / exploration settings (``kind`` is set by ``train_bandit``).
+        features: the context featurizer settings.
+        total_steps: env steps (= observed (context, arm, reward) triples) to train for.
+        num_envs: contexts scored and updated per round (the native flat vector env's size).
+        featurizer_samples: observations drawn (unpinned resets) to fit the featurizer.
+        refresh_every: rounds between exact re-inversions of all ``A`` (bounds the
+            floating-point drift of long Sherman–Morrison chains); 0 = never.
+        log_every: rounds between rows of ``progress.csv``.
+        seed: seed of the run: the env draws and the bandit's own generator (it replaces
+            ``bandit.seed``).
+    """
+
+    bandit: LinearBanditConfig = field(default_factory=LinearBanditConfig)
+    features: FeaturizerConfig = field(default_factory=FeaturizerConfig)
+    total_steps: int = 600_000
+    num_envs: int = 256
+    featurizer_samples: int = 4096
+    refresh_every: int = 100
+    log_every: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bandit, Mapping):
+            self.bandit = LinearBanditConfig(**self.bandit)
+        if isinstance(self.features, Mapping):
+            self.features = FeaturizerConfig(**self.features)
+        for name in ("total_steps", "num_envs", "featurizer_samples", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.refresh_every < 0:
+            raise ValueError(f"refresh_every must be >= 0, got {self.refresh_every}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["features"]["rbf_range"] = list(self.features.rbf_range)
+        d["features"]["budget_encoding_quantities"] = list(self.features.budget_encoding_quantities)
+        return d
+
+
+@dataclass
+class BanditTrainResult:
+    """What :func:`train_bandit` returns."""
+
+    policy: BanditPolicy
+    log_dir: Path
+    policy_dir: Path
+    wall_s: float
+    steps: int
+    summary: dict
+
+
+def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfig | None = None,
+                 log_dir: str | Path = "outputs/bandit") -> BanditTrainResult:
+    """Train a contextual bandit of ``kind`` (:data:`BANDIT_KINDS` or an alias) on ``MolmoeKnobsFlat-v0``.
+
+    Each round: the native flat vector env's ``num_envs`` observations → contexts, one batched
+    exploring choice, one env step (which ends every episode and draws fresh requests and
+    budgets, same-step autoreset), one batched update with the env rewards. Writes
+    ``log_dir/progress.csv`` (round, steps, mean reward / score / violation rate of the round's
+    choices, ε, wall seconds), ``log_dir/policy/`` (:meth:`BanditPolicy.save`) and
+    ``log_dir/summary.json``; returns a :class:`BanditTrainResult`.
+    """
+    from envs.vector_env import MolmoeKnobsFlatVectorEnv  # lazy: keeps `import agents.bandits` numpy-only
+
+    kind = canonical_kind(kind)
+    cfg = cfg or BanditTrainConfig()
+    # one seed for the whole run: the env draws and the bandit's own generator
+    bcfg = LinearBanditConfig(**{**asdict(cfg.bandit), "kind": kind, "seed": cfg.seed})
+    log = Path(log_dir)
+    log.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    venv = MolmoeKnobsFlatVectorEnv(cfg.num_envs, **dict(env_kwargs))
+    synthetic = bool(venv.data.synthetic)
+    # featurizer fit on the env's own draws (no access to the data behind the env)
+    batches, got, k = [], 0, 0
+    while got < cfg.featurizer_samples:
+        o, _ = venv.reset(seed=cfg.seed + 7919 * (k + 1))
+        batches.append(o)
+        got += o["lang"].shape[0]
+        k += 1
+    fit_obs = {key: np.concatenate([b[key] for b in batches])[: cfg.featurizer_samples] for key in ("lang", "budget")}
+    featurizer = ContextFeaturizer(cfg.features).fit(fit_obs)
+    bandit = LinearBandit(int(venv.single_action_space.n), featurizer.dim, bcfg)
+    policy = BanditPolicy(bandit, featurizer, name=kind)
+
+    n_rounds = max(1, math.ceil(cfg.total_steps / cfg.num_envs))
+    obs, _ = venv.reset(seed=cfg.seed)
+    rows: list[dict[str, float]] = []
+    acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
+    t_learn = time.perf_counter()
+    for rnd in range(n_rounds):
+        bandit.set_progress(rnd / n_rounds)
+        arms, X = policy.act_explore(obs)
+        obs, reward, _, _, info = venv.step(arms)
+        bandit.update(arms, X, reward)
+        if cfg.refresh_every and (rnd + 1) % cfg.refresh_every == 0:
+            bandit.refresh()
+        fin = info["final_info"]
+        acc["reward"] += float(np.sum(reward))
+        acc["score"] += float(np.nansum(fin["score"]))
+        acc["violation"] += float(np.sum(fin["violation"]))
+        acc["n"] += int(reward.shape[0])
+        if (rnd + 1) % cfg.log_every == 0 or rnd == n_rounds - 1:
+            n = max(acc["n"], 1)
+            rows.append({"round": rnd + 1, "steps": (rnd + 1) * cfg.num_envs, "reward_mean": acc["reward"] / n,
+                         "score_mean": acc["score"] / n, "violation_rate": acc["violation"] / n,
+                         "epsilon": bandit.epsilon_now, "wall_s": time.perf_counter() - t_learn})
+            acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
+    learn_s = time.perf_counter() - t_learn
+    venv.close()
+    with open(log / "progress.csv", "w") as fh:
+        cols = list(rows[0])
+        fh.write(",".join(cols) + "\n")
+        for r in rows:
+            fh.write(",".join(f"{r[c]:.6g}" for c in cols) + "\n")
+    policy_dir = policy.save(log / "policy")
+    steps = n_rounds * cfg.num_envs
+    wall = time.perf_counter() - t0
+    summary = {
+        "agent": kind,
+        "env_id": "MolmoeKnobsFlat-v0",
+        "synthetic": synthetic,
+        "env_kwargs": {k: (v if isinstance(v, (str, int, float, bool, list, type(None))) else repr(v))
+                       for k, v in env_kwargs.items()},
+        "config": cfg.to_dict() | {"bandit": asdict(bcfg)},
+        "context_dim": featurizer.dim,
+        "steps": steps,
+        "rounds": n_rounds,
+        "wall_s": wall,
+        "learn_s": learn_s,
+        "steps_per_s": steps / max(learn_s, 1e-9),
+        "final_rows": rows[-3:],
+    }
+    (log / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return BanditTrainResult(policy, log, policy_dir, wall, steps, summary)

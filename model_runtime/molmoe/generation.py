@@ -1,0 +1,165 @@
+"""Greedy generation under a block plan, with the staged prefill and the skipped-block KV cache.
+
+One call serves one padded batch that shares a configuration:
+
+1. prefill, blocks ``0..p-1`` → the latency token (last prompt position after block ``p-1``);
+2. prefill continues from that hidden state with blocks ``p..`` (no prefix recompute); the
+   logits of the last position give the first token;
+3. decode steps feed each row's last token through the blocks that run; a skipped block has
+   no cache entry and is skipped at every step.
+
+EOS ends a row (its later steps are fed ``pad`` and ignored); the batch stops when every row
+ended or ``max_new_tokens`` tokens were generated. Prefill and decode are timed with
+:class:`~model_runtime.molmoe.timing.PhaseTimer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .language_model import BlockKVCache, MolmoeLanguageModel
+from .timing import PhaseTimer
+
+#: Default generation length of the project (the seeds cut 128 → 64).
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+@dataclass
+class GenerationResult:
+    """Output of :func:`greedy_generate` for a batch of B rows.
+
+    Attributes:
+        tokens: per row, the generated ids including the EOS id when one was produced.
+        ended_with_eos: per row, whether generation stopped at EOS (else at max_new_tokens).
+        first_logits: (B, V) float32 logits that chose the first generated token.
+        latency_token: (B, D) float32 hidden state of the last prompt token after block p-1.
+        latency_tokens: (B, n, D) float32 hidden state of the last prompt token after blocks
+            0..n-1, every block up to n-1 at the model's top-k (the latency token of p = i+1 is
+            row i), or None when not asked for.
+        prefill_ms: time of the whole prefill (both stages and the first token's logits).
+        decode_ms: total time of the decode steps (tokens 2..).
+        decode_steps: number of decode steps (forwards of one token per row).
+    """
+
+    tokens: list[list[int]]
+    ended_with_eos: list[bool]
+    first_logits: torch.Tensor
+    latency_token: torch.Tensor
+    latency_tokens: torch.Tensor | None
+    prefill_ms: float
+    decode_ms: float
+    decode_steps: int
+
+    @property
+    def decode_ms_per_token(self) -> float:
+        """Mean time of one decode step (NaN when there was none)."""
+        return self.decode_ms / self.decode_steps if self.decode_steps else float("nan")
+
+
+@torch.no_grad()
+def greedy_generate(
+    lm: MolmoeLanguageModel,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    top_k_per_block: Sequence[int],
+    p: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    n_latency_tokens: int = 0,
+    timer: PhaseTimer | None = None,
+) -> GenerationResult:
+    """Greedy decoding of a left-padded batch under one block plan.
+
+    Args:
+        lm: the language model.
+        inputs_embeds: (B, S, D) prompt embeddings (image features already added).
+        attention_mask: (B, S) 1 for real tokens (left padding).
+        top_k_per_block: experts per block, 0 = skip (e.g. ``KnobSpace.plan(...).top_k_per_block``).
+        p: insertion position in 1..n_layers; the latency token is read after block p-1.
+        eos_token_id: ends a row.
+        pad_token_id: fed to rows that already ended.
+        max_new_tokens: at most this many generated tokens per row (>= 1).
+        n_latency_tokens: also return the latency tokens of positions 1..n (blocks 0..n-1 at the
+            model's top-k; the blocks ``p..n-1`` are computed in a side branch after generation,
+            outside the timed phases). Requires blocks ``0..p-1`` of the plan at the model's top-k.
+        timer: phase timer (a fresh one on the embeddings' device if None).
+
+    Raises:
+        ValueError: invalid plan, p, lengths.
+    """
+    plan = lm.check_plan(top_k_per_block)
+    if not 1 <= p <= lm.n_layers:
+        raise ValueError(f"insertion position p={p} outside 1..{lm.n_layers}")
+    if plan[p - 1] == 0:
+        raise ValueError(f"block p-1={p - 1} is skipped by the plan; the latency token needs it to run")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not 0 <= n_latency_tokens <= lm.n_layers:
+        raise ValueError(f"n_latency_tokens={n_latency_tokens} outside 0..{lm.n_layers}")
+    if n_latency_tokens and any(plan[b] != lm.max_top_k for b in range(min(p, n_latency_tokens))):
+        raise ValueError("latency tokens for every position need blocks 0..p-1 at the model's top-k")
+    timer = timer if timer is not None else PhaseTimer(inputs_embeds.device)
+    prefix_tokens: dict[int, torch.Tensor] = {}
+
+    def record(block: int, _inp: torch.Tensor, out: torch.Tensor) -> None:
+        if block < n_latency_tokens:
+            prefix_tokens[block] = out[:, -1].float()
+
+    t_prefill, t_decode = timer.get("prefill"), timer.get("decode")
+    with timer.phase("prefill"):
+        state = lm.begin(inputs_embeds, attention_mask, cache=BlockKVCache(reserve=max_new_tokens))
+        lm.advance(state, p, plan, on_block=record if n_latency_tokens else None)
+        after_prefix = dataclasses.replace(state)  # shallow: advance() rebinds hidden, never mutates it
+        lm.advance(state, lm.n_layers, plan)
+        logits = lm.logits(state)
+        next_tok = logits.argmax(-1)
+    first_logits = logits.float()
+    latency_token = after_prefix.hidden[:, -1].float()
+    generated = [next_tok]
+    ended = next_tok == eos_token_id
+    steps = 0
+    with timer.phase("decode"):
+        while len(generated) < max_new_tokens and not bool(ended.all()):
+            feed = torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok)
+            state = lm.begin_decode(state, feed)
+            lm.advance(state, lm.n_layers, plan)
+            next_tok = lm.logits(state).argmax(-1)
+            generated.append(next_tok)
+            ended = ended | (next_tok == eos_token_id)
+            steps += 1
+    prefill_ms = timer.get("prefill") - t_prefill
+    decode_ms = timer.get("decode") - t_decode
+
+    latency_tokens = None
+    if n_latency_tokens:
+        if n_latency_tokens > p:
+            branch = dataclasses.replace(after_prefix, cache=None)
+            lm.advance(branch, n_latency_tokens, lm.full_plan(), on_block=record, use_cache=False)
+        latency_tokens = torch.stack([prefix_tokens[b] for b in range(n_latency_tokens)], dim=1)
+
+    ids = torch.stack(generated, dim=1).tolist()
+    tokens: list[list[int]] = []
+    ended_with_eos: list[bool] = []
+    for row in ids:
+        if eos_token_id in row:
+            row = row[: row.index(eos_token_id) + 1]
+            ended_with_eos.append(True)
+        else:
+            ended_with_eos.append(False)
+        tokens.append(row)
+    return GenerationResult(
+        tokens=tokens,
+        ended_with_eos=ended_with_eos,
+        first_logits=first_logits,
+        latency_token=latency_token,
+        latency_tokens=latency_tokens,
+        prefill_ms=prefill_ms,
+        decode_ms=decode_ms,
+        decode_steps=steps,
+    )

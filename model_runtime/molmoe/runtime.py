@@ -1,0 +1,350 @@
+"""``MolmoeRuntime.run(requests, config)``: the one code path that applies a knob configuration.
+
+For a configuration ``(tier, p, top_k, blocks)`` of a :class:`~envs.knob_space.KnobSpace`:
+
+- tier → ``max_crops = knob_space.crops_for(tier)`` → Molmo preprocessing → vision tokens;
+- ``knob_space.plan(config)`` → per-block top-k (blocks ``0..p-1`` at the maximum, the chosen
+  blocks of ``p..`` at ``top_k``, the others skipped, 0);
+- staged prefill: blocks ``0..p-1`` → the latency token, then blocks ``p..`` from that hidden
+  state; greedy decoding (``max_new_tokens`` 64, EOS honoured) with a KV cache that only the
+  blocks that run own.
+
+Requests are grouped by configuration; a group runs as left-padded batches of at most
+``max_batch_size`` requests; different configurations never share a forward. Each batch is
+timed per phase (vision = tower + connector; prefill = embedding + both prefill stages + the
+first token's logits; decode = the remaining steps) with one :class:`PhaseTimer` (CUDA events
+on GPU, ``perf_counter`` on CPU); every outcome of a batch carries its batch's times and
+``batch_size``. Preprocessing (image decode, crops, tokenization) runs on the CPU before the
+timed phases.
+
+The prompt text is ``model_runtime.datasets.build_prompt(request)`` (the project's one
+template) wrapped in Molmo's chat format (``" User: ... Assistant:"``); predictions are scored
+with the request's metric (``Request.score``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from envs.knob_space import KnobConfig, KnobSpace
+
+from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationResult, greedy_generate
+from .model import MolmoeModel
+from .preprocessing import PromptInputs, build_prompt as build_prompt_inputs, format_question
+from .timing import PhaseTimer
+from .tokenizer import TextTokenizer
+
+
+@dataclass
+class Outcome:
+    """What one request produced under one configuration.
+
+    Attributes:
+        request_id, dataset: from the request.
+        config: the configuration it ran under.
+        prediction: generated text (EOS and special tokens removed).
+        output_tokens: generated tokens, including EOS when one was produced.
+        score: the request's metric on ``prediction``.
+        vision_ms, prefill_ms: the batch's phase times (ms).
+        decode_ms: the batch's total decode time (tokens 2..), ms.
+        decode_ms_per_token: ``decode_ms`` / decode steps of the batch (NaN if none).
+        crops: crops fed to the vision tower, incl. the global view.
+        vision_tokens: image tokens in the prompt; prompt_tokens: the other tokens (text + BOS).
+        latency_token: (d_model,) float32 last prompt token's hidden state after block p-1.
+        latency_tokens: (n_positions, d_model) float32 the same after blocks 0..n-1 (the latency
+            token of every p = 1..n), or None when not asked for.
+        first_token_entropy: entropy (nats) of the first generated token's softmax.
+        first_token_margin: top-1 minus top-2 probability of that softmax.
+        ended_with_eos: generation stopped at EOS (else at max_new_tokens).
+        batch_size: requests in the batch that produced this outcome.
+        token_ids: the generated ids.
+    """
+
+    request_id: str
+    dataset: str
+    config: KnobConfig
+    prediction: str
+    output_tokens: int
+    score: float
+    vision_ms: float
+    prefill_ms: float
+    decode_ms: float
+    decode_ms_per_token: float
+    crops: int
+    vision_tokens: int
+    prompt_tokens: int
+    latency_token: np.ndarray
+    latency_tokens: np.ndarray | None
+    first_token_entropy: float
+    first_token_margin: float
+    ended_with_eos: bool
+    batch_size: int
+    token_ids: list[int]
+
+    @property
+    def total_ms(self) -> float:
+        """vision + prefill + decode (the batch's wall time in the model)."""
+        return self.vision_ms + self.prefill_ms + self.decode_ms
+
+
+def first_token_uncertainty(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V) logits → (entropy in nats, top-1 − top-2 probability), each (B,) float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    prob = logp.exp()
+    entropy = -(prob * logp).sum(-1)
+    top2 = prob.topk(2, dim=-1).values
+    return entropy, top2[:, 0] - top2[:, 1]
+
+
+def _as_request(obj: Any) -> Any:
+    """A ``model_runtime.datasets.Request`` (dicts are parsed with ``request_from_json``)."""
+    from model_runtime.datasets import Request, request_from_json
+
+    if isinstance(obj, Request):
+        return obj
+    if isinstance(obj, Mapping):
+        return request_from_json(dict(obj))
+    raise ValueError(f"expected a Request or its JSON dict, got {type(obj).__name__}")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of an image file (EXIF orientation applied, as Molmo does)."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im.convert("RGB")), dtype=np.uint8)
+
+
+class MolmoeRuntime:
+    """Runs requests through a :class:`MolmoeModel` under knob configurations.
+
+    Args:
+        model: the model (its device and dtype are used).
+        tokenizer: text tokenizer of the model's vocabulary.
+        knob_space: knob semantics incl. importance scores (default ``KnobSpace()``).
+        max_batch_size: requests per forward within one configuration.
+        max_new_tokens: generation cap (64).
+        template: prompt template of ``model_runtime.datasets.build_prompt``.
+
+    Raises:
+        ValueError: the knob space does not fit the model (block count, top-k range).
+    """
+
+    def __init__(
+        self,
+        model: MolmoeModel,
+        tokenizer: TextTokenizer,
+        knob_space: KnobSpace | None = None,
+        *,
+        max_batch_size: int = 8,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        template: str = "molmo",
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.knob_space = KnobSpace() if knob_space is None else knob_space
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.max_batch_size = int(max_batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+        self.template = template
+        lm = model.lm
+        ks = self.knob_space
+        if ks.num_blocks != lm.n_layers:
+            raise ValueError(f"knob space has {ks.num_blocks} blocks, the model {lm.n_layers}")
+        if ks.max_top_k != lm.max_top_k:
+            raise ValueError(
+                f"knob space's max top-k {ks.max_top_k} != the model's top-k {lm.max_top_k} "
+                "(blocks before p must run as the model was trained)"
+            )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        knob_space: KnobSpace | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        experts_implementation: str | None = None,
+        **kwargs: Any,
+    ) -> "MolmoeRuntime":
+        """Load a public-layout MolmoE checkpoint directory (see :mod:`.checkpoint`)."""
+        from .checkpoint import CheckpointError, load_molmoe_checkpoint
+
+        model, tokenizer = load_molmoe_checkpoint(
+            path, dtype=dtype, device=device, experts_implementation=experts_implementation
+        )
+        if tokenizer is None:
+            raise CheckpointError(f"{path}: no tokenizer.json")
+        return cls(model, tokenizer, knob_space, **kwargs)
+
+    # ------------------------------------------------------------------ request → prompt
+    def prompt_text(self, request: Any) -> str:
+        """The exact text the tokenizer sees for a request (template + chat wrapping)."""
+        from model_runtime.datasets import build_prompt
+
+        return format_question(self.model.config, build_prompt(_as_request(request), template=self.template))
+
+    def prepare(self, request: Any, max_crops: int, image: np.ndarray | None = None) -> PromptInputs:
+        """Preprocess one request with up to ``max_crops`` crops (CPU only, not timed)."""
+        req = _as_request(request)
+        pixels = load_image(req.image) if image is None else image
+        text = self.tokenizer.encode(self.prompt_text(req))
+        inputs = self.model.preprocessor(pixels, max_crops)
+        return build_prompt_inputs(inputs, text, self.model.config.tokens.bos)
+
+    def vision_token_counts(self, request: Any) -> dict[str, tuple[int, int]]:
+        """Tier → (crops incl. the global view, vision tokens), from the image size alone."""
+        from PIL import Image, ImageOps
+
+        req = _as_request(request)
+        with Image.open(req.image) as im:
+            w, h = ImageOps.exif_transpose(im).size
+        return {t: self.model.preprocessor.token_counts(h, w, self.knob_space.crops_for(t)) for t in self.knob_space.tiers}
+
+    @torch.no_grad()
+    def language_feature(self, request: Any) -> np.ndarray:
+        """(d_model,) float32 mean token embedding of the prompt text (the seeds' language feature)."""
+        ids = torch.tensor(self.tokenizer.encode(self.prompt_text(request)), device=self.model.device)
+        if ids.numel() == 0:
+            raise ValueError("empty prompt")
+        return self.model.lm.embed(ids[None])[0].float().mean(0).cpu().numpy()
+
+    # ------------------------------------------------------------------ running
+    def _configs_for(self, n: int, config: Any) -> list[KnobConfig]:
+        ks = self.knob_space
+        def one(c: Any) -> KnobConfig:  # index() validates; config() gives the canonical object
+            return ks.config(c) if isinstance(c, (int, np.integer)) else ks.config(ks.index(c))
+
+        if isinstance(config, list):
+            if len(config) != n:
+                raise ValueError(f"{len(config)} configurations for {n} requests")
+            return [one(c) for c in config]
+        return [one(config)] * n
+
+    def run(
+        self,
+        requests: Sequence[Any],
+        config: KnobConfig | tuple | Mapping | int | list,
+        *,
+        return_latency_tokens: bool = False,
+    ) -> list[Outcome]:
+        """Run requests under a configuration and return one :class:`Outcome` per request, in order.
+
+        Args:
+            requests: ``Request`` objects (or their JSON dicts).
+            config: one configuration for all requests (``KnobConfig``, ``(tier, p, top_k,
+                blocks)``, a dict, or a stable index), or a ``list`` with one per request.
+            return_latency_tokens: also return the latency tokens of every insertion position
+                ``1..max(knob_space.insertion_positions)`` (computed in a side branch outside
+                the timed phases).
+
+        Raises:
+            ValueError: invalid configurations or requests; FileNotFoundError: missing images.
+        """
+        reqs = [_as_request(r) for r in requests]
+        configs = self._configs_for(len(reqs), config)
+        groups: dict[KnobConfig, list[int]] = {}
+        for i, c in enumerate(configs):
+            groups.setdefault(c, []).append(i)
+        out: list[Outcome | None] = [None] * len(reqs)
+        for cfg, idx in groups.items():
+            for start in range(0, len(idx), self.max_batch_size):
+                chunk = idx[start : start + self.max_batch_size]
+                for i, o in zip(chunk, self._run_batch([reqs[i] for i in chunk], cfg, return_latency_tokens)):
+                    out[i] = o
+        return [o for o in out if o is not None]
+
+    def run_plan(
+        self,
+        requests: Sequence[Any],
+        *,
+        tier: str,
+        top_k_per_block: Sequence[int],
+        p: int = 1,
+    ) -> list[Outcome]:
+        """Run under an explicit block plan (calibration, e.g. skipping one block), not a KnobSpace
+        configuration. Outcomes carry the knob space's full configuration of ``tier`` as a label."""
+        reqs = [_as_request(r) for r in requests]
+        label = KnobConfig(tier, self.knob_space.insertion_positions[0], self.knob_space.max_top_k, self.knob_space.num_blocks)
+        outs: list[Outcome] = []
+        for start in range(0, len(reqs), self.max_batch_size):
+            outs += self._run_batch(reqs[start : start + self.max_batch_size], label, False, plan=top_k_per_block, p=p)
+        return outs
+
+    @torch.no_grad()
+    def _run_batch(
+        self,
+        reqs: Sequence[Any],
+        cfg: KnobConfig,
+        return_latency_tokens: bool,
+        *,
+        plan: Sequence[int] | None = None,
+        p: int | None = None,
+    ) -> list[Outcome]:
+        ks, model = self.knob_space, self.model
+        max_crops = ks.crops_for(cfg.tier)
+        plan = ks.plan(cfg).top_k_per_block if plan is None else tuple(plan)
+        p = cfg.p if p is None else p
+        prompts = [self.prepare(r, max_crops) for r in reqs]
+        batch = model.collate(prompts)
+        timer = PhaseTimer(model.device)
+        with timer.phase("vision"):
+            feats = model.image_features(batch.patches, batch.image_masks)
+        with timer.phase("prefill"):
+            embeds = model.embed(batch, feats)
+        n_lat = max(ks.insertion_positions) if return_latency_tokens else 0
+        tk = model.config.tokens
+        gen: GenerationResult = greedy_generate(
+            model.lm, embeds, batch.attention_mask, top_k_per_block=plan, p=p, eos_token_id=tk.eos,
+            pad_token_id=tk.pad, max_new_tokens=self.max_new_tokens, n_latency_tokens=n_lat, timer=timer,
+        )
+        entropy, margin = first_token_uncertainty(gen.first_logits)
+        outcomes = []
+        for b, (req, prompt) in enumerate(zip(reqs, prompts)):
+            ids = gen.tokens[b]
+            text_ids = ids[:-1] if gen.ended_with_eos[b] else ids
+            prediction = self.tokenizer.decode(text_ids).strip()
+            outcomes.append(
+                Outcome(
+                    request_id=req.id,
+                    dataset=req.dataset,
+                    config=cfg,
+                    prediction=prediction,
+                    output_tokens=len(ids),
+                    score=float(req.score(prediction)),
+                    vision_ms=timer.get("vision"),
+                    prefill_ms=timer.get("prefill"),
+                    decode_ms=timer.get("decode"),
+                    decode_ms_per_token=gen.decode_ms_per_token,
+                    crops=prompt.image.n_crops,
+                    vision_tokens=prompt.vision_tokens,
+                    prompt_tokens=prompt.prompt_tokens,
+                    latency_token=gen.latency_token[b].cpu().numpy(),
+                    latency_tokens=None if gen.latency_tokens is None else gen.latency_tokens[b].cpu().numpy(),
+                    first_token_entropy=float(entropy[b]),
+                    first_token_margin=float(margin[b]),
+                    ended_with_eos=gen.ended_with_eos[b],
+                    batch_size=len(reqs),
+                    token_ids=list(ids),
+                )
+            )
+        return outcomes
+
+
+def mean_score(outcomes: Iterable[Outcome]) -> float:
+    """Mean score of outcomes (NaN when empty)."""
+    scores = [o.score for o in outcomes]
+    return float(np.mean(scores)) if scores else math.nan

@@ -1,0 +1,73 @@
+"""The CLIP ViT tower of MolmoE: transformers' ``CLIPVisionModel`` modules, driven on Molmo patches.
+
+Molmo feeds crops as (n_crops, 576, 588) patch vectors (``(dh dw c)`` pixel order) to a linear
+patch embedding; transformers' CLIP has the same embedding as a 14×14 stride-14 convolution. The
+tower applies the convolution's weight to the patch vectors directly (``weight`` permuted to
+``(out, dh, dw, c)``), which is the same map, then the class token, position embeddings,
+``pre_layrnorm`` and the encoder layers. ``post_layernorm`` is unused (Molmo reads hidden states).
+
+Features are the hidden states after the layers named by ``vit_feature_layers`` (−2 and −9 of
+23 for MolmoE-1B; negative = from the end, indexing the per-layer outputs), concatenated on the
+channel axis in that order, CLS token dropped. Layers after the deepest one used are not run:
+their output would be discarded (MolmoE-1B reads layer −2, so its last layer is skipped).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MolmoeConfig
+
+
+class MolmoeVisionTower(nn.Module):
+    """CLIP ViT features of Molmo crops.
+
+    Args:
+        config: model configuration (ViT sizes, patch geometry, feature layers).
+        clip: an existing transformers ``CLIPVisionModel`` to use (random init if None).
+    """
+
+    def __init__(self, config: MolmoeConfig, clip: nn.Module | None = None) -> None:
+        super().__init__()
+        if clip is None:
+            from transformers import CLIPVisionModel
+
+            clip = CLIPVisionModel(config.clip_config())
+        self.clip = clip
+        self.feature_layers = tuple(
+            (layer if layer >= 0 else config.vit_num_layers + layer) for layer in config.vit_feature_layers
+        )
+        n = len(self.clip.encoder.layers)
+        if n != config.vit_num_layers:
+            raise ValueError(f"CLIP model has {n} layers, config says {config.vit_num_layers}")
+        self.patch_size = config.patch_size
+        self.out_dim = config.vit_feature_dim
+
+    @property
+    def n_layers_run(self) -> int:
+        """Encoder layers that run: up to the deepest feature layer."""
+        return max(self.feature_layers) + 1
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, n_patches, patch²·3) normalised patch pixels → (N, n_patches, vit_hidden · n_feature_layers)."""
+        emb = self.clip.embeddings
+        n, n_patches, n_pixels = patches.shape
+        weight = emb.patch_embedding.weight  # (E, 3, p, p)
+        if n_pixels != weight.shape[1] * weight.shape[2] * weight.shape[3]:
+            raise ValueError(f"patch vectors have {n_pixels} values, the tower expects {weight[0].numel()}")
+        if n_patches + 1 != emb.position_embedding.num_embeddings:
+            raise ValueError(f"{n_patches} patches per crop, the tower has {emb.position_embedding.num_embeddings - 1} positions")
+        w = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+        x = F.linear(patches.to(w.dtype), w)
+        cls = emb.class_embedding.to(x.dtype).expand(n, 1, -1)
+        x = torch.cat([cls, x], dim=1) + emb.position_embedding.weight[None].to(x.dtype)
+        x = self.clip.pre_layrnorm(x)
+        wanted = set(self.feature_layers)
+        outputs: dict[int, torch.Tensor] = {}
+        for i in range(self.n_layers_run):
+            x = self.clip.encoder.layers[i](x, None)
+            if i in wanted:
+                outputs[i] = x
+        return torch.cat([outputs[i][:, 1:] for i in self.feature_layers], dim=-1)
