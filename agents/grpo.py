@@ -115,7 +115,8 @@ class GRPOConfig:
 
     Optimisation:
         lr: Adam learning rate (the seeds' fork used 1e-4).
-        anneal_lr: linearly decay lr to 0 over ``iterations``.
+        anneal_lr: linearly decay lr to 0 over ``iterations`` or ``time_limit_s``, whichever
+            runs out first (the share of the time limit used so far counts as progress).
         adam_eps: Adam epsilon (1e-5 as CleanRL's PPO).
         update_epochs: passes over each iteration's rollouts.
         num_minibatches: minibatches per pass (``contexts_per_iter·group_size`` must divide).
@@ -738,7 +739,12 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
     perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
     for it in range(1, cfg.iterations + 1):
         t_iter = time.perf_counter()
-        lr = cfg.lr * (1.0 - (it - 1) / cfg.iterations) if cfg.anneal_lr else cfg.lr
+        lr = cfg.lr
+        if cfg.anneal_lr:  # linear decay over whichever budget (iterations / time) runs out first
+            done = (it - 1) / cfg.iterations
+            if cfg.time_limit_s is not None:
+                done = max(done, (time.perf_counter() - t_start) / cfg.time_limit_s)
+            lr = cfg.lr * max(1.0 - done, 0.0)
         for g in optimizer.param_groups:
             g["lr"] = lr
 

@@ -102,7 +102,7 @@ def bench_vec_envs(cache: str, n_envs: int, steps: int) -> None:
 
 
 # ----------------------------------------------------------------------------- diagnosis
-def diagnose(train: Any, test: Any, budgets: np.ndarray, reward: Any, static_r: float) -> None:
+def diagnose(train: Any, test: Any, budgets: np.ndarray, reward: Any, static_r: float, n_uniform: int = 600_000) -> None:
     from agents.bandits import ContextFeaturizer, FeaturizerConfig
     from envs.reward import compute_reward
     from envs.vector_env import MolmoeKnobsFlatVectorEnv
@@ -131,6 +131,22 @@ def diagnose(train: Any, test: Any, budgets: np.ndarray, reward: Any, static_r: 
         print(f"  per-config ridge on the bandit context (lang PCA {fc.lang_components}, RBF {fc.rbf_centers}, d={f.dim}): "
               f"test reward {R_te[np.arange(a.size), a].mean():.4f} (on its own train pairs "
               f"{R_tr[np.arange(a_tr.size), a_tr].mean():.4f}), train R² {fit_r2:.3f}")
+    # the same models from bandit-sized data: n_uniform (request, budget, uniformly random configuration)
+    # triples, no adaptivity: separates finite-sample variance from adaptive-sampling bias
+    from agents.bandits import LinearBandit, LinearBanditConfig
+
+    for fc in (FeaturizerConfig(), FeaturizerConfig(lang_components=0)):
+        f = ContextFeaturizer(fc).fit(obs_tr)
+        lb = LinearBandit(R_te.shape[1], f.dim, LinearBanditConfig(update_method="refactor"))
+        venv = MolmoeKnobsFlatVectorEnv(num_envs=50_000, data=train)
+        for k in range(max(1, n_uniform // 50_000)):
+            obs, info = venv.reset(seed=1000 + k)
+            arms = rng.integers(0, R_te.shape[1], size=50_000)
+            _, r, _, _, _ = venv.step(arms)
+            lb.update(arms, f.transform(obs), r)
+        a = np.argmax(lb.mean(f.transform(obs_te)), 1)
+        print(f"  same models from {max(1, n_uniform // 50_000) * 50_000} uniformly explored bandit samples "
+              f"(lang PCA {fc.lang_components}): test reward {R_te[np.arange(a.size), a].mean():.4f}")
     # latency: how well the context predicts each configuration's latency, and what knowing it is worth
     f = ContextFeaturizer(FeaturizerConfig()).fit(obs_tr)
     X, Xt = f.transform(obs_tr), f.transform(obs_te)

@@ -1,4 +1,4 @@
-"""Constructor arguments shared by the replay envs, resolved once into :class:`ReplaySettings`.
+"""Constructor arguments shared by the envs (replay and live mode), resolved once into :class:`ReplaySettings`.
 
 Every env (two-stage / flat, scalar / vector) takes the same keyword arguments
 (:func:`resolve_settings` documents them) and the same ``info`` keys (:data:`INFO_DOC`).
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 INVALID_ACTION_MODES: tuple[str, ...] = ("raise", "penalty")
 #: Reward of a masked action under ``invalid_action="penalty"`` (the episode then ends).
 INVALID_ACTION_REWARD: float = -1.0
-ENV_MODES: tuple[str, ...] = ("replay",)
+ENV_MODES: tuple[str, ...] = ("replay", "live")
 #: Keys options of ``reset`` accepts.
 RESET_OPTIONS: tuple[str, ...] = ("sample_index", "sample_id", "budget_ms")
 
@@ -36,7 +36,7 @@ INFO_KEYS_ALWAYS: tuple[str, ...] = (
 INFO_KEYS_OUTCOME: tuple[str, ...] = (
     "score", "latency_ms", "vision_ms", "prefill_ms", "decode_ms", "violation", "output_tokens",
 )
-#: Present with the outcome only when the cache holds a measurement.
+#: Present with the outcome only when the cache holds a measurement (always in live mode).
 INFO_KEY_MEASURED = "measured_ms"
 INFO_KEYS: tuple[str, ...] = INFO_KEYS_ALWAYS + INFO_KEYS_OUTCOME + (INFO_KEY_MEASURED,)
 
@@ -64,7 +64,9 @@ INFO_DOC = """
       the whole decode, not per token).
     - ``violation`` (bool): ``latency_ms > budget_ms``.
     - ``output_tokens`` (int): generated tokens at the chosen configuration.
-    - ``measured_ms`` (float): measured total latency from the cache, only when measured.
+    - ``measured_ms`` (float): measured total latency from the cache, only when measured; in
+      live mode always (the model time of this request at this configuration, see
+      :mod:`envs.live`).
 
     The vector envs return the same keys as dicts of arrays the gymnasium way (``info[k]`` of
     shape (num_envs, ...) with a bool mask ``info["_" + k]``; masked-out rows hold NaN / -1 /
@@ -95,6 +97,8 @@ class ReplaySettings:
     budgets: BudgetSampler
     incomplete: str
     invalid_action: str
+    #: live mode's outcome source (``envs.live.LiveOutcomes``); None in replay mode
+    live: Any = None
     eligible: np.ndarray = field(init=False)  # int64 (E,) requests episodes draw from
     eligible_mask: np.ndarray = field(init=False)  # bool (n,)
 
@@ -123,6 +127,10 @@ def resolve_settings(
     incomplete: str = "skip",
     invalid_action: str = "raise",
     mode: str = "replay",
+    runtime: Any = None,
+    requests: Any = None,
+    live_options: Any = None,
+    allow_live: bool = False,
 ) -> ReplaySettings:
     """Validate the envs' shared arguments and load the data (cheap arguments first).
 
@@ -140,14 +148,28 @@ def resolve_settings(
             any outcome; masks hide the values without an outcome).
         invalid_action: ``"raise"`` (ValueError) or ``"penalty"`` (reward
             :data:`INVALID_ACTION_REWARD`, episode ends, ``info["invalid_action"]``).
-        mode: only ``"replay"`` exists yet.
+        mode: ``"replay"`` (outcomes from ``cache`` / ``data``) or ``"live"`` (outcomes from
+            running the model, :mod:`envs.live`; scalar envs only): then ``runtime`` (a
+            ``model_runtime.molmoe.runtime.MolmoeRuntime``) and ``requests`` (a request JSONL
+            path or a list of ``model_runtime.datasets.Request``) replace ``cache`` / ``data``,
+            ``split`` and ``incomplete`` do not apply (all requests, all configurations),
+            ``estimator`` defaults to ``LatencyEstimator.default()`` and the budget range to its
+            (median cheapest, median full) over the requests; ``live_options``: an
+            ``envs.live.LiveOptions`` or its dict (memoisation).
+        allow_live: set by the scalar envs; the vector envs leave it False, so ``mode="live"``
+            raises NotImplementedError there.
     """
-    if mode != "replay":
+    if mode not in ENV_MODES:
+        raise ValueError(f"mode={mode!r}; valid modes: {list(ENV_MODES)}")
+    if mode == "live" and not allow_live:
         raise NotImplementedError(
-            f"mode={mode!r} is not implemented yet: live outcomes need the model runtime "
-            "(DESIGN.md §4 'live', §7 model_runtime), which plugs in by overriding the envs' outcome "
-            "lookup (_outcome / _outcomes); use mode='replay'"
+            "mode='live' is implemented for the scalar envs only (gym.make('MolmoeKnobs-v0' / "
+            "'MolmoeKnobsFlat-v0', mode='live', runtime=..., requests=...)); the vector envs replay a cache"
         )
+    if mode == "replay" and (runtime is not None or requests is not None or live_options is not None):
+        raise ValueError("runtime=, requests= and live_options= only apply to mode='live'")
+    if mode == "live" and (cache is not None or data is not None):
+        raise ValueError("mode='live' takes runtime= and requests= (the model runtime runs them), not cache= / data=")
     if incomplete not in INCOMPLETE_MODES:
         raise ValueError(f"incomplete={incomplete!r}; valid values: {list(INCOMPLETE_MODES)}")
     if invalid_action not in INVALID_ACTION_MODES:
@@ -155,12 +177,19 @@ def resolve_settings(
     rcfg = RewardConfig.make(reward, reward_kwargs)
     if budget_range is not None and budgets is not None:
         raise ValueError("give budget_range=(lo, hi) or budgets=[...], not both")
-    rd = as_replay_data(cache, data, split, estimator, nominal_output_tokens)
+    if mode == "live":
+        from envs.live import LiveData  # lazy: the live path imports the model runtime (torch)
+
+        rd: ReplayData = LiveData.build(runtime, requests, estimator=estimator,
+                                        nominal_output_tokens=nominal_output_tokens, options=live_options)
+    else:
+        rd = as_replay_data(cache, data, split, estimator, nominal_output_tokens)
     if budgets is not None:
         sampler = BudgetSampler(budgets=budgets, bounds=budget_bounds)
     else:
         sampler = BudgetSampler(range_ms=rd.budget_range_ms if budget_range is None else budget_range, bounds=budget_bounds)
-    return ReplaySettings(data=rd, reward=rcfg, budgets=sampler, incomplete=incomplete, invalid_action=invalid_action)
+    return ReplaySettings(data=rd, reward=rcfg, budgets=sampler, incomplete=incomplete, invalid_action=invalid_action,
+                          live=getattr(rd, "live", None))
 
 
 def check_reset_options(options: dict[str, Any] | None) -> dict[str, Any]:

@@ -51,7 +51,8 @@ class MolmoeKnobsFlatEnv(ReplayEnvBase):
     raises. The terminal observation repeats the observation acted on (fresh arrays).
     ``reset(seed=, options={"sample_index"|"sample_id", "budget_ms"})`` pins request / budget.
 
-    Args: see :func:`envs.env_settings.resolve_settings`. Live mode will override :meth:`_outcome`.
+    Args: see :func:`envs.env_settings.resolve_settings` (``mode="live"`` with ``runtime``,
+    ``requests``, ``live_options``: outcomes from running the model, see :mod:`envs.live`).
     """
 
     __doc__ = (__doc__ or "") + INFO_DOC
@@ -72,11 +73,15 @@ class MolmoeKnobsFlatEnv(ReplayEnvBase):
         invalid_action: str = "raise",
         mode: str = "replay",
         render_mode: str | None = None,
+        runtime: Any = None,
+        requests: Any = None,
+        live_options: Any = None,
     ) -> None:
         self._setup(
             render_mode, cache=cache, split=split, data=data, reward=reward, reward_kwargs=reward_kwargs,
             budget_range=budget_range, budgets=budgets, budget_bounds=budget_bounds, estimator=estimator,
             nominal_output_tokens=nominal_output_tokens, incomplete=incomplete, invalid_action=invalid_action, mode=mode,
+            runtime=runtime, requests=requests, live_options=live_options,
         )
         self.n_configs = self.data.n_configs
         self.action_space = spaces.Discrete(self.n_configs)

@@ -30,7 +30,8 @@ class ReplayEnvBase(gym.Env):
     def _setup(self, render_mode: str | None, **kwargs: Any) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r}: this env does not render")
-        self.settings = resolve_settings(**kwargs)
+        self.settings = resolve_settings(allow_live=True, **kwargs)
+        self._live = self.settings.live  # envs.live.LiveOutcomes in live mode, else None
         d = self.data = self.settings.data
         self.reward_config: RewardConfig = self.settings.reward
         self.budget_sampler = self.settings.budgets
@@ -65,7 +66,9 @@ class ReplayEnvBase(gym.Env):
 
     def _outcome(self, s: int, c: int) -> Outcome:
         """The outcome of request ``s`` at configuration ``c``: the one place outcomes come from
-        (live mode overrides it)."""
+        (the replay tables, or in live mode the model via :class:`envs.live.LiveOutcomes`)."""
+        if self._live is not None:
+            return self._live.outcome(s, c)
         d = self.data
         return (
             float(d.score[s, c]), float(d.total_ms[s, c]), float(d.vision_ms[s, c]), float(d.prefill_ms[s, c]),

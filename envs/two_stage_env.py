@@ -95,8 +95,9 @@ class MolmoeKnobsEnv(ReplayEnvBase):
 
     Args: see :func:`envs.env_settings.resolve_settings` (``cache`` / ``data``, ``split``,
     ``reward``, ``reward_kwargs``, ``budget_range`` / ``budgets``, ``budget_bounds``,
-    ``estimator``, ``nominal_output_tokens``, ``incomplete``, ``invalid_action``, ``mode``).
-    Live mode will plug in a different outcome source by overriding :meth:`_outcome`.
+    ``estimator``, ``nominal_output_tokens``, ``incomplete``, ``invalid_action``, ``mode``;
+    ``mode="live"`` with ``runtime``, ``requests``, ``live_options``: outcomes, language features
+    and latency tokens from running the model, see :mod:`envs.live`).
     """
 
     __doc__ = (__doc__ or "") + INFO_DOC
@@ -117,11 +118,15 @@ class MolmoeKnobsEnv(ReplayEnvBase):
         invalid_action: str = "raise",
         mode: str = "replay",
         render_mode: str | None = None,
+        runtime: Any = None,
+        requests: Any = None,
+        live_options: Any = None,
     ) -> None:
         self._setup(
             render_mode, cache=cache, split=split, data=data, reward=reward, reward_kwargs=reward_kwargs,
             budget_range=budget_range, budgets=budgets, budget_bounds=budget_bounds, estimator=estimator,
             nominal_output_tokens=nominal_output_tokens, incomplete=incomplete, invalid_action=invalid_action, mode=mode,
+            runtime=runtime, requests=requests, live_options=live_options,
         )
         d = self.data
         self.nvec = d.nvec

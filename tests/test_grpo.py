@@ -12,6 +12,9 @@ from agents.budget_encoding import BudgetEncoding
 from agents.grpo import (
     GRPOConfig,
     GRPOPolicy,
+    RunningNorm,
+    categorical_entropy,
+    categorical_kl,
     clipped_policy_loss,
     evaluate_deterministic,
     group_advantages,
@@ -99,6 +102,30 @@ def test_clipped_loss_matches_hand_computation() -> None:
     clipped_policy_loss(new_r, old, adv, 0.2)[0].backward()
     g = new_r.grad.numpy()
     np.testing.assert_allclose(g, [0.0, -0.5 / 4, 2.2 / 4, 1.5 / 4], rtol=1e-5)
+
+
+def test_entropy_kl_and_running_norm() -> None:
+    p = torch.tensor([[0.5, 0.5, 0.0]])
+    q = torch.tensor([[0.25, 0.75, 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    lp = masked_log_probs(torch.log(p.clamp_min(1e-30)), mask)
+    lq = masked_log_probs(torch.log(q.clamp_min(1e-30)), mask)
+    assert math.isclose(float(categorical_entropy(lp)), math.log(2), rel_tol=1e-6)
+    kl = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert math.isclose(float(categorical_kl(lp, lq)), kl, rel_tol=1e-5)
+    assert float(categorical_kl(lp, lp)) == 0.0
+    # running normaliser over two batches = statistics of their union
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(3, 2, size=(50, 4)), rng.normal(-1, 0.5, size=(30, 4))
+    norm = RunningNorm(4, clip=100.0)
+    norm.update(torch.as_tensor(a))
+    norm.update(torch.as_tensor(b))
+    both = np.concatenate([a, b])
+    np.testing.assert_allclose(norm.mean.numpy(), both.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(norm.var.numpy(), both.var(0), rtol=1e-10)
+    y = norm(torch.as_tensor(both, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(0), 1.0, atol=1e-4)
 
 
 def test_masked_log_probs_zero_on_invalid() -> None:

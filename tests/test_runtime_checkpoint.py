@@ -25,6 +25,7 @@ from model_runtime.molmoe.checkpoint import (
 )
 from model_runtime.molmoe.preprocessing import build_prompt, format_question
 from tests.tiny_molmoe import tiny_config, tiny_olmoe_hf, write_tiny_molmoe_checkpoint
+from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
 
 CFG = tiny_config()
 
@@ -192,3 +193,17 @@ def test_transformers_olmoe_directory_loads_as_the_language_model(tmp_path):
     assert (lm(ids) - hf(ids).logits).abs().max().item() <= 1e-4
     model = molmoe_with_language_model(CFG, lm)
     assert model.config.embedding_size == CFG.vocab_rows and model.lm is lm
+
+
+def test_public_config_keys_give_molmoe_1b_and_unsupported_options_raise():
+    from model_runtime.molmoe.config import MolmoeConfig
+    from tests.tiny_molmoe import public_config_json
+
+    full = MolmoeConfig()
+    raw = public_config_json(full)
+    assert MolmoeConfig.from_molmo_json(raw, tokens=full.tokens) == full
+    assert (full.expert_hidden, full.projector_hidden, full.vit_feature_dim, full.tokens_per_crop) == (1024, 1024, 2048, 144)
+    for key, value in (("block_type", "sequential"), ("use_cls_feature", True), ("image_pooling_2d", "attention_v2"),
+                       ("norm_after", True)):
+        with pytest.raises(ValueError, match=key):
+            MolmoeConfig.from_molmo_json({**raw, key: value})

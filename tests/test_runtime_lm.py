@@ -13,6 +13,7 @@ from envs.knob_space import KnobSpace
 from model_runtime.molmoe.generation import greedy_generate
 from model_runtime.molmoe.language_model import BlockKVCache, MolmoeLanguageModel
 from tests.tiny_molmoe import pruned_hf_copy, tiny_config, tiny_olmoe_hf
+from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
 
 CFG = tiny_config()
 EOS, PAD = CFG.tokens.eos, CFG.tokens.pad

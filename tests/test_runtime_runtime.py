@@ -16,6 +16,7 @@ from model_runtime.metrics import extract_answer
 from model_runtime.molmoe.importance import ImportanceScores, accuracy_drop, block_influence, compute_importance
 from model_runtime.molmoe.runtime import MolmoeRuntime
 from tests.tiny_molmoe import write_tiny_dataset, write_tiny_molmoe_checkpoint
+from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
 
 MAX_NEW = 4
 

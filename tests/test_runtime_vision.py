@@ -11,6 +11,7 @@ from model_runtime.molmoe.model import MolmoeModel
 from model_runtime.molmoe.preprocessing import MolmoImagePreprocessor, build_prompt, resize_and_pad, select_tiling
 from model_runtime.molmoe.vision import MolmoeVisionTower
 from tests.tiny_molmoe import tiny_config
+from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
 
 CFG = tiny_config()
 TK = CFG.tokens

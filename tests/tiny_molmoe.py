@@ -18,10 +18,29 @@ import json
 import math
 from pathlib import Path
 
+from typing import Iterator
+
 import numpy as np
+import pytest
 import torch
 
 from model_runtime.molmoe.config import MolmoeConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def torch_single_thread() -> Iterator[None]:
+    """Run a test module's tiny-model work on one intra-op thread, restoring the count after.
+
+    The tensors here are tiny, so thread synchronisation dominates; on a shared 2-core machine a
+    descheduled OpenMP sibling made the runtime tests ~10x slower with 2 threads (16 s vs 180 s
+    for all runtime tests, measured). Import this fixture into a test module to use it.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 #: Tiny byte-level tokenizer: 256 byte symbols (ids 0..255), then these added tokens.
 TINY_ADDED_TOKENS: tuple[str, ...] = (
