@@ -18,7 +18,7 @@ arms or samples). An update with a batch of (arm, context, reward) triples eithe
 rank-one Sherman–Morrison updates to ``A_inv`` — grouped by occurrence rank, i.e. the k-th
 sample of every arm is applied to all arms together, so the loop runs over the largest
 per-arm multiplicity, not over samples — or re-inverts the touched arms' precision matrices in
-one batched call (``update_method``; ``auto`` picks Sherman–Morrison while the multiplicity is
+one batched Cholesky factorisation (``update_method``; ``auto`` picks Sherman–Morrison while the multiplicity is
 small). Both give the same matrices as sequential per-sample updates (tests check 1e-8).
 
 Masked arms score −inf and are never chosen (exploration included).
@@ -27,8 +27,8 @@ Greedy action (what :class:`BanditPolicy.act` does in evaluation): argmax of the
 mean x·θ_a over valid arms, for all three kinds (UCB without its bonus, TS without sampling,
 ε-greedy with ε = 0).
 
-Context (:class:`ContextFeaturizer`): ``[1, PCA(lang), standardised obs["budget"],
-u, u², RBF(u)]`` with ``u = (budget − cheapest) / (full − cheapest)`` read from
+Context (:class:`ContextFeaturizer`): ``[1, PCA(lang) (optional, off by default),
+standardised obs["budget"], u, u², RBF(u)]`` with ``u = (budget − cheapest) / (full − cheapest)`` read from
 ``obs["budget"] = [budget/scale, cheapest/scale, full/scale, budget/full]``. The reward of an
 arm as a function of the budget is a step (in budget → score, over budget → penalty) located
 where the budget crosses that arm's latency, which sits between the request's cheapest and
@@ -118,6 +118,13 @@ class LinearBanditConfig:
     def alpha_value(self) -> float:
         """``alpha``, or the kind's default when it is None."""
         return DEFAULT_ALPHA[self.kind] if self.alpha is None else float(self.alpha)
+
+
+def _spd_inverse(A: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of symmetric positive-definite matrices (k, d, d) via batched Cholesky:
+    ``A = L Lᵀ`` → ``A⁻¹ = L⁻ᵀ L⁻¹`` (exactly symmetric; raises LinAlgError if some A is not SPD)."""
+    L_inv = np.linalg.inv(np.linalg.cholesky(A))
+    return np.matmul(L_inv.transpose(0, 2, 1), L_inv)
 
 
 class LinearBandit:
@@ -266,8 +273,7 @@ class LinearBandit:
                 self.A_inv[a] -= u[:, :, None] * u[:, None, :] / denom[:, None, None]
         else:
             self._add_outer_grouped(sa, sx)
-            inv = np.linalg.inv(self.A[touched])
-            self.A_inv[touched] = 0.5 * (inv + inv.transpose(0, 2, 1))
+            self.A_inv[touched] = _spd_inverse(self.A[touched])
         self.theta[touched] = np.einsum("aij,aj->ai", self.A_inv[touched], self.b[touched])
 
     def _add_outer_grouped(self, sorted_arms: np.ndarray, sorted_X: np.ndarray, chunk: int = 1024) -> None:
@@ -284,8 +290,7 @@ class LinearBandit:
 
     def refresh(self) -> None:
         """Recompute ``A_inv`` and ``theta`` from ``A`` and ``b`` (removes any Sherman–Morrison drift)."""
-        inv = np.linalg.inv(self.A)
-        self.A_inv = 0.5 * (inv + inv.transpose(0, 2, 1))
+        self.A_inv = _spd_inverse(self.A)
         self.theta = np.einsum("aij,aj->ai", self.A_inv, self.b)
 
     # ------------------------------------------------------------------ state
@@ -310,8 +315,15 @@ class FeaturizerConfig:
     """What goes into the bandit context (see the module docstring).
 
     Attributes:
-        lang_components: PCA components kept of the (standardised) language feature; 0 drops
-            the language feature. Fitted on the observations given to :meth:`ContextFeaturizer.fit`.
+        lang_components: PCA components kept of the language feature (whitened); 0 (default)
+            drops it. Fitted on the observations given to :meth:`ContextFeaturizer.fit`. Off by
+            default because it lowered every bandit's held-out reward on the default synthetic
+            cache (LinUCB, test, 8 budgets: 4 components 0.6678 vs none 0.6716 at 600k steps,
+            0.6652 vs 0.6745 at 2.4M) although a full-information ridge fit is indifferent to it
+            (0.6811 both): adaptively collected data with per-arm linear models that explain
+            little of the reward (R² ≈ 0.15) generalise worse across requests with more
+            request-specific dimensions. ``benchmarks/bench_ppo_bandits.py`` re-measures it
+            (agent ``linucb_lang``).
         rbf_centers: Gaussian bumps over u = (budget − cheapest)/(full − cheapest), evenly spaced
             on ``rbf_range``; width = their spacing. 0 disables them.
         rbf_range: (lo, hi) of the bump centres in units of u.
@@ -321,7 +333,7 @@ class FeaturizerConfig:
         budget_encoding_quantities: quantities of that encoding.
     """
 
-    lang_components: int = 4
+    lang_components: int = 0
     rbf_centers: int = 20
     rbf_range: tuple[float, float] = (-0.1, 1.1)
     budget_encoding_dim: int = 0
@@ -555,7 +567,7 @@ class BanditTrainConfig:
 
     bandit: LinearBanditConfig = field(default_factory=LinearBanditConfig)
     features: FeaturizerConfig = field(default_factory=FeaturizerConfig)
-    total_steps: int = 600_000
+    total_steps: int = 1_000_000
     num_envs: int = 256
     featurizer_samples: int = 4096
     refresh_every: int = 100

@@ -51,6 +51,7 @@ scalars when ``log_dir`` is given):
 ``time/elapsed_s``         wall-clock seconds since training started (incl. evaluation)
 ``time/iter_s``            wall-clock seconds of this iteration (rollout + update)
 ``lr``                     learning rate used in this iteration
+``ent_coef``               entropy-bonus weight used in this iteration
 ``reward/mean``            mean episode reward of this iteration's rollouts
 ``reward/std``             std of those rewards
 ``score/mean``             mean metric score ("accuracy", ``info["score"]``) of the rollouts
@@ -122,6 +123,8 @@ class GRPOConfig:
         num_minibatches: minibatches per pass (``contexts_per_iter·group_size`` must divide).
         clip_eps: PPO clip ε of the ratio; None = no clipping (plain ratio·A, the seeds' fork).
         ent_coef: weight of the entropy bonus (sum of the four heads' entropies).
+        ent_coef_final: if set, the entropy weight moves linearly from ``ent_coef`` to this over
+            training (same progress measure as ``anneal_lr``); None = constant.
         kl_coef: weight of the exact KL to the initial (reference) policy; 0 = off.
         scale_rewards: "group" (divide by the group's std), "batch" (by the batch's std) or
             "none" (only subtract the group mean).
@@ -151,19 +154,20 @@ class GRPOConfig:
     seed: int = 0
     iterations: int = 200
     time_limit_s: float | None = None
-    contexts_per_iter: int = 64
+    contexts_per_iter: int = 128
     group_size: int = 8
     torch_threads: int = 1
 
     lr: float = 3e-4
     anneal_lr: bool = False
     adam_eps: float = 1e-5
-    update_epochs: int = 4
-    num_minibatches: int = 4
+    update_epochs: int = 2
+    num_minibatches: int = 2
     clip_eps: float | None = 0.2
     ent_coef: float = 0.01
+    ent_coef_final: float | None = None
     kl_coef: float = 0.0
-    scale_rewards: str = "group"
+    scale_rewards: str = "none"
     adv_eps: float = 1e-4
     max_grad_norm: float | None = 1.0
 
@@ -200,8 +204,8 @@ class GRPOConfig:
             raise ValueError(f"clip_eps must be > 0 or None, got {self.clip_eps}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.ent_coef < 0 or self.kl_coef < 0:
-            raise ValueError("ent_coef and kl_coef must be >= 0")
+        if self.ent_coef < 0 or self.kl_coef < 0 or (self.ent_coef_final is not None and self.ent_coef_final < 0):
+            raise ValueError("ent_coef, ent_coef_final and kl_coef must be >= 0")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be positive ints, got {self.hidden_sizes}")
         if self.eval_every < 0 or self.log_every < 1:
@@ -739,12 +743,12 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
     perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
     for it in range(1, cfg.iterations + 1):
         t_iter = time.perf_counter()
-        lr = cfg.lr
-        if cfg.anneal_lr:  # linear decay over whichever budget (iterations / time) runs out first
-            done = (it - 1) / cfg.iterations
-            if cfg.time_limit_s is not None:
-                done = max(done, (time.perf_counter() - t_start) / cfg.time_limit_s)
-            lr = cfg.lr * max(1.0 - done, 0.0)
+        # training progress in [0, 1]: whichever budget (iterations / time) runs out first
+        done = (it - 1) / cfg.iterations
+        if cfg.time_limit_s is not None:
+            done = min(max(done, (time.perf_counter() - t_start) / cfg.time_limit_s), 1.0)
+        lr = cfg.lr * (1.0 - done) if cfg.anneal_lr else cfg.lr
+        ent_coef = cfg.ent_coef if cfg.ent_coef_final is None else cfg.ent_coef + done * (cfg.ent_coef_final - cfg.ent_coef)
         for g in optimizer.param_groups:
             g["lr"] = lr
 
@@ -780,7 +784,7 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
                 pg_loss, _ = clipped_policy_loss(logp, old_logp[idx], adv[idx], cfg.clip_eps)
                 ent = sum(categorical_entropy(lp) for lp in lps).mean()
                 kl_ref = sum(categorical_kl(lp, rl[idx]) for lp, rl in zip(lps, ref_lps)).mean()
-                loss = pg_loss - cfg.ent_coef * ent + cfg.kl_coef * kl_ref
+                loss = pg_loss - ent_coef * ent + cfg.kl_coef * kl_ref
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
@@ -801,6 +805,7 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
             "iteration": it,
             "env_steps": it * N,
             "lr": lr,
+            "ent_coef": ent_coef,
             "reward/mean": float(ro.reward.mean()),
             "reward/std": float(ro.reward.std()),
             "score/mean": float(ro.score.mean()),

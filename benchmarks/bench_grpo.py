@@ -61,6 +61,23 @@ def per_dataset_static(train: ReplayData, test: ReplayData, budgets: np.ndarray,
     return out
 
 
+def violation_floor(train: ReplayData, test: ReplayData, budgets: np.ndarray) -> dict[str, float]:
+    """How low a violation rate can go on the test grid: ``forced`` = share of (request, budget)
+    pairs where no configuration fits (needs hidden knowledge of the output length to reach);
+    ``fastest_static`` / ``fastest_per_dataset`` = violation rate of the configuration with the
+    lowest mean latency on train, per budget / per (dataset, budget) (what a policy that knows at
+    most the dataset gets when it only minimises violations)."""
+    forced = np.mean([(np.nanmin(test.total_ms, axis=1) > b).mean() for b in budgets])
+    fastest = int(np.nanmean(train.total_ms, axis=0).argmin())
+    fast_static = np.mean([(test.total_ms[:, fastest] > b).mean() for b in budgets])
+    viol_ds = np.zeros(test.n)
+    for ds in np.unique(test.datasets):
+        c = int(np.nanmean(train.total_ms[train.datasets == ds], axis=0).argmin())
+        rows = test.datasets == ds
+        viol_ds[rows] = np.mean([test.total_ms[rows, c] > b for b in budgets], axis=0)
+    return {"forced": float(forced), "fastest_static": float(fast_static), "fastest_per_dataset": float(viol_ds.mean())}
+
+
 def run_policy(pol, venv, budgets: np.ndarray, two_stage: bool) -> dict[str, np.ndarray]:
     """(n_test, n_budgets) arrays of reward / violation / latency / score, rows = test requests."""
     recs = [run_two_stage(pol, venv, float(b)) if two_stage else run_flat(pol, venv, float(b)) for b in budgets]
@@ -152,6 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n[bench_grpo] GRPO − static: {est:+.4f} (paired bootstrap 95% CI [{ci_lo:+.4f}, {ci_hi:+.4f}]); "
           f"bar CI > 0: {'MET' if ci_lo > 0 else 'NOT MET'}")
     print(f"[bench_grpo] GRPO violation rate {viol:.3f}; bar ≤ 0.05: {'MET' if viol <= 0.05 else 'NOT MET'}")
+    floor = violation_floor(train, test, budgets)
+    print(f"[bench_grpo]   violation floors on this grid: no configuration fits the budget for "
+          f"{floor['forced']:.3f} of (request, budget) pairs (an oracle's floor); the fastest configuration per "
+          f"budget by train mean latency violates {floor['fastest_static']:.3f} (per dataset: "
+          f"{floor['fastest_per_dataset']:.3f}); static {res['static']['violation'].mean():.3f}, "
+          f"oracle {res['oracle']['violation'].mean():.3f}")
     if gain_router > 0:
         print(f"[bench_grpo] share of the router's gain over static: {share:.2f} (router gain {gain_router:+.4f}); "
               f"bar ≥ 0.90: {'MET' if share >= 0.9 else 'NOT MET'}")

@@ -169,7 +169,7 @@ def resolve_settings(
     if mode == "replay" and (runtime is not None or requests is not None or live_options is not None):
         raise ValueError("runtime=, requests= and live_options= only apply to mode='live'")
     if mode == "live" and (cache is not None or data is not None):
-        raise ValueError("mode='live' takes runtime= and requests= (the model runtime runs them), not cache= / data=")
+        raise ValueError("mode='live' takes runtime= (the model runtime) and requests=, not cache= / data=")
     if incomplete not in INCOMPLETE_MODES:
         raise ValueError(f"incomplete={incomplete!r}; valid values: {list(INCOMPLETE_MODES)}")
     if invalid_action not in INVALID_ACTION_MODES:

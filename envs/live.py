@@ -330,7 +330,7 @@ class LiveOutcomes:
         """float32 (d_model,) mean prompt-token embedding of request ``s`` (memoised, read-only)."""
         f = self._lang.get(s)
         if f is None:
-            f = np.asarray(self.runtime.language_feature(self.requests[s]), dtype=np.float32)
+            f = np.array(self.runtime.language_feature(self.requests[s]), dtype=np.float32, copy=True)
             f.flags.writeable = False
             self._lang[s] = f
             self.counts["language_features"] += 1
@@ -348,7 +348,8 @@ class LiveOutcomes:
         return self._token_of(key, self._prefix(key))
 
     def _token_of(self, key: tuple[int, int, int], pre: _Prefix) -> np.ndarray:
-        tok = pre.state.hidden[0, -1].float().cpu().numpy().astype(np.float32, copy=False)
+        # a copy: on CPU .numpy() would be a view that keeps the whole (1, S, D) hidden state alive
+        tok = np.array(pre.state.hidden[0, -1].float().cpu().numpy(), dtype=np.float32, copy=True)
         tok.flags.writeable = False
         self._tokens.put(key, tok)
         return tok

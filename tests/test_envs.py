@@ -408,7 +408,7 @@ def test_registration_and_argument_errors(data: ReplayData) -> None:
     env = gym.make("MolmoeKnobs-v0", data=data, reward="hard")
     assert isinstance(env.unwrapped, MolmoeKnobsEnv) and env.unwrapped.reward_config.mode == "hard"
     assert isinstance(gym.make("MolmoeKnobsFlat-v0", data=data).unwrapped, MolmoeKnobsFlatEnv)
-    with pytest.raises(NotImplementedError, match="mode='live'.*model runtime"):
+    with pytest.raises(ValueError, match="mode='live'.*model runtime"):
         MolmoeKnobsEnv(data=data, mode="live")
     with pytest.raises(ValueError, match="incomplete='all'"):
         MolmoeKnobsEnv(data=data, incomplete="all")
