@@ -43,6 +43,7 @@ Torch is not needed here; only numpy (and gymnasium / the envs in :func:`train_b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -174,21 +175,22 @@ class LinearBandit:
         """Posterior mean x·θ_a: (n, arms) float64 for contexts X (n, d)."""
         return self._check_contexts(X) @ self.theta.T
 
-    def variance(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
+    def variance(self, X: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """xᵀ A_a⁻¹ x for every (context, arm): (n, arms) float64, ≥ 0.
 
-        Computed as one (n, d) × (d, arms·d) product per chunk of contexts, which bounds the
-        temporary at ``chunk × arms × d`` floats.
+        One GEMM per chunk of contexts over the upper triangle (A⁻¹ is symmetric):
+        ``[x_i x_j]_{i≤j} (n, d(d+1)/2) @ [w_ij A⁻¹_a,ij]ᵀ (d(d+1)/2, arms)`` with ``w`` = 1 on
+        the diagonal and 2 off it, half the work of the full quadratic form.
         """
         X = self._check_contexts(X)
         n = X.shape[0]
-        # (d, arms*d): column block a is A_inv[a]
-        M = self.A_inv.transpose(1, 0, 2).reshape(self.dim, self.n_arms * self.dim)
+        iu, ju = np.triu_indices(self.dim)
+        w = np.where(iu == ju, 1.0, 2.0)
+        M = (self.A_inv[:, iu, ju] * w).T  # (d(d+1)/2, arms)
         out = np.empty((n, self.n_arms))
         for s in range(0, n, chunk):
             x = X[s : s + chunk]
-            xa = (x @ M).reshape(x.shape[0], self.n_arms, self.dim)
-            out[s : s + chunk] = np.einsum("nad,nd->na", xa, x)
+            out[s : s + chunk] = (x[:, iu] * x[:, ju]) @ M
         return np.maximum(out, 0.0)
 
     def scores(self, X: np.ndarray, mask: np.ndarray | None = None, *, explore: bool = True) -> np.ndarray:
@@ -561,6 +563,10 @@ class BanditTrainConfig:
         refresh_every: rounds between exact re-inversions of all ``A`` (bounds the
             floating-point drift of long Sherman–Morrison chains); 0 = never.
         log_every: rounds between rows of ``progress.csv``.
+        blas_threads: BLAS threads while training (via ``threadpoolctl`` when installed; no-op
+            otherwise). The per-round matrices are small, and multi-threaded OpenBLAS on shared
+            cores is far slower than one thread (measured on the 2-core dev machine under load:
+            scoring 256 contexts × 225 arms took 33 ms with the default threads, 0.6 ms with 1).
         seed: seed of the run: the env draws and the bandit's own generator (it replaces
             ``bandit.seed``).
     """
@@ -572,6 +578,7 @@ class BanditTrainConfig:
     featurizer_samples: int = 4096
     refresh_every: int = 100
     log_every: int = 20
+    blas_threads: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -579,7 +586,7 @@ class BanditTrainConfig:
             self.bandit = LinearBanditConfig(**self.bandit)
         if isinstance(self.features, Mapping):
             self.features = FeaturizerConfig(**self.features)
-        for name in ("total_steps", "num_envs", "featurizer_samples", "log_every"):
+        for name in ("total_steps", "num_envs", "featurizer_samples", "log_every", "blas_threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.refresh_every < 0:
@@ -602,6 +609,41 @@ class BanditTrainResult:
     wall_s: float
     steps: int
     summary: dict
+
+
+def blas_threads(n: int):
+    """Context limiting BLAS threads to ``n`` (threadpoolctl when installed, else a no-op)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=int(n), user_api="blas")
+
+
+def _run_rounds(policy: BanditPolicy, venv: Any, obs: dict[str, np.ndarray], n_rounds: int,
+                cfg: BanditTrainConfig, rows: list[dict[str, float]]) -> None:
+    """The training rounds of :func:`train_bandit`; appends ``progress.csv`` rows to ``rows``."""
+    bandit = policy.bandit
+    acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
+    t_learn = time.perf_counter()
+    for rnd in range(n_rounds):
+        bandit.set_progress(rnd / n_rounds)
+        arms, X = policy.act_explore(obs)
+        obs, reward, _, _, info = venv.step(arms)
+        bandit.update(arms, X, reward)
+        if cfg.refresh_every and (rnd + 1) % cfg.refresh_every == 0:
+            bandit.refresh()
+        fin = info["final_info"]
+        acc["reward"] += float(np.sum(reward))
+        acc["score"] += float(np.nansum(fin["score"]))
+        acc["violation"] += float(np.sum(fin["violation"]))
+        acc["n"] += int(reward.shape[0])
+        if (rnd + 1) % cfg.log_every == 0 or rnd == n_rounds - 1:
+            n = max(acc["n"], 1)
+            rows.append({"round": rnd + 1, "steps": (rnd + 1) * cfg.num_envs, "reward_mean": acc["reward"] / n,
+                         "score_mean": acc["score"] / n, "violation_rate": acc["violation"] / n,
+                         "epsilon": bandit.epsilon_now, "wall_s": time.perf_counter() - t_learn})
+            acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
 
 
 def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfig | None = None,
@@ -641,26 +683,9 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
     n_rounds = max(1, math.ceil(cfg.total_steps / cfg.num_envs))
     obs, _ = venv.reset(seed=cfg.seed)
     rows: list[dict[str, float]] = []
-    acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
     t_learn = time.perf_counter()
-    for rnd in range(n_rounds):
-        bandit.set_progress(rnd / n_rounds)
-        arms, X = policy.act_explore(obs)
-        obs, reward, _, _, info = venv.step(arms)
-        bandit.update(arms, X, reward)
-        if cfg.refresh_every and (rnd + 1) % cfg.refresh_every == 0:
-            bandit.refresh()
-        fin = info["final_info"]
-        acc["reward"] += float(np.sum(reward))
-        acc["score"] += float(np.nansum(fin["score"]))
-        acc["violation"] += float(np.sum(fin["violation"]))
-        acc["n"] += int(reward.shape[0])
-        if (rnd + 1) % cfg.log_every == 0 or rnd == n_rounds - 1:
-            n = max(acc["n"], 1)
-            rows.append({"round": rnd + 1, "steps": (rnd + 1) * cfg.num_envs, "reward_mean": acc["reward"] / n,
-                         "score_mean": acc["score"] / n, "violation_rate": acc["violation"] / n,
-                         "epsilon": bandit.epsilon_now, "wall_s": time.perf_counter() - t_learn})
-            acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
+    with blas_threads(cfg.blas_threads):
+        _run_rounds(policy, venv, obs, n_rounds, cfg, rows)
     learn_s = time.perf_counter() - t_learn
     venv.close()
     with open(log / "progress.csv", "w") as fh:

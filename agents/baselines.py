@@ -251,10 +251,9 @@ class BudgetGridRidge:
         """``x`` (n, d) with a bias column last (not penalised); ``targets(b)`` → (n, m) at budget b."""
         a = x.T @ x + ridge * np.eye(x.shape[1])
         a[-1, -1] -= ridge
-        chol = np.linalg.cholesky(a)
+        proj = np.linalg.solve(a, x.T)  # (d, n): one factorisation serves every grid budget
         grid = np.sort(np.asarray(budgets_ms, dtype=np.float64))
-        ws = [np.linalg.solve(chol.T, np.linalg.solve(chol, x.T @ targets(float(b)))) for b in grid]
-        return cls(grid, np.stack(ws))
+        return cls(grid, np.stack([proj @ targets(float(b)) for b in grid]))
 
     def predict(self, x: np.ndarray, budget_ms: np.ndarray) -> np.ndarray:
         """(n, m) predictions at each row's budget (clipped to the grid)."""
@@ -275,10 +274,18 @@ class BudgetGridRidge:
         return out
 
 
-def _reward_targets(data: ReplayData, reward: RewardConfig, cols: np.ndarray | slice = slice(None)):
+def _reward_targets(data: ReplayData, reward: RewardConfig, cols: np.ndarray | slice = slice(None),
+                    memo: dict[float, np.ndarray] | None = None):
+    """``targets(b)`` for :meth:`BudgetGridRidge.fit`: rewards of the ``cols`` configurations at
+    budget ``b`` (missing outcomes count as the worst reward seen). ``memo`` shares the full
+    reward matrices between calls."""
+    memo = {} if memo is None else memo
+
     def targets(b: float) -> np.ndarray:
-        r = reward_matrix(data, b, reward)[:, cols]
-        return np.where(np.isfinite(r), r, np.nanmin(r))  # a missing outcome counts as the worst seen
+        if b not in memo:
+            r = reward_matrix(data, b, reward)
+            memo[b] = np.where(np.isfinite(r), r, np.nanmin(r))
+        return memo[b][:, cols]
 
     return targets
 
@@ -372,15 +379,17 @@ class TwoStageRouter:
         grid = _router_grid(train, budgets_ms, n_budgets)
         scale = train.latency_scale_ms
         x1 = np.c_[train.lang, train.cheapest_ms / scale, train.full_ms / scale, np.ones(train.n)]
-        stage2, realised = [], {}
+        stage2, realised, memo = [], {}, {}
+        rows = np.arange(train.n)
         for j, (ti, pi) in enumerate(pairs):
             cols = pc[j][pc[j] >= 0]
             x2 = np.c_[train.tokens[:, ti, pi], x1]
-            m = BudgetGridRidge.fit(x2, _reward_targets(train, reward, cols), grid, ridge)
+            targets = _reward_targets(train, reward, cols, memo)
+            m = BudgetGridRidge.fit(x2, targets, grid, ridge)
             stage2.append(m)
-            for b in grid:  # reward stage 2 realises at this pair (what stage 1 should predict)
-                pick = np.argmax(m.predict(x2, np.full(train.n, b)), axis=1)
-                realised.setdefault(float(b), []).append(_reward_targets(train, reward, cols)(b)[np.arange(train.n), pick])
+            for g, b in enumerate(m.budgets_ms):  # reward stage 2 realises at this pair: stage 1's target
+                pick = np.argmax(x2 @ m.weights[g], axis=1)
+                realised.setdefault(float(b), []).append(targets(float(b))[rows, pick])
         stage1 = BudgetGridRidge.fit(x1, lambda b: np.stack(realised[b], axis=1), grid, ridge)
         return cls(stage1, stage2, pc, ks.multidiscrete_nvec, name)
 

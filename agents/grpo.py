@@ -130,6 +130,9 @@ class GRPOConfig:
             "none" (only subtract the group mean).
         adv_eps: added to the std before dividing (1e-4 as TRL).
         max_grad_norm: clip the global gradient norm to this; None = no clipping.
+        ema_decay: if set, keep an exponential moving average of the network weights (updated
+            once per iteration with this decay; Polyak averaging of the iterates) and return /
+            evaluate the averaged network; rollouts always use the online network.
 
     Networks:
         hidden_sizes: hidden layer widths of each stage's MLP (ReLU).
@@ -170,6 +173,7 @@ class GRPOConfig:
     scale_rewards: str = "none"
     adv_eps: float = 1e-4
     max_grad_norm: float | None = 1.0
+    ema_decay: float | None = None
 
     hidden_sizes: tuple[int, ...] = (128, 128)
     budget_dim: int = 256
@@ -208,6 +212,8 @@ class GRPOConfig:
             raise ValueError("ent_coef, ent_coef_final and kl_coef must be >= 0")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be positive ints, got {self.hidden_sizes}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
         if self.eval_every < 0 or self.log_every < 1:
             raise ValueError("eval_every must be >= 0 and log_every >= 1")
         self.budget_encoding()  # validates the encoding parameters
@@ -721,6 +727,7 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
     synthetic_tag = " [SYNTHETIC data]" if data.synthetic else ""
     policy = GRPOPolicy(data.lang_dim, data.token_dim, venv.nvec, cfg, deterministic=True, seed=cfg.seed)
     ref_net = copy.deepcopy(policy.net).requires_grad_(False)  # π_ref: the initial policy
+    ema_net = copy.deepcopy(policy.net).requires_grad_(False) if cfg.ema_decay is not None else None
     optimizer = torch.optim.Adam(policy.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
 
     eval_env, eval_budgets = None, None
@@ -794,6 +801,11 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
                 ent_terms.append(ent.item())
                 kl_terms.append(kl_ref.item())
 
+        if ema_net is not None:
+            with torch.no_grad():
+                for pe, po in zip(ema_net.parameters(), policy.net.parameters()):
+                    pe.lerp_(po, 1.0 - cfg.ema_decay)
+
         with torch.no_grad():  # how far this update moved the policy on its own rollouts
             new_logp = _joint_log_prob(_head_log_probs(policy.net, x1, x2, masks), acts)
             log_ratio = new_logp - old_logp
@@ -826,7 +838,8 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
         last = it == cfg.iterations or (cfg.time_limit_s is not None and elapsed >= cfg.time_limit_s)
         if eval_env is not None and (it % cfg.eval_every == 0 or last):
             policy.net.eval()
-            row.update(_eval_metrics(evaluate_deterministic(eval_env, policy, eval_budgets), cfg.eval_split))
+            row.update(_eval_metrics(evaluate_deterministic(eval_env, _returned(policy, ema_net), eval_budgets),
+                                     cfg.eval_split))
         row["time/elapsed_s"] = time.perf_counter() - t_start
         history.append(row)
         if writer is not None:
@@ -847,6 +860,17 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
     venv.close()
     if eval_env is not None:
         eval_env.close()
+    if ema_net is not None:
+        policy.net.load_state_dict(ema_net.state_dict())
     policy.net.eval()
     policy.deterministic = True
     return policy, history
+
+
+def _returned(policy: GRPOPolicy, ema_net: TwoStageController | None) -> GRPOPolicy:
+    """The policy as it would be returned now: the online one, or a view with the averaged net."""
+    if ema_net is None:
+        return policy
+    view = copy.copy(policy)
+    view.net = ema_net
+    return view

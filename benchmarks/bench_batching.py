@@ -39,9 +39,11 @@ not MolmoE-1B's answers.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Sequence
@@ -195,15 +197,19 @@ def run_batched(model: MolmoeModel, work: Workload, plan: Sequence[int], p: int)
 
 @dataclass
 class StepDiagnostic:
-    """One decode step's anatomy at one batch size (means over the measured steps).
+    """One decode step's anatomy at one batch size (medians over ``rounds`` rounds of ``steps`` steps).
 
     Attributes:
-        enqueue_ms: host time to issue one step (Python + launches; includes any sync inside).
-        gpu_ms: device time of one step (CUDA events; perf_counter on CPU).
+        synced_ms: wall time of one step issued as ``greedy_generate`` issues it (a host check of
+            the EOS state after every step, so the host waits for the GPU each step).
+        enqueue_ms: host time to issue one step back to back without that check (Python +
+            launches; includes any synchronisation inside the step itself).
+        gpu_ms: device time of one step of the back-to-back run (CUDA events; perf_counter on CPU).
         kernels: CUDA kernels (incl. memcpy/memset) per step, or None without CUDA profiling.
         kernel_ms: their summed GPU time per step, or None.
     """
 
+    synced_ms: float
     enqueue_ms: float
     gpu_ms: float
     kernels: float | None = None
@@ -212,47 +218,57 @@ class StepDiagnostic:
 
 @torch.no_grad()
 def diagnose_decode_step(model: MolmoeModel, embeds: torch.Tensor, mask: torch.Tensor, plan: Sequence[int], p: int,
-                         steps: int = 8) -> StepDiagnostic:
-    """Prefill, then ``steps`` decode steps issued back to back (greedy_generate's step minus its
-    per-step ``ended.all()`` host check), timed on the host and on the device; on CUDA one more
-    pass under ``torch.profiler`` counts the kernels."""
+                         steps: int = 8, rounds: int = 3) -> StepDiagnostic:
+    """Prefill, then rounds of ``steps`` decode steps with the runtime's own calls
+    (``begin_decode`` / ``advance`` / ``logits``), timed with and without greedy_generate's
+    per-step host check; on CUDA one more round under ``torch.profiler`` counts the kernels."""
     lm, dev = model.lm, model.device
+    reserve = (2 * rounds + 2) * steps + 2
 
-    def prefill() -> object:
-        state = lm.begin(embeds, mask, cache=BlockKVCache(reserve=2 * steps + 2))
+    def prefill() -> tuple[object, torch.Tensor]:
+        state = lm.begin(embeds, mask, cache=BlockKVCache(reserve=reserve))
         lm.advance(state, lm.n_layers, plan)
         return state, lm.logits(state).argmax(-1)
 
-    def decode(state: object, tok: torch.Tensor) -> tuple[object, torch.Tensor]:
+    def decode(state: object, tok: torch.Tensor, synced: bool) -> tuple[object, torch.Tensor]:
         for _ in range(steps):
             state = lm.begin_decode(state, tok)
             lm.advance(state, lm.n_layers, plan)
             tok = lm.logits(state).argmax(-1)
+            if synced:
+                bool((tok == -1).all())  # greedy_generate's EOS check: a host read every step
         return state, tok
 
     state, tok = prefill()
-    state, tok = decode(state, tok)  # warm-up of this batch size's step
-    timer = PhaseTimer(dev)
-    t0 = time.perf_counter()
-    with timer.phase("decode"):
-        state, tok = decode(state, tok)
-        enqueue_ms = (time.perf_counter() - t0) * 1000.0
-    out = StepDiagnostic(enqueue_ms / steps, timer.get("decode") / steps)
+    state, tok = decode(state, tok, True)  # warm-up of this batch size's step
+    synced, enqueue, gpu = [], [], []
+    for _ in range(rounds):
+        timer = PhaseTimer(dev)
+        with timer.phase("synced"):
+            state, tok = decode(state, tok, True)
+        synced.append(timer.get("synced") / steps)
+        t0 = time.perf_counter()
+        with timer.phase("free"):
+            state, tok = decode(state, tok, False)
+            enqueue.append((time.perf_counter() - t0) * 1000.0 / steps)
+        gpu.append(timer.get("free") / steps)
+    out = StepDiagnostic(float(np.median(synced)), float(np.median(enqueue)), float(np.median(gpu)))
     if dev.type != "cuda":
         return out
     try:
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
-        state, tok = prefill()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            decode(state, tok)
-            torch.cuda.synchronize(dev)
-        n, us = 0, 0.0
-        for e in prof.key_averages():
-            if e.device_type == DeviceType.CUDA:
-                n += e.count
-                us += float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                decode(state, tok, True)
+                torch.cuda.synchronize(dev)
+            n, us = 0, 0.0
+            for e in prof.key_averages():
+                if e.device_type == DeviceType.CUDA:
+                    n += e.count
+                    us += float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
         out.kernels, out.kernel_ms = n / steps, us / 1000.0 / steps
     except Exception as exc:  # the profiler is a diagnostic; its absence must not lose the figures
         print(f"  (torch.profiler unavailable: {type(exc).__name__}: {exc})", flush=True)
@@ -287,11 +303,13 @@ def compare(model: MolmoeModel, ks: KnobSpace, cfg: KnobConfig, work: Workload, 
     label = f"p{cfg.p}/k{cfg.top_k}/b{cfg.blocks}"
     one = Workload(work.embeds[:1], work.batch_embeds[:1, -work.lengths[0]:], work.batch_mask[:1, -work.lengths[0]:],
                    work.new_tokens)
-    t0 = time.perf_counter()
-    for _ in range(max(warmup, 1)):  # first calls pick kernels and grow the allocator
+    for _ in range(max(warmup, 1)):  # first calls pick kernels, grow the allocator, initialise libraries
+        t0 = time.perf_counter()
         w1 = run_per_request(model, one, plan, cfg.p)
         wb = run_batched(model, work, plan, cfg.p)
-    est = repeats * (work.requests * w1.wall_ms + wb.wall_ms) / 1000.0 + 2 * (time.perf_counter() - t0) / max(warmup, 1)
+        last = time.perf_counter() - t0
+    # the cost estimate uses the last warm-up round only: the first absorbs one-time start-up costs
+    est = repeats * (work.requests * w1.wall_ms + wb.wall_ms) / 1000.0 + 2 * last
     if time.perf_counter() + est > deadline:
         out(f"  [{impl} {label}] skipped: about {est:.0f} s more would pass --deadline-s")
         return None
@@ -323,15 +341,27 @@ def table(comps: Sequence[Comparison], requests: int) -> list[str]:
 
 
 def diag_table(comps: Sequence[Comparison]) -> list[str]:
-    lines = ["| experts impl | config | batch | host enqueue ms/step | GPU ms/step | kernels/step | kernel ms/step | GPU busy |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| experts impl | config | batch | ms/step as greedy_generate | back-to-back: host enqueue ms/step | "
+             "GPU ms/step | kernels/step | kernel ms/step | GPU busy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in comps:
         for b, d in sorted(c.diag.items()):
             k = "n/a" if d.kernels is None else f"{d.kernels:.0f}"
             km = "n/a" if d.kernel_ms is None else f"{d.kernel_ms:.2f}"
             busy = "n/a" if d.kernel_ms is None else f"{100 * d.kernel_ms / d.gpu_ms:.0f} %"
-            lines.append(f"| {c.impl} | {c.label} | {b} | {d.enqueue_ms:.2f} | {d.gpu_ms:.2f} | {k} | {km} | {busy} |")
+            lines.append(f"| {c.impl} | {c.label} | {b} | {d.synced_ms:.2f} | {d.enqueue_ms:.2f} | {d.gpu_ms:.2f} | {k} | {km} | {busy} |")
     return lines
+
+
+def _host_cpu() -> str:
+    """CPU model and count of this host (the step is host-bound, so the host matters)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -348,7 +378,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--spread", type=int, default=56, help="prompt lengths spread over seq_len-spread..seq_len")
     ap.add_argument("--new-tokens", type=int, default=64, help="generated tokens per request (EOS disabled)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds of both modes (the last one sizes --deadline-s)")
     ap.add_argument("--deadline-s", type=float, default=float("inf"),
                     help="skip a comparison whose estimated end passes this many seconds after start")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -395,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out("# bench_batching: batched-by-configuration vs per-request generation (SYNTHETIC random inputs)")
         out(f"device: {device_name(device)}; torch {torch.__version__}; transformers {transformers.__version__}; "
             f"python {platform.python_version()}; dtype {str(dtype).replace('torch.', '')}")
+        out(f"host: {_host_cpu()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         out(f"model: random weights at the {args.shape} shape, built in {time.perf_counter() - start:.1f} s")
         out(f"workload: {args.requests} requests, prompt lengths {lengths} (batch left-padded to {max(lengths)}), "
             f"{args.new_tokens} new tokens each (EOS disabled: 1 prefill token + {args.new_tokens - 1} decode steps); "
@@ -414,8 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in table(comps, args.requests):
             out(line)
         out("")
-        out("decode step anatomy (8 steps issued back to back after a warm-up; host enqueue ≈ GPU time and "
-            "kernel time ≪ GPU time mean launch/host-bound):")
+        out("decode step anatomy (median of 3 rounds of 8 steps after a warm-up; host enqueue ≈ GPU time and "
+            "kernel time ≪ GPU time mean the step is bound by host work and launches, not by GPU arithmetic):")
         for line in diag_table(comps):
             out(line)
         if device.type == "cuda":

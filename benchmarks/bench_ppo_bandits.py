@@ -21,7 +21,7 @@ MolmoE-1B.
 
     python benchmarks/bench_ppo_bandits.py [--cache outputs/default_cache.h5] [--out outputs/bench_ppo_bandits]
         [--agents maskable_ppo ppo linucb lin_ts eps_greedy] [--ppo-steps N] [--bandit-steps N]
-        [--skip-vec-bench] [--diagnose] [--threads 1]
+        [--skip-vec-bench] [--diagnose] [--threads 1] [--seed 0]
 """
 
 from __future__ import annotations
@@ -177,12 +177,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vec-steps", type=int, default=16384)
     ap.add_argument("--skip-vec-bench", action="store_true")
     ap.add_argument("--diagnose", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of every agent")
     args = ap.parse_args(argv)
 
     import torch
 
+    from agents.bandits import blas_threads
+
     torch.set_num_threads(args.threads)
+    with blas_threads(args.threads):  # small matrices: extra BLAS threads only spin on shared cores
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     from agents.bandits import BanditTrainConfig, FeaturizerConfig, train_bandit
     from agents.baselines import Oracle, StaticPerBudget
     from agents.ppo import MaskablePPOConfig, PPOConfig, train_maskable_ppo, train_ppo_flat
@@ -213,19 +221,19 @@ def main(argv: list[str] | None = None) -> None:
     for agent in args.agents:
         t0 = time.perf_counter()
         if agent == "maskable_ppo":
-            cfg = MaskablePPOConfig(torch_threads=args.threads)
+            cfg = MaskablePPOConfig(torch_threads=args.threads, seed=args.seed)
             if args.ppo_steps:
                 cfg.total_timesteps = args.ppo_steps
             res = train_maskable_ppo(env_kwargs, cfg, out / agent)
             steps = res.timesteps
         elif agent == "ppo":
-            cfg = PPOConfig(torch_threads=args.threads)
+            cfg = PPOConfig(torch_threads=args.threads, seed=args.seed)
             if args.ppo_steps:
                 cfg.total_timesteps = args.ppo_steps
             res = train_ppo_flat(env_kwargs, cfg, out / agent)
             steps = res.timesteps
         else:
-            bcfg = BanditTrainConfig()
+            bcfg = BanditTrainConfig(seed=args.seed)
             if agent == "linucb_lang":
                 bcfg.features = FeaturizerConfig(lang_components=4)
             if args.bandit_steps:

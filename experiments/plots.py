@@ -43,10 +43,13 @@ def pareto_plot(
             ax.scatter(row["mean_latency_ms"], row["accuracy"], s=40, marker="D", zorder=3)
             ax.annotate(row["label"], (row["mean_latency_ms"], row["accuracy"]), fontsize=8,
                         xytext=(4, -10), textcoords="offset points")
-    for policy, g in df.groupby("policy", sort=True):
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^v<>ph*"
+    for i, (policy, g) in enumerate(df.groupby("policy", sort=True)):
         g = g.sort_values("budget_ms")
         style = "--" if policy.startswith(("random", "uncertainty")) else "-"
-        ax.plot(g["mean_latency_ms"], g["accuracy"], style, marker="o", ms=3, lw=1.4, label=policy, zorder=2)
+        ax.plot(g["mean_latency_ms"], g["accuracy"], style, marker=markers[i % len(markers)], ms=3.5, lw=1.4,
+                color=colors[i % len(colors)], label=policy, zorder=2)
     ax.set_xlabel("mean estimated latency (ms)")
     ax.set_ylabel("accuracy (mean metric score)")
     ax.set_title(title, fontsize=10)

@@ -131,3 +131,29 @@ def test_router_save_load(tmp_path):
     router.save(tmp_path)
     again = SupervisedRouter.load(tmp_path)
     assert (again.act(obs, info) == router.act(obs, info)).all()
+
+
+def test_two_stage_router_uses_the_latency_token():
+    """Hardness visible only in the latency token at (high, p=5): router2 must read it at stage 2."""
+    from agents.baselines import TwoStageRouter
+    from envs.vector_env import MolmoeKnobsVectorEnv
+
+    data, hard = make_data(n=300, seed=1)
+    lang = data.lang.copy()
+    lang[:, 0] = 0.0  # hide hardness from stage 1
+    tokens = np.random.default_rng(2).normal(size=data.tokens.shape).astype(np.float32)
+    tokens[:, :, :, 0] = np.where(hard, 3.0, -3.0)[:, None, None]  # visible at every (tier, p)
+    d2 = ReplayData.from_arrays(score=data.score, vision_ms=data.vision_ms, prefill_ms=data.prefill_ms,
+                                decode_ms=data.decode_ms, lang=lang, tokens=tokens, knob_space=KS)
+    lag = RewardConfig.make("lagrangian", {"lam": 0.5})
+    router = TwoStageRouter.fit(d2, lag, ridge=1e-3, budgets_ms=[300.0])
+    venv = MolmoeKnobsVectorEnv(num_envs=d2.n, data=d2, reward=lag)
+    obs, info = venv.reset(options={"sample_index": np.arange(d2.n), "budget_ms": np.full(d2.n, 300.0)})
+    a1 = router.act_stage1(obs, info)
+    obs, _, _, _, info = venv.step(a1)  # raises if a stage-1 action were masked
+    a2 = router.act_stage2(obs, info)
+    _, _, _, _, info = venv.step(a2)
+    cfg = info["final_info"]["config_index"]
+    t = KS.config_table()
+    assert (t["blocks"][cfg[hard]] == 16).mean() > 0.9, "hard requests keep every block"
+    assert (t["blocks"][cfg[~hard]] == 16).mean() < 0.5, "easy requests drop blocks"
