@@ -102,7 +102,7 @@ def bench_vec_envs(cache: str, n_envs: int, steps: int) -> None:
 
 
 # ----------------------------------------------------------------------------- diagnosis
-def diagnose(train: Any, test: Any, budgets: np.ndarray, reward: Any, static_r: float, n_uniform: int = 600_000) -> None:
+def diagnose(train: Any, test: Any, budgets: np.ndarray, reward: Any, static_r: float, n_uniform: int = 1_000_000) -> None:
     from agents.bandits import ContextFeaturizer, FeaturizerConfig
     from envs.reward import compute_reward
     from envs.vector_env import MolmoeKnobsFlatVectorEnv
