@@ -573,7 +573,7 @@ class BanditTrainConfig:
 
     bandit: LinearBanditConfig = field(default_factory=LinearBanditConfig)
     features: FeaturizerConfig = field(default_factory=FeaturizerConfig)
-    total_steps: int = 1_000_000
+    total_steps: int = 2_000_000
     num_envs: int = 256
     featurizer_samples: int = 4096
     refresh_every: int = 100

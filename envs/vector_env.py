@@ -62,6 +62,30 @@ from envs.two_stage_env import masked_action_message
 DRAW_BLOCK_STEPS = 64
 
 
+def _fast_str(values: list[str]) -> np.ndarray:
+    """A str array whose item size is 4, 8, 16 or 32 bytes where the strings allow: ``np.take``
+    copies those sizes with fixed-size loops, other sizes with one memmove per element (about
+    4x slower at thousands of elements)."""
+    width = max(1, max(len(v) for v in values))
+    width = next((w for w in (1, 2, 4, 8) if w >= width), width)
+    return np.array(values, dtype=f"U{width}")
+
+
+def _line_aligned(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous array starting on a 64-byte cache-line boundary (a copy unless it
+    already is). Large numpy arrays start 16 bytes past a page boundary (malloc's header), so
+    rows of 32 / 256 bytes gathered at random would touch one cache line more than needed
+    (a record of 32 bytes straddles two lines every other row)."""
+    a = np.ascontiguousarray(a)
+    if a.ctypes.data % 64 == 0:
+        return a
+    buf = np.empty(a.nbytes + 64, dtype=np.uint8)
+    off = -buf.ctypes.data % 64
+    out = buf[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def _str_table(values: np.ndarray) -> tuple[np.ndarray, np.dtype]:
     """A numpy str array as fixed-width void records (gathering those is a plain memcpy, about
     twice as fast as gathering the str array) and its str dtype to view the gather back."""
@@ -95,9 +119,10 @@ class _ReplayVectorEnv(VectorEnv):
         rec = np.zeros((n * c, 8), dtype=np.float32)
         for j, a in enumerate((d.score, d.total_ms, d.vision_ms, d.prefill_ms, d.decode_ms, d.measured_ms, d.output_tokens)):
             rec[:, j] = a.reshape(-1)
-        self._outcome_rec = rec
+        self._outcome_rec = _line_aligned(rec)
         self._valid_f = d.valid.reshape(-1)
         self._complexity = d.complexity.astype(np.float64)
+        self._lang = _line_aligned(d.lang)
         # budget features: columns 1, 2 per request, columns 0 and 3 depend on the budget
         self._budget_base = np.zeros((n, 4), dtype=np.float32)
         self._budget_base[:, 1] = d.cheapest_ms / self.latency_scale_ms
@@ -111,7 +136,8 @@ class _ReplayVectorEnv(VectorEnv):
         self._cfg_p = np.append(ca["p"], -1)
         self._cfg_k = np.append(ca["top_k"], -1)
         self._cfg_blocks = np.append(ca["blocks"], -1)
-        self._tier_names = np.array(list(d.knob_space.tiers) + [""])
+        self._tier_names = _fast_str(list(d.knob_space.tiers) + [""])
+        self._cfg_tier = np.take(self._tier_names, self._cfg_tier_i)  # tier name per configuration index
         self._positions = np.append(np.asarray(d.knob_space.insertion_positions, dtype=np.int64), -1)
         self._s = np.zeros(self.num_envs, dtype=np.int64)
         self._b = np.zeros(self.num_envs, dtype=np.float64)
@@ -132,7 +158,8 @@ class _ReplayVectorEnv(VectorEnv):
         if self._pool_pos + k > self._pool_s.size:
             u = self.np_random.random((2, max(k, DRAW_BLOCK_STEPS * self.num_envs)))
             e = self.settings.eligible
-            self._pool_s = e[(u[0] * e.size).astype(np.int64)]
+            i = (u[0] * e.size).astype(np.int64)
+            self._pool_s = i if e.size == self._n else e[i]  # eligible is sorted: all eligible ⇔ arange(n)
             self._pool_b = self.budget_sampler.from_uniform(u[1])
             self._pool_pos = 0
         i = self._pool_pos
@@ -213,15 +240,16 @@ class _ReplayVectorEnv(VectorEnv):
         }
 
     def _info(self, *, s: np.ndarray, b: np.ndarray, strings: tuple[np.ndarray, np.ndarray], mask_view: np.ndarray,
-              stage: np.ndarray, keep: np.ndarray, tier_i: np.ndarray, p: np.ndarray, top_k: np.ndarray,
+              stage: np.ndarray, keep: np.ndarray, tier: np.ndarray, p: np.ndarray, top_k: np.ndarray,
               blocks: np.ndarray, config_index: np.ndarray, invalid: np.ndarray) -> dict[str, Any]:
         """The always-present info keys as arrays over all sub-envs, each masked by ``keep``.
         All arguments must be fresh arrays (they are handed out), except ``strings`` (read-only).
-        The ``_key`` masks of one info share one array (read them, do not write them)."""
+        ``tier``: str (num_envs,) tier names. The ``_key`` masks of one info share one array
+        (read them, do not write them)."""
         n_env = self.num_envs
         info: dict[str, Any] = {
             "budget_ms": b,
-            "config": {"tier": np.take(self._tier_names, tier_i), "p": p, "top_k": top_k, "blocks": blocks,
+            "config": {"tier": tier, "p": p, "top_k": top_k, "blocks": blocks,
                        "_tier": keep, "_p": keep, "_top_k": keep, "_blocks": keep},
             "config_index": config_index,
             "sample_id": strings[0],
@@ -236,19 +264,38 @@ class _ReplayVectorEnv(VectorEnv):
             info["_" + k] = keep
         return info
 
+    def _reward(self, out: dict[str, np.ndarray], b: np.ndarray, s: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """float64 (k,) rewards of outcomes ``out`` of requests ``s`` at configurations ``c``
+        (valid pairs) under budgets ``b``; gathers the complexity / reference latency only for
+        the reward modes that read them."""
+        mode = self.reward_config.mode
+        cx = self._complexity[c] if mode == "shaped" else 0.0
+        ref = self._full[s] if mode == "lagrangian" else None
+        return compute_reward(out["score"], out["latency_ms"], b, cx, self.reward_config, ref)
+
     @staticmethod
     def _add_outcome_info(info: dict[str, Any], out: dict[str, np.ndarray], b: np.ndarray, fin: np.ndarray) -> None:
         """Outcome keys into a final_info, masked by ``fin``; NaN / -1 / False in the other rows."""
-        all_fin = bool(fin.all())
+        if bool(fin.all()):  # the lockstep case: the outcome rows as they are, no masking
+            for k in ("score", "latency_ms", "vision_ms", "prefill_ms", "decode_ms"):
+                info[k] = out[k]
+                info["_" + k] = fin
+            info["violation"] = np.greater(out["latency_ms"], b)
+            info["_violation"] = fin
+            info["output_tokens"] = out["output_tokens"]
+            info["_output_tokens"] = fin
+            meas = info["measured_ms"] = out["measured_ms"]
+            info["_measured_ms"] = np.equal(meas, meas)  # False exactly where NaN
+            return
         for k in ("score", "latency_ms", "vision_ms", "prefill_ms", "decode_ms"):
-            info[k] = out[k] if all_fin else np.where(fin, out[k], np.nan)
+            info[k] = np.where(fin, out[k], np.nan)
             info["_" + k] = fin
         info["violation"] = (out["latency_ms"] > b) & fin
         info["_violation"] = fin
-        info["output_tokens"] = out["output_tokens"] if all_fin else np.where(fin, out["output_tokens"], -1)
+        info["output_tokens"] = np.where(fin, out["output_tokens"], -1)
         info["_output_tokens"] = fin
         meas = out["measured_ms"]
-        info["measured_ms"] = meas if all_fin else np.where(fin, meas, np.nan)
+        info["measured_ms"] = np.where(fin, meas, np.nan)
         info["_measured_ms"] = fin & ~np.isnan(meas)
 
     def close_extras(self, **kwargs: Any) -> None:
@@ -289,7 +336,7 @@ class MolmoeKnobsFlatVectorEnv(_ReplayVectorEnv):
         else:
             mask = np.take(self._mask_i8, s, axis=0)
         obs = {
-            "lang": np.take(self.data.lang, s, axis=0),
+            "lang": np.take(self._lang, s, axis=0),
             "budget": self._budget_features(s, self._b),
             "action_mask": mask,
         }
@@ -300,7 +347,8 @@ class MolmoeKnobsFlatVectorEnv(_ReplayVectorEnv):
         n_env, m1 = self.num_envs, self._minus1
         return self._info(
             s=self._s.copy(), b=self._b.copy(), strings=self._request_strings(), mask_view=obs["action_mask"].view(bool),
-            stage=np.zeros(n_env, dtype=np.int64), keep=np.ones(n_env, dtype=bool), tier_i=m1, p=m1.copy(),
+            stage=np.zeros(n_env, dtype=np.int64), keep=np.ones(n_env, dtype=bool),
+            tier=np.zeros(n_env, dtype=self._tier_names.dtype), p=m1.copy(),
             top_k=m1.copy(), blocks=m1.copy(), config_index=m1.copy(), invalid=np.zeros(n_env, dtype=bool),
         )
 
@@ -340,14 +388,14 @@ class MolmoeKnobsFlatVectorEnv(_ReplayVectorEnv):
         else:
             c, ci = np.where(ok, a, 0), np.where(ok, a, -1)
         out = self._outcomes(s, c)
-        reward = compute_reward(out["score"], out["latency_ms"], b, self._complexity[c], self.reward_config, self._full[s])
+        reward = self._reward(out, b, s, c)
         if not all_ok:
             reward[~ok] = INVALID_ACTION_REWARD
         done = np.ones(n_env, dtype=bool)
         prev = self._obs
         final_info = self._info(
             s=s, b=b, strings=self._request_strings(), mask_view=prev["action_mask"].view(bool),
-            stage=np.ones(n_env, dtype=np.int64), keep=done, tier_i=self._cfg_tier_i[ci], p=self._cfg_p[ci],
+            stage=np.ones(n_env, dtype=np.int64), keep=done, tier=np.take(self._cfg_tier, ci), p=self._cfg_p[ci],
             top_k=self._cfg_k[ci], blocks=self._cfg_blocks[ci], config_index=ci.copy(), invalid=~ok,
         )
         self._add_outcome_info(final_info, out, b, ok)
@@ -389,7 +437,7 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
         # ReplayData.stage0_action_valid); equivalent to the scalar env's per-component checks
         self._valid0_f = d.stage0_action_valid.reshape(-1)
         self._valid1_f = d.prefix_valid.reshape(-1)
-        self._tokens_f = d.tokens.reshape(d.n * self._tp, d.token_dim)
+        self._tokens_f = _line_aligned(d.tokens.reshape(d.n * self._tp, d.token_dim))
         # context rows: index t*P + p = stage 1 after (t, p); index T*P = stage 0 (all zero)
         ctx = np.zeros((self._tp + 1, 1 + t_ + p_), dtype=np.float32)
         tt, pp = np.divmod(np.arange(self._tp), p_)
@@ -397,15 +445,43 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
         ctx[np.arange(self._tp), 1 + tt] = 1.0
         ctx[np.arange(self._tp), 1 + t_ + pp] = 1.0
         self._ctx_table = ctx
-        self._stage = np.zeros(self.num_envs, dtype=np.int64)
-        self._t = np.full(self.num_envs, -1, dtype=np.int64)
-        self._p = np.full(self.num_envs, -1, dtype=np.int64)
-        self._minus1 = np.full(self.num_envs, -1, dtype=np.int64)
+        n_env, sigma = self.num_envs, sum(self.nvec)
+        # Every eligible request complete: masks and action validity are the same for all
+        # requests, so the lockstep steps read them from tables of a few hundred bytes (always
+        # in cache) instead of per-request tables of megabytes.
+        self._complete = bool(d.valid[self.settings.eligible].all())
+        e0 = int(self.settings.eligible[0])
+        self._mask0_block = np.tile(d.stage0_mask[e0].view(np.int8), (n_env, 1))  # copied out per observation
+        self._mask1_tp = np.ascontiguousarray(d.stage1_mask[e0].reshape(self._tp, sigma).view(np.int8))
+        self._valid0_md = d.stage0_action_valid[e0].reshape(-1)
+        self._valid1_md = d.prefix_valid[e0].reshape(-1)
+        self._stage = np.zeros(n_env, dtype=np.int64)
+        self._t = np.full(n_env, -1, dtype=np.int64)
+        self._p = np.full(n_env, -1, dtype=np.int64)
+        self._tp_now = np.zeros(n_env, dtype=np.int64)  # t*P + p of the sub-envs at stage 1
+        self._n1 = 0  # sub-envs at stage 1 (0 or num_envs in lockstep)
+        self._minus1 = np.full(n_env, -1, dtype=np.int64)
+        self._bud: np.ndarray | None = None  # budget features of the current requests (private)
+
+    def _set_requests(self, s: np.ndarray, b: np.ndarray) -> None:
+        super()._set_requests(s, b)
+        self._bud = None
+
+    def _budget_obs(self) -> np.ndarray:
+        """float32 (num_envs, 4) budget features (fresh): computed once per request draw (both
+        stages of an episode show the same), copied out per observation."""
+        if self._bud is None:
+            self._bud = self._budget_features(self._s, self._b)
+        return self._bud.copy()
+
+    def _set_stage(self, stage: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
+        self._stage, self._t, self._p = stage, t, p
+        self._n1 = int(np.count_nonzero(stage))
+        self._tp_now = t * self.nvec[1] + p
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         self._reset_state(seed, options)
-        self._stage = np.zeros(self.num_envs, dtype=np.int64)
-        self._t, self._p = self._minus1.copy(), self._minus1.copy()
+        self._set_stage(np.zeros(self.num_envs, dtype=np.int64), self._minus1.copy(), self._minus1.copy())
         obs = self._observe()
         return obs, self._state_info(obs)
 
@@ -417,40 +493,43 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
         return np.take(self._mask_table, self._mask_rows(), axis=0)
 
     def _observe(self) -> dict[str, np.ndarray]:
-        s, st, n_env = self._s, self._stage, self.num_envs
-        n1 = int(np.count_nonzero(st))
+        s, st, n_env, n1 = self._s, self._stage, self.num_envs, self._n1
         if n1 == 0:  # all at stage 0 (after reset / autoreset in lockstep)
             token = np.zeros((n_env, self.data.token_dim), dtype=np.float32)
             ctx = np.zeros((n_env, self._ctx_table.shape[1]), dtype=np.float32)
-            rows = s
+            mask = self._mask0_block.copy() if self._complete else np.take(self._mask_table_i8, s, axis=0)
         else:
-            tp = self._t * self.nvec[1] + self._p
+            tp = self._tp_now
             tp_row = s * self._tp + tp
             if n1 == n_env:
                 token = np.take(self._tokens_f, tp_row, axis=0)
                 ctx = np.take(self._ctx_table, tp, axis=0)
-                rows = self._n + tp_row
+                mask = np.take(self._mask1_tp, tp, axis=0) if self._complete else np.take(self._mask_table_i8, tp_row + self._n, axis=0)
             else:
                 st0 = st == 0
                 token = np.take(self._tokens_f, np.where(st0, 0, tp_row), axis=0)
                 token[st0] = 0.0
                 ctx = np.take(self._ctx_table, np.where(st0, self._tp, tp), axis=0)
-                rows = np.where(st0, s, self._n + tp_row)
+                mask = np.take(self._mask_table_i8, np.where(st0, s, self._n + tp_row), axis=0)
         obs = {
-            "lang": np.take(self.data.lang, s, axis=0),
+            "lang": np.take(self._lang, s, axis=0),
             "token": token,
-            "budget": self._budget_features(s, self._b),
+            "budget": self._budget_obs(),
             "context": ctx,
-            "action_mask": np.take(self._mask_table_i8, rows, axis=0),
+            "action_mask": mask,
         }
         self._obs = obs
         return obs
 
     def _state_info(self, obs: dict[str, np.ndarray]) -> dict[str, Any]:
         n_env, m1 = self.num_envs, self._minus1
+        if self._n1 == 0:  # nothing chosen yet: no gathers
+            tier, p = np.zeros(n_env, dtype=self._tier_names.dtype), m1.copy()
+        else:
+            tier, p = np.take(self._tier_names, self._t), np.take(self._positions, self._p)
         return self._info(
             s=self._s.copy(), b=self._b.copy(), strings=self._request_strings(), mask_view=obs["action_mask"].view(bool),
-            stage=self._stage.copy(), keep=np.ones(n_env, dtype=bool), tier_i=self._t, p=self._positions[self._p],
+            stage=self._stage.copy(), keep=np.ones(n_env, dtype=bool), tier=tier, p=p,
             top_k=m1.copy(), blocks=m1.copy(), config_index=m1.copy(), invalid=np.zeros(n_env, dtype=bool),
         )
 
@@ -465,6 +544,48 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
                     else f"configuration {self.data.knob_space.configs[cfg]} has no outcome")
             msg = f"action {act}: {what} for request {self.data.sample_id_list[s]!r} (incomplete='mask')"
         return f"sub-env {i}: {msg} ({int((~ok).sum())} sub-envs took a masked action)"
+
+    def _step_choose(self, a0: np.ndarray, a1: np.ndarray, tp: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Lockstep stage 0 → 1, every action valid: tier ``a0``, p index ``a1``, ``tp`` = t*P + p
+        (fresh int (num_envs,)). The general path of :meth:`step` gives the same result."""
+        n_env = self.num_envs
+        self._stage, self._t, self._p = np.ones(n_env, dtype=np.int64), a0.copy(), a1.copy()
+        self._tp_now, self._n1 = tp, n_env
+        obs = self._observe()
+        info = self._info(
+            s=self._s.copy(), b=self._b.copy(), strings=self._request_strings(), mask_view=obs["action_mask"].view(bool),
+            stage=np.ones(n_env, dtype=np.int64), keep=np.ones(n_env, dtype=bool), tier=np.take(self._tier_names, a0),
+            p=np.take(self._positions, a1), top_k=np.full(n_env, -1, dtype=np.int64), blocks=np.full(n_env, -1, dtype=np.int64),
+            config_index=np.full(n_env, -1, dtype=np.int64), invalid=np.zeros(n_env, dtype=bool),
+        )
+        return obs, np.zeros(n_env, dtype=np.float64), np.zeros(n_env, dtype=bool), np.zeros(n_env, dtype=bool), info
+
+    def _step_finish(self, md: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Lockstep stage 1 → done, every action valid (``md``: flat MultiDiscrete index, int
+        (num_envs,)); every sub-env resets in the same step. The general path of :meth:`step`
+        gives the same result."""
+        n_env = self.num_envs
+        s, b, prev = self._s, self._b, self._obs
+        cfg = np.take(self._md_f, md)
+        out = self._outcomes(s, cfg)
+        reward = self._reward(out, b, s, cfg)
+        done = np.ones(n_env, dtype=bool)
+        final_info = self._info(
+            s=s, b=b, strings=self._request_strings(), mask_view=prev["action_mask"].view(bool),
+            stage=np.full(n_env, 2, dtype=np.int64), keep=done, tier=np.take(self._cfg_tier, cfg),
+            p=np.take(self._cfg_p, cfg), top_k=np.take(self._cfg_k, cfg), blocks=np.take(self._cfg_blocks, cfg),
+            config_index=cfg, invalid=np.zeros(n_env, dtype=bool),
+        )
+        self._add_outcome_info(final_info, out, b, done)
+        self._set_requests(*self._draw(n_env))
+        self._stage, self._t, self._p, self._n1 = np.zeros(n_env, dtype=np.int64), self._minus1.copy(), self._minus1.copy(), 0
+        obs = self._observe()
+        info = self._state_info(obs)
+        info["final_obs"] = prev
+        info["_final_obs"] = done.copy()
+        info["final_info"] = final_info
+        info["_final_info"] = done.copy()
+        return obs, reward, done.copy(), np.zeros(n_env, dtype=bool), info
 
     def step(self, actions: Any) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
         if self._obs is None:
@@ -481,14 +602,22 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
             i = int(np.flatnonzero(((a < 0) | (a >= np.array(self.nvec))).any(axis=1))[0])
             raise ValueError(f"action {a[i].tolist()} of sub-env {i} outside MultiDiscrete({list(self.nvec)})")
         s, b, st = self._s, self._b, self._stage
-        md = ((a0 * p_ + a1) * k_ + a2) * b_ + a3
-        idx = s * self._n_md + md
-        n1 = int(np.count_nonzero(st))
+        pre = a0 * p_ + a1  # t*P + p of the action
+        md = (pre * k_ + a2) * b_ + a3
+        n1 = self._n1
+        # lockstep fast paths (every sub-env at the same stage, every action valid)
         if n1 == 0:
-            ok = self._valid0_f[idx]
+            ok = np.take(self._valid0_md, md) if self._complete else np.take(self._valid0_f, s * self._n_md + md)
+            if ok.all():
+                return self._step_choose(a0, a1, pre)
+        elif n1 == n_env:
+            ok = np.take(self._valid1_md, md) if self._complete else np.take(self._valid1_f, s * self._n_md + md)
+            ok &= pre == self._tp_now
+            if ok.all():
+                return self._step_finish(md)
         else:
-            ok1 = self._valid1_f[idx] & (a0 == self._t) & (a1 == self._p)
-            ok = ok1 if n1 == n_env else np.where(st == 0, self._valid0_f[idx], ok1)
+            idx = s * self._n_md + md
+            ok = np.where(st == 0, self._valid0_f[idx], self._valid1_f[idx] & (pre == self._tp_now))
         all_ok = bool(ok.all())
         if not all_ok and self.invalid_action == "raise":
             raise ValueError(self._masked_message(a, ok))
@@ -504,32 +633,26 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
             all_fin = n_done == n_env and all_ok
             safe = cfg if all_fin else np.where(fin, cfg, 0)
             out = self._outcomes(s, safe)
-            r = compute_reward(out["score"], out["latency_ms"], b, self._complexity[safe], self.reward_config, self._full[s])
+            r = self._reward(out, b, s, safe)
             reward = r if all_fin else np.where(fin, r, np.where(ok, 0.0, INVALID_ACTION_REWARD))
             ci = cfg if all_fin else np.where(fin, cfg, -1)
             final_info = self._info(
                 s=s, b=b, strings=self._request_strings(), mask_view=prev["action_mask"].view(bool), stage=st + 1,
-                keep=done, tier_i=self._cfg_tier_i[ci] if all_fin else np.where(fin, self._cfg_tier_i[ci], self._t),
+                keep=done, tier=np.take(self._cfg_tier, ci) if all_fin
+                else np.where(fin, np.take(self._cfg_tier, ci), np.take(self._tier_names, self._t)),
                 p=self._cfg_p[ci] if all_fin else np.where(fin, self._cfg_p[ci], self._positions[self._p]),
                 top_k=self._cfg_k[ci], blocks=self._cfg_blocks[ci], config_index=ci.copy(), invalid=~ok,
             )
             self._add_outcome_info(final_info, out, b, fin)
         # transitions: stage 0 → 1 with a valid action; finished episodes reset (same step)
-        if n_done == n_env:
-            self._set_requests(*self._draw(n_env))
-            self._t, self._p, self._stage = self._minus1.copy(), self._minus1.copy(), np.zeros(n_env, dtype=np.int64)
-        else:
-            go1 = (st == 0) & ok
-            if n1 == 0 and all_ok:
-                self._t, self._p, self._stage = a0.copy(), a1.copy(), np.ones(n_env, dtype=np.int64)
-            else:
-                self._t, self._p = np.where(go1, a0, self._t), np.where(go1, a1, self._p)
-                self._stage = np.where(go1, 1, st)
-            if n_done:
-                new_s, new_b = s.copy(), b.copy()
-                new_s[done], new_b[done] = self._draw(n_done)
-                self._set_requests(new_s, new_b)
-                self._t[done], self._p[done], self._stage[done] = -1, -1, 0
+        go1 = (st == 0) & ok
+        t, p, stage = np.where(go1, a0, self._t), np.where(go1, a1, self._p), np.where(go1, 1, st)
+        if n_done:
+            new_s, new_b = s.copy(), b.copy()
+            new_s[done], new_b[done] = self._draw(n_done)
+            self._set_requests(new_s, new_b)
+            t[done], p[done], stage[done] = -1, -1, 0
+        self._set_stage(stage, t, p)
         obs = self._observe()
         info = self._state_info(obs)
         if final_info is not None:

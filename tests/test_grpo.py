@@ -242,6 +242,8 @@ def test_config_validation() -> None:
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError, match="divisible"):
         GRPOConfig(contexts_per_iter=3, group_size=5, num_minibatches=4)
+    with pytest.raises(ValueError, match="ema_decay"):
+        GRPOConfig(ema_decay=1.0)
     with pytest.raises(ValueError, match="unknown GRPOConfig"):
         GRPOConfig.from_dict({"learning_rate": 1.0})
     assert GRPOConfig.from_dict(GRPOConfig().to_dict()) == GRPOConfig()
@@ -273,7 +275,7 @@ def _easy_data(n: int = 48, seed: int = 0):
 def test_smoke_training_improves_reward(tmp_path) -> None:
     data, per_config = _easy_data()
     cfg = GRPOConfig(iterations=25, contexts_per_iter=16, group_size=8, hidden_sizes=(32, 32), lr=3e-3,
-                     update_epochs=2, num_minibatches=2, eval_every=25, seed=0)
+                     update_epochs=2, num_minibatches=2, eval_every=25, seed=0, ema_decay=0.5)
     env_kwargs = {"data": data, "reward": "hinge"}
     venv = make_vector_env(env_kwargs, 64)
     budgets = np.array([40.0, 50.0, 60.0])
