@@ -184,6 +184,15 @@ def iter_row_blocks(n: int, block: int) -> Iterator[slice]:
 
 
 # ---------------------------------------------------------------------- reader
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, streamed in 8 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(8 * 2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class OutcomeCache:
     """An outcome cache opened read-only, its tables in memory.
 
@@ -357,11 +366,7 @@ class OutcomeCache:
     def content_hash(self) -> str:
         """sha256 (hex) of the file's bytes, streamed; cached after the first call."""
         if getattr(self, "_hash", None) is None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as fh:
-                for block in iter(lambda: fh.read(8 * 2**20), b""):
-                    h.update(block)
-            self._hash = h.hexdigest()
+            self._hash = file_sha256(self.path)
         return self._hash
 
     # .................................................................. lifecycle

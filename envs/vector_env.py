@@ -227,8 +227,9 @@ class _ReplayVectorEnv(VectorEnv):
         """Outcomes of requests ``s`` at configurations ``c`` (int64 (k,), pairs with an outcome):
         float64 arrays (``output_tokens`` int64). The one place outcomes come from (live mode
         overrides it)."""
-        # (8, k) float64, so that every column below is a contiguous row
-        rec = np.ascontiguousarray(np.take(self._outcome_rec, s * self._c + c, axis=0).T, dtype=np.float64)
+        g = np.take(self._outcome_rec, s * self._c + c, axis=0)  # (k, 8) float32, one cache line per row
+        rec = np.empty((6, g.shape[0]), dtype=np.float64)  # one transposing cast: every field a contiguous row
+        np.copyto(rec, g[:, :6].T)
         return {
             "score": rec[0],
             "latency_ms": rec[1],
@@ -236,7 +237,7 @@ class _ReplayVectorEnv(VectorEnv):
             "prefill_ms": rec[3],
             "decode_ms": rec[4],
             "measured_ms": rec[5],
-            "output_tokens": rec[6].astype(np.int64),
+            "output_tokens": g[:, 6].astype(np.int64),
         }
 
     def _info(self, *, s: np.ndarray, b: np.ndarray, strings: tuple[np.ndarray, np.ndarray], mask_view: np.ndarray,

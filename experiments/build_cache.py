@@ -64,7 +64,6 @@ carry ``shard = {"rank", "num_shards", "chunk_requests"}`` (set when the shard f
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -76,6 +75,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from cache.reader import file_sha256
 from cache.schema import SPLITS, STATUS_FAILED, STATUS_OK
 from envs.knob_space import KnobConfig, KnobSpace
 
@@ -177,14 +177,6 @@ def shard_path(out: Path, rank: int, world: int) -> Path:
     if world == 1:
         return out
     return out.with_name(f"{out.stem}.shard{rank}of{world}{out.suffix}")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------- running

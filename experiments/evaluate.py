@@ -49,6 +49,7 @@ from agents.baselines import (
     TwoStageRouter,
     UncertaintyThreshold,
 )
+from cache.reader import file_sha256
 from envs.replay_data import ReplayData
 from envs.reward import RewardConfig
 from envs.vector_env import MolmoeKnobsFlatVectorEnv, MolmoeKnobsVectorEnv
@@ -337,7 +338,7 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
         "note": "SYNTHETIC outcome cache: figures describe the generative model, not MolmoE-1B" if test.synthetic else "",
         "seeds": cfg.seeds,
         "config": asdict(cfg),
-        "cache": {"path": str(Path(cfg.cache).resolve()), "sha256": _sha256(cfg.cache)},
+        "cache": {"path": str(Path(cfg.cache).resolve()), "sha256": file_sha256(cfg.cache)},
         "budgets_ms": budgets.tolist(),
         "budget_range_ms": [lo, hi],
         "n_requests": {"eval": test.n, "train": train.n},
@@ -383,16 +384,6 @@ def print_table(summary: dict) -> None:
     print(f"\nMean over the budget grid{banner}:")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(df.to_string(index=False))
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:

@@ -311,3 +311,51 @@ def test_reset_options_validation(data: ReplayData) -> None:
         venv.reset(options={"seed": 1})
     with pytest.raises(ValueError, match="seed must be an int"):
         venv.reset(seed=[1, 2, 3])
+
+
+def test_two_stage_vector_equals_scalar_envs_on_incomplete_data(data: ReplayData) -> None:
+    """Lockstep episodes on data with missing outcomes (incomplete="mask"): the per-request
+    validity and mask tables (not the shared ones of complete data) give the scalar envs' results."""
+    rng = np.random.default_rng(5)
+    valid = data.valid & (rng.random(data.valid.shape) >= 0.2)
+    holey = dataclasses.replace(data, valid=valid, score=np.where(valid, data.score, np.nan))
+    venv = MolmoeKnobsVectorEnv(N, data=holey, incomplete="mask", reward="shaped")
+    assert not venv._complete  # the path under test
+    singles = [MolmoeKnobsEnv(data=holey, incomplete="mask", reward="shaped") for _ in range(N)]
+    md_of = np.stack([KS.to_multidiscrete(c) for c in range(len(KS))])
+    for _ in range(3):
+        idx = rng.choice(holey.n, N, replace=False)
+        bud = rng.uniform(*holey.budget_range_ms, N)
+        vobs, vinfo = venv.reset(options={"sample_index": idx, "budget_ms": bud})
+        for i, env in enumerate(singles):
+            obs, info = env.reset(options={"sample_index": int(idx[i]), "budget_ms": float(bud[i])})
+            assert_obs_row(vobs, i, obs)
+            assert_info_row(vinfo, i, info)
+        # a configuration with an outcome per sub-env: its (tier, p) first, then the whole action
+        full = md_of[[rng.choice(np.flatnonzero(holey.valid[s])) for s in idx]]
+        first = full.copy()
+        first[:, 2:] = 0
+        vobs, vr, vterm, _, vinfo = venv.step(first)
+        assert not vterm.any()
+        for i, env in enumerate(singles):
+            obs, r, term, _, info = env.step(first[i])
+            assert_obs_row(vobs, i, obs)
+            assert_info_row(vinfo, i, info)
+        np.testing.assert_array_equal(venv.action_masks(), np.stack([e.action_masks() for e in singles]))
+        vobs, vr, vterm, _, vinfo = venv.step(full)
+        assert vterm.all()
+        for i, env in enumerate(singles):
+            obs, r, term, _, info = env.step(full[i])
+            assert vr[i] == pytest.approx(r, rel=1e-12, abs=1e-12)
+            assert_obs_row(vinfo["final_obs"], i, obs)
+            assert_info_row(vinfo["final_info"], i, info)
+
+
+def test_line_aligned_tables_hold_the_data(data: ReplayData) -> None:
+    """The gather tables start on a cache line and equal the replay data they copy."""
+    venv = MolmoeKnobsVectorEnv(2, data=data)
+    for table, source in ((venv._tokens_f, data.tokens.reshape(-1, data.token_dim)), (venv._lang, data.lang)):
+        assert table.ctypes.data % 64 == 0 and table.flags.c_contiguous
+        np.testing.assert_array_equal(table, source)
+    assert venv._outcome_rec.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(venv._outcome_rec[:, 0], data.score.reshape(-1))
