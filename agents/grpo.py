@@ -25,7 +25,14 @@ With rewards ``r`` of a group, the advantage of a rollout is::
     scale_rewards="batch":  A = (r − mean_group(r)) / (std_batch(r) + adv_eps)
     scale_rewards="none":   A =  r − mean_group(r)
 
-(std with Bessel's correction, as TRL's GRPOTrainer). A group whose rewards are all equal gives
+(std with Bessel's correction, as TRL's GRPOTrainer). The default is "none" (Liu et al. 2025,
+"Understanding R1-Zero-like training", Dr. GRPO): dividing by the group's std weighs a group
+whose configurations differ by 0.003 in reward as much as one where they differ by 0.5, which
+is not mean-reward maximisation, and it blows up the advantage of the one deviating rollout of
+a nearly deterministic group. Measured on a SYNTHETIC tuning cache (seed 1, 1250 test requests,
+60 s, hinge reward): "group" −0.006 vs "none" +0.006 mean reward relative to the best static
+configuration per budget, with tier entropy 0.19 vs 0.40 and 78 % vs 61 % zero-std groups at the
+end (faster collapse). A group whose rewards are all equal gives
 A = 0 for its rollouts (no signal), counted by ``frac_reward_zero_std``. The loss per minibatch is::
 
     ratio   = exp(logπ(a|s) − logπ_old(a|s))                       (joint action, both stages)
@@ -34,8 +41,8 @@ A = 0 for its rollouts (no signal), counted by ``frac_reward_zero_std``. The los
 
 over ``update_epochs`` passes of ``num_minibatches`` minibatches. The KL to the reference policy
 (the initial network, frozen) is exact for these small categoricals, summed over the four heads
-at the visited states. The seeds' fork (G=5, lr 1e-4, no clipping, no KL) is
-``GRPOConfig(group_size=5, lr=1e-4, clip_eps=None, kl_coef=0.0)``.
+at the visited states. The seeds' fork (G=5, lr 1e-4, std-scaled advantages, no clipping, no KL)
+is ``GRPOConfig(group_size=5, lr=1e-4, scale_rewards="group", clip_eps=None, kl_coef=0.0)``.
 
 Inputs ``lang`` and ``token`` are standardised per feature by running statistics (updated once
 per iteration from the new rollouts, then frozen for that iteration's updates, so the first
@@ -80,14 +87,13 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from agents.budget_encoding import BudgetEncoding
 
@@ -107,7 +113,8 @@ class GRPOConfig:
         iterations: outer iterations (rollout + update) at most.
         time_limit_s: stop after the iteration during which this many wall-clock seconds have
             passed (None: no limit). Whichever of ``iterations`` / ``time_limit_s`` comes first.
-        contexts_per_iter: contexts (request, budget) drawn per iteration.
+        contexts_per_iter: contexts (request, budget) drawn per iteration (128 × G = 1024
+            episodes: the env is cheap, the update dominates an iteration).
         group_size: G, rollouts per context (the seeds' fork used 5).
         torch_threads: ``torch.set_num_threads`` while training (restored afterwards). 1 by
             default: with these small MLPs one thread is fastest, and on a shared 2-core machine
@@ -126,13 +133,18 @@ class GRPOConfig:
         ent_coef_final: if set, the entropy weight moves linearly from ``ent_coef`` to this over
             training (same progress measure as ``anneal_lr``); None = constant.
         kl_coef: weight of the exact KL to the initial (reference) policy; 0 = off.
-        scale_rewards: "group" (divide by the group's std), "batch" (by the batch's std) or
-            "none" (only subtract the group mean).
+        scale_rewards: "none" (only subtract the group mean; default, see the module docstring),
+            "group" (divide by the group's std: DeepSeekMath's GRPO) or "batch" (by the batch's std).
         adv_eps: added to the std before dividing (1e-4 as TRL).
         max_grad_norm: clip the global gradient norm to this; None = no clipping.
         ema_decay: if set, keep an exponential moving average of the network weights (updated
             once per iteration with this decay; Polyak averaging of the iterates) and return /
             evaluate the averaged network; rollouts always use the online network.
+        weight_decay: AdamW's decoupled weight decay (0 = plain Adam).
+        input_noise: std of Gaussian noise added to the standardised ``lang`` and ``token``
+            inputs in the update (drawn once per iteration; rollouts see clean inputs). Each
+            request's features are a fixed vector that the networks can memorise with the
+            request's outcomes; noise makes that fingerprint unreliable (a regulariser).
 
     Networks:
         hidden_sizes: hidden layer widths of each stage's MLP (ReLU).
@@ -174,6 +186,8 @@ class GRPOConfig:
     adv_eps: float = 1e-4
     max_grad_norm: float | None = 1.0
     ema_decay: float | None = None
+    weight_decay: float = 0.0
+    input_noise: float = 0.0
 
     hidden_sizes: tuple[int, ...] = (128, 128)
     budget_dim: int = 256
@@ -212,6 +226,8 @@ class GRPOConfig:
             raise ValueError("ent_coef, ent_coef_final and kl_coef must be >= 0")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be positive ints, got {self.hidden_sizes}")
+        if self.weight_decay < 0 or self.input_noise < 0:
+            raise ValueError("weight_decay and input_noise must be >= 0")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
         if self.eval_every < 0 or self.log_every < 1:
@@ -728,7 +744,7 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
     policy = GRPOPolicy(data.lang_dim, data.token_dim, venv.nvec, cfg, deterministic=True, seed=cfg.seed)
     ref_net = copy.deepcopy(policy.net).requires_grad_(False)  # π_ref: the initial policy
     ema_net = copy.deepcopy(policy.net).requires_grad_(False) if cfg.ema_decay is not None else None
-    optimizer = torch.optim.Adam(policy.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    optimizer = torch.optim.AdamW(policy.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
     eval_env, eval_budgets = None, None
     if cfg.eval_every:
@@ -770,6 +786,9 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
             policy.lang_norm.update(torch.as_tensor(ro.obs0["lang"]))
             policy.token_norm.update(torch.as_tensor(ro.obs1["token"]))
         x1, x2 = policy.stage1_inputs(ro.obs0), policy.stage2_inputs(ro.obs1)
+        if cfg.input_noise > 0:  # only the feature columns, not the budget encoding / one-hots
+            x1[:, :policy.lang_dim] += cfg.input_noise * torch.randn(N, policy.lang_dim, generator=perm_gen)
+            x2[:, :policy.token_dim] += cfg.input_noise * torch.randn(N, policy.token_dim, generator=perm_gen)
         m0, m1 = split_mask(ro.obs0["action_mask"], policy.nvec), split_mask(ro.obs1["action_mask"], policy.nvec)
         masks = [m0[0], m0[1], m1[2], m1[3]]
         acts = torch.as_tensor(ro.actions, dtype=torch.int64)
