@@ -11,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 
 from cache.journal import journal_dir
-from cache.schema import DATASETS, CacheError
+from tests.cache_compare import assert_same_content
+from cache.schema import CacheError
 from cache.writer import CacheWriter
 from tests.cache_writer_worker import build, create_writer, make_data, plan
 
@@ -33,21 +32,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert build(w, DATA) == N_OPS
     w.close()
     return path
-
-
-def assert_same_content(a: Path, b: Path) -> None:
-    """Every attribute (but created_at) and every dataset of the schema are identical."""
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        attrs_a = {k: v for k, v in fa.attrs.items() if k != "created_at"}
-        attrs_b = {k: v for k, v in fb.attrs.items() if k != "created_at"}
-        assert attrs_a == attrs_b
-        for name, (_, spec) in DATASETS.items():
-            da, db = fa[name], fb[name]
-            assert da.shape == db.shape and da.dtype == db.dtype, name
-            if spec == "str":
-                assert np.array_equal(da.asstr()[()], db.asstr()[()]), name
-            else:
-                assert np.array_equal(da[()], db[()], equal_nan=da.dtype.kind == "f"), name
 
 
 def n_journal_chunks(path: Path) -> int:
