@@ -69,8 +69,23 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], where: str = "") -> Any
         elif isinstance(current, tuple) and isinstance(value, list):
             changes[key] = tuple(value)
         else:
-            changes[key] = value
+            changes[key] = _coerce(current, value, f"{where}{key}")
     return dataclasses.replace(cfg, **changes)
+
+
+def _coerce(current: Any, value: Any, key: str) -> Any:
+    """Numbers written as strings (YAML reads ``1e-4`` as a string) become the field's type."""
+    if not isinstance(value, str) or isinstance(current, (bool, str)):
+        return value
+    if current is None or isinstance(current, (int, float)):
+        try:
+            number = float(value)
+        except ValueError:
+            if current is None:
+                return value
+            raise ValueError(f"config key {key!r} expects a number, got {value!r}") from None
+        return int(number) if isinstance(current, int) and number.is_integer() else number
+    return value
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:

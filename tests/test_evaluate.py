@@ -81,6 +81,11 @@ def test_train_cli_config_overrides_and_smoke_bandit(small_cache, tmp_path):
     assert parse_set(["a.b=1", "c=x"]) == {"a": {"b": 1}, "c": "x"}
     cfg = apply_overrides(GRPOConfig(), {"lr": 1e-4, "group_size": 5})
     assert cfg.lr == 1e-4 and cfg.group_size == 5
+    # YAML reads 1e-4 as a string: it is coerced to the field's type
+    cfg = apply_overrides(GRPOConfig(), parse_set(["lr=1e-4", "group_size=6"]))
+    assert cfg.lr == 1e-4 and cfg.group_size == 6
+    with pytest.raises(ValueError, match="expects a number"):
+        apply_overrides(GRPOConfig(), {"lr": "fast"})
     with pytest.raises(ValueError, match="unknown config key 'bogus'"):
         apply_overrides(GRPOConfig(), {"bogus": 1})
     pol = train_agent("linucb", cache=small_cache, out=str(tmp_path / "lin"), seed=0, steps=2000, progress=False)
