@@ -12,7 +12,7 @@ Outputs in ``--out``:
   ``ratio_p1`` ... ``ratio_k4`` ... ``ratio_b12`` ...). ``reward_mode`` and ``lambda`` say
   which reward the row was scored with.
 - ``requests.csv.gz``: the per-request records behind it.
-- ``summary.json``: seed(s), config, cache path + sha256, synthetic flag, versions, wall time,
+- ``summary.json`` (strict JSON; undefined figures are ``null``): seed(s), config, cache path + sha256, synthetic flag, versions, wall time,
   and per policy: mean reward over the grid with its paired bootstrap 95% CI of the difference
   to the static baseline, violation rate, AIQ (area under the non-decreasing convex hull of
   (latency, accuracy), normalised over the budget range), accuracy share of the full
@@ -346,7 +346,7 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
         "policies": policy_summary(records, results, test, (lo, hi)),
         "wall_time_s": round(time.perf_counter() - t0, 2),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / "summary.json").write_text(json.dumps(_nan_to_none(summary), indent=2, default=_json_default, allow_nan=False))
     if cfg.plots:
         from experiments.plots import knob_distribution_plot, pareto_plot
 
@@ -401,6 +401,17 @@ def _versions() -> dict:
     if "torch" in sys.modules:
         v["torch"] = sys.modules["torch"].__version__
     return v
+
+
+def _nan_to_none(o: Any) -> Any:
+    """Strict JSON: undefined figures (e.g. a kept share below the cheapest latency) become null."""
+    if isinstance(o, dict):
+        return {k: _nan_to_none(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_nan_to_none(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not np.isfinite(o):
+        return None
+    return o
 
 
 def _json_default(o: Any) -> Any:
