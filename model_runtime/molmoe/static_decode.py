@@ -1,0 +1,523 @@
+"""Fixed-shape decode: a static KV cache, a decode step without host syncs, and CUDA-graph replay.
+
+The eager path (:class:`~model_runtime.molmoe.language_model.BlockKVCache` + ``lm.advance``) stays
+the reference and the CPU path. This module adds the first stage of the GPU fast path:
+
+- :class:`StaticKVCache`: keys/values preallocated to ``max_len`` positions for the *active*
+  blocks only (a skipped block owns no buffer). It implements the same ``update`` protocol as
+  ``BlockKVCache``, so the prefill runs through the unchanged ``lm.begin`` / ``lm.advance`` and
+  writes straight into the static buffers.
+- :func:`static_decode_step`: one decode token for every row with fixed shapes. The cache slot
+  is a (1,) int64 *tensor*, attention covers all ``max_len`` positions under an additive mask
+  built from a (B, max_len) validity buffer, and the step advances the slot itself, so the whole
+  step is replayable without the host touching anything but the token input.
+- :class:`GraphDecoder`: one captured ``torch.cuda.CUDAGraph`` per (batch bucket, plan) — the
+  plan fixes both the top-k of each block and the active-block set — built lazily, kept in an
+  LRU of at most ``max_graphs`` entries, each reporting the memory it holds. On CPU the same step
+  runs eagerly (``capture`` is the identity).
+
+MoE choice (fixed shapes; transformers' eager experts loop over the experts that were hit, a
+data-dependent shape and a host sync):
+
+- ``"grouped_mm"`` (default on CUDA): the (T·k) token-expert pairs are sorted by expert, the
+  per-expert counts come from a ``scatter_add`` into a fixed (E,) vector, and
+  ``grouped_mm`` runs the gate/up and down projections over the expert groups. Every shape
+  depends only on (T, k); only the routed experts' weights are read. The reference measurement
+  (``/work/shared/reference``) captured this form in a CUDA graph.
+- ``"gather"`` (default on CPU): the k routed experts' weights are gathered per token
+  ((T, k, 2I, D)) and applied with batched matmuls. Fixed shape everywhere, no special kernel;
+  fine for tiny models, but it copies the routed weights (3x the bytes) on a GPU.
+
+Both give the eager experts' numbers up to summation order (tested at float32).
+
+Shapes: B batch rows (the cache's capacity; requests may use fewer rows), L = ``max_len``,
+H_kv key/value heads, Dh head dim, D ``d_model``, V logits, E experts, k top-k, I expert FFN.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import inspect
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .language_model import MolmoeLanguageModel
+
+#: MoE forms usable inside a captured step.
+STATIC_MOE_FORMS: tuple[str, ...] = ("grouped_mm", "gather")
+
+#: Batch buckets a :class:`GraphDecoder` pads requests up to.
+DEFAULT_BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+
+def default_moe_form(device: torch.device | str) -> str:
+    """``grouped_mm`` on CUDA (reads only routed experts), ``gather`` elsewhere."""
+    return "grouped_mm" if torch.device(device).type == "cuda" else "gather"
+
+
+@functools.lru_cache(maxsize=None)
+def _attn_cache_kwarg(attn_cls: type) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier 5.x)."""
+    params = inspect.signature(attn_cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+# ---------------------------------------------------------------------------- cache
+class StaticKVCache:
+    """Keys/values of the active blocks, preallocated to ``max_len`` positions.
+
+    Buffers: ``keys[b]`` / ``values[b]`` (B, H_kv, L, Dh) in ``dtype`` for each active block b;
+    ``valid`` (B, L) int64, 1 where a position holds a real token (prompt padding stays 0);
+    ``slot`` (1,) int64, the next position the decode step writes. All are zero-initialised so
+    that unused rows and positions hold finite values (masked, never NaN).
+
+    Args:
+        active_blocks: blocks that run (own a buffer), e.g. those with top-k > 0 in the plan.
+        batch: row capacity B (a request may use the first ``rows <= B`` rows).
+        max_len: positions L per row (prompt + generated tokens).
+        n_kv_heads, head_dim: attention geometry.
+        dtype, device: of the buffers (the model's).
+    """
+
+    def __init__(
+        self,
+        active_blocks: Sequence[int],
+        *,
+        batch: int,
+        max_len: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        if batch < 1 or max_len < 1:
+            raise ValueError(f"batch and max_len must be >= 1, got batch={batch}, max_len={max_len}")
+        blocks = tuple(sorted(int(b) for b in active_blocks))
+        if not blocks:
+            raise ValueError("a static cache needs at least one active block")
+        self.batch, self.max_len = int(batch), int(max_len)
+        shape = (self.batch, n_kv_heads, self.max_len, head_dim)
+        self.keys: dict[int, torch.Tensor] = {b: torch.zeros(shape, dtype=dtype, device=device) for b in blocks}
+        self.values: dict[int, torch.Tensor] = {b: torch.zeros(shape, dtype=dtype, device=device) for b in blocks}
+        self.valid = torch.zeros(self.batch, self.max_len, dtype=torch.long, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self._length: dict[int, int] = {b: 0 for b in blocks}
+        self.rows = 0
+        self.position = 0  # host mirror of ``slot`` (bounds checks without a sync)
+
+    @classmethod
+    def for_plan(
+        cls, lm: MolmoeLanguageModel, top_k_per_block: Sequence[int], *, batch: int, max_len: int
+    ) -> "StaticKVCache":
+        """Cache for the blocks a plan runs, in the model's dtype and device."""
+        plan = lm.check_plan(top_k_per_block)
+        cfg = lm.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        w = lm.lm_head.weight
+        return cls(
+            [b for b, k in enumerate(plan) if k > 0], batch=batch, max_len=max_len,
+            n_kv_heads=int(cfg.num_key_value_heads), head_dim=int(head_dim), dtype=w.dtype, device=w.device,
+        )
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """Blocks that own a buffer, in model order."""
+        return tuple(self.keys)
+
+    def length(self, block: int) -> int:
+        """Positions written by the prefill protocol for ``block`` (0 if it owns no buffer)."""
+        return self._length.get(block, 0)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffers."""
+        kv = sum(t.numel() * t.element_size() for d in (self.keys, self.values) for t in d.values())
+        return kv + self.valid.numel() * 8 + 8
+
+    def reset(self) -> None:
+        """Forget the contents (a new request): lengths 0, no valid position."""
+        for b in self._length:
+            self._length[b] = 0
+        self.valid.zero_()
+        self.slot.zero_()
+        self.rows = 0
+        self.position = 0
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill protocol (as ``BlockKVCache.update``): append (rows, H_kv, S, Dh) keys/values of
+        block ``layer_idx``; return its (rows, H_kv, K, Dh) keys/values so far."""
+        if layer_idx not in self.keys:
+            raise ValueError(f"block {layer_idx} owns no static cache buffer (active blocks {self.blocks})")
+        rows, n = key_states.shape[0], key_states.shape[2]
+        if rows > self.batch:
+            raise ValueError(f"{rows} rows exceed the cache's batch capacity {self.batch}")
+        start = self._length[layer_idx]
+        if start + n > self.max_len:
+            raise ValueError(f"{start + n} positions exceed max_len={self.max_len}")
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[:rows, :, start : start + n] = key_states
+        values[:rows, :, start : start + n] = value_states
+        self._length[layer_idx] = start + n
+        self.rows = rows
+        return keys[:rows, :, : start + n], values[:rows, :, : start + n]
+
+    def start_decode(self, attention_mask: torch.Tensor) -> None:
+        """After the prefill: mark the prompt's real positions valid and point the slot after them.
+
+        Args:
+            attention_mask: (rows, S) 1 for real prompt tokens (left padding), S = prefill length.
+        """
+        lengths = set(self._length.values())
+        if len(lengths) != 1:
+            raise ValueError(f"active blocks hold different lengths {sorted(lengths)}; finish the prefill first")
+        (seq,) = lengths
+        rows = attention_mask.shape[0]
+        if attention_mask.shape[1] != seq or rows > self.batch:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match the cache ({seq} positions)")
+        self.valid.zero_()
+        self.valid[:rows, :seq] = attention_mask.to(self.valid.device, torch.long)
+        self.slot.fill_(seq)
+        self.rows = rows
+        self.position = seq
+
+
+class _SlotWriter:
+    """``update`` protocol for one decode step: writes (B, H_kv, 1, Dh) at ``slot``, returns the
+    full (B, H_kv, L, Dh) buffers (the mask hides positions that are not valid)."""
+
+    def __init__(self, cache: StaticKVCache) -> None:
+        self.cache = cache
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.cache.keys[layer_idx], self.cache.values[layer_idx]
+        k.index_copy_(2, self.cache.slot, key_states)
+        v.index_copy_(2, self.cache.slot, value_states)
+        return k, v
+
+
+# ---------------------------------------------------------------------------- fixed-shape MoE
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """(M, Din) x (E, Din, Dout) over expert groups ending at ``offs`` (E,) int32 → (M, Dout)."""
+    fn = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
+    return fn(x, w, offs=offs)
+
+
+def static_moe(mlp: nn.Module, hidden: torch.Tensor, top_k: int, form: str) -> torch.Tensor:
+    """Fixed-shape forward of an ``OlmoeSparseMoeBlock`` at ``top_k`` experts per token.
+
+    Routing equals transformers' ``OlmoeTopKRouter`` (float32 softmax over all experts, top-k,
+    optional renormalisation). Args: hidden (B, S, D) → (B, S, D) in hidden's dtype.
+    """
+    bsz, seq, dim = hidden.shape
+    h = hidden.reshape(-1, dim)
+    gate = mlp.gate
+    probs = torch.softmax(nn.functional.linear(h, gate.weight), dim=-1, dtype=torch.float)
+    weights, idx = torch.topk(probs, top_k, dim=-1)  # (T, k)
+    if gate.norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    weights = weights.to(h.dtype)
+    experts = mlp.experts
+    gate_up, down = experts.gate_up_proj, experts.down_proj  # (E, 2I, D), (E, D, I)
+    if form == "gather":
+        g, u = torch.einsum("td,tkhd->tkh", h, gate_up[idx]).chunk(2, dim=-1)
+        y = torch.einsum("tki,tkdi->tkd", experts.act_fn(g) * u, down[idx])  # (T, k, D)
+        out = (y * weights[..., None]).sum(dim=1)
+    elif form == "grouped_mm":
+        n_exp = gate_up.shape[0]
+        flat = idx.reshape(-1)  # (T·k,) pair p = token p // k, rank p % k
+        order = torch.argsort(flat, stable=True)
+        token = order // top_k
+        counts = torch.zeros(n_exp, dtype=torch.int32, device=h.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        g, u = _grouped_mm(h[token], gate_up.transpose(1, 2), offs).chunk(2, dim=-1)
+        y = _grouped_mm(experts.act_fn(g) * u, down.transpose(1, 2), offs)  # (T·k, D)
+        y = y * weights.reshape(-1)[order, None]
+        out = torch.zeros_like(h).index_add_(0, token, y.to(h.dtype))
+    else:
+        raise ValueError(f"unknown MoE form {form!r}; choose from {STATIC_MOE_FORMS}")
+    return out.reshape(bsz, seq, dim)
+
+
+# ---------------------------------------------------------------------------- decode step
+def static_decode_step(
+    lm: MolmoeLanguageModel,
+    cache: StaticKVCache,
+    token_ids: torch.Tensor,
+    top_k_per_block: Sequence[int],
+    *,
+    moe_form: str | None = None,
+) -> torch.Tensor:
+    """One decode token for all B cache rows, fixed shapes, no host sync; capturable.
+
+    Writes the new keys/values at ``cache.slot``, marks the slot valid, advances ``slot`` by one
+    (on the device; the caller advances ``cache.position``).
+
+    Args:
+        token_ids: (B,) int64 (B = cache.batch) tokens fed at this step.
+        top_k_per_block: the plan; its active blocks must be exactly the cache's.
+        moe_form: one of :data:`STATIC_MOE_FORMS` (default by device, see :func:`default_moe_form`).
+
+    Returns:
+        (B, V) logits in the model's dtype.
+    """
+    plan = tuple(int(k) for k in top_k_per_block)
+    active = tuple(b for b, k in enumerate(plan) if k > 0)
+    if active != cache.blocks:
+        raise ValueError(f"plan's active blocks {active} differ from the cache's {cache.blocks}")
+    form = default_moe_form(token_ids.device) if moe_form is None else moe_form
+    if form not in STATIC_MOE_FORMS:
+        raise ValueError(f"unknown MoE form {form!r}; choose from {STATIC_MOE_FORMS}")
+    cache.valid.index_fill_(1, cache.slot, 1)
+    position_ids = cache.valid.sum(-1, keepdim=True) - 1  # (B, 1): real tokens so far, as begin_decode
+    hidden = lm.embed(token_ids.reshape(-1, 1))
+    cos_sin = lm.backbone.rotary_emb(hidden, position_ids)
+    mask = torch.zeros(cache.valid.shape, dtype=hidden.dtype, device=hidden.device)
+    mask = mask.masked_fill(cache.valid == 0, torch.finfo(hidden.dtype).min)[:, None, None, :]
+    writer = _SlotWriter(cache)
+    for b in active:
+        layer = lm.backbone.layers[b]
+        attn = layer.self_attn
+        residual = hidden
+        h = layer.input_layernorm(hidden)
+        h, _ = attn(
+            hidden_states=h, position_embeddings=cos_sin, attention_mask=mask, position_ids=position_ids,
+            **{_attn_cache_kwarg(type(attn)): writer},
+        )
+        hidden = residual + h
+        hidden = hidden + static_moe(layer.mlp, layer.post_attention_layernorm(hidden), plan[b], form)
+    cache.slot.add_(1)
+    return lm.lm_head(lm.backbone.norm(hidden))[:, 0]
+
+
+# ---------------------------------------------------------------------------- graphs
+#: ``capture(step) -> replay``: ``step()`` runs one decode step on static buffers; ``replay()``
+#: re-runs it (a CUDA graph replay, or ``step`` itself when eager). Returns (replay, bytes held).
+CaptureFn = Callable[[Callable[[], torch.Tensor]], tuple[Callable[[], torch.Tensor], int]]
+
+
+def eager_capture(step: Callable[[], torch.Tensor]) -> tuple[Callable[[], torch.Tensor], int]:
+    """No capture: replay runs the step eagerly (CPU path); holds no graph memory."""
+    return step, 0
+
+
+def cuda_graph_capture(step: Callable[[], torch.Tensor], warmup: int = 2) -> tuple[Callable[[], torch.Tensor], int]:
+    """Capture ``step`` in a ``torch.cuda.CUDAGraph`` (after ``warmup`` runs on a side stream,
+    which also loads kernels/cuBLAS handles); bytes held = growth of allocated memory during
+    capture (the graph's private pool). The step's side effects during warm-up land in the
+    static buffers; callers reset them afterwards."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    # torch.cuda.graph() empties the allocator cache on entry; do it first so that the growth of
+    # reserved memory is the graph's private pool only (without this the delta came out negative)
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    torch.cuda.synchronize()
+    held = max(torch.cuda.memory_reserved() - before, 0)
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    replay.graph = graph  # type: ignore[attr-defined]  # keeps the graph alive with the closure
+    return replay, int(held)
+
+
+@dataclass
+class GraphEntry:
+    """One cached decode graph and the static buffers it is bound to.
+
+    Attributes:
+        key: (batch bucket, plan).
+        cache: the static KV cache the graph reads and writes.
+        tokens: (bucket,) int64 input buffer of the step.
+        replay: runs the step, returns the (bucket, V) logits buffer.
+        graph_bytes: memory held by the graph's pool (0 when eager).
+    """
+
+    key: tuple[int, tuple[int, ...]]
+    cache: StaticKVCache
+    tokens: torch.Tensor
+    replay: Callable[[], torch.Tensor]
+    graph_bytes: int
+
+    @property
+    def nbytes(self) -> int:
+        """Cache + input buffer + graph pool bytes."""
+        return self.cache.nbytes + self.tokens.numel() * 8 + self.graph_bytes
+
+
+class GraphDecoder:
+    """Decode steps replayed from one graph per (batch bucket, plan), LRU-bounded.
+
+    Use::
+
+        cache = dec.prepare(rows, plan)       # builds/captures the entry if new; empty cache
+        state = lm.begin(embeds, mask, cache=cache); lm.advance(state, lm.n_layers, plan)
+        tok = lm.logits(state).argmax(-1); cache.start_decode(mask)
+        logits = dec.step(cache, tok)         # (rows, V), repeat
+
+    Args:
+        lm: the language model (its dtype/device decide the buffers).
+        max_len: positions per row of every cache (prompt + new tokens).
+        max_graphs: live entries at most; the least recently used is dropped beyond it.
+        batch_buckets: row counts a request is padded up to.
+        capture: capture function (default: CUDA graphs on CUDA, eager elsewhere).
+        moe_form: see :data:`STATIC_MOE_FORMS` (default by device).
+    """
+
+    def __init__(
+        self,
+        lm: MolmoeLanguageModel,
+        *,
+        max_len: int,
+        max_graphs: int = 8,
+        batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
+        capture: CaptureFn | None = None,
+        moe_form: str | None = None,
+    ) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        buckets = tuple(sorted(int(b) for b in batch_buckets))
+        if not buckets or buckets[0] < 1:
+            raise ValueError(f"batch buckets must be positive, got {batch_buckets}")
+        device = lm.lm_head.weight.device
+        self.lm, self.max_len, self.max_graphs, self.batch_buckets = lm, int(max_len), int(max_graphs), buckets
+        self.capture = capture if capture is not None else (cuda_graph_capture if device.type == "cuda" else eager_capture)
+        self.moe_form = default_moe_form(device) if moe_form is None else moe_form
+        if self.moe_form not in STATIC_MOE_FORMS:
+            raise ValueError(f"unknown MoE form {self.moe_form!r}; choose from {STATIC_MOE_FORMS}")
+        self._entries: OrderedDict[tuple[int, tuple[int, ...]], GraphEntry] = OrderedDict()
+        self._by_cache: dict[int, GraphEntry] = {}
+        self.captures = 0
+        self.evictions = 0
+
+    def bucket(self, rows: int) -> int:
+        """Smallest bucket holding ``rows`` rows."""
+        for b in self.batch_buckets:
+            if rows <= b:
+                return b
+        raise ValueError(f"{rows} rows exceed the largest batch bucket {self.batch_buckets[-1]}")
+
+    @torch.no_grad()
+    def prepare(self, rows: int, top_k_per_block: Sequence[int]) -> StaticKVCache:
+        """The (reset) static cache of the entry for ``rows`` rows under a plan; captures it if new."""
+        plan = self.lm.check_plan(top_k_per_block)
+        key = (self.bucket(rows), plan)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._build(key)
+        self._entries.move_to_end(key)
+        entry.cache.reset()
+        return entry.cache
+
+    def _build(self, key: tuple[int, tuple[int, ...]]) -> GraphEntry:
+        while len(self._entries) >= self.max_graphs:
+            _, old = self._entries.popitem(last=False)
+            del self._by_cache[id(old.cache)]
+            self.evictions += 1
+        bucket, plan = key
+        cache = StaticKVCache.for_plan(self.lm, plan, batch=bucket, max_len=self.max_len)
+        tokens = torch.zeros(bucket, dtype=torch.long, device=cache.valid.device)
+        lm, form = self.lm, self.moe_form
+
+        def step() -> torch.Tensor:
+            return static_decode_step(lm, cache, tokens, plan, moe_form=form)
+
+        replay, graph_bytes = self.capture(step)
+        cache.reset()  # warm-up runs wrote into the buffers
+        entry = GraphEntry(key, cache, tokens, replay, int(graph_bytes))
+        self._entries[key] = entry
+        self._by_cache[id(cache)] = entry
+        self.captures += 1
+        return entry
+
+    @torch.no_grad()
+    def step(self, cache: StaticKVCache, token_ids: torch.Tensor) -> torch.Tensor:
+        """Feed (rows,) tokens at the next position; (rows, V) logits.
+
+        The logits are a view of the entry's static output buffer: the next step overwrites them
+        (clone to keep them)."""
+        entry = self._by_cache.get(id(cache))
+        if entry is None or entry.cache is not cache:
+            raise ValueError("this cache does not belong to a live entry of this decoder (evicted or foreign)")
+        rows = token_ids.shape[0]
+        if rows != cache.rows:
+            raise ValueError(f"{rows} tokens for a cache prefilled with {cache.rows} rows")
+        if cache.position >= cache.max_len:
+            raise ValueError(f"cache is full ({cache.max_len} positions)")
+        self._entries.move_to_end(entry.key)
+        entry.tokens[:rows].copy_(token_ids)
+        logits = entry.replay()
+        cache.position += 1
+        return logits[:rows]
+
+    def memory_report(self) -> list[dict[str, object]]:
+        """Per live entry, least recently used first: bucket, plan, cache / graph / total bytes."""
+        return [
+            {"batch": k[0], "plan": k[1], "cache_bytes": e.cache.nbytes, "graph_bytes": e.graph_bytes, "bytes": e.nbytes}
+            for k, e in self._entries.items()
+        ]
+
+    @property
+    def keys(self) -> list[tuple[int, tuple[int, ...]]]:
+        """Live keys, least recently used first."""
+        return list(self._entries)
+
+
+@torch.no_grad()
+def static_greedy_generate(
+    decoder: GraphDecoder,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    top_k_per_block: Sequence[int],
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int,
+) -> list[list[int]]:
+    """Greedy tokens per row (incl. EOS when produced) through the decoder's static path; the same
+    prefill and EOS/pad rule as :func:`~model_runtime.molmoe.generation.greedy_generate`.
+
+    Args:
+        inputs_embeds: (B, S, D); attention_mask: (B, S) left-padded.
+    """
+    lm = decoder.lm
+    plan = lm.check_plan(top_k_per_block)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if inputs_embeds.shape[1] + max_new_tokens - 1 > decoder.max_len:
+        raise ValueError(f"prompt {inputs_embeds.shape[1]} + {max_new_tokens - 1} steps exceed max_len={decoder.max_len}")
+    cache = decoder.prepare(inputs_embeds.shape[0], plan)
+    state = lm.begin(inputs_embeds, attention_mask, cache=cache)  # type: ignore[arg-type]  # same protocol
+    lm.advance(state, lm.n_layers, plan)
+    next_tok = lm.logits(state).argmax(-1)
+    cache.start_decode(state.attention_mask)
+    generated, ended = [next_tok], next_tok == eos_token_id
+    while len(generated) < max_new_tokens and not bool(ended.all()):
+        feed = torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok)
+        next_tok = decoder.step(cache, feed).argmax(-1)
+        generated.append(next_tok)
+        ended = ended | (next_tok == eos_token_id)
+    out: list[list[int]] = []
+    for row in torch.stack(generated, dim=1).tolist():
+        out.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
+    return out
