@@ -49,7 +49,7 @@ from agents.baselines import (
     TwoStageRouter,
     UncertaintyThreshold,
 )
-from cache.reader import file_sha256
+from cache.reader import OutcomeCache
 from envs.replay_data import ReplayData
 from envs.reward import RewardConfig
 from envs.vector_env import MolmoeKnobsFlatVectorEnv, MolmoeKnobsVectorEnv
@@ -244,14 +244,11 @@ def build_baselines(
     return out
 
 
-def _uncertainty(cache_path: str, train: ReplayData, test: ReplayData) -> tuple[np.ndarray, np.ndarray] | None:
-    from cache.reader import OutcomeCache
-
-    with OutcomeCache(cache_path, tokens="lazy") as oc:
-        u = oc.uncertainty
-        if u is None or train.cache_rows is None or test.cache_rows is None:
-            return None
-        return u[train.cache_rows], u[test.cache_rows]
+def _uncertainty(oc: "OutcomeCache", train: ReplayData, test: ReplayData) -> tuple[np.ndarray, np.ndarray] | None:
+    u = oc.uncertainty
+    if u is None or train.cache_rows is None or test.cache_rows is None:
+        return None
+    return u[train.cache_rows], u[test.cache_rows]
 
 
 def flat_observations(data: ReplayData, budget_ms: float) -> dict[str, np.ndarray]:
@@ -270,8 +267,12 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     reward = RewardConfig.make(cfg.reward, cfg.reward_kwargs)
-    test = ReplayData.from_cache(cfg.cache, cfg.split)
-    train = ReplayData.from_cache(cfg.cache, cfg.train_split)
+    # one open cache serves both splits, the uncertainty features and the content hash
+    with OutcomeCache(cfg.cache) as oc:
+        test = ReplayData.from_cache(oc, cfg.split)
+        train = ReplayData.from_cache(oc, cfg.train_split)
+        unc = _uncertainty(oc, train, test)
+        cache_sha256 = oc.content_hash()
     lo, hi = test.budget_range_ms
     budgets = np.asarray(cfg.budgets if cfg.budgets else np.linspace(lo, hi, cfg.n_budgets), dtype=np.float64)
     tag = "SYNTHETIC cache" if test.synthetic else "cache"
@@ -282,7 +283,6 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
     flat_env = MolmoeKnobsFlatVectorEnv(num_envs=test.n, data=test, **env_kw)
     two_env = MolmoeKnobsVectorEnv(num_envs=test.n, data=test, **env_kw)
     train_obs = flat_observations(train, float(hi))
-    unc = _uncertainty(cfg.cache, train, test)
     baseline_names = [p for p in cfg.policies if p in BASELINES]
     specs = [p for p in cfg.policies if p not in BASELINES]
 
@@ -338,7 +338,7 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
         "note": "SYNTHETIC outcome cache: figures describe the generative model, not MolmoE-1B" if test.synthetic else "",
         "seeds": cfg.seeds,
         "config": asdict(cfg),
-        "cache": {"path": str(Path(cfg.cache).resolve()), "sha256": file_sha256(cfg.cache)},
+        "cache": {"path": str(Path(cfg.cache).resolve()), "sha256": cache_sha256},
         "budgets_ms": budgets.tolist(),
         "budget_range_ms": [lo, hi],
         "n_requests": {"eval": test.n, "train": train.n},
