@@ -4,7 +4,7 @@ Usage::
 
     python -m experiments.profile_latency --shape molmoe-1b --device cuda --out profile.csv \
         [--prompt-tokens 300 1000 2000] [--crops 2 4 5 7 9 13] [--repeats 10 --warmup 3] \
-        [--experts-impl eager|grouped_mm|batched_mm] [--fit estimator.json]
+        [--fast | --no-fast --experts-impl eager|grouped_mm|batched_mm] [--fit estimator.json]
     python -m experiments.profile_latency --model /path/to/MolmoE-1B --device cuda --out profile.csv
     python -m experiments.profile_latency --shape tiny --device cpu --out /tmp/tiny.csv   # seconds
 
@@ -12,7 +12,7 @@ Usage::
 depends on shape, not values); ``--model`` loads a public-layout checkpoint instead. What is
 timed, the grids and the statistic: :mod:`model_runtime.profiler`. A full MolmoE-1B sweep
 (6 crop counts, 3 × 39 prefill points, 12 decode points, 135 rows) with the default settings
-took 85 s on one H100 with the runtime's CUDA default experts implementation (``grouped_mm``)
+took 85 s on one H100 on transformers' blocks with the runtime's CUDA default experts implementation (``grouped_mm``)
 and 247 s with ``--experts-impl eager`` (torch 2.11, transformers 5.17, bf16, model build
 included); progress lines print the elapsed time and an ETA.
 
@@ -51,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=d.repeats)
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--grid", choices=("full", "corners"), default=d.grid)
+    ap.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                    help="the runtime's fast path (fused blocks, Triton decode ops, CUDA-graph decode); "
+                         "default: on for cuda, off for cpu (--no-fast: transformers' blocks, --experts-impl)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--notes", default="", help="free text appended to every row's notes")
@@ -96,7 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model ready in {time.perf_counter() - t0:.1f} s: {source}, {dtype}, {device}", flush=True)
     cfg = model.config
     ks = KnobSpace(num_blocks=cfg.n_layers)
-    rows = profile(model, ks, settings, notes=args.notes,
+    fast = device.type == "cuda" if args.fast is None else args.fast
+    decoder = None
+    if fast:
+        from model_runtime.molmoe.static_decode import GraphDecoder
+
+        model.lm.use_fast_path()
+        decoder = GraphDecoder(model.lm, max_graphs=8)
+    rows = profile(model, ks, settings, notes=args.notes, decoder=decoder,
                    progress=None if args.quiet else (lambda line: print(line, flush=True)))
     provenance = (
         f"Profiled by `python -m experiments.profile_latency` ({source}, {dtype}, batch 1) on "

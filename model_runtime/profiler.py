@@ -53,6 +53,7 @@ from model_runtime.latency_estimator import OPTIONAL_PROFILE_COLUMNS, PROFILE_CO
 from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.generation import greedy_generate
 from model_runtime.molmoe.language_model import default_experts_implementation
+from model_runtime.molmoe.static_decode import GraphDecoder
 from model_runtime.molmoe.model import MolmoeModel
 from model_runtime.molmoe.timing import PhaseTimer
 
@@ -281,15 +282,16 @@ def time_prefill(
 @torch.no_grad()
 def time_decode(
     model: MolmoeModel, plan: Sequence[int], p: int, context: int, *, steps: int, repeats: int, warmup: int,
-    seed: int = 0,
+    seed: int = 0, decoder: GraphDecoder | None = None,
 ) -> Timing:
-    """ms per decode token of ``greedy_generate`` after a ``context``-token prompt (``steps`` steps per call)."""
+    """ms per decode token of ``greedy_generate`` after a ``context``-token prompt (``steps`` steps
+    per call), through ``decoder`` when given (the runtime's fast path)."""
     embeds, mask = _random_embeds(model, context, seed)
     out = Timing()
     for i in range(warmup + repeats):
         res = greedy_generate(
             model.lm, embeds, mask, top_k_per_block=plan, p=p, eos_token_id=-1,
-            pad_token_id=model.config.tokens.pad, max_new_tokens=1 + steps,
+            pad_token_id=model.config.tokens.pad, max_new_tokens=1 + steps, decoder=decoder,
         )
         if res.decode_steps != steps:  # EOS is disabled: every step must run
             raise RuntimeError(f"decode ran {res.decode_steps} steps, expected {steps}")
@@ -339,8 +341,12 @@ def profile(
     *,
     notes: str = "",
     progress: Callable[[str], None] | None = print,
+    decoder: GraphDecoder | None = None,
 ) -> list[dict[str, Any]]:
     """Run the sweep; returns one dict per row with the columns of :data:`CSV_COLUMNS`.
+
+    With ``decoder`` (and ``model.lm.use_fast_path()``) the decode rows time the runtime's fast
+    path (CUDA-graph decode); the prefill rows time whatever blocks the model runs.
 
     ``progress`` receives one line per point (with the elapsed time and an ETA).
     """
@@ -351,8 +357,12 @@ def profile(
     if ks.max_top_k > model.lm.num_experts:
         raise ValueError(f"knob space top-k up to {ks.max_top_k}, the model has {model.lm.num_experts} experts")
     dev = model.device
+    fused = model.lm.fused
+    impl = (f"fast({fused.backend} ops, {fused.routed_form} prefill experts"
+            + (", cuda-graph decode)" if decoder is not None and dev.type == "cuda" else ", eager decode)")
+            if fused is not None else experts_impl(model))
     common = {
-        "impl": experts_impl(model), "device": device_name(dev), "torch": torch.__version__,
+        "impl": impl, "device": device_name(dev), "torch": torch.__version__,
         "transformers": transformers.__version__, "dtype": str(model.dtype).replace("torch.", ""),
     }
     nan = float("nan")
@@ -370,7 +380,8 @@ def profile(
             if job.phase == "prefill":
                 time_prefill(model, plan_for(ks, full), full[0], job.seq_len, repeats=1, warmup=settings.warmup)
             elif job.phase == "decode":
-                time_decode(model, plan_for(ks, full), full[0], job.seq_len, steps=2, repeats=1, warmup=settings.warmup)
+                time_decode(model, plan_for(ks, full), full[0], job.seq_len, steps=2, repeats=1, warmup=settings.warmup,
+                            decoder=decoder)
         base: dict[str, Any] = {c: nan for c in PROFILE_COLUMNS[1:]}
         if job.phase == "vision":
             t = time_vision(model, job.crops, repeats=settings.repeats, warmup=settings.warmup, seed=settings.seed)
@@ -386,7 +397,7 @@ def profile(
                 note, reps = f"greedy_generate prefill over S={job.seq_len} random token embeddings", settings.repeats
             else:
                 t = time_decode(model, plan, p, job.seq_len, steps=settings.decode_steps,
-                                repeats=settings.decode_repeats, warmup=1, seed=settings.seed)
+                                repeats=settings.decode_repeats, warmup=1, seed=settings.seed, decoder=decoder)
                 base.update(output_tokens=1 + settings.decode_steps)
                 note = (f"ms per token: greedy_generate decode of {settings.decode_steps} steps after "
                         f"{job.seq_len} tokens, EOS disabled")

@@ -141,13 +141,13 @@ def test_lru_bounds_live_graphs_and_reports_memory(lm):
     a, b, c = _plan(("high", 1, 8, 16)), _plan(("low", 1, 4, 12)), _plan(("medium", 1, 6, 14))
     dec.prepare(1, a)
     dec.prepare(3, a)  # bucket 4: a different key
-    assert dec.keys == [(1, a), (4, a)] and log == ["capture"] * 2
+    assert dec.keys == [(1, 8, a), (4, 8, a)] and log == ["capture"] * 2
     dec.prepare(1, a)  # hit: no capture, becomes most recent
-    assert dec.keys == [(4, a), (1, a)] and len(log) == 2
+    assert dec.keys == [(4, 8, a), (1, 8, a)] and len(log) == 2
     dec.prepare(1, b)  # evicts the least recently used (4, a)
-    assert dec.keys == [(1, a), (1, b)] and dec.evictions == 1 and len(log) == 3
+    assert dec.keys == [(1, 8, a), (1, 8, b)] and dec.evictions == 1 and len(log) == 3
     dec.prepare(2, c)
-    assert dec.keys == [(1, b), (4, c)] and dec.captures == 4
+    assert dec.keys == [(1, 8, b), (4, 8, c)] and dec.captures == 4
     report = dec.memory_report()
     assert [r["plan"] for r in report] == [b, c]
     for r in report:
@@ -168,7 +168,7 @@ def test_step_bumps_lru_and_rejects_evicted_or_full_caches(lm):
     dec.prepare(1, b)
     dec.step(cache_a, torch.tensor([3]))  # a is most recent again
     dec.prepare(1, c)  # so b is evicted, not a
-    assert dec.keys == [(1, a), (1, c)]
+    assert dec.keys == [(1, 6, a), (1, 6, c)]
     dec.step(cache_a, torch.tensor([4]))
     with pytest.raises(ValueError, match="full"):
         dec.step(cache_a, torch.tensor([5]))
@@ -195,3 +195,18 @@ def test_invalid_inputs_raise(lm):
         GraphDecoder(lm, max_len=4, batch_buckets=(1, 2)).bucket(3)
     with pytest.raises(ValueError, match="max_graphs"):
         GraphDecoder(lm, max_len=4, max_graphs=0)
+    with pytest.raises(ValueError, match="decode impl"):
+        GraphDecoder(lm, max_len=4, impl="magic")
+    with pytest.raises(ValueError, match="exceed max_len"):
+        GraphDecoder(lm, max_len=4).prepare(1, plan, positions=5)
+    with pytest.raises(ValueError, match="positions="):
+        GraphDecoder(lm).prepare(1, plan)
+
+
+def test_caches_sized_per_request_in_length_buckets(lm):
+    dec = GraphDecoder(lm, len_bucket=16, capture=_fake_capture([]))
+    plan = _plan(("low", 1, 4, 12))
+    assert dec.prepare(1, plan, positions=5).max_len == 16
+    assert dec.prepare(1, plan, positions=16).max_len == 16
+    assert dec.prepare(1, plan, positions=17).max_len == 32
+    assert [k[1] for k in dec.keys] == [16, 32]

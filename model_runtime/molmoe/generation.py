@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .language_model import BlockKVCache, MolmoeLanguageModel
 from .timing import PhaseTimer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .static_decode import GraphDecoder, StaticKVCache
 
 #: Default generation length of the project (the seeds cut 128 → 64).
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -73,6 +76,7 @@ def greedy_generate(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     n_latency_tokens: int = 0,
     timer: PhaseTimer | None = None,
+    decoder: "GraphDecoder | None" = None,
 ) -> GenerationResult:
     """Greedy decoding of a left-padded batch under one block plan.
 
@@ -89,6 +93,9 @@ def greedy_generate(
             model's top-k; the blocks ``p..n-1`` are computed in a side branch after generation,
             outside the timed phases). Requires blocks ``0..p-1`` of the plan at the model's top-k.
         timer: phase timer (a fresh one on the embeddings' device if None).
+        decoder: decode through this :class:`~model_runtime.molmoe.static_decode.GraphDecoder`
+            (static KV cache, one CUDA graph per step on GPU; the prefill writes straight into its
+            cache) instead of the eager ``begin_decode``/``advance`` loop. Must wrap ``lm``.
 
     Raises:
         ValueError: invalid plan, p, lengths.
@@ -104,6 +111,8 @@ def greedy_generate(
         raise ValueError(f"n_latency_tokens={n_latency_tokens} outside 0..{lm.n_layers}")
     if n_latency_tokens and any(plan[b] != lm.max_top_k for b in range(min(p, n_latency_tokens))):
         raise ValueError("latency tokens for every position need blocks 0..p-1 at the model's top-k")
+    if decoder is not None and decoder.lm is not lm:
+        raise ValueError("the decoder wraps a different language model")
     timer = timer if timer is not None else PhaseTimer(inputs_embeds.device)
     prefix_tokens: dict[int, torch.Tensor] = {}
 
@@ -113,12 +122,18 @@ def greedy_generate(
 
     t_prefill, t_decode = timer.get("prefill"), timer.get("decode")
     with timer.phase("prefill"):
-        state = lm.begin(inputs_embeds, attention_mask, cache=BlockKVCache(reserve=max_new_tokens))
+        if decoder is None:
+            cache: BlockKVCache | StaticKVCache = BlockKVCache(reserve=max_new_tokens)
+        else:
+            cache = decoder.prepare(inputs_embeds.shape[0], plan, positions=inputs_embeds.shape[1] + max_new_tokens - 1)
+        state = lm.begin(inputs_embeds, attention_mask, cache=cache)  # type: ignore[arg-type]  # same protocol
         lm.advance(state, p, plan, on_block=record if n_latency_tokens else None)
         after_prefix = dataclasses.replace(state)  # shallow: advance() rebinds hidden, never mutates it
         lm.advance(state, lm.n_layers, plan)
         logits = lm.logits(state)
         next_tok = logits.argmax(-1)
+        if decoder is not None:
+            cache.start_decode(state.attention_mask)  # type: ignore[union-attr]
     first_logits = logits.float()
     latency_token = after_prefix.hidden[:, -1].float()
     generated = [next_tok]
@@ -127,9 +142,12 @@ def greedy_generate(
     with timer.phase("decode"):
         while len(generated) < max_new_tokens and not bool(ended.all()):
             feed = torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok)
-            state = lm.begin_decode(state, feed)
-            lm.advance(state, lm.n_layers, plan)
-            next_tok = lm.logits(state).argmax(-1)
+            if decoder is None:
+                state = lm.begin_decode(state, feed)
+                lm.advance(state, lm.n_layers, plan)
+                next_tok = lm.logits(state).argmax(-1)
+            else:
+                next_tok = decoder.step(cache, feed).argmax(-1)  # type: ignore[arg-type]
             generated.append(next_tok)
             ended = ended | (next_tok == eos_token_id)
             steps += 1

@@ -28,10 +28,13 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .fused_lm import FusedLM
 
 #: ``on_block(block, input, output)`` hook signature (hidden states (B, S, D)).
 BlockHook = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -122,6 +125,8 @@ class LMState:
         position_embeddings: RoPE (cos, sin), each (B, S, head_dim).
         cache: KV cache (None: attention over the current tokens only).
         next_block: the first block that has not been considered yet.
+        causal_only: whether the forward has no past and no padding (the fast path's SDPA then
+            uses its causal kernel); None until the fast path first asks.
     """
 
     hidden: torch.Tensor
@@ -131,6 +136,7 @@ class LMState:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     cache: BlockKVCache | None
     next_block: int = 0
+    causal_only: bool | None = None
 
 
 def additive_mask(attention_mask: torch.Tensor, n_new: int, dtype: torch.dtype) -> torch.Tensor:
@@ -159,6 +165,7 @@ class MolmoeLanguageModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.lm_head = lm_head
+        self.fused: "FusedLM | None" = None  # the fast path, see use_fast_path()
         if lm_head.in_features != backbone.config.hidden_size:
             raise ValueError(
                 f"lm_head takes {lm_head.in_features} features, the backbone has hidden_size {backbone.config.hidden_size}"
@@ -178,6 +185,21 @@ class MolmoeLanguageModel(nn.Module):
     def from_hf(cls, model: nn.Module) -> "MolmoeLanguageModel":
         """Wrap a transformers ``OlmoeForCausalLM`` (its modules are shared, not copied)."""
         return cls(model.model, model.lm_head)
+
+    # ------------------------------------------------------------------ fast path
+    def use_fast_path(self, enabled: bool = True, *, backend: str | None = None, routed_form: str | None = None) -> "FusedLM | None":
+        """Run blocks through :class:`~model_runtime.molmoe.fused_lm.FusedLM` (packed Q/K/V, fused
+        norms, SDPA, grouped-GEMM experts; Triton ops on CUDA) instead of transformers' modules.
+
+        ``enabled=False`` goes back to transformers' blocks (the reference path). Returns the
+        FusedLM (None when disabled)."""
+        if not enabled:
+            self.fused = None
+            return None
+        from .fused_lm import FusedLM
+
+        self.fused = FusedLM(self, backend=backend, routed_form=routed_form)
+        return self.fused
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -294,15 +316,18 @@ class MolmoeLanguageModel(nn.Module):
         for b in range(state.next_block, until):
             if plan[b] == 0:
                 continue
-            layer = self.backbone.layers[b]
-            layer.mlp.gate.top_k = plan[b]
-            out = layer(
-                hidden,
-                attention_mask=state.mask,
-                position_ids=state.position_ids,
-                position_embeddings=state.position_embeddings,
-                **cache_kw,
-            )
+            if self.fused is not None:
+                out = self.fused.prefill_block(b, hidden, state, cache, plan[b])
+            else:
+                layer = self.backbone.layers[b]
+                layer.mlp.gate.top_k = plan[b]
+                out = layer(
+                    hidden,
+                    attention_mask=state.mask,
+                    position_ids=state.position_ids,
+                    position_embeddings=state.position_embeddings,
+                    **cache_kw,
+                )
             if on_block is not None:
                 on_block(b, hidden, out)
             hidden = out

@@ -35,6 +35,7 @@ import torch
 from envs.knob_space import KnobConfig, KnobSpace
 
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationResult, greedy_generate
+from .static_decode import GraphDecoder
 from .model import MolmoeModel
 from .preprocessing import PromptInputs, build_prompt as build_prompt_inputs, format_question
 from .timing import PhaseTimer
@@ -134,6 +135,11 @@ class MolmoeRuntime:
         max_batch_size: requests per forward within one configuration.
         max_new_tokens: generation cap (64).
         template: prompt template of ``model_runtime.datasets.build_prompt``.
+        fast: run the fast path (:meth:`MolmoeLanguageModel.use_fast_path`: fused blocks, Triton
+            decode ops, a :class:`~model_runtime.molmoe.static_decode.GraphDecoder` replaying one
+            CUDA graph per decode step). Default: on when the model is on CUDA. On CPU it runs the
+            same fused blocks with torch ops (no graphs); False keeps transformers' blocks.
+        max_graphs: live decode graphs at most (LRU) when ``fast``.
 
     Raises:
         ValueError: the knob space does not fit the model (block count, top-k range).
@@ -148,6 +154,8 @@ class MolmoeRuntime:
         max_batch_size: int = 8,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         template: str = "molmo",
+        fast: bool | None = None,
+        max_graphs: int = 16,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -168,6 +176,13 @@ class MolmoeRuntime:
                 f"knob space's max top-k {ks.max_top_k} != the model's top-k {lm.max_top_k} "
                 "(blocks before p must run as the model was trained)"
             )
+        self.fast = model.device.type == "cuda" if fast is None else bool(fast)
+        self.decoder: GraphDecoder | None = None
+        if self.fast:
+            lm.use_fast_path()
+            self.decoder = GraphDecoder(lm, max_graphs=max_graphs, batch_buckets=_buckets_up_to(self.max_batch_size))
+        else:
+            lm.use_fast_path(False)
 
     @classmethod
     def from_checkpoint(
@@ -310,6 +325,7 @@ class MolmoeRuntime:
         gen: GenerationResult = greedy_generate(
             model.lm, embeds, batch.attention_mask, top_k_per_block=plan, p=p, eos_token_id=tk.eos,
             pad_token_id=tk.pad, max_new_tokens=self.max_new_tokens, n_latency_tokens=n_lat, timer=timer,
+            decoder=self.decoder,
         )
         entropy, margin = first_token_uncertainty(gen.first_logits)
         outcomes = []
@@ -342,6 +358,15 @@ class MolmoeRuntime:
                 )
             )
         return outcomes
+
+
+def _buckets_up_to(n: int) -> tuple[int, ...]:
+    """Powers of two below ``n``, then ``n`` (decode graphs are captured per bucket)."""
+    out, b = [], 1
+    while b < n:
+        out.append(b)
+        b *= 2
+    return (*out, n)
 
 
 def mean_score(outcomes: Iterable[Outcome]) -> float:

@@ -46,6 +46,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .decode_kernels import router_topk
+from .fused_lm import FusedLM, routed_experts
 from .language_model import MolmoeLanguageModel
 
 #: MoE forms usable inside a captured step.
@@ -205,46 +207,21 @@ class _SlotWriter:
 
 
 # ---------------------------------------------------------------------------- fixed-shape MoE
-def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    """(M, Din) x (E, Din, Dout) over expert groups ending at ``offs`` (E,) int32 → (M, Dout)."""
-    fn = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
-    return fn(x, w, offs=offs)
-
-
 def static_moe(mlp: nn.Module, hidden: torch.Tensor, top_k: int, form: str) -> torch.Tensor:
     """Fixed-shape forward of an ``OlmoeSparseMoeBlock`` at ``top_k`` experts per token.
 
     Routing equals transformers' ``OlmoeTopKRouter`` (float32 softmax over all experts, top-k,
-    optional renormalisation). Args: hidden (B, S, D) → (B, S, D) in hidden's dtype.
+    optional renormalisation); experts through :func:`~model_runtime.molmoe.fused_lm.routed_experts`.
+    Args: hidden (B, S, D) → (B, S, D) in hidden's dtype.
     """
+    if form not in STATIC_MOE_FORMS:
+        raise ValueError(f"unknown MoE form {form!r}; choose from {STATIC_MOE_FORMS}")
     bsz, seq, dim = hidden.shape
     h = hidden.reshape(-1, dim)
     gate = mlp.gate
-    probs = torch.softmax(nn.functional.linear(h, gate.weight), dim=-1, dtype=torch.float)
-    weights, idx = torch.topk(probs, top_k, dim=-1)  # (T, k)
-    if gate.norm_topk_prob:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    weights = weights.to(h.dtype)
+    weights, idx = router_topk(nn.functional.linear(h, gate.weight), top_k, bool(gate.norm_topk_prob), "torch")
     experts = mlp.experts
-    gate_up, down = experts.gate_up_proj, experts.down_proj  # (E, 2I, D), (E, D, I)
-    if form == "gather":
-        g, u = torch.einsum("td,tkhd->tkh", h, gate_up[idx]).chunk(2, dim=-1)
-        y = torch.einsum("tki,tkdi->tkd", experts.act_fn(g) * u, down[idx])  # (T, k, D)
-        out = (y * weights[..., None]).sum(dim=1)
-    elif form == "grouped_mm":
-        n_exp = gate_up.shape[0]
-        flat = idx.reshape(-1)  # (T·k,) pair p = token p // k, rank p % k
-        order = torch.argsort(flat, stable=True)
-        token = order // top_k
-        counts = torch.zeros(n_exp, dtype=torch.int32, device=h.device)
-        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-        offs = torch.cumsum(counts, 0, dtype=torch.int32)
-        g, u = _grouped_mm(h[token], gate_up.transpose(1, 2), offs).chunk(2, dim=-1)
-        y = _grouped_mm(experts.act_fn(g) * u, down.transpose(1, 2), offs)  # (T·k, D)
-        y = y * weights.reshape(-1)[order, None]
-        out = torch.zeros_like(h).index_add_(0, token, y.to(h.dtype))
-    else:
-        raise ValueError(f"unknown MoE form {form!r}; choose from {STATIC_MOE_FORMS}")
+    out = routed_experts(h, experts.gate_up_proj, experts.down_proj, idx, weights, form)
     return out.reshape(bsz, seq, dim)
 
 
@@ -346,14 +323,14 @@ class GraphEntry:
     """One cached decode graph and the static buffers it is bound to.
 
     Attributes:
-        key: (batch bucket, plan).
+        key: (batch bucket, positions L of the cache, plan).
         cache: the static KV cache the graph reads and writes.
         tokens: (bucket,) int64 input buffer of the step.
         replay: runs the step, returns the (bucket, V) logits buffer.
         graph_bytes: memory held by the graph's pool (0 when eager).
     """
 
-    key: tuple[int, tuple[int, ...]]
+    key: tuple[int, int, tuple[int, ...]]
     cache: StaticKVCache
     tokens: torch.Tensor
     replay: Callable[[], torch.Tensor]
@@ -366,32 +343,40 @@ class GraphEntry:
 
 
 class GraphDecoder:
-    """Decode steps replayed from one graph per (batch bucket, plan), LRU-bounded.
+    """Decode steps replayed from one graph per (batch bucket, cache length, plan), LRU-bounded.
 
     Use::
 
-        cache = dec.prepare(rows, plan)       # builds/captures the entry if new; empty cache
+        cache = dec.prepare(rows, plan, positions=S + max_new_tokens)  # captures if new; empty cache
         state = lm.begin(embeds, mask, cache=cache); lm.advance(state, lm.n_layers, plan)
         tok = lm.logits(state).argmax(-1); cache.start_decode(mask)
         logits = dec.step(cache, tok)         # (rows, V), repeat
 
     Args:
         lm: the language model (its dtype/device decide the buffers).
-        max_len: positions per row of every cache (prompt + new tokens).
+        max_len: positions per row of every cache; None: caches are sized per request, rounded
+            up to a multiple of ``len_bucket`` (``prepare(..., positions=...)``).
+        len_bucket: length granularity when ``max_len`` is None (the attention reads only the
+            positions written so far, so padding the cache costs memory, not time).
         max_graphs: live entries at most; the least recently used is dropped beyond it.
         batch_buckets: row counts a request is padded up to.
         capture: capture function (default: CUDA graphs on CUDA, eager elsewhere).
-        moe_form: see :data:`STATIC_MOE_FORMS` (default by device).
+        impl: ``"fused"`` (:meth:`FusedLM.decode_step`, the fast path: Triton ops on CUDA, their
+            torch references elsewhere) or ``"static"`` (:func:`static_decode_step`: transformers'
+            attention modules and :func:`static_moe`, the first-stage reference).
+        moe_form: ``impl="static"`` only; see :data:`STATIC_MOE_FORMS` (default by device).
     """
 
     def __init__(
         self,
         lm: MolmoeLanguageModel,
         *,
-        max_len: int,
+        max_len: int | None = None,
+        len_bucket: int = 256,
         max_graphs: int = 8,
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         capture: CaptureFn | None = None,
+        impl: str = "fused",
         moe_form: str | None = None,
     ) -> None:
         if max_graphs < 1:
@@ -399,13 +384,20 @@ class GraphDecoder:
         buckets = tuple(sorted(int(b) for b in batch_buckets))
         if not buckets or buckets[0] < 1:
             raise ValueError(f"batch buckets must be positive, got {batch_buckets}")
+        if impl not in ("fused", "static"):
+            raise ValueError(f"unknown decode impl {impl!r}; choose 'fused' or 'static'")
+        if (max_len is not None and max_len < 1) or len_bucket < 1:
+            raise ValueError(f"max_len and len_bucket must be >= 1, got {max_len}, {len_bucket}")
         device = lm.lm_head.weight.device
-        self.lm, self.max_len, self.max_graphs, self.batch_buckets = lm, int(max_len), int(max_graphs), buckets
+        self.lm, self.max_graphs, self.batch_buckets = lm, int(max_graphs), buckets
+        self.max_len = None if max_len is None else int(max_len)
+        self.len_bucket, self.impl = int(len_bucket), impl
+        self.fused = (lm.fused or FusedLM(lm)) if impl == "fused" else None
         self.capture = capture if capture is not None else (cuda_graph_capture if device.type == "cuda" else eager_capture)
         self.moe_form = default_moe_form(device) if moe_form is None else moe_form
         if self.moe_form not in STATIC_MOE_FORMS:
             raise ValueError(f"unknown MoE form {self.moe_form!r}; choose from {STATIC_MOE_FORMS}")
-        self._entries: OrderedDict[tuple[int, tuple[int, ...]], GraphEntry] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int, tuple[int, ...]], GraphEntry] = OrderedDict()
         self._by_cache: dict[int, GraphEntry] = {}
         self.captures = 0
         self.evictions = 0
@@ -417,11 +409,22 @@ class GraphDecoder:
                 return b
         raise ValueError(f"{rows} rows exceed the largest batch bucket {self.batch_buckets[-1]}")
 
+    def cache_len(self, positions: int | None) -> int:
+        """Positions of the cache that holds ``positions`` (prompt + decode steps)."""
+        if self.max_len is not None:
+            if positions is not None and positions > self.max_len:
+                raise ValueError(f"{positions} positions exceed max_len={self.max_len}")
+            return self.max_len
+        if positions is None or positions < 1:
+            raise ValueError("this decoder sizes caches per request: pass positions= (prompt + new tokens)")
+        return -(-int(positions) // self.len_bucket) * self.len_bucket
+
     @torch.no_grad()
-    def prepare(self, rows: int, top_k_per_block: Sequence[int]) -> StaticKVCache:
-        """The (reset) static cache of the entry for ``rows`` rows under a plan; captures it if new."""
+    def prepare(self, rows: int, top_k_per_block: Sequence[int], positions: int | None = None) -> StaticKVCache:
+        """The (reset) static cache of the entry for ``rows`` rows, at least ``positions`` positions
+        (required unless the decoder has a fixed ``max_len``), under a plan; captures it if new."""
         plan = self.lm.check_plan(top_k_per_block)
-        key = (self.bucket(rows), plan)
+        key = (self.bucket(rows), self.cache_len(positions), plan)
         entry = self._entries.get(key)
         if entry is None:
             entry = self._build(key)
@@ -429,17 +432,19 @@ class GraphDecoder:
         entry.cache.reset()
         return entry.cache
 
-    def _build(self, key: tuple[int, tuple[int, ...]]) -> GraphEntry:
+    def _build(self, key: tuple[int, int, tuple[int, ...]]) -> GraphEntry:
         while len(self._entries) >= self.max_graphs:
             _, old = self._entries.popitem(last=False)
             del self._by_cache[id(old.cache)]
             self.evictions += 1
-        bucket, plan = key
-        cache = StaticKVCache.for_plan(self.lm, plan, batch=bucket, max_len=self.max_len)
+        bucket, length, plan = key
+        cache = StaticKVCache.for_plan(self.lm, plan, batch=bucket, max_len=length)
         tokens = torch.zeros(bucket, dtype=torch.long, device=cache.valid.device)
-        lm, form = self.lm, self.moe_form
+        lm, form, fused = self.lm, self.moe_form, self.fused
 
         def step() -> torch.Tensor:
+            if fused is not None:
+                return fused.decode_step(cache, tokens, plan)
             return static_decode_step(lm, cache, tokens, plan, moe_form=form)
 
         replay, graph_bytes = self.capture(step)
@@ -471,14 +476,15 @@ class GraphDecoder:
         return logits[:rows]
 
     def memory_report(self) -> list[dict[str, object]]:
-        """Per live entry, least recently used first: bucket, plan, cache / graph / total bytes."""
+        """Per live entry, least recently used first: bucket, cache length, plan, cache / graph / total bytes."""
         return [
-            {"batch": k[0], "plan": k[1], "cache_bytes": e.cache.nbytes, "graph_bytes": e.graph_bytes, "bytes": e.nbytes}
+            {"batch": k[0], "max_len": k[1], "plan": k[2], "cache_bytes": e.cache.nbytes, "graph_bytes": e.graph_bytes,
+             "bytes": e.nbytes}
             for k, e in self._entries.items()
         ]
 
     @property
-    def keys(self) -> list[tuple[int, tuple[int, ...]]]:
+    def keys(self) -> list[tuple[int, int, tuple[int, ...]]]:
         """Live keys, least recently used first."""
         return list(self._entries)
 
@@ -504,9 +510,7 @@ def static_greedy_generate(
     plan = lm.check_plan(top_k_per_block)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if inputs_embeds.shape[1] + max_new_tokens - 1 > decoder.max_len:
-        raise ValueError(f"prompt {inputs_embeds.shape[1]} + {max_new_tokens - 1} steps exceed max_len={decoder.max_len}")
-    cache = decoder.prepare(inputs_embeds.shape[0], plan)
+    cache = decoder.prepare(inputs_embeds.shape[0], plan, positions=inputs_embeds.shape[1] + max_new_tokens - 1)
     state = lm.begin(inputs_embeds, attention_mask, cache=cache)  # type: ignore[arg-type]  # same protocol
     lm.advance(state, lm.n_layers, plan)
     next_tok = lm.logits(state).argmax(-1)

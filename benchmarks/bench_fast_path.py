@@ -1,0 +1,463 @@
+"""The fast path's bars on a GPU (issue 7): decode, knobs, prefill, batching, correctness.
+
+Run (H100, ~4-5 min; random weights at the MolmoE-1B shape — SYNTHETIC model, real shapes)::
+
+    python -m benchmarks.bench_fast_path --out bench_fast_path.json
+    .venv/bin/python -m benchmarks.bench_fast_path --device cpu --quick      # CPU smoke (torch ops, no graphs)
+
+Sections, all in one process so that every ratio compares figures of the same run:
+
+1. **ceilings**: device-to-device copy rate (bytes read + written per second, 1 GiB) and a bf16
+   8192³ matmul rate.
+2. **decode**: batch 1, ``--context`` (1000) prompt tokens, ms per token of the fast path
+   (:class:`GraphDecoder`: fused decode step, one CUDA graph per plan) for the 5 x 5 grid of
+   top-k (4..8) x active blocks (12..16) at p = 1 (block 0 at top-8, as the knob space
+   defines), each with its byte floor = bytes that must be read (Q/K/V/O and router weights of
+   the active blocks, their routed experts, the LM head, the KV cache) / the copy rate.
+3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
+   wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
+   t(1 new)) / 63 after the same prompt; ratio to the fast path.
+4. **prefill**: ms of the fast prefill (fused blocks, SDPA, grouped-GEMM experts; what
+   ``greedy_generate`` runs) for 300-2000 tokens at (top-8, 16) and (top-4, 12), the
+   transformers-block prefill at 1000 tokens, and the same fast prefill replayed from a CUDA graph
+   (how much of the time is launch overhead).
+5. **kernels** (CUDA): block-size sweep of the decode kernels and the kernel-time breakdown of
+   one uncaptured decode step (how much of the graph's time is kernels, how much gaps).
+6. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
+   (``greedy_generate`` with the decoder, 64 new tokens, EOS disabled), tokens/s ratio.
+7. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
+   equal transformers' blocks for every distinct language-model plan of the knob space; real
+   shape in bf16: relative error ||fast - ref|| / ||ref|| of the prefill logits and of the first
+   decode step's logits, and greedy token agreement, at the four corners.
+
+Prints one table per section and writes everything to ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import traceback
+from typing import Any, Callable
+
+import torch
+
+from envs.knob_space import KnobSpace
+from model_runtime.molmoe.config import MolmoeConfig
+from model_runtime.molmoe.generation import greedy_generate
+from model_runtime.molmoe.language_model import BlockKVCache, MolmoeLanguageModel
+from model_runtime.molmoe.static_decode import GraphDecoder, cuda_graph_capture, eager_capture
+from model_runtime.profiler import build_random_model, device_name
+
+KS = KnobSpace()
+
+
+def plan_of(top_k: int, blocks: int, p: int = 1) -> tuple[int, ...]:
+    return KS.plan(("high", p, top_k, blocks)).top_k_per_block
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_ms(fn: Callable[[], Any], dev: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall ms of ``fn`` (synchronised before and after each call)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(out)
+
+
+def prompt(lm: MolmoeLanguageModel, rows: int, length: int, seed: int, spread: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, length) random token embeddings, row i left-padded by ``i * spread // rows`` tokens."""
+    dev = lm.lm_head.weight.device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, lm.n_logits - 1, (rows, length), generator=g)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    for i in range(rows):
+        mask[i, : i * spread // max(rows, 1)] = 0
+    return lm.embed(ids.to(dev)), mask.to(dev)
+
+
+# ------------------------------------------------------------------------------------ 1 ceilings
+def ceilings(dev: torch.device) -> dict[str, float]:
+    if dev.type != "cuda":
+        return {}
+    x = torch.empty(2**29, dtype=torch.bfloat16, device=dev).normal_()
+    y = torch.empty_like(x)
+    ms = timed_ms(lambda: y.copy_(x), dev, repeats=10, warmup=2)
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
+    mm = timed_ms(lambda: a @ a, dev, repeats=10, warmup=2)
+    del x, y, a
+    return {"copy_TBps": 2 * 2**30 / ms / 1e9, "matmul_TFLOPs": 2 * 8192**3 / mm / 1e9}
+
+
+def floor_bytes(lm: MolmoeLanguageModel, plan: tuple[int, ...], context: int, batch: int = 1) -> int:
+    """Bytes a decode step must read: attention + router weights of the active blocks, the experts
+    they route to (batch 1: k distinct experts; batch B: the expected number of distinct experts
+    under uniform routing), the LM head and the KV cache."""
+    cfg = lm.config
+    d, i, e = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts
+    hd = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+    h, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    el = lm.lm_head.weight.element_size()
+    total = lm.n_logits * d * el
+    for k in plan:
+        if k == 0:
+            continue
+        distinct = e * (1 - (1 - k / e) ** batch)
+        total += ((h + 2 * hkv) * hd * d + d * h * hd + e * d) * el + distinct * 3 * d * i * el
+        total += 2 * batch * hkv * hd * context * el
+    return int(total)
+
+
+# ------------------------------------------------------------------------------------ 2 decode
+@torch.no_grad()
+def decode_ms(lm: MolmoeLanguageModel, dec: GraphDecoder, plan: tuple[int, ...], emb: torch.Tensor, mask: torch.Tensor,
+              steps: int, repeats: int) -> float:
+    dev = emb.device
+    cache = dec.prepare(emb.shape[0], plan, positions=emb.shape[1] + steps * (repeats + 1) + 1)
+    st = lm.begin(emb, mask, cache=cache)
+    lm.advance(st, lm.n_layers, plan)
+    tok = lm.logits(st).argmax(-1)
+    cache.start_decode(mask)
+
+    def run() -> None:
+        nonlocal tok
+        for _ in range(steps):
+            tok = dec.step(cache, tok).argmax(-1)
+
+    return timed_ms(run, dev, repeats=repeats, warmup=1) / steps
+
+
+# ------------------------------------------------------------------------------------ 3 transformers
+@torch.no_grad()
+def hf_generate_ms(lm: MolmoeLanguageModel, emb_ids: torch.Tensor, top_k: int, repeats: int) -> float:
+    from transformers import OlmoeForCausalLM
+
+    with torch.device("meta"):
+        hf = OlmoeForCausalLM(lm.config)
+    hf.model, hf.lm_head = lm.backbone, lm.lm_head
+    hf.eval()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    for layer in lm.backbone.layers:
+        layer.mlp.gate.top_k = top_k
+    mask = torch.ones_like(emb_ids)
+    dev = emb_ids.device
+
+    def gen(n: int) -> None:
+        hf.generate(input_ids=emb_ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+    t64 = timed_ms(lambda: gen(64), dev, repeats=repeats, warmup=1)
+    t1 = timed_ms(lambda: gen(1), dev, repeats=repeats, warmup=1)
+    for layer in lm.backbone.layers:
+        layer.mlp.gate.top_k = lm.max_top_k
+    return (t64 - t1) / 63
+
+
+# ------------------------------------------------------------------------------------ 4 prefill
+@torch.no_grad()
+def prefill_ms(lm: MolmoeLanguageModel, plan: tuple[int, ...], emb: torch.Tensor, mask: torch.Tensor, repeats: int) -> float:
+    return timed_ms(
+        lambda: greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=1),
+        emb.device, repeats=repeats, warmup=2,
+    )
+
+
+@torch.no_grad()
+def prefill_graph_ms(lm: MolmoeLanguageModel, plan: tuple[int, ...], emb: torch.Tensor, mask: torch.Tensor, repeats: int) -> float:
+    def step() -> torch.Tensor:
+        st = lm.begin(emb, mask)
+        st.causal_only = True  # known (no padding, no past): no host sync inside the capture
+        lm.advance(st, lm.n_layers, plan)
+        return lm.logits(st)
+
+    replay, _ = cuda_graph_capture(step)
+    return timed_ms(replay, emb.device, repeats=repeats, warmup=2)
+
+
+# ------------------------------------------------------------------------------------ 5 batching
+@torch.no_grad()
+def batching(lm: MolmoeLanguageModel, dec: GraphDecoder, plan: tuple[int, ...], length: int, new: int, n_req: int,
+             repeats: int) -> dict[str, float]:
+    emb, mask = prompt(lm, n_req, length, seed=7, spread=8)
+    dev = emb.device
+
+    def gen(e: torch.Tensor, m: torch.Tensor) -> None:
+        r = greedy_generate(lm, e, m, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=new,
+                            decoder=dec)
+        assert r.decode_steps == new - 1
+
+    singles = [(emb[i : i + 1, (mask[i] == 0).sum():], mask[i : i + 1, (mask[i] == 0).sum():]) for i in range(n_req)]
+    one_by_one = timed_ms(lambda: [gen(e, m) for e, m in singles], dev, repeats=repeats, warmup=1)
+    batched = timed_ms(lambda: gen(emb, mask), dev, repeats=repeats, warmup=1)
+    return {"sequential_ms": one_by_one, "batched_ms": batched, "tokens_per_s_sequential": n_req * new / one_by_one * 1e3,
+            "tokens_per_s_batched": n_req * new / batched * 1e3, "ratio": one_by_one / batched}
+
+
+# ------------------------------------------------------------------------------------ 6 correctness
+@torch.no_grad()
+def tiny_all_plans(dev: torch.device, new: int) -> dict[str, Any]:
+    lm = build_random_model(MolmoeConfig.tiny(), device=dev, dtype=torch.float32, seed=3).lm
+    capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
+    plans = sorted({(c.p, KS.plan(c).top_k_per_block) for c in KS.configs})
+    emb, mask = prompt(lm, 2, 24, seed=1, spread=10)
+    mismatched, worst = [], 0.0
+    dec = GraphDecoder(lm, max_graphs=4, capture=capture)
+    for p, plan in plans:
+        lm.use_fast_path(False)
+        ref = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=p, eos_token_id=-1, pad_token_id=0, max_new_tokens=new)
+        lm.use_fast_path()
+        dec.fused = lm.fused
+        ours = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=p, eos_token_id=-1, pad_token_id=0,
+                               max_new_tokens=new, decoder=dec)
+        worst = max(worst, (ours.first_logits - ref.first_logits).abs().max().item())
+        if ours.tokens != ref.tokens:
+            mismatched.append((p, plan))
+    return {"plans": len(plans), "tokens_equal_plans": len(plans) - len(mismatched), "new_tokens": new,
+            "max_abs_dlogit_prefill": worst, "mismatched": [list(m[1]) for m in mismatched[:5]]}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@torch.no_grad()
+def real_shape_agreement(lm: MolmoeLanguageModel, dec: GraphDecoder, top_k: int, blocks: int, context: int,
+                         new: int) -> dict[str, Any]:
+    plan = plan_of(top_k, blocks)
+    emb, mask = prompt(lm, 1, context, seed=11)
+    lm.use_fast_path(False)
+    st = lm.begin(emb, mask, cache=BlockKVCache(reserve=4))
+    lm.advance(st, lm.n_layers, plan)
+    ref0 = lm.logits(st)
+    tok = ref0.argmax(-1)
+    st = lm.begin_decode(st, tok)
+    lm.advance(st, lm.n_layers, plan)
+    ref1 = lm.logits(st)
+    ref_gen = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=new)
+    lm.use_fast_path()
+    cache = dec.prepare(1, plan, positions=context + 4)
+    st = lm.begin(emb, mask, cache=cache)
+    lm.advance(st, lm.n_layers, plan)
+    ours0 = lm.logits(st)
+    cache.start_decode(mask)
+    ours1 = dec.step(cache, tok).clone()  # same fed token as the reference
+    gen = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=new,
+                          decoder=dec)
+    a, b = gen.tokens[0], ref_gen.tokens[0]
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    return {"top_k": top_k, "blocks": blocks, "rel_err_prefill_logits": _rel(ours0, ref0),
+            "rel_err_decode_logits": _rel(ours1, ref1), "tokens_equal": f"{sum(x == y for x, y in zip(a, b))}/{len(a)}",
+            "first_divergence": first}
+
+
+# ------------------------------------------------------------------------------------ 7 kernels
+@torch.no_grad()
+def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> dict[str, Any]:
+    """Block-size sweep of the decode kernels (triton.testing.do_bench, L2 flushed, median us and
+    GB/s of the bytes each must read) and a kernel-time breakdown of one (uncaptured) decode step."""
+    from triton.testing import do_bench
+
+    from model_runtime.molmoe import decode_kernels as dk
+
+    dev = lm.lm_head.weight.device
+    blk = lm.fused.blocks[1]
+    e_, i2, d = blk.gate_up.shape
+    out: dict[str, Any] = {"tuning_used": dict(dk.TUNING)}
+    g = torch.Generator(device=dev).manual_seed(0)
+    for t in (1, 8):
+        x = torch.randn(t, d, device=dev, dtype=blk.gate_up.dtype)
+        idx = torch.stack([torch.randperm(e_, device=dev, generator=g)[:8] for _ in range(t)]).int()
+        w = torch.rand(t, 8, device=dev, dtype=x.dtype)
+        distinct = idx.unique().numel()
+        for bi in (8, 16, 32, 64):
+            us = do_bench(lambda: dk.moe_gate_up_act(x, blk.gate_up, idx, "triton", block_i=bi), return_mode="median") * 1e3
+            out[f"gate_up_T{t}_bi{bi}"] = {"us": us, "GBps": distinct * i2 * d * 2 / us / 1e3}
+        act = dk.moe_gate_up_act(x, blk.gate_up, idx, "triton")
+        for bd in (4, 8, 16, 32):
+            us = do_bench(lambda: dk.moe_down_combine(act, blk.down, idx, w, x, "triton", block_d=bd), return_mode="median") * 1e3
+            out[f"down_T{t}_bd{bd}"] = {"us": us, "GBps": distinct * i2 // 2 * d * 2 / us / 1e3}
+    cfg = lm.config
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    length = -(-(context + 64) // 256) * 256
+    kc = torch.randn(1, cfg.num_key_value_heads, length, hd, device=dev, dtype=blk.gate_up.dtype)
+    vc = torch.randn_like(kc)
+    q = torch.randn(1, cfg.num_attention_heads, hd, device=dev, dtype=kc.dtype)
+    valid = torch.ones(1, length, dtype=torch.long, device=dev)
+    slot = torch.tensor([context], device=dev)
+    for ch in (32, 64, 128, 256):
+        us = do_bench(lambda: dk.decode_attention(q, kc, vc, valid, slot, 0.1, "triton", chunk=ch), return_mode="median") * 1e3
+        out[f"attn_ctx{context}_chunk{ch}"] = {"us": us, "GBps": 2 * kc[:, :, : context + 1].numel() * 2 / us / 1e3}
+    # where the time of one decode step goes (kernels of an uncaptured step; gaps excluded)
+    plan = plan_of(8, 16)
+    emb, mask = prompt(lm, 1, context, seed=0)
+    cache = dec.prepare(1, plan, positions=context + 16)
+    st = lm.begin(emb, mask, cache=cache)
+    lm.advance(st, lm.n_layers, plan)
+    cache.start_decode(mask)
+    tok = lm.logits(st).argmax(-1)
+    lm.fused.decode_step(cache, tok, plan)
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        lm.fused.decode_step(cache, tok, plan)
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type.name == "CUDA":
+            kernels.setdefault(ev.name[:60], []).append(ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total)
+    top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))
+    out["step_kernels"] = sum(len(v) for v in kernels.values())
+    out["step_kernel_us"] = sum(sum(v) for v in kernels.values())
+    out["step_top"] = [{"kernel": k, "n": len(v), "us": sum(v)} for k, v in top[:14]]
+    return out
+
+
+# ------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--context", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=32, help="decode steps per timed call")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="tiny shape, few points (CPU smoke)")
+    ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,batching,correctness")
+    ap.add_argument("--out", default=None, help="JSON with every figure")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    sections = set(args.sections.split(","))
+    res: dict[str, Any] = {"device": device_name(dev), "torch": torch.__version__, "synthetic": "random weights"}
+    try:
+        import transformers
+        import triton  # noqa: F401
+
+        res.update(transformers=transformers.__version__, triton=triton.__version__)
+    except ImportError:
+        pass
+    print(json.dumps(res), flush=True)
+    t_start = time.perf_counter()
+
+    def save() -> None:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+
+    def section(name: str, fn: Callable[[], Any]) -> None:
+        if name not in sections:
+            return
+        t0 = time.perf_counter()
+        try:
+            res[name] = fn()
+        except Exception as exc:  # keep the other sections' figures
+            traceback.print_exc(limit=8)
+            res[name] = {"error": repr(exc)}
+        print(f"== {name} ({time.perf_counter() - t0:.0f} s)\n{json.dumps(res[name], indent=1)}", flush=True)
+        save()
+
+    section("ceilings", lambda: ceilings(dev))
+    copy = res.get("ceilings", {}).get("copy_TBps")
+    if args.quick:
+        cfg, dtype, context, grid = MolmoeConfig.tiny(), torch.float32, 64, [(8, 16), (4, 12)]
+    else:
+        cfg, dtype, context = MolmoeConfig.molmoe_1b(), (torch.bfloat16 if dev.type == "cuda" else torch.float32), args.context
+        grid = [(k, b) for k in (8, 7, 6, 5, 4) for b in (16, 15, 14, 13, 12)]
+    t0 = time.perf_counter()
+    lm = build_random_model(cfg, device=dev, dtype=dtype).lm
+    lm.use_fast_path()
+    capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
+    dec = GraphDecoder(lm, max_graphs=32, capture=capture)
+    print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
+          f"{lm.fused.backend}, experts {lm.fused.routed_form}", flush=True)
+    emb1, mask1 = prompt(lm, 1, context, seed=0)
+
+    def decode_table() -> list[dict[str, Any]]:
+        rows = []
+        for k, b in grid:
+            plan = plan_of(k, b)
+            ms = decode_ms(lm, dec, plan, emb1, mask1, args.steps, args.repeats)
+            fb = floor_bytes(lm, plan, context)
+            row = {"top_k": k, "blocks": b, "ms_per_token": ms, "floor_GB": fb / 1e9}
+            if copy:
+                row["floor_ms"] = fb / copy / 1e9
+                row["x_floor"] = ms / row["floor_ms"]
+            rows.append(row)
+            print(f"  decode k={k} blocks={b}: {ms:.3f} ms/token" + (f" (floor {row['floor_ms']:.3f}, x{row['x_floor']:.2f})" if copy else ""), flush=True)
+        full = next(r for r in rows if (r["top_k"], r["blocks"]) == (8, 16))
+        cheap = next(r for r in rows if (r["top_k"], r["blocks"]) == (4, 12))
+        res["decode_ratio_k4b12_over_k8b16"] = cheap["ms_per_token"] / full["ms_per_token"]
+        dec.max_graphs = 4  # the table's entries can go
+        return rows
+
+    section("decode", decode_table)
+    if dev.type == "cuda":
+        section("kernels", lambda: kernel_sweep(lm, dec, context))
+
+    def hf() -> dict[str, Any]:
+        ids = torch.randint(0, lm.n_logits - 1, (1, context), generator=torch.Generator().manual_seed(0)).to(dev)
+        out: dict[str, Any] = {"experts_implementation": lm.experts_implementation}
+        out["hf_ms_per_token_k8b16"] = hf_generate_ms(lm, ids, 8, repeats=max(1, args.repeats // 2))
+        fast = decode_ms(lm, dec, plan_of(8, 16), emb1, mask1, args.steps, args.repeats)
+        out["fast_ms_per_token_k8b16"] = fast
+        out["speedup"] = out["hf_ms_per_token_k8b16"] / fast
+        return out
+
+    section("hf", hf)
+
+    def prefill() -> dict[str, Any]:
+        lengths = (64, 128) if args.quick else (300, 500, 1000, 1500, 2000)
+        out: dict[str, Any] = {"fast": []}
+        for s in lengths:
+            e, m = prompt(lm, 1, s, seed=s)
+            row = {"tokens": s}
+            for k, b in ((8, 16), (4, 12)):
+                row[f"k{k}b{b}_ms"] = prefill_ms(lm, plan_of(k, b), e, m, args.repeats * 2)
+            out["fast"].append(row)
+            print(f"  prefill S={s}: {row}", flush=True)
+        s = lengths[len(lengths) // 2]
+        e, m = prompt(lm, 1, s, seed=s)
+        if dev.type == "cuda":
+            out[f"fast_graph_k8b16_S{s}_ms"] = prefill_graph_ms(lm, plan_of(8, 16), e, m, args.repeats * 2)
+        lm.use_fast_path(False)
+        try:
+            out[f"transformers_k8b16_S{s}_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats)
+        finally:
+            lm.use_fast_path()
+            dec.fused = lm.fused
+        return out
+
+    section("prefill", prefill)
+
+    def batch() -> dict[str, Any]:
+        length, new = (64, 8) if args.quick else (context, 64)
+        return {f"k{k}b{b}": batching(lm, dec, plan_of(k, b), length, new, 8, max(1, args.repeats // 2))
+                for k, b in ((8, 16), (4, 12))}
+
+    section("batching", batch)
+
+    def correctness() -> dict[str, Any]:
+        out: dict[str, Any] = {"tiny_fp32": tiny_all_plans(dev, 16)}
+        print(f"  tiny: {out['tiny_fp32']}", flush=True)
+        corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
+        out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32) for k, b in corners]
+        return out
+
+    section("correctness", correctness)
+    res["wall_s"] = time.perf_counter() - t_start
+    save()
+    print(f"wall {res['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

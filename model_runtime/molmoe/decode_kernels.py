@@ -1,0 +1,478 @@
+"""The fused decode path's operations: Triton kernels, each with a torch reference of the same signature.
+
+A batch-1 decode token of MolmoE-1B reads ~2.3 GB (attention weights, 8 routed experts per block,
+LM head, KV cache) and does almost no arithmetic, so the step is bound by bytes and by the number
+of kernels (each costs ~1-2 us even inside a CUDA graph). transformers' block runs ~70 kernels
+per block; these ops cut it to 11: RMSNorm, QKV GEMV (cuBLAS), QK-norm + RoPE + KV-cache write,
+split-K attention + its reduction, output GEMV (cuBLAS), residual add + RMSNorm, router GEMV
+(cuBLAS), softmax + top-k, gate/up GEMV + SiLU·up over the routed experts, down GEMV + weighted
+sum over the routed experts + residual.
+
+Every op has two backends with one signature:
+
+- ``"triton"``: the kernels below (CUDA; also run by Triton's interpreter on CPU tensors when
+  ``TRITON_INTERPRET=1`` is set before Triton is imported, which is how the CPU tests check them);
+- ``"torch"``: plain torch, the reference and the CPU path.
+
+Numerics follow transformers' bf16 modules where it is cheap to (RMSNorm rounds the normalised
+value to the input dtype before the weight multiply; router softmax in float32 over all experts,
+top-k, weights cast to the input dtype; expert outputs rounded before the weighted sum);
+accumulation is float32 throughout, so results differ from the eager path only by summation order.
+
+Shapes: T tokens (decode: one per batch row, T = B), D ``d_model``, H query heads, H_kv key/value
+heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import torch
+
+try:  # Triton ships with CUDA builds of torch; CPU machines may lack it (then only "torch" exists)
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - depends on the install
+    HAVE_TRITON = False
+
+Backend = Literal["triton", "torch"]
+BACKENDS: tuple[str, ...] = ("triton", "torch")
+
+#: Block sizes of the kernels (set from benchmarks/bench_fast_path.py's ``kernels`` sweep on an
+#: H100): positions per split of the decode attention (a (B, H, ceil(L / chunk)) grid), expert
+#: rows per program of the gate/up kernel, output features per program of the down kernel.
+TUNING: dict[str, int] = {"attn_chunk": 64, "gate_up_block_i": 32, "down_block_d": 16}
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def default_backend(device: torch.device | str) -> Backend:
+    """``triton`` on CUDA when Triton is installed, else ``torch``."""
+    return "triton" if HAVE_TRITON and torch.device(device).type == "cuda" else "torch"
+
+
+def check_backend(backend: str, device: torch.device | str) -> Backend:
+    """Validate a backend for tensors on ``device``; raises ValueError naming the problem."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if backend == "triton":
+        if not HAVE_TRITON:
+            raise ValueError("backend 'triton' needs the triton package (pip install triton)")
+        if torch.device(device).type != "cuda" and not triton_interpreting():
+            raise ValueError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported")
+    return backend  # type: ignore[return-value]
+
+
+def _p2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+# ============================================================================ kernels
+if HAVE_TRITON:
+
+    @triton.jit
+    def _rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sum_ptr, D, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        m = offs < D
+        x = tl.load(x_ptr + row * D + offs, mask=m, other=0.0)
+        if HAS_DELTA:  # residual stream: s = x + delta, rounded as the eager add
+            x = (x.to(tl.float32) + tl.load(d_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)).to(
+                x_ptr.dtype.element_ty
+            )
+            tl.store(sum_ptr + row * D + offs, x, mask=m)
+        xf = x.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
+        w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        y = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32) * w
+        tl.store(out_ptr + row * D + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _qk_norm_rope_store_kernel(
+        qkv_ptr, qw_ptr, kw_ptr, pos_ptr, inv_freq_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+        H, HKV, L, eps, rope_scale,
+        DH: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HKV: tl.constexpr,
+    ):
+        b = tl.program_id(0)
+        j = tl.arange(0, HALF)
+        slot = tl.load(slot_ptr)
+        pos = tl.load(pos_ptr + b).to(tl.float32)
+        freqs = pos * tl.load(inv_freq_ptr + j)
+        dt = q_out_ptr.dtype.element_ty
+        cos = (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32)[None, :]
+        sin = (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)[None, :]
+        row = qkv_ptr + b * (H + 2 * HKV) * DH
+
+        # queries: RMSNorm over all H*Dh features, then RoPE per head (rotate-half pairs j, j + Dh/2)
+        h = tl.arange(0, BLOCK_H)
+        mh = (h < H)[:, None]
+        o1 = h[:, None] * DH + j[None, :]
+        q1 = tl.load(row + o1, mask=mh, other=0.0).to(tl.float32)
+        q2 = tl.load(row + o1 + HALF, mask=mh, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt((tl.sum(tl.sum(q1 * q1, axis=1), axis=0) + tl.sum(tl.sum(q2 * q2, axis=1), axis=0)) / (H * DH) + eps)
+        q1 = (q1 * rstd).to(dt).to(tl.float32) * tl.load(qw_ptr + o1, mask=mh, other=0.0).to(tl.float32)
+        q2 = (q2 * rstd).to(dt).to(tl.float32) * tl.load(qw_ptr + o1 + HALF, mask=mh, other=0.0).to(tl.float32)
+        q1, q2 = q1.to(dt).to(tl.float32), q2.to(dt).to(tl.float32)
+        qo = q_out_ptr + b * H * DH
+        tl.store(qo + o1, (q1 * cos - q2 * sin).to(dt), mask=mh)
+        tl.store(qo + o1 + HALF, (q2 * cos + q1 * sin).to(dt), mask=mh)
+
+        # keys: same, then written to the cache at the slot with the values
+        hk = tl.arange(0, BLOCK_HKV)
+        mk = (hk < HKV)[:, None]
+        ok = hk[:, None] * DH + j[None, :]
+        kr = row + H * DH
+        k1 = tl.load(kr + ok, mask=mk, other=0.0).to(tl.float32)
+        k2 = tl.load(kr + ok + HALF, mask=mk, other=0.0).to(tl.float32)
+        rstd_k = 1.0 / tl.sqrt((tl.sum(tl.sum(k1 * k1, axis=1), axis=0) + tl.sum(tl.sum(k2 * k2, axis=1), axis=0)) / (HKV * DH) + eps)
+        k1 = (k1 * rstd_k).to(dt).to(tl.float32) * tl.load(kw_ptr + ok, mask=mk, other=0.0).to(tl.float32)
+        k2 = (k2 * rstd_k).to(dt).to(tl.float32) * tl.load(kw_ptr + ok + HALF, mask=mk, other=0.0).to(tl.float32)
+        k1, k2 = k1.to(dt).to(tl.float32), k2.to(dt).to(tl.float32)
+        # cache (B, HKV, L, DH): element (b, h, slot, d)
+        co = b * HKV * L * DH + hk[:, None] * L * DH + slot * DH + j[None, :]
+        tl.store(k_cache_ptr + co, (k1 * cos - k2 * sin).to(dt), mask=mk)
+        tl.store(k_cache_ptr + co + HALF, (k2 * cos + k1 * sin).to(dt), mask=mk)
+        vr = kr + HKV * DH
+        tl.store(v_cache_ptr + co, tl.load(vr + ok, mask=mk, other=0.0), mask=mk)
+        tl.store(v_cache_ptr + co + HALF, tl.load(vr + ok + HALF, mask=mk, other=0.0), mask=mk)
+
+    @triton.jit
+    def _attn_split_kernel(
+        q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr,
+        H, HKV, L, NSPLIT, scale,
+        DH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        s = tl.program_id(2)
+        hk = h // (H // HKV)
+        d = tl.arange(0, DH)
+        q = tl.load(q_ptr + (b * H + h) * DH + d).to(tl.float32)
+        end = tl.minimum((s + 1) * CHUNK, tl.load(slot_ptr) + 1)  # positions after the slot are empty
+        kv = (b * HKV + hk) * L * DH
+        m_i = tl.max(tl.full([BLOCK_N], -1.0e30, tl.float32), axis=0)
+        l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)
+        acc = tl.zeros([DH], tl.float32)
+        for n0 in range(s * CHUNK, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            ok = (n < end) & (tl.load(valid_ptr + b * L + n, mask=n < end, other=0) != 0)
+            kt = tl.load(k_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+            sc = tl.where(ok, tl.sum(kt * q[None, :], axis=1) * scale, -1.0e30)
+            m_new = tl.maximum(m_i, tl.max(sc, axis=0))
+            p = tl.where(ok, tl.exp(sc - m_new), 0.0)
+            alpha = tl.exp(m_i - m_new)
+            vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+            acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            m_i = m_new
+        o = (b * H + h) * NSPLIT + s
+        tl.store(m_ptr + o, m_i)
+        tl.store(l_ptr + o, l_i)
+        tl.store(acc_ptr + o * DH + d, acc)
+
+    @triton.jit
+    def _attn_reduce_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, H, NSPLIT, DH: tl.constexpr, BLOCK_S: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        s = tl.arange(0, BLOCK_S)
+        d = tl.arange(0, DH)
+        base = (b * H + h) * NSPLIT
+        ms = s < NSPLIT
+        m = tl.load(m_ptr + base + s, mask=ms, other=-1.0e30)
+        lse = tl.load(l_ptr + base + s, mask=ms, other=0.0)
+        w = tl.where(ms, tl.exp(m - tl.max(m, axis=0)), 0.0)
+        acc = tl.load(acc_ptr + (base + s[:, None]) * DH + d[None, :], mask=ms[:, None], other=0.0)
+        out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lse, axis=0)
+        tl.store(out_ptr + (b * H + h) * DH + d, out.to(out_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _router_topk_kernel(logits_ptr, w_ptr, idx_ptr, E, K: tl.constexpr, NORM: tl.constexpr, BLOCK_E: tl.constexpr):
+        t = tl.program_id(0)
+        e = tl.arange(0, BLOCK_E)
+        me = e < E
+        z = tl.load(logits_ptr + t * E + e, mask=me, other=-float("inf")).to(tl.float32)
+        p = tl.exp(z - tl.max(z, axis=0))
+        p = tl.where(me, p / tl.sum(p, axis=0), -1.0)
+        q = p
+        total = tl.sum(tl.zeros([BLOCK_E], tl.float32), axis=0)
+        if NORM:  # a first pass sums the k largest
+            for j in tl.static_range(K):
+                v = tl.max(q, axis=0)
+                total += v
+                q = tl.where(e == tl.min(tl.where(q == v, e, BLOCK_E), axis=0), -1.0, q)
+        # the k largest (lowest index on ties, as torch.topk on distinct values), stored in w's dtype
+        for j in tl.static_range(K):
+            v = tl.max(p, axis=0)
+            i = tl.min(tl.where(p == v, e, BLOCK_E), axis=0)
+            tl.store(idx_ptr + t * K + j, i.to(tl.int32))
+            if NORM:
+                tl.store(w_ptr + t * K + j, (v / total).to(w_ptr.dtype.element_ty))
+            else:
+                tl.store(w_ptr + t * K + j, v.to(w_ptr.dtype.element_ty))
+            p = tl.where(e == i, -1.0, p)
+
+    @triton.jit
+    def _moe_gate_up_kernel(
+        x_ptr, w_ptr, idx_ptr, out_ptr, K, D, I,
+        BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pair = tl.program_id(0)  # token pair // K, rank pair % K
+        ib = tl.program_id(1)
+        e = tl.load(idx_ptr + pair).to(tl.int64)
+        tok = pair // K
+        i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
+        mi = i < I
+        wg = w_ptr + e * 2 * I * D + i[:, None] * D
+        wu = wg + I * D
+        g = tl.zeros([BLOCK_I], tl.float32)
+        u = tl.zeros([BLOCK_I], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            md = d < D
+            x = tl.load(x_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)[None, :]
+            m2 = mi[:, None] & md[None, :]
+            g += tl.sum(tl.load(wg + d[None, :], mask=m2, other=0.0).to(tl.float32) * x, axis=1)
+            u += tl.sum(tl.load(wu + d[None, :], mask=m2, other=0.0).to(tl.float32) * x, axis=1)
+        dt = out_ptr.dtype.element_ty
+        g = g.to(dt).to(tl.float32)
+        u = u.to(dt).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u
+        tl.store(out_ptr + pair * I + i, act.to(dt), mask=mi)
+
+    @triton.jit
+    def _moe_down_kernel(
+        act_ptr, w_ptr, idx_ptr, wt_ptr, res_ptr, out_ptr, K, D, I,
+        BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr,
+    ):
+        tok = tl.program_id(0)
+        db = tl.program_id(1)
+        d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+        md = d < D
+        dt = out_ptr.dtype.element_ty
+        acc = tl.zeros([BLOCK_D], tl.float32)
+        for j in range(K):
+            pair = tok * K + j
+            e = tl.load(idx_ptr + pair).to(tl.int64)
+            wd = w_ptr + e * D * I + d[:, None] * I
+            y = tl.zeros([BLOCK_D], tl.float32)
+            for i0 in range(0, I, BLOCK_I):
+                i = i0 + tl.arange(0, BLOCK_I)
+                mi = i < I
+                a = tl.load(act_ptr + pair * I + i, mask=mi, other=0.0).to(tl.float32)[None, :]
+                y += tl.sum(tl.load(wd + i[None, :], mask=md[:, None] & mi[None, :], other=0.0).to(tl.float32) * a, axis=1)
+            wj = tl.load(wt_ptr + pair).to(tl.float32)
+            acc += (y.to(dt).to(tl.float32) * wj).to(dt).to(tl.float32)
+        r = tl.load(res_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)
+        tl.store(out_ptr + tok * D + d, (r + acc.to(dt).to(tl.float32)).to(dt), mask=md)
+
+
+# ============================================================================ ops
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: Backend = "torch") -> torch.Tensor:
+    """transformers' OlmoeRMSNorm of (T, D) rows → (T, D) in x's dtype."""
+    if backend == "torch":
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * y.to(x.dtype)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    d = x.shape[-1]
+    _rms_norm_kernel[(x.numel() // d,)](x, x, weight, out, x, d, eps, HAS_DELTA=False, BLOCK=_p2(d))
+    return out
+
+
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float, backend: Backend = "torch"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add then RMSNorm: returns (x + delta, rms_norm(x + delta)), both (T, D)."""
+    if backend == "torch":
+        s = x + delta
+        return s, rms_norm(s, weight, eps, "torch")
+    x, delta = x.contiguous(), delta.contiguous()
+    s, out = torch.empty_like(x), torch.empty_like(x)
+    d = x.shape[-1]
+    _rms_norm_kernel[(x.numel() // d,)](x, delta, weight, out, s, d, eps, HAS_DELTA=True, BLOCK=_p2(d))
+    return s, out
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T,) positions → cos, sin (T, Dh) as transformers' rotary embedding (float32 then ``dtype``)."""
+    freqs = positions.float()[:, None] * inv_freq.float()[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([-b, a], dim=-1)
+
+
+def qk_norm_rope_store(
+    qkv: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    eps: float,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rope_scale: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot: torch.Tensor,
+    n_heads: int,
+    backend: Backend = "torch",
+) -> torch.Tensor:
+    """QK-norm (over all heads' features), RoPE, and the new key/value written to the cache.
+
+    Args:
+        qkv: (B, (H + 2 H_kv) Dh) fused projection output, one token per row.
+        q_weight: (H Dh,), k_weight: (H_kv Dh,) RMSNorm weights.
+        positions: (B,) int64 RoPE positions; inv_freq: (Dh / 2,) float32.
+        k_cache, v_cache: (B, H_kv, L, Dh); position ``slot`` ((1,) int64) is written.
+
+    Returns:
+        (B, H, Dh) queries.
+    """
+    bsz = qkv.shape[0]
+    n_kv, length, dh = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    if backend == "torch":
+        q, k, v = qkv.split([n_heads * dh, n_kv * dh, n_kv * dh], dim=-1)
+        q = rms_norm(q, q_weight, eps).view(bsz, n_heads, dh)
+        k = rms_norm(k, k_weight, eps).view(bsz, n_kv, dh)
+        cos, sin = rope_cos_sin(positions, inv_freq, rope_scale, qkv.dtype)
+        cos, sin = cos[:, None], sin[:, None]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k_cache.index_copy_(2, slot, k[:, :, None])
+        v_cache.index_copy_(2, slot, v.reshape(bsz, n_kv, 1, dh))
+        return q
+    q_out = torch.empty(bsz, n_heads, dh, dtype=qkv.dtype, device=qkv.device)
+    _qk_norm_rope_store_kernel[(bsz,)](
+        qkv.contiguous(), q_weight, k_weight, positions, inv_freq, q_out, k_cache, v_cache, slot,
+        n_heads, n_kv, length, eps, float(rope_scale),
+        DH=dh, HALF=dh // 2, BLOCK_H=_p2(n_heads), BLOCK_HKV=_p2(n_kv),
+    )
+    return q_out
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    valid: torch.Tensor,
+    slot: torch.Tensor,
+    scale: float,
+    backend: Backend = "torch",
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """One query per row over the cache positions ``0..slot`` marked valid.
+
+    Args:
+        q: (B, H, Dh); k_cache, v_cache: (B, H_kv, L, Dh); valid: (B, L) int64 (1 = attend);
+        slot: (1,) int64, the last position written.
+
+    Returns:
+        (B, H Dh) attention output in q's dtype.
+    """
+    bsz, n_heads, dh = q.shape
+    n_kv, length = k_cache.shape[1], k_cache.shape[2]
+    if backend == "torch":
+        group = n_heads // n_kv
+        k = k_cache.repeat_interleave(group, dim=1).float()
+        v = v_cache.repeat_interleave(group, dim=1).float()
+        scores = torch.einsum("bhd,bhld->bhl", q.float(), k) * scale
+        keep = (valid != 0) & (torch.arange(length, device=q.device) <= slot)[None]
+        scores = scores.masked_fill(~keep[:, None], float("-inf"))
+        out = torch.einsum("bhl,bhld->bhd", torch.softmax(scores, dim=-1), v)
+        return out.to(q.dtype).reshape(bsz, n_heads * dh)
+    chunk = TUNING["attn_chunk"] if chunk is None else int(chunk)
+    nsplit = triton.cdiv(length, chunk)
+    m = torch.empty(bsz, n_heads, nsplit, dtype=torch.float32, device=q.device)
+    lse = torch.empty_like(m)
+    acc = torch.empty(bsz, n_heads, nsplit, dh, dtype=torch.float32, device=q.device)
+    _attn_split_kernel[(bsz, n_heads, nsplit)](
+        q.contiguous(), k_cache, v_cache, valid, slot, m, lse, acc, n_heads, n_kv, length, nsplit, float(scale),
+        DH=dh, CHUNK=chunk, BLOCK_N=min(chunk, 64),
+    )
+    out = torch.empty(bsz, n_heads * dh, dtype=q.dtype, device=q.device)
+    _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit))
+    return out
+
+
+def router_topk(
+    logits: torch.Tensor, top_k: int, norm_topk_prob: bool, backend: Backend = "torch"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax (float32) over all E router logits (T, E), top-k; (weights (T, k) in logits' dtype,
+    expert ids (T, k) int32)."""
+    if backend == "torch":
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float)
+        w, idx = torch.topk(probs, top_k, dim=-1)
+        if norm_topk_prob:
+            w = w / w.sum(dim=-1, keepdim=True)
+        return w.to(logits.dtype), idx.to(torch.int32)
+    n_tok, n_exp = logits.shape
+    w = torch.empty(n_tok, top_k, dtype=logits.dtype, device=logits.device)
+    idx = torch.empty(n_tok, top_k, dtype=torch.int32, device=logits.device)
+    _router_topk_kernel[(n_tok,)](logits.contiguous(), w, idx, n_exp, K=top_k, NORM=bool(norm_topk_prob), BLOCK_E=_p2(n_exp))
+    return w, idx
+
+
+def moe_gate_up_act(
+    x: torch.Tensor, gate_up: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_i: int | None = None
+) -> torch.Tensor:
+    """SiLU(gate)·up of each (token, routed expert) pair: x (T, D), gate_up (E, 2I, D), idx (T, k)
+    → (T·k, I), pair p = token p // k, rank p % k."""
+    n_tok, top_k = idx.shape
+    n_int = gate_up.shape[1] // 2
+    if backend == "torch":
+        g, u = torch.einsum("td,tkhd->tkh", x, gate_up[idx.long()]).chunk(2, dim=-1)
+        return (torch.nn.functional.silu(g) * u).reshape(n_tok * top_k, n_int)
+    dim = x.shape[-1]
+    out = torch.empty(n_tok * top_k, n_int, dtype=x.dtype, device=x.device)
+    bi = min(TUNING["gate_up_block_i"] if block_i is None else int(block_i), _p2(n_int))
+    _moe_gate_up_kernel[(n_tok * top_k, triton.cdiv(n_int, bi))](
+        x.contiguous(), gate_up, idx.contiguous(), out, top_k, dim, n_int, BLOCK_I=bi, BLOCK_D=min(256, _p2(dim)),
+    )
+    return out
+
+
+def moe_down_combine(
+    act: torch.Tensor,
+    down: torch.Tensor,
+    idx: torch.Tensor,
+    weights: torch.Tensor,
+    residual: torch.Tensor,
+    backend: Backend = "torch",
+    block_d: int | None = None,
+) -> torch.Tensor:
+    """residual + Σ_j weights[:, j] · down[idx[:, j]] @ act_j.
+
+    Args:
+        act: (T·k, I) from :func:`moe_gate_up_act`; down: (E, D, I); idx, weights: (T, k);
+        residual: (T, D).
+
+    Returns:
+        (T, D) in residual's dtype.
+    """
+    n_tok, top_k = idx.shape
+    dim, n_int = down.shape[1], down.shape[2]
+    if backend == "torch":
+        y = torch.einsum("tki,tkdi->tkd", act.reshape(n_tok, top_k, n_int), down[idx.long()])
+        return residual + (y * weights[..., None]).sum(dim=1).to(residual.dtype)
+    out = torch.empty_like(residual)
+    bd = min(TUNING["down_block_d"] if block_d is None else int(block_d), _p2(dim))
+    _moe_down_kernel[(n_tok, triton.cdiv(dim, bd))](
+        act, down, idx.contiguous(), weights.contiguous(), residual.contiguous(), out, top_k, dim, n_int,
+        BLOCK_D=bd, BLOCK_I=min(256, _p2(n_int)),
+    )
+    return out
+
+
+def attention_scale(head_dim: int) -> float:
+    """Softmax scale of the attention (1/sqrt(Dh), as transformers' ``scaling``)."""
+    return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,237 @@
+"""The fast path of the language model: packed weights and fused block forwards (prefill and decode).
+
+:class:`FusedLM` holds, per block, the weights the fused forwards read (Q/K/V packed into one
+matrix whose rows the original ``q_proj``/``k_proj``/``v_proj`` parameters become views of, so
+packing costs no memory and the eager modules keep working) and runs:
+
+- :meth:`FusedLM.prefill_block`: one block over the S tokens of a staged forward
+  (:meth:`MolmoeLanguageModel.advance` calls it when the fast path is on): fused RMSNorms, one
+  QKV GEMM, FlashAttention-style SDPA (``is_causal`` when the prompt has no padding and no past,
+  the padding mask otherwise), router softmax + top-k, and the routed experts as grouped GEMMs
+  over expert-sorted tokens (:func:`routed_experts`) — no per-expert Python loop, no host sync;
+- :meth:`FusedLM.decode_step`: one token for every row of a
+  :class:`~model_runtime.molmoe.static_decode.StaticKVCache` with fixed shapes and no host sync,
+  11 kernels per block (:mod:`~model_runtime.molmoe.decode_kernels`), which
+  :class:`~model_runtime.molmoe.static_decode.GraphDecoder` captures in a CUDA graph.
+
+Both run the ``"triton"`` ops on CUDA and their torch references on CPU (the CPU tests check both
+against transformers' blocks). Numerics equal the eager path up to summation order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import nn
+
+from . import decode_kernels as dk
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .language_model import BlockKVCache, LMState, MolmoeLanguageModel
+    from .static_decode import StaticKVCache
+
+#: routed-expert forms without data-dependent shapes
+ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather")
+
+
+def default_routed_form(device: torch.device | str) -> str:
+    """``grouped_mm`` on CUDA (reads only the routed experts' weights), ``gather`` elsewhere."""
+    return "grouped_mm" if torch.device(device).type == "cuda" else "gather"
+
+
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """(M, Din) x (E, Din, Dout) over expert groups ending at ``offs`` (E,) int32 → (M, Dout)."""
+    fn = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
+    return fn(x, w, offs=offs)
+
+
+def routed_experts(
+    h: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    idx: torch.Tensor,
+    weights: torch.Tensor,
+    form: str,
+) -> torch.Tensor:
+    """Σ_j weights[:, j] · expert_{idx[:, j]}(h) for (T, D) tokens, fixed shapes (no host sync).
+
+    Args:
+        h: (T, D); gate_up: (E, 2I, D); down: (E, D, I); idx: (T, k) int; weights: (T, k) in h's dtype.
+        form: ``grouped_mm`` (the T·k token-expert pairs sorted by expert, per-expert counts from a
+            ``scatter_add`` into a fixed (E,) vector, gate/up and down as grouped GEMMs) or
+            ``gather`` (the routed experts' weights gathered per token, batched matmuls; copies the
+            weights, fine for tiny models and CPU).
+
+    Returns:
+        (T, D) in h's dtype.
+    """
+    top_k = idx.shape[1]
+    idx = idx.long()
+    if form == "gather":
+        g, u = torch.einsum("td,tkhd->tkh", h, gate_up[idx]).chunk(2, dim=-1)
+        y = torch.einsum("tki,tkdi->tkd", nn.functional.silu(g) * u, down[idx])  # (T, k, D)
+        return (y * weights[..., None]).sum(dim=1)
+    if form == "grouped_mm":
+        n_exp = gate_up.shape[0]
+        flat = idx.reshape(-1)  # (T·k,) pair p = token p // k, rank p % k
+        order = torch.argsort(flat, stable=True)
+        token = order // top_k
+        counts = torch.zeros(n_exp, dtype=torch.int32, device=h.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        g, u = _grouped_mm(h[token], gate_up.transpose(1, 2), offs).chunk(2, dim=-1)
+        y = _grouped_mm(nn.functional.silu(g) * u, down.transpose(1, 2), offs)  # (T·k, D)
+        y = y * weights.reshape(-1)[order, None]
+        return torch.zeros_like(h).index_add_(0, token, y.to(h.dtype))
+    raise ValueError(f"unknown routed-expert form {form!r}; choose from {ROUTED_FORMS}")
+
+
+@dataclass
+class FusedBlockWeights:
+    """The tensors one block's fused forwards read (views of the model's parameters).
+
+    Shapes: qkv ((H + 2 H_kv) Dh, D), o (D, H Dh), ln_in / ln_post (D,), q_norm (H Dh,),
+    k_norm (H_kv Dh,), router (E, D), gate_up (E, 2I, D), down (E, D, I).
+    """
+
+    qkv: torch.Tensor
+    o: torch.Tensor
+    ln_in: torch.Tensor
+    ln_post: torch.Tensor
+    q_norm: torch.Tensor
+    k_norm: torch.Tensor
+    router: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+def _pack_qkv(attn: nn.Module) -> torch.Tensor:
+    """One (q;k;v) weight; the three projections' parameters become views of its rows."""
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+        if proj.bias is not None:
+            raise ValueError("the fused path supports attention projections without bias (OLMoE has none)")
+    packed = getattr(attn, "_fused_qkv", None)
+    q, k, v = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+    if packed is not None and q.data_ptr() == packed.data_ptr() and q.shape[0] + k.shape[0] + v.shape[0] == packed.shape[0]:
+        return packed  # packed by an earlier FusedLM and still shared
+    packed = torch.cat([q.detach(), k.detach(), v.detach()])
+    nq, nk = q.shape[0], k.shape[0]
+    q.data, k.data, v.data = packed[:nq], packed[nq : nq + nk], packed[nq + nk :]
+    attn._fused_qkv = packed
+    return packed
+
+
+class FusedLM:
+    """Packed weights and fused forwards of a :class:`MolmoeLanguageModel`.
+
+    Args:
+        lm: the model (its parameters are shared: Q/K/V become views of one packed matrix).
+        backend: ``"triton"`` or ``"torch"`` for the decode ops (default: Triton on CUDA).
+        routed_form: expert form of the prefill, see :func:`routed_experts` (default by device).
+    """
+
+    def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None) -> None:
+        device = lm.lm_head.weight.device
+        self.lm = lm
+        self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
+        self.routed_form = default_routed_form(device) if routed_form is None else routed_form
+        if self.routed_form not in ROUTED_FORMS:
+            raise ValueError(f"unknown routed-expert form {self.routed_form!r}; choose from {ROUTED_FORMS}")
+        cfg = lm.config
+        self.n_heads = int(cfg.num_attention_heads)
+        self.n_kv = int(cfg.num_key_value_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.eps = float(cfg.rms_norm_eps)
+        self.norm_topk_prob = bool(cfg.norm_topk_prob)
+        if getattr(cfg, "clip_qkv", None) is not None:
+            raise ValueError("the fused path does not implement clip_qkv (MolmoE-1B has none)")
+        rot = lm.backbone.rotary_emb
+        self.inv_freq = rot.inv_freq.to(device=device, dtype=torch.float32)
+        self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
+        self.scaling = float(lm.backbone.layers[0].self_attn.scaling)
+        self.blocks: list[FusedBlockWeights] = []
+        for layer in lm.backbone.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.blocks.append(FusedBlockWeights(
+                qkv=_pack_qkv(attn), o=attn.o_proj.weight, ln_in=layer.input_layernorm.weight,
+                ln_post=layer.post_attention_layernorm.weight, q_norm=attn.q_norm.weight, k_norm=attn.k_norm.weight,
+                router=mlp.gate.weight, gate_up=mlp.experts.gate_up_proj, down=mlp.experts.down_proj,
+            ))
+
+    # ------------------------------------------------------------------ prefill
+    def prefill_block(
+        self, b: int, hidden: torch.Tensor, state: "LMState", cache: "BlockKVCache | StaticKVCache | None", top_k: int
+    ) -> torch.Tensor:
+        """Block ``b`` over (B, S, D) hidden states of a staged forward; (B, S, D) out.
+
+        Keys/values go through ``cache.update`` (either cache type); ``state`` gives the mask,
+        RoPE tables and the padding flag."""
+        w, be = self.blocks[b], self.backend
+        bsz, seq, dim = hidden.shape
+        x = hidden.reshape(-1, dim)
+        h = dk.rms_norm(x, w.ln_in, self.eps, be)
+        nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q, k, v = (h @ w.qkv.T).split([nq, nk, nk], dim=-1)
+        q = dk.rms_norm(q, w.q_norm, self.eps, be).view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = dk.rms_norm(k, w.k_norm, self.eps, be).view(bsz, seq, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.reshape(bsz, seq, self.n_kv, self.head_dim).transpose(1, 2)
+        cos, sin = state.position_embeddings
+        cos, sin = cos[:, None], sin[:, None]
+        q = q * cos + dk._rotate_half(q) * sin
+        k = k * cos + dk._rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(k, v, b)
+        if self.n_kv != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        if _causal_only(state):
+            attn = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
+        else:
+            attn = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=state.mask, scale=self.scaling)
+        o = attn.transpose(1, 2).reshape(bsz * seq, nq) @ w.o.T
+        x, h2 = dk.add_rms_norm(x, o, w.ln_post, self.eps, be)
+        weights, idx = dk.router_topk(h2 @ w.router.T, top_k, self.norm_topk_prob, be)
+        out = x + routed_experts(h2, w.gate_up, w.down, idx, weights, self.routed_form)
+        return out.view(bsz, seq, dim)
+
+    # ------------------------------------------------------------------ decode
+    def decode_step(self, cache: "StaticKVCache", token_ids: torch.Tensor, top_k_per_block: Sequence[int]) -> torch.Tensor:
+        """One decode token for all B cache rows: fixed shapes, no host sync, capturable.
+
+        Writes keys/values at ``cache.slot``, marks it valid and advances it on the device (the
+        caller advances ``cache.position``). Args: token_ids (B,) int64; the plan's active blocks
+        must be the cache's. Returns (B, V) logits in the model's dtype."""
+        plan = tuple(int(k) for k in top_k_per_block)
+        active = tuple(b for b, k in enumerate(plan) if k > 0)
+        if active != cache.blocks:
+            raise ValueError(f"plan's active blocks {active} differ from the cache's {cache.blocks}")
+        be, lm = self.backend, self.lm
+        cache.valid.index_fill_(1, cache.slot, 1)
+        positions = cache.valid.sum(-1) - 1  # real tokens before this one, as begin_decode
+        hidden = lm.embed(token_ids.reshape(-1))  # (B, D)
+        for b in active:
+            w = self.blocks[b]
+            h = dk.rms_norm(hidden, w.ln_in, self.eps, be)
+            q = dk.qk_norm_rope_store(
+                h @ w.qkv.T, w.q_norm, w.k_norm, self.eps, positions, self.inv_freq, self.rope_scale,
+                cache.keys[b], cache.values[b], cache.slot, self.n_heads, be,
+            )
+            attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be)
+            hidden, h2 = dk.add_rms_norm(hidden, attn @ w.o.T, w.ln_post, self.eps, be)
+            weights, idx = dk.router_topk(h2 @ w.router.T, plan[b], self.norm_topk_prob, be)
+            act = dk.moe_gate_up_act(h2, w.gate_up, idx, be)
+            hidden = dk.moe_down_combine(act, w.down, idx, weights, hidden, be)
+        cache.slot.add_(1)
+        norm = lm.backbone.norm
+        return lm.lm_head(dk.rms_norm(hidden, norm.weight, float(norm.variance_epsilon), be))
+
+
+def _causal_only(state: "LMState") -> bool:
+    """True when the forward has no past and no padding (SDPA's ``is_causal`` fast kernel applies).
+
+    Decided once per forward (one host sync at its first block) and kept on the state."""
+    if state.causal_only is None:
+        state.causal_only = state.mask.shape[-1] == state.hidden.shape[1] and bool(state.attention_mask.all())
+    return state.causal_only

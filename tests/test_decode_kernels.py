@@ -1,0 +1,105 @@
+"""The fused decode path's Triton kernels (run by Triton's CPU interpreter here) equal their torch
+references, which are what the fused step runs on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_runtime.molmoe import decode_kernels as dk
+
+triton_ok = pytest.mark.skipif(
+    not dk.HAVE_TRITON or not (torch.cuda.is_available() or dk.triton_interpreting()),
+    reason="needs triton (CUDA, or TRITON_INTERPRET=1 on CPU)",
+)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+@triton_ok
+@pytest.mark.parametrize("rows,dim", [(1, 64), (3, 48)])
+def test_rms_norms(rows: int, dim: int) -> None:
+    x = torch.randn(rows, dim, generator=_g(0)).to(DEV)
+    d = torch.randn(rows, dim, generator=_g(1)).to(DEV)
+    w = torch.randn(dim, generator=_g(2)).to(DEV)
+    _close(dk.rms_norm(x, w, 1e-5, "triton"), dk.rms_norm(x, w, 1e-5, "torch"))
+    for a, b in zip(dk.add_rms_norm(x, d, w, 1e-5, "triton"), dk.add_rms_norm(x, d, w, 1e-5, "torch")):
+        _close(a, b)
+
+
+@triton_ok
+@pytest.mark.parametrize("n_heads,n_kv", [(4, 4), (4, 2)])
+def test_qk_norm_rope_store(n_heads: int, n_kv: int) -> None:
+    bsz, dh, length = 3, 16, 10
+    qkv = torch.randn(bsz, (n_heads + 2 * n_kv) * dh, generator=_g(0)).to(DEV)
+    qw = torch.randn(n_heads * dh, generator=_g(1)).to(DEV)
+    kw = torch.randn(n_kv * dh, generator=_g(2)).to(DEV)
+    pos = torch.tensor([5, 0, 7]).to(DEV)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dh, 2).float() / dh)).to(DEV)
+    slot = torch.tensor([6]).to(DEV)
+    outs = []
+    for backend in ("triton", "torch"):
+        kc = torch.zeros(bsz, n_kv, length, dh).to(DEV)
+        vc = torch.zeros_like(kc)
+        q = dk.qk_norm_rope_store(qkv, qw, kw, 1e-5, pos, inv_freq, 1.0, kc, vc, slot, n_heads, backend)
+        outs.append((q, kc, vc))
+    for a, b in zip(*outs):
+        _close(a, b)
+    assert outs[0][1][:, :, 6].abs().sum() > 0 and outs[0][1][:, :, :6].abs().sum() == 0  # only the slot written
+
+
+@triton_ok
+@pytest.mark.parametrize("slot_pos,chunk", [(0, 4), (9, 4), (22, 8), (22, 64)])
+def test_decode_attention(slot_pos: int, chunk: int) -> None:
+    bsz, n_heads, n_kv, dh, length = 3, 4, 2, 16, 24
+    q = torch.randn(bsz, n_heads, dh, generator=_g(0)).to(DEV)
+    k = torch.randn(bsz, n_kv, length, dh, generator=_g(1)).to(DEV)
+    v = torch.randn(bsz, n_kv, length, dh, generator=_g(2)).to(DEV)
+    valid = torch.zeros(bsz, length, dtype=torch.long)
+    valid[:, : slot_pos + 1] = 1
+    valid[1, : min(3, slot_pos)] = 0  # left padding
+    valid[2, slot_pos + 1 :] = 1  # positions after the slot never count, whatever valid says
+    valid = valid.to(DEV)
+    slot = torch.tensor([slot_pos]).to(DEV)
+    _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk),
+           dk.decode_attention(q, k, v, valid, slot, 0.25, "torch"))
+
+
+@triton_ok
+@pytest.mark.parametrize("top_k,norm", [(1, False), (4, False), (3, True)])
+def test_router_topk(top_k: int, norm: bool) -> None:
+    logits = torch.randn(5, 12, generator=_g(0)).to(DEV)
+    (wa, ia), (wb, ib) = dk.router_topk(logits, top_k, norm, "triton"), dk.router_topk(logits, top_k, norm, "torch")
+    assert torch.equal(ia, ib)
+    _close(wa, wb)
+
+
+@triton_ok
+@pytest.mark.parametrize("n_tok,top_k,dim,n_int", [(1, 8, 64, 32), (3, 2, 40, 24)])
+def test_moe_ops(n_tok: int, top_k: int, dim: int, n_int: int) -> None:
+    n_exp = 8
+    x = torch.randn(n_tok, dim, generator=_g(0)).to(DEV)
+    gate_up = torch.randn(n_exp, 2 * n_int, dim, generator=_g(1)).to(DEV) / dim**0.5
+    down = torch.randn(n_exp, dim, n_int, generator=_g(2)).to(DEV) / n_int**0.5
+    idx = torch.stack([torch.randperm(n_exp, generator=_g(10 + t))[:top_k] for t in range(n_tok)]).int().to(DEV)
+    w = torch.rand(n_tok, top_k, generator=_g(3)).to(DEV)
+    res = torch.randn(n_tok, dim, generator=_g(4)).to(DEV)
+    act_t = dk.moe_gate_up_act(x, gate_up, idx, "triton", block_i=8)
+    act_r = dk.moe_gate_up_act(x, gate_up, idx, "torch")
+    _close(act_t, act_r, 1e-4)
+    _close(dk.moe_down_combine(act_r, down, idx, w, res, "triton", block_d=8),
+           dk.moe_down_combine(act_r, down, idx, w, res, "torch"), 1e-4)
+
+
+def test_backend_errors() -> None:
+    with pytest.raises(ValueError, match="unknown backend"):
+        dk.check_backend("cuda-magic", "cpu")
+    assert dk.default_backend("cpu") == "torch"

@@ -1,0 +1,177 @@
+"""The fast path (FusedLM: fused prefill blocks and fused decode step) vs transformers' blocks
+(tiny model, CPU, float32): torch ops everywhere, and the Triton kernels composed into a whole
+decode step through Triton's CPU interpreter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from envs.knob_space import KnobSpace
+from model_runtime.molmoe import decode_kernels as dk
+from model_runtime.molmoe.fused_lm import ROUTED_FORMS, FusedLM
+from model_runtime.molmoe.generation import greedy_generate
+from model_runtime.molmoe.language_model import BlockKVCache, MolmoeLanguageModel
+from model_runtime.molmoe.static_decode import GraphDecoder, StaticKVCache
+from tests.tiny_molmoe import tiny_config, tiny_olmoe_hf
+from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
+
+CFG = tiny_config()
+PAD = CFG.tokens.pad
+CONFIGS = [("high", 1, 8, 16), ("low", 1, 4, 12), ("medium", 3, 5, 14), ("low", 5, 6, 16)]
+triton_ok = pytest.mark.skipif(
+    not dk.HAVE_TRITON or not (torch.cuda.is_available() or dk.triton_interpreting()),
+    reason="needs triton (CUDA, or TRITON_INTERPRET=1 on CPU)",
+)
+
+
+@pytest.fixture()
+def lm() -> MolmoeLanguageModel:
+    return MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=2))
+
+
+def _plan(config: tuple) -> tuple[int, ...]:
+    return KnobSpace().plan(config).top_k_per_block
+
+
+def _left_padded(lengths: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    seq = max(lengths)
+    ids = torch.full((len(lengths), seq), PAD)
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, seq - n:] = torch.randint(0, 250, (n,), generator=g)
+        mask[i, seq - n:] = 1
+    return ids, mask
+
+
+def test_qkv_packing_shares_storage_and_keeps_the_eager_path(lm):
+    ids, mask = _left_padded((9, 6), seed=0)
+    before = lm(ids, mask)
+    fused = FusedLM(lm)
+    attn = lm.backbone.layers[3].self_attn
+    packed = fused.blocks[3].qkv
+    assert attn.q_proj.weight.data_ptr() == packed.data_ptr()  # a view, no copy
+    assert torch.equal(packed[: attn.q_proj.out_features], attn.q_proj.weight)
+    assert FusedLM(lm).blocks[3].qkv.data_ptr() == packed.data_ptr()  # packing twice reuses it
+    assert torch.equal(lm(ids, mask), before)
+
+
+@pytest.mark.parametrize("form", ROUTED_FORMS)
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("lengths", [(12,), (12, 7, 10)])
+@torch.no_grad()
+def test_fused_prefill_equals_transformers_blocks(lm, form, config, lengths):
+    plan = _plan(config)
+    ids, mask = _left_padded(lengths, seed=1)
+    ref = lm(ids, mask, top_k_per_block=plan)
+    lm.use_fast_path(routed_form=form)
+    ours = lm(ids, mask, top_k_per_block=plan)
+    lm.use_fast_path(False)
+    real = mask.bool()  # left-padding rows attend to nothing: their outputs are never used
+    assert (ours - ref)[real].abs().max().item() <= 1e-5
+
+
+@torch.no_grad()
+def test_fused_staged_forward_and_decode_through_block_cache(lm):
+    """Stopping after block p-1 and continuing gives the one-shot result; eager decode steps over
+    a BlockKVCache (attention with a past: the padding-mask SDPA) equal the reference's."""
+    plan = _plan(("medium", 3, 5, 14))
+    ids, mask = _left_padded((11, 8), seed=2)
+    out = {}
+    for fast in (False, True):
+        lm.use_fast_path(fast)
+        st = lm.begin(lm.embed(ids), mask, cache=BlockKVCache(reserve=4))
+        lm.advance(st, 3, plan)
+        lat = st.hidden[:, -1].clone()
+        lm.advance(st, lm.n_layers, plan)
+        logits = [lm.logits(st)]
+        for _ in range(3):
+            st = lm.begin_decode(st, logits[-1].argmax(-1))
+            lm.advance(st, lm.n_layers, plan)
+            logits.append(lm.logits(st))
+        out[fast] = (lat, torch.stack(logits))
+    lm.use_fast_path(False)
+    for a, b in zip(out[False], out[True]):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@torch.no_grad()
+def test_fused_decode_step_equals_eager_decode(lm, config):
+    plan = _plan(config)
+    ids, mask = _left_padded((13, 9, 5), seed=3)
+    emb = lm.embed(ids)
+    eager = lm.begin(emb, mask, cache=BlockKVCache(reserve=4))
+    lm.advance(eager, lm.n_layers, plan)
+    tok = lm.logits(eager).argmax(-1)
+    fused = FusedLM(lm, backend="torch")
+    cache = StaticKVCache.for_plan(lm, plan, batch=4, max_len=ids.shape[1] + 5)  # one padded bucket row
+    st = lm.begin(emb, mask, cache=cache)
+    lm.advance(st, lm.n_layers, plan)
+    cache.start_decode(mask)
+    for step in range(4):
+        eager = lm.begin_decode(eager, tok)
+        lm.advance(eager, lm.n_layers, plan)
+        ref = lm.logits(eager)
+        ours = fused.decode_step(cache, torch.cat([tok, torch.zeros(1, dtype=torch.long)]), plan)[:3]
+        cache.position += 1
+        assert (ours - ref).abs().max().item() <= 1e-5, f"step {step}"
+        tok = ref.argmax(-1)
+    with pytest.raises(ValueError, match="active blocks"):
+        other = lm.full_plan() if 0 in plan else _plan(("low", 1, 4, 12))
+        fused.decode_step(cache, torch.zeros(4, dtype=torch.long), other)
+
+
+@triton_ok
+@torch.no_grad()
+def test_triton_decode_step_equals_torch_ops(lm):
+    """The Triton kernels composed into a whole decode step (interpreted on CPU) = the torch ops."""
+    plan = _plan(("low", 2, 5, 13))
+    ids, mask = _left_padded((10, 6), seed=4)
+    emb = lm.embed(ids)
+    logits = {}
+    for backend in ("torch", "triton"):
+        fused = FusedLM(lm, backend=backend)
+        cache = StaticKVCache.for_plan(lm, plan, batch=2, max_len=16)
+        st = lm.begin(emb, mask, cache=cache)
+        lm.advance(st, lm.n_layers, plan)
+        cache.start_decode(mask)
+        tok = lm.logits(st).argmax(-1)
+        steps = []
+        for _ in range(2):
+            steps.append(fused.decode_step(cache, tok, plan))
+            cache.position += 1
+            tok = steps[-1].argmax(-1)
+        logits[backend] = torch.stack(steps)
+    assert (logits["triton"] - logits["torch"]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@torch.no_grad()
+def test_greedy_generate_through_the_decoder_equals_eager(lm, config):
+    plan = _plan(config)
+    ids, mask = _left_padded((14, 9), seed=5)
+    emb = lm.embed(ids)
+    ref = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=config[1], eos_token_id=-1, pad_token_id=PAD,
+                          max_new_tokens=10, n_latency_tokens=5)
+    lm.use_fast_path()
+    dec = GraphDecoder(lm, len_bucket=8)
+    ours = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=config[1], eos_token_id=-1, pad_token_id=PAD,
+                           max_new_tokens=10, n_latency_tokens=5, decoder=dec)
+    lm.use_fast_path(False)
+    assert ours.tokens == ref.tokens and ours.decode_steps == ref.decode_steps == 9
+    assert (ours.first_logits - ref.first_logits).abs().max().item() <= 1e-5
+    assert (ours.latency_tokens - ref.latency_tokens).abs().max().item() <= 1e-5
+    assert dec.keys[0][1] == 24  # 14 + 9 positions, rounded up to the 8-position bucket
+    other = MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=3))
+    with pytest.raises(ValueError, match="different language model"):
+        greedy_generate(other, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=PAD,
+                        max_new_tokens=2, decoder=dec)
+
+
+def test_fused_lm_rejects_bad_settings(lm):
+    with pytest.raises(ValueError, match="routed-expert form"):
+        FusedLM(lm, routed_form="dense")
+    with pytest.raises(ValueError, match="unknown backend"):
+        FusedLM(lm, backend="cuda-magic")
