@@ -233,8 +233,20 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def reference_fp32(lm32: MolmoeLanguageModel, emb: torch.Tensor, mask: torch.Tensor, plan: tuple[int, ...],
+                   tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 logits (prefill, then one decode step fed ``tok``) of transformers' blocks."""
+    st = lm32.begin(emb.float(), mask, cache=BlockKVCache(reserve=4))
+    lm32.advance(st, lm32.n_layers, plan)
+    p0 = lm32.logits(st)
+    st = lm32.begin_decode(st, tok)
+    lm32.advance(st, lm32.n_layers, plan)
+    return p0, lm32.logits(st)
+
+
+@torch.no_grad()
 def real_shape_agreement(lm: MolmoeLanguageModel, dec: GraphDecoder, top_k: int, blocks: int, context: int,
-                         new: int) -> dict[str, Any]:
+                         new: int, lm32: MolmoeLanguageModel | None = None) -> dict[str, Any]:
     plan = plan_of(top_k, blocks)
     emb, mask = prompt(lm, 1, context, seed=11)
     lm.use_fast_path(False)
@@ -257,9 +269,14 @@ def real_shape_agreement(lm: MolmoeLanguageModel, dec: GraphDecoder, top_k: int,
                           decoder=dec)
     a, b = gen.tokens[0], ref_gen.tokens[0]
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-    return {"top_k": top_k, "blocks": blocks, "rel_err_prefill_logits": _rel(ours0, ref0),
-            "rel_err_decode_logits": _rel(ours1, ref1), "tokens_equal": f"{sum(x == y for x, y in zip(a, b))}/{len(a)}",
-            "first_divergence": first}
+    out = {"top_k": top_k, "blocks": blocks, "rel_err_prefill_logits": _rel(ours0, ref0),
+           "rel_err_decode_logits": _rel(ours1, ref1), "tokens_equal": f"{sum(x == y for x, y in zip(a, b))}/{len(a)}",
+           "first_divergence": first}
+    if lm32 is not None:  # both bf16 paths against float32 arithmetic on the same weights
+        r0, r1 = reference_fp32(lm32, emb, mask, plan, tok)
+        out.update(fast_vs_fp32_prefill=_rel(ours0, r0), eager_bf16_vs_fp32_prefill=_rel(ref0, r0),
+                   fast_vs_fp32_decode=_rel(ours1, r1), eager_bf16_vs_fp32_decode=_rel(ref1, r1))
+    return out
 
 
 # ------------------------------------------------------------------------------------ 7 kernels
@@ -286,8 +303,12 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
             out[f"gate_up_T{t}_bi{bi}"] = {"us": us, "GBps": distinct * i2 * d * 2 / us / 1e3}
         act = dk.moe_gate_up_act(x, blk.gate_up, idx, "triton")
         for bd in (4, 8, 16, 32):
-            us = do_bench(lambda: dk.moe_down_combine(act, blk.down, idx, w, x, "triton", block_d=bd), return_mode="median") * 1e3
+            us = do_bench(lambda: dk.moe_down(act, blk.down, idx, "triton", block_d=bd), return_mode="median") * 1e3
             out[f"down_T{t}_bd{bd}"] = {"us": us, "GBps": distinct * i2 // 2 * d * 2 / us / 1e3}
+        for name, fn in (("gate_up", lambda: dk.moe_gate_up_act(x, blk.gate_up, idx, "triton")),
+                         ("down", lambda: dk.moe_down(act, blk.down, idx, "triton"))):
+            us = do_bench(fn, return_mode="median") * 1e3
+            out[f"{name}_T{t}_autotuned"] = {"us": us, "GBps": distinct * i2 * d * (2 if name == "gate_up" else 1) / us / 1e3}
     cfg = lm.config
     hd = cfg.hidden_size // cfg.num_attention_heads
     length = -(-(context + 64) // 256) * 256
@@ -311,17 +332,32 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
     torch.cuda.synchronize()
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        lm.fused.decode_step(cache, tok, plan)
+    def breakdown(fn: Callable[[], Any], key: str) -> None:
+        fn()
         torch.cuda.synchronize()
-    kernels: dict[str, list[float]] = {}
-    for ev in prof.events():
-        if ev.device_type.name == "CUDA":
-            kernels.setdefault(ev.name[:60], []).append(ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total)
-    top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))
-    out["step_kernels"] = sum(len(v) for v in kernels.values())
-    out["step_kernel_us"] = sum(sum(v) for v in kernels.values())
-    out["step_top"] = [{"kernel": k, "n": len(v), "us": sum(v)} for k, v in top[:14]]
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        kernels: dict[str, list[float]] = {}
+        for ev in prof.events():
+            if ev.device_type.name == "CUDA":
+                kernels.setdefault(ev.name[:60], []).append(getattr(ev, "device_time_total", 0.0))
+        top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))
+        out[f"{key}_kernels"] = sum(len(v) for v in kernels.values())
+        out[f"{key}_kernel_us"] = sum(sum(v) for v in kernels.values())
+        out[f"{key}_top"] = [{"kernel": k, "n": len(v), "us": round(sum(v), 1)} for k, v in top[:16]]
+
+    breakdown(lambda: lm.fused.decode_step(cache, tok, plan), "step")
+    emb_p, mask_p = prompt(lm, 1, context, seed=5)
+    t0 = time.perf_counter()
+    greedy_generate(lm, emb_p, mask_p, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=1)
+    breakdown(lambda: greedy_generate(lm, emb_p, mask_p, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0,
+                                      max_new_tokens=1), "prefill")
+    torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    greedy_generate(lm, emb_p, mask_p, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=1)
+    out["prefill_host_enqueue_ms"] = (time.perf_counter() - t1) * 1e3  # host time, no sync inside except the mask check
+    del t0
     return out
 
 
@@ -450,7 +486,15 @@ def main() -> None:
         out: dict[str, Any] = {"tiny_fp32": tiny_all_plans(dev, 16)}
         print(f"  tiny: {out['tiny_fp32']}", flush=True)
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
-        out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32) for k, b in corners]
+        lm32 = None
+        if dtype != torch.float32:
+            import copy
+
+            fused, lm.fused = lm.fused, None
+            lm32 = copy.deepcopy(lm).float()
+            lm.fused = fused
+        out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32, lm32) for k, b in corners]
+        del lm32
         return out
 
     section("correctness", correctness)

@@ -40,8 +40,7 @@ def test_rms_norms(rows: int, dim: int) -> None:
 def test_qk_norm_rope_store(n_heads: int, n_kv: int) -> None:
     bsz, dh, length = 3, 16, 10
     qkv = torch.randn(bsz, (n_heads + 2 * n_kv) * dh, generator=_g(0)).to(DEV)
-    qw = torch.randn(n_heads * dh, generator=_g(1)).to(DEV)
-    kw = torch.randn(n_kv * dh, generator=_g(2)).to(DEV)
+    qkw = torch.randn((n_heads + n_kv) * dh, generator=_g(1)).to(DEV)
     pos = torch.tensor([5, 0, 7]).to(DEV)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dh, 2).float() / dh)).to(DEV)
     slot = torch.tensor([6]).to(DEV)
@@ -49,11 +48,17 @@ def test_qk_norm_rope_store(n_heads: int, n_kv: int) -> None:
     for backend in ("triton", "torch"):
         kc = torch.zeros(bsz, n_kv, length, dh).to(DEV)
         vc = torch.zeros_like(kc)
-        q = dk.qk_norm_rope_store(qkv, qw, kw, 1e-5, pos, inv_freq, 1.0, kc, vc, slot, n_heads, backend)
+        q = dk.qk_norm_rope_store(qkv, qkw, 1e-5, pos, inv_freq, 1.0, kc, vc, slot, n_heads, backend)
         outs.append((q, kc, vc))
     for a, b in zip(*outs):
         _close(a, b)
     assert outs[0][1][:, :, 6].abs().sum() > 0 and outs[0][1][:, :, :6].abs().sum() == 0  # only the slot written
+    assert torch.equal(outs[0][2][:, :, 6], qkv[:, (n_heads + n_kv) * dh :].reshape(bsz, n_kv, dh))  # values as given
+    # the row form (prefill) gives the same queries/keys
+    for backend in ("triton", "torch"):
+        q, k = dk.qk_norm_rope(qkv, qkw, 1e-5, pos, inv_freq, 1.0, n_heads, n_kv, backend)
+        _close(q, outs[1][0])
+        _close(k, outs[1][1][:, :, 6])
 
 
 @triton_ok
@@ -95,8 +100,19 @@ def test_moe_ops(n_tok: int, top_k: int, dim: int, n_int: int) -> None:
     act_t = dk.moe_gate_up_act(x, gate_up, idx, "triton", block_i=8)
     act_r = dk.moe_gate_up_act(x, gate_up, idx, "torch")
     _close(act_t, act_r, 1e-4)
-    _close(dk.moe_down_combine(act_r, down, idx, w, res, "triton", block_d=8),
-           dk.moe_down_combine(act_r, down, idx, w, res, "torch"), 1e-4)
+    y_t, y_r = dk.moe_down(act_r, down, idx, "triton", block_d=8), dk.moe_down(act_r, down, idx, "torch")
+    _close(y_t, y_r, 1e-4)
+    nw = torch.rand(dim, generator=_g(5)).to(DEV)
+    for norm in (None, nw):
+        (o_t, n_t), (o_r, n_r) = dk.moe_combine(y_r, w, res, norm, 1e-5, "triton"), dk.moe_combine(y_r, w, res, norm, 1e-5, "torch")
+        _close(o_t, o_r, 1e-5)
+        assert (n_t is None) == (n_r is None) == (norm is None)
+        if norm is not None:
+            _close(n_t, n_r, 1e-5)
+    # the combined result is the weighted sum of the experts, checked independently
+    ref = res + sum(w[:, j, None] * torch.stack([down[int(idx[t, j])] @ act_r[t * top_k + j] for t in range(n_tok)])
+                    for j in range(top_k))
+    _close(dk.moe_combine(y_t, w, res, None, 1e-5, "triton")[0], ref, 1e-4)
 
 
 def test_backend_errors() -> None:

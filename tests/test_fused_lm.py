@@ -147,27 +147,61 @@ def test_triton_decode_step_equals_torch_ops(lm):
     assert (logits["triton"] - logits["torch"]).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("n_latency", [0, 5])
 @pytest.mark.parametrize("config", CONFIGS)
 @torch.no_grad()
-def test_greedy_generate_through_the_decoder_equals_eager(lm, config):
+def test_greedy_generate_through_the_decoder_equals_eager(lm, config, n_latency):
+    """n_latency=0: the decoder's captured staged prefill (eager capture on CPU: the same code);
+    n_latency=5: the eager prefill into the decoder's cache, then its decode steps."""
     plan = _plan(config)
-    ids, mask = _left_padded((14, 9), seed=5)
+    ids, mask = _left_padded((14, 9, 12), seed=5)  # 3 rows in bucket 4
     emb = lm.embed(ids)
-    ref = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=config[1], eos_token_id=-1, pad_token_id=PAD,
-                          max_new_tokens=10, n_latency_tokens=5)
+    kw = dict(top_k_per_block=plan, p=config[1], eos_token_id=-1, pad_token_id=PAD, max_new_tokens=10,
+              n_latency_tokens=n_latency)
+    ref = greedy_generate(lm, emb, mask, **kw)
     lm.use_fast_path()
     dec = GraphDecoder(lm, len_bucket=8)
-    ours = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=config[1], eos_token_id=-1, pad_token_id=PAD,
-                           max_new_tokens=10, n_latency_tokens=5, decoder=dec)
+    ours = greedy_generate(lm, emb, mask, **kw, decoder=dec)
+    again = greedy_generate(lm, emb, mask, **kw, decoder=dec)  # reuses the entry (and its prefill graph)
     lm.use_fast_path(False)
-    assert ours.tokens == ref.tokens and ours.decode_steps == ref.decode_steps == 9
+    assert ours.tokens == again.tokens == ref.tokens and ours.decode_steps == ref.decode_steps == 9
     assert (ours.first_logits - ref.first_logits).abs().max().item() <= 1e-5
-    assert (ours.latency_tokens - ref.latency_tokens).abs().max().item() <= 1e-5
-    assert dec.keys[0][1] == 24  # 14 + 9 positions, rounded up to the 8-position bucket
+    assert (ours.latency_token - ref.latency_token).abs().max().item() <= 1e-5
+    if n_latency:
+        assert (ours.latency_tokens - ref.latency_tokens).abs().max().item() <= 1e-5
+    assert dec.keys[0][:2] == (4, 24)  # 14 + 9 positions, rounded up to the 8-position bucket
+    assert dec.captures == 1 and dec.prefill_captures == (0 if n_latency else 1)
     other = MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=3))
     with pytest.raises(ValueError, match="different language model"):
         greedy_generate(other, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=PAD,
                         max_new_tokens=2, decoder=dec)
+
+
+@torch.no_grad()
+def test_prefill_graphs_keyed_by_length_p_and_padding_lru_bounded(lm):
+    log: list[str] = []
+
+    def capture(step):
+        log.append("capture")
+        return step, 10
+
+    lm.use_fast_path()
+    dec = GraphDecoder(lm, len_bucket=32, max_prefill_graphs=2, batch_buckets=(1, 2), capture=capture)
+    plan = _plan(("low", 2, 5, 13))
+    full_ids, full_mask = _left_padded((10, 10), seed=6)
+    pad_ids, pad_mask = _left_padded((10, 7), seed=6)
+    for ids, mask, p in ((full_ids, full_mask, 2), (full_ids, full_mask, 2), (pad_ids, pad_mask, 2), (full_ids, full_mask, 1)):
+        cache = dec.prepare(2, plan, positions=16)
+        lat, logits = dec.prefill(cache, lm.embed(ids), mask, p)
+        assert cache.position == 10 and cache.rows == 2 and lat.shape == (2, CFG.d_model)
+    entry_prefills = dec.memory_report()[0]["prefill_graphs"]
+    lm.use_fast_path(False)
+    # decode graph + 3 distinct prefill keys (causal p=2, padded p=2, causal p=1); at most 2 kept
+    assert log.count("capture") == 4 and dec.prefill_captures == 3 and entry_prefills == 2
+    with pytest.raises(ValueError, match="insertion position"):
+        dec.prefill(dec.prepare(2, plan, positions=16), lm.embed(full_ids), full_mask, 17)
+    with pytest.raises(ValueError, match="max_prefill_graphs"):
+        GraphDecoder(lm, max_prefill_graphs=-1)
 
 
 def test_fused_lm_rejects_bad_settings(lm):

@@ -5,8 +5,11 @@ LM head, KV cache) and does almost no arithmetic, so the step is bound by bytes 
 of kernels (each costs ~1-2 us even inside a CUDA graph). transformers' block runs ~70 kernels
 per block; these ops cut it to 11: RMSNorm, QKV GEMV (cuBLAS), QK-norm + RoPE + KV-cache write,
 split-K attention + its reduction, output GEMV (cuBLAS), residual add + RMSNorm, router GEMV
-(cuBLAS), softmax + top-k, gate/up GEMV + SiLU·up over the routed experts, down GEMV + weighted
-sum over the routed experts + residual.
+(cuBLAS), softmax + top-k, gate/up GEMV + SiLU·up over the routed experts, down GEMV per routed
+expert, weighted sum + residual + the next block's input RMSNorm. The two expert kernels are
+parallel over (token, expert) pairs and output tiles, which is what lets them stream the
+experts' weights near the copy rate (a first version that looped over the k experts inside each
+program reached ~0.6 TB/s on the down projection).
 
 Every op has two backends with one signature:
 
@@ -42,9 +45,10 @@ except ImportError:  # pragma: no cover - depends on the install
 Backend = Literal["triton", "torch"]
 BACKENDS: tuple[str, ...] = ("triton", "torch")
 
-#: Block sizes of the kernels (set from benchmarks/bench_fast_path.py's ``kernels`` sweep on an
-#: H100): positions per split of the decode attention (a (B, H, ceil(L / chunk)) grid), expert
-#: rows per program of the gate/up kernel, output features per program of the down kernel.
+#: Block sizes of the kernels: positions per split of the decode attention (a (B, H, ceil(L / chunk))
+#: grid; inside a decode step on an H100 64 took 9.6 us per block, 128 15.9 us), and the expert
+#: rows / output features per program of the MoE kernels where they are not autotuned (Triton's
+#: interpreter, or explicit block sizes).
 TUNING: dict[str, int] = {"attn_chunk": 64, "gate_up_block_i": 32, "down_block_d": 16}
 
 
@@ -95,53 +99,51 @@ if HAVE_TRITON:
         tl.store(out_ptr + row * D + offs, y.to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _qk_norm_rope_store_kernel(
-        qkv_ptr, qw_ptr, kw_ptr, pos_ptr, inv_freq_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
-        H, HKV, L, eps, rope_scale,
-        DH: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HKV: tl.constexpr,
+    def _qk_norm_rope_kernel(
+        qkv_ptr, qkw_ptr, pos_ptr, inv_freq_ptr, q_out_ptr, k_out_ptr, v_out_ptr, slot_ptr,
+        H, HKV, k_row_stride, k_head_stride, eps, rope_scale,
+        DH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, USE_SLOT: tl.constexpr, STORE_V: tl.constexpr,
     ):
-        b = tl.program_id(0)
-        j = tl.arange(0, HALF)
-        slot = tl.load(slot_ptr)
-        pos = tl.load(pos_ptr + b).to(tl.float32)
-        freqs = pos * tl.load(inv_freq_ptr + j)
+        # program (t, j): query head j (j < H) or key head j - H of token row t. Each program
+        # recomputes its row's RMS (all H*Dh query or H_kv*Dh key features; a 4 KB re-read from L1/L2)
+        # so that the heads run in parallel.
+        t = tl.program_id(0)
+        j = tl.program_id(1)
+        is_k = j >= H
+        head = tl.where(is_k, j - H, j)
+        part = tl.where(is_k, H * DH, 0)  # offset of the queries or keys in the row (and in qkw)
+        n = tl.where(is_k, HKV * DH, H * DH)
+        row = qkv_ptr + t * (H + 2 * HKV) * DH + part
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(row + offs, mask=offs < n, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n + eps)
         dt = q_out_ptr.dtype.element_ty
-        cos = (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32)[None, :]
-        sin = (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)[None, :]
-        row = qkv_ptr + b * (H + 2 * HKV) * DH
-
-        # queries: RMSNorm over all H*Dh features, then RoPE per head (rotate-half pairs j, j + Dh/2)
-        h = tl.arange(0, BLOCK_H)
-        mh = (h < H)[:, None]
-        o1 = h[:, None] * DH + j[None, :]
-        q1 = tl.load(row + o1, mask=mh, other=0.0).to(tl.float32)
-        q2 = tl.load(row + o1 + HALF, mask=mh, other=0.0).to(tl.float32)
-        rstd = 1.0 / tl.sqrt((tl.sum(tl.sum(q1 * q1, axis=1), axis=0) + tl.sum(tl.sum(q2 * q2, axis=1), axis=0)) / (H * DH) + eps)
-        q1 = (q1 * rstd).to(dt).to(tl.float32) * tl.load(qw_ptr + o1, mask=mh, other=0.0).to(tl.float32)
-        q2 = (q2 * rstd).to(dt).to(tl.float32) * tl.load(qw_ptr + o1 + HALF, mask=mh, other=0.0).to(tl.float32)
-        q1, q2 = q1.to(dt).to(tl.float32), q2.to(dt).to(tl.float32)
-        qo = q_out_ptr + b * H * DH
-        tl.store(qo + o1, (q1 * cos - q2 * sin).to(dt), mask=mh)
-        tl.store(qo + o1 + HALF, (q2 * cos + q1 * sin).to(dt), mask=mh)
-
-        # keys: same, then written to the cache at the slot with the values
-        hk = tl.arange(0, BLOCK_HKV)
-        mk = (hk < HKV)[:, None]
-        ok = hk[:, None] * DH + j[None, :]
-        kr = row + H * DH
-        k1 = tl.load(kr + ok, mask=mk, other=0.0).to(tl.float32)
-        k2 = tl.load(kr + ok + HALF, mask=mk, other=0.0).to(tl.float32)
-        rstd_k = 1.0 / tl.sqrt((tl.sum(tl.sum(k1 * k1, axis=1), axis=0) + tl.sum(tl.sum(k2 * k2, axis=1), axis=0)) / (HKV * DH) + eps)
-        k1 = (k1 * rstd_k).to(dt).to(tl.float32) * tl.load(kw_ptr + ok, mask=mk, other=0.0).to(tl.float32)
-        k2 = (k2 * rstd_k).to(dt).to(tl.float32) * tl.load(kw_ptr + ok + HALF, mask=mk, other=0.0).to(tl.float32)
-        k1, k2 = k1.to(dt).to(tl.float32), k2.to(dt).to(tl.float32)
-        # cache (B, HKV, L, DH): element (b, h, slot, d)
-        co = b * HKV * L * DH + hk[:, None] * L * DH + slot * DH + j[None, :]
-        tl.store(k_cache_ptr + co, (k1 * cos - k2 * sin).to(dt), mask=mk)
-        tl.store(k_cache_ptr + co + HALF, (k2 * cos + k1 * sin).to(dt), mask=mk)
-        vr = kr + HKV * DH
-        tl.store(v_cache_ptr + co, tl.load(vr + ok, mask=mk, other=0.0), mask=mk)
-        tl.store(v_cache_ptr + co + HALF, tl.load(vr + ok + HALF, mask=mk, other=0.0), mask=mk)
+        jj = tl.arange(0, HALF)
+        o = head * DH + jj
+        x1 = (tl.load(row + o).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(qkw_ptr + part + o).to(tl.float32)
+        x2 = (tl.load(row + o + HALF).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(qkw_ptr + part + o + HALF).to(tl.float32)
+        x1 = x1.to(dt).to(tl.float32)
+        x2 = x2.to(dt).to(tl.float32)
+        freqs = tl.load(pos_ptr + t).to(tl.float32) * tl.load(inv_freq_ptr + jj)
+        cos = (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32)
+        sin = (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)
+        r1 = (x1 * cos - x2 * sin).to(dt)
+        r2 = (x2 * cos + x1 * sin).to(dt)
+        if is_k:
+            koff = t * k_row_stride + head * k_head_stride + jj
+            if USE_SLOT:
+                koff += tl.load(slot_ptr) * DH
+            tl.store(k_out_ptr + koff, r1)
+            tl.store(k_out_ptr + koff + HALF, r2)
+            if STORE_V:
+                vdst = v_out_ptr + koff
+                vsrc = qkv_ptr + t * (H + 2 * HKV) * DH + (H + HKV) * DH + head * DH + jj
+                tl.store(vdst, tl.load(vsrc))
+                tl.store(vdst + HALF, tl.load(vsrc + HALF))
+        else:
+            qo = q_out_ptr + t * H * DH + head * DH + jj
+            tl.store(qo, r1)
+            tl.store(qo + HALF, r2)
 
     @triton.jit
     def _attn_split_kernel(
@@ -220,7 +222,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _moe_gate_up_kernel(
-        x_ptr, w_ptr, idx_ptr, out_ptr, K, D, I,
+        x_ptr, w_ptr, idx_ptr, out_ptr, K, P, D, I,
         BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         pair = tl.program_id(0)  # token pair // K, rank pair % K
@@ -247,30 +249,59 @@ if HAVE_TRITON:
         tl.store(out_ptr + pair * I + i, act.to(dt), mask=mi)
 
     @triton.jit
-    def _moe_down_kernel(
-        act_ptr, w_ptr, idx_ptr, wt_ptr, res_ptr, out_ptr, K, D, I,
-        BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr,
-    ):
-        tok = tl.program_id(0)
+    def _moe_down_kernel(act_ptr, w_ptr, idx_ptr, y_ptr, P, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr):
+        pair = tl.program_id(0)
         db = tl.program_id(1)
+        e = tl.load(idx_ptr + pair).to(tl.int64)
         d = db * BLOCK_D + tl.arange(0, BLOCK_D)
         md = d < D
+        wd = w_ptr + e * D * I + d[:, None] * I
+        y = tl.zeros([BLOCK_D], tl.float32)
+        for i0 in range(0, I, BLOCK_I):
+            i = i0 + tl.arange(0, BLOCK_I)
+            mi = i < I
+            a = tl.load(act_ptr + pair * I + i, mask=mi, other=0.0).to(tl.float32)[None, :]
+            y += tl.sum(tl.load(wd + i[None, :], mask=md[:, None] & mi[None, :], other=0.0).to(tl.float32) * a, axis=1)
+        tl.store(y_ptr + pair * D + d, y.to(act_ptr.dtype.element_ty).to(tl.float32), mask=md)
+
+    @triton.jit
+    def _moe_combine_kernel(
+        y_ptr, wt_ptr, res_ptr, nw_ptr, out_ptr, normed_ptr, D, eps,
+        K: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        tok = tl.program_id(0)
+        d = tl.arange(0, BLOCK)
+        kk = tl.arange(0, BLOCK_K)
+        md = d < D
+        mk = kk < K
         dt = out_ptr.dtype.element_ty
-        acc = tl.zeros([BLOCK_D], tl.float32)
-        for j in range(K):
-            pair = tok * K + j
-            e = tl.load(idx_ptr + pair).to(tl.int64)
-            wd = w_ptr + e * D * I + d[:, None] * I
-            y = tl.zeros([BLOCK_D], tl.float32)
-            for i0 in range(0, I, BLOCK_I):
-                i = i0 + tl.arange(0, BLOCK_I)
-                mi = i < I
-                a = tl.load(act_ptr + pair * I + i, mask=mi, other=0.0).to(tl.float32)[None, :]
-                y += tl.sum(tl.load(wd + i[None, :], mask=md[:, None] & mi[None, :], other=0.0).to(tl.float32) * a, axis=1)
-            wj = tl.load(wt_ptr + pair).to(tl.float32)
-            acc += (y.to(dt).to(tl.float32) * wj).to(dt).to(tl.float32)
+        # the k expert outputs in one (K, D) tile, weighted as the eager experts (rounded to the dtype)
+        y = tl.load(y_ptr + (tok * K + kk[:, None]) * D + d[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        wj = tl.load(wt_ptr + tok * K + kk, mask=mk, other=0.0).to(tl.float32)
+        acc = tl.sum((y * wj[:, None]).to(dt).to(tl.float32), axis=0)
         r = tl.load(res_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)
-        tl.store(out_ptr + tok * D + d, (r + acc.to(dt).to(tl.float32)).to(dt), mask=md)
+        out = (r + acc.to(dt).to(tl.float32)).to(dt)
+        tl.store(out_ptr + tok * D + d, out, mask=md)
+        if HAS_NORM:  # the next block's input RMSNorm (or the final norm) on the new residual stream
+            xf = out.to(tl.float32)
+            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
+            w = tl.load(nw_ptr + d, mask=md, other=0.0).to(tl.float32)
+            tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=md)
+
+    # Tuned variants (CUDA): the best block sizes per (pairs, D, I), measured on first use
+    # (warm-up, before any graph capture). The interpreter and explicit block sizes use the raw kernels.
+    _gate_up_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_I": bi, "BLOCK_D": bd}, num_warps=w)
+                 for bi, bd, w in ((8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 4), (32, 512, 8),
+                                   (64, 128, 4), (64, 256, 8))],
+        key=["P", "D", "I"],
+    )(_moe_gate_up_kernel)
+    _down_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_I": bi}, num_warps=w)
+                 for bd, bi, w in ((4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
+                                   (32, 256, 4), (32, 256, 8))],
+        key=["P", "D", "I"],
+    )(_moe_down_kernel)
 
 
 # ============================================================================ ops
@@ -313,10 +344,58 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-b, a], dim=-1)
 
 
+def _qk_norm_rope_torch(
+    qkv: torch.Tensor, qk_weight: torch.Tensor, eps: float, positions: torch.Tensor, inv_freq: torch.Tensor,
+    rope_scale: float, n_heads: int, n_kv: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dh = inv_freq.shape[0] * 2
+    rows = qkv.shape[0]
+    q, k, v = qkv.split([n_heads * dh, n_kv * dh, n_kv * dh], dim=-1)
+    qw, kw = qk_weight.split([n_heads * dh, n_kv * dh])
+    q = rms_norm(q, qw, eps).view(rows, n_heads, dh)
+    k = rms_norm(k, kw, eps).view(rows, n_kv, dh)
+    cos, sin = rope_cos_sin(positions, inv_freq, rope_scale, qkv.dtype)
+    cos, sin = cos[:, None], sin[:, None]
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v.reshape(rows, n_kv, dh)
+
+
+def qk_norm_rope(
+    qkv: torch.Tensor,
+    qk_weight: torch.Tensor,
+    eps: float,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rope_scale: float,
+    n_heads: int,
+    n_kv: int,
+    backend: Backend = "torch",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """QK-norm (over all heads' features of a row) and RoPE of T token rows (the prefill's form).
+
+    Args:
+        qkv: (T, (H + 2 H_kv) Dh) fused projection output; qk_weight: (H Dh + H_kv Dh,) the q and k
+            RMSNorm weights concatenated; positions: (T,) int64; inv_freq: (Dh / 2,) float32.
+
+    Returns:
+        q (T, H, Dh), k (T, H_kv, Dh) in qkv's dtype (the values are ``qkv``'s last H_kv Dh columns).
+    """
+    if backend == "torch":
+        q, k, _ = _qk_norm_rope_torch(qkv, qk_weight, eps, positions, inv_freq, rope_scale, n_heads, n_kv)
+        return q, k
+    rows, dh = qkv.shape[0], inv_freq.shape[0] * 2
+    q = torch.empty(rows, n_heads, dh, dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty(rows, n_kv, dh, dtype=qkv.dtype, device=qkv.device)
+    _qk_norm_rope_kernel[(rows, n_heads + n_kv)](
+        qkv.contiguous(), qk_weight, positions.contiguous(), inv_freq, q, k, k, positions,
+        n_heads, n_kv, n_kv * dh, dh, eps, float(rope_scale),
+        DH=dh, HALF=dh // 2, BLOCK=_p2(max(n_heads, n_kv) * dh), USE_SLOT=False, STORE_V=False,
+    )
+    return q, k
+
+
 def qk_norm_rope_store(
     qkv: torch.Tensor,
-    q_weight: torch.Tensor,
-    k_weight: torch.Tensor,
+    qk_weight: torch.Tensor,
     eps: float,
     positions: torch.Tensor,
     inv_freq: torch.Tensor,
@@ -327,13 +406,12 @@ def qk_norm_rope_store(
     n_heads: int,
     backend: Backend = "torch",
 ) -> torch.Tensor:
-    """QK-norm (over all heads' features), RoPE, and the new key/value written to the cache.
+    """The decode form of :func:`qk_norm_rope`: one token per row, the new key and value written to
+    the cache at ``slot``.
 
     Args:
-        qkv: (B, (H + 2 H_kv) Dh) fused projection output, one token per row.
-        q_weight: (H Dh,), k_weight: (H_kv Dh,) RMSNorm weights.
-        positions: (B,) int64 RoPE positions; inv_freq: (Dh / 2,) float32.
-        k_cache, v_cache: (B, H_kv, L, Dh); position ``slot`` ((1,) int64) is written.
+        qkv: (B, (H + 2 H_kv) Dh); qk_weight: (H Dh + H_kv Dh,); positions: (B,) int64;
+        k_cache, v_cache: (B, H_kv, L, Dh); slot: (1,) int64, the position written.
 
     Returns:
         (B, H, Dh) queries.
@@ -341,21 +419,15 @@ def qk_norm_rope_store(
     bsz = qkv.shape[0]
     n_kv, length, dh = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
     if backend == "torch":
-        q, k, v = qkv.split([n_heads * dh, n_kv * dh, n_kv * dh], dim=-1)
-        q = rms_norm(q, q_weight, eps).view(bsz, n_heads, dh)
-        k = rms_norm(k, k_weight, eps).view(bsz, n_kv, dh)
-        cos, sin = rope_cos_sin(positions, inv_freq, rope_scale, qkv.dtype)
-        cos, sin = cos[:, None], sin[:, None]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k, v = _qk_norm_rope_torch(qkv, qk_weight, eps, positions, inv_freq, rope_scale, n_heads, n_kv)
         k_cache.index_copy_(2, slot, k[:, :, None])
-        v_cache.index_copy_(2, slot, v.reshape(bsz, n_kv, 1, dh))
+        v_cache.index_copy_(2, slot, v[:, :, None])
         return q
     q_out = torch.empty(bsz, n_heads, dh, dtype=qkv.dtype, device=qkv.device)
-    _qk_norm_rope_store_kernel[(bsz,)](
-        qkv.contiguous(), q_weight, k_weight, positions, inv_freq, q_out, k_cache, v_cache, slot,
-        n_heads, n_kv, length, eps, float(rope_scale),
-        DH=dh, HALF=dh // 2, BLOCK_H=_p2(n_heads), BLOCK_HKV=_p2(n_kv),
+    _qk_norm_rope_kernel[(bsz, n_heads + n_kv)](
+        qkv.contiguous(), qk_weight, positions, inv_freq, q_out, k_cache, v_cache, slot,
+        n_heads, n_kv, n_kv * length * dh, length * dh, eps, float(rope_scale),
+        DH=dh, HALF=dh // 2, BLOCK=_p2(max(n_heads, n_kv) * dh), USE_SLOT=True, STORE_V=True,
     )
     return q_out
 
@@ -422,55 +494,83 @@ def router_topk(
     return w, idx
 
 
+def _tuned(block: int | None) -> bool:
+    return block is None and not triton_interpreting()
+
+
 def moe_gate_up_act(
     x: torch.Tensor, gate_up: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_i: int | None = None
 ) -> torch.Tensor:
     """SiLU(gate)·up of each (token, routed expert) pair: x (T, D), gate_up (E, 2I, D), idx (T, k)
-    → (T·k, I), pair p = token p // k, rank p % k."""
+    → (T·k, I), pair p = token p // k, rank p % k. ``block_i``: expert rows per program (default:
+    autotuned on CUDA, ``TUNING`` in the interpreter)."""
     n_tok, top_k = idx.shape
     n_int = gate_up.shape[1] // 2
     if backend == "torch":
         g, u = torch.einsum("td,tkhd->tkh", x, gate_up[idx.long()]).chunk(2, dim=-1)
         return (torch.nn.functional.silu(g) * u).reshape(n_tok * top_k, n_int)
-    dim = x.shape[-1]
-    out = torch.empty(n_tok * top_k, n_int, dtype=x.dtype, device=x.device)
-    bi = min(TUNING["gate_up_block_i"] if block_i is None else int(block_i), _p2(n_int))
-    _moe_gate_up_kernel[(n_tok * top_k, triton.cdiv(n_int, bi))](
-        x.contiguous(), gate_up, idx.contiguous(), out, top_k, dim, n_int, BLOCK_I=bi, BLOCK_D=min(256, _p2(dim)),
-    )
+    dim, pairs = x.shape[-1], n_tok * top_k
+    out = torch.empty(pairs, n_int, dtype=x.dtype, device=x.device)
+    args = (x.contiguous(), gate_up, idx.contiguous(), out, top_k, pairs, dim, n_int)
+    if _tuned(block_i):
+        _gate_up_tuned[lambda meta: (pairs, triton.cdiv(n_int, meta["BLOCK_I"]))](*args)
+    else:
+        bi = min(TUNING["gate_up_block_i"] if block_i is None else int(block_i), _p2(n_int))
+        _moe_gate_up_kernel[(pairs, triton.cdiv(n_int, bi))](*args, BLOCK_I=bi, BLOCK_D=min(256, _p2(dim)))
     return out
 
 
-def moe_down_combine(
-    act: torch.Tensor,
-    down: torch.Tensor,
-    idx: torch.Tensor,
-    weights: torch.Tensor,
-    residual: torch.Tensor,
-    backend: Backend = "torch",
-    block_d: int | None = None,
+def moe_down(
+    act: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_d: int | None = None
 ) -> torch.Tensor:
-    """residual + Σ_j weights[:, j] · down[idx[:, j]] @ act_j.
-
-    Args:
-        act: (T·k, I) from :func:`moe_gate_up_act`; down: (E, D, I); idx, weights: (T, k);
-        residual: (T, D).
-
-    Returns:
-        (T, D) in residual's dtype.
-    """
+    """Each pair's expert output ``down[idx] @ act`` → (T·k, D) float32 (values rounded to act's
+    dtype, as the eager experts' output). act (T·k, I), down (E, D, I), idx (T, k)."""
     n_tok, top_k = idx.shape
     dim, n_int = down.shape[1], down.shape[2]
+    pairs = n_tok * top_k
     if backend == "torch":
-        y = torch.einsum("tki,tkdi->tkd", act.reshape(n_tok, top_k, n_int), down[idx.long()])
-        return residual + (y * weights[..., None]).sum(dim=1).to(residual.dtype)
+        y = torch.einsum("pi,pdi->pd", act, down[idx.long().reshape(-1)])
+        return y.float()
+    y = torch.empty(pairs, dim, dtype=torch.float32, device=act.device)
+    args = (act.contiguous(), down, idx.contiguous(), y, pairs, dim, n_int)
+    if _tuned(block_d):
+        _down_tuned[lambda meta: (pairs, triton.cdiv(dim, meta["BLOCK_D"]))](*args)
+    else:
+        bd = min(TUNING["down_block_d"] if block_d is None else int(block_d), _p2(dim))
+        _moe_down_kernel[(pairs, triton.cdiv(dim, bd))](*args, BLOCK_D=bd, BLOCK_I=min(256, _p2(n_int)))
+    return y
+
+
+def moe_combine(
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    backend: Backend = "torch",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``out = residual + Σ_j weights[:, j] · y[t·k + j]`` and, with ``norm_weight``, the RMSNorm of
+    ``out`` (the next block's input norm or the final norm, fused here to save a launch).
+
+    Args:
+        y: (T·k, D) float32 from :func:`moe_down`; weights: (T, k); residual: (T, D).
+
+    Returns:
+        (out (T, D), normed (T, D) or None), in residual's dtype.
+    """
+    n_tok, top_k = weights.shape
+    dim = residual.shape[-1]
+    if backend == "torch":
+        moe = (y.to(residual.dtype).reshape(n_tok, top_k, dim) * weights[..., None]).sum(dim=1)
+        out = residual + moe.to(residual.dtype)
+        return out, None if norm_weight is None else rms_norm(out, norm_weight, eps, "torch")
     out = torch.empty_like(residual)
-    bd = min(TUNING["down_block_d"] if block_d is None else int(block_d), _p2(dim))
-    _moe_down_kernel[(n_tok, triton.cdiv(dim, bd))](
-        act, down, idx.contiguous(), weights.contiguous(), residual.contiguous(), out, top_k, dim, n_int,
-        BLOCK_D=bd, BLOCK_I=min(256, _p2(n_int)),
+    normed = torch.empty_like(residual) if norm_weight is not None else out
+    _moe_combine_kernel[(n_tok,)](
+        y, weights.contiguous(), residual.contiguous(), norm_weight if norm_weight is not None else residual, out, normed,
+        dim, eps, K=top_k, BLOCK_K=_p2(top_k), HAS_NORM=norm_weight is not None, BLOCK=_p2(dim), num_warps=8,
     )
-    return out
+    return out, normed if norm_weight is not None else None
 
 
 def attention_scale(head_dim: int) -> float:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .language_model import BlockKVCache, MolmoeLanguageModel
+from .language_model import BlockKVCache, LMState, MolmoeLanguageModel
 from .timing import PhaseTimer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,8 +94,11 @@ def greedy_generate(
             outside the timed phases). Requires blocks ``0..p-1`` of the plan at the model's top-k.
         timer: phase timer (a fresh one on the embeddings' device if None).
         decoder: decode through this :class:`~model_runtime.molmoe.static_decode.GraphDecoder`
-            (static KV cache, one CUDA graph per step on GPU; the prefill writes straight into its
-            cache) instead of the eager ``begin_decode``/``advance`` loop. Must wrap ``lm``.
+            (static KV cache, one CUDA graph per step on GPU) instead of the eager
+            ``begin_decode``/``advance`` loop; the staged prefill is replayed from the decoder's
+            captured prefill graph too, except with ``n_latency_tokens`` (its side branch needs
+            the eager forward's states), where it runs eagerly into the decoder's cache. Must
+            wrap ``lm``.
 
     Raises:
         ValueError: invalid plan, p, lengths.
@@ -121,33 +124,40 @@ def greedy_generate(
             prefix_tokens[block] = out[:, -1].float()
 
     t_prefill, t_decode = timer.get("prefill"), timer.get("decode")
+    after_prefix: LMState | None = None
     with timer.phase("prefill"):
         if decoder is None:
             cache: BlockKVCache | StaticKVCache = BlockKVCache(reserve=max_new_tokens)
         else:
             cache = decoder.prepare(inputs_embeds.shape[0], plan, positions=inputs_embeds.shape[1] + max_new_tokens - 1)
-        state = lm.begin(inputs_embeds, attention_mask, cache=cache)  # type: ignore[arg-type]  # same protocol
-        lm.advance(state, p, plan, on_block=record if n_latency_tokens else None)
-        after_prefix = dataclasses.replace(state)  # shallow: advance() rebinds hidden, never mutates it
-        lm.advance(state, lm.n_layers, plan)
-        logits = lm.logits(state)
+        if decoder is not None and not n_latency_tokens:  # the decoder's captured staged prefill
+            latency, logits = decoder.prefill(cache, inputs_embeds, attention_mask, p)  # type: ignore[arg-type]
+        else:
+            state = lm.begin(inputs_embeds, attention_mask, cache=cache)  # type: ignore[arg-type]  # same protocol
+            lm.advance(state, p, plan, on_block=record if n_latency_tokens else None)
+            after_prefix = dataclasses.replace(state)  # shallow: advance() rebinds hidden, never mutates it
+            latency = after_prefix.hidden[:, -1]
+            lm.advance(state, lm.n_layers, plan)
+            logits = lm.logits(state)
+            if decoder is not None:
+                cache.start_decode(state.attention_mask)  # type: ignore[union-attr]
         next_tok = logits.argmax(-1)
+    first_logits, latency_token = logits.float(), latency.float()
+
+    def step(feed: torch.Tensor) -> torch.Tensor:
+        nonlocal state
         if decoder is not None:
-            cache.start_decode(state.attention_mask)  # type: ignore[union-attr]
-    first_logits = logits.float()
-    latency_token = after_prefix.hidden[:, -1].float()
+            return decoder.step(cache, feed)  # type: ignore[arg-type]
+        state = lm.begin_decode(state, feed)
+        lm.advance(state, lm.n_layers, plan)
+        return lm.logits(state)
+
     generated = [next_tok]
     ended = next_tok == eos_token_id
     steps = 0
     with timer.phase("decode"):
         while len(generated) < max_new_tokens and not bool(ended.all()):
-            feed = torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok)
-            if decoder is None:
-                state = lm.begin_decode(state, feed)
-                lm.advance(state, lm.n_layers, plan)
-                next_tok = lm.logits(state).argmax(-1)
-            else:
-                next_tok = decoder.step(cache, feed).argmax(-1)  # type: ignore[arg-type]
+            next_tok = step(torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok)).argmax(-1)
             generated.append(next_tok)
             ended = ended | (next_tok == eos_token_id)
             steps += 1
@@ -156,11 +166,18 @@ def greedy_generate(
 
     latency_tokens = None
     if n_latency_tokens:
+        assert after_prefix is not None  # the eager prefill ran
         if n_latency_tokens > p:
             branch = dataclasses.replace(after_prefix, cache=None)
             lm.advance(branch, n_latency_tokens, lm.full_plan(), on_block=record, use_cache=False)
         latency_tokens = torch.stack([prefix_tokens[b] for b in range(n_latency_tokens)], dim=1)
+    return _result(generated, eos_token_id, first_logits, latency_token, latency_tokens, prefill_ms, decode_ms, steps)
 
+
+def _result(
+    generated: list[torch.Tensor], eos_token_id: int, first_logits: torch.Tensor, latency_token: torch.Tensor,
+    latency_tokens: torch.Tensor | None, prefill_ms: float, decode_ms: float, steps: int,
+) -> GenerationResult:
     ids = torch.stack(generated, dim=1).tolist()
     tokens: list[list[int]] = []
     ended_with_eos: list[bool] = []

@@ -40,7 +40,7 @@ import functools
 import gc
 import inspect
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -335,11 +335,34 @@ class GraphEntry:
     tokens: torch.Tensor
     replay: Callable[[], torch.Tensor]
     graph_bytes: int
+    prefills: "OrderedDict[tuple[int, int, bool], PrefillGraph]" = field(default_factory=OrderedDict)
 
     @property
     def nbytes(self) -> int:
-        """Cache + input buffer + graph pool bytes."""
-        return self.cache.nbytes + self.tokens.numel() * 8 + self.graph_bytes
+        """Cache + input buffer + graph pool bytes, prefill graphs included."""
+        pre = sum(g.nbytes for g in self.prefills.values())
+        return self.cache.nbytes + self.tokens.numel() * 8 + self.graph_bytes + pre
+
+
+@dataclass
+class PrefillGraph:
+    """One captured prefill (prompt length S, insertion position p, causal flag) of an entry.
+
+    Attributes:
+        embeds: (bucket, S, D) input buffer; mask: (bucket, S) int64 input buffer.
+        replay: runs the prefill into the entry's cache; returns the (bucket, D) latency token
+            (last position after block p-1) and the (bucket, V) logits of the last position.
+        graph_bytes: memory held by the graph's pool (0 when eager).
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    replay: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    graph_bytes: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.embeds.numel() * self.embeds.element_size() + self.mask.numel() * 8 + self.graph_bytes
 
 
 class GraphDecoder:
@@ -361,6 +384,8 @@ class GraphDecoder:
         max_graphs: live entries at most; the least recently used is dropped beyond it.
         batch_buckets: row counts a request is padded up to.
         capture: capture function (default: CUDA graphs on CUDA, eager elsewhere).
+        max_prefill_graphs: captured prefills kept per entry (LRU; each holds its activations,
+            about 60 MB per 1,000 prompt tokens at the MolmoE-1B shape in bf16); 0 = prefill eagerly.
         impl: ``"fused"`` (:meth:`FusedLM.decode_step`, the fast path: Triton ops on CUDA, their
             torch references elsewhere) or ``"static"`` (:func:`static_decode_step`: transformers'
             attention modules and :func:`static_moe`, the first-stage reference).
@@ -376,6 +401,7 @@ class GraphDecoder:
         max_graphs: int = 8,
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         capture: CaptureFn | None = None,
+        max_prefill_graphs: int = 4,
         impl: str = "fused",
         moe_form: str | None = None,
     ) -> None:
@@ -392,6 +418,10 @@ class GraphDecoder:
         self.lm, self.max_graphs, self.batch_buckets = lm, int(max_graphs), buckets
         self.max_len = None if max_len is None else int(max_len)
         self.len_bucket, self.impl = int(len_bucket), impl
+        if max_prefill_graphs < 0:
+            raise ValueError(f"max_prefill_graphs must be >= 0, got {max_prefill_graphs}")
+        self.max_prefill_graphs = int(max_prefill_graphs)
+        self.prefill_captures = 0
         self.fused = (lm.fused or FusedLM(lm)) if impl == "fused" else None
         self.capture = capture if capture is not None else (cuda_graph_capture if device.type == "cuda" else eager_capture)
         self.moe_form = default_moe_form(device) if moe_form is None else moe_form
@@ -475,10 +505,85 @@ class GraphDecoder:
         cache.position += 1
         return logits[:rows]
 
+    @torch.no_grad()
+    def prefill(
+        self, cache: StaticKVCache, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, p: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The staged prefill of a prepared (empty) cache, replayed from a captured graph per
+        (prompt length, p, causal); leaves the cache ready for :meth:`step` (``start_decode`` done).
+
+        Rows are padded to the entry's bucket (all-masked rows). ``causal`` = the prompt has no
+        padding and fills the bucket (SDPA's causal kernel); otherwise the padding mask is used.
+
+        Args:
+            inputs_embeds: (rows, S, D); attention_mask: (rows, S) left-padded; p: the latency
+                token is read after block p-1.
+
+        Returns:
+            latency token (rows, D) and last-position logits (rows, V), views of static buffers
+            that the next prefill of this key overwrites (clone to keep).
+        """
+        entry = self._by_cache.get(id(cache))
+        if entry is None or entry.cache is not cache:
+            raise ValueError("this cache does not belong to a live entry of this decoder (evicted or foreign)")
+        rows, seq = attention_mask.shape
+        bucket, _, plan = entry.key
+        if inputs_embeds.shape[:2] != (rows, seq):
+            raise ValueError(f"embeddings {tuple(inputs_embeds.shape)} do not match the mask {tuple(attention_mask.shape)}")
+        if not 1 <= p <= self.lm.n_layers or plan[p - 1] == 0:
+            raise ValueError(f"insertion position p={p} invalid for the plan (block p-1 must run)")
+        if seq > cache.max_len:
+            raise ValueError(f"prompt of {seq} positions exceeds the cache's {cache.max_len}")
+        causal = rows == bucket and bool(attention_mask.all())
+        key = (seq, p, causal)
+        graph = entry.prefills.get(key)
+        if graph is None:
+            graph = self._capture_prefill(entry, seq, p, causal)
+        entry.prefills.move_to_end(key)
+        self._entries.move_to_end(entry.key)
+        graph.embeds[:rows].copy_(inputs_embeds)
+        graph.mask[:rows].copy_(attention_mask)
+        if rows < bucket:
+            graph.embeds[rows:].zero_()
+            graph.mask[rows:].zero_()
+        cache.reset()
+        latency, logits = graph.replay()
+        for b in cache.blocks:  # the replay wrote positions 0..S-1 of every active block
+            cache._length[b] = seq
+        cache.start_decode(graph.mask)
+        cache.rows = rows
+        return latency[:rows], logits[:rows]
+
+    def _capture_prefill(self, entry: GraphEntry, seq: int, p: int, causal: bool) -> PrefillGraph:
+        while len(entry.prefills) >= max(self.max_prefill_graphs, 1):
+            entry.prefills.popitem(last=False)
+        bucket, _, plan = entry.key
+        lm, cache = self.lm, entry.cache
+        dev = cache.valid.device
+        embeds = torch.zeros(bucket, seq, lm.d_model, dtype=lm.lm_head.weight.dtype, device=dev)
+        mask = torch.ones(bucket, seq, dtype=torch.long, device=dev)
+
+        def run() -> tuple[torch.Tensor, torch.Tensor]:
+            cache.reset()
+            state = lm.begin(embeds, mask, cache=cache)  # type: ignore[arg-type]  # same protocol
+            state.causal_only = causal  # decided by the key: no host sync inside the graph
+            lm.advance(state, p, plan)
+            latency = state.hidden[:, -1]
+            lm.advance(state, lm.n_layers, plan)
+            return latency, lm.logits(state)
+
+        capture = self.capture if self.max_prefill_graphs else eager_capture
+        replay, graph_bytes = capture(run)  # type: ignore[arg-type]
+        graph = PrefillGraph(embeds, mask, replay, int(graph_bytes))  # type: ignore[arg-type]
+        entry.prefills[(seq, p, causal)] = graph
+        self.prefill_captures += 1
+        return graph
+
     def memory_report(self) -> list[dict[str, object]]:
         """Per live entry, least recently used first: bucket, cache length, plan, cache / graph / total bytes."""
         return [
             {"batch": k[0], "max_len": k[1], "plan": k[2], "cache_bytes": e.cache.nbytes, "graph_bytes": e.graph_bytes,
+             "prefill_graphs": len(e.prefills), "prefill_bytes": sum(g.nbytes for g in e.prefills.values()),
              "bytes": e.nbytes}
             for k, e in self._entries.items()
         ]
