@@ -17,10 +17,10 @@ Sections, all in one process so that every ratio compares figures of the same ru
 3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
-4. **prefill**: ms of the fast prefill (fused blocks, SDPA, grouped-GEMM experts; what
-   ``greedy_generate`` runs) for 300-2000 tokens at (top-8, 16) and (top-4, 12), the
-   transformers-block prefill at 1000 tokens, and the same fast prefill replayed from a CUDA graph
-   (how much of the time is launch overhead).
+4. **prefill**: ms of the staged prefill + first token for 300-2000 tokens at (top-8, 16) and
+   (top-4, 12): replayed from the decoder's captured prefill graph (what ``greedy_generate`` runs
+   with a decoder, i.e. the runtime on CUDA) and run eagerly through the same fused blocks (the
+   difference is host launch overhead), and transformers' blocks at 1000 tokens.
 5. **kernels** (CUDA): block-size sweep of the decode kernels and the kernel-time breakdown of
    one uncaptured decode step (how much of the graph's time is kernels, how much gaps).
 6. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
@@ -167,23 +167,15 @@ def hf_generate_ms(lm: MolmoeLanguageModel, emb_ids: torch.Tensor, top_k: int, r
 
 # ------------------------------------------------------------------------------------ 4 prefill
 @torch.no_grad()
-def prefill_ms(lm: MolmoeLanguageModel, plan: tuple[int, ...], emb: torch.Tensor, mask: torch.Tensor, repeats: int) -> float:
+def prefill_ms(lm: MolmoeLanguageModel, plan: tuple[int, ...], emb: torch.Tensor, mask: torch.Tensor, repeats: int,
+               decoder: GraphDecoder | None = None) -> float:
+    """Median ms of the staged prefill + first token (``greedy_generate(max_new_tokens=1)``): eager
+    blocks without ``decoder``, the decoder's captured prefill with it."""
     return timed_ms(
-        lambda: greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=1),
+        lambda: greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0,
+                                max_new_tokens=1, decoder=decoder),
         emb.device, repeats=repeats, warmup=2,
     )
-
-
-@torch.no_grad()
-def prefill_graph_ms(lm: MolmoeLanguageModel, plan: tuple[int, ...], emb: torch.Tensor, mask: torch.Tensor, repeats: int) -> float:
-    def step() -> torch.Tensor:
-        st = lm.begin(emb, mask)
-        st.causal_only = True  # known (no padding, no past): no host sync inside the capture
-        lm.advance(st, lm.n_layers, plan)
-        return lm.logits(st)
-
-    replay, _ = cuda_graph_capture(step)
-    return timed_ms(replay, emb.device, repeats=repeats, warmup=2)
 
 
 # ------------------------------------------------------------------------------------ 5 batching
@@ -192,6 +184,8 @@ def batching(lm: MolmoeLanguageModel, dec: GraphDecoder, plan: tuple[int, ...], 
              repeats: int) -> dict[str, float]:
     emb, mask = prompt(lm, n_req, length, seed=7, spread=8)
     dev = emb.device
+    # every single request (its own prompt length) keeps its captured prefill: no capture is timed
+    dec.max_prefill_graphs = max(dec.max_prefill_graphs, n_req + 1)
 
     def gen(e: torch.Tensor, m: torch.Tensor) -> None:
         r = greedy_generate(lm, e, m, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=new,
@@ -453,18 +447,17 @@ def main() -> None:
 
     def prefill() -> dict[str, Any]:
         lengths = (64, 128) if args.quick else (300, 500, 1000, 1500, 2000)
-        out: dict[str, Any] = {"fast": []}
+        out: dict[str, Any] = {"rows": []}
         for s in lengths:
             e, m = prompt(lm, 1, s, seed=s)
-            row = {"tokens": s}
+            row: dict[str, Any] = {"tokens": s}
             for k, b in ((8, 16), (4, 12)):
-                row[f"k{k}b{b}_ms"] = prefill_ms(lm, plan_of(k, b), e, m, args.repeats * 2)
-            out["fast"].append(row)
+                row[f"k{k}b{b}_graph_ms"] = prefill_ms(lm, plan_of(k, b), e, m, args.repeats * 2, dec)
+                row[f"k{k}b{b}_eager_ms"] = prefill_ms(lm, plan_of(k, b), e, m, args.repeats)
+            out["rows"].append(row)
             print(f"  prefill S={s}: {row}", flush=True)
         s = lengths[len(lengths) // 2]
         e, m = prompt(lm, 1, s, seed=s)
-        if dev.type == "cuda":
-            out[f"fast_graph_k8b16_S{s}_ms"] = prefill_graph_ms(lm, plan_of(8, 16), e, m, args.repeats * 2)
         lm.use_fast_path(False)
         try:
             out[f"transformers_k8b16_S{s}_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats)

@@ -264,15 +264,17 @@ def _random_embeds(model: MolmoeModel, seq_len: int, seed: int) -> tuple[torch.T
 
 @torch.no_grad()
 def time_prefill(
-    model: MolmoeModel, plan: Sequence[int], p: int, seq_len: int, *, repeats: int, warmup: int, seed: int = 0
+    model: MolmoeModel, plan: Sequence[int], p: int, seq_len: int, *, repeats: int, warmup: int, seed: int = 0,
+    decoder: GraphDecoder | None = None,
 ) -> Timing:
-    """ms of the runtime's prefill (``greedy_generate(max_new_tokens=1)``) over ``seq_len`` tokens."""
+    """ms of the runtime's prefill (``greedy_generate(max_new_tokens=1)``) over ``seq_len`` tokens
+    (the decoder's captured prefill when ``decoder`` is given)."""
     embeds, mask = _random_embeds(model, seq_len, seed)
     out = Timing()
     for i in range(warmup + repeats):
         res = greedy_generate(
             model.lm, embeds, mask, top_k_per_block=plan, p=p, eos_token_id=-1,
-            pad_token_id=model.config.tokens.pad, max_new_tokens=1,
+            pad_token_id=model.config.tokens.pad, max_new_tokens=1, decoder=decoder,
         )
         if i >= warmup:
             out.samples.append(res.prefill_ms)
@@ -345,8 +347,8 @@ def profile(
 ) -> list[dict[str, Any]]:
     """Run the sweep; returns one dict per row with the columns of :data:`CSV_COLUMNS`.
 
-    With ``decoder`` (and ``model.lm.use_fast_path()``) the decode rows time the runtime's fast
-    path (CUDA-graph decode); the prefill rows time whatever blocks the model runs.
+    With ``decoder`` (and ``model.lm.use_fast_path()``) the rows time the runtime's fast path
+    (captured staged prefill, CUDA-graph decode steps).
 
     ``progress`` receives one line per point (with the elapsed time and an ETA).
     """
@@ -359,7 +361,7 @@ def profile(
     dev = model.device
     fused = model.lm.fused
     impl = (f"fast({fused.backend} ops, {fused.routed_form} prefill experts"
-            + (", cuda-graph decode)" if decoder is not None and dev.type == "cuda" else ", eager decode)")
+            + (", cuda-graph prefill and decode)" if decoder is not None and dev.type == "cuda" else ", eager)")
             if fused is not None else experts_impl(model))
     common = {
         "impl": impl, "device": device_name(dev), "torch": torch.__version__,
@@ -378,7 +380,8 @@ def profile(
             # first point of a shape: kernel selection, allocator growth and caches settle here
             warmed.add(group)
             if job.phase == "prefill":
-                time_prefill(model, plan_for(ks, full), full[0], job.seq_len, repeats=1, warmup=settings.warmup)
+                time_prefill(model, plan_for(ks, full), full[0], job.seq_len, repeats=1, warmup=settings.warmup,
+                             decoder=decoder)
             elif job.phase == "decode":
                 time_decode(model, plan_for(ks, full), full[0], job.seq_len, steps=2, repeats=1, warmup=settings.warmup,
                             decoder=decoder)
@@ -393,7 +396,7 @@ def profile(
             base.update(vision_tokens=0, prompt_tokens=job.seq_len, p=p, top_k=k, blocks=b)
             if job.phase == "prefill":
                 t = time_prefill(model, plan, p, job.seq_len, repeats=settings.repeats, warmup=settings.warmup,
-                                 seed=settings.seed)
+                                 seed=settings.seed, decoder=decoder)
                 note, reps = f"greedy_generate prefill over S={job.seq_len} random token embeddings", settings.repeats
             else:
                 t = time_decode(model, plan, p, job.seq_len, steps=settings.decode_steps,

@@ -165,12 +165,13 @@ if HAVE_TRITON:
         for n0 in range(s * CHUNK, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             ok = (n < end) & (tl.load(valid_ptr + b * L + n, mask=n < end, other=0) != 0)
+            # keys and values issued together: the tile's two loads overlap instead of V waiting for the scores
             kt = tl.load(k_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+            vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
             sc = tl.where(ok, tl.sum(kt * q[None, :], axis=1) * scale, -1.0e30)
             m_new = tl.maximum(m_i, tl.max(sc, axis=0))
             p = tl.where(ok, tl.exp(sc - m_new), 0.0)
             alpha = tl.exp(m_i - m_new)
-            vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
             acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
             l_i = l_i * alpha + tl.sum(p, axis=0)
             m_i = m_new

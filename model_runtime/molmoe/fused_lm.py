@@ -36,9 +36,11 @@ if TYPE_CHECKING:  # pragma: no cover
 ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather")
 
 
-def default_routed_form(device: torch.device | str) -> str:
-    """``grouped_mm`` on CUDA (reads only the routed experts' weights), ``gather`` elsewhere."""
-    return "grouped_mm" if torch.device(device).type == "cuda" else "gather"
+def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
+    """``grouped_mm`` on CUDA in bf16 (reads only the routed experts' weights), ``gather`` elsewhere
+    (torch's CUDA grouped GEMM is a bf16 kernel; other dtypes take a fallback with host copies,
+    which a CUDA graph cannot capture)."""
+    return "grouped_mm" if torch.device(device).type == "cuda" and dtype == torch.bfloat16 else "gather"
 
 
 def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
@@ -142,7 +144,7 @@ class FusedLM:
         device = lm.lm_head.weight.device
         self.lm = lm
         self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
-        self.routed_form = default_routed_form(device) if routed_form is None else routed_form
+        self.routed_form = default_routed_form(device, lm.lm_head.weight.dtype) if routed_form is None else routed_form
         if self.routed_form not in ROUTED_FORMS:
             raise ValueError(f"unknown routed-expert form {self.routed_form!r}; choose from {ROUTED_FORMS}")
         cfg = lm.config
