@@ -16,7 +16,7 @@ from model_runtime.latency_estimator import LatencyEstimator, budget_range, pred
 
 REFERENCE_CSV = Path("/work/shared/reference/h100_hf_transformers_molmoe1b_shape.csv")
 PACKAGED_CSV = le.DEFAULT_PROFILE_DIR / "h100_hf_eager_reference.csv"
-RUNTIME_CSV = le.DEFAULT_PROFILE_DIR / "h100_runtime_eager.csv"
+RUNTIME_CSV = le.DEFAULT_PROFILE_DIR / "h100_runtime_fast.csv"
 REFERENCE_JSON = le.DEFAULT_PROFILE_DIR / "reference_hf_eager_estimator.json"
 
 TRUE_COEF = {
@@ -301,7 +301,7 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- default profile
 def test_default_estimator_report_and_reproducibility() -> None:
-    """The default is the fit of this runtime's own H100 profile (eager experts, see profiles/README.md)."""
+    """The default is the fit of this runtime's own H100 profile on its fast path (see profiles/README.md)."""
     est = LatencyEstimator.default()
     assert LatencyEstimator.default() is est  # cached
     rep = est.fit_report["phases"]
@@ -309,7 +309,7 @@ def test_default_estimator_report_and_reproducibility() -> None:
         assert rep[phase]["heldout_evaluated"] and np.isfinite(rep[phase]["heldout"]["mape"])
     assert rep["prefill"]["heldout"]["mape"] < 10 and rep["decode"]["heldout"]["mape"] < 10
     assert not rep["decode"]["underdetermined"]
-    assert "experts impl eager" in est.source and "H100" in est.source
+    assert "experts impl fast(" in est.source and "cuda-graph" in est.source and "H100" in est.source
     # the packaged JSON is exactly what fitting the packaged CSV gives
     rows = le.load_profile(RUNTIME_CSV)
     refit = LatencyEstimator.fit(rows, holdout_frac=est.fit_report["holdout_frac"], seed=est.fit_report["seed"],

@@ -180,13 +180,14 @@ def test_episode_info_and_stage_one_state_reused_by_stage_two(world: dict) -> No
 def test_pinned_reset_options(world: dict) -> None:
     env = live(world)
     ids = [r.id for r in world["requests"]]
+    lo, hi = env.unwrapped.budget_sampler.bounds
+    pinned = float((lo + hi) / 2)
     for i, rid in enumerate(ids):
-        obs, info = env.reset(options={"sample_id": rid, "budget_ms": 100.0})
-        assert info["sample_index"] == i and info["sample_id"] == rid and info["budget_ms"] == 100.0
-        obs_i, info_i = env.reset(seed=7, options={"sample_index": i, "budget_ms": 100.0})
+        obs, info = env.reset(options={"sample_id": rid, "budget_ms": pinned})
+        assert info["sample_index"] == i and info["sample_id"] == rid and info["budget_ms"] == pinned
+        obs_i, info_i = env.reset(seed=7, options={"sample_index": i, "budget_ms": pinned})
         np.testing.assert_array_equal(obs["lang"], obs_i["lang"])
         np.testing.assert_array_equal(obs["budget"], obs_i["budget"])
-    lo, hi = env.unwrapped.budget_sampler.bounds
     with pytest.raises(ValueError, match="budget bounds"):
         env.reset(options={"budget_ms": hi * 10})
     with pytest.raises(ValueError, match="not in split 'all'"):

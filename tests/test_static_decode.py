@@ -1,7 +1,7 @@
 """Static KV cache + fixed-shape decode step vs the eager BlockKVCache path (tiny, CPU, float32),
 and the GraphDecoder's LRU bookkeeping with a fake capture function.
 
-The CUDA-graph capture itself is checked by benchmarks/bench_graph_decode.py on a GPU.
+The CUDA-graph capture itself is checked by benchmarks/bench_fast_path.py on a GPU.
 """
 
 from __future__ import annotations
