@@ -13,7 +13,7 @@ from model_runtime.molmoe.fused_lm import ROUTED_FORMS, FusedLM
 from model_runtime.molmoe.generation import greedy_generate
 from model_runtime.molmoe.language_model import BlockKVCache, MolmoeLanguageModel
 from model_runtime.molmoe.static_decode import GraphDecoder, StaticKVCache
-from tests.tiny_molmoe import tiny_config, tiny_olmoe_hf
+from tests.tiny_molmoe import left_padded_ids, tiny_config, tiny_olmoe_hf
 from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
 
 CFG = tiny_config()
@@ -35,14 +35,7 @@ def _plan(config: tuple) -> tuple[int, ...]:
 
 
 def _left_padded(lengths: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    seq = max(lengths)
-    ids = torch.full((len(lengths), seq), PAD)
-    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        ids[i, seq - n:] = torch.randint(0, 250, (n,), generator=g)
-        mask[i, seq - n:] = 1
-    return ids, mask
+    return left_padded_ids(lengths, seed, PAD)
 
 
 def test_qkv_packing_shares_storage_and_keeps_the_eager_path(lm):

@@ -276,3 +276,15 @@ def pruned_hf_copy(model, top_k_per_block):
         layer.self_attn.layer_idx = j
     pruned.config.num_hidden_layers = len(keep)
     return pruned
+
+
+def left_padded_ids(lengths: tuple[int, ...], seed: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, max(lengths)) random token ids (< 250) left-padded with ``pad``, and their (B, S) mask."""
+    g = torch.Generator().manual_seed(seed)
+    seq = max(lengths)
+    ids = torch.full((len(lengths), seq), pad)
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, seq - n:] = torch.randint(0, 250, (n,), generator=g)
+        mask[i, seq - n:] = 1
+    return ids, mask

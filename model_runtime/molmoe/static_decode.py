@@ -1,32 +1,30 @@
-"""Fixed-shape decode: a static KV cache, a decode step without host syncs, and CUDA-graph replay.
+"""Fixed-shape decode and prefill: a static KV cache, a decode step without host syncs, CUDA graphs.
 
 The eager path (:class:`~model_runtime.molmoe.language_model.BlockKVCache` + ``lm.advance``) stays
-the reference and the CPU path. This module adds the first stage of the GPU fast path:
+the reference and the CPU path. This module holds the GPU fast path's graph side:
 
 - :class:`StaticKVCache`: keys/values preallocated to ``max_len`` positions for the *active*
   blocks only (a skipped block owns no buffer). It implements the same ``update`` protocol as
   ``BlockKVCache``, so the prefill runs through the unchanged ``lm.begin`` / ``lm.advance`` and
   writes straight into the static buffers.
+- :class:`GraphDecoder`: one captured ``torch.cuda.CUDAGraph`` per (batch bucket, cache length,
+  plan) — the plan fixes both the top-k of each block and the active-block set — replayed per
+  decode token, and per entry the captured staged prefill of each (prompt length, p, padding),
+  built lazily, kept in LRUs, each reporting the memory it holds. The step it captures is
+  :meth:`~model_runtime.molmoe.fused_lm.FusedLM.decode_step` (``impl="fused"``, the default: 11
+  kernels per block) or :func:`static_decode_step` (``impl="static"``: transformers' attention
+  modules with a static mask and :func:`static_moe`, the first-stage version kept as a second
+  reference). On CPU the same steps run eagerly (``capture`` is the identity).
 - :func:`static_decode_step`: one decode token for every row with fixed shapes. The cache slot
   is a (1,) int64 *tensor*, attention covers all ``max_len`` positions under an additive mask
-  built from a (B, max_len) validity buffer, and the step advances the slot itself, so the whole
-  step is replayable without the host touching anything but the token input.
-- :class:`GraphDecoder`: one captured ``torch.cuda.CUDAGraph`` per (batch bucket, plan) — the
-  plan fixes both the top-k of each block and the active-block set — built lazily, kept in an
-  LRU of at most ``max_graphs`` entries, each reporting the memory it holds. On CPU the same step
-  runs eagerly (``capture`` is the identity).
+  built from a (B, max_len) validity buffer, and the step advances the slot itself.
 
-MoE choice (fixed shapes; transformers' eager experts loop over the experts that were hit, a
-data-dependent shape and a host sync):
+MoE forms of :func:`static_moe` (fixed shapes; transformers' eager experts loop over the experts
+that were hit, a data-dependent shape and a host sync), both through
+:func:`~model_runtime.molmoe.fused_lm.routed_experts`:
 
-- ``"grouped_mm"`` (default on CUDA): the (T·k) token-expert pairs are sorted by expert, the
-  per-expert counts come from a ``scatter_add`` into a fixed (E,) vector, and
-  ``grouped_mm`` runs the gate/up and down projections over the expert groups. Every shape
-  depends only on (T, k); only the routed experts' weights are read. The reference measurement
-  (``/work/shared/reference``) captured this form in a CUDA graph.
-- ``"gather"`` (default on CPU): the k routed experts' weights are gathered per token
-  ((T, k, 2I, D)) and applied with batched matmuls. Fixed shape everywhere, no special kernel;
-  fine for tiny models, but it copies the routed weights (3x the bytes) on a GPU.
+- ``"grouped_mm"`` (default on CUDA): token-expert pairs sorted by expert, grouped GEMMs;
+- ``"gather"`` (default on CPU): the k routed experts' weights gathered per token, batched matmuls.
 
 Both give the eager experts' numbers up to summation order (tested at float32).
 
