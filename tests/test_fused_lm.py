@@ -179,7 +179,8 @@ def test_prefill_graphs_keyed_by_length_p_and_padding_lru_bounded(lm):
         return step, 10
 
     lm.use_fast_path()
-    dec = GraphDecoder(lm, len_bucket=32, max_prefill_graphs=2, batch_buckets=(1, 2), capture=capture)
+    dec = GraphDecoder(lm, len_bucket=32, max_prefill_graphs=2, prefill_capture_after=0, batch_buckets=(1, 2),
+                       capture=capture)
     plan = _plan(("low", 2, 5, 13))
     full_ids, full_mask = _left_padded((10, 10), seed=6)
     pad_ids, pad_mask = _left_padded((10, 7), seed=6)
@@ -195,6 +196,29 @@ def test_prefill_graphs_keyed_by_length_p_and_padding_lru_bounded(lm):
         dec.prefill(dec.prepare(2, plan, positions=16), lm.embed(full_ids), full_mask, 17)
     with pytest.raises(ValueError, match="max_prefill_graphs"):
         GraphDecoder(lm, max_prefill_graphs=-1)
+    with pytest.raises(ValueError, match="prefill_capture_after"):
+        GraphDecoder(lm, prefill_capture_after=-1)
+
+
+@torch.no_grad()
+def test_first_prefill_of_a_length_runs_eagerly_then_replays(lm):
+    """Default policy: a length's first prefill runs eagerly into the cache, its second is captured;
+    both leave the same cache state and outputs."""
+    lm.use_fast_path()
+    dec = GraphDecoder(lm, len_bucket=32, batch_buckets=(2,))
+    plan = _plan(("medium", 3, 5, 14))
+    ids, mask = _left_padded((10, 7), seed=8)
+    outs = []
+    for _ in range(3):
+        cache = dec.prepare(2, plan, positions=16)
+        lat, logits = dec.prefill(cache, lm.embed(ids), mask, 3)
+        outs.append((lat.clone(), logits.clone(), cache.valid.clone(), int(cache.slot), cache.keys[0].clone()))
+        outs[-1] += (dec.prefill_captures,)
+    lm.use_fast_path(False)
+    assert [o[5] for o in outs] == [0, 1, 1]
+    for o in outs[1:]:
+        for a, b in zip(o[:5], outs[0][:5]):
+            assert a == b if isinstance(a, int) else (a - b).abs().max().item() <= 1e-5
 
 
 def test_fused_lm_rejects_bad_settings(lm):

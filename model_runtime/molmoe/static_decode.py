@@ -334,6 +334,7 @@ class GraphEntry:
     replay: Callable[[], torch.Tensor]
     graph_bytes: int
     prefills: "OrderedDict[tuple[int, int, bool], PrefillGraph]" = field(default_factory=OrderedDict)
+    prefill_seen: dict[tuple[int, int, bool], int] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -384,6 +385,8 @@ class GraphDecoder:
         capture: capture function (default: CUDA graphs on CUDA, eager elsewhere).
         max_prefill_graphs: captured prefills kept per entry (LRU; each holds its activations,
             about 60 MB per 1,000 prompt tokens at the MolmoE-1B shape in bf16); 0 = prefill eagerly.
+        prefill_capture_after: eager prefills of a (prompt length, p, padding) key before it is
+            captured (default 1: the second request of a length replays a graph; 0 captures at once).
         impl: ``"fused"`` (:meth:`FusedLM.decode_step`, the fast path: Triton ops on CUDA, their
             torch references elsewhere) or ``"static"`` (:func:`static_decode_step`: transformers'
             attention modules and :func:`static_moe`, the first-stage reference).
@@ -400,6 +403,7 @@ class GraphDecoder:
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         capture: CaptureFn | None = None,
         max_prefill_graphs: int = 4,
+        prefill_capture_after: int = 1,
         impl: str = "fused",
         moe_form: str | None = None,
     ) -> None:
@@ -419,6 +423,9 @@ class GraphDecoder:
         if max_prefill_graphs < 0:
             raise ValueError(f"max_prefill_graphs must be >= 0, got {max_prefill_graphs}")
         self.max_prefill_graphs = int(max_prefill_graphs)
+        if prefill_capture_after < 0:
+            raise ValueError(f"prefill_capture_after must be >= 0, got {prefill_capture_after}")
+        self.prefill_capture_after = int(prefill_capture_after)
         self.prefill_captures = 0
         self.fused = (lm.fused or FusedLM(lm)) if impl == "fused" else None
         self.capture = capture if capture is not None else (cuda_graph_capture if device.type == "cuda" else eager_capture)
@@ -535,10 +542,16 @@ class GraphDecoder:
         causal = rows == bucket and bool(attention_mask.all())
         key = (seq, p, causal)
         graph = entry.prefills.get(key)
+        self._entries.move_to_end(entry.key)
         if graph is None:
+            seen = entry.prefill_seen.get(key, 0)
+            if seen < self.prefill_capture_after or not self.max_prefill_graphs:
+                # a prompt length seen for the first time runs eagerly into the same cache: a
+                # stream of distinct lengths never pays for captures it would not replay
+                entry.prefill_seen[key] = seen + 1
+                return self._eager_prefill(cache, inputs_embeds, attention_mask, p, entry.key[2])
             graph = self._capture_prefill(entry, seq, p, causal)
         entry.prefills.move_to_end(key)
-        self._entries.move_to_end(entry.key)
         graph.embeds[:rows].copy_(inputs_embeds)
         graph.mask[:rows].copy_(attention_mask)
         if rows < bucket:
@@ -551,6 +564,20 @@ class GraphDecoder:
         cache.start_decode(graph.mask)
         cache.rows = rows
         return latency[:rows], logits[:rows]
+
+    def _eager_prefill(
+        self, cache: StaticKVCache, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, p: int,
+        plan: tuple[int, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        lm = self.lm
+        cache.reset()
+        state = lm.begin(inputs_embeds, attention_mask, cache=cache)  # type: ignore[arg-type]  # same protocol
+        lm.advance(state, p, plan)
+        latency = state.hidden[:, -1]
+        lm.advance(state, lm.n_layers, plan)
+        logits = lm.logits(state)
+        cache.start_decode(state.attention_mask)
+        return latency, logits
 
     def _capture_prefill(self, entry: GraphEntry, seq: int, p: int, causal: bool) -> PrefillGraph:
         while len(entry.prefills) >= max(self.max_prefill_graphs, 1):
