@@ -138,3 +138,30 @@ def test_accuracy_drop_scores(runtime, requests):
     assert set(others) == {max(result.scores[3], result.scores[7])}
     with pytest.raises(ValueError):
         ImportanceScores((1.0, float("nan")), "block_influence", 1)
+
+
+@pytest.fixture(scope="module")
+def fast_runtime(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt_fast")
+    write_tiny_molmoe_checkpoint(path, seed=5)
+    return MolmoeRuntime.from_checkpoint(path, max_new_tokens=MAX_NEW, max_batch_size=4, fast=True)
+
+
+@pytest.mark.parametrize("config,latency_tokens", [(("low", 2, 5, 14), False), (("medium", 5, 4, 16), True)])
+def test_fast_path_runtime_gives_the_reference_outcomes(runtime, fast_runtime, requests, config, latency_tokens):
+    """fast=True (fused blocks + GraphDecoder: captured prefill from the second request of a length,
+    graph decode steps; eager replays on CPU) = transformers' blocks, outcome by outcome."""
+    fast = fast_runtime
+    assert fast.decoder is not None and runtime.decoder is None and fast.model.lm.fused is not None
+    before = fast.decoder.prefill_captures
+    reqs = requests[:4]  # one batch
+    ref = runtime.run(reqs, config, return_latency_tokens=latency_tokens)
+    for _ in range(2):  # the second pass replays the prefill the first one ran eagerly
+        ours = fast.run(reqs, config, return_latency_tokens=latency_tokens)
+        for o, r in zip(ours, ref):
+            assert (o.token_ids, o.prediction, o.score, o.ended_with_eos) == (r.token_ids, r.prediction, r.score, r.ended_with_eos)
+            np.testing.assert_allclose(o.latency_token, r.latency_token, atol=1e-4)
+            if latency_tokens:
+                np.testing.assert_allclose(o.latency_tokens, r.latency_tokens, atol=1e-4)
+            assert abs(o.first_token_entropy - r.first_token_entropy) < 1e-4
+    assert fast.decoder.prefill_captures - before == (0 if latency_tokens else 1)
