@@ -442,6 +442,11 @@ def main() -> None:
         fast = decode_ms(lm, dec, plan_of(8, 16), emb1, mask1, args.steps, args.repeats)
         out["fast_ms_per_token_k8b16"] = fast
         out["speedup"] = out["hf_ms_per_token_k8b16"] / fast
+        # memory of the live entries (static cache, decode graph pool, captured prefills)
+        out["memory_MiB"] = [{"batch": r["batch"], "max_len": r["max_len"], "active_blocks": sum(k > 0 for k in r["plan"]),
+                              "cache": r["cache_bytes"] / 2**20, "graph": r["graph_bytes"] / 2**20,
+                              "prefill_graphs": r["prefill_graphs"], "prefill": r["prefill_bytes"] / 2**20}
+                             for r in dec.memory_report()]
         return out
 
     section("hf", hf)

@@ -119,3 +119,18 @@ def test_backend_errors() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         dk.check_backend("cuda-magic", "cpu")
     assert dk.default_backend("cpu") == "torch"
+
+
+@triton_ok
+def test_prefill_moe_helpers() -> None:
+    """SiLU·up·weight and the gather back to token order + sum over k + residual."""
+    n_tok, top_k, dim, n_int = 5, 3, 40, 24
+    gu = torch.randn(n_tok * top_k, 2 * n_int, generator=_g(0)).to(DEV)
+    w = torch.rand(n_tok * top_k, generator=_g(1)).to(DEV)
+    _close(dk.silu_mul_scale(gu, w, "triton"), dk.silu_mul_scale(gu, w, "torch"))
+    y = torch.randn(n_tok * top_k, dim, generator=_g(2)).to(DEV)
+    inverse = torch.randperm(n_tok * top_k, generator=_g(3)).to(DEV)
+    res = torch.randn(n_tok, dim, generator=_g(4)).to(DEV)
+    ref = res + torch.stack([sum(y[int(inverse[t * top_k + j])] for j in range(top_k)) for t in range(n_tok)])
+    _close(dk.gather_sum(y, inverse, top_k, res, "triton"), ref, 1e-5)
+    _close(dk.gather_sum(y, inverse, top_k, res, "torch"), ref, 1e-5)

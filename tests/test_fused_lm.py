@@ -140,6 +140,20 @@ def test_triton_decode_step_equals_torch_ops(lm):
     assert (logits["triton"] - logits["torch"]).abs().max().item() <= 1e-5
 
 
+@triton_ok
+@torch.no_grad()
+def test_triton_prefill_equals_transformers_blocks(lm):
+    """The prefill with the Triton ops (norms, QK-norm/RoPE, router top-k, SiLU·up·weight, gather-sum;
+    interpreted on CPU) around the grouped GEMMs = transformers' blocks."""
+    plan = _plan(("medium", 3, 5, 14))
+    ids, mask = _left_padded((7, 5), seed=9)
+    ref = lm(ids, mask, top_k_per_block=plan)
+    lm.use_fast_path(backend="triton", routed_form="grouped_mm")
+    ours = lm(ids, mask, top_k_per_block=plan)
+    lm.use_fast_path(False)
+    assert (ours - ref)[mask.bool()].abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("n_latency", [0, 5])
 @pytest.mark.parametrize("config", CONFIGS)
 @torch.no_grad()

@@ -196,6 +196,24 @@ def test_invalid_inputs_raise(lm):
         GraphDecoder(lm).prepare(1, plan)
 
 
+@torch.no_grad()
+def test_memory_budget_evicts_least_recently_used_entries(lm):
+    dec = GraphDecoder(lm, max_len=8, max_graphs=10, batch_buckets=(1,), capture=_fake_capture([]))
+    a, b, c = _plan(("high", 1, 8, 16)), _plan(("low", 1, 4, 12)), _plan(("medium", 1, 6, 14))
+    dec.prepare(1, a)
+    one = dec.nbytes  # an entry of the full plan
+    dec.max_bytes = 2 * one  # room for about two entries
+    dec.prepare(1, b)
+    dec.prepare(1, a)  # a becomes the most recent
+    dec.prepare(1, c)  # over budget: b (least recent) goes, a and c stay
+    assert [k[2] for k in dec.keys] == [a, c] and dec.nbytes <= 2 * one and dec.evictions == 1
+    dec.max_bytes = 1  # nothing fits: the entry in use is still kept
+    dec.prepare(1, b)
+    assert [k[2] for k in dec.keys] == [b]
+    with pytest.raises(ValueError, match="max_bytes"):
+        GraphDecoder(lm, max_bytes=0)
+
+
 def test_caches_sized_per_request_in_length_buckets(lm):
     dec = GraphDecoder(lm, len_bucket=16, capture=_fake_capture([]))
     plan = _plan(("low", 1, 4, 12))

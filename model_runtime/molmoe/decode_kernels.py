@@ -289,6 +289,31 @@ if HAVE_TRITON:
             w = tl.load(nw_ptr + d, mask=md, other=0.0).to(tl.float32)
             tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=md)
 
+    @triton.jit
+    def _silu_mul_scale_kernel(gu_ptr, w_ptr, out_ptr, I, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = i < I
+        dt = out_ptr.dtype.element_ty
+        g = tl.load(gu_ptr + row * 2 * I + i, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(gu_ptr + row * 2 * I + I + i, mask=m, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + row).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u
+        tl.store(out_ptr + row * I + i, (act.to(dt).to(tl.float32) * w).to(dt), mask=m)
+
+    @triton.jit
+    def _gather_sum_kernel(y_ptr, inv_ptr, res_ptr, out_ptr, D, K: tl.constexpr, BLOCK: tl.constexpr):
+        tok = tl.program_id(0)
+        d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = d < D
+        acc = tl.load(res_ptr + tok * D + d, mask=m, other=0.0).to(tl.float32)
+        moe = tl.zeros([BLOCK], tl.float32)
+        for j in tl.static_range(K):
+            src = tl.load(inv_ptr + tok * K + j).to(tl.int64)
+            moe += tl.load(y_ptr + src * D + d, mask=m, other=0.0).to(tl.float32)
+        dt = out_ptr.dtype.element_ty
+        tl.store(out_ptr + tok * D + d, (acc + moe.to(dt).to(tl.float32)).to(dt), mask=m)
+
     # Tuned variants (CUDA): the best block sizes per (pairs, D, I), measured on first use
     # (warm-up, before any graph capture). The interpreter and explicit block sizes use the raw kernels.
     _gate_up_tuned = triton.autotune(
@@ -572,6 +597,33 @@ def moe_combine(
         dim, eps, K=top_k, BLOCK_K=_p2(top_k), HAS_NORM=norm_weight is not None, BLOCK=_p2(dim), num_warps=8,
     )
     return out, normed if norm_weight is not None else None
+
+
+def silu_mul_scale(gate_up_out: torch.Tensor, scale: torch.Tensor, backend: Backend = "torch") -> torch.Tensor:
+    """SiLU(gate)·up·scale of (P, 2I) gate/up outputs (gate first) with a (P,) per-row scale → (P, I)
+    (the prefill's expert activation with the routing weight folded in)."""
+    n_int = gate_up_out.shape[1] // 2
+    if backend == "torch":
+        g, u = gate_up_out.chunk(2, dim=-1)
+        return torch.nn.functional.silu(g) * u * scale[:, None]
+    out = torch.empty(gate_up_out.shape[0], n_int, dtype=gate_up_out.dtype, device=gate_up_out.device)
+    block = min(1024, _p2(n_int))
+    _silu_mul_scale_kernel[(gate_up_out.shape[0], triton.cdiv(n_int, block))](
+        gate_up_out.contiguous(), scale.contiguous(), out, n_int, BLOCK=block)
+    return out
+
+
+def gather_sum(y: torch.Tensor, inverse: torch.Tensor, top_k: int, residual: torch.Tensor, backend: Backend = "torch") -> torch.Tensor:
+    """``residual[t] + Σ_j y[inverse[t·k + j]]``: (P, D) expert outputs in expert-sorted order back to
+    (T, D) tokens, summed over each token's k experts, with the residual stream added."""
+    n_tok, dim = residual.shape
+    if backend == "torch":
+        return residual + y[inverse].view(n_tok, top_k, dim).sum(dim=1).to(residual.dtype)
+    out = torch.empty_like(residual)
+    block = min(1024, _p2(dim))
+    _gather_sum_kernel[(n_tok, triton.cdiv(dim, block))](
+        y.contiguous(), inverse.contiguous(), residual.contiguous(), out, dim, K=top_k, BLOCK=block)
+    return out
 
 
 def attention_scale(head_dim: int) -> float:

@@ -56,8 +56,10 @@ def routed_experts(
     idx: torch.Tensor,
     weights: torch.Tensor,
     form: str,
+    residual: torch.Tensor | None = None,
+    backend: str = "torch",
 ) -> torch.Tensor:
-    """Σ_j weights[:, j] · expert_{idx[:, j]}(h) for (T, D) tokens, fixed shapes (no host sync).
+    """(residual +) Σ_j weights[:, j] · expert_{idx[:, j]}(h) for (T, D) tokens, fixed shapes (no host sync).
 
     Args:
         h: (T, D); gate_up: (E, 2I, D); down: (E, D, I); idx: (T, k) int; weights: (T, k) in h's dtype.
@@ -65,6 +67,9 @@ def routed_experts(
             ``scatter_add`` into a fixed (E,) vector, gate/up and down as grouped GEMMs) or
             ``gather`` (the routed experts' weights gathered per token, batched matmuls; copies the
             weights, fine for tiny models and CPU).
+        residual: (T, D) added to the result (fused into the last kernel of ``grouped_mm``).
+        backend: ops around the grouped GEMMs (``triton``: one kernel for SiLU·up·weight, one for
+            the gather back to token order + sum over k + residual).
 
     Returns:
         (T, D) in h's dtype.
@@ -74,24 +79,26 @@ def routed_experts(
     if form == "gather":
         g, u = torch.einsum("td,tkhd->tkh", h, gate_up[idx]).chunk(2, dim=-1)
         y = torch.einsum("tki,tkdi->tkd", nn.functional.silu(g) * u, down[idx])  # (T, k, D)
-        return (y * weights[..., None]).sum(dim=1)
+        out = (y * weights[..., None]).sum(dim=1)
+        return out if residual is None else residual + out
     if form == "grouped_mm":
-        n_tok, n_exp = h.shape[0], gate_up.shape[0]
+        n_exp = gate_up.shape[0]
         flat = idx.reshape(-1)  # (T·k,) pair p = token p // k, rank p % k
         # expert ids fit 16 bits: a 2-pass radix sort instead of 8 passes over int64 keys
         order = torch.argsort(flat.to(torch.int16) if n_exp <= 2**15 else flat, stable=True)
         counts = torch.zeros(n_exp, dtype=torch.int32, device=h.device)
         counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
         offs = torch.cumsum(counts, 0, dtype=torch.int32)
-        g, u = _grouped_mm(h[order // top_k], gate_up.transpose(1, 2), offs).chunk(2, dim=-1)
+        gu = _grouped_mm(h[order // top_k], gate_up.transpose(1, 2), offs)
         # the routing weight scales the (linear) down projection's input: I instead of D columns
-        act = nn.functional.silu(g) * u * weights.reshape(-1)[order, None]
+        act = dk.silu_mul_scale(gu, weights.reshape(-1)[order], backend)  # type: ignore[arg-type]
         y = _grouped_mm(act, down.transpose(1, 2), offs)  # (T·k, D), expert-sorted
         # back to (token, rank) order with the inverse permutation: a gather and a sum over k,
         # no atomics (index_add_ on bf16 took 130 us per block at S=1000 on an H100)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=h.device)
-        return y[inverse].view(n_tok, top_k, -1).sum(dim=1)
+        base = torch.zeros_like(h) if residual is None else residual
+        return dk.gather_sum(y, inverse, top_k, base, backend)  # type: ignore[arg-type]
     raise ValueError(f"unknown routed-expert form {form!r}; choose from {ROUTED_FORMS}")
 
 
@@ -200,7 +207,7 @@ class FusedLM:
         o = attn.transpose(1, 2).reshape(bsz * seq, nq) @ w.o.T
         x, h2 = dk.add_rms_norm(x, o, w.ln_post, self.eps, be)
         weights, idx = dk.router_topk(h2 @ w.router.T, top_k, self.norm_topk_prob, be)
-        out = x + routed_experts(h2, w.gate_up, w.down, idx, weights, self.routed_form)
+        out = routed_experts(h2, w.gate_up, w.down, idx, weights, self.routed_form, residual=x, backend=be)
         return out.view(bsz, seq, dim)
 
     # ------------------------------------------------------------------ decode

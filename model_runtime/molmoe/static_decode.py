@@ -381,6 +381,9 @@ class GraphDecoder:
         len_bucket: length granularity when ``max_len`` is None (the attention reads only the
             positions written so far, so padding the cache costs memory, not time).
         max_graphs: live entries at most; the least recently used is dropped beyond it.
+        max_bytes: memory the entries may hold together (caches, graph pools, prefill graphs);
+            least recently used entries are dropped beyond it (the entry in use is kept). None: no
+            bound beyond ``max_graphs``.
         batch_buckets: row counts a request is padded up to.
         capture: capture function (default: CUDA graphs on CUDA, eager elsewhere).
         max_prefill_graphs: captured prefills kept per entry (LRU; each holds its activations,
@@ -400,6 +403,7 @@ class GraphDecoder:
         max_len: int | None = None,
         len_bucket: int = 256,
         max_graphs: int = 8,
+        max_bytes: int | None = None,
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         capture: CaptureFn | None = None,
         max_prefill_graphs: int = 4,
@@ -418,6 +422,9 @@ class GraphDecoder:
             raise ValueError(f"max_len and len_bucket must be >= 1, got {max_len}, {len_bucket}")
         device = lm.lm_head.weight.device
         self.lm, self.max_graphs, self.batch_buckets = lm, int(max_graphs), buckets
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive or None, got {max_bytes}")
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
         self.max_len = None if max_len is None else int(max_len)
         self.len_bucket, self.impl = int(len_bucket), impl
         if max_prefill_graphs < 0:
@@ -488,7 +495,27 @@ class GraphDecoder:
         self._entries[key] = entry
         self._by_cache[id(cache)] = entry
         self.captures += 1
+        self._fit_budget(entry)
         return entry
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by all live entries."""
+        return sum(e.nbytes for e in self._entries.values())
+
+    def _fit_budget(self, keep: GraphEntry) -> None:
+        """Drop least recently used entries (never ``keep``), then ``keep``'s oldest prefill graphs
+        but its newest, until the entries fit ``max_bytes``."""
+        if self.max_bytes is None:
+            return
+        for key in [k for k in self._entries if k != keep.key]:
+            if self.nbytes <= self.max_bytes:
+                return
+            old = self._entries.pop(key)
+            del self._by_cache[id(old.cache)]
+            self.evictions += 1
+        while self.nbytes > self.max_bytes and len(keep.prefills) > 1:
+            keep.prefills.popitem(last=False)
 
     @torch.no_grad()
     def step(self, cache: StaticKVCache, token_ids: torch.Tensor) -> torch.Tensor:
@@ -602,6 +629,7 @@ class GraphDecoder:
         graph = PrefillGraph(embeds, mask, replay, int(graph_bytes))  # type: ignore[arg-type]
         entry.prefills[(seq, p, causal)] = graph
         self.prefill_captures += 1
+        self._fit_budget(entry)
         return graph
 
     def memory_report(self) -> list[dict[str, object]]:
