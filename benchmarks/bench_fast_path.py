@@ -25,7 +25,9 @@ Sections, all in one process so that every ratio compares figures of the same ru
    one uncaptured decode step (how much of the graph's time is kernels, how much gaps).
 6. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
    (``greedy_generate`` with the decoder, 64 new tokens, EOS disabled), tokens/s ratio.
-7. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
+8. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
+   (:class:`~model_runtime.molmoe.vision_graphs.VisionGraphs`), 2-13 crops.
+9. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
    equal transformers' blocks for every distinct language-model plan of the knob space; real
    shape in bf16: relative error ||fast - ref|| / ||ref|| of the prefill logits and of the first
    decode step's logits, and greedy token agreement, at the four corners.
@@ -364,7 +366,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32, help="decode steps per timed call")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny shape, few points (CPU smoke)")
-    ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,batching,correctness")
+    ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,batching,vision,correctness")
     ap.add_argument("--out", default=None, help="JSON with every figure")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -405,7 +407,8 @@ def main() -> None:
         cfg, dtype, context = MolmoeConfig.molmoe_1b(), (torch.bfloat16 if dev.type == "cuda" else torch.float32), args.context
         grid = [(k, b) for k in (8, 7, 6, 5, 4) for b in (16, 15, 14, 13, 12)]
     t0 = time.perf_counter()
-    lm = build_random_model(cfg, device=dev, dtype=dtype).lm
+    model = build_random_model(cfg, device=dev, dtype=dtype)
+    lm = model.lm
     lm.use_fast_path()
     capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
     dec = GraphDecoder(lm, max_graphs=32, capture=capture)
@@ -480,6 +483,22 @@ def main() -> None:
                 for k, b in ((8, 16), (4, 12))}
 
     section("batching", batch)
+
+    def vision() -> list[dict[str, Any]]:
+        from model_runtime.molmoe.vision_graphs import VisionGraphs
+
+        vg = VisionGraphs(model, capture=capture)
+        rows = []
+        for crops in ((2, 5) if args.quick else (2, 5, 9, 13)):
+            g = torch.Generator().manual_seed(crops)
+            p = torch.randn(crops, cfg.patches_per_crop, cfg.pixels_per_patch, generator=g).to(dev, dtype)
+            m = torch.ones(crops, cfg.patches_per_crop, device=dev)
+            rows.append({"crops": crops, "eager_ms": timed_ms(lambda: model.image_features(p, m), dev, args.repeats * 2, 2),
+                         "graph_ms": timed_ms(lambda: vg(p, m), dev, args.repeats * 2, 2)})
+            print(f"  vision {rows[-1]}", flush=True)
+        return rows
+
+    section("vision", vision)
 
     def correctness() -> dict[str, Any]:
         out: dict[str, Any] = {"tiny_fp32": tiny_all_plans(dev, 16)}

@@ -100,13 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = model.config
     ks = KnobSpace(num_blocks=cfg.n_layers)
     fast = device.type == "cuda" if args.fast is None else args.fast
-    decoder = None
+    decoder = vision = None
     if fast:
         from model_runtime.molmoe.static_decode import GraphDecoder
+        from model_runtime.molmoe.vision_graphs import VisionGraphs
 
         model.lm.use_fast_path()
         decoder = GraphDecoder(model.lm, max_graphs=8)
-    rows = profile(model, ks, settings, notes=args.notes, decoder=decoder,
+        vision = VisionGraphs(model)
+    rows = profile(model, ks, settings, notes=args.notes, decoder=decoder, vision=vision,
                    progress=None if args.quiet else (lambda line: print(line, flush=True)))
     provenance = (
         f"Profiled by `python -m experiments.profile_latency` ({source}, {dtype}, batch 1) on "

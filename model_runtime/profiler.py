@@ -239,8 +239,10 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def time_vision(model: MolmoeModel, crops: int, *, repeats: int, warmup: int, seed: int = 0) -> Timing:
-    """ms of ``image_features`` (CLIP tower + connector) on ``crops`` random crops."""
+def time_vision(model: MolmoeModel, crops: int, *, repeats: int, warmup: int, seed: int = 0,
+                vision: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Timing:
+    """ms of ``image_features`` (CLIP tower + connector) on ``crops`` random crops, or of ``vision``
+    (e.g. :class:`~model_runtime.molmoe.vision_graphs.VisionGraphs`) when given."""
     cfg, dev = model.config, model.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     patches = torch.randn(crops, cfg.patches_per_crop, cfg.pixels_per_patch, generator=gen).to(dev, model.dtype)
@@ -250,7 +252,7 @@ def time_vision(model: MolmoeModel, crops: int, *, repeats: int, warmup: int, se
     for i in range(warmup + repeats):
         before = timer.get("vision")
         with timer.phase("vision"):
-            model.image_features(patches, masks)
+            (vision or model.image_features)(patches, masks)
         if i >= warmup:
             out.samples.append(timer.get("vision") - before)
     return out
@@ -344,11 +346,12 @@ def profile(
     notes: str = "",
     progress: Callable[[str], None] | None = print,
     decoder: GraphDecoder | None = None,
+    vision: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the sweep; returns one dict per row with the columns of :data:`CSV_COLUMNS`.
 
-    With ``decoder`` (and ``model.lm.use_fast_path()``) the rows time the runtime's fast path
-    (captured staged prefill, CUDA-graph decode steps).
+    With ``decoder`` (and ``model.lm.use_fast_path()``) and ``vision`` the rows time the runtime's
+    fast path (vision tower graphs, captured staged prefill, CUDA-graph decode steps).
 
     ``progress`` receives one line per point (with the elapsed time and an ETA).
     """
@@ -361,7 +364,7 @@ def profile(
     dev = model.device
     fused = model.lm.fused
     impl = (f"fast({fused.backend} ops, {fused.routed_form} prefill experts"
-            + (", cuda-graph prefill and decode)" if decoder is not None and dev.type == "cuda" else ", eager)")
+            + (", cuda-graph vision, prefill and decode)" if decoder is not None and dev.type == "cuda" else ", eager)")
             if fused is not None else experts_impl(model))
     common = {
         "impl": impl, "device": device_name(dev), "torch": torch.__version__,
@@ -387,7 +390,8 @@ def profile(
                             decoder=decoder)
         base: dict[str, Any] = {c: nan for c in PROFILE_COLUMNS[1:]}
         if job.phase == "vision":
-            t = time_vision(model, job.crops, repeats=settings.repeats, warmup=settings.warmup, seed=settings.seed)
+            t = time_vision(model, job.crops, repeats=settings.repeats, warmup=settings.warmup, seed=settings.seed,
+                            vision=vision)
             base.update(crops=job.crops)
             what, note, reps = f"vision crops={job.crops}", "CLIP tower + connector, random crops", settings.repeats
         else:

@@ -309,7 +309,7 @@ def test_default_estimator_report_and_reproducibility() -> None:
         assert rep[phase]["heldout_evaluated"] and np.isfinite(rep[phase]["heldout"]["mape"])
     assert rep["prefill"]["heldout"]["mape"] < 10 and rep["decode"]["heldout"]["mape"] < 10
     assert not rep["decode"]["underdetermined"]
-    assert "experts impl fast(" in est.source and "cuda-graph" in est.source and "H100" in est.source
+    assert "experts impl fast(" in est.source and "cuda-graph vision" in est.source and "H100" in est.source
     # the packaged JSON is exactly what fitting the packaged CSV gives
     rows = le.load_profile(RUNTIME_CSV)
     refit = LatencyEstimator.fit(rows, holdout_frac=est.fit_report["holdout_frac"], seed=est.fit_report["seed"],

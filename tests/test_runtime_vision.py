@@ -188,3 +188,32 @@ def test_collated_batch_equals_single_prompts(model):
         single = model(model.collate([prompt]))[0]
         n = prompt.input_ids.shape[0]
         assert torch.allclose(logits[b, -n:], single, atol=1e-4)
+
+
+def test_vision_graphs_equal_image_features_and_capture_from_the_second_call():
+    import torch
+
+    from model_runtime.molmoe.config import MolmoeConfig
+    from model_runtime.molmoe.vision_graphs import VisionGraphs
+    from model_runtime.profiler import build_random_model
+
+    model = build_random_model(MolmoeConfig.tiny(), device="cpu", dtype=torch.float32)
+    cfg = model.config
+    log: list[int] = []
+
+    def capture(step):
+        log.append(1)
+        return step, 7
+
+    vg = VisionGraphs(model, max_graphs=2, capture=capture)
+    g = torch.Generator().manual_seed(0)
+    for crops in (2, 2, 3, 2, 4, 3):
+        patches = torch.randn(crops, cfg.patches_per_crop, cfg.pixels_per_patch, generator=g)
+        masks = torch.rand(crops, cfg.patches_per_crop, generator=g)
+        torch.testing.assert_close(vg(patches, masks), model.image_features(patches, masks), rtol=1e-5, atol=1e-5)
+    # 2 crops: eager, captured, replayed; 3: eager, captured (evicts nothing: 2 graphs); 4: eager
+    assert len(log) == vg.captures == 2 and [r["crops"] for r in vg.memory_report()] == [2, 3]
+    import pytest
+
+    with pytest.raises(ValueError, match="max_graphs"):
+        VisionGraphs(model, max_graphs=0)

@@ -36,6 +36,7 @@ from envs.knob_space import KnobConfig, KnobSpace
 
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationResult, greedy_generate
 from .static_decode import GraphDecoder
+from .vision_graphs import VisionGraphs
 from .model import MolmoeModel
 from .preprocessing import PromptInputs, build_prompt as build_prompt_inputs, format_question
 from .timing import PhaseTimer
@@ -137,7 +138,7 @@ class MolmoeRuntime:
         template: prompt template of ``model_runtime.datasets.build_prompt``.
         fast: run the fast path (:meth:`MolmoeLanguageModel.use_fast_path`: fused blocks, Triton
             decode ops, a :class:`~model_runtime.molmoe.static_decode.GraphDecoder` replaying one
-            CUDA graph per decode step). Default: on when the model is on CUDA. On CPU it runs the
+            CUDA graph per decode step, the vision tower from one graph per crop count). Default: on when the model is on CUDA. On CPU it runs the
             same fused blocks with torch ops (no graphs); False keeps transformers' blocks.
         max_graphs: live decode graphs at most (LRU) when ``fast``.
         max_graph_bytes: memory the decoder's static caches and graphs may hold together (LRU
@@ -182,7 +183,9 @@ class MolmoeRuntime:
             )
         self.fast = model.device.type == "cuda" if fast is None else bool(fast)
         self.decoder: GraphDecoder | None = None
+        self.vision: VisionGraphs | None = None
         if self.fast:
+            self.vision = VisionGraphs(model)
             lm.use_fast_path()
             self.decoder = GraphDecoder(lm, max_graphs=max_graphs, max_bytes=max_graph_bytes,
                                         batch_buckets=_buckets_up_to(self.max_batch_size))
@@ -322,7 +325,7 @@ class MolmoeRuntime:
         batch = model.collate(prompts)
         timer = PhaseTimer(model.device)
         with timer.phase("vision"):
-            feats = model.image_features(batch.patches, batch.image_masks)
+            feats = (self.vision or model.image_features)(batch.patches, batch.image_masks)
         with timer.phase("prefill"):
             embeds = model.embed(batch, feats)
         n_lat = max(ks.insertion_positions) if return_latency_tokens else 0
