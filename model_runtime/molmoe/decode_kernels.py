@@ -520,8 +520,17 @@ def router_topk(
     return w, idx
 
 
-def _tuned(block: int | None) -> bool:
-    return block is None and not triton_interpreting()
+def _launch_pair_tiles(
+    tuned: object, raw: object, args: tuple, pairs: int, n: int, block_name: str, block: int | None, tuning_key: str,
+    **raw_meta: int,
+) -> None:
+    """Launch an expert kernel over a (token-expert pairs, ceil(n / block)) grid: the autotuned
+    variant on CUDA, the raw kernel with ``block`` (or ``TUNING[tuning_key]``) otherwise."""
+    if block is None and not triton_interpreting():
+        tuned[lambda meta: (pairs, triton.cdiv(n, meta[block_name]))](*args)  # type: ignore[index]
+    else:
+        b = min(TUNING[tuning_key] if block is None else int(block), _p2(n))
+        raw[(pairs, triton.cdiv(n, b))](*args, **{block_name: b}, **raw_meta)  # type: ignore[index]
 
 
 def moe_gate_up_act(
@@ -537,12 +546,8 @@ def moe_gate_up_act(
         return (torch.nn.functional.silu(g) * u).reshape(n_tok * top_k, n_int)
     dim, pairs = x.shape[-1], n_tok * top_k
     out = torch.empty(pairs, n_int, dtype=x.dtype, device=x.device)
-    args = (x.contiguous(), gate_up, idx.contiguous(), out, top_k, pairs, dim, n_int)
-    if _tuned(block_i):
-        _gate_up_tuned[lambda meta: (pairs, triton.cdiv(n_int, meta["BLOCK_I"]))](*args)
-    else:
-        bi = min(TUNING["gate_up_block_i"] if block_i is None else int(block_i), _p2(n_int))
-        _moe_gate_up_kernel[(pairs, triton.cdiv(n_int, bi))](*args, BLOCK_I=bi, BLOCK_D=min(256, _p2(dim)))
+    _launch_pair_tiles(_gate_up_tuned, _moe_gate_up_kernel, (x.contiguous(), gate_up, idx.contiguous(), out, top_k, pairs, dim, n_int),
+                       pairs, n_int, "BLOCK_I", block_i, "gate_up_block_i", BLOCK_D=min(256, _p2(dim)))
     return out
 
 
@@ -558,12 +563,8 @@ def moe_down(
         y = torch.einsum("pi,pdi->pd", act, down[idx.long().reshape(-1)])
         return y.float()
     y = torch.empty(pairs, dim, dtype=torch.float32, device=act.device)
-    args = (act.contiguous(), down, idx.contiguous(), y, pairs, dim, n_int)
-    if _tuned(block_d):
-        _down_tuned[lambda meta: (pairs, triton.cdiv(dim, meta["BLOCK_D"]))](*args)
-    else:
-        bd = min(TUNING["down_block_d"] if block_d is None else int(block_d), _p2(dim))
-        _moe_down_kernel[(pairs, triton.cdiv(dim, bd))](*args, BLOCK_D=bd, BLOCK_I=min(256, _p2(n_int)))
+    _launch_pair_tiles(_down_tuned, _moe_down_kernel, (act.contiguous(), down, idx.contiguous(), y, pairs, dim, n_int),
+                       pairs, dim, "BLOCK_D", block_d, "down_block_d", BLOCK_I=min(256, _p2(n_int)))
     return y
 
 
