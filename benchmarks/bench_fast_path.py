@@ -99,7 +99,6 @@ def ceilings(dev: torch.device) -> dict[str, float]:
     ms = timed_ms(lambda: y.copy_(x), dev, repeats=10, warmup=2)
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
     mm = timed_ms(lambda: a @ a, dev, repeats=10, warmup=2)
-    del x, y, a
     return {"copy_TBps": 2 * 2**30 / ms / 1e9, "matmul_TFLOPs": 2 * 8192**3 / mm / 1e9}
 
 
@@ -293,7 +292,6 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
     for t in (1, 8):
         x = torch.randn(t, d, device=dev, dtype=blk.gate_up.dtype)
         idx = torch.stack([torch.randperm(e_, device=dev, generator=g)[:8] for _ in range(t)]).int()
-        w = torch.rand(t, 8, device=dev, dtype=x.dtype)
         distinct = idx.unique().numel()
         for bi in (8, 16, 32, 64):
             us = do_bench(lambda: dk.moe_gate_up_act(x, blk.gate_up, idx, "triton", block_i=bi), return_mode="median") * 1e3

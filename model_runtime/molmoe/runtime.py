@@ -138,8 +138,9 @@ class MolmoeRuntime:
         template: prompt template of ``model_runtime.datasets.build_prompt``.
         fast: run the fast path (:meth:`MolmoeLanguageModel.use_fast_path`: fused blocks, Triton
             decode ops, a :class:`~model_runtime.molmoe.static_decode.GraphDecoder` replaying one
-            CUDA graph per decode step, the vision tower from one graph per crop count). Default: on when the model is on CUDA. On CPU it runs the
-            same fused blocks with torch ops (no graphs); False keeps transformers' blocks.
+            CUDA graph per decode step, the vision tower from one graph per crop count). Default:
+            on when the model is on CUDA. On CPU it runs the same fused blocks with torch ops (no
+            graphs); False keeps transformers' blocks.
         max_graphs: live decode graphs at most (LRU) when ``fast``.
         max_graph_bytes: memory the decoder's static caches and graphs may hold together (LRU
             beyond it; default 8 GiB: a batch-8 cache of 2,300 positions at the MolmoE-1B shape
