@@ -215,6 +215,31 @@ def test_prefill_graphs_keyed_by_length_p_and_padding_lru_bounded(lm):
 
 
 @torch.no_grad()
+def test_length_bucketed_prefill_pads_on_the_left_and_keeps_the_outputs(lm):
+    """prefill_bucket=8: prompts of 10 and 13 tokens share one 16-position graph; generation equals
+    the reference; the bucket is used for the cache length too."""
+    plan = _plan(("low", 2, 5, 13))
+    lm.use_fast_path()
+    dec = GraphDecoder(lm, len_bucket=8, prefill_bucket=8, prefill_capture_after=0, batch_buckets=(2,))
+    results = []
+    for lengths in ((10, 7), (13, 9), (16, 16)):
+        ids, mask = _left_padded(lengths, seed=sum(lengths))
+        kw = dict(top_k_per_block=plan, p=2, eos_token_id=-1, pad_token_id=PAD, max_new_tokens=6)
+        ours = greedy_generate(lm, lm.embed(ids), mask, **kw, decoder=dec)
+        lm.use_fast_path(False)
+        ref = greedy_generate(lm, lm.embed(ids), mask, **kw)
+        lm.use_fast_path()
+        results.append((ours.tokens == ref.tokens, (ours.first_logits - ref.first_logits).abs().max().item(),
+                        (ours.latency_token - ref.latency_token).abs().max().item()))
+    lm.use_fast_path(False)
+    assert all(same for same, _, _ in results) and max(max(a, b) for _, a, b in results) <= 1e-5
+    # (10,7) and (13,9) -> bucket 16 padded (one graph); (16,16) -> 16 without padding: causal, a second graph
+    assert dec.prefill_captures == 2 and dec.prefill_len(10) == dec.prefill_len(13) == 16
+    with pytest.raises(ValueError, match="prefill_bucket"):
+        GraphDecoder(lm, prefill_bucket=0)
+
+
+@torch.no_grad()
 def test_first_prefill_of_a_length_runs_eagerly_then_replays(lm):
     """Default policy: a length's first prefill runs eagerly into the cache, its second is captured;
     both leave the same cache state and outputs."""

@@ -129,7 +129,8 @@ def greedy_generate(
         if decoder is None:
             cache: BlockKVCache | StaticKVCache = BlockKVCache(reserve=max_new_tokens)
         else:
-            cache = decoder.prepare(inputs_embeds.shape[0], plan, positions=inputs_embeds.shape[1] + max_new_tokens - 1)
+            cache = decoder.prepare(inputs_embeds.shape[0], plan,
+                                    positions=decoder.prefill_len(inputs_embeds.shape[1]) + max_new_tokens - 1)
         if decoder is not None and not n_latency_tokens:  # the decoder's captured staged prefill
             latency, logits = decoder.prefill(cache, inputs_embeds, attention_mask, p)  # type: ignore[arg-type]
         else:

@@ -188,8 +188,9 @@ class MolmoeRuntime:
         if self.fast:
             self.vision = VisionGraphs(model)
             lm.use_fast_path()
-            self.decoder = GraphDecoder(lm, max_graphs=max_graphs, max_bytes=max_graph_bytes,
-                                        batch_buckets=_buckets_up_to(self.max_batch_size))
+            # prompts vary in length: a 64-token length bucket lets nearby lengths share a prefill graph
+            self.decoder = GraphDecoder(lm, max_graphs=max_graphs, max_bytes=max_graph_bytes, max_prefill_graphs=16,
+                                        prefill_bucket=64, batch_buckets=_buckets_up_to(self.max_batch_size))
         else:
             lm.use_fast_path(False)
 

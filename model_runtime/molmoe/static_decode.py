@@ -390,6 +390,9 @@ class GraphDecoder:
             about 60 MB per 1,000 prompt tokens at the MolmoE-1B shape in bf16); 0 = prefill eagerly.
         prefill_capture_after: eager prefills of a (prompt length, p, padding) key before it is
             captured (default 1: the second request of a length replays a graph; 0 captures at once).
+        prefill_bucket: captured prefills left-pad prompts to a multiple of this many tokens, so
+            that prompts of nearby lengths share a graph (None: exact lengths; the cost is up to
+            ``prefill_bucket - 1`` masked positions and the masked instead of the causal SDPA kernel).
         impl: ``"fused"`` (:meth:`FusedLM.decode_step`, the fast path: Triton ops on CUDA, their
             torch references elsewhere) or ``"static"`` (:func:`static_decode_step`: transformers'
             attention modules and :func:`static_moe`, the first-stage reference).
@@ -408,6 +411,7 @@ class GraphDecoder:
         capture: CaptureFn | None = None,
         max_prefill_graphs: int = 4,
         prefill_capture_after: int = 1,
+        prefill_bucket: int | None = None,
         impl: str = "fused",
         moe_form: str | None = None,
     ) -> None:
@@ -433,6 +437,9 @@ class GraphDecoder:
         if prefill_capture_after < 0:
             raise ValueError(f"prefill_capture_after must be >= 0, got {prefill_capture_after}")
         self.prefill_capture_after = int(prefill_capture_after)
+        if prefill_bucket is not None and prefill_bucket < 1:
+            raise ValueError(f"prefill_bucket must be >= 1 or None, got {prefill_bucket}")
+        self.prefill_bucket = None if prefill_bucket is None else int(prefill_bucket)
         self.prefill_captures = 0
         self.fused = (lm.fused or FusedLM(lm)) if impl == "fused" else None
         self.capture = capture if capture is not None else (cuda_graph_capture if device.type == "cuda" else eager_capture)
@@ -538,14 +545,21 @@ class GraphDecoder:
         return logits[:rows]
 
     @torch.no_grad()
+    def prefill_len(self, seq: int) -> int:
+        """Positions a captured prefill of a ``seq``-token prompt occupies (``prefill_bucket``)."""
+        b = self.prefill_bucket
+        return seq if b is None else -(-int(seq) // b) * b
+
     def prefill(
         self, cache: StaticKVCache, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, p: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The staged prefill of a prepared (empty) cache, replayed from a captured graph per
         (prompt length, p, causal); leaves the cache ready for :meth:`step` (``start_decode`` done).
 
-        Rows are padded to the entry's bucket (all-masked rows). ``causal`` = the prompt has no
-        padding and fills the bucket (SDPA's causal kernel); otherwise the padding mask is used.
+        Rows are padded to the entry's bucket (all-masked rows), and with ``prefill_bucket`` the
+        prompt is left-padded to its length bucket (masked positions: the same outputs, one graph
+        for every length of the bucket). ``causal`` = no padding of either kind (SDPA's causal
+        kernel); otherwise the padding mask is used.
 
         Args:
             inputs_embeds: (rows, S, D); attention_mask: (rows, S) left-padded; p: the latency
@@ -566,8 +580,11 @@ class GraphDecoder:
             raise ValueError(f"insertion position p={p} invalid for the plan (block p-1 must run)")
         if seq > cache.max_len:
             raise ValueError(f"prompt of {seq} positions exceeds the cache's {cache.max_len}")
-        causal = rows == bucket and bool(attention_mask.all())
-        key = (seq, p, causal)
+        seq_b = self.prefill_len(seq)
+        if seq_b > cache.max_len:
+            raise ValueError(f"prompt of {seq} positions, {seq_b} with its length bucket, exceeds the cache's {cache.max_len}")
+        causal = rows == bucket and seq_b == seq and bool(attention_mask.all())
+        key = (seq_b, p, causal)
         graph = entry.prefills.get(key)
         self._entries.move_to_end(entry.key)
         if graph is None:
@@ -577,17 +594,21 @@ class GraphDecoder:
                 # stream of distinct lengths never pays for captures it would not replay
                 entry.prefill_seen[key] = seen + 1
                 return self._eager_prefill(cache, inputs_embeds, attention_mask, p, entry.key[2])
-            graph = self._capture_prefill(entry, seq, p, causal)
+            graph = self._capture_prefill(entry, seq_b, p, causal)
         entry.prefills.move_to_end(key)
-        graph.embeds[:rows].copy_(inputs_embeds)
-        graph.mask[:rows].copy_(attention_mask)
+        pad = seq_b - seq  # left padding up to the length bucket: masked positions
+        graph.embeds[:rows, pad:].copy_(inputs_embeds)
+        graph.mask[:rows, pad:].copy_(attention_mask)
+        if pad:
+            graph.embeds[:rows, :pad].zero_()
+            graph.mask[:rows, :pad].zero_()
         if rows < bucket:
             graph.embeds[rows:].zero_()
             graph.mask[rows:].zero_()
         cache.reset()
         latency, logits = graph.replay()
-        for b in cache.blocks:  # the replay wrote positions 0..S-1 of every active block
-            cache._length[b] = seq
+        for b in cache.blocks:  # the replay wrote positions 0..seq_b-1 of every active block
+            cache._length[b] = seq_b
         cache.start_decode(graph.mask)
         cache.rows = rows
         return latency[:rows], logits[:rows]
