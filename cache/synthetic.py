@@ -185,7 +185,7 @@ GEN_BLOCK = 512
 DATASET_PREFIX = "synthetic-"
 
 # random-number streams (SeedSequence entropy words after the seed)
-_STREAM_ASSIGN, _STREAM_STRUCTURE, _STREAM_BLOCK = 1, 2, 3
+_STREAM_ASSIGN, _STREAM_STRUCTURE, _STREAM_BLOCK, _STREAM_LENGTH_DIR = 1, 2, 3, 4
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -281,6 +281,7 @@ class SyntheticParams:
     # observable features
     lang_r2_difficulty: float = 0.10
     lang_r2_vision_need: float = 0.35
+    lang_r2_output_length: float = 0.0
     lang_dataset_norm: float = 3.0
     token_r2_difficulty: tuple[float, ...] = (0.20, 0.30, 0.40, 0.50, 0.60)
     token_r2_vision_need: tuple[float, ...] = (0.25, 0.30, 0.35, 0.40, 0.45)
@@ -335,7 +336,7 @@ class SyntheticParams:
                 raise ValueError(f"{name} needs {P} values in [0, 1) (one per insertion position), got {v}")
         if len(self.token_r2_tier_bonus) != T:
             raise ValueError(f"token_r2_tier_bonus needs {T} values (one per tier), got {self.token_r2_tier_bonus}")
-        for name in ("lang_r2_difficulty", "lang_r2_vision_need"):
+        for name in ("lang_r2_difficulty", "lang_r2_vision_need", "lang_r2_output_length"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1)")
         for name in ("reference_gap", "vqa_band", "anls_band"):
@@ -642,6 +643,26 @@ def _structure(params: SyntheticParams, seed: int) -> _Structure:
     return _Structure(lang_dirs, token_dirs, off)
 
 
+def _length_direction(lang_dirs: np.ndarray, seed: int) -> np.ndarray:
+    """(Dl,) unit direction orthogonal to ``lang_dirs`` for the opt-in output-length signal, from its
+    own random stream (so the default structure and draws stay exactly as they are)."""
+    v = _rng(seed, _STREAM_LENGTH_DIR).standard_normal(lang_dirs.shape[1])
+    v -= lang_dirs.T @ (lang_dirs @ v)
+    return v / np.linalg.norm(v)
+
+
+def _log_length_moments(extra_mean: float, max_len: int) -> tuple[float, float]:
+    """Mean and sd of log(1 + min(Poisson(extra_mean), max_len - 1))."""
+    from scipy.stats import poisson
+
+    k = np.arange(max_len)
+    pmf = poisson.pmf(k, extra_mean)
+    pmf[-1] += 1.0 - pmf.sum()  # the clipped tail
+    logs = np.log1p(k)
+    mu = float(pmf @ logs)
+    return mu, float(np.sqrt(max(pmf @ (logs - mu) ** 2, 0.0)))
+
+
 def _amp(r2: np.ndarray | float) -> np.ndarray:
     """Signal amplitude giving linear-probe R² ``r2`` against unit-variance noise."""
     r2 = np.asarray(r2, dtype=np.float64)
@@ -762,6 +783,17 @@ def _block_data(params: SyntheticParams, seed: int, block: int, rows: np.ndarray
             + _amp(params.lang_r2_difficulty) * lat["delta"][:, None] * L[0]
             + _amp(params.lang_r2_vision_need) * nu_std[:, None] * L[1]
             + lang_noise)
+    if params.lang_r2_output_length > 0:  # opt-in question → answer-length signal (0 by default)
+        # log base length standardised by its dataset's population moments (the dataset mean is
+        # already visible through the dataset direction); exact moments of 1 + min(Poisson(λ), max - 1)
+        z = np.zeros(len(ds))
+        log_len = np.log(lat["base_output"].astype(np.float64))
+        for d, spec in enumerate(specs):
+            m = ds == d
+            if m.any():
+                mu, sd = _log_length_moments(spec.output_extra_mean, spec.output_max)
+                z[m] = (log_len[m] - mu) / sd if sd > 0 else 0.0
+        lang = lang + _amp(params.lang_r2_output_length) * z[:, None] * _length_direction(L, seed)
 
     # ---- latency tokens (n, T, P, Dt)
     D = structure.token_dirs
@@ -1030,6 +1062,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lang-dim", type=int, default=64)
     ap.add_argument("--token-dim", type=int, default=64)
+    ap.add_argument("--lang-r2-output-length", type=float, default=0.0,
+                    help="opt-in: linear-probe R² of the request's answer length (within its dataset) in the "
+                         "language feature; 0 (default) = no such signal, as calibrated")
     ap.add_argument("--splits", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     ap.add_argument("--datasets", nargs="+", default=None,
                     help="subset of textvqa vqav2 okvqa scienceqa docvqa, optionally name:weight")
@@ -1048,7 +1083,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         kw: dict[str, Any] = dict(n_samples=args.samples, lang_dim=args.lang_dim, token_dim=args.token_dim,
-                                  splits=tuple(args.splits))
+                                  splits=tuple(args.splits), lang_r2_output_length=args.lang_r2_output_length)
         if args.datasets:
             kw["datasets"] = select_datasets(args.datasets)
         params = SyntheticParams(**kw)

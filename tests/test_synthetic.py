@@ -312,3 +312,19 @@ def test_build_default_cache_reuses_rebuilds_stale_and_protects_other_files(tmp_
     other.write_bytes(b"not a cache")
     with pytest.raises(FileExistsError):
         syn.build_default_cache(other)
+
+
+def test_opt_in_output_length_signal_in_the_language_feature(data):
+    """lang_r2_output_length > 0 adds a within-dataset answer-length direction to the language
+    feature and changes nothing else; the default (0) carries none."""
+    hinted = generate(SyntheticParams(n_samples=5000, lang_r2_output_length=0.5), 0)
+    for name in ("score", "output_tokens", "latency_token", "uncertainty", "dataset", "crops"):
+        np.testing.assert_array_equal(getattr(hinted, name), getattr(data, name))
+    full = data.knob_space.index(data.knob_space.full_config)
+    y = np.log(data.output_tokens[:, full].astype(np.float64))
+    onehot = np.eye(len(data.datasets))[data.dataset][:, 1:]  # dataset means are visible either way
+    r2 = {k: _r2_holdout(np.c_[d.lang_feature, onehot], y, 3500) - _r2_holdout(onehot, y, 3500)
+          for k, d in (("default", data), ("hinted", hinted))}
+    assert r2["default"] < 0.05 and r2["hinted"] > 0.2, r2
+    with pytest.raises(ValueError, match="lang_r2_output_length"):
+        SyntheticParams(lang_r2_output_length=1.0)
