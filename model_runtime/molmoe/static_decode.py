@@ -613,18 +613,27 @@ class GraphDecoder:
         cache.rows = rows
         return latency[:rows], logits[:rows]
 
+    def _staged_prefill(
+        self, cache: StaticKVCache, embeds: torch.Tensor, mask: torch.Tensor, p: int, plan: tuple[int, ...],
+        causal: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reset ``cache`` and run the staged prefill into it: (latency token after block p-1,
+        last-position logits). ``causal`` set: no host sync to decide the SDPA kernel (capturable)."""
+        lm = self.lm
+        cache.reset()
+        state = lm.begin(embeds, mask, cache=cache)  # type: ignore[arg-type]  # same protocol
+        state.causal_only = causal
+        lm.advance(state, p, plan)
+        latency = state.hidden[:, -1]
+        lm.advance(state, lm.n_layers, plan)
+        return latency, lm.logits(state)
+
     def _eager_prefill(
         self, cache: StaticKVCache, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, p: int,
         plan: tuple[int, ...],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        lm = self.lm
-        cache.reset()
-        state = lm.begin(inputs_embeds, attention_mask, cache=cache)  # type: ignore[arg-type]  # same protocol
-        lm.advance(state, p, plan)
-        latency = state.hidden[:, -1]
-        lm.advance(state, lm.n_layers, plan)
-        logits = lm.logits(state)
-        cache.start_decode(state.attention_mask)
+        latency, logits = self._staged_prefill(cache, inputs_embeds, attention_mask, p, plan)
+        cache.start_decode(attention_mask)
         return latency, logits
 
     def _capture_prefill(self, entry: GraphEntry, seq: int, p: int, causal: bool) -> PrefillGraph:
@@ -637,13 +646,7 @@ class GraphDecoder:
         mask = torch.ones(bucket, seq, dtype=torch.long, device=dev)
 
         def run() -> tuple[torch.Tensor, torch.Tensor]:
-            cache.reset()
-            state = lm.begin(embeds, mask, cache=cache)  # type: ignore[arg-type]  # same protocol
-            state.causal_only = causal  # decided by the key: no host sync inside the graph
-            lm.advance(state, p, plan)
-            latency = state.hidden[:, -1]
-            lm.advance(state, lm.n_layers, plan)
-            return latency, lm.logits(state)
+            return self._staged_prefill(cache, embeds, mask, p, plan, causal)  # causal decided by the key
 
         capture = self.capture if self.max_prefill_graphs else eager_capture
         replay, graph_bytes = capture(run)  # type: ignore[arg-type]
