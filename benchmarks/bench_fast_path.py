@@ -48,6 +48,7 @@ import torch
 
 from envs.knob_space import KnobSpace
 from model_runtime.molmoe.config import MolmoeConfig
+from model_runtime.molmoe.fused_lm import ROUTED_FORMS
 from model_runtime.molmoe.generation import greedy_generate
 from model_runtime.molmoe.language_model import BlockKVCache, MolmoeLanguageModel
 from model_runtime.molmoe.static_decode import GraphDecoder, cuda_graph_capture, eager_capture
@@ -365,6 +366,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny shape, few points (CPU smoke)")
     ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,batching,vision,correctness")
+    ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
+                    help="prefill experts (default: the fast path's default for the device)")
     ap.add_argument("--out", default=None, help="JSON with every figure")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -407,7 +410,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = build_random_model(cfg, device=dev, dtype=dtype)
     lm = model.lm
-    lm.use_fast_path()
+    lm.use_fast_path(routed_form=args.routed_form)
     capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
     dec = GraphDecoder(lm, max_graphs=32, capture=capture)
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
@@ -465,6 +468,14 @@ def main() -> None:
             print(f"  prefill S={s}: {row}", flush=True)
         s = lengths[len(lengths) // 2]
         e, m = prompt(lm, 1, s, seed=s)
+        # every sync-free expert form of the prefill on the same prompt (each its own captured graph)
+        for form in ("grouped_mm", "sorted_gemm"):
+            lm.use_fast_path(routed_form=form)
+            own = GraphDecoder(lm, max_graphs=2, capture=capture)
+            out[f"form_{form}_k8b16_S{s}_graph_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats * 2, own)
+            del own
+        lm.use_fast_path(routed_form=args.routed_form)
+        dec.fused = lm.fused
         # the runtime's setting: prompts left-padded to a 64-token length bucket (masked SDPA)
         bucketed = GraphDecoder(lm, max_graphs=2, capture=capture, prefill_bucket=64)
         out[f"bucket64_k8b16_S{s}_graph_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats * 2, bucketed)
@@ -473,7 +484,7 @@ def main() -> None:
         try:
             out[f"transformers_k8b16_S{s}_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats)
         finally:
-            lm.use_fast_path()
+            lm.use_fast_path(routed_form=args.routed_form)
             dec.fused = lm.fused
         return out
 

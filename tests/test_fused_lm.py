@@ -119,16 +119,18 @@ def test_fused_decode_step_equals_eager_decode(lm, config):
 @triton_ok
 @torch.no_grad()
 def test_triton_decode_step_equals_torch_ops(lm):
-    """The Triton kernels composed into a whole decode step (interpreted on CPU) = the torch ops."""
+    """The Triton kernels composed into a prefill into the static cache (keys/values written in
+    place) and whole decode steps (interpreted on CPU) = the torch ops."""
     plan = _plan(("low", 2, 5, 13))
     ids, mask = _left_padded((10, 6), seed=4)
     emb = lm.embed(ids)
     logits = {}
     for backend in ("torch", "triton"):
-        fused = FusedLM(lm, backend=backend)
+        fused = lm.fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm")
         cache = StaticKVCache.for_plan(lm, plan, batch=2, max_len=16)
         st = lm.begin(emb, mask, cache=cache)
         lm.advance(st, lm.n_layers, plan)
+        lm.fused = None
         cache.start_decode(mask)
         tok = lm.logits(st).argmax(-1)
         steps = []
@@ -148,10 +150,11 @@ def test_triton_prefill_equals_transformers_blocks(lm):
     plan = _plan(("medium", 3, 5, 14))
     ids, mask = _left_padded((7, 5), seed=9)
     ref = lm(ids, mask, top_k_per_block=plan)
-    lm.use_fast_path(backend="triton", routed_form="grouped_mm")
-    ours = lm(ids, mask, top_k_per_block=plan)
-    lm.use_fast_path(False)
-    assert (ours - ref)[mask.bool()].abs().max().item() <= 1e-5
+    for form in ("grouped_mm", "sorted_gemm"):
+        lm.use_fast_path(backend="triton", routed_form=form)
+        ours = lm(ids, mask, top_k_per_block=plan)
+        lm.use_fast_path(False)
+        assert (ours - ref)[mask.bool()].abs().max().item() <= 1e-5, form
 
 
 @pytest.mark.parametrize("n_latency", [0, 5])
@@ -185,7 +188,7 @@ def test_greedy_generate_through_the_decoder_equals_eager(lm, config, n_latency)
 
 
 @torch.no_grad()
-def test_prefill_graphs_keyed_by_length_p_and_padding_lru_bounded(lm):
+def test_prefill_graphs_keyed_by_length_and_p_lru_bounded(lm):
     log: list[str] = []
 
     def capture(step):
@@ -198,13 +201,16 @@ def test_prefill_graphs_keyed_by_length_p_and_padding_lru_bounded(lm):
     plan = _plan(("low", 2, 5, 13))
     full_ids, full_mask = _left_padded((10, 10), seed=6)
     pad_ids, pad_mask = _left_padded((10, 7), seed=6)
-    for ids, mask, p in ((full_ids, full_mask, 2), (full_ids, full_mask, 2), (pad_ids, pad_mask, 2), (full_ids, full_mask, 1)):
+    long_ids, long_mask = _left_padded((12, 12), seed=6)
+    for ids, mask, p in ((full_ids, full_mask, 2), (full_ids, full_mask, 2), (pad_ids, pad_mask, 2), (full_ids, full_mask, 1),
+                         (long_ids, long_mask, 2)):
         cache = dec.prepare(2, plan, positions=16)
         lat, logits = dec.prefill(cache, lm.embed(ids), mask, p)
-        assert cache.position == 10 and cache.rows == 2 and lat.shape == (2, CFG.d_model)
+        assert cache.position == mask.shape[1] and cache.rows == 2 and lat.shape == (2, CFG.d_model)
     entry_prefills = dec.memory_report()[0]["prefill_graphs"]
     lm.use_fast_path(False)
-    # decode graph + 3 distinct prefill keys (causal p=2, padded p=2, causal p=1); at most 2 kept
+    # decode graph + 3 distinct prefill keys (10 tokens p=2 — with or without padding, rows are
+    # right-aligned — 10 tokens p=1, 12 tokens p=2); at most 2 kept
     assert log.count("capture") == 4 and dec.prefill_captures == 3 and entry_prefills == 2
     with pytest.raises(ValueError, match="insertion position"):
         dec.prefill(dec.prepare(2, plan, positions=16), lm.embed(full_ids), full_mask, 17)
@@ -215,9 +221,9 @@ def test_prefill_graphs_keyed_by_length_p_and_padding_lru_bounded(lm):
 
 
 @torch.no_grad()
-def test_length_bucketed_prefill_pads_on_the_left_and_keeps_the_outputs(lm):
-    """prefill_bucket=8: prompts of 10 and 13 tokens share one 16-position graph; generation equals
-    the reference; the bucket is used for the cache length too."""
+def test_length_bucketed_prefill_right_aligns_and_keeps_the_outputs(lm):
+    """prefill_bucket=8: prompts of 10 and 13 tokens share one 16-position graph (rows right-aligned,
+    causal); generation equals the left-padded reference; the bucket is used for the cache length too."""
     plan = _plan(("low", 2, 5, 13))
     lm.use_fast_path()
     dec = GraphDecoder(lm, len_bucket=8, prefill_bucket=8, prefill_capture_after=0, batch_buckets=(2,))
@@ -233,8 +239,8 @@ def test_length_bucketed_prefill_pads_on_the_left_and_keeps_the_outputs(lm):
                         (ours.latency_token - ref.latency_token).abs().max().item()))
     lm.use_fast_path(False)
     assert all(same for same, _, _ in results) and max(max(a, b) for _, a, b in results) <= 1e-5
-    # (10,7) and (13,9) -> bucket 16 padded (one graph); (16,16) -> 16 without padding: causal, a second graph
-    assert dec.prefill_captures == 2 and dec.prefill_len(10) == dec.prefill_len(13) == 16
+    # (10,7), (13,9) and (16,16) -> one 16-position graph
+    assert dec.prefill_captures == 1 and dec.prefill_len(10) == dec.prefill_len(13) == 16
     with pytest.raises(ValueError, match="prefill_bucket"):
         GraphDecoder(lm, prefill_bucket=0)
 

@@ -221,3 +221,19 @@ def test_caches_sized_per_request_in_length_buckets(lm):
     assert dec.prepare(1, plan, positions=16).max_len == 16
     assert dec.prepare(1, plan, positions=17).max_len == 32
     assert [k[1] for k in dec.keys] == [16, 32]
+
+
+def test_right_align_moves_left_padding_after_the_tokens():
+    from model_runtime.molmoe.static_decode import right_align
+
+    emb = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    e, m, last = right_align(emb, mask, 6)
+    assert torch.equal(m, torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]))
+    assert torch.equal(last, torch.tensor([1, 3]))
+    assert torch.equal(e[0, :2], emb[0, 2:]) and torch.equal(e[1, :4], emb[1]) and e[0, 2:].abs().sum() == 0
+    buf = (torch.ones(3, 6, 3), torch.ones(3, 6, dtype=torch.long), torch.ones(3, dtype=torch.long))
+    right_align(emb, mask, 6, out=buf)  # rows past the input's are cleared
+    assert torch.equal(buf[0][:2], e) and buf[0][2].abs().sum() == 0 and buf[1][2].sum() == 0 and buf[2][2] == 0
+    with pytest.raises(ValueError, match="shorter"):
+        right_align(emb, mask, 3)

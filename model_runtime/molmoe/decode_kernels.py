@@ -146,6 +146,50 @@ if HAVE_TRITON:
             tl.store(qo + HALF, r2)
 
     @triton.jit
+    def _norm_rope_heads(src, w, dst, n_heads, head_stride, cos, sin, eps,
+                         DH: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+        # RMSNorm over all n_heads * DH features of a row, then RoPE per head: (BLOCK_H, HALF) tiles
+        hh = tl.arange(0, BLOCK_H)[:, None]
+        jj = tl.arange(0, HALF)[None, :]
+        o = hh * DH + jj
+        m = hh < n_heads
+        x1 = tl.load(src + o, mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(src + o + HALF, mask=m, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt((tl.sum(tl.sum(x1 * x1, axis=1), axis=0) + tl.sum(tl.sum(x2 * x2, axis=1), axis=0))
+                             / (n_heads * DH) + eps)
+        dt = dst.dtype.element_ty
+        x1 = ((x1 * rstd).to(dt).to(tl.float32) * tl.load(w + o, mask=m, other=0.0).to(tl.float32)).to(dt).to(tl.float32)
+        x2 = ((x2 * rstd).to(dt).to(tl.float32) * tl.load(w + o + HALF, mask=m, other=0.0).to(tl.float32)).to(dt).to(tl.float32)
+        d = hh * head_stride + jj
+        tl.store(dst + d, (x1 * cos - x2 * sin).to(dt), mask=m)
+        tl.store(dst + d + HALF, (x2 * cos + x1 * sin).to(dt), mask=m)
+
+    @triton.jit
+    def _qk_norm_rope_rows_kernel(
+        qkv_ptr, qkw_ptr, pos_ptr, inv_freq_ptr, q_out_ptr, k_out_ptr, v_out_ptr, H, HKV, SEQ,
+        kv_row_stride, kv_pos_stride, kv_head_stride, eps, rope_scale,
+        DH: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, STORE_V: tl.constexpr,
+    ):
+        # the prefill's form: one program per token row does all its heads (the per-head grid of
+        # _qk_norm_rope_kernel re-read each row H + H_kv times: 35 us per block at S=1000 on an H100).
+        # Keys (and with STORE_V the values) go to a strided (rows, H_kv, S, Dh) destination: the
+        # static KV cache directly, which saves the prefill two copies per block.
+        t = tl.program_id(0).to(tl.int64)
+        dt = q_out_ptr.dtype.element_ty
+        freqs = tl.load(pos_ptr + t).to(tl.float32) * tl.load(inv_freq_ptr + tl.arange(0, HALF))
+        cos = (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32)[None, :]
+        sin = (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)[None, :]
+        row = qkv_ptr + t * (H + 2 * HKV) * DH
+        kv = (t // SEQ) * kv_row_stride + (t % SEQ) * kv_pos_stride
+        _norm_rope_heads(row, qkw_ptr, q_out_ptr + t * H * DH, H, DH, cos, sin, eps, DH, HALF, BLOCK_H)
+        _norm_rope_heads(row + H * DH, qkw_ptr + H * DH, k_out_ptr + kv, HKV, kv_head_stride, cos, sin, eps, DH, HALF, BLOCK_H)
+        if STORE_V:
+            hh = tl.arange(0, BLOCK_H)[:, None]
+            dd = tl.arange(0, DH)[None, :]
+            v = tl.load(row + (H + HKV) * DH + hh * DH + dd, mask=hh < HKV, other=0.0)
+            tl.store(v_out_ptr + kv + hh * kv_head_stride + dd, v, mask=hh < HKV)
+
+    @triton.jit
     def _attn_split_kernel(
         q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr,
         H, HKV, L, NSPLIT, scale,
@@ -395,28 +439,47 @@ def qk_norm_rope(
     n_heads: int,
     n_kv: int,
     backend: Backend = "torch",
+    kv_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """QK-norm (over all heads' features of a row) and RoPE of T token rows (the prefill's form).
+    """QK-norm (over all heads' features of a row) and RoPE of T = B·S token rows (the prefill's form).
 
     Args:
         qkv: (T, (H + 2 H_kv) Dh) fused projection output; qk_weight: (H Dh + H_kv Dh,) the q and k
             RMSNorm weights concatenated; positions: (T,) int64; inv_freq: (Dh / 2,) float32.
+        kv_out: (keys, values) destinations of shape (B, H_kv, S, Dh), any strides with a
+            contiguous last dim (the static KV cache's slots): the keys are written there and the
+            values copied there from ``qkv``, in the same kernel.
 
     Returns:
-        q (T, H, Dh), k (T, H_kv, Dh) in qkv's dtype (the values are ``qkv``'s last H_kv Dh columns).
+        q (T, H, Dh) and k: (T, H_kv, Dh) in qkv's dtype, or ``kv_out[0]`` when given (the values
+        are ``qkv``'s last H_kv Dh columns).
     """
     if backend == "torch":
-        q, k, _ = _qk_norm_rope_torch(qkv, qk_weight, eps, positions, inv_freq, rope_scale, n_heads, n_kv)
-        return q, k
+        q, k, v = _qk_norm_rope_torch(qkv, qk_weight, eps, positions, inv_freq, rope_scale, n_heads, n_kv)
+        if kv_out is None:
+            return q, k
+        bsz, _, seq, dh = kv_out[0].shape
+        kv_out[0].copy_(k.view(bsz, seq, n_kv, dh).transpose(1, 2))
+        kv_out[1].copy_(v.reshape(bsz, seq, n_kv, dh).transpose(1, 2))
+        return q, kv_out[0]
     rows, dh = qkv.shape[0], inv_freq.shape[0] * 2
     q = torch.empty(rows, n_heads, dh, dtype=qkv.dtype, device=qkv.device)
-    k = torch.empty(rows, n_kv, dh, dtype=qkv.dtype, device=qkv.device)
-    _qk_norm_rope_kernel[(rows, n_heads + n_kv)](
-        qkv.contiguous(), qk_weight, positions.contiguous(), inv_freq, q, k, k, positions,
-        n_heads, n_kv, n_kv * dh, dh, eps, float(rope_scale),
-        DH=dh, HALF=dh // 2, BLOCK=_p2(max(n_heads, n_kv) * dh), USE_SLOT=False, STORE_V=False,
+    if kv_out is None:
+        k = torch.empty(rows, n_kv, dh, dtype=qkv.dtype, device=qkv.device)
+        dst_k, dst_v, seq, strides = k, k, rows, (0, n_kv * dh, dh)
+    else:
+        dst_k, dst_v = kv_out
+        if dst_k.shape != dst_v.shape or dst_k.stride() != dst_v.stride() or dst_k.stride(-1) != 1:
+            raise ValueError("kv_out keys and values need the same shape and strides, contiguous in Dh")
+        if dst_k.shape[0] * dst_k.shape[2] != rows or dst_k.shape[1] != n_kv:
+            raise ValueError(f"kv_out shape {tuple(dst_k.shape)} does not hold {rows} rows of {n_kv} heads")
+        seq, strides = dst_k.shape[2], (dst_k.stride(0), dst_k.stride(2), dst_k.stride(1))
+    _qk_norm_rope_rows_kernel[(rows,)](
+        qkv.contiguous(), qk_weight, positions.contiguous(), inv_freq, q, dst_k, dst_v, n_heads, n_kv, seq,
+        *strides, eps, float(rope_scale),
+        DH=dh, HALF=dh // 2, BLOCK_H=_p2(max(n_heads, n_kv)), STORE_V=kv_out is not None,
     )
-    return q, k
+    return q, dst_k
 
 
 def qk_norm_rope_store(

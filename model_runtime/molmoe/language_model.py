@@ -335,10 +335,14 @@ class MolmoeLanguageModel(nn.Module):
         state.next_block = until
         return state
 
-    def logits(self, state: LMState, *, last_only: bool = True) -> torch.Tensor:
-        """Final norm + LM head: (B, V) at the last position, or (B, S, V) with ``last_only=False``."""
+    def logits(self, state: LMState, *, last_only: bool = True, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm + LM head: (B, V) at the last position (or at each row's position ``at``, (B,)
+        int64, for right-padded rows), or (B, S, V) with ``last_only=False``."""
         if state.next_block != self.n_layers:
             raise ValueError(f"forward stopped at block {state.next_block}; advance to {self.n_layers} first")
+        if at is not None:
+            h = state.hidden[torch.arange(at.shape[0], device=at.device), at][:, None]
+            return self.lm_head(self.backbone.norm(h))[:, 0]
         h = state.hidden[:, -1:] if last_only else state.hidden
         out = self.lm_head(self.backbone.norm(h))
         return out[:, 0] if last_only else out

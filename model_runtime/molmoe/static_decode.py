@@ -168,6 +168,24 @@ class StaticKVCache:
         self.rows = rows
         return keys[:rows, :, : start + n], values[:rows, :, : start + n]
 
+    def append_slots(
+        self, layer_idx: int, rows: int, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`update` without the copy, for kernels that write keys/values in place: reserve the
+        next ``n`` positions of block ``layer_idx`` for ``rows`` rows; return (keys slots, values
+        slots) (rows, H_kv, n, Dh) to fill and (keys, values) (rows, H_kv, K, Dh) so far incl. them."""
+        if layer_idx not in self.keys:
+            raise ValueError(f"block {layer_idx} owns no static cache buffer (active blocks {self.blocks})")
+        if rows > self.batch:
+            raise ValueError(f"{rows} rows exceed the cache's batch capacity {self.batch}")
+        start = self._length[layer_idx]
+        if start + n > self.max_len:
+            raise ValueError(f"{start + n} positions exceed max_len={self.max_len}")
+        keys, values = self.keys[layer_idx][:rows], self.values[layer_idx][:rows]
+        self._length[layer_idx] = start + n
+        self.rows = rows
+        return keys[:, :, start : start + n], values[:, :, start : start + n], keys[:, :, : start + n], values[:, :, : start + n]
+
     def start_decode(self, attention_mask: torch.Tensor) -> None:
         """After the prefill: mark the prompt's real positions valid and point the slot after them.
 
@@ -333,8 +351,8 @@ class GraphEntry:
     tokens: torch.Tensor
     replay: Callable[[], torch.Tensor]
     graph_bytes: int
-    prefills: "OrderedDict[tuple[int, int, bool], PrefillGraph]" = field(default_factory=OrderedDict)
-    prefill_seen: dict[tuple[int, int, bool], int] = field(default_factory=dict)
+    prefills: "OrderedDict[tuple[int, int], PrefillGraph]" = field(default_factory=OrderedDict)
+    prefill_seen: dict[tuple[int, int], int] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -345,23 +363,68 @@ class GraphEntry:
 
 @dataclass
 class PrefillGraph:
-    """One captured prefill (prompt length S, insertion position p, causal flag) of an entry.
+    """One captured prefill (prompt length S, insertion position p) of an entry.
 
     Attributes:
-        embeds: (bucket, S, D) input buffer; mask: (bucket, S) int64 input buffer.
+        embeds: (bucket, S, D) input buffer, rows right-padded; mask: (bucket, S) int64 input
+            buffer (1 = real token, real tokens first); last: (bucket,) int64, each row's last
+            real position.
         replay: runs the prefill into the entry's cache; returns the (bucket, D) latency token
-            (last position after block p-1) and the (bucket, V) logits of the last position.
+            (last real position after block p-1) and the (bucket, V) logits of the last real position.
         graph_bytes: memory held by the graph's pool (0 when eager).
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor
+    last: torch.Tensor
     replay: Callable[[], tuple[torch.Tensor, torch.Tensor]]
     graph_bytes: int
 
     @property
     def nbytes(self) -> int:
-        return self.embeds.numel() * self.embeds.element_size() + self.mask.numel() * 8 + self.graph_bytes
+        return self.embeds.numel() * self.embeds.element_size() + (self.mask.numel() + self.last.numel()) * 8 + self.graph_bytes
+
+
+def right_align(
+    inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, length: int,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded rows → right-padded rows of ``length`` positions, on the device (no host sync).
+
+    Real tokens keep their order and positions 0..n-1; the padding after them is what a causal
+    mask already hides from every real query, so the prefill runs SDPA's causal kernel whatever
+    the rows' lengths and the length bucket (left padding needed the padding mask: ~10 % slower
+    at 1,000 tokens on an H100).
+
+    Args:
+        inputs_embeds: (rows, S, D); attention_mask: (rows, S) left-padded; length >= S.
+        out: (embeds (R, length, D), mask (R, length), last (R,)) buffers with R >= rows to fill
+            (rows past ``rows`` are zeroed); fresh tensors when None.
+
+    Returns:
+        (embeds, mask, last): right-padded embeddings, mask, and each row's last real index.
+    """
+    rows, seq = attention_mask.shape
+    if length < seq:
+        raise ValueError(f"length {length} is shorter than the prompt's {seq} positions")
+    dev = inputs_embeds.device
+    if out is None:
+        out = (torch.empty(rows, length, inputs_embeds.shape[-1], dtype=inputs_embeds.dtype, device=dev),
+               torch.empty(rows, length, dtype=torch.long, device=dev), torch.empty(rows, dtype=torch.long, device=dev))
+    embeds, mask, last = out
+    n = attention_mask.to(dev).long().sum(-1)  # (rows,) real tokens
+    j = torch.arange(length, device=dev)
+    real = j[None, :] < n[:, None]
+    src = (j[None, :] + (seq - n)[:, None]).clamp(max=seq - 1)  # left-padded column of right-padded position j
+    moved = inputs_embeds.gather(1, src[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+    embeds[:rows] = moved * real[..., None].to(moved.dtype)
+    mask[:rows] = real.long()
+    last[:rows] = (n - 1).clamp(min=0)
+    if embeds.shape[0] > rows:
+        embeds[rows:].zero_()
+        mask[rows:].zero_()
+        last[rows:].zero_()
+    return embeds, mask, last
 
 
 class GraphDecoder:
@@ -388,11 +451,12 @@ class GraphDecoder:
         capture: capture function (default: CUDA graphs on CUDA, eager elsewhere).
         max_prefill_graphs: captured prefills kept per entry (LRU; each holds its activations,
             about 60 MB per 1,000 prompt tokens at the MolmoE-1B shape in bf16); 0 = prefill eagerly.
-        prefill_capture_after: eager prefills of a (prompt length, p, padding) key before it is
-            captured (default 1: the second request of a length replays a graph; 0 captures at once).
-        prefill_bucket: captured prefills left-pad prompts to a multiple of this many tokens, so
-            that prompts of nearby lengths share a graph (None: exact lengths; the cost is up to
-            ``prefill_bucket - 1`` masked positions and the masked instead of the causal SDPA kernel).
+        prefill_capture_after: eager prefills of a (prompt length, p) key before it is captured
+            (default 1: the second request of a length replays a graph; 0 captures at once).
+        prefill_bucket: prefills pad prompts to a multiple of this many tokens, so that prompts of
+            nearby lengths share a graph (None: exact lengths; the cost is up to
+            ``prefill_bucket - 1`` padding positions; the padding goes after each row's tokens,
+            see :func:`right_align`, so the causal SDPA kernel serves every prompt).
         impl: ``"fused"`` (:meth:`FusedLM.decode_step`, the fast path: Triton ops on CUDA, their
             torch references elsewhere) or ``"static"`` (:func:`static_decode_step`: transformers'
             attention modules and :func:`static_moe`, the first-stage reference).
@@ -554,20 +618,20 @@ class GraphDecoder:
         self, cache: StaticKVCache, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, p: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The staged prefill of a prepared (empty) cache, replayed from a captured graph per
-        (prompt length, p, causal); leaves the cache ready for :meth:`step` (``start_decode`` done).
+        (prompt length, p); leaves the cache ready for :meth:`step` (``start_decode`` done).
 
-        Rows are padded to the entry's bucket (all-masked rows), and with ``prefill_bucket`` the
-        prompt is left-padded to its length bucket (masked positions: the same outputs, one graph
-        for every length of the bucket). ``causal`` = no padding of either kind (SDPA's causal
-        kernel); otherwise the padding mask is used.
+        The rows are right-aligned (:func:`right_align`: real tokens first, padding after, up to
+        the length bucket; rows past ``rows`` up to the entry's batch bucket all padding), so the
+        prefill is causal for every row and one graph serves every length of a bucket. The cache
+        holds the padding positions as not valid; decode skips them.
 
         Args:
             inputs_embeds: (rows, S, D); attention_mask: (rows, S) left-padded; p: the latency
                 token is read after block p-1.
 
         Returns:
-            latency token (rows, D) and last-position logits (rows, V), views of static buffers
-            that the next prefill of this key overwrites (clone to keep).
+            latency token (rows, D) and last-real-position logits (rows, V), views of static
+            buffers that the next prefill of this key overwrites (clone to keep).
         """
         entry = self._by_cache.get(id(cache))
         if entry is None or entry.cache is not cache:
@@ -583,8 +647,7 @@ class GraphDecoder:
         seq_b = self.prefill_len(seq)
         if seq_b > cache.max_len:
             raise ValueError(f"prompt of {seq} positions, {seq_b} with its length bucket, exceeds the cache's {cache.max_len}")
-        causal = rows == bucket and seq_b == seq and bool(attention_mask.all())
-        key = (seq_b, p, causal)
+        key = (seq_b, p)
         graph = entry.prefills.get(key)
         self._entries.move_to_end(entry.key)
         if graph is None:
@@ -593,18 +656,10 @@ class GraphDecoder:
                 # a prompt length seen for the first time runs eagerly into the same cache: a
                 # stream of distinct lengths never pays for captures it would not replay
                 entry.prefill_seen[key] = seen + 1
-                return self._eager_prefill(cache, inputs_embeds, attention_mask, p, entry.key[2])
-            graph = self._capture_prefill(entry, seq_b, p, causal)
+                return self._eager_prefill(cache, inputs_embeds, attention_mask, p, entry.key[2], seq_b)
+            graph = self._capture_prefill(entry, seq_b, p)
         entry.prefills.move_to_end(key)
-        pad = seq_b - seq  # left padding up to the length bucket: masked positions
-        graph.embeds[:rows, pad:].copy_(inputs_embeds)
-        graph.mask[:rows, pad:].copy_(attention_mask)
-        if pad:
-            graph.embeds[:rows, :pad].zero_()
-            graph.mask[:rows, :pad].zero_()
-        if rows < bucket:
-            graph.embeds[rows:].zero_()
-            graph.mask[rows:].zero_()
+        right_align(inputs_embeds, attention_mask, seq_b, out=(graph.embeds, graph.mask, graph.last))
         cache.reset()
         latency, logits = graph.replay()
         for b in cache.blocks:  # the replay wrote positions 0..seq_b-1 of every active block
@@ -614,29 +669,31 @@ class GraphDecoder:
         return latency[:rows], logits[:rows]
 
     def _staged_prefill(
-        self, cache: StaticKVCache, embeds: torch.Tensor, mask: torch.Tensor, p: int, plan: tuple[int, ...],
-        causal: bool | None = None,
+        self, cache: StaticKVCache, embeds: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, p: int,
+        plan: tuple[int, ...],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reset ``cache`` and run the staged prefill into it: (latency token after block p-1,
-        last-position logits). ``causal`` set: no host sync to decide the SDPA kernel (capturable)."""
+        """Reset ``cache`` and run the staged prefill of right-padded rows into it: (latency token
+        after block p-1, logits) at each row's ``last`` position. Causal by construction: no host
+        sync to pick the SDPA kernel (capturable)."""
         lm = self.lm
         cache.reset()
         state = lm.begin(embeds, mask, cache=cache)  # type: ignore[arg-type]  # same protocol
-        state.causal_only = causal
+        state.causal_only = True
         lm.advance(state, p, plan)
-        latency = state.hidden[:, -1]
+        latency = state.hidden[torch.arange(last.shape[0], device=last.device), last]
         lm.advance(state, lm.n_layers, plan)
-        return latency, lm.logits(state)
+        return latency, lm.logits(state, at=last)
 
     def _eager_prefill(
         self, cache: StaticKVCache, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, p: int,
-        plan: tuple[int, ...],
+        plan: tuple[int, ...], length: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        latency, logits = self._staged_prefill(cache, inputs_embeds, attention_mask, p, plan)
-        cache.start_decode(attention_mask)
+        embeds, mask, last = right_align(inputs_embeds, attention_mask, length)
+        latency, logits = self._staged_prefill(cache, embeds, mask, last, p, plan)
+        cache.start_decode(mask)
         return latency, logits
 
-    def _capture_prefill(self, entry: GraphEntry, seq: int, p: int, causal: bool) -> PrefillGraph:
+    def _capture_prefill(self, entry: GraphEntry, seq: int, p: int) -> PrefillGraph:
         while len(entry.prefills) >= max(self.max_prefill_graphs, 1):
             entry.prefills.popitem(last=False)
         bucket, _, plan = entry.key
@@ -644,14 +701,15 @@ class GraphDecoder:
         dev = cache.valid.device
         embeds = torch.zeros(bucket, seq, lm.d_model, dtype=lm.lm_head.weight.dtype, device=dev)
         mask = torch.ones(bucket, seq, dtype=torch.long, device=dev)
+        last = torch.full((bucket,), seq - 1, dtype=torch.long, device=dev)
 
         def run() -> tuple[torch.Tensor, torch.Tensor]:
-            return self._staged_prefill(cache, embeds, mask, p, plan, causal)  # causal decided by the key
+            return self._staged_prefill(cache, embeds, mask, last, p, plan)
 
         capture = self.capture if self.max_prefill_graphs else eager_capture
         replay, graph_bytes = capture(run)  # type: ignore[arg-type]
-        graph = PrefillGraph(embeds, mask, replay, int(graph_bytes))  # type: ignore[arg-type]
-        entry.prefills[(seq, p, causal)] = graph
+        graph = PrefillGraph(embeds, mask, last, replay, int(graph_bytes))  # type: ignore[arg-type]
+        entry.prefills[(seq, p)] = graph
         self.prefill_captures += 1
         self._fit_budget(entry)
         return graph
