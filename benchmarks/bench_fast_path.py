@@ -19,8 +19,9 @@ Sections, all in one process so that every ratio compares figures of the same ru
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
 4. **prefill**: ms of the staged prefill + first token for 300-2000 tokens at (top-8, 16) and
    (top-4, 12): replayed from the decoder's captured prefill graph (what ``greedy_generate`` runs
-   with a decoder, i.e. the runtime on CUDA) and run eagerly through the same fused blocks (the
-   difference is host launch overhead), and transformers' blocks at 1000 tokens.
+   with a decoder, i.e. the runtime on CUDA; wall time of the whole call, and the graph's replay
+   alone in CUDA events) and run eagerly through the same fused blocks (the difference is host
+   launch overhead), and transformers' blocks at 1000 tokens.
 5. **kernels** (CUDA): block-size sweep of the decode kernels and the kernel-time breakdown of
    one uncaptured decode step (how much of the graph's time is kernels, how much gaps).
 6. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
@@ -178,6 +179,24 @@ def prefill_ms(lm: MolmoeLanguageModel, plan: tuple[int, ...], emb: torch.Tensor
                                 max_new_tokens=1, decoder=decoder),
         emb.device, repeats=repeats, warmup=2,
     )
+
+
+@torch.no_grad()
+def prefill_replay_ms(dec: GraphDecoder, plan: tuple[int, ...], seq: int, p: int, repeats: int) -> float:
+    """Median GPU ms of the captured prefill graph alone (CUDA events around its replay): the
+    prefill without the host's work around it (input copies, cache bookkeeping, argmax, Python)."""
+    graph = next(e.prefills[(dec.prefill_len(seq), p)] for k, e in dec._entries.items()
+                 if k[2] == plan and (dec.prefill_len(seq), p) in e.prefills)
+    out = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end))
+    return statistics.median(out)
 
 
 # ------------------------------------------------------------------------------------ 5 batching
@@ -463,6 +482,8 @@ def main() -> None:
             row: dict[str, Any] = {"tokens": s}
             for k, b in ((8, 16), (4, 12)):
                 row[f"k{k}b{b}_graph_ms"] = prefill_ms(lm, plan_of(k, b), e, m, args.repeats * 2, dec)
+                if dev.type == "cuda":
+                    row[f"k{k}b{b}_replay_ms"] = prefill_replay_ms(dec, plan_of(k, b), s, 1, args.repeats * 4)
                 row[f"k{k}b{b}_eager_ms"] = prefill_ms(lm, plan_of(k, b), e, m, args.repeats)
             out["rows"].append(row)
             print(f"  prefill S={s}: {row}", flush=True)

@@ -13,16 +13,13 @@ from model_runtime.molmoe.fused_lm import ROUTED_FORMS, FusedLM
 from model_runtime.molmoe.generation import greedy_generate
 from model_runtime.molmoe.language_model import BlockKVCache, MolmoeLanguageModel
 from model_runtime.molmoe.static_decode import GraphDecoder, StaticKVCache
+from tests.kernel_testing import triton_ok
 from tests.tiny_molmoe import left_padded_ids, tiny_config, tiny_olmoe_hf
 from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
 
 CFG = tiny_config()
 PAD = CFG.tokens.pad
 CONFIGS = [("high", 1, 8, 16), ("low", 1, 4, 12), ("medium", 3, 5, 14), ("low", 5, 6, 16)]
-triton_ok = pytest.mark.skipif(
-    not dk.HAVE_TRITON or not (torch.cuda.is_available() or dk.triton_interpreting()),
-    reason="needs triton (CUDA, or TRITON_INTERPRET=1 on CPU)",
-)
 
 
 @pytest.fixture()

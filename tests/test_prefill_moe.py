@@ -8,16 +8,9 @@ import torch
 
 from model_runtime.molmoe import decode_kernels as dk
 from model_runtime.molmoe import prefill_moe as pm
+from tests.kernel_testing import DEV, seeded, triton_ok
 
-triton_ok = pytest.mark.skipif(
-    not dk.HAVE_TRITON or not (torch.cuda.is_available() or dk.triton_interpreting()),
-    reason="needs triton (CUDA, or TRITON_INTERPRET=1 on CPU)",
-)
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _g(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+_g = seeded
 
 
 def _routing(n_tok: int, top_k: int, n_exp: int, seed: int, skew: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -366,9 +366,10 @@ class PrefillGraph:
     """One captured prefill (prompt length S, insertion position p) of an entry.
 
     Attributes:
-        embeds: (bucket, S, D) input buffer, rows right-padded; mask: (bucket, S) int64 input
-            buffer (1 = real token, real tokens first); last: (bucket,) int64, each row's last
-            real position.
+        embeds: (bucket, S, D) input buffer; mask: (bucket, S) int64 input buffer (rows
+            left-padded, as the callers give them).
+        aligned: the graph's right-aligned copy of the inputs, (embeds, mask, last) from
+            :func:`right_align` (real tokens first; ``last`` (bucket,) each row's last real position).
         replay: runs the prefill into the entry's cache; returns the (bucket, D) latency token
             (last real position after block p-1) and the (bucket, V) logits of the last real position.
         graph_bytes: memory held by the graph's pool (0 when eager).
@@ -376,13 +377,14 @@ class PrefillGraph:
 
     embeds: torch.Tensor
     mask: torch.Tensor
-    last: torch.Tensor
+    aligned: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     replay: Callable[[], tuple[torch.Tensor, torch.Tensor]]
     graph_bytes: int
 
     @property
     def nbytes(self) -> int:
-        return self.embeds.numel() * self.embeds.element_size() + (self.mask.numel() + self.last.numel()) * 8 + self.graph_bytes
+        tensors = (self.embeds, self.mask, *self.aligned)
+        return sum(t.numel() * t.element_size() for t in tensors) + self.graph_bytes
 
 
 def right_align(
@@ -659,12 +661,20 @@ class GraphDecoder:
                 return self._eager_prefill(cache, inputs_embeds, attention_mask, p, entry.key[2], seq_b)
             graph = self._capture_prefill(entry, seq_b, p)
         entry.prefills.move_to_end(key)
-        right_align(inputs_embeds, attention_mask, seq_b, out=(graph.embeds, graph.mask, graph.last))
+        pad = seq_b - seq  # left padding up to the length bucket; the graph right-aligns the rows
+        graph.embeds[:rows, pad:].copy_(inputs_embeds)
+        graph.mask[:rows, pad:].copy_(attention_mask)
+        if pad:
+            graph.embeds[:rows, :pad].zero_()
+            graph.mask[:rows, :pad].zero_()
+        if rows < bucket:
+            graph.embeds[rows:].zero_()
+            graph.mask[rows:].zero_()
         cache.reset()
         latency, logits = graph.replay()
         for b in cache.blocks:  # the replay wrote positions 0..seq_b-1 of every active block
             cache._length[b] = seq_b
-        cache.start_decode(graph.mask)
+        cache.start_decode(graph.aligned[1])
         cache.rows = rows
         return latency[:rows], logits[:rows]
 
@@ -701,14 +711,16 @@ class GraphDecoder:
         dev = cache.valid.device
         embeds = torch.zeros(bucket, seq, lm.d_model, dtype=lm.lm_head.weight.dtype, device=dev)
         mask = torch.ones(bucket, seq, dtype=torch.long, device=dev)
-        last = torch.full((bucket,), seq - 1, dtype=torch.long, device=dev)
+        aligned = (torch.empty_like(embeds), torch.empty_like(mask), torch.empty(bucket, dtype=torch.long, device=dev))
 
         def run() -> tuple[torch.Tensor, torch.Tensor]:
-            return self._staged_prefill(cache, embeds, mask, last, p, plan)
+            # the right-alignment is part of the graph: ~10 small ops that would each cost a host launch
+            right_align(embeds, mask, seq, out=aligned)
+            return self._staged_prefill(cache, *aligned, p, plan)
 
         capture = self.capture if self.max_prefill_graphs else eager_capture
         replay, graph_bytes = capture(run)  # type: ignore[arg-type]
-        graph = PrefillGraph(embeds, mask, last, replay, int(graph_bytes))  # type: ignore[arg-type]
+        graph = PrefillGraph(embeds, mask, aligned, replay, int(graph_bytes))  # type: ignore[arg-type]
         entry.prefills[(seq, p)] = graph
         self.prefill_captures += 1
         self._fit_budget(entry)
