@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from model_runtime.datasets import load_requests
+from model_runtime.molmoe.fused_lm import ROUTED_FORMS
 from model_runtime.molmoe.runtime import MolmoeRuntime
 from tests.tiny_molmoe import write_tiny_dataset, write_tiny_molmoe_checkpoint
 
@@ -32,6 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--requests", type=int, default=12)
+    ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
+                    help="prefill experts of the fast runtime (default: the device's; float32 on CUDA takes gather)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     write_tiny_molmoe_checkpoint(tmp / "ckpt", seed=5)
@@ -39,6 +42,8 @@ def main() -> None:
     kw = dict(device=args.device, max_new_tokens=8, max_batch_size=4)
     ref = MolmoeRuntime.from_checkpoint(tmp / "ckpt", fast=False, **kw)
     fast = MolmoeRuntime.from_checkpoint(tmp / "ckpt", fast=True, **kw)
+    if args.routed_form is not None:  # the decoder's decode step keeps its FusedLM: the form is the prefill's
+        fast.model.lm.use_fast_path(routed_form=args.routed_form)
     print(f"device {args.device}; fast path backend {fast.model.lm.fused.backend}, experts {fast.model.lm.fused.routed_form}")
     worst = 0
     for cfg in CONFIGS:

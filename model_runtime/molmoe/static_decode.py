@@ -153,20 +153,10 @@ class StaticKVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefill protocol (as ``BlockKVCache.update``): append (rows, H_kv, S, Dh) keys/values of
         block ``layer_idx``; return its (rows, H_kv, K, Dh) keys/values so far."""
-        if layer_idx not in self.keys:
-            raise ValueError(f"block {layer_idx} owns no static cache buffer (active blocks {self.blocks})")
-        rows, n = key_states.shape[0], key_states.shape[2]
-        if rows > self.batch:
-            raise ValueError(f"{rows} rows exceed the cache's batch capacity {self.batch}")
-        start = self._length[layer_idx]
-        if start + n > self.max_len:
-            raise ValueError(f"{start + n} positions exceed max_len={self.max_len}")
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[:rows, :, start : start + n] = key_states
-        values[:rows, :, start : start + n] = value_states
-        self._length[layer_idx] = start + n
-        self.rows = rows
-        return keys[:rows, :, : start + n], values[:rows, :, : start + n]
+        k_slots, v_slots, keys, values = self.append_slots(layer_idx, key_states.shape[0], key_states.shape[2])
+        k_slots.copy_(key_states)
+        v_slots.copy_(value_states)
+        return keys, values
 
     def append_slots(
         self, layer_idx: int, rows: int, n: int
