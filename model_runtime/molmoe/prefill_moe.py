@@ -21,6 +21,12 @@ the offsets inside the kernel (no padded copy of the pairs, no host sync, fixed 
 whole path is capturable in a CUDA graph. Output tiles vary fastest so the programs of one row
 tile run together and share its activations in L2 while each expert's weights stream once.
 
+On CUDA the two GEMMs are autotuned (8 tile configurations) per (D, I, pair count rounded up to a
+power of two) the first time a size class is seen, in the eager first prefill of a length (never
+inside a graph capture): a process's first prefills pay the compiles and timings once (the H100
+bench's prefill section took ~20 s longer than with ``grouped_mm``; Triton keeps the compiled
+kernels on disk for later processes).
+
 Every op has the ``"triton"`` backend (CUDA, or Triton's interpreter on CPU with
 ``TRITON_INTERPRET=1``) and a ``"torch"`` reference of the same signature. Numerics follow the
 ``grouped_mm`` form: GEMMs accumulate in float32, gate/up outputs rounded to the input dtype before
