@@ -70,6 +70,8 @@ def test_sort_rejects_bad_expert_count():
     idx, w = _routing(3, 2, 4, seed=0)
     with pytest.raises(ValueError, match="n_exp"):
         pm.sort_by_expert(idx, w, 0, "torch")
+    with pytest.raises(ValueError, match="at most 1024"):  # the kernels' one-hot tile; the reference has no limit
+        pm.sort_by_expert(idx, w, 2048, "triton")
 
 
 @triton_ok

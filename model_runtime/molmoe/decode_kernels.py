@@ -102,11 +102,12 @@ if HAVE_TRITON:
     def _qk_norm_rope_kernel(
         qkv_ptr, qkw_ptr, pos_ptr, inv_freq_ptr, q_out_ptr, k_out_ptr, v_out_ptr, slot_ptr,
         H, HKV, k_row_stride, k_head_stride, eps, rope_scale,
-        DH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, USE_SLOT: tl.constexpr, STORE_V: tl.constexpr,
+        DH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
     ):
-        # program (t, j): query head j (j < H) or key head j - H of token row t. Each program
-        # recomputes its row's RMS (all H*Dh query or H_kv*Dh key features; a 4 KB re-read from L1/L2)
-        # so that the heads run in parallel.
+        # the decode form: program (t, j) is query head j (j < H) or key head j - H of token row t,
+        # the key and the value written to the cache at the slot. Each program recomputes its row's
+        # RMS (all H*Dh query or H_kv*Dh key features; a 4 KB re-read from L1/L2) so that the heads
+        # run in parallel.
         t = tl.program_id(0)
         j = tl.program_id(1)
         is_k = j >= H
@@ -130,16 +131,13 @@ if HAVE_TRITON:
         r1 = (x1 * cos - x2 * sin).to(dt)
         r2 = (x2 * cos + x1 * sin).to(dt)
         if is_k:
-            koff = t * k_row_stride + head * k_head_stride + jj
-            if USE_SLOT:
-                koff += tl.load(slot_ptr) * DH
+            koff = t * k_row_stride + head * k_head_stride + tl.load(slot_ptr) * DH + jj
             tl.store(k_out_ptr + koff, r1)
             tl.store(k_out_ptr + koff + HALF, r2)
-            if STORE_V:
-                vdst = v_out_ptr + koff
-                vsrc = qkv_ptr + t * (H + 2 * HKV) * DH + (H + HKV) * DH + head * DH + jj
-                tl.store(vdst, tl.load(vsrc))
-                tl.store(vdst + HALF, tl.load(vsrc + HALF))
+            vdst = v_out_ptr + koff
+            vsrc = qkv_ptr + t * (H + 2 * HKV) * DH + (H + HKV) * DH + head * DH + jj
+            tl.store(vdst, tl.load(vsrc))
+            tl.store(vdst + HALF, tl.load(vsrc + HALF))
         else:
             qo = q_out_ptr + t * H * DH + head * DH + jj
             tl.store(qo, r1)
@@ -516,7 +514,7 @@ def qk_norm_rope_store(
     _qk_norm_rope_kernel[(bsz, n_heads + n_kv)](
         qkv.contiguous(), qk_weight, positions, inv_freq, q_out, k_cache, v_cache, slot,
         n_heads, n_kv, n_kv * length * dh, length * dh, eps, float(rope_scale),
-        DH=dh, HALF=dh // 2, BLOCK=_p2(max(n_heads, n_kv) * dh), USE_SLOT=True, STORE_V=True,
+        DH=dh, HALF=dh // 2, BLOCK=_p2(max(n_heads, n_kv) * dh),
     )
     return q_out
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import decode_kernels as dk
-from .prefill_moe import routed_experts_grouped
+from .prefill_moe import routed_experts_grouped, sort_by_expert
 
 if TYPE_CHECKING:  # pragma: no cover
     from .language_model import BlockKVCache, LMState, MolmoeLanguageModel
@@ -94,23 +94,17 @@ def routed_experts(
         out = (y * weights[..., None]).sum(dim=1)
         return out if residual is None else residual + out
     if form == "grouped_mm":
-        n_exp = gate_up.shape[0]
-        flat = idx.reshape(-1)  # (T·k,) pair p = token p // k, rank p % k
-        # expert ids fit 16 bits: a 2-pass radix sort instead of 8 passes over int64 keys
-        order = torch.argsort(flat.to(torch.int16) if n_exp <= 2**15 else flat, stable=True)
-        counts = torch.zeros(n_exp, dtype=torch.int32, device=h.device)
-        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-        offs = torch.cumsum(counts, 0, dtype=torch.int32)
-        gu = _grouped_mm(h[order // top_k], gate_up.transpose(1, 2), offs)
+        # the pairs in expert order through torch ops (sort_by_expert's reference: this form stays
+        # the torch-grouped-GEMM baseline that sorted_gemm is measured against)
+        order = sort_by_expert(idx, weights, gate_up.shape[0], "torch")
+        gu = _grouped_mm(h[order.src_token.long()], gate_up.transpose(1, 2), order.ends)
         # the routing weight scales the (linear) down projection's input: I instead of D columns
-        act = dk.silu_mul_scale(gu, weights.reshape(-1)[order], backend)  # type: ignore[arg-type]
-        y = _grouped_mm(act, down.transpose(1, 2), offs)  # (T·k, D), expert-sorted
+        act = dk.silu_mul_scale(gu, order.weight, backend)  # type: ignore[arg-type]
+        y = _grouped_mm(act, down.transpose(1, 2), order.ends)  # (T·k, D), expert-sorted
         # back to (token, rank) order with the inverse permutation: a gather and a sum over k,
         # no atomics (index_add_ on bf16 took 130 us per block at S=1000 on an H100)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=h.device)
         base = torch.zeros_like(h) if residual is None else residual
-        return dk.gather_sum(y, inverse, top_k, base, backend)  # type: ignore[arg-type]
+        return dk.gather_sum(y, order.inverse, top_k, base, backend)  # type: ignore[arg-type]
     raise ValueError(f"unknown routed-expert form {form!r}; choose from {ROUTED_FORMS}")
 
 
