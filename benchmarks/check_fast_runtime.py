@@ -34,7 +34,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--requests", type=int, default=12)
     ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
-                    help="prefill experts of the fast runtime (default: the device's; float32 on CUDA takes gather)")
+                    help="prefill experts of the fast runtime (default: the device's; float32 on CUDA takes gather; "
+                         "grouped_mm cannot be captured in float32 on CUDA)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     write_tiny_molmoe_checkpoint(tmp / "ckpt", seed=5)
