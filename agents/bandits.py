@@ -621,11 +621,28 @@ def blas_threads(n: int):
 
 
 def _run_rounds(policy: BanditPolicy, venv: Any, obs: dict[str, np.ndarray], n_rounds: int,
-                cfg: BanditTrainConfig, rows: list[dict[str, float]]) -> None:
-    """The training rounds of :func:`train_bandit`; appends ``progress.csv`` rows to ``rows``."""
+                cfg: BanditTrainConfig, rows: list[dict[str, float]], progress: bool = False) -> None:
+    """The training rounds of :func:`train_bandit`; appends ``progress.csv`` rows to ``rows``;
+    ``progress``: a tqdm bar over env steps (stderr)."""
     bandit = policy.bandit
     acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
     t_learn = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_rounds * cfg.num_envs, unit="step", unit_scale=True, desc=f"{bandit.config.kind}",
+                   mininterval=0.5)
+    try:
+        _rounds(policy, venv, obs, n_rounds, cfg, rows, acc, t_learn, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _rounds(policy: BanditPolicy, venv: Any, obs: dict[str, np.ndarray], n_rounds: int, cfg: BanditTrainConfig,
+            rows: list[dict[str, float]], acc: dict[str, float], t_learn: float, bar: Any) -> None:
+    bandit = policy.bandit
     for rnd in range(n_rounds):
         bandit.set_progress(rnd / n_rounds)
         arms, X = policy.act_explore(obs)
@@ -643,11 +660,15 @@ def _run_rounds(policy: BanditPolicy, venv: Any, obs: dict[str, np.ndarray], n_r
             rows.append({"round": rnd + 1, "steps": (rnd + 1) * cfg.num_envs, "reward_mean": acc["reward"] / n,
                          "score_mean": acc["score"] / n, "violation_rate": acc["violation"] / n,
                          "epsilon": bandit.epsilon_now, "wall_s": time.perf_counter() - t_learn})
-            acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
+            if bar is not None:
+                bar.set_postfix(reward=f"{acc['reward'] / n:.3f}", refresh=False)
+            acc.update(reward=0.0, score=0.0, violation=0.0, n=0)
+        if bar is not None:
+            bar.update(cfg.num_envs)
 
 
 def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfig | None = None,
-                 log_dir: str | Path = "outputs/bandit") -> BanditTrainResult:
+                 log_dir: str | Path = "outputs/bandit", progress: bool = False) -> BanditTrainResult:
     """Train a contextual bandit of ``kind`` (:data:`BANDIT_KINDS` or an alias) on ``MolmoeKnobsFlat-v0``.
 
     Each round: the native flat vector env's ``num_envs`` observations → contexts, one batched
@@ -655,7 +676,8 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
     budgets, same-step autoreset), one batched update with the env rewards. Writes
     ``log_dir/progress.csv`` (round, steps, mean reward / score / violation rate of the round's
     choices, ε, wall seconds), ``log_dir/policy/`` (:meth:`BanditPolicy.save`) and
-    ``log_dir/summary.json``; returns a :class:`BanditTrainResult`.
+    ``log_dir/summary.json``; returns a :class:`BanditTrainResult`. ``progress``: a tqdm bar
+    over env steps on stderr (like GRPO's progress lines).
     """
     from envs.vector_env import MolmoeKnobsFlatVectorEnv  # lazy: keeps `import agents.bandits` numpy-only
 
@@ -685,7 +707,7 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
     rows: list[dict[str, float]] = []
     t_learn = time.perf_counter()
     with blas_threads(cfg.blas_threads):
-        _run_rounds(policy, venv, obs, n_rounds, cfg, rows)
+        _run_rounds(policy, venv, obs, n_rounds, cfg, rows, progress)
     learn_s = time.perf_counter() - t_learn
     venv.close()
     with open(log / "progress.csv", "w") as fh:

@@ -390,6 +390,33 @@ def _outcome_callback():
     return OutcomeLogger()
 
 
+def _progress_callback(total_timesteps: int, desc: str):
+    """A tqdm bar over env steps on stderr (SB3's own ``progress_bar`` needs ``rich`` and writes
+    to stdout; this one matches the bandits' bar)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm.auto import tqdm
+
+    class ProgressBar(BaseCallback):
+        def _on_training_start(self) -> None:
+            self._bar = tqdm(total=int(total_timesteps), unit="step", unit_scale=True, desc=desc, mininterval=0.5)
+            self._seen = 0
+
+        def _on_step(self) -> bool:
+            self._bar.update(self.num_timesteps - self._seen)
+            self._seen = self.num_timesteps
+            return True
+
+        def _on_rollout_end(self) -> None:
+            ep = self.model.ep_info_buffer
+            if ep:
+                self._bar.set_postfix(reward=f"{np.mean([e['r'] for e in ep]):.3f}", refresh=False)
+
+        def _on_training_end(self) -> None:
+            self._bar.close()
+
+    return ProgressBar()
+
+
 # ============================================================================ policies (evaluator API)
 def _batched(obs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], bool]:
     single = np.asarray(obs["budget"]).ndim == 1
@@ -510,7 +537,7 @@ class PPOTrainResult:
 
 
 def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOConfig, log_dir: str | Path,
-           eval_env_kwargs: Mapping[str, Any] | None) -> PPOTrainResult:
+           eval_env_kwargs: Mapping[str, Any] | None, progress: bool = False) -> PPOTrainResult:
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.utils import set_random_seed
@@ -552,6 +579,8 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
         formats = ["csv"] + (["tensorboard"] if cfg.tensorboard else []) + (["stdout"] if cfg.verbose else [])
         model.set_logger(configure(str(log), formats))
         callbacks: list[Any] = [_outcome_callback()]
+        if progress:
+            callbacks.append(_progress_callback(cfg.total_timesteps, algo_name))
         eval_env = None
         if cfg.eval_freq_steps:
             ekw = dict(eval_env_kwargs) if eval_env_kwargs is not None else _eval_kwargs(env_kwargs, cfg.eval_split)
@@ -601,22 +630,23 @@ def _versions() -> dict[str, str]:
 
 
 def train_maskable_ppo(env_kwargs: Mapping[str, Any], cfg: MaskablePPOConfig | None = None, log_dir: str | Path = "outputs/maskable_ppo",
-                       eval_env_kwargs: Mapping[str, Any] | None = None) -> PPOTrainResult:
+                       eval_env_kwargs: Mapping[str, Any] | None = None, progress: bool = False) -> PPOTrainResult:
     """Train MaskablePPO on ``MolmoeKnobs-v0`` (see the module docstring); returns the result.
 
     ``eval_env_kwargs`` overrides the evaluation env's kwargs (default: ``env_kwargs`` on
-    ``cfg.eval_split`` when they name a cache file, else the same data).
+    ``cfg.eval_split`` when they name a cache file, else the same data). ``progress``: a
+    progress bar over env steps on stderr.
     """
     kw = dict(env_kwargs)
     if kw.get("incomplete") == "mask":
         kw.setdefault("invalid_action", "penalty")  # joint holes are not expressible per component
-    return _train("maskable_ppo", TWO_STAGE_ID, kw, cfg or MaskablePPOConfig(), log_dir, eval_env_kwargs)
+    return _train("maskable_ppo", TWO_STAGE_ID, kw, cfg or MaskablePPOConfig(), log_dir, eval_env_kwargs, progress)
 
 
 def train_ppo_flat(env_kwargs: Mapping[str, Any], cfg: PPOConfig | None = None, log_dir: str | Path = "outputs/ppo_flat",
-                   eval_env_kwargs: Mapping[str, Any] | None = None) -> PPOTrainResult:
+                   eval_env_kwargs: Mapping[str, Any] | None = None, progress: bool = False) -> PPOTrainResult:
     """Train PPO on ``MolmoeKnobsFlat-v0`` (masked actions are penalised while training; see
-    the module docstring); returns the result."""
+    the module docstring); returns the result. ``progress``: a progress bar over env steps."""
     kw = dict(env_kwargs)
     kw.setdefault("invalid_action", "penalty")
-    return _train("ppo", FLAT_ID, kw, cfg or PPOConfig(), log_dir, eval_env_kwargs)
+    return _train("ppo", FLAT_ID, kw, cfg or PPOConfig(), log_dir, eval_env_kwargs, progress)

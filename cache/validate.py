@@ -10,6 +10,11 @@ tokens finite; status codes known; per-configuration coverage (fraction of OK ou
 configuration below ``min_coverage`` listed); scores in [0, 1] and output_tokens >= 1 where
 OK; measured latencies >= 0; no unfinished-build journal beside the file.
 
+A documented subset build (``experiments.build_cache --configs SUBSET``, recorded as the index
+list ``generator_params.build.configs``) is valid but partial: the unselected configurations'
+outcomes must all be PENDING, the coverage bar applies to the selected ones, and the report and
+verdict say ``PARTIAL`` / ``VALID: partial``.
+
 Importable: :func:`validate` returns the problems as a list of strings (empty = valid).
 """
 
@@ -202,6 +207,22 @@ def check(path: str | Path, *, min_coverage: float = 1.0) -> tuple[list[str], li
             f"coverage: {100 * ok.mean():.2f}% of outcomes OK ({n_pending} pending, {n_failed} failed); "
             f"per configuration min {100 * cov.min():.2f}%"
         )
+        # a subset build (build_cache --configs) computes only the selected configurations:
+        # the others stay PENDING, and coverage applies to the selected ones only
+        selected = _subset_configs(attrs.get("generator_params"), len(ks))
+        if selected is not None:
+            unselected = np.ones(len(ks), dtype=bool)
+            unselected[selected] = False
+            touched = np.flatnonzero(unselected & np.any(status != STATUS_PENDING, axis=0))
+            if touched.size:
+                problems.append(f"{touched.size} configurations outside the subset build's --configs have outcomes "
+                                f"that are not PENDING: {_listing([str(int(c)) for c in touched])}")
+            report.append(
+                f"PARTIAL: subset build of {len(selected)} of {len(ks)} configurations (build_cache --configs "
+                f"{_config_spec(attrs.get('generator_params'))}); the other {len(ks) - len(selected)} configurations' "
+                f"outcomes are PENDING by design; coverage is checked on the selected ones"
+            )
+            cov = np.where(unselected, 1.0, cov)
         low = np.flatnonzero(cov < min_coverage - 1e-12)
         if low.size:
             items = [f"{c} {ks.config(int(c))} ({100 * cov[c]:.1f}%)" for c in low]
@@ -232,6 +253,28 @@ def check(path: str | Path, *, min_coverage: float = 1.0) -> tuple[list[str], li
     return report, problems
 
 
+def _subset_configs(generator_params: object, n_configs: int) -> np.ndarray | None:
+    """The configuration indices of a subset build (``generator_params.build.configs``, a list
+    written by ``build_cache --configs``), or None for a full build / another generator."""
+    build = generator_params.get("build") if isinstance(generator_params, dict) else None
+    configs = build.get("configs") if isinstance(build, dict) else None
+    if not isinstance(configs, list) or not configs:
+        return None
+    idx = np.asarray([c for c in configs if isinstance(c, int) and 0 <= c < n_configs], dtype=np.int64)
+    return np.unique(idx) if idx.size and idx.size < n_configs else None
+
+
+def _config_spec(generator_params: object) -> str:
+    build = generator_params.get("build") if isinstance(generator_params, dict) else None
+    spec = build.get("config_spec") if isinstance(build, dict) else None
+    return str(spec) if spec else "SUBSET"
+
+
+def is_partial(report: list[str]) -> bool:
+    """Whether :func:`check`'s report describes a (valid) subset build."""
+    return any(line.startswith("PARTIAL:") for line in report)
+
+
 def validate(path: str | Path, *, min_coverage: float = 1.0) -> list[str]:
     """Problems of the cache at ``path`` (empty list = valid). Never raises for a bad file."""
     return check(path, min_coverage=min_coverage)[1]
@@ -249,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(report))
     for p in problems:
         print(f"PROBLEM: {p}")
-    print(f"{'INVALID' if problems else 'VALID'}: {args.path} ({len(problems)} problem{'s' if len(problems) != 1 else ''})")
+    partial = " partial (a subset build, see PARTIAL above)," if is_partial(report) and not problems else ""
+    print(f"{'INVALID' if problems else 'VALID'}:{partial} {args.path} ({len(problems)} problem{'s' if len(problems) != 1 else ''})")
     return 1 if problems else 0
 
 

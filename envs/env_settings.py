@@ -1,12 +1,13 @@
-"""Constructor arguments shared by the envs (replay and live mode), resolved once into :class:`ReplaySettings`.
+"""Constructor arguments shared by the envs (replay and live mode): :class:`EnvConfig`,
+resolved once into :class:`ReplaySettings` by :func:`resolve_settings`.
 
-Every env (two-stage / flat, scalar / vector) takes the same keyword arguments
-(:func:`resolve_settings` documents them) and the same ``info`` keys (:data:`INFO_DOC`).
+Every env (two-stage / flat, scalar / vector) takes the same arguments (:class:`EnvConfig`
+documents them) and returns the same ``info`` keys (:data:`INFO_DOC`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -89,6 +90,95 @@ def add_outcome(info: dict[str, Any], outcome: tuple, budget_ms: float) -> None:
 
 
 @dataclass
+class EnvConfig:
+    """Every constructor argument of the envs (two-stage / flat, scalar / vector, replay / live), documented once.
+
+    The envs take an ``EnvConfig`` (``MolmoeKnobsEnv(EnvConfig(cache=path))``) or its fields as
+    keyword arguments (``gym.make("MolmoeKnobs-v0", cache=path, reward="hinge")``), or both
+    (the keywords replace the config's fields). :func:`resolve_settings` validates them and
+    loads the data.
+
+    Attributes:
+        cache: outcome-cache path or open ``OutcomeCache``; or ``data``: a ready
+            :class:`ReplayData` (exactly one of the two, in replay mode).
+        data: see ``cache``.
+        split: split of the cache to replay (``"train"``, ``"val"``, ``"test"``).
+        reward: reward mode (``hinge`` / ``hard`` / ``lagrangian`` / ``shaped``) or a
+            :class:`RewardConfig`.
+        reward_kwargs: the reward's parameters (``alpha``, ``c``, ``lam``, ``beta``, ``gamma``,
+            ``delta``, ``epsilon``; see :mod:`envs.reward`).
+        budget_range: ``(lo, hi)`` ms budgets are drawn from (uniform), default
+            ``data.budget_range_ms``; or ``budgets``: a fixed list drawn from (not both).
+        budgets: see ``budget_range``.
+        budget_bounds: accepted range of budgets pinned with ``reset(options={"budget_ms": b})``.
+        estimator: the latency estimator (``model_runtime.latency_estimator.LatencyEstimator``)
+            of the latencies; default: the cache's stored one, else the packaged default.
+        nominal_output_tokens: output length of the budget features' cheapest / full latencies.
+        incomplete: ``"skip"`` (only requests with every outcome) or ``"mask"`` (requests with
+            any outcome; masks hide the values without an outcome).
+        strict: ``False`` (default): a stage ignores the action components it does not read
+            (two-stage env: top-k and active-blocks index at stage 0, tier and p at stage 1; the
+            masks still pin them, so masked policies' log-probabilities stay exact).
+            ``True``: every component must respect the mask, for debugging agents.
+        invalid_action: what a masked action does: ``"raise"`` (ValueError naming the action
+            and the valid sets) or ``"penalty"`` (reward :data:`INVALID_ACTION_REWARD`, the
+            episode ends, ``info["invalid_action"]``); ``None`` (default): ``"raise"`` if
+            ``strict`` else ``"penalty"``, so that random actions (gymnasium's and SB3's
+            ``check_env``) run on the defaults. An action outside the action space always raises.
+        mode: ``"replay"`` (outcomes from ``cache`` / ``data``) or ``"live"`` (outcomes from
+            running the model, :mod:`envs.live`; scalar envs only): then ``runtime`` (a
+            ``model_runtime.molmoe.runtime.MolmoeRuntime``) and ``requests`` (a request JSONL
+            path or a list of ``model_runtime.datasets.Request``) replace ``cache`` / ``data``,
+            ``split`` and ``incomplete`` do not apply (all requests, all configurations),
+            ``estimator`` defaults to ``LatencyEstimator.default()`` and the budget range to its
+            (median cheapest, median full) over the requests.
+        runtime: live mode's model runtime (see ``mode``).
+        requests: live mode's requests (see ``mode``).
+        live_options: live mode's ``envs.live.LiveOptions`` or its dict (memoisation).
+    """
+
+    cache: "str | Path | OutcomeCache | None" = None
+    data: ReplayData | None = None
+    split: str = "train"
+    reward: "str | RewardConfig" = "hinge"
+    reward_kwargs: dict | None = None
+    budget_range: Sequence[float] | None = None
+    budgets: Sequence[float] | None = None
+    budget_bounds: Sequence[float] | None = None
+    estimator: "LatencyEstimator | None" = None
+    nominal_output_tokens: int = 3
+    incomplete: str = "skip"
+    strict: bool = False
+    invalid_action: str | None = None
+    mode: str = "replay"
+    runtime: Any = None
+    requests: Any = None
+    live_options: Any = None
+
+    @classmethod
+    def build(cls, config: "EnvConfig | None" = None, /, **kwargs: Any) -> "EnvConfig":
+        """``config`` with the keyword arguments replacing its fields (a fresh config if None);
+        TypeError naming an unknown argument and the valid ones."""
+        if config is not None and not isinstance(config, EnvConfig):
+            raise TypeError(
+                f"the envs' positional argument is an EnvConfig, got {type(config).__name__}; "
+                f"pass the cache as cache=... (or data=...)"
+            )
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise TypeError(f"unknown env argument(s) {unknown}; valid arguments: {names}")
+        return replace(config, **kwargs) if config is not None else cls(**kwargs)
+
+    @property
+    def resolved_invalid_action(self) -> str:
+        """``invalid_action`` with its default applied (``"raise"`` if ``strict`` else ``"penalty"``)."""
+        if self.invalid_action is None:
+            return "raise" if self.strict else "penalty"
+        return self.invalid_action
+
+
+@dataclass
 class ReplaySettings:
     """Resolved constructor arguments of a replay env (see :func:`resolve_settings`)."""
 
@@ -97,6 +187,8 @@ class ReplaySettings:
     budgets: BudgetSampler
     incomplete: str
     invalid_action: str
+    #: check the action components a stage does not read against the mask too (EnvConfig.strict)
+    strict: bool = False
     #: live mode's outcome source (``envs.live.LiveOutcomes``); None in replay mode
     live: Any = None
     eligible: np.ndarray = field(init=False)  # int64 (E,) requests episodes draw from
@@ -112,53 +204,21 @@ class ReplaySettings:
         return self.data.latency_scale_ms
 
 
-def resolve_settings(
-    *,
-    cache: "str | Path | OutcomeCache | None" = None,
-    split: str = "train",
-    data: ReplayData | None = None,
-    reward: "str | RewardConfig" = "hinge",
-    reward_kwargs: dict | None = None,
-    budget_range: Sequence[float] | None = None,
-    budgets: Sequence[float] | None = None,
-    budget_bounds: Sequence[float] | None = None,
-    estimator: "LatencyEstimator | None" = None,
-    nominal_output_tokens: int = 3,
-    incomplete: str = "skip",
-    invalid_action: str = "raise",
-    mode: str = "replay",
-    runtime: Any = None,
-    requests: Any = None,
-    live_options: Any = None,
-    allow_live: bool = False,
-) -> ReplaySettings:
-    """Validate the envs' shared arguments and load the data (cheap arguments first).
+def resolve_settings(config: EnvConfig, *, allow_live: bool = False) -> ReplaySettings:
+    """Validate an :class:`EnvConfig` and load its data (cheap checks first).
 
-    Args:
-        cache: outcome-cache path or open ``OutcomeCache``; or ``data``: a ready
-            :class:`ReplayData` (exactly one of the two).
-        split: split of the cache to replay.
-        reward: reward mode (``hinge`` / ``hard`` / ``lagrangian`` / ``shaped``) or a
-            :class:`RewardConfig`; ``reward_kwargs``: its parameters (``alpha``, ``c``, ``lam``,
-            ``beta``, ``gamma``, ``delta``, ``epsilon``; see :mod:`envs.reward`).
-        budget_range: ``(lo, hi)`` ms, default ``data.budget_range_ms``; or ``budgets``: a fixed
-            list (not both). ``budget_bounds``: accepted range of pinned budgets.
-        estimator, nominal_output_tokens: passed to :meth:`ReplayData.from_cache`.
-        incomplete: ``"skip"`` (only requests with every outcome) or ``"mask"`` (requests with
-            any outcome; masks hide the values without an outcome).
-        invalid_action: ``"raise"`` (ValueError) or ``"penalty"`` (reward
-            :data:`INVALID_ACTION_REWARD`, episode ends, ``info["invalid_action"]``).
-        mode: ``"replay"`` (outcomes from ``cache`` / ``data``) or ``"live"`` (outcomes from
-            running the model, :mod:`envs.live`; scalar envs only): then ``runtime`` (a
-            ``model_runtime.molmoe.runtime.MolmoeRuntime``) and ``requests`` (a request JSONL
-            path or a list of ``model_runtime.datasets.Request``) replace ``cache`` / ``data``,
-            ``split`` and ``incomplete`` do not apply (all requests, all configurations),
-            ``estimator`` defaults to ``LatencyEstimator.default()`` and the budget range to its
-            (median cheapest, median full) over the requests; ``live_options``: an
-            ``envs.live.LiveOptions`` or its dict (memoisation).
-        allow_live: set by the scalar envs; the vector envs leave it False, so ``mode="live"``
-            raises NotImplementedError there.
+    ``allow_live`` is set by the scalar envs; the vector envs leave it False, so
+    ``mode="live"`` raises NotImplementedError there.
     """
+    if not isinstance(config, EnvConfig):
+        raise TypeError(f"resolve_settings takes an EnvConfig, got {type(config).__name__}")
+    cache, data, split, mode = config.cache, config.data, config.split, config.mode
+    runtime, requests, live_options = config.runtime, config.requests, config.live_options
+    incomplete, estimator, nominal_output_tokens = config.incomplete, config.estimator, config.nominal_output_tokens
+    budget_range, budgets, budget_bounds = config.budget_range, config.budgets, config.budget_bounds
+    if not isinstance(config.strict, (bool, np.bool_)):
+        raise ValueError(f"strict={config.strict!r}; valid values: True, False")
+    invalid_action = config.resolved_invalid_action
     if mode not in ENV_MODES:
         raise ValueError(f"mode={mode!r}; valid modes: {list(ENV_MODES)}")
     if mode == "live" and not allow_live:
@@ -174,7 +234,7 @@ def resolve_settings(
         raise ValueError(f"incomplete={incomplete!r}; valid values: {list(INCOMPLETE_MODES)}")
     if invalid_action not in INVALID_ACTION_MODES:
         raise ValueError(f"invalid_action={invalid_action!r}; valid values: {list(INVALID_ACTION_MODES)}")
-    rcfg = RewardConfig.make(reward, reward_kwargs)
+    rcfg = RewardConfig.make(config.reward, config.reward_kwargs)
     if budget_range is not None and budgets is not None:
         raise ValueError("give budget_range=(lo, hi) or budgets=[...], not both")
     if mode == "live":
@@ -189,7 +249,7 @@ def resolve_settings(
     else:
         sampler = BudgetSampler(range_ms=rd.budget_range_ms if budget_range is None else budget_range, bounds=budget_bounds)
     return ReplaySettings(data=rd, reward=rcfg, budgets=sampler, incomplete=incomplete, invalid_action=invalid_action,
-                          live=getattr(rd, "live", None))
+                          strict=bool(config.strict), live=getattr(rd, "live", None))
 
 
 def check_reset_options(options: dict[str, Any] | None) -> dict[str, Any]:

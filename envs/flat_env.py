@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-from envs.env_settings import INFO_DOC, INVALID_ACTION_REWARD
+from envs.env_settings import INFO_DOC, INVALID_ACTION_REWARD, EnvConfig
 from envs.observations import flat_observation_space
-from envs.replay_data import ReplayData
 from envs.replay_env_base import Outcome, ReplayEnvBase
-from envs.reward import RewardConfig
-
-if TYPE_CHECKING:
-    from cache.reader import OutcomeCache
-    from model_runtime.latency_estimator import LatencyEstimator
 
 
 def parse_discrete(action: Any, n: int) -> int:
@@ -38,51 +31,66 @@ def parse_discrete(action: Any, n: int) -> int:
 class MolmoeKnobsFlatEnv(ReplayEnvBase):
     """Flat env: one decision, ``Discrete(C)`` over the KnobSpace's configurations (stable order).
 
-    ``reset`` draws a request and a budget exactly like :class:`envs.two_stage_env.MolmoeKnobsEnv`;
-    ``step(c)`` picks configuration ``c`` (``KnobSpace.config(c)``), ends the episode
-    (``terminated=True``, never truncated) and returns the reward of its outcome. The
-    observation is ``{"lang", "budget", "action_mask"}`` (see :mod:`envs.observations`);
-    ``action_mask`` (int8 (C,)) and ``action_masks()`` (bool (C,)) mark the configurations
-    with an outcome (all of them under ``incomplete="skip"``).
+    ## Description
 
-    A masked action raises a ValueError naming the action and the valid set
-    (``invalid_action="raise"``) or ends the episode with reward −1.0 and
-    ``info["invalid_action"] = True`` (``"penalty"``); an action outside ``Discrete(C)`` always
-    raises. The terminal observation repeats the observation acted on (fresh arrays).
+    The one-step version of :class:`envs.two_stage_env.MolmoeKnobsEnv` (for bandits and flat
+    PPO): one episode is one request and one latency budget, and the agent picks a whole
+    configuration (tier, p, top-k, blocks) at once, without seeing a latency token. Outcomes
+    are replayed from an outcome cache (``cache=``) or a :class:`envs.replay_data.ReplayData`
+    (``data=``); ``mode="live"`` runs the model instead (:mod:`envs.live`).
+
+    ## Action Space
+
+    ``Discrete(C)`` (C = 225): configuration ``c`` is ``KnobSpace.config(c)``. ``action_masks()``
+    (bool (C,)) and the observation's ``action_mask`` (int8 (C,)) mark the configurations with
+    an outcome (all of them under ``incomplete="skip"``). A masked action ends the episode with
+    reward −1.0 and ``info["invalid_action"] = True`` (``invalid_action="penalty"``, the
+    default unless ``strict=True``) or raises a ValueError naming the action and the valid set
+    (``invalid_action="raise"``); an action outside ``Discrete(C)`` always raises.
+
+    ## Observation Space
+
+    ``Dict`` (see :mod:`envs.observations`): ``lang`` float32 (Dl,) language feature,
+    ``budget`` float32 (4,) ``[budget/scale, cheapest/scale, full/scale, budget/full]``,
+    ``action_mask`` int8 (C,).
+
+    ## Rewards
+
+    The reward of the configuration's outcome under the reward mode (``reward="hinge"`` by
+    default, see :mod:`envs.reward`); −1.0 for a penalised masked action.
+
+    ## Starting State
+
+    ``reset`` draws a request and a budget exactly like the two-stage env;
     ``reset(seed=, options={"sample_index"|"sample_id", "budget_ms"})`` pins request / budget.
 
-    Args: see :func:`envs.env_settings.resolve_settings` (``mode="live"`` with ``runtime``,
-    ``requests``, ``live_options``: outcomes from running the model, see :mod:`envs.live`).
+    ## Episode End
+
+    Every episode terminates after its one step (``terminated=True``, never truncated). The
+    terminal observation repeats the observation acted on (fresh arrays).
+
+    ## Arguments
+
+    The fields of :class:`envs.env_settings.EnvConfig`, as an ``EnvConfig`` or as keyword
+    arguments; ``strict`` only sets the default of ``invalid_action`` here (every component of
+    a flat action is read). ``render_mode`` must be None.
+
+    >>> import gymnasium as gym, envs
+    >>> from envs.env_settings import EnvConfig
+    >>> from envs.replay_data import ReplayData
+    >>> env = gym.make("MolmoeKnobsFlat-v0", config=EnvConfig(data=ReplayData.random(8, seed=0), reward="hard"))
+    >>> obs, info = env.reset(seed=0)
+    >>> sorted(obs), obs["action_mask"].shape
+    (['action_mask', 'budget', 'lang'], (225,))
+    >>> obs, reward, terminated, truncated, info = env.step(224)
+    >>> terminated, info["config_index"], info["config"]["tier"]
+    (True, 224, 'high')
     """
 
     __doc__ = (__doc__ or "") + INFO_DOC
 
-    def __init__(
-        self,
-        cache: "str | Path | OutcomeCache | None" = None,
-        split: str = "train",
-        data: ReplayData | None = None,
-        reward: "str | RewardConfig" = "hinge",
-        reward_kwargs: dict | None = None,
-        budget_range: Sequence[float] | None = None,
-        budgets: Sequence[float] | None = None,
-        budget_bounds: Sequence[float] | None = None,
-        estimator: "LatencyEstimator | None" = None,
-        nominal_output_tokens: int = 3,
-        incomplete: str = "skip",
-        invalid_action: str = "raise",
-        mode: str = "replay",
-        render_mode: str | None = None,
-        runtime: Any = None,
-        requests: Any = None,
-        live_options: Any = None,
-    ) -> None:
-        self._setup(
-            render_mode, cache=cache, split=split, data=data, reward=reward, reward_kwargs=reward_kwargs,
-            budget_range=budget_range, budgets=budgets, budget_bounds=budget_bounds, estimator=estimator,
-            nominal_output_tokens=nominal_output_tokens, incomplete=incomplete, invalid_action=invalid_action, mode=mode,
-            runtime=runtime, requests=requests, live_options=live_options,
-        )
+    def __init__(self, config: EnvConfig | None = None, *, render_mode: str | None = None, **kwargs: Any) -> None:
+        self._setup(render_mode, EnvConfig.build(config, **kwargs))
         self.n_configs = self.data.n_configs
         self.action_space = spaces.Discrete(self.n_configs)
         self.observation_space = flat_observation_space(self.data)

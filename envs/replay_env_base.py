@@ -8,7 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.env_settings import add_outcome, check_reset_options, resolve_settings
+from envs.env_settings import EnvConfig, add_outcome, check_reset_options, resolve_settings
 from envs.replay_data import pinned_request
 from envs.reward import RewardConfig
 
@@ -27,15 +27,17 @@ class ReplayEnvBase(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def _setup(self, render_mode: str | None, **kwargs: Any) -> None:
+    def _setup(self, render_mode: str | None, config: EnvConfig) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r}: this env does not render")
-        self.settings = resolve_settings(allow_live=True, **kwargs)
+        self.config = config
+        self.settings = resolve_settings(config, allow_live=True)
         self._live = self.settings.live  # envs.live.LiveOutcomes in live mode, else None
         d = self.data = self.settings.data
         self.reward_config: RewardConfig = self.settings.reward
         self.budget_sampler = self.settings.budgets
         self.invalid_action = self.settings.invalid_action
+        self.strict = self.settings.strict
         self.latency_scale_ms = d.latency_scale_ms
         self._cheap = d.cheapest_ms.tolist()
         self._full = d.full_ms.tolist()

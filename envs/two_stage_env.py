@@ -1,22 +1,15 @@
-"""``MolmoeKnobs-v0``: the two-stage budget-aware configuration env (DESIGN.md §3), replay mode."""
+"""``MolmoeKnobs-v0``: the two-stage budget-aware configuration env (replay mode; live mode via :mod:`envs.live`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from gymnasium import spaces
 
-from envs.env_settings import INFO_DOC, INVALID_ACTION_REWARD
+from envs.env_settings import INFO_DOC, INVALID_ACTION_REWARD, EnvConfig
 from envs.observations import two_stage_observation_space
-from envs.replay_data import ReplayData
 from envs.replay_env_base import Outcome, ReplayEnvBase
-from envs.reward import RewardConfig
-
-if TYPE_CHECKING:
-    from cache.reader import OutcomeCache
-    from model_runtime.latency_estimator import LatencyEstimator
 
 COMPONENT_NAMES: tuple[str, ...] = ("tier index", "p index", "top-k index", "knob3 index")
 
@@ -54,80 +47,97 @@ def masked_action_message(action: Sequence[int], mask: np.ndarray, nvec: Sequenc
 
 
 class MolmoeKnobsEnv(ReplayEnvBase):
-    """Two-stage env: pick (tier, p), see the latency token, pick (top-k, knob3); one request per episode.
+    """Two-stage env: pick (tier, p), see the latency token, pick (top-k, active blocks); one request per episode.
 
-    Episode: ``reset`` draws a request (uniformly from the split's eligible requests) and a
-    budget. Stage 0 observation: language feature, budget features, zero token, stage 0.
-    Step 1 reads the first two action components (tier, p); reward 0.0; the observation now
-    holds the latency token at (tier, p). Step 2 reads the last two (top-k, knob3) and ends the
-    episode (``terminated=True``) with the reward of the configuration's outcome. Episodes are
-    never truncated.
+    ## Description
 
-    Action space ``MultiDiscrete([T, P, K, B])`` = ``[3, 5, 5, 5]``: (tier index, p − 1,
-    top-k − 4, knob3 index ``i`` with total blocks ``p + 11 + i``, valid ``i = 0 .. 5 − p``).
-    Both steps take the full 4-vector and it must respect the current mask:
+    One episode is one request (an image and a question) and one latency budget. The agent
+    first chooses how many image crops MolmoE-1B sees (the tier) and where the pruning starts
+    (p); it then sees the latency token of that choice and chooses the routed experts per
+    token (top-k) and how many transformer blocks run (active blocks). The reward trades the
+    configuration's score against its latency under the budget. Outcomes are replayed from an
+    HDF5 outcome cache (``cache=``) or a :class:`envs.replay_data.ReplayData` (``data=``);
+    ``mode="live"`` runs the model instead (:mod:`envs.live`).
 
-    - stage 0: tiers / positions with an outcome allowed, top-k and knob3 pinned to index 0;
-    - stage 1: tier and p pinned to the stage-0 choice, the top-k values and knob3 indices
-      with an outcome allowed (all top-k, knob3 ``0 .. 5 − p`` on complete data).
+    ## Action Space
 
-    A masked component is never silently ignored (it would hide an agent that does not apply
-    the masks): with ``invalid_action="raise"`` (default) it raises a ValueError naming the
-    action and the valid set of each component; with ``"penalty"`` the episode ends with
+    ``MultiDiscrete([T, P, K, B])`` = ``[3, 5, 5, 5]``: (tier index, p − 1, top-k − 4,
+    active-blocks index ``i`` with total blocks ``p + 11 + i``, valid ``i = 0 .. 5 − p``).
+    Both steps take the whole 4-vector; the mask of the current observation says which values
+    are valid (``action_masks()``: bool (T+P+K+B,), sb3-contrib's MultiDiscrete format):
+
+    - stage 0 reads (tier, p): tiers / positions with an outcome allowed; top-k and the
+      active-blocks index are pinned to index 0 by the mask;
+    - stage 1 reads (top-k, active blocks): the values with an outcome allowed (all top-k,
+      active-blocks index ``0 .. 5 − p`` on complete data); tier and p are pinned to the
+      stage-0 choice by the mask.
+
+    The components a stage does not read are ignored by default (``strict=False``), so random
+    actions run (gymnasium's and SB3's ``check_env``); ``strict=True`` checks them against the
+    mask too, for debugging agents. A masked component the stage reads ends the episode with
     reward :data:`envs.env_settings.INVALID_ACTION_REWARD` (−1.0) and
-    ``info["invalid_action"] = True``. An action outside the action space always raises.
+    ``info["invalid_action"] = True`` (``invalid_action="penalty"``, the default unless
+    ``strict``) or raises a ValueError naming the action and each component's valid set
+    (``invalid_action="raise"``, the default under ``strict=True``); the state is then untouched.
     Under ``incomplete="mask"`` the per-component masks cannot express every missing
     combination: a (tier, p) without any outcome, or a final configuration without an outcome,
-    is treated like a masked action. Random-action checkers (gymnasium's / SB3's
-    ``check_env``) therefore need ``invalid_action="penalty"``; MaskablePPO never samples a
-    masked action.
+    is treated like a masked action. An action outside the action space always raises.
 
-    ``action_masks()`` returns the per-component masks concatenated (bool (T+P+K+B,),
-    sb3-contrib's MultiDiscrete format); the observation's ``action_mask`` is the same as int8.
+    ## Observation Space
 
-    The terminal observation (returned with ``terminated=True``) repeats the observation the
-    last action was taken on (fresh arrays); it is never bootstrapped from.
+    ``Dict`` (see :mod:`envs.observations`): ``lang`` float32 (Dl,) language feature;
+    ``token`` float32 (Dt,) latency token at the chosen (tier, p) at stage 1, zeros at stage 0;
+    ``budget`` float32 (4,) ``[budget/scale, cheapest/scale, full/scale, budget/full]``;
+    ``context`` float32 (1+T+P,) ``[stage, one-hot tier, one-hot p]``; ``action_mask`` int8
+    (T+P+K+B,), the same as ``action_masks()``.
 
-    ``reset(seed=, options=)``: ``options={"sample_index": i}`` or ``{"sample_id": s}`` pins the
-    request, ``{"budget_ms": b}`` the budget (validated against ``budget_bounds``), e.g. for
-    GRPO's several rollouts of one context. A seeded reset makes the whole trajectory
-    (request, budget, observations, rewards) deterministic.
+    ## Rewards
 
-    Args: see :func:`envs.env_settings.resolve_settings` (``cache`` / ``data``, ``split``,
-    ``reward``, ``reward_kwargs``, ``budget_range`` / ``budgets``, ``budget_bounds``,
-    ``estimator``, ``nominal_output_tokens``, ``incomplete``, ``invalid_action``, ``mode``;
-    ``mode="live"`` with ``runtime``, ``requests``, ``live_options``: outcomes, language features
-    and latency tokens from running the model, see :mod:`envs.live`).
+    0.0 after stage 0; after stage 1 the reward of the configuration's outcome under the
+    reward mode (``reward="hinge"`` by default; ``hard``, ``lagrangian``, ``shaped``, see
+    :mod:`envs.reward`): its score, less a penalty when its latency exceeds the budget; −1.0
+    for a penalised masked action.
+
+    ## Starting State
+
+    ``reset`` draws a request uniformly from the split's eligible requests (every outcome
+    present under ``incomplete="skip"``) and a budget uniformly from ``budget_range`` (or from
+    ``budgets``). ``reset(seed=, options=)``: ``{"sample_index": i}`` or ``{"sample_id": s}``
+    pins the request, ``{"budget_ms": b}`` the budget (checked against ``budget_bounds``). A
+    seeded reset makes the whole trajectory deterministic.
+
+    ## Episode End
+
+    The episode terminates after stage 1 (two steps), or after a penalised masked action; it
+    is never truncated. The terminal observation repeats the observation the last action was
+    taken on (fresh arrays); it is never bootstrapped from.
+
+    ## Arguments
+
+    The fields of :class:`envs.env_settings.EnvConfig`, as an ``EnvConfig`` or as keyword
+    arguments (``cache`` / ``data``, ``split``, ``reward``, ``reward_kwargs``, ``budget_range``
+    / ``budgets``, ``budget_bounds``, ``estimator``, ``nominal_output_tokens``, ``incomplete``,
+    ``strict``, ``invalid_action``, ``mode``; ``runtime``, ``requests``, ``live_options`` in
+    live mode); ``render_mode`` must be None.
+
+    >>> import gymnasium as gym, numpy as np, envs
+    >>> from envs.replay_data import ReplayData
+    >>> env = gym.make("MolmoeKnobs-v0", data=ReplayData.random(8, seed=0), reward="hinge")
+    >>> obs, info = env.reset(seed=0)
+    >>> sorted(obs), info["stage"]
+    (['action_mask', 'budget', 'context', 'lang', 'token'], 0)
+    >>> obs, reward, terminated, truncated, info = env.step(np.array([2, 0, 3, 4]))  # top-k, blocks ignored
+    >>> reward, terminated, info["config"]
+    (0.0, False, {'tier': 'high', 'p': 1, 'top_k': -1, 'blocks': -1})
+    >>> obs, reward, terminated, truncated, info = env.step(np.array([0, 0, 4, 0]))  # tier, p ignored
+    >>> terminated, info["config"], 0.0 <= info["score"] <= 1.0
+    (True, {'tier': 'high', 'p': 1, 'top_k': 8, 'blocks': 12}, True)
     """
 
     __doc__ = (__doc__ or "") + INFO_DOC
 
-    def __init__(
-        self,
-        cache: "str | Path | OutcomeCache | None" = None,
-        split: str = "train",
-        data: ReplayData | None = None,
-        reward: "str | RewardConfig" = "hinge",
-        reward_kwargs: dict | None = None,
-        budget_range: Sequence[float] | None = None,
-        budgets: Sequence[float] | None = None,
-        budget_bounds: Sequence[float] | None = None,
-        estimator: "LatencyEstimator | None" = None,
-        nominal_output_tokens: int = 3,
-        incomplete: str = "skip",
-        invalid_action: str = "raise",
-        mode: str = "replay",
-        render_mode: str | None = None,
-        runtime: Any = None,
-        requests: Any = None,
-        live_options: Any = None,
-    ) -> None:
-        self._setup(
-            render_mode, cache=cache, split=split, data=data, reward=reward, reward_kwargs=reward_kwargs,
-            budget_range=budget_range, budgets=budgets, budget_bounds=budget_bounds, estimator=estimator,
-            nominal_output_tokens=nominal_output_tokens, incomplete=incomplete, invalid_action=invalid_action, mode=mode,
-            runtime=runtime, requests=requests, live_options=live_options,
-        )
+    def __init__(self, config: EnvConfig | None = None, *, render_mode: str | None = None, **kwargs: Any) -> None:
+        self._setup(render_mode, EnvConfig.build(config, **kwargs))
         d = self.data
         self.nvec = d.nvec
         t_, p_, _, _ = self.nvec
@@ -163,6 +173,11 @@ class MolmoeKnobsEnv(ReplayEnvBase):
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
         self._check_running()
         a = parse_multidiscrete(action, self.nvec)
+        if not self.strict:  # the components this stage does not read take their pinned values
+            if self._stage == 0:
+                a[2] = a[3] = 0
+            else:
+                a[0], a[1] = self._t, self._p
         s = self._s
         _, p_, k_, b_ = self.nvec
         md = ((a[0] * p_ + a[1]) * k_ + a[2]) * b_ + a[3]

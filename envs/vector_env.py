@@ -2,8 +2,8 @@
 
 ``gymnasium.make_vec("MolmoeKnobs-v0" | "MolmoeKnobsFlat-v0", num_envs=N,
 vectorization_mode="vector_entry_point", **kwargs)`` returns :class:`MolmoeKnobsVectorEnv` /
-:class:`MolmoeKnobsFlatVectorEnv`; ``kwargs`` are the scalar envs' (see
-:func:`envs.env_settings.resolve_settings`), loaded once for all sub-envs.
+:class:`MolmoeKnobsFlatVectorEnv`; ``kwargs`` are the scalar envs' (the fields of
+:class:`envs.env_settings.EnvConfig`, or ``config=EnvConfig(...)``), loaded once for all sub-envs.
 
 Semantics follow the scalar envs exactly (observations, masks, rewards, info keys and
 values); what differs is the gymnasium vector convention:
@@ -30,9 +30,11 @@ values); what differs is the gymnasium vector convention:
   ``reset(seed=int)`` (so the draws differ from N scalar envs' own generators; pinning
   requests and budgets makes the two agree exactly); ``reset(options=)`` takes ``sample_index`` / ``sample_id`` /
   ``budget_ms`` as a scalar (all sub-envs) or a (num_envs,) array.
-- A masked action in any sub-env raises a ValueError before any state changes
-  (``invalid_action="raise"``), naming the sub-env, the action and the valid sets; with
-  ``"penalty"`` those sub-envs end with reward −1.0 and ``invalid_action`` True.
+- Like the scalar envs, a stage ignores the action components it does not read unless
+  ``strict=True``. A masked action in any sub-env raises a ValueError before any state changes
+  (``invalid_action="raise"``, the default under ``strict=True``), naming the sub-env, the
+  action and the valid sets; with ``"penalty"`` (the default otherwise) those sub-envs end
+  with reward −1.0 and ``invalid_action`` True.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from gymnasium.vector.vector_env import AutoresetMode
 
 from envs.env_settings import (
     INFO_DOC,
+    EnvConfig,
     INFO_KEYS_ALWAYS,
     INVALID_ACTION_REWARD,
     ReplaySettings,
@@ -98,14 +101,17 @@ class _ReplayVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int, render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, num_envs: int, config: EnvConfig | None = None, *, render_mode: str | None = None,
+                 **kwargs: Any) -> None:
         if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r}: this env does not render")
         self.num_envs = int(num_envs)
-        st: ReplaySettings = resolve_settings(**kwargs)
+        self.config = EnvConfig.build(config, **kwargs)
+        st: ReplaySettings = resolve_settings(self.config)
         self.settings = st
+        self.strict = st.strict
         d = self.data = st.data
         self.reward_config = st.reward
         self.budget_sampler = st.budgets
@@ -313,8 +319,8 @@ class MolmoeKnobsFlatVectorEnv(_ReplayVectorEnv):
 
     __doc__ = (__doc__ or "") + INFO_DOC
 
-    def __init__(self, num_envs: int, **kwargs: Any) -> None:
-        super().__init__(num_envs, **kwargs)
+    def __init__(self, num_envs: int, config: EnvConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(num_envs, config, **kwargs)
         d = self.data
         self.single_observation_space = flat_observation_space(d)
         self.single_action_space = spaces.Discrete(self._c)
@@ -420,8 +426,8 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
 
     __doc__ = (__doc__ or "") + INFO_DOC
 
-    def __init__(self, num_envs: int, **kwargs: Any) -> None:
-        super().__init__(num_envs, **kwargs)
+    def __init__(self, num_envs: int, config: EnvConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(num_envs, config, **kwargs)
         d = self.data
         self.nvec = d.nvec
         t_, p_, k_, b_ = self.nvec
@@ -462,6 +468,7 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
         self._tp_now = np.zeros(n_env, dtype=np.int64)  # t*P + p of the sub-envs at stage 1
         self._n1 = 0  # sub-envs at stage 1 (0 or num_envs in lockstep)
         self._minus1 = np.full(n_env, -1, dtype=np.int64)
+        self._zeros_i64 = np.zeros(n_env, dtype=np.int64)  # read-only
         self._bud: np.ndarray | None = None  # budget features of the current requests (private)
 
     def _set_requests(self, s: np.ndarray, b: np.ndarray) -> None:
@@ -603,9 +610,18 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
             i = int(np.flatnonzero(((a < 0) | (a >= np.array(self.nvec))).any(axis=1))[0])
             raise ValueError(f"action {a[i].tolist()} of sub-env {i} outside MultiDiscrete({list(self.nvec)})")
         s, b, st = self._s, self._b, self._stage
+        n1 = self._n1
+        if not self.strict:  # the components a stage does not read take their pinned values
+            if n1 == 0:
+                a2 = a3 = self._zeros_i64
+            elif n1 == n_env:
+                a0, a1 = self._t, self._p
+            else:
+                at0 = st == 0
+                a0, a1 = np.where(at0, a0, self._t), np.where(at0, a1, self._p)
+                a2, a3 = np.where(at0, 0, a2), np.where(at0, 0, a3)
         pre = a0 * p_ + a1  # t*P + p of the action
         md = (pre * k_ + a2) * b_ + a3
-        n1 = self._n1
         # lockstep fast paths (every sub-env at the same stage, every action valid)
         if n1 == 0:
             ok = np.take(self._valid0_md, md) if self._complete else np.take(self._valid0_f, s * self._n_md + md)
@@ -621,7 +637,7 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
             ok = np.where(st == 0, self._valid0_f[idx], self._valid1_f[idx] & (pre == self._tp_now))
         all_ok = bool(ok.all())
         if not all_ok and self.invalid_action == "raise":
-            raise ValueError(self._masked_message(a, ok))
+            raise ValueError(self._masked_message(np.stack([a0, a1, a2, a3], axis=1), ok))
         reward = np.zeros(n_env, dtype=np.float64)
         prev, final_info = self._obs, None
         fin = (st == 1) & ok if n1 else None  # episodes that end with an outcome

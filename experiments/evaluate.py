@@ -23,15 +23,20 @@ Outputs in ``--out``:
 
 CLI: ``python -m experiments.evaluate --cache PATH --out DIR --policies static router oracle
 grpo:outputs/run/grpo ...`` (``--seeds 0 1 2``; ``{seed}`` in a checkpoint path is replaced).
+Every ``--policies`` name and every checkpoint of every seed is checked (loaded) before anything
+runs; a user mistake (bad or truncated cache, missing checkpoint, unknown policy) prints one line
+and exits with code 1 or 2, leaving no empty ``--out`` folder; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import platform
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,10 +54,12 @@ from agents.baselines import (
     TwoStageRouter,
     UncertaintyThreshold,
 )
+from agents.registry import LEARNED_AGENTS
 from cache.reader import OutcomeCache
 from envs.replay_data import ReplayData
 from envs.reward import RewardConfig
 from envs.vector_env import MolmoeKnobsFlatVectorEnv, MolmoeKnobsVectorEnv
+from experiments.cli_errors import DEBUG_HELP, output_dir, run_cli
 from experiments.report_metrics import aggregate_seeds, aiq, bootstrap_ci, kept_share
 
 BASELINES: tuple[str, ...] = (
@@ -158,11 +165,16 @@ def aggregate(records: pd.DataFrame, data: ReplayData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def static_points(data: ReplayData) -> pd.DataFrame:
-    """Every fixed configuration's (mean latency, accuracy) on the evaluated requests."""
+def static_points(data: ReplayData, dataset: str = "all") -> pd.DataFrame:
+    """Every fixed configuration's (mean latency, accuracy) on the evaluated requests (of one
+    ``dataset``, or ``"all"``)."""
     ks = data.knob_space
-    acc = np.nanmean(np.where(data.valid, data.score, np.nan), axis=0)
-    lat = np.nanmean(np.where(data.valid, data.total_ms, np.nan), axis=0)
+    rows = np.ones(data.n, dtype=bool) if dataset == "all" else np.asarray(data.datasets).astype(str) == dataset
+    valid = data.valid[rows]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a configuration without outcomes: NaN
+        acc = np.nanmean(np.where(valid, data.score[rows], np.nan), axis=0)
+        lat = np.nanmean(np.where(valid, data.total_ms[rows], np.nan), axis=0)
     labels = [""] * len(ks)
     labels[ks.index(ks.full_config)] = "full"
     labels[ks.index(ks.cheapest_config)] = "cheapest"
@@ -251,6 +263,44 @@ def _uncertainty(oc: "OutcomeCache", train: ReplayData, test: ReplayData) -> tup
     return u[train.cache_rows], u[test.cache_rows]
 
 
+def check_policy_names(policies: Sequence[str]) -> None:
+    """ValueError naming the valid names for a ``--policies`` entry that is neither a baseline
+    nor an ``agent:DIR`` checkpoint spec of a known agent."""
+    valid = f"baselines {', '.join(BASELINES)}, or a checkpoint AGENT:DIR with AGENT one of {', '.join(LEARNED_AGENTS)}"
+    for p in policies:
+        if p in BASELINES:
+            continue
+        agent, sep, directory = p.partition(":")
+        if not sep:
+            raise ValueError(f"unknown policy {p!r} in --policies; valid: {valid}")
+        if agent not in LEARNED_AGENTS or not directory:
+            raise ValueError(f"bad checkpoint spec {p!r} in --policies; valid: {valid}")
+
+
+def load_checkpoints(specs: Sequence[str], seeds: Sequence[int]) -> dict[int, list[Any]]:
+    """Every ``agent:DIR`` spec loaded for every seed (``{seed}`` replaced), before anything
+    runs; ValueError naming the spec, the seed and what is missing."""
+    from agents.registry import load_policy  # torch-backed agents load only when asked
+
+    loaded: dict[int, list[Any]] = {}
+    problems: list[str] = []
+    for seed in seeds:
+        loaded[seed] = []
+        for spec in specs:
+            resolved = spec.replace("{seed}", str(seed))
+            agent, _, directory = resolved.partition(":")
+            if not Path(directory).is_dir():
+                problems.append(f"{resolved} (seed {seed}): no such checkpoint folder")
+                continue
+            try:
+                loaded[seed].append(load_policy(resolved))
+            except (OSError, ValueError, KeyError) as e:
+                problems.append(f"{resolved} (seed {seed}): cannot load the checkpoint ({' '.join(str(e).split())})")
+    if problems:
+        raise ValueError(f"{len(problems)} checkpoint(s) of --policies missing or unreadable: " + "; ".join(problems))
+    return loaded
+
+
 def flat_observations(data: ReplayData, budget_ms: float) -> dict[str, np.ndarray]:
     """Flat observations of every request of ``data`` (row i ↔ request i) at one budget."""
     venv = MolmoeKnobsFlatVectorEnv(num_envs=data.n, data=data)
@@ -261,11 +311,13 @@ def flat_observations(data: ReplayData, budget_ms: float) -> dict[str, np.ndarra
 def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose: bool = True) -> tuple[pd.DataFrame, dict]:
     """Run the evaluation and write its outputs. ``learned`` maps names to policy objects (used
     besides the ``cfg.policies`` specs, e.g. from the demo); returns (results, summary)."""
-    from agents.registry import load_policy  # torch-backed agents load only when asked
-
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    check_policy_names(cfg.policies)
+    if not cfg.seeds:
+        raise ValueError("--seeds needs at least one seed")
     reward = RewardConfig.make(cfg.reward, cfg.reward_kwargs)
     # one open cache serves both splits, the uncertainty features and the content hash
     with OutcomeCache(cfg.cache) as oc:
@@ -285,14 +337,14 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
     train_obs = flat_observations(train, float(hi))
     baseline_names = [p for p in cfg.policies if p in BASELINES]
     specs = [p for p in cfg.policies if p not in BASELINES]
+    checkpoints = load_checkpoints(specs, cfg.seeds)  # every checkpoint of every seed, before any run
 
     frames = []
     for seed in cfg.seeds:
         policies = build_baselines(baseline_names, train, test, train_obs, reward, budgets, unc,
                                    cfg.uncertainty_quantiles, seed)
         learned_here = dict(learned or {})
-        for spec in specs:
-            pol = load_policy(spec.replace("{seed}", str(seed)))
+        for spec, pol in zip(specs, checkpoints[seed]):
             learned_here[getattr(pol, "name", spec)] = pol
         for name, pol in learned_here.items():
             pol.name = name
@@ -323,6 +375,14 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
                 frames.append(pd.DataFrame({**run, "policy": pol.name, "budget_ms": np.nan,
                                             "seed": seed, "reward_mode": "lagrangian", "lambda": lam}))
 
+    with output_dir(out):
+        return _write_outputs(cfg, out, frames, test, train, budgets, (lo, hi), tag, cache_sha256, t0, verbose)
+
+
+def _write_outputs(cfg: EvalConfig, out: Path, frames: list[pd.DataFrame], test: ReplayData, train: ReplayData,
+                   budgets: np.ndarray, budget_range: tuple[float, float], tag: str, cache_sha256: str, t0: float,
+                   verbose: bool) -> tuple[pd.DataFrame, dict]:
+    lo, hi = budget_range
     records = pd.concat(frames, ignore_index=True)
     results = aggregate(records, test)
     results.insert(0, "synthetic", bool(test.synthetic))
@@ -347,21 +407,26 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
         "wall_time_s": round(time.perf_counter() - t0, 2),
     }
     (out / "summary.json").write_text(json.dumps(_nan_to_none(summary), indent=2, default=_json_default, allow_nan=False))
+    written = ["results.csv", "requests.csv.gz", "summary.json"] + (["results_agg.csv"] if len(cfg.seeds) > 1 else [])
     if cfg.plots:
         from experiments.plots import knob_distribution_plot, pareto_plot
 
-        sp = static_points(test)
         main = results[results["seed"] == cfg.seeds[0]]
-        pareto_plot(main, sp, out / "pareto.png", title=f"{tag}: accuracy vs latency ({cfg.split} split)")
+        pareto_plot(main, static_points(test), out / "pareto.png", title=f"{tag}: accuracy vs latency ({cfg.split} split)")
+        n_plots = 1
         for ds in sorted(set(main["dataset"]) - {"all"}):
-            pareto_plot(main, None, out / f"pareto_{ds}.png", title=f"{tag}: {ds}", dataset=ds)
+            pareto_plot(main, static_points(test, dataset=ds), out / f"pareto_{_safe(ds)}.png",
+                        title=f"{tag}: {ds} ({cfg.split} split)", dataset=ds)
+            n_plots += 1
         for p in sorted(set(main["policy"])):
             if p in ("oracle", "always_full", "always_cheapest"):
                 continue
             knob_distribution_plot(main, p, out / f"knobs_{_safe(p)}.png", title=f"{p}: knob shares per budget ({tag})")
+            n_plots += 1
+        written.append(f"{n_plots} plots")
     if verbose:
         print_table(summary)
-        print(f"[evaluate] wrote {out}/results.csv, summary.json and plots in {summary['wall_time_s']} s")
+        print(f"[evaluate] wrote {', '.join(written)} to {out} in {summary['wall_time_s']} s")
     return results, summary
 
 
@@ -423,11 +488,15 @@ def _json_default(o: Any) -> Any:
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    """``name`` as a file-name part: runs of other characters become one ``_``, none at the ends
+    (``random_matched[grpo]`` → ``random_matched_grpo``)."""
+    out = re.sub(r"[^0-9A-Za-z.-]+", "_", name).strip("_.")
+    return out or "policy"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True, help="outcome cache (HDF5)")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--policies", nargs="+", default=list(BASELINES),
@@ -440,16 +509,23 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     ap.add_argument("--reward", default="hinge", choices=["hinge", "hard", "lagrangian", "shaped"])
     ap.add_argument("--reward-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"alpha": 2.0}\'')
     ap.add_argument("--lambdas", nargs="*", type=float, default=[0.1, 0.25, 0.5, 1.0])
-    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--no-plots", action="store_true", help="write no plots")
+    ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     a = ap.parse_args(argv)
     return EvalConfig(cache=a.cache, out=a.out, policies=a.policies, split=a.split, train_split=a.train_split,
                       seeds=a.seeds, n_budgets=a.n_budgets, budgets=a.budgets, reward=a.reward,
                       reward_kwargs=a.reward_kwargs, lambdas=a.lambdas, plots=not a.no_plots)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _main(argv: Sequence[str]) -> int:
     evaluate(parse_args(argv))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; user mistakes are one-line errors (exit 1 / 2), ``--debug`` shows the traceback."""
+    return run_cli(_main, argv, prog="python -m experiments.evaluate")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -23,6 +23,32 @@ KNOB_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Policies drawn as reference lines (thin, dashed) rather than as learned / adaptive policies.
+REFERENCE_PREFIXES: tuple[str, ...] = ("random", "uncertainty", "always_")
+MARKERS: str = "osD^v<>ph*XP"
+
+
+def policy_styles(policies: list[str]) -> dict[str, dict]:
+    """A distinct (colour, marker, line style, marker size) per policy, in sorted order: markers
+    are hollow and shrink along the list so that coinciding curves stay visible on each other."""
+    colors = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    out: dict[str, dict] = {}
+    n = max(len(policies), 1)
+    for i, p in enumerate(sorted(policies)):
+        ref = p.startswith(REFERENCE_PREFIXES)
+        out[p] = {
+            "color": colors[i % len(colors)],
+            "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": "--" if ref else "-",
+            "linewidth": 1.0 if ref else 1.6,
+            "markersize": 9.0 - 4.5 * i / n,
+            "markerfacecolor": "none",
+            "markeredgewidth": 1.3,
+            "alpha": 0.9,
+        }
+    return out
+
+
 def pareto_plot(
     results: pd.DataFrame,
     static_points: pd.DataFrame | None,
@@ -31,35 +57,51 @@ def pareto_plot(
     title: str,
     dataset: str = "all",
 ) -> Path:
-    """Accuracy vs mean estimated latency. Adaptive policies are curves over the budget grid;
-    ``static_points`` (columns ``mean_latency_ms``, ``accuracy``, ``label``) are dots: every
-    fixed configuration evaluated on the same requests."""
+    """Write :func:`pareto_figure` to ``path``."""
+    fig = pareto_figure(results, static_points, title=title, dataset=dataset)
+    out = Path(path)
+    fig.savefig(out, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def pareto_figure(
+    results: pd.DataFrame,
+    static_points: pd.DataFrame | None,
+    *,
+    title: str,
+    dataset: str = "all",
+) -> plt.Figure:
+    """Accuracy vs mean estimated latency on one dataset (or ``"all"``).
+
+    ``static_points`` (columns ``mean_latency_ms``, ``accuracy``, ``label``: every fixed
+    configuration on the same requests) are a grey cloud, the ``full`` and ``cheapest`` ones
+    labelled; every policy of ``results`` is a curve over the budget grid with its own colour,
+    hollow marker and marker size (:func:`policy_styles`), so overlapping curves stay visible.
+    """
     df = results[(results["dataset"] == dataset) & results["budget_ms"].notna()]
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = plt.subplots(figsize=(8, 5.8))
     if static_points is not None and len(static_points):
-        ax.scatter(static_points["mean_latency_ms"], static_points["accuracy"], s=9, c="0.75",
-                   label="static configurations", zorder=1)
+        ax.scatter(static_points["mean_latency_ms"], static_points["accuracy"], s=10, c="0.72", edgecolors="none",
+                   label=f"static configurations ({len(static_points)})", zorder=1)
         for _, row in static_points[static_points["label"] != ""].iterrows():
-            ax.scatter(row["mean_latency_ms"], row["accuracy"], s=40, marker="D", zorder=3)
-            ax.annotate(row["label"], (row["mean_latency_ms"], row["accuracy"]), fontsize=8,
-                        xytext=(4, -10), textcoords="offset points")
-    colors = plt.get_cmap("tab20").colors
-    markers = "osD^v<>ph*"
-    for i, (policy, g) in enumerate(df.groupby("policy", sort=True)):
+            ax.scatter(row["mean_latency_ms"], row["accuracy"], s=36, c="0.35", marker="s", zorder=2)
+            ax.annotate(row["label"], (row["mean_latency_ms"], row["accuracy"]), fontsize=8, color="0.25",
+                        xytext=(5, -11), textcoords="offset points", zorder=2)
+    styles = policy_styles(sorted(set(df["policy"])))
+    for policy, g in df.groupby("policy", sort=True):
         g = g.sort_values("budget_ms")
-        style = "--" if policy.startswith(("random", "uncertainty")) else "-"
-        ax.plot(g["mean_latency_ms"], g["accuracy"], style, marker=markers[i % len(markers)], ms=3.5, lw=1.4,
-                color=colors[i % len(colors)], label=policy, zorder=2)
+        st = styles[policy]
+        ax.plot(g["mean_latency_ms"], g["accuracy"], label=policy, zorder=3, color=st["color"], marker=st["marker"],
+                linestyle=st["linestyle"], linewidth=st["linewidth"], markersize=st["markersize"],
+                markerfacecolor=st["markerfacecolor"], markeredgewidth=st["markeredgewidth"], alpha=st["alpha"])
     ax.set_xlabel("mean estimated latency (ms)")
     ax.set_ylabel("accuracy (mean metric score)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def knob_distribution_plot(results: pd.DataFrame, policy: str, path: str | Path, *, title: str) -> Path:

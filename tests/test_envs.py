@@ -194,7 +194,7 @@ def test_flat_env_masks_and_observation(data: ReplayData, holey: ReplayData) -> 
 
 
 def test_incomplete_mask_two_stage_masks(holey: ReplayData) -> None:
-    env = MolmoeKnobsEnv(data=holey, incomplete="mask")
+    env = MolmoeKnobsEnv(data=holey, incomplete="mask", strict=True)
     env.reset(options={"sample_index": 0})
     m = env.action_masks()
     np.testing.assert_array_equal(m[:3], [1, 1, 0])  # no 'high' outcome
@@ -214,7 +214,7 @@ def raises_naming(env, action, *parts: str) -> None:
 
 
 def test_every_invalid_action_raises_with_action_and_valid_set(data: ReplayData, holey: ReplayData) -> None:
-    env = MolmoeKnobsEnv(data=data)
+    env = MolmoeKnobsEnv(data=data, strict=True)  # strict: every component checked, masked actions raise
     env.reset(seed=3)
     # outside the action space / malformed
     raises_naming(env, np.array([3, 0, 0, 0]), "[3, 0, 0, 0]", "MultiDiscrete([3, 5, 5, 5])")
@@ -235,14 +235,14 @@ def test_every_invalid_action_raises_with_action_and_valid_set(data: ReplayData,
         env.step(np.array([1, 2, 0, 2]))
 
     # incomplete='mask': masked tier, a (tier, p) without outcomes, a missing configuration
-    env = MolmoeKnobsEnv(data=holey, incomplete="mask")
+    env = MolmoeKnobsEnv(data=holey, incomplete="mask", strict=True)
     env.reset(options={"sample_index": 0})
     raises_naming(env, np.array([2, 0, 0, 0]), "[2, 0, 0, 0]", "tier index = 2 not in [0, 1]")
     raises_naming(env, np.array([0, 2, 0, 0]), "[0, 2, 0, 0]", "no configuration with tier index 0 and p index 2")
     env.step(np.array([1, 0, 0, 0]))
     raises_naming(env, np.array([1, 0, 4, 4]), "[1, 0, 4, 4]", "medium/p1/k8/b16", "no outcome")
 
-    flat = MolmoeKnobsFlatEnv(data=holey, incomplete="mask")
+    flat = MolmoeKnobsFlatEnv(data=holey, incomplete="mask", strict=True)
     flat.reset(options={"sample_index": 1})
     raises_naming(flat, 7, "action 7", "no outcome", "valid configuration indices: [0, 1, 2, 3, 4, 5, 6, 8,")
     raises_naming(flat, 225, "action 225 outside Discrete(225)")
@@ -251,7 +251,7 @@ def test_every_invalid_action_raises_with_action_and_valid_set(data: ReplayData,
 
 
 def test_penalty_mode(data: ReplayData, holey: ReplayData) -> None:
-    env = MolmoeKnobsEnv(data=data, invalid_action="penalty")
+    env = MolmoeKnobsEnv(data=data, invalid_action="penalty", strict=True)
     obs0, _ = env.reset(seed=0)
     obs, r, term, trunc, info = env.step(np.array([0, 0, 1, 0]))
     assert (r, term, trunc) == (-1.0, True, False) and type(r) is float
@@ -399,7 +399,7 @@ def test_gymnasium_and_sb3_checkers(data: ReplayData) -> None:
             check_env(env.unwrapped, skip_render_check=True)
             sb3_check_env(env, warn=True)
     with pytest.raises(ValueError, match="masked at stage 0"):
-        two = MolmoeKnobsEnv(data=data)
+        two = MolmoeKnobsEnv(data=data, strict=True)
         two.reset(seed=0)
         two.step(np.array([0, 0, 1, 1]))
 

@@ -195,7 +195,7 @@ def test_info_layout_and_dtypes(data: ReplayData) -> None:
 
 
 def test_raise_mode_names_sub_env_and_keeps_state(data: ReplayData) -> None:
-    venv = MolmoeKnobsVectorEnv(3, data=data)
+    venv = MolmoeKnobsVectorEnv(3, data=data, strict=True)  # strict: every component checked, masked actions raise
     obs, info = venv.reset(seed=1)
     acts = np.array([[0, 0, 0, 0], [1, 1, 2, 0], [2, 4, 0, 0]])
     with pytest.raises(ValueError, match=r"sub-env 1: action \[1, 1, 2, 0\] is masked at stage 0.*top-k index = 2 "
@@ -214,14 +214,14 @@ def test_raise_mode_names_sub_env_and_keeps_state(data: ReplayData) -> None:
     bad[2, 3] = 0
     _, _, term, _, _ = venv.step(bad)
     assert term.all()
-    flat = MolmoeKnobsFlatVectorEnv(2, data=data)
+    flat = MolmoeKnobsFlatVectorEnv(2, data=data, strict=True)
     flat.reset(seed=0)
     with pytest.raises(ValueError, match="action 300 of sub-env 1 outside Discrete"):
         flat.step(np.array([0, 300]))
 
 
 def test_penalty_mode_with_mixed_stages(data: ReplayData) -> None:
-    venv = MolmoeKnobsVectorEnv(4, data=data, invalid_action="penalty", reward="hard")
+    venv = MolmoeKnobsVectorEnv(4, data=data, invalid_action="penalty", reward="hard", strict=True)
     bud = np.full(4, float(np.mean(data.budget_range_ms)))
     venv.reset(options={"sample_index": np.arange(4), "budget_ms": bud})
     # sub-envs 0 and 1 take masked stage-0 actions; 2 and 3 go to stage 1
@@ -261,12 +261,12 @@ def test_incomplete_mask_vector(data: ReplayData) -> None:
     c = KS.index(("low", 1, 4, 12))
     valid[0, c], score[0, c] = False, np.nan
     holey = dataclasses.replace(data, valid=valid, score=score)
-    flat = MolmoeKnobsFlatVectorEnv(2, data=holey, incomplete="mask")
+    flat = MolmoeKnobsFlatVectorEnv(2, data=holey, incomplete="mask", invalid_action="raise")
     obs, _ = flat.reset(options={"sample_index": np.array([0, 1])})
     np.testing.assert_array_equal(obs["action_mask"], holey.valid[[0, 1]].astype(np.int8))
     with pytest.raises(ValueError, match=rf"action {c} .* of sub-env 0 is masked.*no outcome"):
         flat.step(np.array([c, c]))
-    two = MolmoeKnobsVectorEnv(2, data=holey, incomplete="mask")
+    two = MolmoeKnobsVectorEnv(2, data=holey, incomplete="mask", invalid_action="raise")
     two.reset(options={"sample_index": np.array([1, 0])})
     two.step(np.array([[0, 0, 0, 0], [0, 0, 0, 0]]))
     with pytest.raises(ValueError, match=r"sub-env 1: action \[0, 0, 0, 0\]: configuration low/p1/k4/b12 has no outcome"):

@@ -41,6 +41,9 @@ MOLMO_STYLE: dict[str, str] = {
     "scienceqa": "science_qa", "ai2d": "ai2_diagram", "mmbench": "a_okvqa_mc",
     "tallyqa": "tally_qa", "gqa": "gqa", "st_vqa": "st_qa", "docvqa": "doc_qa",
     "infovqa": "info_qa", "chartqa": "chart_qa", "coco_caption": "coco_captioning",
+    # the procedural task suite asks in the style of the set each task stands in for
+    "easy_vqa": "vqa2", "synth_text": "text_vqa", "synth_doc": "doc_qa",
+    "synth_chart": "chart_qa", "synth_count": "tally_qa", "synth_diagram": "ai2_diagram",
 }
 CAPTION_PROMPT = "Caption the image with 1 or two sentences"
 PLAIN_SHORT_ANSWER = "Answer the question using a single word or phrase."

@@ -11,6 +11,10 @@ relaxed_accuracy   ChartQA
 cider              COCO Caption
 =================  ===========================================
 
+The task suite's stand-ins (``model_runtime.datasets.suite``) use their real sets' metrics:
+``easy_vqa`` and ``synth_count`` exact_match (easy-VQA has one answer per question), ``synth_text``
+vqa_score, ``synth_doc`` anls, ``synth_chart`` relaxed_accuracy, ``synth_diagram`` multiple_choice.
+
 Seed 03 listed ``ansl_em`` (ANLS + EM) for ST-VQA/DocVQA; ANLS alone is the official metric of
 both challenges and equals 1 exactly when EM would, so ANLS is the single score here.
 Dataset names are matched case-insensitively ignoring ``-``, ``_``, spaces and dots, so
@@ -37,6 +41,13 @@ METRIC_FOR_DATASET: dict[str, str] = {
     "infovqa": "anls",
     "chartqa": "relaxed_accuracy",
     "coco_caption": "cider",
+    # the procedural task suite (model_runtime.datasets.suite), one stand-in per family above
+    "easy_vqa": "exact_match",
+    "synth_text": "vqa_score",
+    "synth_doc": "anls",
+    "synth_chart": "relaxed_accuracy",
+    "synth_count": "exact_match",
+    "synth_diagram": "multiple_choice",
 }
 
 # Extra spellings (after squashing) that name the same dataset.

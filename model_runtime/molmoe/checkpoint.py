@@ -319,3 +319,107 @@ def molmoe_with_language_model(config: MolmoeConfig, lm: MolmoeLanguageModel, *,
     )
     return MolmoeModel(cfg, vision=vision, connector=connector, lm=lm)
 
+
+
+# ---------------------------------------------------------------------------- writing
+def _public_tensors(model: MolmoeModel) -> Iterator[tuple[str, torch.Tensor]]:
+    """(public tensor name, tensor) pairs of a runtime model: the inverse of :func:`_molmo_tensors`."""
+    cfg, sd = model.config, model.state_dict()
+    d, hd, x = cfg.d_model, cfg.kv_heads * cfg.head_dim, cfg.num_experts
+    f = cfg.expert_hidden
+    t = "model.transformer."
+    emb = sd["lm.backbone.embed_tokens.weight"]
+    yield t + "wte.embedding", emb[: cfg.embedding_size]
+    if cfg.additional_vocab_size:
+        yield t + "wte.new_embedding", emb[cfg.embedding_size :]
+    for i in range(cfg.n_layers):
+        b, r = f"{t}blocks.{i}.", f"lm.backbone.layers.{i}."
+        yield b + "attn.att_proj.weight", torch.cat(
+            [sd[r + "self_attn.q_proj.weight"], sd[r + "self_attn.k_proj.weight"], sd[r + "self_attn.v_proj.weight"]])
+        yield b + "attn.attn_out.weight", sd[r + "self_attn.o_proj.weight"]
+        yield b + "attn.q_norm.weight", sd[r + "self_attn.q_norm.weight"]
+        yield b + "attn.k_norm.weight", sd[r + "self_attn.k_norm.weight"]
+        yield b + "attn.attn_norm.weight", sd[r + "input_layernorm.weight"]
+        yield b + "mlp.ff_norm.weight", sd[r + "post_attention_layernorm.weight"]
+        yield b + "mlp.gate.weight", sd[r + "mlp.gate.weight"]
+        gate_up, down = sd[r + "mlp.experts.gate_up_proj"], sd[r + "mlp.experts.down_proj"]
+        if tuple(gate_up.shape) != (x, 2 * f, d) or tuple(down.shape) != (x, d, f):
+            raise CheckpointError(f"block {i}: expert tensors of shape {tuple(gate_up.shape)}/{tuple(down.shape)} "
+                                  "are not transformers' (experts, 2F, D)/(experts, D, F) layout")
+        for j in range(x):
+            e = f"{b}mlp.experts.{j}."
+            yield e + "gate_proj.weight", gate_up[j, :f]
+            yield e + "up_proj.weight", gate_up[j, f:]
+            yield e + "down_proj.weight", down[j]
+    yield t + "ln_f.weight", sd["lm.backbone.norm.weight"]
+    yield "lm_head.weight", sd["lm.lm_head.weight"]
+
+    ev, p = cfg.vit_hidden, cfg.patch_size
+    vb, vit, c = "model.vision_backbone.", "model.vision_backbone.image_vit.", "vision.clip."
+    yield vit + "class_embedding", sd[c + "embeddings.class_embedding"]
+    yield vit + "positional_embedding", sd[c + "embeddings.position_embedding.weight"]
+    yield vit + "patch_embedding.weight", sd[c + "embeddings.patch_embedding.weight"].permute(0, 2, 3, 1).reshape(ev, -1)
+    for name in ("weight", "bias"):
+        yield vit + f"pre_ln.{name}", sd[c + f"pre_layrnorm.{name}"]
+    vit_map = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
+               "attention.wo": "self_attn.out_proj", "feed_forward.w1": "mlp.fc1", "feed_forward.w2": "mlp.fc2",
+               "attention_norm": "layer_norm1", "ffn_norm": "layer_norm2"}
+    for j in range(cfg.vit_num_layers):
+        src, dst = f"{vit}transformer.resblocks.{j}.", f"{c}encoder.layers.{j}."
+        for theirs, ours in vit_map.items():
+            for name in ("weight", "bias"):
+                yield src + theirs + f".{name}", sd[dst + ours + f".{name}"]
+    for name in ("wq", "wk", "wv", "wo"):
+        for part in ("weight", "bias"):
+            yield f"{vb}image_pooling_2d.{name}.{part}", sd[f"connector.pooling.{name}.{part}"]
+    for name in ("w1", "w3", "w2"):
+        yield f"{vb}image_projector.{name}.weight", sd[f"connector.projector.{name}.weight"]
+    if cfg.image_padding_embed:
+        yield vb + "pad_embed", sd["connector.pad_embed"]
+
+
+def save_molmoe_checkpoint(
+    model: MolmoeModel,
+    tokenizer: TextTokenizer,
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_bytes: int = 15 * 2**20,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``model`` in the public MolmoE-1B layout that :func:`load_molmoe_checkpoint` reads.
+
+    Tensors are stored in ``dtype`` in safetensors shards of at most ``max_shard_bytes`` (plus
+    ``model.safetensors.index.json``), with ``config.json`` (:meth:`MolmoeConfig.to_molmo_json`),
+    ``generation_config.json`` (EOS / pad ids) and ``tokenizer.json``. Existing shard files in
+    ``path`` are replaced; other files (importance scores, training logs) are left alone.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in _public_tensors(model)}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    for old in path.glob("model-*-of-*.safetensors"):
+        old.unlink()
+    weight_map: dict[str, str] = {}
+    meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    for k, chunk in enumerate(shards):
+        name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(chunk, str(path / name), metadata=meta)
+        weight_map.update({n: name for n in chunk})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    (path / "config.json").write_text(json.dumps(model.config.to_molmo_json(), indent=1))
+    tk = model.config.tokens
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": tk.eos, "pad_token_id": tk.pad}))
+    tokenizer.save(path / "tokenizer.json")
+    return path

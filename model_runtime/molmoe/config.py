@@ -232,6 +232,63 @@ class MolmoeConfig:
         params.update(overrides)
         return cls(**params)
 
+    @classmethod
+    def small(cls, **overrides: Any) -> "MolmoeConfig":
+        """The small MolmoE-architecture model this project trains on its VQA task suite.
+
+        Kept from MolmoE-1B where the knobs act: 16 LM blocks, 64 experts routed top-8 (softmax
+        over all experts, then top-k without renormalisation), QK-norm, Molmo's overlapping
+        crops + global view with 2×2-pooled vision tokens, a CLIP-style tower whose features
+        come from two layers (−2 and −5 of 6). Shrunk: d_model 128 (4 heads), experts of width
+        32, a 1,024-token BPE vocabulary (+ 8 rows for the image tokens), ViT width 128.
+
+        Image geometry is MolmoE-1B's at half scale: 168-px crops of 14-px patches (12×12
+        patches → 6×6 pooled tokens), 2-patch overlap margins, so windows of 112 px and margins
+        of 56 px against MolmoE-1B's 224 / 112. An image of W×H px therefore gets the same crop
+        grid here as a 2W×2H image gets in MolmoE-1B (see :attr:`molmoe_1b_image_scale`).
+        Special ids follow the tokenizer of :mod:`model_runtime.small_model.tokenizer_training`
+        (``<|endoftext|>`` 0, ``<|padding|>`` 1, image tokens 1024..1028).
+        """
+        params: dict[str, Any] = dict(
+            d_model=128,
+            n_layers=16,
+            n_heads=4,
+            num_experts=64,
+            top_k=8,
+            expert_hidden=32,
+            embedding_size=1024,
+            additional_vocab_size=8,
+            max_position_embeddings=1024,
+            image_size=168,
+            patch_size=14,
+            vit_hidden=128,
+            vit_num_layers=6,
+            vit_heads=4,
+            vit_mlp=512,
+            vit_feature_layers=(-2, -5),
+            pool_heads=4,
+            pool_head_dim=32,
+            projector_hidden=256,
+            overlap_margins=(2, 2),
+            tokens=SpecialTokens(bos=0, eos=0, pad=1, im_start=1024, im_end=1025, im_patch=1026, im_col=1027,
+                                 image_prompt=1028),
+        )
+        params.update(overrides)
+        return cls(**params)
+
+    @property
+    def molmoe_1b_image_scale(self) -> float | None:
+        """How many times larger MolmoE-1B's crop geometry is than this config's (2.0 for
+        :meth:`small`, 1.0 for MolmoE-1B), or None when the two are not scaled copies (window
+        and margin in pixels must scale by the same factor for the crop grids to agree)."""
+        ref = MolmoeConfig()
+        window = (self.patches_per_side - sum(self.overlap_margins)) * self.patch_size
+        margin = sum(self.overlap_margins) * self.patch_size
+        ref_window = (ref.patches_per_side - sum(ref.overlap_margins)) * ref.patch_size
+        ref_margin = sum(ref.overlap_margins) * ref.patch_size
+        scale = ref_window / window
+        return scale if abs(ref_margin / margin - scale) < 1e-9 else None
+
     def replace(self, **changes: Any) -> "MolmoeConfig":
         return dataclasses.replace(self, **changes)
 
@@ -311,7 +368,7 @@ class MolmoeConfig:
             vit_feature_layers=tuple(get("vit_layers", (-1,))),
             pool_heads=vit_heads,
             pool_head_dim=head_dim,
-            projector_hidden=int(mlp_hidden) // 2,
+            projector_hidden=int(get("projector_hidden_size") or int(mlp_hidden) // 2),
             image_padding_embed=get("image_padding_embed") == "pad_and_partial_pad",
             max_crops=int(get("max_crops", 12)),
             overlap_margins=tuple(get("overlap_margins", (4, 4))),
@@ -319,6 +376,39 @@ class MolmoeConfig:
         if tokens is not None:
             params["tokens"] = tokens
         return cls(**params)
+
+    def to_molmo_json(self) -> dict[str, Any]:
+        """The public ``config.json`` of this config (inverse of :meth:`from_molmo_json`).
+
+        One key is this project's own: ``projector_hidden_size`` (MolmoE-1B ties the projector's
+        hidden width to ``mlp_hidden_size / 2``; :meth:`small` does not). Special ids are not
+        part of it: they come from the checkpoint's tokenizer.
+        """
+        return {
+            "architectures": ["MolmoForCausalLM"], "model_type": "molmo", "activation_type": "swiglu",
+            "additional_vocab_size": self.additional_vocab_size, "attention_layer_norm": True,
+            "attention_type": "sdpa", "block_type": "moe", "clip_qkv": self.clip_qkv,
+            "crop_mode": "overlap-and-resize-c2", "d_model": self.d_model, "embedding_size": self.embedding_size,
+            "image_padding_embed": "pad_and_partial_pad" if self.image_padding_embed else None,
+            "image_pooling_2d": "attention-meanq", "image_pooling_h": self.pool_h, "image_pooling_w": self.pool_w,
+            "image_projector": "mlp", "include_bias": False, "layer_norm_eps": self.layer_norm_eps,
+            "layer_norm_type": "rms", "max_crops": self.max_crops,
+            "max_position_embeddings": self.max_position_embeddings, "mlp_hidden_size": 2 * self.expert_hidden,
+            "projector_hidden_size": self.projector_hidden, "moe_num_experts": self.num_experts,
+            "moe_top_k": self.top_k, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "n_layers": self.n_layers,
+            "norm_after": False, "overlap_margins": list(self.overlap_margins), "pad_token_id": self.tokens.pad,
+            "qkv_bias": False, "rope": True, "rope_impl": "llama", "rope_theta": self.rope_theta,
+            "use_cls_feature": False, "use_position_ids": True, "vit_layers": list(self.vit_feature_layers),
+            "vocab_size": self.embedding_size, "weight_tying": False,
+            "vision_backbone": {
+                "image_default_input_size": [self.image_size, self.image_size], "image_emb_dim": self.vit_hidden,
+                "image_head_dim": self.vit_hidden // self.vit_heads, "image_mlp_activations": "quick_gelu",
+                "image_mlp_dim": self.vit_mlp, "image_model_type": "openai", "image_norm_eps": self.vit_eps,
+                "image_num_heads": self.vit_heads, "image_num_key_value_heads": self.vit_heads,
+                "image_num_layers": self.vit_num_layers, "image_num_pos": self.patches_per_crop + 1,
+                "image_patch_size": self.patch_size,
+            },
+        }
 
     # ------------------------------------------------------------------ transformers configs
     def olmoe_config(self, *, experts_implementation: str | None = None, attn_implementation: str = "sdpa") -> Any:

@@ -1,0 +1,99 @@
+"""Train the small MolmoE-architecture model on the VQA task suite: ``python -m experiments.train_model``.
+
+``python -m experiments.train_model --suite DIR --out CKPT [--steps N] [--time-budget S] [--device cuda]
+[--recipes plain=0 robust=0.15] [--resume] [--importance-requests 32]``
+
+- ``--suite``: a suite folder from ``python -m experiments.make_suite`` (its ``manifest.json``
+  gives the seed; training renders ``train`` examples on the fly from it; the first
+  ``--importance-requests`` of its ``val.jsonl`` calibrate the importance scores).
+- Trains one model per recipe on the same batches (``model_runtime.small_model.trainer``:
+  hyperparameters in ``TrainConfig``); writes ``CKPT/<recipe>/`` in the public MolmoE layout
+  (safetensors shards ≤ 15 MiB, ``config.json``, ``tokenizer.json``, ``train_config.json``,
+  ``importance.json``), ``CKPT/train_log.csv``, ``CKPT/training_curves.png``, TensorBoard
+  scalars under ``CKPT/tb`` and ``CKPT/train_state.pt`` (for ``--resume``).
+- ``--steps 0`` (default) fits the step count to ``--time-budget`` and prints it; pass it back as
+  ``--steps N`` to repeat the schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m experiments.train_model", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", type=Path, required=True, help="suite folder (make_suite output)")
+    ap.add_argument("--out", type=Path, required=True, help="output folder")
+    ap.add_argument("--steps", type=int, default=0, help="optimiser steps (0: fit to --time-budget)")
+    ap.add_argument("--time-budget", type=float, default=420.0, help="seconds of training when --steps is 0")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--recipes", nargs="+", default=["plain=0", "robust=0.15"],
+                    help="NAME=RATE per model (rate of steps run at a random knob configuration)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--workers", type=int, default=15, help="data-loader workers (rendering)")
+    ap.add_argument("--seed", type=int, default=0, help="model initialisation seed")
+    ap.add_argument("--resume", action="store_true", help="continue from CKPT/train_state.pt")
+    ap.add_argument("--overwrite", action="store_true", help="train into a non-empty --out")
+    ap.add_argument("--importance-requests", type=int, default=32)
+    ap.add_argument("--eval-every", type=int, default=250)
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from model_runtime.datasets import load_requests
+    from model_runtime.datasets.suite import question_corpus
+    from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint
+    from model_runtime.molmoe.importance import compute_importance
+    from model_runtime.molmoe.runtime import MolmoeRuntime
+    from model_runtime.small_model.tokenizer_training import train_bpe_tokenizer
+    from model_runtime.small_model.trainer import TrainConfig, train
+    from model_runtime.small_model.training_data import TrainDataConfig
+
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    manifest_file = args.suite / "manifest.json"
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"--suite {args.suite}: no manifest.json (make one with python -m experiments.make_suite)")
+    manifest = json.loads(manifest_file.read_text())
+    seed = int(manifest["seed"])
+    if args.out.exists() and any(args.out.iterdir()) and not (args.resume or args.overwrite):
+        raise FileExistsError(f"--out {args.out} is not empty; pass --resume to continue it or --overwrite")
+    recipes = {}
+    for spec in args.recipes:
+        name, sep, rate = spec.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--recipes {spec!r}: expected NAME=RATE")
+        recipes[name] = float(rate)
+    cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget,
+                      batch_size=args.batch_size, lr=args.lr, recipes=recipes, num_workers=args.workers,
+                      eval_every=args.eval_every, data=TrainDataConfig(seed=seed, batch_size=args.batch_size))
+    t0 = time.perf_counter()
+    tokenizer = train_bpe_tokenizer(question_corpus(seed, n=cfg.tokenizer_corpus), vocab_size=cfg.vocab_size)
+    log(f"tokenizer: {cfg.vocab_size} ids trained on {cfg.tokenizer_corpus} suite texts in {time.perf_counter() - t0:.1f} s")
+    summary = train(cfg, args.out, tokenizer, device=args.device, resume=args.resume, log=log)
+    log(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s ({summary['samples_per_s']:.0f} samples/s, "
+        f"data wait {summary['data_wait']:.0%})")
+    # importance scores of each trained model, with the project's importance code
+    calib = load_requests(args.suite / "val.jsonl")[: args.importance_requests]
+    for name in recipes:
+        ck = args.out / name
+        model, tok = load_molmoe_checkpoint(ck, dtype=torch.float32, device=args.device)
+        rt = MolmoeRuntime(model, tok, fast=False, max_batch_size=32)
+        scores = compute_importance(rt, calib)
+        scores.save(ck / "importance.json")
+        log(f"{name}: importance (block influence) " + " ".join(f"{s:.3g}" for s in scores.scores))
+    return 0
+
+
+if __name__ == "__main__":
+    from experiments.cli_errors import run_cli
+
+    raise SystemExit(run_cli(main, prog="python -m experiments.train_model"))

@@ -1,0 +1,119 @@
+"""Writing the suite to disk (:func:`make_suite`) and the text corpus for a tokenizer.
+
+``make_suite`` renders every (task, split, index) with a process pool and writes PNGs, one
+request JSONL per split and a manifest. Results are gathered in submission order, so the files
+are byte-identical whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from PIL import Image
+
+from model_runtime.datasets.request_format import write_requests
+
+from . import SPLITS, TASK_INFO, TASKS, example_to_request, render_example
+
+#: Task held out of the controller's training tasks in generalization experiments.
+HELDOUT_TASKS: tuple[str, ...] = ("synth_diagram",)
+
+
+def _render_one(job: tuple[str, str, int, int, str]) -> dict:
+    """Render, save the PNG, return the request as a JSON dict (absolute image path)."""
+    task, split, index, seed, out_dir = job
+    ex = render_example(task, split, index, seed)
+    path = Path(out_dir) / "images" / task / split / f"{index}.png"
+    Image.fromarray(ex.image).save(path, format="PNG")
+    req = example_to_request(ex, request_id=f"{task}-{split}-{index}", image_path=str(path), split=split)
+    return req.to_json_dict()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
+               splits: Sequence[str] = ("val", "test"), *, overwrite: bool = False,
+               workers: int | None = None, tasks: Sequence[str] = TASKS) -> Path:
+    """Render ``per_task`` examples of every task for each split into ``out_dir``.
+
+    Writes ``images/<task>/<split>/<index>.png``, ``<split>.jsonl`` (ids
+    ``"<task>-<split>-<index>"``, images relative to ``out_dir``) and ``manifest.json`` (seed,
+    per_task, task infos, counts, the seen/held-out task split, each JSONL's sha256).
+
+    Raises:
+        ValueError: unknown split/task, ``per_task < 1``, or a non-empty ``out_dir`` without
+            ``overwrite``.
+    """
+    from model_runtime.datasets.request_format import request_from_json
+
+    out = Path(out_dir)
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"unknown split {s!r}; splits: {', '.join(SPLITS)}")
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; tasks: {', '.join(TASKS)}")
+    if per_task < 1:
+        raise ValueError(f"per_task must be >= 1, got {per_task}")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"output folder {out} is not empty (pass overwrite=True / --overwrite)")
+        shutil.rmtree(out / "images", ignore_errors=True)
+        for p in [out / "manifest.json", *(out / f"{s}.jsonl" for s in SPLITS)]:
+            p.unlink(missing_ok=True)
+    for t in tasks:
+        for s in splits:
+            (out / "images" / t / s).mkdir(parents=True, exist_ok=True)
+    jobs = [(t, s, i, int(seed), str(out.resolve())) for s in splits for t in tasks for i in range(per_task)]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        rows = [_render_one(j) for j in jobs]
+    else:
+        with Pool(processes=workers) as pool:
+            rows = pool.map(_render_one, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+    counts: dict[str, dict[str, int]] = {}
+    hashes: dict[str, str] = {}
+    for s in splits:
+        reqs = [request_from_json(r) for r in rows if r["split"] == s]
+        write_requests(out / f"{s}.jsonl", reqs)
+        hashes[f"{s}.jsonl"] = _sha256(out / f"{s}.jsonl")
+        counts[s] = {t: sum(1 for r in reqs if r.dataset == t) for t in tasks}
+    manifest = {
+        "seed": int(seed), "per_task": int(per_task), "splits": list(splits),
+        "tasks": {t: {"name": TASK_INFO[t].name, "metric": TASK_INFO[t].metric,
+                      "stands_in_for": TASK_INFO[t].stands_in_for,
+                      "description": TASK_INFO[t].description} for t in tasks},
+        "counts": counts,
+        "task_splits": {"seen": [t for t in tasks if t not in HELDOUT_TASKS],
+                        "heldout": [t for t in tasks if t in HELDOUT_TASKS]},
+        "sha256": hashes,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def question_corpus(seed: int = 0, n: int = 20000) -> Iterator[str]:
+    """Text of ``n`` train examples (tasks interleaved): question, answer and options per string.
+
+    For training a BPE tokenizer on the suite's vocabulary. Each example is rendered in full
+    (a few ms each), so 20000 strings take about a minute on one core.
+    """
+    for k in range(n):
+        task = TASKS[k % len(TASKS)]
+        ex = render_example(task, "train", k // len(TASKS), seed)
+        parts = [ex.question, ex.answers[0] if ex.answers else ""]
+        if ex.options:
+            parts += ex.options
+        yield "\n".join(p for p in parts if p)

@@ -1,0 +1,37 @@
+"""The two records of the task suite: one rendered example and one task's description."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a task is: its name, metric, the real dataset it stands in for, one line of prose."""
+
+    name: str
+    metric: str
+    stands_in_for: str
+    description: str
+
+
+@dataclass
+class Example:
+    """One rendered example.
+
+    ``image`` is (H, W, 3) uint8 RGB. ``answers`` are the reference answers as a VQA model
+    would write them (short, no trailing period); multiple-choice tasks also carry ``options``
+    and ``answer_idx``. ``meta`` holds difficulty descriptors (``image_w``, ``image_h``,
+    ``text_px``, ``n_objects``, ``answer_kind``, ...), JSON-serialisable.
+    """
+
+    task: str
+    image: np.ndarray
+    question: str
+    answers: list[str]
+    options: list[str] | None = None
+    answer_idx: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)

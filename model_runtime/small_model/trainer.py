@@ -1,0 +1,392 @@
+"""Training loop of the small MolmoE-architecture model (read top to bottom, CleanRL-style).
+
+Every model of a run sees the same batches (one data pipeline; rendering is the expensive part):
+``TrainConfig.recipes`` names one model per robustness recipe, e.g. ``plain`` (trained at the
+full configuration only, as MolmoE was) next to ``robust`` (the mild recipe below), so that the
+knob grid can be reported with and without it from one run.
+
+Robustness recipe (``rate`` r): with probability r a training step runs a random knob
+configuration instead of the full one: insertion position p uniform in 1..5, top-k uniform in
+4..8 for blocks p.., and ``16 − blocks`` of blocks p..15 skipped, chosen uniformly at random
+(stochastic depth). Importance scores are not known while training, so any subset may be skipped.
+
+Numerics: on the GPU the model runs in bf16 (as at inference there) with float32 master weights
+in the optimiser (on the CPU, whose bf16 matrix products are slow, in float32); experts are computed densely (:mod:`.dense_experts`, same function as the routed
+form). Loss: cross-entropy on the answer tokens + EOS, plus OLMoE's auxiliary losses (load
+balancing, coefficient ``aux_coef``; router z-loss, ``z_coef``) averaged over blocks.
+
+Logged numbers (TensorBoard under ``<out>/tb``, CSV ``<out>/train_log.csv``), per recipe:
+``loss`` (total), ``ce`` (answer cross-entropy), ``aux`` (load balance), ``z`` (router z-loss),
+``acc/<task>`` (teacher-forced exact match: every answer token and the EOS are the argmax, which
+is exactly when greedy decoding returns the answer), ``val_ce`` / ``val_acc/<task>`` on held-out
+``val`` examples at the full configuration; run-wide ``lr``, ``samples_per_s``, ``data_wait``
+(fraction of wall time spent waiting for batches).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model_runtime.molmoe.config import MolmoeConfig
+from model_runtime.molmoe.model import MolmoeBatch, MolmoeModel
+from model_runtime.molmoe.tokenizer import TextTokenizer
+
+from .dense_experts import dense_experts
+from .training_data import IGNORE, SuiteStream, TrainDataConfig
+
+#: Valid (p, active blocks) pairs and top-k values of the default knob space (16 blocks).
+_P_RANGE = range(1, 6)
+_K_RANGE = range(4, 9)
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters (all recorded in ``<out>/train_config.json``).
+
+    steps: optimiser steps; 0 = fit as many as ``time_budget_s`` allows (measured after the
+        first ``probe_steps``; the resulting number is recorded so that a rerun with
+        ``steps=N`` repeats the same schedule).
+    """
+
+    seed: int = 0
+    suite_seed: int = 0
+    steps: int = 0
+    time_budget_s: float = 420.0
+    probe_steps: int = 60
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_lr_frac: float = 0.05
+    warmup_steps: int = 150
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    aux_coef: float = 0.01
+    z_coef: float = 0.001
+    recipes: dict[str, float] = field(default_factory=lambda: {"plain": 0.0, "robust": 0.15})
+    num_workers: int = 14
+    eval_every: int = 250
+    val_batches: int = 4
+    vocab_size: int = 1024
+    tokenizer_corpus: int = 6000
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+
+
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_frac · lr`` at ``total``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def sample_plan(rng: random.Random, rate: float, n_layers: int, max_k: int) -> tuple[int, ...]:
+    """The full plan, or with probability ``rate`` a random knob configuration's plan (see module docstring)."""
+    if rate <= 0 or rng.random() >= rate:
+        return (max_k,) * n_layers
+    p = rng.choice(list(_P_RANGE))
+    k = rng.choice(list(_K_RANGE))
+    blocks = rng.randint(p + n_layers - 5, n_layers)
+    skipped = set(rng.sample(range(p, n_layers), n_layers - blocks))
+    return tuple(max_k if b < p else (0 if b in skipped else k) for b in range(n_layers))
+
+
+class RouterLosses:
+    """Collects each running block's router outputs (forward hooks) and turns them into OLMoE's
+    load-balancing loss (E · Σ_e f_e · P_e) and router z-loss, over real tokens only."""
+
+    def __init__(self, model: MolmoeModel) -> None:
+        self.outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.handles = [layer.mlp.gate.register_forward_hook(self._hook) for layer in model.lm.backbone.layers]
+        self.valid: torch.Tensor | None = None
+
+    def _hook(self, module: Any, inputs: Any, output: Any) -> None:
+        logits, _, indices = output
+        self.outputs.append((logits, indices))
+
+    def start(self, attention_mask: torch.Tensor) -> None:
+        self.outputs = []
+        self.valid = attention_mask.reshape(-1).bool()
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        aux, z = [], []
+        for logits, indices in self.outputs:
+            logits = logits[self.valid].float()
+            probs = logits.softmax(-1)
+            e = probs.shape[-1]
+            counts = torch.zeros(e, device=logits.device).index_add_(
+                0, indices[self.valid].reshape(-1), torch.ones(indices[self.valid].numel(), device=logits.device))
+            frac = counts / counts.sum()
+            aux.append(e * (frac * probs.mean(0)).sum())
+            z.append(torch.logsumexp(logits, -1).pow(2).mean())
+        return torch.stack(aux).mean(), torch.stack(z).mean()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def to_batch(b: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> tuple[MolmoeBatch, torch.Tensor]:
+    mb = MolmoeBatch(
+        input_ids=b["input_ids"].to(device, non_blocking=True),
+        attention_mask=b["attention_mask"].to(device, non_blocking=True),
+        patches=b["patches"].to(device, dtype, non_blocking=True),
+        image_masks=b["image_masks"].to(device, non_blocking=True),
+        crop_rows=b["crop_rows"].to(device, non_blocking=True),
+        image_input_idx=b["image_input_idx"].to(device, non_blocking=True),
+    )
+    return mb, b["labels"].to(device, non_blocking=True)
+
+
+def forward_loss(model: MolmoeModel, batch: MolmoeBatch, labels: torch.Tensor, plan: tuple[int, ...],
+                 router: RouterLosses | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean answer cross-entropy, per-row exact-match bool) of one batch under ``plan``."""
+    lm = model.lm
+    embeds = model.embed(batch)
+    state = lm.begin(embeds, batch.attention_mask)
+    if router is not None:
+        router.start(batch.attention_mask)
+    lm.advance(state, lm.n_layers, plan)
+    sel = labels != IGNORE
+    hidden = state.hidden[sel]
+    logits = lm.lm_head(lm.backbone.norm(hidden)).float()
+    target = labels[sel]
+    ce = F.cross_entropy(logits, target)
+    rows = sel.nonzero()[:, 0]
+    wrong = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, (logits.argmax(-1) != target).float())
+    return ce, wrong == 0
+
+
+class Run:
+    """One model of a training run: bf16 weights, float32 master copy, AdamW."""
+
+    def __init__(self, name: str, rate: float, config: MolmoeConfig, cfg: TrainConfig, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.name, self.rate, self.dtype = name, rate, dtype
+        torch.manual_seed(cfg.seed)
+        with torch.device(device):
+            model = MolmoeModel(config, experts_implementation="eager")
+        self.master = [p.detach().float().clone().requires_grad_(True) for p in model.parameters()]
+        self.model = model.to(dtype).train()
+        decay = [m for m, p in zip(self.master, model.parameters()) if p.ndim >= 2]
+        no_decay = [m for m, p in zip(self.master, model.parameters()) if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas,
+                                     fused=device.type == "cuda")
+        self.router = RouterLosses(self.model)
+        self.rng = random.Random(f"{cfg.seed}-{name}")
+
+    def step(self, batch: MolmoeBatch, labels: torch.Tensor, lr: float, cfg: TrainConfig) -> dict[str, Any]:
+        plan = sample_plan(self.rng, self.rate, self.model.lm.n_layers, self.model.lm.max_top_k)
+        with dense_experts(self.model.lm):
+            ce, exact = forward_loss(self.model, batch, labels, plan, self.router)
+        aux, z = self.router.losses()
+        loss = ce + cfg.aux_coef * aux + cfg.z_coef * z
+        params = list(self.model.parameters())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for m, g in zip(self.master, grads):
+            m.grad = None if g is None else g.float()
+        torch.nn.utils.clip_grad_norm_(self.master, cfg.grad_clip)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_copy_(params, self.master)
+        return {"loss": loss.detach(), "ce": ce.detach(), "aux": aux.detach(), "z": z.detach(), "exact": exact,
+                "full": all(k == self.model.lm.max_top_k for k in plan)}
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[tuple[MolmoeBatch, torch.Tensor, torch.Tensor]]) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """Teacher-forced val CE and exact match at the full configuration (per row, with task ids)."""
+        self.model.eval()
+        ces, exact, tasks = [], [], []
+        full = self.model.lm.full_plan()
+        for mb, labels, task in batches:
+            with dense_experts(self.model.lm):
+                ce, ok = forward_loss(self.model, mb, labels, full, None)
+            ces.append(ce)
+            exact.append(ok)
+            tasks.append(task)
+        self.model.train()
+        return float(torch.stack(ces).mean()), torch.cat(exact), torch.cat(tasks)
+
+    def state(self) -> dict[str, Any]:
+        return {"master": [m.detach().cpu() for m in self.master], "opt": self.opt.state_dict(),
+                "rng": self.rng.getstate()}
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.master, st["master"]):
+                m.copy_(saved)
+            torch._foreach_copy_(list(self.model.parameters()), self.master)
+        self.opt.load_state_dict(st["opt"])
+        self.rng.setstate(st["rng"])
+
+
+def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str | torch.device = "cuda",
+          config: MolmoeConfig | None = None, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train one model per recipe; write ``<out>/<recipe>/`` checkpoints and the logs. Returns a summary."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from model_runtime.molmoe.checkpoint import save_molmoe_checkpoint
+
+    device = torch.device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = config or MolmoeConfig.small()
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = list(cfg.data.task_weights)
+    runs = [Run(name, rate, config, cfg, device, dtype) for name, rate in cfg.recipes.items()]
+    state_file = out / "train_state.pt"
+    start, total = 0, cfg.steps
+    if resume:
+        if not state_file.is_file():
+            raise FileNotFoundError(f"--resume: no {state_file} (the previous run wrote none)")
+        st = torch.load(state_file, map_location="cpu", weights_only=False)
+        for run in runs:
+            run.load_state(st["runs"][run.name])
+        start, total = int(st["step"]), int(st["total"])
+        log(f"resumed at step {start} of {total}")
+    val = SuiteStream(config, tokenizer, cfg.data, split="val", n_batches=cfg.val_batches)
+    val_batches = [(*to_batch(b, device, dtype), b["task"].to(device)) for b in val]
+    stream = SuiteStream(config, tokenizer, cfg.data, start_batch=start)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                                         prefetch_factor=4 if cfg.num_workers else None, persistent_workers=False)
+    tb = SummaryWriter(str(out / "tb"))
+    log_path = out / "train_log.csv"
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    wait = 0.0
+    samples = 0
+    step = start
+    bar = tqdm(total=total or None, initial=start, desc="train", mininterval=10, unit="step")
+    it = iter(loader)
+    window: dict[str, dict[str, list]] = {r.name: {"exact": [], "task": []} for r in runs}
+    stopped_by_time = False
+    while total == 0 or step < total:
+        tw = time.perf_counter()
+        b = next(it)
+        mb, labels = to_batch(b, device, dtype)
+        task = b["task"].to(device)
+        wait += time.perf_counter() - tw
+        lr = lr_at(step, cfg, total or 10**9)
+        record: dict[str, Any] = {"step": step, "lr": lr}
+        for run in runs:
+            res = run.step(mb, labels, lr, cfg)
+            for key in ("loss", "ce", "aux", "z"):
+                record[f"{run.name}/{key}"] = res[key]
+            if res["full"]:
+                window[run.name]["exact"].append(res["exact"])
+                window[run.name]["task"].append(task)
+        samples += labels.shape[0]
+        step += 1
+        bar.update(1)
+        if total == 0 and step - start == cfg.probe_steps:  # fit the step count to the time budget
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            el = time.perf_counter() - t0
+            rate = (step - start) / el
+            total = int(step + max(0, cfg.time_budget_s - el) * rate)
+            bar.total = total
+            log(f"{rate:.2f} steps/s over the first {cfg.probe_steps} steps: training {total} steps "
+                f"(rerun with --steps {total} to repeat this schedule)")
+        if step % 25 == 0 or step == total:
+            el = time.perf_counter() - t0
+            record = {k: (float(v) if torch.is_tensor(v) else v) for k, v in record.items()}
+            record.update({"samples_per_s": samples / el, "data_wait": wait / el, "elapsed_s": el})
+            for run in runs:
+                if window[run.name]["exact"]:
+                    ex = torch.cat(window[run.name]["exact"]).float()
+                    tk = torch.cat(window[run.name]["task"])
+                    for t, name in enumerate(tasks):
+                        m = tk == t
+                        if m.any():
+                            record[f"{run.name}/acc/{name}"] = float(ex[m].mean())
+                    window[run.name] = {"exact": [], "task": []}
+            if step % cfg.eval_every == 0 or step == total:
+                for run in runs:
+                    vce, vex, vtask = run.evaluate(val_batches)
+                    record[f"{run.name}/val_ce"] = vce
+                    for t, name in enumerate(tasks):
+                        m = vtask == t
+                        if m.any():
+                            record[f"{run.name}/val_acc/{name}"] = float(vex[m].float().mean())
+                bar.set_postfix_str(" ".join(f"{r.name} ce {record[f'{r.name}/ce']:.3f} val {record[f'{r.name}/val_ce']:.3f}" for r in runs))
+            for k, v in record.items():
+                if k != "step":
+                    tb.add_scalar(k, v, step)
+            rows.append(record)
+        if cfg.steps == 0 and time.perf_counter() - t0 > cfg.time_budget_s * 1.08 + 30:
+            stopped_by_time = True  # the probe misjudged the rate: stop, keep a resumable state
+            log(f"time budget exceeded at step {step} of {total}: stopping (resume with --resume)")
+            break
+    bar.close()
+    tb.close()
+    elapsed = time.perf_counter() - t0
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
+    with open(log_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    torch.save({"step": step, "total": total, "runs": {r.name: r.state() for r in runs}}, state_file)
+    summary: dict[str, Any] = {"steps": step, "total_steps": total, "elapsed_s": elapsed, "stopped_by_time": stopped_by_time,
+                               "samples": samples, "samples_per_s": samples / elapsed, "data_wait": wait / elapsed,
+                               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                               "final": rows[-1] if rows else {}}
+    for run in runs:
+        ck = out / run.name
+        save_molmoe_checkpoint(run.model, tokenizer, ck, metadata={"recipe": run.name, "steps": str(step)})
+        (ck / "train_config.json").write_text(json.dumps({"train": asdict(cfg) | {"steps": total}, "recipe": run.name,
+                                                          "rate": run.rate, "summary": summary}, indent=1, default=str))
+        run.router.remove()
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    plot_curves(rows, tasks, [r.name for r in runs], out / "training_curves.png")
+    return summary
+
+
+def plot_curves(rows: list[dict[str, Any]], tasks: list[str], names: list[str], path: Path) -> None:
+    """Loss and per-task accuracy (train, teacher-forced; val dashed) per recipe, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(6 * (1 + len(names)), 4.5))
+    steps = np.array([r["step"] for r in rows])
+    ax = axes[0]
+    for name in names:
+        ax.plot(steps, [r.get(f"{name}/ce", np.nan) for r in rows], label=f"{name} train CE")
+        v = [(r["step"], r[f"{name}/val_ce"]) for r in rows if f"{name}/val_ce" in r]
+        if v:
+            ax.plot(*zip(*v), "--", marker="o", label=f"{name} val CE")
+    ax.set_xlabel("step")
+    ax.set_ylabel("answer cross-entropy")
+    ax.set_yscale("log")
+    ax.legend()
+    for ax, name in zip(axes[1:], names):
+        for t, task in enumerate(tasks):
+            color = f"C{t}"
+            tr = [(r["step"], r[f"{name}/acc/{task}"]) for r in rows if f"{name}/acc/{task}" in r]
+            if tr:
+                ax.plot(*zip(*tr), color=color, alpha=0.5, label=f"{task} (train)")
+            v = [(r["step"], r[f"{name}/val_acc/{task}"]) for r in rows if f"{name}/val_acc/{task}" in r]
+            if v:
+                ax.plot(*zip(*v), "--", color=color, marker="o", label=f"{task} (val)")
+        ax.set_title(f"{name}: teacher-forced exact match per task")
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,155 @@
+"""Training batches for the small model, rendered on the fly from the task suite's seed.
+
+Global batch ``b`` holds examples ``b·B .. b·B + B − 1`` of one unbounded stream; example ``i``
+draws its task from ``rng([seed, i])`` with :attr:`TrainDataConfig.task_weights` and is the
+suite's ``train`` example ``i`` of that task (:func:`model_runtime.datasets.suite.render_example`),
+so the suite's val/test requests (other seeds of the same renderers) are never trained on. Worker
+``w`` of ``W`` builds batches ``w, w + W, ...``; PyTorch's data loader returns workers' batches
+round-robin, so the batch sequence is the same for any worker count.
+
+Each example is asked exactly as the runtime asks it (``format_question`` of the project's prompt
+template, Molmo preprocessing at the full tier's ``max_crops``) and answered with
+``" " + answer`` + EOS (multiple choice: the option's letter), the way the runtime decodes a
+generation. Labels sit at the position *before* the token they predict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from model_runtime.datasets.prompts import OPTION_LETTERS, format_prompt
+from model_runtime.molmoe.config import MolmoeConfig
+from model_runtime.molmoe.preprocessing import MolmoImagePreprocessor, build_prompt, format_question
+from model_runtime.molmoe.tokenizer import TextTokenizer
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainDataConfig:
+    """What the training stream renders.
+
+    Attributes:
+        seed: the suite's seed.
+        batch_size: examples per batch.
+        max_crops: crops per image (the full tier, as MolmoE was trained).
+        task_weights: sampling weight per task (normalised); tasks missing here are not trained on.
+        template: prompt template of ``model_runtime.datasets.prompts``.
+    """
+
+    seed: int = 0
+    batch_size: int = 128
+    max_crops: int = 12
+    task_weights: dict[str, float] = field(default_factory=lambda: {
+        "easy_vqa": 0.10, "synth_text": 0.20, "synth_doc": 0.20, "synth_chart": 0.20,
+        "synth_count": 0.15, "synth_diagram": 0.15})
+    template: str = "molmo"
+
+
+def answer_text(answers: Sequence[str], options: Sequence[str] | None, answer_idx: int | None) -> str:
+    """The text the model is trained to generate: the first reference, or the option's letter."""
+    if options is not None and answer_idx is not None:
+        return OPTION_LETTERS[int(answer_idx)]
+    return str(answers[0])
+
+
+@dataclass
+class TrainingSample:
+    input_ids: np.ndarray     # (S,) prompt + answer + EOS
+    labels: np.ndarray        # (S,) next token to predict at each position, IGNORE on the prompt
+    patches: np.ndarray       # (n_crops, n_patches, patch²·3) float32
+    image_masks: np.ndarray   # (n_crops, n_patches)
+    image_input_idx: np.ndarray  # (n_crops, tokens_per_crop), prompt positions
+    task: int
+
+
+def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: MolmoImagePreprocessor, example,
+                task_index: int, *, max_crops: int, template: str = "molmo") -> TrainingSample:
+    """One suite ``Example`` → a teacher-forced training sample."""
+    text = format_question(config, format_prompt(example.task, example.question, options=example.options,
+                                                 meta=example.meta, template=template))
+    prompt = build_prompt(preprocessor(example.image, max_crops), tokenizer.encode(text), config.tokens.bos)
+    target = tokenizer.encode(" " + answer_text(example.answers, example.options, example.answer_idx)) + [config.tokens.eos]
+    n = int(prompt.input_ids.shape[0])
+    ids = np.concatenate([prompt.input_ids, np.asarray(target[:-1], dtype=np.int64)])
+    labels = np.full(ids.shape[0], IGNORE, dtype=np.int64)
+    labels[n - 1 :] = target
+    img = prompt.image
+    return TrainingSample(ids, labels, img.patches, img.image_masks, img.image_input_idx, task_index)
+
+
+def collate(samples: Sequence[TrainingSample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad samples into one batch (the runtime's layout); pixels in float16 to halve the copy."""
+    seq = max(s.input_ids.shape[0] for s in samples)
+    b = len(samples)
+    ids = np.full((b, seq), pad_id, dtype=np.int64)
+    mask = np.zeros((b, seq), dtype=np.int64)
+    labels = np.full((b, seq), IGNORE, dtype=np.int64)
+    rows, idx = [], []
+    for r, s in enumerate(samples):
+        off = seq - s.input_ids.shape[0]
+        ids[r, off:] = s.input_ids
+        mask[r, off:] = 1
+        labels[r, off:] = s.labels
+        rows.append(np.full(s.patches.shape[0], r, dtype=np.int64))
+        idx.append(np.where(s.image_input_idx >= 0, s.image_input_idx + off, -100))
+    return {
+        "input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(labels),
+        "patches": torch.from_numpy(np.concatenate([s.patches for s in samples]).astype(np.float16)),
+        "image_masks": torch.from_numpy(np.concatenate([s.image_masks for s in samples])),
+        "crop_rows": torch.from_numpy(np.concatenate(rows)),
+        "image_input_idx": torch.from_numpy(np.concatenate(idx)),
+        "task": torch.tensor([s.task for s in samples], dtype=torch.long),
+    }
+
+
+def example_task(seed: int, index: int, tasks: Sequence[str], probs: np.ndarray) -> str:
+    return tasks[int(np.random.default_rng([seed, index]).choice(len(tasks), p=probs))]
+
+
+class SuiteStream(torch.utils.data.IterableDataset):
+    """Collated training batches ``start_batch, start_batch + 1, ...`` (see the module docstring).
+
+    Args:
+        config, tokenizer: the model's.
+        data: what to render.
+        start_batch: first batch (a resumed run continues the same stream).
+        split: the suite split to draw from ("train"; "val" for held-out monitoring batches).
+    """
+
+    def __init__(self, config: MolmoeConfig, tokenizer: TextTokenizer, data: TrainDataConfig, *,
+                 start_batch: int = 0, split: str = "train", n_batches: int | None = None) -> None:
+        super().__init__()
+        self.config, self.tokenizer, self.data = config, tokenizer, data
+        self.start_batch, self.split, self.n_batches = int(start_batch), split, n_batches
+        self.tasks = tuple(data.task_weights)
+        w = np.asarray([data.task_weights[t] for t in self.tasks], dtype=np.float64)
+        self.probs = w / w.sum()
+
+    def batch(self, b: int, preprocessor: MolmoImagePreprocessor | None = None) -> dict[str, torch.Tensor]:
+        from model_runtime.datasets.suite import render_example
+
+        pre = preprocessor or MolmoImagePreprocessor(self.config)
+        B = self.data.batch_size
+        samples = []
+        for i in range(b * B, (b + 1) * B):
+            task = example_task(self.data.seed, i, self.tasks, self.probs)
+            ex = render_example(task, self.split, i, seed=self.data.seed)
+            samples.append(make_sample(self.config, self.tokenizer, pre, ex, self.tasks.index(task),
+                                       max_crops=self.data.max_crops, template=self.data.template))
+        return collate(samples, self.config.tokens.pad)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        w, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        torch.set_num_threads(1)  # workers render on their own core; intra-op threads only contend
+        pre = MolmoImagePreprocessor(self.config)
+        b = self.start_batch + w
+        end = None if self.n_batches is None else self.start_batch + self.n_batches
+        while end is None or b < end:
+            yield self.batch(b, pre)
+            b += n_workers

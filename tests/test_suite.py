@@ -1,0 +1,138 @@
+"""The procedural VQA task suite: determinism, split separation, scoring, geometry, writing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import make_suite as make_suite_cli
+from model_runtime.datasets import build_prompt, load_requests
+from model_runtime.datasets.suite import (
+    TASK_INFO, TASKS, example_to_request, make_suite, question_corpus, render_example,
+)
+from model_runtime.molmoe.preprocessing import select_tiling
+
+SYNTH = [t for t in TASKS if t != "easy_vqa"]
+
+
+def _same(a, b) -> bool:
+    return (np.array_equal(a.image, b.image) and a.question == b.question and a.answers == b.answers
+            and a.options == b.options and a.answer_idx == b.answer_idx and a.meta == b.meta)
+
+
+def test_tasks_and_info():
+    assert TASKS == ("easy_vqa", "synth_text", "synth_doc", "synth_chart", "synth_count", "synth_diagram")
+    assert set(TASK_INFO) == set(TASKS)
+    assert TASK_INFO["synth_diagram"].metric == "multiple_choice"
+    assert "MIT" in TASK_INFO["easy_vqa"].description
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_deterministic_and_seeded(task):
+    for split in ("train", "val", "test"):
+        a = render_example(task, split, 3, seed=1)
+        b = render_example(task, split, 3, seed=1)
+        assert _same(a, b)
+        assert a.image.dtype == np.uint8 and a.image.ndim == 3 and a.image.shape[2] == 3
+    diff = [not _same(render_example(task, "val", i, seed=0), render_example(task, "val", i, seed=1))
+            for i in range(4)]
+    assert any(diff)
+
+
+@pytest.mark.parametrize("task", SYNTH)
+def test_synthetic_streams_differ(task):
+    for i in range(3):
+        tr, va, te = (render_example(task, s, i) for s in ("train", "val", "test"))
+        assert not _same(tr, va) and not _same(tr, te) and not _same(va, te)
+
+
+def test_easy_vqa_train_and_eval_disjoint():
+    train = [render_example("easy_vqa", "train", i) for i in range(200)]
+    val = [render_example("easy_vqa", "val", i) for i in range(200)]
+    test = [render_example("easy_vqa", "test", i) for i in range(200)]
+    assert {e.meta["source_split"] for e in train} == {"train"}
+    assert {e.meta["source_split"] for e in val + test} == {"test"}
+    # val and test split easy-VQA's test images, so they share no image
+    assert not {e.meta["source_image_id"] for e in val} & {e.meta["source_image_id"] for e in test}
+    assert all(e.image.shape == (64, 64, 3) for e in train[:5])
+    with pytest.raises(ValueError, match="past its end"):
+        render_example("easy_vqa", "val", 10**7)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_gold_answer_scores_one(task, tmp_path):
+    for i in range(12):
+        ex = render_example(task, "val", i)
+        req = example_to_request(ex, request_id=f"{task}-{i}", image_path=str(tmp_path / "x.png"), split="val")
+        assert req.metric == TASK_INFO[task].metric and req.dataset == task
+        assert req.score(ex.answers[0]) == 1.0, (ex.question, ex.answers)
+        wrong = "ABCD"[(ex.answer_idx + 1) % 4] if ex.options is not None else "zzqx wrong 987654"
+        assert req.score(wrong) < 1.0
+        assert ex.answers[0] == ex.answers[0].strip() and not ex.answers[0].endswith(".")
+        assert build_prompt(req)  # the task has a Molmo style tag
+        if ex.options is not None:
+            assert len(ex.options) == 4 and len(set(ex.options)) == 4
+            assert req.score(ex.options[ex.answer_idx]) == 1.0
+        json.dumps(ex.meta)
+
+
+@pytest.mark.parametrize("task", SYNTH)
+def test_image_sizes_within_spec(task):
+    for i in range(30):
+        h, w, _ = render_example(task, "train", i).image.shape
+        assert 100 <= h <= 640 and 100 <= w <= 640
+        assert 0.45 <= w / h <= 2.2
+
+
+@pytest.mark.parametrize("task", ["synth_doc", "synth_text"])
+def test_tiling_spread_per_tier(task):
+    shapes = [render_example(task, "val", i).image.shape[:2] for i in range(50)]
+    for max_crops in (3, 6, 12):
+        counts = {int(np.prod(select_tiling(h - 56, w - 56, 112, max_crops))) for h, w in shapes}
+        assert len(counts) >= 2, (max_crops, counts)
+    px = [render_example(task, "val", i).meta["text_px"] for i in range(50)]
+    assert min(px) <= 10 and max(px) >= 18
+
+
+def test_bad_names_raise():
+    with pytest.raises(ValueError, match="'nope'"):
+        render_example("nope", "val", 0)
+    with pytest.raises(ValueError, match="'dev'"):
+        render_example("synth_doc", "dev", 0)
+    with pytest.raises(ValueError, match="'dev'"):
+        make_suite("/nonexistent-never-written", per_task=1, splits=("dev",))
+
+
+def test_make_suite_and_cli(tmp_path):
+    out = tmp_path / "suite"
+    make_suite(out, seed=0, per_task=3, workers=2)
+    for split in ("val", "test"):
+        reqs = load_requests(out / f"{split}.jsonl", check_images=True)
+        assert len(reqs) == 3 * len(TASKS)
+        assert reqs[0].id == "easy_vqa-%s-0" % split
+        assert {r.dataset for r in reqs} == set(TASKS)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task_splits"] == {"seen": list(TASKS[:5]), "heldout": ["synth_diagram"]}
+    assert manifest["counts"]["val"]["synth_doc"] == 3 and set(manifest["sha256"]) == {"val.jsonl", "test.jsonl"}
+    with pytest.raises(ValueError, match="not empty"):
+        make_suite(out, per_task=3)
+    # one worker writes byte-identical files
+    out1 = tmp_path / "suite1"
+    make_suite(out1, seed=0, per_task=3, workers=1)
+    assert json.loads((out1 / "manifest.json").read_text())["sha256"] == manifest["sha256"]
+    assert (out1 / "images/synth_chart/val/2.png").read_bytes() == (out / "images/synth_chart/val/2.png").read_bytes()
+
+    assert make_suite_cli.main(["--out", str(out), "--per-task", "2", "--splits", "val",
+                                "--workers", "1", "--tasks", "synth_count", "synth_doc"]) == 2
+    assert make_suite_cli.main(["--out", str(out), "--per-task", "2", "--splits", "val",
+                                "--workers", "1", "--tasks", "synth_count", "synth_doc", "--overwrite"]) == 0
+    assert len(load_requests(out / "val.jsonl", check_images=True)) == 4
+    assert not (out / "test.jsonl").exists()
+
+
+def test_question_corpus():
+    texts = list(question_corpus(seed=0, n=12))
+    assert len(texts) == 12 and all(isinstance(t, str) and t for t in texts)
+    assert texts == list(question_corpus(seed=0, n=12))
