@@ -3,7 +3,8 @@
 Usage::
 
     python -m experiments.build_cache --model PATH --dataset requests.jsonl --out cache.h5 \
-        [--configs all|SUBSET] [--resume] [--batch-size 8] [--chunk-requests 32] \
+        [--configs all|SUBSET] [--resume] [--engine shared-prefix|per-config] \
+        [--batch-size N] [--chunk-requests N] \
         [--shard-rank R --num-shards W] [--device cpu|cuda] [--splits 0.7 0.1 0.2 --split-seed 0]
     torchrun --nproc-per-node 8 -m experiments.build_cache ... --device cuda   # one shard per GPU
     python -m experiments.merge_cache_shards --out cache.h5 cache.shard0of8.h5 ...
@@ -37,6 +38,26 @@ What a build does (schema: :mod:`cache.schema`; writer: :class:`cache.writer.Cac
    (:func:`model_runtime.latency_estimator.budget_range`, median cheapest → median full
    configuration at ``--nominal-output-tokens``) and stored with the estimator's JSON
    (``--estimator`` or the packaged default) as root attributes.
+
+**Engines** (``--engine``, recorded as ``generator_params.runtime.engine``, so a resumed build
+keeps its engine). ``per-config`` is steps 2-3 as written: the prefill-only feature runs, then
+``MolmoeRuntime.run`` per (chunk, configuration) in batches of ``--batch-size`` (default 8,
+chunks of 32), the vision tower and blocks ``0..p-1`` recomputed for every configuration.
+``shared-prefix`` (the default; batches of 512, chunks of 1,024) computes a chunk's sample table
+and all its pending configurations in one
+:func:`model_runtime.molmoe.shared_prefix.run_all_configs` pass: per (batch, tier) the vision
+tower, the embeddings and blocks ``0..p-1`` run once (incrementally over p), and every
+configuration of that (tier, p) continues from a copy of the prefix's KV cache. It always runs
+transformers' blocks (the runtime with ``fast=False``, importance calibration included), which
+suits small models (kernel-launch bound: large batches and shared work pay). The writes are the
+same calls in the same order (FAILED rows, samples, one ``write_outcomes`` per configuration),
+made after the chunk's pass, so a kill loses at most the chunk in flight; a resumed chunk reruns
+its rows that have PENDING configurations under those configurations only. A batch that raises is
+retried in halves as above; a request that still fails is FAILED for every configuration (with its
+sample features zeroed when the sample row was still pending). On CPU with the same batch size,
+both engines give the same outcomes (the cache test checks it); timings differ by design
+(``prefill_ms`` of shared-prefix = the shared prefix up to block ``p-1`` + the configuration's
+remaining blocks).
 
 **Resume / crash safety.** Every write is one journaled chunk of the writer, so a SIGKILL
 loses at most the (chunk, configuration) in flight. ``--resume`` reopens the file (the writer
@@ -86,6 +107,10 @@ NOMINAL_OUTPUT_TOKENS = 3
 #: library versions and where the files lie (the dataset is identified by its hash).
 UNCHECKED_PARAMS: frozenset[str] = frozenset({"versions", "build.dataset", "runtime.model"})
 KNOB_KEYS = ("tier", "p", "top_k", "blocks")
+#: ``--engine`` choices (see the module docstring).
+ENGINES = ("shared-prefix", "per-config")
+#: ``--batch-size`` / ``--chunk-requests`` defaults per engine.
+ENGINE_DEFAULTS = {"per-config": (8, 32), "shared-prefix": (512, 1024)}
 F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -274,6 +299,17 @@ class BuildSettings:
     batch_size: int
     max_new_tokens: int
     max_sequence_tokens: int
+    #: ``per-config`` (``MolmoeRuntime.run`` per chunk × configuration) or ``shared-prefix``
+    #: (:func:`model_runtime.molmoe.shared_prefix.run_all_configs` per chunk)
+    engine: str = "per-config"
+    #: shared-prefix: decode with dense experts (:mod:`model_runtime.molmoe.dense_experts`)
+    dense_decode: bool = False
+    #: shared-prefix: threads preprocessing a batch's images
+    preprocess_threads: int = 1
+    #: shared-prefix dense decode: KV bytes of one decode group
+    decode_group_bytes: int = 24 * 2**30
+    #: > 1: store MolmoE-1B's image tokens for the image at this scale (see ``--vision-tokens``)
+    molmoe_scale: float | None = None
 
 
 @dataclass
@@ -306,7 +342,10 @@ class LiveCacheBuilder:
         self.ks: KnobSpace = runtime.knob_space
         # prefill-only runtime for the sample table (first token only: logits, latency tokens)
         self.rt_features = MolmoeRuntime(runtime.model, runtime.tokenizer, self.ks, max_batch_size=settings.batch_size,
-                                         max_new_tokens=1, template=runtime.template)
+                                         max_new_tokens=1, template=runtime.template,
+                                         fast=getattr(runtime, "fast", None))
+        if settings.engine not in ENGINES:
+            raise ValueError(f"unknown engine {settings.engine!r}; choose from {ENGINES}")
         self.requests = list(requests)
         self.dataset_index = np.asarray(dataset_index)
         self.split = np.asarray(split)
@@ -348,20 +387,7 @@ class LiveCacheBuilder:
     def sample_fields(self, rows: np.ndarray, bad: dict[int, str]) -> dict[str, Any]:
         """Every ``write_samples`` field of ``rows``; rows that fail here are added to ``bad``."""
         ks = self.ks
-        n, T, P = len(rows), len(ks.tiers), len(ks.insertion_positions)
-        Dt = self.w.dims.Dt
-        crops = np.zeros((n, T), np.int32)
-        vtok = np.zeros((n, T), np.int32)
-        ptok = np.zeros(n, np.int32)
-        tokens = np.zeros((n, T, P, Dt), np.float32)
-        unc = np.full((n, 2), np.nan, np.float32)
-        lang = np.zeros((n, self.w.dims.Dl), np.float32)
-        for j, i in enumerate(rows):  # text only: an image failure still leaves the language feature
-            try:
-                lang[j] = self.rt.language_feature(self.requests[i])
-                ptok[j] = len(self.rt.tokenizer.encode(self.rt.prompt_text(self.requests[i]))) + 1
-            except Exception as exc:  # e.g. a dataset without a prompt template
-                bad.setdefault(int(i), f"bad request text: {type(exc).__name__}: {exc}")
+        crops, vtok, ptok, tokens, unc, lang = self._empty_sample_arrays(rows, bad)
         cheap = ks.cheapest_config
         for t, tier in enumerate(ks.tiers):
             good = [j for j, i in enumerate(rows) if int(i) not in bad]
@@ -376,25 +402,75 @@ class LiveCacheBuilder:
                     continue
                 crops[j, t], vtok[j, t], ptok[j] = o.crops, o.vision_tokens, o.prompt_tokens
                 lt = np.asarray(o.latency_tokens, dtype=np.float32)[np.asarray(ks.insertion_positions) - 1]
-                big = np.abs(lt) > F16_MAX
-                if big.any():  # the cache stores float16; an inf would be refused by the writer
-                    self.log(f"{self.requests[rows[j]].id}: {int(big.sum())} latency-token values beyond float16, clipped")
-                    lt = np.clip(lt, -F16_MAX, F16_MAX)
-                tokens[j, t] = lt
+                tokens[j, t] = self._clip_tokens(rows[j], lt)
                 if t == 0:
                     unc[j] = (o.first_token_entropy, o.first_token_margin)
+        return self._sample_dict(rows, bad, crops, vtok, ptok, tokens, unc, lang)
+
+    def _empty_sample_arrays(self, rows: np.ndarray, bad: dict[int, str]) -> tuple[np.ndarray, ...]:
+        """(crops, vision tokens, prompt tokens, latency tokens, uncertainty, language feature) of
+        ``rows``, zero / NaN but for the text fields (an image failure still leaves the language
+        feature); rows whose text fails are added to ``bad``."""
+        ks = self.ks
+        n, T, P = len(rows), len(ks.tiers), len(ks.insertion_positions)
+        crops = np.zeros((n, T), np.int32)
+        vtok = np.zeros((n, T), np.int32)
+        ptok = np.zeros(n, np.int32)
+        tokens = np.zeros((n, T, P, self.w.dims.Dt), np.float32)
+        unc = np.full((n, 2), np.nan, np.float32)
+        lang = np.zeros((n, self.w.dims.Dl), np.float32)
+        for j, i in enumerate(rows):
+            try:
+                lang[j] = self.rt.language_feature(self.requests[i])
+                ptok[j] = len(self.rt.tokenizer.encode(self.rt.prompt_text(self.requests[i]))) + 1
+            except Exception as exc:  # e.g. a dataset without a prompt template
+                bad.setdefault(int(i), f"bad request text: {type(exc).__name__}: {exc}")
+        return crops, vtok, ptok, tokens, unc, lang
+
+    def _clip_tokens(self, row: int, lt: np.ndarray) -> np.ndarray:
+        big = np.abs(lt) > F16_MAX
+        if big.any():  # the cache stores float16; an inf would be refused by the writer
+            self.log(f"{self.requests[row].id}: {int(big.sum())} latency-token values beyond float16, clipped")
+            lt = np.clip(lt, -F16_MAX, F16_MAX)
+        return lt
+
+    def _sample_dict(self, rows: np.ndarray, bad: dict[int, str], crops: np.ndarray, vtok: np.ndarray,
+                     ptok: np.ndarray, tokens: np.ndarray, unc: np.ndarray, lang: np.ndarray) -> dict[str, Any]:
         for j, i in enumerate(rows):  # rows that failed at a later tier keep no partial features
             if int(i) in bad:
                 crops[j] = vtok[j] = 0
                 tokens[j] = 0.0
                 unc[j] = np.nan
         reqs = [self.requests[i] for i in rows]
+        if self.s.molmoe_scale is not None:
+            vtok = self._molmoe_vision_tokens(rows, crops, vtok)
         return {
             "id": [r.id for r in reqs], "dataset": self.dataset_index[rows], "split": self.split[rows],
             "question": [r.question for r in reqs], "answers": [answers_json(r) for r in reqs],
             "prompt_tokens": ptok, "crops": crops, "vision_tokens": vtok, "lang_feature": lang,
             "latency_token": tokens, "uncertainty": unc,
         }
+
+    def _molmoe_vision_tokens(self, rows: np.ndarray, crops: np.ndarray, vtok: np.ndarray) -> np.ndarray:
+        """MolmoE-1B's image tokens per tier for each row's image at ``molmoe_scale`` × its size
+        (the same crop grid as the model's, which is checked)."""
+        from PIL import Image
+
+        from model_runtime.molmoe.preprocessing import molmoe_1b_token_counts
+
+        out = vtok.copy()
+        for j, i in enumerate(rows):
+            if vtok[j].min() <= 0:
+                continue  # a failed row keeps its zeros
+            with Image.open(self.requests[i].image) as im:
+                w, h = im.size
+            for t, tier in enumerate(self.ks.tiers):
+                n_crops, n_tok = molmoe_1b_token_counts(h, w, self.ks.crops_for(tier), self.s.molmoe_scale)
+                if n_crops != crops[j, t]:
+                    raise RuntimeError(f"{self.requests[i].id}: MolmoE-1B would use {n_crops} crops at tier {tier}, "
+                                       f"the model {crops[j, t]}: the geometries are not scaled copies")
+                out[j, t] = n_tok
+        return out
 
     # .............................................................. outcomes
     def _write_failed(self, rows: np.ndarray, configs: np.ndarray, errors: Sequence[str]) -> None:
@@ -415,6 +491,12 @@ class LiveCacheBuilder:
         """Run configuration ``c`` on ``rows`` and write their outcomes (one journaled chunk)."""
         cfg = self.ks.config(int(c))
         res = self.runner(lambda reqs: self.rt.run(reqs, cfg), [self.requests[i] for i in rows])
+        self.write_config(rows, c, res)
+
+    def write_config(self, rows: np.ndarray, c: int, res: Sequence[Any]) -> None:
+        """Write configuration ``c``'s outcomes of ``rows`` (one journaled chunk): per row an
+        object with ``score``, ``output_tokens``, ``prediction`` and ``vision_ms`` / ``prefill_ms`` /
+        ``decode_ms``, or the error text of a FAILED outcome."""
         n = len(rows)
         score = np.full((n, 1), np.nan)
         out_tok = np.full((n, 1), -1, np.int64)
@@ -448,6 +530,8 @@ class LiveCacheBuilder:
         are on disk too, so a resumed build needs no re-validation and runs exactly the
         (row, configuration) pairs that are still PENDING.
         """
+        if self.s.engine == "shared-prefix":
+            return self.build_chunk_shared(rows)
         configs = self.s.configs
         if self.w.samples_pending()[rows].any():
             bad: dict[int, str] = {}
@@ -468,6 +552,71 @@ class LiveCacheBuilder:
             todo = rows[pend[:, j]]
             if todo.size:
                 self.run_config(todo, int(c))
+
+    def build_chunk_shared(self, rows: np.ndarray) -> None:
+        """:meth:`build_chunk` with the shared-prefix engine: one
+        :func:`~model_runtime.molmoe.shared_prefix.run_all_configs` pass over the chunk's rows that
+        still need work gives the sample features and every pending configuration's outcomes
+        (batches of ``batch_size`` through :class:`BatchRunner`: a batch that raises is retried
+        in halves, a single request that still fails is FAILED); then the same writes as the
+        per-config engine, in the same order (FAILED rows, samples, one write per configuration).
+        """
+        from model_runtime.molmoe.shared_prefix import run_all_configs
+
+        configs = self.s.configs
+        need_samples = bool(self.w.samples_pending()[rows].any())
+        bad: dict[int, str] = {}
+        if need_samples:
+            for i in rows:
+                why = self.validate(self.requests[i])
+                if why is not None:
+                    bad[int(i)] = why
+            arrays = self._empty_sample_arrays(rows, bad)
+            run_rows = np.array([i for i in rows if int(i) not in bad], dtype=np.int64)
+            run_cfgs = configs[self.w.pending()[np.ix_(run_rows, configs)].any(axis=0)] if run_rows.size else configs[:0]
+        else:
+            pend = self.w.pending()[np.ix_(rows, configs)]
+            run_rows = rows[pend.any(axis=1)]
+            run_cfgs = configs[pend.any(axis=0)]
+        res: list[Any] = []
+        if run_rows.size and (need_samples or run_cfgs.size):
+            cfg_list = [int(c) for c in run_cfgs]
+            res = self.runner(lambda reqs: run_all_configs(self.rt, reqs, cfg_list, batch_size=len(reqs),
+                                                           return_sample_features=need_samples,
+                                                           dense_decode=self.s.dense_decode,
+                                                           preprocess_threads=self.s.preprocess_threads,
+                                                           decode_group_bytes=self.s.decode_group_bytes).per_request(),
+                              [self.requests[i] for i in run_rows])
+        by_row = dict(zip((int(i) for i in run_rows), res))
+        if need_samples:
+            crops, vtok, ptok, tokens, unc, lang = arrays
+            for j, i in enumerate(rows):
+                r = by_row.get(int(i))
+                if r is None:
+                    continue
+                if isinstance(r, str):
+                    bad[int(i)] = f"sample features failed: {r}"
+                    continue
+                f = r[1]
+                crops[j], vtok[j], ptok[j] = f.crops, f.vision_tokens, f.prompt_tokens
+                tokens[j] = self._clip_tokens(int(i), f.latency_tokens)
+                unc[j] = (f.first_token_entropy, f.first_token_margin)
+            fields = self._sample_dict(rows, bad, crops, vtok, ptok, tokens, unc, lang)
+            self.stats.invalid_requests.update({self.requests[i].id: e for i, e in bad.items()})
+            bad_rows = np.array(sorted(bad), dtype=np.int64)
+            if bad_rows.size and self.w.pending()[np.ix_(bad_rows, configs)].any():
+                self._write_failed(bad_rows, configs, [bad[int(i)] for i in bad_rows])
+            self.w.write_samples(rows, **fields)
+            self.did_write = True
+        pend = self.w.pending()[np.ix_(rows, configs)]
+        for j, c in enumerate(configs):
+            todo = rows[pend[:, j]]
+            if todo.size:
+                out = []
+                for i in todo:
+                    r = by_row[int(i)]
+                    out.append(r if isinstance(r, str) else r[0][int(c)])
+                self.write_config(todo, int(c), out)
 
     def build(self, chunks: Sequence[np.ndarray]) -> None:
         for rows in chunks:
@@ -567,8 +716,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--configs", default="all", help="all | tier=high,top_k=8 | 0,5,17 | 0-24")
     ap.add_argument("--resume", action="store_true", help="continue an existing (unfinished) build")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--chunk-requests", type=int, default=32, help="requests per chunk (the unit of resumption)")
+    ap.add_argument("--engine", choices=ENGINES, default="shared-prefix",
+                    help="shared-prefix: every configuration of a chunk from shared vision/prefix passes "
+                         "(transformers' blocks, large batches); per-config: MolmoeRuntime.run per configuration")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help=f"requests per batch (default {ENGINE_DEFAULTS['shared-prefix'][0]} shared-prefix, "
+                         f"{ENGINE_DEFAULTS['per-config'][0]} per-config)")
+    ap.add_argument("--chunk-requests", type=int, default=None,
+                    help="requests per chunk, the unit of resumption (default "
+                         f"{ENGINE_DEFAULTS['shared-prefix'][1]} shared-prefix, {ENGINE_DEFAULTS['per-config'][1]} per-config)")
+    ap.add_argument("--dense-decode", action="store_true",
+                    help="shared-prefix: decode with the experts computed densely (same function; fewer kernels "
+                         "for small models)")
+    ap.add_argument("--preprocess-threads", type=int, default=1, help="shared-prefix: image preprocessing threads")
+    ap.add_argument("--decode-group-gib", type=float, default=24.0,
+                    help="shared-prefix --dense-decode: KV-cache memory of one decode group (GiB)")
+    ap.add_argument("--vision-tokens", choices=("auto", "model", "molmoe-1b"), default="auto",
+                    help="samples/vision_tokens: the model's own image tokens, or MolmoE-1B's for the same image "
+                         "(auto: MolmoE-1B's when the model's crop geometry is MolmoE-1B's scaled down, as for "
+                         "MolmoeConfig.small(); the latency estimator is MolmoE-1B's)")
     ap.add_argument("--shard-rank", type=int, default=None, help="default: $RANK or 0")
     ap.add_argument("--num-shards", type=int, default=None, help="default: $WORLD_SIZE or 1")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: cuda:$LOCAL_RANK)")
@@ -590,7 +756,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="only the first N requests")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    batch, chunk = ENGINE_DEFAULTS[args.engine]
+    args.batch_size = batch if args.batch_size is None else args.batch_size
+    args.chunk_requests = chunk if args.chunk_requests is None else args.chunk_requests
+    return args
 
 
 def _env_int(name: str, default: int) -> int:
@@ -701,9 +871,11 @@ def _build(args: argparse.Namespace, rank: int, world: int, device: Any, dtype: 
 
     base_ks = KnobSpace() if args.tier_crops is None else KnobSpace(crops=tuple(args.tier_crops))
     t0 = time.perf_counter()
+    # shared-prefix runs transformers' blocks (fast=False) throughout: importance, features, outcomes
+    fast = False if args.engine == "shared-prefix" else None
     rt = MolmoeRuntime.from_checkpoint(args.model, base_ks, dtype=dtype, device=device,
                                        experts_implementation=args.experts_impl, max_batch_size=args.batch_size,
-                                       max_new_tokens=args.max_new_tokens, template=args.template)
+                                       max_new_tokens=args.max_new_tokens, template=args.template, fast=fast)
     log(f"[rank {rank}/{world}] model loaded in {time.perf_counter() - t0:.1f} s ({dtype}, {device})")
     resuming = args.resume and stored_gp is not None
     if resuming and stored_ks is not None:
@@ -713,9 +885,13 @@ def _build(args: argparse.Namespace, rank: int, world: int, device: Any, dtype: 
         importance = _load_importance(args, rt, requests, log)
         ks = base_ks.with_scores(importance["scores"])
     rt = MolmoeRuntime(rt.model, rt.tokenizer, ks, max_batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, template=args.template)
+                       max_new_tokens=args.max_new_tokens, template=args.template, fast=fast)
     configs = parse_config_selection(args.configs, ks)
     max_seq = args.max_sequence_tokens or int(rt.model.config.max_position_embeddings)
+    scale = rt.model.config.molmoe_1b_image_scale
+    if args.vision_tokens == "molmoe-1b" and scale is None:
+        raise ValueError("--vision-tokens molmoe-1b: the model's crop geometry is not MolmoE-1B's scaled down")
+    molmoe_scale = scale if (args.vision_tokens != "model" and scale not in (None, 1.0)) else None
     lm_cfg = rt.model.lm.config
     impl = getattr(lm_cfg, "_experts_implementation_internal", None) or getattr(lm_cfg, "_experts_implementation", None)
     gp = {
@@ -723,7 +899,8 @@ def _build(args: argparse.Namespace, rank: int, world: int, device: Any, dtype: 
             "model": str(args.model.resolve()), "dtype": str(dtype).replace("torch.", ""), "device": device.type,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "experts_implementation": str(impl), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-            "template": args.template, "max_sequence_tokens": max_seq,
+            "template": args.template, "max_sequence_tokens": max_seq, "engine": args.engine,
+            "dense_decode": bool(args.dense_decode),
         },
         "build": {
             "dataset": str(args.dataset.resolve()), "dataset_sha256": file_sha256(args.dataset), "n_requests": S,
@@ -740,6 +917,11 @@ def _build(args: argparse.Namespace, rank: int, world: int, device: Any, dtype: 
             "lang_feature": "mean prompt-token input embedding (d_model)",
             "latency_token": "last prompt token's hidden state after block p-1, blocks 0..p-1 at the model's top-k",
             "prompt_tokens": "text tokens + BOS (the prefill length is prompt_tokens + vision_tokens)",
+            "vision_tokens": ("the model's own image tokens" if molmoe_scale is None else
+                              f"MolmoE-1B's image tokens for the image at {molmoe_scale:g}x its size (the model sees "
+                              f"it at 1/{molmoe_scale:g} of MolmoE-1B's crop geometry: the same crop grid, "
+                              f"{rt.model.config.tokens_per_crop} pooled tokens per crop instead of 144); what the "
+                              "MolmoE-1B latency estimator takes"),
         },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
@@ -758,7 +940,10 @@ def _build(args: argparse.Namespace, rank: int, world: int, device: Any, dtype: 
                                overwrite=args.overwrite)
     chunks = chunk_rows(S, args.chunk_requests, rank, world)
     settings = BuildSettings(configs=configs, chunk_requests=args.chunk_requests, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, max_sequence_tokens=max_seq)
+                             max_new_tokens=args.max_new_tokens, max_sequence_tokens=max_seq, engine=args.engine,
+                             dense_decode=args.dense_decode, preprocess_threads=args.preprocess_threads,
+                             decode_group_bytes=int(args.decode_group_gib * 2**30),
+                             molmoe_scale=molmoe_scale)
     progress = None
     try:
         builder = LiveCacheBuilder(w, rt, requests, dataset_index, split, settings, log=log)
@@ -792,4 +977,6 @@ def _build(args: argparse.Namespace, rank: int, world: int, device: Any, dtype: 
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from experiments.cli_errors import run_cli  # one-line errors for user mistakes; --debug: traceback
+
+    raise SystemExit(run_cli(main, prog="python -m experiments.build_cache"))

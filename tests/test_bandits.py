@@ -75,8 +75,11 @@ def test_update_and_choices_match_naive_reference(kind: str, method: str) -> Non
             else:
                 s = keys[i] if coin[i] else mean
             s = np.where(mask[i], s, -np.inf)
-            expect.append(int(np.argmax(s)))
-        np.testing.assert_array_equal(arms, expect)
+            expect.append(s)
+        # arms never pulled share the prior's score exactly: any of a tie is a correct choice
+        got = np.array([s[a] for s, a in zip(expect, arms)])
+        best = np.array([s.max() for s in expect])
+        np.testing.assert_allclose(got, best, rtol=0, atol=1e-9)
         assert mask[np.arange(n), arms].all()
         # skewed arms so that several samples of one arm land in one batch
         arms = np.where(rng.random(n) < 0.5, arms, 1)

@@ -268,6 +268,28 @@ class MolmoImagePreprocessor:
         return out.reshape(-1, tokens_per_crop)
 
 
+def molmoe_1b_token_counts(height: int, width: int, max_crops: int, scale: float) -> tuple[int, int]:
+    """(crops, image tokens) MolmoE-1B's preprocessing gives an image of ``scale`` × (height, width).
+
+    For a model whose crop geometry is MolmoE-1B's shrunk by ``scale``
+    (:attr:`MolmoeConfig.molmoe_1b_image_scale`), this is what MolmoE-1B would run for the same
+    picture at its resolution: the same crop grid, MolmoE-1B's token count (the input of the
+    MolmoE-1B latency estimator).
+    """
+    pre = _molmoe_1b_preprocessor()
+    return pre.token_counts(int(round(height * scale)), int(round(width * scale)), max_crops)
+
+
+def _molmoe_1b_preprocessor() -> "MolmoImagePreprocessor":
+    global _MOLMOE_1B_PRE
+    if _MOLMOE_1B_PRE is None:
+        _MOLMOE_1B_PRE = MolmoImagePreprocessor(MolmoeConfig())
+    return _MOLMOE_1B_PRE
+
+
+_MOLMOE_1B_PRE: "MolmoImagePreprocessor | None" = None
+
+
 def build_prompt(
     image: ImageInputs, text_tokens: Sequence[int], bos_token_id: int
 ) -> PromptInputs:

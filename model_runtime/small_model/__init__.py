@@ -2,7 +2,6 @@
 
 - :mod:`.tokenizer_training`: a byte-level BPE tokenizer trained on the suite's text.
 - :mod:`.training_data`: training batches rendered on the fly in data-loader workers.
-- :mod:`.dense_experts`: the routed experts computed densely for training (same math).
 - :mod:`.trainer`: the training loop (hyperparameters in one dataclass, resumable).
 
 ``python -m experiments.train_model`` is the command line. The model's configuration is

@@ -42,7 +42,7 @@ from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.model import MolmoeBatch, MolmoeModel
 from model_runtime.molmoe.tokenizer import TextTokenizer
 
-from .dense_experts import dense_experts
+from model_runtime.molmoe.dense_experts import dense_experts
 from .training_data import IGNORE, SuiteStream, TrainDataConfig
 
 #: Valid (p, active blocks) pairs and top-k values of the default knob space (16 blocks).
@@ -119,16 +119,19 @@ class RouterLosses:
         self.valid = attention_mask.reshape(-1).bool()
 
     def losses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # masks as weights, not boolean indexing: no host synchronisation, so the CPU keeps
+        # launching ahead of the GPU
+        valid = self.valid.float()
+        n = valid.sum()
         aux, z = [], []
         for logits, indices in self.outputs:
-            logits = logits[self.valid].float()
+            logits = logits.float()
             probs = logits.softmax(-1)
-            e = probs.shape[-1]
-            counts = torch.zeros(e, device=logits.device).index_add_(
-                0, indices[self.valid].reshape(-1), torch.ones(indices[self.valid].numel(), device=logits.device))
-            frac = counts / counts.sum()
-            aux.append(e * (frac * probs.mean(0)).sum())
-            z.append(torch.logsumexp(logits, -1).pow(2).mean())
+            e, k = probs.shape[-1], indices.shape[-1]
+            counts = torch.zeros(e, device=logits.device).index_add_(0, indices.reshape(-1), valid.repeat_interleave(k))
+            frac = counts / (n * k)
+            aux.append(e * (frac * (probs * valid[:, None]).sum(0) / n).sum())
+            z.append((torch.logsumexp(logits, -1).pow(2) * valid).sum() / n)
         return torch.stack(aux).mean(), torch.stack(z).mean()
 
     def remove(self) -> None:
@@ -157,13 +160,9 @@ def forward_loss(model: MolmoeModel, batch: MolmoeBatch, labels: torch.Tensor, p
     if router is not None:
         router.start(batch.attention_mask)
     lm.advance(state, lm.n_layers, plan)
-    sel = labels != IGNORE
-    hidden = state.hidden[sel]
-    logits = lm.lm_head(lm.backbone.norm(hidden)).float()
-    target = labels[sel]
-    ce = F.cross_entropy(logits, target)
-    rows = sel.nonzero()[:, 0]
-    wrong = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, (logits.argmax(-1) != target).float())
+    logits = lm.lm_head(lm.backbone.norm(state.hidden)).float()  # every position: no boolean indexing
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    wrong = ((logits.argmax(-1) != labels) & (labels != IGNORE)).sum(-1)
     return ce, wrong == 0
 
 
@@ -182,7 +181,7 @@ class Run:
         no_decay = [m for m, p in zip(self.master, model.parameters()) if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas,
-                                     fused=device.type == "cuda")
+                                     foreach=True)
         self.router = RouterLosses(self.model)
         self.rng = random.Random(f"{cfg.seed}-{name}")
 
@@ -243,7 +242,9 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
 
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config = config or MolmoeConfig.small()
+    from model_runtime.molmoe.tokenizer import special_tokens_from
+
+    config = (config or MolmoeConfig.small()).replace(tokens=special_tokens_from(tokenizer))
     out.mkdir(parents=True, exist_ok=True)
     tasks = list(cfg.data.task_weights)
     runs = [Run(name, rate, config, cfg, device, dtype) for name, rate in cfg.recipes.items()]
@@ -255,7 +256,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
         st = torch.load(state_file, map_location="cpu", weights_only=False)
         for run in runs:
             run.load_state(st["runs"][run.name])
-        start, total = int(st["step"]), int(st["total"])
+        start, total = int(st["step"]), cfg.steps or int(st["total"])
         log(f"resumed at step {start} of {total}")
     val = SuiteStream(config, tokenizer, cfg.data, split="val", n_batches=cfg.val_batches)
     val_batches = [(*to_batch(b, device, dtype), b["task"].to(device)) for b in val]
@@ -325,7 +326,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
                 if k != "step":
                     tb.add_scalar(k, v, step)
             rows.append(record)
-        if cfg.steps == 0 and time.perf_counter() - t0 > cfg.time_budget_s * 1.08 + 30:
+        if cfg.steps == 0 and time.perf_counter() - t0 > cfg.time_budget_s * 1.05 + 15:
             stopped_by_time = True  # the probe misjudged the rate: stop, keep a resumable state
             log(f"time budget exceeded at step {step} of {total}: stopping (resume with --resume)")
             break

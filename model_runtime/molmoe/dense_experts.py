@@ -1,4 +1,4 @@
-"""Routed experts computed densely, for training a small MoE fast.
+"""Routed experts computed densely: the fast form for a *small* MoE (training, batched decode).
 
 A routed MoE layer outputs ``Σ_{e ∈ top-k(x)} w_e(x) · expert_e(x)``. For a small model the
 gather/sort/grouped-GEMM machinery of the routed form costs more kernel launches than the
@@ -25,12 +25,23 @@ def dense_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
     n, d = hidden_states.shape
     e, two_f, _ = self.gate_up_proj.shape
     f = two_f // 2
+    row_k = getattr(self, "row_top_k", None)
+    if row_k is not None:  # per-token top-k <= the router's: keep each token's first row_k (sorted) choices
+        rank = torch.arange(top_k_weights.shape[-1], device=top_k_weights.device)
+        top_k_weights = top_k_weights * (rank[None, :] < row_k[:, None]).to(top_k_weights.dtype)
     weights = hidden_states.new_zeros(n, e).scatter(1, top_k_index, top_k_weights.to(hidden_states.dtype))
     gate_up = (hidden_states @ self.gate_up_proj.reshape(e * two_f, d).t()).view(n, e, two_f)
     gate, up = gate_up[..., :f], gate_up[..., f:]
     inner = self.act_fn(gate) * up * weights[..., None]  # (N, E, F)
     down = self.down_proj.permute(0, 2, 1).reshape(e * f, d)  # (E·F, D)
     return inner.reshape(n, e * f) @ down
+
+
+def set_row_top_k(experts: nn.Module, row_top_k: torch.Tensor | None) -> None:
+    """Give each token its own top-k (≤ the router's ``top_k``; 0 = no expert) for the next dense
+    forward of ``experts``: the router's top-k are sorted, so a token's top-k' ⊂ top-k are its
+    first k' choices (softmax over all experts first, so the weights are unchanged)."""
+    experts.row_top_k = row_top_k
 
 
 @contextmanager
@@ -46,3 +57,4 @@ def dense_experts(lm: nn.Module) -> Iterator[None]:
     finally:
         for experts in patched:
             del experts.forward
+            experts.__dict__.pop("row_top_k", None)

@@ -1,0 +1,96 @@
+"""Accuracy of a checkpoint over the knob grid on suite requests: ``python -m experiments.eval_model_grid``.
+
+``python -m experiments.eval_model_grid --model CKPT --requests val.jsonl --out grid.json
+[--per-task N] [--configs all|SPEC] [--device cuda] [--batch-size 512] [--max-new-tokens 32]``
+
+Runs every selected configuration on the first ``--per-task`` requests of each task (the shared
+prefix engine, ``model_runtime.molmoe.shared_prefix``) and writes, per configuration, the mean
+score and mean output tokens per task (``grid.json``), with the knob space (importance scores
+from ``CKPT/importance.json`` when present). It is the quick look at a model's knob effects
+before a full cache build; ``cache.info`` reports the same tables for a built cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m experiments.eval_model_grid", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--requests", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--per-task", type=int, default=100)
+    ap.add_argument("--configs", default="all")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--dense-decode", action="store_true", help="decode configurations in groups (see shared_prefix)")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from envs.knob_space import KnobSpace
+    from experiments.build_cache import cache_score, parse_config_selection
+    from model_runtime.datasets import load_requests
+    from model_runtime.molmoe.importance import ImportanceScores
+    from model_runtime.molmoe.runtime import MolmoeRuntime
+    from model_runtime.molmoe.shared_prefix import run_all_configs
+
+    dtype = torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
+    ks = KnobSpace()
+    imp = args.model / "importance.json"
+    if imp.is_file():
+        ks = ks.with_scores(ImportanceScores.load(imp).scores)
+    rt = MolmoeRuntime.from_checkpoint(args.model, ks, dtype=dtype, device=args.device, fast=False,
+                                       max_new_tokens=args.max_new_tokens)
+    per_task: dict[str, list] = defaultdict(list)
+    for r in load_requests(args.requests):
+        if len(per_task[r.dataset]) < args.per_task:
+            per_task[r.dataset].append(r)
+    reqs = [r for rs in per_task.values() for r in rs]
+    configs = parse_config_selection(args.configs, ks)
+    t0 = time.perf_counter()
+    res = run_all_configs(rt, reqs, [int(c) for c in configs], batch_size=args.batch_size, return_sample_features=False,
+                          dense_decode=args.dense_decode)
+    elapsed = time.perf_counter() - t0
+    tasks = list(per_task)
+    grid = []
+    for c in res.configs:
+        cfg = ks.config(c)
+        row = {"index": c, "tier": cfg.tier, "p": cfg.p, "top_k": cfg.top_k, "blocks": cfg.blocks}
+        for t in tasks:
+            rows = [i for i, r in enumerate(reqs) if r.dataset == t]
+            row[f"score/{t}"] = float(np.mean([cache_score(reqs[i].metric, res.outcomes[i][c].score) for i in rows]))
+            row[f"tokens/{t}"] = float(np.mean([res.outcomes[i][c].output_tokens for i in rows]))
+        row["score/mean"] = float(np.mean([row[f"score/{t}"] for t in tasks]))
+        grid.append(row)
+    out = {"model": str(args.model), "requests": str(args.requests), "n_per_task": {t: len(v) for t, v in per_task.items()},
+           "importance": list(ks.importance_scores), "elapsed_s": elapsed, "grid": grid}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    full = next(g for g in grid if g["index"] == ks.index(ks.full_config)) if ks.index(ks.full_config) in res.configs else None
+    cheap = next((g for g in grid if g["index"] == ks.index(ks.cheapest_config)), None)
+    for name, g in (("full", full), ("cheapest", cheap)):
+        if g:
+            print(f"{name:9s} " + " ".join(f"{t} {g[f'score/{t}']:.3f}" for t in tasks) + f" | mean {g['score/mean']:.3f}",
+                  file=sys.stderr)
+    print(f"{len(reqs)} requests x {len(res.configs)} configurations in {elapsed:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    from experiments.cli_errors import run_cli
+
+    raise SystemExit(run_cli(main, prog="python -m experiments.eval_model_grid"))

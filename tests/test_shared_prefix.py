@@ -1,0 +1,192 @@
+"""The shared-prefix engine (``model_runtime.molmoe.shared_prefix.run_all_configs``) on a tiny
+MolmoE checkpoint (CPU, float32): the same outcomes and sample features as the per-config runtime,
+and a cache built with ``--engine shared-prefix`` equal to one built with ``--engine per-config``,
+also after an interrupted build is resumed."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cache.journal import journal_dir
+from cache.schema import DATASETS
+from envs.knob_space import KnobConfig, KnobSpace
+from experiments import build_cache
+from model_runtime.datasets import load_requests
+from model_runtime.molmoe.runtime import MolmoeRuntime
+from model_runtime.molmoe.shared_prefix import run_all_configs
+from tests.build_cache_worker import blocking_build
+from tests.cache_compare import assert_same_content
+from tests.tiny_molmoe import tiny_config, write_tiny_dataset, write_tiny_molmoe_checkpoint
+from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
+
+MAX_NEW = 4
+KS = KnobSpace(crops=(1, 2, 4))
+
+
+def _subset(ks: KnobSpace) -> list[int]:
+    """Every p, top-k 4..8 and block counts from the fewest to all, two tiers; the cheapest
+    configuration among them."""
+    low = [("low", p, 4, p + ks.min_blocks_after) for p in ks.insertion_positions]
+    low += [("low", p, 8, ks.num_blocks) for p in ks.insertion_positions]
+    high = [("high", 1, 6, 16), ("high", 2, 5, 14), ("high", 3, 7, 15), ("high", 5, 8, 16)]
+    return [ks.index(c) for c in low + high]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shared")
+    write_tiny_molmoe_checkpoint(d / "ckpt", tiny_config(image_size=224), seed=5)
+    reqs = load_requests(write_tiny_dataset(d / "data", n=6, seed=1))  # 6 image sizes
+    rt = MolmoeRuntime.from_checkpoint(d / "ckpt", KS, max_new_tokens=MAX_NEW, max_batch_size=6, fast=False)
+    return d, rt, reqs
+
+
+def test_run_all_configs_equals_the_per_config_runtime(setup) -> None:
+    _, rt, reqs = setup
+    ks = rt.knob_space
+    sel = _subset(ks)
+    assert {ks.config(c).p for c in sel} == set(ks.insertion_positions) and ks.index(ks.cheapest_config) in sel
+    res = run_all_configs(rt, reqs, sel, batch_size=4)  # two batches: 4 + 2
+    assert res.configs == sorted(sel) and len(res.outcomes) == len(reqs)
+    for c in sel:
+        ref = rt.run(reqs, c)  # one batch of 6: a different padding, the same answers
+        for i, o in enumerate(ref):
+            got = res.outcomes[i][c]
+            assert got.config == o.config and got.request_id == o.request_id
+            assert (got.prediction, got.output_tokens, got.score, got.token_ids, got.ended_with_eos) == (
+                o.prediction, o.output_tokens, o.score, o.token_ids, o.ended_with_eos), (i, str(ks.config(c)))
+            assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
+            assert got.vision_ms > 0 and got.prefill_ms > 0 and got.decode_ms >= 0
+            assert got.batch_size == (4 if i < 4 else 2)
+    # sample features: what LiveCacheBuilder.sample_fields computes with prefill-only runs
+    feats = res.features
+    rt1 = MolmoeRuntime(rt.model, rt.tokenizer, ks, max_new_tokens=1, max_batch_size=6, fast=False)
+    cheap = ks.cheapest_config
+    pos = np.asarray(ks.insertion_positions) - 1
+    for t, tier in enumerate(ks.tiers):
+        outs = rt1.run(reqs, KnobConfig(tier, cheap.p, cheap.top_k, cheap.blocks), return_latency_tokens=True)
+        for f, o in zip(feats, outs):
+            assert (f.crops[t], f.vision_tokens[t], f.prompt_tokens) == (o.crops, o.vision_tokens, o.prompt_tokens)
+            np.testing.assert_allclose(f.latency_tokens[t], o.latency_tokens[pos], atol=1e-4, rtol=1e-4)
+            if t == 0:
+                assert f.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
+                assert f.first_token_margin == pytest.approx(o.first_token_margin, abs=1e-4)
+    assert len({tuple(f.crops) for f in feats}) > 1  # the image sizes give different crops
+    for f, r in zip(feats, reqs):
+        np.testing.assert_allclose(f.lang_feature, rt.language_feature(r), atol=1e-6)
+    # without the cheapest configuration, the uncertainty comes from a prefill-only branch
+    other = [c for c in sel if c != ks.index(cheap)][:3]
+    res2 = run_all_configs(rt, reqs[:3], other, batch_size=8)
+    for f2, f in zip(res2.features, feats):
+        assert f2.first_token_entropy == pytest.approx(f.first_token_entropy, abs=1e-4)
+        np.testing.assert_allclose(f2.latency_tokens, f.latency_tokens, atol=1e-4)
+    # on_config: every configuration once, with the outcomes of every request
+    seen: dict[int, list] = {}
+    res3 = run_all_configs(rt, reqs[:3], other, batch_size=2, return_sample_features=False,
+                           on_config=lambda c, outs: seen.setdefault(c, outs))
+    assert res3.features is None and sorted(seen) == sorted(other)
+    assert all(len(v) == 3 and v[0] is res3.outcomes[0][c] for c, v in seen.items())
+
+
+def test_grouped_dense_decode_equals_the_per_config_runtime(setup) -> None:
+    """dense_decode: configurations of a tier decode together, per-row top-k and skipped blocks;
+    a tiny group budget forces several groups of different sizes."""
+    _, rt, reqs = setup
+    ks = rt.knob_space
+    sel = _subset(ks)
+    for group_bytes in (1, 2**40):  # one configuration per group / the whole tier in one group
+        res = run_all_configs(rt, reqs, sel, batch_size=6, dense_decode=True, decode_group_bytes=group_bytes,
+                              preprocess_threads=2, return_sample_features=False)
+        for c in sel:
+            for i, o in enumerate(rt.run(reqs, c)):
+                got = res.outcomes[i][c]
+                assert (got.token_ids, got.output_tokens, got.score) == (o.token_ids, o.output_tokens, o.score), (
+                    group_bytes, i, str(ks.config(c)))
+                assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------ the builder
+CONFIGS = "tier=low|high,p=1|5,top_k=4|8,blocks=16"
+
+
+def _args(d: Path, out: Path, engine: str, *extra: str) -> list[str]:
+    return ["--model", str(d / "ckpt"), "--dataset", str(d / "data" / "data.jsonl"), "--out", str(out),
+            "--configs", CONFIGS, "--batch-size", "2", "--chunk-requests", "3", "--max-new-tokens", "3",
+            "--tier-crops", "1", "2", "4", "--importance", "default", "--threads", "1", "--no-progress",
+            "--engine", engine, *extra]
+
+
+def assert_same_cache(a: Path, b: Path) -> None:
+    """Same content but for the engine (generator_params.runtime.engine), the timings (NaN pattern
+    only) and the latency tokens / uncertainty / language features (allclose)."""
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        attrs_a = {k: v for k, v in fa.attrs.items() if k not in ("created_at", "generator_params")}
+        attrs_b = {k: v for k, v in fb.attrs.items() if k not in ("created_at", "generator_params")}
+        assert attrs_a == attrs_b
+        ga, gb = json.loads(fa.attrs["generator_params"]), json.loads(fb.attrs["generator_params"])
+        assert {ga["runtime"].pop("engine"), gb["runtime"].pop("engine")} == {"shared-prefix", "per-config"}
+        assert ga == gb
+        for name, (_, spec) in DATASETS.items():
+            da, db = fa[name], fb[name]
+            assert da.shape == db.shape and da.dtype == db.dtype, name
+            if spec == "str":
+                assert np.array_equal(da.asstr()[()], db.asstr()[()]), name
+            elif name == "outcomes/measured_ms":
+                assert np.array_equal(np.isnan(da[()]), np.isnan(db[()])), name
+            elif da.dtype.kind == "f":
+                np.testing.assert_allclose(da[()], db[()], atol=2e-3, rtol=2e-3, err_msg=name)  # float16 storage
+            else:
+                assert np.array_equal(da[()], db[()]), name
+
+
+@pytest.fixture(scope="module")
+def data(setup):
+    d = setup[0]
+    jl = d / "data" / "data.jsonl"
+    lines = jl.read_text().splitlines()
+    base = json.loads(lines[0])
+    lines.insert(2, json.dumps({**base, "id": "bad-missing", "image": "images/missing.png"}))
+    jl.write_text("\n".join(lines) + "\n")  # 7 requests: chunks 0-2 (row 2 bad), 3-5, 6
+    return d
+
+
+def test_shared_prefix_cache_equals_per_config_cache_and_resumes(data: Path) -> None:
+    d = data
+    # a killed shared-prefix build (forked; SIGKILLed after chunk 0's FAILED, samples and 2 of its
+    # 8 configuration writes), started first so that it overlaps the two reference builds
+    marker = d / "killed.marker"
+    proc = multiprocessing.get_context("fork").Process(
+        target=blocking_build, args=(_args(d, d / "killed.h5", "shared-prefix"), 4, marker))
+    proc.start()
+    try:
+        assert build_cache.main(_args(d, d / "shared.h5", "shared-prefix")) == 0
+        assert build_cache.main(_args(d, d / "per_config.h5", "per-config")) == 0
+        assert_same_cache(d / "shared.h5", d / "per_config.h5")
+        with h5py.File(d / "shared.h5", "r") as f:
+            status = f["outcomes/status"][()]
+            assert (status == 1).sum() == 6 * 8 and (status == 2).sum() == 8  # OK / FAILED: 6 good, 1 bad
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=30)
+    assert journal_dir(d / "killed.h5").is_dir()
+    assert build_cache.main(_args(d, d / "killed.h5", "shared-prefix", "--resume")) == 0
+    assert_same_content(d / "killed.h5", d / "shared.h5", timings_by_nan_pattern=True)
+    # the engine is part of the build's identity
+    with pytest.raises(ValueError, match="engine"):
+        build_cache.main(_args(d, d / "killed.h5", "per-config", "--resume"))

@@ -1,0 +1,196 @@
+"""The small MolmoE-architecture model's training pieces, on CPU with tiny widths.
+
+Checkpoint writing round-trips through the loader, the BPE tokenizer has the layout the config
+expects, dense experts equal the routed form, the recipe's random plans are valid knob plans, the
+training stream is deterministic, and a few training steps lower the loss and write a checkpoint
+the runtime runs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint, save_molmoe_checkpoint
+from model_runtime.molmoe.config import MolmoeConfig, SpecialTokens
+from model_runtime.molmoe.language_model import MolmoeLanguageModel
+from model_runtime.molmoe.model import MolmoeModel
+from model_runtime.molmoe.tokenizer import special_tokens_from
+from model_runtime.molmoe.dense_experts import dense_experts
+from model_runtime.small_model.tokenizer_training import train_bpe_tokenizer
+from model_runtime.small_model.trainer import TrainConfig, lr_at, sample_plan, train
+from model_runtime.small_model.training_data import IGNORE, SuiteStream, TrainDataConfig
+
+from .tiny_molmoe import torch_single_thread  # noqa: F401  (fixture)
+
+TEXTS = [f"what color is the {c} {s}? {a}" for c in ("red", "blue", "green") for s in ("circle", "sign")
+         for a in ("yes", "no", "3", "open")] * 20
+
+
+def tiny_small(**kw) -> MolmoeConfig:
+    """The small preset's geometry (168-px crops, 14-px patches, margins 2) at test widths."""
+    base = dict(d_model=32, n_heads=2, num_experts=8, expert_hidden=8, vit_hidden=16, vit_heads=2, vit_mlp=32,
+                pool_heads=2, pool_head_dim=8, projector_hidden=16, embedding_size=300,
+                tokens=SpecialTokens(bos=0, eos=0, pad=1, im_start=300, im_end=301, im_patch=302, im_col=303,
+                                     image_prompt=304))
+    base.update(kw)
+    return MolmoeConfig.small(**base)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer(TEXTS, vocab_size=300)
+
+
+def test_small_preset_geometry_is_molmoe_at_half_scale():
+    cfg = MolmoeConfig.small()
+    assert cfg.molmoe_1b_image_scale == 2.0 and MolmoeConfig().molmoe_1b_image_scale == 1.0
+    assert (cfg.n_layers, cfg.num_experts, cfg.top_k, cfg.tokens_per_crop) == (16, 64, 8, 36)
+    from model_runtime.molmoe.preprocessing import MolmoImagePreprocessor
+
+    small, big = MolmoImagePreprocessor(cfg), MolmoImagePreprocessor(MolmoeConfig())
+    for h, w in ((100, 640), (333, 517), (640, 320), (64, 64)):
+        for crops in (3, 6, 12):
+            assert small.tiling_for(h, w, crops) == big.tiling_for(2 * h, 2 * w, crops)
+
+
+def test_tokenizer_layout(tokenizer):
+    tk = special_tokens_from(tokenizer)
+    assert (tk.eos, tk.pad, tk.im_start, tk.image_prompt) == (0, 1, 300, 304)
+    ids = tokenizer.encode(" red circle")
+    assert max(ids) < 300 and tokenizer.decode(ids) == " red circle"
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_bpe_tokenizer(TEXTS, vocab_size=100)
+
+
+def test_checkpoint_round_trip(tmp_path, tokenizer):
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    torch.manual_seed(0)
+    model = MolmoeModel(cfg, experts_implementation="eager")
+    save_molmoe_checkpoint(model, tokenizer, tmp_path, dtype=torch.float32, max_shard_bytes=100_000)
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    loaded, tok = load_molmoe_checkpoint(tmp_path)
+    assert loaded.config == cfg
+    a, b = model.state_dict(), loaded.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert tok.encode(" red sign") == tokenizer.encode(" red sign")
+    assert json.loads((tmp_path / "config.json").read_text())["projector_hidden_size"] == 16
+
+
+def test_dense_experts_equal_routed():
+    torch.manual_seed(0)
+    cfg = tiny_small()
+    lm = MolmoeLanguageModel.from_config(cfg.olmoe_config(experts_implementation="eager"), n_logits=cfg.embedding_size)
+    ids = torch.randint(0, 300, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    plan = (8, 8) + (5,) * 11 + (0, 0, 4)
+    ref = lm(ids, mask, top_k_per_block=plan)
+    with dense_experts(lm):
+        dense = lm(ids, mask, top_k_per_block=plan)
+    assert torch.allclose(ref[mask.bool()], dense[mask.bool()], atol=1e-5)
+    assert "forward" not in vars(lm.backbone.layers[0].mlp.experts)  # restored
+
+
+def test_recipe_plans_are_knob_plans():
+    from envs.knob_space import KnobSpace
+
+    ks = KnobSpace()
+    rng = random.Random(0)
+    plans = [sample_plan(rng, 1.0, 16, 8) for _ in range(300)]
+    for plan in plans:
+        p = next(b for b in range(16) if plan[b] != 8 or b >= 5) if any(k != 8 for k in plan) else None
+        active = sum(k > 0 for k in plan)
+        ks_blocks = {c.blocks for c in ks.configs}
+        assert active in ks_blocks
+        assert len({k for k in plan if 0 < k}) <= 2
+    assert sample_plan(random.Random(0), 0.0, 16, 8) == (8,) * 16
+    assert len(set(plans)) > 50
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_frac=0.1)
+    assert lr_at(0, cfg, 100) == pytest.approx(0.1) and lr_at(100, cfg, 100) == pytest.approx(0.1)
+
+
+def test_training_stream_is_deterministic(tokenizer):
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    data = TrainDataConfig(batch_size=3)
+    a = SuiteStream(cfg, tokenizer, data).batch(5)
+    b = SuiteStream(cfg, tokenizer, data).batch(5)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    labels, ids = a["labels"], a["input_ids"]
+    for row in range(3):  # labels = the answer tokens shifted left, ending in EOS
+        pos = (labels[row] != IGNORE).nonzero()[:, 0]
+        assert labels[row, pos[-1]] == cfg.tokens.eos
+        assert torch.equal(labels[row, pos[:-1]], ids[row, pos[1:]])
+    c = SuiteStream(cfg, tokenizer, data).batch(6)
+    assert not torch.equal(a["task"], c["task"]) or not torch.equal(a["patches"][:1], c["patches"][:1])
+
+
+@pytest.mark.slow
+def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
+    cfg = TrainConfig(steps=8, batch_size=4, num_workers=0, eval_every=8, val_batches=1, warmup_steps=2, lr=3e-3,
+                      recipes={"plain": 0.0, "robust": 0.5}, data=TrainDataConfig(batch_size=4))
+    summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), log=lambda s: None)
+    assert summary["steps"] == 8
+    log = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert "plain/ce" in log[0] and "robust/val_acc/easy_vqa" in log[0] or "robust/val_ce" in log[0]
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    from model_runtime.molmoe.runtime import MolmoeRuntime
+    from model_runtime.datasets.suite import make_suite
+    from model_runtime.datasets import load_requests
+
+    suite = make_suite(tmp_path / "suite", seed=0, per_task=1, splits=("val",), workers=1)
+    reqs = load_requests(suite / "val.jsonl")
+    rt = MolmoeRuntime.from_checkpoint(tmp_path / "robust", max_new_tokens=4)
+    outs = rt.run(reqs, ("low", 1, 4, 12))
+    assert len(outs) == len(reqs) and all(1 <= o.output_tokens <= 4 for o in outs)
+    # resume continues the same run
+    cfg.steps = 10
+    summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
+    assert summary["steps"] == 10
+
+
+@pytest.mark.slow
+def test_small_model_cache_build_stores_molmoe_1b_token_counts(tmp_path, tokenizer):
+    """The build the default cache comes from, at test size: a small-geometry checkpoint, suite
+    requests, the shared-prefix engine with grouped dense decoding; vision tokens are MolmoE-1B's
+    for the image at twice its size (same crops), and the packed cache validates."""
+    from cache.reader import OutcomeCache
+    from cache.repack import repack
+    from cache.validate import check
+    from experiments import build_cache
+    from model_runtime.datasets.suite import make_suite
+    from model_runtime.molmoe.preprocessing import molmoe_1b_token_counts
+    from PIL import Image
+
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    torch.manual_seed(0)
+    save_molmoe_checkpoint(MolmoeModel(cfg, experts_implementation="eager"), tokenizer, tmp_path / "ck",
+                           dtype=torch.float32)
+    suite = make_suite(tmp_path / "suite", seed=0, per_task=1, splits=("test",), workers=1)
+    out = tmp_path / "c.h5"
+    rc = build_cache.main(["--model", str(tmp_path / "ck"), "--dataset", str(suite / "test.jsonl"), "--out", str(out),
+                           "--configs", "p=1|5,top_k=4|8", "--max-new-tokens", "3", "--dense-decode",
+                           "--preprocess-threads", "2", "--importance", "default", "--no-progress", "--threads", "1"])
+    assert rc == 0
+    with OutcomeCache(out) as c:
+        assert c.attrs["generator"] == "live" and not c.synthetic
+        assert "MolmoE-1B's image tokens" in c.attrs["generator_params"]["definitions"]["vision_tokens"]
+        for i in range(c.n_samples):
+            from model_runtime.datasets import load_requests
+
+            req = load_requests(suite / "test.jsonl")[i]
+            with Image.open(req.image) as im:
+                w, h = im.size
+            for t, crops in enumerate((3, 6, 12)):
+                assert (c.crops[i, t], c.vision_tokens[i, t]) == molmoe_1b_token_counts(h, w, crops, 2.0)
+        done = ~np.isnan(c.score)
+        assert done.sum() == 6 * 36 and set(np.unique(c.output_tokens[done])) <= {1, 2, 3}
+    packed = repack(out, tmp_path / "packed.h5")
+    assert check(packed)[1] == []
