@@ -85,11 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     calib = load_requests(args.suite / "val.jsonl")[: args.importance_requests]
     for name in recipes:
         ck = args.out / name
-        model, tok = load_molmoe_checkpoint(ck, dtype=torch.float32, device=args.device)
+        dtype = torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
+        t1 = time.perf_counter()
+        model, tok = load_molmoe_checkpoint(ck, dtype=dtype, device=args.device)
         rt = MolmoeRuntime(model, tok, fast=False, max_batch_size=32)
         scores = compute_importance(rt, calib)
         scores.save(ck / "importance.json")
-        log(f"{name}: importance (block influence) " + " ".join(f"{s:.3g}" for s in scores.scores))
+        log(f"{name}: importance (block influence, {time.perf_counter() - t1:.1f} s) "
+            + " ".join(f"{s:.3g}" for s in scores.scores))
     return 0
 
 

@@ -150,6 +150,18 @@ def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
     rt = MolmoeRuntime.from_checkpoint(tmp_path / "robust", max_new_tokens=4)
     outs = rt.run(reqs, ("low", 1, 4, 12))
     assert len(outs) == len(reqs) and all(1 <= o.output_tokens <= 4 for o in outs)
+    # live mode runs the trained checkpoint on suite requests (two-stage env, both stages)
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the env ids)
+
+    env = gym.make("MolmoeKnobs-v0", mode="live", runtime=rt, requests=str(suite / "val.jsonl"))
+    obs, info = env.reset(seed=0)
+    obs, r, term, trunc, info = env.step(np.array([0, 0, 0, 0]))
+    assert not term and obs["token"].shape == (rt.model.config.d_model,)
+    obs, r, term, trunc, info = env.step(np.array([0, 0, 4, 4]))
+    assert term and np.isfinite(r) and info["dataset"] in {"easy_vqa", "synth_text", "synth_doc", "synth_chart",
+                                                            "synth_count", "synth_diagram"}
     # resume continues the same run
     cfg.steps = 10
     summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)

@@ -247,6 +247,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     config = (config or MolmoeConfig.small()).replace(tokens=special_tokens_from(tokenizer))
     out.mkdir(parents=True, exist_ok=True)
     tasks = list(cfg.data.task_weights)
+    t_setup = time.perf_counter()
     runs = [Run(name, rate, config, cfg, device, dtype) for name, rate in cfg.recipes.items()]
     state_file = out / "train_state.pt"
     start, total = 0, cfg.steps
@@ -263,6 +264,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     stream = SuiteStream(config, tokenizer, cfg.data, start_batch=start)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if cfg.num_workers else None, persistent_workers=False)
+    log(f"setup: {len(runs)} model(s) and {cfg.val_batches} val batches in {time.perf_counter() - t_setup:.1f} s")
     tb = SummaryWriter(str(out / "tb"))
     log_path = out / "train_log.csv"
     rows: list[dict[str, Any]] = []
@@ -343,12 +345,14 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
                                "samples": samples, "samples_per_s": samples / elapsed, "data_wait": wait / elapsed,
                                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                "final": rows[-1] if rows else {}}
+    t_save = time.perf_counter()
     for run in runs:
         ck = out / run.name
         save_molmoe_checkpoint(run.model, tokenizer, ck, metadata={"recipe": run.name, "steps": str(step)})
         (ck / "train_config.json").write_text(json.dumps({"train": asdict(cfg) | {"steps": total}, "recipe": run.name,
                                                           "rate": run.rate, "summary": summary}, indent=1, default=str))
         run.router.remove()
+    log(f"checkpoints written in {time.perf_counter() - t_save:.1f} s")
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     plot_curves(rows, tasks, [r.name for r in runs], out / "training_curves.png")
     return summary
