@@ -53,6 +53,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cache.schema import LABEL_KEYS
+
 BANDIT_KINDS: tuple[str, ...] = ("linucb", "lin_ts", "eps_greedy")
 #: Other accepted spellings (the command line's agent names) → kind.
 KIND_ALIASES: dict[str, str] = {"lints": "lin_ts", "egreedy": "eps_greedy", "epsilon_greedy": "eps_greedy",
@@ -354,7 +356,9 @@ class ContextFeaturizer:
     """Maps a flat-env observation batch to bandit contexts ``(n, dim)`` float64.
 
     Layout: ``[1 | PCA(lang) (k) | z-scored obs["budget"] (4) | u, u² (2) | RBF(u) (R) |
-    shared budget encoding without its raw part (E − 4)]``. The PCA basis and the z-score
+    shared budget encoding without its raw part (E − 4) | z-scored obs["request"] (R_q)]``; the
+    last part only when the observations :meth:`fit` saw carry ``request`` (then every
+    observation must). The PCA basis and the z-score
     statistics are fitted once (:meth:`fit`) and then frozen, so contexts of one request never
     change during training. PCA components are scaled to unit variance on the fit data.
     """
@@ -365,6 +369,8 @@ class ContextFeaturizer:
         self.lang_basis: np.ndarray | None = None  # (Dl, k): projection incl. 1/σ of each component
         self.budget_mean: np.ndarray | None = None  # (4,)
         self.budget_std: np.ndarray | None = None  # (4,)
+        self.request_mean: np.ndarray | None = None  # (R_q,) when fitted on obs with "request"
+        self.request_std: np.ndarray | None = None
         self._encoding = None
         if self.config.budget_encoding_dim:
             from agents.budget_encoding import BudgetEncoding
@@ -383,7 +389,8 @@ class ContextFeaturizer:
             raise ValueError("ContextFeaturizer is not fitted; call fit(obs) first")
         k = 0 if self.lang_basis is None else self.lang_basis.shape[1]
         e = 0 if self._encoding is None else self.config.budget_encoding_dim - 4
-        return 1 + k + 4 + 2 + self.config.rbf_centers + e
+        q = 0 if self.request_mean is None else self.request_mean.shape[0]
+        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q
 
     @staticmethod
     def _arrays(obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -405,6 +412,12 @@ class ContextFeaturizer:
             raise ValueError("need at least 2 observations to fit the featurizer")
         self.budget_mean = budget.mean(axis=0)
         self.budget_std = np.where(budget.std(axis=0) > 1e-8, budget.std(axis=0), 1.0)
+        if "request" in obs:
+            req = np.asarray(obs["request"], dtype=np.float64).reshape(lang.shape[0], -1)
+            self.request_mean = req.mean(axis=0)
+            self.request_std = np.where(req.std(axis=0) > 1e-8, req.std(axis=0), 1.0)
+        else:
+            self.request_mean = self.request_std = None
         k = min(self.config.lang_components, lang.shape[1], lang.shape[0] - 1)
         if k > 0:
             self.lang_mean = lang.mean(axis=0)
@@ -445,6 +458,11 @@ class ContextFeaturizer:
             parts.append(np.exp(-0.5 * ((u[:, None] - centers) / width) ** 2))
         if self._encoding is not None:
             parts.append(self._encoding(budget)[:, 4:].astype(np.float64))
+        if self.request_mean is not None:
+            if "request" not in obs:
+                raise ValueError("the featurizer was fitted with obs['request']; this observation lacks it")
+            req = np.asarray(obs["request"], dtype=np.float64).reshape(n, -1)
+            parts.append((req - self.request_mean) / self.request_std)
         X = np.concatenate(parts, axis=1)
         if not np.all(np.isfinite(X)):
             raise ValueError("non-finite context features (check obs['budget'] / obs['lang'])")
@@ -457,6 +475,9 @@ class ContextFeaturizer:
         if self.lang_basis is not None:
             out["feat_lang_mean"] = self.lang_mean
             out["feat_lang_basis"] = self.lang_basis
+        if self.request_mean is not None:
+            out["feat_request_mean"] = self.request_mean
+            out["feat_request_std"] = self.request_std
         return out
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -467,6 +488,11 @@ class ContextFeaturizer:
             self.lang_basis = np.asarray(arrays["feat_lang_basis"], dtype=np.float64)
         else:
             self.lang_mean, self.lang_basis = None, None
+        if "feat_request_mean" in arrays:
+            self.request_mean = np.asarray(arrays["feat_request_mean"], dtype=np.float64)
+            self.request_std = np.asarray(arrays["feat_request_std"], dtype=np.float64)
+        else:
+            self.request_mean = self.request_std = None
 
 
 # ============================================================================ policy (evaluator API)
@@ -488,7 +514,11 @@ class BanditPolicy:
 
     :meth:`act` is greedy (posterior mean, masks respected) — the evaluation behaviour;
     :meth:`act_explore` is the training behaviour of the bandit's kind.
+    ``provenance``: the training data's label (``cache_label``, ``synthetic``, ``generator``,
+    ``model_id``; :func:`cache.reader.data_label`), written into ``config.json`` by :meth:`save`.
     """
+
+    provenance: dict[str, Any] | None = None
 
     def __init__(self, bandit: LinearBandit, featurizer: ContextFeaturizer, name: str | None = None) -> None:
         if featurizer.dim != bandit.dim:
@@ -527,6 +557,7 @@ class BanditPolicy:
             "features": {**asdict(self.featurizer.config),
                          "rbf_range": list(self.featurizer.config.rbf_range),
                          "budget_encoding_quantities": list(self.featurizer.config.budget_encoding_quantities)},
+            **(self.provenance or {}),
         }
         (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         return d
@@ -546,7 +577,9 @@ class BanditPolicy:
             arrays = {k: z[k] for k in z.files}
         feat.load_state_arrays(arrays)
         bandit.load_state_arrays(arrays)
-        return cls(bandit, feat, name=cfg.get("name"))
+        pol = cls(bandit, feat, name=cfg.get("name"))
+        pol.provenance = {k: cfg[k] for k in LABEL_KEYS if k in cfg} or None
+        return pol
 
 
 # ============================================================================ training
@@ -621,9 +654,10 @@ def blas_threads(n: int):
 
 
 def _run_rounds(policy: BanditPolicy, venv: Any, obs: dict[str, np.ndarray], n_rounds: int,
-                cfg: BanditTrainConfig, rows: list[dict[str, float]], progress: bool = False) -> None:
+                cfg: BanditTrainConfig, rows: list[dict[str, float]], progress: bool = False,
+                cache_label: str = "") -> None:
     """The training rounds of :func:`train_bandit`; appends ``progress.csv`` rows to ``rows``;
-    ``progress``: a tqdm bar over env steps (stderr)."""
+    ``progress``: a tqdm bar over env steps (stderr), labelled with ``cache_label``."""
     bandit = policy.bandit
     acc = {"reward": 0.0, "score": 0.0, "violation": 0.0, "n": 0}
     t_learn = time.perf_counter()
@@ -631,7 +665,8 @@ def _run_rounds(policy: BanditPolicy, venv: Any, obs: dict[str, np.ndarray], n_r
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_rounds * cfg.num_envs, unit="step", unit_scale=True, desc=f"{bandit.config.kind}",
+        desc = bandit.config.kind + (f" [{cache_label}]" if cache_label else "")
+        bar = tqdm(total=n_rounds * cfg.num_envs, unit="step", unit_scale=True, desc=desc,
                    mininterval=0.5)
     try:
         _rounds(policy, venv, obs, n_rounds, cfg, rows, acc, t_learn, bar)
@@ -689,7 +724,9 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
     log.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     venv = MolmoeKnobsFlatVectorEnv(cfg.num_envs, **dict(env_kwargs))
-    synthetic = bool(venv.data.synthetic)
+    from cache.reader import data_label  # lazy: h5py
+
+    label = data_label(venv.data.source, venv.data.synthetic)
     # featurizer fit on the env's own draws (no access to the data behind the env)
     batches, got, k = [], 0, 0
     while got < cfg.featurizer_samples:
@@ -701,13 +738,14 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
     featurizer = ContextFeaturizer(cfg.features).fit(fit_obs)
     bandit = LinearBandit(int(venv.single_action_space.n), featurizer.dim, bcfg)
     policy = BanditPolicy(bandit, featurizer, name=kind)
+    policy.provenance = label
 
     n_rounds = max(1, math.ceil(cfg.total_steps / cfg.num_envs))
     obs, _ = venv.reset(seed=cfg.seed)
     rows: list[dict[str, float]] = []
     t_learn = time.perf_counter()
     with blas_threads(cfg.blas_threads):
-        _run_rounds(policy, venv, obs, n_rounds, cfg, rows, progress)
+        _run_rounds(policy, venv, obs, n_rounds, cfg, rows, progress, label["cache_label"])
     learn_s = time.perf_counter() - t_learn
     venv.close()
     with open(log / "progress.csv", "w") as fh:
@@ -721,7 +759,7 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
     summary = {
         "agent": kind,
         "env_id": "MolmoeKnobsFlat-v0",
-        "synthetic": synthetic,
+        **label,
         "env_kwargs": {k: (v if isinstance(v, (str, int, float, bool, list, type(None))) else repr(v))
                        for k, v in env_kwargs.items()},
         "config": cfg.to_dict() | {"bandit": asdict(bcfg)},

@@ -224,10 +224,14 @@ class UncertaintyThreshold:
 # ----------------------------------------------------------------------------- learned from full information
 def router_features(obs: dict[str, np.ndarray]) -> np.ndarray:
     """Budget-independent part of the flat observation: language feature, the request's
-    cheapest/full latency (scaled) and a bias. float64 (n, Dl + 3)."""
+    cheapest/full latency (scaled), its request features (``obs["request"]`` when present) and a
+    bias. float64 (n, Dl + 3 [+ R])."""
     lang = np.asarray(obs["lang"], dtype=np.float64)
     lat = np.asarray(obs["budget"], dtype=np.float64)[:, 1:3]
-    return np.concatenate([lang, lat, np.ones((lang.shape[0], 1))], axis=1)
+    cols = [lang, lat]
+    if "request" in obs:
+        cols.append(np.asarray(obs["request"], dtype=np.float64))
+    return np.concatenate(cols + [np.ones((lang.shape[0], 1))], axis=1)
 
 
 class BudgetGridRidge:
@@ -378,7 +382,7 @@ class TwoStageRouter:
         pairs, pc = cls._pairs(ks)
         grid = _router_grid(train, budgets_ms, n_budgets)
         scale = train.latency_scale_ms
-        x1 = np.c_[train.lang, train.cheapest_ms / scale, train.full_ms / scale, np.ones(train.n)]
+        x1 = np.c_[train.lang, train.cheapest_ms / scale, train.full_ms / scale, train.request, np.ones(train.n)]
         stage2, realised, memo = [], {}, {}
         rows = np.arange(train.n)
         for j, (ti, pi) in enumerate(pairs):
@@ -395,9 +399,7 @@ class TwoStageRouter:
 
     @staticmethod
     def _x1(obs: dict[str, np.ndarray]) -> np.ndarray:
-        lang = np.asarray(obs["lang"], dtype=np.float64)
-        lat = np.asarray(obs["budget"], dtype=np.float64)[:, 1:3]
-        return np.c_[lang, lat, np.ones(lang.shape[0])]
+        return router_features(obs)
 
     def act_stage1(self, obs: dict[str, np.ndarray], info: dict[str, np.ndarray]) -> np.ndarray:
         n_t, n_p = self.nvec[0], self.nvec[1]

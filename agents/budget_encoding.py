@@ -1,4 +1,4 @@
-"""The 256-d latency-budget encoding of the controllers (DESIGN.md §8, seeds' ``budget_feat_dim``).
+"""The 256-d latency-budget encoding of the controllers (docs/DESIGN.md §8, seeds' ``budget_feat_dim``).
 
 The envs give the budget as four numbers (docs/INTERFACES.md, observation key ``budget``)::
 

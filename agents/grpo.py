@@ -1,4 +1,4 @@
-"""GRPO for the two-stage controller of MolmoE-1B adaptive inference (DESIGN.md §3, §8).
+"""GRPO for the two-stage controller of MolmoE-1B adaptive inference (docs/DESIGN.md §3, §8).
 
 One file, readable top to bottom (CleanRL style): config → networks → masked categoricals →
 group advantages → clipped loss → policy (the evaluator's interface) → rollouts → training loop.
@@ -6,8 +6,10 @@ group advantages → clipped loss → policy (the evaluator's interface) → rol
 The controller (the seeds' design):
 
 - **Stage 1** sees the request's language feature ``obs["lang"]`` and the 256-d budget encoding
-  (:class:`agents.budget_encoding.BudgetEncoding` of ``obs["budget"]``) and outputs tier logits (3)
-  and insertion-position logits (5).
+  (:class:`agents.budget_encoding.BudgetEncoding` of ``obs["budget"]``), plus the request features
+  ``obs["request"]`` (token counts per tier, prompt tokens, estimated TTFT per tier; policies
+  trained on envs that have them, ``request_dim`` > 0), and outputs tier logits (3) and
+  insertion-position logits (5).
 - **Stage 2** sees the latency token ``obs["token"]`` (the hidden state after block p−1 at the
   chosen (tier, p)), the same budget encoding and the one-hots of the chosen p (and tier, by
   default) from ``obs["context"]``, and outputs top-k logits (5) and knob3 logits (5); knob3 index
@@ -26,7 +28,7 @@ With rewards ``r`` of a group, the advantage of a rollout is::
     scale_rewards="none":   A =  r − mean_group(r)
 
 (std with Bessel's correction, as TRL's GRPOTrainer). The default is "group", the formula of
-DESIGN.md §8. "none" (Liu et al. 2025, "Understanding R1-Zero-like training", Dr. GRPO) measured
+docs/DESIGN.md §8. "none" (Liu et al. 2025, "Understanding R1-Zero-like training", Dr. GRPO) measured
 better here and is what ``make demo`` uses: dividing by the group's std weighs a group
 whose configurations differ by 0.003 in reward as much as one where they differ by 0.5, which
 is not mean-reward maximisation, and it blows up the advantage of the one deviating rollout of
@@ -97,6 +99,7 @@ import torch
 import torch.nn as nn
 
 from agents.budget_encoding import BudgetEncoding
+from cache.schema import LABEL_KEYS
 
 HEADS: tuple[str, ...] = ("tier", "p", "top_k", "knob3")
 SCALE_REWARDS: tuple[str, ...] = ("group", "batch", "none")
@@ -134,7 +137,7 @@ class GRPOConfig:
         ent_coef_final: if set, the entropy weight moves linearly from ``ent_coef`` to this over
             training (same progress measure as ``anneal_lr``); None = constant.
         kl_coef: weight of the exact KL to the initial (reference) policy; 0 = off.
-        scale_rewards: "group" (divide by the group's std: DeepSeekMath's GRPO and DESIGN.md §8;
+        scale_rewards: "group" (divide by the group's std: DeepSeekMath's GRPO and docs/DESIGN.md §8;
             default), "none" (only subtract the group mean, Dr. GRPO: measured better, see the
             module docstring) or "batch" (by the batch's std).
         adv_eps: added to the std before dividing (1e-4 as TRL).
@@ -327,10 +330,10 @@ class TwoStageController(nn.Module):
     """
 
     def __init__(self, lang_dim: int, token_dim: int, onehot_dim: int, nvec: Sequence[int],
-                 budget_dim: int, hidden: Sequence[int]) -> None:
+                 budget_dim: int, hidden: Sequence[int], request_dim: int = 0) -> None:
         super().__init__()
         n_tier, n_p, n_k, n_b = (int(n) for n in nvec)
-        self.stage1 = mlp(lang_dim + budget_dim, hidden)
+        self.stage1 = mlp(lang_dim + budget_dim + request_dim, hidden)
         self.tier_head, self.p_head = head(hidden[-1], n_tier), head(hidden[-1], n_p)
         self.stage2 = mlp(token_dim + budget_dim + onehot_dim, hidden)
         self.topk_head, self.knob3_head = head(hidden[-1], n_k), head(hidden[-1], n_b)
@@ -458,11 +461,15 @@ class GRPOPolicy:
     """
 
     name = "grpo"
+    #: provenance label of the training data (``cache_label``, ``synthetic``, ``generator``,
+    #: ``model_id``; :func:`cache.reader.data_label`), written into ``config.json`` by :meth:`save`.
+    provenance: dict[str, Any] | None = None
 
     def __init__(self, lang_dim: int, token_dim: int, nvec: Sequence[int], cfg: GRPOConfig | None = None,
-                 deterministic: bool = True, seed: int = 0) -> None:
+                 deterministic: bool = True, seed: int = 0, request_dim: int = 0) -> None:
         self.cfg = cfg or GRPOConfig()
         self.lang_dim, self.token_dim = int(lang_dim), int(token_dim)
+        self.request_dim = int(request_dim)  # 0: obs["request"] not used (policies saved before it existed)
         self.nvec = tuple(int(n) for n in nvec)
         if len(self.nvec) != 4:
             raise ValueError(f"nvec must have 4 entries (tier, p, top_k, knob3), got {self.nvec}")
@@ -473,24 +480,29 @@ class GRPOPolicy:
         self.lang_norm = RunningNorm(self.lang_dim, self.cfg.norm_clip)
         self.token_norm = RunningNorm(self.token_dim, self.cfg.norm_clip)
         self.net = TwoStageController(self.lang_dim, self.token_dim, self.onehot_dim, self.nvec,
-                                      self.encoding.dim, self.cfg.hidden_sizes)
+                                      self.encoding.dim, self.cfg.hidden_sizes, self.request_dim)
         self.generator = torch.Generator().manual_seed(int(seed))
 
     # -------------------------------------------------------------- preprocessing
     def _check(self, obs: dict[str, np.ndarray]) -> None:
         for key, width in (("lang", self.lang_dim), ("token", self.token_dim), ("budget", 4),
-                           ("context", 1 + self.nvec[0] + self.nvec[1]), ("action_mask", sum(self.nvec))):
+                           ("context", 1 + self.nvec[0] + self.nvec[1]), ("action_mask", sum(self.nvec)),
+                           *((("request", self.request_dim),) if self.request_dim else ())):
             if key not in obs:
                 raise ValueError(f"observation lacks key {key!r} (is this a MolmoeKnobs-v0 observation?)")
             if obs[key].shape[-1] != width:
                 raise ValueError(f"obs[{key!r}] has width {obs[key].shape[-1]}, this policy expects {width}")
 
     def stage1_inputs(self, obs: dict[str, np.ndarray]) -> torch.Tensor:
-        """float32 (N, Dl + budget_dim): normalised language feature ‖ budget encoding."""
+        """float32 (N, Dl + budget_dim [+ R]): normalised language feature ‖ budget encoding
+        ‖ the request features ``obs["request"]`` (as the env scales them; when ``request_dim``)."""
         lang = torch.as_tensor(obs["lang"], dtype=torch.float32)
         if self.cfg.normalize_inputs:
             lang = self.lang_norm(lang)
-        return torch.cat([lang, torch.as_tensor(self.encoding(obs["budget"]))], dim=-1)
+        parts = [lang, torch.as_tensor(self.encoding(obs["budget"]))]
+        if self.request_dim:
+            parts.append(torch.as_tensor(np.asarray(obs["request"], dtype=np.float32)))
+        return torch.cat(parts, dim=-1)
 
     def stage2_inputs(self, obs: dict[str, np.ndarray]) -> torch.Tensor:
         """float32 (N, Dt + budget_dim + onehot_dim): normalised latency token ‖ budget encoding ‖
@@ -551,7 +563,8 @@ class GRPOPolicy:
         d.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), d / "policy.pt")
         meta = {"agent": "grpo", "lang_dim": self.lang_dim, "token_dim": self.token_dim, "nvec": list(self.nvec),
-                "deterministic": self.deterministic, "config": self.cfg.to_dict()}
+                "request_dim": self.request_dim,
+                "deterministic": self.deterministic, "config": self.cfg.to_dict(), **(self.provenance or {})}
         (d / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return d
 
@@ -566,8 +579,9 @@ class GRPOPolicy:
         if meta.get("agent") != "grpo":
             raise ValueError(f"{cfg_path} is not a GRPO policy config (agent={meta.get('agent')!r})")
         pol = cls(meta["lang_dim"], meta["token_dim"], meta["nvec"], GRPOConfig.from_dict(meta["config"]),
-                  deterministic=meta.get("deterministic", True))
+                  deterministic=meta.get("deterministic", True), request_dim=meta.get("request_dim", 0))
         pol.load_state_dict(torch.load(pt_path, map_location="cpu", weights_only=True))
+        pol.provenance = {k: meta[k] for k in LABEL_KEYS if k in meta} or None
         return pol
 
 
@@ -742,8 +756,13 @@ def _train(env_kwargs: dict, cfg: GRPOConfig, log_dir: str | Path | None, progre
     N = n_ctx * G
     venv = make_vector_env(env_kwargs, N)
     data = venv.data
-    synthetic_tag = " [SYNTHETIC data]" if data.synthetic else ""
-    policy = GRPOPolicy(data.lang_dim, data.token_dim, venv.nvec, cfg, deterministic=True, seed=cfg.seed)
+    from cache.reader import data_label  # lazy: h5py
+
+    label = data_label(data.source, data.synthetic)
+    synthetic_tag = " [SYNTHETIC data]" if label["synthetic"] else f" [{label['cache_label']}]"
+    policy = GRPOPolicy(data.lang_dim, data.token_dim, venv.nvec, cfg, deterministic=True, seed=cfg.seed,
+                        request_dim=data.request_dim)
+    policy.provenance = label
     ref_net = copy.deepcopy(policy.net).requires_grad_(False)  # π_ref: the initial policy
     ema_net = copy.deepcopy(policy.net).requires_grad_(False) if cfg.ema_decay is not None else None
     optimizer = torch.optim.AdamW(policy.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)

@@ -73,6 +73,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from agents.budget_encoding import BudgetEncoding
+from cache.schema import LABEL_KEYS
 
 VEC_ENV_KINDS: tuple[str, ...] = ("native", "dummy")
 TWO_STAGE_ID = "MolmoeKnobs-v0"
@@ -216,7 +217,8 @@ class KnobsFeatureExtractor(BaseFeaturesExtractor):
         lang_mean, lang_std, token_mean, token_std: per-feature standardisation (lists of
             floats; identity when None). Stored as buffers.
 
-    Output width: ``embed_dim · (1 + has_token) + 4 + (budget_encoding_dim − 4 if > 0) + context``.
+    Output width: ``embed_dim · (1 + has_token) + 4 + (budget_encoding_dim − 4 if > 0) + context``
+    ``+ request (+ slo)``: the ``request`` (and ``slo``) keys, when the space has them, as they are.
     """
 
     def __init__(
@@ -236,9 +238,12 @@ class KnobsFeatureExtractor(BaseFeaturesExtractor):
         dl = int(sp["lang"].shape[0])
         dt = int(sp["token"].shape[0]) if "token" in sp else 0
         dc = int(sp["context"].shape[0]) if "context" in sp else 0
+        # the request features (obs["request"], already scaled to ~[0, 2]) and the SLO budgets
+        self.extra_keys = tuple(k for k in ("request", "slo") if k in sp)
+        dx = sum(int(sp[k].shape[0]) for k in self.extra_keys)
         self.encoding = BudgetEncoding(dim=budget_encoding_dim) if budget_encoding_dim else None
         enc_w = budget_encoding_dim - 4 if budget_encoding_dim else 0
-        features_dim = embed_dim * (1 + (dt > 0)) + 4 + enc_w + dc
+        features_dim = embed_dim * (1 + (dt > 0)) + 4 + enc_w + dc + dx
         super().__init__(observation_space, features_dim)
         self.has_token, self.has_context = dt > 0, dc > 0
 
@@ -268,12 +273,15 @@ class KnobsFeatureExtractor(BaseFeaturesExtractor):
             parts.append(torch_budget_encoding(budget, self.encoding)[:, 4:])
         if self.has_context:
             parts.append(obs["context"].float())
+        for k in self.extra_keys:
+            parts.append(obs[k].float())
         return torch.cat(parts, dim=1)
 
 
-def observation_stats(env_id: str, env_kwargs: Mapping[str, Any], n: int, seed: int) -> tuple[dict[str, list[float]], bool]:
+def observation_stats(env_id: str, env_kwargs: Mapping[str, Any], n: int, seed: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Per-feature mean/std of ``lang`` (and stage-1 ``token``) over ``n`` observations, and
-    whether the env's data is synthetic.
+    the provenance label of the env's data (:func:`cache.reader.data_label`: ``cache_label``,
+    ``synthetic``, ``generator``, ``model_id``).
 
     Drawn with the env's own sampler (unpinned reset); two-stage tokens come from one step with
     uniformly random valid stage-0 actions. std is floored at 1e-6.
@@ -293,10 +301,12 @@ def observation_stats(env_id: str, env_kwargs: Mapping[str, Any], n: int, seed: 
             tok = obs1["token"].astype(np.float64)
             out["token_mean"] = tok.mean(0)
             out["token_std"] = np.maximum(tok.std(0), 1e-6)
-        synthetic = bool(venv.data.synthetic)
+        from cache.reader import data_label
+
+        label = data_label(venv.data.source, venv.data.synthetic)
     finally:
         venv.close()
-    return {k: np.asarray(v, np.float64).tolist() for k, v in out.items()}, synthetic
+    return {k: np.asarray(v, np.float64).tolist() for k, v in out.items()}, label
 
 
 def _random_valid_multidiscrete(masks: np.ndarray, nvec: Sequence[int], rng: np.random.Generator) -> np.ndarray:
@@ -428,6 +438,9 @@ class _SB3Policy:
 
     agent: str = ""
     name: str = ""
+    #: provenance label of the training data (``cache_label``, ``synthetic``, ``generator``,
+    #: ``model_id``; :func:`cache.reader.data_label`), written into ``policy.json``.
+    provenance: dict[str, Any] | None = None
 
     def __init__(self, model: Any, name: str | None = None) -> None:
         self.model = model
@@ -438,7 +451,8 @@ class _SB3Policy:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.model.save(d / "model.zip")
-        meta = {"format": POLICY_FORMAT, "agent": self.agent, "name": self.name, "algo": type(self.model).__name__}
+        meta = {"format": POLICY_FORMAT, "agent": self.agent, "name": self.name, "algo": type(self.model).__name__,
+                **(self.provenance or {})}
         (d / "policy.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return d
 
@@ -456,7 +470,9 @@ class _SB3Policy:
         if meta.get("format") != POLICY_FORMAT or meta.get("agent") != cls.agent:
             raise ValueError(f"{meta_path} holds agent {meta.get('agent')!r}, not {cls.agent!r}")
         model = cls._algo().load(zip_path, device="cpu")
-        return cls(model, name=meta.get("name"))
+        pol = cls(model, name=meta.get("name"))
+        pol.provenance = {k: meta[k] for k in LABEL_KEYS if k in meta} or None
+        return pol
 
 
 class TwoStagePPOPolicy(_SB3Policy):
@@ -549,7 +565,7 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
     t0 = time.perf_counter()
     try:
         set_random_seed(cfg.seed)
-        stats, synthetic = observation_stats(env_id, env_kwargs, cfg.norm_samples, cfg.seed)
+        stats, label = observation_stats(env_id, env_kwargs, cfg.norm_samples, cfg.seed)
         train_env = make_sb3_vec_env(env_id, env_kwargs, cfg.n_envs, cfg.vec_env, seed=cfg.seed)
         policy_kwargs = {
             "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
@@ -580,7 +596,7 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
         model.set_logger(configure(str(log), formats))
         callbacks: list[Any] = [_outcome_callback()]
         if progress:
-            callbacks.append(_progress_callback(cfg.total_timesteps, algo_name))
+            callbacks.append(_progress_callback(cfg.total_timesteps, f"{algo_name} [{label['cache_label']}]"))
         eval_env = None
         if cfg.eval_freq_steps:
             ekw = dict(eval_env_kwargs) if eval_env_kwargs is not None else _eval_kwargs(env_kwargs, cfg.eval_split)
@@ -598,6 +614,7 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
         model.learn(total_timesteps=cfg.total_timesteps, callback=CallbackList(callbacks))
         learn_s = time.perf_counter() - t_learn
         policy = wrapper_cls(model)
+        policy.provenance = label
         policy_dir = policy.save(log / "policy")
         train_env.close()
         if eval_env is not None:
@@ -614,7 +631,7 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
         "wall_s": wall,
         "learn_s": learn_s,
         "steps_per_s": model.num_timesteps / max(learn_s, 1e-9),
-        "synthetic": synthetic,
+        **label,
         "versions": _versions(),
     }
     (log / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -6,14 +6,30 @@ For each budget of the evaluation grid, the test split's mean hinge reward of:
 - ``oracle``: the best configuration per request on the realised outcomes (upper bound);
 - ``q+latency``: a policy told each request's hidden correctness probabilities ``q`` (the
   generator's latents) AND its realised latency per configuration (i.e. its output length);
-- ``q only``: told ``q`` but only the per-configuration mean latency;
+- ``q only``: told ``q`` but not the output length: the *expected* hinge over the output-length
+  distribution (per configuration, the train split's output lengths; latency = the request's
+  TTFT + the configuration's median decode ms per token × (length − 1)), not the hinge at the
+  mean latency (which the convex hinge underrates);
 - ``latency only``: told the realised latency but only the per-configuration mean score;
 - ``ridge(λ)``: the flat supervised router's regression (language feature + cheapest/full
   latency) with ridge λ, and ``ridge+tok(λ)`` with the latency tokens at (high, p=5) and
   (low, p=5) added: what the observations support.
 
-Run: ``python -m benchmarks.bench_adaptivity [--cache outputs/default_cache.h5]`` (the cache must
-be the default synthetic one, whose latents ``cache.synthetic.generate`` regenerates).
+Then the oracle gap (oracle − static) is decomposed:
+
+- SYNTHETIC caches: from the rows, structure = ``q only`` − static (what the requests' latent
+  factors are worth without the realised length), length = ``q+latency`` − ``q only``, coin =
+  oracle − ``q+latency`` (the per-request coin and the per-(request, configuration) jitter the
+  latents ``q`` do not average out); and by re-generating the cache with one noise source
+  switched off (``jitter_sd=0``: per-(request, configuration) jitter; ``wrong_extra_tokens_prob=0``:
+  the wrong answers' extra output tokens, i.e. the realised length's configuration dependence)
+  the oracle gap's change. The per-request coin has no generator switch.
+- live caches (no latents): observable = the best out-of-sample router row's gain over static
+  (fit on train, scored on test), not observable = the rest of the oracle gap.
+
+Run: ``python -m benchmarks.bench_adaptivity [--cache outputs/default_cache.h5]``. The ``q``
+rows need the default synthetic cache (its latents are regenerated with ``default_params()``,
+seed 0); other caches get the router rows and the observable decomposition only.
 """
 
 from __future__ import annotations
@@ -23,18 +39,46 @@ import argparse
 import numpy as np
 
 from agents.baselines import reward_matrix
-from cache.synthetic import build_default_cache, default_params, generate
+from cache.synthetic import build_default_cache, default_params, generate, write_synthetic_cache
 from envs.replay_data import ReplayData
 from envs.reward import RewardConfig, compute_reward
 
 
-def main() -> None:
+def expected_hinge(q: np.ndarray, tr: ReplayData, te: ReplayData, b: float, alpha: float,
+                   n_quantiles: int = 32) -> np.ndarray:
+    """(n, C) expected hinge reward of test requests told their correctness probabilities ``q``
+    (n, C) but not their output length: ``q − α·E_o[max(0, L(o) − b)]/b`` with ``o`` over the
+    train split's output lengths at each configuration (``n_quantiles`` quantiles) and
+    ``L(o) = TTFT + median per-token decode ms of the configuration × (o − 1)``."""
+    qs = (np.arange(n_quantiles) + 0.5) / n_quantiles
+    lengths = np.quantile(tr.output_tokens.astype(np.float64), qs, axis=0).T  # (C, K)
+    tp = np.where(tr.output_tokens > 1, tr.tpot_ms, np.nan)
+    rate = np.nan_to_num(np.nanmedian(tp, axis=0))  # (C,)
+    lat = te.ttft_ms[:, :, None] + (rate[:, None] * np.maximum(lengths - 1.0, 0.0))[None]
+    return q - alpha * np.maximum(lat - b, 0.0).mean(axis=2) / b
+
+
+def oracle_gap(path: str, budgets: np.ndarray) -> float:
+    """Mean over ``budgets`` of (oracle − static) test hinge reward of a cache."""
+    tr, te = ReplayData.from_cache(path, "train"), ReplayData.from_cache(path, "test")
+    hinge = RewardConfig.make("hinge")
+    gaps = []
+    for b in budgets:
+        r_tr, r_te = reward_matrix(tr, b, hinge), reward_matrix(te, b, hinge)
+        gaps.append(np.nanmax(r_te, 1).mean() - r_te[:, np.nanargmax(np.nanmean(r_tr, 0))].mean())
+    return float(np.mean(gaps))
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="outputs/default_cache.h5")
-    a = ap.parse_args()
-    build_default_cache(a.cache)
+    ap.add_argument("--no-regenerate", action="store_true", help="skip the switched-off re-generations")
+    a = ap.parse_args(argv)
+    if a.cache == "outputs/default_cache.h5":
+        build_default_cache(a.cache)
     tr, te = ReplayData.from_cache(a.cache, "train"), ReplayData.from_cache(a.cache, "test")
-    q = generate(default_params(), 0).latents["q"][te.cache_rows]
+    with_q = bool(te.synthetic)
+    q = generate(default_params(), 0).latents["q"][te.cache_rows] if with_q else None
     hinge = RewardConfig.make("hinge")
     s = tr.latency_scale_ms
 
@@ -47,19 +91,21 @@ def main() -> None:
     lo, hi = te.budget_range_ms
     rows = np.arange(te.n)
     print(f"SYNTHETIC cache {a.cache}: {tr.n} train / {te.n} test requests; mean hinge reward on test")
-    head = ["budget", "static", "oracle", "q+latency", "q only", "latency only",
-            "ridge(10)", "ridge(10000)", "ridge+tok(10)", "ridge+tok(10000)"]
+    head = ["budget", "static", "oracle"] + (["q+latency", "q only", "latency only"] if with_q else []) + [
+        "ridge(10)", "ridge(10000)", "ridge+tok(10)", "ridge+tok(10000)"]
     print(" | ".join(f"{h:>13}" for h in head))
     acc = {h: [] for h in head[1:]}
-    for b in np.linspace(lo, hi, 8):
+    budgets = np.linspace(lo, hi, 8)
+    for b in budgets:
         r_tr, r_te = reward_matrix(tr, b, hinge), reward_matrix(te, b, hinge)
         pick = {"static": np.full(te.n, np.argmax(r_tr.mean(0))), "oracle": np.argmax(r_te, 1)}
         comp, full = te.complexity[None], te.full_ms[:, None]
         mean_lat = np.broadcast_to(tr.total_ms.mean(0), te.total_ms.shape)
         mean_score = np.broadcast_to(tr.score.mean(0), te.score.shape)
-        pick["q+latency"] = np.argmax(compute_reward(q, te.total_ms, b, comp, hinge, full), 1)
-        pick["q only"] = np.argmax(compute_reward(q, mean_lat, b, comp, hinge, full), 1)
-        pick["latency only"] = np.argmax(compute_reward(mean_score, te.total_ms, b, comp, hinge, full), 1)
+        if with_q:
+            pick["q+latency"] = np.argmax(compute_reward(q, te.total_ms, b, comp, hinge, full), 1)
+            pick["q only"] = np.argmax(expected_hinge(q, tr, te, float(b), hinge.alpha), 1)
+            pick["latency only"] = np.argmax(compute_reward(mean_score, te.total_ms, b, comp, hinge, full), 1)
         for tok in (False, True):
             x, xt = feats(tr, tok), feats(te, tok)
             for lam in (10.0, 1e4):
@@ -72,6 +118,34 @@ def main() -> None:
             acc[h].append(v)
         print(" | ".join([f"{b:13.1f}"] + [f"{vals[h]:13.3f}" for h in head[1:]]))
     print(" | ".join([f"{'mean':>13}"] + [f"{np.mean(acc[h]):13.3f}" for h in head[1:]]))
+    m = {h: float(np.mean(acc[h])) for h in head[1:]}
+    gap = m["oracle"] - m["static"]
+    print(f"\noracle gap (oracle − static): {gap:+.3f}")
+    if with_q:
+        parts = {"structure (q only − static)": m["q only"] - m["static"],
+                 "length (q+latency − q only)": m["q+latency"] - m["q only"],
+                 "coin + jitter beyond q (oracle − q+latency)": m["oracle"] - m["q+latency"]}
+        for k, v in parts.items():
+            print(f"  {k:<45} {v:+.3f}  ({v / gap:6.1%} of the gap)")
+        if not a.no_regenerate:
+            import dataclasses
+            import tempfile
+
+            base = default_params()
+            print("re-generated with one noise source off (same seed; oracle gap at the same budgets):")
+            with tempfile.TemporaryDirectory() as tmp:
+                for label, kw in (("jitter_sd=0 (per-(request, configuration) jitter off)", {"jitter_sd": 0.0}),
+                                  ("wrong_extra_tokens_prob=0 (config-dependent length off)", {"wrong_extra_tokens_prob": 0.0})):
+                    path = f"{tmp}/{next(iter(kw))}.h5"
+                    write_synthetic_cache(path, dataclasses.replace(base, **kw), seed=0)
+                    g = oracle_gap(path, budgets)
+                    print(f"  {label:<58} gap {g:+.3f} (change {g - gap:+.3f})")
+            print("  (the per-request coin has no generator switch)")
+    else:
+        best = max((h for h in head if h.startswith("ridge")), key=lambda h: m[h])
+        obs_gain = m[best] - m["static"]
+        print(f"  observable (best out-of-sample router, {best}): {obs_gain:+.3f} ({obs_gain / gap:6.1%} of the gap)")
+        print(f"  not observable (the rest):                     {gap - obs_gain:+.3f} ({(gap - obs_gain) / gap:6.1%})")
 
 
 if __name__ == "__main__":

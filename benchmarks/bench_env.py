@@ -1,6 +1,6 @@
 """Throughput of the replay envs (prints figures; no asserts).
 
-Goals (DESIGN / issue 3): single-env steps/s ≥ 0.5× ``CartPole-v1`` (both through
+Goals (docs/DESIGN.md, issue 3): single-env steps/s ≥ 0.5× ``CartPole-v1`` (both through
 ``gymnasium.make``, same run); flat vector env ≥ 5 M steps/s at 4096 envs; two-stage vector
 env ≥ 50 % of the machine's memcpy rate in observation bytes produced per second.
 

@@ -68,7 +68,7 @@ def card(path: str | Path) -> str:
     path = Path(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cache = OutcomeCache(path, tokens="lazy")
+        cache = OutcomeCache(path, tokens="lazy", allow_unfinished=True)
     with cache:
         a, ks = cache.attrs, cache.knob_space
         L: list[str] = []

@@ -19,13 +19,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
 
-from cache.schema import DATASETS, FORMAT_NAME, SCHEMA_VERSION, SPLITS, STATUS_OK, CacheError
-from envs.knob_space import KnobSpace
+from cache.schema import DATASETS, FORMAT_NAME, LABEL_KEYS, SCHEMA_VERSION, SPLITS, STATUS_OK, CacheError  # noqa: F401
+from model_runtime.knob_space import KnobSpace
 
 #: Root attributes stored as JSON text (decoded by the reader; ``null`` = not set yet).
 JSON_ATTRS: frozenset[str] = frozenset(
@@ -183,6 +183,49 @@ def iter_row_blocks(n: int, block: int) -> Iterator[slice]:
         yield slice(a, min(n, a + block))
 
 
+# ---------------------------------------------------------------------- provenance labels
+def cache_label(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The provenance label of a cache from its root attributes.
+
+    Returns ``{"cache_label", "synthetic", "generator", "model_id"}``: ``cache_label`` is
+    ``"SYNTHETIC"`` for a cache of ``cache.synthetic`` (``"SYNTHETIC (generator X)"`` for
+    another synthetic generator), ``"live <model_id>"`` for a cache the MolmoE runtime built
+    (``experiments.build_cache``), else ``"<generator> <model_id>"``.
+    """
+    synthetic = bool(attrs.get("synthetic", False))
+    generator = attrs.get("generator")
+    model_id = attrs.get("model_id")
+    generator = None if generator is None else str(decode_attr("generator", generator))
+    model_id = None if model_id is None else str(decode_attr("model_id", model_id))
+    if synthetic:
+        text = "SYNTHETIC" if generator in (None, "synthetic") else f"SYNTHETIC (generator {generator})"
+    else:
+        text = " ".join(x for x in (generator or "unknown-generator", model_id or "unknown-model"))
+    return {"cache_label": text, "synthetic": synthetic, "generator": generator, "model_id": model_id}
+
+
+def read_cache_label(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`cache_label` of the cache file at ``path``, reading only its root attributes
+    (CacheError for a missing or unreadable file)."""
+    with open_h5(path, "r") as f:
+        attrs = {k: f.attrs[k] for k in ("synthetic", "generator", "model_id") if k in f.attrs}
+    return cache_label(attrs)
+
+
+def data_label(source: Any, synthetic: bool) -> dict[str, Any]:
+    """The label of in-memory replay data (``ReplayData.source`` and ``.synthetic``): the cache
+    file's own label when ``source`` is a readable cache, else ``"SYNTHETIC (arrays)"`` /
+    ``"arrays"`` (data built from arrays, e.g. in tests)."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        try:
+            return read_cache_label(source)
+        except (CacheError, OSError):
+            pass
+    synthetic = bool(synthetic)
+    return {"cache_label": "SYNTHETIC (arrays)" if synthetic else "arrays", "synthetic": synthetic,
+            "generator": None, "model_id": None}
+
+
 # ---------------------------------------------------------------------- reader
 def file_sha256(path: str | Path) -> str:
     """sha256 (hex) of a file's bytes, streamed in 8 MiB blocks."""
@@ -202,6 +245,10 @@ class OutcomeCache:
             ``"lazy"`` reads them on demand, ``"auto"`` loads them when they fit in
             ``max_token_bytes``.
         max_token_bytes: memory bound of ``"auto"`` (bytes of the float16 token tensor).
+        allow_unfinished: open a cache whose build journal still exists (an interrupted or
+            running build: unwritten rows have empty ids, outcomes PENDING) with a warning;
+            by default that is a :class:`CacheError` naming the command that finishes the
+            build (:func:`cache.unfinished.unfinished_message`).
 
     Attributes (in memory; ``S`` samples, ``C`` configurations, ``T`` tiers):
         ids: ``<U`` (S,) request ids. dataset: int16 (S,) index into ``datasets``.
@@ -216,19 +263,28 @@ class OutcomeCache:
         of its fill value; copy it before modifying.
 
     Raises:
-        CacheError: missing, truncated / non-HDF5, foreign, wrong-version or inconsistent file.
+        CacheError: missing, truncated / non-HDF5, foreign, wrong-version or inconsistent
+            file, or an unfinished build (unless ``allow_unfinished``).
     """
 
-    def __init__(self, path: str | os.PathLike, *, tokens: str = "auto", max_token_bytes: int = 2**31) -> None:
+    def __init__(self, path: str | os.PathLike, *, tokens: str = "auto", max_token_bytes: int = 2**31,
+                 allow_unfinished: bool = False) -> None:
         if tokens not in ("auto", "memory", "lazy"):
             raise ValueError(f"tokens must be 'auto', 'memory' or 'lazy', got {tokens!r}")
         self.path = Path(path)
         journal = self.path.with_name(self.path.name + ".journal")
+        if journal.is_dir() and not allow_unfinished:
+            from cache.unfinished import unfinished_message
+
+            raise CacheError(unfinished_message(self.path))
         try:
             self._f = open_h5(self.path, "r")
         except CacheError as e:
             if journal.is_dir():
-                raise CacheError(f"{e}; a build journal exists at {journal}: run CacheWriter.resume({str(self.path)!r})") from e
+                from cache.unfinished import finish_command
+
+                raise CacheError(f"{e}; a build journal exists at {journal}: the build is unfinished, finish it with "
+                                 f"{finish_command(self.path)}") from e
             raise
         try:
             self._load(tokens, max_token_bytes)
@@ -239,9 +295,11 @@ class OutcomeCache:
             self._f.close()
             raise CacheError(f"{self.path}: cannot read the cache (truncated or corrupt?): {e}") from e
         if journal.is_dir():
+            from cache.unfinished import finish_command
+
             warnings.warn(
                 f"{self.path}: a build journal exists at {journal}: the build is unfinished (or was killed); "
-                "outcomes not yet written have status PENDING and score NaN",
+                f"outcomes not yet written have status PENDING and score NaN; finish it with {finish_command(self.path)}",
                 stacklevel=2,
             )
 
@@ -301,6 +359,11 @@ class OutcomeCache:
     @property
     def token_dim(self) -> int:
         return self.dims.Dt
+
+    @property
+    def label(self) -> dict[str, Any]:
+        """Provenance label (:func:`cache_label`): ``cache_label``, ``synthetic``, ``generator``, ``model_id``."""
+        return cache_label(self.attrs)
 
     @property
     def tokens_in_memory(self) -> bool:

@@ -127,5 +127,12 @@ FILL_VALUES: dict[str, object] = {
 }
 
 
+#: Keys of the provenance label that every artefact made from a cache carries (train
+#: summaries, policy configs, evaluation outputs; :func:`cache.reader.cache_label`):
+#: ``cache_label`` (text, e.g. ``"SYNTHETIC"`` or ``"live molmoe-1b"``), ``synthetic`` (bool),
+#: and the cache's ``generator`` / ``model_id`` root attributes.
+LABEL_KEYS: tuple[str, ...] = ("cache_label", "synthetic", "generator", "model_id")
+
+
 class CacheError(Exception):
     """A cache file is missing, corrupt, truncated, of another schema version, or inconsistent."""

@@ -1,7 +1,7 @@
 """Score model, calibration solver and calibration table of the SYNTHETIC outcome generator.
 
 Everything here serves :mod:`cache.synthetic` (whose docstring states the whole generative model);
-this module holds the parts that are pure functions of latent arrays:
+this module holds the score model, the calibration and its report:
 
 - the *score model*: how a request's logit ``x`` and its common random number ``u`` become a
   metric score (:func:`score_from_margin`) and the score's expectation over ``u``
@@ -11,6 +11,8 @@ this module holds the parts that are pure functions of latent arrays:
 - the *solver* (:func:`solve_dataset`): bisection of ``β_d``, the block penalties ``B_d``, the
   top-k penalties ``K_d`` and the vision penalty ``V_d`` on a fixed Monte-Carlo sample of the
   latents so that the population mean scores hit the targets;
+- :func:`calibrate`: the solver run for every dataset of a :class:`~cache.synthetic_params.SyntheticParams`
+  on its fixed Monte-Carlo latent sample (cached per parameter set);
 - the *calibration table* of generated data (:func:`calibration_table`, pandas, imported lazily)
   and its text report with the deltas against the targets (:func:`calibration_report`).
 
@@ -19,16 +21,21 @@ Only numpy is imported at module import (replay path); pandas inside the table f
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from cache.molmo_tiling import crops_and_tokens
+from cache.synthetic_params import DatasetSpec, SyntheticParams, _draw_requests, _rng
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
 
     from cache.reader import OutcomeCache
-    from cache.synthetic import SyntheticData
+    from cache.synthetic_model import SyntheticData
 
     Outcomes = SyntheticData | OutcomeCache
 
@@ -300,6 +307,38 @@ def solve_dataset(sample: CalibrationSample, *, name: str, metric: str, sigma: f
         deficit_norm=deficit_norm, medium_share=tuple(float(v) for v in share),
         targets=targets, achieved=achieved,
     )
+
+
+# ---------------------------------------------------------------------------------- calibrating a parameter set
+def _cost_tables(params: SyntheticParams, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    scale = params.cost_scale(spec)
+    return (np.asarray(params.block_costs_pts) * scale / 100.0, np.asarray(params.topk_costs_pts) * scale / 100.0)
+
+
+@lru_cache(maxsize=16)
+def calibrate(params: SyntheticParams) -> dict[str, DatasetCalibration]:
+    """Solve every dataset's ``β``, block / top-k penalties and vision penalty (see the module
+    docstring). Deterministic: depends on ``params`` only (not on the data seed). Cached."""
+    ks = params.knob_space
+    out: dict[str, DatasetCalibration] = {}
+    n = params.calibration_samples
+    for spec in params.datasets:
+        rng = _rng(params.calibration_seed, zlib.crc32(spec.name.encode()))
+        lat = _draw_requests(rng, (spec,), np.zeros(n, dtype=np.int64))
+        _, tokens, _ = crops_and_tokens(lat["height"], lat["width"], ks.crops)
+        tok = tokens.astype(np.float64)
+        deficit = np.log(tok[:, -1:] / tok)
+        jitter = params.jitter_sd * rng.standard_normal((n, 2 + len(params.block_costs_pts) + len(ks.top_ks)))
+        sample = CalibrationSample(delta=lat["delta"], nu=lat["nu"], rho=lat["rho"], deficit=deficit,
+                                   n_choices=lat["n_choices"].astype(np.float64), jitter=jitter)
+        block_costs, topk_costs = _cost_tables(params, spec)
+        out[spec.name] = solve_dataset(
+            sample, name=spec.name, metric=spec.metric, sigma=spec.difficulty_scale, full_target=spec.full_target,
+            cheapest_target=spec.cheapest_target, block_costs=block_costs, topk_costs=topk_costs,
+            cheapest_topk_index=ks.top_ks.index(ks.cheapest_config.top_k), robustness_slope=params.robustness_slope,
+            vqa_band=params.vqa_band, anls_band=params.anls_band,
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------- tables

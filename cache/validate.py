@@ -36,7 +36,7 @@ from cache.reader import (
     structure_problems,
 )
 from cache.schema import DATASETS, FORMAT_NAME, ROOT_ATTRS, SCHEMA_VERSION, SPLITS, STATUS_FAILED, STATUS_OK, STATUS_PENDING, CacheError
-from envs.knob_space import KnobSpace
+from model_runtime.knob_space import KnobSpace
 
 #: How many offending items a problem line names before "... and N more".
 MAX_LISTED = 8
@@ -249,7 +249,10 @@ def check(path: str | Path, *, min_coverage: float = 1.0) -> tuple[list[str], li
         del ms
     journal = path.with_name(path.name + ".journal")
     if journal.is_dir():
-        problems.append(f"a build journal exists at {journal}: the build is unfinished (run CacheWriter.resume)")
+        from cache.unfinished import finish_command
+
+        problems.append(f"a build journal exists at {journal}: the build is unfinished (finish it with "
+                        f"{finish_command(path)})")
     return report, problems
 
 

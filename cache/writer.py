@@ -63,7 +63,7 @@ from cache.schema import (
     STATUS_PENDING,
     CacheError,
 )
-from envs.knob_space import KnobSpace
+from model_runtime.knob_space import KnobSpace
 
 #: ``write_samples`` field → dataset.
 SAMPLE_FIELDS: dict[str, str] = {n.split("/", 1)[1]: n for n in DATASETS if n.startswith("samples/")}

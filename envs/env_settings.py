@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from envs.budgets import BudgetSampler
+from envs.budgets import BUDGET_MODES, BUDGET_MODES_DOC, DEFAULT_BUDGET_MODE, BudgetSampler, EpisodeBudgets
 from envs.replay_data import INCOMPLETE_MODES, ReplayData, as_replay_data
 from envs.reward import RewardConfig
 
@@ -26,7 +26,7 @@ INVALID_ACTION_MODES: tuple[str, ...] = ("raise", "penalty")
 INVALID_ACTION_REWARD: float = -1.0
 ENV_MODES: tuple[str, ...] = ("replay", "live")
 #: Keys options of ``reset`` accepts.
-RESET_OPTIONS: tuple[str, ...] = ("sample_index", "sample_id", "budget_ms")
+RESET_OPTIONS: tuple[str, ...] = ("sample_index", "sample_id", "budget_ms", "budget_u", "ttft_budget_ms", "tpot_budget_ms")
 
 #: Keys of every ``info`` (after ``reset`` and every ``step``).
 INFO_KEYS_ALWAYS: tuple[str, ...] = (
@@ -40,6 +40,9 @@ INFO_KEYS_OUTCOME: tuple[str, ...] = (
 #: Present with the outcome only when the cache holds a measurement (always in live mode).
 INFO_KEY_MEASURED = "measured_ms"
 INFO_KEYS: tuple[str, ...] = INFO_KEYS_ALWAYS + INFO_KEYS_OUTCOME + (INFO_KEY_MEASURED,)
+#: Extra keys in ``budget_mode="slo"``: always / with the outcome.
+INFO_KEYS_SLO_ALWAYS: tuple[str, ...] = ("ttft_budget_ms", "tpot_budget_ms")
+INFO_KEYS_SLO_OUTCOME: tuple[str, ...] = ("ttft_ms", "tpot_ms")
 
 INFO_DOC = """
     ``info`` keys, present after ``reset`` and every ``step``:
@@ -69,21 +72,38 @@ INFO_DOC = """
       live mode always (the model time of this request at this configuration, see
       :mod:`envs.live`).
 
+    In ``budget_mode="slo"`` only: ``ttft_budget_ms``, ``tpot_budget_ms`` (float) always, and
+    with the outcome ``ttft_ms`` (vision + prefill) and ``tpot_ms`` (decode ms per token after
+    the first; 0 for one token); ``budget_ms`` is the equivalent total budget and
+    ``violation`` means TTFT or TPOT over its budget.
+
     The vector envs return the same keys as dicts of arrays the gymnasium way (``info[k]`` of
     shape (num_envs, ...) with a bool mask ``info["_" + k]``; masked-out rows hold NaN / -1 /
     False / ``""``, so a float array reads NaN where unknown).
 """
 
 
-def add_outcome(info: dict[str, Any], outcome: tuple, budget_ms: float) -> None:
-    """Add the outcome keys to a scalar env's ``info``; ``outcome`` as returned by ``_outcome``."""
+def outcome_tpot(decode_ms: float, output_tokens: int) -> float:
+    """Decode ms per output token after the first (0 for one token or fewer)."""
+    return decode_ms / (output_tokens - 1) if output_tokens > 1 else 0.0
+
+
+def add_outcome(info: dict[str, Any], outcome: tuple, budget_ms: float, slo: tuple[float, float] | None = None) -> None:
+    """Add the outcome keys to a scalar env's ``info``; ``outcome`` as returned by ``_outcome``;
+    ``slo`` = (TTFT budget, TPOT budget) in ``budget_mode="slo"``."""
     score, lat, vis, pre, dec, meas, out = outcome
     info["score"] = score
     info["latency_ms"] = lat
     info["vision_ms"] = vis
     info["prefill_ms"] = pre
     info["decode_ms"] = dec
-    info["violation"] = lat > budget_ms
+    if slo is None:
+        info["violation"] = lat > budget_ms
+    else:
+        ttft, tpot = vis + pre, outcome_tpot(dec, out)
+        info["violation"] = ttft > slo[0] or tpot > slo[1]
+        info["ttft_ms"] = ttft
+        info["tpot_ms"] = tpot
     info["output_tokens"] = out
     if meas == meas:  # not NaN
         info["measured_ms"] = meas
@@ -111,6 +131,13 @@ class EnvConfig:
             ``data.budget_range_ms``; or ``budgets``: a fixed list drawn from (not both).
         budgets: see ``budget_range``.
         budget_bounds: accepted range of budgets pinned with ``reset(options={"budget_ms": b})``.
+        budget_mode: ``"absolute"``, ``"relative"`` or ``"slo"`` (None: the default,
+            :data:`envs.budgets.DEFAULT_BUDGET_MODE`); see below.
+        budget_u_range: ``relative`` mode's ``(u_lo, u_hi)``, default (0, 1).
+        slo_ttft_range: ``slo`` mode's TTFT budget range (ms); default: median cheapest →
+            median full-configuration TTFT.
+        slo_tpot_range: ``slo`` mode's per-token budget range (ms); default: median cheapest →
+            median full-configuration decode ms per token at the nominal length.
         estimator: the latency estimator (``model_runtime.latency_estimator.LatencyEstimator``)
             of the latencies; default: the cache's stored one, else the packaged default.
         nominal_output_tokens: output length of the budget features' cheapest / full latencies.
@@ -145,6 +172,10 @@ class EnvConfig:
     budget_range: Sequence[float] | None = None
     budgets: Sequence[float] | None = None
     budget_bounds: Sequence[float] | None = None
+    budget_mode: str | None = None
+    budget_u_range: Sequence[float] | None = None
+    slo_ttft_range: Sequence[float] | None = None
+    slo_tpot_range: Sequence[float] | None = None
     estimator: "LatencyEstimator | None" = None
     nominal_output_tokens: int = 3
     incomplete: str = "skip"
@@ -178,6 +209,9 @@ class EnvConfig:
         return self.invalid_action
 
 
+EnvConfig.__doc__ = (EnvConfig.__doc__ or "") + BUDGET_MODES_DOC
+
+
 @dataclass
 class ReplaySettings:
     """Resolved constructor arguments of a replay env (see :func:`resolve_settings`)."""
@@ -191,6 +225,8 @@ class ReplaySettings:
     strict: bool = False
     #: live mode's outcome source (``envs.live.LiveOutcomes``); None in replay mode
     live: Any = None
+    #: the budget mode's draws and pins (EnvConfig.budget_mode)
+    episode_budgets: EpisodeBudgets | None = None
     eligible: np.ndarray = field(init=False)  # int64 (E,) requests episodes draw from
     eligible_mask: np.ndarray = field(init=False)  # bool (n,)
 
@@ -235,6 +271,9 @@ def resolve_settings(config: EnvConfig, *, allow_live: bool = False) -> ReplaySe
     if invalid_action not in INVALID_ACTION_MODES:
         raise ValueError(f"invalid_action={invalid_action!r}; valid values: {list(INVALID_ACTION_MODES)}")
     rcfg = RewardConfig.make(config.reward, config.reward_kwargs)
+    bmode = DEFAULT_BUDGET_MODE if config.budget_mode is None else config.budget_mode
+    if bmode not in BUDGET_MODES:
+        raise ValueError(f"budget_mode={bmode!r}; valid modes: {list(BUDGET_MODES)}")
     if budget_range is not None and budgets is not None:
         raise ValueError("give budget_range=(lo, hi) or budgets=[...], not both")
     if mode == "live":
@@ -248,8 +287,22 @@ def resolve_settings(config: EnvConfig, *, allow_live: bool = False) -> ReplaySe
         sampler = BudgetSampler(budgets=budgets, bounds=budget_bounds)
     else:
         sampler = BudgetSampler(range_ms=rd.budget_range_ms if budget_range is None else budget_range, bounds=budget_bounds)
+    ttft_range, tpot_range = config.slo_ttft_range, config.slo_tpot_range
+    if bmode == "slo":
+        if ttft_range is None:
+            ttft_range = (float(np.median(rd.ttft_tier_ms[:, 0, 0])), float(np.median(rd.ttft_tier_ms[:, 1, -1])))
+        if tpot_range is None:
+            tpot_range = (float(np.median(rd.tpot_nominal_ms[:, 0])), float(np.median(rd.tpot_nominal_ms[:, 1])))
+    elif ttft_range is not None or tpot_range is not None:
+        raise ValueError("slo_ttft_range= / slo_tpot_range= only apply to budget_mode='slo'")
+    if bmode != "relative" and config.budget_u_range is not None:
+        raise ValueError("budget_u_range= only applies to budget_mode='relative'")
+    if bmode != "absolute" and (budget_range is not None or budgets is not None):
+        raise ValueError(f"budget_range= / budgets= only apply to budget_mode='absolute' (got budget_mode={bmode!r})")
+    eb = EpisodeBudgets(bmode, sampler, rd.cheapest_ms, rd.full_ms, u_range=config.budget_u_range,
+                        ttft_range=ttft_range, tpot_range=tpot_range, nominal_output_tokens=rd.nominal_output_tokens)
     return ReplaySettings(data=rd, reward=rcfg, budgets=sampler, incomplete=incomplete, invalid_action=invalid_action,
-                          strict=bool(config.strict), live=getattr(rd, "live", None))
+                          strict=bool(config.strict), live=getattr(rd, "live", None), episode_budgets=eb)
 
 
 def check_reset_options(options: dict[str, Any] | None) -> dict[str, Any]:

@@ -52,7 +52,9 @@ class MolmoeKnobsFlatEnv(ReplayEnvBase):
 
     ``Dict`` (see :mod:`envs.observations`): ``lang`` float32 (Dl,) language feature,
     ``budget`` float32 (4,) ``[budget/scale, cheapest/scale, full/scale, budget/full]``,
-    ``action_mask`` int8 (C,).
+    ``request`` float32 (4T+3,) the request's features known before running
+    (:data:`envs.replay_data.REQUEST_FEATURE_DOC`), ``slo`` float32 (2,) (``budget_mode="slo"``
+    only), ``action_mask`` int8 (C,).
 
     ## Rewards
 
@@ -62,7 +64,8 @@ class MolmoeKnobsFlatEnv(ReplayEnvBase):
     ## Starting State
 
     ``reset`` draws a request and a budget exactly like the two-stage env;
-    ``reset(seed=, options={"sample_index"|"sample_id", "budget_ms"})`` pins request / budget.
+    ``reset(seed=, options={"sample_index"|"sample_id", "budget_ms"|"budget_u"|"ttft_budget_ms"
+    + "tpot_budget_ms"})`` pins request / budget (the keys of the env's ``budget_mode``).
 
     ## Episode End
 
@@ -81,7 +84,7 @@ class MolmoeKnobsFlatEnv(ReplayEnvBase):
     >>> env = gym.make("MolmoeKnobsFlat-v0", config=EnvConfig(data=ReplayData.random(8, seed=0), reward="hard"))
     >>> obs, info = env.reset(seed=0)
     >>> sorted(obs), obs["action_mask"].shape
-    (['action_mask', 'budget', 'lang'], (225,))
+    (['action_mask', 'budget', 'lang', 'request'], (225,))
     >>> obs, reward, terminated, truncated, info = env.step(224)
     >>> terminated, info["config_index"], info["config"]["tier"]
     (True, 224, 'high')
@@ -93,7 +96,7 @@ class MolmoeKnobsFlatEnv(ReplayEnvBase):
         self._setup(render_mode, EnvConfig.build(config, **kwargs))
         self.n_configs = self.data.n_configs
         self.action_space = spaces.Discrete(self.n_configs)
-        self.observation_space = flat_observation_space(self.data)
+        self.observation_space = flat_observation_space(self.data, self._slo)
         self._valid = self.data.valid
         self._valid_i8 = self.data.valid.view(np.int8)
         self._no_config = {"tier": "", "p": -1, "top_k": -1, "blocks": -1}
@@ -106,6 +109,7 @@ class MolmoeKnobsFlatEnv(ReplayEnvBase):
             "budget": self._budget_obs(),
             "action_mask": self._valid_i8[s].copy(),
         }
+        self._request_obs(obs)
         self._last_obs = obs
         return obs, self._info(stage=0)
 

@@ -8,7 +8,7 @@
     env = gym.make("MolmoeKnobs-v0", mode="live", runtime=rt, requests="requests.jsonl")
 
 The scalar envs keep their replay contract (observations, masks, rewards, ``info`` keys); only
-where the numbers come from changes (DESIGN.md §4):
+where the numbers come from changes (docs/DESIGN.md §4):
 
 - ``lang`` (float32 (d_model,)): mean token embedding of the prompt text
   (``MolmoeRuntime.language_feature``, the seeds' LanguageFeatureExtractor), computed on first
@@ -25,7 +25,7 @@ where the numbers come from changes (DESIGN.md §4):
   (``runtime.max_new_tokens``, EOS honoured, KV cache only for the blocks that run), exactly
   the computation of ``MolmoeRuntime.run`` at batch size 1. The prediction is scored with the
   request's metric and stored like the live cache builder stores it (CIDEr / 10,
-  ``experiments.build_cache.cache_score``).
+  ``cache.live_builder.cache_score``).
 - Latency in the reward (``info["latency_ms"]`` and its components): the latency estimator's
   prediction for the configuration, the request's crops / vision tokens at the tier, its prompt
   tokens (text + BOS) and the *actual* output length, as in replay. ``info["measured_ms"]``:
@@ -37,6 +37,9 @@ where the numbers come from changes (DESIGN.md §4):
   request's vision tokens per tier from the Molmo preprocessing arithmetic on the image size
   (``MolmoeRuntime.vision_token_counts``, no model run) and its prompt tokens. Default budget
   range: (median cheapest, median full) over the requests.
+- ``request`` (the request features, :data:`envs.replay_data.REQUEST_FEATURE_DOC`): the same
+  crops / vision tokens per tier and prompt tokens, and the estimator's TTFT per tier at the
+  cheapest / full configuration's LM knobs; computed up front, no model run.
 
 Outcome values are rounded to float32 like the outcome cache and :class:`ReplayData` store
 them, so a live env and a replay env on a cache built live from the same model and requests
@@ -69,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from envs.knob_space import KnobSpace
-from envs.replay_data import ReplayData, config_complexity
+from envs.replay_data import ReplayData, config_complexity, request_lm_configs
 
 if TYPE_CHECKING:
     from model_runtime.datasets import Request
@@ -308,6 +311,14 @@ class LiveOutcomes:
         )
         total = np.asarray(ends["total_ms"], np.float64)
         self.cheapest_ms, self.full_ms = total[:, 0].copy(), total[:, 1].copy()
+        # TTFT (vision + prefill) per tier at the cheapest / full configuration's LM knobs
+        lm = request_lm_configs(ks)  # (2, T)
+        tt = self.estimator.predict(
+            crops=self.crops[:, None, :], vision_tokens=self.vision_tokens[:, None, :],
+            prompt_tokens=self.prompt_tokens[:, None, None], p=a["p"][lm][None], top_k=a["top_k"][lm][None],
+            blocks=a["blocks"][lm][None], output_tokens=self.nominal_output_tokens,
+        )
+        self.ttft_tier_ms = np.asarray(tt["vision_ms"] + tt["prefill_ms"], np.float64)  # (n, 2, T)
         self._lang: dict[int, np.ndarray] = {}
         self._tokens = _LRU(self.options.token_memo_size)
         self._prefixes = _LRU(self.options.prefix_states)
@@ -410,7 +421,7 @@ class LiveOutcomes:
     def _run(self, s: int, c: int) -> LiveResult:
         import torch
 
-        from experiments.build_cache import cache_score  # the cache's score scale (CIDEr / 10)
+        from cache.live_builder import cache_score  # the cache's score scale (CIDEr / 10)
         from model_runtime.molmoe.timing import PhaseTimer
 
         rt, ks = self.runtime, self.knob_space
@@ -537,6 +548,8 @@ class LiveData(ReplayData):
         self.tokens = LazyRows((n, t_, p_, d), 3, live.latency_token, "latency tokens")
         self.cheapest_ms = live.cheapest_ms
         self.full_ms = live.full_ms
+        self.crops, self.vision_tokens, self.prompt_tokens = live.crops, live.vision_tokens, live.prompt_tokens
+        self.ttft_tier_ms = live.ttft_tier_ms
         if not (np.all(np.isfinite(self.cheapest_ms)) and np.all(self.cheapest_ms > 0)
                 and np.all(np.isfinite(self.full_ms)) and np.all(self.full_ms > 0)):
             raise ValueError("the estimator's cheapest / full latencies must be finite and > 0 for every request")
@@ -549,6 +562,7 @@ class LiveData(ReplayData):
         self.source = f"live:{type(live.runtime).__name__}"
         self.cache_rows = np.arange(n, dtype=np.int64)
         self.complexity = config_complexity(ks)
+        self._set_request_features()
 
     def __getattr__(self, name: str) -> Any:
         # only reached for attributes that do not exist: the replay outcome tables

@@ -15,7 +15,15 @@ Two-stage ``MolmoeKnobs-v0`` (``Dict``):
 - ``action_mask``: int8 (T+P+K+B,) per-component masks (1 = allowed), the same as
   ``action_masks()``.
 
-Flat ``MolmoeKnobsFlat-v0`` (``Dict``): ``lang``, ``budget`` as above, ``action_mask`` int8 (C,).
+- ``request``: float32 (4T+3,) the request's features known before running (token counts per
+  tier, prompt tokens, estimated TTFT per tier, decode ms per token), fixed per episode; layout
+  in :data:`envs.replay_data.REQUEST_FEATURE_DOC`.
+- ``slo`` (``budget_mode="slo"`` only): float32 (2,) ``[B_ttft/scale, B_tpot/tpot_scale]``,
+  the TTFT budget in units of ``scale`` and the per-token budget in units of the data's
+  ``tpot_scale_ms`` (median full-configuration decode ms per token).
+
+Flat ``MolmoeKnobsFlat-v0`` (``Dict``): ``lang``, ``budget``, ``request`` (and ``slo``) as
+above, ``action_mask`` int8 (C,).
 """
 
 from __future__ import annotations
@@ -26,7 +34,14 @@ from gymnasium import spaces
 from envs.replay_data import ReplayData
 
 
-def two_stage_observation_space(data: ReplayData) -> spaces.Dict:
+def _extra(data: ReplayData, slo: bool) -> dict[str, spaces.Space]:
+    out: dict[str, spaces.Space] = {"request": spaces.Box(0.0, np.inf, (data.request_dim,), np.float32)}
+    if slo:
+        out["slo"] = spaces.Box(0.0, np.inf, (2,), np.float32)
+    return out
+
+
+def two_stage_observation_space(data: ReplayData, slo: bool = False) -> spaces.Dict:
     t_, p_, k_, b_ = data.nvec
     return spaces.Dict(
         {
@@ -35,15 +50,17 @@ def two_stage_observation_space(data: ReplayData) -> spaces.Dict:
             "budget": spaces.Box(0.0, np.inf, (4,), np.float32),
             "context": spaces.Box(0.0, 1.0, (1 + t_ + p_,), np.float32),
             "action_mask": spaces.MultiBinary(t_ + p_ + k_ + b_),
+            **_extra(data, slo),
         }
     )
 
 
-def flat_observation_space(data: ReplayData) -> spaces.Dict:
+def flat_observation_space(data: ReplayData, slo: bool = False) -> spaces.Dict:
     return spaces.Dict(
         {
             "lang": spaces.Box(-np.inf, np.inf, (data.lang_dim,), np.float32),
             "budget": spaces.Box(0.0, np.inf, (4,), np.float32),
             "action_mask": spaces.MultiBinary(data.n_configs),
+            **_extra(data, slo),
         }
     )

@@ -21,6 +21,14 @@ tier) and the prompt length, and on an output length that is not known yet; they
 evaluated at ``nominal_output_tokens`` generated tokens (default 3: short VQA answers). The
 reward instead uses the estimator's latency at the request's own output length at the chosen
 configuration.
+
+*Request features* (:attr:`ReplayData.request`, the observations' ``request`` key): everything
+about the request that is known before anything runs, float32 (n, R) with ``R = 4·T + 3``
+(15 by default), see :data:`REQUEST_FEATURE_DOC`. The estimated time to first token
+(``TTFT`` = vision + prefill, independent of the output length) is given per tier at two
+language-model configurations: the cheapest one's ``(p, top_k, blocks)`` and the full one's.
+The image's width / height are not part of it: the outcome cache does not store them
+(``cache/schema.py``); the crops per tier are the image-size information Molmo's tiling uses.
 """
 
 from __future__ import annotations
@@ -40,6 +48,27 @@ if TYPE_CHECKING:  # imported lazily: the readers import h5py, the estimator may
 
 INCOMPLETE_MODES: tuple[str, ...] = ("skip", "mask")
 
+#: Scales of the request features (fixed, so that features mean the same across caches).
+VISION_TOKENS_SCALE = 1000.0
+PROMPT_TOKENS_SCALE = 100.0
+
+REQUEST_FEATURE_DOC = """
+    ``request``: float32 (4·T + 3,) = (15,) by default, known before anything runs, fixed per
+    episode (``T`` tiers, cheapest first; ``scale`` = the env's ``latency_scale_ms``):
+
+    - ``[0, T)``: crops per tier / max crops of the knob space (``KnobSpace.crops[-1]``);
+    - ``[T, 2T)``: vision tokens per tier / 1000;
+    - ``[2T]``: prompt tokens / 100;
+    - ``[2T+1, 3T+1)``: estimated TTFT (vision + prefill ms) per tier at the cheapest
+      configuration's ``(p, top_k, blocks)``, / scale;
+    - ``[3T+1, 4T+1)``: the same at the full configuration's ``(p, top_k, blocks)``, / scale;
+    - ``[4T+1]``, ``[4T+2]``: estimated decode time per output token (ms) of the cheapest and
+      of the full configuration at the nominal output length, / ``tpot_scale_ms`` (the median
+      full-configuration one, so ~1).
+
+    The image width / height are not included: the outcome cache does not store them.
+"""
+
 
 def config_complexity(knob_space: KnobSpace) -> np.ndarray:
     """Complexity of every configuration, float32 (C,) in [0, 1] (see the module docstring)."""
@@ -55,6 +84,45 @@ def config_complexity(knob_space: KnobSpace) -> np.ndarray:
         + norm(t["blocks"].astype(np.float64), min_blocks, knob_space.num_blocks)
     ) / 3.0
     return c.astype(np.float32)
+
+
+def request_lm_configs(knob_space: KnobSpace) -> np.ndarray:
+    """int64 (2, T): configuration index of each tier at the cheapest configuration's
+    ``(p, top_k, blocks)`` (row 0) and at the full configuration's (row 1)."""
+    ks = knob_space
+    rows = []
+    for ref in (ks.cheapest_config, ks.full_config):
+        rows.append([ks.index(type(ref)(tier, ref.p, ref.top_k, ref.blocks)) for tier in ks.tiers])
+    return np.asarray(rows, dtype=np.int64)
+
+
+def nominal_tpot(knob_space: KnobSpace, ttft_tier_ms: np.ndarray, cheapest_ms: np.ndarray, full_ms: np.ndarray,
+                 nominal_output_tokens: int) -> np.ndarray:
+    """float64 (n, 2) decode ms per output token of the cheapest / full configuration at the
+    nominal output length: (total − TTFT) / (nominal − 1) (0 when the nominal length is 1)."""
+    if nominal_output_tokens <= 1:
+        return np.zeros((len(cheapest_ms), 2))
+    ttft_c = ttft_tier_ms[:, 0, 0]
+    ttft_f = ttft_tier_ms[:, 1, -1]
+    steps = float(nominal_output_tokens - 1)
+    return np.maximum(np.stack([np.asarray(cheapest_ms) - ttft_c, np.asarray(full_ms) - ttft_f], axis=1) / steps, 0.0)
+
+
+def request_features(knob_space: KnobSpace, crops: np.ndarray, vision_tokens: np.ndarray, prompt_tokens: np.ndarray,
+                     ttft_tier_ms: np.ndarray, tpot_nominal_ms: np.ndarray, latency_scale_ms: float,
+                     tpot_scale_ms: float) -> np.ndarray:
+    """float32 (n, 4T+3) request features (layout: :data:`REQUEST_FEATURE_DOC`)."""
+    n = len(prompt_tokens)
+    cols = [
+        np.asarray(crops, np.float64) / float(max(knob_space.crops)),
+        np.asarray(vision_tokens, np.float64) / VISION_TOKENS_SCALE,
+        np.asarray(prompt_tokens, np.float64).reshape(n, 1) / PROMPT_TOKENS_SCALE,
+        np.asarray(ttft_tier_ms, np.float64)[:, 0] / latency_scale_ms,
+        np.asarray(ttft_tier_ms, np.float64)[:, 1] / latency_scale_ms,
+        np.asarray(tpot_nominal_ms, np.float64) / tpot_scale_ms,
+    ]
+    out = np.concatenate(cols, axis=1).astype(np.float32)
+    return np.ascontiguousarray(out)
 
 
 def _as(a: Any, dtype: Any, shape: tuple, name: str) -> np.ndarray:
@@ -89,6 +157,12 @@ class ReplayData:
         split: split name; nominal_output_tokens: see the module docstring;
         source: where the data came from (cache path or ``"arrays"``);
         cache_rows: int64 (n,) rows of the requests in the cache file (``arange(n)`` otherwise).
+        crops, vision_tokens: int64 (n, T) per tier; prompt_tokens: int64 (n,) (zeros when the
+            arrays were built without them).
+        request: float32 (n, 4T+3) request features (derived, see :data:`REQUEST_FEATURE_DOC`).
+        ttft_tier_ms: float64 (n, 2, T) estimated TTFT per tier at the cheapest / full LM
+            configuration; tpot_nominal_ms: float64 (n, 2) decode ms per token of the cheapest /
+            full configuration at the nominal length; tpot_scale_ms: their full median (derived).
     """
 
     knob_space: KnobSpace
@@ -113,7 +187,14 @@ class ReplayData:
     nominal_output_tokens: int = 3
     source: str = "arrays"
     cache_rows: np.ndarray | None = None
+    crops: np.ndarray | None = None
+    vision_tokens: np.ndarray | None = None
+    prompt_tokens: np.ndarray | None = None
     complexity: np.ndarray = field(init=False)
+    request: np.ndarray = field(init=False)
+    ttft_tier_ms: np.ndarray = field(init=False)
+    tpot_nominal_ms: np.ndarray = field(init=False)
+    tpot_scale_ms: float = field(init=False)
 
     def __post_init__(self) -> None:
         ks = self.knob_space
@@ -166,6 +247,45 @@ class ReplayData:
             raise ValueError(f"nominal_output_tokens must be >= 1, got {self.nominal_output_tokens}")
         self.cache_rows = np.arange(n, dtype=np.int64) if self.cache_rows is None else _as(self.cache_rows, np.int64, (n,), "cache_rows")
         self.complexity = config_complexity(ks)
+        t_ = len(ks.tiers)
+        self.crops = np.zeros((n, t_), np.int64) if self.crops is None else _as(self.crops, np.int64, (n, t_), "crops")
+        self.vision_tokens = (np.zeros((n, t_), np.int64) if self.vision_tokens is None
+                              else _as(self.vision_tokens, np.int64, (n, t_), "vision_tokens"))
+        self.prompt_tokens = (np.zeros(n, np.int64) if self.prompt_tokens is None
+                              else _as(self.prompt_tokens, np.int64, (n,), "prompt_tokens"))
+        # TTFT per tier at the cheapest / full LM configuration: read from the estimator's tables
+        # (vision + prefill do not depend on the output length)
+        ttft = (self.vision_ms + self.prefill_ms).astype(np.float64)
+        lm_rows = request_lm_configs(ks)  # (2, T) configuration indices
+        self.ttft_tier_ms = ttft[:, lm_rows]  # (n, 2, T)
+        self._set_request_features()
+
+    def _set_request_features(self) -> None:
+        """Derive ``tpot_nominal_ms`` / ``tpot_scale_ms`` / ``request`` (from ``ttft_tier_ms``,
+        ``cheapest_ms`` / ``full_ms`` and the token counts)."""
+        ks = self.knob_space
+        self.tpot_nominal_ms = nominal_tpot(ks, self.ttft_tier_ms, self.cheapest_ms, self.full_ms, self.nominal_output_tokens)
+        med = float(np.median(self.tpot_nominal_ms[:, 1]))
+        self.tpot_scale_ms = med if np.isfinite(med) and med > 0 else 1.0
+        self.request = request_features(ks, self.crops, self.vision_tokens, self.prompt_tokens, self.ttft_tier_ms,
+                                        self.tpot_nominal_ms, self.latency_scale_ms, self.tpot_scale_ms)
+
+    @property
+    def request_dim(self) -> int:
+        return int(self.request.shape[1])
+
+    @cached_property
+    def ttft_ms(self) -> np.ndarray:
+        """float32 (n, C) estimated time to first token (vision + prefill) of every configuration."""
+        return (self.vision_ms + self.prefill_ms).astype(np.float32)
+
+    @cached_property
+    def tpot_ms(self) -> np.ndarray:
+        """float32 (n, C) estimated decode time per output token after the first, at the
+        request's own output length: ``decode_ms / (output_tokens − 1)``; 0 where one token or
+        fewer is generated (no inter-token time)."""
+        out = self.output_tokens.astype(np.float64)
+        return np.where(out > 1, self.decode_ms / np.maximum(out - 1, 1), 0.0).astype(np.float32)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -327,6 +447,9 @@ class ReplayData:
         nominal_output_tokens: int = 3,
         source: str = "arrays",
         cache_rows: np.ndarray | None = None,
+        crops: np.ndarray | None = None,
+        vision_tokens: np.ndarray | None = None,
+        prompt_tokens: np.ndarray | None = None,
     ) -> "ReplayData":
         """Replay data from arrays (shapes as in the class docstring); no file involved.
 
@@ -362,7 +485,7 @@ class ReplayData:
             vision_ms=vision_ms, prefill_ms=prefill_ms, decode_ms=decode_ms, total_ms=total, measured_ms=meas,
             lang=lang, tokens=tokens, cheapest_ms=cheap, full_ms=full, budget_range_ms=tuple(budget_range_ms),
             latency_scale_ms=scale, synthetic=synthetic, split=split, nominal_output_tokens=nominal_output_tokens,
-            source=source, cache_rows=cache_rows,
+            source=source, cache_rows=cache_rows, crops=crops, vision_tokens=vision_tokens, prompt_tokens=prompt_tokens,
         )
 
     @classmethod
@@ -424,6 +547,8 @@ class ReplayData:
             tokens=tokens, knob_space=ks, datasets=np.array(datasets)[rng.integers(0, len(datasets), size=n)],
             valid=valid, output_tokens=out, measured_ms=measured, cheapest_ms=cheap, full_ms=full,
             synthetic=True, split=split, nominal_output_tokens=nominal_output_tokens, source=f"random(seed={seed})",
+            crops=np.minimum(np.array(ks.crops)[None, :], need[:, None]),
+            vision_tokens=144 * np.minimum(np.array(ks.crops)[None, :], need[:, None]), prompt_tokens=prompt.astype(np.int64),
         )
 
     @classmethod
@@ -470,8 +595,10 @@ class ReplayData:
             status = np.asarray(oc.status[rows])
             valid = (status == STATUS_OK) & np.isfinite(score)
             out = np.asarray(oc.output_tokens[rows], dtype=np.int32)
-            crops = np.asarray(oc.crops[rows])[:, a["tier"]]
-            vtok = np.asarray(oc.vision_tokens[rows])[:, a["tier"]]
+            crops_t = np.asarray(oc.crops[rows])
+            vtok_t = np.asarray(oc.vision_tokens[rows])
+            crops = crops_t[:, a["tier"]]
+            vtok = vtok_t[:, a["tier"]]
             prompt = np.asarray(oc.prompt_tokens[rows])[:, None]
             # unknown output lengths only occur where there is no outcome; the nominal length
             # keeps their (unused) latency finite
@@ -501,6 +628,7 @@ class ReplayData:
                 sample_ids=np.asarray(oc.ids[rows]).astype(str), datasets=names[np.asarray(oc.dataset[rows], np.int64)],
                 cheapest_ms=cheap, full_ms=full, budget_range_ms=budget_range, synthetic=bool(oc.synthetic),
                 split=split, nominal_output_tokens=nominal_output_tokens, source=str(oc.path), cache_rows=rows,
+                crops=crops_t, vision_tokens=vtok_t, prompt_tokens=prompt[:, 0],
             )
         finally:
             if own:

@@ -8,7 +8,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.env_settings import EnvConfig, add_outcome, check_reset_options, resolve_settings
+from envs.budgets import slo_ratio_scalar
+from envs.env_settings import EnvConfig, add_outcome, check_reset_options, outcome_tpot, resolve_settings
 from envs.replay_data import pinned_request
 from envs.reward import RewardConfig
 
@@ -36,6 +37,9 @@ class ReplayEnvBase(gym.Env):
         d = self.data = self.settings.data
         self.reward_config: RewardConfig = self.settings.reward
         self.budget_sampler = self.settings.budgets
+        self.episode_budgets = self.settings.episode_budgets
+        self._slo = self.episode_budgets.slo
+        self._bt = self._bp = float("nan")  # SLO mode's TTFT / TPOT budgets
         self.invalid_action = self.settings.invalid_action
         self.strict = self.settings.strict
         self.latency_scale_ms = d.latency_scale_ms
@@ -58,8 +62,15 @@ class ReplayEnvBase(gym.Env):
             # uniform over the eligible requests (float resolution 2**-53: no measurable bias),
             # about 10x cheaper than Generator.integers for one draw
             s = int(st.eligible[int(self.np_random.random() * st.eligible.size)])
-        b = opts.get("budget_ms")
-        self._b = self.budget_sampler.validate(b) if b is not None else self.budget_sampler.sample(self.np_random)
+        eb = self.episode_budgets
+        if eb.mode == "absolute" and opts.get("budget_ms") is not None and np.ndim(opts["budget_ms"]) == 0:
+            self._b = self.budget_sampler.validate(opts["budget_ms"])  # the scalar message of before
+        else:
+            pin = eb.pinned(opts, np.array([s]))
+            if pin is None:
+                self._b, self._bt, self._bp = eb.sample(self.np_random, s)
+            else:
+                self._b, self._bt, self._bp = (float(x[0]) for x in pin)
         self._s, self._done = s, False
 
     def _check_running(self) -> None:
@@ -78,13 +89,24 @@ class ReplayEnvBase(gym.Env):
         )
 
     def _reward(self, outcome: Outcome, c: int) -> float:
-        return float(self.reward_config.scalar(outcome[0], outcome[1], self._b, self._complexity[c], self._full[self._s]))
+        rc = self.reward_config
+        if self._slo and rc.mode != "lagrangian":  # the normalised latency against budget 1
+            rho = slo_ratio_scalar(outcome[2] + outcome[3], outcome_tpot(outcome[4], outcome[6]), self._bt, self._bp)
+            return float(rc.scalar(outcome[0], rho, 1.0, self._complexity[c], self._full[self._s]))
+        return float(rc.scalar(outcome[0], outcome[1], self._b, self._complexity[c], self._full[self._s]))
 
     def _budget_obs(self) -> np.ndarray:
         """float32 (4,) ``[budget/scale, cheapest/scale, full/scale, budget/full]``."""
         s, b, scale = self._s, self._b, self.latency_scale_ms
         full = self._full[s]
         return np.array([b / scale, self._cheap[s] / scale, full / scale, b / full], dtype=np.float32)
+
+    def _request_obs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Add the ``request`` key (and ``slo`` in SLO mode) to an observation."""
+        obs["request"] = self.data.request[self._s].copy()
+        if self._slo:
+            obs["slo"] = np.array([self._bt / self.latency_scale_ms, self._bp / self.data.tpot_scale_ms], dtype=np.float32)
+        return obs
 
     def _terminal_observation(self) -> dict[str, np.ndarray]:
         """The observation the last action was taken on, as fresh arrays."""
@@ -105,6 +127,9 @@ class ReplayEnvBase(gym.Env):
             "stage": stage,
             "invalid_action": invalid,
         }
+        if self._slo:
+            info["ttft_budget_ms"] = self._bt
+            info["tpot_budget_ms"] = self._bp
         if outcome is not None:
-            add_outcome(info, outcome, self._b)
+            add_outcome(info, outcome, self._b, (self._bt, self._bp) if self._slo else None)
         return info

@@ -1,4 +1,4 @@
-"""Rewards of the replay envs (DESIGN.md §3): one configurable function, vectorised and scalar.
+"""Rewards of the replay envs (docs/DESIGN.md §3): one configurable function, vectorised and scalar.
 
 Notation: ``S`` = score of the chosen configuration on the request (metric in [0, 1]),
 ``L`` = the latency estimator's total latency (ms) of that configuration for the request's

@@ -89,7 +89,11 @@ class MolmoeKnobsEnv(ReplayEnvBase):
     ``token`` float32 (Dt,) latency token at the chosen (tier, p) at stage 1, zeros at stage 0;
     ``budget`` float32 (4,) ``[budget/scale, cheapest/scale, full/scale, budget/full]``;
     ``context`` float32 (1+T+P,) ``[stage, one-hot tier, one-hot p]``; ``action_mask`` int8
-    (T+P+K+B,), the same as ``action_masks()``.
+    (T+P+K+B,), the same as ``action_masks()``; ``request`` float32 (4T+3,) the request's
+    features known before running (crops and vision tokens per tier, prompt tokens, estimated
+    TTFT per tier at the cheapest / full LM configuration, decode ms per token; layout in
+    :data:`envs.replay_data.REQUEST_FEATURE_DOC`); ``slo`` float32 (2,) the TTFT / per-token
+    budgets (``budget_mode="slo"`` only).
 
     ## Rewards
 
@@ -101,9 +105,13 @@ class MolmoeKnobsEnv(ReplayEnvBase):
     ## Starting State
 
     ``reset`` draws a request uniformly from the split's eligible requests (every outcome
-    present under ``incomplete="skip"``) and a budget uniformly from ``budget_range`` (or from
-    ``budgets``). ``reset(seed=, options=)``: ``{"sample_index": i}`` or ``{"sample_id": s}``
-    pins the request, ``{"budget_ms": b}`` the budget (checked against ``budget_bounds``). A
+    present under ``incomplete="skip"``) and a budget under ``budget_mode`` (default
+    ``"absolute"``: uniformly from ``budget_range`` or from ``budgets``; ``"relative"``: between
+    the request's cheapest and full latency; ``"slo"``: a TTFT and a per-token budget, see
+    :class:`envs.env_settings.EnvConfig`). ``reset(seed=, options=)``: ``{"sample_index": i}`` or
+    ``{"sample_id": s}`` pins the request, ``{"budget_ms": b}`` the budget (checked against
+    ``budget_bounds``; ``budget_u`` in relative mode, ``ttft_budget_ms`` + ``tpot_budget_ms`` in
+    slo mode). A
     seeded reset makes the whole trajectory deterministic.
 
     ## Episode End
@@ -125,7 +133,7 @@ class MolmoeKnobsEnv(ReplayEnvBase):
     >>> env = gym.make("MolmoeKnobs-v0", data=ReplayData.random(8, seed=0), reward="hinge")
     >>> obs, info = env.reset(seed=0)
     >>> sorted(obs), info["stage"]
-    (['action_mask', 'budget', 'context', 'lang', 'token'], 0)
+    (['action_mask', 'budget', 'context', 'lang', 'request', 'token'], 0)
     >>> obs, reward, terminated, truncated, info = env.step(np.array([2, 0, 3, 4]))  # top-k, blocks ignored
     >>> reward, terminated, info["config"]
     (0.0, False, {'tier': 'high', 'p': 1, 'top_k': -1, 'blocks': -1})
@@ -142,7 +150,7 @@ class MolmoeKnobsEnv(ReplayEnvBase):
         self.nvec = d.nvec
         t_, p_, _, _ = self.nvec
         self.action_space = spaces.MultiDiscrete(np.array(self.nvec, dtype=np.int64))
-        self.observation_space = two_stage_observation_space(d)
+        self.observation_space = two_stage_observation_space(d, self._slo)
         self._mask0, self._mask1 = d.stage0_mask, d.stage1_mask
         self._mask0_i8, self._mask1_i8 = d.stage0_mask.view(np.int8), d.stage1_mask.view(np.int8)
         # joint validity of whole actions, flat over s * n_md + md (ReplayData.stage0_action_valid)
@@ -232,6 +240,7 @@ class MolmoeKnobsEnv(ReplayEnvBase):
             "context": ctx,
             "action_mask": mask,
         }
+        self._request_obs(obs)
         self._last_obs = obs
         return obs
 

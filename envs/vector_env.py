@@ -29,7 +29,8 @@ values); what differs is the gymnasium vector convention:
 - Draws (requests, budgets) come from one generator for all sub-envs, seeded by
   ``reset(seed=int)`` (so the draws differ from N scalar envs' own generators; pinning
   requests and budgets makes the two agree exactly); ``reset(options=)`` takes ``sample_index`` / ``sample_id`` /
-  ``budget_ms`` as a scalar (all sub-envs) or a (num_envs,) array.
+  ``budget_ms`` (``budget_u`` in relative, ``ttft_budget_ms`` + ``tpot_budget_ms`` in slo budget
+  mode) as a scalar (all sub-envs) or a (num_envs,) array.
 - Like the scalar envs, a stage ignores the action components it does not read unless
   ``strict=True``. A masked action in any sub-env raises a ValueError before any state changes
   (``invalid_action="raise"``, the default under ``strict=True``), naming the sub-env, the
@@ -47,6 +48,7 @@ from gymnasium.vector import VectorEnv
 from gymnasium.vector.utils import batch_space
 from gymnasium.vector.vector_env import AutoresetMode
 
+from envs.budgets import slo_ratio
 from envs.env_settings import (
     INFO_DOC,
     EnvConfig,
@@ -115,6 +117,8 @@ class _ReplayVectorEnv(VectorEnv):
         d = self.data = st.data
         self.reward_config = st.reward
         self.budget_sampler = st.budgets
+        self.episode_budgets = st.episode_budgets
+        self._slo = self.episode_budgets.slo
         self.invalid_action = st.invalid_action
         self.latency_scale_ms = d.latency_scale_ms
         n, c = d.n, d.n_configs
@@ -134,6 +138,7 @@ class _ReplayVectorEnv(VectorEnv):
         self._budget_base[:, 1] = d.cheapest_ms / self.latency_scale_ms
         self._budget_base[:, 2] = d.full_ms / self.latency_scale_ms
         self._full = d.full_ms
+        self._request = _line_aligned(d.request)
         self._ids_v, self._ids_dtype = _str_table(d.sample_ids)
         self._ds_v, self._ds_dtype = _str_table(d.datasets)
         ca = d.config_arrays
@@ -147,33 +152,42 @@ class _ReplayVectorEnv(VectorEnv):
         self._positions = np.append(np.asarray(d.knob_space.insertion_positions, dtype=np.int64), -1)
         self._s = np.zeros(self.num_envs, dtype=np.int64)
         self._b = np.zeros(self.num_envs, dtype=np.float64)
+        self._bt = np.full(self.num_envs, np.nan)  # SLO mode's TTFT / TPOT budgets (NaN otherwise)
+        self._bp = np.full(self.num_envs, np.nan)
         self._req: tuple[np.ndarray, np.ndarray] | None = None  # (ids, datasets) of self._s
         self._pool_s = np.zeros(0, dtype=np.int64)  # requests / budgets drawn ahead (see _draw)
         self._pool_b = np.zeros(0, dtype=np.float64)
+        self._pool_bt = self._pool_bp = np.zeros(0, dtype=np.float64)
         self._pool_pos = 0
         self._obs: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ draws / state
-    def _draw(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``k`` requests (uniform over the eligible ones) and budgets (fresh arrays).
+    def _draw(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``k`` requests (uniform over the eligible ones) and budgets (fresh arrays: requests,
+        budgets, SLO mode's TTFT / TPOT budgets (NaN in the other modes)).
 
         Drawn ahead in blocks of :data:`DRAW_BLOCK_STEPS` steps' worth from one generator call
         (a generator call per step is a sizeable part of a flat step); the sequence is fixed by
         the seed, and ``reset(seed=)`` discards the block drawn with the previous generator.
         """
         if self._pool_pos + k > self._pool_s.size:
-            u = self.np_random.random((2, max(k, DRAW_BLOCK_STEPS * self.num_envs)))
+            eb = self.episode_budgets
+            # absolute mode draws 2 rows (the draws of before the budget modes existed)
+            u = self.np_random.random((2 if eb.mode == "absolute" else 4, max(k, DRAW_BLOCK_STEPS * self.num_envs)))
             e = self.settings.eligible
             i = (u[0] * e.size).astype(np.int64)
             self._pool_s = i if e.size == self._n else e[i]  # eligible is sorted: all eligible ⇔ arange(n)
-            self._pool_b = self.budget_sampler.from_uniform(u[1])
+            self._pool_b, self._pool_bt, self._pool_bp = eb.from_uniform(u[1:], self._pool_s)
             self._pool_pos = 0
         i = self._pool_pos
         self._pool_pos = i + k
-        return self._pool_s[i:i + k].copy(), self._pool_b[i:i + k].copy()
+        return (self._pool_s[i:i + k].copy(), self._pool_b[i:i + k].copy(), self._pool_bt[i:i + k].copy(),
+                self._pool_bp[i:i + k].copy())
 
-    def _set_requests(self, s: np.ndarray, b: np.ndarray) -> None:
+    def _set_requests(self, s: np.ndarray, b: np.ndarray, bt: np.ndarray | None = None, bp: np.ndarray | None = None) -> None:
         self._s, self._b, self._req = s, b, None
+        self._bt = np.full(len(s), np.nan) if bt is None else bt
+        self._bp = np.full(len(s), np.nan) if bp is None else bp
 
     def _request_strings(self) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids, dataset names) of the current requests: gathered once per draw and
@@ -194,7 +208,7 @@ class _ReplayVectorEnv(VectorEnv):
         if seed is not None:
             self._pool_pos = self._pool_s.size  # drop draws made with the previous generator
         opts = check_reset_options(options)
-        s, b = self._draw(self.num_envs)
+        s, b, bt, bp = self._draw(self.num_envs)
         d, n_env = self.data, self.num_envs
         has_i, has_s = opts.get("sample_index") is not None, opts.get("sample_id") is not None
         if has_i and has_s:
@@ -218,15 +232,24 @@ class _ReplayVectorEnv(VectorEnv):
                     f"request {i} ({d.sample_id_list[i]!r}) is not eligible: it has outcomes for "
                     f"{int(d.valid[i].sum())} of {d.n_configs} configurations (see incomplete=)"
                 )
-        if opts.get("budget_ms") is not None:
-            b = self.budget_sampler.validate_many(np.broadcast_to(np.asarray(opts["budget_ms"], dtype=np.float64), (n_env,)))
-        self._set_requests(np.array(s, dtype=np.int64), np.array(b, dtype=np.float64))
+        s = np.array(s, dtype=np.int64)
+        pin = self.episode_budgets.pinned(opts, s)
+        if pin is not None:
+            b, bt, bp = pin
+        self._set_requests(s, np.array(b, dtype=np.float64), np.array(bt, dtype=np.float64), np.array(bp, dtype=np.float64))
 
     def _budget_features(self, s: np.ndarray, b: np.ndarray) -> np.ndarray:
         out = np.take(self._budget_base, s, axis=0)
         out[:, 0] = b / self.latency_scale_ms
         out[:, 3] = b / self._full[s]
         return out
+
+    def _request_obs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Add the ``request`` key (and ``slo`` in SLO mode) of the current requests."""
+        obs["request"] = np.take(self._request, self._s, axis=0)
+        if self._slo:
+            obs["slo"] = np.stack([self._bt / self.latency_scale_ms, self._bp / self.data.tpot_scale_ms], axis=1).astype(np.float32)
+        return obs
 
     # ------------------------------------------------------------------ outcomes / info
     def _outcomes(self, s: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
@@ -269,6 +292,9 @@ class _ReplayVectorEnv(VectorEnv):
         }
         for k in INFO_KEYS_ALWAYS:
             info["_" + k] = keep
+        if self._slo:  # the budgets of the requests the info describes (the current ones)
+            info["ttft_budget_ms"], info["_ttft_budget_ms"] = self._bt.copy(), keep
+            info["tpot_budget_ms"], info["_tpot_budget_ms"] = self._bp.copy(), keep
         return info
 
     def _reward(self, out: dict[str, np.ndarray], b: np.ndarray, s: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -278,16 +304,33 @@ class _ReplayVectorEnv(VectorEnv):
         mode = self.reward_config.mode
         cx = self._complexity[c] if mode == "shaped" else 0.0
         ref = self._full[s] if mode == "lagrangian" else None
+        if self._slo and mode != "lagrangian":  # the normalised latency against budget 1
+            return compute_reward(out["score"], self._slo_rho(out), 1.0, cx, self.reward_config, ref)
         return compute_reward(out["score"], out["latency_ms"], b, cx, self.reward_config, ref)
 
-    @staticmethod
-    def _add_outcome_info(info: dict[str, Any], out: dict[str, np.ndarray], b: np.ndarray, fin: np.ndarray) -> None:
+    def _slo_rho(self, out: dict[str, np.ndarray]) -> np.ndarray:
+        """SLO mode: the outcomes' TTFT / TPOT (added to ``out``) and normalised latency ρ under
+        the current requests' budgets (outcomes are always of the current requests)."""
+        if "ttft_ms" not in out:
+            n_out = out["output_tokens"]
+            out["ttft_ms"] = out["vision_ms"] + out["prefill_ms"]
+            out["tpot_ms"] = np.where(n_out > 1, out["decode_ms"] / np.maximum(n_out - 1, 1), 0.0)
+        return slo_ratio(out["ttft_ms"], out["tpot_ms"], self._bt, self._bp)
+
+    def _add_outcome_info(self, info: dict[str, Any], out: dict[str, np.ndarray], b: np.ndarray, fin: np.ndarray) -> None:
         """Outcome keys into a final_info, masked by ``fin``; NaN / -1 / False in the other rows."""
+        if self._slo:
+            viol = self._slo_rho(out) > 1.0
+            for k in ("ttft_ms", "tpot_ms"):
+                info[k] = out[k] if bool(fin.all()) else np.where(fin, out[k], np.nan)
+                info["_" + k] = fin
+        else:
+            viol = np.greater(out["latency_ms"], b)
         if bool(fin.all()):  # the lockstep case: the outcome rows as they are, no masking
             for k in ("score", "latency_ms", "vision_ms", "prefill_ms", "decode_ms"):
                 info[k] = out[k]
                 info["_" + k] = fin
-            info["violation"] = np.greater(out["latency_ms"], b)
+            info["violation"] = viol
             info["_violation"] = fin
             info["output_tokens"] = out["output_tokens"]
             info["_output_tokens"] = fin
@@ -297,7 +340,7 @@ class _ReplayVectorEnv(VectorEnv):
         for k in ("score", "latency_ms", "vision_ms", "prefill_ms", "decode_ms"):
             info[k] = np.where(fin, out[k], np.nan)
             info["_" + k] = fin
-        info["violation"] = (out["latency_ms"] > b) & fin
+        info["violation"] = viol & fin
         info["_violation"] = fin
         info["output_tokens"] = np.where(fin, out["output_tokens"], -1)
         info["_output_tokens"] = fin
@@ -322,7 +365,7 @@ class MolmoeKnobsFlatVectorEnv(_ReplayVectorEnv):
     def __init__(self, num_envs: int, config: EnvConfig | None = None, **kwargs: Any) -> None:
         super().__init__(num_envs, config, **kwargs)
         d = self.data
-        self.single_observation_space = flat_observation_space(d)
+        self.single_observation_space = flat_observation_space(d, self._slo)
         self.single_action_space = spaces.Discrete(self._c)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -347,6 +390,7 @@ class MolmoeKnobsFlatVectorEnv(_ReplayVectorEnv):
             "budget": self._budget_features(s, self._b),
             "action_mask": mask,
         }
+        self._request_obs(obs)
         self._obs = obs
         return obs
 
@@ -432,7 +476,7 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
         self.nvec = d.nvec
         t_, p_, k_, b_ = self.nvec
         self._tp, self._n_md = t_ * p_, t_ * p_ * k_ * b_
-        self.single_observation_space = two_stage_observation_space(d)
+        self.single_observation_space = two_stage_observation_space(d, self._slo)
         self.single_action_space = spaces.MultiDiscrete(np.array(self.nvec, dtype=np.int64))
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -471,8 +515,8 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
         self._zeros_i64 = np.zeros(n_env, dtype=np.int64)  # read-only
         self._bud: np.ndarray | None = None  # budget features of the current requests (private)
 
-    def _set_requests(self, s: np.ndarray, b: np.ndarray) -> None:
-        super()._set_requests(s, b)
+    def _set_requests(self, s: np.ndarray, b: np.ndarray, bt: np.ndarray | None = None, bp: np.ndarray | None = None) -> None:
+        super()._set_requests(s, b, bt, bp)
         self._bud = None
 
     def _budget_obs(self) -> np.ndarray:
@@ -526,6 +570,7 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
             "context": ctx,
             "action_mask": mask,
         }
+        self._request_obs(obs)
         self._obs = obs
         return obs
 
@@ -665,9 +710,9 @@ class MolmoeKnobsVectorEnv(_ReplayVectorEnv):
         go1 = (st == 0) & ok
         t, p, stage = np.where(go1, a0, self._t), np.where(go1, a1, self._p), np.where(go1, 1, st)
         if n_done:
-            new_s, new_b = s.copy(), b.copy()
-            new_s[done], new_b[done] = self._draw(n_done)
-            self._set_requests(new_s, new_b)
+            new_s, new_b, new_bt, new_bp = s.copy(), b.copy(), self._bt.copy(), self._bp.copy()
+            new_s[done], new_b[done], new_bt[done], new_bp[done] = self._draw(n_done)
+            self._set_requests(new_s, new_b, new_bt, new_bp)
             t[done], p[done], stage[done] = -1, -1, 0
         self._set_stage(stage, t, p)
         obs = self._observe()

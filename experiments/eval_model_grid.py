@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from envs.knob_space import KnobSpace
-    from experiments.build_cache import cache_score, parse_config_selection
+    from cache.live_builder import cache_score, parse_config_selection
     from model_runtime.datasets import load_requests
     from model_runtime.molmoe.importance import ImportanceScores
     from model_runtime.molmoe.runtime import MolmoeRuntime

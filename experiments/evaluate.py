@@ -10,8 +10,18 @@ Outputs in ``--out``:
   dataset): ``accuracy`` (mean metric score), ``mean_latency_ms`` (estimated), ``violation_rate``,
   ``mean_reward``, ``n``, and the share of requests per knob value (``ratio_tier_low`` ...
   ``ratio_p1`` ... ``ratio_k4`` ... ``ratio_b12`` ...). ``reward_mode`` and ``lambda`` say
-  which reward the row was scored with.
+  which reward the row was scored with. Violations restated: ``infeasible_share`` (share of the
+  row's (request, budget) pairs where no configuration fits the budget),
+  ``violation_rate_feasible`` (violation rate on the feasible pairs only; NaN if none), and for
+  reference the same (request, budget) pairs' ``oracle_violation_rate`` /
+  ``oracle_violation_rate_feasible`` (the reward-maximising oracle) and
+  ``static_violation_rate`` / ``static_violation_rate_feasible`` (static-per-budget), NaN
+  when that policy was not evaluated. Under ``reward="hard"`` a policy can do no better than
+  ``infeasible_share`` overall.
 - ``requests.csv.gz``: the per-request records behind it.
+- Every row of both CSVs carries ``synthetic`` and ``cache_label`` (``"SYNTHETIC"``, or
+  ``"live <model_id>"`` for a cache the runtime built: :func:`cache.reader.cache_label`), and so
+  do ``summary.json`` (with ``generator`` and ``model_id``), the log lines and the plot titles.
 - ``summary.json`` (strict JSON; undefined figures are ``null``): seed(s), config, cache path + sha256, synthetic flag, versions, wall time,
   and per policy: mean reward over the grid with its paired bootstrap 95% CI of the difference
   to the static baseline, violation rate, AIQ (area under the non-decreasing convex hull of
@@ -142,10 +152,31 @@ def knob_columns(data: ReplayData) -> dict[str, np.ndarray]:
     return cols
 
 
+def feasible_pairs(data: ReplayData, sample_index: np.ndarray, budget_ms: np.ndarray) -> np.ndarray:
+    """bool: some configuration with an outcome fits ``budget_ms`` for request ``sample_index``
+    (its estimated total latency ≤ the budget); True where the budget is NaN (budget-free rows)."""
+    s = np.asarray(sample_index, dtype=np.int64)
+    b = np.asarray(budget_ms, dtype=np.float64)
+    lat = np.where(data.valid, data.total_ms, np.inf)
+    out = np.ones(s.shape, dtype=bool)
+    for bv in np.unique(b[np.isfinite(b)]):
+        rows = b == bv
+        out[rows] = (lat[s[rows]] <= bv).any(axis=1)
+    return out
+
+
+def _violation_rate_feasible(g: pd.DataFrame) -> float:
+    f = g["feasible"].to_numpy(dtype=bool)
+    return float(g["violation"].to_numpy(dtype=bool)[f].mean()) if f.any() else float("nan")
+
+
 def aggregate(records: pd.DataFrame, data: ReplayData) -> pd.DataFrame:
     """results.csv rows from per-request records (one row per group × dataset, plus 'all')."""
     kc = knob_columns(data)
     keys = ["seed", "policy", "reward_mode", "lambda", "budget_ms"]
+    if "feasible" not in records:
+        records = records.assign(feasible=feasible_pairs(data, records["sample_index"].to_numpy(),
+                                                         records["budget_ms"].to_numpy()))
     rows = []
     for key, g in records.groupby(keys, dropna=False, sort=True):
         for ds, gd in [("all", g), *sorted(g.groupby("dataset"))]:
@@ -156,13 +187,21 @@ def aggregate(records: pd.DataFrame, data: ReplayData) -> pd.DataFrame:
                 accuracy=float(gd["score"].mean()),
                 mean_latency_ms=float(gd["latency_ms"].mean()),
                 violation_rate=float(gd["violation"].mean()),
+                violation_rate_feasible=_violation_rate_feasible(gd),
+                infeasible_share=float(1.0 - gd["feasible"].mean()),
                 mean_reward=float(gd["reward"].mean()),
                 n=int(len(gd)),
             )
             for name, onehot in kc.items():
                 row[name] = float(onehot[ci].mean())
             rows.append(row)
-    return pd.DataFrame(rows)
+    res = pd.DataFrame(rows)
+    on = ["seed", "reward_mode", "lambda", "budget_ms", "dataset"]
+    for ref in ("oracle", "static"):
+        cols = {"violation_rate": f"{ref}_violation_rate", "violation_rate_feasible": f"{ref}_violation_rate_feasible"}
+        sub = res.loc[res["policy"] == ref, on + list(cols)].rename(columns=cols)
+        res = res.merge(sub, on=on, how="left") if len(sub) else res.assign(**{c: np.nan for c in cols.values()})
+    return res
 
 
 def static_points(data: ReplayData, dataset: str = "all") -> pd.DataFrame:
@@ -199,6 +238,8 @@ def policy_summary(records: pd.DataFrame, results: pd.DataFrame, data: ReplayDat
             "accuracy": float(main.loc[main["policy"] == p, "score"].mean()),
             "mean_latency_ms": float(main.loc[main["policy"] == p, "latency_ms"].mean()),
             "violation_rate": float(main.loc[main["policy"] == p, "violation"].mean()),
+            "violation_rate_feasible": _violation_rate_feasible(main[main["policy"] == p]),
+            "infeasible_share": float(1.0 - main.loc[main["policy"] == p, "feasible"].mean()),
             "aiq": aiq(g["mean_latency_ms"].to_numpy(), g["accuracy"].to_numpy(), budget_range),
         }
         for f in KEPT_FRACS:
@@ -325,9 +366,10 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
         train = ReplayData.from_cache(oc, cfg.train_split)
         unc = _uncertainty(oc, train, test)
         cache_sha256 = oc.content_hash()
+        label = oc.label
     lo, hi = test.budget_range_ms
     budgets = np.asarray(cfg.budgets if cfg.budgets else np.linspace(lo, hi, cfg.n_budgets), dtype=np.float64)
-    tag = "SYNTHETIC cache" if test.synthetic else "cache"
+    tag = f"{label['cache_label']} cache"  # "SYNTHETIC cache" / "live <model_id> cache": logs and plot titles
     if verbose:
         print(f"[evaluate] {tag} {cfg.cache}: {test.n} {cfg.split} / {train.n} {cfg.train_split} requests, "
               f"budgets {np.round(budgets, 1).tolist()} ms, reward {reward.mode}")
@@ -376,18 +418,25 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
                                             "seed": seed, "reward_mode": "lagrangian", "lambda": lam}))
 
     with output_dir(out):
-        return _write_outputs(cfg, out, frames, test, train, budgets, (lo, hi), tag, cache_sha256, t0, verbose)
+        return _write_outputs(cfg, out, frames, test, train, budgets, (lo, hi), tag, cache_sha256, t0, verbose,
+                              label=label)
 
 
 def _write_outputs(cfg: EvalConfig, out: Path, frames: list[pd.DataFrame], test: ReplayData, train: ReplayData,
                    budgets: np.ndarray, budget_range: tuple[float, float], tag: str, cache_sha256: str, t0: float,
-                   verbose: bool) -> tuple[pd.DataFrame, dict]:
+                   verbose: bool, *, label: dict[str, Any] | None = None) -> tuple[pd.DataFrame, dict]:
     lo, hi = budget_range
+    if label is None:
+        label = {"cache_label": "SYNTHETIC" if test.synthetic else "unlabelled", "synthetic": bool(test.synthetic),
+                 "generator": None, "model_id": None}
     records = pd.concat(frames, ignore_index=True)
+    records["feasible"] = feasible_pairs(test, records["sample_index"].to_numpy(), records["budget_ms"].to_numpy())
     results = aggregate(records, test)
     results.insert(0, "synthetic", bool(test.synthetic))
+    results.insert(1, "cache_label", label["cache_label"])
     results.to_csv(out / "results.csv", index=False)
-    records.to_csv(out / "requests.csv.gz", index=False)
+    # every per-request row says which kind of cache it comes from (constant columns: gzip makes them free)
+    records.assign(synthetic=bool(test.synthetic), cache_label=label["cache_label"]).to_csv(out / "requests.csv.gz", index=False)
     if len(cfg.seeds) > 1:
         per_seed = results[results["lambda"].isna()]
         aggregate_seeds(per_seed, ["policy", "budget_ms", "dataset"],
@@ -395,6 +444,9 @@ def _write_outputs(cfg: EvalConfig, out: Path, frames: list[pd.DataFrame], test:
 
     summary = {
         "synthetic": bool(test.synthetic),
+        "cache_label": label["cache_label"],
+        "generator": label["generator"],
+        "model_id": label["model_id"],
         "note": "SYNTHETIC outcome cache: figures describe the generative model, not MolmoE-1B" if test.synthetic else "",
         "seeds": cfg.seeds,
         "config": asdict(cfg),
@@ -445,7 +497,8 @@ def print_table(summary: dict) -> None:
             "gap share": s.get("share_of_static_to_oracle_gap", float("nan")),
         })
     df = pd.DataFrame(rows).sort_values("reward", ascending=False)
-    banner = " (SYNTHETIC cache)" if summary.get("synthetic") else ""
+    banner = f" ({summary['cache_label']} cache)" if summary.get("cache_label") else (
+        " (SYNTHETIC cache)" if summary.get("synthetic") else "")
     print(f"\nMean over the budget grid{banner}:")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(df.to_string(index=False))

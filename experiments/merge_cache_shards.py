@@ -13,7 +13,7 @@ metrics, sizes; distinct ranks of one
 ``num_shards``; no sample row or outcome filled in two shards) and copies every filled row
 (sample table and all outcome columns, statuses and errors included) into a new cache through
 :class:`cache.writer.CacheWriter`. The budget range is then derived from the merged samples
-exactly as a single build derives it (:func:`experiments.build_cache.finalize`), with the
+exactly as a single build derives it (:func:`cache.live_builder.finalize`), with the
 shards' estimator (or ``--estimator``), so that the merged file equals a single build of the
 same settings, measured latencies aside.
 
@@ -74,7 +74,7 @@ def read_shard_info(paths: Sequence[Path]) -> list[dict[str, Any]]:
             info["rows"] = np.flatnonzero((done > 0) | (status != STATUS_PENDING).any(axis=1))
             info["done"] = done
             infos.append(info)
-    from experiments.build_cache import params_mismatch
+    from cache.live_builder import params_mismatch
 
     ref = infos[0]
     for info in infos[1:]:
@@ -93,7 +93,7 @@ def read_shard_info(paths: Sequence[Path]) -> list[dict[str, Any]]:
 
 def check_coverage(infos: Sequence[dict[str, Any]], *, allow_incomplete: bool) -> None:
     """Ranks distinct and complete, filled rows disjoint, every shard's own chunks finished."""
-    from experiments.build_cache import chunk_rows
+    from cache.live_builder import chunk_rows
 
     shards = [i["shard"] for i in infos]
     if any(s is None for s in shards):
@@ -133,7 +133,7 @@ def merge_shards(out: Path, shards: Sequence[Path], *, overwrite: bool = False, 
 
     from cache.writer import CacheWriter
     from envs.knob_space import KnobSpace
-    from experiments.build_cache import finalize
+    from cache.live_builder import finalize
     from model_runtime.latency_estimator import LatencyEstimator
 
     shards = [Path(p) for p in shards]

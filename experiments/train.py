@@ -23,6 +23,9 @@
 - Writes ``DIR/config.yaml`` (the resolved config), ``DIR/policy/`` (checkpoint, loadable by
   ``agents.registry.load_policy("AGENT:DIR/policy")``), TensorBoard scalars under ``DIR/tb``
   (or the agent's own log layout under DIR), and ``DIR/train_summary.json``.
+- Labels: ``config.yaml``, ``train_summary.json`` and the policy's own config carry the cache's
+  provenance (``cache_label``: ``"SYNTHETIC"`` or ``"live <model_id>"``; ``synthetic``;
+  ``generator``; ``model_id``; see :func:`cache.reader.cache_label`), and so do the log lines.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -189,15 +193,26 @@ def train_agent(agent: str, *, cache: str, out: str, seed: int = 0, steps: int |
     with OutcomeCache(cache, tokens="lazy") as oc:  # a missing / truncated / foreign cache fails here, before --out
         if not len(oc.split_indices("train")):
             raise ValueError(f"--cache {cache}: the train split is empty")
+        label = oc.label
     check_out_dir(out, overwrite)
     if Path(out).is_dir() and any(Path(out).iterdir()):
         shutil.rmtree(out)  # a previous run (check_out_dir): its files must not mix with this one's
+    if progress:
+        print(f"[train] {agent} on the {label['cache_label']} cache {cache}", file=sys.stderr)
     with output_dir(out) as outdir:
-        return _train_into(agent, cache, outdir, seed, steps, cfg, env_kwargs, progress)
+        return _train_into(agent, cache, outdir, seed, steps, cfg, env_kwargs, progress, label)
+
+
+def _save_policy(policy: Any, outdir: Path, label: dict[str, Any]) -> None:
+    """``policy.save(outdir / "policy")`` with the cache's provenance label in its config."""
+    policy.provenance = dict(label)
+    policy.save(outdir / "policy")
 
 
 def _train_into(agent: str, cache: str, outdir: Path, seed: int, steps: int | None, cfg: Any,
-                env_kwargs: dict[str, Any], progress: bool) -> Any:
+                env_kwargs: dict[str, Any], progress: bool, label: dict[str, Any]) -> Any:
+    """Train, save the policy, and write ``config.yaml`` / ``train_summary.json``; every file
+    carries the cache's provenance ``label`` (:func:`cache.reader.cache_label`)."""
     t0 = time.perf_counter()
     if agent == "grpo":
         from agents.grpo import train_grpo
@@ -206,7 +221,7 @@ def _train_into(agent: str, cache: str, outdir: Path, seed: int, steps: int | No
         if steps is not None:
             cfg = dataclasses.replace(cfg, iterations=max(1, math.ceil(steps / (2 * cfg.contexts_per_iter * cfg.group_size))))
         policy, history = train_grpo(env_kwargs, cfg, log_dir=outdir / "tb", progress=progress)
-        policy.save(outdir / "policy")
+        _save_policy(policy, outdir, label)
         summary = {"final": history[-1] if history else {}}
     elif agent in ("maskable_ppo", "ppo"):
         from agents.ppo import train_maskable_ppo, train_ppo_flat
@@ -215,7 +230,7 @@ def _train_into(agent: str, cache: str, outdir: Path, seed: int, steps: int | No
         res = (train_maskable_ppo if agent == "maskable_ppo" else train_ppo_flat)(env_kwargs, cfg, log_dir=outdir,
                                                                                   progress=progress)
         policy = res.policy
-        policy.save(outdir / "policy")
+        _save_policy(policy, outdir, label)
         summary = res.summary
     else:
         from agents.bandits import train_bandit
@@ -223,13 +238,14 @@ def _train_into(agent: str, cache: str, outdir: Path, seed: int, steps: int | No
         cfg = dataclasses.replace(cfg, seed=seed, **({"total_steps": steps} if steps else {}))
         res = train_bandit(agent, env_kwargs, cfg, log_dir=outdir, progress=progress)
         policy = res.policy
-        policy.save(outdir / "policy")
+        _save_policy(policy, outdir, label)
         summary = getattr(res, "summary", {})
     wall = time.perf_counter() - t0
-    resolved = {"agent": agent, "cache": str(cache), "seed": seed, "env": env_kwargs,
+    resolved = {"agent": agent, "cache": str(cache), **label, "seed": seed, "env": env_kwargs,
                 "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str))}
     (outdir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    (outdir / "train_summary.json").write_text(json.dumps({"wall_s": wall, **summary}, indent=2, default=str))
+    summary = {"agent": agent, "cache": str(cache), "wall_s": wall, **summary, **label}
+    (outdir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     policy.name = agent
     return policy
 
@@ -276,9 +292,10 @@ def _main(argv: Sequence[str]) -> int:
         if not isinstance(overrides, dict):
             raise CliError(f"--config {a.config}: expected a YAML mapping")
     overrides = _merge(overrides, parse_set(a.set))
-    train_agent(a.agent, cache=a.cache, out=a.out, seed=a.seed, steps=a.steps, overrides=overrides, quick=a.quick,
-                progress=not a.no_progress, overwrite=a.overwrite)
-    print(f"[train] saved {a.agent} to {a.out}/policy (config: {a.out}/config.yaml)")
+    policy = train_agent(a.agent, cache=a.cache, out=a.out, seed=a.seed, steps=a.steps, overrides=overrides,
+                         quick=a.quick, progress=not a.no_progress, overwrite=a.overwrite)
+    print(f"[train] saved {a.agent} to {a.out}/policy (config: {a.out}/config.yaml; trained on the "
+          f"{policy.provenance['cache_label']} cache {a.cache})")
     return 0
 
 

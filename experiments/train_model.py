@@ -31,7 +31,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--steps", type=int, default=0, help="optimiser steps (0: fit to --time-budget)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds of training when --steps is 0")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256,
+                    help="examples per step (a step launches about as many kernels at any size, so larger "
+                         "batches amortise them; see benchmarks/RESULTS.md)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--recipes", nargs="+", default=["plain=0", "robust=0.15"],
                     help="NAME=RATE per model (rate of steps run at a random knob configuration)")

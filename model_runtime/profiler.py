@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from envs.knob_space import KnobSpace
+from model_runtime.knob_space import KnobSpace
 from model_runtime.latency_estimator import OPTIONAL_PROFILE_COLUMNS, PROFILE_COLUMNS
 from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.generation import greedy_generate

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.molmoe import decode_kernels as dk
+from model_runtime.molmoe import kernels as dk
 
 #: Triton kernels run on CUDA, or on CPU through Triton's interpreter (TRITON_INTERPRET=1, which
 #: tests/conftest.py sets when no GPU is present)

@@ -317,16 +317,18 @@ def test_missing_dataset_and_shape_mismatch_are_cache_errors(copy: Path) -> None
         OutcomeCache(copy)
 
 
-def test_reader_warns_while_a_journal_exists(tmp_path: Path) -> None:
+def test_reader_refuses_an_unfinished_build_and_names_what_finishes_it(tmp_path: Path) -> None:
     path = tmp_path / "j.h5"
-    w = small_writer(path)
+    w = small_writer(path)  # generator "synthetic" with hand-made parameters: no CLI reproduces them
     w.write_samples(np.arange(2), id=["a", "b"])
     w._abort()
-    with pytest.warns(UserWarning, match="build is unfinished"):
-        OutcomeCache(path).close()
-    path.write_bytes(b"\0" * 100)  # killed before the file existed properly
-    with pytest.raises(CacheError, match=r"journal exists .*CacheWriter\.resume"):
+    with pytest.raises(CacheError, match=r"unfinished cache build .*journal .*--resume"):
         OutcomeCache(path)
+    with pytest.warns(UserWarning, match="build is unfinished"):  # opt-in, e.g. for cache.info
+        OutcomeCache(path, allow_unfinished=True).close()
+    path.write_bytes(b"\0" * 100)  # killed before the file existed properly
+    with pytest.raises(CacheError, match=r"journal exists .*unfinished, finish it with .*--resume"):
+        OutcomeCache(path, allow_unfinished=True)
 
 
 # ---------------------------------------------------------------------- validate / info

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.molmoe import decode_kernels as dk
+from model_runtime.molmoe import kernels as dk
 from tests.kernel_testing import DEV, seeded, triton_ok
 
 _g = seeded
@@ -127,3 +127,15 @@ def test_prefill_moe_helpers() -> None:
     ref = res + torch.stack([sum(y[int(inverse[t * top_k + j])] for j in range(top_k)) for t in range(n_tok)])
     _close(dk.gather_sum(y, inverse, top_k, res, "triton"), ref, 1e-5)
     _close(dk.gather_sum(y, inverse, top_k, res, "torch"), ref, 1e-5)
+
+
+def test_old_module_names_reexport_the_kernels_package() -> None:
+    """``decode_kernels`` and ``prefill_moe`` stay importable as thin re-exports of ``kernels``."""
+    from model_runtime.molmoe import decode_kernels, prefill_moe
+    from model_runtime.molmoe.kernels import prefill_moe as kpm
+
+    for name in decode_kernels.__all__:
+        assert getattr(decode_kernels, name) is getattr(dk, name), name
+    for name in prefill_moe.__all__:
+        assert getattr(prefill_moe, name) is getattr(kpm, name), name
+    assert decode_kernels.TUNING is dk.common.TUNING  # tuning through the old name reaches the kernels

@@ -185,7 +185,7 @@ def test_two_stage_masks_and_observations_for_every_tier_and_p(data: ReplayData)
 def test_flat_env_masks_and_observation(data: ReplayData, holey: ReplayData) -> None:
     env = MolmoeKnobsFlatEnv(data=data)
     obs, info = env.reset(seed=0)
-    assert set(obs) == {"lang", "budget", "action_mask"} and obs["action_mask"].shape == (225,)
+    assert set(obs) == {"lang", "budget", "request", "action_mask"} and obs["action_mask"].shape == (225,)
     assert obs["action_mask"].all() and env.action_masks().all() and env.action_space.start == 0
     env = MolmoeKnobsFlatEnv(data=holey, incomplete="mask")
     obs, info = env.reset(options={"sample_index": 0})

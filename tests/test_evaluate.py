@@ -52,6 +52,20 @@ def test_evaluate_writes_reports_with_expected_rows(small_cache, tmp_path):
     assert (full["ratio_tier_high"] == 1).all() and (full["ratio_b16"] == 1).all() and (full["ratio_k8"] == 1).all()
     lam = df[df["lambda"] == 0.5]
     assert set(lam["reward_mode"]) == {"lagrangian"} and "oracle" in set(lam["policy"])
+    # violations restated: feasible-only rates and the oracle's / static's for reference
+    from experiments.evaluate import feasible_pairs
+
+    for c in ("violation_rate_feasible", "infeasible_share", "oracle_violation_rate", "static_violation_rate",
+              "oracle_violation_rate_feasible", "static_violation_rate_feasible"):
+        assert c in df.columns, c
+    st = allrows[allrows["policy"] == "static"].sort_values("budget_ms")
+    for _, row in st.iterrows():
+        feas = feasible_pairs(test, np.arange(test.n), np.full(test.n, row["budget_ms"]))
+        assert row["infeasible_share"] == pytest.approx(1.0 - feas.mean())
+        assert row["static_violation_rate"] == pytest.approx(row["violation_rate"])
+    orc = allrows[allrows["policy"] == "oracle"]
+    assert np.allclose(orc["oracle_violation_rate"], orc["violation_rate"])
+    assert (allrows["violation_rate_feasible"].dropna() <= 1).all()
 
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["synthetic"] and len(s["cache"]["sha256"]) == 64 and s["budgets_ms"][0] == pytest.approx(lo)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from envs.knob_space import KnobSpace
-from model_runtime.molmoe import decode_kernels as dk
+from model_runtime.molmoe import kernels as dk
 from model_runtime.molmoe.fused_lm import ROUTED_FORMS, FusedLM
 from model_runtime.molmoe.generation import greedy_generate
 from model_runtime.molmoe.language_model import BlockKVCache, MolmoeLanguageModel

@@ -14,7 +14,7 @@ from envs.knob_space import KnobConfig, KnobSpace
 from model_runtime import latency_estimator as le
 from model_runtime.latency_estimator import LatencyEstimator, budget_range, predict_grid
 
-REFERENCE_CSV = Path("/work/shared/reference/h100_hf_transformers_molmoe1b_shape.csv")
+REFERENCE_CSV = Path(__file__).resolve().parents[1] / "model_runtime" / "profiles" / "reference_h100_hf_transformers_molmoe1b_shape.csv"
 PACKAGED_CSV = le.DEFAULT_PROFILE_DIR / "h100_hf_eager_reference.csv"
 RUNTIME_CSV = le.DEFAULT_PROFILE_DIR / "h100_runtime_fast.csv"
 REFERENCE_JSON = le.DEFAULT_PROFILE_DIR / "reference_hf_eager_estimator.json"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.molmoe import decode_kernels as dk
-from model_runtime.molmoe import prefill_moe as pm
+from model_runtime.molmoe import kernels as dk
+from model_runtime.molmoe.kernels import prefill_moe as pm
 from tests.kernel_testing import DEV, seeded, triton_ok
 
 _g = seeded

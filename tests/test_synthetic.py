@@ -293,7 +293,7 @@ def test_bad_parameters_are_clear_errors():
 
 
 def test_build_default_cache_reuses_rebuilds_stale_and_protects_other_files(tmp_path, monkeypatch):
-    import cache.synthetic as syn
+    import cache.synthetic_writer as syn  # where build_default_cache looks up default_params
 
     small = SyntheticParams(n_samples=60)
     monkeypatch.setattr(syn, "default_params", lambda: small)
@@ -328,3 +328,25 @@ def test_opt_in_output_length_signal_in_the_language_feature(data):
     assert r2["default"] < 0.05 and r2["hinted"] > 0.2, r2
     with pytest.raises(ValueError, match="lang_r2_output_length"):
         SyntheticParams(lang_r2_output_length=1.0)
+
+
+def test_python_dash_m_cache_synthetic_runs_the_cli(tmp_path):
+    """``cache.synthetic`` is split by concern (params / model / calibration / writer / CLI); the
+    ``python -m cache.synthetic`` entry point and the package's public names stay where they were."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cache.synthetic as syn
+    import cache.synthetic_cli
+    import cache.synthetic_model
+    import cache.synthetic_writer
+
+    assert syn.generate is cache.synthetic_model.generate and syn.main is cache.synthetic_cli.main
+    assert syn.build_default_cache is cache.synthetic_writer.build_default_cache
+    assert all(hasattr(syn, name) for name in syn.__all__) and callable(syn._parser)
+    out = tmp_path / "cli.h5"
+    p = subprocess.run([sys.executable, "-m", "cache.synthetic", "--out", str(out), "--samples", "40", "--quiet"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert out.is_file() and "wrote SYNTHETIC outcome cache" in p.stdout

@@ -9,11 +9,11 @@ packing costs no memory and the eager modules keep working) and runs:
   QKV GEMM, FlashAttention-style SDPA (``is_causal`` when the prompt has no padding and no past,
   the padding mask otherwise), router softmax + top-k, and the routed experts as grouped GEMMs
   over expert-sorted tokens (:func:`routed_experts`; on CUDA the Triton kernels of
-  :mod:`~model_runtime.molmoe.prefill_moe`) — no per-expert Python loop, no host sync; keys and
+  :mod:`~model_runtime.molmoe.kernels.prefill_moe`) — no per-expert Python loop, no host sync; keys and
   values go straight into a static cache's slots (:meth:`StaticKVCache.append_slots`);
 - :meth:`FusedLM.decode_step`: one token for every row of a
   :class:`~model_runtime.molmoe.static_decode.StaticKVCache` with fixed shapes and no host sync,
-  11 kernels per block (:mod:`~model_runtime.molmoe.decode_kernels`), which
+  11 kernels per block (:mod:`~model_runtime.molmoe.kernels`), which
   :class:`~model_runtime.molmoe.static_decode.GraphDecoder` captures in a CUDA graph.
 
 Both run the ``"triton"`` ops on CUDA and their torch references on CPU (the CPU tests check both
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from . import decode_kernels as dk
-from .prefill_moe import routed_experts_grouped, sort_by_expert
+from . import kernels as dk
+from .kernels.prefill_moe import routed_experts_grouped, sort_by_expert
 
 if TYPE_CHECKING:  # pragma: no cover
     from .language_model import BlockKVCache, LMState, MolmoeLanguageModel
@@ -73,7 +73,7 @@ def routed_experts(
         h: (T, D); gate_up: (E, 2I, D); down: (E, D, I); idx: (T, k) int; weights: (T, k) in h's dtype.
         form: ``grouped_mm`` (the T·k token-expert pairs sorted by expert, per-expert counts from a
             ``scatter_add`` into a fixed (E,) vector, gate/up and down as torch's grouped GEMMs),
-            ``sorted_gemm`` (the same in four kernels of :mod:`~model_runtime.molmoe.prefill_moe`:
+            ``sorted_gemm`` (the same in four kernels of :mod:`~model_runtime.molmoe.kernels.prefill_moe`:
             sort, gate/up GEMM with the token gather and SiLU·up·weight fused, down GEMM,
             gather-sum) or ``gather`` (the routed experts' weights gathered per token, batched
             matmuls; copies the weights, fine for tiny models and CPU).

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from envs.knob_space import KnobSpace
+from model_runtime.knob_space import KnobSpace
 
 from .runtime import MolmoeRuntime, mean_score
 

@@ -1,6 +1,6 @@
 """``MolmoeRuntime.run(requests, config)``: the one code path that applies a knob configuration.
 
-For a configuration ``(tier, p, top_k, blocks)`` of a :class:`~envs.knob_space.KnobSpace`:
+For a configuration ``(tier, p, top_k, blocks)`` of a :class:`~model_runtime.knob_space.KnobSpace`:
 
 - tier → ``max_crops = knob_space.crops_for(tier)`` → Molmo preprocessing → vision tokens;
 - ``knob_space.plan(config)`` → per-block top-k (blocks ``0..p-1`` at the maximum, the chosen
@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from envs.knob_space import KnobConfig, KnobSpace
+from model_runtime.knob_space import KnobConfig, KnobSpace
 
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationResult, greedy_generate
 from .static_decode import GraphDecoder

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from envs.knob_space import KnobConfig
+from model_runtime.knob_space import KnobConfig
 
 from .dense_experts import dense_experts
 from .generation import _result

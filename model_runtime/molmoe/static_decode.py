@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .decode_kernels import router_topk
+from .kernels.router import router_topk
 from .fused_lm import FusedLM, routed_experts
 from .language_model import MolmoeLanguageModel
 

@@ -64,7 +64,7 @@ class TrainConfig:
     steps: int = 0
     time_budget_s: float = 420.0
     probe_steps: int = 60
-    batch_size: int = 128
+    batch_size: int = 256
     lr: float = 2e-3
     min_lr_frac: float = 0.05
     warmup_steps: int = 150

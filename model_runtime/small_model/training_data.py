@@ -42,7 +42,7 @@ class TrainDataConfig:
     """
 
     seed: int = 0
-    batch_size: int = 128
+    batch_size: int = 256
     max_crops: int = 12
     task_weights: dict[str, float] = field(default_factory=lambda: {
         "easy_vqa": 0.10, "synth_text": 0.20, "synth_doc": 0.20, "synth_chart": 0.20,

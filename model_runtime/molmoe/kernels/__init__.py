@@ -1,0 +1,69 @@
+"""The fast path's Triton kernels, each op with a torch reference of the same signature.
+
+Modules, by concern:
+
+- :mod:`.common`: Triton's availability, the backends (``"triton"`` / ``"torch"``), block sizes;
+- :mod:`.norm_rope`: RMSNorm (with the residual add), QK-norm + RoPE (+ KV-cache write);
+- :mod:`.attention`: split-K decode attention and its reduction;
+- :mod:`.router`: router softmax + top-k;
+- :mod:`.decode_moe`: the decode step's routed experts (gate/up + SiLU·up, down, weighted
+  combine + residual + next RMSNorm), parallel over (token, expert) pairs;
+- :mod:`.prefill_moe`: the prefill's routed experts as grouped GEMMs over expert-sorted pairs
+  (sort, gate/up + activation, down, gather-sum back to token order).
+
+The old module names :mod:`model_runtime.molmoe.decode_kernels` and
+:mod:`model_runtime.molmoe.prefill_moe` re-export these ops. Every public op is importable from
+this package too.
+
+The decode path
+---------------
+A batch-1 decode token of MolmoE-1B reads ~2.3 GB (attention weights, 8 routed experts per block,
+LM head, KV cache) and does almost no arithmetic, so the step is bound by bytes and by the number
+of kernels (each costs ~1-2 us even inside a CUDA graph). transformers' block runs ~70 kernels
+per block; these ops cut it to 11: RMSNorm, QKV GEMV (cuBLAS), QK-norm + RoPE + KV-cache write,
+split-K attention + its reduction, output GEMV (cuBLAS), residual add + RMSNorm, router GEMV
+(cuBLAS), softmax + top-k, gate/up GEMV + SiLU·up over the routed experts, down GEMV per routed
+expert, weighted sum + residual + the next block's input RMSNorm. The two expert kernels are
+parallel over (token, expert) pairs and output tiles, which is what lets them stream the
+experts' weights near the copy rate (a first version that looped over the k experts inside each
+program reached ~0.6 TB/s on the down projection).
+
+Every op has two backends with one signature:
+
+- ``"triton"``: the kernels below (CUDA; also run by Triton's interpreter on CPU tensors when
+  ``TRITON_INTERPRET=1`` is set before Triton is imported, which is how the CPU tests check them);
+- ``"torch"``: plain torch, the reference and the CPU path.
+
+Numerics follow transformers' bf16 modules where it is cheap to (RMSNorm rounds the normalised
+value to the input dtype before the weight multiply; router softmax in float32 over all experts,
+top-k, weights cast to the input dtype; expert outputs rounded before the weighted sum);
+accumulation is float32 throughout, so results differ from the eager path only by summation order.
+
+Shapes: T tokens (decode: one per batch row, T = B), D ``d_model``, H query heads, H_kv key/value
+heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
+"""
+
+from .attention import attention_scale, decode_attention
+from .common import BACKENDS, HAVE_TRITON, TUNING, Backend, check_backend, default_backend, triton_interpreting
+from .decode_moe import moe_combine, moe_down, moe_gate_up_act
+from .norm_rope import add_rms_norm, qk_norm_rope, qk_norm_rope_store, rms_norm, rope_cos_sin
+from .prefill_moe import (
+    FLOAT32_TILES,
+    INTERPRETER_TILES,
+    ExpertOrder,
+    gather_sum,
+    grouped_down,
+    grouped_gate_up_act,
+    routed_experts_grouped,
+    silu_mul_scale,
+    sort_by_expert,
+)
+from .router import router_topk
+
+__all__ = [
+    "BACKENDS", "FLOAT32_TILES", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder",
+    "add_rms_norm", "attention_scale", "check_backend", "decode_attention", "default_backend", "gather_sum",
+    "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act", "qk_norm_rope",
+    "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_topk", "silu_mul_scale",
+    "sort_by_expert", "triton_interpreting",
+]

@@ -1,0 +1,181 @@
+"""The decode step's routed experts: gate/up + SiLU·up and down GEMVs parallel over (token,
+expert) pairs and output tiles, then the weighted sum + residual + the next block's RMSNorm."""
+
+from __future__ import annotations
+
+import torch
+
+from .common import HAVE_TRITON, TUNING, Backend, _p2, triton_interpreting
+
+if HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+from .norm_rope import rms_norm
+
+# ============================================================================ kernels
+if HAVE_TRITON:
+
+    @triton.jit
+    def _moe_gate_up_kernel(
+        x_ptr, w_ptr, idx_ptr, out_ptr, K, P, D, I,
+        BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pair = tl.program_id(0)  # token pair // K, rank pair % K
+        ib = tl.program_id(1)
+        e = tl.load(idx_ptr + pair).to(tl.int64)
+        tok = pair // K
+        i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
+        mi = i < I
+        wg = w_ptr + e * 2 * I * D + i[:, None] * D
+        wu = wg + I * D
+        g = tl.zeros([BLOCK_I], tl.float32)
+        u = tl.zeros([BLOCK_I], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            md = d < D
+            x = tl.load(x_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)[None, :]
+            m2 = mi[:, None] & md[None, :]
+            g += tl.sum(tl.load(wg + d[None, :], mask=m2, other=0.0).to(tl.float32) * x, axis=1)
+            u += tl.sum(tl.load(wu + d[None, :], mask=m2, other=0.0).to(tl.float32) * x, axis=1)
+        dt = out_ptr.dtype.element_ty
+        g = g.to(dt).to(tl.float32)
+        u = u.to(dt).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u
+        tl.store(out_ptr + pair * I + i, act.to(dt), mask=mi)
+
+    @triton.jit
+    def _moe_down_kernel(act_ptr, w_ptr, idx_ptr, y_ptr, P, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr):
+        pair = tl.program_id(0)
+        db = tl.program_id(1)
+        e = tl.load(idx_ptr + pair).to(tl.int64)
+        d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+        md = d < D
+        wd = w_ptr + e * D * I + d[:, None] * I
+        y = tl.zeros([BLOCK_D], tl.float32)
+        for i0 in range(0, I, BLOCK_I):
+            i = i0 + tl.arange(0, BLOCK_I)
+            mi = i < I
+            a = tl.load(act_ptr + pair * I + i, mask=mi, other=0.0).to(tl.float32)[None, :]
+            y += tl.sum(tl.load(wd + i[None, :], mask=md[:, None] & mi[None, :], other=0.0).to(tl.float32) * a, axis=1)
+        tl.store(y_ptr + pair * D + d, y.to(act_ptr.dtype.element_ty).to(tl.float32), mask=md)
+
+    @triton.jit
+    def _moe_combine_kernel(
+        y_ptr, wt_ptr, res_ptr, nw_ptr, out_ptr, normed_ptr, D, eps,
+        K: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        tok = tl.program_id(0)
+        d = tl.arange(0, BLOCK)
+        kk = tl.arange(0, BLOCK_K)
+        md = d < D
+        mk = kk < K
+        dt = out_ptr.dtype.element_ty
+        # the k expert outputs in one (K, D) tile, weighted as the eager experts (rounded to the dtype)
+        y = tl.load(y_ptr + (tok * K + kk[:, None]) * D + d[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        wj = tl.load(wt_ptr + tok * K + kk, mask=mk, other=0.0).to(tl.float32)
+        acc = tl.sum((y * wj[:, None]).to(dt).to(tl.float32), axis=0)
+        r = tl.load(res_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)
+        out = (r + acc.to(dt).to(tl.float32)).to(dt)
+        tl.store(out_ptr + tok * D + d, out, mask=md)
+        if HAS_NORM:  # the next block's input RMSNorm (or the final norm) on the new residual stream
+            xf = out.to(tl.float32)
+            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
+            w = tl.load(nw_ptr + d, mask=md, other=0.0).to(tl.float32)
+            tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=md)
+
+    # Tuned variants (CUDA): the best block sizes per (pairs, D, I), measured on first use
+    # (warm-up, before any graph capture). The interpreter and explicit block sizes use the raw kernels.
+    _gate_up_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_I": bi, "BLOCK_D": bd}, num_warps=w)
+                 for bi, bd, w in ((8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 4), (32, 512, 8),
+                                   (64, 128, 4), (64, 256, 8))],
+        key=["P", "D", "I"],
+    )(_moe_gate_up_kernel)
+    _down_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_I": bi}, num_warps=w)
+                 for bd, bi, w in ((4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
+                                   (32, 256, 4), (32, 256, 8))],
+        key=["P", "D", "I"],
+    )(_moe_down_kernel)
+
+
+# ============================================================================ ops
+def _launch_pair_tiles(
+    tuned: object, raw: object, args: tuple, pairs: int, n: int, block_name: str, block: int | None, tuning_key: str,
+    **raw_meta: int,
+) -> None:
+    """Launch an expert kernel over a (token-expert pairs, ceil(n / block)) grid: the autotuned
+    variant on CUDA, the raw kernel with ``block`` (or ``TUNING[tuning_key]``) otherwise."""
+    if block is None and not triton_interpreting():
+        tuned[lambda meta: (pairs, triton.cdiv(n, meta[block_name]))](*args)  # type: ignore[index]
+    else:
+        b = min(TUNING[tuning_key] if block is None else int(block), _p2(n))
+        raw[(pairs, triton.cdiv(n, b))](*args, **{block_name: b}, **raw_meta)  # type: ignore[index]
+
+
+def moe_gate_up_act(
+    x: torch.Tensor, gate_up: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_i: int | None = None
+) -> torch.Tensor:
+    """SiLU(gate)·up of each (token, routed expert) pair: x (T, D), gate_up (E, 2I, D), idx (T, k)
+    → (T·k, I), pair p = token p // k, rank p % k. ``block_i``: expert rows per program (default:
+    autotuned on CUDA, ``TUNING`` in the interpreter)."""
+    n_tok, top_k = idx.shape
+    n_int = gate_up.shape[1] // 2
+    if backend == "torch":
+        g, u = torch.einsum("td,tkhd->tkh", x, gate_up[idx.long()]).chunk(2, dim=-1)
+        return (torch.nn.functional.silu(g) * u).reshape(n_tok * top_k, n_int)
+    dim, pairs = x.shape[-1], n_tok * top_k
+    out = torch.empty(pairs, n_int, dtype=x.dtype, device=x.device)
+    _launch_pair_tiles(_gate_up_tuned, _moe_gate_up_kernel, (x.contiguous(), gate_up, idx.contiguous(), out, top_k, pairs, dim, n_int),
+                       pairs, n_int, "BLOCK_I", block_i, "gate_up_block_i", BLOCK_D=min(256, _p2(dim)))
+    return out
+
+
+def moe_down(
+    act: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_d: int | None = None
+) -> torch.Tensor:
+    """Each pair's expert output ``down[idx] @ act`` → (T·k, D) float32 (values rounded to act's
+    dtype, as the eager experts' output). act (T·k, I), down (E, D, I), idx (T, k)."""
+    n_tok, top_k = idx.shape
+    dim, n_int = down.shape[1], down.shape[2]
+    pairs = n_tok * top_k
+    if backend == "torch":
+        y = torch.einsum("pi,pdi->pd", act, down[idx.long().reshape(-1)])
+        return y.float()
+    y = torch.empty(pairs, dim, dtype=torch.float32, device=act.device)
+    _launch_pair_tiles(_down_tuned, _moe_down_kernel, (act.contiguous(), down, idx.contiguous(), y, pairs, dim, n_int),
+                       pairs, dim, "BLOCK_D", block_d, "down_block_d", BLOCK_I=min(256, _p2(n_int)))
+    return y
+
+
+def moe_combine(
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    backend: Backend = "torch",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``out = residual + Σ_j weights[:, j] · y[t·k + j]`` and, with ``norm_weight``, the RMSNorm of
+    ``out`` (the next block's input norm or the final norm, fused here to save a launch).
+
+    Args:
+        y: (T·k, D) float32 from :func:`moe_down`; weights: (T, k); residual: (T, D).
+
+    Returns:
+        (out (T, D), normed (T, D) or None), in residual's dtype.
+    """
+    n_tok, top_k = weights.shape
+    dim = residual.shape[-1]
+    if backend == "torch":
+        moe = (y.to(residual.dtype).reshape(n_tok, top_k, dim) * weights[..., None]).sum(dim=1)
+        out = residual + moe.to(residual.dtype)
+        return out, None if norm_weight is None else rms_norm(out, norm_weight, eps, "torch")
+    out = torch.empty_like(residual)
+    normed = torch.empty_like(residual) if norm_weight is not None else out
+    _moe_combine_kernel[(n_tok,)](
+        y, weights.contiguous(), residual.contiguous(), norm_weight if norm_weight is not None else residual, out, normed,
+        dim, eps, K=top_k, BLOCK_K=_p2(top_k), HAS_NORM=norm_weight is not None, BLOCK=_p2(dim), num_warps=8,
+    )
+    return out, normed if norm_weight is not None else None

@@ -1,0 +1,369 @@
+"""The prefill's routed experts as Triton grouped GEMMs over expert-sorted (token, expert) pairs.
+
+A 1,000-token prefill routes 8,000 (token, expert) pairs per block over all 64 experts, so every
+expert's weights are read (12.9 GB over 16 blocks, ~4.5 ms at an H100's copy rate) while the
+arithmetic is ~2.2 TFLOP: the expert GEMMs are bound by the weight stream, and the rest of the
+block's MoE is bookkeeping. The ``grouped_mm`` form of :func:`~model_runtime.molmoe.fused_lm.routed_experts`
+spends ~15 kernels per block on it (radix sort, histogram, cumsum, index gathers, inverse
+permutation, a separate SiLU pass); this module does the same work in four:
+
+1. :func:`sort_by_expert` — two kernels: per-chunk expert histograms, then each pair's place in
+   expert order (stable, the order a stable argsort gives), its source token, its routing weight
+   and the inverse permutation, with the per-expert end offsets;
+2. :func:`grouped_gate_up_act` — gate/up GEMM over the sorted pairs, the token rows gathered in
+   the GEMM's loads, SiLU(gate)·up·weight in its epilogue;
+3. :func:`grouped_down` — down GEMM over the sorted pairs;
+4. :func:`gather_sum` — back to token order, sum over k,
+   residual added.
+
+The GEMM programs are (output tile, row tile) pairs; a row tile belongs to one expert, found from
+the offsets inside the kernel (no padded copy of the pairs, no host sync, fixed grid), so the
+whole path is capturable in a CUDA graph. Output tiles vary fastest so the programs of one row
+tile run together and share its activations in L2 while each expert's weights stream once.
+
+On CUDA the two GEMMs are autotuned (8 tile configurations) per (D, I, pair count rounded up to a
+power of two) the first time a size class is seen, in the eager first prefill of a length (never
+inside a graph capture): a process's first prefills pay the compiles and timings once (the H100
+bench's prefill section took ~20 s longer than with ``grouped_mm``; Triton keeps the compiled
+kernels on disk for later processes).
+
+Every op has the ``"triton"`` backend (CUDA, or Triton's interpreter on CPU with
+``TRITON_INTERPRET=1``) and a ``"torch"`` reference of the same signature. Numerics follow the
+``grouped_mm`` form: GEMMs accumulate in float32, gate/up outputs rounded to the input dtype before
+SiLU·up, the routing weight applied to the down projection's input, expert outputs rounded.
+
+Shapes: T tokens, k routed experts per token, P = T·k pairs, D ``d_model``, I expert width, E experts.
+
+:func:`silu_mul_scale` (SiLU·up·routing weight of gate/up outputs) and :func:`gather_sum` serve
+the ``grouped_mm`` form too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .common import HAVE_TRITON, Backend, _p2, triton_interpreting
+
+if HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+
+@dataclass
+class ExpertOrder:
+    """The P = T·k (token, expert) pairs in expert order (stable within an expert).
+
+    Attributes:
+        src_token: (P,) int32, token of the sorted pair.
+        weight: (P,) routing weight of the sorted pair, in the weights' dtype.
+        ends: (E,) int32, end offset of each expert's group (cumulative counts).
+        inverse: (P,) int32, sorted position of pair ``t·k + j``.
+    """
+
+    src_token: torch.Tensor
+    weight: torch.Tensor
+    ends: torch.Tensor
+    inverse: torch.Tensor
+
+
+# ============================================================================ kernels
+if HAVE_TRITON:
+
+    @triton.jit
+    def _expert_hist_kernel(idx_ptr, counts_ptr, P, E, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+        c = tl.program_id(0)
+        p = c * CHUNK + tl.arange(0, CHUNK)
+        e = tl.arange(0, BLOCK_E)
+        ids = tl.load(idx_ptr + p, mask=p < P, other=-1)
+        hist = tl.sum((ids[:, None] == e[None, :]).to(tl.int32), axis=0)
+        tl.store(counts_ptr + c * E + e, hist, mask=e < E)
+
+    @triton.jit
+    def _expert_place_kernel(
+        idx_ptr, w_ptr, counts_ptr, src_ptr, wsorted_ptr, inv_ptr, ends_ptr, P, E, NCHUNK,
+        K: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        c = tl.program_id(0)
+        e = tl.arange(0, BLOCK_E)
+        cc = tl.arange(0, BLOCK_C)
+        me = e < E
+        counts = tl.load(counts_ptr + cc[:, None] * E + e[None, :], mask=(cc[:, None] < NCHUNK) & me[None, :], other=0)
+        totals = tl.sum(counts, axis=0)
+        ends = tl.cumsum(totals, axis=0)
+        # where this chunk's pairs of expert e start: the expert's group start + earlier chunks' pairs
+        base = ends - totals + tl.sum(tl.where(cc[:, None] < c, counts, 0), axis=0)
+        p = c * CHUNK + tl.arange(0, CHUNK)
+        mp = p < P
+        ids = tl.load(idx_ptr + p, mask=mp, other=-1)
+        onehot = (ids[:, None] == e[None, :]).to(tl.int32)
+        rank = tl.sum(onehot * tl.cumsum(onehot, axis=0), axis=1) - 1  # earlier pairs of its expert in the chunk
+        pos = tl.sum(onehot * base[None, :], axis=1) + rank
+        tl.store(src_ptr + pos, (p // K).to(tl.int32), mask=mp)
+        tl.store(wsorted_ptr + pos, tl.load(w_ptr + p, mask=mp, other=0.0), mask=mp)
+        tl.store(inv_ptr + p, pos.to(tl.int32), mask=mp)
+        if c == 0:
+            tl.store(ends_ptr + e, ends.to(tl.int32), mask=me)
+
+    @triton.jit
+    def _row_tile(ends_ptr, E, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+        """(expert, first row, end row) of this program's row tile; expert == E past the last tile."""
+        t = tl.program_id(1)
+        e = tl.arange(0, BLOCK_E)
+        me = e < E
+        end = tl.load(ends_ptr + e, mask=me, other=0)
+        start = tl.load(ends_ptr + e - 1, mask=me & (e > 0), other=0)
+        tiles = tl.where(me, (end - start + BLOCK_M - 1) // BLOCK_M, 0)
+        tile_end = tl.cumsum(tiles, axis=0)
+        expert = tl.sum(tl.where(me & (tile_end <= t), 1, 0), axis=0)
+        sel = e == expert
+        first = tl.sum(tl.where(sel, start + (t - (tile_end - tiles)) * BLOCK_M, 0), axis=0)
+        last = tl.sum(tl.where(sel, end, 0), axis=0)
+        return expert, first, last
+
+    @triton.jit
+    def _grouped_gate_up_kernel(
+        x_ptr, src_ptr, wsorted_ptr, w_ptr, ends_ptr, out_ptr, D, I, E, P_BUCKET,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
+        expert, first, last = _row_tile(ends_ptr, E, BLOCK_M, BLOCK_E)
+        if expert >= E:
+            return
+        rows = first + tl.arange(0, BLOCK_M)
+        mr = rows < last
+        tok = tl.load(src_ptr + rows, mask=mr, other=0).to(tl.int64)
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = n < I
+        kk = tl.arange(0, BLOCK_K)
+        a_ptrs = x_ptr + tok[:, None] * D + kk[None, :]
+        g_ptrs = w_ptr + expert.to(tl.int64) * 2 * I * D + n[None, :] * D + kk[:, None]  # (BLOCK_K, BLOCK_N)
+        u_ptrs = g_ptrs + I * D
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            mk = k0 + kk < D
+            a = tl.load(a_ptrs, mask=mr[:, None] & mk[None, :], other=0.0)
+            bg = tl.load(g_ptrs, mask=mk[:, None] & mn[None, :], other=0.0)
+            bu = tl.load(u_ptrs, mask=mk[:, None] & mn[None, :], other=0.0)
+            if IEEE:
+                acc_g = tl.dot(a, bg, acc_g, input_precision="ieee")
+                acc_u = tl.dot(a, bu, acc_u, input_precision="ieee")
+            else:
+                acc_g = tl.dot(a, bg, acc_g)
+                acc_u = tl.dot(a, bu, acc_u)
+            a_ptrs += BLOCK_K
+            g_ptrs += BLOCK_K
+            u_ptrs += BLOCK_K
+        dt = out_ptr.dtype.element_ty
+        g = acc_g.to(dt).to(tl.float32)
+        u = acc_u.to(dt).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u
+        wr = tl.load(wsorted_ptr + rows, mask=mr, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows[:, None] * I + n[None, :], (act.to(dt).to(tl.float32) * wr[:, None]).to(dt),
+                 mask=mr[:, None] & mn[None, :])
+
+    @triton.jit
+    def _grouped_down_kernel(
+        act_ptr, w_ptr, ends_ptr, y_ptr, D, I, E, P_BUCKET,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
+        expert, first, last = _row_tile(ends_ptr, E, BLOCK_M, BLOCK_E)
+        if expert >= E:
+            return
+        rows = first + tl.arange(0, BLOCK_M)
+        mr = rows < last
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = n < D
+        kk = tl.arange(0, BLOCK_K)
+        a_ptrs = act_ptr + rows.to(tl.int64)[:, None] * I + kk[None, :]
+        b_ptrs = w_ptr + expert.to(tl.int64) * D * I + n[None, :] * I + kk[:, None]  # (BLOCK_K, BLOCK_N)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, I, BLOCK_K):
+            mk = k0 + kk < I
+            a = tl.load(a_ptrs, mask=mr[:, None] & mk[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=mk[:, None] & mn[None, :], other=0.0)
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
+        tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=mr[:, None] & mn[None, :])
+
+    def _gemm_configs() -> list:
+        # weight-stream bound: wide output tiles, deep pipelines; 64-row tiles for experts with few
+        # tokens. The kernels' P_BUCKET argument (the pair count rounded up to a power of two) is
+        # there for the autotune key only: one tuning per size class, not per prompt length.
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+                for bm, bn, bk, w, s in ((64, 128, 64, 4, 4), (64, 128, 128, 8, 3), (128, 128, 64, 8, 4),
+                                         (128, 64, 64, 4, 4), (64, 64, 128, 4, 4), (128, 128, 128, 8, 3),
+                                         (64, 256, 64, 8, 3), (128, 256, 64, 8, 3))]
+
+    _gate_up_tuned = triton.autotune(configs=_gemm_configs(), key=["D", "I", "P_BUCKET"])(_grouped_gate_up_kernel)
+    _down_tuned = triton.autotune(configs=_gemm_configs(), key=["D", "I", "P_BUCKET"])(_grouped_down_kernel)
+
+#: GEMM tiles where they are not autotuned (Triton's interpreter, explicit ``tiles``)
+INTERPRETER_TILES: dict[str, int] = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
+#: GEMM tiles of float32 inputs on CUDA (exact "ieee" dots; autotuned only in 16-bit dtypes)
+FLOAT32_TILES: dict[str, int] = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _silu_mul_scale_kernel(gu_ptr, w_ptr, out_ptr, I, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = i < I
+        dt = out_ptr.dtype.element_ty
+        g = tl.load(gu_ptr + row * 2 * I + i, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(gu_ptr + row * 2 * I + I + i, mask=m, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + row).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u
+        tl.store(out_ptr + row * I + i, (act.to(dt).to(tl.float32) * w).to(dt), mask=m)
+
+    @triton.jit
+    def _gather_sum_kernel(y_ptr, inv_ptr, res_ptr, out_ptr, D, K: tl.constexpr, BLOCK: tl.constexpr):
+        tok = tl.program_id(0)
+        d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = d < D
+        acc = tl.load(res_ptr + tok * D + d, mask=m, other=0.0).to(tl.float32)
+        moe = tl.zeros([BLOCK], tl.float32)
+        for j in tl.static_range(K):
+            src = tl.load(inv_ptr + tok * K + j).to(tl.int64)
+            moe += tl.load(y_ptr + src * D + d, mask=m, other=0.0).to(tl.float32)
+        dt = out_ptr.dtype.element_ty
+        tl.store(out_ptr + tok * D + d, (acc + moe.to(dt).to(tl.float32)).to(dt), mask=m)
+
+
+# ============================================================================ ops
+def silu_mul_scale(gate_up_out: torch.Tensor, scale: torch.Tensor, backend: Backend = "torch") -> torch.Tensor:
+    """SiLU(gate)·up·scale of (P, 2I) gate/up outputs (gate first) with a (P,) per-row scale → (P, I)
+    (the prefill's expert activation with the routing weight folded in)."""
+    n_int = gate_up_out.shape[1] // 2
+    if backend == "torch":
+        g, u = gate_up_out.chunk(2, dim=-1)
+        return torch.nn.functional.silu(g) * u * scale[:, None]
+    out = torch.empty(gate_up_out.shape[0], n_int, dtype=gate_up_out.dtype, device=gate_up_out.device)
+    block = min(1024, _p2(n_int))
+    _silu_mul_scale_kernel[(gate_up_out.shape[0], triton.cdiv(n_int, block))](
+        gate_up_out.contiguous(), scale.contiguous(), out, n_int, BLOCK=block)
+    return out
+
+
+def gather_sum(y: torch.Tensor, inverse: torch.Tensor, top_k: int, residual: torch.Tensor, backend: Backend = "torch") -> torch.Tensor:
+    """``residual[t] + Σ_j y[inverse[t·k + j]]``: (P, D) expert outputs in expert-sorted order back to
+    (T, D) tokens, summed over each token's k experts, with the residual stream added."""
+    n_tok, dim = residual.shape
+    if backend == "torch":
+        return residual + y[inverse].view(n_tok, top_k, dim).sum(dim=1).to(residual.dtype)
+    out = torch.empty_like(residual)
+    block = min(1024, _p2(dim))
+    _gather_sum_kernel[(n_tok, triton.cdiv(dim, block))](
+        y.contiguous(), inverse.contiguous(), residual.contiguous(), out, dim, K=top_k, BLOCK=block)
+    return out
+
+
+# ============================================================================ ops
+def sort_by_expert(idx: torch.Tensor, weights: torch.Tensor, n_exp: int, backend: Backend = "torch") -> ExpertOrder:
+    """Pairs of (T, k) routed expert ids ``idx`` and their (T, k) routing weights in expert order."""
+    n_tok, top_k = idx.shape
+    pairs = n_tok * top_k
+    dev = idx.device
+    if n_exp < 1:
+        raise ValueError(f"n_exp must be positive, got {n_exp}")
+    if backend == "torch":
+        flat = idx.reshape(-1).long()  # pair p = token p // k, rank p % k
+        # expert ids fit 16 bits: a 2-pass radix sort instead of 8 passes over int64 keys
+        order = torch.argsort(flat.to(torch.int16) if n_exp <= 2**15 else flat, stable=True)
+        counts = torch.zeros(n_exp, dtype=torch.int32, device=dev).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(pairs, device=dev)
+        return ExpertOrder((order // top_k).int(), weights.reshape(-1)[order], torch.cumsum(counts, 0, dtype=torch.int32),
+                           inverse.int())
+    if n_exp > 1024:  # the kernels hold a (chunk, E) one-hot tile
+        raise ValueError(f"n_exp must be at most 1024 for the triton backend, got {n_exp}")
+    chunk = max(256, _p2(-(-pairs // 256)))
+    nchunk = max(1, -(-pairs // chunk))
+    block_e = _p2(n_exp)
+    counts = torch.empty(nchunk, n_exp, dtype=torch.int32, device=dev)
+    flat, w = idx.reshape(-1).contiguous(), weights.reshape(-1).contiguous()
+    _expert_hist_kernel[(nchunk,)](flat, counts, pairs, n_exp, CHUNK=chunk, BLOCK_E=block_e)
+    src = torch.empty(pairs, dtype=torch.int32, device=dev)
+    wsorted = torch.empty_like(w)
+    inverse = torch.empty(pairs, dtype=torch.int32, device=dev)
+    ends = torch.empty(n_exp, dtype=torch.int32, device=dev)
+    _expert_place_kernel[(nchunk,)](flat, w, counts, src, wsorted, inverse, ends, pairs, n_exp, nchunk,
+                                    K=top_k, CHUNK=chunk, BLOCK_E=block_e, BLOCK_C=_p2(nchunk))
+    return ExpertOrder(src, wsorted, ends, inverse)
+
+
+def _expert_of_rows(ends: torch.Tensor, pairs: int) -> torch.Tensor:
+    return torch.searchsorted(ends.long(), torch.arange(pairs, device=ends.device), right=True)
+
+
+def _launch_row_tiles(tuned: object, raw: object, args: tuple, pairs: int, n_exp: int, n_out: int,
+                      tiles: dict[str, int] | None, ieee: bool) -> None:
+    """Grid (output tiles, row tiles): at most ceil(P / BLOCK_M) + E row tiles hold rows (an expert's
+    last tile may be partial); the programs past them return at once."""
+    meta = {"BLOCK_E": _p2(n_exp), "IEEE": ieee}
+    if tiles is None and ieee:  # float32 is the tests' and references' dtype: fixed tiles, no tuning compiles
+        tiles = FLOAT32_TILES
+    if tiles is None and not triton_interpreting():
+        tuned[lambda m: (triton.cdiv(n_out, m["BLOCK_N"]), triton.cdiv(pairs, m["BLOCK_M"]) + n_exp)](*args, **meta)  # type: ignore[index]
+    else:
+        t = dict(INTERPRETER_TILES if tiles is None else tiles)
+        raw[(triton.cdiv(n_out, t["BLOCK_N"]), triton.cdiv(pairs, t["BLOCK_M"]) + n_exp)](*args, **t, **meta)  # type: ignore[index]
+
+
+def grouped_gate_up_act(
+    x: torch.Tensor, gate_up: torch.Tensor, order: ExpertOrder, backend: Backend = "torch",
+    tiles: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """SiLU(gate)·up·weight of every sorted pair: x (T, D), gate_up (E, 2I, D) → (P, I) in x's dtype.
+
+    ``tiles``: explicit ``BLOCK_M``/``BLOCK_N``/``BLOCK_K`` (default: autotuned on CUDA)."""
+    pairs = order.src_token.shape[0]
+    n_exp, two_i, dim = gate_up.shape
+    n_int = two_i // 2
+    if backend == "torch":
+        w = gate_up[_expert_of_rows(order.ends, pairs)]  # (P, 2I, D): a reference, not a fast path
+        g, u = torch.einsum("pd,phd->ph", x[order.src_token.long()], w).chunk(2, dim=-1)
+        act = torch.nn.functional.silu(g) * u
+        return act * order.weight[:, None].to(act.dtype)
+    out = torch.empty(pairs, n_int, dtype=x.dtype, device=x.device)
+    args = (x.contiguous(), order.src_token, order.weight, gate_up, order.ends, out, dim, n_int, n_exp, _p2(max(pairs, 1024)))
+    _launch_row_tiles(_gate_up_tuned if HAVE_TRITON else None, _grouped_gate_up_kernel if HAVE_TRITON else None, args,
+                      pairs, n_exp, n_int, tiles, x.dtype == torch.float32)
+    return out
+
+
+def grouped_down(
+    act: torch.Tensor, down: torch.Tensor, order: ExpertOrder, backend: Backend = "torch",
+    tiles: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """Each sorted pair's down projection: act (P, I), down (E, D, I) → (P, D) in act's dtype."""
+    pairs = act.shape[0]
+    n_exp, dim, n_int = down.shape
+    if backend == "torch":
+        return torch.einsum("pi,pdi->pd", act, down[_expert_of_rows(order.ends, pairs)])
+    y = torch.empty(pairs, dim, dtype=act.dtype, device=act.device)
+    args = (act.contiguous(), down, order.ends, y, dim, n_int, n_exp, _p2(max(pairs, 1024)))
+    _launch_row_tiles(_down_tuned if HAVE_TRITON else None, _grouped_down_kernel if HAVE_TRITON else None, args,
+                      pairs, n_exp, dim, tiles, act.dtype == torch.float32)
+    return y
+
+
+def routed_experts_grouped(
+    h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
+    residual: torch.Tensor | None = None, backend: Backend = "torch",
+) -> torch.Tensor:
+    """(residual +) Σ_j weights[:, j] · expert_{idx[:, j]}(h) for (T, D) tokens in four kernels
+    (sort, gate/up + activation, down, gather-sum); fixed shapes, no host sync."""
+    order = sort_by_expert(idx, weights, gate_up.shape[0], backend)
+    y = grouped_down(grouped_gate_up_act(h, gate_up, order, backend), down, order, backend)
+    base = torch.zeros_like(h) if residual is None else residual
+    return gather_sum(y, order.inverse, idx.shape[1], base, backend)
