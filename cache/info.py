@@ -63,6 +63,29 @@ def _estimator_summary(est: Any) -> list[str]:
     return lines
 
 
+def _provenance(cache: OutcomeCache, names: list[str]) -> list[str]:
+    """What each dataset stands in for (the project's task suite) and where accuracy and latency
+    come from, for live caches."""
+    if cache.synthetic:
+        return []
+    try:  # the suite's task descriptions (PIL only; no torch)
+        from model_runtime.datasets.suite import TASK_INFO
+    except ImportError:  # pragma: no cover - the suite ships with the package
+        TASK_INFO = {}
+    lines = []
+    known = [n for n in names if n in TASK_INFO]
+    if known:
+        lines += ["", "tasks          (the project's VQA task suite, python -m experiments.make_suite)"]
+        for n in known:
+            info = TASK_INFO[n]
+            lines.append(f"  {n}: stands in for {info.stands_in_for} ({info.metric}); {info.description}")
+    defs = (cache.attrs.get("generator_params") or {}).get("definitions", {})
+    if "MolmoE-1B's image tokens" in str(defs.get("vision_tokens", "")):
+        lines += ["", f"provenance     accuracy of {cache.attrs.get('model_id')}, a small model trained here; latency of "
+                      "MolmoE-1B at the same token counts (vision_tokens are MolmoE-1B's for each image)"]
+    return lines
+
+
 def card(path: str | Path) -> str:
     """The dataset card text of the cache at ``path``. Raises CacheError for an unreadable file."""
     path = Path(path)
@@ -119,6 +142,14 @@ def card(path: str | Path) -> str:
                 s = s[np.isfinite(s)]
                 means.append(f"{s.mean():.3f}" if s.size else "n/a")
             L.append(f"               {name:{width}s} {means[0]:>7s} {means[1]:>9s}")
+
+        L.append("")
+        L.append(f"output tokens  {'dataset':{width}s} at the full configuration: mean, median, max")
+        for d, name in enumerate(names):
+            tok = cache.output_tokens[(cache.dataset == d) & (cache.status[:, full] == STATUS_OK), full]
+            L.append(f"               {name:{width}s} " + (f"{tok.mean():.1f}, {np.median(tok):.0f}, {tok.max()}"
+                                                        if tok.size else "n/a"))
+        L.extend(_provenance(cache, names))
 
         st = cache.status
         per_cfg = (st == STATUS_OK).mean(axis=0)

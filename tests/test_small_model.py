@@ -206,3 +206,8 @@ def test_small_model_cache_build_stores_molmoe_1b_token_counts(tmp_path, tokeniz
         assert done.sum() == 6 * 36 and set(np.unique(c.output_tokens[done])) <= {1, 2, 3}
     packed = repack(out, tmp_path / "packed.h5")
     assert check(packed)[1] == []
+    from cache.info import card
+
+    text = card(packed)
+    assert "generator      live" in text and "synth_doc: stands in for DocVQA" in text
+    assert "latency of MolmoE-1B at the same token counts" in text and "output tokens" in text
