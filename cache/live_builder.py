@@ -529,24 +529,33 @@ class LiveCacheBuilder:
             return self.build_chunk_shared(rows)
         configs = self.s.configs
         if self.w.samples_pending()[rows].any():
-            bad: dict[int, str] = {}
-            for i in rows:
-                why = self.validate(self.requests[i])
-                if why is not None:
-                    bad[int(i)] = why
-            fields = self.sample_fields(rows, bad)
-            self.stats.invalid_requests.update({self.requests[i].id: e for i, e in bad.items()})
-            bad_rows = np.array(sorted(bad), dtype=np.int64)
-            if bad_rows.size and self.w.pending()[np.ix_(bad_rows, configs)].any():
-                self._write_failed(bad_rows, configs, [bad[int(i)] for i in bad_rows])
-            self.w.write_samples(rows, **fields)
-            self.did_write = True
+            bad = self._invalid_rows(rows)
+            self._write_sample_table(rows, bad, self.sample_fields(rows, bad))
         # one snapshot per chunk (pending() is S x C): each write below only touches its own column
         pend = self.w.pending()[np.ix_(rows, configs)]
         for j, c in enumerate(configs):
             todo = rows[pend[:, j]]
             if todo.size:
                 self.run_config(todo, int(c))
+
+    def _invalid_rows(self, rows: np.ndarray) -> dict[int, str]:
+        """Row → why it cannot run, for the rows of ``rows`` that fail :meth:`validate`."""
+        bad: dict[int, str] = {}
+        for i in rows:
+            why = self.validate(self.requests[i])
+            if why is not None:
+                bad[int(i)] = why
+        return bad
+
+    def _write_sample_table(self, rows: np.ndarray, bad: dict[int, str], fields: dict[str, Any]) -> None:
+        """FAILED outcomes of the ``bad`` rows first, then the chunk's sample rows (see :meth:`build_chunk`)."""
+        configs = self.s.configs
+        self.stats.invalid_requests.update({self.requests[i].id: e for i, e in bad.items()})
+        bad_rows = np.array(sorted(bad), dtype=np.int64)
+        if bad_rows.size and self.w.pending()[np.ix_(bad_rows, configs)].any():
+            self._write_failed(bad_rows, configs, [bad[int(i)] for i in bad_rows])
+        self.w.write_samples(rows, **fields)
+        self.did_write = True
 
     def build_chunk_shared(self, rows: np.ndarray) -> None:
         """:meth:`build_chunk` with the shared-prefix engine: one
@@ -562,10 +571,7 @@ class LiveCacheBuilder:
         need_samples = bool(self.w.samples_pending()[rows].any())
         bad: dict[int, str] = {}
         if need_samples:
-            for i in rows:
-                why = self.validate(self.requests[i])
-                if why is not None:
-                    bad[int(i)] = why
+            bad = self._invalid_rows(rows)
             arrays = self._empty_sample_arrays(rows, bad)
             run_rows = np.array([i for i in rows if int(i) not in bad], dtype=np.int64)
             run_cfgs = configs[self.w.pending()[np.ix_(run_rows, configs)].any(axis=0)] if run_rows.size else configs[:0]
@@ -596,13 +602,7 @@ class LiveCacheBuilder:
                 crops[j], vtok[j], ptok[j] = f.crops, f.vision_tokens, f.prompt_tokens
                 tokens[j] = self._clip_tokens(int(i), f.latency_tokens)
                 unc[j] = (f.first_token_entropy, f.first_token_margin)
-            fields = self._sample_dict(rows, bad, crops, vtok, ptok, tokens, unc, lang)
-            self.stats.invalid_requests.update({self.requests[i].id: e for i, e in bad.items()})
-            bad_rows = np.array(sorted(bad), dtype=np.int64)
-            if bad_rows.size and self.w.pending()[np.ix_(bad_rows, configs)].any():
-                self._write_failed(bad_rows, configs, [bad[int(i)] for i in bad_rows])
-            self.w.write_samples(rows, **fields)
-            self.did_write = True
+            self._write_sample_table(rows, bad, self._sample_dict(rows, bad, crops, vtok, ptok, tokens, unc, lang))
         pend = self.w.pending()[np.ix_(rows, configs)]
         for j, c in enumerate(configs):
             todo = rows[pend[:, j]]
