@@ -12,8 +12,8 @@ The controller (the seeds' design):
   insertion-position logits (5).
 - **Stage 2** sees the latency token ``obs["token"]`` (the hidden state after block p−1 at the
   chosen (tier, p)), the same budget encoding and the one-hots of the chosen p (and tier, by
-  default) from ``obs["context"]``, and outputs top-k logits (5) and knob3 logits (5); knob3 index
-  i is valid for i ≤ 5 − p, taken from ``obs["action_mask"]``.
+  default) from ``obs["context"]``, and outputs top-k logits (5) and active-blocks logits (5); active-blocks
+  index i is valid for i ≤ 5 − p, taken from ``obs["action_mask"]``.
 
 Each head is a categorical over its masked logits; the joint action's log-probability is the sum
 of the four heads' log-probabilities (the policy factorises over knobs given the stage's input).
@@ -68,7 +68,7 @@ scalars when ``log_dir`` is given):
 ``violation/rate``         share of rollouts whose latency exceeded their budget
 ``latency_ms/mean``        mean estimated latency (ms) of the rollouts' configurations
 ``frac_reward_zero_std``   share of groups whose G rewards are all equal (zero advantage)
-``entropy/<head>``         mean entropy (nats) of head tier / p / top_k / knob3 at the visited states
+``entropy/<head>``         mean entropy (nats) of head tier / p / top_k / blocks at the visited states
 ``loss/policy``            clipped surrogate loss, mean over the update's minibatches
 ``loss/entropy``           mean summed entropy of the four heads (the bonus before ``ent_coef``)
 ``kl/ref``                 mean summed KL(π ‖ π_ref) over heads (computed even if kl_coef = 0)
@@ -101,7 +101,7 @@ import torch.nn as nn
 from agents.budget_encoding import BudgetEncoding
 from cache.schema import LABEL_KEYS
 
-HEADS: tuple[str, ...] = ("tier", "p", "top_k", "knob3")
+HEADS: tuple[str, ...] = ("tier", "p", "top_k", "blocks")
 SCALE_REWARDS: tuple[str, ...] = ("group", "batch", "none")
 #: Logit given to masked options: finite (so 0·log 0 terms stay 0, not NaN) and far below any real logit.
 MASKED_LOGIT = -1e9
@@ -324,7 +324,7 @@ class TwoStageController(nn.Module):
         lang_dim: Dl, width of ``obs["lang"]``.
         token_dim: Dt, width of ``obs["token"]``.
         onehot_dim: width of the stage-2 one-hot input (T+P with the tier one-hot, else P).
-        nvec: the MultiDiscrete action sizes ``(n_tiers, n_p, n_top_k, n_knob3)``.
+        nvec: the MultiDiscrete action sizes ``(n_tiers, n_p, n_top_k, n_block_options)``.
         budget_dim: width of the budget encoding.
         hidden: hidden widths of each stage's MLP.
     """
@@ -336,7 +336,7 @@ class TwoStageController(nn.Module):
         self.stage1 = mlp(lang_dim + budget_dim + request_dim, hidden)
         self.tier_head, self.p_head = head(hidden[-1], n_tier), head(hidden[-1], n_p)
         self.stage2 = mlp(token_dim + budget_dim + onehot_dim, hidden)
-        self.topk_head, self.knob3_head = head(hidden[-1], n_k), head(hidden[-1], n_b)
+        self.topk_head, self.blocks_head = head(hidden[-1], n_k), head(hidden[-1], n_b)
 
     def stage1_logits(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x1 float32 (N, Dl+budget_dim) → tier logits (N, n_tier), insertion logits (N, n_p)."""
@@ -344,9 +344,9 @@ class TwoStageController(nn.Module):
         return self.tier_head(h), self.p_head(h)
 
     def stage2_logits(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x2 float32 (N, Dt+budget_dim+onehot_dim) → top-k logits (N, n_k), knob3 logits (N, n_b)."""
+        """x2 float32 (N, Dt+budget_dim+onehot_dim) → top-k logits (N, n_k), active-blocks logits (N, n_b)."""
         h = self.stage2(x2)
-        return self.topk_head(h), self.knob3_head(h)
+        return self.topk_head(h), self.blocks_head(h)
 
     def head_logits(self, x1: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
         """Unmasked logits of the four heads in :data:`HEADS` order."""
@@ -454,7 +454,7 @@ class GRPOPolicy:
 
     Args:
         lang_dim, token_dim: widths of ``obs["lang"]`` / ``obs["token"]``.
-        nvec: MultiDiscrete action sizes ``(n_tiers, n_p, n_top_k, n_knob3)``.
+        nvec: MultiDiscrete action sizes ``(n_tiers, n_p, n_top_k, n_block_options)``.
         cfg: the config (network shape, budget encoding, input normalisation).
         deterministic: default acting mode.
         seed: seed of the sampling generator (stochastic acting).
@@ -472,7 +472,7 @@ class GRPOPolicy:
         self.request_dim = int(request_dim)  # 0: obs["request"] not used (policies saved before it existed)
         self.nvec = tuple(int(n) for n in nvec)
         if len(self.nvec) != 4:
-            raise ValueError(f"nvec must have 4 entries (tier, p, top_k, knob3), got {self.nvec}")
+            raise ValueError(f"nvec must have 4 entries (tier, p, top_k, blocks), got {self.nvec}")
         self.deterministic = bool(deterministic)
         self.encoding = self.cfg.budget_encoding()
         n_t, n_p = self.nvec[0], self.nvec[1]
@@ -534,7 +534,8 @@ class GRPOPolicy:
     @torch.no_grad()
     def act_stage2(self, obs: dict[str, Any], info: dict | None = None, deterministic: bool | None = None) -> np.ndarray:
         """Stage-1 observation(s) → int64 (N, 4) actions: (tier, p−1) as pinned by the stage-1 mask,
-        then the top-k and knob3 indices. knob3 respects the mask of the chosen p."""
+        then the top-k and active-blocks indices; the active-blocks index respects the mask of the
+        chosen p."""
         o, single = _batched(obs)
         self._check(o)
         masks = split_mask(o["action_mask"], self.nvec)
@@ -553,7 +554,10 @@ class GRPOPolicy:
                 "token_norm": self.token_norm.state_dict()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.net.load_state_dict(sd["net"])
+        # policies saved before the active-blocks head was renamed call it ``knob3_head``
+        net = {k.replace("knob3_head.", "blocks_head.", 1) if k.startswith("knob3_head.") else k: v
+               for k, v in sd["net"].items()}
+        self.net.load_state_dict(net)
         self.lang_norm.load_state_dict(sd["lang_norm"])
         self.token_norm.load_state_dict(sd["token_norm"])
 
@@ -601,7 +605,7 @@ class Rollouts:
     """One iteration's rollouts, ``N = n_groups·G`` rows laid out group by group.
 
     ``obs0`` / ``obs1``: the stage-0 / stage-1 observation batches (dicts of (N, ...) arrays);
-    ``actions``: int64 (N, 4) ``(tier, p−1, top-k index, knob3 index)``; ``reward``, ``score``,
+    ``actions``: int64 (N, 4) ``(tier, p−1, top-k index, active-blocks index)``; ``reward``, ``score``,
     ``latency_ms``, ``budget_ms``: float64 (N,); ``violation``: bool (N,); ``config``: the final
     info's config dict of (N,) arrays (tier names, p, top_k, blocks).
     """

@@ -10,17 +10,19 @@ Entry points (used by ``python -m experiments.train --agent {ppo,maskable_ppo}``
 
 **Masks and the two stages.** sb3-contrib masks a ``MultiDiscrete`` action *per component*
 (the mask is the concatenation of one boolean vector per component), so it cannot express a
-joint constraint such as "knob3 index ≤ 5 − p". The two-stage env resolves the dependency by
-staging: stage 0 picks ``(tier, p)`` (its mask pins top-k and knob3 to index 0, so those
-components carry no log-probability), stage 1 picks ``(top_k, knob3)`` with a mask that pins
-tier and p to the stage-0 choice and allows only the knob3 indices valid for that p. Every
-mask the policy sees is therefore a product of per-component masks, and MaskablePPO never
-samples an invalid configuration. Episodes are two steps with reward only at the end, hence
-``gamma = 1`` by default (the stage-0 value is the expected final reward).
+joint constraint such as "active-blocks index ≤ 5 − p". The two-stage env resolves the
+dependency by staging: stage 0 picks ``(tier, p)`` (its mask pins the top-k and active-blocks
+indices to 0, so those components carry no log-probability), stage 1 picks the top-k and
+active-blocks indices with a mask that pins tier and p to the stage-0 choice and allows only
+the active-blocks indices valid for that p. Every mask the policy sees is therefore a product
+of per-component masks, and MaskablePPO never samples an invalid configuration. Episodes are
+two steps with reward only at the end, hence ``gamma = 1`` by default (the stage-0 value is
+the expected final reward).
 
 That is exact as long as the missing outcomes form per-component patterns (``incomplete="skip"``,
-the default, has none). Under ``incomplete="mask"`` with scattered holes, a (top-k, knob3) pair
-can pass both component masks and still have no outcome; no per-component mask can exclude it.
+the default, has none). Under ``incomplete="mask"`` with scattered holes, a (top-k,
+active-blocks) pair can pass both component masks and still have no outcome; no per-component
+mask can exclude it.
 :func:`train_maskable_ppo` therefore sets ``invalid_action="penalty"`` when
 ``incomplete="mask"`` (unless given): such a pair ends the episode with reward −1, and the
 policy learns to avoid it.
@@ -498,7 +500,7 @@ class TwoStagePPOPolicy(_SB3Policy):
         return a[0] if single else a
 
     def act_stage1(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
-        """Stage-0 observations → int64 (n, 4); top-k / knob3 are the mask's pinned index 0."""
+        """Stage-0 observations → int64 (n, 4); top-k / active-blocks index are the mask's pinned index 0."""
         return self._act(obs)
 
     def act_stage2(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:

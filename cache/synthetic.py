@@ -124,7 +124,7 @@ probe for the latent, within a dataset):
   (norm 3) + linear signals of δ, ν, ρ whose R² rise with p (δ 0.20 → 0.60, ν 0.25 → 0.45,
   ρ 0.10 → 0.45 for p = 1 → 5; +0.03 / +0.06 at medium / high tier) + N(0, 1) noise, half of
   its variance shared by all (tier, p) of a request. Later insertion points are more
-  informative: the Stage-2 trade-off of the seeds (more informative, fewer knob3 options, more
+  informative: the Stage-2 trade-off of the seeds (more informative, fewer active-blocks options, more
   blocks forced at top-8). Moderate on purpose, not tuned to make agents look good;
 - ``uncertainty`` (S, 2) float32: first-token entropy (nats) and top-1 − top-2 margin of a
   10-way output distribution whose top-1 probability is ``sigmoid(x_cheapest + η)``,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from envs.budgets import BUDGET_MODES, BUDGET_MODES_DOC, DEFAULT_BUDGET_MODE, BudgetSampler, EpisodeBudgets
-from envs.replay_data import INCOMPLETE_MODES, ReplayData, as_replay_data
+from envs.replay_data import INCOMPLETE_MODES, Outcome, ReplayData, as_replay_data
 from envs.reward import RewardConfig
 
 if TYPE_CHECKING:
@@ -88,15 +88,15 @@ def outcome_tpot(decode_ms: float, output_tokens: int) -> float:
     return decode_ms / (output_tokens - 1) if output_tokens > 1 else 0.0
 
 
-def add_outcome(info: dict[str, Any], outcome: tuple, budget_ms: float, slo: tuple[float, float] | None = None) -> None:
-    """Add the outcome keys to a scalar env's ``info``; ``outcome`` as returned by ``_outcome``;
-    ``slo`` = (TTFT budget, TPOT budget) in ``budget_mode="slo"``."""
-    score, lat, vis, pre, dec, meas, out = outcome
-    info["score"] = score
-    info["latency_ms"] = lat
-    info["vision_ms"] = vis
-    info["prefill_ms"] = pre
-    info["decode_ms"] = dec
+def add_outcome(info: dict[str, Any], outcome: Outcome, budget_ms: float, slo: tuple[float, float] | None = None) -> None:
+    """Add the outcome keys to a scalar env's ``info``; ``slo`` = (TTFT budget, TPOT budget) in
+    ``budget_mode="slo"``."""
+    info["score"] = outcome.score
+    info["latency_ms"] = lat = outcome.latency_ms
+    info["vision_ms"] = vis = outcome.vision_ms
+    info["prefill_ms"] = pre = outcome.prefill_ms
+    info["decode_ms"] = dec = outcome.decode_ms
+    out = outcome.output_tokens
     if slo is None:
         info["violation"] = lat > budget_ms
     else:
@@ -105,6 +105,7 @@ def add_outcome(info: dict[str, Any], outcome: tuple, budget_ms: float, slo: tup
         info["ttft_ms"] = ttft
         info["tpot_ms"] = tpot
     info["output_tokens"] = out
+    meas = outcome.measured_ms
     if meas == meas:  # not NaN
         info["measured_ms"] = meas
 

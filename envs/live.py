@@ -20,10 +20,11 @@ where the numbers come from changes (docs/DESIGN.md §4):
   blocks ``0..p-1``) is kept (LRU of ``LiveOptions.prefix_states``), so that stage 2 continues
   from it instead of recomputing the prefix.
 - Outcome of a configuration (stage 2 of the two-stage env; the single step of the flat env,
-  which runs the staged forward itself): blocks ``p..15`` of the configuration's plan
-  (``KnobSpace.plan``: top-k, skipped blocks) continue the prefix state, then greedy decoding
-  (``runtime.max_new_tokens``, EOS honoured, KV cache only for the blocks that run), exactly
-  the computation of ``MolmoeRuntime.run`` at batch size 1. The prediction is scored with the
+  which runs the staged forward itself): ``MolmoeRuntime.continue_generation`` runs blocks
+  ``p..15`` of the configuration's plan (``KnobSpace.plan``: top-k, skipped blocks) from the
+  prefix state (``MolmoeRuntime.prefix_state``), then greedy decoding (``runtime.max_new_tokens``,
+  EOS honoured, KV cache only for the blocks that run; through the runtime's decoder when
+  ``runtime.fast``), the computation of ``MolmoeRuntime.run`` at batch size 1. The prediction is scored with the
   request's metric and stored like the live cache builder stores it (CIDEr / 10,
   ``cache.live_builder.cache_score``).
 - Latency in the reward (``info["latency_ms"]`` and its components): the latency estimator's
@@ -72,17 +73,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from envs.knob_space import KnobSpace
-from envs.replay_data import ReplayData, config_complexity, request_lm_configs
+from envs.replay_data import Outcome, ReplayData, config_complexity, request_lm_configs
 
 if TYPE_CHECKING:
     from model_runtime.datasets import Request
     from model_runtime.latency_estimator import LatencyEstimator
     from model_runtime.molmoe.runtime import MolmoeRuntime
-
-#: (score, total ms, vision ms, prefill ms, decode ms, measured total ms, output tokens), as
-#: :data:`envs.replay_env_base.Outcome`.
-OutcomeTuple = tuple[float, float, float, float, float, float, int]
-
 
 @dataclass(frozen=True)
 class LiveOptions:
@@ -162,9 +158,9 @@ class LiveResult:
         return float(np.float32(self.measured_vision_ms) + np.float32(self.measured_prefill_ms)
                      + np.float32(self.measured_decode_ms))
 
-    def as_outcome(self) -> OutcomeTuple:
-        return (self.score, self.total_ms, self.vision_ms, self.prefill_ms, self.decode_ms, self.measured_ms,
-                self.output_tokens)
+    def as_outcome(self) -> Outcome:
+        return Outcome(self.score, self.total_ms, self.vision_ms, self.prefill_ms, self.decode_ms, self.measured_ms,
+                       self.output_tokens)
 
 
 @dataclass
@@ -196,19 +192,6 @@ class _LRU(OrderedDict):
         self.move_to_end(key)
         while len(self) > self.size:
             self.popitem(last=False)
-
-
-def _copy_kv_cache(cache: Any) -> Any:
-    """An independent copy of a ``BlockKVCache`` (same reserve), so that continuing a kept prefix
-    state never writes into it. Reads the cache's per-block storage directly: the runtime's
-    ``BlockKVCache`` has no public copy."""
-    from model_runtime.molmoe.language_model import BlockKVCache
-
-    new = BlockKVCache(reserve=cache.reserve)
-    for b in cache.blocks:
-        n = cache.length(b)
-        new.update(cache._keys[b][:, :, :n], cache._values[b][:, :, :n], b)
-    return new
 
 
 def load_live_requests(requests: "str | os.PathLike | Sequence[Request | Mapping]") -> list["Request"]:
@@ -367,14 +350,10 @@ class LiveOutcomes:
 
     def _prefix(self, key: tuple[int, int, int]) -> _Prefix:
         """Run the staged forward of (request, tier, p) up to block p-1 and keep its state."""
-        import torch
-
-        from model_runtime.molmoe.language_model import BlockKVCache
         from model_runtime.molmoe.timing import PhaseTimer
 
         s, t, pi = key
         rt, ks = self.runtime, self.knob_space
-        model, lm = rt.model, rt.model.lm
         req = self.requests[s]
         tier, p = ks.tiers[t], ks.insertion_positions[pi]
         prompt = rt.prepare(req, ks.crops_for(tier))
@@ -383,24 +362,17 @@ class LiveOutcomes:
                 f"request {req.id!r} at tier {tier!r}: preprocessing gave {prompt.vision_tokens} vision tokens, "
                 f"the image-size arithmetic {int(self.vision_tokens[s, t])} (runtime inconsistency)"
             )
-        batch = model.collate([prompt])
-        timer = PhaseTimer(model.device)
-        with torch.no_grad():
-            with timer.phase("vision"):
-                feats = model.image_features(batch.patches, batch.image_masks)
-            with timer.phase("prefill"):
-                embeds = model.embed(batch, feats)
-                state = lm.begin(embeds, batch.attention_mask, cache=BlockKVCache(reserve=rt.max_new_tokens))
-                # blocks 0..p-1 run at the model's top-k in every configuration with this p
-                lm.advance(state, p, lm.full_plan())
+        timer = PhaseTimer(rt.model.device)
+        state = rt.prefix_state(prompt, p, timer=timer)
         pre = _Prefix(state=state, vision_ms=timer.get("vision"), prefill_ms=timer.get("prefill"))
         self._prefixes.put(key, pre)
         self.counts["prefix_forwards"] += 1
         return pre
 
     # ------------------------------------------------------------------ outcomes
-    def outcome(self, s: int, c: int) -> OutcomeTuple:
-        """The env's outcome tuple of request ``s`` at configuration ``c`` (see :meth:`result`)."""
+    def outcome(self, s: int, c: int) -> Outcome:
+        """The :class:`~envs.replay_data.Outcome` of request ``s`` at configuration ``c`` (see
+        :meth:`result`)."""
         return self.result(s, c).as_outcome()
 
     def result(self, s: int, c: int) -> LiveResult:
@@ -419,13 +391,10 @@ class LiveOutcomes:
         return res
 
     def _run(self, s: int, c: int) -> LiveResult:
-        import torch
-
         from cache.live_builder import cache_score  # the cache's score scale (CIDEr / 10)
         from model_runtime.molmoe.timing import PhaseTimer
 
         rt, ks = self.runtime, self.knob_space
-        lm, tk = rt.model.lm, rt.model.config.tokens
         cfg = ks.config(int(c))
         t, pi = ks.tiers.index(cfg.tier), ks.insertion_positions.index(cfg.p)
         key = (s, t, pi)
@@ -435,32 +404,12 @@ class LiveOutcomes:
             pre = self._prefix(key)
             if self._tokens.get(key) is None:
                 self._token_of(key, pre)
-        # the kept state stays untouched: continue on a copy of its KV cache (advance() rebinds
-        # hidden states, never writes them)
-        state = dataclasses.replace(pre.state, cache=_copy_kv_cache(pre.state.cache))
-        plan = ks.plan(cfg).top_k_per_block
+        # the runtime continues a copy of the kept state's cache (through its decoder when fast)
         timer = PhaseTimer(rt.model.device)
-        # greedy decoding as model_runtime.molmoe.generation.greedy_generate for one row, which
-        # cannot start from an existing state
-        with torch.no_grad():
-            with timer.phase("prefill"):
-                lm.advance(state, lm.n_layers, plan)
-                next_tok = lm.logits(state).argmax(-1)
-            generated = [next_tok]
-            ended = next_tok == tk.eos
-            with timer.phase("decode"):
-                while len(generated) < rt.max_new_tokens and not bool(ended.all()):
-                    state = lm.begin_decode(state, next_tok)
-                    lm.advance(state, lm.n_layers, plan)
-                    next_tok = lm.logits(state).argmax(-1)
-                    generated.append(next_tok)
-                    ended = ended | (next_tok == tk.eos)
+        gen = rt.continue_generation(pre.state, cfg, timer=timer)
         self.counts["continuations"] += 1
-        ids = torch.stack(generated, dim=1)[0].tolist()
-        eos = tk.eos in ids
-        if eos:
-            ids = ids[: ids.index(tk.eos) + 1]
-        prediction = rt.tokenizer.decode(ids[:-1] if eos else ids).strip()
+        ids = gen.tokens[0]
+        prediction = rt.tokenizer.decode(ids[:-1] if gen.ended_with_eos[0] else ids).strip()
         req = self.requests[s]
         score = float(np.float32(cache_score(req.metric, float(req.score(prediction)))))
         a = self._table

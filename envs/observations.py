@@ -1,7 +1,7 @@
 """Observation spaces and encoders shared by the replay envs (scalar and vector) and live mode.
 
 Layout (docs/INTERFACES.md, "Observations of the envs"), ``T`` tiers, ``P`` insertion
-positions, ``K`` top-k values, ``B`` knob3 options (3, 5, 5, 5 by default):
+positions, ``K`` top-k values, ``B`` active-blocks options (3, 5, 5, 5 by default):
 
 Two-stage ``MolmoeKnobs-v0`` (``Dict``):
 

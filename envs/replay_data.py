@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -47,6 +47,28 @@ if TYPE_CHECKING:  # imported lazily: the readers import h5py, the estimator may
     from model_runtime.latency_estimator import LatencyEstimator
 
 INCOMPLETE_MODES: tuple[str, ...] = ("skip", "mask")
+
+
+class Outcome(NamedTuple):
+    """The outcome of one request at one configuration, as the scalar envs pass it around (from
+    the replay tables of :class:`ReplayData`, or in live mode from ``envs.live.LiveOutcomes``).
+
+    Attributes:
+        score: the request's metric as the cache stores it.
+        latency_ms: the estimated total latency (vision + prefill + decode, ms; the tables'
+            ``total_ms``).
+        vision_ms, prefill_ms, decode_ms: its components (ms).
+        measured_ms: the measured total (ms), NaN if unknown.
+        output_tokens: generated tokens (incl. EOS).
+    """
+
+    score: float
+    latency_ms: float
+    vision_ms: float
+    prefill_ms: float
+    decode_ms: float
+    measured_ms: float
+    output_tokens: int
 
 #: Scales of the request features (fixed, so that features mean the same across caches).
 VISION_TOKENS_SCALE = 1000.0
@@ -326,10 +348,11 @@ class ReplayData:
 
     @cached_property
     def md_to_config(self) -> np.ndarray:
-        """int64 (T, P, K, B): configuration index of a MultiDiscrete action, -1 where knob3 is invalid."""
+        """int64 (T, P, K, B): configuration index of a MultiDiscrete action, -1 where the
+        active-blocks index is invalid for p."""
         a = self.config_arrays
         out = np.full(self.nvec, -1, dtype=np.int64)
-        out[a["tier"], a["p_index"], a["k_index"], a["knob3"]] = np.arange(self.n_configs)
+        out[a["tier"], a["p_index"], a["k_index"], a["blocks_index"]] = np.arange(self.n_configs)
         return out
 
     @cached_property
@@ -339,16 +362,17 @@ class ReplayData:
 
     @cached_property
     def prefix_valid(self) -> np.ndarray:
-        """bool (n, T, P, K, B): outcome exists for the MultiDiscrete action (False where knob3 invalid)."""
+        """bool (n, T, P, K, B): outcome exists for the MultiDiscrete action (False where the
+        active-blocks index is invalid for p)."""
         md = self.md_to_config
         return np.where(md >= 0, self.valid[:, np.maximum(md, 0)], False)
 
     @cached_property
     def stage0_action_valid(self) -> np.ndarray:
-        """bool (n, T, P, K, B): a whole 4-vector action is valid at stage 0: top-k and knob3 at
-        index 0 and some configuration with this (tier, p) has an outcome (which implies the
+        """bool (n, T, P, K, B): a whole 4-vector action is valid at stage 0: top-k and active-blocks
+        index at index 0 and some configuration with this (tier, p) has an outcome (which implies the
         tier and p masks). At stage 1 the check is tier / p equal to the stage-0 choice and
-        :attr:`prefix_valid` (which implies the top-k and knob3 masks)."""
+        :attr:`prefix_valid` (which implies the top-k and active-blocks masks)."""
         pv = self.prefix_valid
         v0 = np.zeros_like(pv)
         v0[:, :, :, 0, 0] = pv.any(axis=(3, 4))
@@ -357,7 +381,7 @@ class ReplayData:
     @cached_property
     def stage0_mask(self) -> np.ndarray:
         """bool (n, T+P+K+B): per-component masks at stage 0 (tiers / positions with any outcome;
-        top-k and knob3 pinned to index 0)."""
+        top-k and active-blocks index pinned to index 0)."""
         t_, p_, k_, b_ = self.nvec
         pv = self.prefix_valid
         m = np.zeros((self.n, t_ + p_ + k_ + b_), dtype=bool)
@@ -370,7 +394,8 @@ class ReplayData:
     @cached_property
     def stage1_mask(self) -> np.ndarray:
         """bool (n, T, P, T+P+K+B): per-component masks at stage 1 after choosing (tier, p):
-        tier and position pinned to the choice, top-k values / knob3 indices with any outcome."""
+        tier and position pinned to the choice, top-k values / active-blocks indices with any
+        outcome."""
         t_, p_, k_, b_ = self.nvec
         pv = self.prefix_valid
         m = np.zeros((self.n, t_, p_, t_ + p_ + k_ + b_), dtype=bool)

@@ -10,13 +10,8 @@ import numpy as np
 
 from envs.budgets import slo_ratio_scalar
 from envs.env_settings import EnvConfig, add_outcome, check_reset_options, outcome_tpot, resolve_settings
-from envs.replay_data import pinned_request
+from envs.replay_data import Outcome, pinned_request
 from envs.reward import RewardConfig
-
-#: An outcome as the single envs pass it around: (score, total ms, vision ms, prefill ms,
-#: decode ms, measured total ms (NaN if unknown), output tokens).
-Outcome = tuple[float, float, float, float, float, float, int]
-
 
 class ReplayEnvBase(gym.Env):
     """Base of :class:`envs.two_stage_env.MolmoeKnobsEnv` and :class:`envs.flat_env.MolmoeKnobsFlatEnv`.
@@ -83,7 +78,7 @@ class ReplayEnvBase(gym.Env):
         if self._live is not None:
             return self._live.outcome(s, c)
         d = self.data
-        return (
+        return Outcome(
             float(d.score[s, c]), float(d.total_ms[s, c]), float(d.vision_ms[s, c]), float(d.prefill_ms[s, c]),
             float(d.decode_ms[s, c]), float(d.measured_ms[s, c]), int(d.output_tokens[s, c]),
         )
@@ -91,9 +86,10 @@ class ReplayEnvBase(gym.Env):
     def _reward(self, outcome: Outcome, c: int) -> float:
         rc = self.reward_config
         if self._slo and rc.mode != "lagrangian":  # the normalised latency against budget 1
-            rho = slo_ratio_scalar(outcome[2] + outcome[3], outcome_tpot(outcome[4], outcome[6]), self._bt, self._bp)
-            return float(rc.scalar(outcome[0], rho, 1.0, self._complexity[c], self._full[self._s]))
-        return float(rc.scalar(outcome[0], outcome[1], self._b, self._complexity[c], self._full[self._s]))
+            ttft = outcome.vision_ms + outcome.prefill_ms
+            rho = slo_ratio_scalar(ttft, outcome_tpot(outcome.decode_ms, outcome.output_tokens), self._bt, self._bp)
+            return float(rc.scalar(outcome.score, rho, 1.0, self._complexity[c], self._full[self._s]))
+        return float(rc.scalar(outcome.score, outcome.latency_ms, self._b, self._complexity[c], self._full[self._s]))
 
     def _budget_obs(self) -> np.ndarray:
         """float32 (4,) ``[budget/scale, cheapest/scale, full/scale, budget/full]``."""

@@ -11,7 +11,7 @@ from envs.env_settings import INFO_DOC, INVALID_ACTION_REWARD, EnvConfig
 from envs.observations import two_stage_observation_space
 from envs.replay_env_base import Outcome, ReplayEnvBase
 
-COMPONENT_NAMES: tuple[str, ...] = ("tier index", "p index", "top-k index", "knob3 index")
+COMPONENT_NAMES: tuple[str, ...] = ("tier index", "p index", "top-k index", "active-blocks index")
 
 
 def parse_multidiscrete(action: Any, nvec: Sequence[int]) -> list[int]:

@@ -204,8 +204,8 @@ class KnobSpace:
     # ------------------------------------------------------------------ array views
     def config_table(self) -> dict[str, np.ndarray]:
         """Per-configuration arrays in stable order: ``tier`` (tier index), ``p``, ``top_k``,
-        ``blocks``, ``crops``, ``expert_slots`` (Σ top-k over active blocks), ``knob3``
-        (``blocks - p - min_blocks_after``). All int64 of shape (n_configs,)."""
+        ``blocks``, ``crops``, ``expert_slots`` (Σ top-k over active blocks), ``blocks_index``
+        (the active-blocks index of the action, ``blocks - p - min_blocks_after``). All int64 of shape (n_configs,)."""
         tier = np.array([self.tiers.index(c.tier) for c in self._configs], dtype=np.int64)
         p = np.array([c.p for c in self._configs], dtype=np.int64)
         k = np.array([c.top_k for c in self._configs], dtype=np.int64)
@@ -217,7 +217,7 @@ class KnobSpace:
             "blocks": b,
             "crops": np.array(self.crops, dtype=np.int64)[tier],
             "expert_slots": np.array([self.plan(c).expert_slots for c in self._configs], dtype=np.int64),
-            "knob3": b - p - self.min_blocks_after,
+            "blocks_index": b - p - self.min_blocks_after,
         }
 
     # ------------------------------------------------------------------ block plan
@@ -251,7 +251,7 @@ class KnobSpace:
         return (len(self.tiers), len(self.insertion_positions), len(self.top_ks), self.max_block_options)
 
     def from_multidiscrete(self, action: Sequence[int]) -> KnobConfig:
-        """``(tier index, p index, top-k index, knob3 index)`` → configuration; ValueError if invalid."""
+        """``(tier index, p index, top-k index, active-blocks index)`` → configuration; ValueError if invalid."""
         a = [int(x) for x in np.asarray(action).reshape(-1)]
         nvec = self.multidiscrete_nvec
         if len(a) != 4 or any(not 0 <= x < n for x, n in zip(a, nvec)):
@@ -260,7 +260,7 @@ class KnobSpace:
         options = self.block_options(p)
         if a[3] >= len(options):
             raise ValueError(
-                f"action {a}: knob3 index {a[3]} invalid for p={p}; valid indices 0..{len(options) - 1} "
+                f"action {a}: active-blocks index {a[3]} invalid for p={p}; valid indices 0..{len(options) - 1} "
                 f"(total blocks {options[0]}..{options[-1]})"
             )
         return KnobConfig(self.tiers[a[0]], p, self.top_ks[a[2]], options[a[3]])

@@ -78,7 +78,7 @@ def test_stage_irrelevant_components_ignored_but_masks_pin_them(data: ReplayData
     raising = MolmoeKnobsEnv(data=data, invalid_action="raise")
     raising.reset(seed=1)
     raising.step(np.array([0, 4, 3, 3]))  # still ignored at stage 0
-    with pytest.raises(ValueError, match="knob3 index = 1 not in \\[0\\]"):
+    with pytest.raises(ValueError, match="active-blocks index = 1 not in \\[0\\]"):
         raising.step(np.array([2, 0, 0, 1]))
 
 

@@ -15,9 +15,10 @@ import pytest
 
 import envs  # noqa: F401  (registers the ids)
 from envs.budgets import BudgetSampler
+from envs.env_settings import add_outcome
 from envs.flat_env import MolmoeKnobsFlatEnv
 from envs.knob_space import KnobSpace
-from envs.replay_data import ReplayData, config_complexity
+from envs.replay_data import Outcome, ReplayData, config_complexity
 from envs.two_stage_env import MolmoeKnobsEnv
 
 KS = KnobSpace()
@@ -166,7 +167,7 @@ def test_two_stage_masks_and_observations_for_every_tier_and_p(data: ReplayData)
             expect[t] = True
             expect[3 + pi] = True
             expect[8:13] = True  # every top-k
-            expect[13:13 + 6 - p] = True  # knob3 0 .. 5 - p
+            expect[13:13 + 6 - p] = True  # active-blocks index 0 .. 5 - p
             np.testing.assert_array_equal(m1, expect)
             np.testing.assert_array_equal(obs["action_mask"], expect.astype(np.int8))
             np.testing.assert_array_equal(obs["token"], data.tokens[s, t, pi])
@@ -176,7 +177,7 @@ def test_two_stage_masks_and_observations_for_every_tier_and_p(data: ReplayData)
             assert info["stage"] == 1 and info["config"] == {"tier": KS.tiers[t], "p": p, "top_k": -1, "blocks": -1}
             assert "score" not in info and info["config_index"] == -1
 
-            k3 = 5 - p  # the largest valid knob3 index: blocks = 16
+            k3 = 5 - p  # the largest valid active-blocks index: blocks = 16
             obs, r, term, trunc, info = env.step(np.array([t, pi, 4, k3]))
             assert term and not trunc and info["stage"] == 2
             assert info["config"] == {"tier": KS.tiers[t], "p": p, "top_k": 8, "blocks": 16}
@@ -220,15 +221,15 @@ def test_every_invalid_action_raises_with_action_and_valid_set(data: ReplayData,
     raises_naming(env, np.array([3, 0, 0, 0]), "[3, 0, 0, 0]", "MultiDiscrete([3, 5, 5, 5])")
     raises_naming(env, np.array([0, 0, 0]), "shape (4,)")
     raises_naming(env, np.array([0.0, 0.0, 0.0, 0.0]), "integer")
-    # stage 0: top-k and knob3 pinned to 0
+    # stage 0: top-k and active-blocks index pinned to 0
     raises_naming(env, np.array([1, 2, 3, 0]), "[1, 2, 3, 0]", "stage 0", "top-k index = 3 not in [0]")
-    raises_naming(env, np.array([1, 2, 0, 1]), "[1, 2, 0, 1]", "knob3 index = 1 not in [0]",
+    raises_naming(env, np.array([1, 2, 0, 1]), "[1, 2, 0, 1]", "active-blocks index = 1 not in [0]",
                   "tier index [0, 1, 2]", "p index [0, 1, 2, 3, 4]")
     # a raise leaves the episode where it was
     env.step(np.array([1, 2, 0, 0]))  # tier medium, p = 3
     raises_naming(env, np.array([0, 2, 0, 0]), "[0, 2, 0, 0]", "stage 1", "tier index = 0 not in [1]")
     raises_naming(env, np.array([1, 1, 0, 0]), "p index = 1 not in [2]")
-    raises_naming(env, np.array([1, 2, 0, 3]), "knob3 index = 3 not in [0, 1, 2]")
+    raises_naming(env, np.array([1, 2, 0, 3]), "active-blocks index = 3 not in [0, 1, 2]")
     _, _, term, _, info = env.step(np.array([1, 2, 0, 2]))
     assert term and info["config"] == {"tier": "medium", "p": 3, "top_k": 4, "blocks": 16}
     with pytest.raises(RuntimeError, match="reset"):
@@ -385,7 +386,7 @@ def test_gymnasium_and_sb3_checkers(data: ReplayData) -> None:
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    # random MultiDiscrete actions are mostly masked at stage 0 (top-k / knob3 pinned to 0), so
+    # random MultiDiscrete actions are mostly masked at stage 0 (top-k / active-blocks index pinned to 0), so
     # the checkers, which step random actions, run the two-stage env with invalid_action="penalty"
     envs_to_check = [
         MolmoeKnobsEnv(data=data, invalid_action="penalty"),
@@ -506,3 +507,19 @@ def test_from_cache_stored_estimator_and_budget_range(tmp_path) -> None:
                                         pytest.approx(np.median(explicit.full_ms)))
     with pytest.raises(ValueError, match="unknown split 'nope'"):
         ReplayData.from_cache(path, split="nope")
+
+
+def test_outcome_is_one_named_type(data: ReplayData) -> None:
+    """Both scalar envs read outcomes as an ``Outcome`` NamedTuple whose fields are the tables'."""
+    s, c = 3, cfg_index("medium", 2, 6, 15)
+    for env in (MolmoeKnobsEnv(data=data), MolmoeKnobsFlatEnv(data=data)):
+        env.reset(seed=0, options={"sample_index": s})
+        o = env._outcome(s, c)
+        assert type(o) is Outcome and o._fields == (
+            "score", "latency_ms", "vision_ms", "prefill_ms", "decode_ms", "measured_ms", "output_tokens")
+        assert (o.score, o.latency_ms, o.vision_ms, o.prefill_ms, o.decode_ms, o.output_tokens) == (
+            float(data.score[s, c]), float(data.total_ms[s, c]), float(data.vision_ms[s, c]),
+            float(data.prefill_ms[s, c]), float(data.decode_ms[s, c]), int(data.output_tokens[s, c]))
+        info: dict = {}
+        add_outcome(info, o, budget_ms=o.latency_ms - 1.0)
+        assert info["latency_ms"] == o.latency_ms and info["violation"] and info["output_tokens"] == o.output_tokens

@@ -156,7 +156,7 @@ def _stage_obs(n: int, stage: int, tier: np.ndarray, p_idx: np.ndarray, rng: np.
         mask[np.arange(n), 3 + p_idx] = 1
         mask[:, 8:13] = 1
         for i, pi in enumerate(p_idx):
-            mask[i, 13:13 + (5 - pi)] = 1  # knob3 index j valid for j <= 5 - p = 4 - p_idx
+            mask[i, 13:13 + (5 - pi)] = 1  # active-blocks index j valid for j <= 5 - p = 4 - p_idx
     return {
         "lang": rng.normal(size=(n, dl)).astype(np.float32),
         "token": (rng.normal(size=(n, dt)) if stage else np.zeros((n, dt))).astype(np.float32),
@@ -167,10 +167,10 @@ def _stage_obs(n: int, stage: int, tier: np.ndarray, p_idx: np.ndarray, rng: np.
 
 
 def _adversarial_policy(seed: int = 0) -> GRPOPolicy:
-    """A policy whose knob3 head prefers the last (mostly invalid) option by a wide margin."""
+    """A policy whose active-blocks head prefers the last (mostly invalid) option by a wide margin."""
     pol = GRPOPolicy(6, 7, NVEC, GRPOConfig(hidden_sizes=(16,)), seed=seed)
     with torch.no_grad():
-        pol.net.knob3_head.bias.copy_(torch.tensor([-5.0, -2.0, 0.0, 2.0, 8.0]))
+        pol.net.blocks_head.bias.copy_(torch.tensor([-5.0, -2.0, 0.0, 2.0, 8.0]))
         pol.net.tier_head.bias.copy_(torch.tensor([0.0, 1.0, 3.0]))
     return pol
 
@@ -187,8 +187,8 @@ def test_masks_respected_for_every_p(deterministic: bool) -> None:
     assert a.shape == (n, 4) and a.dtype == np.int64
     np.testing.assert_array_equal(a[:, 0], tier)  # pinned by the stage-1 mask
     np.testing.assert_array_equal(a[:, 1], p_idx)
-    assert np.all(a[:, 3] <= 4 - p_idx), "knob3 index beyond 5 - p was chosen"
-    # every p: the (biased-to-invalid) policy picks the largest valid knob3 under argmax
+    assert np.all(a[:, 3] <= 4 - p_idx), "active-blocks index beyond 5 - p was chosen"
+    # every p: the (biased-to-invalid) policy picks the largest valid active-blocks index under argmax
     if deterministic:
         np.testing.assert_array_equal(a[:, 3], 4 - p_idx)
     else:
@@ -233,6 +233,13 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert len(np.unique(pol.act_stage1(o0, {})[:, :2], axis=0)) > 1  # the comparison is not trivial
     with pytest.raises(ValueError, match="not a saved GRPO policy"):
         GRPOPolicy.load(tmp_path / "missing")
+    # a policy saved when the active-blocks head was called knob3_head still loads
+    sd = torch.load(tmp_path / "ckpt" / "policy.pt", weights_only=True)
+    sd["net"] = {k.replace("blocks_head.", "knob3_head."): v for k, v in sd["net"].items()}
+    assert any(k.startswith("knob3_head.") for k in sd["net"])
+    torch.save(sd, tmp_path / "ckpt" / "policy.pt")
+    old = GRPOPolicy.load(tmp_path / "ckpt")
+    np.testing.assert_array_equal(old.act_stage2(o1, {}), pol.act_stage2(o1, {}))
 
 
 def test_config_validation() -> None:
@@ -251,14 +258,14 @@ def test_config_validation() -> None:
 
 # ------------------------------------------------------------------------------ smoke training
 def _easy_data(n: int = 48, seed: int = 0):
-    """Every request's best configuration is (high, p=3, top-k 6, knob3 0): each knob adds 0.25
+    """Every request's best configuration is (high, p=3, top-k 6, active-blocks index 0): each knob adds 0.25
     to the score when it takes that value; latency 30 ms, budgets 40-60 ms (never violated)."""
     from envs.knob_space import KnobSpace
     from envs.replay_data import ReplayData
 
     ks = KnobSpace()
     t = ks.config_table()
-    per_config = 0.25 * ((t["tier"] == 2).astype(float) + (t["p"] == 3) + (t["top_k"] == 6) + (t["knob3"] == 0))
+    per_config = 0.25 * ((t["tier"] == 2).astype(float) + (t["p"] == 3) + (t["top_k"] == 6) + (t["blocks_index"] == 0))
     rng = np.random.default_rng(seed)
     c = len(ks)
     score = np.tile(per_config, (n, 1)).astype(np.float32)
@@ -281,7 +288,7 @@ def test_smoke_training_improves_reward(tmp_path) -> None:
     budgets = np.array([40.0, 50.0, 60.0])
     init = GRPOPolicy(data.lang_dim, data.token_dim, venv.nvec, cfg, seed=0)
     before = evaluate_deterministic(venv, init, budgets)
-    # expected score of the near-uniform initial sampling policy: 0.25·(1/3 + 1/5 + 1/5 + P(knob3 = 0))
+    # expected score of the near-uniform initial sampling policy: 0.25·(1/3 + 1/5 + 1/5 + P(active-blocks index = 0))
     rand_before = 0.25 * (1 / 3 + 1 / 5 + 1 / 5 + np.mean([1 / (6 - p) for p in range(1, 6)]))
     policy, hist = train_grpo(env_kwargs, cfg, log_dir=tmp_path / "tb", progress=False)
     after = evaluate_deterministic(venv, policy, budgets)
@@ -293,7 +300,7 @@ def test_smoke_training_improves_reward(tmp_path) -> None:
     # logged numbers: present, finite, consistent
     row = hist[-1]
     for key in ("reward/mean", "score/mean", "violation/rate", "latency_ms/mean", "frac_reward_zero_std",
-                "grad_norm", "entropy/tier", "entropy/p", "entropy/top_k", "entropy/knob3", "kl/ref",
+                "grad_norm", "entropy/tier", "entropy/p", "entropy/top_k", "entropy/blocks", "kl/ref",
                 "kl/old", "clip_frac", "loss/policy", "eval/val/reward"):
         assert np.isfinite(row[key]), key
     assert row["violation/rate"] == 0.0 and math.isclose(row["latency_ms/mean"], 30.0, rel_tol=1e-6)

@@ -81,7 +81,7 @@ def test_multidiscrete_roundtrip_and_errors():
     for a in itertools.product(range(3), range(5), range(5), range(5)):
         p = a[1] + 1
         if a[3] > 5 - p:
-            with pytest.raises(ValueError, match="knob3 index"):
+            with pytest.raises(ValueError, match="active-blocks index"):
                 KS.from_multidiscrete(a)
             continue
         c = KS.from_multidiscrete(a)
@@ -97,7 +97,7 @@ def test_serialisation_roundtrip_and_table():
     ks2 = KnobSpace.from_json(KS.to_json())
     assert ks2 == KS and ks2.same_configs(KS)
     t = KS.config_table()
-    assert set(t) >= {"tier", "p", "top_k", "blocks", "crops", "expert_slots", "knob3"}
+    assert set(t) >= {"tier", "p", "top_k", "blocks", "crops", "expert_slots", "blocks_index"}
     assert all(v.shape == (225,) for v in t.values())
     assert t["crops"][KS.index(KS.full_config)] == 12
     assert KS.full_config == KnobConfig("high", 1, 8, 16)

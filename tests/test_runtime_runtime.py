@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from envs.knob_space import KnobConfig, KnobSpace
 from model_runtime.datasets import load_requests
@@ -165,3 +166,36 @@ def test_fast_path_runtime_gives_the_reference_outcomes(runtime, fast_runtime, r
                 np.testing.assert_allclose(o.latency_tokens, r.latency_tokens, atol=1e-4)
             assert abs(o.first_token_entropy - r.first_token_entropy) < 1e-4
     assert fast.decoder.prefill_captures - before == (0 if latency_tokens else 1)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_continue_generation_from_a_prefix_state_equals_run(runtime, fast_runtime, requests, fast, monkeypatch):
+    """prefix_state + continue_generation (the live env's path) = run at batch size 1, on the eager
+    loop and through the fast runtime's decoder; the prefix state is left untouched, so one prefix
+    serves several configurations of its (tier, p)."""
+    rt = fast_runtime if fast else runtime
+    ks = rt.knob_space
+    req = requests[1]
+    prompt = rt.prepare(req, ks.crops_for("medium"))
+    state = rt.prefix_state(prompt, 3)
+    hidden, lengths = state.hidden.clone(), {b: state.cache.length(b) for b in state.cache.blocks}
+    steps = []
+    if fast:  # count the decode steps that go through the decoder
+        step = rt.decoder.step
+        monkeypatch.setattr(rt.decoder, "step", lambda *a: steps.append(1) or step(*a))
+    for cfg in (("medium", 3, 8, 16), ("medium", 3, 4, 14), ("medium", 3, 6, 15)):
+        ref = rt.run([req], cfg)[0]
+        del steps[:]
+        gen = rt.continue_generation(state, cfg)
+        assert len(steps) == (gen.decode_steps if fast else 0)
+        assert gen.tokens[0] == ref.token_ids and gen.ended_with_eos[0] == ref.ended_with_eos
+        np.testing.assert_allclose(gen.latency_token[0].numpy(), ref.latency_token, atol=1e-4)
+        entropy = -(gen.first_logits.log_softmax(-1).exp() * gen.first_logits.log_softmax(-1)).sum(-1)
+        assert abs(float(entropy[0]) - ref.first_token_entropy) < 1e-4
+        assert gen.prefill_ms > 0 and gen.decode_steps == len(gen.tokens[0]) - 1
+    assert state.next_block == 3 and torch.equal(state.hidden, hidden)
+    assert {b: state.cache.length(b) for b in state.cache.blocks} == lengths == {0: lengths[0], 1: lengths[0], 2: lengths[0]}
+    with pytest.raises(ValueError, match="p=2"):
+        rt.continue_generation(state, ("medium", 2, 8, 16))
+    with pytest.raises(ValueError, match="outside"):
+        rt.prefix_state(prompt, 0)

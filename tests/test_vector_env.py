@@ -204,8 +204,8 @@ def test_raise_mode_names_sub_env_and_keeps_state(data: ReplayData) -> None:
     np.testing.assert_array_equal(venv.action_masks(), obs["action_mask"].astype(bool))  # unchanged
     acts[1, 2] = 0
     venv.step(acts)
-    bad = np.array([[0, 0, 0, 4], [1, 1, 0, 3], [2, 4, 0, 1]])  # sub-env 2 (p = 5) allows knob3 0 only
-    with pytest.raises(ValueError, match=r"sub-env 2: action \[2, 4, 0, 1\] is masked at stage 1.*knob3 index = 1 not in \[0\]"):
+    bad = np.array([[0, 0, 0, 4], [1, 1, 0, 3], [2, 4, 0, 1]])  # sub-env 2 (p = 5) allows active-blocks index 0 only
+    with pytest.raises(ValueError, match=r"sub-env 2: action \[2, 4, 0, 1\] is masked at stage 1.*active-blocks index = 1 not in \[0\]"):
         venv.step(bad)
     with pytest.raises(ValueError, match="outside MultiDiscrete"):
         venv.step(np.array([[0, 0, 0, 4], [1, 1, 0, 3], [2, 5, 0, 0]]))

@@ -1,6 +1,6 @@
 """Prompt templates and decoding settings: the one place that defines how a request is asked.
 
-VoVNet rule (seed 05): every policy and baseline is evaluated with the *same* prompt template
+One-template rule: every policy and baseline is evaluated with the *same* prompt template
 and the *same* decoding settings, so accuracy differences come from the knobs alone. Runtime
 code builds its text input with :func:`build_prompt` and decodes with :data:`DECODING`; nothing
 else formats prompts.
@@ -60,7 +60,7 @@ class DecodingSettings:
     """Generation settings shared by every policy/baseline.
 
     Attributes:
-        max_new_tokens: generation cap in tokens (64, seed 02).
+        max_new_tokens: generation cap in tokens (64).
         do_sample: False = greedy decoding (deterministic).
         num_beams: 1 (no beam search: the latency model assumes one sequence).
         temperature: unused when greedy; recorded for completeness.

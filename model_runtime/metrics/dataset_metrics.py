@@ -1,4 +1,4 @@
-"""Which metric scores which dataset (seed 03, "Accuracy 计算修复", with ChartQA and InfoVQA added).
+"""Which metric scores which dataset.
 
 =================  ===========================================
 metric             datasets

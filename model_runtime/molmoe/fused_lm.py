@@ -40,9 +40,8 @@ ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather", "sorted_gemm")
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
-    """``sorted_gemm`` on CUDA in bf16/fp16 with Triton (on an H100 at 1,000 tokens the prefill took
-    7.6 ms with it, 10.5 ms with ``grouped_mm``, same run), ``grouped_mm`` on CUDA in bf16 without
-    Triton, ``gather`` elsewhere (torch's CUDA grouped GEMM is a bf16 kernel; other dtypes take a
+    """``sorted_gemm`` on CUDA in bf16/fp16 with Triton (the faster prefill; figures in
+    benchmarks/RESULTS.md, "The fast path"), ``grouped_mm`` on CUDA in bf16 without Triton, ``gather`` elsewhere (torch's CUDA grouped GEMM is a bf16 kernel; other dtypes take a
     fallback with host copies, which a CUDA graph cannot capture)."""
     if torch.device(device).type != "cuda":
         return "gather"
@@ -102,7 +101,7 @@ def routed_experts(
         act = dk.silu_mul_scale(gu, order.weight, backend)  # type: ignore[arg-type]
         y = _grouped_mm(act, down.transpose(1, 2), order.ends)  # (T·k, D), expert-sorted
         # back to (token, rank) order with the inverse permutation: a gather and a sum over k,
-        # no atomics (index_add_ on bf16 took 130 us per block at S=1000 on an H100)
+        # no atomics (index_add_ on bf16 serialises on colliding rows)
         base = torch.zeros_like(h) if residual is None else residual
         return dk.gather_sum(y, order.inverse, top_k, base, backend)  # type: ignore[arg-type]
     raise ValueError(f"unknown routed-expert form {form!r}; choose from {ROUTED_FORMS}")

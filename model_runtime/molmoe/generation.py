@@ -11,6 +11,10 @@ One call serves one padded batch that shares a configuration:
 EOS ends a row (its later steps are fed ``pad`` and ignored); the batch stops when every row
 ended or ``max_new_tokens`` tokens were generated. Prefill and decode are timed with
 :class:`~model_runtime.molmoe.timing.PhaseTimer`.
+
+:func:`continue_generation` runs steps 2-3 from a prefix state that stopped after block ``p-1``
+(the live env keeps such states between its two stages); both functions share the decode loop,
+eager or through a :class:`~model_runtime.molmoe.static_decode.GraphDecoder`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from .timing import PhaseTimer
 if TYPE_CHECKING:  # pragma: no cover
     from .static_decode import GraphDecoder, StaticKVCache
 
-#: Default generation length of the project (the seeds cut 128 → 64).
+#: Default generation length of the project (``model_runtime.datasets.prompts.DECODING``).
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
@@ -145,23 +149,10 @@ def greedy_generate(
         next_tok = logits.argmax(-1)
     first_logits, latency_token = logits.float(), latency.float()
 
-    def step(feed: torch.Tensor) -> torch.Tensor:
-        nonlocal state
-        if decoder is not None:
-            return decoder.step(cache, feed)  # type: ignore[arg-type]
-        state = lm.begin_decode(state, feed)
-        lm.advance(state, lm.n_layers, plan)
-        return lm.logits(state)
-
-    generated = [next_tok]
-    ended = next_tok == eos_token_id
-    steps = 0
-    with timer.phase("decode"):
-        while len(generated) < max_new_tokens and not bool(ended.all()):
-            next_tok = step(torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok)).argmax(-1)
-            generated.append(next_tok)
-            ended = ended | (next_tok == eos_token_id)
-            steps += 1
+    generated, steps = _decode(
+        lm, None if decoder is not None else state, cache, plan, next_tok, decoder=decoder, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id, max_new_tokens=max_new_tokens, timer=timer,
+    )
     prefill_ms = timer.get("prefill") - t_prefill
     decode_ms = timer.get("decode") - t_decode
 
@@ -173,6 +164,126 @@ def greedy_generate(
             lm.advance(branch, n_latency_tokens, lm.full_plan(), on_block=record, use_cache=False)
         latency_tokens = torch.stack([prefix_tokens[b] for b in range(n_latency_tokens)], dim=1)
     return _result(generated, eos_token_id, first_logits, latency_token, latency_tokens, prefill_ms, decode_ms, steps)
+
+
+@torch.no_grad()
+def continue_generation(
+    lm: MolmoeLanguageModel,
+    prefix: LMState,
+    *,
+    top_k_per_block: Sequence[int],
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    timer: PhaseTimer | None = None,
+    decoder: "GraphDecoder | None" = None,
+) -> GenerationResult:
+    """Greedy decoding of a batch from a prefix state: steps 2-3 of :func:`greedy_generate`.
+
+    ``prefix`` is the state of a staged prefill stopped after block ``p-1`` (``p =
+    prefix.next_block``; ``lm.begin`` then ``lm.advance(state, p, ...)`` into a
+    :class:`~.language_model.BlockKVCache`). The rest of the prefill (blocks ``p..`` of the plan),
+    the first token and the decode steps run as in :func:`greedy_generate`, which gives the same
+    tokens as ``greedy_generate`` from the prompt with the same plan. ``prefix`` is left untouched:
+    its cached keys/values are copied (outside the timed phases) into a fresh cache, so the same
+    prefix can be continued again under another plan.
+
+    Args:
+        lm: the language model that computed ``prefix``.
+        prefix: the prefix state; its cache must hold exactly the plan's blocks before ``p``.
+        top_k_per_block, eos_token_id, pad_token_id, max_new_tokens, timer: as in
+            :func:`greedy_generate`.
+        decoder: decode through this :class:`~model_runtime.molmoe.static_decode.GraphDecoder`
+            (the prefix is copied into its static cache, the rest of the prefill runs eagerly into
+            it, then the decode steps replay its graphs); None: the eager loop.
+
+    Returns:
+        A :class:`GenerationResult` whose ``latency_token`` is the prefix's last position,
+        ``latency_tokens`` None, ``prefill_ms`` the rest of the prefill and the first token.
+
+    Raises:
+        ValueError: a prefix without a block cache, a plan that disagrees with the blocks the prefix
+            ran, invalid lengths, a decoder of another model.
+    """
+    plan = lm.check_plan(top_k_per_block)
+    p = prefix.next_block
+    if not 1 <= p <= lm.n_layers:
+        raise ValueError(f"the prefix state stopped after block {p - 1}; continuing needs 1 <= p <= {lm.n_layers}")
+    if not isinstance(prefix.cache, BlockKVCache):
+        raise ValueError("the prefix state has no BlockKVCache (begin the prefill with cache=BlockKVCache(...))")
+    if prefix.cache.blocks != tuple(b for b in range(p) if plan[b] > 0):
+        raise ValueError(
+            f"the prefix cached blocks {prefix.cache.blocks}, the plan runs {tuple(b for b in range(p) if plan[b] > 0)} "
+            f"before p={p}"
+        )
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if decoder is not None and decoder.lm is not lm:
+        raise ValueError("the decoder wraps a different language model")
+    timer = timer if timer is not None else PhaseTimer(prefix.hidden.device)
+    rows, seq = prefix.attention_mask.shape
+    cache: BlockKVCache | StaticKVCache
+    if decoder is None:
+        cache = prefix.cache.copy(reserve=max_new_tokens)
+    else:
+        cache = decoder.prepare(rows, plan, positions=seq + max_new_tokens - 1)
+        for b in prefix.cache.blocks:
+            cache.update(*prefix.cache.get(b), b)
+    state = dataclasses.replace(prefix, cache=cache)  # type: ignore[arg-type]  # same protocol
+    t_prefill, t_decode = timer.get("prefill"), timer.get("decode")
+    with timer.phase("prefill"):
+        lm.advance(state, lm.n_layers, plan)
+        logits = lm.logits(state)
+        if decoder is not None:
+            cache.start_decode(state.attention_mask)  # type: ignore[union-attr]
+        next_tok = logits.argmax(-1)
+    first_logits = logits.float()
+    generated, steps = _decode(
+        lm, state, cache, plan, next_tok, decoder=decoder, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        max_new_tokens=max_new_tokens, timer=timer,
+    )
+    return _result(generated, eos_token_id, first_logits, prefix.hidden[:, -1].float(), None,
+                   timer.get("prefill") - t_prefill, timer.get("decode") - t_decode, steps)
+
+
+def _decode(
+    lm: MolmoeLanguageModel,
+    state: LMState | None,
+    cache: "BlockKVCache | StaticKVCache",
+    plan: Sequence[int],
+    first: torch.Tensor,
+    *,
+    decoder: "GraphDecoder | None",
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int,
+    timer: PhaseTimer,
+) -> tuple[list[torch.Tensor], int]:
+    """The decode loop after the first token ``first`` (B,): each step feeds every row's last token
+    (``pad`` once the row ended) through the decoder, or eagerly from ``state`` (after the
+    prefill); stops when every row ended or ``max_new_tokens`` tokens exist. Timed as "decode".
+    Returns (per-step (B,) tokens incl. ``first``, decode steps)."""
+
+    def step(feed: torch.Tensor) -> torch.Tensor:
+        nonlocal state
+        if decoder is not None:
+            return decoder.step(cache, feed)  # type: ignore[arg-type]
+        assert state is not None
+        state = lm.begin_decode(state, feed)
+        lm.advance(state, lm.n_layers, plan)
+        return lm.logits(state)
+
+    next_tok = first
+    generated = [next_tok]
+    ended = next_tok == eos_token_id
+    steps = 0
+    with timer.phase("decode"):
+        while len(generated) < max_new_tokens and not bool(ended.all()):
+            next_tok = step(torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok)).argmax(-1)
+            generated.append(next_tok)
+            ended = ended | (next_tok == eos_token_id)
+            steps += 1
+    return generated, steps
 
 
 def _result(

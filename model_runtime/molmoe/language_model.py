@@ -111,6 +111,19 @@ class BlockKVCache:
         """Cached positions of ``block`` (0 if it owns no entry)."""
         return self._length.get(block, 0)
 
+    def get(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, K, Dh) keys and values cached for ``block`` (views; KeyError if it owns no entry)."""
+        n = self._length[block]
+        return self._keys[block][:, :, :n], self._values[block][:, :, :n]
+
+    def copy(self, reserve: int | None = None) -> "BlockKVCache":
+        """An independent copy of the cached positions (``reserve`` decode room, default this
+        cache's), so that continuing from it never writes into this cache."""
+        out = BlockKVCache(self.reserve if reserve is None else reserve)
+        for b in self.blocks:
+            out.update(*self.get(b), b)
+        return out
+
 
 @dataclass
 class LMState:

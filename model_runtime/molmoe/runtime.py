@@ -34,7 +34,8 @@ import torch
 
 from model_runtime.knob_space import KnobConfig, KnobSpace
 
-from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationResult, greedy_generate
+from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationResult, continue_generation, greedy_generate
+from .language_model import BlockKVCache, LMState
 from .static_decode import GraphDecoder
 from .vision_graphs import VisionGraphs
 from .model import MolmoeModel
@@ -291,6 +292,53 @@ class MolmoeRuntime:
                 for i, o in zip(chunk, self._run_batch([reqs[i] for i in chunk], cfg, return_latency_tokens)):
                     out[i] = o
         return [o for o in out if o is not None]
+
+    @torch.no_grad()
+    def prefix_state(self, prompt: PromptInputs, p: int, *, timer: PhaseTimer | None = None) -> LMState:
+        """The staged prefill of one preprocessed prompt (:meth:`prepare`) stopped after block
+        ``p-1``, blocks ``0..p-1`` at the model's top-k (as in every configuration with this ``p``):
+        vision tower + connector (timed as "vision"), embeddings and those blocks (timed as
+        "prefill"), their keys/values in a :class:`~.language_model.BlockKVCache`. Its
+        ``hidden[:, -1]`` is the latency token; :meth:`continue_generation` finishes it.
+
+        Raises:
+            ValueError: ``p`` outside 1..n_layers.
+        """
+        model = self.model
+        lm = model.lm
+        if not 1 <= p <= lm.n_layers:
+            raise ValueError(f"insertion position p={p} outside 1..{lm.n_layers}")
+        timer = timer if timer is not None else PhaseTimer(model.device)
+        batch = model.collate([prompt])
+        with timer.phase("vision"):
+            feats = (self.vision or model.image_features)(batch.patches, batch.image_masks)
+        with timer.phase("prefill"):
+            embeds = model.embed(batch, feats)
+            state = lm.begin(embeds, batch.attention_mask, cache=BlockKVCache(reserve=self.max_new_tokens))
+            lm.advance(state, p, lm.full_plan())
+        return state
+
+    @torch.no_grad()
+    def continue_generation(
+        self, prefix: LMState, config: KnobConfig | tuple | Mapping | int, *, timer: PhaseTimer | None = None
+    ) -> GenerationResult:
+        """Finish a configuration from a prefix state (:meth:`prefix_state` at the configuration's
+        tier and ``p``): blocks ``p..`` of its plan, then greedy decoding (``max_new_tokens``, EOS
+        honoured) — the computation of :meth:`run` after the prefix, through the runtime's
+        decoder when ``fast`` (:func:`~.generation.continue_generation`). ``prefix`` is left
+        untouched (its cache is copied), so it can be continued under several configurations.
+
+        Raises:
+            ValueError: an invalid configuration, or one whose ``p`` is not where ``prefix`` stopped.
+        """
+        (cfg,) = self._configs_for(1, config)
+        if prefix.next_block != cfg.p:
+            raise ValueError(f"configuration {cfg} has p={cfg.p}, the prefix state stopped after block {prefix.next_block - 1}")
+        tk = self.model.config.tokens
+        return continue_generation(
+            self.model.lm, prefix, top_k_per_block=self.knob_space.plan(cfg).top_k_per_block, eos_token_id=tk.eos,
+            pad_token_id=tk.pad, max_new_tokens=self.max_new_tokens, timer=timer, decoder=self.decoder,
+        )
 
     def run_plan(
         self,

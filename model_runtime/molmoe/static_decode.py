@@ -385,8 +385,8 @@ def right_align(
 
     Real tokens keep their order and positions 0..n-1; the padding after them is what a causal
     mask already hides from every real query, so the prefill runs SDPA's causal kernel whatever
-    the rows' lengths and the length bucket (left padding needed the padding mask: ~10 % slower
-    at 1,000 tokens on an H100).
+    the rows' lengths and the length bucket (left padding needs the slower masked kernel; see
+    benchmarks/RESULTS.md, "The fast path").
 
     Args:
         inputs_embeds: (rows, S, D); attention_mask: (rows, S) left-padded; length >= S.

@@ -1,9 +1,9 @@
 """The vision tower + connector replayed from one CUDA graph per crop count.
 
-At batch 1 the CLIP tower (23 layers) and the connector are launch-bound on a GPU: on the lent
-H100, 2-7 crops took 8-22 ms eagerly from one profiler run to the next, while 13 crops, whose
-kernels keep the GPU busy, took a steady 14-16 ms. A captured graph per crop count removes the
-host from the timing (the fast path's vision stage, issue 7).
+At batch 1 the CLIP tower (23 layers) and the connector are launch-bound on a GPU: eagerly
+their time follows the host and varies from run to run, captured it is linear in the crops
+(figures: benchmarks/RESULTS.md, "The fast path"). A captured graph per crop count removes the
+host from the timing (the fast path's vision stage).
 
 :class:`VisionGraphs` wraps ``MolmoeModel.image_features``: a crop count seen for the first time
 runs eagerly (``capture_after``), the next time it is captured and replayed from then on; at

@@ -23,9 +23,8 @@ tile run together and share its activations in L2 while each expert's weights st
 
 On CUDA the two GEMMs are autotuned (8 tile configurations) per (D, I, pair count rounded up to a
 power of two) the first time a size class is seen, in the eager first prefill of a length (never
-inside a graph capture): a process's first prefills pay the compiles and timings once (the H100
-bench's prefill section took ~20 s longer than with ``grouped_mm``; Triton keeps the compiled
-kernels on disk for later processes).
+inside a graph capture): a process's first prefills pay the compiles and timings once (Triton keeps
+the compiled kernels on disk for later processes).
 
 Every op has the ``"triton"`` backend (CUDA, or Triton's interpreter on CPU with
 ``TRITON_INTERPRET=1``) and a ``"torch"`` reference of the same signature. Numerics follow the
