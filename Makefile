@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install bench clean
+.PHONY: test demo experiments install bench clean
 
 # torch is installed before the project, as a CPU build, so that the project's unpinned `torch`
 # requirement is already met and pip does not pull the multi-GB CUDA build (PyPI's Linux torch).
@@ -39,6 +39,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --out outputs/demo
+
+# every experiment + report (experiments.pipeline); resumable. CACHE=path for another cache
+# (default: the demo's SYNTHETIC cache, built if missing), EXP_ARGS="--quick --seeds 0 1 2 --only ..."
+EXP_OUT ?= outputs/experiments
+experiments: $(STAMP)
+	$(PY) -m experiments.pipeline --out $(EXP_OUT) $(if $(CACHE),--cache $(CACHE)) $(EXP_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -30,6 +30,8 @@ Outputs in ``--out``:
   router's gain over static.
 - ``results_agg.csv`` (several seeds): mean ± std and bootstrap 95% CI over seeds.
 - ``pareto.png`` (+ one per dataset) and ``knobs_<policy>.png``.
+- ``records.npz`` (``--records``): every episode (request id, budget, observation hash, action,
+  outcome, reward, env settings, cache sha256); ``python -m experiments.validate_records`` replays it.
 
 CLI: ``python -m experiments.evaluate --cache PATH --out DIR --policies static router oracle
 grpo:outputs/run/grpo ...`` (``--seeds 0 1 2``; ``{seed}`` in a checkpoint path is replaced).
@@ -96,6 +98,7 @@ class EvalConfig:
     uncertainty_quantiles: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     random_matched: bool = True  # add random_matched[<policy>] for every learned policy
     plots: bool = True
+    records: bool = False  # write records.npz: every episode, for experiments.validate_records
 
 
 # ----------------------------------------------------------------------------- running policies
@@ -103,19 +106,25 @@ def _final(info: dict[str, Any]) -> dict[str, Any]:
     return info["final_info"]
 
 
-def run_flat(policy, venv: MolmoeKnobsFlatVectorEnv, budget_ms: float) -> dict[str, np.ndarray]:
+def run_flat(policy, venv: MolmoeKnobsFlatVectorEnv, budget_ms: float, recorder=None) -> dict[str, np.ndarray]:
     n = venv.num_envs
     obs, info = venv.reset(options={"sample_index": np.arange(n), "budget_ms": np.full(n, budget_ms)})
     actions = np.asarray(policy.act(obs, info), dtype=np.int64)
     _, reward, _, _, info2 = venv.step(actions)
+    if recorder is not None:  # experiments.records.EpisodeRecorder
+        recorder.add(venv, policy.name, obs, actions, _final(info2), reward)
     return _records(_final(info2), reward)
 
 
-def run_two_stage(policy, venv: MolmoeKnobsVectorEnv, budget_ms: float) -> dict[str, np.ndarray]:
+def run_two_stage(policy, venv: MolmoeKnobsVectorEnv, budget_ms: float, recorder=None) -> dict[str, np.ndarray]:
     n = venv.num_envs
-    obs, info = venv.reset(options={"sample_index": np.arange(n), "budget_ms": np.full(n, budget_ms)})
-    obs, _, _, _, info = venv.step(np.asarray(policy.act_stage1(obs, info), dtype=np.int64))
-    _, reward, _, _, info2 = venv.step(np.asarray(policy.act_stage2(obs, info), dtype=np.int64))
+    obs0, info = venv.reset(options={"sample_index": np.arange(n), "budget_ms": np.full(n, budget_ms)})
+    a1 = np.asarray(policy.act_stage1(obs0, info), dtype=np.int64)
+    obs, _, _, _, info = venv.step(a1)
+    a2 = np.asarray(policy.act_stage2(obs, info), dtype=np.int64)
+    _, reward, _, _, info2 = venv.step(a2)
+    if recorder is not None:
+        recorder.add(venv, policy.name, obs0, np.concatenate([a1, a2], axis=1), _final(info2), reward)
     return _records(_final(info2), reward)
 
 
@@ -380,9 +389,14 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
     baseline_names = [p for p in cfg.policies if p in BASELINES]
     specs = [p for p in cfg.policies if p not in BASELINES]
     checkpoints = load_checkpoints(specs, cfg.seeds)  # every checkpoint of every seed, before any run
+    from experiments.records import EpisodeRecorder
+
+    recorder = EpisodeRecorder(cfg.cache, cache_sha256) if cfg.records else None
 
     frames = []
     for seed in cfg.seeds:
+        if recorder is not None:
+            recorder.seed = seed
         policies = build_baselines(baseline_names, train, test, train_obs, reward, budgets, unc,
                                    cfg.uncertainty_quantiles, seed)
         learned_here = dict(learned or {})
@@ -393,7 +407,8 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
             policies.append(pol)
         for pol in policies:
             for b in budgets:
-                rec = run_two_stage(pol, two_env, b) if is_two_stage(pol) else run_flat(pol, flat_env, b)
+                rec = (run_two_stage(pol, two_env, b, recorder) if is_two_stage(pol)
+                       else run_flat(pol, flat_env, b, recorder))
                 frames.append(pd.DataFrame({**rec, "policy": pol.name, "budget_ms": b, "seed": seed,
                                             "reward_mode": reward.mode, "lambda": np.nan}))
         if cfg.random_matched:
@@ -403,7 +418,7 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
                 rm = RandomMatched.from_choices(g["budget_ms"].to_numpy(), g["config_index"].to_numpy(),
                                                 len(test.knob_space), seed, name=f"random_matched[{name}]")
                 for b in budgets:
-                    frames.append(pd.DataFrame({**run_flat(rm, flat_env, b), "policy": rm.name, "budget_ms": b,
+                    frames.append(pd.DataFrame({**run_flat(rm, flat_env, b, recorder), "policy": rm.name, "budget_ms": b,
                                                 "seed": seed, "reward_mode": reward.mode, "lambda": np.nan}))
         # λ sweep of the lagrangian reward for the reward-aware baselines (budget-free: pinned at hi)
         for lam in cfg.lambdas:
@@ -413,13 +428,20 @@ def evaluate(cfg: EvalConfig, learned: dict[str, Any] | None = None, *, verbose:
             for pol in build_baselines([n for n in ("always_full", "always_cheapest", "static", "router", "router2", "oracle")
                                         if n in baseline_names], train, test, train_obs, lag,
                                        np.array([hi]), None, (), seed):
-                run = run_two_stage(pol, lag_two, float(hi)) if is_two_stage(pol) else run_flat(pol, venv, float(hi))
+                run = (run_two_stage(pol, lag_two, float(hi), recorder) if is_two_stage(pol)
+                       else run_flat(pol, venv, float(hi), recorder))
                 frames.append(pd.DataFrame({**run, "policy": pol.name, "budget_ms": np.nan,
                                             "seed": seed, "reward_mode": "lagrangian", "lambda": lam}))
 
     with output_dir(out):
-        return _write_outputs(cfg, out, frames, test, train, budgets, (lo, hi), tag, cache_sha256, t0, verbose,
-                              label=label)
+        res = _write_outputs(cfg, out, frames, test, train, budgets, (lo, hi), tag, cache_sha256, t0, verbose,
+                             label=label)
+        if recorder is not None:
+            recorder.save(out / "records.npz")
+            if verbose:
+                print(f"[evaluate] wrote {len(recorder)} episodes to {out / 'records.npz'} "
+                      f"(check: python -m experiments.validate_records {out / 'records.npz'} --cache {cfg.cache})")
+        return res
 
 
 def _write_outputs(cfg: EvalConfig, out: Path, frames: list[pd.DataFrame], test: ReplayData, train: ReplayData,
@@ -563,11 +585,14 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     ap.add_argument("--reward-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"alpha": 2.0}\'')
     ap.add_argument("--lambdas", nargs="*", type=float, default=[0.1, 0.25, 0.5, 1.0])
     ap.add_argument("--no-plots", action="store_true", help="write no plots")
+    ap.add_argument("--records", action="store_true",
+                    help="write records.npz (every episode; replay with python -m experiments.validate_records)")
     ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     a = ap.parse_args(argv)
     return EvalConfig(cache=a.cache, out=a.out, policies=a.policies, split=a.split, train_split=a.train_split,
                       seeds=a.seeds, n_budgets=a.n_budgets, budgets=a.budgets, reward=a.reward,
-                      reward_kwargs=a.reward_kwargs, lambdas=a.lambdas, plots=not a.no_plots)
+                      reward_kwargs=a.reward_kwargs, lambdas=a.lambdas, plots=not a.no_plots,
+                      records=a.records)
 
 
 def _main(argv: Sequence[str]) -> int:
