@@ -660,31 +660,16 @@ def finalize(path: Path, estimator: Any, *, nominal_output_tokens: int = NOMINAL
 
 def stored_identity(path: Path) -> tuple[dict | None, dict | None, bool]:
     """``(generator_params, knob_space dict, finished)`` of an existing cache or its build journal
-    (``(None, None, False)`` when neither exists). ``finished``: no journal and a budget range set."""
-    import h5py
+    (``(None, None, False)`` when neither can be read). ``finished``: no journal and a budget range set."""
+    from cache.unfinished import is_unfinished, json_attr, stored_attrs
 
-    from cache.journal import Journal, journal_dir
-    from cache.reader import decode_attr
-    from cache.schema import CacheError
-
-    jdir = journal_dir(path)
-    if jdir.is_dir():
-        try:
-            attrs = Journal.open(jdir).header.get("attrs")
-        except CacheError:
-            attrs = None
-        if attrs:
-            return (json.loads(attrs["generator_params"]), json.loads(attrs["knob_space"]), False)
-    if path.is_file():
-        try:
-            with h5py.File(path, "r") as f:
-                gp = decode_attr("generator_params", f.attrs["generator_params"])
-                ksd = decode_attr("knob_space", f.attrs["knob_space"])
-                budget = decode_attr("budget_range_ms", f.attrs.get("budget_range_ms", "null"))
-                return gp, ksd, (not jdir.is_dir()) and budget is not None
-        except (OSError, KeyError):
-            return None, None, False
-    return None, None, False
+    attrs = stored_attrs(path)
+    if not attrs:
+        return None, None, False
+    gp, ksd = json_attr(attrs.get("generator_params")), json_attr(attrs.get("knob_space"))
+    if gp is None or ksd is None:
+        return None, None, False
+    return gp, ksd, (not is_unfinished(path)) and json_attr(attrs.get("budget_range_ms", "null")) is not None
 
 
 def params_mismatch(stored: dict, current: dict, prefix: str = "") -> list[str]:

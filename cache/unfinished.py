@@ -57,7 +57,9 @@ def stored_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
-def _json(value: Any) -> Any:
+def json_attr(value: Any) -> Any:
+    """An attribute value as stored in a journal header (JSON text) or decoded from the file (as is);
+    None for text that is not JSON."""
     if isinstance(value, str):
         try:
             return json.loads(value)
@@ -74,7 +76,7 @@ def synthetic_command(path: str | os.PathLike, generator_params: Any) -> str | N
     """``python -m cache.synthetic --out PATH --resume ...`` that continues the build of
     ``generator_params`` (the stored attribute), or None when its command line cannot express
     those parameters (a build started from Python with custom parameters)."""
-    gp = _json(generator_params)
+    gp = json_attr(generator_params)
     if not isinstance(gp, dict) or not isinstance(gp.get("params"), dict) or "seed" not in gp:
         return None
     p, seed = gp["params"], gp["seed"]
@@ -114,7 +116,7 @@ def synthetic_command(path: str | os.PathLike, generator_params: Any) -> str | N
 def live_command(path: str | os.PathLike, generator_params: Any) -> str | None:
     """``python -m experiments.build_cache --model M --dataset D --out PATH --resume`` of a live
     build (``--configs`` when it built a subset), or None when the settings are not stored."""
-    gp = _json(generator_params)
+    gp = json_attr(generator_params)
     try:
         model, dataset = gp["runtime"]["model"], gp["build"]["dataset"]
     except (KeyError, TypeError):

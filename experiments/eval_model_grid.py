@@ -66,12 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           dense_decode=args.dense_decode)
     elapsed = time.perf_counter() - t0
     tasks = list(per_task)
+    task_rows = {t: [i for i, r in enumerate(reqs) if r.dataset == t] for t in tasks}
     grid = []
     for c in res.configs:
         cfg = ks.config(c)
         row = {"index": c, "tier": cfg.tier, "p": cfg.p, "top_k": cfg.top_k, "blocks": cfg.blocks}
-        for t in tasks:
-            rows = [i for i, r in enumerate(reqs) if r.dataset == t]
+        for t, rows in task_rows.items():
             row[f"score/{t}"] = float(np.mean([cache_score(reqs[i].metric, res.outcomes[i][c].score) for i in rows]))
             row[f"tokens/{t}"] = float(np.mean([res.outcomes[i][c].output_tokens for i in rows]))
         row["score/mean"] = float(np.mean([row[f"score/{t}"] for t in tasks]))
@@ -80,9 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
            "importance": list(ks.importance_scores), "elapsed_s": elapsed, "grid": grid}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
-    full = next(g for g in grid if g["index"] == ks.index(ks.full_config)) if ks.index(ks.full_config) in res.configs else None
-    cheap = next((g for g in grid if g["index"] == ks.index(ks.cheapest_config)), None)
-    for name, g in (("full", full), ("cheapest", cheap)):
+    for name, cfg in (("full", ks.full_config), ("cheapest", ks.cheapest_config)):
+        g = next((g for g in grid if g["index"] == ks.index(cfg)), None)
         if g:
             print(f"{name:9s} " + " ".join(f"{t} {g[f'score/{t}']:.3f}" for t in tasks) + f" | mean {g['score/mean']:.3f}",
                   file=sys.stderr)

@@ -162,6 +162,16 @@ def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
     obs, r, term, trunc, info = env.step(np.array([0, 0, 4, 4]))
     assert term and np.isfinite(r) and info["dataset"] in {"easy_vqa", "synth_text", "synth_doc", "synth_chart",
                                                             "synth_count", "synth_diagram"}
+    # the quick knob-grid look at a checkpoint
+    from experiments import eval_model_grid
+
+    assert eval_model_grid.main(["--model", str(tmp_path / "robust"), "--requests", str(suite / "val.jsonl"),
+                                 "--out", str(tmp_path / "grid.json"), "--per-task", "1", "--device", "cpu",
+                                 "--max-new-tokens", "3", "--dense-decode",
+                                 "--configs", "tier=low|high,p=1,top_k=4|8,blocks=12|16"]) == 0
+    grid = json.loads((tmp_path / "grid.json").read_text())
+    assert len(grid["grid"]) == 8 and all(0 <= g["score/mean"] <= 1 for g in grid["grid"])
+    assert {(g["tier"], g["top_k"], g["blocks"]) for g in grid["grid"]} >= {("high", 8, 16), ("low", 4, 12)}
     # resume continues the same run
     cfg.steps = 10
     summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -258,13 +258,15 @@ def _decode(
     pad_token_id: int,
     max_new_tokens: int,
     timer: PhaseTimer,
+    step: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], int]:
     """The decode loop after the first token ``first`` (B,): each step feeds every row's last token
     (``pad`` once the row ended) through the decoder, or eagerly from ``state`` (after the
-    prefill); stops when every row ended or ``max_new_tokens`` tokens exist. Timed as "decode".
-    Returns (per-step (B,) tokens incl. ``first``, decode steps)."""
+    prefill), or through ``step(feed) -> (B, V) logits`` when given (the shared-prefix builder's
+    per-row plans); stops when every row ended or ``max_new_tokens`` tokens exist. Timed as
+    "decode". Returns (per-step (B,) tokens incl. ``first``, decode steps)."""
 
-    def step(feed: torch.Tensor) -> torch.Tensor:
+    def plan_step(feed: torch.Tensor) -> torch.Tensor:
         nonlocal state
         if decoder is not None:
             return decoder.step(cache, feed)  # type: ignore[arg-type]
@@ -272,6 +274,8 @@ def _decode(
         state = lm.begin_decode(state, feed)
         lm.advance(state, lm.n_layers, plan)
         return lm.logits(state)
+
+    step = plan_step if step is None else step
 
     next_tok = first
     generated = [next_tok]

@@ -116,6 +116,15 @@ class BlockKVCache:
         n = self._length[block]
         return self._keys[block][:, :, :n], self._values[block][:, :, :n]
 
+    def truncated(self, n_blocks: int) -> "BlockKVCache":
+        """A cache that shares (does not copy) this cache's entries of blocks ``0..n_blocks-1``:
+        the prefix of a staged forward that ran past ``n_blocks``, to :meth:`copy` or continue from."""
+        out = BlockKVCache(self.reserve)
+        for b in self.blocks:
+            if b < n_blocks:
+                out._keys[b], out._values[b], out._length[b] = self._keys[b], self._values[b], self._length[b]
+        return out
+
     def copy(self, reserve: int | None = None) -> "BlockKVCache":
         """An independent copy of the cached positions (``reserve`` decode room, default this
         cache's), so that continuing from it never writes into this cache."""

@@ -49,7 +49,7 @@ import torch
 from model_runtime.knob_space import KnobConfig
 
 from .dense_experts import dense_experts
-from .generation import _result
+from .generation import _decode, _result, continue_generation
 from .language_model import BlockKVCache, LMState, MolmoeLanguageModel
 from .runtime import MolmoeRuntime, _as_request, first_token_uncertainty, load_image
 from .timing import PhaseTimer
@@ -137,18 +137,6 @@ def reference_blocks(lm: MolmoeLanguageModel) -> Iterator[None]:
         yield
     finally:
         lm.fused = fused
-
-
-def copy_prefix_cache(src: BlockKVCache, blocks: int, reserve: int) -> BlockKVCache:
-    """A new cache that owns a clone of ``src``'s entries of blocks ``0..blocks-1`` (their
-    preallocated decode room included), so that decoding from it leaves ``src`` untouched."""
-    out = BlockKVCache(reserve=reserve)
-    for b in src.blocks:
-        if b < blocks:
-            out._keys[b] = src._keys[b].clone()
-            out._values[b] = src._values[b].clone()
-            out._length[b] = src._length[b]
-    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -333,44 +321,26 @@ def _run_batch(
 def _continue(
     runtime: MolmoeRuntime, prefix: LMState, prefix_cache: BlockKVCache, cfg: KnobConfig, *, decode: bool
 ) -> tuple[Any, np.ndarray, np.ndarray, dict[str, float]]:
-    """Finish the prefill of ``cfg`` from its prefix state (a copy of the prefix cache), then
-    greedy-decode as :func:`~.generation.greedy_generate` does (``decode=False``: first token only,
-    without a cache). Returns (GenerationResult, entropy, margin, {prefill, decode} ms)."""
+    """Finish the prefill of ``cfg`` from its prefix state and greedy-decode
+    (:func:`~.generation.continue_generation`, which copies the prefix's blocks ``0..p-1`` out of
+    the shared prefix cache); ``decode=False``: first token only, without a cache. Returns
+    (GenerationResult, entropy, margin, {prefill, decode} ms)."""
     ks, model = runtime.knob_space, runtime.model
     lm, tk = model.lm, model.config.tokens
     plan = lm.check_plan(ks.plan(cfg).top_k_per_block)
-    p = cfg.p
-    timer = PhaseTimer(model.device)
     if not decode:
+        timer = PhaseTimer(model.device)
         with timer.phase("prefill"):
             branch = dataclasses.replace(prefix, cache=None)
             lm.advance(branch, lm.n_layers, plan, use_cache=False)
             logits = lm.logits(branch)
         ent, mar = first_token_uncertainty(logits)
         return None, ent.cpu().numpy(), mar.cpu().numpy(), {"prefill": timer.get("prefill"), "decode": 0.0}
-    state = dataclasses.replace(prefix, cache=copy_prefix_cache(prefix_cache, p, runtime.max_new_tokens))
-    _sync(model.device)  # the copy is not part of the measured prefill
-    with timer.phase("prefill"):
-        lm.advance(state, lm.n_layers, plan)
-        logits = lm.logits(state)
-        next_tok = logits.argmax(-1)
-    first_logits = logits.float()
-    generated = [next_tok]
-    ended = next_tok == tk.eos
-    steps = 0
-    with timer.phase("decode"):
-        while len(generated) < runtime.max_new_tokens and not bool(ended.all()):
-            feed = torch.where(ended, torch.full_like(next_tok, tk.pad), next_tok)
-            state = lm.begin_decode(state, feed)
-            lm.advance(state, lm.n_layers, plan)
-            next_tok = lm.logits(state).argmax(-1)
-            generated.append(next_tok)
-            ended = ended | (next_tok == tk.eos)
-            steps += 1
-    prefill_ms, decode_ms = timer.get("prefill"), timer.get("decode")
-    gen = _result(generated, tk.eos, first_logits, prefix.hidden[:, -1].float(), None, prefill_ms, decode_ms, steps)
-    ent, mar = first_token_uncertainty(first_logits)
-    return gen, ent.cpu().numpy(), mar.cpu().numpy(), {"prefill": prefill_ms, "decode": decode_ms}
+    gen = continue_generation(lm, dataclasses.replace(prefix, cache=prefix_cache.truncated(cfg.p)),
+                              top_k_per_block=plan, eos_token_id=tk.eos, pad_token_id=tk.pad,
+                              max_new_tokens=runtime.max_new_tokens)
+    ent, mar = first_token_uncertainty(gen.first_logits)
+    return gen, ent.cpu().numpy(), mar.cpu().numpy(), {"prefill": gen.prefill_ms, "decode": gen.decode_ms}
 
 
 def _prefill_config(runtime: MolmoeRuntime, prefix: LMState, prefix_cache: BlockKVCache,
@@ -378,8 +348,8 @@ def _prefill_config(runtime: MolmoeRuntime, prefix: LMState, prefix_cache: Block
     """``cfg``'s prefill from its prefix (a copy of the prefix cache): (state, first logits, ms)."""
     ks, lm = runtime.knob_space, runtime.model.lm
     plan = lm.check_plan(ks.plan(cfg).top_k_per_block)
-    state = dataclasses.replace(prefix, cache=copy_prefix_cache(prefix_cache, cfg.p, runtime.max_new_tokens))
-    _sync(runtime.model.device)
+    state = dataclasses.replace(prefix, cache=prefix_cache.truncated(cfg.p).copy(runtime.max_new_tokens))
+    _sync(runtime.model.device)  # the copy is not part of the measured prefill
     timer = PhaseTimer(runtime.model.device)
     with timer.phase("prefill"):
         lm.advance(state, lm.n_layers, plan)
@@ -441,37 +411,35 @@ def _decode_group(runtime: MolmoeRuntime, items: list[tuple[int, LMState, torch.
         st.cache = None  # the merged cache holds the rows now
     state = dataclasses.replace(items[0][1], attention_mask=mask, cache=cache, next_block=L,
                                 hidden=torch.empty(0, device=dev))
-    next_tok = first_logits.argmax(-1)
-    generated = [next_tok]
-    ended = next_tok == tk.eos
     active = [(k_rows[b] > 0) for b in range(L)]
     runs = [bool(a.any()) for a in active]
     all_on = [bool(a.all()) for a in active]
     k_max = [int(k_rows[b].max()) for b in range(L)]
     uniform_k = [bool((k_rows[b][active[b]] == k_max[b]).all()) if runs[b] else True for b in range(L)]
     cache_kw = _cache_kwarg(type(lm.backbone.layers[0]))
-    steps = 0
+
+    def step(feed: torch.Tensor) -> torch.Tensor:
+        """One decode step of every row under its own plan: per-row top-k, skipped blocks pass through."""
+        nonlocal state
+        state = lm.begin_decode(state, feed)
+        h = state.hidden
+        for b in range(L):
+            if not runs[b]:
+                continue
+            layer = lm.backbone.layers[b]
+            layer.mlp.gate.top_k = k_max[b]
+            set_row_top_k(layer.mlp.experts, None if uniform_k[b] else k_rows[b])
+            out = layer(h, attention_mask=state.mask, position_ids=state.position_ids,
+                        position_embeddings=state.position_embeddings, **{cache_kw: cache})
+            h = out if all_on[b] else torch.where(active[b][:, None, None], out, h)
+        state.hidden = h
+        state.next_block = L
+        return lm.logits(state)
+
     timer = PhaseTimer(dev)
-    with timer.phase("decode"), dense_experts(lm):
-        while len(generated) < runtime.max_new_tokens and not bool(ended.all()):
-            feed = torch.where(ended, torch.full_like(next_tok, tk.pad), next_tok)
-            state = lm.begin_decode(state, feed)
-            h = state.hidden
-            for b in range(L):
-                if not runs[b]:
-                    continue
-                layer = lm.backbone.layers[b]
-                layer.mlp.gate.top_k = k_max[b]
-                set_row_top_k(layer.mlp.experts, None if uniform_k[b] else k_rows[b])
-                out = layer(h, attention_mask=state.mask, position_ids=state.position_ids,
-                            position_embeddings=state.position_embeddings, **{cache_kw: cache})
-                h = out if all_on[b] else torch.where(active[b][:, None, None], out, h)
-            state.hidden = h
-            state.next_block = L
-            next_tok = lm.logits(state).argmax(-1)
-            generated.append(next_tok)
-            ended = ended | (next_tok == tk.eos)
-            steps += 1
+    with dense_experts(lm):
+        generated, steps = _decode(lm, None, cache, (), first_logits.argmax(-1), decoder=None, eos_token_id=tk.eos,
+                                   pad_token_id=tk.pad, max_new_tokens=runtime.max_new_tokens, timer=timer, step=step)
     decode_ms = timer.get("decode")
     for layer in lm.backbone.layers:
         set_row_top_k(layer.mlp.experts, None)
