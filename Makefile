@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --out outputs/demo
 
 # every experiment + report (experiments.pipeline); resumable. CACHE=path for another cache
-# (default: the demo's SYNTHETIC cache, built if missing), EXP_ARGS="--quick --seeds 0 1 2 --only ..."
+# (default: the committed live-built cache; EXP_ARGS=--synthetic for the SYNTHETIC one), EXP_ARGS="--quick --seeds 0 1 2 --only ..."
 EXP_OUT ?= outputs/experiments
 experiments: $(STAMP)
 	$(PY) -m experiments.pipeline --out $(EXP_OUT) $(if $(CACHE),--cache $(CACHE)) $(EXP_ARGS)

@@ -1,12 +1,12 @@
 """Where the small model's GPU time goes: a training step, the data pipeline, the cache build.
 
-``python -m benchmarks.bench_small_model --checkpoint CKPT --suite DIR [--batch-sizes 128 512]
-[--data-seconds 20] [--engine-requests 300]`` prints:
+``python -m benchmarks.bench_small_model --checkpoint CKPT --suite DIR [--batch-sizes 256 512]
+[--compile-batch-sizes 512] [--reuse 1 4] [--data-seconds 15] [--engine-requests 150]`` prints:
 
-1. training step time of one model (bf16, dense experts, AdamW on float32 masters) per batch
-   size, on a fixed rendered batch (no data loader), split into forward / backward / optimiser
-   by CUDA events;
-2. the data pipeline's rate (samples/s) with the training's worker count;
+1. training step time of one model (bf16, dense experts, fused AdamW on float32 masters) per
+   batch size, on a fixed rendered batch (no data loader), eager and with ``--compile``; peak
+   memory; one profiled eager step (GPU kernel time and launch count);
+2. the data pipeline's rate (samples/s) with the training's worker count, per reuse factor;
 3. the shared-prefix build engine (grouped dense decode) on ``--engine-requests`` suite requests
    under the high tier's 75 configurations (the longest prompts), and the projected time of a
    6,000-request × 225-configuration build (the high tier's rate for all three tiers: an upper
@@ -27,12 +27,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--suite", type=Path, required=True, help="make_suite folder with test.jsonl")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--data-seconds", type=float, default=20.0)
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[256, 512])
+    ap.add_argument("--compile-batch-sizes", type=int, nargs="*", default=[512],
+                    help="batch sizes to time with --compile (torch.compile of the blocks); none to skip")
+    ap.add_argument("--reuse", type=int, nargs="*", default=[1, 4], help="data reuse factors to time")
+    ap.add_argument("--data-batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--data-seconds", type=float, default=15.0)
     ap.add_argument("--workers", type=int, default=15)
-    ap.add_argument("--engine-requests", type=int, default=300)
+    ap.add_argument("--engine-requests", type=int, default=150)
     ap.add_argument("--out", type=Path, default=None, help="JSON of the figures")
+    ap.add_argument("--device", default="cuda", help="cuda (what it is for) or cpu (a smoke run)")
     args = ap.parse_args()
 
     from model_runtime.molmoe.config import MolmoeConfig
@@ -40,66 +45,95 @@ def main() -> None:
     from model_runtime.small_model.trainer import Run, TrainConfig, to_batch
     from model_runtime.small_model.training_data import SuiteStream, TrainDataConfig, collate, make_sample
 
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    dtype = torch.bfloat16 if cuda else torch.float32
     tok = TextTokenizer.from_file(args.checkpoint / "tokenizer.json")
     config = MolmoeConfig.small().replace(tokens=special_tokens_from(tok))
-    figures: dict = {"device": torch.cuda.get_device_name(dev)}
+    figures: dict = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu"}
 
     # 1. training step
-    stream = SuiteStream(config, tok, TrainDataConfig(batch_size=128))
-    base = stream.batch(0)
-    cfg = TrainConfig(recipes={"plain": 0.0})
-    run = Run("plain", 0.0, config, cfg, dev, torch.bfloat16)
-    for bs in args.batch_sizes:
-        reps = max(1, bs // 128)
+    base_bs = min([128, *args.batch_sizes, *args.compile_batch_sizes])
+    base = SuiteStream(config, tok, TrainDataConfig(batch_size=base_bs)).batch(0)
+
+    def replicated(bs: int) -> dict:  # the rendered batch repeated: the step's cost without rendering it
+        reps = max(1, bs // base_bs)
         b = {k: torch.cat([v] * reps) for k, v in base.items() if k not in ("crop_rows", "image_input_idx")}
-        rows, idx = [], []
         n_rows = base["input_ids"].shape[0]
-        for r in range(reps):
-            rows.append(base["crop_rows"] + r * n_rows)
-            idx.append(base["image_input_idx"])
-        b["crop_rows"], b["image_input_idx"] = torch.cat(rows), torch.cat(idx)
-        mb, labels = to_batch(b, dev, torch.bfloat16)
+        b["crop_rows"] = torch.cat([base["crop_rows"] + r * n_rows for r in range(reps)])
+        b["image_input_idx"] = torch.cat([base["image_input_idx"]] * reps)
+        return b
+
+    def time_steps(run, bs: int, label: str) -> None:
+        mb, labels = to_batch(replicated(bs), dev, dtype, config)
+        t0 = time.perf_counter()
         for _ in range(2):
             run.step(mb, labels, 1e-4, cfg)
-        torch.cuda.synchronize()
+        sync()
+        warm = time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats() if cuda else None
         t0 = time.perf_counter()
         for _ in range(args.steps):
             run.step(mb, labels, 1e-4, cfg)
-        torch.cuda.synchronize()
+        sync()
         ms = (time.perf_counter() - t0) / args.steps * 1e3
         tokens = int(mb.attention_mask.sum())
-        figures[f"train_step_ms@{bs}"] = ms
-        figures[f"train_samples_per_s@{bs}"] = bs / ms * 1e3
-        print(f"train step batch {bs}: {ms:.0f} ms ({bs / ms * 1e3:.0f} samples/s, {tokens} tokens, "
-              f"{mb.patches.shape[0]} crops)", flush=True)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        figures[f"{label}_step_ms@{bs}"] = ms
+        figures[f"{label}_samples_per_s@{bs}"] = bs / ms * 1e3
+        figures[f"{label}_first_two_steps_s@{bs}"] = warm
+        figures[f"{label}_peak_gib@{bs}"] = peak
+        print(f"{label} train step batch {bs}: {ms:.0f} ms ({bs / ms * 1e3:.0f} samples/s, {tokens} real of "
+              f"{mb.attention_mask.numel()} tokens, {mb.patches.shape[0]} crops, peak {peak:.1f} GiB; "
+              f"first two steps {warm:.1f} s)", flush=True)
+        if label != "eager":
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=activities) as prof:
             run.step(mb, labels, 1e-4, cfg)
-            torch.cuda.synchronize()
+            sync()
         ev = prof.key_averages()
         cuda_total = sum(e.self_device_time_total for e in ev) / 1e3
         n_kernels = sum(e.count for e in ev if e.self_device_time_total > 0)
         print(f"  profiled step: {cuda_total:.0f} ms of GPU kernels in {n_kernels} kernel launches", flush=True)
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=8), flush=True)
-        figures[f"train_gpu_ms@{bs}"] = cuda_total
-        figures[f"train_kernels@{bs}"] = n_kernels
-    del run
-    torch.cuda.empty_cache()
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12), flush=True)
+        figures[f"{label}_gpu_ms@{bs}"] = cuda_total
+        figures[f"{label}_kernels@{bs}"] = n_kernels
+
+    for label, batch_sizes in (("eager", args.batch_sizes), ("compiled", args.compile_batch_sizes)):
+        if not batch_sizes:
+            continue
+        cfg = TrainConfig(recipes={"plain": 0.0}, compile=label == "compiled")
+        run = Run("plain", 0.0, config, cfg, dev, dtype)
+        for bs in batch_sizes:
+            try:
+                time_steps(run, bs, label)
+            except torch.OutOfMemoryError:
+                print(f"{label} train step batch {bs}: out of GPU memory", flush=True)
+                figures[f"{label}_step_ms@{bs}"] = None
+            torch.cuda.empty_cache() if cuda else None
+        del run
+        torch.cuda.empty_cache() if cuda else None
 
     # 2. data pipeline
-    loader = torch.utils.data.DataLoader(SuiteStream(config, tok, TrainDataConfig(batch_size=128)), batch_size=None,
-                                         num_workers=args.workers, prefetch_factor=4)
-    it = iter(loader)
-    next(it)
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < args.data_seconds:
-        next(it)
-        n += 128
-    rate = n / (time.perf_counter() - t0)
-    figures["data_samples_per_s"] = rate
-    print(f"data pipeline ({args.workers} workers): {rate:.0f} samples/s", flush=True)
-    del it, loader
+    for reuse in args.reuse:
+        data = TrainDataConfig(batch_size=args.data_batch, reuse=reuse, reuse_distance=args.workers)
+        loader = torch.utils.data.DataLoader(SuiteStream(config, tok, data), batch_size=None,
+                                             num_workers=args.workers, prefetch_factor=4, pin_memory=cuda)
+        it = iter(loader)
+        for _ in range(args.workers * reuse):  # past every worker's first batches (nothing to reuse yet)
+            next(it)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < args.data_seconds:
+            b = next(it)
+            b["patches"].to(dev, non_blocking=True)
+            n += args.data_batch
+        rate = n / (time.perf_counter() - t0)
+        figures[f"data_samples_per_s@reuse{reuse}"] = rate
+        print(f"data pipeline ({args.workers} workers, batch {args.data_batch}, reuse {reuse}): {rate:.0f} samples/s "
+              f"(uint8 pixels, copied to the GPU)", flush=True)
+        del it, loader
 
     # 3. build engine
     from envs.knob_space import KnobSpace
@@ -109,16 +143,17 @@ def main() -> None:
     from model_runtime.molmoe.shared_prefix import run_all_configs
 
     ks = KnobSpace().with_scores(ImportanceScores.load(args.checkpoint / "importance.json").scores)
-    rt = MolmoeRuntime.from_checkpoint(args.checkpoint, ks, dtype=torch.bfloat16, device="cuda", fast=False,
+    rt = MolmoeRuntime.from_checkpoint(args.checkpoint, ks, dtype=dtype, device=dev, fast=False,
                                        max_new_tokens=24)
-    reqs = load_requests(args.suite / "test.jsonl")[:: max(1, 6000 // args.engine_requests)][: args.engine_requests]
+    pool = load_requests(args.suite / "test.jsonl")
+    reqs = pool[:: max(1, len(pool) // args.engine_requests)][: args.engine_requests]
     high = [c for c in range(len(ks)) if ks.config(c).tier == "high"]
     run_all_configs(rt, reqs[:8], high[:2], batch_size=8, dense_decode=True, return_sample_features=False)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     res = run_all_configs(rt, reqs, high, batch_size=len(reqs), dense_decode=True, preprocess_threads=12,
                           decode_group_bytes=64 * 2**30)
-    torch.cuda.synchronize()
+    sync()
     el = time.perf_counter() - t0
     steps = [o.output_tokens for outs in res.outcomes for o in outs.values()]
     proj = el * (6000 / len(reqs)) * 3

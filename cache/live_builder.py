@@ -561,9 +561,10 @@ class LiveCacheBuilder:
         """:meth:`build_chunk` with the shared-prefix engine: one
         :func:`~model_runtime.molmoe.shared_prefix.run_all_configs` pass over the chunk's rows that
         still need work gives the sample features and every pending configuration's outcomes
-        (batches of ``batch_size`` through :class:`BatchRunner`: a batch that raises is retried
-        in halves, a single request that still fails is FAILED); then the same writes as the
-        per-config engine, in the same order (FAILED rows, samples, one write per configuration).
+        (the rows ordered by prompt length, in batches of ``batch_size`` through
+        :class:`BatchRunner`: a batch that raises is retried in halves, a single request that
+        still fails is FAILED); then the same writes as the per-config engine, in the same order
+        (FAILED rows, samples, one write per configuration).
         """
         from model_runtime.molmoe.shared_prefix import run_all_configs
 
@@ -581,6 +582,10 @@ class LiveCacheBuilder:
             run_cfgs = configs[pend.any(axis=0)]
         res: list[Any] = []
         if run_rows.size and (need_samples or run_cfgs.size):
+            from model_runtime.molmoe.shared_prefix import prompt_length_order
+
+            # batches of similar prompt length: each is padded to its longest prompt
+            run_rows = run_rows[prompt_length_order(self.rt, [self.requests[i] for i in run_rows])]
             cfg_list = [int(c) for c in run_cfgs]
             res = self.runner(lambda reqs: run_all_configs(self.rt, reqs, cfg_list, batch_size=len(reqs),
                                                            return_sample_features=need_samples,

@@ -50,7 +50,7 @@ EXPERIMENTS: tuple[str, ...] = ("main", "generalization", "ablations", "fallback
 MODULES: dict[str, str] = {"main": "main_eval", "generalization": "generalization", "ablations": "ablations",
                            "fallback": "fallback", "error_slices": "error_slices", "oracle_actions": "oracle_actions"}
 MARKER = "DONE"
-DEFAULT_CACHE = "outputs/default_cache.h5"
+DEFAULT_CACHE = "outputs/default_cache.h5"  # the SYNTHETIC default (--synthetic)
 
 
 def module(name: str) -> Any:
@@ -241,17 +241,20 @@ def write_report(ctx, status: dict[str, dict]) -> Path:
 def _main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.pipeline", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", default=None,
-                    help=f"outcome cache (HDF5); default: the demo's SYNTHETIC cache {DEFAULT_CACHE}, built if missing")
+                    help="outcome cache (HDF5); default: the committed live-built cache (cache/default/), "
+                         f"else the demo's SYNTHETIC one ({DEFAULT_CACHE}, built if missing)")
+    ap.add_argument("--synthetic", action="store_true",
+                    help=f"run on the demo's SYNTHETIC cache ({DEFAULT_CACHE}, built if missing) instead")
     ap.add_argument("--out", required=True, help="output folder (re-runs resume in it)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--only", nargs="+", default=None, metavar="NAME", help=f"any of {', '.join(EXPERIMENTS)}")
     ap.add_argument("--quick", action="store_true", help="short trainings and smaller sweeps (same outputs)")
     ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     a = ap.parse_args(argv)
-    if a.cache is None:
-        from experiments.demo import prepare_cache
+    if a.synthetic or a.cache is None:
+        from experiments.demo import resolve_cache
 
-        a.cache = str(prepare_cache(DEFAULT_CACHE, log=lambda m: print(m.replace("[demo]", "[pipeline]"))))
+        a.cache = str(resolve_cache(a.cache, a.synthetic, log=lambda m: print(m.replace("[demo]", "[pipeline]"))))
     status = run_pipeline(a.cache, a.out, seeds=a.seeds, only=a.only, quick=a.quick)
     failed = [n for n, s in status.items() if s["status"] == "failed"]
     print(f"[pipeline] report: {Path(a.out) / 'report.md'}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))

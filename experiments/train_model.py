@@ -1,7 +1,8 @@
 """Train the small MolmoE-architecture model on the VQA task suite: ``python -m experiments.train_model``.
 
 ``python -m experiments.train_model --suite DIR --out CKPT [--steps N] [--time-budget S] [--device cuda]
-[--recipes plain=0 robust=0.15] [--resume] [--importance-requests 32]``
+[--recipes plain=0 robust=0.15] [--batch-size B] [--reuse R] [--compile] [--resume | --init-from CKPT]
+[--importance-requests 32]``
 
 - ``--suite``: a suite folder from ``python -m experiments.make_suite`` (its ``manifest.json``
   gives the seed; training renders ``train`` examples on the fly from it; the first
@@ -44,6 +45,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--overwrite", action="store_true", help="train into a non-empty --out")
     ap.add_argument("--importance-requests", type=int, default=32)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--reuse", type=int, default=1,
+                    help="train on each rendered example this many times (multiplies the data pipeline's rate)")
+    ap.add_argument("--reuse-distance", type=int, default=0,
+                    help="batches between two uses of an example (0: --workers, so each worker reuses its own)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from this checkpoint's weights (fresh optimiser and schedule), e.g. to continue "
+                         "a run whose train_state.pt did not come back from the GPU machine")
     return ap.parse_args(argv)
 
 
@@ -76,11 +85,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipes[name] = float(rate)
     cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget,
                       batch_size=args.batch_size, lr=args.lr, recipes=recipes, num_workers=args.workers,
-                      eval_every=args.eval_every, data=TrainDataConfig(seed=seed, batch_size=args.batch_size))
+                      eval_every=args.eval_every, compile=args.compile,
+                      data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
+                                           reuse_distance=args.reuse_distance or max(1, args.workers)))
+    if args.init_from is not None and args.resume:
+        raise ValueError("--init-from and --resume exclude each other")
     t0 = time.perf_counter()
-    tokenizer = train_bpe_tokenizer(question_corpus(seed, n=cfg.tokenizer_corpus), vocab_size=cfg.vocab_size)
-    log(f"tokenizer: {cfg.vocab_size} ids trained on {cfg.tokenizer_corpus} suite texts in {time.perf_counter() - t0:.1f} s")
-    summary = train(cfg, args.out, tokenizer, device=args.device, resume=args.resume, log=log)
+    if args.init_from is not None:
+        from model_runtime.molmoe.tokenizer import TextTokenizer
+
+        tokenizer = TextTokenizer.from_file(args.init_from / "tokenizer.json")  # the weights' own token ids
+        log(f"tokenizer: {args.init_from / 'tokenizer.json'} (with --init-from)")
+    else:
+        tokenizer = train_bpe_tokenizer(question_corpus(seed, n=cfg.tokenizer_corpus), vocab_size=cfg.vocab_size)
+        log(f"tokenizer: {cfg.vocab_size} ids trained on {cfg.tokenizer_corpus} suite texts in "
+            f"{time.perf_counter() - t0:.1f} s")
+    summary = train(cfg, args.out, tokenizer, device=args.device, resume=args.resume, init_from=args.init_from,
+                    log=log)
     log(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s ({summary['samples_per_s']:.0f} samples/s, "
         f"data wait {summary['data_wait']:.0%})")
     # importance scores of each trained model, with the project's importance code

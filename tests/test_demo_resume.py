@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,3 +137,23 @@ def test_finish_commands_reproduce_the_stored_build_settings(tmp_path: Path) -> 
     assert shlex.split(live_command(tmp_path / "live.h5", gp)) == [
         "python", "-m", "experiments.build_cache", "--model", "/ckpt/molmoe", "--dataset", "/data/x.jsonl",
         "--out", str(tmp_path / "live.h5"), "--configs", "tier=high", "--resume"]
+
+
+def test_demo_cache_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: Path) -> None:
+    """The committed live-built cache when the checkout has it, else the SYNTHETIC default;
+    --synthetic and --cache choose explicitly; a missing --cache is an error naming it."""
+    from experiments import demo
+
+    monkeypatch.chdir(tmp_path)
+    live = tmp_path / "cache" / "default" / "live.h5"
+    monkeypatch.setattr(demo, "LIVE_DEFAULT_CACHE", live)
+    lines: list[str] = []
+    synth = demo.resolve_cache(None, False, log=lines.append)  # no live cache: the synthetic default, built
+    assert synth == Path("outputs/default_cache.h5") and synth.is_file() and "SYNTHETIC" in lines[0]
+    live.parent.mkdir(parents=True)
+    shutil.copy(reference, live)
+    assert demo.resolve_cache(None, False) == live
+    assert demo.resolve_cache(None, True) == Path("outputs/default_cache.h5")
+    assert demo.resolve_cache(str(live), False) == live
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        demo.resolve_cache("nope.h5", False)

@@ -217,3 +217,21 @@ def test_experts_implementations_agree(lm):
     assert (eager - grouped).abs().max().item() <= 1e-4
     with pytest.raises(ValueError, match="experts implementation"):
         lm.experts_implementation = "bogus"
+
+
+def test_block_kv_cache_select_rows_keeps_rows_and_drops_common_padding():
+    from model_runtime.molmoe.language_model import BlockKVCache
+
+    cache = BlockKVCache(reserve=2)
+    k = torch.arange(3 * 1 * 5 * 2, dtype=torch.float32).reshape(3, 1, 5, 2)
+    cache.update(k, -k, 0)
+    cache.update(k + 100, -k, 3)
+    cache.select_rows(torch.tensor([2, 0]), drop_front=2)
+    for b, off in ((0, 0), (3, 100)):
+        keys, values = cache.get(b)
+        assert torch.equal(keys, k[[2, 0], :, 2:] + off) and torch.equal(values, -k[[2, 0], :, 2:])
+        assert cache.length(b) == 3
+    keys, _ = cache.update(torch.ones(2, 1, 1, 2), torch.ones(2, 1, 1, 2), 0)  # decode continues in place
+    assert keys.shape == (2, 1, 4, 2) and torch.equal(keys[:, :, -1], torch.ones(2, 1, 2))
+    with pytest.raises(ValueError, match="cannot drop"):
+        cache.select_rows(torch.tensor([0]), drop_front=9)

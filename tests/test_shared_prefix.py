@@ -22,7 +22,7 @@ from envs.knob_space import KnobConfig, KnobSpace
 from experiments import build_cache
 from model_runtime.datasets import load_requests
 from model_runtime.molmoe.runtime import MolmoeRuntime
-from model_runtime.molmoe.shared_prefix import run_all_configs
+from model_runtime.molmoe.shared_prefix import prompt_length_order, run_all_configs
 from tests.build_cache_worker import blocking_build
 from tests.cache_compare import assert_same_content
 from tests.tiny_molmoe import tiny_config, write_tiny_dataset, write_tiny_molmoe_checkpoint
@@ -55,8 +55,13 @@ def test_run_all_configs_equals_the_per_config_runtime(setup) -> None:
     ks = rt.knob_space
     sel = _subset(ks)
     assert {ks.config(c).p for c in sel} == set(ks.insertion_positions) and ks.index(ks.cheapest_config) in sel
-    res = run_all_configs(rt, reqs, sel, batch_size=4)  # two batches: 4 + 2
+    res = run_all_configs(rt, reqs, sel, batch_size=4)  # two batches: 4 + 2, by prompt length
     assert res.configs == sorted(sel) and len(res.outcomes) == len(reqs)
+    order = prompt_length_order(rt, reqs)
+    assert sorted(order) == list(range(6)) and order != list(range(6))  # the tiny set's sizes are not sorted
+    first_batch = set(order[:4])
+    n_tok = [rt.prepare(r, max(ks.crops)).vision_tokens for r in reqs]
+    assert max(n_tok[i] for i in first_batch) <= min(n_tok[i] for i in order[4:])
     for c in sel:
         ref = rt.run(reqs, c)  # one batch of 6: a different padding, the same answers
         for i, o in enumerate(ref):
@@ -66,7 +71,7 @@ def test_run_all_configs_equals_the_per_config_runtime(setup) -> None:
                 o.prediction, o.output_tokens, o.score, o.token_ids, o.ended_with_eos), (i, str(ks.config(c)))
             assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
             assert got.vision_ms > 0 and got.prefill_ms > 0 and got.decode_ms >= 0
-            assert got.batch_size == (4 if i < 4 else 2)
+            assert got.batch_size == (4 if i in first_batch else 2)
     # sample features: what LiveCacheBuilder.sample_fields computes with prefill-only runs
     feats = res.features
     rt1 = MolmoeRuntime(rt.model, rt.tokenizer, ks, max_new_tokens=1, max_batch_size=6, fast=False)
@@ -113,6 +118,43 @@ def test_grouped_dense_decode_equals_the_per_config_runtime(setup) -> None:
                 assert (got.token_ids, got.output_tokens, got.score) == (o.token_ids, o.output_tokens, o.score), (
                     group_bytes, i, str(ks.config(c)))
                 assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
+
+
+def test_grouped_decode_drops_finished_rows_without_changing_outcomes(setup, monkeypatch) -> None:
+    """With an end-of-sequence id the tiny model often emits after its first token, rows end at
+    different steps; compacting the group whenever a row ended (and trimming the left padding no
+    unfinished row needs) gives the per-config runtime's outcomes."""
+    import dataclasses
+    from collections import Counter
+
+    from model_runtime.molmoe import shared_prefix
+
+    d, _, reqs = setup
+    rt = MolmoeRuntime.from_checkpoint(d / "ckpt", KS, max_new_tokens=MAX_NEW, max_batch_size=6, fast=False)
+    sel = _subset(rt.knob_space)
+    second = Counter(o.token_ids[1] for c in sel for o in rt.run(reqs, c) if len(o.token_ids) > 1)
+    eos = second.most_common(1)[0][0]
+    cfg = rt.model.config
+    rt.model.config = cfg.replace(tokens=dataclasses.replace(cfg.tokens, eos=eos))
+    ref = {c: rt.run(reqs, c) for c in sel}
+    lengths = {o.output_tokens for outs in ref.values() for o in outs}
+    assert len(lengths) > 1 and min(lengths) < MAX_NEW  # rows do end at different steps
+    calls = []
+    original = rt.model.lm.__class__.begin_decode
+
+    def counting(self, state, token_ids):
+        calls.append(token_ids.shape[0])
+        return original(self, state, token_ids)
+
+    monkeypatch.setattr(rt.model.lm.__class__, "begin_decode", counting)
+    monkeypatch.setattr(shared_prefix, "COMPACT_BELOW", 1.0)
+    res = run_all_configs(rt, reqs, sel, batch_size=6, dense_decode=True, decode_group_bytes=2**40,
+                          return_sample_features=False)
+    for c in sel:
+        for i, o in enumerate(ref[c]):
+            got = res.outcomes[i][c]
+            assert (got.token_ids, got.output_tokens, got.score) == (o.token_ids, o.output_tokens, o.score)
+    assert min(calls) < max(calls)  # later steps ran fewer rows
 
 
 # ------------------------------------------------------------------------------ the builder

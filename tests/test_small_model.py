@@ -132,6 +132,46 @@ def test_training_stream_is_deterministic(tokenizer):
     assert not torch.equal(a["task"], c["task"]) or not torch.equal(a["patches"][:1], c["patches"][:1])
 
 
+def test_uint8_pixels_normalise_to_the_float_pipeline(tokenizer):
+    from model_runtime.datasets.suite import render_example
+    from model_runtime.molmoe.preprocessing import MolmoImagePreprocessor, normalize_patches
+
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    pre = MolmoImagePreprocessor(cfg)
+    image = render_example("synth_chart", "val", 3, seed=0).image
+    ref = pre(image, 6)
+    raw = pre(image, 6, normalize=False)
+    assert raw.patches.dtype == np.uint8 and raw.patches.shape == ref.patches.shape
+    assert np.array_equal(raw.image_input_idx, ref.image_input_idx) and np.array_equal(raw.image_masks, ref.image_masks)
+    got = normalize_patches(torch.from_numpy(raw.patches), cfg, torch.float32).numpy()
+    half_level = 0.5 / 255 / min(cfg.image_std)  # rounding to a grey level, in normalised units
+    assert np.abs(got - ref.patches).max() <= half_level + 1e-6
+
+
+def test_reused_examples_recur_at_the_reuse_distance(tokenizer):
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    data = TrainDataConfig(batch_size=4, reuse=2, reuse_distance=3)
+    stream = SuiteStream(cfg, tokenizer, data)
+    seen: dict[int, list[int]] = {}
+    for b in range(12):
+        for _, indices in stream.chunk_indices(b):
+            for i in indices:
+                seen.setdefault(i, []).append(b)
+    steady = {i: bs for i, bs in seen.items() if i < 1 << 40}
+    assert steady and all(bs == [bs[0], bs[0] + 3] for i, bs in steady.items() if bs[0] + 3 < 12)
+    assert all(len(bs) == 1 for i, bs in seen.items() if i >= 1 << 40)  # warm-up chunks: fresh, used once
+    assert all(sum(len(ix) for _, ix in stream.chunk_indices(b)) == 4 for b in range(12))
+    # two workers (3 is not a multiple of 2: some chunks are rendered twice) give the same batches
+    with_cache, chunks = [], {}
+    for b in (0, 2, 4, 6):
+        with_cache.append(stream.batch(b, chunks=chunks))
+    for b, got in zip((0, 2, 4, 6), with_cache):
+        ref = SuiteStream(cfg, tokenizer, data).batch(b)
+        assert all(torch.equal(got[k], ref[k]) for k in ref)
+    with pytest.raises(ValueError, match="reuse"):
+        TrainDataConfig(batch_size=5, reuse=2)
+
+
 @pytest.mark.slow
 def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
     cfg = TrainConfig(steps=8, batch_size=4, num_workers=0, eval_every=8, val_batches=1, warmup_steps=2, lr=3e-3,
@@ -176,6 +216,16 @@ def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
     cfg.steps = 10
     summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
     assert summary["steps"] == 10
+    # --init-from starts every recipe from a checkpoint's weights
+    from model_runtime.small_model.trainer import Run
+
+    run = Run("plain", 0.0, tiny_small(tokens=special_tokens_from(tokenizer)), cfg, torch.device("cpu"), torch.float32)
+    run.load_weights(tmp_path / "robust")
+    saved, _ = load_molmoe_checkpoint(tmp_path / "robust", dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(run.model.parameters(), saved.parameters()))
+    with pytest.raises(ValueError, match="do not match"):
+        Run("x", 0.0, tiny_small(tokens=special_tokens_from(tokenizer), d_model=48), cfg, torch.device("cpu"),
+            torch.float32).load_weights(tmp_path / "robust")
 
 
 @pytest.mark.slow
@@ -221,3 +271,24 @@ def test_small_model_cache_build_stores_molmoe_1b_token_counts(tmp_path, tokeniz
     text = card(packed)
     assert "generator      live" in text and "synth_doc: stands in for DocVQA" in text
     assert "latency of MolmoE-1B at the same token counts" in text and "output tokens" in text
+
+
+def test_compiled_dense_experts_equal_eager():
+    """--compile's fused dense experts: the same outputs and gradients as the eager form."""
+    from model_runtime.molmoe.dense_experts import dense_moe
+
+    g = torch.Generator().manual_seed(0)
+    n, d, e, f, k = 37, 16, 8, 4, 3
+    x = torch.randn(n, d, generator=g, requires_grad=True)
+    gate_up = torch.randn(e, 2 * f, d, generator=g, requires_grad=True)
+    down = torch.randn(e, d, f, generator=g, requires_grad=True)
+    w, idx = torch.randn(n, e, generator=g).softmax(-1).topk(k)
+    w.requires_grad_(True)
+    compiled = torch.compile(dense_moe, dynamic=True)
+    outs = []
+    for fn in (dense_moe, compiled):
+        y = fn(x, gate_up, down, idx, w)
+        grads = torch.autograd.grad(y.square().sum(), (x, gate_up, down, w))
+        outs.append((y, *grads))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

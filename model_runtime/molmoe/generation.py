@@ -258,15 +258,16 @@ def _decode(
     pad_token_id: int,
     max_new_tokens: int,
     timer: PhaseTimer,
-    step: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], int]:
     """The decode loop after the first token ``first`` (B,): each step feeds every row's last token
     (``pad`` once the row ended) through the decoder, or eagerly from ``state`` (after the
-    prefill), or through ``step(feed) -> (B, V) logits`` when given (the shared-prefix builder's
-    per-row plans); stops when every row ended or ``max_new_tokens`` tokens exist. Timed as
-    "decode". Returns (per-step (B,) tokens incl. ``first``, decode steps)."""
+    prefill), or through ``step(feed, ended) -> (B, V) logits`` when given (the shared-prefix
+    builder's per-row plans; ``ended`` (B,) bool says which rows ended, whose logits are not
+    used); stops when every row ended or ``max_new_tokens`` tokens exist. Timed as "decode".
+    Returns (per-step (B,) tokens incl. ``first``, decode steps)."""
 
-    def plan_step(feed: torch.Tensor) -> torch.Tensor:
+    def plan_step(feed: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
         nonlocal state
         if decoder is not None:
             return decoder.step(cache, feed)  # type: ignore[arg-type]
@@ -283,7 +284,7 @@ def _decode(
     steps = 0
     with timer.phase("decode"):
         while len(generated) < max_new_tokens and not bool(ended.all()):
-            next_tok = step(torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok)).argmax(-1)
+            next_tok = step(torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok), ended).argmax(-1)
             generated.append(next_tok)
             ended = ended | (next_tok == eos_token_id)
             steps += 1

@@ -125,6 +125,18 @@ class BlockKVCache:
                 out._keys[b], out._values[b], out._length[b] = self._keys[b], self._values[b], self._length[b]
         return out
 
+    def select_rows(self, rows: torch.Tensor, drop_front: int = 0) -> None:
+        """Keep only batch rows ``rows`` (in that order) and drop the first ``drop_front`` cached
+        positions (columns that are padding in every kept row), in place: a decode batch shrinks
+        to its unfinished rows and their common length."""
+        for b in self.blocks:
+            n = self._length[b]
+            if not 0 <= drop_front <= n:
+                raise ValueError(f"cannot drop {drop_front} of block {b}'s {n} cached positions")
+            self._keys[b] = self._keys[b][rows, :, drop_front:].contiguous()
+            self._values[b] = self._values[b][rows, :, drop_front:].contiguous()
+            self._length[b] = n - drop_front
+
     def copy(self, reserve: int | None = None) -> "BlockKVCache":
         """An independent copy of the cached positions (``reserve`` decode room, default this
         cache's), so that continuing from it never writes into this cache."""

@@ -177,8 +177,13 @@ class MolmoImagePreprocessor:
         return rows * cols + 1, global_tokens + crop_tokens
 
     # ------------------------------------------------------------------ full preprocessing
-    def __call__(self, image: np.ndarray, max_crops: int | None = None) -> ImageInputs:
-        """Preprocess one (H, W, 3) uint8 RGB image with up to ``max_crops`` crops (config default)."""
+    def __call__(self, image: np.ndarray, max_crops: int | None = None, *, normalize: bool = True) -> ImageInputs:
+        """Preprocess one (H, W, 3) uint8 RGB image with up to ``max_crops`` crops (config default).
+
+        ``normalize=False`` returns the resized pixels as uint8 (rounded; padding 0) instead of
+        normalised float32: a quarter of the bytes for a data loader to move, normalised on the
+        device by :func:`normalize_patches` (the two differ by at most half a grey level).
+        """
         cfg = self.config
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
@@ -197,7 +202,8 @@ class MolmoImagePreprocessor:
         src, img_mask = resize_and_pad(
             image, (rows * self.window_px + self.margin_px, cols * self.window_px + self.margin_px)
         )
-        src = (src - mean) / std
+        pixels = (lambda px: (px - mean) / std) if normalize else (lambda px: px)
+        src = pixels(src)
 
         crops, masks, orderings = [], [], []
         on = 0
@@ -238,8 +244,9 @@ class MolmoImagePreprocessor:
         ).astype(np.int64)
 
         global_px, _ = resize_and_pad(image, (crop_px, crop_px))
-        global_patches = _patchify(((global_px - mean) / std)[None], cfg.patch_size)
-        patches = np.concatenate([global_patches, patches], axis=0).astype(np.float32)
+        global_patches = _patchify(pixels(global_px)[None], cfg.patch_size)
+        patches = np.concatenate([global_patches, patches], axis=0)
+        patches = patches.astype(np.float32) if normalize else np.rint(patches * 255.0).astype(np.uint8)
         tokens_per_crop = t * t
         ordering = np.where(ordering >= 0, ordering + tokens_per_crop, -1)
         ordering = np.concatenate([np.arange(tokens_per_crop), ordering])
@@ -266,6 +273,16 @@ class MolmoImagePreprocessor:
         out = np.full(ordering.shape, -100, dtype=np.int64)
         out[valid] = positions[inverse]
         return out.reshape(-1, tokens_per_crop)
+
+
+def normalize_patches(patches: torch.Tensor, config: MolmoeConfig, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 patches of ``MolmoImagePreprocessor(normalize=False)`` → normalised ``dtype`` patches
+    (the patch layout is ``(dh dw c)``, so channels are the fastest axis)."""
+    mean = torch.tensor(config.image_mean, dtype=torch.float32, device=patches.device)
+    std = torch.tensor(config.image_std, dtype=torch.float32, device=patches.device)
+    shape = patches.shape
+    px = patches.float().div_(255.0).reshape(*shape[:-1], -1, 3)
+    return px.sub_(mean).div_(std).reshape(shape).to(dtype)
 
 
 def molmoe_1b_token_counts(height: int, width: int, max_crops: int, scale: float) -> tuple[int, int]:

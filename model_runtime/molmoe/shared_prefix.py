@@ -156,6 +156,7 @@ def run_all_configs(
     dense_decode: bool = False,
     preprocess_threads: int = 1,
     decode_group_bytes: int = 24 * 2**30,
+    sort_by_length: bool = True,
 ) -> SharedPrefixResult:
     """Run ``requests`` under every selected configuration of ``runtime.knob_space``.
 
@@ -179,6 +180,8 @@ def run_all_configs(
             ``decode_group_bytes`` of KV cache.
         preprocess_threads: threads that preprocess a batch's images (PIL, numpy and torch's
             resize release the GIL; the order of the results does not depend on it).
+        sort_by_length: batch requests of similar prompt length together
+            (:func:`prompt_length_order`; results stay in request order).
 
     Raises:
         ValueError: invalid configurations or requests; FileNotFoundError: missing images; errors
@@ -196,18 +199,45 @@ def run_all_configs(
     features: list[SampleFeatures] | None = [] if return_sample_features else None
     if not reqs:
         return SharedPrefixResult(sel, outcomes, features)
+    order = prompt_length_order(runtime, reqs) if sort_by_length and len(reqs) > batch_size else list(range(len(reqs)))
     starts = list(range(0, len(reqs), batch_size))
+    by_request: dict[int, SampleFeatures] = {}
     with reference_blocks(lm):
         for n_batch, start in enumerate(starts):
-            idx = list(range(start, min(len(reqs), start + batch_size)))
+            idx = order[start : start + batch_size]
             last = n_batch == len(starts) - 1
             done = (lambda c: on_config(c, [outcomes[i][c] for i in range(len(reqs))])) if (on_config and last) else None
             feats = _run_batch(runtime, [reqs[i] for i in idx], sel, return_sample_features, done,
                                [outcomes[i] for i in idx], dense_decode=dense_decode,
                                preprocess_threads=preprocess_threads, decode_group_bytes=decode_group_bytes)
-            if features is not None:
-                features.extend(feats)
+            by_request.update(zip(idx, feats))
+    if features is not None:
+        features.extend(by_request[i] for i in range(len(reqs)))
     return SharedPrefixResult(sel, outcomes, features)
+
+
+def prompt_length_order(runtime: MolmoeRuntime, reqs: Sequence[Any]) -> list[int]:
+    """Request indices by their image's token count at the highest tier (read from the image
+    header, no pixels decoded), so that a batch holds prompts of similar length: every batch is
+    left-padded to its longest prompt, and attention reads the padding too. Unreadable images
+    sort first (their batch fails and is retried apart by the caller, as before)."""
+    from PIL import Image
+
+    from .preprocessing import MolmoImagePreprocessor
+
+    pre = MolmoImagePreprocessor(runtime.model.config)
+    crops = max(runtime.knob_space.crops)
+
+    def tokens(r: Any) -> int:
+        try:
+            with Image.open(r.image) as im:
+                w, h = im.size
+        except (OSError, ValueError):
+            return -1
+        return pre.token_counts(h, w, crops)[1]
+
+    n = [tokens(r) for r in reqs]
+    return sorted(range(len(reqs)), key=lambda i: (n[i], i))
 
 
 def _run_batch(
@@ -243,6 +273,7 @@ def _run_batch(
     ptok = np.zeros(B, np.int32)
     lat = np.zeros((B, T, len(positions), lm.d_model), np.float32)
     unc = np.full((B, 2), np.nan, np.float32)
+    scored: list[dict[tuple, tuple[str, float]]] = [{} for _ in reqs]  # per request: output → (text, score)
 
     for tier in tiers:
         t = ks.tiers.index(tier)
@@ -281,11 +312,15 @@ def _run_batch(
                 unc[:, 0], unc[:, 1] = ent, mar
             for b, req in enumerate(reqs):
                 ids = gen.tokens[b]
-                text_ids = ids[:-1] if gen.ended_with_eos[b] else ids
-                prediction = runtime.tokenizer.decode(text_ids).strip()
+                key = (tuple(ids), gen.ended_with_eos[b])
+                if key not in scored[b]:  # configurations of a request often give the same answer
+                    text_ids = ids[:-1] if gen.ended_with_eos[b] else ids
+                    prediction = runtime.tokenizer.decode(text_ids).strip()
+                    scored[b][key] = (prediction, float(req.score(prediction)))
+                prediction, score = scored[b][key]
                 out[b][c] = ConfigOutcome(
                     request_id=req.id, config=cfg, prediction=prediction, output_tokens=len(ids),
-                    score=float(req.score(prediction)), vision_ms=vision_ms, prefill_ms=prefill_ms,
+                    score=score, vision_ms=vision_ms, prefill_ms=prefill_ms,
                     decode_ms=ms["decode"], decode_ms_per_token=gen.decode_ms_per_token,
                     ended_with_eos=gen.ended_with_eos[b], batch_size=B, token_ids=list(ids),
                     first_token_entropy=float(ent[b]), first_token_margin=float(mar[b]),
@@ -379,6 +414,10 @@ def _grouped_configs(runtime: MolmoeRuntime, states: dict[int, LMState], prefix_
         _decode_group(runtime, pending, record)
 
 
+#: A decode group drops its finished rows once at most this share of its rows is unfinished.
+COMPACT_BELOW = 0.75
+
+
 def _decode_group(runtime: MolmoeRuntime, items: list[tuple[int, LMState, torch.Tensor, float]],
                   record: Callable[..., None]) -> None:
     """Greedy-decode several configurations' rows as one batch; per-row plans (see ``dense_decode``)."""
@@ -411,17 +450,41 @@ def _decode_group(runtime: MolmoeRuntime, items: list[tuple[int, LMState, torch.
         st.cache = None  # the merged cache holds the rows now
     state = dataclasses.replace(items[0][1], attention_mask=mask, cache=cache, next_block=L,
                                 hidden=torch.empty(0, device=dev))
-    active = [(k_rows[b] > 0) for b in range(L)]
-    runs = [bool(a.any()) for a in active]
-    all_on = [bool(a.all()) for a in active]
-    k_max = [int(k_rows[b].max()) for b in range(L)]
-    uniform_k = [bool((k_rows[b][active[b]] == k_max[b]).all()) if runs[b] else True for b in range(L)]
     cache_kw = _cache_kwarg(type(lm.backbone.layers[0]))
+    total_rows = k_rows.shape[1]
+    live = torch.arange(total_rows, device=dev)  # full-batch rows of the (compacted) decode state
 
-    def step(feed: torch.Tensor) -> torch.Tensor:
-        """One decode step of every row under its own plan: per-row top-k, skipped blocks pass through."""
+    def block_flags(k: torch.Tensor) -> tuple[list, list, list, list, list]:
+        active = [(k[b] > 0) for b in range(L)]
+        runs = [bool(a.any()) for a in active]
+        all_on = [bool(a.all()) for a in active]
+        k_max = [int(k[b].max()) for b in range(L)]
+        uniform_k = [bool((k[b][active[b]] == k_max[b]).all()) if runs[b] else True for b in range(L)]
+        return active, runs, all_on, k_max, uniform_k
+
+    flags = block_flags(k_rows)
+
+    def compact(keep: torch.Tensor) -> None:
+        """Drop finished rows from the decode state (and the padding columns no kept row needs):
+        attention over long image prompts reads every row's whole cache at every step, and the
+        longest answer of a large group would otherwise keep every finished row running."""
+        nonlocal state, live, k_rows, flags
+        mask = state.attention_mask[keep]
+        front = int((mask.cumsum(1) == 0).all(0).sum())  # left padding common to every kept row
+        cache.select_rows(keep, front)
+        state = dataclasses.replace(state, attention_mask=mask[:, front:])
+        live, k_rows = live[keep], k_rows[:, keep]
+        flags = block_flags(k_rows)
+
+    def step(feed: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+        """One decode step of every unfinished row under its own plan: per-row top-k, skipped
+        blocks pass through; finished rows' logits are zeros (the decode loop ignores them)."""
         nonlocal state
-        state = lm.begin_decode(state, feed)
+        alive = ~ended[live]
+        if int(alive.sum()) <= COMPACT_BELOW * live.numel():
+            compact(alive.nonzero()[:, 0])
+        active, runs, all_on, k_max, uniform_k = flags
+        state = lm.begin_decode(state, feed[live])
         h = state.hidden
         for b in range(L):
             if not runs[b]:
@@ -434,7 +497,12 @@ def _decode_group(runtime: MolmoeRuntime, items: list[tuple[int, LMState, torch.
             h = out if all_on[b] else torch.where(active[b][:, None, None], out, h)
         state.hidden = h
         state.next_block = L
-        return lm.logits(state)
+        logits = lm.logits(state)
+        if live.numel() == total_rows:
+            return logits
+        full = logits.new_zeros(total_rows, logits.shape[-1])
+        full[live] = logits
+        return full
 
     timer = PhaseTimer(dev)
     with dense_experts(lm):

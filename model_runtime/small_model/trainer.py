@@ -26,6 +26,7 @@ is exactly when greedy decoding returns the answer), ``val_ce`` / ``val_acc/<tas
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -40,9 +41,10 @@ import torch.nn.functional as F
 
 from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.model import MolmoeBatch, MolmoeModel
+from model_runtime.molmoe.preprocessing import normalize_patches
 from model_runtime.molmoe.tokenizer import TextTokenizer
 
-from model_runtime.molmoe.dense_experts import dense_experts
+from model_runtime.molmoe.dense_experts import compile_dense_moe, dense_experts
 from .training_data import IGNORE, SuiteStream, TrainDataConfig
 
 #: Valid (p, active blocks) pairs and top-k values of the default knob space (16 blocks).
@@ -54,16 +56,17 @@ _K_RANGE = range(4, 9)
 class TrainConfig:
     """Hyperparameters (all recorded in ``<out>/train_config.json``).
 
-    steps: optimiser steps; 0 = fit as many as ``time_budget_s`` allows (measured after the
-        first ``probe_steps``; the resulting number is recorded so that a rerun with
-        ``steps=N`` repeats the same schedule).
+    steps: optimiser steps; 0 = fit as many as ``time_budget_s`` allows, at the rate measured
+        over the second half of the first ``probe_steps`` (the first half compiles and warms the
+        data pipeline up); the resulting number is recorded so that a rerun with ``steps=N``
+        repeats the same schedule.
     """
 
     seed: int = 0
     suite_seed: int = 0
     steps: int = 0
     time_budget_s: float = 420.0
-    probe_steps: int = 60
+    probe_steps: int = 100
     batch_size: int = 256
     lr: float = 2e-3
     min_lr_frac: float = 0.05
@@ -76,6 +79,7 @@ class TrainConfig:
     recipes: dict[str, float] = field(default_factory=lambda: {"plain": 0.0, "robust": 0.15})
     num_workers: int = 14
     eval_every: int = 250
+    compile: bool = False  # torch.compile the dense experts (model_runtime.molmoe.dense_experts)
     val_batches: int = 4
     vocab_size: int = 1024
     tokenizer_corpus: int = 6000
@@ -139,11 +143,16 @@ class RouterLosses:
             h.remove()
 
 
-def to_batch(b: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> tuple[MolmoeBatch, torch.Tensor]:
+def to_batch(b: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
+             config: MolmoeConfig) -> tuple[MolmoeBatch, torch.Tensor]:
+    """A collated batch on ``device``; uint8 pixels are normalised there with ``config``'s mean/std."""
+    patches = b["patches"].to(device, non_blocking=True)
+    if patches.dtype == torch.uint8:
+        patches = normalize_patches(patches, config, dtype)
     mb = MolmoeBatch(
         input_ids=b["input_ids"].to(device, non_blocking=True),
         attention_mask=b["attention_mask"].to(device, non_blocking=True),
-        patches=b["patches"].to(device, dtype, non_blocking=True),
+        patches=patches.to(dtype),
         image_masks=b["image_masks"].to(device, non_blocking=True),
         crop_rows=b["crop_rows"].to(device, non_blocking=True),
         image_input_idx=b["image_input_idx"].to(device, non_blocking=True),
@@ -184,11 +193,14 @@ class Run:
                                      foreach=True)
         self.router = RouterLosses(self.model)
         self.rng = random.Random(f"{cfg.seed}-{name}")
+        self._dense = dense_experts(self.model.lm)  # training always computes experts densely
+        self._dense.__enter__()
+        if cfg.compile:
+            compile_dense_moe()
 
     def step(self, batch: MolmoeBatch, labels: torch.Tensor, lr: float, cfg: TrainConfig) -> dict[str, Any]:
         plan = sample_plan(self.rng, self.rate, self.model.lm.n_layers, self.model.lm.max_top_k)
-        with dense_experts(self.model.lm):
-            ce, exact = forward_loss(self.model, batch, labels, plan, self.router)
+        ce, exact = forward_loss(self.model, batch, labels, plan, self.router)
         aux, z = self.router.losses()
         loss = ce + cfg.aux_coef * aux + cfg.z_coef * z
         params = list(self.model.parameters())
@@ -211,13 +223,30 @@ class Run:
         ces, exact, tasks = [], [], []
         full = self.model.lm.full_plan()
         for mb, labels, task in batches:
-            with dense_experts(self.model.lm):
-                ce, ok = forward_loss(self.model, mb, labels, full, None)
+            ce, ok = forward_loss(self.model, mb, labels, full, None)
             ces.append(ce)
             exact.append(ok)
             tasks.append(task)
         self.model.train()
         return float(torch.stack(ces).mean()), torch.cat(exact), torch.cat(tasks)
+
+    def close(self) -> None:
+        """Back to transformers' routed experts and no router hooks (the model as it is saved)."""
+        self._dense.__exit__(None, None, None)
+        self.router.remove()
+
+    def load_weights(self, folder: Path) -> None:
+        """Weights (not optimiser state) from a saved checkpoint of the same config."""
+        from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint
+
+        saved, _ = load_molmoe_checkpoint(folder, dtype=torch.float32, device="cpu")
+        own, theirs = dict(self.model.named_parameters()), dict(saved.named_parameters())
+        if own.keys() != theirs.keys() or any(own[k].shape != theirs[k].shape for k in own):
+            raise ValueError(f"{folder}: checkpoint parameters do not match the model being trained")
+        with torch.no_grad():
+            for m, (name, _) in zip(self.master, self.model.named_parameters()):
+                m.copy_(theirs[name])
+            torch._foreach_copy_(list(self.model.parameters()), self.master)
 
     def state(self) -> dict[str, Any]:
         return {"master": [m.detach().cpu() for m in self.master], "opt": self.opt.state_dict(),
@@ -233,8 +262,13 @@ class Run:
 
 
 def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str | torch.device = "cuda",
-          config: MolmoeConfig | None = None, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one model per recipe; write ``<out>/<recipe>/`` checkpoints and the logs. Returns a summary."""
+          config: MolmoeConfig | None = None, resume: bool = False, init_from: Path | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train one model per recipe; write ``<out>/<recipe>/`` checkpoints and the logs. Returns a summary.
+
+    ``init_from``: a checkpoint folder whose weights every recipe starts from (a fresh optimiser
+    and schedule); ``resume``: continue exactly from ``<out>/train_state.pt``.
+    """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -249,6 +283,10 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     tasks = list(cfg.data.task_weights)
     t_setup = time.perf_counter()
     runs = [Run(name, rate, config, cfg, device, dtype) for name, rate in cfg.recipes.items()]
+    if init_from is not None:
+        for run in runs:
+            run.load_weights(init_from)
+        log(f"initialised every recipe from {init_from}")
     state_file = out / "train_state.pt"
     start, total = 0, cfg.steps
     if resume:
@@ -259,8 +297,9 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
             run.load_state(st["runs"][run.name])
         start, total = int(st["step"]), cfg.steps or int(st["total"])
         log(f"resumed at step {start} of {total}")
-    val = SuiteStream(config, tokenizer, cfg.data, split="val", n_batches=cfg.val_batches)
-    val_batches = [(*to_batch(b, device, dtype), b["task"].to(device)) for b in val]
+    val = SuiteStream(config, tokenizer, dataclasses.replace(cfg.data, reuse=1), split="val", n_batches=cfg.val_batches)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=None, num_workers=min(cfg.num_workers, cfg.val_batches))
+    val_batches = [(*to_batch(b, device, dtype, config), b["task"].to(device)) for b in val_loader]
     stream = SuiteStream(config, tokenizer, cfg.data, start_batch=start)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if cfg.num_workers else None, persistent_workers=False)
@@ -279,7 +318,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     while total == 0 or step < total:
         tw = time.perf_counter()
         b = next(it)
-        mb, labels = to_batch(b, device, dtype)
+        mb, labels = to_batch(b, device, dtype, config)
         task = b["task"].to(device)
         wait += time.perf_counter() - tw
         lr = lr_at(step, cfg, total or 10**9)
@@ -294,13 +333,16 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
         samples += labels.shape[0]
         step += 1
         bar.update(1)
+        if total == 0 and step - start == cfg.probe_steps // 2:  # compilation and warm-up are behind
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            t_probe = time.perf_counter()
         if total == 0 and step - start == cfg.probe_steps:  # fit the step count to the time budget
             torch.cuda.synchronize() if device.type == "cuda" else None
             el = time.perf_counter() - t0
-            rate = (step - start) / el
+            rate = (cfg.probe_steps - cfg.probe_steps // 2) / (time.perf_counter() - t_probe)
             total = int(step + max(0, cfg.time_budget_s - el) * rate)
             bar.total = total
-            log(f"{rate:.2f} steps/s over the first {cfg.probe_steps} steps: training {total} steps "
+            log(f"{rate:.2f} steps/s over steps {cfg.probe_steps // 2}-{cfg.probe_steps}: training {total} steps "
                 f"(rerun with --steps {total} to repeat this schedule)")
         if step % 25 == 0 or step == total:
             el = time.perf_counter() - t0
@@ -351,7 +393,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
         save_molmoe_checkpoint(run.model, tokenizer, ck, metadata={"recipe": run.name, "steps": str(step)})
         (ck / "train_config.json").write_text(json.dumps({"train": asdict(cfg) | {"steps": total}, "recipe": run.name,
                                                           "rate": run.rate, "summary": summary}, indent=1, default=str))
-        run.router.remove()
+        run.close()
     log(f"checkpoints written in {time.perf_counter() - t_save:.1f} s")
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     plot_curves(rows, tasks, [r.name for r in runs], out / "training_curves.png")

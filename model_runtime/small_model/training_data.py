@@ -7,6 +7,13 @@ so the suite's val/test requests (other seeds of the same renderers) are never t
 ``w`` of ``W`` builds batches ``w, w + W, ...``; PyTorch's data loader returns workers' batches
 round-robin, so the batch sequence is the same for any worker count.
 
+With ``reuse`` R > 1 a rendered example is trained on R times, ``reuse_distance`` D batches apart:
+batch ``b`` is the chunks ``b, b − D, …, b − (R−1)·D`` of ``B/R`` examples each (chunk ``j`` =
+examples ``j·B/R ..``; chunks before the start are fresh examples from a separate index range).
+Rendering is the pipeline's cost, so R multiplies the rate at which it feeds the GPU; a worker
+keeps the chunks it rendered, which are exactly the ones it needs again when D is a multiple of
+the worker count (otherwise it renders them again: same batches, more work).
+
 Each example is asked exactly as the runtime asks it (``format_question`` of the project's prompt
 template, Molmo preprocessing at the full tier's ``max_crops``) and answered with
 ``" " + answer`` + EOS (multiple choice: the option's letter), the way the runtime decodes a
@@ -39,6 +46,8 @@ class TrainDataConfig:
         max_crops: crops per image (the full tier, as MolmoE was trained).
         task_weights: sampling weight per task (normalised); tasks missing here are not trained on.
         template: prompt template of ``model_runtime.datasets.prompts``.
+        reuse: times each rendered example is trained on (see the module docstring).
+        reuse_distance: batches between two uses of an example.
     """
 
     seed: int = 0
@@ -48,6 +57,18 @@ class TrainDataConfig:
         "easy_vqa": 0.10, "synth_text": 0.20, "synth_doc": 0.20, "synth_chart": 0.20,
         "synth_count": 0.15, "synth_diagram": 0.15})
     template: str = "molmo"
+    reuse: int = 1
+    reuse_distance: int = 15
+
+    def __post_init__(self) -> None:
+        if self.reuse < 1 or self.batch_size % self.reuse:
+            raise ValueError(f"reuse must be >= 1 and divide batch_size ({self.batch_size}), got {self.reuse}")
+        if self.reuse > 1 and self.reuse_distance < 1:
+            raise ValueError(f"reuse_distance must be >= 1, got {self.reuse_distance}")
+
+
+#: First example index of the chunks that stand in for chunks before the stream's start.
+_WARMUP_INDEX = 1 << 40
 
 
 def answer_text(answers: Sequence[str], options: Sequence[str] | None, answer_idx: int | None) -> str:
@@ -61,7 +82,7 @@ def answer_text(answers: Sequence[str], options: Sequence[str] | None, answer_id
 class TrainingSample:
     input_ids: np.ndarray     # (S,) prompt + answer + EOS
     labels: np.ndarray        # (S,) next token to predict at each position, IGNORE on the prompt
-    patches: np.ndarray       # (n_crops, n_patches, patch²·3) float32
+    patches: np.ndarray       # (n_crops, n_patches, patch²·3) uint8 pixels (normalised on the device)
     image_masks: np.ndarray   # (n_crops, n_patches)
     image_input_idx: np.ndarray  # (n_crops, tokens_per_crop), prompt positions
     task: int
@@ -72,7 +93,8 @@ def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: Mo
     """One suite ``Example`` → a teacher-forced training sample."""
     text = format_question(config, format_prompt(example.task, example.question, options=example.options,
                                                  meta=example.meta, template=template))
-    prompt = build_prompt(preprocessor(example.image, max_crops), tokenizer.encode(text), config.tokens.bos)
+    prompt = build_prompt(preprocessor(example.image, max_crops, normalize=False), tokenizer.encode(text),
+                          config.tokens.bos)
     target = tokenizer.encode(" " + answer_text(example.answers, example.options, example.answer_idx)) + [config.tokens.eos]
     n = int(prompt.input_ids.shape[0])
     ids = np.concatenate([prompt.input_ids, np.asarray(target[:-1], dtype=np.int64)])
@@ -83,7 +105,7 @@ def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: Mo
 
 
 def collate(samples: Sequence[TrainingSample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad samples into one batch (the runtime's layout); pixels in float16 to halve the copy."""
+    """Left-pad samples into one batch (the runtime's layout); pixels stay uint8 for the copy."""
     seq = max(s.input_ids.shape[0] for s in samples)
     b = len(samples)
     ids = np.full((b, seq), pad_id, dtype=np.int64)
@@ -99,7 +121,7 @@ def collate(samples: Sequence[TrainingSample], pad_id: int) -> dict[str, torch.T
         idx.append(np.where(s.image_input_idx >= 0, s.image_input_idx + off, -100))
     return {
         "input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(labels),
-        "patches": torch.from_numpy(np.concatenate([s.patches for s in samples]).astype(np.float16)),
+        "patches": torch.from_numpy(np.concatenate([s.patches for s in samples])),
         "image_masks": torch.from_numpy(np.concatenate([s.image_masks for s in samples])),
         "crop_rows": torch.from_numpy(np.concatenate(rows)),
         "image_input_idx": torch.from_numpy(np.concatenate(idx)),
@@ -130,17 +152,38 @@ class SuiteStream(torch.utils.data.IterableDataset):
         w = np.asarray([data.task_weights[t] for t in self.tasks], dtype=np.float64)
         self.probs = w / w.sum()
 
-    def batch(self, b: int, preprocessor: MolmoImagePreprocessor | None = None) -> dict[str, torch.Tensor]:
+    def chunk_indices(self, b: int) -> list[tuple[int, range]]:
+        """(chunk id, example indices) of the chunks that make up batch ``b``."""
+        R, D = self.data.reuse, self.data.reuse_distance
+        C = self.data.batch_size // R
+        out = []
+        for r in range(R):
+            j = b - r * D
+            first = j * C if j >= 0 else _WARMUP_INDEX + (b * R + r) * C
+            out.append((j if j >= 0 else -1 - (b * R + r), range(first, first + C)))
+        return out
+
+    def render_chunk(self, indices: range, preprocessor: MolmoImagePreprocessor) -> list[TrainingSample]:
         from model_runtime.datasets.suite import render_example
 
-        pre = preprocessor or MolmoImagePreprocessor(self.config)
-        B = self.data.batch_size
         samples = []
-        for i in range(b * B, (b + 1) * B):
+        for i in indices:
             task = example_task(self.data.seed, i, self.tasks, self.probs)
             ex = render_example(task, self.split, i, seed=self.data.seed)
-            samples.append(make_sample(self.config, self.tokenizer, pre, ex, self.tasks.index(task),
+            samples.append(make_sample(self.config, self.tokenizer, preprocessor, ex, self.tasks.index(task),
                                        max_crops=self.data.max_crops, template=self.data.template))
+        return samples
+
+    def batch(self, b: int, preprocessor: MolmoImagePreprocessor | None = None,
+              chunks: dict[int, list[TrainingSample]] | None = None) -> dict[str, torch.Tensor]:
+        """Collated batch ``b``; ``chunks`` (chunk id → samples) is a cache the call reads and fills."""
+        pre = preprocessor or MolmoImagePreprocessor(self.config)
+        chunks = {} if chunks is None else chunks
+        samples = []
+        for cid, indices in self.chunk_indices(b):
+            if cid not in chunks:
+                chunks[cid] = self.render_chunk(indices, pre)
+            samples.extend(chunks[cid])
         return collate(samples, self.config.tokens.pad)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -150,6 +193,10 @@ class SuiteStream(torch.utils.data.IterableDataset):
         pre = MolmoImagePreprocessor(self.config)
         b = self.start_batch + w
         end = None if self.n_batches is None else self.start_batch + self.n_batches
+        chunks: dict[int, list[TrainingSample]] = {}
+        horizon = (self.data.reuse - 1) * self.data.reuse_distance
         while end is None or b < end:
-            yield self.batch(b, pre)
+            yield self.batch(b, pre, chunks)
+            for cid in [c for c in chunks if c < 0 or c <= b - horizon]:  # used for the last time
+                del chunks[cid]
             b += n_workers

@@ -1,0 +1,141 @@
+"""What the knobs do on an outcome cache, per task (prints markdown tables; ``--json`` saves them).
+
+``python -m benchmarks.report_live_cache --cache PATH [--split all|train|val|test] [--json OUT]``
+
+Over the cache's requests (every split by default), per dataset (task):
+
+1. mean score at the full configuration and at the cheapest, and their ratio;
+2. the score per vision tier (top-8, all 16 blocks), per top-k (highest tier, p = 1, 16 blocks)
+   and per active-block count (highest tier, p = 1, top-8): one knob moved at a time;
+3. the block-removal curve (points lost with 1-4 blocks removed at the highest tier and top-8,
+   mean over tasks) next to MolmoE-1B's (3.1 / 5.4 / 7.5 / 18.4 points; the knob space's
+   calibration anchors) and the corner (high, k8, 16) → (low, k4, 12) per task;
+4. which knob costs each task most: the score lost when that knob alone goes to its cheapest
+   value (tier low / top-k 4 at p = 1 / 12 blocks);
+5. output tokens at the full configuration (mean, median, 90th percentile, max) per task;
+6. the share of (request, configuration) cells with an outcome.
+
+Scores are the tasks' own metrics as stored by the builder; nothing here is estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cache.reader import OutcomeCache
+from cache.schema import SPLITS
+from envs.replay_data import ReplayData
+
+#: MolmoE-1B: points lost with 1-4 blocks removed (the knob space's importance anchors).
+MOLMOE_1B_BLOCK_REMOVAL = (3.1, 5.4, 7.5, 18.4)
+
+
+def load(path: str | Path, split: str) -> list[ReplayData]:
+    with OutcomeCache(path) as cache:
+        splits = [s for s in SPLITS if len(cache.split_indices(s))] if split == "all" else [split]
+        return [ReplayData.from_cache(cache, split=s) for s in splits]
+
+
+def knob_report(parts: list[ReplayData]) -> dict:
+    ks = parts[0].knob_space
+    score = np.concatenate([d.score for d in parts])
+    out_tok = np.concatenate([d.output_tokens for d in parts])
+    datasets = np.concatenate([d.datasets for d in parts])
+    tasks = sorted(set(datasets.tolist()))
+    full, cheap = ks.index(ks.full_config), ks.index(ks.cheapest_config)
+    hi, lo, p1 = ks.tiers[-1], ks.tiers[0], ks.insertion_positions[0]
+    kmax, kmin, nb = ks.max_top_k, ks.top_ks[0], ks.num_blocks
+    bmin = ks.block_options(p1)[0]
+
+    def cfg(tier: str = hi, k: int = kmax, blocks: int = nb) -> int:
+        return ks.index((tier, p1, k, blocks))
+
+    def mean(c: int, m: np.ndarray) -> float:
+        return float(np.nanmean(score[m, c]))
+
+    rep: dict = {"n_requests": int(score.shape[0]), "tasks": {}, "coverage": float(np.isfinite(score).mean())}
+    for t in tasks + ["mean over tasks"]:
+        if t == "mean over tasks":
+            continue
+        m = datasets == t
+        row = {
+            "n": int(m.sum()),
+            "full": mean(full, m), "cheapest": mean(cheap, m),
+            "tier": {tier: mean(cfg(tier=tier), m) for tier in ks.tiers},
+            "top_k": {k: mean(cfg(k=k), m) for k in ks.top_ks},
+            "blocks": {b: mean(cfg(blocks=b), m) for b in ks.block_options(p1)},
+            "corner_low_k4_b12": mean(cfg(lo, kmin, bmin), m),
+        }
+        row["ratio"] = row["cheapest"] / row["full"] if row["full"] > 0 else float("nan")
+        drops = {"tier": row["full"] - row["tier"][lo], "top_k": row["full"] - row["top_k"][kmin],
+                 "blocks": row["full"] - row["blocks"][bmin]}
+        row["drop_alone"] = drops
+        row["costliest_knob"] = max(drops, key=drops.get)
+        ot = out_tok[m, full]
+        ot = ot[ot >= 0]
+        row["output_tokens"] = {"mean": float(ot.mean()), "median": float(np.median(ot)),
+                                "p90": float(np.percentile(ot, 90)), "max": int(ot.max())} if ot.size else {}
+        rep["tasks"][t] = row
+    rows = list(rep["tasks"].values())
+    rep["mean"] = {"full": float(np.mean([r["full"] for r in rows])),
+                   "cheapest": float(np.mean([r["cheapest"] for r in rows])),
+                   "min_task_full": float(min(r["full"] for r in rows))}
+    rep["mean"]["ratio"] = rep["mean"]["cheapest"] / rep["mean"]["full"]
+    rep["block_removal_points"] = {
+        r: 100 * float(np.mean([row["full"] - row["blocks"][nb - r] for row in rows]))
+        for r in range(1, nb - bmin + 1)}
+    rep["molmoe_1b_block_removal_points"] = dict(zip(range(1, 5), MOLMOE_1B_BLOCK_REMOVAL))
+    rep["costliest_knobs"] = sorted({r["costliest_knob"] for r in rows})
+    return rep
+
+
+def markdown(rep: dict, ks_tiers: tuple[str, ...]) -> str:
+    tasks = rep["tasks"]
+    lines = [f"{rep['n_requests']} requests; outcomes for {rep['coverage']:.2%} of (request, configuration) cells", ""]
+    lines += ["| task | n | full | cheapest | cheapest/full | " + " | ".join(f"tier {t}" for t in ks_tiers)
+              + " | k4 | k5 | k6 | k7 | b12 | b13 | b14 | b15 | (low,k4,12) | costliest knob (drop alone) |",
+              "|" + " --- |" * (18 + len(ks_tiers) - 3)]
+    for t, r in tasks.items():
+        d = r["drop_alone"]
+        lines.append(
+            f"| {t} | {r['n']} | {r['full']:.3f} | {r['cheapest']:.3f} | {r['ratio']:.2f} | "
+            + " | ".join(f"{r['tier'][x]:.3f}" for x in ks_tiers) + " | "
+            + " | ".join(f"{r['top_k'][k]:.3f}" for k in sorted(r["top_k"])[:-1]) + " | "
+            + " | ".join(f"{r['blocks'][b]:.3f}" for b in sorted(r["blocks"])[:-1]) + " | "
+            + f"{r['corner_low_k4_b12']:.3f} | {r['costliest_knob']} "
+            + f"(tier {d['tier']:+.3f}, top-k {d['top_k']:+.3f}, blocks {d['blocks']:+.3f}) |")
+    m = rep["mean"]
+    lines += ["", f"mean over tasks: full {m['full']:.3f}, cheapest {m['cheapest']:.3f} (ratio {m['ratio']:.2f}); "
+              f"lowest task at full {m['min_task_full']:.3f}; costliest knobs: {', '.join(rep['costliest_knobs'])}", ""]
+    br, ref = rep["block_removal_points"], rep["molmoe_1b_block_removal_points"]
+    lines += ["| blocks removed | " + " | ".join(str(r) for r in br) + " |", "|" + " --- |" * (len(br) + 1),
+              "| this cache, points lost (mean over tasks) | " + " | ".join(f"{v:.1f}" for v in br.values()) + " |",
+              "| MolmoE-1B | " + " | ".join(f"{ref.get(r, float('nan')):.1f}" for r in br) + " |", ""]
+    lines += ["| task | output tokens at full: mean | median | p90 | max |", "| --- | --- | --- | --- | --- |"]
+    for t, r in tasks.items():
+        o = r["output_tokens"]
+        lines.append(f"| {t} | {o.get('mean', float('nan')):.1f} | {o.get('median', float('nan')):.0f} | "
+                     f"{o.get('p90', float('nan')):.0f} | {o.get('max', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report_live_cache", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--split", default="all", choices=["all", *SPLITS])
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    parts = load(args.cache, args.split)
+    rep = knob_report(parts)
+    print(markdown(rep, parts[0].knob_space.tiers))
+    if args.json:
+        args.json.write_text(json.dumps(rep, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""`benchmarks.report_live_cache`: the per-task knob tables read the cache's own scores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from benchmarks.report_live_cache import knob_report, load, main
+from cache.synthetic import default_params, write_synthetic_cache
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache") / "small.h5"
+    params = dataclasses.replace(default_params(), n_samples=300, lang_dim=8, token_dim=8)
+    return str(write_synthetic_cache(path, params, seed=4))
+
+
+def test_knob_report_matches_direct_means(small_cache, capsys):
+    parts = load(small_cache, "all")
+    rep = knob_report(parts)
+    ks = parts[0].knob_space
+    score = np.concatenate([d.score for d in parts])
+    ds = np.concatenate([d.datasets for d in parts])
+    assert rep["n_requests"] == 300 and rep["coverage"] == pytest.approx(np.isfinite(score).mean())
+    for task, row in rep["tasks"].items():
+        m = ds == task
+        assert row["full"] == pytest.approx(np.nanmean(score[m, ks.index(ks.full_config)]))
+        assert row["cheapest"] == pytest.approx(np.nanmean(score[m, ks.index(ks.cheapest_config)]))
+        assert row["tier"]["low"] == pytest.approx(np.nanmean(score[m, ks.index(("low", 1, 8, 16))]))
+        assert row["blocks"][12] == pytest.approx(np.nanmean(score[m, ks.index(("high", 1, 8, 12))]))
+        assert row["costliest_knob"] == max(row["drop_alone"], key=row["drop_alone"].get)
+        assert row["tier"]["high"] == row["top_k"][8] == row["blocks"][16] == row["full"]
+    assert set(rep["block_removal_points"]) == {1, 2, 3, 4}
+    assert main(["--cache", small_cache, "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "costliest knob" in out and "MolmoE-1B | 3.1 | 5.4 | 7.5 | 18.4" in out
