@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--data-seconds", type=float, default=15.0)
     ap.add_argument("--workers", type=int, default=15)
     ap.add_argument("--engine-requests", type=int, default=150)
+    ap.add_argument("--engine-batch", type=int, default=500, help="requests per engine batch (by prompt length)")
     ap.add_argument("--out", type=Path, default=None, help="JSON of the figures")
     ap.add_argument("--device", default="cuda", help="cuda (what it is for) or cpu (a smoke run)")
     args = ap.parse_args()
@@ -151,8 +152,8 @@ def main() -> None:
     run_all_configs(rt, reqs[:8], high[:2], batch_size=8, dense_decode=True, return_sample_features=False)
     sync()
     t0 = time.perf_counter()
-    res = run_all_configs(rt, reqs, high, batch_size=len(reqs), dense_decode=True, preprocess_threads=12,
-                          decode_group_bytes=64 * 2**30)
+    res = run_all_configs(rt, reqs, high, batch_size=args.engine_batch, dense_decode=True, preprocess_threads=12,
+                          decode_group_bytes=64 * 2**30, log=lambda line: print(line, flush=True))
     sync()
     el = time.perf_counter() - t0
     steps = [o.output_tokens for outs in res.outcomes for o in outs.values()]

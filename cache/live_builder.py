@@ -591,7 +591,8 @@ class LiveCacheBuilder:
                                                            return_sample_features=need_samples,
                                                            dense_decode=self.s.dense_decode,
                                                            preprocess_threads=self.s.preprocess_threads,
-                                                           decode_group_bytes=self.s.decode_group_bytes).per_request(),
+                                                           decode_group_bytes=self.s.decode_group_bytes,
+                                                           log=self.log).per_request(),
                               [self.requests[i] for i in run_rows])
         by_row = dict(zip((int(i) for i in run_rows), res))
         if need_samples:

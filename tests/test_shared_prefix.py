@@ -148,13 +148,17 @@ def test_grouped_decode_drops_finished_rows_without_changing_outcomes(setup, mon
 
     monkeypatch.setattr(rt.model.lm.__class__, "begin_decode", counting)
     monkeypatch.setattr(shared_prefix, "COMPACT_BELOW", 1.0)
+    lines: list[str] = []
     res = run_all_configs(rt, reqs, sel, batch_size=6, dense_decode=True, decode_group_bytes=2**40,
-                          return_sample_features=False)
+                          return_sample_features=False, log=lines.append)
     for c in sel:
         for i, o in enumerate(ref[c]):
             got = res.outcomes[i][c]
             assert (got.token_ids, got.output_tokens, got.score) == (o.token_ids, o.output_tokens, o.score)
     assert min(calls) < max(calls)  # later steps ran fewer rows
+    # one line per (batch, tier) says where the time went
+    assert [ln.split("tier ")[1].split(":")[0] for ln in lines] == ["low", "high"]
+    assert all("1 decode groups" in ln and "vision + prefixes" in ln for ln in lines)
 
 
 # ------------------------------------------------------------------------------ the builder

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -157,6 +158,7 @@ def run_all_configs(
     preprocess_threads: int = 1,
     decode_group_bytes: int = 24 * 2**30,
     sort_by_length: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> SharedPrefixResult:
     """Run ``requests`` under every selected configuration of ``runtime.knob_space``.
 
@@ -182,6 +184,8 @@ def run_all_configs(
             resize release the GIL; the order of the results does not depend on it).
         sort_by_length: batch requests of similar prompt length together
             (:func:`prompt_length_order`; results stay in request order).
+        log: when given, called with one line per (batch, tier) saying where the time went
+            (preprocessing, vision + shared prefix, the configurations' prefills, decode groups).
 
     Raises:
         ValueError: invalid configurations or requests; FileNotFoundError: missing images; errors
@@ -209,7 +213,8 @@ def run_all_configs(
             done = (lambda c: on_config(c, [outcomes[i][c] for i in range(len(reqs))])) if (on_config and last) else None
             feats = _run_batch(runtime, [reqs[i] for i in idx], sel, return_sample_features, done,
                                [outcomes[i] for i in idx], dense_decode=dense_decode,
-                               preprocess_threads=preprocess_threads, decode_group_bytes=decode_group_bytes)
+                               preprocess_threads=preprocess_threads, decode_group_bytes=decode_group_bytes,
+                               log=log)
             by_request.update(zip(idx, feats))
     if features is not None:
         features.extend(by_request[i] for i in range(len(reqs)))
@@ -251,6 +256,7 @@ def _run_batch(
     dense_decode: bool = False,
     preprocess_threads: int = 1,
     decode_group_bytes: int = 24 * 2**30,
+    log: Callable[[str], None] | None = None,
 ) -> list[SampleFeatures]:
     ks, model = runtime.knob_space, runtime.model
     lm, dev = model.lm, model.device
@@ -277,7 +283,9 @@ def _run_batch(
 
     for tier in tiers:
         t = ks.tiers.index(tier)
+        wall = time.perf_counter()
         prompts = list(mapper(lambda ri: runtime.prepare(ri[0], ks.crops_for(tier), image=ri[1]), zip(reqs, images)))
+        wall_prep = time.perf_counter() - wall
         for b, pr in enumerate(prompts):
             crops[b, t], vtok[b, t], ptok[b] = pr.image.n_crops, pr.vision_tokens, pr.prompt_tokens
         batch = model.collate(prompts)
@@ -329,8 +337,11 @@ def _run_batch(
                 done(c)
 
         tier_configs = [c for p in sorted(p_runs) for c in p_runs[p]]
+        _sync(dev)
+        wall_prefix = time.perf_counter() - wall - wall_prep
+        stats = {"groups": 0, "steps": 0, "decode_s": 0.0}
         if dense_decode:
-            _grouped_configs(runtime, states, prefix_cache, tier_configs, record, decode_group_bytes)
+            _grouped_configs(runtime, states, prefix_cache, tier_configs, record, decode_group_bytes, stats)
         else:
             for c in tier_configs:
                 cfg = ks.config(c)
@@ -339,6 +350,14 @@ def _run_batch(
             _, ent, mar, _ = _continue(runtime, states[cheap.p], prefix_cache, cheap, decode=False)
             unc[:, 0], unc[:, 1] = ent, mar
         del states, prefix_cache, state
+        if log is not None:
+            _sync(dev)
+            lengths = batch.attention_mask.sum(1).float()
+            log(f"[engine] {B} requests, tier {tier}: prompts {lengths.mean():.0f} tokens on average, padded to "
+                f"{batch.attention_mask.shape[1]}; preprocess {wall_prep:.1f} s, vision + prefixes {wall_prefix:.1f} s, "
+                f"{len(tier_configs)} configurations {time.perf_counter() - wall - wall_prep - wall_prefix:.1f} s"
+                + (f" ({stats['groups']} decode groups, {stats['steps']} steps, {stats['decode_s']:.1f} s decoding)"
+                   if dense_decode else ""))
     if pool is not None:
         pool.shutdown()
     if not want_features:
@@ -394,8 +413,11 @@ def _prefill_config(runtime: MolmoeRuntime, prefix: LMState, prefix_cache: Block
 
 
 def _grouped_configs(runtime: MolmoeRuntime, states: dict[int, LMState], prefix_cache: BlockKVCache,
-                     configs: list[int], record: Callable[..., None], group_bytes: int) -> None:
-    """Prefill each configuration alone, then decode them in groups (see ``dense_decode``)."""
+                     configs: list[int], record: Callable[..., None], group_bytes: int,
+                     stats: dict[str, Any] | None = None) -> None:
+    """Prefill each configuration alone, then decode them in groups (see ``dense_decode``);
+    ``stats`` counts the groups, their decode steps and seconds."""
+    stats = {"groups": 0, "steps": 0, "decode_s": 0.0} if stats is None else stats
     ks, lm = runtime.knob_space, runtime.model.lm
     pending: list[tuple[int, LMState, torch.Tensor, float]] = []
     rows_bytes = 0
@@ -406,12 +428,12 @@ def _grouped_configs(runtime: MolmoeRuntime, states: dict[int, LMState], prefix_
         per_config = st.attention_mask.shape[0] * (k0 + runtime.max_new_tokens) * lm.n_layers * 2 * \
             lm.config.num_key_value_heads * (lm.d_model // lm.config.num_attention_heads) * st.hidden.element_size()
         if pending and rows_bytes + per_config > group_bytes:
-            _decode_group(runtime, pending, record)
+            _decode_group(runtime, pending, record, stats)
             pending, rows_bytes = [], 0
         pending.append((c, st, logits, ms))
         rows_bytes += per_config
     if pending:
-        _decode_group(runtime, pending, record)
+        _decode_group(runtime, pending, record, stats)
 
 
 #: A decode group drops its finished rows once at most this share of its rows is unfinished.
@@ -419,7 +441,7 @@ COMPACT_BELOW = 0.75
 
 
 def _decode_group(runtime: MolmoeRuntime, items: list[tuple[int, LMState, torch.Tensor, float]],
-                  record: Callable[..., None]) -> None:
+                  record: Callable[..., None], stats: dict[str, Any]) -> None:
     """Greedy-decode several configurations' rows as one batch; per-row plans (see ``dense_decode``)."""
     from .language_model import _cache_kwarg
     from .dense_experts import set_row_top_k
@@ -509,6 +531,9 @@ def _decode_group(runtime: MolmoeRuntime, items: list[tuple[int, LMState, torch.
         generated, steps = _decode(lm, None, cache, (), first_logits.argmax(-1), decoder=None, eos_token_id=tk.eos,
                                    pad_token_id=tk.pad, max_new_tokens=runtime.max_new_tokens, timer=timer, step=step)
     decode_ms = timer.get("decode")
+    stats["groups"] += 1
+    stats["steps"] += steps
+    stats["decode_s"] += decode_ms / 1e3
     for layer in lm.backbone.layers:
         set_row_top_k(layer.mlp.experts, None)
     for g, (c, st, logits, prefill_ms) in enumerate(items):
