@@ -2,7 +2,7 @@
 
 ``python -m experiments.train_model --suite DIR --out CKPT [--steps N] [--time-budget S] [--device cuda]
 [--recipes plain=0 robust=0.15] [--batch-size B] [--reuse R] [--compile] [--resume | --init-from CKPT]
-[--importance-requests 32]``
+[--task-weights TASK=W ...] [--importance-requests 32]``
 
 - ``--suite``: a suite folder from ``python -m experiments.make_suite`` (its ``manifest.json``
   gives the seed; training renders ``train`` examples on the fly from it; the first
@@ -50,10 +50,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reuse-distance", type=int, default=0,
                     help="batches between two uses of an example (0: --workers, so each worker reuses its own)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
+    ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
+                    help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "
+                         "fast one task is learned; default: TrainDataConfig's mix")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from this checkpoint's weights (fresh optimiser and schedule), e.g. to continue "
                          "a run whose train_state.pt did not come back from the GPU machine")
     return ap.parse_args(argv)
+
+
+def parse_task_weights(specs: Sequence[str]) -> dict[str, float]:
+    """``["synth_text=1", "easy_vqa=0.5"]`` → ``{"synth_text": 1.0, "easy_vqa": 0.5}`` (suite tasks only)."""
+    from model_runtime.datasets.suite import TASKS
+
+    weights = {}
+    for spec in specs:
+        name, sep, w = spec.partition("=")
+        if not sep or name not in TASKS:
+            raise ValueError(f"--task-weights {spec!r}: expected TASK=WEIGHT with TASK one of {', '.join(TASKS)}")
+        try:
+            weights[name] = float(w)
+        except ValueError:
+            raise ValueError(f"--task-weights {spec!r}: {w!r} is not a number") from None
+        if weights[name] < 0:
+            raise ValueError(f"--task-weights {spec!r}: weights must be >= 0")
+    if not any(weights.values()):
+        raise ValueError("--task-weights: at least one weight must be > 0")
+    return weights
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,11 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep or not name:
             raise ValueError(f"--recipes {spec!r}: expected NAME=RATE")
         recipes[name] = float(rate)
+    data_kw = {"task_weights": parse_task_weights(args.task_weights)} if args.task_weights else {}
     cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget,
                       batch_size=args.batch_size, lr=args.lr, recipes=recipes, num_workers=args.workers,
                       eval_every=args.eval_every, compile=args.compile,
                       data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
-                                           reuse_distance=args.reuse_distance or max(1, args.workers)))
+                                           reuse_distance=args.reuse_distance or max(1, args.workers), **data_kw))
     if args.init_from is not None and args.resume:
         raise ValueError("--init-from and --resume exclude each other")
     t0 = time.perf_counter()

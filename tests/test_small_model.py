@@ -292,3 +292,15 @@ def test_compiled_dense_experts_equal_eager():
         outs.append((y, *grads))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_task_weights_argument():
+    from experiments.train_model import parse_task_weights
+
+    assert parse_task_weights(["synth_text=1", "easy_vqa=0.5"]) == {"synth_text": 1.0, "easy_vqa": 0.5}
+    for bad, msg in ((["nope=1"], "TASK one of"), (["synth_text"], "TASK=WEIGHT"), (["synth_text=x"], "not a number"),
+                     (["synth_text=-1"], ">= 0"), (["synth_text=0"], "at least one")):
+        with pytest.raises(ValueError, match=msg):
+            parse_task_weights(bad)
+    stream = SuiteStream(tiny_small(), None, TrainDataConfig(batch_size=4, task_weights={"synth_count": 1.0}))
+    assert stream.tasks == ("synth_count",)
