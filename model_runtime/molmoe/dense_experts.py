@@ -53,8 +53,6 @@ def compile_dense_moe() -> None:
 def dense_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                           top_k_weights: torch.Tensor) -> torch.Tensor:
     """(N, D) tokens, (N, k) chosen experts and their weights → (N, D), for an ``OlmoeExperts``."""
-    if "silu" not in type(self.act_fn).__name__.lower() and getattr(self.act_fn, "__name__", "") != "silu":
-        raise ValueError(f"dense experts assume SiLU gating, got {self.act_fn}")
     row_k = getattr(self, "row_top_k", None)
     if row_k is not None:  # per-token top-k <= the router's: keep each token's first row_k (sorted) choices
         rank = torch.arange(top_k_weights.shape[-1], device=top_k_weights.device)
@@ -73,6 +71,10 @@ def set_row_top_k(experts: nn.Module, row_top_k: torch.Tensor | None) -> None:
 @contextmanager
 def dense_experts(lm: nn.Module) -> Iterator[None]:
     """Within the block, every ``OlmoeExperts`` of ``lm`` computes densely (see the module docstring)."""
+    for layer in lm.backbone.layers:  # checked before anything is patched
+        act = layer.mlp.experts.act_fn
+        if "silu" not in type(act).__name__.lower() and getattr(act, "__name__", "") != "silu":
+            raise ValueError(f"dense experts assume SiLU gating (OLMoE's), got {act}")
     patched = []
     for layer in lm.backbone.layers:
         experts = layer.mlp.experts

@@ -222,24 +222,18 @@ def run_all_configs(
 
 
 def prompt_length_order(runtime: MolmoeRuntime, reqs: Sequence[Any]) -> list[int]:
-    """Request indices by their image's token count at the highest tier (read from the image
-    header, no pixels decoded), so that a batch holds prompts of similar length: every batch is
-    left-padded to its longest prompt, and attention reads the padding too. Unreadable images
-    sort first (their batch fails and is retried apart by the caller, as before)."""
-    from PIL import Image
-
-    from .preprocessing import MolmoImagePreprocessor
-
-    pre = MolmoImagePreprocessor(runtime.model.config)
-    crops = max(runtime.knob_space.crops)
+    """Request indices by their image's token count at the highest tier
+    (:meth:`MolmoeRuntime.vision_token_counts`: the image header only), so that a batch holds
+    prompts of similar length: every batch is left-padded to its longest prompt, and attention
+    reads the padding too. Unreadable images sort first (their batch fails and is retried apart
+    by the caller, as before)."""
+    top = runtime.knob_space.tiers[-1]
 
     def tokens(r: Any) -> int:
         try:
-            with Image.open(r.image) as im:
-                w, h = im.size
+            return runtime.vision_token_counts(r)[top][1]
         except (OSError, ValueError):
             return -1
-        return pre.token_counts(h, w, crops)[1]
 
     n = [tokens(r) for r in reqs]
     return sorted(range(len(reqs)), key=lambda i: (n[i], i))
@@ -337,7 +331,8 @@ def _run_batch(
                 done(c)
 
         tier_configs = [c for p in sorted(p_runs) for c in p_runs[p]]
-        _sync(dev)
+        if log is not None:
+            _sync(dev)
         wall_prefix = time.perf_counter() - wall - wall_prep
         stats = {"groups": 0, "steps": 0, "decode_s": 0.0}
         if dense_decode:
@@ -414,10 +409,9 @@ def _prefill_config(runtime: MolmoeRuntime, prefix: LMState, prefix_cache: Block
 
 def _grouped_configs(runtime: MolmoeRuntime, states: dict[int, LMState], prefix_cache: BlockKVCache,
                      configs: list[int], record: Callable[..., None], group_bytes: int,
-                     stats: dict[str, Any] | None = None) -> None:
+                     stats: dict[str, Any]) -> None:
     """Prefill each configuration alone, then decode them in groups (see ``dense_decode``);
-    ``stats`` counts the groups, their decode steps and seconds."""
-    stats = {"groups": 0, "steps": 0, "decode_s": 0.0} if stats is None else stats
+    adds the groups, their decode steps and seconds to ``stats``."""
     ks, lm = runtime.knob_space, runtime.model.lm
     pending: list[tuple[int, LMState, torch.Tensor, float]] = []
     rows_bytes = 0
