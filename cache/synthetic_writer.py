@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cache.interrupts import interruptible, raise_if_interrupted
 from cache.synthetic_model import _context, _generate_rows, generator_params
 from cache.synthetic_params import GENERATOR_NAME, MODEL_ID, SyntheticParams, _check_seed
 
@@ -68,7 +69,7 @@ def write_synthetic_cache(path: str | Path, params: SyntheticParams, seed: int,
     prompt_all = np.zeros(N, dtype=np.int32)
     configs = np.arange(C)
     t0 = time.perf_counter()
-    with writer as w:
+    with interruptible(), writer as w:
         todo_samples = w.samples_pending()
         todo_outcomes = w.pending().any(axis=1)
         for start in range(0, N, int(chunk)):
@@ -81,6 +82,7 @@ def write_synthetic_cache(path: str | Path, params: SyntheticParams, seed: int,
                 w.write_outcomes(d.rows, configs, score=d.score, output_tokens=d.output_tokens, measured_ms=d.measured_ms)
             if log is not None:
                 log(f"[synthetic] rows {stop}/{N} written ({time.perf_counter() - t0:.1f} s)")
+            raise_if_interrupted()
         lo, hi = budget_range(est, ks, crops_all, vtok_all, prompt_all, output_tokens=params.nominal_output_tokens)
         w.set_attrs(budget_range_ms=[lo, hi], estimator=est.to_dict())
     return path

@@ -157,3 +157,22 @@ def test_demo_cache_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert demo.resolve_cache(str(live), False) == live
     with pytest.raises(FileNotFoundError, match="nope.h5"):
         demo.resolve_cache("nope.h5", False)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_at_the_next_chunk_boundary() -> None:
+    """Python ignores a KeyboardInterrupt raised inside ``__del__``; the build's check raises it."""
+    from cache.interrupts import interruptible, raise_if_interrupted
+
+    class SignalsInFinalizer:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs (and its exception is ignored) in here
+                pass
+
+    with interruptible():
+        SignalsInFinalizer()  # collected at once: the KeyboardInterrupt is swallowed
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+    raise_if_interrupted()  # outside the block nothing is pending
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
