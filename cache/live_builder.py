@@ -92,6 +92,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from cache.interrupts import interruptible, raise_if_interrupted
 from cache.schema import SPLITS, STATUS_FAILED, STATUS_OK
 from model_runtime.knob_space import KnobConfig, KnobSpace
 
@@ -620,8 +621,13 @@ class LiveCacheBuilder:
                 self.write_config(todo, int(c), out)
 
     def build(self, chunks: Sequence[np.ndarray]) -> None:
-        for rows in chunks:
-            self.build_chunk(rows)
+        # a Ctrl-C swallowed inside a weakref callback or __del__ (torch and h5py run both) would
+        # let the build run on; it is re-raised at the next chunk boundary instead
+        with interruptible():
+            for rows in chunks:
+                raise_if_interrupted()
+                self.build_chunk(rows)
+            raise_if_interrupted()
 
 
 # ---------------------------------------------------------------------------------- finishing

@@ -176,3 +176,30 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_at_the_next_chunk_boundary(
             raise_if_interrupted()
     raise_if_interrupted()  # outside the block nothing is pending
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_live_build_stops_at_the_chunk_after_a_swallowed_ctrl_c() -> None:
+    """The live builder's chunk loop re-raises a Ctrl-C that a finalizer swallowed mid-chunk."""
+    from types import SimpleNamespace
+
+    from cache.live_builder import LiveCacheBuilder
+
+    built: list[int] = []
+
+    class SignalsInFinalizer:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+
+    def build_chunk(rows) -> None:
+        built.append(int(rows[0]))
+        if len(built) == 2:
+            SignalsInFinalizer()  # Ctrl-C lands in a finalizer during the second chunk
+
+    fake = SimpleNamespace(build_chunk=build_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        LiveCacheBuilder.build(fake, [[0], [1], [2], [3]])
+    assert built == [0, 1]  # the second chunk finished (it writes its own rows); no third began
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

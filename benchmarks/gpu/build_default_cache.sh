@@ -15,7 +15,7 @@ RESUME=--overwrite
 [ -f "$W/cache_raw.h5" ] && RESUME=--resume
 $PY -m experiments.build_cache --model "$CKPT" --dataset "$W/suite/test.jsonl" --out "$W/cache_raw.h5" \
     --device cuda --engine shared-prefix --dense-decode --preprocess-threads 12 --batch-size 500 \
-    --chunk-requests 2000 --decode-group-gib 64 --max-new-tokens 24 --importance "$CKPT/importance.json" \
+    --chunk-requests 2000 --decode-group-gib 64 --max-new-tokens 16 --importance "$CKPT/importance.json" \
     --model-id "$MODEL_ID" --no-progress $RESUME
 echo "[build_default_cache] built at $(( $(date +%s) - t0 )) s"
 $PY -m cache.repack "$W/cache_raw.h5" "$W/default_cache.h5" --overwrite

@@ -6,8 +6,8 @@ Six tasks, one renderer module each, every one standing in for a real benchmark:
 task               metric              stands in for
 =================  ==================  ===================================================
 ``easy_vqa``       exact_match         VQAv2 (short answers); **real** easy-VQA images
-``synth_text``     vqa_score           TextVQA (scene text of 7–30 px)
-``synth_doc``      anls                DocVQA (key–value forms, 8–22 px print)
+``synth_text``     vqa_score           TextVQA (scene text of 8–32 px)
+``synth_doc``      anls                DocVQA (key–value forms, 9–24 px print)
 ``synth_chart``    relaxed_accuracy    ChartQA (bar and line charts)
 ``synth_count``    exact_match         TallyQA (counting among distractors)
 ``synth_diagram``  multiple_choice     AI2D / ScienceQA (arrow diagrams, 4 options)
@@ -45,19 +45,19 @@ TASK_INFO: dict[str, TaskInfo] = {
         "colored shape; color/shape/yes-no questions."),
     "synth_text": TaskInfo(
         "synth_text", "vqa_score", "TextVQA",
-        "Procedural scenes of colored signs, labels and boxes with words of 7-30 px; read the "
-        "word on a sign named by color or position."),
+        "Procedural scenes of 1-3 colored signs, labels and boxes with words (32-word "
+        "vocabulary) of 8-32 px; read the word on a sign named by color or position."),
     "synth_doc": TaskInfo(
         "synth_doc", "anls", "DocVQA",
-        "Procedural forms/receipts/invoices with 4-9 key: value fields in 8-22 px print; "
-        "'What is the <key>?'."),
+        "Procedural forms/receipts/invoices with 3-5 key: value fields (short numbers, "
+        "amounts, dates, names) in 9-24 px print; 'What is the <key>?'."),
     "synth_chart": TaskInfo(
         "synth_chart", "relaxed_accuracy", "ChartQA",
-        "Procedural bar and line charts of 3-8 categories with values 0-100; value, "
-        "highest/lowest and difference questions."),
+        "Procedural bar and line charts of 3-5 categories with values 5-100 (steps of "
+        "5); value and highest/lowest questions."),
     "synth_count": TaskInfo(
         "synth_count", "exact_match", "TallyQA",
-        "Procedural images of 0-12 target shapes among distractors with varied size and "
+        "Procedural images of 1-6 target shapes among 0-10 distractors with varied size and "
         "clutter; 'How many red triangles are there?'."),
     "synth_diagram": TaskInfo(
         "synth_diagram", "multiple_choice", "AI2D / ScienceQA",

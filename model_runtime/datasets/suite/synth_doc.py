@@ -1,11 +1,16 @@
 """synth_doc: DocVQA-like key–value extraction from forms, receipts and invoices.
 
-A white page (mostly portrait) carries a title and 4–9 ``Key: value`` fields (invoice number,
-dates, totals, names, addresses, phone numbers, e-mail-like ids, ...) in one of three layouts:
-inline (``Key: value``), two columns (key left, value right-aligned) or stacked (key above
-value). Body text is drawn log-uniform over 8–22 px (shrunk if the page is too small), so the
-high crop tier is needed for small print. Question: "What is the <key>?"; answer: the value,
+A white page (mostly portrait) carries a title and 3–5 ``Key: value`` fields (invoice and
+order numbers, amounts, quantities, short dates, a city or a first name) in one of three
+layouts: inline (``Key: value``), two columns (key left, value right-aligned) or stacked (key
+above value). Body text is drawn log-uniform over 9–24 px (shrunk if the page is too small), so
+the high crop tier is needed for small print. Question: "What is the <key>?"; answer: the value,
 scored with ``anls``.
+
+Values are short (2–5 characters, mostly digits, names and cities from closed lists of 12):
+the small model this suite trains read none of the long open-vocabulary values (names,
+addresses, e-mails, phone numbers) after 270 k examples (benchmarks/RESULTS.md, "Second H200
+run"), and a field it can learn to read keeps the task's signal, print size against crop tier.
 """
 
 from __future__ import annotations
@@ -26,8 +31,6 @@ TEMPLATES = (
     "What {key} is written on the form?",
     "According to the document, what is the {key}?",
 )
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
 
 
 def _digits(rng: np.random.Generator, n: int) -> str:
@@ -35,55 +38,36 @@ def _digits(rng: np.random.Generator, n: int) -> str:
 
 
 def _date(rng: np.random.Generator) -> str:
-    y, m, d = int(rng.integers(1995, 2025)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
-    style = int(rng.integers(3))
-    if style == 0:
-        return f"{m:02d}/{d:02d}/{y}"
-    if style == 1:
-        return f"{y}-{m:02d}-{d:02d}"
-    return f"{_MONTHS[m - 1]} {d}, {y}"
+    return f"{int(rng.integers(1, 13))}/{int(rng.integers(1, 29))}"
 
 
 def _money(rng: np.random.Generator) -> str:
-    v = float(np.exp(rng.uniform(np.log(1), np.log(20000))))
-    return f"${v:,.2f}"
+    return f"${int(rng.integers(1, 1000))}"
 
 
-def _name(rng: np.random.Generator) -> str:
-    return f"{dr.choice(rng, dr.FIRST_NAMES)} {dr.choice(rng, dr.LAST_NAMES)}"
-
-
-def _address(rng: np.random.Generator) -> str:
-    return f"{int(rng.integers(1, 9999))} {dr.choice(rng, dr.STREETS)} {dr.choice(rng, dr.STREET_KINDS)}"
-
-
-def _email(rng: np.random.Generator) -> str:
-    user = (dr.choice(rng, dr.FIRST_NAMES)[0] + dr.choice(rng, dr.LAST_NAMES)).lower()
-    return f"{user}{int(rng.integers(1, 99))}@{dr.choice(rng, ('mail.com', 'corp.net', 'post.org'))}"
+_CITIES: tuple[str, ...] = ("Salem", "Dover", "Oxford", "Milton", "Dayton", "Auburn", "Newport",
+                            "Clinton", "Bristol", "Madison", "Ashland", "Franklin")
+_NAMES: tuple[str, ...] = ("James", "Mary", "John", "Linda", "David", "Susan", "Paul", "Emily",
+                           "Mark", "Laura", "Kevin", "Anna")
 
 
 #: Field key → value generator. Each document uses distinct keys, so "What is the <key>?" has one answer.
 FIELDS: dict[str, Callable[[np.random.Generator], str]] = {
-    "Invoice Number": lambda r: f"INV-{_digits(r, 5)}",
-    "Order Number": lambda r: _digits(r, int(r.integers(5, 9))),
-    "Account Number": lambda r: f"{_digits(r, 4)}-{_digits(r, 4)}",
-    "Customer ID": lambda r: f"C{_digits(r, 6)}",
-    "Reference": lambda r: f"REF{_digits(r, 4)}",
+    "Invoice Number": lambda r: _digits(r, 4),
+    "Order Number": lambda r: _digits(r, 3),
+    "Account Number": lambda r: _digits(r, 4),
+    "Customer ID": lambda r: f"C{_digits(r, 3)}",
+    "Reference": lambda r: _digits(r, 2),
     "Date": _date,
     "Due Date": _date,
     "Total": _money,
-    "Subtotal": _money,
     "Tax": _money,
     "Amount Due": _money,
-    "Name": _name,
-    "Customer": _name,
-    "Prepared By": _name,
-    "Address": _address,
-    "City": lambda r: dr.choice(r, dr.CITIES),
+    "Name": lambda r: dr.choice(r, _NAMES),
+    "City": lambda r: dr.choice(r, _CITIES),
     "Zip Code": lambda r: _digits(r, 5),
-    "Phone": lambda r: f"({_digits(r, 3)}) {_digits(r, 3)}-{_digits(r, 4)}",
-    "Email": _email,
-    "Quantity": lambda r: str(int(r.integers(1, 500))),
+    "Room": lambda r: str(int(r.integers(1, 500))),
+    "Quantity": lambda r: str(int(r.integers(1, 100))),
 }
 FIELD_KEYS: tuple[str, ...] = tuple(FIELDS)
 LAYOUTS: tuple[str, ...] = ("inline", "columns", "stacked")
@@ -109,12 +93,12 @@ def _fits(fields: list[tuple[str, str]], layout: str, face: str, px: int, w: int
 
 def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
     w, h = dr.image_size(rng, min_side=100, max_side=640, aspect=(0.5, 1.1))
-    n = int(rng.integers(4, 10))
+    n = int(rng.integers(3, 6))
     keys = dr.sample(rng, FIELD_KEYS, n)
     fields = [(k, FIELDS[k](rng)) for k in keys]
-    face = dr.choice(rng, ("sans", "serif", "mono", "sans"))
+    face = dr.choice(rng, ("sans", "sans", "serif", "mono"))
     layout = dr.choice(rng, LAYOUTS)
-    px = dr.log_uniform_int(rng, 8, 22)
+    px = dr.log_uniform_int(rng, 9, 24)
     margin = max(4, int(min(w, h) * rng.uniform(0.03, 0.08)))
     # half the pages grow to hold their print (keeps large print on big pages); the others
     # shrink the print until it fits, then go stacked, then drop fields
@@ -126,7 +110,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
             px -= 1
         elif layout != "stacked" and _fits(fields, "stacked", face, px, w, h, margin):
             layout = "stacked"
-        elif len(fields) > 4:
+        elif len(fields) > 3:
             fields.pop()
         elif px > 6:
             px -= 1
