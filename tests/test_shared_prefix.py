@@ -120,6 +120,32 @@ def test_grouped_dense_decode_equals_the_per_config_runtime(setup) -> None:
                 assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
 
 
+def test_configurations_sharing_block_passes_give_the_per_config_outcomes(setup) -> None:
+    """Plans that agree on their first blocks (one p and top-k over every block count; top-8 over
+    several p) start where they part from the plan prefilled before them; the outcomes and the
+    first-token uncertainty stay the per-config runtime's, in one group or one group each."""
+    _, rt, reqs = setup
+    ks = rt.knob_space
+    sel = [ks.index(("low", p, k, b)) for p, k in ((1, 6), (2, 6), (1, 8), (2, 8), (3, 8))
+           for b in range(p + ks.min_blocks_after, ks.num_blocks + 1)]
+    ref = {c: rt.run(reqs[:4], c) for c in sel}
+    for group_bytes in (1, 2**40):
+        lines: list[str] = []
+        res = run_all_configs(rt, reqs[:4], sel, batch_size=4, dense_decode=True, decode_group_bytes=group_bytes,
+                              return_sample_features=False, log=lines.append)
+        for c in sel:
+            for i, o in enumerate(ref[c]):
+                got = res.outcomes[i][c]
+                assert (got.token_ids, got.output_tokens, got.score) == (o.token_ids, o.output_tokens, o.score), (
+                    group_bytes, i, str(ks.config(c)))
+                assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
+        (line,) = lines
+        run_, shared = (int(line.split(" block passes")[0].split("(")[-1]),
+                        int(line.split(" shared;")[0].split(", ")[-1]))
+        unshared = sum(sum(k > 0 for k in ks.plan(ks.config(c)).top_k_per_block[ks.config(c).p:]) for c in sel)
+        assert run_ + shared == unshared and shared > unshared / 3, line
+
+
 def test_grouped_decode_drops_finished_rows_without_changing_outcomes(setup, monkeypatch) -> None:
     """With an end-of-sequence id the tiny model often emits after its first token, rows end at
     different steps; compacting the group whenever a row ended (and trimming the left padding no
