@@ -80,7 +80,27 @@ def test_checkpoint_round_trip(tmp_path, tokenizer):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert tok.encode(" red sign") == tokenizer.encode(" red sign")
-    assert json.loads((tmp_path / "config.json").read_text())["projector_hidden_size"] == 16
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["projector_hidden_size"] == 16 and saved["image_feature_norm"] is True
+    assert "connector.feature_norm.weight" in b
+
+
+def test_image_tokens_do_not_grow_with_the_towers_features():
+    """The small model normalises the ViT features before its (quadratic) SwiGLU projector: a tower
+    whose residual stream grew 1000-fold gives the same image tokens; MolmoE-1B's layout has no norm."""
+    from model_runtime.molmoe.connector import MolmoeConnector
+
+    torch.manual_seed(0)
+    cfg = tiny_small()
+    conn = MolmoeConnector(cfg).eval()
+    feats = torch.randn(2, cfg.patches_per_side ** 2, cfg.vit_feature_dim)
+    masks = torch.ones(2, cfg.patches_per_side ** 2)
+    with torch.no_grad():
+        torch.testing.assert_close(conn(feats * 1000, masks), conn(feats, masks), rtol=1e-4, atol=1e-4)
+        raw = MolmoeConnector(cfg.replace(vit_feature_norm=False)).eval()
+        assert raw.feature_norm is None and MolmoeConfig().vit_feature_norm is False
+        grown = raw(feats * 1000, masks).norm() / raw(feats, masks).norm()
+    assert grown > 1e5  # without it the projector squares the growth
 
 
 def test_dense_experts_equal_routed():

@@ -40,6 +40,7 @@ vision_backbone.image_pooling_2d.wo.{weight,bias}              (Ev, Ev), (Ev,)  
 vision_backbone.image_projector.w1/w3.weight                   (Fp, Ev)            connector.projector.w1/w3.weight
 vision_backbone.image_projector.w2.weight                      (D, Fp)             connector.projector.w2.weight
 vision_backbone.pad_embed                                      (2, L·Ev)           connector.pad_embed
+vision_backbone.image_feature_norm.{weight,bias}               (L·Ev,)             connector.feature_norm.* (small model)
 =============================================================  ==================  ==================================================
 
 E = ``embedding_size`` (50304), A = ``additional_vocab_size`` (128), D = ``d_model`` (2048),
@@ -211,6 +212,9 @@ def _molmo_tensors(cfg: MolmoeConfig, read: _TensorReader) -> Iterator[tuple[str
         yield f"connector.projector.{name}.weight", read.get(f"{vb}image_projector.{name}.weight", shape)
     if cfg.image_padding_embed:
         yield "connector.pad_embed", read.get(vb + "pad_embed", (2, lf))
+    if cfg.vit_feature_norm:
+        yield "connector.feature_norm.weight", read.get(vb + "image_feature_norm.weight", (lf,))
+        yield "connector.feature_norm.bias", read.get(vb + "image_feature_norm.bias", (lf,))
 
 
 def _reset_buffers(model: MolmoeModel) -> None:
@@ -376,6 +380,9 @@ def _public_tensors(model: MolmoeModel) -> Iterator[tuple[str, torch.Tensor]]:
         yield f"{vb}image_projector.{name}.weight", sd[f"connector.projector.{name}.weight"]
     if cfg.image_padding_embed:
         yield vb + "pad_embed", sd["connector.pad_embed"]
+    if cfg.vit_feature_norm:
+        for part in ("weight", "bias"):
+            yield f"{vb}image_feature_norm.{part}", sd[f"connector.feature_norm.{part}"]
 
 
 def save_molmoe_checkpoint(

@@ -66,7 +66,9 @@ class MolmoeConfig:
         concatenated in this order).
     Connector:
         pool_h, pool_w (pooling window in patches), pool_heads, pool_head_dim,
-        projector_hidden, image_padding_embed (Molmo's "pad_and_partial_pad").
+        projector_hidden, image_padding_embed (Molmo's "pad_and_partial_pad"),
+        vit_feature_norm (this project's own: a LayerNorm over the concatenated ViT features
+        before pooling, for towers trained from scratch; MolmoE-1B has none).
     Preprocessing:
         max_crops (crops besides the global view), overlap_margins (patches discarded
         left/top and right/bottom of inner crop borders), image_mean, image_std.
@@ -106,6 +108,7 @@ class MolmoeConfig:
     pool_head_dim: int = 64
     projector_hidden: int = 1024
     image_padding_embed: bool = True
+    vit_feature_norm: bool = False
     # preprocessing
     max_crops: int = 12
     overlap_margins: tuple[int, int] = (4, 4)
@@ -239,7 +242,10 @@ class MolmoeConfig:
         Kept from MolmoE-1B where the knobs act: 16 LM blocks, 64 experts routed top-8 (softmax
         over all experts, then top-k without renormalisation), QK-norm, Molmo's overlapping
         crops + global view with 2×2-pooled vision tokens, a CLIP-style tower whose features
-        come from two layers (−2 and −5 of 6). Shrunk: d_model 128 (4 heads), experts of width
+        come from two layers (−2 and −5 of 6), normalised before pooling (``vit_feature_norm``:
+        a tower trained from scratch grows its residual stream layer by layer, and the SwiGLU
+        projector squares what it is given; without the norm the image tokens of the second
+        H200 run reached a norm of ~1e11 and the tower stopped learning, benchmarks/RESULTS.md). Shrunk: d_model 128 (4 heads), experts of width
         32, a 1,024-token BPE vocabulary (+ 8 rows for the image tokens), ViT width 128.
 
         Image geometry is MolmoE-1B's at half scale: 168-px crops of 14-px patches (12×12
@@ -269,6 +275,7 @@ class MolmoeConfig:
             pool_heads=4,
             pool_head_dim=32,
             projector_hidden=256,
+            vit_feature_norm=True,
             overlap_margins=(2, 2),
             tokens=SpecialTokens(bos=0, eos=0, pad=1, im_start=1024, im_end=1025, im_patch=1026, im_col=1027,
                                  image_prompt=1028),
@@ -370,6 +377,7 @@ class MolmoeConfig:
             pool_head_dim=head_dim,
             projector_hidden=int(get("projector_hidden_size") or int(mlp_hidden) // 2),
             image_padding_embed=get("image_padding_embed") == "pad_and_partial_pad",
+            vit_feature_norm=bool(get("image_feature_norm", False)),
             max_crops=int(get("max_crops", 12)),
             overlap_margins=tuple(get("overlap_margins", (4, 4))),
         )
@@ -380,8 +388,9 @@ class MolmoeConfig:
     def to_molmo_json(self) -> dict[str, Any]:
         """The public ``config.json`` of this config (inverse of :meth:`from_molmo_json`).
 
-        One key is this project's own: ``projector_hidden_size`` (MolmoE-1B ties the projector's
-        hidden width to ``mlp_hidden_size / 2``; :meth:`small` does not). Special ids are not
+        Two keys are this project's own: ``projector_hidden_size`` (MolmoE-1B ties the projector's
+        hidden width to ``mlp_hidden_size / 2``; :meth:`small` does not) and ``image_feature_norm``
+        (see ``vit_feature_norm``). Special ids are not
         part of it: they come from the checkpoint's tokenizer.
         """
         return {
@@ -390,6 +399,7 @@ class MolmoeConfig:
             "attention_type": "sdpa", "block_type": "moe", "clip_qkv": self.clip_qkv,
             "crop_mode": "overlap-and-resize-c2", "d_model": self.d_model, "embedding_size": self.embedding_size,
             "image_padding_embed": "pad_and_partial_pad" if self.image_padding_embed else None,
+            "image_feature_norm": self.vit_feature_norm,
             "image_pooling_2d": "attention-meanq", "image_pooling_h": self.pool_h, "image_pooling_w": self.pool_w,
             "image_projector": "mlp", "include_bias": False, "layer_norm_eps": self.layer_norm_eps,
             "layer_norm_type": "rms", "max_crops": self.max_crops,

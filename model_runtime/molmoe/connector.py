@@ -3,6 +3,8 @@
 For each crop the ViT features (24×24 patches × 2048 channels for MolmoE-1B) become 12×12
 tokens of ``d_model``:
 
+0. with ``config.vit_feature_norm`` (this project's small model, not MolmoE-1B) the features
+   are layer-normalised first;
 1. ``pad_embed[0]`` is added to patches that are all padding (mask 0), ``pad_embed[1]`` to
    partially padded ones (0 < mask < 1, and the −1 row the processor appends);
 2. each 2×2 window of patches is pooled by one multi-head attention whose query is the mean
@@ -63,6 +65,7 @@ class MolmoeConnector(nn.Module):
     def __init__(self, config: MolmoeConfig) -> None:
         super().__init__()
         self.config = config
+        self.feature_norm = nn.LayerNorm(config.vit_feature_dim, eps=config.vit_eps) if config.vit_feature_norm else None
         self.pad_embed = nn.Parameter(torch.zeros(2, config.vit_feature_dim)) if config.image_padding_embed else None
         self.pooling = AttentionPool2x2(config)
         self.projector = SwiGLUProjector(config)
@@ -83,6 +86,8 @@ class MolmoeConnector(nn.Module):
         side = cfg.patches_per_side
         if n_patches != side * side:
             raise ValueError(f"expected {side * side} patches per crop, got {n_patches}")
+        if self.feature_norm is not None:
+            features = self.feature_norm(features)
         if self.pad_embed is not None:
             if image_masks is None or image_masks.shape != (n, n_patches):
                 raise ValueError(f"image_masks of shape {(n, n_patches)} are required for the padding embeddings")
