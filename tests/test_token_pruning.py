@@ -176,3 +176,82 @@ def test_estimated_latency_falls_with_keep() -> None:
     half = est.predict(crops=13, vision_tokens=1900 - 1728 + 864, prompt_tokens=20, output_tokens=4, p=1, top_k=8,
                        blocks=16)
     assert float(lat[0.5]["total_ms"]) == float(half["total_ms"])
+
+
+# ------------------------------------------------------------------------------ the pipeline experiment
+def test_pipeline_token_pruning_on_a_live_cache(world: dict, tmp_path: Path) -> None:
+    from envs.replay_data import ReplayData
+    from experiments.pipeline import run_pipeline
+
+    out = tmp_path / "exp"
+    st = run_pipeline(str(world["cache"]), out, only=["token_pruning"], verbose=False, figures="few", pruning_requests=3)
+    assert st["token_pruning"]["status"] == "done", st
+    d = out / "token_pruning"
+    table = pd.read_csv(d / "token_pruning.csv")
+    assert len(table) == len(KS.tiers) * 4 and set(table["keep_ratio"]) == {0.25, 0.5, 0.75, 1.0}
+    assert (table["n_requests"] == 3).all()
+    for tier, g in table.groupby("tier"):
+        g = g.sort_values("keep_ratio")
+        assert g["remaining_vision_tokens"].is_monotonic_increasing and g["mean_latency_ms"].is_monotonic_increasing
+        r1 = g[g["keep_ratio"] == 1.0].iloc[0]
+        # r = 1 reproduces the cache: its score, and its latency is the cache's full configuration's
+        assert r1["share_score_equal_cache"] == 1.0 and r1["accuracy"] == pytest.approx(r1["cache_accuracy"])
+        assert r1["remaining_vision_tokens"] == r1["vision_tokens"]
+    high = table[table["tier"] == "high"].set_index("keep_ratio")
+    assert high.loc[1.0, "accuracy"] == 1.0  # the answers are the unpruned model's predictions
+    assert high.loc[0.25, "accuracy"] < 1.0  # pruning changed some of them
+    reqs = pd.read_csv(d / "requests.csv.gz")
+    assert len(reqs) == 3 * len(KS.tiers) * 4
+    test = ReplayData.from_cache(str(world["cache"]), "test")
+    c = KS.index(FULL_HIGH)
+    r1 = reqs[(reqs["tier"] == "high") & (reqs["keep_ratio"] == 1.0)]
+    np.testing.assert_allclose(r1["latency_ms"], test.total_ms[r1["sample_index"].to_numpy(), c], rtol=1e-6)
+    res = pd.read_csv(d / "results.csv")
+    assert {"all", "vqav2"} <= set(res["dataset"]) and (res["cache_label"] == "live ckpt").all()
+    s = json.loads((d / "summary.json").read_text())
+    assert s["synthetic"] is False and len(s["cache"]["sha256"]) == 64 and s["n_requests"]["run"] == 3
+    assert "not a measured speed-up" in s["definitions"]["latency_ms"]
+    pareto = pd.read_csv(out / "pareto.csv")
+    pts = pareto[pareto["kind"] == "token pruning (proxy)"]
+    assert len(pts) == len(table) and set(pts["policy"]) == set(table["policy"])
+    report = (out / "report.md").read_text()
+    assert "## token_pruning" in report and "(token_pruning/pareto_pruning.png)" in report
+    assert (d / "pareto_pruning.png").stat().st_size > 0
+
+
+def test_pipeline_token_pruning_skips_without_its_inputs(world: dict, toy_synthetic_cache: str, tmp_path: Path) -> None:
+    from experiments.pipeline import main, run_pipeline
+
+    # a SYNTHETIC cache: not applicable, finished with the reason
+    st = run_pipeline(toy_synthetic_cache, tmp_path / "syn", only=["token_pruning"], verbose=False, figures="few")
+    assert st["token_pruning"]["status"] == "done" and "SYNTHETIC" in st["token_pruning"]["notes"][0]
+    assert "SYNTHETIC: its outcomes come from a generative model" in (tmp_path / "syn" / "report.md").read_text()
+    # a live cache whose checkpoint is not where it was: not run, the report names --model, nothing marked finished
+    cache = tmp_path / "moved.h5"
+    shutil.copy(world["cache"], cache)
+    moved = world["dir"] / "ckpt_moved"
+    shutil.move(world["dir"] / "ckpt", moved)
+    try:
+        out = tmp_path / "exp"
+        st = run_pipeline(str(cache), out, only=["token_pruning"], verbose=False, figures="few", pruning_requests=2)
+        assert st["token_pruning"]["status"] == "not run" and not (out / "token_pruning").exists()
+        report = (out / "report.md").read_text()
+        assert "**Not run**" in report and "pass --model CKPT" in report
+        # given the model, the next run runs it
+        st = run_pipeline(str(cache), out, only=["token_pruning"], verbose=False, figures="few", pruning_requests=2,
+                          model=moved, requests=world["jsonl"])
+        assert st["token_pruning"]["status"] == "done" and (out / "token_pruning" / "DONE").exists()
+        assert (pd.read_csv(out / "token_pruning" / "token_pruning.csv")["n_requests"] == 2).all()
+    finally:
+        shutil.move(moved, world["dir"] / "ckpt")
+    # the CLI: a --model that is not a folder is a one-line user error
+    assert main(["--cache", str(cache), "--out", str(tmp_path / "x"), "--only", "token_pruning",
+                 "--model", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.fixture(scope="module")
+def toy_synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from cache.synthetic import default_params, write_synthetic_cache
+
+    params = dataclasses.replace(default_params(), n_samples=60, lang_dim=8, token_dim=8)
+    return str(write_synthetic_cache(tmp_path_factory.mktemp("syn") / "toy.h5", params, seed=5))
