@@ -1,6 +1,7 @@
 """Every experiment of an adaptive-inference paper from one command, with one report.
 
-``python -m experiments.pipeline --cache PATH --out DIR [--seeds 0 1 2] [--only NAME ...] [--quick]``
+``python -m experiments.pipeline --cache PATH --out DIR [--seeds 0 1 2] [--only NAME ...] [--quick]
+[--model CKPT --requests JSONL] [--pruning-requests N]``
 (``make experiments``; without ``--cache``: the demo's default SYNTHETIC cache, built if missing) runs, each into ``DIR/<name>/`` with ``results.csv`` + ``summary.json``
 (``experiments.evaluate``'s columns and metadata: cache path, sha256, synthetic flag, label,
 versions) and its own tables and figures:
@@ -12,11 +13,15 @@ versions) and its own tables and figures:
 ``fallback``       uncertainty-triggered fallback wrapper over a threshold sweep
 ``error_slices``   accuracy / violations / regret per knob bucket and dataset (needs main)
 ``oracle_actions`` agreement with the oracle, per-bucket regret, per-knob confusion (needs main)
+``token_pruning``  the vision-token pruning proxy: the model run at the full LM configuration
+                   keeping a fraction r of each image's pooled vision tokens (needs the model
+                   and the requests the cache was built from)
 =================  ==========================================================================
 
 then ``DIR/main_table.csv`` (per policy of ``main``: mean reward and its difference to static
 with CI, accuracy, latency, violations, AIQ), ``DIR/pareto.csv`` (every policy's (latency,
-accuracy) per budget and every fixed configuration, with ``on_front``), ``DIR/action_ratio.csv``
+accuracy) per budget, every fixed configuration and the token-pruning points, with ``on_front``),
+``DIR/action_ratio.csv``
 (knob shares per policy and budget) and ``DIR/report.md`` (every figure embedded by relative
 link, a paragraph per experiment naming the cache and whether it is synthetic).
 
@@ -27,7 +32,10 @@ kept under ``DIR/controllers/`` and reused. ``--only`` runs the named experiment
 they need). ``--quick``: shorter GRPO trainings, 4 budgets, fewer folds and thresholds. A
 failing experiment is recorded (``FAILED.txt``, a note in the report) and the others still run;
 the exit code is then 1. An experiment the cache cannot support (``fallback`` on a cache without
-uncertainty features) is marked finished with the reason in the report.
+uncertainty features, ``token_pruning`` on a SYNTHETIC cache) is marked finished with the reason
+in the report. ``token_pruning`` without its inputs (``--model`` / ``--requests``, or the files
+named in a live cache's provenance) is not run, says why in the report, and runs when a later
+run is given them.
 """
 
 from __future__ import annotations
@@ -46,9 +54,11 @@ import pandas as pd
 
 from experiments.cli_errors import DEBUG_HELP, run_cli
 
-EXPERIMENTS: tuple[str, ...] = ("main", "generalization", "ablations", "fallback", "error_slices", "oracle_actions")
+EXPERIMENTS: tuple[str, ...] = ("main", "generalization", "ablations", "fallback", "error_slices", "oracle_actions",
+                                "token_pruning")
 MODULES: dict[str, str] = {"main": "main_eval", "generalization": "generalization", "ablations": "ablations",
-                           "fallback": "fallback", "error_slices": "error_slices", "oracle_actions": "oracle_actions"}
+                           "fallback": "fallback", "error_slices": "error_slices", "oracle_actions": "oracle_actions",
+                           "token_pruning": "token_pruning"}
 MARKER = "DONE"
 DEFAULT_CACHE = "outputs/default_cache.h5"  # the SYNTHETIC default (--synthetic)
 
@@ -71,10 +81,14 @@ def selected(only: Sequence[str] | None) -> list[str]:
 
 def run_pipeline(cache: str, out: str | Path, *, seeds: Sequence[int] = (0,), only: Sequence[str] | None = None,
                  quick: bool = False, grpo: dict | None = None, n_budgets: int | None = None,
-                 verbose: bool = True, figures: str = "all") -> dict[str, dict]:
+                 verbose: bool = True, figures: str = "all", model: str | Path | None = None,
+                 requests: str | Path | None = None, pruning_requests: int | None = None) -> dict[str, dict]:
     """Run the experiments (skipping finished ones) and write the tables and the report.
-    Returns per experiment its status (``done`` / ``skipped`` / ``failed``) and outputs."""
-    from experiments.pipeline_parts.common import NotApplicable, load_context
+    Returns per experiment its status (``done`` / ``skipped`` / ``failed`` / ``not run``) and outputs.
+
+    ``model`` (checkpoint folder), ``requests`` (request JSONL) and ``pruning_requests`` (test
+    requests to run) are token_pruning's inputs; see :mod:`experiments.pipeline_parts.token_pruning`."""
+    from experiments.pipeline_parts.common import MissingInputs, NotApplicable, load_context
 
     names = selected(only)
     out = Path(out)
@@ -82,7 +96,15 @@ def run_pipeline(cache: str, out: str | Path, *, seeds: Sequence[int] = (0,), on
         raise ValueError(f"--out {out} is a file, not a folder")
     if not seeds:
         raise ValueError("--seeds needs at least one seed")
-    ctx = load_context(cache, out, seeds, quick, n_budgets=n_budgets, grpo=grpo, verbose=verbose, figures=figures)
+    if model is not None and not Path(model).is_dir():
+        raise ValueError(f"--model {model}: no such checkpoint folder")
+    if requests is not None and not Path(requests).is_file():
+        raise ValueError(f"--requests {requests}: no such request file")
+    if pruning_requests is not None and int(pruning_requests) < 1:
+        raise ValueError(f"--pruning-requests must be >= 1, got {pruning_requests}")
+    ctx = load_context(cache, out, seeds, quick, n_budgets=n_budgets, grpo=grpo, verbose=verbose, figures=figures,
+                       model=None if model is None else str(model), requests=None if requests is None else str(requests),
+                       pruning_requests=pruning_requests)
     out.mkdir(parents=True, exist_ok=True)
     status: dict[str, dict] = {}
     for name in names:
@@ -102,6 +124,11 @@ def run_pipeline(cache: str, out: str | Path, *, seeds: Sequence[int] = (0,), on
         t0 = time.perf_counter()
         try:
             info = module(name).run(ctx, d)
+        except MissingInputs as e:  # not an error, not finished either: a run given the inputs runs it
+            shutil.rmtree(d)
+            status[name] = {"status": "not run", "notes": [str(e)], "figures": []}
+            ctx.log(f"{name}: not run ({e})")
+            continue
         except NotApplicable as e:  # this cache cannot support it: finished, with the reason in the report
             info = {"figures": [], "tables": [], "notes": [f"not applicable to this cache: {e}"]}
         except Exception as e:  # recorded; the other experiments still run
@@ -125,10 +152,16 @@ def run_pipeline(cache: str, out: str | Path, *, seeds: Sequence[int] = (0,), on
 
 # ----------------------------------------------------------------------------- top-level tables
 def write_tables(ctx) -> list[str]:
-    """main_table.csv, pareto.csv and action_ratio.csv from the main experiment (when it ran)."""
+    """main_table.csv, pareto.csv and action_ratio.csv from the main experiment (when it ran); the
+    token-pruning points join pareto.csv when that experiment ran."""
     main = ctx.out / "main"
+    pruning = pruning_points(ctx)
     if not (main / MARKER).exists():
-        return []
+        if pruning is None:
+            return []
+        pruning.assign(on_front=on_front(pruning["mean_latency_ms"].to_numpy(), pruning["accuracy"].to_numpy()),
+                       **_meta(ctx)).to_csv(ctx.out / "pareto.csv", index=False)
+        return ["pareto.csv"]
     from experiments.evaluate import static_points
 
     summary = json.loads((main / "summary.json").read_text())
@@ -148,13 +181,31 @@ def write_tables(ctx) -> list[str]:
     mean_cols = ["mean_latency_ms", "accuracy", "mean_reward", "violation_rate"]
     pts = res.groupby(["policy", "budget_ms"], as_index=False)[mean_cols].mean().assign(kind="policy")
     st = static_points(ctx.test).rename(columns={"config": "policy"}).assign(kind="fixed configuration", budget_ms=np.nan)
-    pareto = pd.concat([pts, st[["policy", "budget_ms", "mean_latency_ms", "accuracy", "kind"]]], ignore_index=True)
+    frames = [pts, st[["policy", "budget_ms", "mean_latency_ms", "accuracy", "kind"]]]
+    pareto = pd.concat(frames, ignore_index=True).assign(n_requests=ctx.test.n)
+    if pruning is not None:
+        pareto = pd.concat([pareto, pruning], ignore_index=True)
     pareto["on_front"] = on_front(pareto["mean_latency_ms"].to_numpy(), pareto["accuracy"].to_numpy())
     pareto.assign(**meta).to_csv(ctx.out / "pareto.csv", index=False)
     ratio_cols = [c for c in res.columns if c.startswith("ratio_")]
     res.groupby(["policy", "budget_ms"], as_index=False)[ratio_cols].mean().assign(**meta).to_csv(
         ctx.out / "action_ratio.csv", index=False)
     return ["main_table.csv", "pareto.csv", "action_ratio.csv"]
+
+
+def _meta(ctx) -> dict[str, Any]:
+    return {"synthetic": bool(ctx.label.get("synthetic")), "cache_label": ctx.label["cache_label"]}
+
+
+def pruning_points(ctx) -> pd.DataFrame | None:
+    """token_pruning's (latency, accuracy) points in pareto.csv's columns (kind ``token pruning
+    (proxy)``, ``n_requests`` = the test requests it ran), or None when it has not run."""
+    d = ctx.out / "token_pruning"
+    if not (d / MARKER).exists() or not (d / "token_pruning.csv").exists():
+        return None
+    t = pd.read_csv(d / "token_pruning.csv")
+    return pd.DataFrame({"policy": t["policy"], "budget_ms": np.nan, "mean_latency_ms": t["mean_latency_ms"],
+                         "accuracy": t["accuracy"], "kind": "token pruning (proxy)", "n_requests": t["n_requests"]})
 
 
 def on_front(latency: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
@@ -193,6 +244,8 @@ KEY_COLUMNS: dict[str, tuple[str, list[str]]] = {
     "error_slices": ("slices.csv", ["policy", "slice", "value", "share", "accuracy", "violation_rate", "mean_regret"]),
     "oracle_actions": ("agreement.csv", ["policy", "share_equal_oracle", "share_within_0.01", "share_within_0.05",
                                          "share_equal_tier", "share_equal_top_k", "mean_regret"]),
+    "token_pruning": ("token_pruning.csv", ["tier", "keep_ratio", "n_requests", "accuracy", "mean_latency_ms",
+                                            "remaining_vision_tokens", "cache_accuracy", "share_score_equal_cache"]),
 }
 
 
@@ -217,6 +270,9 @@ def write_report(ctx, status: dict[str, dict]) -> Path:
                   f"outputs in [{name}/]({name}/).", ""]
         if s["status"] == "failed":
             lines += [f"**FAILED**: {s.get('error')} (traceback in `{name}/FAILED.txt`).", ""]
+            continue
+        if s["status"] == "not run":
+            lines += [f"**Not run**: {note}" for note in s.get("notes", [])] + [""]
             continue
         if s["status"] == "skipped":
             lines += ["_(finished by an earlier run; reused.)_", ""]
@@ -249,13 +305,22 @@ def _main(argv: Sequence[str]) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--only", nargs="+", default=None, metavar="NAME", help=f"any of {', '.join(EXPERIMENTS)}")
     ap.add_argument("--quick", action="store_true", help="short trainings and smaller sweeps (same outputs)")
+    ap.add_argument("--model", default=None, metavar="CKPT",
+                    help="token_pruning: the model checkpoint folder the cache was built from (default: the one a "
+                         "live cache names in its provenance, when it is on this machine)")
+    ap.add_argument("--requests", default=None, metavar="JSONL",
+                    help="token_pruning: the request JSONL the cache was built from (default: the one a live cache "
+                         "names, when it is here and unchanged)")
+    ap.add_argument("--pruning-requests", type=int, default=None, metavar="N",
+                    help="token_pruning: test requests to run (default 40, --quick 16; CPU minutes grow with it)")
     ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     a = ap.parse_args(argv)
     if a.synthetic or a.cache is None:
         from experiments.demo import resolve_cache
 
         a.cache = str(resolve_cache(a.cache, a.synthetic, log=lambda m: print(m.replace("[demo]", "[pipeline]"))))
-    status = run_pipeline(a.cache, a.out, seeds=a.seeds, only=a.only, quick=a.quick)
+    status = run_pipeline(a.cache, a.out, seeds=a.seeds, only=a.only, quick=a.quick, model=a.model,
+                          requests=a.requests, pruning_requests=a.pruning_requests)
     failed = [n for n, s in status.items() if s["status"] == "failed"]
     print(f"[pipeline] report: {Path(a.out) / 'report.md'}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

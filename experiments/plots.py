@@ -56,9 +56,10 @@ def pareto_plot(
     *,
     title: str,
     dataset: str = "all",
+    extra: pd.DataFrame | None = None,
 ) -> Path:
     """Write :func:`pareto_figure` to ``path``."""
-    fig = pareto_figure(results, static_points, title=title, dataset=dataset)
+    fig = pareto_figure(results, static_points, title=title, dataset=dataset, extra=extra)
     out = Path(path)
     fig.savefig(out, dpi=130, bbox_inches="tight")
     plt.close(fig)
@@ -71,6 +72,7 @@ def pareto_figure(
     *,
     title: str,
     dataset: str = "all",
+    extra: pd.DataFrame | None = None,
 ) -> plt.Figure:
     """Accuracy vs mean estimated latency on one dataset (or ``"all"``).
 
@@ -78,6 +80,9 @@ def pareto_figure(
     configuration on the same requests) are a grey cloud, the ``full`` and ``cheapest`` ones
     labelled; every policy of ``results`` is a curve over the budget grid with its own colour,
     hollow marker and marker size (:func:`policy_styles`), so overlapping curves stay visible.
+    ``extra`` (columns ``series``, ``mean_latency_ms``, ``accuracy``, ``label``) adds series that
+    are not budget-driven policies, e.g. the token-pruning proxy's points: each a dotted line of
+    filled markers in its own colour, every point annotated with its ``label``.
     """
     df = results[(results["dataset"] == dataset) & results["budget_ms"].notna()]
     fig, ax = plt.subplots(figsize=(8, 5.8))
@@ -95,6 +100,16 @@ def pareto_figure(
         ax.plot(g["mean_latency_ms"], g["accuracy"], label=policy, zorder=3, color=st["color"], marker=st["marker"],
                 linestyle=st["linestyle"], linewidth=st["linewidth"], markersize=st["markersize"],
                 markerfacecolor=st["markerfacecolor"], markeredgewidth=st["markeredgewidth"], alpha=st["alpha"])
+    if extra is not None and len(extra):
+        colors = plt.get_cmap("Set1").colors
+        for i, (series, g) in enumerate(extra.groupby("series", sort=False)):  # in the caller's order
+            g = g.sort_values("mean_latency_ms")
+            color = colors[i % len(colors)]
+            ax.plot(g["mean_latency_ms"], g["accuracy"], label=series, zorder=4, color=color, marker="P",
+                    linestyle=":", linewidth=1.4, markersize=8)
+            for _, row in g.iterrows():
+                ax.annotate(str(row["label"]), (row["mean_latency_ms"], row["accuracy"]), fontsize=7, color=color,
+                            xytext=(4, 4), textcoords="offset points", zorder=4)
     ax.set_xlabel("mean estimated latency (ms)")
     ax.set_ylabel("accuracy (mean metric score)")
     ax.set_title(title, fontsize=10)

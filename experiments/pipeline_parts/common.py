@@ -31,6 +31,12 @@ class NotApplicable(RuntimeError):
     finished with the reason in the report, not as a failure."""
 
 
+class MissingInputs(RuntimeError):
+    """An experiment that needs inputs this run was not given (``token_pruning`` without a model
+    checkpoint or the cache's requests): the reason goes into the report, not as a failure, and the
+    experiment is not marked finished, so that a later run given the inputs runs it."""
+
+
 @dataclass
 class Context:
     """What every experiment reads: the cache (both splits loaded once), the settings, the label."""
@@ -50,6 +56,15 @@ class Context:
     grpo: dict[str, Any] = field(default_factory=dict)
     verbose: bool = True
     figures: str = "all"  # "few": main draws only pareto.png and the controller's knob plot (tests)
+    #: the cache's root attributes ``generator_params`` (live builds: runtime settings, model and
+    #: request paths) and ``estimator`` (its latency estimator's JSON); empty / None when absent
+    generator_params: dict[str, Any] = field(default_factory=dict)
+    estimator_json: dict[str, Any] | None = None
+    #: token_pruning's inputs: model checkpoint folder, request JSONL (None: from the cache's
+    #: provenance when those files are here) and how many test requests it runs (None: its default)
+    model: str | None = None
+    requests: str | None = None
+    pruning_requests: int | None = None
 
     @property
     def tag(self) -> str:
@@ -61,7 +76,9 @@ class Context:
 
 
 def load_context(cache: str, out: Path, seeds: Sequence[int], quick: bool, *, n_budgets: int | None = None,
-                 grpo: dict[str, Any] | None = None, verbose: bool = True, figures: str = "all") -> Context:
+                 grpo: dict[str, Any] | None = None, verbose: bool = True, figures: str = "all",
+                 model: str | None = None, requests: str | None = None,
+                 pruning_requests: int | None = None) -> Context:
     from cache.reader import OutcomeCache
 
     with OutcomeCache(cache) as oc:
@@ -72,12 +89,15 @@ def load_context(cache: str, out: Path, seeds: Sequence[int], quick: bool, *, n_
         u_train = np.asarray(u)[train.cache_rows] if ok else None
         u_test = np.asarray(u)[test.cache_rows] if ok else None
         label, sha = oc.label, oc.content_hash()
+        gp = oc.attrs.get("generator_params")
+        est_json = oc.estimator_json
     lo, hi = test.budget_range_ms
     nb = n_budgets or (4 if quick else 8)
     return Context(cache=str(cache), out=Path(out), seeds=list(seeds), quick=quick, train=train, test=test,
                    u_train=u_train, u_test=u_test, label=label, sha256=sha, budgets=np.linspace(lo, hi, nb),
                    reward=RewardConfig.make("hinge"), grpo=dict(grpo if grpo is not None else (GRPO_QUICK if quick else GRPO_FULL)),
-                   verbose=verbose, figures=figures)
+                   verbose=verbose, figures=figures, generator_params=dict(gp) if isinstance(gp, dict) else {},
+                   estimator_json=est_json, model=model, requests=requests, pruning_requests=pruning_requests)
 
 
 # ----------------------------------------------------------------------------- data subsets

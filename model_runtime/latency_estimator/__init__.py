@@ -70,6 +70,8 @@ Modules, by concern (every public name is importable from ``model_runtime.latenc
   budget range;
 - :mod:`~model_runtime.latency_estimator.profiles`: profile CSV I/O;
 - :mod:`~model_runtime.latency_estimator.report`: fidelity metrics and the text report;
+- :mod:`~model_runtime.latency_estimator.token_pruning`: the vision-token pruning proxy's cost
+  (pooled tokens kept at a keep fraction, the estimated latency of a pruned run);
 - :mod:`~model_runtime.latency_estimator.cli`: ``python -m model_runtime.latency_estimator``
   (``fit``, ``report``, ``convert-reference``).
 """
@@ -90,10 +92,17 @@ from model_runtime.latency_estimator.features import (
 )
 from model_runtime.latency_estimator.profiles import from_reference_csv, load_profile, write_profile
 from model_runtime.latency_estimator.report import fidelity_metrics, format_report, spearman
+from model_runtime.latency_estimator.token_pruning import (
+    check_keep,
+    kept_pooled_tokens,
+    pruned_latency_ms,
+    pruned_vision_tokens,
+)
 
 __all__ = [
     "DEFAULT_ESTIMATOR_PATH", "DEFAULT_PROFILE_DIR", "FORMAT_NAME", "FORMAT_VERSION", "MIN_ROWS_FOR_HOLDOUT",
     "OPTIONAL_PROFILE_COLUMNS", "PHASE_INPUTS", "PHASES", "PROFILE_COLUMNS", "LatencyEstimator", "budget_range",
-    "coefficient_names", "config_arrays", "expert_slots", "fidelity_metrics", "format_report", "from_reference_csv",
-    "load_profile", "main", "predict_grid", "spearman", "write_profile",
+    "check_keep", "coefficient_names", "config_arrays", "expert_slots", "fidelity_metrics", "format_report",
+    "from_reference_csv", "kept_pooled_tokens", "load_profile", "main", "predict_grid", "pruned_latency_ms",
+    "pruned_vision_tokens", "spearman", "write_profile",
 ]

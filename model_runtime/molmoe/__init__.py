@@ -16,6 +16,8 @@ module                 holds
 ``tokenizer``          ``tokenizer.json`` wrapper, special ids from added tokens
 ``runtime``            :class:`MolmoeRuntime` ``.run(requests, config) -> list[Outcome]``
 ``importance``         block influence / accuracy-drop scores → JSON for ``KnobSpace.with_scores``
+``token_pruning``      vision-token pruning proxy: keep a fraction of each image's pooled tokens
+                       (connector-feature norm), the runtime's ``vision_keep``
 =====================  ======================================================================
 
 Names are exported lazily so that ``model_runtime.molmoe.config`` stays importable without torch.

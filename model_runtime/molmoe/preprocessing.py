@@ -176,6 +176,15 @@ class MolmoImagePreprocessor:
         crop_tokens = ((h + 1) // 2) * ((w + 1) // 2 + 1) + 2
         return rows * cols + 1, global_tokens + crop_tokens
 
+    def pooled_token_count(self, height: int, width: int, max_crops: int) -> int:
+        """``<im_patch>`` tokens (pooled vision tokens) of an image size: the global view's and the
+        crops' joint grid's, without the ``<im_start>`` / ``<im_col>`` / ``<im_end>`` tokens."""
+        rows, cols = self.tiling_for(height, width, max_crops)
+        t = self.config.tokens_per_side
+        h = rows * self.window_patches + self.margin_patches
+        w = cols * self.window_patches + self.margin_patches
+        return t * t + ((h + 1) // 2) * ((w + 1) // 2)
+
     # ------------------------------------------------------------------ full preprocessing
     def __call__(self, image: np.ndarray, max_crops: int | None = None, *, normalize: bool = True) -> ImageInputs:
         """Preprocess one (H, W, 3) uint8 RGB image with up to ``max_crops`` crops (config default).
@@ -295,6 +304,13 @@ def molmoe_1b_token_counts(height: int, width: int, max_crops: int, scale: float
     """
     pre = _molmoe_1b_preprocessor()
     return pre.token_counts(int(round(height * scale)), int(round(width * scale)), max_crops)
+
+
+def molmoe_1b_pooled_token_count(height: int, width: int, max_crops: int, scale: float) -> int:
+    """MolmoE-1B's pooled vision tokens for the image at ``scale`` × (height, width), as
+    :func:`molmoe_1b_token_counts` counts its image tokens."""
+    pre = _molmoe_1b_preprocessor()
+    return pre.pooled_token_count(int(round(height * scale)), int(round(width * scale)), max_crops)
 
 
 def _molmoe_1b_preprocessor() -> "MolmoImagePreprocessor":

@@ -9,6 +9,11 @@ For a configuration ``(tier, p, top_k, blocks)`` of a :class:`~model_runtime.kno
   state; greedy decoding (``max_new_tokens`` 64, EOS honoured) with a KV cache that only the
   blocks that run own.
 
+With ``vision_keep = r < 1`` (the vision-token pruning proxy, :mod:`.token_pruning`) each image
+keeps the fraction ``r`` of its pooled vision tokens (the highest feature norms) and the others are
+removed from the prompt before the language model runs (inside the timed prefill); ``r = 1`` (the
+default) is the unpruned path, untouched.
+
 Requests are grouped by configuration; a group runs as left-padded batches of at most
 ``max_batch_size`` requests; different configurations never share a forward. Each batch is
 timed per phase (vision = tower + connector; prefill = embedding + both prefill stages + the
@@ -41,6 +46,7 @@ from .vision_graphs import VisionGraphs
 from .model import MolmoeModel
 from .preprocessing import PromptInputs, build_prompt as build_prompt_inputs, format_question
 from .timing import PhaseTimer
+from .token_pruning import check_keep, prune_prompt
 from .tokenizer import TextTokenizer
 
 
@@ -59,6 +65,8 @@ class Outcome:
         decode_ms_per_token: ``decode_ms`` / decode steps of the batch (NaN if none).
         crops: crops fed to the vision tower, incl. the global view.
         vision_tokens: image tokens in the prompt; prompt_tokens: the other tokens (text + BOS).
+        vision_tokens_kept: image tokens that reached the language model (``vision_tokens`` less
+            the pooled tokens the pruning proxy dropped; equal to it when ``vision_keep`` is 1).
         latency_token: (d_model,) float32 last prompt token's hidden state after block p-1.
         latency_tokens: (n_positions, d_model) float32 the same after blocks 0..n-1 (the latency
             token of every p = 1..n), or None when not asked for.
@@ -81,6 +89,7 @@ class Outcome:
     decode_ms_per_token: float
     crops: int
     vision_tokens: int
+    vision_tokens_kept: int
     prompt_tokens: int
     latency_token: np.ndarray
     latency_tokens: np.ndarray | None
@@ -146,9 +155,14 @@ class MolmoeRuntime:
         max_graph_bytes: memory the decoder's static caches and graphs may hold together (LRU
             beyond it; default 8 GiB: a batch-8 cache of 2,300 positions at the MolmoE-1B shape
             in bf16 is 2.4 GB).
+        vision_keep: fraction in (0, 1] of each image's pooled vision tokens that the language
+            model sees (the pruning proxy of :mod:`.token_pruning`: ranked by the norm of the
+            connector's feature, ``max(1, ceil(r · n))`` kept); 1 (default) prunes nothing.
+            Applies to :meth:`run`, :meth:`run_plan` and :meth:`prefix_state`.
 
     Raises:
-        ValueError: the knob space does not fit the model (block count, top-k range).
+        ValueError: the knob space does not fit the model (block count, top-k range); a
+            ``vision_keep`` outside (0, 1].
     """
 
     def __init__(
@@ -163,7 +177,9 @@ class MolmoeRuntime:
         fast: bool | None = None,
         max_graphs: int = 16,
         max_graph_bytes: int | None = 8 * 2**30,
+        vision_keep: float = 1.0,
     ) -> None:
+        self.vision_keep = check_keep(vision_keep)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.knob_space = KnobSpace() if knob_space is None else knob_space
@@ -313,8 +329,8 @@ class MolmoeRuntime:
         with timer.phase("vision"):
             feats = (self.vision or model.image_features)(batch.patches, batch.image_masks)
         with timer.phase("prefill"):
-            embeds = model.embed(batch, feats)
-            state = lm.begin(embeds, batch.attention_mask, cache=BlockKVCache(reserve=self.max_new_tokens))
+            embeds, mask, _ = self._pruned(batch, feats, model.embed(batch, feats))
+            state = lm.begin(embeds, mask, cache=BlockKVCache(reserve=self.max_new_tokens))
             lm.advance(state, p, lm.full_plan())
         return state
 
@@ -357,6 +373,14 @@ class MolmoeRuntime:
             outs += self._run_batch(reqs[start : start + self.max_batch_size], label, False, plan=top_k_per_block, p=p)
         return outs
 
+    def _pruned(self, batch: Any, feats: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompt the language model sees under ``vision_keep``: (embeddings, attention mask,
+        (B,) pooled tokens dropped per row); at ``vision_keep = 1`` the batch's own, untouched."""
+        if self.vision_keep == 1.0:
+            return embeds, batch.attention_mask, torch.zeros(batch.batch_size, dtype=torch.int64)
+        pad = self.model.lm.embed(torch.tensor([self.model.config.tokens.pad], device=embeds.device))[0]
+        return prune_prompt(batch, feats, embeds, self.vision_keep, pad)
+
     @torch.no_grad()
     def _run_batch(
         self,
@@ -377,11 +401,11 @@ class MolmoeRuntime:
         with timer.phase("vision"):
             feats = (self.vision or model.image_features)(batch.patches, batch.image_masks)
         with timer.phase("prefill"):
-            embeds = model.embed(batch, feats)
+            embeds, mask, dropped = self._pruned(batch, feats, model.embed(batch, feats))
         n_lat = max(ks.insertion_positions) if return_latency_tokens else 0
         tk = model.config.tokens
         gen: GenerationResult = greedy_generate(
-            model.lm, embeds, batch.attention_mask, top_k_per_block=plan, p=p, eos_token_id=tk.eos,
+            model.lm, embeds, mask, top_k_per_block=plan, p=p, eos_token_id=tk.eos,
             pad_token_id=tk.pad, max_new_tokens=self.max_new_tokens, n_latency_tokens=n_lat, timer=timer,
             decoder=self.decoder,
         )
@@ -405,6 +429,7 @@ class MolmoeRuntime:
                     decode_ms_per_token=gen.decode_ms_per_token,
                     crops=prompt.image.n_crops,
                     vision_tokens=prompt.vision_tokens,
+                    vision_tokens_kept=prompt.vision_tokens - int(dropped[b]),
                     prompt_tokens=prompt.prompt_tokens,
                     latency_token=gen.latency_token[b].cpu().numpy(),
                     latency_tokens=None if gen.latency_tokens is None else gen.latency_tokens[b].cpu().numpy(),

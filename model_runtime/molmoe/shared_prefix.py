@@ -191,11 +191,15 @@ def run_all_configs(
             (preprocessing, vision + shared prefix, the configurations' prefills, decode groups).
 
     Raises:
-        ValueError: invalid configurations or requests; FileNotFoundError: missing images; errors
-            of the model (the caller isolates failing requests, e.g. by retrying halves).
+        ValueError: invalid configurations or requests, a runtime that prunes vision tokens
+            (``vision_keep`` < 1: a cache holds the unpruned model's outcomes); FileNotFoundError:
+            missing images; errors of the model (the caller isolates failing requests, e.g. by
+            retrying halves).
     """
     ks, model = runtime.knob_space, runtime.model
     lm = model.lm
+    if runtime.vision_keep != 1.0:
+        raise ValueError(f"the shared-prefix engine runs the unpruned model; got a runtime with vision_keep={runtime.vision_keep}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sel = sorted({int(c) for c in (range(len(ks)) if configs is None else configs)})
