@@ -100,7 +100,24 @@ def test_image_tokens_do_not_grow_with_the_towers_features():
         raw = MolmoeConnector(cfg.replace(vit_feature_norm=False)).eval()
         assert raw.feature_norm is None and MolmoeConfig().vit_feature_norm is False
         grown = raw(feats * 1000, masks).norm() / raw(feats, masks).norm()
-    assert grown > 1e5  # without it the projector squares the growth
+        assert grown > 1e5  # without it the projector squares the growth
+        # image_token_norm: the tokens' RMS is the norm's gain whatever the projector's weights
+        normed = MolmoeConnector(cfg.replace(image_token_norm=True)).eval()
+        normed.projector.w2.weight.mul_(1e4)
+        rms = normed(feats, masks).pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.full_like(rms, cfg.d_model ** -0.5), rtol=1e-3, atol=1e-6)
+
+
+def test_image_token_norm_round_trip(tmp_path, tokenizer):
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer), image_token_norm=True)
+    torch.manual_seed(0)
+    model = MolmoeModel(cfg, experts_implementation="eager")
+    with torch.no_grad():
+        model.connector.token_norm.weight.uniform_(0.5, 1.5)
+    save_molmoe_checkpoint(model, tokenizer, tmp_path, dtype=torch.float32)
+    loaded, _ = load_molmoe_checkpoint(tmp_path)
+    assert loaded.config == cfg and json.loads((tmp_path / "config.json").read_text())["image_token_norm"] is True
+    assert torch.equal(loaded.connector.token_norm.weight, model.connector.token_norm.weight)
 
 
 def test_dense_experts_equal_routed():

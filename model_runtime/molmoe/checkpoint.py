@@ -215,6 +215,8 @@ def _molmo_tensors(cfg: MolmoeConfig, read: _TensorReader) -> Iterator[tuple[str
     if cfg.vit_feature_norm:
         yield "connector.feature_norm.weight", read.get(vb + "image_feature_norm.weight", (lf,))
         yield "connector.feature_norm.bias", read.get(vb + "image_feature_norm.bias", (lf,))
+    if cfg.image_token_norm:
+        yield "connector.token_norm.weight", read.get(vb + "image_token_norm.weight", (d,))
 
 
 def _reset_buffers(model: MolmoeModel) -> None:
@@ -383,6 +385,8 @@ def _public_tensors(model: MolmoeModel) -> Iterator[tuple[str, torch.Tensor]]:
     if cfg.vit_feature_norm:
         for part in ("weight", "bias"):
             yield f"{vb}image_feature_norm.{part}", sd[f"connector.feature_norm.{part}"]
+    if cfg.image_token_norm:
+        yield f"{vb}image_token_norm.weight", sd["connector.token_norm.weight"]
 
 
 def save_molmoe_checkpoint(

@@ -68,7 +68,9 @@ class MolmoeConfig:
         pool_h, pool_w (pooling window in patches), pool_heads, pool_head_dim,
         projector_hidden, image_padding_embed (Molmo's "pad_and_partial_pad"),
         vit_feature_norm (this project's own: a LayerNorm over the concatenated ViT features
-        before pooling, for towers trained from scratch; MolmoE-1B has none).
+        before pooling, for towers trained from scratch; MolmoE-1B has none), image_token_norm
+        (also its own: an RMSNorm on the image tokens, gain initialised to 1/sqrt(d_model), so
+        that they enter the residual stream at the text embeddings' scale).
     Preprocessing:
         max_crops (crops besides the global view), overlap_margins (patches discarded
         left/top and right/bottom of inner crop borders), image_mean, image_std.
@@ -109,6 +111,7 @@ class MolmoeConfig:
     projector_hidden: int = 1024
     image_padding_embed: bool = True
     vit_feature_norm: bool = False
+    image_token_norm: bool = False
     # preprocessing
     max_crops: int = 12
     overlap_margins: tuple[int, int] = (4, 4)
@@ -378,6 +381,7 @@ class MolmoeConfig:
             projector_hidden=int(get("projector_hidden_size") or int(mlp_hidden) // 2),
             image_padding_embed=get("image_padding_embed") == "pad_and_partial_pad",
             vit_feature_norm=bool(get("image_feature_norm", False)),
+            image_token_norm=bool(get("image_token_norm", False)),
             max_crops=int(get("max_crops", 12)),
             overlap_margins=tuple(get("overlap_margins", (4, 4))),
         )
@@ -388,9 +392,9 @@ class MolmoeConfig:
     def to_molmo_json(self) -> dict[str, Any]:
         """The public ``config.json`` of this config (inverse of :meth:`from_molmo_json`).
 
-        Two keys are this project's own: ``projector_hidden_size`` (MolmoE-1B ties the projector's
-        hidden width to ``mlp_hidden_size / 2``; :meth:`small` does not) and ``image_feature_norm``
-        (see ``vit_feature_norm``). Special ids are not
+        Three keys are this project's own: ``projector_hidden_size`` (MolmoE-1B ties the projector's
+        hidden width to ``mlp_hidden_size / 2``; :meth:`small` does not), ``image_feature_norm``
+        and ``image_token_norm`` (see ``vit_feature_norm`` and ``image_token_norm``). Special ids are not
         part of it: they come from the checkpoint's tokenizer.
         """
         return {
@@ -399,7 +403,7 @@ class MolmoeConfig:
             "attention_type": "sdpa", "block_type": "moe", "clip_qkv": self.clip_qkv,
             "crop_mode": "overlap-and-resize-c2", "d_model": self.d_model, "embedding_size": self.embedding_size,
             "image_padding_embed": "pad_and_partial_pad" if self.image_padding_embed else None,
-            "image_feature_norm": self.vit_feature_norm,
+            "image_feature_norm": self.vit_feature_norm, "image_token_norm": self.image_token_norm,
             "image_pooling_2d": "attention-meanq", "image_pooling_h": self.pool_h, "image_pooling_w": self.pool_w,
             "image_projector": "mlp", "include_bias": False, "layer_norm_eps": self.layer_norm_eps,
             "layer_norm_type": "rms", "max_crops": self.max_crops,

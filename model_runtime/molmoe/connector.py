@@ -10,7 +10,9 @@ tokens of ``d_model``:
 2. each 2×2 window of patches is pooled by one multi-head attention whose query is the mean
    of the 4 patches (``wq``/``wk``/``wv`` from the concatenated ViT width to ``vit_hidden``,
    ``wo`` back to ``vit_hidden``; attention in float32);
-3. a SwiGLU MLP maps to ``d_model``: ``w2(silu(w1 x) * w3 x)``.
+3. a SwiGLU MLP maps to ``d_model``: ``w2(silu(w1 x) * w3 x)``;
+4. with ``config.image_token_norm`` (this project's option, not MolmoE-1B's) an RMSNorm bounds
+   the image tokens' scale.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class MolmoeConnector(nn.Module):
         self.pad_embed = nn.Parameter(torch.zeros(2, config.vit_feature_dim)) if config.image_padding_embed else None
         self.pooling = AttentionPool2x2(config)
         self.projector = SwiGLUProjector(config)
+        self.token_norm = None
+        if config.image_token_norm:
+            # image tokens enter the residual stream at about the text embeddings' scale (norm 1)
+            self.token_norm = nn.RMSNorm(config.d_model, eps=config.layer_norm_eps)
+            nn.init.constant_(self.token_norm.weight, config.d_model ** -0.5)
 
     def forward(self, features: torch.Tensor, image_masks: torch.Tensor | None) -> torch.Tensor:
         """Pool and project.
@@ -103,4 +110,5 @@ class MolmoeConnector(nn.Module):
         hh, ww = grid.shape[1] // ph, grid.shape[2] // pw
         windows = grid.view(n, hh, ph, ww, pw, dim).permute(0, 1, 3, 2, 4, 5).reshape(n * hh * ww, ph * pw, dim)
         pooled = self.pooling(windows).view(n, hh * ww, -1)
-        return self.projector(pooled)
+        out = self.projector(pooled)
+        return out if self.token_norm is None else self.token_norm(out)
