@@ -23,7 +23,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -36,6 +36,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="examples per step (a step launches about as many kernels at any size, so larger "
                          "batches amortise them; see benchmarks/RESULTS.md)")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr-scale", nargs="+", default=None, metavar="PREFIX=S",
+                    help="learning-rate multiplier per parameter-name prefix, e.g. connector.=0.1 vision.=0.5")
     ap.add_argument("--recipes", nargs="+", default=["plain=0", "robust=0.15"],
                     help="NAME=RATE per model (rate of steps run at a random knob configuration)")
     ap.add_argument("--device", default="cuda")
@@ -59,21 +61,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _parse_non_negative(flag: str, specs: Sequence[str], valid: Callable[[str], bool], form: str,
+                        what: str) -> dict[str, float]:
+    """``NAME=VALUE`` strings → {NAME: float >= 0}; a one-line ValueError names the bad one."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not valid(name):
+            raise ValueError(f"{flag} {spec!r}: expected {form}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"{flag} {spec!r}: {value!r} is not a number") from None
+        if out[name] < 0:
+            raise ValueError(f"{flag} {spec!r}: {what} must be >= 0")
+    return out
+
+
+def parse_lr_scale(specs: Sequence[str] | None) -> dict[str, float]:
+    """``["connector.=0.1"]`` → ``{"connector.": 0.1}`` (prefixes of the model's parameter names)."""
+    return _parse_non_negative("--lr-scale", specs or (), lambda p: p.split(".")[0] in ("vision", "connector", "lm"),
+                               "PREFIX=SCALE with PREFIX starting with vision, connector or lm", "scales")
+
+
 def parse_task_weights(specs: Sequence[str]) -> dict[str, float]:
     """``["synth_text=1", "easy_vqa=0.5"]`` → ``{"synth_text": 1.0, "easy_vqa": 0.5}`` (suite tasks only)."""
     from model_runtime.datasets.suite import TASKS
 
-    weights = {}
-    for spec in specs:
-        name, sep, w = spec.partition("=")
-        if not sep or name not in TASKS:
-            raise ValueError(f"--task-weights {spec!r}: expected TASK=WEIGHT with TASK one of {', '.join(TASKS)}")
-        try:
-            weights[name] = float(w)
-        except ValueError:
-            raise ValueError(f"--task-weights {spec!r}: {w!r} is not a number") from None
-        if weights[name] < 0:
-            raise ValueError(f"--task-weights {spec!r}: weights must be >= 0")
+    weights = _parse_non_negative("--task-weights", specs, lambda t: t in TASKS,
+                                  f"TASK=WEIGHT with TASK one of {', '.join(TASKS)}", "weights")
     if not any(weights.values()):
         raise ValueError("--task-weights: at least one weight must be > 0")
     return weights
@@ -108,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipes[name] = float(rate)
     data_kw = {"task_weights": parse_task_weights(args.task_weights)} if args.task_weights else {}
     cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget,
-                      batch_size=args.batch_size, lr=args.lr, recipes=recipes, num_workers=args.workers,
+                      batch_size=args.batch_size, lr=args.lr,
+                      lr_scale=parse_lr_scale(args.lr_scale), recipes=recipes, num_workers=args.workers,
                       eval_every=args.eval_every, compile=args.compile,
                       data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
                                            reuse_distance=args.reuse_distance or max(1, args.workers), **data_kw))

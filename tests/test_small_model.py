@@ -341,3 +341,37 @@ def test_task_weights_argument():
             parse_task_weights(bad)
     stream = SuiteStream(tiny_small(), None, TrainDataConfig(batch_size=4, task_weights={"synth_count": 1.0}))
     assert stream.tasks == ("synth_count",)
+
+
+def test_learning_rate_scale_per_module():
+    """``lr_scale`` gives a parameter the multiplier of its longest matching name prefix; a step
+    then moves a module at 0× not at all, and the CLI parses PREFIX=SCALE with clear errors."""
+    from experiments.train_model import parse_lr_scale
+    from model_runtime.small_model.trainer import Run, lr_scale_of
+
+    scales = {"connector.": 0.1, "connector.projector.": 0.5, "vision.": 0.0}
+    assert lr_scale_of("connector.pooling.wq.weight", scales) == 0.1
+    assert lr_scale_of("connector.projector.w1.weight", scales) == 0.5
+    assert lr_scale_of("lm.backbone.norm.weight", scales) == 1.0
+    assert parse_lr_scale(["connector.=0.1", "vision.=0"]) == {"connector.": 0.1, "vision.": 0.0}
+    assert parse_lr_scale(None) == {}
+    for bad, msg in ((["nope.=1"], "PREFIX starting"), (["connector."], "PREFIX=SCALE"),
+                     (["connector.=x"], "not a number"), (["connector.=-1"], ">= 0")):
+        with pytest.raises(ValueError, match=msg):
+            parse_lr_scale(bad)
+
+    cfg = TrainConfig(lr_scale={"vision.": 0.0}, compile=False)
+    run = Run("plain", 0.0, tiny_small(), cfg, torch.device("cpu"), torch.float32)
+    try:
+        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        stream = SuiteStream(run.model.config, train_bpe_tokenizer(TEXTS, vocab_size=300),
+                             TrainDataConfig(batch_size=2, task_weights={"easy_vqa": 1.0}))
+        from model_runtime.small_model.trainer import to_batch
+
+        mb, labels = to_batch(stream.batch(0), torch.device("cpu"), torch.float32, run.model.config)
+        run.step(mb, labels, 1e-2, cfg)
+        after = dict(run.model.named_parameters())
+        assert all(torch.equal(before[n], after[n]) for n in before if n.startswith("vision."))
+        assert not torch.equal(before["connector.projector.w2.weight"], after["connector.projector.w2.weight"])
+    finally:
+        run.close()

@@ -69,6 +69,9 @@ class TrainConfig:
     probe_steps: int = 100
     batch_size: int = 256
     lr: float = 2e-3
+    #: learning-rate multiplier per parameter-name prefix (the longest matching prefix wins), e.g.
+    #: ``{"connector.": 0.1}``; Molmo trains its connector, tower and LM at different rates
+    lr_scale: dict[str, float] = field(default_factory=dict)
     min_lr_frac: float = 0.05
     warmup_steps: int = 150
     weight_decay: float = 0.05
@@ -92,6 +95,12 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def lr_scale_of(name: str, scales: dict[str, float]) -> float:
+    """The learning-rate multiplier of parameter ``name``: the longest matching prefix's, else 1."""
+    best = max((p for p in scales if name.startswith(p)), key=len, default=None)
+    return 1.0 if best is None else float(scales[best])
 
 
 def sample_plan(rng: random.Random, rate: float, n_layers: int, max_k: int) -> tuple[int, ...]:
@@ -186,11 +195,12 @@ class Run:
             model = MolmoeModel(config, experts_implementation="eager")
         self.master = [p.detach().float().clone().requires_grad_(True) for p in model.parameters()]
         self.model = model.to(dtype).train()
-        decay = [m for m, p in zip(self.master, model.parameters()) if p.ndim >= 2]
-        no_decay = [m for m, p in zip(self.master, model.parameters()) if p.ndim < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas,
-                                     foreach=True)
+        groups: dict[tuple[float, bool], list[torch.Tensor]] = {}
+        for m, (name, p) in zip(self.master, model.named_parameters()):
+            groups.setdefault((lr_scale_of(name, cfg.lr_scale), p.ndim >= 2), []).append(m)
+        self.opt = torch.optim.AdamW([{"params": ms, "weight_decay": cfg.weight_decay if decays else 0.0,
+                                       "lr_scale": scale} for (scale, decays), ms in groups.items()],
+                                     lr=cfg.lr, betas=cfg.betas, foreach=True)
         self.router = RouterLosses(self.model)
         self.rng = random.Random(f"{cfg.seed}-{name}")
         self._dense = dense_experts(self.model.lm)  # training always computes experts densely
@@ -209,7 +219,7 @@ class Run:
             m.grad = None if g is None else g.float()
         torch.nn.utils.clip_grad_norm_(self.master, cfg.grad_clip)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.opt.step()
         with torch.no_grad():
             torch._foreach_copy_(params, self.master)
