@@ -247,9 +247,10 @@ class MolmoeConfig:
         crops + global view with 2×2-pooled vision tokens, a CLIP-style tower whose features
         come from two layers (−2 and −5 of 6), normalised before pooling (``vit_feature_norm``:
         a tower trained from scratch grows its residual stream layer by layer, and the SwiGLU
-        projector squares what it is given; without the norm the image tokens of the second
-        H200 run reached a norm of ~1e11 and the tower stopped learning, benchmarks/RESULTS.md). Shrunk: d_model 128 (4 heads), experts of width
-        32, a 1,024-token BPE vocabulary (+ 8 rows for the image tokens), ViT width 128.
+        projector squares what it is given; without the norm the image tokens of the third
+        H200 run reached a norm of ~1e11, benchmarks/RESULTS.md). Shrunk: d_model 128 (4 heads),
+        experts of width 32, a 1,024-token BPE vocabulary (+ 8 rows for the image tokens), ViT
+        width 128.
 
         Image geometry is MolmoE-1B's at half scale: 168-px crops of 14-px patches (12×12
         patches → 6×6 pooled tokens), 2-patch overlap margins, so windows of 112 px and margins
