@@ -9,7 +9,9 @@ that receive the connector's pooled features — are ranked by a score, and only
 exist before the language model runs, whereas attention-based scores such as FastV's need a
 partial LM forward first), and it is the size of what the image adds to that token's input
 embedding (Molmo adds the pooled feature to the ``<im_patch>`` embedding), so the tokens dropped
-are the ones whose input the image changes least. Ties go to the earlier position.
+are the ones whose input the image changes least. Ties go to the earlier position. (A model
+built with ``image_token_norm`` gives every image token about the same norm, so this score
+ranks nothing there; no trained model of this project uses that option.)
 
 **Dropping.** The dropped positions are removed from the prompt before the language model runs:
 each row keeps its other tokens in order and the batch is left-padded again to its new longest
