@@ -102,6 +102,17 @@ def test_run_all_configs_equals_the_per_config_runtime(setup) -> None:
     assert all(len(v) == 3 and v[0] is res3.outcomes[0][c] for c, v in seen.items())
 
 
+def _assert_outcomes_equal(res, ref: dict, ks: KnobSpace, label: object) -> None:
+    """Every request's tokens, output length, score and first-token entropy under every
+    configuration of ``ref`` (the per-config runtime's outcomes) are what ``res`` holds."""
+    for c, outs in ref.items():
+        for i, o in enumerate(outs):
+            got = res.outcomes[i][c]
+            assert (got.token_ids, got.output_tokens, got.score) == (o.token_ids, o.output_tokens, o.score), (
+                label, i, str(ks.config(c)))
+            assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
+
+
 def test_grouped_dense_decode_equals_the_per_config_runtime(setup) -> None:
     """dense_decode: configurations of a tier decode together, per-row top-k and skipped blocks;
     a tiny group budget forces several groups of different sizes."""
@@ -112,12 +123,7 @@ def test_grouped_dense_decode_equals_the_per_config_runtime(setup) -> None:
     for group_bytes in (1, 2**40):  # one configuration per group / the whole tier in one group
         res = run_all_configs(rt, reqs, sel, batch_size=6, dense_decode=True, decode_group_bytes=group_bytes,
                               preprocess_threads=2, return_sample_features=False)
-        for c in sel:
-            for i, o in enumerate(ref[c]):
-                got = res.outcomes[i][c]
-                assert (got.token_ids, got.output_tokens, got.score) == (o.token_ids, o.output_tokens, o.score), (
-                    group_bytes, i, str(ks.config(c)))
-                assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
+        _assert_outcomes_equal(res, ref, ks, group_bytes)
 
 
 def test_configurations_sharing_block_passes_give_the_per_config_outcomes(setup) -> None:
@@ -133,12 +139,7 @@ def test_configurations_sharing_block_passes_give_the_per_config_outcomes(setup)
         lines: list[str] = []
         res = run_all_configs(rt, reqs[:4], sel, batch_size=4, dense_decode=True, decode_group_bytes=group_bytes,
                               return_sample_features=False, log=lines.append)
-        for c in sel:
-            for i, o in enumerate(ref[c]):
-                got = res.outcomes[i][c]
-                assert (got.token_ids, got.output_tokens, got.score) == (o.token_ids, o.output_tokens, o.score), (
-                    group_bytes, i, str(ks.config(c)))
-                assert got.first_token_entropy == pytest.approx(o.first_token_entropy, abs=1e-4)
+        _assert_outcomes_equal(res, ref, ks, group_bytes)
         (line,) = lines
         run_, shared = (int(line.split(" block passes")[0].split("(")[-1]),
                         int(line.split(" shared;")[0].split(", ")[-1]))

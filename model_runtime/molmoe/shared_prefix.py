@@ -425,31 +425,28 @@ class _BlockPath:
         return max((j for j in self.entering if p < j <= agree), default=p)
 
 
-def _prefill_config(runtime: MolmoeRuntime, prefix: LMState, prefix_cache: BlockKVCache,
-                    cfg: KnobConfig, path: _BlockPath | None = None) -> tuple[LMState, torch.Tensor, float]:
-    """``cfg``'s prefill from its prefix (a copy of the prefix cache) or, with ``path``, from the
-    furthest block it shares with the path's last plan (a copy of that plan's cache up to that
-    block); updates ``path``. Returns (state, first logits, ms of the blocks this call ran)."""
-    ks, lm = runtime.knob_space, runtime.model.lm
-    plan = tuple(lm.check_plan(ks.plan(cfg).top_k_per_block))
-    start = cfg.p if path is None else path.start(plan, cfg.p)
-    if start > cfg.p:
-        assert path is not None and path.cache is not None
+def _prefill_config(runtime: MolmoeRuntime, prefix: LMState, prefix_cache: BlockKVCache, p: int,
+                    plan: tuple[int, ...], start: int, path: _BlockPath) -> tuple[LMState, torch.Tensor, float]:
+    """The prefill of ``plan`` (insertion position ``p``) from block ``start`` (``path.start``):
+    from the path's state entering it and a copy of the path's cache up to it when ``start > p``,
+    else from the prefix (a copy of the prefix cache); updates ``path``. Returns (state, first
+    logits, ms of the blocks this call ran)."""
+    lm = runtime.model.lm
+    if start > p:
+        assert path.cache is not None
         entering = {j: h for j, h in path.entering.items() if j <= start}
         state = dataclasses.replace(prefix, hidden=entering[start], next_block=start,
                                     cache=path.cache.truncated(start).copy(runtime.max_new_tokens))
     else:
-        entering = {cfg.p: prefix.hidden}
-        state = dataclasses.replace(prefix, cache=prefix_cache.truncated(cfg.p).copy(runtime.max_new_tokens))
+        entering = {p: prefix.hidden}
+        state = dataclasses.replace(prefix, cache=prefix_cache.truncated(p).copy(runtime.max_new_tokens))
     _sync(runtime.model.device)  # the copy is not part of the measured prefill
     timer = PhaseTimer(runtime.model.device)
     with timer.phase("prefill"):
-        lm.advance(state, lm.n_layers, plan,
-                   on_block=None if path is None else (lambda b, h, out: entering.__setitem__(b, h)))
+        lm.advance(state, lm.n_layers, plan, on_block=lambda b, h, out: entering.__setitem__(b, h))
         logits = lm.logits(state).float()
-    if path is not None:
-        entering[lm.n_layers] = state.hidden
-        path.plan, path.entering, path.cache = plan, entering, state.cache
+    entering[lm.n_layers] = state.hidden
+    path.plan, path.entering, path.cache = plan, entering, state.cache
     state.hidden = state.hidden[:, -1:]  # only the cache and the mask are needed from here on
     return state, logits, timer.get("prefill")
 
@@ -466,11 +463,11 @@ def _grouped_configs(runtime: MolmoeRuntime, states: dict[int, LMState], prefix_
     path = _BlockPath()
     plans = {c: tuple(lm.check_plan(ks.plan(ks.config(c)).top_k_per_block)) for c in configs}
     for c in sorted(configs, key=lambda c: plans[c]):
-        cfg = ks.config(c)
-        start = path.start(plans[c], cfg.p)
-        stats["blocks_run"] += sum(k > 0 for k in plans[c][start:])
-        stats["blocks_shared"] += sum(k > 0 for k in plans[c][cfg.p:start])
-        st, logits, ms = _prefill_config(runtime, states[cfg.p], prefix_cache, cfg, path)
+        p, plan = ks.config(c).p, plans[c]
+        start = path.start(plan, p)
+        stats["blocks_run"] += sum(k > 0 for k in plan[start:])
+        stats["blocks_shared"] += sum(k > 0 for k in plan[p:start])
+        st, logits, ms = _prefill_config(runtime, states[p], prefix_cache, p, plan, start, path)
         k0 = st.attention_mask.shape[1]
         per_config = st.attention_mask.shape[0] * (k0 + runtime.max_new_tokens) * lm.n_layers * 2 * \
             lm.config.num_key_value_heads * (lm.d_model // lm.config.num_attention_heads) * st.hidden.element_size()
