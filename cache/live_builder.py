@@ -333,8 +333,7 @@ class LiveCacheBuilder:
                  log: Callable[[str], None] | None = None) -> None:
         from model_runtime.molmoe.runtime import MolmoeRuntime
 
-        if runtime.vision_keep != 1.0:
-            raise ValueError(f"a cache holds the unpruned model's outcomes; got a runtime with vision_keep={runtime.vision_keep}")
+        runtime.require_unpruned("a cache build", "a cache holds the unpruned model's outcomes")
         self.w = writer
         self.rt = runtime
         self.ks: KnobSpace = runtime.knob_space

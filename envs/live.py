@@ -261,9 +261,8 @@ class LiveOutcomes:
             raise ValueError(
                 f"runtime must be a model_runtime.molmoe.runtime.MolmoeRuntime, got {type(runtime).__name__}"
             )
-        if runtime.vision_keep != 1.0:  # its latency would be the unpruned prompt's: the knobs are the env's only cost
-            raise ValueError(f"live mode runs the unpruned model; got a runtime with vision_keep={runtime.vision_keep} "
-                             "(vision-token pruning is the pipeline's token_pruning experiment)")
+        # its latency would be the unpruned prompt's: the knobs are the env's only cost
+        runtime.require_unpruned("live mode", "vision-token pruning is the pipeline's token_pruning experiment")
         if isinstance(nominal_output_tokens, bool) or int(nominal_output_tokens) < 1:
             raise ValueError(f"nominal_output_tokens must be >= 1, got {nominal_output_tokens!r}")
         self.runtime = runtime

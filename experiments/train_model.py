@@ -2,7 +2,7 @@
 
 ``python -m experiments.train_model --suite DIR --out CKPT [--steps N] [--time-budget S] [--device cuda]
 [--recipes plain=0 robust=0.15] [--batch-size B] [--reuse R] [--compile] [--resume | --init-from CKPT]
-[--task-weights TASK=W ...] [--importance-requests 32]``
+[--task-weights TASK=W ...] [--lr-scale PREFIX=S ...] [--importance-requests 32]``
 
 - ``--suite``: a suite folder from ``python -m experiments.make_suite`` (its ``manifest.json``
   gives the seed; training renders ``train`` examples on the fly from it; the first

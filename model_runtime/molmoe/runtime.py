@@ -373,6 +373,13 @@ class MolmoeRuntime:
             outs += self._run_batch(reqs[start : start + self.max_batch_size], label, False, plan=top_k_per_block, p=p)
         return outs
 
+    def require_unpruned(self, who: str, why: str = "") -> None:
+        """Raise a one-line ValueError naming ``who`` when this runtime prunes vision tokens
+        (``vision_keep`` < 1): caches and live mode hold the unpruned model's outcomes."""
+        if self.vision_keep != 1.0:
+            raise ValueError(f"{who} runs the unpruned model; got a runtime with vision_keep={self.vision_keep}"
+                             + (f" ({why})" if why else ""))
+
     def _pruned(self, batch: Any, feats: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The prompt the language model sees under ``vision_keep``: (embeddings, attention mask,
         (B,) pooled tokens dropped per row); at ``vision_keep = 1`` the batch's own, untouched."""

@@ -198,8 +198,7 @@ def run_all_configs(
     """
     ks, model = runtime.knob_space, runtime.model
     lm = model.lm
-    if runtime.vision_keep != 1.0:
-        raise ValueError(f"the shared-prefix engine runs the unpruned model; got a runtime with vision_keep={runtime.vision_keep}")
+    runtime.require_unpruned("the shared-prefix engine")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sel = sorted({int(c) for c in (range(len(ks)) if configs is None else configs)})
