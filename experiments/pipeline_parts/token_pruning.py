@@ -168,7 +168,7 @@ def run_proxy(ctx: Context, model_dir: Path, requests: list[Any], rows: np.ndarr
     for t, tier in enumerate(ks.tiers):
         if tier not in tiers:
             continue
-        cfg = ks.config(ks.index(KnobConfig(tier, full.p, full.top_k, full.blocks)))
+        cfg = KnobConfig(tier, full.p, full.top_k, full.blocks)
         c = ks.index(cfg)
         vtok = data.vision_tokens[rows, t].astype(np.int64)
         pooled = np.array([cache_pooled_tokens(base, r, tier, int(v)) for r, v in zip(requests, vtok)], dtype=np.int64)
@@ -184,12 +184,12 @@ def run_proxy(ctx: Context, model_dir: Path, requests: list[Any], rows: np.ndarr
             lat = pruned_latency_ms(est, keep=keep, crops=crops, vision_tokens=vtok, pooled_tokens=pooled,
                                     prompt_tokens=data.prompt_tokens[rows], output_tokens=out_tok, p=cfg.p,
                                     top_k=cfg.top_k, blocks=cfg.blocks)
-            ctx.log(f"token_pruning: tier {tier}, r = {keep:g}: mean score "
-                    f"{np.mean([cache_score(r.metric, o.score) for r, o in zip(requests, outs)]):.3f}")
+            scores = [cache_score(r.metric, o.score) for r, o in zip(requests, outs)]
+            ctx.log(f"token_pruning: tier {tier}, r = {keep:g}: mean score {np.mean(scores):.3f}")
             frames.append(pd.DataFrame({
                 "sample_index": rows, "request_id": [o.request_id for o in outs], "dataset": [o.dataset for o in outs],
                 "tier": tier, "keep_ratio": keep, "config": str(cfg),
-                "score": [cache_score(r.metric, o.score) for r, o in zip(requests, outs)],
+                "score": scores,
                 "cache_score": data.score[rows, c], "output_tokens": out_tok, "crops": crops,
                 "vision_tokens": vtok, "pooled_tokens": pooled,
                 "remaining_vision_tokens": pruned_vision_tokens(vtok, pooled, keep),
