@@ -51,6 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="train on each rendered example this many times (multiplies the data pipeline's rate)")
     ap.add_argument("--reuse-distance", type=int, default=0,
                     help="batches between two uses of an example (0: --workers, so each worker reuses its own)")
+    ap.add_argument("--caption-rate", type=float, default=0.0,
+                    help="fraction of train examples asked for their dense caption (Molmo's caption pre-training)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
     ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
                     help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "
@@ -128,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       lr_scale=parse_lr_scale(args.lr_scale), recipes=recipes, num_workers=args.workers,
                       eval_every=args.eval_every, compile=args.compile,
                       data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
-                                           reuse_distance=args.reuse_distance or max(1, args.workers), **data_kw))
+                                           reuse_distance=args.reuse_distance or max(1, args.workers),
+                                           caption_rate=args.caption_rate, **data_kw))
     if args.init_from is not None and args.resume:
         raise ValueError("--init-from and --resume exclude each other")
     t0 = time.perf_counter()

@@ -375,3 +375,28 @@ def test_learning_rate_scale_per_module():
         assert not torch.equal(before["connector.projector.w2.weight"], after["connector.projector.w2.weight"])
     finally:
         run.close()
+
+
+def test_caption_rate_turns_examples_into_dense_caption_samples(tokenizer):
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    weights = {"easy_vqa": 1.0, "synth_doc": 1.0}
+    every = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=6, task_weights=weights, caption_rate=1.0))
+    plain = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=6, task_weights=weights))
+    a, b = every.batch(0), plain.batch(0)
+    assert torch.equal(a["patches"], b["patches"])  # same examples, asked differently
+    from model_runtime.datasets.suite import render_example
+    from model_runtime.small_model.training_data import example_task
+
+    for row in range(6):
+        task = example_task(0, row, every.tasks, every.probs)
+        ex = render_example(task, "train", row, seed=0)
+        answer = tokenizer.decode([t for t in a["labels"][row].tolist() if t != IGNORE][:-1]).strip()
+        if task == "easy_vqa":  # no caption: asked its question, counted as its task
+            assert a["task"][row] == every.tasks.index(task) and answer == ex.answers[0]
+        else:  # caption samples get task id n_tasks + task, so per-task accuracy counts questions only
+            assert a["task"][row] == len(every.tasks) + every.tasks.index(task) and answer == ex.caption
+    assert (b["task"] < len(plain.tasks)).all()
+    val = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=6, task_weights=weights, caption_rate=1.0), split="val")
+    assert (val.batch(0)["task"] < 2).all()  # held-out monitoring asks questions only
+    with pytest.raises(ValueError, match="caption_rate"):
+        TrainDataConfig(caption_rate=1.5)

@@ -136,3 +136,22 @@ def test_question_corpus():
     texts = list(question_corpus(seed=0, n=12))
     assert len(texts) == 12 and all(isinstance(t, str) and t for t in texts)
     assert texts == list(question_corpus(seed=0, n=12))
+
+
+@pytest.mark.parametrize("task", SYNTH)
+def test_dense_caption_describes_the_gold_answer(task):
+    """Every procedural example carries a caption that names what its question asks about."""
+    for i in range(6):
+        ex = render_example(task, "train", i, seed=0)
+        assert ex.caption and ex.caption == render_example(task, "train", i, seed=0).caption
+        if task == "synth_count":  # every placed object is counted, by color and shape
+            head, body = ex.caption.rstrip(".").split(" shapes: ")
+            assert int(head) == ex.meta["n_objects"] == sum(int(p.split()[0]) for p in body.split(", "))
+        elif task == "synth_diagram":
+            assert ex.caption.count(" points to ") == ex.meta["n_arrows"]
+            assert ex.meta["answer_text"] in ex.caption
+        elif task == "synth_chart" and ex.meta["question_kind"] != "value":
+            assert f"{ex.answers[0]} " in ex.caption  # the max/min label, with its value
+        else:
+            assert ex.answers[0] in ex.caption
+    assert render_example("easy_vqa", "train", 0, seed=0).caption is None  # its source does not describe images

@@ -46,6 +46,9 @@ MOLMO_STYLE: dict[str, str] = {
     "synth_chart": "chart_qa", "synth_count": "tally_qa", "synth_diagram": "ai2_diagram",
 }
 CAPTION_PROMPT = "Caption the image with 1 or two sentences"
+#: The prompt of a dense-caption training example (Molmo pre-trains on PixMo-Cap's long captions
+#: under a ``long_caption`` style tag); training text only, no request is asked this.
+DENSE_CAPTION_PROMPT = "long_caption: Describe everything in the image."
 PLAIN_SHORT_ANSWER = "Answer the question using a single word or phrase."
 PLAIN_MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -16,9 +16,10 @@ form). Loss: cross-entropy on the answer tokens + EOS, plus OLMoE's auxiliary lo
 balancing, coefficient ``aux_coef``; router z-loss, ``z_coef``) averaged over blocks.
 
 Logged numbers (TensorBoard under ``<out>/tb``, CSV ``<out>/train_log.csv``), per recipe:
-``loss`` (total), ``ce`` (answer cross-entropy), ``aux`` (load balance), ``z`` (router z-loss),
+``loss`` (total), ``ce`` (answer cross-entropy, per example then averaged), ``aux`` (load balance), ``z`` (router z-loss),
 ``acc/<task>`` (teacher-forced exact match: every answer token and the EOS are the argmax, which
-is exactly when greedy decoding returns the answer), ``val_ce`` / ``val_acc/<task>`` on held-out
+is exactly when greedy decoding returns the answer; questions only), ``acc/caption`` (the same
+over dense-caption examples, whole caption), ``val_ce`` / ``val_acc/<task>`` on held-out
 ``val`` examples at the full configuration; run-wide ``lr``, ``samples_per_s``, ``data_wait``
 (fraction of wall time spent waiting for batches).
 """
@@ -171,7 +172,12 @@ def to_batch(b: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtyp
 
 def forward_loss(model: MolmoeModel, batch: MolmoeBatch, labels: torch.Tensor, plan: tuple[int, ...],
                  router: RouterLosses | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean answer cross-entropy, per-row exact-match bool) of one batch under ``plan``."""
+    """(answer cross-entropy, per-row exact-match bool) of one batch under ``plan``.
+
+    The cross-entropy is averaged over each row's answer tokens, then over rows: every example
+    weighs the same whatever its answer's length (a dense caption is tens of tokens, a VQA
+    answer one to three; a mean over tokens would hand the captions nearly all the gradient).
+    """
     lm = model.lm
     embeds = model.embed(batch)
     state = lm.begin(embeds, batch.attention_mask)
@@ -179,7 +185,9 @@ def forward_loss(model: MolmoeModel, batch: MolmoeBatch, labels: torch.Tensor, p
         router.start(batch.attention_mask)
     lm.advance(state, lm.n_layers, plan)
     logits = lm.lm_head(lm.backbone.norm(state.hidden)).float()  # every position: no boolean indexing
-    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    tok = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    n = (labels != IGNORE).sum(-1)
+    ce = (tok.view(labels.shape).sum(-1) / n.clamp(min=1)).sum() / (n > 0).sum().clamp(min=1)  # no host sync
     wrong = ((logits.argmax(-1) != labels) & (labels != IGNORE)).sum(-1)
     return ce, wrong == 0
 
@@ -366,6 +374,8 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
                         m = tk == t
                         if m.any():
                             record[f"{run.name}/acc/{name}"] = float(ex[m].mean())
+                    if (tk >= len(tasks)).any():
+                        record[f"{run.name}/acc/caption"] = float(ex[tk >= len(tasks)].mean())
                     window[run.name] = {"exact": [], "task": []}
             if step % cfg.eval_every == 0 or step == total:
                 for run in runs:

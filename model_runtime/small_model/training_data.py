@@ -14,6 +14,13 @@ Rendering is the pipeline's cost, so R multiplies the rate at which it feeds the
 keeps the chunks it rendered, which are exactly the ones it needs again when D is a multiple of
 the worker count (otherwise it renders them again: same batches, more work).
 
+With ``caption_rate`` c > 0, a train example whose renderer describes its image
+(``Example.caption``) is, with probability c (drawn from ``rng([seed, i, 1])``), a dense-caption
+example instead of its question: :data:`DENSE_CAPTION_PROMPT` answered with the caption, the
+stand-in for Molmo's caption pre-training (every sign, field, bar, object and arrow is supervised,
+where a question supervises one). Its task id is ``n_tasks + task``, so per-task accuracies count
+questions only. Val batches are questions only.
+
 Each example is asked exactly as the runtime asks it (``format_question`` of the project's prompt
 template, Molmo preprocessing at the full tier's ``max_crops``) and answered with
 ``" " + answer`` + EOS (multiple choice: the option's letter), the way the runtime decodes a
@@ -28,7 +35,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from model_runtime.datasets.prompts import OPTION_LETTERS, format_prompt
+from model_runtime.datasets.prompts import DENSE_CAPTION_PROMPT, OPTION_LETTERS, format_prompt
 from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.preprocessing import MolmoImagePreprocessor, build_prompt, format_question
 from model_runtime.molmoe.tokenizer import TextTokenizer
@@ -48,6 +55,7 @@ class TrainDataConfig:
         template: prompt template of ``model_runtime.datasets.prompts``.
         reuse: times each rendered example is trained on (see the module docstring).
         reuse_distance: batches between two uses of an example.
+        caption_rate: fraction of train examples asked for their dense caption (module docstring).
     """
 
     seed: int = 0
@@ -59,12 +67,15 @@ class TrainDataConfig:
     template: str = "molmo"
     reuse: int = 1
     reuse_distance: int = 15
+    caption_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reuse < 1 or self.batch_size % self.reuse:
             raise ValueError(f"reuse must be >= 1 and divide batch_size ({self.batch_size}), got {self.reuse}")
         if self.reuse > 1 and self.reuse_distance < 1:
             raise ValueError(f"reuse_distance must be >= 1, got {self.reuse_distance}")
+        if not 0.0 <= self.caption_rate <= 1.0:
+            raise ValueError(f"caption_rate must be in [0, 1], got {self.caption_rate}")
 
 
 #: First example index of the chunks that stand in for chunks before the stream's start.
@@ -89,13 +100,20 @@ class TrainingSample:
 
 
 def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: MolmoImagePreprocessor, example,
-                task_index: int, *, max_crops: int, template: str = "molmo") -> TrainingSample:
-    """One suite ``Example`` → a teacher-forced training sample."""
-    text = format_question(config, format_prompt(example.task, example.question, options=example.options,
-                                                 meta=example.meta, template=template))
+                task_index: int, *, max_crops: int, template: str = "molmo", caption: bool = False) -> TrainingSample:
+    """One suite ``Example`` → a teacher-forced training sample (``caption``: its dense-caption sample)."""
+    if caption:
+        if not example.caption:
+            raise ValueError(f"a {example.task} example has no caption")
+        text = format_question(config, DENSE_CAPTION_PROMPT)
+        answer = example.caption
+    else:
+        text = format_question(config, format_prompt(example.task, example.question, options=example.options,
+                                                     meta=example.meta, template=template))
+        answer = answer_text(example.answers, example.options, example.answer_idx)
     prompt = build_prompt(preprocessor(example.image, max_crops, normalize=False), tokenizer.encode(text),
                           config.tokens.bos)
-    target = tokenizer.encode(" " + answer_text(example.answers, example.options, example.answer_idx)) + [config.tokens.eos]
+    target = tokenizer.encode(" " + answer) + [config.tokens.eos]
     n = int(prompt.input_ids.shape[0])
     ids = np.concatenate([prompt.input_ids, np.asarray(target[:-1], dtype=np.int64)])
     labels = np.full(ids.shape[0], IGNORE, dtype=np.int64)
@@ -170,8 +188,11 @@ class SuiteStream(torch.utils.data.IterableDataset):
         for i in indices:
             task = example_task(self.data.seed, i, self.tasks, self.probs)
             ex = render_example(task, self.split, i, seed=self.data.seed)
-            samples.append(make_sample(self.config, self.tokenizer, preprocessor, ex, self.tasks.index(task),
-                                       max_crops=self.data.max_crops, template=self.data.template))
+            caption = (self.split == "train" and self.data.caption_rate > 0 and bool(ex.caption)
+                       and np.random.default_rng([self.data.seed, i, 1]).random() < self.data.caption_rate)
+            t = self.tasks.index(task) + (len(self.tasks) if caption else 0)
+            samples.append(make_sample(self.config, self.tokenizer, preprocessor, ex, t,
+                                       max_crops=self.data.max_crops, template=self.data.template, caption=caption))
         return samples
 
     def batch(self, b: int, preprocessor: MolmoImagePreprocessor | None = None,

@@ -105,7 +105,7 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
 
 
 def question_corpus(seed: int = 0, n: int = 20000) -> Iterator[str]:
-    """Text of ``n`` train examples (tasks interleaved): question, answer and options per string.
+    """Text of ``n`` train examples (tasks interleaved): question, answer, options and dense caption per string.
 
     For training a BPE tokenizer on the suite's vocabulary. Each example is rendered in full
     (a few ms each), so 20000 strings take about a minute on one core.
@@ -116,4 +116,6 @@ def question_corpus(seed: int = 0, n: int = 20000) -> Iterator[str]:
         parts = [ex.question, ex.answers[0] if ex.answers else ""]
         if ex.options:
             parts += ex.options
+        if ex.caption:
+            parts.append(ex.caption)
         yield "\n".join(p for p in parts if p)

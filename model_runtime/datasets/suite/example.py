@@ -26,6 +26,13 @@ class Example:
     would write them (short, no trailing period); multiple-choice tasks also carry ``options``
     and ``answer_idx``. ``meta`` holds difficulty descriptors (``image_w``, ``image_h``,
     ``text_px``, ``n_objects``, ``answer_kind``, ...), JSON-serialisable.
+
+    ``caption`` is a dense description of everything drawn (every sign's word, every field,
+    every bar's value, every object's kind and number, every arrow), in reading order, built from
+    the scene without drawing more random numbers (so it changes no image or question). It is
+    training text only, the stand-in for Molmo's dense-caption pre-training (PixMo-Cap): it
+    supervises every element of the image where a question supervises one. None where the
+    source does not describe its images (easy-VQA).
     """
 
     task: str
@@ -35,3 +42,4 @@ class Example:
     options: list[str] | None = None
     answer_idx: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    caption: str | None = None

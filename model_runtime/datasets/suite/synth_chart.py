@@ -129,4 +129,5 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         meta={"image_w": w, "image_h": h, "text_px": px, "n_objects": n, "chart_kind": kind,
               "values_printed": show_values,
               "answer_kind": "label" if qk in ("max", "min") else "number", "question_kind": qk},
+        caption=f"{title.lower()}: " + ", ".join(f"{lab} {v}" for lab, v in zip(labels, values)) + ".",
     )

@@ -61,6 +61,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         draw.line([tuple(rng.uniform(0, [w, h])) for _ in range(2)], fill=dr.pastel(rng, 160, 220), width=1)
 
     placed: list[tuple[float, float, float]] = []
+    kinds: list[tuple[str, str]] = []
     n_target = 0
     wanted = [True] * k + [False] * n_distract
     for is_target in wanted:
@@ -82,6 +83,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         else:
             continue
         placed.append((x, y, r))
+        kinds.append((shape, color))
         fill = dr.COLORS[color]
         if shape == "circle":
             draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
@@ -100,4 +102,12 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         task="synth_count", image=np.asarray(img), question=question, answers=[str(n_target)],
         meta={"image_w": w, "image_h": h, "n_objects": len(placed), "n_targets": n_target,
               "object_px": round(2 * size, 1), "answer_kind": "count", "question_kind": mode},
+        caption=caption(kinds),
     )
+
+
+def caption(kinds: list[tuple[str, str]]) -> str:
+    """How many of each colored shape: "5 shapes: 3 red circles, 1 blue star, 1 green star." """
+    counts = {k: kinds.count(k) for k in sorted(set(kinds), key=lambda k: (SHAPES.index(k[0]), OBJ_COLORS.index(k[1])))}
+    parts = [f"{n} {color} {PLURAL[shape] if n > 1 else shape}" for (shape, color), n in counts.items()]
+    return f"{len(kinds)} shapes: " + ", ".join(parts) + "."

@@ -208,4 +208,5 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         meta={"image_w": w, "image_h": h, "text_px": px, "n_objects": len(nodes),
               "n_arrows": len(edges), "diagram_kind": family, "question_kind": kind,
               "answer_kind": "option", "answer_text": correct},
+        caption=f"a {family.replace('_', ' ')} diagram. " + " ".join(f"{a} points to {b}." for a, b in edges),
     )

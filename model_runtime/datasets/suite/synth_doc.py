@@ -153,4 +153,5 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         task="synth_doc", image=np.asarray(img), question=question, answers=[value],
         meta={"image_w": w, "image_h": h, "text_px": px, "n_fields": n, "layout": layout,
               "answer_kind": key.lower().replace(" ", "_"), "answer_chars": len(value)},
+        caption=" ".join([f"{title.lower()}."] + [f"{k.lower()}: {v}." for k, v in fields]),
     )

@@ -98,7 +98,8 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
             if box[3] + 2 < h:
                 draw.line((post_x, box[3], post_x, min(h, box[3] + sh)), fill=(70, 70, 70), width=2)
         dr.draw_centered(draw, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), word, f, dr.ink_for(fill))
-        signs.append({"word": word, "color": color, "kind": kind, "px": f.size, "pos": _position(r, c, rows, cols)})
+        signs.append({"word": word, "color": color, "kind": kind, "px": f.size, "pos": _position(r, c, rows, cols),
+                      "cell": (r, c)})
 
     target = int(rng.integers(n))
     s = signs[target]
@@ -112,4 +113,11 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         meta={"image_w": w, "image_h": h, "text_px": s["px"], "n_objects": n,
               "answer_kind": "word" if " " not in s["word"] else "phrase",
               "question_kind": "position" if positional else "color"},
+        caption=caption(signs),
     )
+
+
+def caption(signs: list[dict]) -> str:
+    """Every sign in reading order: "the red sign in the top left says apple. ..." """
+    return " ".join(f"the {s['color']} {s['kind']} {s['pos']} says {s['word']}."
+                    for s in sorted(signs, key=lambda s: s["cell"]))
