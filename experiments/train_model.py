@@ -53,6 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="batches between two uses of an example (0: --workers, so each worker reuses its own)")
     ap.add_argument("--caption-rate", type=float, default=0.0,
                     help="fraction of train examples asked for their dense caption (Molmo's caption pre-training)")
+    ap.add_argument("--patch-stem", choices=("linear", "conv"), default="linear",
+                    help="the tower's patch embedding: CLIP's linear map or a per-patch conv stem (MolmoeConfig.vit_patch_stem)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
     ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
                     help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "
@@ -104,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model_runtime.datasets import load_requests
     from model_runtime.datasets.suite import question_corpus
     from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint
+    from model_runtime.molmoe.config import MolmoeConfig
     from model_runtime.molmoe.importance import compute_importance
     from model_runtime.molmoe.runtime import MolmoeRuntime
     from model_runtime.small_model.tokenizer_training import train_bpe_tokenizer
@@ -144,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = train_bpe_tokenizer(question_corpus(seed, n=cfg.tokenizer_corpus), vocab_size=cfg.vocab_size)
         log(f"tokenizer: {cfg.vocab_size} ids trained on {cfg.tokenizer_corpus} suite texts in "
             f"{time.perf_counter() - t0:.1f} s")
-    summary = train(cfg, args.out, tokenizer, device=args.device, resume=args.resume, init_from=args.init_from,
-                    log=log)
+    summary = train(cfg, args.out, tokenizer, device=args.device, config=MolmoeConfig.small(vit_patch_stem=args.patch_stem),
+                    resume=args.resume, init_from=args.init_from, log=log)
     log(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s ({summary['samples_per_s']:.0f} samples/s, "
         f"data wait {summary['data_wait']:.0%})")
     # importance scores of each trained model, with the project's importance code

@@ -120,6 +120,24 @@ def test_image_token_norm_round_trip(tmp_path, tokenizer):
     assert torch.equal(loaded.connector.token_norm.weight, model.connector.token_norm.weight)
 
 
+def test_conv_patch_stem_round_trip(tmp_path, tokenizer):
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer), vit_patch_stem="conv")
+    torch.manual_seed(0)
+    model = MolmoeModel(cfg, experts_implementation="eager").eval()
+    patches, masks = torch.randn(2, cfg.patches_per_crop, cfg.pixels_per_patch), torch.ones(2, cfg.patches_per_crop)
+    with torch.no_grad():
+        feats = model.image_features(patches, masks)
+        model.vision.clip.embeddings.patch_embedding.weight.zero_()  # unused: the stem embeds the patches
+        assert torch.equal(model.image_features(patches, masks), feats)
+    save_molmoe_checkpoint(model, tokenizer, tmp_path, dtype=torch.float32)
+    loaded, _ = load_molmoe_checkpoint(tmp_path)
+    assert loaded.config == cfg and json.loads((tmp_path / "config.json").read_text())["image_patch_stem"] == "conv"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval().image_features(patches, masks), feats)
+    with pytest.raises(ValueError, match="vit_patch_stem"):
+        tiny_small(vit_patch_stem="resnet")
+
+
 def test_dense_experts_equal_routed():
     torch.manual_seed(0)
     cfg = tiny_small()

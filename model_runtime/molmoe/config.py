@@ -63,7 +63,9 @@ class MolmoeConfig:
     Vision (CLIP ViT):
         image_size (px, square crops), patch_size (px), vit_hidden, vit_num_layers, vit_heads,
         vit_mlp, vit_eps, vit_feature_layers (hidden-state indices, negative = from the end,
-        concatenated in this order).
+        concatenated in this order), vit_patch_stem ("linear": CLIP's patch embedding, one
+        linear map of the patch; "conv": this project's own per-patch convolutional stem,
+        :class:`~model_runtime.molmoe.vision.PatchConvStem`, for towers trained from scratch).
     Connector:
         pool_h, pool_w (pooling window in patches), pool_heads, pool_head_dim,
         projector_hidden, image_padding_embed (Molmo's "pad_and_partial_pad"),
@@ -112,6 +114,7 @@ class MolmoeConfig:
     image_padding_embed: bool = True
     vit_feature_norm: bool = False
     image_token_norm: bool = False
+    vit_patch_stem: str = "linear"
     # preprocessing
     max_crops: int = 12
     overlap_margins: tuple[int, int] = (4, 4)
@@ -153,6 +156,8 @@ class MolmoeConfig:
             )
         if self.max_crops < 1:
             raise ValueError(f"max_crops must be >= 1, got {self.max_crops}")
+        if self.vit_patch_stem not in ("linear", "conv"):
+            raise ValueError(f"vit_patch_stem must be 'linear' or 'conv', got {self.vit_patch_stem!r}")
         max_id = self.vocab_rows - 1
         for name, tok in dataclasses.asdict(self.tokens).items():
             if not 0 <= tok <= max_id:
@@ -383,6 +388,7 @@ class MolmoeConfig:
             image_padding_embed=get("image_padding_embed") == "pad_and_partial_pad",
             vit_feature_norm=bool(get("image_feature_norm", False)),
             image_token_norm=bool(get("image_token_norm", False)),
+            vit_patch_stem=str(get("image_patch_stem", "linear")),
             max_crops=int(get("max_crops", 12)),
             overlap_margins=tuple(get("overlap_margins", (4, 4))),
         )
@@ -393,9 +399,10 @@ class MolmoeConfig:
     def to_molmo_json(self) -> dict[str, Any]:
         """The public ``config.json`` of this config (inverse of :meth:`from_molmo_json`).
 
-        Three keys are this project's own: ``projector_hidden_size`` (MolmoE-1B ties the projector's
-        hidden width to ``mlp_hidden_size / 2``; :meth:`small` does not), ``image_feature_norm``
-        and ``image_token_norm`` (see ``vit_feature_norm`` and ``image_token_norm``). Special ids are not
+        Four keys are this project's own: ``projector_hidden_size`` (MolmoE-1B ties the projector's
+        hidden width to ``mlp_hidden_size / 2``; :meth:`small` does not), ``image_feature_norm``,
+        ``image_token_norm`` and ``image_patch_stem`` (see ``vit_feature_norm``, ``image_token_norm``
+        and ``vit_patch_stem``). Special ids are not
         part of it: they come from the checkpoint's tokenizer.
         """
         return {
@@ -405,6 +412,7 @@ class MolmoeConfig:
             "crop_mode": "overlap-and-resize-c2", "d_model": self.d_model, "embedding_size": self.embedding_size,
             "image_padding_embed": "pad_and_partial_pad" if self.image_padding_embed else None,
             "image_feature_norm": self.vit_feature_norm, "image_token_norm": self.image_token_norm,
+            "image_patch_stem": self.vit_patch_stem,
             "image_pooling_2d": "attention-meanq", "image_pooling_h": self.pool_h, "image_pooling_w": self.pool_w,
             "image_projector": "mlp", "include_bias": False, "layer_norm_eps": self.layer_norm_eps,
             "layer_norm_type": "rms", "max_crops": self.max_crops,

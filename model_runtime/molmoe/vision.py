@@ -6,6 +6,11 @@ tower applies the convolution's weight to the patch vectors directly (``weight``
 ``(out, dh, dw, c)``), which is the same map, then the class token, position embeddings,
 ``pre_layrnorm`` and the encoder layers. ``post_layernorm`` is unused (Molmo reads hidden states).
 
+With ``vit_patch_stem="conv"`` (this project's own, for towers trained from scratch) a small
+per-patch convolutional stem (:class:`PatchConvStem`) replaces the linear patch embedding; the
+patch vectors, tokens and everything after them are unchanged, so no knob and no preprocessing
+sees the difference.
+
 Features are the hidden states after the layers named by ``vit_feature_layers`` (−2 and −9 of
 23 for MolmoE-1B; negative = from the end, indexing the per-layer outputs), concatenated on the
 channel axis in that order, CLS token dropped. Layers after the deepest one used are not run:
@@ -19,6 +24,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MolmoeConfig
+
+
+class PatchConvStem(nn.Module):
+    """Per-patch convolutions in place of the linear patch embedding: (N, P, p·p·3) patch vectors in
+    ``(dh dw c)`` order → (N, P, width).
+
+    3×3 conv to 32 channels, 3×3 stride-2 conv to 64, then a conv over the whole half-size patch to
+    ``width`` (GELU between). A tower trained from scratch with CLIP's single linear map learns
+    glyph-level features slowly (benchmarks/RESULTS.md, "Fifth and sixth H200 runs"); early
+    convolutions are the usual remedy (Xiao et al., 2021, "Early Convolutions Help Transformers
+    See Better"). Each patch is convolved on its own, so the tower still sees one token per patch.
+    """
+
+    def __init__(self, patch: int, width: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.GELU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(64, width, (patch + 1) // 2),
+        )
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        n, p, _ = patches.shape
+        x = patches.reshape(n * p, self.patch, self.patch, 3).permute(0, 3, 1, 2)
+        return self.net(x).reshape(n, p, -1)
 
 
 class MolmoeVisionTower(nn.Module):
@@ -44,6 +75,8 @@ class MolmoeVisionTower(nn.Module):
             raise ValueError(f"CLIP model has {n} layers, config says {config.vit_num_layers}")
         self.patch_size = config.patch_size
         self.out_dim = config.vit_feature_dim
+        #: replaces the linear patch embedding when set (``vit_patch_stem="conv"``; the CLIP weight is then unused)
+        self.patch_stem = PatchConvStem(config.patch_size, config.vit_hidden) if config.vit_patch_stem == "conv" else None
 
     @property
     def n_layers_run(self) -> int:
@@ -59,8 +92,11 @@ class MolmoeVisionTower(nn.Module):
             raise ValueError(f"patch vectors have {n_pixels} values, the tower expects {weight[0].numel()}")
         if n_patches + 1 != emb.position_embedding.num_embeddings:
             raise ValueError(f"{n_patches} patches per crop, the tower has {emb.position_embedding.num_embeddings - 1} positions")
-        w = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
-        x = F.linear(patches.to(w.dtype), w)
+        if self.patch_stem is not None:
+            x = self.patch_stem(patches.to(weight.dtype))
+        else:
+            w = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+            x = F.linear(patches.to(w.dtype), w)
         cls = emb.class_embedding.to(x.dtype).expand(n, 1, -1)
         x = torch.cat([cls, x], dim=1) + emb.position_embedding.weight[None].to(x.dtype)
         x = self.clip.pre_layrnorm(x)

@@ -1,0 +1,199 @@
+"""Can the small model's vision tower learn to read, and how many examples does it take? (prints figures)
+
+``python -m benchmarks.bench_tower_reading [--device cuda] [--variants linear@1e-3 conv@1e-3 ...]
+[--train 100000] [--steps 1500] [--batch-size 256] [--out FILE]``
+
+The reading tasks of the suite stayed at chance in every H200 run while colour questions were
+learned (benchmarks/RESULTS.md, "Fifth and sixth H200 runs"). This isolates the tower: one 168-px
+crop (the small model's crop) holds one sign with one of the 32 sign words of
+``drawing.SIGN_WORDS`` at a text height drawn log-uniform over ``--min-px``..``--max-px``,
+anywhere in the crop; the tower (``MolmoeConfig.small()``'s, from scratch) and the connector
+(2×2 attention pooling + projector) feed a learned-query attention readout and a linear layer
+over the 32 words. No language model: this is the most direct signal the tower can get, so an
+example count at which it stays at chance here is a lower bound for the whole model.
+
+Variants ``STEM@LR``: ``linear`` is CLIP's patch embedding (one linear map of the 14×14×3 patch);
+``conv`` replaces it by ``vit_patch_stem="conv"``, the per-patch convolutional stem of
+``model_runtime.molmoe.vision.PatchConvStem`` (the "early convolutions" remedy for ViTs that learn
+slowly from scratch). Each variant trains for ``--steps`` batches drawn from ``--train``
+pre-rendered examples (AdamW, 50 warm-up steps, cosine to 5 %), and the script prints val
+accuracy on 2,000 held-out crops every ``--eval-every`` steps, then per text-height bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+CROP = 168
+
+
+def _render_chunk(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` crops of stream ``(seed, chunk)``: (n, 168, 168, 3) uint8, word ids, text heights."""
+    from PIL import Image, ImageDraw
+
+    from model_runtime.datasets.suite import drawing as dr
+
+    seed, chunk, n, min_px, max_px = args
+    rng = np.random.default_rng([seed, chunk])
+    imgs = np.empty((n, CROP, CROP, 3), np.uint8)
+    ys, pxs = np.empty(n, np.int64), np.empty(n, np.int64)
+    words = dr.SIGN_WORDS
+    for i in range(n):
+        img = Image.new("RGB", (CROP, CROP), dr.pastel(rng, 120, 250))
+        d = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(0, 3))):  # clutter, as in synth_text
+            x0, y0 = rng.integers(0, CROP, size=2)
+            d.rectangle((int(x0), int(y0), int(x0 + rng.integers(10, 84)), int(y0 + rng.integers(10, 84))),
+                        fill=dr.pastel(rng, 60, 240))
+        wi = int(rng.integers(len(words)))
+        f = dr.fit_font(dr.choice(rng, ("sans", "sans_bold")), words[wi], dr.log_uniform_int(rng, min_px, max_px), CROP - 12)
+        tw, th = f.getlength(words[wi]), f.size
+        pad = max(2, th // 3)
+        x0 = rng.uniform(0, max(0.0, CROP - tw - 2 * pad))
+        y0 = rng.uniform(0, max(0.0, CROP - th - 2 * pad))
+        fill = dr.COLORS[dr.choice(rng, tuple(dr.COLORS))]
+        d.rectangle((x0, y0, x0 + tw + 2 * pad, y0 + th + 2 * pad), fill=fill)
+        dr.draw_centered(d, (x0 + tw / 2 + pad, y0 + th / 2 + pad), words[wi], f, dr.ink_for(fill))
+        imgs[i], ys[i], pxs[i] = np.asarray(img), wi, th
+    return imgs, ys, pxs
+
+
+def render(seed: int, n: int, min_px: int, max_px: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    chunk = 500
+    jobs = [(seed, c, min(chunk, n - c * chunk), min_px, max_px) for c in range(math.ceil(n / chunk))]
+    with Pool(workers) as pool:
+        parts = pool.map(_render_chunk, jobs)
+    return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+
+
+def build(stem: str, device):
+    """(trainable modules, forward) of one variant: tower + connector + attention readout."""
+    import torch
+    from torch import nn
+
+    from model_runtime.molmoe.config import MolmoeConfig
+    from model_runtime.molmoe.connector import MolmoeConnector
+    from model_runtime.molmoe.vision import MolmoeVisionTower
+
+    cfg = MolmoeConfig.small(vit_patch_stem=stem)
+    tower, conn = MolmoeVisionTower(cfg), MolmoeConnector(cfg)
+
+    class Readout(nn.Module):
+        def __init__(self, d: int, k: int) -> None:
+            super().__init__()
+            self.norm, self.q, self.out = nn.LayerNorm(d), nn.Parameter(torch.randn(d) * 0.02), nn.Linear(d, k)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            t = self.norm(t)
+            w = torch.softmax(t @ self.q * t.shape[-1] ** 0.5 / 4, dim=1)
+            return self.out((w[..., None] * t).sum(1))
+
+    from model_runtime.datasets.suite.drawing import SIGN_WORDS
+
+    head = Readout(cfg.d_model, len(SIGN_WORDS))
+    mods = nn.ModuleList([tower, conn, head]).to(device)
+    mean = torch.tensor(cfg.image_mean, device=device)
+    std = torch.tensor(cfg.image_std, device=device)
+
+    def forward(imgs_u8: torch.Tensor) -> torch.Tensor:
+        n = imgs_u8.shape[0]
+        px = (imgs_u8.float() / 255 - mean) / std  # (n, 168, 168, 3)
+        patches = px.view(n, 12, 14, 12, 14, 3).permute(0, 1, 3, 2, 4, 5).reshape(n, 144, 588)  # Molmo's (dh dw c)
+        return head(conn(tower(patches), torch.ones(n, 144, device=device)))
+
+    return mods, forward
+
+
+def run_variant(spec: str, data, val, args) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    stem, _, lr = spec.partition("@")
+    lr = float(lr or 1e-3)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    mods, forward = build(stem, dev)
+    opt = torch.optim.AdamW(mods.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
+    x_all, y_all = data
+    vx, vy, vpx = val
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    rng = np.random.default_rng(1)
+    curve = []
+
+    def evaluate() -> tuple[float, np.ndarray]:
+        preds = []
+        with torch.no_grad(), amp:
+            for i in range(0, len(vx), 500):
+                preds.append(forward(torch.from_numpy(vx[i:i + 500]).to(dev)).argmax(-1).cpu().numpy())
+        hit = np.concatenate(preds) == vy
+        return float(hit.mean()), hit
+
+    t0 = time.perf_counter()
+    for step in range(args.steps + 1):
+        if step % args.eval_every == 0 or step == args.steps:
+            acc, hit = evaluate()
+            curve.append({"step": step, "examples": step * args.batch_size, "val_acc": round(acc, 4)})
+            print(f"  {spec:>12} step {step:5d} examples {step * args.batch_size:8d} val_acc {acc:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        if step == args.steps:
+            break
+        frac = max(0.0, (step - 50) / max(1, args.steps - 50))
+        cur = lr * min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = cur
+        idx = rng.integers(0, len(x_all), size=args.batch_size)
+        x = torch.from_numpy(x_all[idx]).to(dev, non_blocking=True)
+        y = torch.from_numpy(y_all[idx]).to(dev)
+        with amp:
+            loss = F.cross_entropy(forward(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(mods.parameters(), 1.0)
+        opt.step()
+    buckets = {}
+    for lo, hi in ((0, 12), (12, 18), (18, 26), (26, 99)):
+        m = (vpx >= lo) & (vpx < hi)
+        if m.any():
+            buckets[f"{lo}-{hi}px"] = round(float(hit[m].mean()), 3)
+    print(f"  {spec:>12} final val_acc {acc:.3f} by text height {buckets} "
+          f"({time.perf_counter() - t0:.0f} s, {sum(p.numel() for p in mods.parameters()) / 1e6:.2f} M parameters)", flush=True)
+    return {"variant": spec, "curve": curve, "final_val_acc": acc, "by_text_height": buckets,
+            "wall_s": time.perf_counter() - t0}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_tower_reading", description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variants", nargs="+", default=["linear@1e-3", "conv@1e-3"], metavar="STEM@LR")
+    ap.add_argument("--train", type=int, default=100_000, help="pre-rendered training crops")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--min-px", type=int, default=8)
+    ap.add_argument("--max-px", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
+    ap.add_argument("--out", type=Path, default=None, help="write the curves as JSON")
+    args = ap.parse_args(argv)
+    import os
+
+    workers = args.workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    x, y, _ = render(0, args.train, args.min_px, args.max_px, workers)
+    val = render(1, 2000, args.min_px, args.max_px, workers)
+    print(f"rendered {args.train} + 2000 crops in {time.perf_counter() - t0:.1f} s on {workers} processes", flush=True)
+    results = [run_variant(v, (x, y), val, args) for v in args.variants]
+    if args.out is not None:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
