@@ -1,23 +1,25 @@
 """Can the small model's vision tower learn to read, and how many examples does it take? (prints figures)
 
-``python -m benchmarks.bench_tower_reading [--device cuda] [--variants linear@1e-3 conv@1e-3 ...]
-[--train 100000] [--steps 1500] [--batch-size 256] [--out FILE]``
+``python -m benchmarks.bench_tower_reading [--device cuda] [--variants linear@1e-3 conv@1e-3 cnn@1e-3 ...]
+[--train 100000] [--val 2000] [--words 32] [--steps 1500] [--batch-size 256] [--out FILE]``
 
 The reading tasks of the suite stayed at chance in every H200 run while colour questions were
 learned (benchmarks/RESULTS.md, "Fifth and sixth H200 runs"). This isolates the tower: one 168-px
 crop (the small model's crop) holds one sign with one of the 32 sign words of
 ``drawing.SIGN_WORDS`` at a text height drawn log-uniform over ``--min-px``..``--max-px``,
 anywhere in the crop; the tower (``MolmoeConfig.small()``'s, from scratch) and the connector
-(2×2 attention pooling + projector) feed a learned-query attention readout and a linear layer
-over the 32 words. No language model: this is the most direct signal the tower can get, so an
+(2×2 attention pooling + projector) feed a readout (``--readout``: learned-query attention,
+max of per-token logits, or per-channel max) and a linear layer over the 32 words. No language model: this is the most direct signal the tower can get, so an
 example count at which it stays at chance here is a lower bound for the whole model.
 
 Variants ``STEM@LR``: ``linear`` is CLIP's patch embedding (one linear map of the 14×14×3 patch);
-``conv`` replaces it by ``vit_patch_stem="conv"``, the per-patch convolutional stem of
-``model_runtime.molmoe.vision.PatchConvStem`` (the "early convolutions" remedy for ViTs that learn
-slowly from scratch). Each variant trains for ``--steps`` batches drawn from ``--train``
+``conv`` and ``hybrid`` are ``MolmoeConfig.vit_patch_stem`` (a per-patch convolutional stem, the
+"early convolutions" remedy for ViTs that learn slowly from scratch, and a convolutional trunk over
+the whole crop, ``model_runtime.molmoe.vision``); ``cnn`` is a baseline that is not the model's tower (four 3×3 conv layers
+with max pooling on the crop's pixels), which shows what the data allow. ``--words N`` keeps the
+first N words (an easier task). Each variant trains for ``--steps`` batches drawn from ``--train``
 pre-rendered examples (AdamW, 50 warm-up steps, cosine to 5 %), and the script prints val
-accuracy on 2,000 held-out crops every ``--eval-every`` steps, then per text-height bucket.
+accuracy on ``--val`` held-out crops every ``--eval-every`` steps, then per text-height bucket.
 """
 
 from __future__ import annotations
@@ -35,17 +37,17 @@ import numpy as np
 CROP = 168
 
 
-def _render_chunk(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _render_chunk(args: tuple[int, int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` crops of stream ``(seed, chunk)``: (n, 168, 168, 3) uint8, word ids, text heights."""
     from PIL import Image, ImageDraw
 
     from model_runtime.datasets.suite import drawing as dr
 
-    seed, chunk, n, min_px, max_px = args
+    seed, chunk, n, min_px, max_px, n_words = args
     rng = np.random.default_rng([seed, chunk])
     imgs = np.empty((n, CROP, CROP, 3), np.uint8)
     ys, pxs = np.empty(n, np.int64), np.empty(n, np.int64)
-    words = dr.SIGN_WORDS
+    words = dr.SIGN_WORDS[:n_words]
     for i in range(n):
         img = Image.new("RGB", (CROP, CROP), dr.pastel(rng, 120, 250))
         d = ImageDraw.Draw(img)
@@ -66,16 +68,17 @@ def _render_chunk(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, np.
     return imgs, ys, pxs
 
 
-def render(seed: int, n: int, min_px: int, max_px: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render(seed: int, n: int, min_px: int, max_px: int, workers: int, n_words: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     chunk = 500
-    jobs = [(seed, c, min(chunk, n - c * chunk), min_px, max_px) for c in range(math.ceil(n / chunk))]
+    jobs = [(seed, c, min(chunk, n - c * chunk), min_px, max_px, n_words) for c in range(math.ceil(n / chunk))]
     with Pool(workers) as pool:
         parts = pool.map(_render_chunk, jobs)
     return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
-def build(stem: str, device):
-    """(trainable modules, forward) of one variant: tower + connector + attention readout."""
+def build(stem: str, device, n_words: int = 32, readout: str = "attn"):
+    """(trainable modules, forward) of one variant: tower + connector + attention readout, or for
+    ``stem="cnn"`` a small CNN on the crop's pixels (a baseline that is not the model's tower)."""
     import torch
     from torch import nn
 
@@ -83,25 +86,38 @@ def build(stem: str, device):
     from model_runtime.molmoe.connector import MolmoeConnector
     from model_runtime.molmoe.vision import MolmoeVisionTower
 
-    cfg = MolmoeConfig.small(vit_patch_stem=stem)
+    cfg = MolmoeConfig.small()
+    mean = torch.tensor(cfg.image_mean, device=device)
+    std = torch.tensor(cfg.image_std, device=device)
+    if stem == "cnn":
+        cnn = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(128, n_words),
+        ).to(device)
+        return cnn, lambda imgs: cnn(((imgs.float() / 255 - mean) / std).permute(0, 3, 1, 2))
+    cfg = cfg.replace(vit_patch_stem=stem)
     tower, conn = MolmoeVisionTower(cfg), MolmoeConnector(cfg)
 
     class Readout(nn.Module):
+        """Over the crop's tokens: a learned-query attention, a max over tokens of per-token logits
+        (both after a LayerNorm), or a max over tokens per channel, then a linear map (a CNN's readout)."""
+
         def __init__(self, d: int, k: int) -> None:
             super().__init__()
             self.norm, self.q, self.out = nn.LayerNorm(d), nn.Parameter(torch.randn(d) * 0.02), nn.Linear(d, k)
 
         def forward(self, t: torch.Tensor) -> torch.Tensor:
+            if readout == "chanmax":
+                return self.out(t.amax(1))
             t = self.norm(t)
+            if readout == "max":
+                return self.out(t).amax(1)
             w = torch.softmax(t @ self.q * t.shape[-1] ** 0.5 / 4, dim=1)
             return self.out((w[..., None] * t).sum(1))
 
-    from model_runtime.datasets.suite.drawing import SIGN_WORDS
-
-    head = Readout(cfg.d_model, len(SIGN_WORDS))
+    head = Readout(cfg.d_model, n_words)
     mods = nn.ModuleList([tower, conn, head]).to(device)
-    mean = torch.tensor(cfg.image_mean, device=device)
-    std = torch.tensor(cfg.image_std, device=device)
 
     def forward(imgs_u8: torch.Tensor) -> torch.Tensor:
         n = imgs_u8.shape[0]
@@ -120,7 +136,7 @@ def run_variant(spec: str, data, val, args) -> dict:
     lr = float(lr or 1e-3)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    mods, forward = build(stem, dev)
+    mods, forward = build(stem, dev, args.words, args.readout)
     opt = torch.optim.AdamW(mods.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
     x_all, y_all = data
     vx, vy, vpx = val
@@ -131,8 +147,8 @@ def run_variant(spec: str, data, val, args) -> dict:
     def evaluate() -> tuple[float, np.ndarray]:
         preds = []
         with torch.no_grad(), amp:
-            for i in range(0, len(vx), 500):
-                preds.append(forward(torch.from_numpy(vx[i:i + 500]).to(dev)).argmax(-1).cpu().numpy())
+            for i in range(0, len(vx), 250):
+                preds.append(forward(torch.from_numpy(vx[i:i + 250]).to(dev)).argmax(-1).cpu().numpy())
         hit = np.concatenate(preds) == vy
         return float(hit.mean()), hit
 
@@ -177,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--readout", choices=("attn", "max", "chanmax"), default="attn",
+                    help="over the crop's image tokens: learned-query attention, max of per-token logits, "
+                         "or per-channel max then linear")
+    ap.add_argument("--val", type=int, default=2000, help="held-out crops")
+    ap.add_argument("--words", type=int, default=32, help="the first N sign words only (an easier task)")
     ap.add_argument("--min-px", type=int, default=8)
     ap.add_argument("--max-px", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
@@ -186,9 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     workers = args.workers or os.cpu_count() or 1
     t0 = time.perf_counter()
-    x, y, _ = render(0, args.train, args.min_px, args.max_px, workers)
-    val = render(1, 2000, args.min_px, args.max_px, workers)
-    print(f"rendered {args.train} + 2000 crops in {time.perf_counter() - t0:.1f} s on {workers} processes", flush=True)
+    x, y, _ = render(0, args.train, args.min_px, args.max_px, workers, args.words)
+    val = render(1, args.val, args.min_px, args.max_px, workers, args.words)
+    print(f"rendered {args.train} + {args.val} crops in {time.perf_counter() - t0:.1f} s on {workers} processes", flush=True)
     results = [run_variant(v, (x, y), val, args) for v in args.variants]
     if args.out is not None:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))

@@ -53,8 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="batches between two uses of an example (0: --workers, so each worker reuses its own)")
     ap.add_argument("--caption-rate", type=float, default=0.0,
                     help="fraction of train examples asked for their dense caption (Molmo's caption pre-training)")
-    ap.add_argument("--patch-stem", choices=("linear", "conv"), default="linear",
-                    help="the tower's patch embedding: CLIP's linear map or a per-patch conv stem (MolmoeConfig.vit_patch_stem)")
+    ap.add_argument("--patch-stem", choices=("linear", "conv", "hybrid"), default="linear",
+                    help="the tower's patch embedding: CLIP's linear map, a per-patch conv stem or a conv trunk over the crop "
+                         "(MolmoeConfig.vit_patch_stem)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
     ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
                     help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "

@@ -120,8 +120,9 @@ def test_image_token_norm_round_trip(tmp_path, tokenizer):
     assert torch.equal(loaded.connector.token_norm.weight, model.connector.token_norm.weight)
 
 
-def test_conv_patch_stem_round_trip(tmp_path, tokenizer):
-    cfg = tiny_small(tokens=special_tokens_from(tokenizer), vit_patch_stem="conv")
+@pytest.mark.parametrize("stem", ["conv", "hybrid"])
+def test_conv_patch_stem_round_trip(tmp_path, tokenizer, stem):
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer), vit_patch_stem=stem)
     torch.manual_seed(0)
     model = MolmoeModel(cfg, experts_implementation="eager").eval()
     patches, masks = torch.randn(2, cfg.patches_per_crop, cfg.pixels_per_patch), torch.ones(2, cfg.patches_per_crop)
@@ -131,7 +132,7 @@ def test_conv_patch_stem_round_trip(tmp_path, tokenizer):
         assert torch.equal(model.image_features(patches, masks), feats)
     save_molmoe_checkpoint(model, tokenizer, tmp_path, dtype=torch.float32)
     loaded, _ = load_molmoe_checkpoint(tmp_path)
-    assert loaded.config == cfg and json.loads((tmp_path / "config.json").read_text())["image_patch_stem"] == "conv"
+    assert loaded.config == cfg and json.loads((tmp_path / "config.json").read_text())["image_patch_stem"] == stem
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval().image_features(patches, masks), feats)
     with pytest.raises(ValueError, match="vit_patch_stem"):

@@ -10,7 +10,7 @@
 # and connector at a tenth of the tower's rate, which a CPU run found lets the model learn to look,
 # benchmarks/RESULTS.md "Third and fourth H200 runs"; LR_SCALE= trains every module at one rate);
 # CAPTION_RATE (default 0.5) is the share of examples asked for their dense caption (train_model --caption-rate);
-# PATCH_STEM (default linear) is the tower's patch embedding (train_model --patch-stem linear|conv).
+# PATCH_STEM (default linear) is the tower's patch embedding (train_model --patch-stem linear|conv|hybrid).
 set -euo pipefail
 W=${1:?usage: train_small_model.sh WORK [TIME_BUDGET_S] [STEPS]}
 BUDGET=${2:-390}

@@ -42,7 +42,7 @@ vision_backbone.image_projector.w2.weight                      (D, Fp)          
 vision_backbone.pad_embed                                      (2, L·Ev)           connector.pad_embed
 vision_backbone.image_feature_norm.{weight,bias}               (L·Ev,)             connector.feature_norm.* (small model)
 vision_backbone.image_token_norm.weight                        (D,)                connector.token_norm.weight (option)
-...image_vit.patch_stem.{0,2,4}.{weight,bias}                  conv kernels        vision.patch_stem.net.{0,2,4}.* (option)
+...image_vit.patch_stem.net.i.{weight,bias}                    conv kernels        vision.patch_stem.net.i.* (option)
 =============================================================  ==================  ==================================================
 
 E = ``embedding_size`` (50304), A = ``additional_vocab_size`` (128), D = ``d_model`` (2048),
@@ -71,7 +71,7 @@ from .connector import MolmoeConnector
 from .language_model import MolmoeLanguageModel, default_experts_implementation
 from .model import MolmoeModel
 from .tokenizer import TextTokenizer, special_tokens_from
-from .vision import MolmoeVisionTower
+from .vision import MolmoeVisionTower, patch_stem_for
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -219,17 +219,9 @@ def _molmo_tensors(cfg: MolmoeConfig, read: _TensorReader) -> Iterator[tuple[str
         yield "connector.feature_norm.bias", read.get(vb + "image_feature_norm.bias", (lf,))
     if cfg.image_token_norm:
         yield "connector.token_norm.weight", read.get(vb + "image_token_norm.weight", (d,))
-    for i, shape in _patch_stem_shapes(cfg):
-        for part, sh in (("weight", shape), ("bias", shape[:1])):
-            yield f"vision.patch_stem.net.{i}.{part}", read.get(f"{vit}patch_stem.{i}.{part}", sh)
-
-
-def _patch_stem_shapes(cfg: MolmoeConfig) -> list[tuple[int, tuple[int, ...]]]:
-    """(index in ``PatchConvStem.net``, weight shape) of the conv stem's layers; none for CLIP's linear embedding."""
-    if cfg.vit_patch_stem != "conv":
-        return []
-    half = (cfg.patch_size + 1) // 2
-    return [(0, (32, 3, 3, 3)), (2, (64, 32, 3, 3)), (4, (cfg.vit_hidden, 64, half, half))]
+    stem = patch_stem_for(cfg)
+    for name, t in ({} if stem is None else stem.state_dict()).items():
+        yield f"vision.patch_stem.{name}", read.get(f"{vit}patch_stem.{name}", tuple(t.shape))
 
 
 def _reset_buffers(model: MolmoeModel) -> None:
@@ -400,9 +392,9 @@ def _public_tensors(model: MolmoeModel) -> Iterator[tuple[str, torch.Tensor]]:
             yield f"{vb}image_feature_norm.{part}", sd[f"connector.feature_norm.{part}"]
     if cfg.image_token_norm:
         yield f"{vb}image_token_norm.weight", sd["connector.token_norm.weight"]
-    for i, _ in _patch_stem_shapes(cfg):
-        for part in ("weight", "bias"):
-            yield f"{vit}patch_stem.{i}.{part}", sd[f"vision.patch_stem.net.{i}.{part}"]
+    for name in sd:
+        if name.startswith("vision.patch_stem."):
+            yield f"{vit}{name[len('vision.'):]}", sd[name]
 
 
 def save_molmoe_checkpoint(

@@ -64,8 +64,9 @@ class MolmoeConfig:
         image_size (px, square crops), patch_size (px), vit_hidden, vit_num_layers, vit_heads,
         vit_mlp, vit_eps, vit_feature_layers (hidden-state indices, negative = from the end,
         concatenated in this order), vit_patch_stem ("linear": CLIP's patch embedding, one
-        linear map of the patch; "conv": this project's own per-patch convolutional stem,
-        :class:`~model_runtime.molmoe.vision.PatchConvStem`, for towers trained from scratch).
+        linear map of the patch; this project's own, for towers trained from scratch: "conv", a
+        per-patch convolutional stem, :class:`~model_runtime.molmoe.vision.PatchConvStem`;
+        "hybrid", a convolutional trunk over the crop, :class:`~model_runtime.molmoe.vision.CropConvStem`).
     Connector:
         pool_h, pool_w (pooling window in patches), pool_heads, pool_head_dim,
         projector_hidden, image_padding_embed (Molmo's "pad_and_partial_pad"),
@@ -156,8 +157,8 @@ class MolmoeConfig:
             )
         if self.max_crops < 1:
             raise ValueError(f"max_crops must be >= 1, got {self.max_crops}")
-        if self.vit_patch_stem not in ("linear", "conv"):
-            raise ValueError(f"vit_patch_stem must be 'linear' or 'conv', got {self.vit_patch_stem!r}")
+        if self.vit_patch_stem not in ("linear", "conv", "hybrid"):
+            raise ValueError(f"vit_patch_stem must be 'linear', 'conv' or 'hybrid', got {self.vit_patch_stem!r}")
         max_id = self.vocab_rows - 1
         for name, tok in dataclasses.asdict(self.tokens).items():
             if not 0 <= tok <= max_id:

@@ -6,10 +6,10 @@ tower applies the convolution's weight to the patch vectors directly (``weight``
 ``(out, dh, dw, c)``), which is the same map, then the class token, position embeddings,
 ``pre_layrnorm`` and the encoder layers. ``post_layernorm`` is unused (Molmo reads hidden states).
 
-With ``vit_patch_stem="conv"`` (this project's own, for towers trained from scratch) a small
-per-patch convolutional stem (:class:`PatchConvStem`) replaces the linear patch embedding; the
-patch vectors, tokens and everything after them are unchanged, so no knob and no preprocessing
-sees the difference.
+With ``vit_patch_stem="conv"`` or ``"hybrid"`` (this project's own, for towers trained from
+scratch) a convolutional stem replaces the linear patch embedding: per patch
+(:class:`PatchConvStem`) or over the whole crop (:class:`CropConvStem`); the patch vectors, tokens
+and everything after them are unchanged, so no knob and no preprocessing sees the difference.
 
 Features are the hidden states after the layers named by ``vit_feature_layers`` (−2 and −9 of
 23 for MolmoE-1B; negative = from the end, indexing the per-layer outputs), concatenated on the
@@ -24,6 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MolmoeConfig
+
+
+def patch_stem_for(config: MolmoeConfig) -> nn.Module | None:
+    """The module that replaces the linear patch embedding under ``config.vit_patch_stem`` (None: linear)."""
+    if config.vit_patch_stem == "conv":
+        return PatchConvStem(config.patch_size, config.vit_hidden)
+    if config.vit_patch_stem == "hybrid":
+        return CropConvStem(config.patch_size, config.patches_per_side, config.vit_hidden)
+    return None
 
 
 class PatchConvStem(nn.Module):
@@ -52,6 +61,34 @@ class PatchConvStem(nn.Module):
         return self.net(x).reshape(n, p, -1)
 
 
+class CropConvStem(nn.Module):
+    """A convolutional trunk over the whole crop (a hybrid CNN-ViT, as ViT's R50+ViT): (N, P, p·p·3)
+    patch vectors in ``(dh dw c)`` order → the crop → (N, P, width), one token per patch.
+
+    Four 3×3 convs (32, 64, 128, ``width`` channels, ReLU) with 2× max pooling after the first
+    three, then an adaptive max pool to the patch grid: each token sees about 50 px around its
+    patch, a short word at the suite's sizes. This trunk with a max pool and a linear layer reads
+    the suite's sign words from 3,200 examples where the ViT tower does not
+    (``benchmarks.bench_tower_reading``, benchmarks/RESULTS.md "Fifth and sixth H200 runs").
+    """
+
+    def __init__(self, patch: int, side: int, width: int) -> None:
+        super().__init__()
+        self.patch, self.side = patch, side
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(128, width, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(side),
+        )
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        n, _, _ = patches.shape
+        s, p = self.side, self.patch
+        crop = patches.reshape(n, s, s, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(n, 3, s * p, s * p)
+        return self.net(crop).flatten(2).transpose(1, 2)
+
+
 class MolmoeVisionTower(nn.Module):
     """CLIP ViT features of Molmo crops.
 
@@ -76,7 +113,7 @@ class MolmoeVisionTower(nn.Module):
         self.patch_size = config.patch_size
         self.out_dim = config.vit_feature_dim
         #: replaces the linear patch embedding when set (``vit_patch_stem="conv"``; the CLIP weight is then unused)
-        self.patch_stem = PatchConvStem(config.patch_size, config.vit_hidden) if config.vit_patch_stem == "conv" else None
+        self.patch_stem = patch_stem_for(config)
 
     @property
     def n_layers_run(self) -> int:
