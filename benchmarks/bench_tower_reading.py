@@ -34,14 +34,17 @@ from typing import Sequence
 
 import numpy as np
 
-CROP = 168
+CROP = 168  # MolmoeConfig.small()'s crop and patch
+PATCH = 14
 
 
 def _render_chunk(args: tuple[int, int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` crops of stream ``(seed, chunk)``: (n, 168, 168, 3) uint8, word ids, text heights."""
+    """``n`` crops of stream ``(seed, chunk)``: (n, 144, 14·14·3) uint8 patches (Molmo's layout),
+    word ids, text heights."""
     from PIL import Image, ImageDraw
 
     from model_runtime.datasets.suite import drawing as dr
+    from model_runtime.molmoe.preprocessing import _patchify
 
     seed, chunk, n, min_px, max_px, n_words = args
     rng = np.random.default_rng([seed, chunk])
@@ -65,7 +68,7 @@ def _render_chunk(args: tuple[int, int, int, int, int, int]) -> tuple[np.ndarray
         d.rectangle((x0, y0, x0 + tw + 2 * pad, y0 + th + 2 * pad), fill=fill)
         dr.draw_centered(d, (x0 + tw / 2 + pad, y0 + th / 2 + pad), words[wi], f, dr.ink_for(fill))
         imgs[i], ys[i], pxs[i] = np.asarray(img), wi, th
-    return imgs, ys, pxs
+    return _patchify(imgs, PATCH), ys, pxs
 
 
 def render(seed: int, n: int, min_px: int, max_px: int, workers: int, n_words: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,18 +87,19 @@ def build(stem: str, device, n_words: int = 32, readout: str = "attn"):
 
     from model_runtime.molmoe.config import MolmoeConfig
     from model_runtime.molmoe.connector import MolmoeConnector
-    from model_runtime.molmoe.vision import MolmoeVisionTower
+    from model_runtime.molmoe.preprocessing import normalize_patches
+    from model_runtime.molmoe.vision import MolmoeVisionTower, patches_to_crops
 
     cfg = MolmoeConfig.small()
-    mean = torch.tensor(cfg.image_mean, device=device)
-    std = torch.tensor(cfg.image_std, device=device)
+    if (cfg.image_size, cfg.patch_size) != (CROP, PATCH):
+        raise AssertionError("the benchmark renders MolmoeConfig.small()'s crops")
     if stem == "cnn":
         cnn = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2), nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(128, n_words),
         ).to(device)
-        return cnn, lambda imgs: cnn(((imgs.float() / 255 - mean) / std).permute(0, 3, 1, 2))
+        return cnn, lambda patches: cnn(patches_to_crops(normalize_patches(patches, cfg, torch.float32), cfg.patch_size))
     cfg = cfg.replace(vit_patch_stem=stem)
     tower, conn = MolmoeVisionTower(cfg), MolmoeConnector(cfg)
 
@@ -119,11 +123,10 @@ def build(stem: str, device, n_words: int = 32, readout: str = "attn"):
     head = Readout(cfg.d_model, n_words)
     mods = nn.ModuleList([tower, conn, head]).to(device)
 
-    def forward(imgs_u8: torch.Tensor) -> torch.Tensor:
-        n = imgs_u8.shape[0]
-        px = (imgs_u8.float() / 255 - mean) / std  # (n, 168, 168, 3)
-        patches = px.view(n, 12, 14, 12, 14, 3).permute(0, 1, 3, 2, 4, 5).reshape(n, 144, 588)  # Molmo's (dh dw c)
-        return head(conn(tower(patches), torch.ones(n, 144, device=device)))
+    def forward(patches_u8: torch.Tensor) -> torch.Tensor:
+        n, n_patches, _ = patches_u8.shape
+        patches = normalize_patches(patches_u8, cfg, torch.float32)
+        return head(conn(tower(patches), torch.ones(n, n_patches, device=device)))
 
     return mods, forward
 
@@ -131,6 +134,8 @@ def build(stem: str, device, n_words: int = 32, readout: str = "attn"):
 def run_variant(spec: str, data, val, args) -> dict:
     import torch
     import torch.nn.functional as F
+
+    from model_runtime.small_model.trainer import TrainConfig, lr_at
 
     stem, _, lr = spec.partition("@")
     lr = float(lr or 1e-3)
@@ -142,6 +147,7 @@ def run_variant(spec: str, data, val, args) -> dict:
     vx, vy, vpx = val
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     rng = np.random.default_rng(1)
+    schedule = TrainConfig(lr=lr, warmup_steps=50, min_lr_frac=0.05)
     curve = []
 
     def evaluate() -> tuple[float, np.ndarray]:
@@ -161,10 +167,8 @@ def run_variant(spec: str, data, val, args) -> dict:
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         if step == args.steps:
             break
-        frac = max(0.0, (step - 50) / max(1, args.steps - 50))
-        cur = lr * min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
-            g["lr"] = cur
+            g["lr"] = lr_at(step, schedule, args.steps)
         idx = rng.integers(0, len(x_all), size=args.batch_size)
         x = torch.from_numpy(x_all[idx]).to(dev, non_blocking=True)
         y = torch.from_numpy(y_all[idx]).to(dev)

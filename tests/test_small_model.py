@@ -120,6 +120,15 @@ def test_image_token_norm_round_trip(tmp_path, tokenizer):
     assert torch.equal(loaded.connector.token_norm.weight, model.connector.token_norm.weight)
 
 
+def test_patches_to_crops_inverts_patchify():
+    from model_runtime.molmoe.preprocessing import _patchify
+    from model_runtime.molmoe.vision import patches_to_crops
+
+    crops = np.random.default_rng(0).integers(0, 256, size=(2, 168, 168, 3), dtype=np.uint8)
+    back = patches_to_crops(torch.from_numpy(_patchify(crops, 14)), 14)
+    assert torch.equal(back.permute(0, 2, 3, 1), torch.from_numpy(crops))
+
+
 @pytest.mark.parametrize("stem", ["conv", "hybrid"])
 def test_conv_patch_stem_round_trip(tmp_path, tokenizer, stem):
     cfg = tiny_small(tokens=special_tokens_from(tokenizer), vit_patch_stem=stem)

@@ -26,6 +26,13 @@ from torch import nn
 from .config import MolmoeConfig
 
 
+def patches_to_crops(patches: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, s·s, p·p·3) patch vectors in ``(dh dw c)`` order → (N, 3, s·p, s·p) crops (channels first)."""
+    n, n_patches, _ = patches.shape
+    s = int(round(n_patches ** 0.5))
+    return patches.reshape(n, s, s, patch, patch, 3).permute(0, 5, 1, 3, 2, 4).reshape(n, 3, s * patch, s * patch)
+
+
 def patch_stem_for(config: MolmoeConfig) -> nn.Module | None:
     """The module that replaces the linear patch embedding under ``config.vit_patch_stem`` (None: linear)."""
     if config.vit_patch_stem == "conv":
@@ -40,10 +47,10 @@ class PatchConvStem(nn.Module):
     ``(dh dw c)`` order → (N, P, width).
 
     3×3 conv to 32 channels, 3×3 stride-2 conv to 64, then a conv over the whole half-size patch to
-    ``width`` (GELU between). A tower trained from scratch with CLIP's single linear map learns
-    glyph-level features slowly (benchmarks/RESULTS.md, "Fifth and sixth H200 runs"); early
-    convolutions are the usual remedy (Xiao et al., 2021, "Early Convolutions Help Transformers
-    See Better"). Each patch is convolved on its own, so the tower still sees one token per patch.
+    ``width`` (GELU between). Early convolutions are the usual remedy for ViTs that learn slowly
+    from scratch (Xiao et al., 2021, "Early Convolutions Help Transformers See Better"); on the
+    suite's sign words it read no better than the linear map (benchmarks/RESULTS.md, "Fifth and
+    sixth H200 runs"). Each patch is convolved on its own, so the tower still sees one token per patch.
     """
 
     def __init__(self, patch: int, width: int) -> None:
@@ -74,7 +81,7 @@ class CropConvStem(nn.Module):
 
     def __init__(self, patch: int, side: int, width: int) -> None:
         super().__init__()
-        self.patch, self.side = patch, side
+        self.patch = patch
         self.net = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -83,10 +90,7 @@ class CropConvStem(nn.Module):
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        n, _, _ = patches.shape
-        s, p = self.side, self.patch
-        crop = patches.reshape(n, s, s, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(n, 3, s * p, s * p)
-        return self.net(crop).flatten(2).transpose(1, 2)
+        return self.net(patches_to_crops(patches, self.patch)).flatten(2).transpose(1, 2)
 
 
 class MolmoeVisionTower(nn.Module):
@@ -112,7 +116,7 @@ class MolmoeVisionTower(nn.Module):
             raise ValueError(f"CLIP model has {n} layers, config says {config.vit_num_layers}")
         self.patch_size = config.patch_size
         self.out_dim = config.vit_feature_dim
-        #: replaces the linear patch embedding when set (``vit_patch_stem="conv"``; the CLIP weight is then unused)
+        #: replaces the linear patch embedding when set (``vit_patch_stem`` "conv" or "hybrid"; the CLIP weight is then unused)
         self.patch_stem = patch_stem_for(config)
 
     @property
