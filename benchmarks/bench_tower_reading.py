@@ -79,9 +79,12 @@ def render(seed: int, n: int, min_px: int, max_px: int, workers: int, n_words: i
     return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
-def build(stem: str, device, n_words: int = 32, readout: str = "attn"):
+def build(stem: str, device, n_words: int = 32, readout: str = "attn", stem_aux: bool = False):
     """(trainable modules, forward) of one variant: tower + connector + attention readout, or for
-    ``stem="cnn"`` a small CNN on the crop's pixels (a baseline that is not the model's tower)."""
+    ``stem="cnn"`` a small CNN on the crop's pixels (a baseline that is not the model's tower).
+
+    ``stem_aux``: forward returns (logits, logits of a per-channel max over the stem's tokens), the
+    word-presence loss of ``model_runtime.small_model.word_presence`` on this one-word crop."""
     import torch
     from torch import nn
 
@@ -121,12 +124,20 @@ def build(stem: str, device, n_words: int = 32, readout: str = "attn"):
             return self.out((w[..., None] * t).sum(1))
 
     head = Readout(cfg.d_model, n_words)
-    mods = nn.ModuleList([tower, conn, head]).to(device)
+    aux_head = nn.Linear(cfg.vit_hidden, n_words)
+    mods = nn.ModuleList([tower, conn, head] + ([aux_head] if stem_aux else [])).to(device)
+    stem_out: list[torch.Tensor] = []
+    if stem_aux:
+        if tower.patch_stem is None:
+            raise ValueError("--stem-aux needs a conv or hybrid stem")
+        tower.patch_stem.register_forward_hook(lambda m, i, o: stem_out.append(o))
 
-    def forward(patches_u8: torch.Tensor) -> torch.Tensor:
+    def forward(patches_u8: torch.Tensor):
         n, n_patches, _ = patches_u8.shape
         patches = normalize_patches(patches_u8, cfg, torch.float32)
-        return head(conn(tower(patches), torch.ones(n, n_patches, device=device)))
+        stem_out.clear()
+        logits = head(conn(tower(patches), torch.ones(n, n_patches, device=device)))
+        return (logits, aux_head(stem_out[0].amax(1))) if stem_aux else logits
 
     return mods, forward
 
@@ -141,7 +152,10 @@ def run_variant(spec: str, data, val, args) -> dict:
     lr = float(lr or 1e-3)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    mods, forward = build(stem, dev, args.words, args.readout)
+    mods, forward = build(stem, dev, args.words, args.readout, stem_aux=args.stem_aux > 0)
+    if args.stem_aux > 0:
+        main_forward = forward
+        forward = lambda x: main_forward(x)[0]  # noqa: E731  (evaluation reads the main readout)
     opt = torch.optim.AdamW(mods.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
     x_all, y_all = data
     vx, vy, vpx = val
@@ -173,7 +187,11 @@ def run_variant(spec: str, data, val, args) -> dict:
         x = torch.from_numpy(x_all[idx]).to(dev, non_blocking=True)
         y = torch.from_numpy(y_all[idx]).to(dev)
         with amp:
-            loss = F.cross_entropy(forward(x).float(), y)
+            if args.stem_aux > 0:
+                logits, aux_logits = main_forward(x)
+                loss = F.cross_entropy(logits.float(), y) + args.stem_aux * F.cross_entropy(aux_logits.float(), y)
+            else:
+                loss = F.cross_entropy(forward(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mods.parameters(), 1.0)
@@ -200,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--readout", choices=("attn", "max", "chanmax"), default="attn",
                     help="over the crop's image tokens: learned-query attention, max of per-token logits, "
                          "or per-channel max then linear")
+    ap.add_argument("--stem-aux", type=float, default=0.0,
+                    help="weight of a second loss on a per-channel max over the stem's own tokens (conv/hybrid), "
+                         "the word-presence loss; val accuracy is still the --readout's")
     ap.add_argument("--val", type=int, default=2000, help="held-out crops")
     ap.add_argument("--words", type=int, default=32, help="the first N sign words only (an easier task)")
     ap.add_argument("--min-px", type=int, default=8)

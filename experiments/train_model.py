@@ -56,6 +56,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--patch-stem", choices=("linear", "conv", "hybrid"), default="linear",
                     help="the tower's patch embedding: CLIP's linear map, a per-patch conv stem or a conv trunk over the crop "
                          "(MolmoeConfig.vit_patch_stem)")
+    ap.add_argument("--word-presence", type=float, default=0.0, metavar="W",
+                    help="weight of the word-presence loss (model_runtime.small_model.word_presence: the image's "
+                         "caption subwords from a per-channel max over the stem's tokens; needs --patch-stem "
+                         "conv or hybrid for site stem); 0: off")
+    ap.add_argument("--word-presence-sites", nargs="+", choices=("stem", "tokens"), default=["stem"],
+                    help="where the word-presence loss reads: the patch stem's tokens and/or the image tokens "
+                         "the language model receives")
     ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
     ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
                     help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "
@@ -132,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget,
                       batch_size=args.batch_size, lr=args.lr,
                       lr_scale=parse_lr_scale(args.lr_scale), recipes=recipes, num_workers=args.workers,
-                      eval_every=args.eval_every, compile=args.compile,
+                      eval_every=args.eval_every, compile=args.compile, word_presence=args.word_presence,
+                      word_presence_sites=tuple(args.word_presence_sites),
                       data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
                                            reuse_distance=args.reuse_distance or max(1, args.workers),
                                            caption_rate=args.caption_rate, **data_kw))

@@ -428,3 +428,63 @@ def test_caption_rate_turns_examples_into_dense_caption_samples(tokenizer):
     assert (val.batch(0)["task"] < 2).all()  # held-out monitoring asks questions only
     with pytest.raises(ValueError, match="caption_rate"):
         TrainDataConfig(caption_rate=1.5)
+
+
+@pytest.mark.slow
+def test_word_presence_targets_and_loss(tmp_path, tokenizer):
+    from model_runtime.datasets.suite import render_example
+    from model_runtime.small_model.training_data import example_task
+    from model_runtime.small_model.word_presence import WordPresence
+
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer), vit_patch_stem="hybrid")
+    weights = {"easy_vqa": 1.0, "synth_text": 1.0}
+    stream = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=6, task_weights=weights))
+    b = stream.batch(0)
+    assert b["caption_targets"].shape == (6, cfg.embedding_size)
+    for row in range(6):  # the multi-hot of the image's caption ids, whatever the sample asks
+        ex = render_example(example_task(0, row, stream.tasks, stream.probs), "train", row, seed=0)
+        want = set(tokenizer.encode(" " + ex.caption)) if ex.caption else set()
+        assert set(torch.nonzero(b["caption_targets"][row]).flatten().tolist()) == want
+        assert bool(b["has_caption"][row]) == bool(ex.caption)
+    assert b["has_caption"].any() and not b["has_caption"].all()
+
+    torch.manual_seed(0)
+    model = MolmoeModel(cfg).train()
+    presence = WordPresence(model, cfg.embedding_size, ("stem", "tokens"))
+    opt = torch.optim.AdamW(list(model.parameters()) + list(presence.parameters()), lr=2e-2)
+    from model_runtime.small_model.trainer import to_batch
+
+    mb, _ = to_batch(b, torch.device("cpu"), torch.float32, cfg)
+    losses = []
+    for _ in range(25):  # fitting one batch: the loss falls and the ids become predicted present
+        model.embed(mb)
+        loss, figures = presence.losses(mb.crop_rows, b["caption_targets"], b["has_caption"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+    assert 0 <= float(figures["recall"]) <= 1 and 0 <= float(figures["precision"]) <= 1
+    # rows without a caption take no part: their targets can be anything
+    model.embed(mb)
+    masked = b["caption_targets"].clone()
+    masked[~b["has_caption"]] = 1
+    same, _ = presence.losses(mb.crop_rows, masked, b["has_caption"])
+    model.embed(mb)
+    again, _ = presence.losses(mb.crop_rows, b["caption_targets"], b["has_caption"])
+    assert torch.allclose(same, again)
+    presence.remove()
+    with pytest.raises(ValueError, match="needs vit_patch_stem"):
+        WordPresence(MolmoeModel(tiny_small()), 300, ("stem",))
+    with pytest.raises(ValueError, match="sites"):
+        WordPresence(model, 300, ("pixels",))
+
+    # in the training loop: logged, and a resumed run continues with the heads' state
+    tcfg = TrainConfig(steps=3, batch_size=4, num_workers=0, eval_every=3, val_batches=1, warmup_steps=1,
+                       recipes={"plain": 0.0}, word_presence=1.0, data=TrainDataConfig(batch_size=4))
+    train(tcfg, tmp_path, tokenizer, device="cpu", config=cfg, log=lambda s: None)
+    header = (tmp_path / "train_log.csv").read_text().splitlines()[0]
+    assert "plain/presence" in header and "plain/presence_recall" in header
+    assert "presence" in torch.load(tmp_path / "train_state.pt", weights_only=False)["runs"]["plain"]
+    tcfg.steps = 4
+    assert train(tcfg, tmp_path, tokenizer, device="cpu", config=cfg, resume=True, log=lambda s: None)["steps"] == 4

@@ -10,7 +10,9 @@
 # and connector at a tenth of the tower's rate, which a CPU run found lets the model learn to look,
 # benchmarks/RESULTS.md "Third and fourth H200 runs"; LR_SCALE= trains every module at one rate);
 # CAPTION_RATE (default 0.5) is the share of examples asked for their dense caption (train_model --caption-rate);
-# PATCH_STEM (default linear) is the tower's patch embedding (train_model --patch-stem linear|conv|hybrid).
+# PATCH_STEM (default linear) is the tower's patch embedding (train_model --patch-stem linear|conv|hybrid);
+# WORD_PRESENCE (default 0: off) weighs the word-presence loss (train_model --word-presence, needs a conv/hybrid stem),
+# read at WORD_PRESENCE_SITES (default "stem"; "stem tokens" adds the image tokens the language model receives).
 set -euo pipefail
 W=${1:?usage: train_small_model.sh WORK [TIME_BUDGET_S] [STEPS]}
 BUDGET=${2:-390}
@@ -18,12 +20,15 @@ STEPS=${3:-0}
 LR_SCALE=${LR_SCALE-"lm.=0.1 connector.=0.1"}
 CAPTION_RATE=${CAPTION_RATE:-0.5}
 PATCH_STEM=${PATCH_STEM:-linear}
+WORD_PRESENCE=${WORD_PRESENCE:-0}
+WORD_PRESENCE_SITES=${WORD_PRESENCE_SITES:-stem}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 t0=$(date +%s)
 $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test --overwrite
 $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda --time-budget "$BUDGET" \
-    --steps "$STEPS" --batch-size 512 --reuse 4 --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --overwrite \
+    --steps "$STEPS" --batch-size 512 --reuse 4 --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
+    --word-presence-sites $WORD_PRESENCE_SITES --overwrite \
     ${INIT_FROM:+--init-from "$INIT_FROM"} ${LR_SCALE:+--lr-scale $LR_SCALE}
 echo "[train_small_model] trained at $(( $(date +%s) - t0 )) s"
 [ "${SKIP_GRID:-0}" = 1 ] && exit 0  # the built cache holds the whole grid anyway

@@ -13,10 +13,15 @@ configuration instead of the full one: insertion position p uniform in 1..5, top
 Numerics: on the GPU the model runs in bf16 (as at inference there) with float32 master weights
 in the optimiser (on the CPU, whose bf16 matrix products are slow, in float32); experts are computed densely (:mod:`.dense_experts`, same function as the routed
 form). Loss: cross-entropy on the answer tokens + EOS, plus OLMoE's auxiliary losses (load
-balancing, coefficient ``aux_coef``; router z-loss, ``z_coef``) averaged over blocks.
+balancing, coefficient ``aux_coef``; router z-loss, ``z_coef``) averaged over blocks; with
+``word_presence`` w > 0, plus w × the word-presence loss (:mod:`.word_presence`: the bag of the
+image's caption subwords from a per-channel max over the stem's tokens, the quickly learned
+image-level text supervision that stands in for the tower's CLIP pre-training).
 
 Logged numbers (TensorBoard under ``<out>/tb``, CSV ``<out>/train_log.csv``), per recipe:
 ``loss`` (total), ``ce`` (answer cross-entropy, per example then averaged), ``aux`` (load balance), ``z`` (router z-loss),
+``presence``, ``presence_recall``, ``presence_precision`` (word-presence loss and its
+ids predicted present, when on),
 ``acc/<task>`` (teacher-forced exact match: every answer token and the EOS are the argmax, which
 is exactly when greedy decoding returns the answer; questions only), ``acc/caption`` (the same
 over dense-caption examples, whole caption), ``val_ce`` / ``val_acc/<task>`` on held-out
@@ -47,6 +52,7 @@ from model_runtime.molmoe.tokenizer import TextTokenizer
 
 from model_runtime.molmoe.dense_experts import compile_dense_moe, dense_experts
 from .training_data import IGNORE, SuiteStream, TrainDataConfig
+from .word_presence import WordPresence
 
 #: Valid (p, active blocks) pairs and top-k values of the default knob space (16 blocks).
 _P_RANGE = range(1, 6)
@@ -80,6 +86,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     aux_coef: float = 0.01
     z_coef: float = 0.001
+    #: weight of the word-presence loss (0: off) and where it reads the tokens (word_presence.SITES)
+    word_presence: float = 0.0
+    word_presence_sites: tuple[str, ...] = ("stem",)
     recipes: dict[str, float] = field(default_factory=lambda: {"plain": 0.0, "robust": 0.15})
     num_workers: int = 14
     eval_every: int = 250
@@ -210,29 +219,50 @@ class Run:
                                        "lr_scale": scale} for (scale, decays), ms in groups.items()],
                                      lr=cfg.lr, betas=cfg.betas, foreach=True)
         self.router = RouterLosses(self.model)
+        self.presence: WordPresence | None = None
+        if cfg.word_presence > 0:  # float32 heads, training-only: their own optimiser, same schedule
+            self.presence = WordPresence(self.model, config.embedding_size, cfg.word_presence_sites).to(device)
+            self.presence_opt = torch.optim.AdamW(self.presence.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                                  weight_decay=cfg.weight_decay, foreach=True)
         self.rng = random.Random(f"{cfg.seed}-{name}")
         self._dense = dense_experts(self.model.lm)  # training always computes experts densely
         self._dense.__enter__()
         if cfg.compile:
             compile_dense_moe()
 
-    def step(self, batch: MolmoeBatch, labels: torch.Tensor, lr: float, cfg: TrainConfig) -> dict[str, Any]:
+    def step(self, batch: MolmoeBatch, labels: torch.Tensor, lr: float, cfg: TrainConfig,
+             captions: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+        """One optimiser step; ``captions`` = (caption_targets, has_caption) of the batch, for the
+        word-presence loss when it is on."""
         plan = sample_plan(self.rng, self.rate, self.model.lm.n_layers, self.model.lm.max_top_k)
         ce, exact = forward_loss(self.model, batch, labels, plan, self.router)
         aux, z = self.router.losses()
         loss = ce + cfg.aux_coef * aux + cfg.z_coef * z
+        out: dict[str, Any] = {}
+        heads: list[torch.Tensor] = []
+        if self.presence is not None:
+            if captions is None:
+                raise ValueError("word_presence is on: step() needs the batch's caption targets")
+            presence, figures = self.presence.losses(batch.crop_rows, *captions)
+            loss = loss + cfg.word_presence * presence
+            out = {"presence": presence.detach(), **{f"presence_{k}": v for k, v in figures.items()}}
+            heads = list(self.presence.parameters())
         params = list(self.model.parameters())
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for m, g in zip(self.master, grads):
+        grads = torch.autograd.grad(loss, params + heads, allow_unused=True)
+        for m, g in zip(self.master + heads, grads):
             m.grad = None if g is None else g.float()
         torch.nn.utils.clip_grad_norm_(self.master, cfg.grad_clip)
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.opt.step()
+        if heads:
+            for group in self.presence_opt.param_groups:
+                group["lr"] = lr
+            self.presence_opt.step()
         with torch.no_grad():
             torch._foreach_copy_(params, self.master)
         return {"loss": loss.detach(), "ce": ce.detach(), "aux": aux.detach(), "z": z.detach(), "exact": exact,
-                "full": all(k == self.model.lm.max_top_k for k in plan)}
+                "full": all(k == self.model.lm.max_top_k for k in plan), **out}
 
     @torch.no_grad()
     def evaluate(self, batches: list[tuple[MolmoeBatch, torch.Tensor, torch.Tensor]]) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -252,6 +282,8 @@ class Run:
         """Back to transformers' routed experts and no router hooks (the model as it is saved)."""
         self._dense.__exit__(None, None, None)
         self.router.remove()
+        if self.presence is not None:
+            self.presence.remove()
 
     def load_weights(self, folder: Path) -> None:
         """Weights (not optimiser state) from a saved checkpoint of the same config."""
@@ -267,8 +299,11 @@ class Run:
             torch._foreach_copy_(list(self.model.parameters()), self.master)
 
     def state(self) -> dict[str, Any]:
-        return {"master": [m.detach().cpu() for m in self.master], "opt": self.opt.state_dict(),
-                "rng": self.rng.getstate()}
+        st = {"master": [m.detach().cpu() for m in self.master], "opt": self.opt.state_dict(),
+              "rng": self.rng.getstate()}
+        if self.presence is not None:
+            st["presence"] = {"heads": self.presence.state_dict(), "opt": self.presence_opt.state_dict()}
+        return st
 
     def load_state(self, st: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -277,6 +312,11 @@ class Run:
             torch._foreach_copy_(list(self.model.parameters()), self.master)
         self.opt.load_state_dict(st["opt"])
         self.rng.setstate(st["rng"])
+        if self.presence is not None:
+            if "presence" not in st:
+                raise ValueError("--resume: the saved run was trained without the word-presence loss")
+            self.presence.load_state_dict(st["presence"]["heads"])
+            self.presence_opt.load_state_dict(st["presence"]["opt"])
 
 
 def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str | torch.device = "cuda",
@@ -338,13 +378,15 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
         b = next(it)
         mb, labels = to_batch(b, device, dtype, config)
         task = b["task"].to(device)
+        captions = (b["caption_targets"].to(device, non_blocking=True), b["has_caption"].to(device, non_blocking=True))
         wait += time.perf_counter() - tw
         lr = lr_at(step, cfg, total or 10**9)
         record: dict[str, Any] = {"step": step, "lr": lr}
         for run in runs:
-            res = run.step(mb, labels, lr, cfg)
-            for key in ("loss", "ce", "aux", "z"):
-                record[f"{run.name}/{key}"] = res[key]
+            res = run.step(mb, labels, lr, cfg, captions)
+            for key in ("loss", "ce", "aux", "z", "presence", "presence_recall", "presence_precision"):
+                if key in res:
+                    record[f"{run.name}/{key}"] = res[key]
             if res["full"]:
                 window[run.name]["exact"].append(res["exact"])
                 window[run.name]["task"].append(task)

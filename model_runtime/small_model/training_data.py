@@ -25,6 +25,9 @@ Each example is asked exactly as the runtime asks it (``format_question`` of the
 template, Molmo preprocessing at the full tier's ``max_crops``) and answered with
 ``" " + answer`` + EOS (multiple choice: the option's letter), the way the runtime decodes a
 generation. Labels sit at the position *before* the token they predict.
+
+Every sample also carries the subword ids of its image's caption (``caption_ids``, empty for
+an image without one), the targets of :mod:`.word_presence`, whatever the sample asks.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class TrainingSample:
     image_masks: np.ndarray   # (n_crops, n_patches)
     image_input_idx: np.ndarray  # (n_crops, tokens_per_crop), prompt positions
     task: int
+    caption_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # distinct subword ids of the caption
 
 
 def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: MolmoImagePreprocessor, example,
@@ -119,11 +123,16 @@ def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: Mo
     labels = np.full(ids.shape[0], IGNORE, dtype=np.int64)
     labels[n - 1 :] = target
     img = prompt.image
-    return TrainingSample(ids, labels, img.patches, img.image_masks, img.image_input_idx, task_index)
+    caption_ids = (np.unique(np.asarray(tokenizer.encode(" " + example.caption), dtype=np.int64)) if example.caption
+                   else np.zeros(0, np.int64))
+    return TrainingSample(ids, labels, img.patches, img.image_masks, img.image_input_idx, task_index, caption_ids)
 
 
-def collate(samples: Sequence[TrainingSample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad samples into one batch (the runtime's layout); pixels stay uint8 for the copy."""
+def collate(samples: Sequence[TrainingSample], pad_id: int, vocab_size: int = 1024) -> dict[str, torch.Tensor]:
+    """Left-pad samples into one batch (the runtime's layout); pixels stay uint8 for the copy.
+
+    ``caption_targets`` (B, vocab_size) is the multi-hot of each sample's caption ids (ids at or
+    above ``vocab_size`` dropped) and ``has_caption`` (B,) marks the samples that have one."""
     seq = max(s.input_ids.shape[0] for s in samples)
     b = len(samples)
     ids = np.full((b, seq), pad_id, dtype=np.int64)
@@ -137,6 +146,9 @@ def collate(samples: Sequence[TrainingSample], pad_id: int) -> dict[str, torch.T
         labels[r, off:] = s.labels
         rows.append(np.full(s.patches.shape[0], r, dtype=np.int64))
         idx.append(np.where(s.image_input_idx >= 0, s.image_input_idx + off, -100))
+    targets = np.zeros((b, vocab_size), dtype=np.uint8)
+    for r, s in enumerate(samples):
+        targets[r, s.caption_ids[s.caption_ids < vocab_size]] = 1
     return {
         "input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(labels),
         "patches": torch.from_numpy(np.concatenate([s.patches for s in samples])),
@@ -144,6 +156,8 @@ def collate(samples: Sequence[TrainingSample], pad_id: int) -> dict[str, torch.T
         "crop_rows": torch.from_numpy(np.concatenate(rows)),
         "image_input_idx": torch.from_numpy(np.concatenate(idx)),
         "task": torch.tensor([s.task for s in samples], dtype=torch.long),
+        "caption_targets": torch.from_numpy(targets),
+        "has_caption": torch.tensor([s.caption_ids.size > 0 for s in samples]),
     }
 
 
@@ -205,7 +219,7 @@ class SuiteStream(torch.utils.data.IterableDataset):
             if cid not in chunks:
                 chunks[cid] = self.render_chunk(indices, pre)
             samples.extend(chunks[cid])
-        return collate(samples, self.config.tokens.pad)
+        return collate(samples, self.config.tokens.pad, self.config.embedding_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
