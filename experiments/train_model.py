@@ -98,10 +98,11 @@ def parse_lr_scale(specs: Sequence[str] | None) -> dict[str, float]:
 
 def parse_task_weights(specs: Sequence[str]) -> dict[str, float]:
     """``["synth_text=1", "easy_vqa=0.5"]`` → ``{"synth_text": 1.0, "easy_vqa": 0.5}`` (suite tasks only)."""
-    from model_runtime.datasets.suite import TASKS
+    from model_runtime.datasets.suite import TASKS, TRAIN_ONLY_TASKS
 
-    weights = _parse_non_negative("--task-weights", specs, lambda t: t in TASKS,
-                                  f"TASK=WEIGHT with TASK one of {', '.join(TASKS)}", "weights")
+    known = TASKS + TRAIN_ONLY_TASKS
+    weights = _parse_non_negative("--task-weights", specs, lambda t: t in known,
+                                  f"TASK=WEIGHT with TASK one of {', '.join(known)}", "weights")
     if not any(weights.values()):
         raise ValueError("--task-weights: at least one weight must be > 0")
     return weights

@@ -10,7 +10,7 @@ import pytest
 from experiments import make_suite as make_suite_cli
 from model_runtime.datasets import build_prompt, load_requests
 from model_runtime.datasets.suite import (
-    TASK_INFO, TASKS, example_to_request, make_suite, question_corpus, render_example,
+    TASK_INFO, TASKS, TRAIN_ONLY_TASKS, example_to_request, make_suite, question_corpus, render_example,
 )
 from model_runtime.molmoe.preprocessing import select_tiling
 
@@ -24,7 +24,7 @@ def _same(a, b) -> bool:
 
 def test_tasks_and_info():
     assert TASKS == ("easy_vqa", "synth_text", "synth_doc", "synth_chart", "synth_count", "synth_diagram")
-    assert set(TASK_INFO) == set(TASKS)
+    assert set(TASK_INFO) == set(TASKS + TRAIN_ONLY_TASKS)
     assert TASK_INFO["synth_diagram"].metric == "multiple_choice"
     assert "MIT" in TASK_INFO["easy_vqa"].description
 
@@ -155,3 +155,20 @@ def test_dense_caption_describes_the_gold_answer(task):
         else:
             assert ex.answers[0] in ex.caption
     assert render_example("easy_vqa", "train", 0, seed=0).caption is None  # its source does not describe images
+
+
+def test_training_only_large_print_task():
+    from model_runtime.datasets.suite import TASKS, TRAIN_ONLY_TASKS, render_example
+
+    assert "synth_read" in TRAIN_ONLY_TASKS and "synth_read" not in TASKS  # never in a suite's requests
+    for i in range(6):
+        ex = render_example("synth_read", "train", i, seed=0)
+        h, w, _ = ex.image.shape
+        assert (w, h) == (ex.meta["image_w"], ex.meta["image_h"])
+        assert ex.meta["text_px"] >= 0.1 * h or ex.meta["text_px"] >= 8  # large print (shrunk only to fit the width)
+        assert ex.answers[0] in ex.caption and ex.question.endswith(("?", "."))
+    a, b = render_example("synth_read", "val", 0, seed=0), render_example("synth_read", "val", 0, seed=0)
+    assert np.array_equal(a.image, b.image) and a.answers == b.answers
+    assert not np.array_equal(render_example("synth_read", "train", 0).image, a.image)
+    with pytest.raises(ValueError, match="training-only"):
+        render_example("synth_read", "test", 0)

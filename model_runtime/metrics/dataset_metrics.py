@@ -48,6 +48,7 @@ METRIC_FOR_DATASET: dict[str, str] = {
     "synth_chart": "relaxed_accuracy",
     "synth_count": "exact_match",
     "synth_diagram": "multiple_choice",
+    "synth_read": "vqa_score",  # training-only large print (model_runtime.datasets.suite.synth_read)
 }
 
 # Extra spellings (after squashing) that name the same dataset.

@@ -21,6 +21,10 @@ other generator keys (and, for easy-VQA, its test split divided by image), so th
 train examples. Image sizes (100–640 px sides, aspect 1:2 to 2:1) and text sizes vary within
 each task so the Molmo tiling tiers (3 / 6 / 12 crops) matter; ``meta`` records the
 difficulty descriptors (``image_w``, ``image_h``, ``text_px``, ``n_objects``, ...).
+
+Training-only tasks (:data:`TRAIN_ONLY_TASKS`: ``synth_read``, large print of the suite's own
+vocabularies, see :mod:`.synth_read`) render in the ``train`` and ``val`` streams for the
+training mix and its monitoring; they are never written to a suite's requests.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ import numpy as np
 
 from model_runtime.datasets.request_format import Request
 
-from . import easy_vqa, synth_chart, synth_count, synth_diagram, synth_doc, synth_text
+from . import easy_vqa, synth_chart, synth_count, synth_diagram, synth_doc, synth_read, synth_text
 from .example import Example, TaskInfo
 
 TASKS: tuple[str, ...] = ("easy_vqa", "synth_text", "synth_doc", "synth_chart", "synth_count",
                           "synth_diagram")
+TRAIN_ONLY_TASKS: tuple[str, ...] = ("synth_read",)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 TASK_INFO: dict[str, TaskInfo] = {
@@ -63,19 +68,26 @@ TASK_INFO: dict[str, TaskInfo] = {
         "synth_diagram", "multiple_choice", "AI2D / ScienceQA",
         "Procedural food webs, life cycles and process flows of labeled nodes and arrows; "
         "4-option multiple choice answered by letter."),
+    "synth_read": TaskInfo(
+        "synth_read", "vqa_score", "PixMo-Docs-style synthetic text (training only)",
+        "Training only: one sign word, form value or chart number/label printed at 20-60% of the "
+        "image height; 'what does the text say?'."),
 }
 
 _RENDERERS: dict[str, ModuleType] = {
     "easy_vqa": easy_vqa, "synth_text": synth_text, "synth_doc": synth_doc,
     "synth_chart": synth_chart, "synth_count": synth_count, "synth_diagram": synth_diagram,
+    "synth_read": synth_read,
 }
 
 
 def _check(task: str, split: str) -> None:
     if task not in _RENDERERS:
-        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS + TRAIN_ONLY_TASKS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+    if task in TRAIN_ONLY_TASKS and split == "test":
+        raise ValueError(f"{task} is a training-only task: it has train and val streams, no test split")
 
 
 def render_example(task: str, split: str, index: int, seed: int = 0) -> Example:
@@ -88,7 +100,7 @@ def render_example(task: str, split: str, index: int, seed: int = 0) -> Example:
     _check(task, split)
     if int(index) < 0:
         raise ValueError(f"index must be >= 0, got {index}")
-    rng = np.random.default_rng([int(seed), TASKS.index(task), SPLITS.index(split), int(index)])
+    rng = np.random.default_rng([int(seed), (TASKS + TRAIN_ONLY_TASKS).index(task), SPLITS.index(split), int(index)])
     return _RENDERERS[task].render(rng, split=split, index=int(index), seed=int(seed))
 
 
@@ -105,5 +117,5 @@ def example_to_request(ex: Example, *, request_id: str, image_path: str, split: 
 
 from .build import make_suite, question_corpus  # noqa: E402  (build uses render_example)
 
-__all__ = ["TASKS", "SPLITS", "TASK_INFO", "TaskInfo", "Example", "render_example",
+__all__ = ["TASKS", "TRAIN_ONLY_TASKS", "SPLITS", "TASK_INFO", "TaskInfo", "Example", "render_example",
            "example_to_request", "make_suite", "question_corpus"]
