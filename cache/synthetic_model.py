@@ -26,6 +26,7 @@ from cache.synthetic_calibration import (
 from cache.synthetic_params import (
     _STREAM_ASSIGN,
     _STREAM_BLOCK,
+    _STREAM_JITTER,
     _STREAM_LENGTH_DIR,
     _STREAM_STRUCTURE,
     GEN_BLOCK,
@@ -210,9 +211,46 @@ def _config_arrays(ks: KnobSpace) -> dict[str, np.ndarray]:
     slots = t["expert_slots"].astype(np.float64)
     s_full, s_cheap = slots.max(), slots.min()
     slot_reduction = (s_full - slots) / max(s_full - s_cheap, 1.0)
-    return {"tier": t["tier"], "topk_idx": np.searchsorted(ks.top_ks, t["top_k"]), "n_drop": n_drop,
+    p_idx = np.searchsorted(ks.insertion_positions, t["p"])
+    topk_idx = np.searchsorted(ks.top_ks, t["top_k"])
+    _, blocks_idx = np.unique(t["blocks"], return_inverse=True)
+    # each non-tier configuration's (p, top-k, blocks) value indices, for the knob factors of the jitter
+    nontier_knobs = np.empty((len(nontier), 3), dtype=np.int64)
+    nontier_knobs[j_of] = np.stack([p_idx, topk_idx, blocks_idx], axis=1)
+    return {"tier": t["tier"], "topk_idx": topk_idx, "n_drop": n_drop,
             "coverage": coverage, "nontier": j_of, "n_nontier": np.int64(len(nontier)), "slot_reduction": slot_reduction,
-            "p_idx": np.searchsorted(ks.insertion_positions, t["p"])}
+            "p_idx": p_idx, "nontier_knobs": nontier_knobs}
+
+
+def _ar1_factors(rng: np.random.Generator, n: int, n_values: int, corr: float) -> np.ndarray:
+    """(n, n_values) unit-variance factors along a knob's ordered values, correlation ``corr`` between
+    neighbours (a stationary AR(1)): a request that gains from top-k 6 tends to gain from 5 and 7."""
+    z = rng.standard_normal((n, n_values))
+    for j in range(1, n_values):
+        z[:, j] = corr * z[:, j - 1] + np.sqrt(1.0 - corr * corr) * z[:, j]
+    return z
+
+
+def _jitter(params: SyntheticParams, seed: int, block: int, iid: np.ndarray,
+            cfg: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(n, T, n_nontier) logit jitter: ``jitter_iid_share`` of the variance from ``iid`` (unit normal,
+    one per request and configuration), the rest the sum of a per-request factor of each knob's value
+    (tier, p, top-k, blocks; :func:`_ar1_factors`), so that neighbouring configurations' outcomes
+    move together as a real model's do. Its marginal is N(0, jitter_sd²) either way, which is what
+    the calibration assumes."""
+    share = params.jitter_iid_share
+    if share >= 1.0:
+        return params.jitter_sd * iid
+    ks = params.knob_space
+    n, T, _ = iid.shape
+    rng = _rng(seed, _STREAM_JITTER, block)
+    rho = params.jitter_knob_corr
+    tier_f = _ar1_factors(rng, n, T, rho)
+    p_f, k_f, b_f = (_ar1_factors(rng, n, m, rho)
+                     for m in (len(ks.insertion_positions), len(ks.top_ks), int(cfg["nontier_knobs"][:, 2].max()) + 1))
+    knobs = cfg["nontier_knobs"]
+    structured = (tier_f[:, :, None] + (p_f[:, knobs[:, 0]] + k_f[:, knobs[:, 1]] + b_f[:, knobs[:, 2]])[:, None, :]) / 2.0
+    return params.jitter_sd * (np.sqrt(share) * iid + np.sqrt(1.0 - share) * structured)
 
 
 def _entropy_margin(conf: np.ndarray, n_alt: int = 9) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +276,7 @@ def _block_data(params: SyntheticParams, seed: int, block: int, rows: np.ndarray
     ds = dataset.astype(np.int64)
     rng = _rng(seed, _STREAM_BLOCK, block)
     lat = _draw_requests(rng, specs, ds)
-    jitter_nt = params.jitter_sd * rng.standard_normal((n, T, int(cfg["n_nontier"])))
+    jitter_nt = _jitter(params, seed, block, rng.standard_normal((n, T, int(cfg["n_nontier"]))), cfg)
     lang_noise = rng.standard_normal((n, params.lang_dim))
     tok_shared = rng.standard_normal((n, params.token_dim))
     tok_fresh = rng.standard_normal((n, T, P, params.token_dim))

@@ -22,13 +22,13 @@ from model_runtime.knob_space import KnobSpace
 GENERATOR_NAME = "synthetic"
 MODEL_ID = "synthetic"
 #: Bumped whenever the generative model changes what a (params, seed) pair produces.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: low-rank jitter (jitter_iid_share < 1)
 #: Requests per random-number block (changing it changes every generated value).
 GEN_BLOCK = 512
 DATASET_PREFIX = "synthetic-"
 
 # random-number streams (SeedSequence entropy words after the seed)
-_STREAM_ASSIGN, _STREAM_STRUCTURE, _STREAM_BLOCK, _STREAM_LENGTH_DIR = 1, 2, 3, 4
+_STREAM_ASSIGN, _STREAM_STRUCTURE, _STREAM_BLOCK, _STREAM_LENGTH_DIR, _STREAM_JITTER = 1, 2, 3, 4, 5
 
 # ---------------------------------------------------------------------------------- parameters
 @dataclass(frozen=True)
@@ -118,6 +118,11 @@ class SyntheticParams:
     reference_gap: float = 0.77 - 0.38
     robustness_slope: float = 0.5
     jitter_sd: float = 0.15
+    # share of the jitter's variance drawn independently per (request, configuration); the rest
+    # is per-request factors of each knob's value, correlated ``jitter_knob_corr`` between
+    # neighbouring values (1.0: every configuration independent, the generator before this option)
+    jitter_iid_share: float = 0.25
+    jitter_knob_corr: float = 0.7
     vqa_band: float = 0.4
     anls_band: float = 1.0
     # observable features
@@ -188,6 +193,9 @@ class SyntheticParams:
                      "lang_dataset_norm", "token_dataset_norm", "token_offset_norm"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0")
+        for name in ("jitter_iid_share", "jitter_knob_corr"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.token_shared_noise <= 1 or not 0 <= self.wrong_extra_tokens_prob <= 1:
             raise ValueError("token_shared_noise and wrong_extra_tokens_prob must be in [0, 1]")
 

@@ -134,6 +134,32 @@ def test_identical_tiling_gives_identical_outcomes(data):
     assert not np.array_equal(data.score[~same][:, med], data.score[~same][:, high])
 
 
+def test_jitter_is_low_rank_across_neighbouring_configurations(data):
+    from cache.synthetic_model import _config_arrays, _jitter
+
+    params, ks = SyntheticParams(), data.knob_space
+    cfg = _config_arrays(ks)
+    iid = np.random.default_rng(0).standard_normal((20000, len(ks.tiers), int(cfg["n_nontier"])))
+    per_config = lambda p: _jitter(p, 0, 0, iid, cfg)[:, cfg["tier"], cfg["nontier"]]  # noqa: E731
+    j = per_config(params)
+    assert abs(j.std() - params.jitter_sd) < 0.005  # the marginal the calibration assumes
+    corr = lambda a, b: np.corrcoef(j[:, ks.index(a)], j[:, ks.index(b)])[0, 1]  # noqa: E731
+    full = KnobConfig("high", 1, 8, 16)
+    near, far, cheapest = corr(full, KnobConfig("high", 1, 7, 16)), corr(full, KnobConfig("high", 1, 4, 16)), \
+        corr(full, ks.cheapest_config)
+    assert 0.6 < near < 0.8 and far < near - 0.05 and 0.2 < cheapest < far
+    # jitter_iid_share=1 is the independent jitter of generator version 1, from the same draws
+    assert np.array_equal(per_config(params.replace(jitter_iid_share=1.0)),
+                          params.jitter_sd * iid[:, cfg["tier"], cfg["nontier"]])
+    # in the outcomes: neighbouring configurations disagree less often than with independent jitter
+    indep = generate(SyntheticParams(n_samples=5000, jitter_iid_share=1.0), 0)
+    a, b = ks.index(full), ks.index(KnobConfig("high", 1, 7, 16))
+    flips = lambda d: np.mean(d.score[:, a] != d.score[:, b])  # noqa: E731
+    assert flips(data) < 0.8 * flips(indep)
+    with pytest.raises(ValueError, match="jitter_iid_share"):
+        SyntheticParams(jitter_iid_share=1.5)
+
+
 def test_latency_tokens_more_informative_at_later_p(data):
     delta, rho = data.latents["difficulty"], data.latents["robustness"]
     n_train = 3500
