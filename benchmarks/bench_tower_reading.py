@@ -1,7 +1,8 @@
 """Can the small model's vision tower learn to read, and how many examples does it take? (prints figures)
 
 ``python -m benchmarks.bench_tower_reading [--device cuda] [--variants linear@1e-3 conv@1e-3 cnn@1e-3 ...]
-[--train 100000] [--val 2000] [--words 32] [--steps 1500] [--batch-size 256] [--out FILE]``
+[--train 100000] [--val 2000] [--words 32] [--steps 1500] [--batch-size 256] [--readout attn|max|chanmax]
+[--stem-aux W] [--stem-only] [--out FILE]``
 
 The reading tasks of the suite stayed at chance in every H200 run while colour questions were
 learned (benchmarks/RESULTS.md, "Fifth and sixth H200 runs"). This isolates the tower: one 168-px
@@ -9,7 +10,9 @@ crop (the small model's crop) holds one sign with one of the 32 sign words of
 ``drawing.SIGN_WORDS`` at a text height drawn log-uniform over ``--min-px``..``--max-px``,
 anywhere in the crop; the tower (``MolmoeConfig.small()``'s, from scratch) and the connector
 (2×2 attention pooling + projector) feed a readout (``--readout``: learned-query attention,
-max of per-token logits, or per-channel max) and a linear layer over the 32 words. No language model: this is the most direct signal the tower can get, so an
+max of per-token logits, or per-channel max) and a linear layer over the 32 words; ``--stem-only``
+reads the conv/hybrid stem's tokens directly, ``--stem-aux W`` adds the word-presence loss on the
+stem (a per-channel max over its tokens, a linear layer, cross-entropy). No language model: this is the most direct signal the tower can get, so an
 example count at which it stays at chance here is a lower bound for the whole model.
 
 Variants ``STEM@LR``: ``linear`` is CLIP's patch embedding (one linear map of the 14×14×3 patch);
@@ -79,12 +82,14 @@ def render(seed: int, n: int, min_px: int, max_px: int, workers: int, n_words: i
     return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
-def build(stem: str, device, n_words: int = 32, readout: str = "attn", stem_aux: bool = False):
+def build(stem: str, device, n_words: int = 32, readout: str = "attn", stem_aux: bool = False, stem_only: bool = False):
     """(trainable modules, forward) of one variant: tower + connector + attention readout, or for
     ``stem="cnn"`` a small CNN on the crop's pixels (a baseline that is not the model's tower).
 
     ``stem_aux``: forward returns (logits, logits of a per-channel max over the stem's tokens), the
-    word-presence loss of ``model_runtime.small_model.word_presence`` on this one-word crop."""
+    word-presence loss of ``model_runtime.small_model.word_presence`` on this one-word crop.
+    ``stem_only``: the readout reads the stem's tokens (plus the tower's position embeddings)
+    directly, without the tower and connector."""
     import torch
     from torch import nn
 
@@ -123,20 +128,25 @@ def build(stem: str, device, n_words: int = 32, readout: str = "attn", stem_aux:
             w = torch.softmax(t @ self.q * t.shape[-1] ** 0.5 / 4, dim=1)
             return self.out((w[..., None] * t).sum(1))
 
-    head = Readout(cfg.d_model, n_words)
+    head = Readout(cfg.vit_hidden if stem_only else cfg.d_model, n_words)
     aux_head = nn.Linear(cfg.vit_hidden, n_words)
+    if (stem_aux or stem_only) and tower.patch_stem is None:
+        raise ValueError("--stem-aux and --stem-only need a conv or hybrid stem")
     mods = nn.ModuleList([tower, conn, head] + ([aux_head] if stem_aux else [])).to(device)
     stem_out: list[torch.Tensor] = []
     if stem_aux:
-        if tower.patch_stem is None:
-            raise ValueError("--stem-aux needs a conv or hybrid stem")
         tower.patch_stem.register_forward_hook(lambda m, i, o: stem_out.append(o))
 
+    def image_tokens(patches: torch.Tensor) -> torch.Tensor:
+        n, n_patches, _ = patches.shape
+        if stem_only:
+            return tower.patch_stem(patches) + tower.clip.embeddings.position_embedding.weight[1:]
+        return conn(tower(patches), torch.ones(n, n_patches, device=device))
+
     def forward(patches_u8: torch.Tensor):
-        n, n_patches, _ = patches_u8.shape
         patches = normalize_patches(patches_u8, cfg, torch.float32)
         stem_out.clear()
-        logits = head(conn(tower(patches), torch.ones(n, n_patches, device=device)))
+        logits = head(image_tokens(patches))
         return (logits, aux_head(stem_out[0].amax(1))) if stem_aux else logits
 
     return mods, forward
@@ -152,7 +162,7 @@ def run_variant(spec: str, data, val, args) -> dict:
     lr = float(lr or 1e-3)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    mods, forward = build(stem, dev, args.words, args.readout, stem_aux=args.stem_aux > 0)
+    mods, forward = build(stem, dev, args.words, args.readout, stem_aux=args.stem_aux > 0, stem_only=args.stem_only)
     if args.stem_aux > 0:
         main_forward = forward
         forward = lambda x: main_forward(x)[0]  # noqa: E731  (evaluation reads the main readout)
@@ -221,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--stem-aux", type=float, default=0.0,
                     help="weight of a second loss on a per-channel max over the stem's own tokens (conv/hybrid), "
                          "the word-presence loss; val accuracy is still the --readout's")
+    ap.add_argument("--stem-only", action="store_true",
+                    help="the readout reads the (conv/hybrid) stem's tokens directly: no tower, no connector")
     ap.add_argument("--val", type=int, default=2000, help="held-out crops")
     ap.add_argument("--words", type=int, default=32, help="the first N sign words only (an easier task)")
     ap.add_argument("--min-px", type=int, default=8)
