@@ -23,7 +23,9 @@ below is importable from ``cache.synthetic``. The code lives in modules by conce
 - :mod:`cache.synthetic_calibration`: the score model, the calibration solver
   (:func:`calibrate`) and the calibration table / report;
 - :mod:`cache.synthetic_writer`: :func:`write_synthetic_cache` and :func:`build_default_cache`;
-- :mod:`cache.synthetic_cli`: the command line (``python -m cache.synthetic`` runs it).
+- :mod:`cache.synthetic_cli`: the command line (``python -m cache.synthetic`` runs it);
+- :mod:`cache.synthetic_fit`: ``--calibrate-to CACHE``, the datasets, their marginals and the
+  knob costs fitted to another cache (e.g. a live-built one) instead of the defaults below.
 
 Generative model
 ================

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     Outcomes = SyntheticData | OutcomeCache
 
-METRICS: tuple[str, ...] = ("vqa_score", "mc", "anls")
+METRICS: tuple[str, ...] = ("vqa_score", "mc", "anls", "exact")
 
 #: VQA accuracy levels with 10 annotators: k = 0, 1, 2, 3, ≥4 humans agree → 0, 0.3, 0.6, 0.9, 1.0
 VQA_LEVELS: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9, 1.0)
@@ -73,6 +73,7 @@ def score_from_margin(metric: str, m: np.ndarray, *, vqa_band: float, anls_band:
     - ``mc``: 1 if ``m > 0``, else the guess (``guess_correct``, bool, broadcast against ``m``).
     - ``anls``: 0 if ``m ≤ 0`` (ANLS zeroes a normalised Levenshtein similarity < 0.5), else
       ``0.5 + 0.5·min(m / anls_band, 1)``: near-miss strings near the boundary, exact far inside.
+    - ``exact``: 1 if ``m > 0`` else 0 (exact match, relaxed accuracy: no partial credit).
 
     Returns float64 scores of ``m``'s shape, in [0, 1].
     """
@@ -87,6 +88,8 @@ def score_from_margin(metric: str, m: np.ndarray, *, vqa_band: float, anls_band:
     if metric == "anls":
         a = float(anls_band)
         return np.where(m > 0, 0.5 + 0.5 * np.minimum(m / a, 1.0), 0.0)
+    if metric == "exact":
+        return (m > 0).astype(np.float64)
     raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
 
 
@@ -110,6 +113,8 @@ def expected_score(metric: str, x: np.ndarray, *, vqa_band: float, anls_band: fl
     if metric == "anls":
         a = float(anls_band)
         return 0.5 * sigmoid(x) + 0.5 * (softplus(x) - softplus(x - a)) / a
+    if metric == "exact":
+        return sigmoid(x)
     raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
 
 

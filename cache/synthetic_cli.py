@@ -1,5 +1,7 @@
-"""``python -m cache.synthetic --out PATH --samples N --seed S``: write a SYNTHETIC cache and print
-its calibration table (the entry point :mod:`cache.synthetic` runs)."""
+"""``python -m cache.synthetic --out PATH --samples N --seed S [--calibrate-to CACHE]``: write a
+SYNTHETIC cache and print its calibration table, and with ``--calibrate-to`` its marginals next to
+those of the cache it was fitted to (:mod:`cache.synthetic_fit`). The entry point
+:mod:`cache.synthetic` runs."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from cache.schema import CacheError
 from cache.synthetic_calibration import calibration_report
 from cache.synthetic_params import SyntheticParams, select_datasets
 from cache.synthetic_writer import write_synthetic_cache
@@ -20,7 +23,11 @@ def _parser() -> argparse.ArgumentParser:
                     "and print its calibration table.",
     )
     ap.add_argument("--out", required=True, help="HDF5 file to write")
-    ap.add_argument("--samples", type=int, default=5000, help="number of requests (default 5000)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="number of requests (default 5000; with --calibrate-to, the source cache's)")
+    ap.add_argument("--calibrate-to", default=None, metavar="CACHE",
+                    help="fit the datasets, their marginals and the knob costs to this outcome cache (e.g. a "
+                         "live-built one; cache/synthetic_fit.py says what is fitted) instead of the default datasets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lang-dim", type=int, default=64)
     ap.add_argument("--token-dim", type=int, default=64)
@@ -44,17 +51,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model_runtime.latency_estimator import LatencyEstimator
 
     try:
-        kw: dict[str, Any] = dict(n_samples=args.samples, lang_dim=args.lang_dim, token_dim=args.token_dim,
+        kw: dict[str, Any] = dict(lang_dim=args.lang_dim, token_dim=args.token_dim,
                                   splits=tuple(args.splits), lang_r2_output_length=args.lang_r2_output_length)
-        if args.datasets:
-            kw["datasets"] = select_datasets(args.datasets)
-        params = SyntheticParams(**kw)
+        if args.calibrate_to:
+            if args.datasets:
+                raise ValueError("--datasets and --calibrate-to exclude each other (the source cache names the datasets)")
+            from cache.synthetic_fit import fit_params
+
+            params = fit_params(args.calibrate_to, n_samples=args.samples, **kw)
+        else:
+            if args.datasets:
+                kw["datasets"] = select_datasets(args.datasets)
+            params = SyntheticParams(n_samples=args.samples or 5000, **kw)
         est = LatencyEstimator.load(args.estimator) if args.estimator else None
         t0 = time.perf_counter()
         path = write_synthetic_cache(args.out, params, args.seed, est, overwrite=args.overwrite, chunk=args.chunk,
                                      resume=args.resume, log=None if args.quiet else (lambda s: print(s, file=sys.stderr)))
         dt = time.perf_counter() - t0
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     with OutcomeCache(path, tokens="lazy") as oc:
@@ -62,4 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote SYNTHETIC outcome cache {path} ({params.n_samples} requests, seed {args.seed}) in {dt:.1f} s; "
               f"budget range {lo:.1f}-{hi:.1f} ms")
         print(calibration_report(oc))
+    if args.calibrate_to:
+        import pandas as pd
+
+        from cache.synthetic_fit import fidelity_table
+
+        table, gaps = fidelity_table(args.calibrate_to, path)
+        with pd.option_context("display.width", 250, "display.max_columns", None):
+            print(f"\nfitted to {args.calibrate_to}: per dataset, source vs synthetic")
+            print(table.to_string(index=False))
+        print("  ".join(f"{k} {v}" for k, v in gaps.items()))
     return 0

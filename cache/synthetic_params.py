@@ -54,7 +54,7 @@ class DatasetSpec:
 
     Attributes:
         name: must start with ``synthetic-``.
-        metric: ``vqa_score``, ``mc`` or ``anls``.
+        metric: ``vqa_score``, ``mc``, ``anls`` or ``exact`` (no partial credit).
         full_target, cheapest_target: mean score at the full / cheapest configuration.
         targets_source: where the targets come from (``"measured: ..."`` or ``"ASSUMPTION: ..."``).
         weight: relative share of the requests.
@@ -245,7 +245,7 @@ class SyntheticParams:
 def _check_dataset(d: DatasetSpec) -> None:
     if not d.name.startswith(DATASET_PREFIX):
         raise ValueError(f"synthetic dataset names must start with {DATASET_PREFIX!r}, got {d.name!r}")
-    if d.metric not in ("vqa_score", "mc", "anls"):
+    if d.metric not in ("vqa_score", "mc", "anls", "exact"):
         raise ValueError(f"{d.name}: unknown metric {d.metric!r}")
     if not 0 < d.cheapest_target < d.full_target < 1:
         raise ValueError(f"{d.name}: targets must satisfy 0 < cheapest < full < 1")

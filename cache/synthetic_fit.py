@@ -1,0 +1,200 @@
+"""Fit the SYNTHETIC generator's marginals to an existing outcome cache (``--calibrate-to``).
+
+``python -m cache.synthetic --calibrate-to LIVE.h5 --out PATH [--samples N] [--seed S]`` writes a
+synthetic cache whose per-dataset marginals are read from ``LIVE.h5`` (a live-built cache, or
+any cache in the schema) and prints the two side by side (:func:`fidelity_table`).
+
+What is fitted, per dataset of the source (:func:`fit_params`):
+
+- the mix (``weight`` = the dataset's share of the requests) and the metric (``vqa_score``,
+  ``anls`` and multiple choice keep their score models; ``exact_match``, ``relaxed_accuracy`` and
+  any other metric map to ``exact``, no partial credit);
+- the mean score at the full and at the cheapest configuration (the calibration's two targets);
+- the prompt length (lognormal: median, log-spread, min, max of ``prompt_tokens``);
+- the base output length (``1 + Poisson(λ)`` with λ = mean full-configuration output tokens − 1,
+  capped at their maximum);
+- the image size: the median long side is solved (bisection) so that the mean vision-token count
+  at the top tier matches the source's under Molmo's tiling (:mod:`cache.molmo_tiling`); spreads
+  and aspect ratio keep fixed, documented values (the schema stores no image sizes);
+- multiple choice: every request has the modal number of options in the source's answers
+  when they are stored as choices, else 4.
+
+and, pooled over the source's datasets, the knob costs at otherwise-full configuration: the points
+lost by dropping 1..4 blocks and by each top-k below the largest (made non-negative and monotone),
+with ``reference_gap`` the pooled full → cheapest gap, so that each dataset's costs scale by its
+own gap as in the hand-calibrated generator. The knob space (crops per tier, importance scores)
+is the source's.
+
+Not fitted (the generator's documented defaults stay): difficulty spread, vision need, the
+robustness factor, the jitter, and the observable features' signal strengths; the table reports
+the oracle gap of both caches so that their distance is visible.
+
+numpy and the cache reader only (replay path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from cache.molmo_tiling import crops_and_tokens
+from cache.reader import OutcomeCache
+from cache.synthetic_params import DATASET_PREFIX, DatasetSpec, ImageSizeSpec, SyntheticParams
+from model_runtime.knob_space import KnobConfig, KnobSpace
+
+#: source metric → the generator's score model
+METRIC_MAP: dict[str, str] = {"vqa_score": "vqa_score", "anls": "anls", "mc": "mc", "multiple_choice": "mc"}
+#: image-size shape parameters that are not identifiable from token counts
+_LONG_SIGMA, _ASPECT_MEDIAN, _ASPECT_SIGMA, _PORTRAIT = 0.25, 1.33, 0.2, 0.3
+_LONG_RANGE = (32.0, 4096.0)
+_CHOICES_4 = (0.0, 0.0, 1.0, 0.0)
+
+
+def _synthetic_name(name: str) -> str:
+    base = name[len(DATASET_PREFIX):] if name.startswith(DATASET_PREFIX) else name
+    return DATASET_PREFIX + base
+
+
+def _top_tier_tokens(spec: ImageSizeSpec, ks: KnobSpace, z: np.ndarray) -> float:
+    """Mean top-tier vision tokens of images drawn from ``spec`` with fixed normals ``z`` (3, n)."""
+    long_side = np.clip(spec.long_side_median * np.exp(spec.long_side_sigma * z[0]), *spec.long_side_range)
+    aspect = np.clip(spec.aspect_median * np.exp(spec.aspect_sigma * z[1]), 1.0, 3.0)
+    portrait = z[2] < spec.portrait_frac
+    short_side = long_side / aspect
+    h = np.rint(np.where(portrait, long_side, short_side)).astype(np.int64)
+    w = np.rint(np.where(portrait, short_side, long_side)).astype(np.int64)
+    _, vtok, _ = crops_and_tokens(h, w, ks.crops)
+    return float(vtok[:, -1].mean())
+
+
+def fit_image_spec(target_tokens: float, ks: KnobSpace, n: int = 2000, seed: int = 0) -> ImageSizeSpec:
+    """The image-size spec whose mean top-tier vision tokens match ``target_tokens`` (bisection on the
+    median long side, in log space; token counts grow with the image until the tier's crop cap)."""
+    rng = np.random.default_rng(seed)
+    z = np.stack([rng.standard_normal(n), rng.standard_normal(n), rng.random(n)])
+    spec = ImageSizeSpec(100.0, _LONG_SIGMA, _LONG_RANGE, _ASPECT_MEDIAN, _ASPECT_SIGMA, _PORTRAIT)
+    lo, hi = np.log(_LONG_RANGE[0]), np.log(_LONG_RANGE[1])
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if _top_tier_tokens(dataclasses.replace(spec, long_side_median=float(np.exp(mid))), ks, z) < target_tokens:
+            lo = mid
+        else:
+            hi = mid
+    return dataclasses.replace(spec, long_side_median=round(float(np.exp(0.5 * (lo + hi))), 1))
+
+
+def _modal_choices(answers: list[Any]) -> tuple[float, ...]:
+    counts = [len(a["choices"]) for a in answers if isinstance(a, dict) and isinstance(a.get("choices"), list)]
+    k = int(np.bincount(counts).argmax()) if counts else 4
+    if not 2 <= k <= 5:
+        k = 4
+    probs = [0.0] * 4
+    probs[k - 2] = 1.0
+    return tuple(probs)
+
+
+def _knob_costs(score: np.ndarray, ks: KnobSpace) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Pooled points lost by dropping 1..4 blocks and by each top-k (knob order), otherwise full;
+    non-negative and monotone (more removed never costs less)."""
+    full = ks.full_config
+    base = float(np.nanmean(score[:, ks.index(full)]))
+    counts = sorted({c.blocks for c in ks.configs}, reverse=True)
+    block = [max(0.0, 100 * (base - float(np.nanmean(score[:, ks.index(KnobConfig(full.tier, full.p, full.top_k, b))]))))
+             for b in counts[1:]]
+    topk = [max(0.0, 100 * (base - float(np.nanmean(score[:, ks.index(KnobConfig(full.tier, full.p, k, full.blocks))]))))
+            for k in ks.top_ks]
+    block = np.maximum.accumulate(np.asarray(block))  # 1, 2, ... dropped: non-decreasing
+    topk = np.maximum.accumulate(np.asarray(topk)[::-1])[::-1]  # smaller k never cheaper
+    topk[-1] = 0.0
+    return tuple(round(float(x), 3) for x in block), tuple(round(float(x), 3) for x in topk)
+
+
+def source_marginals(oc: OutcomeCache) -> dict[str, dict[str, float]]:
+    """Per dataset: share, mean score at the full and cheapest configuration, mean full-configuration
+    output tokens, mean top-tier vision tokens, mean prompt tokens."""
+    ks = oc.knob_space
+    c_full, c_cheap = ks.index(ks.full_config), ks.index(ks.cheapest_config)
+    out = {}
+    for j, name in enumerate(oc.datasets):
+        sel = oc.dataset == j
+        if not sel.any():
+            continue
+        out[name] = {
+            "share": float(sel.mean()),
+            "full": float(np.nanmean(oc.score[sel, c_full])),
+            "cheapest": float(np.nanmean(oc.score[sel, c_cheap])),
+            "output_tokens_full": float(oc.output_tokens[sel, c_full].mean()),
+            "vision_tokens_top": float(oc.vision_tokens[sel, -1].mean()),
+            "prompt_tokens": float(oc.prompt_tokens[sel].mean()),
+        }
+    return out
+
+
+def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> SyntheticParams:
+    """:class:`SyntheticParams` whose marginals are fitted to the cache at ``source`` (module docstring).
+
+    ``n_samples`` defaults to the source's request count; ``overrides`` replace any other field.
+    Raises ValueError (one line) when a dataset's targets cannot be calibrated (cheapest ≥ full,
+    or a mean score of 0 or 1)."""
+    with OutcomeCache(source, tokens="lazy") as oc:
+        ks = oc.knob_space
+        marg = source_marginals(oc)
+        specs = []
+        for name, m in marg.items():
+            j = oc.datasets.index(name)
+            sel = oc.dataset == j
+            metric = METRIC_MAP.get(oc.metrics.get(name, ""), "exact")
+            full, cheap = round(m["full"], 4), round(m["cheapest"], 4)
+            if not 0 < cheap < full < 1:
+                raise ValueError(f"--calibrate-to {source}: dataset {name!r} has full {full:.3f} and cheapest "
+                                 f"{cheap:.3f}; the generator needs 0 < cheapest < full < 1")
+            prompt = oc.prompt_tokens[sel].astype(np.float64)
+            out_full = oc.output_tokens[sel, ks.index(ks.full_config)]
+            out_full = out_full[out_full > 0]
+            lam = max(0.0, float(out_full.mean()) - 1.0) if out_full.size else 0.0
+            specs.append(DatasetSpec(
+                name=_synthetic_name(name), metric=metric, full_target=full, cheapest_target=cheap,
+                targets_source=f"fitted to {oc.attrs.get('model_id', '?')} cache ({oc.attrs.get('generator', '?')})",
+                vision_need_beta=(2.0, 2.0),
+                image=fit_image_spec(m["vision_tokens_top"], ks),
+                prompt_tokens=(float(np.median(prompt)), round(float(np.log(prompt).std()), 3), int(prompt.min()),
+                               int(prompt.max())),
+                output_extra_mean=round(lam, 3), output_max=int(max(1, out_full.max() if out_full.size else 1)),
+                weight=m["share"],
+                choice_probs=_modal_choices([oc.answers(int(i)) for i in np.flatnonzero(sel)[:200]]) if metric == "mc" else (),
+            ))
+        block, topk = _knob_costs(oc.score, ks)
+        pooled = oc.score[:, [ks.index(ks.full_config), ks.index(ks.cheapest_config)]]
+        gap = float(np.nanmean(pooled[:, 0]) - np.nanmean(pooled[:, 1]))
+        n = int(n_samples or oc.n_samples)
+    if gap <= 0:
+        raise ValueError(f"--calibrate-to {source}: the full configuration does not beat the cheapest (gap {gap:.3f})")
+    return SyntheticParams(n_samples=n, datasets=tuple(specs), knob_space=ks, block_costs_pts=block,
+                           topk_costs_pts=topk, reference_gap=gap, **overrides)
+
+
+def _oracle_gap(oc: OutcomeCache) -> float:
+    """Mean best score per test request minus the best single configuration's mean score."""
+    test = oc.split_indices("test")
+    s = np.nan_to_num(oc.score[test], nan=0.0)
+    return float(s.max(axis=1).mean() - s.mean(axis=0).max())
+
+
+def fidelity_table(source: str, synthetic: str):
+    """Per dataset, source vs synthetic: share, full and cheapest mean score, mean full-configuration
+    output tokens, mean top-tier vision tokens; and the score oracle gap of each cache (pandas)."""
+    import pandas as pd
+
+    with OutcomeCache(source, tokens="lazy") as a, OutcomeCache(synthetic, tokens="lazy") as b:
+        ma, mb = source_marginals(a), source_marginals(b)
+        rows = []
+        for name, x in ma.items():
+            y = mb.get(_synthetic_name(name), {})
+            rows.append({"dataset": name, **{f"{k} (source)": round(v, 3) for k, v in x.items()},
+                         **{f"{k} (synthetic)": round(v, 3) for k, v in y.items()}})
+        gaps = {"oracle score gap (source)": round(_oracle_gap(a), 4), "oracle score gap (synthetic)": round(_oracle_gap(b), 4)}
+    cols = ["dataset"] + [f"{k} ({w})" for k in ("share", "full", "cheapest", "output_tokens_full", "vision_tokens_top",
+                                                  "prompt_tokens") for w in ("source", "synthetic")]
+    return pd.DataFrame(rows)[cols], gaps

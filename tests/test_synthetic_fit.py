@@ -1,0 +1,72 @@
+"""Fitting the SYNTHETIC generator to another cache (``python -m cache.synthetic --calibrate-to``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from cache.synthetic import DEFAULT_DATASETS, SyntheticParams, main, write_synthetic_cache
+from cache.synthetic_calibration import expected_score, score_from_margin, sigmoid
+from cache.synthetic_fit import _knob_costs, fidelity_table, fit_params
+from model_runtime.knob_space import KnobConfig, KnobSpace
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A cache unlike the default: two datasets mixed 2:1, other targets, steeper knob costs."""
+    text, doc = DEFAULT_DATASETS[0], DEFAULT_DATASETS[4]
+    params = SyntheticParams(
+        n_samples=3000,
+        datasets=(dataclasses.replace(text, full_target=0.70, cheapest_target=0.45, weight=2.0, output_extra_mean=2.0),
+                  dataclasses.replace(doc, full_target=0.60, cheapest_target=0.20)),
+        block_costs_pts=(5.0, 8.0, 12.0, 25.0), topk_costs_pts=(8.0, 5.0, 3.0, 1.0, 0.0))
+    path = tmp_path_factory.mktemp("fit") / "source.h5"
+    write_synthetic_cache(path, params, seed=3)
+    return path
+
+
+def test_fitted_cache_reproduces_the_source_marginals(source, tmp_path):
+    params = fit_params(str(source))
+    assert [d.name for d in params.datasets] == ["synthetic-textvqa", "synthetic-docvqa"]
+    assert [round(d.weight, 2) for d in params.datasets] == [0.67, 0.33]
+    assert params.n_samples == 3000 and params.knob_space == KnobSpace()
+    # pooled knob costs come out steeper than the default generator's, monotone, 0 at full
+    assert params.block_costs_pts[0] > 3.1 and list(params.block_costs_pts) == sorted(params.block_costs_pts)
+    assert params.topk_costs_pts[-1] == 0.0 and list(params.topk_costs_pts) == sorted(params.topk_costs_pts, reverse=True)
+    out = tmp_path / "fitted.h5"
+    write_synthetic_cache(out, params, seed=11)
+    table, gaps = fidelity_table(str(source), str(out))
+    for col, tol in (("full", 0.03), ("cheapest", 0.03), ("share", 0.02), ("output_tokens_full", 0.3),
+                     ("prompt_tokens", 1.5)):
+        diff = (table[f"{col} (source)"] - table[f"{col} (synthetic)"]).abs()
+        assert (diff <= tol).all(), (col, table.to_string())
+    rel = (table["vision_tokens_top (synthetic)"] / table["vision_tokens_top (source)"] - 1).abs()
+    assert (rel < 0.08).all(), table.to_string()
+    assert set(gaps) == {"oracle score gap (source)", "oracle score gap (synthetic)"}
+
+
+def test_cli_calibrate_to_prints_the_side_by_side_table(source, tmp_path, capsys):
+    assert main(["--calibrate-to", str(source), "--out", str(tmp_path / "c.h5"), "--samples", "400", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "fitted to" in out and "full (source)" in out and "synthetic-docvqa" in out
+    assert main(["--calibrate-to", str(source), "--datasets", "textvqa", "--out", str(tmp_path / "d.h5")]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert main(["--calibrate-to", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "e.h5")]) == 2
+
+
+def test_knob_costs_are_monotone_and_exact_metric_has_no_partial_credit():
+    ks = KnobSpace()
+    score = np.full((10, len(ks)), 0.8)
+    full = ks.full_config
+    for b, s in ((15, 0.78), (14, 0.79), (13, 0.70), (12, 0.50)):  # a noisy, non-monotone curve
+        score[:, ks.index(KnobConfig(full.tier, full.p, full.top_k, b))] = s
+    for k, s in ((4, 0.7), (5, 0.75), (6, 0.74), (7, 0.8)):
+        score[:, ks.index(KnobConfig(full.tier, full.p, k, full.blocks))] = s
+    block, topk = _knob_costs(score, ks)
+    assert block == (2.0, 2.0, 10.0, 30.0)
+    assert topk == (10.0, 6.0, 6.0, 0.0, 0.0)
+    x = np.linspace(-3, 3, 7)
+    assert np.allclose(expected_score("exact", x, vqa_band=0.4, anls_band=1.0), sigmoid(x))
+    assert set(np.unique(score_from_margin("exact", x, vqa_band=0.4, anls_band=1.0))) == {0.0, 1.0}
