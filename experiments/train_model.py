@@ -32,6 +32,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--steps", type=int, default=0, help="optimiser steps (0: fit to --time-budget)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds of training when --steps is 0")
+    ap.add_argument("--stop-after", type=float, default=0.0, metavar="S",
+                    help="stop after S seconds of training with a resumable state even with --steps N (0: never): "
+                         "one schedule over several time-limited GPU calls, each continued with --resume")
     ap.add_argument("--batch-size", type=int, default=256,
                     help="examples per step (a step launches about as many kernels at any size, so larger "
                          "batches amortise them; see benchmarks/RESULTS.md)")
@@ -137,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--recipes {spec!r}: expected NAME=RATE")
         recipes[name] = float(rate)
     data_kw = {"task_weights": parse_task_weights(args.task_weights)} if args.task_weights else {}
-    cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget,
+    cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget, stop_after_s=args.stop_after,
                       batch_size=args.batch_size, lr=args.lr,
                       lr_scale=parse_lr_scale(args.lr_scale), recipes=recipes, num_workers=args.workers,
                       eval_every=args.eval_every, compile=args.compile, word_presence=args.word_presence,

@@ -277,10 +277,21 @@ def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
     grid = json.loads((tmp_path / "grid.json").read_text())
     assert len(grid["grid"]) == 8 and all(0 <= g["score/mean"] <= 1 for g in grid["grid"])
     assert {(g["tier"], g["top_k"], g["blocks"]) for g in grid["grid"]} >= {("high", 8, 16), ("low", 4, 12)}
-    # resume continues the same run
+    # resume continues the same run, and its log continues the first call's
+    from model_runtime.small_model.trainer import read_train_log
+
+    assert [r["step"] for r in read_train_log(tmp_path / "train_log.csv")] == [7]
     cfg.steps = 10
     summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
     assert summary["steps"] == 10
+    assert [r["step"] for r in read_train_log(tmp_path / "train_log.csv")] == [7, 9]
+    # stop_after_s: a fixed schedule stops early with a resumable state, the next call finishes it
+    cfg.steps, cfg.stop_after_s = 13, 1e-9
+    summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
+    assert summary["steps"] == 11 and summary["stopped_by_time"] and summary["total_steps"] == 13
+    cfg.stop_after_s = 0.0
+    summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
+    assert summary["steps"] == 13 and not summary["stopped_by_time"]
     # --init-from starts every recipe from a checkpoint's weights
     from model_runtime.small_model.trainer import Run
 

@@ -13,6 +13,10 @@
 # PATCH_STEM (default linear) is the tower's patch embedding (train_model --patch-stem linear|conv|hybrid);
 # WORD_PRESENCE (default 0: off) weighs the word-presence loss (train_model --word-presence, needs a conv/hybrid stem),
 # read at WORD_PRESENCE_SITES (default "stem"; "stem tokens" adds the image tokens the language model receives).
+# BATCH (default 512) is the batch size. One schedule over several GPU calls: give STEPS and STOP_AFTER (seconds,
+# train_model --stop-after) on the first call, then rerun the same command with RESUME=1 (train_model --resume:
+# the suite and train_state.pt in WORK are reused, the log continues) until train_summary.json says
+# "stopped_by_time": false.
 set -euo pipefail
 W=${1:?usage: train_small_model.sh WORK [TIME_BUDGET_S] [STEPS]}
 BUDGET=${2:-390}
@@ -22,13 +26,19 @@ CAPTION_RATE=${CAPTION_RATE:-0.5}
 PATCH_STEM=${PATCH_STEM:-linear}
 WORD_PRESENCE=${WORD_PRESENCE:-0}
 WORD_PRESENCE_SITES=${WORD_PRESENCE_SITES:-stem}
+BATCH=${BATCH:-512}
+STOP_AFTER=${STOP_AFTER:-0}
+RESUME=${RESUME:-0}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 t0=$(date +%s)
-$PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test --overwrite
+if [ "$RESUME" = 1 ] && [ -f "$W/suite/manifest.json" ]; then MODE=--resume; else
+  MODE=--overwrite
+  $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test --overwrite
+fi
 $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda --time-budget "$BUDGET" \
-    --steps "$STEPS" --batch-size 512 --reuse 4 --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
-    --word-presence-sites $WORD_PRESENCE_SITES --overwrite \
+    --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --reuse 4 --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
+    --word-presence-sites $WORD_PRESENCE_SITES $MODE \
     ${INIT_FROM:+--init-from "$INIT_FROM"} ${LR_SCALE:+--lr-scale $LR_SCALE}
 echo "[train_small_model] trained at $(( $(date +%s) - t0 )) s"
 [ "${SKIP_GRID:-0}" = 1 ] && exit 0  # the built cache holds the whole grid anyway

@@ -73,6 +73,9 @@ class TrainConfig:
     suite_seed: int = 0
     steps: int = 0
     time_budget_s: float = 420.0
+    #: wall-clock seconds after which the run stops with a resumable state even with fixed ``steps``
+    #: (0: never), so that one schedule can span several calls of a time-limited GPU machine
+    stop_after_s: float = 0.0
     probe_steps: int = 100
     batch_size: int = 256
     lr: float = 2e-3
@@ -365,6 +368,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     tb = SummaryWriter(str(out / "tb"))
     log_path = out / "train_log.csv"
     rows: list[dict[str, Any]] = []
+    prior_rows = read_train_log(log_path, before_step=start) if resume and log_path.is_file() else []
     t0 = time.perf_counter()
     wait = 0.0
     samples = 0
@@ -436,9 +440,14 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
             stopped_by_time = True  # the probe misjudged the rate: stop, keep a resumable state
             log(f"time budget exceeded at step {step} of {total}: stopping (resume with --resume)")
             break
+        if cfg.stop_after_s > 0 and step < total and time.perf_counter() - t0 > cfg.stop_after_s:
+            stopped_by_time = True
+            log(f"stop_after_s={cfg.stop_after_s:g} reached at step {step} of {total}: stopping (resume with --resume)")
+            break
     bar.close()
     tb.close()
     elapsed = time.perf_counter() - t0
+    rows = prior_rows + rows  # a resumed run's log continues the earlier calls' (nothing written is lost)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
     with open(log_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -460,6 +469,19 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     plot_curves(rows, tasks, [r.name for r in runs], out / "training_curves.png")
     return summary
+
+
+def read_train_log(path: Path, before_step: int | None = None) -> list[dict[str, Any]]:
+    """The rows of a ``train_log.csv`` (numbers as floats, ``step`` as int, empty cells left out),
+    those of steps before ``before_step`` only when given (a resumed run logs the steps from its state on)."""
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {k: float(v) for k, v in raw.items() if k != "step" and v not in ("", None)}
+            row["step"] = int(float(raw["step"]))
+            if before_step is None or row["step"] < before_step:
+                rows.append(row)
+    return rows
 
 
 def plot_curves(rows: list[dict[str, Any]], tasks: list[str], names: list[str], path: Path) -> None:
