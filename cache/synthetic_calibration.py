@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from cache.molmo_tiling import crops_and_tokens
-from cache.synthetic_params import DatasetSpec, SyntheticParams, _draw_requests, _rng
+from cache.synthetic_params import METRICS, DatasetSpec, SyntheticParams, _draw_requests, _rng
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     Outcomes = SyntheticData | OutcomeCache
 
-METRICS: tuple[str, ...] = ("vqa_score", "mc", "anls", "exact")
 
 #: VQA accuracy levels with 10 annotators: k = 0, 1, 2, 3, ≥4 humans agree → 0, 0.3, 0.6, 0.9, 1.0
 VQA_LEVELS: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9, 1.0)

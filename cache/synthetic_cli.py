@@ -53,16 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kw: dict[str, Any] = dict(lang_dim=args.lang_dim, token_dim=args.token_dim,
                                   splits=tuple(args.splits), lang_r2_output_length=args.lang_r2_output_length)
+        if args.samples is not None:
+            kw["n_samples"] = args.samples
         if args.calibrate_to:
             if args.datasets:
                 raise ValueError("--datasets and --calibrate-to exclude each other (the source cache names the datasets)")
             from cache.synthetic_fit import fit_params
 
-            params = fit_params(args.calibrate_to, n_samples=args.samples, **kw)
+            params = fit_params(args.calibrate_to, **kw)
         else:
             if args.datasets:
                 kw["datasets"] = select_datasets(args.datasets)
-            params = SyntheticParams(n_samples=args.samples or 5000, **kw)
+            params = SyntheticParams(**kw)
         est = LatencyEstimator.load(args.estimator) if args.estimator else None
         t0 = time.perf_counter()
         path = write_synthetic_cache(args.out, params, args.seed, est, overwrite=args.overwrite, chunk=args.chunk,

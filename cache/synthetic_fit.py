@@ -41,7 +41,7 @@ import numpy as np
 
 from cache.molmo_tiling import crops_and_tokens
 from cache.reader import OutcomeCache
-from cache.synthetic_params import DATASET_PREFIX, DatasetSpec, ImageSizeSpec, SyntheticParams
+from cache.synthetic_params import DATASET_PREFIX, DatasetSpec, ImageSizeSpec, SyntheticParams, image_sizes
 from model_runtime.knob_space import KnobConfig, KnobSpace
 
 #: source metric → the generator's score model
@@ -58,13 +58,11 @@ def _synthetic_name(name: str) -> str:
 
 
 def _top_tier_tokens(spec: ImageSizeSpec, ks: KnobSpace, z: np.ndarray) -> float:
-    """Mean top-tier vision tokens of images drawn from ``spec`` with fixed normals ``z`` (3, n)."""
-    long_side = np.clip(spec.long_side_median * np.exp(spec.long_side_sigma * z[0]), *spec.long_side_range)
-    aspect = np.clip(spec.aspect_median * np.exp(spec.aspect_sigma * z[1]), 1.0, 3.0)
-    portrait = z[2] < spec.portrait_frac
-    short_side = long_side / aspect
-    h = np.rint(np.where(portrait, long_side, short_side)).astype(np.int64)
-    w = np.rint(np.where(portrait, short_side, long_side)).astype(np.int64)
+    """Mean top-tier vision tokens of images drawn from ``spec`` with fixed draws ``z`` (3, n): two
+    standard normals and a uniform, as :func:`cache.synthetic_params.image_sizes` takes them."""
+    h, w = image_sizes(z[0], z[1], z[2], long_side_median=spec.long_side_median, long_side_sigma=spec.long_side_sigma,
+                       long_side_lo=spec.long_side_range[0], long_side_hi=spec.long_side_range[1],
+                       aspect_median=spec.aspect_median, aspect_sigma=spec.aspect_sigma, portrait_frac=spec.portrait_frac)
     _, vtok, _ = crops_and_tokens(h, w, ks.crops)
     return float(vtok[:, -1].mean())
 
@@ -168,7 +166,7 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
         block, topk = _knob_costs(oc.score, ks)
         pooled = oc.score[:, [ks.index(ks.full_config), ks.index(ks.cheapest_config)]]
         gap = float(np.nanmean(pooled[:, 0]) - np.nanmean(pooled[:, 1]))
-        n = int(n_samples or oc.n_samples)
+        n = oc.n_samples if n_samples is None else n_samples
     if gap <= 0:
         raise ValueError(f"--calibrate-to {source}: the full configuration does not beat the cheapest (gap {gap:.3f})")
     return SyntheticParams(n_samples=n, datasets=tuple(specs), knob_space=ks, block_costs_pts=block,

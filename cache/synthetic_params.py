@@ -26,6 +26,8 @@ GENERATOR_VERSION = 2  # 2: low-rank jitter (jitter_iid_share < 1)
 #: Requests per random-number block (changing it changes every generated value).
 GEN_BLOCK = 512
 DATASET_PREFIX = "synthetic-"
+#: the score models of :func:`cache.synthetic_calibration.score_from_margin`
+METRICS: tuple[str, ...] = ("vqa_score", "mc", "anls", "exact")
 
 # random-number streams (SeedSequence entropy words after the seed)
 _STREAM_ASSIGN, _STREAM_STRUCTURE, _STREAM_BLOCK, _STREAM_LENGTH_DIR, _STREAM_JITTER = 1, 2, 3, 4, 5
@@ -245,7 +247,7 @@ class SyntheticParams:
 def _check_dataset(d: DatasetSpec) -> None:
     if not d.name.startswith(DATASET_PREFIX):
         raise ValueError(f"synthetic dataset names must start with {DATASET_PREFIX!r}, got {d.name!r}")
-    if d.metric not in ("vqa_score", "mc", "anls", "exact"):
+    if d.metric not in METRICS:
         raise ValueError(f"{d.name}: unknown metric {d.metric!r}")
     if not 0 < d.cheapest_target < d.full_target < 1:
         raise ValueError(f"{d.name}: targets must satisfy 0 < cheapest < full < 1")
@@ -295,6 +297,20 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
+def image_sizes(z_long: np.ndarray, z_aspect: np.ndarray, u_portrait: np.ndarray, *, long_side_median: Any,
+                long_side_sigma: Any, long_side_lo: Any, long_side_hi: Any, aspect_median: Any, aspect_sigma: Any,
+                portrait_frac: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(height, width) int64 pixels of images drawn from :class:`ImageSizeSpec` parameters (scalars or
+    per-request arrays) with standard normals ``z_long``, ``z_aspect`` and uniforms ``u_portrait``."""
+    portrait = u_portrait < portrait_frac
+    long_side = np.clip(long_side_median * np.exp(long_side_sigma * z_long), long_side_lo, long_side_hi)
+    aspect = np.clip(aspect_median * np.exp(aspect_sigma * z_aspect), 1.0, 3.0)
+    short_side = long_side / aspect
+    height = np.rint(np.where(portrait, long_side, short_side)).astype(np.int64)
+    width = np.rint(np.where(portrait, short_side, long_side)).astype(np.int64)
+    return height, width
+
+
 def _draw_requests(rng: np.random.Generator, specs: Sequence[DatasetSpec], ds: np.ndarray) -> dict[str, np.ndarray]:
     """Per-request latents and sizes for requests of dataset indices ``ds`` (n,), in a fixed
     draw order (the same function serves generation and the calibration sample)."""
@@ -307,13 +323,12 @@ def _draw_requests(rng: np.random.Generator, specs: Sequence[DatasetSpec], ds: n
     rho = rng.standard_normal(n)
     nu = rng.beta(col(lambda s: s.vision_need_beta[0]), col(lambda s: s.vision_need_beta[1]))
     z_long, z_aspect = rng.standard_normal(n), rng.standard_normal(n)
-    portrait = rng.random(n) < col(lambda s: s.image.portrait_frac)
-    long_side = np.clip(col(lambda s: s.image.long_side_median) * np.exp(col(lambda s: s.image.long_side_sigma) * z_long),
-                        col(lambda s: s.image.long_side_range[0]), col(lambda s: s.image.long_side_range[1]))
-    aspect = np.clip(col(lambda s: s.image.aspect_median) * np.exp(col(lambda s: s.image.aspect_sigma) * z_aspect), 1.0, 3.0)
-    short_side = long_side / aspect
-    height = np.rint(np.where(portrait, long_side, short_side)).astype(np.int64)
-    width = np.rint(np.where(portrait, short_side, long_side)).astype(np.int64)
+    u_portrait = rng.random(n)
+    height, width = image_sizes(
+        z_long, z_aspect, u_portrait, long_side_median=col(lambda s: s.image.long_side_median),
+        long_side_sigma=col(lambda s: s.image.long_side_sigma), long_side_lo=col(lambda s: s.image.long_side_range[0]),
+        long_side_hi=col(lambda s: s.image.long_side_range[1]), aspect_median=col(lambda s: s.image.aspect_median),
+        aspect_sigma=col(lambda s: s.image.aspect_sigma), portrait_frac=col(lambda s: s.image.portrait_frac))
     z_prompt = rng.standard_normal(n)
     prompt = np.clip(np.rint(col(lambda s: s.prompt_tokens[0]) * np.exp(col(lambda s: s.prompt_tokens[1]) * z_prompt)),
                      col(lambda s: s.prompt_tokens[2]), col(lambda s: s.prompt_tokens[3])).astype(np.int64)

@@ -102,9 +102,10 @@ def synthetic_command(path: str | os.PathLike, generator_params: Any) -> str | N
             flags += ["--datasets", *(f"{d['name'].removeprefix(DATASET_PREFIX)}:{float(d['weight']):g}" for d in p["datasets"])]
         # the command must rebuild exactly the stored parameters (else resume would refuse)
         args = _parser().parse_args(["--out", str(path), *flags])
-        kw: dict[str, Any] = dict(n_samples=args.samples if args.samples is not None else default.n_samples,
-                                  lang_dim=args.lang_dim, token_dim=args.token_dim,
+        kw: dict[str, Any] = dict(lang_dim=args.lang_dim, token_dim=args.token_dim,
                                   splits=tuple(args.splits), lang_r2_output_length=args.lang_r2_output_length)
+        if args.samples is not None:
+            kw["n_samples"] = args.samples
         if args.datasets:
             kw["datasets"] = select_datasets(args.datasets)
         if json.loads(json.dumps(SyntheticParams(**kw).to_dict())) != p or args.seed != seed:
