@@ -1,4 +1,4 @@
-"""Where the value of per-request adaptation lies in a SYNTHETIC cache (prints figures).
+"""Where the value of per-request adaptation lies in an outcome cache, SYNTHETIC or live (prints figures).
 
 For each budget of the evaluation grid, the test split's mean hinge reward of:
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
 
     lo, hi = te.budget_range_ms
     rows = np.arange(te.n)
-    print(f"SYNTHETIC cache {a.cache}: {tr.n} train / {te.n} test requests; mean hinge reward on test")
+    kind = "SYNTHETIC" if te.synthetic else "live"
+    print(f"{kind} cache {a.cache}: {tr.n} train / {te.n} test requests; mean hinge reward on test")
     head = ["budget", "static", "oracle"] + (["q+latency", "q only", "latency only"] if with_q else []) + [
         "ridge(10)", "ridge(10000)", "ridge+tok(10)", "ridge+tok(10000)"]
     print(" | ".join(f"{h:>13}" for h in head))

@@ -93,6 +93,19 @@ def _parse_non_negative(flag: str, specs: Sequence[str], valid: Callable[[str], 
     return out
 
 
+def saved_tokenizer(out: Path, recipes: list[str], *, init_from: Path | None, resume: bool) -> Path | None:
+    """The tokenizer file whose token ids the weights were trained with, or None (train a new one).
+
+    ``--init-from``: that checkpoint's; ``--resume``: the one the stopped run saved with its first
+    recipe's checkpoint (itself from ``--init-from`` when the schedule started from one), so a
+    resumed run never depends on retraining the tokenizer to the same ids.
+    """
+    if init_from is not None:
+        return init_from / "tokenizer.json"
+    saved = out / recipes[0] / "tokenizer.json"
+    return saved if resume and saved.is_file() else None
+
+
 def parse_lr_scale(specs: Sequence[str] | None) -> dict[str, float]:
     """``["connector.=0.1"]`` → ``{"connector.": 0.1}`` (prefixes of the model's parameter names)."""
     return _parse_non_negative("--lr-scale", specs or (), lambda p: p.split(".")[0] in ("vision", "connector", "lm"),
@@ -151,11 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.init_from is not None and args.resume:
         raise ValueError("--init-from and --resume exclude each other")
     t0 = time.perf_counter()
-    if args.init_from is not None:
+    tokenizer_file = saved_tokenizer(args.out, list(recipes), init_from=args.init_from, resume=args.resume)
+    if tokenizer_file is not None:
         from model_runtime.molmoe.tokenizer import TextTokenizer
 
-        tokenizer = TextTokenizer.from_file(args.init_from / "tokenizer.json")  # the weights' own token ids
-        log(f"tokenizer: {args.init_from / 'tokenizer.json'} (with --init-from)")
+        tokenizer = TextTokenizer.from_file(tokenizer_file)
+        log(f"tokenizer: {tokenizer_file} ({'--init-from' if args.init_from is not None else '--resume'})")
     else:
         tokenizer = train_bpe_tokenizer(question_corpus(seed, n=cfg.tokenizer_corpus), vocab_size=cfg.vocab_size)
         log(f"tokenizer: {cfg.vocab_size} ids trained on {cfg.tokenizer_corpus} suite texts in "

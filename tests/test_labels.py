@@ -104,3 +104,12 @@ def test_evaluation_artefacts_carry_the_label(tmp_path: Path, caches: dict, kind
     assert f"Mean over the budget grid ({want['cache_label']} cache)" in printed
     with OutcomeCache(caches[kind]) as oc:
         assert oc.label == want
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "live"])
+def test_adaptivity_benchmark_names_the_cache_kind(caches: dict, kind: str, capsys) -> None:
+    from benchmarks import bench_adaptivity
+
+    bench_adaptivity.main(["--cache", caches[kind], "--no-regenerate"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("SYNTHETIC cache" if kind == "synthetic" else "live cache"), first

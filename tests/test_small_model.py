@@ -499,3 +499,31 @@ def test_word_presence_targets_and_loss(tmp_path, tokenizer):
     assert "presence" in torch.load(tmp_path / "train_state.pt", weights_only=False)["runs"]["plain"]
     tcfg.steps = 4
     assert train(tcfg, tmp_path, tokenizer, device="cpu", config=cfg, resume=True, log=lambda s: None)["steps"] == 4
+
+
+def test_resumed_training_reuses_the_saved_tokenizer(tmp_path):
+    """``--resume`` reads the tokenizer the stopped run saved (not a retrained one, which could
+    give other ids), ``--init-from`` that checkpoint's, and a fresh run trains its own."""
+    from experiments.train_model import saved_tokenizer
+
+    out = tmp_path / "ckpt"
+    assert saved_tokenizer(out, ["plain"], init_from=None, resume=True) is None  # nothing saved yet
+    (out / "plain").mkdir(parents=True)
+    (out / "plain" / "tokenizer.json").write_text("{}")
+    assert saved_tokenizer(out, ["plain", "robust"], init_from=None, resume=True) == out / "plain" / "tokenizer.json"
+    assert saved_tokenizer(out, ["plain"], init_from=None, resume=False) is None
+    init = tmp_path / "init"
+    assert saved_tokenizer(out, ["plain"], init_from=init, resume=False) == init / "tokenizer.json"
+
+
+def test_the_print_size_ladder_streams_with_its_caption_targets(tokenizer):
+    """A mix with the training-only ``synth_words`` streams batches whose answers are the asked
+    plate's text and whose word-presence targets hold every plate's words."""
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    stream = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=4, task_weights={"synth_words": 1.0}))
+    assert stream.tasks == ("synth_words",)
+    b = stream.batch(0)
+    assert (b["task"] == 0).all() and b["has_caption"].all()
+    for row in range(4):
+        answer = b["labels"][row][b["labels"][row] != IGNORE][:-1].tolist()  # without EOS
+        assert set(answer) <= set(b["caption_targets"][row].nonzero()[:, 0].tolist())

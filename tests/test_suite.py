@@ -172,3 +172,33 @@ def test_training_only_large_print_task():
     assert not np.array_equal(render_example("synth_read", "train", 0).image, a.image)
     with pytest.raises(ValueError, match="training-only"):
         render_example("synth_read", "test", 0)
+
+
+def test_training_only_print_size_ladder():
+    """synth_words: deterministic, train/val only, print from 4 % to 50 % of the image height (at
+    least 8 px where the band allows), one word asked plainly or several asked by plate colour."""
+    from model_runtime.datasets.suite import TASKS, TRAIN_ONLY_TASKS, render_example
+    from model_runtime.datasets.suite.synth_words import HEIGHT_FRACTION
+
+    assert "synth_words" in TRAIN_ONLY_TASKS and "synth_words" not in TASKS
+    assert TRAIN_ONLY_TASKS.index("synth_read") == 0  # appended after it: synth_read's stream is unchanged
+    fracs, counts = [], set()
+    for i in range(40):
+        ex = render_example("synth_words", "train", i, seed=0)
+        h, w, _ = ex.image.shape
+        assert (w, h) == (ex.meta["image_w"], ex.meta["image_h"])
+        assert HEIGHT_FRACTION[0] <= ex.meta["text_frac"] <= HEIGHT_FRACTION[1]
+        assert ex.meta["text_px"] <= h
+        assert f"says {ex.answers[0]}." in ex.caption
+        n = ex.meta["n_objects"]
+        counts.add(n)
+        assert ex.caption.count(" says ") == n
+        if n > 1:  # a colour question names the target's plate, and the answer is unique
+            color = next(c for c in ex.question.split() if f"the {c} sign says {ex.answers[0]}." in ex.caption)
+            assert ex.caption.count(f"the {color} sign") == 1
+        fracs.append(ex.meta["text_frac"])
+    assert counts == {1, 2, 3} and min(fracs) < 0.1 < 0.25 < max(fracs)  # the ladder spans scene to large print
+    a, b = render_example("synth_words", "val", 3), render_example("synth_words", "val", 3)
+    assert np.array_equal(a.image, b.image) and a.question == b.question
+    with pytest.raises(ValueError, match="training-only"):
+        render_example("synth_words", "test", 0)

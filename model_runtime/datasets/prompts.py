@@ -45,6 +45,7 @@ MOLMO_STYLE: dict[str, str] = {
     "easy_vqa": "vqa2", "synth_text": "text_vqa", "synth_doc": "doc_qa",
     "synth_chart": "chart_qa", "synth_count": "tally_qa", "synth_diagram": "ai2_diagram",
     "synth_read": "st_qa",  # the training-only large-print task (suite.synth_read)
+    "synth_words": "st_qa",  # training-only print from large to scene size (suite.synth_words)
 }
 CAPTION_PROMPT = "Caption the image with 1 or two sentences"
 #: The prompt of a dense-caption training example (Molmo pre-trains on PixMo-Cap's long captions

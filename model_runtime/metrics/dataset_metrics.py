@@ -49,6 +49,7 @@ METRIC_FOR_DATASET: dict[str, str] = {
     "synth_count": "exact_match",
     "synth_diagram": "multiple_choice",
     "synth_read": "vqa_score",  # training-only large print (model_runtime.datasets.suite.synth_read)
+    "synth_words": "vqa_score",  # training-only print from large to scene size (suite.synth_words)
 }
 
 # Extra spellings (after squashing) that name the same dataset.
