@@ -13,6 +13,9 @@
 # PATCH_STEM (default linear) is the tower's patch embedding (train_model --patch-stem linear|conv|hybrid);
 # WORD_PRESENCE (default 0: off) weighs the word-presence loss (train_model --word-presence, needs a conv/hybrid stem),
 # read at WORD_PRESENCE_SITES (default "stem"; "stem tokens" adds the image tokens the language model receives).
+# LR (default 2e-3) is the peak learning rate (train_model --lr; LR_SCALE multiplies it per module): a continuation
+# through INIT_FROM restarts its schedule, and at the full peak rate it undoes part of what was learned
+# (benchmarks/RESULTS.md "Ninth H200 run").
 # TASK_WEIGHTS (default: train_model's mix) sets the training mix (train_model --task-weights "TASK=W ...").
 # BATCH (default 512) is the batch size; REUSE (default 4) the times each rendered example is trained on
 # (train_model --reuse: what keeps a batch of 512 fed; at 128 the renderers keep up with 2, and repeats are memorised:
@@ -30,6 +33,7 @@ PATCH_STEM=${PATCH_STEM:-linear}
 WORD_PRESENCE=${WORD_PRESENCE:-0}
 WORD_PRESENCE_SITES=${WORD_PRESENCE_SITES:-stem}
 BATCH=${BATCH:-512}
+LR=${LR:-2e-3}
 REUSE=${REUSE:-4}
 STOP_AFTER=${STOP_AFTER:-0}
 RESUME=${RESUME:-0}
@@ -41,7 +45,7 @@ if [ "$RESUME" = 1 ] && [ -f "$W/suite/manifest.json" ]; then MODE=--resume; els
   $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test --overwrite
 fi
 $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda --time-budget "$BUDGET" \
-    --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
+    --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --lr "$LR" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
     --word-presence-sites $WORD_PRESENCE_SITES $MODE \
     ${INIT_FROM:+--init-from "$INIT_FROM"} ${LR_SCALE:+--lr-scale $LR_SCALE} ${TASK_WEIGHTS:+--task-weights $TASK_WEIGHTS}
 echo "[train_small_model] trained at $(( $(date +%s) - t0 )) s"
