@@ -527,3 +527,28 @@ def test_the_print_size_ladder_streams_with_its_caption_targets(tokenizer):
     for row in range(4):
         answer = b["labels"][row][b["labels"][row] != IGNORE][:-1].tolist()  # without EOS
         assert set(answer) <= set(b["caption_targets"][row].nonzero()[:, 0].tolist())
+
+
+def test_a_time_fitted_schedule_spans_two_calls(tmp_path, tokenizer, monkeypatch):
+    """``steps=0`` fits the step count to ``time_budget_s`` in the first call; ``stop_after_s``
+    stops that call early with the fitted total saved, and the resumed call finishes exactly that
+    schedule (the way one fitted schedule spans two time-limited GPU calls). A fake clock makes
+    the fitted total independent of this machine's speed."""
+    import model_runtime.small_model.trainer as trainer_mod
+
+    clock = {"t": 0.0}
+
+    def fake_perf_counter() -> float:
+        clock["t"] += 0.01
+        return clock["t"]
+
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", fake_perf_counter)
+    cfg = TrainConfig(steps=0, time_budget_s=1.6, stop_after_s=0.6, probe_steps=4, batch_size=2, num_workers=0,
+                      eval_every=1000, val_batches=1, warmup_steps=1, recipes={"plain": 0.0},
+                      data=TrainDataConfig(batch_size=2, task_weights={"easy_vqa": 1.0}))
+    first = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), log=lambda s: None)
+    assert first["stopped_by_time"] and 4 <= first["steps"] < first["total_steps"]
+    cfg.stop_after_s = 100.0  # the second call's own limit, past what the rest of the schedule needs
+    second = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
+    assert not second["stopped_by_time"]
+    assert second["steps"] == second["total_steps"] == first["total_steps"]

@@ -19,10 +19,11 @@
 # TASK_WEIGHTS (default: train_model's mix) sets the training mix (train_model --task-weights "TASK=W ...").
 # BATCH (default 512) is the batch size; REUSE (default 4) the times each rendered example is trained on
 # (train_model --reuse: what keeps a batch of 512 fed; at 128 the renderers keep up with 2, and repeats are memorised:
-# benchmarks/RESULTS.md "Ninth H200 run"). One schedule over several GPU calls: give STEPS and STOP_AFTER (seconds,
-# train_model --stop-after) on the first call, then rerun the same command with RESUME=1 (train_model --resume:
-# the suite and train_state.pt in WORK are reused, the log continues) until train_summary.json says
-# "stopped_by_time": false.
+# benchmarks/RESULTS.md "Ninth H200 run"). One schedule over several GPU calls: give STOP_AFTER (seconds,
+# train_model --stop-after) and either STEPS or, with STEPS=0, TIME_BUDGET_S = the training seconds of all calls
+# together (the step count is fitted to it in the first call and saved) on the first call, then rerun the same
+# command with RESUME=1 (train_model --resume: the suite, train_state.pt and the saved tokenizer in WORK are reused,
+# the log continues; INIT_FROM left unset) until train_summary.json says "stopped_by_time": false.
 set -euo pipefail
 W=${1:?usage: train_small_model.sh WORK [TIME_BUDGET_S] [STEPS]}
 BUDGET=${2:-390}
