@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--datasets", nargs="+", default=None,
                     help="subset of textvqa vqav2 okvqa scienceqa docvqa, optionally name:weight")
     ap.add_argument("--chunk", type=int, default=1024, help="requests per journaled chunk")
-    ap.add_argument("--estimator", default=None, help="latency-estimator JSON (default: the packaged one)")
+    ap.add_argument("--estimator", default=None,
+                    help="latency estimator: a packaged name (h100-fast, ...) or a JSON file (default: h100-fast)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted build")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.datasets:
                 kw["datasets"] = select_datasets(args.datasets)
             params = SyntheticParams(**kw)
-        est = LatencyEstimator.load(args.estimator) if args.estimator else None
+        est = LatencyEstimator.resolve(args.estimator) if args.estimator else None
         t0 = time.perf_counter()
         path = write_synthetic_cache(args.out, params, args.seed, est, overwrite=args.overwrite, chunk=args.chunk,
                                      resume=args.resume, log=None if args.quiet else (lambda s: print(s, file=sys.stderr)))

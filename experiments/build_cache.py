@@ -110,7 +110,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tier-crops", type=int, nargs="+", default=None, help="max crops per tier (default 3 6 12)")
     ap.add_argument("--importance", default="auto", help="auto | default | PATH to an ImportanceScores JSON")
     ap.add_argument("--calibration-requests", type=int, default=16)
-    ap.add_argument("--estimator", type=Path, default=None, help="latency estimator JSON (default: the packaged one)")
+    ap.add_argument("--estimator", default=None,
+                    help="latency estimator: a packaged name (h100-fast, ...) or a JSON file (default: h100-fast)")
     ap.add_argument("--nominal-output-tokens", type=int, default=NOMINAL_OUTPUT_TOKENS)
     ap.add_argument("--model-id", default=None, help="default: the checkpoint directory's name")
     ap.add_argument("--template", default="molmo", help="prompt template (model_runtime.datasets.prompts)")
@@ -294,7 +295,7 @@ def _build(args: argparse.Namespace, rank: int, world: int, device: Any, dtype: 
     w.close()
     st = builder.stats
     if builder.did_write or not finished:
-        est = LatencyEstimator.load(args.estimator) if args.estimator else LatencyEstimator.default()
+        est = LatencyEstimator.resolve(args.estimator) if args.estimator else LatencyEstimator.default()
         shard = {"shard": {"rank": rank, "num_shards": world, "chunk_requests": args.chunk_requests}} if world > 1 else {}
         rng = finalize(out, est, nominal_output_tokens=args.nominal_output_tokens, extra_attrs=shard)
         log(f"[rank {rank}/{world}] budget range {rng} ms from the estimator ({est.source[:60]!r})")

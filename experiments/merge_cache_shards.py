@@ -194,11 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("shards", type=Path, nargs="+")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--allow-incomplete", action="store_true", help="merge even with missing ranks / unfinished shards")
-    ap.add_argument("--estimator", type=Path, default=None, help="latency estimator JSON (default: the shards')")
+    ap.add_argument("--estimator", default=None, help="latency estimator: a packaged name or a JSON file (default: the shards')")
     args = ap.parse_args(argv)
     from model_runtime.latency_estimator import LatencyEstimator
 
-    est = LatencyEstimator.load(args.estimator) if args.estimator else None
+    est = LatencyEstimator.resolve(args.estimator) if args.estimator else None
     summary = merge_shards(args.out, args.shards, overwrite=args.overwrite, allow_incomplete=args.allow_incomplete,
                            estimator=est)
     for path, n in summary["rows"].items():

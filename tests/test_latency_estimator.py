@@ -12,7 +12,7 @@ import pytest
 
 from envs.knob_space import KnobConfig, KnobSpace
 from model_runtime import latency_estimator as le
-from model_runtime.latency_estimator import LatencyEstimator, budget_range, predict_grid
+from model_runtime.latency_estimator import DEFAULT_PROFILE_DIR, LatencyEstimator, budget_range, predict_grid
 
 REFERENCE_CSV = Path(__file__).resolve().parents[1] / "model_runtime" / "profiles" / "reference_h100_hf_transformers_molmoe1b_shape.csv"
 PACKAGED_CSV = le.DEFAULT_PROFILE_DIR / "h100_hf_eager_reference.csv"
@@ -403,3 +403,25 @@ def test_cli_fit_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert le.main(["report", str(out)]) == 0
     assert "[decode]" in capsys.readouterr().out
     assert le.main(["report", str(tmp_path / "missing.json")]) == 2
+
+
+def test_packaged_estimators_are_selectable_by_name(tmp_path, capsys):
+    """``--estimator`` takes a packaged estimator's name or a JSON file; an unknown name says which exist."""
+    from model_runtime.latency_estimator import DEFAULT_ESTIMATOR_NAME, NAMED_ESTIMATORS
+    from model_runtime.latency_estimator.cli import main as cli_main
+
+    assert LatencyEstimator.named(DEFAULT_ESTIMATOR_NAME) is LatencyEstimator.default()
+    for name in NAMED_ESTIMATORS:  # every registered name has its file in the package
+        est = LatencyEstimator.resolve(name)
+        assert est.to_dict() == LatencyEstimator.load(DEFAULT_PROFILE_DIR / NAMED_ESTIMATORS[name]).to_dict()
+    eager, fast = LatencyEstimator.named("h100-eager"), LatencyEstimator.named("h100-fast")
+    assert eager.to_dict() != fast.to_dict()
+    path = tmp_path / "mine.json"
+    eager.save(path)
+    assert LatencyEstimator.resolve(path).to_dict() == eager.to_dict()
+    with pytest.raises(ValueError, match="packaged: h100-fast"):
+        LatencyEstimator.named("h200-nope")
+    with pytest.raises(ValueError, match="neither a packaged estimator"):
+        LatencyEstimator.resolve("h200-nope")
+    assert cli_main(["report", "h100-eager"]) == 0
+    assert "decode" in capsys.readouterr().out

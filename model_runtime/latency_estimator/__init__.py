@@ -78,7 +78,8 @@ Modules, by concern (every public name is importable from ``model_runtime.latenc
 
 from model_runtime.latency_estimator.budget import budget_range, config_arrays, predict_grid
 from model_runtime.latency_estimator.cli import main
-from model_runtime.latency_estimator.estimator import DEFAULT_ESTIMATOR_PATH, DEFAULT_PROFILE_DIR, LatencyEstimator
+from model_runtime.latency_estimator.estimator import (DEFAULT_ESTIMATOR_NAME, DEFAULT_ESTIMATOR_PATH, DEFAULT_PROFILE_DIR,
+                                                       NAMED_ESTIMATORS, LatencyEstimator)
 from model_runtime.latency_estimator.features import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -100,7 +101,8 @@ from model_runtime.latency_estimator.token_pruning import (
 )
 
 __all__ = [
-    "DEFAULT_ESTIMATOR_PATH", "DEFAULT_PROFILE_DIR", "FORMAT_NAME", "FORMAT_VERSION", "MIN_ROWS_FOR_HOLDOUT",
+    "DEFAULT_ESTIMATOR_NAME", "DEFAULT_ESTIMATOR_PATH", "DEFAULT_PROFILE_DIR", "NAMED_ESTIMATORS", "FORMAT_NAME",
+    "FORMAT_VERSION", "MIN_ROWS_FOR_HOLDOUT",
     "OPTIONAL_PROFILE_COLUMNS", "PHASE_INPUTS", "PHASES", "PROFILE_COLUMNS", "LatencyEstimator", "budget_range",
     "check_keep", "coefficient_names", "config_arrays", "expert_slots", "fidelity_metrics", "format_report",
     "from_reference_csv", "kept_pooled_tokens", "load_profile", "main", "predict_grid", "pruned_latency_ms",

@@ -21,8 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--attention-quadratic", action="store_true")
     f.add_argument("--max-top-k", type=int, default=8)
     f.add_argument("--source", default=None, help="provenance text (default: the profile path)")
-    r = sub.add_parser("report", help="print an estimator JSON's coefficients and fit report")
-    r.add_argument("json", type=Path)
+    r = sub.add_parser("report", help="print an estimator's coefficients and fit report")
+    r.add_argument("json", help="a packaged estimator's name (h100-fast, h100-eager, ...) or an estimator JSON file")
     c = sub.add_parser("convert-reference", help="reference CSV → profile CSV for one impl")
     c.add_argument("--reference", required=True, type=Path)
     c.add_argument("--out", required=True, type=Path)
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(est.report())
             print(f"wrote {args.out}")
         elif args.cmd == "report":
-            print(LatencyEstimator.load(args.json).report())
+            print(LatencyEstimator.resolve(args.json).report())
         else:
             df = from_reference_csv(args.reference, impl=args.impl)
             write_profile(df, args.out)

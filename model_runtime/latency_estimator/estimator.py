@@ -27,6 +27,14 @@ DEFAULT_PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 DEFAULT_ESTIMATOR_PATH = DEFAULT_PROFILE_DIR / "default_estimator.json"
 
 _DEFAULT_CACHE: dict[str, "LatencyEstimator"] = {}
+#: Packaged estimators by name: the machine and path each profile was measured on
+#: (model_runtime/profiles/README.md). ``h100-fast`` is the default.
+NAMED_ESTIMATORS: dict[str, str] = {
+    "h100-fast": "default_estimator.json",
+    "h100-eager": "h100_runtime_eager_estimator.json",
+    "h100-hf-reference": "reference_hf_eager_estimator.json",
+}
+DEFAULT_ESTIMATOR_NAME = "h100-fast"
 
 
 class LatencyEstimator:
@@ -293,6 +301,25 @@ class LatencyEstimator:
             est = cls.load(DEFAULT_ESTIMATOR_PATH)
             _DEFAULT_CACHE["default"] = est
         return est
+
+    @classmethod
+    def named(cls, name: str) -> "LatencyEstimator":
+        """A packaged estimator by its name in :data:`NAMED_ESTIMATORS` (e.g. ``"h100-fast"``)."""
+        if name not in NAMED_ESTIMATORS:
+            raise ValueError(f"unknown estimator name {name!r}; packaged: {', '.join(NAMED_ESTIMATORS)}")
+        if name == DEFAULT_ESTIMATOR_NAME:
+            return cls.default()
+        return cls.load(DEFAULT_PROFILE_DIR / NAMED_ESTIMATORS[name])
+
+    @classmethod
+    def resolve(cls, spec: str | Path) -> "LatencyEstimator":
+        """What a ``--estimator`` argument names: a packaged estimator's name or an estimator JSON file."""
+        if str(spec) in NAMED_ESTIMATORS:
+            return cls.named(str(spec))
+        if not Path(spec).is_file():
+            raise ValueError(f"--estimator {spec}: neither a packaged estimator ({', '.join(NAMED_ESTIMATORS)}) "
+                             "nor an estimator JSON file")
+        return cls.load(spec)
 
     def report(self) -> str:
         """Human-readable coefficients and fit report."""
