@@ -7,9 +7,9 @@ stream runs from :mod:`.synth_read`'s large print down to the 8–32-px signs of
 :mod:`.synth_text`. One word: "what does the text say?"; several: the word on the plate of a
 named colour, the way the scene-text questions name a sign.
 
-Why it exists: a model trained on large print reads it and nothing smaller. The eighth-run
-checkpoint read :mod:`.synth_read`'s words at 0.46-0.65 when they filled 20-60 % of the image
-and at 0.00-0.08 at 5-10 %, at every tier, and read no scene text (benchmarks/RESULTS.md,
+Why it exists: a model trained on large print reads it and nothing smaller. The ninth run's
+checkpoint read a sign word at 0.38-0.62 when it was 20-40 % of the image height, at 0.10-0.23 at
+10 % and at 0.02 at 5 % (``benchmarks.bench_print_size``), and no scene text (benchmarks/RESULTS.md,
 "Ninth H200 run"): what it learned is tied to words that span many image tokens. This task
 links that to the one- or two-token words of the suite's scenes, and the colour questions
 to finding one word among several. Like :mod:`.synth_read` it renders the ``train`` and ``val``
