@@ -13,8 +13,10 @@ from tests.tiny_molmoe import tiny_config, write_tiny_molmoe_checkpoint
 
 
 def test_word_images_follow_the_height_fraction_and_repeat(tmp_path: Path) -> None:
-    a = bench.make_requests(tmp_path / "a", [0.1, 0.4], 3, seed=7) if (tmp_path / "a").mkdir() is None else None
-    b = bench.make_requests(tmp_path / "b", [0.1, 0.4], 3, seed=7) if (tmp_path / "b").mkdir() is None else None
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = bench.make_requests(tmp_path / "a", [0.1, 0.4], 3, seed=7)
+    b = bench.make_requests(tmp_path / "b", [0.1, 0.4], 3, seed=7)
     assert [r.answers for r in a] == [r.answers for r in b]
     assert all(Path(x.image).read_bytes() == Path(y.image).read_bytes() for x, y in zip(a, b))
     small = [r.meta["text_px"] for r in a if r.meta["frac"] == 0.1]
