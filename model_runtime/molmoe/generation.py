@@ -12,6 +12,11 @@ EOS ends a row (its later steps are fed ``pad`` and ignored); the batch stops wh
 ended or ``max_new_tokens`` tokens were generated. Prefill and decode are timed with
 :class:`~model_runtime.molmoe.timing.PhaseTimer`.
 
+Forced output lengths (``eos_at``, off by default): a row can be made to end at a given step, EOS
+suppressed before it and emitted at it (:func:`pick_tokens`), so that a model with random weights
+produces answers of realistic lengths (``benchmarks/bench_build_cost.py``); every token choice of
+both functions and of the shared-prefix engine's grouped decode goes through :func:`pick_tokens`.
+
 :func:`continue_generation` runs steps 2-3 from a prefix state that stopped after block ``p-1``
 (the live env keeps such states between its two stages); both functions share the decode loop,
 eager or through a :class:`~model_runtime.molmoe.static_decode.GraphDecoder`.
@@ -67,6 +72,39 @@ class GenerationResult:
         return self.decode_ms / self.decode_steps if self.decode_steps else float("nan")
 
 
+def forced_eos(eos_at: Sequence[int] | torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor | None:
+    """``eos_at`` as a (rows,) int64 tensor on ``device`` (None stays None).
+
+    Raises:
+        ValueError: not one value per row, or a negative value.
+    """
+    if eos_at is None:
+        return None
+    out = torch.as_tensor(eos_at, dtype=torch.int64, device=device).reshape(-1)
+    if out.numel() != rows:
+        raise ValueError(f"eos_at has {out.numel()} values for {rows} rows")
+    if bool((out < 0).any()):
+        raise ValueError("eos_at values must be >= 0 (0: the row is not forced)")
+    return out
+
+
+def pick_tokens(logits: torch.Tensor, step: int, eos_at: torch.Tensor | None, eos_token_id: int) -> torch.Tensor:
+    """The greedy choice of generated token number ``step`` (1 = the first) from (B, V) ``logits``.
+
+    ``eos_at`` (B,) int64 forces lengths: a row with ``eos_at = n > 0`` cannot pick EOS before
+    step ``n`` (its best other token is taken) and picks EOS at step ``n``, so it ends with exactly
+    ``n`` tokens, EOS included (or runs to ``max_new_tokens`` when that is smaller); rows with 0,
+    and every row when ``eos_at`` is None, take the plain argmax.
+    """
+    best = logits.argmax(-1)
+    if eos_at is None:
+        return best
+    eos = torch.tensor([eos_token_id], device=logits.device)
+    no_eos = logits.index_fill(-1, eos, float("-inf")).argmax(-1)
+    tok = torch.where(eos_at > 0, no_eos, best)
+    return torch.where(eos_at == step, eos, tok)
+
+
 @torch.no_grad()
 def greedy_generate(
     lm: MolmoeLanguageModel,
@@ -81,6 +119,7 @@ def greedy_generate(
     n_latency_tokens: int = 0,
     timer: PhaseTimer | None = None,
     decoder: "GraphDecoder | None" = None,
+    eos_at: Sequence[int] | torch.Tensor | None = None,
 ) -> GenerationResult:
     """Greedy decoding of a left-padded batch under one block plan.
 
@@ -103,9 +142,11 @@ def greedy_generate(
             captured prefill graph too, except with ``n_latency_tokens`` (its side branch needs
             the eager forward's states), where it runs eagerly into the decoder's cache. Must
             wrap ``lm``.
+        eos_at: (B,) per row the output length (EOS included) it is forced to, 0 = not forced
+            (:func:`pick_tokens`); None (default): EOS is whatever greedy decoding picks.
 
     Raises:
-        ValueError: invalid plan, p, lengths.
+        ValueError: invalid plan, p, lengths, ``eos_at``.
     """
     plan = lm.check_plan(top_k_per_block)
     if not 1 <= p <= lm.n_layers:
@@ -121,6 +162,7 @@ def greedy_generate(
     if decoder is not None and decoder.lm is not lm:
         raise ValueError("the decoder wraps a different language model")
     timer = timer if timer is not None else PhaseTimer(inputs_embeds.device)
+    eos_at = forced_eos(eos_at, inputs_embeds.shape[0], inputs_embeds.device)
     prefix_tokens: dict[int, torch.Tensor] = {}
 
     def record(block: int, _inp: torch.Tensor, out: torch.Tensor) -> None:
@@ -146,12 +188,12 @@ def greedy_generate(
             logits = lm.logits(state)
             if decoder is not None:
                 cache.start_decode(state.attention_mask)  # type: ignore[union-attr]
-        next_tok = logits.argmax(-1)
+        next_tok = pick_tokens(logits, 1, eos_at, eos_token_id)
     first_logits, latency_token = logits.float(), latency.float()
 
     generated, steps = _decode(
         lm, None if decoder is not None else state, cache, plan, next_tok, decoder=decoder, eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id, max_new_tokens=max_new_tokens, timer=timer,
+        pad_token_id=pad_token_id, max_new_tokens=max_new_tokens, timer=timer, eos_at=eos_at,
     )
     prefill_ms = timer.get("prefill") - t_prefill
     decode_ms = timer.get("decode") - t_decode
@@ -177,6 +219,7 @@ def continue_generation(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     timer: PhaseTimer | None = None,
     decoder: "GraphDecoder | None" = None,
+    eos_at: Sequence[int] | torch.Tensor | None = None,
 ) -> GenerationResult:
     """Greedy decoding of a batch from a prefix state: steps 2-3 of :func:`greedy_generate`.
 
@@ -191,7 +234,7 @@ def continue_generation(
     Args:
         lm: the language model that computed ``prefix``.
         prefix: the prefix state; its cache must hold exactly the plan's blocks before ``p``.
-        top_k_per_block, eos_token_id, pad_token_id, max_new_tokens, timer: as in
+        top_k_per_block, eos_token_id, pad_token_id, max_new_tokens, timer, eos_at: as in
             :func:`greedy_generate`.
         decoder: decode through this :class:`~model_runtime.molmoe.static_decode.GraphDecoder`
             (the prefix is copied into its static cache, the rest of the prefill runs eagerly into
@@ -222,6 +265,7 @@ def continue_generation(
         raise ValueError("the decoder wraps a different language model")
     timer = timer if timer is not None else PhaseTimer(prefix.hidden.device)
     rows, seq = prefix.attention_mask.shape
+    eos_at = forced_eos(eos_at, rows, prefix.hidden.device)
     cache: BlockKVCache | StaticKVCache
     if decoder is None:
         cache = prefix.cache.copy(reserve=max_new_tokens)
@@ -236,11 +280,11 @@ def continue_generation(
         logits = lm.logits(state)
         if decoder is not None:
             cache.start_decode(state.attention_mask)  # type: ignore[union-attr]
-        next_tok = logits.argmax(-1)
+        next_tok = pick_tokens(logits, 1, eos_at, eos_token_id)
     first_logits = logits.float()
     generated, steps = _decode(
         lm, state, cache, plan, next_tok, decoder=decoder, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        max_new_tokens=max_new_tokens, timer=timer,
+        max_new_tokens=max_new_tokens, timer=timer, eos_at=eos_at,
     )
     return _result(generated, eos_token_id, first_logits, prefix.hidden[:, -1].float(), None,
                    timer.get("prefill") - t_prefill, timer.get("decode") - t_decode, steps)
@@ -259,12 +303,14 @@ def _decode(
     max_new_tokens: int,
     timer: PhaseTimer,
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    eos_at: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], int]:
     """The decode loop after the first token ``first`` (B,): each step feeds every row's last token
     (``pad`` once the row ended) through the decoder, or eagerly from ``state`` (after the
     prefill), or through ``step(feed, ended) -> (B, V) logits`` when given (the shared-prefix
     builder's per-row plans; ``ended`` (B,) bool says which rows ended, whose logits are not
-    used); stops when every row ended or ``max_new_tokens`` tokens exist. Timed as "decode".
+    used); stops when every row ended or ``max_new_tokens`` tokens exist. Tokens are picked by
+    :func:`pick_tokens` (``eos_at``: (B,) forced lengths, or None). Timed as "decode".
     Returns (per-step (B,) tokens incl. ``first``, decode steps)."""
 
     def plan_step(feed: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
@@ -284,7 +330,8 @@ def _decode(
     steps = 0
     with timer.phase("decode"):
         while len(generated) < max_new_tokens and not bool(ended.all()):
-            next_tok = step(torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok), ended).argmax(-1)
+            logits = step(torch.where(ended, torch.full_like(next_tok, pad_token_id), next_tok), ended)
+            next_tok = pick_tokens(logits, len(generated) + 1, eos_at, eos_token_id)
             generated.append(next_tok)
             ended = ended | (next_tok == eos_token_id)
             steps += 1

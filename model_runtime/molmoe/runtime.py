@@ -9,6 +9,11 @@ For a configuration ``(tier, p, top_k, blocks)`` of a :class:`~model_runtime.kno
   state; greedy decoding (``max_new_tokens`` 64, EOS honoured) with a KV cache that only the
   blocks that run own.
 
+With ``forced_output_tokens`` (request id → length; off by default) a request's greedy decoding
+ends with exactly that many tokens, EOS included (EOS suppressed before, emitted at that step:
+:func:`~.generation.pick_tokens`), in :meth:`run` and in the shared-prefix engine alike; a model
+with random weights then answers with realistic lengths (``benchmarks/bench_build_cost.py``).
+
 With ``vision_keep = r < 1`` (the vision-token pruning proxy, :mod:`.token_pruning`) each image
 keeps the fraction ``r`` of its pooled vision tokens (the highest feature norms) and the others are
 removed from the prompt before the language model runs (inside the timed prefill); ``r = 1`` (the
@@ -159,10 +164,15 @@ class MolmoeRuntime:
             model sees (the pruning proxy of :mod:`.token_pruning`: ranked by the norm of the
             connector's feature, ``max(1, ceil(r · n))`` kept); 1 (default) prunes nothing.
             Applies to :meth:`run`, :meth:`run_plan` and :meth:`prefix_state`.
+        forced_output_tokens: request id → the output length (tokens, EOS included) its greedy
+            decoding is forced to (:meth:`eos_at`); requests not in it decode freely. None
+            (default): nothing is forced. Applies to :meth:`run`, :meth:`run_plan` and
+            :func:`~.shared_prefix.run_all_configs`; not to :meth:`continue_generation`, which
+            gets no request.
 
     Raises:
         ValueError: the knob space does not fit the model (block count, top-k range); a
-            ``vision_keep`` outside (0, 1].
+            ``vision_keep`` outside (0, 1]; a forced length below 1.
     """
 
     def __init__(
@@ -178,8 +188,12 @@ class MolmoeRuntime:
         max_graphs: int = 16,
         max_graph_bytes: int | None = 8 * 2**30,
         vision_keep: float = 1.0,
+        forced_output_tokens: Mapping[str, int] | None = None,
     ) -> None:
         self.vision_keep = check_keep(vision_keep)
+        self.forced_output_tokens = None if forced_output_tokens is None else dict(forced_output_tokens)
+        if self.forced_output_tokens and min(self.forced_output_tokens.values()) < 1:
+            raise ValueError("forced_output_tokens: every length must be >= 1 (the EOS counts)")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.knob_space = KnobSpace() if knob_space is None else knob_space
@@ -373,6 +387,14 @@ class MolmoeRuntime:
             outs += self._run_batch(reqs[start : start + self.max_batch_size], label, False, plan=top_k_per_block, p=p)
         return outs
 
+    def eos_at(self, requests: Sequence[Any]) -> torch.Tensor | None:
+        """(B,) int64 forced output length per request (0 = not forced), the ``eos_at`` of
+        :func:`~.generation.greedy_generate`; None when the runtime forces nothing."""
+        if self.forced_output_tokens is None:
+            return None
+        n = [int(self.forced_output_tokens.get(_as_request(r).id, 0)) for r in requests]
+        return torch.tensor(n, dtype=torch.int64, device=self.model.device)
+
     def require_unpruned(self, who: str, why: str = "") -> None:
         """Raise a one-line ValueError naming ``who`` when this runtime prunes vision tokens
         (``vision_keep`` < 1): caches and live mode hold the unpruned model's outcomes."""
@@ -414,7 +436,7 @@ class MolmoeRuntime:
         gen: GenerationResult = greedy_generate(
             model.lm, embeds, mask, top_k_per_block=plan, p=p, eos_token_id=tk.eos,
             pad_token_id=tk.pad, max_new_tokens=self.max_new_tokens, n_latency_tokens=n_lat, timer=timer,
-            decoder=self.decoder,
+            decoder=self.decoder, eos_at=self.eos_at(reqs),
         )
         entropy, margin = first_token_uncertainty(gen.first_logits)
         outcomes = []

@@ -16,8 +16,9 @@ embeddings, and blocks ``0..p-1`` (always at the model's top-k, so they depend o
   ``dense_decode``, from the furthest block its plan shares with the plan prefilled before it:
   ``_BlockPath``), then greedy decoding
   runs with the rules of :func:`~.generation.greedy_generate` (``max_new_tokens``, EOS ends a row
-  and later steps feed ``pad``, ``output_tokens`` counts the EOS), the text is decoded and scored
-  with the request's metric.
+  and later steps feed ``pad``, ``output_tokens`` counts the EOS; a runtime's
+  ``forced_output_tokens`` force each request's length, in every decode group too), the text is
+  decoded and scored with the request's metric.
 
 The sample features of the cache's sample table (crops, vision and prompt tokens per tier, the
 latency tokens of every insertion position per tier, the first-token entropy and margin at the
@@ -53,7 +54,7 @@ import torch
 from model_runtime.knob_space import KnobConfig
 
 from .dense_experts import dense_experts
-from .generation import _decode, _result, continue_generation
+from .generation import _decode, _result, continue_generation, pick_tokens
 from .language_model import BlockKVCache, LMState, MolmoeLanguageModel
 from .runtime import MolmoeRuntime, _as_request, first_token_uncertainty, load_image
 from .timing import PhaseTimer
@@ -261,6 +262,7 @@ def _run_batch(
     ks, model = runtime.knob_space, runtime.model
     lm, dev = model.lm, model.device
     B, T = len(reqs), len(ks.tiers)
+    eos_at = runtime.eos_at(reqs)
     positions = tuple(ks.insertion_positions)
     cheap = ks.cheapest_config
     cheap_idx = ks.index(cheap)
@@ -342,11 +344,11 @@ def _run_batch(
         wall_prefix = time.perf_counter() - wall - wall_prep
         stats = {"groups": 0, "steps": 0, "decode_s": 0.0, "blocks_run": 0, "blocks_shared": 0}
         if dense_decode:
-            _grouped_configs(runtime, states, prefix_cache, tier_configs, record, decode_group_bytes, stats)
+            _grouped_configs(runtime, states, prefix_cache, tier_configs, record, decode_group_bytes, stats, eos_at)
         else:
             for c in tier_configs:
                 cfg = ks.config(c)
-                record(c, *_continue(runtime, states[cfg.p], prefix_cache, cfg, decode=True))
+                record(c, *_continue(runtime, states[cfg.p], prefix_cache, cfg, decode=True, eos_at=eos_at))
         if want_features and tier == cheap.tier and cheap_idx not in sel:
             _, ent, mar, _ = _continue(runtime, states[cheap.p], prefix_cache, cheap, decode=False)
             unc[:, 0], unc[:, 1] = ent, mar
@@ -374,12 +376,13 @@ def _run_batch(
 
 
 def _continue(
-    runtime: MolmoeRuntime, prefix: LMState, prefix_cache: BlockKVCache, cfg: KnobConfig, *, decode: bool
+    runtime: MolmoeRuntime, prefix: LMState, prefix_cache: BlockKVCache, cfg: KnobConfig, *, decode: bool,
+    eos_at: torch.Tensor | None = None,
 ) -> tuple[Any, np.ndarray, np.ndarray, dict[str, float]]:
     """Finish the prefill of ``cfg`` from its prefix state and greedy-decode
     (:func:`~.generation.continue_generation`, which copies the prefix's blocks ``0..p-1`` out of
-    the shared prefix cache); ``decode=False``: first token only, without a cache. Returns
-    (GenerationResult, entropy, margin, {prefill, decode} ms)."""
+    the shared prefix cache; ``eos_at``: forced lengths per row); ``decode=False``: first token
+    only, without a cache. Returns (GenerationResult, entropy, margin, {prefill, decode} ms)."""
     ks, model = runtime.knob_space, runtime.model
     lm, tk = model.lm, model.config.tokens
     plan = lm.check_plan(ks.plan(cfg).top_k_per_block)
@@ -393,7 +396,7 @@ def _continue(
         return None, ent.cpu().numpy(), mar.cpu().numpy(), {"prefill": timer.get("prefill"), "decode": 0.0}
     gen = continue_generation(lm, dataclasses.replace(prefix, cache=prefix_cache.truncated(cfg.p)),
                               top_k_per_block=plan, eos_token_id=tk.eos, pad_token_id=tk.pad,
-                              max_new_tokens=runtime.max_new_tokens)
+                              max_new_tokens=runtime.max_new_tokens, eos_at=eos_at)
     ent, mar = first_token_uncertainty(gen.first_logits)
     return gen, ent.cpu().numpy(), mar.cpu().numpy(), {"prefill": gen.prefill_ms, "decode": gen.decode_ms}
 
@@ -452,10 +455,11 @@ def _prefill_config(runtime: MolmoeRuntime, prefix: LMState, prefix_cache: Block
 
 def _grouped_configs(runtime: MolmoeRuntime, states: dict[int, LMState], prefix_cache: BlockKVCache,
                      configs: list[int], record: Callable[..., None], group_bytes: int,
-                     stats: dict[str, Any]) -> None:
+                     stats: dict[str, Any], eos_at: torch.Tensor | None = None) -> None:
     """Prefill each configuration (in plan order, sharing block passes: :class:`_BlockPath`), then
-    decode them in groups (see ``dense_decode``); adds the groups, their decode steps and seconds
-    and the block passes run and saved to ``stats``."""
+    decode them in groups (see ``dense_decode``; ``eos_at``: the batch's forced lengths per
+    request); adds the groups, their decode steps and seconds and the block passes run and saved
+    to ``stats``."""
     ks, lm = runtime.knob_space, runtime.model.lm
     pending: list[tuple[int, LMState, torch.Tensor, float]] = []
     rows_bytes = 0
@@ -471,12 +475,12 @@ def _grouped_configs(runtime: MolmoeRuntime, states: dict[int, LMState], prefix_
         per_config = st.attention_mask.shape[0] * (k0 + runtime.max_new_tokens) * lm.n_layers * 2 * \
             lm.config.num_key_value_heads * (lm.d_model // lm.config.num_attention_heads) * st.hidden.element_size()
         if pending and rows_bytes + per_config > group_bytes:
-            _decode_group(runtime, pending, record, stats)
+            _decode_group(runtime, pending, record, stats, eos_at)
             pending, rows_bytes = [], 0
         pending.append((c, st, logits, ms))
         rows_bytes += per_config
     if pending:
-        _decode_group(runtime, pending, record, stats)
+        _decode_group(runtime, pending, record, stats, eos_at)
 
 
 #: A decode group drops its finished rows once at most this share of its rows is unfinished.
@@ -484,8 +488,9 @@ COMPACT_BELOW = 0.75
 
 
 def _decode_group(runtime: MolmoeRuntime, items: list[tuple[int, LMState, torch.Tensor, float]],
-                  record: Callable[..., None], stats: dict[str, Any]) -> None:
-    """Greedy-decode several configurations' rows as one batch; per-row plans (see ``dense_decode``)."""
+                  record: Callable[..., None], stats: dict[str, Any], eos_at: torch.Tensor | None = None) -> None:
+    """Greedy-decode several configurations' rows as one batch; per-row plans (see ``dense_decode``);
+    ``eos_at``: (requests,) forced lengths, the same for each configuration's rows."""
     from .language_model import _cache_kwarg
     from .dense_experts import set_row_top_k
 
@@ -570,9 +575,12 @@ def _decode_group(runtime: MolmoeRuntime, items: list[tuple[int, LMState, torch.
         return full
 
     timer = PhaseTimer(dev)
+    # the group's rows are configuration-major: each configuration's n_rows requests in batch order
+    rows_eos = None if eos_at is None else eos_at.repeat(len(items))
     with dense_experts(lm):
-        generated, steps = _decode(lm, None, cache, (), first_logits.argmax(-1), decoder=None, eos_token_id=tk.eos,
-                                   pad_token_id=tk.pad, max_new_tokens=runtime.max_new_tokens, timer=timer, step=step)
+        generated, steps = _decode(lm, None, cache, (), pick_tokens(first_logits, 1, rows_eos, tk.eos), decoder=None,
+                                   eos_token_id=tk.eos, pad_token_id=tk.pad, max_new_tokens=runtime.max_new_tokens,
+                                   timer=timer, step=step, eos_at=rows_eos)
     decode_ms = timer.get("decode")
     stats["groups"] += 1
     stats["steps"] += steps
