@@ -68,7 +68,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.live_builder import (  # noqa: E402  (after the path of a script run)
+from cache.compare import compare_caches  # noqa: E402  (after the path of a script run)
+from cache.live_builder import (  # noqa: E402
     ENGINE_DEFAULTS, GENERATOR, BuildSettings, LiveCacheBuilder, assign_splits, chunk_rows, finalize,
     parse_config_selection,
 )
@@ -321,41 +322,6 @@ def forced_length_misses(path: Path, requests: Sequence[Any], lengths: dict[str,
         status = f["outcomes/status"][()][:, configs]
         out_tok = f["outcomes/output_tokens"][()][:, configs]
     return int(((status != STATUS_OK) | (out_tok != want)).sum())
-
-
-def compare_caches(a: Path, b: Path, tol: float) -> dict[str, Any]:
-    """Field-by-field comparison of two caches of one build (see the module docstring): mismatching
-    entries per dataset (and the budget range), and the largest absolute difference of the float
-    features. ``identical``: no mismatch."""
-    import h5py
-
-    from cache.schema import DATASETS
-
-    tolerant = {"samples/lang_feature", "samples/latency_token", "samples/uncertainty"}
-    mismatches: dict[str, int] = {}
-    max_diff: dict[str, float] = {}
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        for name, (_, spec) in DATASETS.items():
-            if spec == "str":
-                x, y = fa[name].asstr()[()], fb[name].asstr()[()]
-                bad = x != y
-            else:
-                x, y = fa[name][()], fb[name][()]
-                if name == "outcomes/measured_ms":  # timings differ by design: only which are measured
-                    bad = np.isnan(x) != np.isnan(y)
-                elif name in tolerant:
-                    x, y = x.astype(np.float64), y.astype(np.float64)
-                    both = ~(np.isnan(x) & np.isnan(y))
-                    diff = np.abs(x - y)[both]
-                    max_diff[name] = float(diff.max()) if diff.size else 0.0
-                    bad = ~np.isclose(x, y, atol=tol, rtol=tol, equal_nan=True)
-                else:
-                    bad = ~((x == y) | (np.isnan(x) & np.isnan(y))) if x.dtype.kind == "f" else x != y
-            mismatches[name] = int(np.sum(bad))
-        ranges = [json.loads(f.attrs.get("budget_range_ms", "null")) for f in (fa, fb)]
-        mismatches["budget_range_ms"] = int(ranges[0] != ranges[1])
-    return {"identical": not any(mismatches.values()), "tolerance": tol, "mismatches": mismatches,
-            "max_abs_diff": max_diff}
 
 
 # ---------------------------------------------------------------------------------- the comparison

@@ -38,10 +38,7 @@ def render_word(rng: np.random.Generator, frac: float):
     img = Image.new("RGB", (w, h), bg)
     word = dr.choice(rng, dr.SIGN_WORDS)
     f = dr.fit_font(dr.choice(rng, ("sans", "sans_bold")), word, max(8, int(h * frac)), w * 0.9, min_size=8)
-    tw, th = f.getlength(word), f.size
-    cx = rng.uniform(tw / 2 + 2, max(tw / 2 + 3, w - tw / 2 - 2))
-    cy = rng.uniform(th / 2 + 2, max(th / 2 + 3, h - th / 2 - 2))
-    dr.draw_centered(ImageDraw.Draw(img), (cx, cy), word, f, dr.ink_for(bg))
+    dr.draw_anywhere(ImageDraw.Draw(img), rng, (w, h), word, f, dr.ink_for(bg))
     return img, word, f.size
 
 
@@ -77,19 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_fraction < 1:
         raise SystemExit(f"bench_print_size: --per-fraction must be >= 1, got {args.per_fraction}")
 
-    import torch
-
     from cache.live_builder import cache_score, parse_config_selection
-    from envs.knob_space import KnobSpace
-    from model_runtime.molmoe.importance import ImportanceScores
-    from model_runtime.molmoe.runtime import MolmoeRuntime
+    from experiments.eval_model_grid import checkpoint_runtime
     from model_runtime.molmoe.shared_prefix import run_all_configs
 
-    ks = KnobSpace()
-    if (args.model / "importance.json").is_file():
-        ks = ks.with_scores(ImportanceScores.load(args.model / "importance.json").scores)
-    dtype = torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
-    rt = MolmoeRuntime.from_checkpoint(args.model, ks, dtype=dtype, device=args.device, fast=False, max_new_tokens=8)
+    rt = checkpoint_runtime(args.model, args.device, max_new_tokens=8)
+    ks = rt.knob_space
     configs = [int(c) for c in parse_config_selection(args.configs, ks)]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

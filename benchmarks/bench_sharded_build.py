@@ -11,10 +11,11 @@ For each process count N of ``--nproc`` (the first is the reference) it launches
 ``torchrun --standalone --nproc-per-node N -m experiments.build_cache ... --out DIR/nN.h5`` (one
 shard per rank, ``cuda:$LOCAL_RANK`` on GPUs), merges the shards with
 ``experiments.merge_cache_shards``, checks the merged file with ``cache.validate`` and compares it
-with the reference build: scores, output tokens, statuses, predictions and every other integer or
-string field must be equal (scores exactly); float features (latency tokens, language features, uncertainty) are
-reported as their largest absolute difference (bf16 builds on other devices may differ in the
-last bits); ``measured_ms`` is a measurement and is not compared. Throughput is requests ×
+with the reference build (:func:`cache.compare.compare_caches`): scores, output tokens, statuses,
+predictions, the budget range and every other integer or string field must be equal, and
+``measured_ms`` measured for the same entries; the float features (latency tokens, language
+features, uncertainty) are reported as their largest absolute difference (bf16 builds on other
+devices may differ in the last bits). Throughput is requests ×
 configurations per second, over the launch's wall time and over the slowest rank's own build time
 (the builder's ``wrote ...`` line: model loading and process start-up excluded); scaling is the
 ratio to the reference's.
@@ -42,15 +43,12 @@ from pathlib import Path
 from typing import Sequence
 
 import h5py
-import numpy as np
 
+from cache.compare import FEATURES, compare_caches
 from cache.journal import journal_dir
 from cache.live_builder import shard_path
-from cache.schema import DATASETS
 
 WROTE = re.compile(r"\[rank (\d+)/(\d+)\] wrote .*?: (\d+) OK and (\d+) FAILED outcomes in ([\d.]+) s")
-#: timings differ run to run: never compared
-NOT_COMPARED = ("outcomes/measured_ms",)
 
 
 def torchrun_command(nproc: int, out: Path, build_args: Sequence[str], *extra: str) -> list[str]:
@@ -76,29 +74,12 @@ def merge(out: Path, nproc: int) -> Path:
 
 
 def compare(a: Path, b: Path) -> dict:
-    """Which schema datasets of two caches differ: exact for integers and strings, the largest
-    absolute difference for floats (``measured_ms`` left out)."""
-    exact_mismatch: list[str] = []
-    float_diff: dict[str, float] = {}
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        for name, (_, spec) in DATASETS.items():
-            if name in NOT_COMPARED:
-                continue
-            da, db = fa[name], fb[name]
-            if da.shape != db.shape:
-                exact_mismatch.append(f"{name} (shape {da.shape} vs {db.shape})")
-            elif spec == "str":
-                if not np.array_equal(da.asstr()[()], db.asstr()[()]):
-                    exact_mismatch.append(name)
-            elif da.dtype.kind == "f" and not name.startswith("outcomes/"):  # features; scores stay exact
-                x, y = da[()].astype(np.float64), db[()].astype(np.float64)
-                if not np.array_equal(np.isnan(x), np.isnan(y)):
-                    exact_mismatch.append(f"{name} (NaN pattern)")
-                ok = ~np.isnan(x)
-                float_diff[name] = float(np.abs(x[ok] - y[ok]).max()) if ok.any() else 0.0
-            elif not np.array_equal(da[()], db[()], equal_nan=da.dtype.kind == "f"):
-                exact_mismatch.append(name)
-    return {"equal": not exact_mismatch, "mismatches": exact_mismatch, "max_abs_diff": float_diff}
+    """:func:`cache.compare.compare_caches` of a merged build and the reference: ``equal`` when
+    every field but the float features matches (those are reported as their largest absolute
+    difference, whatever its size), ``mismatches`` the fields that do not."""
+    res = compare_caches(a, b, tol=0.0)
+    bad = [name for name, n in res["mismatches"].items() if n and name not in FEATURES]
+    return {"equal": not bad, "mismatches": bad, "max_abs_diff": res["max_abs_diff"]}
 
 
 def validate(path: Path) -> bool:

@@ -37,24 +37,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def checkpoint_runtime(model: Path, device: str, max_new_tokens: int):
+    """The runtime of checkpoint folder ``model`` on ``device`` (bf16 on CUDA, float32 elsewhere;
+    transformers' blocks, ``fast=False``), its knob space scored by the checkpoint's
+    ``importance.json`` when it has one."""
     import torch
 
     from envs.knob_space import KnobSpace
-    from cache.live_builder import cache_score, parse_config_selection
-    from model_runtime.datasets import load_requests
     from model_runtime.molmoe.importance import ImportanceScores
     from model_runtime.molmoe.runtime import MolmoeRuntime
-    from model_runtime.molmoe.shared_prefix import run_all_configs
 
-    dtype = torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     ks = KnobSpace()
-    imp = args.model / "importance.json"
+    imp = model / "importance.json"
     if imp.is_file():
         ks = ks.with_scores(ImportanceScores.load(imp).scores)
-    rt = MolmoeRuntime.from_checkpoint(args.model, ks, dtype=dtype, device=args.device, fast=False,
-                                       max_new_tokens=args.max_new_tokens)
+    return MolmoeRuntime.from_checkpoint(model, ks, dtype=dtype, device=device, fast=False,
+                                         max_new_tokens=max_new_tokens)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cache.live_builder import cache_score, parse_config_selection
+    from model_runtime.datasets import load_requests
+    from model_runtime.molmoe.shared_prefix import run_all_configs
+
+    rt = checkpoint_runtime(args.model, args.device, args.max_new_tokens)
+    ks = rt.knob_space
     per_task: dict[str, list] = defaultdict(list)
     for r in load_requests(args.requests):
         if len(per_task[r.dataset]) < args.per_task:

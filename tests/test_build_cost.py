@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from benchmarks.bench_build_cost import (
-    BenchSettings, ByteTokenizer, compare_caches, report, run_benchmark, synthetic_requests, task_lengths,
+    BenchSettings, ByteTokenizer, report, run_benchmark, synthetic_requests, task_lengths,
 )
+from cache.compare import compare_caches
 from cache.schema import STATUS_OK
 from cache.synthetic import build_default_cache
 from model_runtime.knob_space import KnobSpace

@@ -69,6 +69,17 @@ def draw_centered(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
     draw.text(xy, text, font=f, fill=fill, anchor="mm")
 
 
+def draw_anywhere(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tuple[int, int], text: str,
+                  f: ImageFont.FreeTypeFont, fill: tuple[int, int, int]) -> None:
+    """Draw ``text`` at a uniformly random position of a ``size`` = (w, h) image, whole and 2 px
+    from the edges where it fits (the centre's x, then y, from ``rng``)."""
+    w, h = size
+    tw, th = f.getlength(text), f.size
+    cx = rng.uniform(tw / 2 + 2, max(tw / 2 + 3, w - tw / 2 - 2))
+    cy = rng.uniform(th / 2 + 2, max(th / 2 + 3, h - th / 2 - 2))
+    draw_centered(draw, (cx, cy), text, f, fill)
+
+
 # ----------------------------------------------------------------------------- colors
 
 #: Named colors questions may refer to (distinct at a glance, also when downscaled).

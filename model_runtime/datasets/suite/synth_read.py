@@ -51,10 +51,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     draw = ImageDraw.Draw(img)
     px = int(h * rng.uniform(0.2, 0.6))
     f = dr.fit_font(dr.choice(rng, ("sans", "sans_bold", "serif", "mono")), text, px, w * 0.9, min_size=8)
-    tw, th = f.getlength(text), f.size
-    cx = rng.uniform(tw / 2 + 2, max(tw / 2 + 3, w - tw / 2 - 2))
-    cy = rng.uniform(th / 2 + 2, max(th / 2 + 3, h - th / 2 - 2))
-    dr.draw_centered(draw, (cx, cy), text, f, dr.ink_for(bg))
+    dr.draw_anywhere(draw, rng, (w, h), text, f, dr.ink_for(bg))
     return Example(
         task="synth_read", image=np.asarray(img), question=dr.choice(rng, TEMPLATES), answers=[text] * 10,
         meta={"image_w": w, "image_h": h, "text_px": f.size, "n_objects": 1, "source": source},
