@@ -17,3 +17,7 @@ from pathlib import Path
 LIVE_DEFAULT_CACHE = Path(__file__).resolve().parent / "default" / "molmoe_small_suite.h5"
 SYNTHETIC_DEFAULT_CACHE = Path("outputs/default_cache.h5")
 
+#: The checkpoint :data:`LIVE_DEFAULT_CACHE` was built from (safetensors shards in bf16, its tokenizer
+#: and ``importance.json``): ``MolmoeRuntime.from_checkpoint(LIVE_DEFAULT_MODEL)`` runs it on a CPU,
+#: and the live env (``mode="live"``) with it gives the cache's outcomes (``tests/test_default_live_model.py``).
+LIVE_DEFAULT_MODEL = Path(__file__).resolve().parent / "default" / "molmoe_small_suite_model"

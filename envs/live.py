@@ -91,11 +91,19 @@ class LiveOptions:
             is enough for the two-stage env's stage 1 → stage 2 handover; more lets repeated
             (request, tier, p) skip the prefix. Each holds the prompt's hidden states and the KV
             cache of blocks ``0..p-1`` on the model's device.
+        vision_tokens: the image tokens the latency estimator is fed, as the cache builder's
+            ``--vision-tokens``: ``"model"`` (the model's own), ``"molmoe-1b"`` (MolmoE-1B's for
+            the image at the scale its crop geometry is the model's, e.g. 2× for
+            ``MolmoeConfig.small()``: the same crop grid, MolmoE-1B's token count) or ``"auto"``
+            (default: MolmoE-1B's when the model's geometry is a scaled-down copy, else the
+            model's), so that a live env and a cache built from the same checkpoint estimate the
+            same latencies.
     """
 
     memo_outcomes: bool = True
     token_memo_size: int = 4096
     prefix_states: int = 4
+    vision_tokens: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.memo_outcomes, bool):
@@ -104,6 +112,8 @@ class LiveOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"live option {name} must be an int >= 0, got {v!r}")
+        if self.vision_tokens not in ("auto", "model", "molmoe-1b"):
+            raise ValueError(f"live option vision_tokens must be 'auto', 'model' or 'molmoe-1b', got {self.vision_tokens!r}")
         if self.prefix_states < 1:
             raise ValueError("live option prefix_states must be >= 1 (stage 2 continues from the stage-1 state)")
 
@@ -270,20 +280,28 @@ class LiveOutcomes:
         self.requests = list(requests)
         self.estimator = LatencyEstimator.default() if estimator is None else estimator
         self.nominal_output_tokens = int(nominal_output_tokens)
-        self.options = LiveOptions() if options is None else options
+        self.options = LiveOptions.make(options)
         ks = self.knob_space
+        scale = runtime.model.config.molmoe_1b_image_scale
+        if self.options.vision_tokens == "molmoe-1b" and scale is None:
+            raise ValueError("vision_tokens='molmoe-1b': the model's crop geometry is not MolmoE-1B's scaled down")
+        #: > 1: the estimator gets MolmoE-1B's image tokens for the image at this scale (as the cache builder)
+        self.molmoe_scale = scale if self.options.vision_tokens != "model" and scale not in (None, 1.0) else None
         n, t_ = len(self.requests), len(ks.tiers)
         self.crops = np.zeros((n, t_), np.int64)
-        self.vision_tokens = np.zeros((n, t_), np.int64)
+        self.vision_tokens = np.zeros((n, t_), np.int64)  # what the latency estimator is fed
+        self.model_vision_tokens = np.zeros((n, t_), np.int64)  # what the model runs
         self.prompt_tokens = np.zeros(n, np.int64)
         for s, r in enumerate(self.requests):
             try:
                 counts = runtime.vision_token_counts(r)
+                ref = runtime.vision_token_counts(r, molmoe_scale=self.molmoe_scale) if self.molmoe_scale else counts
                 self.prompt_tokens[s] = len(runtime.tokenizer.encode(runtime.prompt_text(r))) + 1  # + BOS
             except Exception as exc:  # PIL raises many types for unreadable images
                 raise ValueError(f"request {r.id!r} cannot run live: {type(exc).__name__}: {exc}") from exc
             for t, tier in enumerate(ks.tiers):
-                self.crops[s, t], self.vision_tokens[s, t] = counts[tier]
+                self.crops[s, t], self.model_vision_tokens[s, t] = counts[tier]
+                self.vision_tokens[s, t] = ref[tier][1]
         self._table = ks.config_table()
         # cheapest / full at the nominal length, computed as ReplayData.from_cache does
         a = self._table
@@ -359,10 +377,10 @@ class LiveOutcomes:
         req = self.requests[s]
         tier, p = ks.tiers[t], ks.insertion_positions[pi]
         prompt = rt.prepare(req, ks.crops_for(tier))
-        if prompt.vision_tokens != self.vision_tokens[s, t]:
+        if prompt.vision_tokens != self.model_vision_tokens[s, t]:
             raise RuntimeError(
                 f"request {req.id!r} at tier {tier!r}: preprocessing gave {prompt.vision_tokens} vision tokens, "
-                f"the image-size arithmetic {int(self.vision_tokens[s, t])} (runtime inconsistency)"
+                f"the image-size arithmetic {int(self.model_vision_tokens[s, t])} (runtime inconsistency)"
             )
         timer = PhaseTimer(rt.model.device)
         state = rt.prefix_state(prompt, p, timer=timer)

@@ -40,19 +40,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def checkpoint_runtime(model: Path, device: str, max_new_tokens: int):
     """The runtime of checkpoint folder ``model`` on ``device`` (bf16 on CUDA, float32 elsewhere;
     transformers' blocks, ``fast=False``), its knob space scored by the checkpoint's
-    ``importance.json`` when it has one."""
+    ``importance.json`` when it has one (``MolmoeRuntime.from_checkpoint``)."""
     import torch
 
-    from envs.knob_space import KnobSpace
-    from model_runtime.molmoe.importance import ImportanceScores
     from model_runtime.molmoe.runtime import MolmoeRuntime
 
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    ks = KnobSpace()
-    imp = model / "importance.json"
-    if imp.is_file():
-        ks = ks.with_scores(ImportanceScores.load(imp).scores)
-    return MolmoeRuntime.from_checkpoint(model, ks, dtype=dtype, device=device, fast=False,
+    return MolmoeRuntime.from_checkpoint(model, dtype=dtype, device=device, fast=False,
                                          max_new_tokens=max_new_tokens)
 
 

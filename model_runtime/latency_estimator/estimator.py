@@ -33,6 +33,7 @@ NAMED_ESTIMATORS: dict[str, str] = {
     "h100-fast": "default_estimator.json",
     "h100-eager": "h100_runtime_eager_estimator.json",
     "h100-hf-reference": "reference_hf_eager_estimator.json",
+    "h200-fast": "h200_runtime_fast_estimator.json",
 }
 DEFAULT_ESTIMATOR_NAME = "h100-fast"
 

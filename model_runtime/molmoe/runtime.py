@@ -236,14 +236,24 @@ class MolmoeRuntime:
         experts_implementation: str | None = None,
         **kwargs: Any,
     ) -> "MolmoeRuntime":
-        """Load a public-layout MolmoE checkpoint directory (see :mod:`.checkpoint`)."""
+        """Load a public-layout MolmoE checkpoint directory (see :mod:`.checkpoint`).
+
+        Without ``knob_space``, the knob space is scored by the checkpoint's ``importance.json``
+        when it has one (what ``train_model`` writes and the cache builder's ``--importance auto``
+        reads), so that "active blocks" drops the same blocks as a cache built from it; else
+        ``KnobSpace()``'s defaults.
+        """
         from .checkpoint import CheckpointError, load_molmoe_checkpoint
+        from .importance import ImportanceScores
 
         model, tokenizer = load_molmoe_checkpoint(
             path, dtype=dtype, device=device, experts_implementation=experts_implementation
         )
         if tokenizer is None:
             raise CheckpointError(f"{path}: no tokenizer.json")
+        scores = Path(path) / "importance.json"
+        if knob_space is None and scores.is_file():
+            knob_space = KnobSpace().with_scores(ImportanceScores.load(scores).scores)
         return cls(model, tokenizer, knob_space, **kwargs)
 
     # ------------------------------------------------------------------ request → prompt
@@ -261,14 +271,30 @@ class MolmoeRuntime:
         inputs = self.model.preprocessor(pixels, max_crops)
         return build_prompt_inputs(inputs, text, self.model.config.tokens.bos)
 
-    def vision_token_counts(self, request: Any) -> dict[str, tuple[int, int]]:
-        """Tier → (crops incl. the global view, vision tokens), from the image size alone."""
+    def vision_token_counts(self, request: Any, molmoe_scale: float | None = None) -> dict[str, tuple[int, int]]:
+        """Tier → (crops incl. the global view, vision tokens), from the image size alone.
+
+        With ``molmoe_scale`` (the config's ``molmoe_1b_image_scale``): MolmoE-1B's counts for
+        the image at that scale (``preprocessing.molmoe_1b_token_counts``), checked to have the
+        model's crop grid; what the cache builder stores for the MolmoE-1B latency estimator.
+        """
         from PIL import Image, ImageOps
+
+        from .preprocessing import molmoe_1b_token_counts
 
         req = _as_request(request)
         with Image.open(req.image) as im:
             w, h = ImageOps.exif_transpose(im).size
-        return {t: self.model.preprocessor.token_counts(h, w, self.knob_space.crops_for(t)) for t in self.knob_space.tiers}
+        own = {t: self.model.preprocessor.token_counts(h, w, self.knob_space.crops_for(t)) for t in self.knob_space.tiers}
+        if molmoe_scale is None:
+            return own
+        out = {}
+        for t, (crops, _) in own.items():
+            out[t] = molmoe_1b_token_counts(h, w, self.knob_space.crops_for(t), molmoe_scale)
+            if out[t][0] != crops:
+                raise ValueError(f"{req.id}: MolmoE-1B would use {out[t][0]} crops at tier {t}, the model {crops}: "
+                                 "the geometries are not scaled copies")
+        return out
 
     @torch.no_grad()
     def language_feature(self, request: Any) -> np.ndarray:
