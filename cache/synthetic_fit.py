@@ -50,6 +50,10 @@ METRIC_MAP: dict[str, str] = {"vqa_score": "vqa_score", "anls": "anls", "mc": "m
 _LONG_SIGMA, _ASPECT_MEDIAN, _ASPECT_SIGMA, _PORTRAIT = 0.25, 1.33, 0.2, 0.3
 _LONG_RANGE = (32.0, 4096.0)
 _CHOICES_4 = (0.0, 0.0, 1.0, 0.0)
+#: smallest full − cheapest gap a fitted dataset gets: a source dataset whose cheapest configuration
+#: scores within this of the full one (or above it: noise, e.g. a task the model is at chance on)
+#: is fitted with this gap, i.e. knobs that hardly matter for it
+MIN_KNOB_GAP = 0.005
 
 
 def _synthetic_name(name: str) -> str:
@@ -134,8 +138,9 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
     """:class:`SyntheticParams` whose marginals are fitted to the cache at ``source`` (module docstring).
 
     ``n_samples`` defaults to the source's request count; ``overrides`` replace any other field.
-    Raises ValueError (one line) when a dataset's targets cannot be calibrated (cheapest ≥ full,
-    or a mean score of 0 or 1)."""
+    A dataset whose cheapest configuration scores within :data:`MIN_KNOB_GAP` of the full one (or
+    above it) is fitted with that smallest gap. Raises ValueError (one line) when a dataset's targets
+    cannot be calibrated (a mean score of 0 or 1, or a full score of at most the smallest gap)."""
     with OutcomeCache(source, tokens="lazy") as oc:
         ks = oc.knob_space
         marg = source_marginals(oc)
@@ -145,6 +150,12 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
             sel = oc.dataset == j
             metric = METRIC_MAP.get(oc.metrics.get(name, ""), "exact")
             full, cheap = round(m["full"], 4), round(m["cheapest"], 4)
+            note = ""
+            if 0 < full < 1 and full - MIN_KNOB_GAP <= cheap < 1 and full - MIN_KNOB_GAP > 0:
+                # no knob effect beyond noise (a task the model is at chance on): the generator's
+                # smallest one, rather than refusing the whole cache
+                cheap, note = round(full - MIN_KNOB_GAP, 4), (f"; cheapest {m['cheapest']:.3f} ≥ full − "
+                                                              f"{MIN_KNOB_GAP} in the source, set to full − {MIN_KNOB_GAP}")
             if not 0 < cheap < full < 1:
                 raise ValueError(f"--calibrate-to {source}: dataset {name!r} has full {full:.3f} and cheapest "
                                  f"{cheap:.3f}; the generator needs 0 < cheapest < full < 1")
@@ -154,7 +165,7 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
             lam = max(0.0, float(out_full.mean()) - 1.0) if out_full.size else 0.0
             specs.append(DatasetSpec(
                 name=_synthetic_name(name), metric=metric, full_target=full, cheapest_target=cheap,
-                targets_source=f"fitted to {oc.attrs.get('model_id', '?')} cache ({oc.attrs.get('generator', '?')})",
+                targets_source=f"fitted to {oc.attrs.get('model_id', '?')} cache ({oc.attrs.get('generator', '?')}){note}",
                 vision_need_beta=(2.0, 2.0),
                 image=fit_image_spec(m["vision_tokens_top"], ks),
                 prompt_tokens=(float(np.median(prompt)), round(float(np.log(prompt).std()), 3), int(prompt.min()),

@@ -127,3 +127,21 @@ def test_live_vision_tokens_option(first_requests) -> None:
     assert (auto.full_ms > own.full_ms).all()
     with pytest.raises(ValueError, match="vision_tokens must be"):
         LiveOptions(vision_tokens="molmoe")
+
+
+@pytest.mark.slow
+def test_the_suite_regenerates_the_default_cache_requests(tmp_path) -> None:
+    """``make_suite --seed 0 --per-task 1000 --splits test`` here writes the very request file the
+    committed cache was built from on the GPU machine (its sha256), whatever text layout engine
+    this machine's Pillow has (the suite pins BASIC)."""
+    from PIL import ImageFont
+
+    from cache.reader import file_sha256
+    from model_runtime.datasets.suite import make_suite
+    from model_runtime.datasets.suite.drawing import font
+
+    assert font("sans", 12).layout_engine == ImageFont.Layout.BASIC
+    with h5py.File(LIVE_DEFAULT_CACHE, "r") as f:
+        build = json.loads(f.attrs["generator_params"])["build"]
+    suite = make_suite(tmp_path / "suite", seed=0, per_task=build["n_requests"] // 6, splits=("test",), workers=2)
+    assert file_sha256(suite / "test.jsonl") == build["dataset_sha256"]

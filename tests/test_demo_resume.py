@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The demo's cache step in a child process, slowed down (0.25 s per outcome chunk) so that a
 #: signal lands mid-build.
 SLOW_DEMO_CACHE_STEP = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a terminal (a background runner ignores it)
 from cache.writer import CacheWriter
 orig = CacheWriter.write_outcomes
 def slow(self, *a, **k):
@@ -40,6 +41,15 @@ CacheWriter.write_outcomes = slow
 from experiments.demo import prepare_cache
 prepare_cache(sys.argv[1])
 """
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt, as at a terminal, also when the test runner was started
+    in the background (which starts Python with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(scope="module")

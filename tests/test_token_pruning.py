@@ -255,3 +255,71 @@ def toy_synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     params = dataclasses.replace(default_params(), n_samples=60, lang_dim=8, token_dim=8)
     return str(write_synthetic_cache(tmp_path_factory.mktemp("syn") / "toy.h5", params, seed=5))
+
+
+def test_committed_default_falls_back_to_its_checkpoint_and_a_regenerated_suite(
+        world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The committed default cache's provenance names the build machine's paths: its committed
+    checkpoint (when its importance.json is the cache's scores) and its suite rendered again from
+    the seed (when the JSONL's sha256 is the build's) stand in, for that cache only."""
+    import copy
+
+    from cache.reader import file_sha256
+    from experiments.pipeline_parts import token_pruning as tp
+    from experiments.pipeline_parts.common import MissingInputs, load_context
+    from model_runtime.datasets.suite import TASKS, make_suite
+
+    ref = make_suite(tmp_path / "ref", seed=0, per_task=1, splits=("test",), workers=1) / "test.jsonl"
+    default = tmp_path / "default.h5"  # the "committed default": a copy of the tiny cache
+    shutil.copy(world["cache"], default)
+    ckpt = tmp_path / "committed_model"  # the "committed checkpoint": only its importance.json is read
+    ckpt.mkdir()
+    scores = np.linspace(0.2, 0.01, 16) / 3
+    (ckpt / "importance.json").write_text(json.dumps({"scores": scores.tolist(), "method": "block_influence"}))
+    monkeypatch.setattr(tp, "LIVE_DEFAULT_CACHE", default)
+    monkeypatch.setattr(tp, "LIVE_DEFAULT_MODEL", ckpt)
+    base = load_context(str(default), tmp_path / "exp", [0], True)
+    gp = copy.deepcopy(base.generator_params)
+    gone = tmp_path / "build_machine"
+    gp["runtime"]["model"] = str(gone / "ckpt" / "plain")
+    gp["build"].update(dataset=str(gone / "suite" / "test.jsonl"), dataset_sha256=file_sha256(ref),
+                       n_requests=len(TASKS))
+    gp["importance"] = {"scores": [float(f"{s:.6g}") for s in scores], "method": "block_influence"}
+    ctx = dataclasses.replace(base, generator_params=gp)
+
+    model, req, notes = tp.resolve_inputs(ctx)
+    assert model == ckpt and req == tmp_path / "exp" / "suite" / "test.jsonl"
+    assert "model: the committed checkpoint of the default cache" in notes
+    assert any(n.startswith("requests: regenerated with make_suite --seed 0 (sha256 equal to the build's)")
+               for n in notes)
+    assert req.read_bytes() == ref.read_bytes()
+    reqs = load_requests(req, check_images=True)
+    assert [r.dataset for r in reqs] == list(TASKS)
+    assert "rendering the default cache's requests again" in capsys.readouterr().out
+    # resumable: the suite already there is reused, not rendered again
+    assert tp.resolve_inputs(ctx)[1] == req and "rendering" not in capsys.readouterr().out
+    # given inputs win over the fallback
+    given = tp.resolve_inputs(dataclasses.replace(ctx, model=str(world["dir"] / "ckpt"), requests=str(world["jsonl"])))
+    assert given[:2] == (world["dir"] / "ckpt", world["jsonl"]) and not any("committed" in n for n in given[2])
+
+    # another cache with the same provenance: no fallback, the report names --model / --requests
+    other = dataclasses.replace(ctx, cache=str(world["cache"]), out=tmp_path / "other")
+    with pytest.raises(MissingInputs, match=r"build_machine/ckpt/plain, which is not on this machine.*pass --model"):
+        tp.resolve_inputs(other)
+    with pytest.raises(MissingInputs, match=r"build_machine/suite/test.jsonl, which is not on this machine.*"
+                                            r"pass --requests"):
+        tp.resolve_inputs(dataclasses.replace(other, model=str(ckpt)))
+    assert not (tmp_path / "other").exists()  # nothing rendered for it
+    # the committed checkpoint is not the one the cache was built from (other importance scores)
+    gp_other = copy.deepcopy(gp)
+    gp_other["importance"]["scores"] = [s * 1.001 for s in gp["importance"]["scores"]]
+    with pytest.raises(MissingInputs, match=r"importance scores of the committed checkpoint .* pass --model CKPT"):
+        tp.resolve_inputs(dataclasses.replace(ctx, generator_params=gp_other))
+    # the regenerated suite differs from the build's request file: not used, the report says to pass --requests
+    gp_sha = copy.deepcopy(gp)
+    gp_sha["build"]["dataset_sha256"] = "0" * 64
+    for out in (tmp_path / "exp", tmp_path / "fresh"):  # the suite already there, and one rendered anew
+        with pytest.raises(MissingInputs, match=r"regenerated with make_suite --seed 0 --per-task 1 .* differs .*"
+                                                r"pass --requests JSONL"):
+            tp.resolve_inputs(dataclasses.replace(ctx, out=out, generator_params=gp_sha))
+    assert file_sha256(tmp_path / "fresh" / "suite" / "test.jsonl") == file_sha256(ref)

@@ -22,7 +22,12 @@ model, so it measures what fewer vision tokens cost in accuracy.
 
 Inputs: ``--model CKPT`` and ``--requests JSONL``, or, when not given, the checkpoint and request
 file a live cache names in ``generator_params`` (``runtime.model``, ``build.dataset``) if they
-are on this machine (the request file only if its sha256 is the recorded one). Without them the
+are on this machine (the request file only if its sha256 is the recorded one). For the committed
+default cache (:data:`cache.default.LIVE_DEFAULT_CACHE`), whose provenance names the build
+machine's paths, they fall back to the committed checkpoint (:data:`cache.default.LIVE_DEFAULT_MODEL`,
+when its ``importance.json`` is the cache's importance scores) and to the task suite rendered
+again from its seed into ``DIR/suite/`` (``make_suite``, the checkpoint's ``suite_seed``; reused
+when already there; accepted only when the JSONL's sha256 is the build's). Without them the
 experiment is not run (the report says why); on a SYNTHETIC cache it does not apply.
 ``max_new_tokens`` and the prompt template are the cache build's. The requests run are a seeded
 uniform sample (seed 0) of the test split's requests found in the request file, at most
@@ -37,6 +42,7 @@ Outputs: ``requests.csv.gz`` (per request, tier and r), ``results.csv`` (per tie
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cache.default import LIVE_DEFAULT_CACHE, LIVE_DEFAULT_MODEL
 from experiments.pipeline_parts.common import Context, MissingInputs, NotApplicable, mean_ci, subset
 
 NAME = "token_pruning"
@@ -59,6 +66,8 @@ DEFAULT_REQUESTS = 40
 QUICK_REQUESTS = 16
 BATCH_SIZE = 8
 SAMPLE_SEED = 0
+#: the committed default's request file, rendered again when its provenance path is not here: ``DIR/<SUITE_DIR>/``
+SUITE_DIR = "suite"
 
 
 def run(ctx: Context, out: Path) -> dict:
@@ -107,12 +116,15 @@ def run(ctx: Context, out: Path) -> dict:
 # ----------------------------------------------------------------------------- inputs
 def resolve_inputs(ctx: Context) -> tuple[Path, Path, list[str]]:
     """(checkpoint folder, request JSONL, notes): the given ones, else the live cache's own when
-    they are here (the request file unchanged); MissingInputs saying what to pass otherwise."""
+    they are here (the request file unchanged), else, for the committed default cache only, its
+    committed checkpoint and its task suite rendered again (:func:`default_suite`); MissingInputs
+    saying what to pass otherwise."""
     from cache.reader import file_sha256
 
     gp = ctx.generator_params
     built_model = (gp.get("runtime") or {}).get("model")
     build = gp.get("build") or {}
+    default = is_committed_default(ctx)
     notes: list[str] = []
     if ctx.model is not None:
         model = Path(ctx.model)
@@ -122,7 +134,17 @@ def resolve_inputs(ctx: Context) -> tuple[Path, Path, list[str]]:
     else:
         where = f"the cache names {built_model}, which is not on this machine" if built_model else \
             "the cache does not name its model"
-        raise MissingInputs(f"no model checkpoint ({where}); pass --model CKPT, the checkpoint the cache was built from")
+        if default:
+            why = committed_model_mismatch(gp)
+            if why is None:
+                model = Path(LIVE_DEFAULT_MODEL)
+                notes.append("model: the committed checkpoint of the default cache")
+            else:
+                raise MissingInputs(f"no model checkpoint ({where}; {why}); pass --model CKPT, the checkpoint the "
+                                    "cache was built from")
+        else:
+            raise MissingInputs(f"no model checkpoint ({where}); pass --model CKPT, the checkpoint the cache was "
+                                "built from")
     recorded_sha = build.get("dataset_sha256")
     if ctx.requests is not None:
         requests = Path(ctx.requests)
@@ -131,16 +153,96 @@ def resolve_inputs(ctx: Context) -> tuple[Path, Path, list[str]]:
                          "are matched to the cache's by id")
     else:
         built = build.get("dataset")
-        if not built or not Path(built).is_file():
+        if built and Path(built).is_file():
+            if recorded_sha and file_sha256(built) != recorded_sha:
+                raise MissingInputs(f"the cache's request file {built} changed since the build (sha256 differs); pass "
+                                    "--requests JSONL")
+            requests = Path(built)
+            notes.append(f"requests from the cache's provenance: {requests}")
+        elif default and built and recorded_sha:
+            requests, seed = default_suite(ctx, build)
+            notes.append(f"requests: regenerated with make_suite --seed {seed} (sha256 equal to the build's): "
+                         f"{requests}")
+        else:
             where = f"the cache names {built}, which is not on this machine" if built else \
                 "the cache does not name its request file"
             raise MissingInputs(f"no requests ({where}); pass --requests JSONL, the requests the cache was built from")
-        if recorded_sha and file_sha256(built) != recorded_sha:
-            raise MissingInputs(f"the cache's request file {built} changed since the build (sha256 differs); pass "
-                                "--requests JSONL")
-        requests = Path(built)
-        notes.append(f"requests from the cache's provenance: {requests}")
     return model, requests, notes
+
+
+def is_committed_default(ctx: Context) -> bool:
+    """Whether the context's cache is the committed live default (the same file, paths resolved)."""
+    return Path(ctx.cache).resolve() == Path(LIVE_DEFAULT_CACHE).resolve()
+
+
+def committed_model_mismatch(gp: dict[str, Any]) -> str | None:
+    """None when the committed checkpoint's ``importance.json`` holds the cache's importance scores
+    (the cache stores them rounded to 6 significant digits: rtol 1e-5), else why it is not taken."""
+    path = Path(LIVE_DEFAULT_MODEL) / "importance.json"
+    if not path.is_file():
+        return f"the committed checkpoint {LIVE_DEFAULT_MODEL} has no importance.json"
+    cached = (gp.get("importance") or {}).get("scores")
+    if not cached:
+        return "the cache does not record its importance scores"
+    try:
+        scores = np.asarray(json.loads(path.read_text())["scores"], dtype=float)
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{path} is not readable ({e})"
+    cached = np.asarray(cached, dtype=float)
+    if scores.shape != cached.shape or not np.allclose(scores, cached, rtol=1e-5, atol=0):
+        return f"the importance scores of the committed checkpoint {LIVE_DEFAULT_MODEL} are not the cache's"
+    return None
+
+
+def default_suite(ctx: Context, build: dict[str, Any]) -> tuple[Path, int]:
+    """(request JSONL, seed): the committed default's request file rendered again into
+    ``ctx.out / SUITE_DIR`` with ``make_suite`` (the suite is a pure function of its seed: the
+    committed checkpoint's ``suite_seed``, 0 when it records none; ``per_task``: the build's
+    requests over the suite's tasks; the split: the recorded file's name), or the one already
+    there. MissingInputs unless its sha256 is the build's ``dataset_sha256``."""
+    from cache.reader import file_sha256
+    from model_runtime.datasets.suite import SPLITS, TASKS, make_suite
+
+    built, recorded = Path(build["dataset"]), str(build["dataset_sha256"])
+    n = build.get("n_requests")
+    split = built.stem
+    if built.suffix != ".jsonl" or split not in SPLITS or not isinstance(n, int) or n < 1 or n % len(TASKS):
+        raise MissingInputs(f"no requests (the cache names {built}, which is not on this machine, and is not a task "
+                            "suite's split file of whole tasks); pass --requests JSONL, the requests the cache was "
+                            "built from")
+    per_task, seed = n // len(TASKS), suite_seed()
+    out = Path(ctx.out) / SUITE_DIR
+    jsonl, manifest = out / f"{split}.jsonl", out / "manifest.json"
+    try:
+        m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except ValueError:
+        m = {}
+    if not (jsonl.is_file() and m.get("seed") == seed and m.get("per_task") == per_task
+            and split in m.get("splits", ()) and list(m.get("tasks", {})) == list(TASKS)):
+        ctx.log(f"token_pruning: rendering the default cache's requests again (make_suite --seed {seed} --per-task "
+                f"{per_task} --splits {split}: {n} requests) into {out}; about a minute on one core")
+        t0 = time.perf_counter()
+        make_suite(out, seed=seed, per_task=per_task, splits=(split,), overwrite=True,
+                   workers=max(1, min(os.cpu_count() or 1, n // 250)))
+        ctx.log(f"token_pruning: rendered in {time.perf_counter() - t0:.0f} s")
+    sha = file_sha256(jsonl)
+    if sha != recorded:
+        raise MissingInputs(f"no requests: the cache names {built}, which is not on this machine, and the suite "
+                            f"regenerated with make_suite --seed {seed} --per-task {per_task} ({jsonl}) differs from "
+                            f"it (sha256 {sha[:12]}, the build's {recorded[:12]}; other PIL / matplotlib / easy-vqa "
+                            "versions can render other requests); pass --requests JSONL, the requests the cache was "
+                            "built from")
+    return jsonl, seed
+
+
+def suite_seed() -> int:
+    """The seed of the suite the committed checkpoint was trained on (``train_config.json``'s
+    ``train.suite_seed``, the suite folder's ``manifest.json`` seed; the default cache's requests
+    are that folder's), 0 when it records none (``make_suite --seed 0``, the README's)."""
+    try:
+        return int(json.loads((Path(LIVE_DEFAULT_MODEL) / "train_config.json").read_text())["train"]["suite_seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 # ----------------------------------------------------------------------------- running

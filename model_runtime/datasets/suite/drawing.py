@@ -40,8 +40,14 @@ def _font_dir() -> str:
 
 @functools.lru_cache(maxsize=512)
 def font(face: str, size: int) -> ImageFont.FreeTypeFont:
-    """The cached DejaVu font ``face`` (a key of :data:`FONT_FILES`) at ``size`` px."""
-    return ImageFont.truetype(os.path.join(_font_dir(), FONT_FILES[face]), int(size))
+    """The cached DejaVu font ``face`` (a key of :data:`FONT_FILES`) at ``size`` px.
+
+    Pillow's BASIC layout engine always: with libraqm installed Pillow would default to RAQM,
+    whose text widths differ slightly, so the same seed would render other image sizes on
+    another machine (three of the 1,000 ``synth_doc`` test images did) and a suite would no
+    longer match the cache built from it (its JSONL's sha256)."""
+    return ImageFont.truetype(os.path.join(_font_dir(), FONT_FILES[face]), int(size),
+                              layout_engine=ImageFont.Layout.BASIC)
 
 
 def text_width(f: ImageFont.FreeTypeFont, text: str) -> float:
