@@ -25,9 +25,13 @@ with ``reference_gap`` the pooled full → cheapest gap, so that each dataset's 
 own gap as in the hand-calibrated generator. The knob space (crops per tier, importance scores)
 is the source's.
 
+and the outcome noise (:func:`fit_noise`, on by default in the CLI, ``--no-fit-noise`` keeps the
+defaults): ``jitter_sd`` and ``jitter_iid_share`` so that the score oracle gap of the test split
+is the source's and neighbouring configurations agree about as often as in the source.
+
 Not fitted (the generator's documented defaults stay): difficulty spread, vision need, the
-robustness factor, the jitter, and the observable features' signal strengths; the table reports
-the oracle gap of both caches so that their distance is visible.
+robustness factor and the observable features' signal strengths; the table reports the oracle
+gap of both caches so that their distance is visible.
 
 numpy and the cache reader only (replay path).
 """
@@ -207,3 +211,81 @@ def fidelity_table(source: str, synthetic: str):
     cols = ["dataset"] + [f"{k} ({w})" for k in ("share", "full", "cheapest", "output_tokens_full", "vision_tokens_top",
                                                   "prompt_tokens") for w in ("source", "synthetic")]
     return pd.DataFrame(rows)[cols], gaps
+
+
+# ---------------------------------------------------------------------------------- the outcome noise
+#: candidate shares of the jitter's variance drawn per (request, configuration) (the rest is
+#: per-request knob factors, smooth across neighbouring configurations)
+NOISE_IID_SHARES: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def neighbour_agreement(score: np.ndarray, ks: KnobSpace) -> float:
+    """Share of (request, pair of configurations one knob step apart) with equal scores: how
+    smooth the outcomes are across neighbouring configurations (NaN scores skipped)."""
+    t = ks.config_table()
+    step = {k: np.searchsorted(np.unique(t[k]), t[k]) for k in ("tier", "p", "top_k", "blocks")}
+    idx = np.stack([step[k] for k in step], axis=1)  # (C, 4) knob steps
+    pairs = []
+    for a in range(idx.shape[0]):
+        diff = np.abs(idx - idx[a]).sum(axis=1)
+        pairs += [(a, int(b)) for b in np.flatnonzero(diff == 1) if b > a]
+    a, b = np.asarray(pairs).T
+    x, y = score[:, a], score[:, b]
+    ok = ~(np.isnan(x) | np.isnan(y))
+    return float((x == y)[ok].mean())
+
+
+def _noise_stats(score: np.ndarray, test: np.ndarray, ks: KnobSpace) -> tuple[float, float]:
+    s = np.nan_to_num(score[test], nan=0.0)
+    return float(s.max(axis=1).mean() - s.mean(axis=0).max()), neighbour_agreement(score[test], ks)
+
+
+def fit_noise(source: str, params: SyntheticParams, *, seed: int = 0, gap_tol: float = 0.005,
+              max_iter: int = 12, log: Any = None) -> tuple[SyntheticParams, dict[str, Any]]:
+    """Fit the jitter (``jitter_sd``, ``jitter_iid_share``) so that the synthetic cache has the
+    source's score oracle gap (best configuration per test request vs the best single one) and,
+    among the :data:`NOISE_IID_SHARES` that reach it, the source's :func:`neighbour_agreement`.
+
+    For each share, ``jitter_sd`` is bisected on the gap (it grows with the noise); a ``jitter_sd``
+    the calibration cannot meet its targets with counts as too large. Returns the fitted params and
+    a report (source and fitted gap / agreement, and every candidate)."""
+    from cache.synthetic_model import generate
+
+    with OutcomeCache(source, tokens="lazy") as oc:
+        target_gap, target_agree = _noise_stats(oc.score, oc.split_indices("test"), oc.knob_space)
+
+    def stats(p: SyntheticParams) -> tuple[float, float] | None:
+        try:
+            d = generate(p, seed)
+        except ValueError:  # the calibration cannot meet the accuracy targets at this noise
+            return None
+        return _noise_stats(d.score.astype(np.float64), np.flatnonzero(d.split == 2), p.knob_space)
+
+    candidates = []
+    for share in NOISE_IID_SHARES:
+        lo, hi, best = 0.0, 4.0, None
+        for _ in range(max_iter):
+            sd = 0.5 * (lo + hi)
+            p = dataclasses.replace(params, jitter_sd=round(sd, 4), jitter_iid_share=share)
+            st = stats(p)
+            if st is None or st[0] > target_gap:
+                hi = sd
+            else:
+                lo = sd
+            if st is not None and (best is None or abs(st[0] - target_gap) < abs(best[1] - target_gap)):
+                best = (round(sd, 4), st[0], st[1])
+            if best is not None and abs(best[1] - target_gap) <= gap_tol:
+                break
+        if best is not None:
+            candidates.append({"jitter_iid_share": share, "jitter_sd": best[0], "gap": round(best[1], 4),
+                               "agreement": round(best[2], 4)})
+            if log:
+                log(f"[fit-noise] iid share {share}: jitter_sd {best[0]} → gap {best[1]:.4f} (source {target_gap:.4f}), "
+                    f"neighbour agreement {best[2]:.3f} (source {target_agree:.3f})")
+    reaching = [c for c in candidates if abs(c["gap"] - target_gap) <= gap_tol] or candidates
+    if not reaching:
+        raise ValueError(f"--calibrate-to {source}: no jitter reaches the source's oracle gap {target_gap:.3f}")
+    pick = min(reaching, key=lambda c: abs(c["agreement"] - target_agree))
+    fitted = dataclasses.replace(params, jitter_sd=pick["jitter_sd"], jitter_iid_share=pick["jitter_iid_share"])
+    return fitted, {"source_gap": round(target_gap, 4), "source_agreement": round(target_agree, 4),
+                    "picked": pick, "candidates": candidates}

@@ -94,3 +94,24 @@ def test_the_live_default_calibrates_within_three_points(tmp_path):
     for col in ("full", "cheapest"):
         diff = (table[f"{col} (source)"] - table[f"{col} (synthetic)"]).abs()
         assert (diff <= 0.03).all(), (col, table.to_string())
+
+
+def test_fit_noise_reaches_the_source_oracle_gap(source):
+    """The jitter is fitted to the source's oracle gap; the source here is a generator cache with
+    the default jitter (sd 0.15, iid share 0.25), and the fit finds a jitter giving its gap."""
+    from cache.synthetic_fit import fit_noise, neighbour_agreement
+
+    params = fit_params(str(source))
+    fitted, rep = fit_noise(str(source), params)
+    assert abs(rep["picked"]["gap"] - rep["source_gap"]) <= 0.005
+    assert 0 < fitted.jitter_sd < 4 and fitted.jitter_iid_share in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+    assert {c["jitter_iid_share"] for c in rep["candidates"]} <= {0.0, 0.1, 0.25, 0.5, 0.75, 1.0}
+    # the pick is the reaching candidate whose neighbour agreement is nearest the source's
+    reach = [c for c in rep["candidates"] if abs(c["gap"] - rep["source_gap"]) <= 0.005]
+    assert rep["picked"] == min(reach, key=lambda c: abs(c["agreement"] - rep["source_agreement"]))
+    # neighbour agreement: 1 for identical columns, 0 when every neighbour differs
+    ks = KnobSpace()
+    assert neighbour_agreement(np.ones((3, len(ks))), ks) == 1.0
+    t = ks.config_table()
+    parity = (np.searchsorted(np.unique(t["tier"]), t["tier"]) + t["p"] + t["top_k"] + t["blocks"]) % 2
+    assert neighbour_agreement(np.tile(parity.astype(float), (2, 1)), ks) == 0.0
