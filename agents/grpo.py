@@ -27,9 +27,11 @@ With rewards ``r`` of a group, the advantage of a rollout is::
     scale_rewards="batch":  A = (r − mean_group(r)) / (std_batch(r) + adv_eps)
     scale_rewards="none":   A =  r − mean_group(r)
 
-(std with Bessel's correction, as TRL's GRPOTrainer). The default is "group", the formula of
-docs/DESIGN.md §8. "none" (Liu et al. 2025, "Understanding R1-Zero-like training", Dr. GRPO) measured
-better here and is what ``make demo`` uses: dividing by the group's std weighs a group
+(std with Bessel's correction, as TRL's GRPOTrainer). The default is "none" (Liu et al. 2025,
+"Understanding R1-Zero-like training", Dr. GRPO; docs/DESIGN.md §8 gives both), chosen from
+measurements on the live-built default cache (test split, 8 budgets, hinge, seeds 0-2, 150
+iterations): mean-centred +0.0062 over static against std-scaled +0.0035 (benchmarks/RESULTS.md,
+"Agents on the live-built default"); DeepSeekMath's "group" stays available. Dividing by the group's std weighs a group
 whose configurations differ by 0.003 in reward as much as one where they differ by 0.5, which
 is not mean-reward maximisation, and it blows up the advantage of the one deviating rollout of
 a nearly deterministic group. Measured on a SYNTHETIC tuning cache (seed 1, 1250 test requests,
@@ -137,9 +139,9 @@ class GRPOConfig:
         ent_coef_final: if set, the entropy weight moves linearly from ``ent_coef`` to this over
             training (same progress measure as ``anneal_lr``); None = constant.
         kl_coef: weight of the exact KL to the initial (reference) policy; 0 = off.
-        scale_rewards: "group" (divide by the group's std: DeepSeekMath's GRPO and docs/DESIGN.md §8;
-            default), "none" (only subtract the group mean, Dr. GRPO: measured better, see the
-            module docstring) or "batch" (by the batch's std).
+        scale_rewards: "none" (default: only subtract the group mean, Dr. GRPO; measured better,
+            see the module docstring), "group" (divide by the group's std: DeepSeekMath's GRPO)
+            or "batch" (by the batch's std).
         adv_eps: added to the std before dividing (1e-4 as TRL).
         max_grad_norm: clip the global gradient norm to this; None = no clipping.
         ema_decay: if set, keep an exponential moving average of the network weights (updated
@@ -187,7 +189,7 @@ class GRPOConfig:
     ent_coef: float = 0.01
     ent_coef_final: float | None = None
     kl_coef: float = 0.0
-    scale_rewards: str = "group"
+    scale_rewards: str = "none"
     adv_eps: float = 1e-4
     max_grad_norm: float | None = 1.0
     ema_decay: float | None = None

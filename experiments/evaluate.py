@@ -313,18 +313,37 @@ def _uncertainty(oc: "OutcomeCache", train: ReplayData, test: ReplayData) -> tup
     return u[train.cache_rows], u[test.cache_rows]
 
 
+def split_label(spec: str) -> tuple[str, str]:
+    """(name, ``agent:DIR``) of a checkpoint spec ``[NAME=]agent:DIR``; the name defaults to the agent."""
+    head, sep, rest = spec.partition("=")
+    if sep and ":" not in head:
+        return head, rest
+    return spec.partition(":")[0], spec
+
+
 def check_policy_names(policies: Sequence[str]) -> None:
     """ValueError naming the valid names for a ``--policies`` entry that is neither a baseline
-    nor an ``agent:DIR`` checkpoint spec of a known agent."""
-    valid = f"baselines {', '.join(BASELINES)}, or a checkpoint AGENT:DIR with AGENT one of {', '.join(LEARNED_AGENTS)}"
+    nor an ``[NAME=]agent:DIR`` checkpoint spec of a known agent, or when two entries would be
+    reported under one name (two checkpoints of one agent need a NAME each)."""
+    valid = (f"baselines {', '.join(BASELINES)}, or a checkpoint [NAME=]AGENT:DIR with AGENT one of "
+             f"{', '.join(LEARNED_AGENTS)}")
+    names: dict[str, str] = {}
     for p in policies:
         if p in BASELINES:
-            continue
-        agent, sep, directory = p.partition(":")
-        if not sep:
-            raise ValueError(f"unknown policy {p!r} in --policies; valid: {valid}")
-        if agent not in LEARNED_AGENTS or not directory:
-            raise ValueError(f"bad checkpoint spec {p!r} in --policies; valid: {valid}")
+            name = p
+        else:
+            name, spec = split_label(p)
+            agent, sep, directory = spec.partition(":")
+            if not sep:
+                raise ValueError(f"unknown policy {p!r} in --policies; valid: {valid}")
+            if agent not in LEARNED_AGENTS or not directory or not name:
+                raise ValueError(f"bad checkpoint spec {p!r} in --policies; valid: {valid}")
+            if name in BASELINES:
+                raise ValueError(f"checkpoint name {name!r} of {p!r} in --policies is a baseline's name")
+        if name in names:
+            raise ValueError(f"--policies {names[name]!r} and {p!r} would both be reported as {name!r}; "
+                             "name checkpoints NAME=agent:DIR")
+        names[name] = p
 
 
 def load_checkpoints(specs: Sequence[str], seeds: Sequence[int]) -> dict[int, list[Any]]:
@@ -336,14 +355,17 @@ def load_checkpoints(specs: Sequence[str], seeds: Sequence[int]) -> dict[int, li
     problems: list[str] = []
     for seed in seeds:
         loaded[seed] = []
-        for spec in specs:
+        for labelled in specs:
+            name, spec = split_label(labelled)
             resolved = spec.replace("{seed}", str(seed))
             agent, _, directory = resolved.partition(":")
             if not Path(directory).is_dir():
                 problems.append(f"{resolved} (seed {seed}): no such checkpoint folder")
                 continue
             try:
-                loaded[seed].append(load_policy(resolved))
+                pol = load_policy(resolved)
+                pol.name = name
+                loaded[seed].append(pol)
             except (OSError, ValueError, KeyError) as e:
                 problems.append(f"{resolved} (seed {seed}): cannot load the checkpoint ({' '.join(str(e).split())})")
     if problems:
@@ -575,7 +597,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     ap.add_argument("--cache", required=True, help="outcome cache (HDF5)")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--policies", nargs="+", default=list(BASELINES),
-                    help=f"baseline names ({', '.join(BASELINES)}) and checkpoints 'agent:DIR'")
+                    help=f"baseline names ({', '.join(BASELINES)}) and checkpoints 'agent:DIR' or 'NAME=agent:DIR' "
+                         "(NAME: how results.csv names it; two checkpoints of one agent need one each)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])

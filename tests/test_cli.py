@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cache.schema import CacheError
@@ -294,3 +295,21 @@ def test_validate_accepts_a_subset_build_as_partial(tmp_path, capsys) -> None:
     assert any("coverage below" in p for p in validate(full))
     assert validate_main([str(full)]) == 1
     assert "partial" not in capsys.readouterr().out
+
+
+def test_evaluate_two_checkpoints_of_one_agent_are_two_rows(capsys, tmp_path, small_cache, bandit_run) -> None:
+    """NAME=agent:DIR names a checkpoint; without names two checkpoints of one agent are refused
+    (they used to be merged into one 'linucb' row)."""
+    spec = f"{bandit_run}/s0/policy"
+    out = tmp_path / "two"
+    rc = ev.main(["--cache", small_cache, "--out", str(out), "--policies", f"linucb:{spec}", f"linucb:{spec}"])
+    one_line_error(capsys, 2, rc, "would both be reported as 'linucb'", "NAME=agent:DIR")
+    assert not out.exists()
+    assert ev.main(["--cache", small_cache, "--out", str(out), "--policies", "static", f"first=linucb:{spec}",
+                    f"second=linucb:{spec}", "--n-budgets", "2", "--no-plots"]) == 0
+    res = pd.read_csv(out / "results.csv")
+    both = res[res.policy.isin(["first", "second"]) & (res.dataset == "all")]
+    assert set(both.policy) == {"first", "second"}
+    # the same checkpoint twice: the same numbers under both names
+    a, b = (both[both.policy == n].sort_values("budget_ms")["mean_reward"].to_numpy() for n in ("first", "second"))
+    np.testing.assert_allclose(a, b)
