@@ -319,15 +319,17 @@ class FeaturizerConfig:
     """What goes into the bandit context (see the module docstring).
 
     Attributes:
-        lang_components: PCA components kept of the language feature (whitened); 0 (default)
-            drops it. Fitted on the observations given to :meth:`ContextFeaturizer.fit`. Off by
-            default because it lowered every bandit's held-out reward on the default synthetic
-            cache (LinUCB, test, 8 budgets: 4 components 0.6678 vs none 0.6716 at 600k steps,
-            0.6652 vs 0.6745 at 2.4M) although a full-information ridge fit is indifferent to it
-            (0.6811 both): adaptively collected data with per-arm linear models that explain
-            little of the reward (R² ≈ 0.15) generalise worse across requests with more
-            request-specific dimensions. ``benchmarks/bench_ppo_bandits.py`` re-measures it
-            (agent ``linucb_lang``).
+        lang_components: PCA components kept of the language feature (whitened); 0 drops it.
+            Fitted on the observations given to :meth:`ContextFeaturizer.fit`. Default 4: on the
+            live-built default cache the language feature is what tells the tasks apart, which
+            is most of the observable signal there (a static table per task gains +0.007 over
+            static), and LinUCB with 4 components scores −0.0021 / +0.0021 / +0.0034 against
+            static for seeds 0-2 where without it −0.0118 / −0.0092 / −0.0068 (test, 8 budgets,
+            benchmarks/RESULTS.md "Agents on the live-built default"). On the SYNTHETIC default
+            it lowered every bandit's held-out reward (LinUCB: 4 components 0.6678 vs none
+            0.6716 at 600k steps, 0.6652 vs 0.6745 at 2.4M), whose language feature carries no
+            task-level signal that the budget features do not. ``benchmarks/bench_ppo_bandits.py``
+            re-measures it (agent ``linucb_nolang``).
         rbf_centers: Gaussian bumps over u = (budget − cheapest)/(full − cheapest), evenly spaced
             on ``rbf_range``; width = their spacing. 0 disables them.
         rbf_range: (lo, hi) of the bump centres in units of u.
@@ -337,7 +339,7 @@ class FeaturizerConfig:
         budget_encoding_quantities: quantities of that encoding.
     """
 
-    lang_components: int = 0
+    lang_components: int = 4
     rbf_centers: int = 20
     rbf_range: tuple[float, float] = (-0.1, 1.1)
     budget_encoding_dim: int = 0

@@ -37,9 +37,9 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: ``linucb_lang``: LinUCB with 4 PCA components of the language feature in its context (an
-#: ablation: the default context has none, see ``agents.bandits.FeaturizerConfig``).
-AGENTS = ("maskable_ppo", "ppo", "linucb", "lin_ts", "eps_greedy", "linucb_lang")
+#: ``linucb_nolang``: LinUCB without the language feature's PCA components in its context (an
+#: ablation: the default context has 4, see ``agents.bandits.FeaturizerConfig``).
+AGENTS = ("maskable_ppo", "ppo", "linucb", "lin_ts", "eps_greedy", "linucb_nolang")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -122,7 +122,7 @@ def diagnose(train: Any, test: Any, budgets: np.ndarray, reward: Any, static_r: 
     obs_tr, R_tr = pairs(train, s_tr, b_tr)
     obs_te, R_te = pairs(test, s_te, b_te)
     print("\n== diagnosis: full-information ceilings (test, 8 budgets; static = %.4f, oracle = %.4f) ==" % (static_r, R_te.max(1).mean()))
-    for fc in (FeaturizerConfig(), FeaturizerConfig(lang_components=4), FeaturizerConfig(lang_components=16)):
+    for fc in (FeaturizerConfig(lang_components=0), FeaturizerConfig(lang_components=4), FeaturizerConfig(lang_components=16)):
         f = ContextFeaturizer(fc).fit(obs_tr)
         X, Xt = f.transform(obs_tr), f.transform(obs_te)
         W = np.linalg.solve(X.T @ X + np.eye(f.dim), X.T @ R_tr)
@@ -135,7 +135,7 @@ def diagnose(train: Any, test: Any, budgets: np.ndarray, reward: Any, static_r: 
     # triples, no adaptivity: separates finite-sample variance from adaptive-sampling bias
     from agents.bandits import LinearBandit, LinearBanditConfig
 
-    for fc in (FeaturizerConfig(), FeaturizerConfig(lang_components=4)):
+    for fc in (FeaturizerConfig(lang_components=0), FeaturizerConfig(lang_components=4)):
         f = ContextFeaturizer(fc).fit(obs_tr)
         lb = LinearBandit(R_te.shape[1], f.dim, LinearBanditConfig(update_method="refactor"))
         venv = MolmoeKnobsFlatVectorEnv(num_envs=50_000, data=train)
@@ -234,8 +234,8 @@ def run(args: argparse.Namespace) -> None:
             steps = res.timesteps
         else:
             bcfg = BanditTrainConfig(seed=args.seed)
-            if agent == "linucb_lang":
-                bcfg.features = FeaturizerConfig(lang_components=4)
+            if agent == "linucb_nolang":
+                bcfg.features = FeaturizerConfig(lang_components=0)
             if args.bandit_steps:
                 bcfg.total_steps = args.bandit_steps
             res = train_bandit(agent.removesuffix("_lang"), env_kwargs, bcfg, out / agent)
