@@ -11,8 +11,8 @@ What is fitted, per dataset of the source (:func:`fit_params`):
   any other metric map to ``exact``, no partial credit);
 - the mean score at the full and at the cheapest configuration (the calibration's two targets);
 - the prompt length (lognormal: median, log-spread, min, max of ``prompt_tokens``);
-- the base output length (``1 + Poisson(λ)`` with λ = mean full-configuration output tokens − 1,
-  capped at their maximum);
+- the base output length: the empirical distribution of the full configuration's output tokens
+  (``DatasetSpec.output_pmf``; λ = their mean − 1 is kept for the record);
 - the image size: the median long side is solved (bisection) so that the mean vision-token count
   at the top tier matches the source's under Molmo's tiling (:mod:`cache.molmo_tiling`); spreads
   and aspect ratio keep fixed, documented values (the schema stores no image sizes);
@@ -167,6 +167,11 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
             out_full = oc.output_tokens[sel, ks.index(ks.full_config)]
             out_full = out_full[out_full > 0]
             lam = max(0.0, float(out_full.mean()) - 1.0) if out_full.size else 0.0
+            out_max = int(max(1, out_full.max() if out_full.size else 1))
+            # the empirical length distribution: a task that always answers in 2 tokens is not 1 + Poisson
+            pmf = np.bincount(out_full, minlength=out_max + 1)[1:out_max + 1].astype(np.float64) if out_full.size else np.ones(1)
+            pmf = tuple(float(v) for v in np.round(pmf / pmf.sum(), 6))
+            pmf = pmf[:-1] + (round(1.0 - sum(pmf[:-1]), 6),)
             specs.append(DatasetSpec(
                 name=_synthetic_name(name), metric=metric, full_target=full, cheapest_target=cheap,
                 targets_source=f"fitted to {oc.attrs.get('model_id', '?')} cache ({oc.attrs.get('generator', '?')}){note}",
@@ -174,7 +179,7 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
                 image=fit_image_spec(m["vision_tokens_top"], ks),
                 prompt_tokens=(float(np.median(prompt)), round(float(np.log(prompt).std()), 3), int(prompt.min()),
                                int(prompt.max())),
-                output_extra_mean=round(lam, 3), output_max=int(max(1, out_full.max() if out_full.size else 1)),
+                output_extra_mean=round(lam, 3), output_max=out_max, output_pmf=pmf,
                 weight=m["share"],
                 choice_probs=_modal_choices([oc.answers(int(i)) for i in np.flatnonzero(sel)[:200]]) if metric == "mc" else (),
             ))

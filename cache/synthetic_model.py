@@ -180,13 +180,17 @@ def _length_direction(lang_dirs: np.ndarray, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _log_length_moments(extra_mean: float, max_len: int) -> tuple[float, float]:
-    """Mean and sd of log(1 + min(Poisson(extra_mean), max_len - 1))."""
+def _log_length_moments(extra_mean: float, max_len: int, output_pmf: Sequence[float] = ()) -> tuple[float, float]:
+    """Mean and sd of log(1 + min(Poisson(extra_mean), max_len - 1)), or of log L for L drawn from
+    ``output_pmf`` over 1..max_len when given."""
     from scipy.stats import poisson
 
     k = np.arange(max_len)
-    pmf = poisson.pmf(k, extra_mean)
-    pmf[-1] += 1.0 - pmf.sum()  # the clipped tail
+    if output_pmf:
+        pmf = np.asarray(output_pmf, dtype=np.float64)
+    else:
+        pmf = poisson.pmf(k, extra_mean)
+        pmf[-1] += 1.0 - pmf.sum()  # the clipped tail
     logs = np.log1p(k)
     mu = float(pmf @ logs)
     return mu, float(np.sqrt(max(pmf @ (logs - mu) ** 2, 0.0)))
@@ -357,7 +361,7 @@ def _block_data(params: SyntheticParams, seed: int, block: int, rows: np.ndarray
         for d, spec in enumerate(specs):
             m = ds == d
             if m.any():
-                mu, sd = _log_length_moments(spec.output_extra_mean, spec.output_max)
+                mu, sd = _log_length_moments(spec.output_extra_mean, spec.output_max, spec.output_pmf)
                 z[m] = (log_len[m] - mu) / sd if sd > 0 else 0.0
         lang = lang + _amp(params.lang_r2_output_length) * z[:, None] * _length_direction(L, seed)
 

@@ -67,6 +67,9 @@ class DatasetSpec:
         output_extra_mean: λ of the ``1 + Poisson(λ)`` base output length (tokens).
         output_max: largest base output length (tokens).
         choice_probs: for ``mc``, probabilities of 2, 3, 4, 5 choices; empty otherwise.
+        output_pmf: probabilities of base output lengths 1, 2, ..., ``output_max`` (an empirical
+            length distribution, e.g. fitted to a live cache whose tasks answer in a fixed number
+            of tokens); empty (default): ``1 + Poisson(output_extra_mean)`` capped at ``output_max``.
     """
 
     name: str
@@ -82,6 +85,7 @@ class DatasetSpec:
     weight: float = 1.0
     difficulty_scale: float = 2.0
     choice_probs: tuple[float, ...] = ()
+    output_pmf: tuple[float, ...] = ()
 
 
 _COCO = ImageSizeSpec(640.0, 0.05, (320.0, 800.0), 1.33, 0.12, 0.3)
@@ -233,8 +237,9 @@ class SyntheticParams:
                 for s in v:
                     s = dict(s)
                     s["image"] = ImageSizeSpec(**{**s["image"], "long_side_range": tuple(s["image"]["long_side_range"])})
-                    for t in ("vision_need_beta", "prompt_tokens", "choice_probs"):
-                        s[t] = tuple(s[t])
+                    for t in ("vision_need_beta", "prompt_tokens", "choice_probs", "output_pmf"):
+                        if t in s:  # output_pmf is absent from caches written before it existed
+                            s[t] = tuple(s[t])
                     specs.append(DatasetSpec(**s))
                 kw[k] = tuple(specs)
             elif isinstance(v, list):
@@ -262,6 +267,9 @@ def _check_dataset(d: DatasetSpec) -> None:
         raise ValueError(f"{d.name}: bad image spec {im}")
     if d.output_extra_mean < 0 or d.output_max < 1:
         raise ValueError(f"{d.name}: bad output length spec")
+    if d.output_pmf and (len(d.output_pmf) != d.output_max or any(p < 0 for p in d.output_pmf)
+                         or abs(sum(d.output_pmf) - 1) > 1e-6):
+        raise ValueError(f"{d.name}: output_pmf must hold output_max ({d.output_max}) probabilities >= 0 summing to 1")
     if d.metric == "mc":
         if len(d.choice_probs) != 4 or any(p < 0 for p in d.choice_probs) or abs(sum(d.choice_probs) - 1) > 1e-6:
             raise ValueError(f"{d.name}: mc needs choice_probs for 2, 3, 4, 5 choices summing to 1")
@@ -333,6 +341,14 @@ def _draw_requests(rng: np.random.Generator, specs: Sequence[DatasetSpec], ds: n
     prompt = np.clip(np.rint(col(lambda s: s.prompt_tokens[0]) * np.exp(col(lambda s: s.prompt_tokens[1]) * z_prompt)),
                      col(lambda s: s.prompt_tokens[2]), col(lambda s: s.prompt_tokens[3])).astype(np.int64)
     base_out = 1 + np.minimum(rng.poisson(col(lambda s: s.output_extra_mean)), col(lambda s: s.output_max) - 1).astype(np.int64)
+    if any(s.output_pmf for s in specs):
+        # empirical length distributions draw from a child stream, so that every other draw (and
+        # every cache without one) stays exactly as it was
+        u_len = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0]).random(n)
+        for j, s in enumerate(specs):
+            if s.output_pmf:
+                sel = ds == j
+                base_out[sel] = 1 + np.searchsorted(np.cumsum(s.output_pmf)[:-1], u_len[sel], side="right")
     u_choice = rng.random(n)
     n_choices = np.ones(n, dtype=np.int64)
     for j, s in enumerate(specs):

@@ -94,6 +94,29 @@ def test_the_live_default_calibrates_within_three_points(tmp_path):
     for col in ("full", "cheapest"):
         diff = (table[f"{col} (source)"] - table[f"{col} (synthetic)"]).abs()
         assert (diff <= 0.03).all(), (col, table.to_string())
+    # the empirical length distribution: count and diagram always answer in 2 tokens, and so do their fits
+    count = specs["synthetic-synth_count"]
+    assert count.output_pmf == (0.0, 1.0) and count.output_max == 2
+    assert ((table["output_tokens_full (source)"] - table["output_tokens_full (synthetic)"]).abs() <= 0.1).all()
+
+
+def test_output_pmf_is_validated_and_leaves_other_draws_alone():
+    text = DEFAULT_DATASETS[0]
+    with pytest.raises(ValueError, match="output_pmf"):
+        SyntheticParams(datasets=(dataclasses.replace(text, output_pmf=(0.5, 0.5)),))  # output_max is 6
+    from cache.synthetic_model import generate
+
+    base = SyntheticParams(n_samples=300, datasets=(text, DEFAULT_DATASETS[1]))
+    pmf = (0.0, 0.25, 0.75, 0.0, 0.0, 0.0)
+    fixed = dataclasses.replace(base, datasets=(dataclasses.replace(text, output_pmf=pmf), DEFAULT_DATASETS[1]))
+    a, b = generate(base, 0), generate(fixed, 0)
+    np.testing.assert_array_equal(a.prompt_tokens, b.prompt_tokens)  # the other draws are unchanged
+    np.testing.assert_array_equal(a.vision_tokens, b.vision_tokens)
+    full = base.knob_space.index(base.knob_space.full_config)
+    sel = a.dataset == 1  # the other dataset keeps its lengths exactly
+    np.testing.assert_array_equal(a.output_tokens[sel], b.output_tokens[sel])
+    right = (b.dataset == 0) & (b.score[:, full] == 1)  # correct answers at the full configuration: the base length
+    assert set(np.unique(b.output_tokens[right, full])) <= {2, 3}
 
 
 def test_fit_noise_reaches_the_source_oracle_gap(source):
@@ -115,3 +138,10 @@ def test_fit_noise_reaches_the_source_oracle_gap(source):
     t = ks.config_table()
     parity = (np.searchsorted(np.unique(t["tier"]), t["tier"]) + t["p"] + t["top_k"] + t["blocks"]) % 2
     assert neighbour_agreement(np.tile(parity.astype(float), (2, 1)), ks) == 0.0
+
+
+def test_params_written_before_output_pmf_still_load():
+    d = SyntheticParams(n_samples=10).to_dict()
+    for spec in d["datasets"]:
+        del spec["output_pmf"]
+    assert SyntheticParams.from_dict(d) == SyntheticParams(n_samples=10)
