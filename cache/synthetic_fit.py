@@ -14,8 +14,11 @@ What is fitted, per dataset of the source (:func:`fit_params`):
 - the base output length: the empirical distribution of the full configuration's output tokens
   (``DatasetSpec.output_pmf``; λ = their mean − 1 is kept for the record);
 - the image size: the median long side is solved (bisection) so that the mean vision-token count
-  at the top tier matches the source's under Molmo's tiling (:mod:`cache.molmo_tiling`); spreads
-  and aspect ratio keep fixed, documented values (the schema stores no image sizes);
+  at the top tier matches the source's under Molmo's tiling (:mod:`cache.molmo_tiling`), and the
+  spreads of the long side and of the aspect ratio are picked from a grid so that every tier's
+  token quantiles come nearest the source's (:func:`fit_image_spec`; the schema stores no image
+  sizes, only what tiling made of them); the median aspect and the portrait share keep fixed,
+  documented values;
 - multiple choice: every request has the modal number of options in the source's answers
   when they are stored as choices, else 4.
 
@@ -65,30 +68,62 @@ def _synthetic_name(name: str) -> str:
     return DATASET_PREFIX + base
 
 
-def _top_tier_tokens(spec: ImageSizeSpec, ks: KnobSpace, z: np.ndarray) -> float:
-    """Mean top-tier vision tokens of images drawn from ``spec`` with fixed draws ``z`` (3, n): two
+def _tier_tokens(spec: ImageSizeSpec, ks: KnobSpace, z: np.ndarray) -> np.ndarray:
+    """(n, T) vision tokens per tier of images drawn from ``spec`` with fixed draws ``z`` (3, n): two
     standard normals and a uniform, as :func:`cache.synthetic_params.image_sizes` takes them."""
     h, w = image_sizes(z[0], z[1], z[2], long_side_median=spec.long_side_median, long_side_sigma=spec.long_side_sigma,
                        long_side_lo=spec.long_side_range[0], long_side_hi=spec.long_side_range[1],
                        aspect_median=spec.aspect_median, aspect_sigma=spec.aspect_sigma, portrait_frac=spec.portrait_frac)
     _, vtok, _ = crops_and_tokens(h, w, ks.crops)
-    return float(vtok[:, -1].mean())
+    return vtok.astype(np.float64)
 
 
-def fit_image_spec(target_tokens: float, ks: KnobSpace, n: int = 2000, seed: int = 0) -> ImageSizeSpec:
+def _top_tier_tokens(spec: ImageSizeSpec, ks: KnobSpace, z: np.ndarray) -> float:
+    """Mean top-tier vision tokens of images drawn from ``spec`` with fixed draws ``z``."""
+    return float(_tier_tokens(spec, ks, z)[:, -1].mean())
+
+
+#: spreads tried by :func:`fit_image_spec` when the source's per-tier tokens are given
+_LONG_SIGMAS: tuple[float, ...] = (0.1, 0.25, 0.45, 0.7)
+_ASPECT_SIGMAS: tuple[float, ...] = (0.08, 0.2, 0.4)
+_TOKEN_QUANTILES: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def fit_image_spec(target_tokens: float, ks: KnobSpace, n: int = 2000, seed: int = 0,
+                   source_tokens: np.ndarray | None = None) -> ImageSizeSpec:
     """The image-size spec whose mean top-tier vision tokens match ``target_tokens`` (bisection on the
-    median long side, in log space; token counts grow with the image until the tier's crop cap)."""
+    median long side, in log space; token counts grow with the image until the tier's crop cap).
+
+    With ``source_tokens`` ((n, T) vision tokens per tier of the source's requests), the spreads
+    of the long side and of the aspect ratio are chosen too, from a small grid: the pair whose
+    per-tier token quantiles (10/25/50/75/90 %) are nearest the source's (mean absolute difference),
+    each with its median solved as above. Without it they keep fixed, documented values."""
     rng = np.random.default_rng(seed)
     z = np.stack([rng.standard_normal(n), rng.standard_normal(n), rng.random(n)])
-    spec = ImageSizeSpec(100.0, _LONG_SIGMA, _LONG_RANGE, _ASPECT_MEDIAN, _ASPECT_SIGMA, _PORTRAIT)
-    lo, hi = np.log(_LONG_RANGE[0]), np.log(_LONG_RANGE[1])
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if _top_tier_tokens(dataclasses.replace(spec, long_side_median=float(np.exp(mid))), ks, z) < target_tokens:
-            lo = mid
-        else:
-            hi = mid
-    return dataclasses.replace(spec, long_side_median=round(float(np.exp(0.5 * (lo + hi))), 1))
+
+    def solve(spec: ImageSizeSpec) -> ImageSizeSpec:
+        lo, hi = np.log(_LONG_RANGE[0]), np.log(_LONG_RANGE[1])
+        for _ in range(30):  # 4.8 / 2^30 in log space: far below the 0.1-px rounding
+            mid = 0.5 * (lo + hi)
+            if _top_tier_tokens(dataclasses.replace(spec, long_side_median=float(np.exp(mid))), ks, z) < target_tokens:
+                lo = mid
+            else:
+                hi = mid
+        return dataclasses.replace(spec, long_side_median=round(float(np.exp(0.5 * (lo + hi))), 1))
+
+    base = ImageSizeSpec(100.0, _LONG_SIGMA, _LONG_RANGE, _ASPECT_MEDIAN, _ASPECT_SIGMA, _PORTRAIT)
+    if source_tokens is None:
+        return solve(base)
+    q = np.asarray(_TOKEN_QUANTILES)
+    want = np.quantile(np.asarray(source_tokens, dtype=np.float64), q, axis=0)  # (Q, T)
+    best, best_d = base, np.inf
+    for ls in _LONG_SIGMAS:
+        for asg in _ASPECT_SIGMAS:
+            spec = solve(dataclasses.replace(base, long_side_sigma=ls, aspect_sigma=asg))
+            d = float(np.abs(np.quantile(_tier_tokens(spec, ks, z), q, axis=0) - want).mean())
+            if d < best_d:
+                best, best_d = spec, d
+    return best
 
 
 def _modal_choices(answers: list[Any]) -> tuple[float, ...]:
@@ -176,7 +211,7 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
                 name=_synthetic_name(name), metric=metric, full_target=full, cheapest_target=cheap,
                 targets_source=f"fitted to {oc.attrs.get('model_id', '?')} cache ({oc.attrs.get('generator', '?')}){note}",
                 vision_need_beta=(2.0, 2.0),
-                image=fit_image_spec(m["vision_tokens_top"], ks),
+                image=fit_image_spec(m["vision_tokens_top"], ks, source_tokens=oc.vision_tokens[sel]),
                 prompt_tokens=(float(np.median(prompt)), round(float(np.log(prompt).std()), 3), int(prompt.min()),
                                int(prompt.max())),
                 output_extra_mean=round(lam, 3), output_max=out_max, output_pmf=pmf,
