@@ -450,19 +450,15 @@ class LiveCacheBuilder:
 
     def _molmoe_vision_tokens(self, rows: np.ndarray, crops: np.ndarray, vtok: np.ndarray) -> np.ndarray:
         """MolmoE-1B's image tokens per tier for each row's image at ``molmoe_scale`` × its size
-        (the same crop grid as the model's, which is checked)."""
-        from PIL import Image
-
-        from model_runtime.molmoe.preprocessing import molmoe_1b_token_counts
-
+        (``MolmoeRuntime.vision_token_counts``, as the live env counts them; the same crop grid as
+        the model's preprocessing gave, which is checked)."""
         out = vtok.copy()
         for j, i in enumerate(rows):
             if vtok[j].min() <= 0:
                 continue  # a failed row keeps its zeros
-            with Image.open(self.requests[i].image) as im:
-                w, h = im.size
+            counts = self.rt.vision_token_counts(self.requests[i], molmoe_scale=self.s.molmoe_scale)
             for t, tier in enumerate(self.ks.tiers):
-                n_crops, n_tok = molmoe_1b_token_counts(h, w, self.ks.crops_for(tier), self.s.molmoe_scale)
+                n_crops, n_tok = counts[tier]
                 if n_crops != crops[j, t]:
                     raise RuntimeError(f"{self.requests[i].id}: MolmoE-1B would use {n_crops} crops at tier {tier}, "
                                        f"the model {crops[j, t]}: the geometries are not scaled copies")

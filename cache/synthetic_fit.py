@@ -190,7 +190,7 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
             metric = METRIC_MAP.get(oc.metrics.get(name, ""), "exact")
             full, cheap = round(m["full"], 4), round(m["cheapest"], 4)
             note = ""
-            if 0 < full < 1 and full - MIN_KNOB_GAP <= cheap < 1 and full - MIN_KNOB_GAP > 0:
+            if MIN_KNOB_GAP < full < 1 and full - MIN_KNOB_GAP <= cheap < 1:
                 # no knob effect beyond noise (a task the model is at chance on): the generator's
                 # smallest one, rather than refusing the whole cache
                 cheap, note = round(full - MIN_KNOB_GAP, 4), (f"; cheapest {m['cheapest']:.3f} ≥ full − "
@@ -228,11 +228,16 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
                            topk_costs_pts=topk, reference_gap=gap, **overrides)
 
 
-def _oracle_gap(oc: OutcomeCache) -> float:
-    """Mean best score per test request minus the best single configuration's mean score."""
-    test = oc.split_indices("test")
-    s = np.nan_to_num(oc.score[test], nan=0.0)
+def _score_gap(score: np.ndarray) -> float:
+    """Mean best score per request (row) minus the best single configuration's (column's) mean
+    score; a NaN (no outcome) counts 0."""
+    s = np.nan_to_num(score, nan=0.0)
     return float(s.max(axis=1).mean() - s.mean(axis=0).max())
+
+
+def _oracle_gap(oc: OutcomeCache) -> float:
+    """:func:`_score_gap` of the test split."""
+    return _score_gap(oc.score[oc.split_indices("test")])
 
 
 def fidelity_table(source: str, synthetic: str):
@@ -276,8 +281,7 @@ def neighbour_agreement(score: np.ndarray, ks: KnobSpace) -> float:
 
 
 def _noise_stats(score: np.ndarray, test: np.ndarray, ks: KnobSpace) -> tuple[float, float]:
-    s = np.nan_to_num(score[test], nan=0.0)
-    return float(s.max(axis=1).mean() - s.mean(axis=0).max()), neighbour_agreement(score[test], ks)
+    return _score_gap(score[test]), neighbour_agreement(score[test], ks)
 
 
 def fit_noise(source: str, params: SyntheticParams, *, seed: int = 0, gap_tol: float = 0.005,
