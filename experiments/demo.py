@@ -25,12 +25,11 @@ from typing import Callable, Sequence
 from cache.default import LIVE_DEFAULT_CACHE, SYNTHETIC_DEFAULT_CACHE
 from cache.reader import read_cache_label
 from experiments.evaluate import BASELINES, EvalConfig, evaluate
+from experiments.pipeline_parts.common import GRPO_FULL
 
 DEFAULT_AGENTS: tuple[str, ...] = ("grpo", "maskable_ppo", "linucb")
-#: Config overrides of the demo's training runs: GRPO as the pipeline trains it (400 iterations, the
-#: learning rate annealed; mean-centred advantages, GRPOConfig's default), measured on the live default
-#: (benchmarks/RESULTS.md, "Agents on the live-built default").
-DEMO_OVERRIDES: dict[str, dict] = {"grpo": {"iterations": 400, "anneal_lr": True, "scale_rewards": "none"}}
+#: Config overrides of the demo's training runs: GRPO as the pipeline trains it.
+DEMO_OVERRIDES: dict[str, dict] = {"grpo": dict(GRPO_FULL)}
 
 
 def prepare_cache(path: str | Path, log: Callable[[str], None] = print) -> Path:
