@@ -2,7 +2,7 @@
 
 ``python -m experiments.train_model --suite DIR --out CKPT [--steps N] [--time-budget S] [--device cuda]
 [--recipes plain=0 robust=0.15] [--batch-size B] [--reuse R] [--compile] [--resume | --init-from CKPT]
-[--task-weights TASK=W ...] [--lr-scale PREFIX=S ...] [--importance-requests 32]``
+[--task-weights TASK=W ...] [--lr-scale PREFIX=S ...] [--first-example N] [--importance-requests 32]``
 
 - ``--suite``: a suite folder from ``python -m experiments.make_suite`` (its ``manifest.json``
   gives the seed; training renders ``train`` examples on the fly from it; the first
@@ -54,6 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="train on each rendered example this many times (multiplies the data pipeline's rate)")
     ap.add_argument("--reuse-distance", type=int, default=0,
                     help="batches between two uses of an example (0: --workers, so each worker reuses its own)")
+    ap.add_argument("--first-example", type=int, default=0,
+                    help="index of the first train example of the stream (a continuation through --init-from "
+                         "starts past the examples the checkpoint saw; its train_config.json records the value)")
     ap.add_argument("--caption-rate", type=float, default=0.0,
                     help="fraction of train examples asked for their dense caption (Molmo's caption pre-training)")
     ap.add_argument("--patch-stem", choices=("linear", "conv", "hybrid"), default="linear",
@@ -160,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       word_presence_sites=tuple(args.word_presence_sites),
                       data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
                                            reuse_distance=args.reuse_distance or max(1, args.workers),
-                                           caption_rate=args.caption_rate, **data_kw))
+                                           caption_rate=args.caption_rate, first_example=args.first_example, **data_kw))
     if args.init_from is not None and args.resume:
         raise ValueError("--init-from and --resume exclude each other")
     t0 = time.perf_counter()

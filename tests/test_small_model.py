@@ -197,6 +197,17 @@ def test_training_stream_is_deterministic(tokenizer):
     assert not torch.equal(a["task"], c["task"]) or not torch.equal(a["patches"][:1], c["patches"][:1])
 
 
+def test_first_example_starts_the_stream_past_the_examples_a_run_saw(tokenizer):
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    start = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=3))
+    later = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=3, first_example=6))
+    a, b = start.batch(2), later.batch(0)  # examples 6..8 of one stream
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [list(ix) for _, ix in later.chunk_indices(1)] == [[9, 10, 11]]
+    with pytest.raises(ValueError, match="first_example"):
+        TrainDataConfig(first_example=-1)
+
+
 def test_uint8_pixels_normalise_to_the_float_pipeline(tokenizer):
     from model_runtime.datasets.suite import render_example
     from model_runtime.molmoe.preprocessing import MolmoImagePreprocessor, normalize_patches

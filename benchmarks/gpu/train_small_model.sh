@@ -16,6 +16,8 @@
 # LR (default 2e-3) is the peak learning rate (train_model --lr; LR_SCALE multiplies it per module): a continuation
 # through INIT_FROM restarts its schedule, and at the full peak rate it undoes part of what was learned
 # (benchmarks/RESULTS.md "Ninth H200 run").
+# FIRST_EXAMPLE (default 0) is the train stream's first example index (train_model --first-example): a continuation
+# through INIT_FROM sets it past the examples the checkpoint was trained on.
 # TASK_WEIGHTS (default: train_model's mix) sets the training mix (train_model --task-weights "TASK=W ...").
 # BATCH (default 512) is the batch size; REUSE (default 4) the times each rendered example is trained on
 # (train_model --reuse: what keeps a batch of 512 fed; at 128 the renderers keep up with 2, and repeats are memorised:
@@ -38,6 +40,7 @@ LR=${LR:-2e-3}
 REUSE=${REUSE:-4}
 STOP_AFTER=${STOP_AFTER:-0}
 RESUME=${RESUME:-0}
+FIRST_EXAMPLE=${FIRST_EXAMPLE:-0}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 t0=$(date +%s)
@@ -47,6 +50,7 @@ if [ "$RESUME" = 1 ] && [ -f "$W/suite/manifest.json" ]; then MODE=--resume; els
 fi
 $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda --time-budget "$BUDGET" \
     --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --lr "$LR" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
+    --first-example "$FIRST_EXAMPLE" \
     --word-presence-sites $WORD_PRESENCE_SITES $MODE \
     ${INIT_FROM:+--init-from "$INIT_FROM"} ${LR_SCALE:+--lr-scale $LR_SCALE} ${TASK_WEIGHTS:+--task-weights $TASK_WEIGHTS}
 echo "[train_small_model] trained at $(( $(date +%s) - t0 )) s"

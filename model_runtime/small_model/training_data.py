@@ -1,6 +1,7 @@
 """Training batches for the small model, rendered on the fly from the task suite's seed.
 
-Global batch ``b`` holds examples ``b·B .. b·B + B − 1`` of one unbounded stream; example ``i``
+Global batch ``b`` holds examples ``F + b·B .. F + b·B + B − 1`` of one unbounded stream (F =
+:attr:`TrainDataConfig.first_example`, 0 by default); example ``i``
 draws its task from ``rng([seed, i])`` with :attr:`TrainDataConfig.task_weights` and is the
 suite's ``train`` example ``i`` of that task (:func:`model_runtime.datasets.suite.render_example`),
 so the suite's val/test requests (other seeds of the same renderers) are never trained on. Worker
@@ -62,6 +63,9 @@ class TrainDataConfig:
         reuse: times each rendered example is trained on (see the module docstring).
         reuse_distance: batches between two uses of an example.
         caption_rate: fraction of train examples asked for their dense caption (module docstring).
+        first_example: index of the stream's first example. A run continuing another model's
+            training through a fresh schedule starts past the examples that model saw (the
+            stream is otherwise the same from index 0 in every run of one suite seed).
     """
 
     seed: int = 0
@@ -74,6 +78,7 @@ class TrainDataConfig:
     reuse: int = 1
     reuse_distance: int = 15
     caption_rate: float = 0.0
+    first_example: int = 0
 
     def __post_init__(self) -> None:
         if self.reuse < 1 or self.batch_size % self.reuse:
@@ -82,6 +87,8 @@ class TrainDataConfig:
             raise ValueError(f"reuse_distance must be >= 1, got {self.reuse_distance}")
         if not 0.0 <= self.caption_rate <= 1.0:
             raise ValueError(f"caption_rate must be in [0, 1], got {self.caption_rate}")
+        if not 0 <= self.first_example < _WARMUP_INDEX:
+            raise ValueError(f"first_example must be in [0, 2**40), got {self.first_example}")
 
 
 #: First example index of the chunks that stand in for chunks before the stream's start.
@@ -194,7 +201,7 @@ class SuiteStream(torch.utils.data.IterableDataset):
         out = []
         for r in range(R):
             j = b - r * D
-            first = j * C if j >= 0 else _WARMUP_INDEX + (b * R + r) * C
+            first = self.data.first_example + j * C if j >= 0 else _WARMUP_INDEX + (b * R + r) * C
             out.append((j if j >= 0 else -1 - (b * R + r), range(first, first + C)))
         return out
 

@@ -1,0 +1,46 @@
+"""The GPU shell scripts under benchmarks/gpu/ pass only options their Python entry points accept.
+
+They run on the H200 only, so a renamed or removed option would otherwise surface there, after a
+machine start; this reads each ``python -m MODULE`` call of the scripts and checks its ``--flags``
+against the module's ``--help``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "benchmarks" / "gpu").glob("*.sh"))
+
+
+def module_calls(script: Path) -> list[tuple[str, list[str]]]:
+    """(module, flags) of every ``$PY -m MODULE ...`` call, continuation lines joined."""
+    text = script.read_text().replace("\\\n", " ")
+    calls = []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        for m in re.finditer(r"-m\s+([\w.]+)(.*?)(?:;|&&|\|\||$)", line):
+            calls.append((m.group(1), sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2))))))
+    return calls
+
+
+def test_the_scripts_are_found() -> None:
+    assert {s.name for s in SCRIPTS} >= {"train_small_model.sh", "build_default_cache.sh"}
+    assert any(mod == "experiments.train_model" for s in SCRIPTS for mod, _ in module_calls(s))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_flag_a_gpu_script_passes_is_an_option_of_its_module(script: Path) -> None:
+    for module, flags in module_calls(script):
+        if not module.startswith(("experiments.", "benchmarks.", "cache.")):
+            continue
+        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, f"{module} --help: {out.stderr[-500:]}"
+        unknown = [f for f in flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", out.stdout)]
+        assert not unknown, f"{script.name}: python -m {module} has no option {unknown}"
