@@ -28,8 +28,9 @@ Then the oracle gap (oracle − static) is decomposed:
   (fit on train, scored on test), not observable = the rest of the oracle gap.
 
 Run: ``python -m benchmarks.bench_adaptivity [--cache outputs/default_cache.h5]``. The ``q``
-rows need the default synthetic cache (its latents are regenerated with ``default_params()``,
-seed 0); other caches get the router rows and the observable decomposition only.
+rows need a synthetic cache (its latents are regenerated from the cache's own
+``generator_params``: parameters and seed, e.g. a ``--calibrate-to`` cache); live caches get the
+router rows only. Every cache gets the observable decomposition.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import argparse
 import numpy as np
 
 from agents.baselines import reward_matrix
-from cache.synthetic import build_default_cache, default_params, generate, write_synthetic_cache
+from cache.reader import OutcomeCache
+from cache.synthetic import SyntheticParams, build_default_cache, generate, write_synthetic_cache
 from envs.replay_data import ReplayData
 from envs.reward import RewardConfig, compute_reward
 
@@ -69,6 +71,15 @@ def oracle_gap(path: str, budgets: np.ndarray) -> float:
     return float(np.mean(gaps))
 
 
+def synthetic_params_of(path: str) -> tuple[SyntheticParams, int]:
+    """The parameters and seed a synthetic cache was generated with (its ``generator_params``)."""
+    with OutcomeCache(path, tokens="lazy") as oc:
+        gp = oc.attrs.get("generator_params") or {}
+    if "params" not in gp or "seed" not in gp:
+        raise ValueError(f"{path}: a synthetic cache without generator_params.params/seed; cannot regenerate its latents")
+    return SyntheticParams.from_dict(gp["params"]), int(gp["seed"])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="outputs/default_cache.h5")
@@ -78,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         build_default_cache(a.cache)
     tr, te = ReplayData.from_cache(a.cache, "train"), ReplayData.from_cache(a.cache, "test")
     with_q = bool(te.synthetic)
-    q = generate(default_params(), 0).latents["q"][te.cache_rows] if with_q else None
+    if with_q:
+        params, seed = synthetic_params_of(a.cache)
+        q = generate(params, seed).latents["q"][te.cache_rows]
     hinge = RewardConfig.make("hinge")
     s = tr.latency_scale_ms
 
@@ -132,21 +145,19 @@ def main(argv: list[str] | None = None) -> None:
             import dataclasses
             import tempfile
 
-            base = default_params()
             print("re-generated with one noise source off (same seed; oracle gap at the same budgets):")
             with tempfile.TemporaryDirectory() as tmp:
                 for label, kw in (("jitter_sd=0 (per-(request, configuration) jitter off)", {"jitter_sd": 0.0}),
                                   ("wrong_extra_tokens_prob=0 (config-dependent length off)", {"wrong_extra_tokens_prob": 0.0})):
                     path = f"{tmp}/{next(iter(kw))}.h5"
-                    write_synthetic_cache(path, dataclasses.replace(base, **kw), seed=0)
+                    write_synthetic_cache(path, dataclasses.replace(params, **kw), seed=seed)
                     g = oracle_gap(path, budgets)
                     print(f"  {label:<58} gap {g:+.3f} (change {g - gap:+.3f})")
             print("  (the per-request coin has no generator switch)")
-    else:
-        best = max((h for h in head if h.startswith("ridge")), key=lambda h: m[h])
-        obs_gain = m[best] - m["static"]
-        print(f"  observable (best out-of-sample router, {best}): {obs_gain:+.3f} ({obs_gain / gap:6.1%} of the gap)")
-        print(f"  not observable (the rest):                     {gap - obs_gain:+.3f} ({(gap - obs_gain) / gap:6.1%})")
+    best = max((h for h in head if h.startswith("ridge")), key=lambda h: m[h])
+    obs_gain = m[best] - m["static"]
+    print(f"  observable (best out-of-sample router, {best}): {obs_gain:+.3f} ({obs_gain / gap:6.1%} of the gap)")
+    print(f"  not observable (the rest):                     {gap - obs_gain:+.3f} ({(gap - obs_gain) / gap:6.1%})")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -113,3 +114,24 @@ def test_adaptivity_benchmark_names_the_cache_kind(caches: dict, kind: str, caps
     bench_adaptivity.main(["--cache", caches[kind], "--no-regenerate"])
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("SYNTHETIC cache" if kind == "synthetic" else "live cache"), first
+
+
+def test_adaptivity_benchmark_regenerates_a_synthetic_cache_from_its_own_parameters(caches: dict, capsys, tmp_path) -> None:
+    """The latents ``q`` come from the cache's own ``generator_params`` (here 300 requests, seed 5),
+    not from the default synthetic cache's, whose rows would be other requests'."""
+    from benchmarks import bench_adaptivity
+    from cache.synthetic import generate
+
+    params, seed = bench_adaptivity.synthetic_params_of(caches["synthetic"])
+    assert (seed, params.n_samples, params.lang_dim) == (5, 300, 8)
+    with OutcomeCache(caches["synthetic"]) as oc:
+        assert np.allclose(oc.score, generate(params, seed).score, equal_nan=True)
+    bench_adaptivity.main(["--cache", caches["synthetic"], "--no-regenerate"])
+    printed = capsys.readouterr().out
+    assert "structure (q only − static)" in printed and "observable (best out-of-sample router" in printed
+    bare = tmp_path / "no_params.h5"
+    shutil.copyfile(caches["synthetic"], bare)
+    with h5py.File(bare, "a") as f:
+        del f.attrs["generator_params"]
+    with pytest.raises(ValueError, match="generator_params"):
+        bench_adaptivity.synthetic_params_of(str(bare))
