@@ -29,8 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="fit the datasets, their marginals and the knob costs to this outcome cache (e.g. a "
                          "live-built one; cache/synthetic_fit.py says what is fitted) instead of the default datasets")
     ap.add_argument("--no-fit-noise", dest="fit_noise", action="store_false",
-                    help="with --calibrate-to: keep the generator's default jitter instead of fitting it to the "
-                         "source's oracle gap and neighbour agreement (cache.synthetic_fit.fit_noise)")
+                    help="with --calibrate-to: keep the generator's default jitter and answer-length variation "
+                         "instead of fitting them to the source's oracle gap and neighbour agreement "
+                         "(cache.synthetic_fit.fit_noise) and its length variation (fit_length_variation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lang-dim", type=int, default=64)
     ap.add_argument("--token-dim", type=int, default=64)
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.calibrate_to:
             if args.datasets:
                 raise ValueError("--datasets and --calibrate-to exclude each other (the source cache names the datasets)")
-            from cache.synthetic_fit import fit_noise, fit_params
+            from cache.synthetic_fit import fit_length_variation, fit_noise, fit_params
 
             params = fit_params(args.calibrate_to, **kw)
             if args.fit_noise:
@@ -71,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"noise fitted: jitter_sd {params.jitter_sd}, jitter_iid_share {params.jitter_iid_share} "
                       f"(oracle score gap {noise['picked']['gap']} vs the source's {noise['source_gap']}, neighbour "
                       f"agreement {noise['picked']['agreement']} vs {noise['source_agreement']})")
+                params, length = fit_length_variation(args.calibrate_to, params, seed=args.seed)
+                print(f"length variation fitted: wrong_extra_tokens_prob {length['wrong_extra_tokens_prob']} (mean |output "
+                      f"tokens - the full configuration's| {length['fitted']} vs the source's {length['source']})")
         else:
             if args.datasets:
                 kw["datasets"] = select_datasets(args.datasets)

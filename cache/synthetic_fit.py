@@ -32,6 +32,10 @@ and the outcome noise (:func:`fit_noise`, on by default in the CLI, ``--no-fit-n
 defaults): ``jitter_sd`` and ``jitter_iid_share`` so that the score oracle gap of the test split
 is the source's and neighbouring configurations agree about as often as in the source.
 
+and the output length's variation across configurations (:func:`fit_length_variation`, with the
+noise): ``wrong_extra_tokens_prob`` so that a request's output length differs from its length at
+the full configuration by as much, on average, as in the source.
+
 Not fitted (the generator's documented defaults stay): difficulty spread, vision need, the
 robustness factor and the observable features' signal strengths; the table reports the oracle
 gap of both caches so that their distance is visible.
@@ -333,3 +337,48 @@ def fit_noise(source: str, params: SyntheticParams, *, seed: int = 0, gap_tol: f
     fitted = dataclasses.replace(params, jitter_sd=pick["jitter_sd"], jitter_iid_share=pick["jitter_iid_share"])
     return fitted, {"source_gap": round(target_gap, 4), "source_agreement": round(target_agree, 4),
                     "picked": pick, "candidates": candidates}
+
+
+def length_variation(output_tokens: np.ndarray, ks: KnobSpace) -> float:
+    """Mean |output tokens − the request's output tokens at the full configuration| over
+    (request, configuration): how much a request's answer length depends on the configuration
+    (the part of the latency a controller cannot know before running). Negative counts (no
+    outcome) are skipped."""
+    out = np.asarray(output_tokens, dtype=np.float64)
+    full = out[:, [ks.index(ks.full_config)]]
+    ok = (out >= 0) & (full >= 0)
+    return float(np.abs(out - full)[ok].mean())
+
+
+def fit_length_variation(source: str, params: SyntheticParams, *, seed: int = 0, tol: float = 0.005,
+                         max_iter: int = 14) -> tuple[SyntheticParams, dict[str, Any]]:
+    """Fit ``wrong_extra_tokens_prob`` so that the synthetic cache's :func:`length_variation` is the
+    source's. A wrong answer at a reduced configuration gets 1-3 extra tokens with probability
+    ``wrong_extra_tokens_prob × reduction``, drawn against one uniform per request (common random
+    numbers), so the variation grows monotonically with the probability and bisection on [0, 1]
+    finds it; 1 is the most the generator can give. Fit after :func:`fit_noise`: the jitter decides
+    which answers are wrong. Returns the fitted params and a report."""
+    from cache.synthetic_model import generate
+
+    with OutcomeCache(source, tokens="lazy") as oc:
+        target = length_variation(oc.output_tokens, oc.knob_space)
+
+    def stat(prob: float) -> float:
+        d = generate(dataclasses.replace(params, wrong_extra_tokens_prob=prob), seed)
+        return length_variation(d.output_tokens, params.knob_space)
+
+    lo, hi = 0.0, 1.0
+    best = (1.0, stat(1.0))
+    if best[1] > target:
+        best = (0.0, stat(0.0))
+        for _ in range(max_iter):
+            mid = round(0.5 * (lo + hi), 6)
+            v = stat(mid)
+            if abs(v - target) < abs(best[1] - target):
+                best = (mid, v)
+            if abs(v - target) <= tol:
+                break
+            lo, hi = (mid, hi) if v < target else (lo, mid)
+    fitted = dataclasses.replace(params, wrong_extra_tokens_prob=best[0])
+    return fitted, {"source": round(target, 4), "fitted": round(best[1], 4), "wrong_extra_tokens_prob": best[0],
+                    "default": params.wrong_extra_tokens_prob}

@@ -51,6 +51,7 @@ def test_cli_calibrate_to_prints_the_side_by_side_table(source, tmp_path, capsys
     assert main(["--calibrate-to", str(source), "--out", str(tmp_path / "c.h5"), "--samples", "400", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "fitted to" in out and "full (source)" in out and "synthetic-docvqa" in out
+    assert "noise fitted" in out and "length variation fitted: wrong_extra_tokens_prob" in out
     assert main(["--calibrate-to", str(source), "--datasets", "textvqa", "--out", str(tmp_path / "d.h5")]) == 2
     assert "exclude each other" in capsys.readouterr().err
     assert main(["--calibrate-to", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "e.h5")]) == 2
@@ -145,3 +146,26 @@ def test_params_written_before_output_pmf_still_load():
     for spec in d["datasets"]:
         del spec["output_pmf"]
     assert SyntheticParams.from_dict(d) == SyntheticParams(n_samples=10)
+
+
+def test_fit_length_variation_finds_the_source_s_answer_length_variation(source):
+    """The source (seed 3) has the default ``wrong_extra_tokens_prob`` 0.5; fitted from 0.1 and from
+    1.0 the probability comes back near 0.5, and the fitted cache's variation is the source's."""
+    from cache.reader import OutcomeCache
+    from cache.synthetic_fit import fit_length_variation, length_variation
+
+    with OutcomeCache(str(source)) as oc:
+        target = length_variation(oc.output_tokens, oc.knob_space)
+    assert target > 0
+    params = fit_params(str(source))
+    for start in (0.1, 1.0):
+        fitted, rep = fit_length_variation(str(source), dataclasses.replace(params, wrong_extra_tokens_prob=start), seed=3)
+        assert rep["source"] == pytest.approx(target, abs=1e-4)
+        assert abs(rep["fitted"] - target) <= 0.005
+        assert 0.35 <= fitted.wrong_extra_tokens_prob <= 0.65
+    ks = KnobSpace()
+    full = ks.index(ks.full_config)
+    out = np.full((2, len(ks)), 3)
+    assert length_variation(out, ks) == 0.0
+    out[0, full - 1], out[1, 0] = 5, -1  # one config two tokens longer; a missing outcome is skipped
+    assert length_variation(out, ks) == pytest.approx(2 / (2 * len(ks) - 1))
