@@ -127,7 +127,8 @@ probe for the latent, within a dataset):
 - ``lang_feature`` (S, Dl) float32: a dataset-specific mean (norm 3) + a weak linear signal of
   difficulty (R² 0.10) and vision need (R² 0.35: questions hint whether reading text is
   needed) along orthonormal directions + N(0, 1) noise per dimension. Opt-in, off by default
-  (``lang_r2_output_length``, ``--lang-r2-output-length``): a signal of the request's log base
+  (``lang_r2_output_length``, ``--lang-r2-output-length``; ``--calibrate-to`` fits it to the
+  source, :func:`cache.synthetic_fit.fit_length_signal`): a signal of the request's log base
   answer length standardised within its dataset, along its own direction (what a question such
   as "what does the sign say?" reveals); with 0 the default cache is unchanged;
 - ``latency_token`` (S, T, P, Dt) float16: a per-(tier, p) offset (norm 4) + dataset mean

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--token-dim", type=int, default=64)
     ap.add_argument("--lang-r2-output-length", type=float, default=0.0,
                     help="opt-in: linear-probe R² of the request's answer length (within its dataset) in the "
-                         "language feature; 0 (default) = no such signal, as calibrated")
+                         "language feature; 0 (default) = no such signal, as calibrated; with --calibrate-to "
+                         "and 0 it is fitted to the source (cache.synthetic_fit.fit_length_signal)")
     ap.add_argument("--splits", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     ap.add_argument("--datasets", nargs="+", default=None,
                     help="subset of textvqa vqav2 okvqa scienceqa docvqa, optionally name:weight")
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.calibrate_to:
             if args.datasets:
                 raise ValueError("--datasets and --calibrate-to exclude each other (the source cache names the datasets)")
-            from cache.synthetic_fit import fit_length_variation, fit_noise, fit_params
+            from cache.synthetic_fit import fit_length_signal, fit_length_variation, fit_noise, fit_params
 
             params = fit_params(args.calibrate_to, **kw)
             if args.fit_noise:
@@ -75,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 params, length = fit_length_variation(args.calibrate_to, params, seed=args.seed)
                 print(f"length variation fitted: wrong_extra_tokens_prob {length['wrong_extra_tokens_prob']} (mean |output "
                       f"tokens - the full configuration's| {length['fitted']} vs the source's {length['source']})")
+            if args.lang_r2_output_length == 0.0:  # a value given on the command line is kept
+                params, link = fit_length_signal(args.calibrate_to, params, seed=args.seed)
+                print(f"question -> answer-length link fitted: lang_r2_output_length {link['lang_r2_output_length']} "
+                      f"(held-out probe R² {link['probe_r2']} vs the source's {link['source_probe_r2']})")
         else:
             if args.datasets:
                 kw["datasets"] = select_datasets(args.datasets)

@@ -36,6 +36,11 @@ and the output length's variation across configurations (:func:`fit_length_varia
 noise): ``wrong_extra_tokens_prob`` so that a request's output length differs from its length at
 the full configuration by as much, on average, as in the source.
 
+and the question → answer-length link (:func:`fit_length_signal`, unless
+``--lang-r2-output-length`` is given): ``lang_r2_output_length`` so that a ridge probe from the
+language feature to the answer length, within each dataset, predicts held-out requests as well as
+on the source (:func:`length_probe_r2`).
+
 Not fitted (the generator's documented defaults stay): difficulty spread, vision need, the
 robustness factor and the observable features' signal strengths; the table reports the oracle
 gap of both caches so that their distance is visible.
@@ -339,6 +344,22 @@ def fit_noise(source: str, params: SyntheticParams, *, seed: int = 0, gap_tol: f
                     "picked": pick, "candidates": candidates}
 
 
+def _bisect_increasing(f: Any, target: float, lo: float, hi: float, tol: float, max_iter: int,
+                       start: tuple[float, float] | None = None) -> tuple[float, float]:
+    """``(x, f(x))`` nearest ``target`` found by bisecting ``x`` in [lo, hi] for a function that grows
+    with ``x`` (stops within ``tol``); ``start``: a point already evaluated (default: ``lo``)."""
+    best = start if start is not None else (lo, f(lo))
+    for _ in range(max_iter):
+        mid = round(0.5 * (lo + hi), 6)
+        v = f(mid)
+        if abs(v - target) < abs(best[1] - target):
+            best = (mid, v)
+        if abs(v - target) <= tol:
+            break
+        lo, hi = (mid, hi) if v < target else (lo, mid)
+    return best
+
+
 def length_variation(output_tokens: np.ndarray, ks: KnobSpace) -> float:
     """Mean |output tokens − the request's output tokens at the full configuration| over
     (request, configuration): how much a request's answer length depends on the configuration
@@ -367,18 +388,59 @@ def fit_length_variation(source: str, params: SyntheticParams, *, seed: int = 0,
         d = generate(dataclasses.replace(params, wrong_extra_tokens_prob=prob), seed)
         return length_variation(d.output_tokens, params.knob_space)
 
-    lo, hi = 0.0, 1.0
     best = (1.0, stat(1.0))
     if best[1] > target:
-        best = (0.0, stat(0.0))
-        for _ in range(max_iter):
-            mid = round(0.5 * (lo + hi), 6)
-            v = stat(mid)
-            if abs(v - target) < abs(best[1] - target):
-                best = (mid, v)
-            if abs(v - target) <= tol:
-                break
-            lo, hi = (mid, hi) if v < target else (lo, mid)
+        best = _bisect_increasing(stat, target, 0.0, 1.0, tol, max_iter)
     fitted = dataclasses.replace(params, wrong_extra_tokens_prob=best[0])
     return fitted, {"source": round(target, 4), "fitted": round(best[1], 4), "wrong_extra_tokens_prob": best[0],
                     "default": params.wrong_extra_tokens_prob}
+
+
+def length_probe_r2(lang: np.ndarray, output_tokens_full: np.ndarray, dataset: np.ndarray, split: np.ndarray,
+                    ridge: float = 10.0) -> float:
+    """Out-of-sample R² of a ridge probe from the language feature (plus the dataset, one-hot) to
+    the log answer length at the full configuration standardised within its dataset: fitted on the
+    train split (0), scored on the test split (2). Datasets whose answers all have one length carry
+    no such link and are left out; 0 when none is left."""
+    logl = np.log(np.maximum(np.asarray(output_tokens_full, np.float64), 1.0))
+    ds = np.asarray(dataset, np.int64)
+    split = np.asarray(split)
+    tr, te = split == 0, split == 2
+    z, keep = np.zeros(logl.size), np.zeros(logl.size, bool)
+    for d in np.unique(ds):
+        m = ds == d
+        sd = logl[m & tr].std() if (m & tr).any() else 0.0
+        if sd > 1e-9:
+            z[m] = (logl[m] - logl[m & tr].mean()) / sd
+            keep |= m
+    a, b = keep & tr, keep & te
+    if a.sum() < 2 or b.sum() < 2:
+        return 0.0
+    x = np.c_[np.asarray(lang, np.float64), np.eye(int(ds.max()) + 1)[ds]]
+    x = (x - x[tr].mean(0)) / (x[tr].std(0) + 1e-9)
+    w = np.linalg.solve(x[a].T @ x[a] + ridge * np.eye(x.shape[1]), x[a].T @ z[a])
+    return float(1.0 - ((z[b] - x[b] @ w) ** 2).sum() / ((z[b] - z[a].mean()) ** 2).sum())
+
+
+def fit_length_signal(source: str, params: SyntheticParams, *, seed: int = 0, tol: float = 0.01,
+                      max_iter: int = 12) -> tuple[SyntheticParams, dict[str, Any]]:
+    """Fit ``lang_r2_output_length`` (the generator's question → answer-length signal, a population
+    R²) so that :func:`length_probe_r2` on the synthetic cache is the source's: bisection on
+    [0, 0.95], the probe's R² growing with the signal. A source without the link (probe R² ≤ 0)
+    gets 0. Returns the fitted params and a report."""
+    from cache.synthetic_model import generate
+
+    with OutcomeCache(source, tokens="lazy") as oc:
+        fi = oc.knob_space.index(oc.knob_space.full_config)
+        target = length_probe_r2(oc.lang_feature, np.asarray(oc.output_tokens)[:, fi], oc.dataset, oc.split)
+
+    def probe(r2: float) -> float:
+        d = generate(dataclasses.replace(params, lang_r2_output_length=r2), seed)
+        full = params.knob_space.index(params.knob_space.full_config)
+        return length_probe_r2(d.lang_feature, d.output_tokens[:, full], d.dataset, d.split)
+
+    best = (0.0, probe(0.0))
+    if target > best[1] + tol:
+        best = _bisect_increasing(probe, target, 0.0, 0.95, tol, max_iter, start=best)
+    fitted = dataclasses.replace(params, lang_r2_output_length=best[0])
+    return fitted, {"source_probe_r2": round(target, 4), "probe_r2": round(best[1], 4), "lang_r2_output_length": best[0]}

@@ -52,6 +52,16 @@ def test_cli_calibrate_to_prints_the_side_by_side_table(source, tmp_path, capsys
     out = capsys.readouterr().out
     assert "fitted to" in out and "full (source)" in out and "synthetic-docvqa" in out
     assert "noise fitted" in out and "length variation fitted: wrong_extra_tokens_prob" in out
+    assert "question -> answer-length link fitted: lang_r2_output_length" in out
+    # a link strength given on the command line is kept, not fitted; --no-fit-noise skips both noise fits
+    assert main(["--calibrate-to", str(source), "--out", str(tmp_path / "k.h5"), "--samples", "400", "--quiet",
+                 "--no-fit-noise", "--lang-r2-output-length", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "link fitted" not in out and "noise fitted" not in out and "length variation fitted" not in out
+    from cache.reader import OutcomeCache
+
+    with OutcomeCache(str(tmp_path / "k.h5")) as oc:
+        assert oc.attrs["generator_params"]["params"]["lang_r2_output_length"] == 0.2
     assert main(["--calibrate-to", str(source), "--datasets", "textvqa", "--out", str(tmp_path / "d.h5")]) == 2
     assert "exclude each other" in capsys.readouterr().err
     assert main(["--calibrate-to", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "e.h5")]) == 2
@@ -169,3 +179,26 @@ def test_fit_length_variation_finds_the_source_s_answer_length_variation(source)
     assert length_variation(out, ks) == 0.0
     out[0, full - 1], out[1, 0] = 5, -1  # one config two tokens longer; a missing outcome is skipped
     assert length_variation(out, ks) == pytest.approx(2 / (2 * len(ks) - 1))
+
+
+def test_fit_length_signal_recovers_the_question_length_link(tmp_path):
+    """A source generated with the question → answer-length signal at population R² 0.4 is fitted
+    back to a signal whose held-out probe matches; a source without it gets 0."""
+    from cache.reader import OutcomeCache
+    from cache.synthetic_fit import fit_length_signal, length_probe_r2
+
+    base = SyntheticParams(n_samples=2000, lang_dim=16, token_dim=8)
+    src = write_synthetic_cache(tmp_path / "linked.h5", dataclasses.replace(base, lang_r2_output_length=0.4), seed=2)
+    with OutcomeCache(str(src)) as oc:
+        full = oc.knob_space.index(oc.knob_space.full_config)
+        target = length_probe_r2(oc.lang_feature, oc.output_tokens[:, full], oc.dataset, oc.split)
+    assert 0.25 < target < 0.5  # the probe sees the planted signal, a little shrunk out of sample
+    fitted, rep = fit_length_signal(str(src), base, seed=2)
+    assert rep["source_probe_r2"] == pytest.approx(target, abs=1e-4)
+    assert abs(rep["probe_r2"] - target) <= 0.01 and 0.3 <= fitted.lang_r2_output_length <= 0.5
+    plain = write_synthetic_cache(tmp_path / "plain.h5", base, seed=2)
+    fitted, rep = fit_length_signal(str(plain), base, seed=2)
+    assert fitted.lang_r2_output_length == 0.0 and rep["source_probe_r2"] < 0.02
+    # no length variation within any dataset: no link to measure
+    one = np.full(10, 3)
+    assert length_probe_r2(np.random.default_rng(0).normal(size=(10, 4)), one, np.zeros(10, int), np.r_[[0] * 6, [2] * 4]) == 0.0
