@@ -42,8 +42,10 @@ language feature to the answer length, within each dataset, predicts held-out re
 on the source (:func:`length_probe_r2`).
 
 Not fitted (the generator's documented defaults stay): difficulty spread, vision need, the
-robustness factor and the observable features' signal strengths; the table reports the oracle
-gap of both caches so that their distance is visible.
+robustness factor and the other observable signals (difficulty, vision need and robustness in the
+language feature and the latency tokens), so the share of the oracle gap a router on the
+observations captures is not the source's (benchmarks/RESULTS.md, "The generator fitted to the
+live default"); the table reports the oracle gap of both caches so that their distance is visible.
 
 numpy and the cache reader only (replay path).
 """
