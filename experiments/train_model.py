@@ -23,7 +23,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from model_runtime.molmoe.tokenizer import TextTokenizer
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -76,6 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from this checkpoint's weights (fresh optimiser and schedule), e.g. to continue "
                          "a run whose train_state.pt did not come back from the GPU machine")
+    ap.add_argument("--split-digits", action="store_true",
+                    help="one token per digit (model_runtime.small_model.tokenizer_training): a new tokenizer is "
+                         "trained so, an --init-from checkpoint's gets the split over the same ids; --resume "
+                         "checks that the saved tokenizer has it")
     return ap.parse_args(argv)
 
 
@@ -107,6 +114,35 @@ def saved_tokenizer(out: Path, recipes: list[str], *, init_from: Path | None, re
         return init_from / "tokenizer.json"
     saved = out / recipes[0] / "tokenizer.json"
     return saved if resume and saved.is_file() else None
+
+
+def training_tokenizer(out: Path, recipes: list[str], *, init_from: Path | None, resume: bool, split_digits: bool,
+                       train_new: Callable[[bool], "TextTokenizer"],
+                       log: Callable[[str], None]) -> tuple["TextTokenizer", bool]:
+    """The tokenizer a run trains with: the saved one (:func:`saved_tokenizer`) or ``train_new(split_digits)``.
+
+    ``split_digits`` gives an ``--init-from`` checkpoint's tokenizer the digit split over the same ids;
+    a resumed run must already have it (its schedule cannot change tokenizer halfway). Returns the
+    tokenizer and whether ``train_new`` made it.
+
+    Raises:
+        ValueError: ``split_digits`` on a resumed run whose saved tokenizer does not split digits.
+    """
+    from model_runtime.molmoe.tokenizer import TextTokenizer
+    from model_runtime.small_model.tokenizer_training import splits_digits, with_split_digits
+
+    tokenizer_file = saved_tokenizer(out, recipes, init_from=init_from, resume=resume)
+    if tokenizer_file is None:
+        return train_new(split_digits), True
+    tokenizer = TextTokenizer.from_file(tokenizer_file)
+    log(f"tokenizer: {tokenizer_file} ({'--init-from' if init_from is not None else '--resume'})")
+    if split_digits and not splits_digits(tokenizer):
+        if resume:
+            raise ValueError(f"--split-digits: the resumed run's tokenizer {tokenizer_file} does not split digits, "
+                             "and a schedule cannot change its tokenizer halfway; start it with --split-digits")
+        tokenizer = with_split_digits(tokenizer)
+        log("tokenizer: digits split into one token each (same ids)")
+    return tokenizer, False
 
 
 def parse_lr_scale(specs: Sequence[str] | None) -> dict[str, float]:
@@ -167,14 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.init_from is not None and args.resume:
         raise ValueError("--init-from and --resume exclude each other")
     t0 = time.perf_counter()
-    tokenizer_file = saved_tokenizer(args.out, list(recipes), init_from=args.init_from, resume=args.resume)
-    if tokenizer_file is not None:
-        from model_runtime.molmoe.tokenizer import TextTokenizer
-
-        tokenizer = TextTokenizer.from_file(tokenizer_file)
-        log(f"tokenizer: {tokenizer_file} ({'--init-from' if args.init_from is not None else '--resume'})")
-    else:
-        tokenizer = train_bpe_tokenizer(question_corpus(seed, n=cfg.tokenizer_corpus), vocab_size=cfg.vocab_size)
+    tokenizer, trained_here = training_tokenizer(
+        args.out, list(recipes), init_from=args.init_from, resume=args.resume, split_digits=args.split_digits,
+        train_new=lambda split: train_bpe_tokenizer(question_corpus(seed, n=cfg.tokenizer_corpus),
+                                                    vocab_size=cfg.vocab_size, split_digits=split),
+        log=log)
+    if trained_here:
         log(f"tokenizer: {cfg.vocab_size} ids trained on {cfg.tokenizer_corpus} suite texts in "
             f"{time.perf_counter() - t0:.1f} s")
     summary = train(cfg, args.out, tokenizer, device=args.device, config=MolmoeConfig.small(vit_patch_stem=args.patch_stem),

@@ -563,3 +563,55 @@ def test_a_time_fitted_schedule_spans_two_calls(tmp_path, tokenizer, monkeypatch
     second = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
     assert not second["stopped_by_time"]
     assert second["steps"] == second["total_steps"] == first["total_steps"]
+
+
+def test_split_digits_gives_each_digit_a_token_over_the_same_ids(tokenizer, tmp_path):
+    """``with_split_digits`` keeps every id (text without digits encodes as before), encodes each
+    digit as its own token, decodes back to the text, survives a save/load and is idempotent; a
+    tokenizer trained with the split has it too."""
+    from model_runtime.molmoe.tokenizer import TextTokenizer
+    from model_runtime.small_model.tokenizer_training import splits_digits, with_split_digits
+
+    plain = train_bpe_tokenizer(TEXTS + ["invoice 4310 total 4310 zip 1010 1010 1010"] * 20, vocab_size=300)
+    assert not splits_digits(plain)
+    split = with_split_digits(plain)
+    assert splits_digits(split) and with_split_digits(split) is split
+    assert split.encode(" what colour is the shape?") == plain.encode(" what colour is the shape?")
+    digits = lambda tok, text: [sum(c.isdigit() for c in tok.decode([i])) for i in tok.encode(text)]  # noqa: E731
+    assert max(digits(plain, " 4310 1010")) >= 2  # BPE merged a digit pair
+    assert max(digits(split, " 4310 1010")) == 1
+    for text in (" 4310", " $795", " 4/17", "What value does 2021 have?"):
+        assert split.decode(split.encode(text)) == text
+    split.save(tmp_path / "tokenizer.json")
+    assert splits_digits(TextTokenizer.from_file(tmp_path))
+    trained = train_bpe_tokenizer(TEXTS + ["invoice 4310 total 4310"] * 20, vocab_size=300, split_digits=True)
+    assert splits_digits(trained) and max(digits(trained, " 4310")) == 1
+
+
+def test_the_training_tokenizer_takes_the_digit_split_where_it_may(tokenizer, tmp_path):
+    """``--split-digits``: a new tokenizer is trained with it, an ``--init-from`` checkpoint's gets
+    it over its ids, and a resumed run whose saved tokenizer lacks it is refused."""
+    from experiments.train_model import training_tokenizer
+    from model_runtime.small_model.tokenizer_training import splits_digits
+
+    def train_new(split):
+        return train_bpe_tokenizer(TEXTS, vocab_size=300, split_digits=split)
+
+    quiet = lambda line: None  # noqa: E731
+    new, trained = training_tokenizer(tmp_path / "a", ["plain"], init_from=None, resume=False, split_digits=True,
+                                      train_new=train_new, log=quiet)
+    assert trained and splits_digits(new)
+    init = tmp_path / "init"
+    init.mkdir()
+    tokenizer.save(init / "tokenizer.json")
+    got, trained = training_tokenizer(tmp_path / "b", ["plain"], init_from=init, resume=False, split_digits=True,
+                                      train_new=train_new, log=quiet)
+    assert not trained and splits_digits(got) and got.encode(" the shape") == tokenizer.encode(" the shape")
+    kept, _ = training_tokenizer(tmp_path / "b", ["plain"], init_from=init, resume=False, split_digits=False,
+                                 train_new=train_new, log=quiet)
+    assert not splits_digits(kept)
+    (tmp_path / "c" / "plain").mkdir(parents=True)
+    tokenizer.save(tmp_path / "c" / "plain" / "tokenizer.json")
+    with pytest.raises(ValueError, match="does not split digits"):
+        training_tokenizer(tmp_path / "c", ["plain"], init_from=None, resume=True, split_digits=True,
+                           train_new=train_new, log=quiet)
