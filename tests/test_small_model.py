@@ -615,3 +615,15 @@ def test_the_training_tokenizer_takes_the_digit_split_where_it_may(tokenizer, tm
     with pytest.raises(ValueError, match="does not split digits"):
         training_tokenizer(tmp_path / "c", ["plain"], init_from=None, resume=True, split_digits=True,
                            train_new=train_new, log=quiet)
+
+
+def test_a_continued_stream_is_still_scored_on_the_fixed_val_batches(tmp_path, tokenizer):
+    """``first_example`` moves the train stream only: the val batches stay the first examples of
+    the val split (easy-VQA's val split has fewer than 5,000, so a continuation starting its train
+    stream at 10**6 once asked val for an example past its end)."""
+    cfg = TrainConfig(steps=1, batch_size=2, num_workers=0, eval_every=1, val_batches=1, warmup_steps=1,
+                      recipes={"plain": 0.0},
+                      data=TrainDataConfig(batch_size=2, task_weights={"easy_vqa": 1.0}, first_example=10**6))
+    train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), log=lambda s: None)
+    header = (tmp_path / "train_log.csv").read_text().splitlines()[0].split(",")
+    assert "plain/val_acc/easy_vqa" in header

@@ -358,7 +358,9 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
             run.load_state(st["runs"][run.name])
         start, total = int(st["step"]), cfg.steps or int(st["total"])
         log(f"resumed at step {start} of {total}")
-    val = SuiteStream(config, tokenizer, dataclasses.replace(cfg.data, reuse=1), split="val", n_batches=cfg.val_batches)
+    # the val batches are the same few examples in every run (first_example moves the train stream only)
+    val = SuiteStream(config, tokenizer, dataclasses.replace(cfg.data, reuse=1, first_example=0), split="val",
+                      n_batches=cfg.val_batches)
     val_loader = torch.utils.data.DataLoader(val, batch_size=None, num_workers=min(cfg.num_workers, cfg.val_batches))
     val_batches = [(*to_batch(b, device, dtype, config), b["task"].to(device)) for b in val_loader]
     stream = SuiteStream(config, tokenizer, cfg.data, start_batch=start)
