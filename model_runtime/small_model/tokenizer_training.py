@@ -8,10 +8,10 @@ embedding, never produced by the LM head).
 
 Digits: with ``split_digits`` every digit is its own piece (the first one of a number keeps the space
 before it, ``" 4310"`` → ``Ġ4 3 1 0``), as LLaMA's and PaLM's tokenizers split numbers. A byte-level BPE
-learns merges of whatever digit pairs its corpus happens to repeat (``" 4310"`` → ``Ġ4 3 10``, ``"4317"``
-→ ``4 31 7``), so the same glyph maps to different tokens by its neighbours; the suite's model read
-chart values (a closed set of 20) at 0.76 in large print and the forms' digit strings at 0.06
-(benchmarks/RESULTS.md, "Why documents stay at chance").
+learns merges of whatever digit pairs its corpus happens to repeat (``" 4310"`` → ``Ġ4 3 10`` but
+``" 4317"`` → ``Ġ4 3 1 7``), so the same glyph maps to different tokens by its neighbours; the suite's
+model read chart values (a closed set of 20) at 0.76 in large print and the forms' digit strings at
+0.06 (benchmarks/RESULTS.md, "Twelfth H200 run").
 """
 
 from __future__ import annotations
