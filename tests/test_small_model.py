@@ -627,3 +627,15 @@ def test_a_continued_stream_is_still_scored_on_the_fixed_val_batches(tmp_path, t
     train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), log=lambda s: None)
     header = (tmp_path / "train_log.csv").read_text().splitlines()[0].split(",")
     assert "plain/val_acc/easy_vqa" in header
+
+
+def test_every_training_only_task_streams(tokenizer):
+    """Each training-only task has a prompt style and a metric, so a mix of it alone streams
+    (``synth_digits`` once reached the GPU without them and stopped at its first batch)."""
+    from model_runtime.datasets.suite import TRAIN_ONLY_TASKS
+
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer))
+    for task in TRAIN_ONLY_TASKS:
+        stream = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=2, task_weights={task: 1.0}))
+        b = stream.batch(0)
+        assert stream.tasks == (task,) and (b["labels"] != IGNORE).any()

@@ -202,3 +202,24 @@ def test_training_only_print_size_ladder():
     assert np.array_equal(a.image, b.image) and a.question == b.question
     with pytest.raises(ValueError, match="training-only"):
         render_example("synth_words", "test", 0)
+
+
+def test_training_only_digit_strings():
+    """synth_digits: synth_read's large print with a document field's value every time (mostly
+    digit strings); deterministic, train/val only; synth_read's own stream is unchanged by it."""
+    from model_runtime.datasets.suite import TASKS, TRAIN_ONLY_TASKS, render_example
+
+    assert "synth_digits" in TRAIN_ONLY_TASKS and "synth_digits" not in TASKS
+    assert TRAIN_ONLY_TASKS[:2] == ("synth_read", "synth_words")  # appended: their streams keep their keys
+    with_digit = 0
+    for i in range(30):
+        ex = render_example("synth_digits", "train", i, seed=0)
+        assert ex.task == "synth_digits" and ex.meta["source"] == "form"
+        h = ex.image.shape[0]
+        assert ex.meta["text_px"] >= min(8, h) and f"says {ex.answers[0]}." in ex.caption
+        with_digit += any(c.isdigit() for c in ex.answers[0])
+    assert with_digit >= 20  # names and cities are 2 of the 15 fields
+    a, b = render_example("synth_digits", "val", 5), render_example("synth_digits", "val", 5)
+    assert np.array_equal(a.image, b.image) and a.answers == b.answers
+    with pytest.raises(ValueError, match="training-only"):
+        render_example("synth_digits", "test", 0)

@@ -46,6 +46,7 @@ MOLMO_STYLE: dict[str, str] = {
     "synth_chart": "chart_qa", "synth_count": "tally_qa", "synth_diagram": "ai2_diagram",
     "synth_read": "st_qa",  # the training-only large-print task (suite.synth_read)
     "synth_words": "st_qa",  # training-only print from large to scene size (suite.synth_words)
+    "synth_digits": "st_qa",  # training-only large-print form values (suite.synth_digits)
 }
 CAPTION_PROMPT = "Caption the image with 1 or two sentences"
 #: The prompt of a dense-caption training example (Molmo pre-trains on PixMo-Cap's long captions

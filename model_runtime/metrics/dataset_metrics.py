@@ -50,6 +50,7 @@ METRIC_FOR_DATASET: dict[str, str] = {
     "synth_diagram": "multiple_choice",
     "synth_read": "vqa_score",  # training-only large print (model_runtime.datasets.suite.synth_read)
     "synth_words": "vqa_score",  # training-only print from large to scene size (suite.synth_words)
+    "synth_digits": "vqa_score",  # training-only large-print form values (suite.synth_digits)
 }
 
 # Extra spellings (after squashing) that name the same dataset.

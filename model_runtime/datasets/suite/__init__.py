@@ -24,7 +24,8 @@ difficulty descriptors (``image_w``, ``image_h``, ``text_px``, ``n_objects``, ..
 
 Training-only tasks (:data:`TRAIN_ONLY_TASKS`: ``synth_read``, large print of the suite's own
 vocabularies, see :mod:`.synth_read`; ``synth_words``, the same print from large down to scene
-size, one to three words on coloured plates, see :mod:`.synth_words`) render in the ``train`` and ``val`` streams for the
+size, one to three words on coloured plates, see :mod:`.synth_words`; ``synth_digits``, large-print
+form values only, see :mod:`.synth_digits`) render in the ``train`` and ``val`` streams for the
 training mix and its monitoring; they are never written to a suite's requests.
 """
 
@@ -36,12 +37,12 @@ import numpy as np
 
 from model_runtime.datasets.request_format import Request
 
-from . import easy_vqa, synth_chart, synth_count, synth_diagram, synth_doc, synth_read, synth_text, synth_words
+from . import easy_vqa, synth_chart, synth_count, synth_diagram, synth_digits, synth_doc, synth_read, synth_text, synth_words
 from .example import Example, TaskInfo
 
 TASKS: tuple[str, ...] = ("easy_vqa", "synth_text", "synth_doc", "synth_chart", "synth_count",
                           "synth_diagram")
-TRAIN_ONLY_TASKS: tuple[str, ...] = ("synth_read", "synth_words")  # append only: a task's position keys its stream
+TRAIN_ONLY_TASKS: tuple[str, ...] = ("synth_read", "synth_words", "synth_digits")  # append only: a task's position keys its stream
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 TASK_INFO: dict[str, TaskInfo] = {
@@ -77,12 +78,16 @@ TASK_INFO: dict[str, TaskInfo] = {
         "synth_words", "vqa_score", "PixMo-Docs-style synthetic text (training only)",
         "Training only: one to three sign words, form values or chart numbers/labels on coloured plates, "
         "printed at 4-50% of the image height; the text, or the word on the plate of a named color."),
+    "synth_digits": TaskInfo(
+        "synth_digits", "vqa_score", "PixMo-Docs-style synthetic text (training only)",
+        "Training only: one document field value (mostly 2-5 digits) printed at 20-60% of the image "
+        "height; 'what does the text say?'."),
 }
 
 _RENDERERS: dict[str, ModuleType] = {
     "easy_vqa": easy_vqa, "synth_text": synth_text, "synth_doc": synth_doc,
     "synth_chart": synth_chart, "synth_count": synth_count, "synth_diagram": synth_diagram,
-    "synth_read": synth_read, "synth_words": synth_words,
+    "synth_read": synth_read, "synth_words": synth_words, "synth_digits": synth_digits,
 }
 
 

@@ -16,6 +16,8 @@ evaluation tasks, and ``render_example`` refuses it outside the ``train`` and ``
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -40,9 +42,11 @@ def _text(rng: np.random.Generator) -> tuple[str, str]:
     return dr.choice(rng, dr.choice(rng, CATEGORY_SETS)), source
 
 
-def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
+def render(rng: np.random.Generator, *, split: str, index: int, seed: int,
+           pick: Callable[[np.random.Generator], tuple[str, str]] = _text, task: str = "synth_read") -> Example:
+    """One large-print example; ``pick`` draws (text, source) after the image size (``synth_digits`` passes its own)."""
     w, h = dr.image_size(rng, min_side=100, max_side=640, aspect=(0.5, 2.0))
-    text, source = _text(rng)
+    text, source = pick(rng)
     if rng.random() < 0.5:
         bg = dr.pastel(rng, 120, 250)
     else:
@@ -53,7 +57,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     f = dr.fit_font(dr.choice(rng, ("sans", "sans_bold", "serif", "mono")), text, px, w * 0.9, min_size=8)
     dr.draw_anywhere(draw, rng, (w, h), text, f, dr.ink_for(bg))
     return Example(
-        task="synth_read", image=np.asarray(img), question=dr.choice(rng, TEMPLATES), answers=[text] * 10,
+        task=task, image=np.asarray(img), question=dr.choice(rng, TEMPLATES), answers=[text] * 10,
         meta={"image_w": w, "image_h": h, "text_px": f.size, "n_objects": 1, "source": source},
         caption=f"the image says {text}.",
     )
