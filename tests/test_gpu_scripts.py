@@ -44,3 +44,18 @@ def test_every_flag_a_gpu_script_passes_is_an_option_of_its_module(script: Path)
         assert out.returncode == 0, f"{module} --help: {out.stderr[-500:]}"
         unknown = [f for f in flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", out.stdout)]
         assert not unknown, f"{script.name}: python -m {module} has no option {unknown}"
+
+
+def test_resume_on_a_machine_without_the_earlier_state_refuses(tmp_path: Path) -> None:
+    # A fresh GPU machine has no WORK from the earlier call: RESUME=1 must stop there, not quietly
+    # start the schedule over with a newly trained tokenizer (what an H200 call once did).
+    marker = tmp_path / "python_ran"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake_python.chmod(0o755)
+    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "train_small_model.sh"), str(tmp_path / "work"), "60", "10"],
+                         cwd=ROOT, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "RESUME": "1",
+                                                                        "PYTHON": str(fake_python)})
+    assert out.returncode == 2
+    assert "RESUME=1 but" in out.stderr and "suite/manifest.json is missing" in out.stderr
+    assert not marker.exists()

@@ -46,7 +46,13 @@ FIRST_EXAMPLE=${FIRST_EXAMPLE:-0}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 t0=$(date +%s)
-if [ "$RESUME" = 1 ] && [ -f "$W/suite/manifest.json" ]; then MODE=--resume; else
+if [ "$RESUME" = 1 ]; then
+  # a fresh machine has no earlier call's state: refuse rather than start the schedule over from nothing
+  for f in "$W/suite/manifest.json" "$W/ckpt/train_state.pt"; do
+    [ -f "$f" ] || { echo "train_small_model.sh: RESUME=1 but $f is missing (the machine that ran the earlier call is gone?)" >&2; exit 2; }
+  done
+  MODE=--resume
+else
   MODE=--overwrite
   $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test --overwrite
 fi
