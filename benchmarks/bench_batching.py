@@ -36,7 +36,7 @@ runs decode steps by hand (the same ``begin_decode`` / ``advance`` / ``logits`` 
 without the runtime's per-step EOS host check and reports the step time, the host time to enqueue
 one step, its GPU time, and (CUDA only, ``torch.profiler``) the kernels launched per step and
 their summed GPU time: if kernel time is much below the step's wall time, the step is bound by
-launches / host work, not by the GPU's arithmetic. On the lent H100 these absolute step times
+launches / host work, not by the GPU's arithmetic. On the H100 these absolute step times
 varied up to 2× between runs and between the two measurements of one run (host-bound work on a
 shared virtual CPU); the batched / per-request ratio, measured in interleaved repeats, did not.
 

@@ -1,7 +1,8 @@
 """GRPO two-stage controller against the static and router baselines (prints figures; no asserts).
 
-Bars (issue 4), on the default SYNTHETIC cache (``cache.synthetic.build_default_cache``), reward
-``hinge``, training budgets uniform over the cache's budget range:
+Bars (issue 13), on the committed live-built default cache (``--cache``; it was the default
+SYNTHETIC cache under the earlier agents issue), reward ``hinge``, training budgets uniform over
+the cache's budget range:
 
 1. GRPO reaches its plateau in ≤ 60 s on 2 CPU cores (training wall clock, incl. the periodic
    evaluations on the val split that draw the learning curve).
@@ -10,7 +11,9 @@ Bars (issue 4), on the default SYNTHETIC cache (``cache.synthetic.build_default_
    on the train split, :class:`agents.baselines.StaticPerBudget`), with the paired bootstrap 95 %
    CI of the difference above 0 (resampling requests; each request's difference is its mean over
    the grid, so the 8 correlated budgets of one request count once).
-3. Test violation rate ≤ 5 %.
+3. Test violation rate ≤ static-per-budget's + 1 point, at a higher mean reward (the relative
+   bar: an absolute one cannot hold where some (request, budget) pairs fit no configuration;
+   the floors are printed).
 4. ≥ 90 % of the supervised router's gain over the static baseline
    (:class:`agents.baselines.SupervisedRouter`: ridge regression per configuration of score and
    latency on the flat observation, fitted on the train split).
@@ -22,7 +25,7 @@ what request-level adaptivity from ``lang`` alone buys at most, roughly), and GR
 Plateau: the first evaluation time at which the val reward comes within ``--plateau-tol`` of the
 best val reward of the run (the learning curve is printed too).
 
-Run: ``python -m benchmarks.bench_grpo [--seconds 60] [--seed 0] [--set key=value ...]``
+Run: ``python -m benchmarks.bench_grpo [--cache CACHE | --synthetic] [--seconds 60] [--seed 0] [--set key=value ...]``
 (``--set`` overrides :class:`agents.grpo.GRPOConfig` fields, values parsed as JSON).
 """
 
@@ -45,7 +48,6 @@ from envs.vector_env import MolmoeKnobsFlatVectorEnv, MolmoeKnobsVectorEnv
 from experiments.evaluate import flat_observations, run_flat, run_two_stage
 from experiments.report_metrics import bootstrap_ci
 
-DEFAULT_CACHE = "outputs/default_cache.h5"
 
 
 def per_dataset_static(train: ReplayData, test: ReplayData, budgets: np.ndarray, reward: RewardConfig) -> np.ndarray:
@@ -96,7 +98,10 @@ def parse_sets(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_grpo", description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", default=DEFAULT_CACHE)
+    ap.add_argument("--cache", default=None,
+                    help="outcome cache (default: the committed live-built cache; without it in the checkout, "
+                         "the SYNTHETIC default, built if missing)")
+    ap.add_argument("--synthetic", action="store_true", help="run on the SYNTHETIC default cache instead")
     ap.add_argument("--seconds", type=float, default=60.0, help="GRPO training time limit (s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budgets", type=int, default=8, help="test budget grid size")
@@ -106,10 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
-    if args.cache == DEFAULT_CACHE:
-        from cache.synthetic import build_default_cache
+    from experiments.demo import resolve_cache
 
-        build_default_cache(DEFAULT_CACHE)
+    args.cache = str(resolve_cache(args.cache, args.synthetic, log=lambda line: print(line.replace("[demo]", "[bench_grpo]"))))
     reward = RewardConfig.make("hinge")
     train = ReplayData.from_cache(args.cache, "train")
     test = ReplayData.from_cache(args.cache, "test")
@@ -167,7 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
     share = gain_grpo / gain_router if gain_router > 0 else float("nan")
     print(f"\n[bench_grpo] GRPO − static: {est:+.4f} (paired bootstrap 95% CI [{ci_lo:+.4f}, {ci_hi:+.4f}]); "
           f"bar CI > 0: {'MET' if ci_lo > 0 else 'NOT MET'}")
-    print(f"[bench_grpo] GRPO violation rate {viol:.3f}; bar ≤ 0.05: {'MET' if viol <= 0.05 else 'NOT MET'}")
+    viol_static = res["static"]["violation"].mean()
+    met = viol <= viol_static + 0.01 and gain_grpo > 0
+    print(f"[bench_grpo] GRPO violation rate {viol:.3f}; bar ≤ static's {viol_static:.3f} + 0.01 at a higher "
+          f"reward: {'MET' if met else 'NOT MET'}")
     floor = violation_floor(train, test, budgets)
     print(f"[bench_grpo]   violation floors on this grid: no configuration fits the budget for "
           f"{floor['forced']:.3f} of (request, budget) pairs (an oracle's floor); the fastest configuration per "

@@ -1,7 +1,8 @@
 """Run every CPU benchmark in turn (`make bench`); each prints its own figures.
 
-The GPU benchmarks (the latency profiler at the MolmoE-1B shape) run on a lent H100 through
-the `device` tool, not here: see benchmarks/RESULTS.md for their commands.
+The GPU benchmarks (the latency profiler at the MolmoE-1B shape, the small model's training and
+cache build under benchmarks/gpu/) run on an H100 / H200, not here: see benchmarks/RESULTS.md for
+their commands.
 """
 
 from __future__ import annotations

@@ -145,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     world = args.num_shards if args.num_shards is not None else _env_int("WORLD_SIZE", 1)
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"shard rank {rank} / num shards {world}: need 0 <= rank < num_shards")
-    device = torch.device(args.device)
+    from experiments.cli_errors import torch_device
+
+    device = torch_device(args.device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", _env_int("LOCAL_RANK", 0))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[

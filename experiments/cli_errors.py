@@ -110,3 +110,20 @@ def output_dir(path: str | Path) -> Iterator[Path]:
             if d.is_dir() and not any(f.is_file() for f in d.rglob("*")):
                 shutil.rmtree(d, ignore_errors=True)
         raise
+
+
+def torch_device(spec: str | None) -> Any:
+    """The ``torch.device`` of a ``--device`` value; ``None`` means CUDA when torch sees a GPU, else
+    the CPU. Asking for CUDA where torch sees none is a user mistake (:class:`CliError`), not the
+    traceback torch would raise at the first tensor moved there."""
+    import torch
+
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise CliError(f"--device {spec!r}: {message(exc)}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {spec}: torch sees no CUDA GPU on this machine (use --device cpu)")
+    return device

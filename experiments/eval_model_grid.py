@@ -30,7 +30,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--per-task", type=int, default=100)
     ap.add_argument("--configs", default="all")
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--dense-decode", action="store_true", help="decode configurations in groups (see shared_prefix)")
@@ -56,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model_runtime.datasets import load_requests
     from model_runtime.molmoe.shared_prefix import run_all_configs
 
-    rt = checkpoint_runtime(args.model, args.device, args.max_new_tokens)
+    from experiments.cli_errors import torch_device
+
+    rt = checkpoint_runtime(args.model, str(torch_device(args.device)), args.max_new_tokens)
     ks = rt.knob_space
     per_task: dict[str, list] = defaultdict(list)
     for r in load_requests(args.requests):

@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="learning-rate multiplier per parameter-name prefix, e.g. connector.=0.1 vision.=0.5")
     ap.add_argument("--recipes", nargs="+", default=["plain=0", "robust=0.15"],
                     help="NAME=RATE per model (rate of steps run at a random knob configuration)")
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     ap.add_argument("--workers", type=int, default=15, help="data-loader workers (rendering)")
     ap.add_argument("--seed", type=int, default=0, help="model initialisation seed")
     ap.add_argument("--resume", action="store_true", help="continue from CKPT/train_state.pt")
@@ -165,6 +165,9 @@ def parse_task_weights(specs: Sequence[str]) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from experiments.cli_errors import torch_device
+
+    args.device = str(torch_device(args.device))
     import torch
 
     from model_runtime.datasets import load_requests

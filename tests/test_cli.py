@@ -126,6 +126,23 @@ def test_build_cache_entry_errors(capsys, tmp_path) -> None:
         run_cli(build_cache.main, argv + ["--debug"], prog="python -m experiments.build_cache")
 
 
+def test_a_gpu_asked_for_where_torch_sees_none_is_one_line(capsys, tmp_path, monkeypatch) -> None:
+    import torch
+
+    from experiments import eval_model_grid, train_model
+    from experiments.cli_errors import torch_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert torch_device(None).type == "cpu" and torch_device("cpu").type == "cpu"
+    for mod, argv in ((eval_model_grid, ["--model", "m", "--requests", "r.jsonl", "--out", str(tmp_path / "g.json")]),
+                      (train_model, ["--suite", str(tmp_path), "--out", str(tmp_path / "ckpt")])):
+        rc = run_cli(mod.main, argv + ["--device", "cuda"], prog=mod.__name__)
+        one_line_error(capsys, 2, rc, "--device cuda: torch sees no CUDA GPU")
+    rc = run_cli(eval_model_grid.main, ["--model", "m", "--requests", "r", "--out", "o", "--device", "gpu"], prog="p")
+    one_line_error(capsys, 2, rc, "--device 'gpu'")
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_python_dash_m_entry_points(tmp_path, truncated_cache) -> None:
     for mod, extra in (("experiments.train", ["--agent", "linucb"]), ("experiments.evaluate", [])):
         p = subprocess.run([sys.executable, "-m", mod, "--cache", truncated_cache, "--out", str(tmp_path / "o"), *extra],
