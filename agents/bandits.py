@@ -337,6 +337,19 @@ class FeaturizerConfig:
             appended (its first 4 raw entries are dropped, they are already in); 0 = none.
             Keep it small (≤ ~32): the bandit's cost grows with d² per arm.
         budget_encoding_quantities: quantities of that encoding.
+        tier_rbf_centers: Gaussian bumps (same range and width rule as ``rbf_centers``) over the
+            budget's position *within each tier's own latency span*, u_t = (budget − cheapest_t) /
+            (full_t − cheapest_t), where cheapest_t / full_t are the request's cheapest / full
+            latency moved by that tier's TTFT difference (``obs["request"]``'s per-tier TTFT at the
+            cheapest and full language-model configuration). A configuration's hinge step sits at
+            a fixed u_t of its own tier far more nearly than at a fixed u, since a tier's cost
+            share moves with the request's crop count; these bumps let its linear model place the
+            step per request. T·tier_rbf_centers features; needs ``use_request``. 0 = off.
+        use_request: :func:`train_bandit` fits the featurizer on ``obs["request"]`` too (the
+            request's token counts and per-tier TTFT, z-scored, in the context).
+            Both are off by default: on the live-built default (v5, val split, seeds 0-2) neither
+            raised LinUCB's reward over the default context (benchmarks/RESULTS.md, "Agents on
+            the live-built default", v5).
     """
 
     lang_components: int = 4
@@ -344,12 +357,14 @@ class FeaturizerConfig:
     rbf_range: tuple[float, float] = (-0.1, 1.1)
     budget_encoding_dim: int = 0
     budget_encoding_quantities: tuple[str, ...] = ("pos",)
+    tier_rbf_centers: int = 0
+    use_request: bool = False
 
     def __post_init__(self) -> None:
         self.rbf_range = tuple(float(v) for v in self.rbf_range)  # type: ignore[assignment]
         self.budget_encoding_quantities = tuple(self.budget_encoding_quantities)
-        if self.lang_components < 0 or self.rbf_centers < 0 or self.budget_encoding_dim < 0:
-            raise ValueError("lang_components, rbf_centers and budget_encoding_dim must be >= 0")
+        if min(self.lang_components, self.rbf_centers, self.budget_encoding_dim, self.tier_rbf_centers) < 0:
+            raise ValueError("lang_components, rbf_centers, budget_encoding_dim and tier_rbf_centers must be >= 0")
         if len(self.rbf_range) != 2 or not self.rbf_range[0] < self.rbf_range[1]:
             raise ValueError(f"rbf_range must be (lo, hi) with lo < hi, got {self.rbf_range}")
 
@@ -358,9 +373,9 @@ class ContextFeaturizer:
     """Maps a flat-env observation batch to bandit contexts ``(n, dim)`` float64.
 
     Layout: ``[1 | PCA(lang) (k) | z-scored obs["budget"] (4) | u, u² (2) | RBF(u) (R) |
-    shared budget encoding without its raw part (E − 4) | z-scored obs["request"] (R_q)]``; the
-    last part only when the observations :meth:`fit` saw carry ``request`` (then every
-    observation must). The PCA basis and the z-score
+    shared budget encoding without its raw part (E − 4) | z-scored obs["request"] (R_q) |
+    RBF(u_t) per tier (T·R_t)]``; the last two parts only when the observations :meth:`fit` saw
+    carry ``request`` (then every observation must). The PCA basis and the z-score
     statistics are fitted once (:meth:`fit`) and then frozen, so contexts of one request never
     change during training. PCA components are scaled to unit variance on the fit data.
     """
@@ -392,7 +407,15 @@ class ContextFeaturizer:
         k = 0 if self.lang_basis is None else self.lang_basis.shape[1]
         e = 0 if self._encoding is None else self.config.budget_encoding_dim - 4
         q = 0 if self.request_mean is None else self.request_mean.shape[0]
-        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q
+        t = self.n_tiers * self.config.tier_rbf_centers if self.request_mean is not None else 0
+        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q + t
+
+    @property
+    def n_tiers(self) -> int:
+        """Tiers in ``obs["request"]`` (its layout: 4·T + 3 entries, ``envs.replay_data``)."""
+        if self.request_mean is None:
+            return 0
+        return (self.request_mean.shape[0] - 3) // 4
 
     @staticmethod
     def _arrays(obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -420,6 +443,11 @@ class ContextFeaturizer:
             self.request_std = np.where(req.std(axis=0) > 1e-8, req.std(axis=0), 1.0)
         else:
             self.request_mean = self.request_std = None
+        if self.config.tier_rbf_centers and self.request_mean is None:
+            raise ValueError("tier_rbf_centers needs obs['request'] (the per-tier TTFT); these observations lack it")
+        if self.request_mean is not None and (self.request_mean.shape[0] - 3) % 4:
+            if self.config.tier_rbf_centers:
+                raise ValueError(f"obs['request'] has {self.request_mean.shape[0]} entries, not the 4·T + 3 of the env's layout")
         k = min(self.config.lang_components, lang.shape[1], lang.shape[0] - 1)
         if k > 0:
             self.lang_mean = lang.mean(axis=0)
@@ -438,6 +466,25 @@ class ContextFeaturizer:
         """u = (budget − cheapest)/(full − cheapest) for obs["budget"] rows (n, 4) → (n,)."""
         return (budget[:, 0] - budget[:, 1]) / np.maximum(budget[:, 2] - budget[:, 1], 1e-6)
 
+    def tier_positions(self, budget: np.ndarray, request: np.ndarray) -> np.ndarray:
+        """u_t per tier (n, T) (see ``FeaturizerConfig.tier_rbf_centers``). ``budget`` and the
+        request's TTFT entries share the env's latency scale; the decode part of the cheapest /
+        full latency is taken as the same in every tier."""
+        T = (request.shape[1] - 3) // 4
+        ttft_cheap = request[:, 2 * T + 1 : 3 * T + 1]
+        ttft_full = request[:, 3 * T + 1 : 4 * T + 1]
+        cheap_t = budget[:, 1:2] + ttft_cheap - ttft_cheap[:, :1]
+        full_t = budget[:, 2:3] + ttft_full - ttft_full[:, -1:]
+        return (budget[:, :1] - cheap_t) / np.maximum(full_t - cheap_t, 1e-6)
+
+    def _bumps(self, u: np.ndarray, n_centers: int) -> np.ndarray:
+        """Gaussian bumps over ``rbf_range``: (n,) → (n, R); (n, T) → (n, T·R)."""
+        lo, hi = self.config.rbf_range
+        centers = np.linspace(lo, hi, n_centers)
+        width = (hi - lo) / max(n_centers - 1, 1)
+        out = np.exp(-0.5 * ((u[..., None] - centers) / width) ** 2)
+        return out.reshape(u.shape[0], -1)
+
     def transform(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Observation batch (``lang`` (n, Dl), ``budget`` (n, 4)) → contexts (n, dim) float64."""
         if not self.fitted:
@@ -452,19 +499,19 @@ class ContextFeaturizer:
         parts.append((budget - self.budget_mean) / self.budget_std)
         u = self.budget_position(budget)
         parts.append(np.stack([u, u * u], axis=1))
-        R = self.config.rbf_centers
-        if R:
-            lo, hi = self.config.rbf_range
-            centers = np.linspace(lo, hi, R)
-            width = (hi - lo) / max(R - 1, 1)
-            parts.append(np.exp(-0.5 * ((u[:, None] - centers) / width) ** 2))
+        if self.config.rbf_centers:
+            parts.append(self._bumps(u, self.config.rbf_centers))
         if self._encoding is not None:
             parts.append(self._encoding(budget)[:, 4:].astype(np.float64))
         if self.request_mean is not None:
             if "request" not in obs:
                 raise ValueError("the featurizer was fitted with obs['request']; this observation lacks it")
             req = np.asarray(obs["request"], dtype=np.float64).reshape(n, -1)
+            if req.shape[1] != self.request_mean.shape[0]:
+                raise ValueError(f"obs['request'] has {req.shape[1]} entries, the featurizer was fitted on {self.request_mean.shape[0]}")
             parts.append((req - self.request_mean) / self.request_std)
+            if self.config.tier_rbf_centers:
+                parts.append(self._bumps(self.tier_positions(budget, req), self.config.tier_rbf_centers))
         X = np.concatenate(parts, axis=1)
         if not np.all(np.isfinite(X)):
             raise ValueError("non-finite context features (check obs['budget'] / obs['lang'])")
@@ -736,7 +783,8 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
         batches.append(o)
         got += o["lang"].shape[0]
         k += 1
-    fit_obs = {key: np.concatenate([b[key] for b in batches])[: cfg.featurizer_samples] for key in ("lang", "budget")}
+    keys = [key for key in ("lang", "budget", "request") if key in batches[0] and (key != "request" or cfg.features.use_request)]
+    fit_obs = {key: np.concatenate([b[key] for b in batches])[: cfg.featurizer_samples] for key in keys}
     featurizer = ContextFeaturizer(cfg.features).fit(fit_obs)
     bandit = LinearBandit(int(venv.single_action_space.n), featurizer.dim, bcfg)
     policy = BanditPolicy(bandit, featurizer, name=kind)

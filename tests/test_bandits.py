@@ -195,6 +195,40 @@ def test_featurizer_layout_and_pca() -> None:
         ContextFeaturizer().transform(obs)
 
 
+def test_featurizer_tier_positions_from_the_request_layout(tmp_path) -> None:
+    # obs["request"] = [crops (T) | vision tokens (T) | prompt (1) | TTFT cheapest-LM (T) | TTFT full-LM (T) | tpot (2)]
+    T, n = 3, 50
+    rng = np.random.default_rng(1)
+    obs = _obs(rng, n)
+    ttft_c = np.sort(rng.uniform(0.1, 0.5, (n, T)), axis=1)
+    ttft_f = ttft_c + rng.uniform(0.2, 0.4, (n, T))
+    decode = rng.uniform(0.1, 0.2, (n, 1))
+    cheapest, full = ttft_c[:, :1] + decode, ttft_f[:, -1:] + decode
+    budget = rng.uniform(cheapest, full)
+    obs["budget"] = np.concatenate([budget, cheapest, full, budget / full], axis=1)
+    obs["request"] = np.concatenate([rng.uniform(0, 1, (n, 2 * T + 1)), ttft_c, ttft_f, rng.uniform(0, 1, (n, 2))], axis=1)
+    f = ContextFeaturizer(FeaturizerConfig(lang_components=0, rbf_centers=4, tier_rbf_centers=5)).fit(obs)
+    assert f.n_tiers == T and f.dim == 1 + 4 + 2 + 4 + (4 * T + 3) + T * 5
+    u_t = f.tier_positions(obs["budget"], obs["request"])
+    # the span of tier t: its TTFT at the cheapest / full language model, plus the shared decode part
+    expect = (budget - (ttft_c + decode)) / ((ttft_f + decode) - (ttft_c + decode))
+    np.testing.assert_allclose(u_t, expect, rtol=1e-9)
+    X = f.transform(obs)
+    assert X.shape == (n, f.dim)
+    lo, hi = f.config.rbf_range
+    bump0 = np.exp(-0.5 * ((u_t[:, 1] - lo) / ((hi - lo) / 4)) ** 2)  # tier 1, first centre
+    np.testing.assert_allclose(X[:, -T * 5 + 5], bump0, rtol=1e-9)
+    with pytest.raises(ValueError, match="needs obs\\['request'\\]"):
+        ContextFeaturizer(FeaturizerConfig(tier_rbf_centers=5)).fit({k: obs[k] for k in ("lang", "budget")})
+    with pytest.raises(ValueError, match="fitted on"):
+        f.transform({**obs, "request": obs["request"][:, :-1]})
+    # a saved policy keeps the tier bumps
+    pol = BanditPolicy(LinearBandit(12, f.dim, LinearBanditConfig()), f)
+    pol.bandit.update(np.arange(n) % 12, X, rng.normal(size=n))
+    back = BanditPolicy.load(pol.save(tmp_path / "p"))
+    np.testing.assert_array_equal(back.act(obs, {}), pol.act(obs, {}))
+
+
 def test_policy_save_load_identical_actions(tmp_path) -> None:
     rng = np.random.default_rng(0)
     obs = _obs(rng, 300)
