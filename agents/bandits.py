@@ -444,10 +444,9 @@ class ContextFeaturizer:
         else:
             self.request_mean = self.request_std = None
         if self.config.tier_rbf_centers and self.request_mean is None:
-            raise ValueError("tier_rbf_centers needs obs['request'] (the per-tier TTFT); these observations lack it")
-        if self.request_mean is not None and (self.request_mean.shape[0] - 3) % 4:
-            if self.config.tier_rbf_centers:
-                raise ValueError(f"obs['request'] has {self.request_mean.shape[0]} entries, not the 4·T + 3 of the env's layout")
+            raise ValueError("tier_rbf_centers needs obs['request'] (the per-tier TTFT; features.use_request=true in train_bandit); these observations lack it")
+        if self.config.tier_rbf_centers and (self.request_mean.shape[0] - 3) % 4:
+            raise ValueError(f"obs['request'] has {self.request_mean.shape[0]} entries, not the 4·T + 3 of the env's layout")
         k = min(self.config.lang_components, lang.shape[1], lang.shape[0] - 1)
         if k > 0:
             self.lang_mean = lang.mean(axis=0)
