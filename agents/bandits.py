@@ -369,6 +369,11 @@ class FeaturizerConfig:
             raise ValueError(f"rbf_range must be (lo, hi) with lo < hi, got {self.rbf_range}")
 
 
+def _request_tiers(width: int) -> int:
+    """Tiers T of an ``obs["request"]`` row of ``width`` entries (layout 4·T + 3, ``envs.replay_data``)."""
+    return (width - 3) // 4
+
+
 class ContextFeaturizer:
     """Maps a flat-env observation batch to bandit contexts ``(n, dim)`` float64.
 
@@ -407,15 +412,12 @@ class ContextFeaturizer:
         k = 0 if self.lang_basis is None else self.lang_basis.shape[1]
         e = 0 if self._encoding is None else self.config.budget_encoding_dim - 4
         q = 0 if self.request_mean is None else self.request_mean.shape[0]
-        t = self.n_tiers * self.config.tier_rbf_centers if self.request_mean is not None else 0
-        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q + t
+        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q + self.n_tiers * self.config.tier_rbf_centers
 
     @property
     def n_tiers(self) -> int:
-        """Tiers in ``obs["request"]`` (its layout: 4·T + 3 entries, ``envs.replay_data``)."""
-        if self.request_mean is None:
-            return 0
-        return (self.request_mean.shape[0] - 3) // 4
+        """Tiers in the fitted ``obs["request"]`` (0 when not fitted on it)."""
+        return 0 if self.request_mean is None else _request_tiers(self.request_mean.shape[0])
 
     @staticmethod
     def _arrays(obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -469,7 +471,7 @@ class ContextFeaturizer:
         """u_t per tier (n, T) (see ``FeaturizerConfig.tier_rbf_centers``). ``budget`` and the
         request's TTFT entries share the env's latency scale; the decode part of the cheapest /
         full latency is taken as the same in every tier."""
-        T = (request.shape[1] - 3) // 4
+        T = _request_tiers(request.shape[1])
         ttft_cheap = request[:, 2 * T + 1 : 3 * T + 1]
         ttft_full = request[:, 3 * T + 1 : 4 * T + 1]
         cheap_t = budget[:, 1:2] + ttft_cheap - ttft_cheap[:, :1]

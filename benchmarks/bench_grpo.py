@@ -49,7 +49,6 @@ from experiments.evaluate import flat_observations, run_flat, run_two_stage
 from experiments.report_metrics import bootstrap_ci
 
 
-
 def per_dataset_static(train: ReplayData, test: ReplayData, budgets: np.ndarray, reward: RewardConfig) -> np.ndarray:
     """(n_test, n_budgets) rewards of the best static configuration per (dataset, budget) on train."""
     out = np.zeros((test.n, budgets.size))

@@ -73,9 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no GPU", file=sys.stderr)
+    from experiments.cli_errors import CliError, torch_device
+
+    try:
+        device = torch_device(args.device)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     settings = ProfileSettings(
