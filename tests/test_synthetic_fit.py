@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from cache.reader import OutcomeCache
 from cache.synthetic import DEFAULT_DATASETS, SyntheticParams, main, write_synthetic_cache
 from cache.synthetic_calibration import expected_score, score_from_margin, sigmoid
 from cache.synthetic_fit import _knob_costs, fidelity_table, fit_params
@@ -86,11 +87,17 @@ def test_knob_costs_are_monotone_and_exact_metric_has_no_partial_credit():
 def test_the_live_default_calibrates_within_three_points(tmp_path):
     """The committed live-built cache has what a hand-made source lacks: tasks near chance and a
     task of 64-px images that every tier tiles alike (easy_vqa). It calibrates; every task's full
-    and cheapest accuracy is within the issue's 3 points."""
+    and cheapest accuracy is within the issue's 3 points. Drawn at three times the source's size:
+    one task's accuracy over 1,000 requests scatters by ±1.5 points (binomial standard error at
+    0.4), so a draw of the source's size can miss by 3 points on one of twelve marginals by chance
+    (v7, seed 0: synth_count 0.378 against 0.410; 24,000 requests: within 1.5 points,
+    benchmarks/RESULTS.md "The generator fitted to the live default")."""
     from cache.default import LIVE_DEFAULT_CACHE
     from cache.synthetic_calibration import calibrate
 
-    params = fit_params(str(LIVE_DEFAULT_CACHE))
+    with OutcomeCache(str(LIVE_DEFAULT_CACHE), tokens="lazy") as oc:
+        n_source = oc.n_samples
+    params = fit_params(str(LIVE_DEFAULT_CACHE), n_samples=3 * n_source)
     specs = {d.name: d for d in params.datasets}
     easy = calibrate(params)["synthetic-easy_vqa"]
     assert easy.vision_penalty == 0.0 and easy.medium_share == (0.0, 0.0, 0.0)
