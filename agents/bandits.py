@@ -370,7 +370,10 @@ class FeaturizerConfig:
 
 
 def _request_tiers(width: int) -> int:
-    """Tiers T of an ``obs["request"]`` row of ``width`` entries (layout 4·T + 3, ``envs.replay_data``)."""
+    """Tiers T of an ``obs["request"]`` row of ``width`` entries (layout 4·T + 3, ``envs.replay_data``);
+    ValueError for a width that layout cannot have."""
+    if width < 3 or (width - 3) % 4:
+        raise ValueError(f"obs['request'] has {width} entries, not the 4·T + 3 of the env's layout")
     return (width - 3) // 4
 
 
@@ -412,7 +415,8 @@ class ContextFeaturizer:
         k = 0 if self.lang_basis is None else self.lang_basis.shape[1]
         e = 0 if self._encoding is None else self.config.budget_encoding_dim - 4
         q = 0 if self.request_mean is None else self.request_mean.shape[0]
-        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q + self.n_tiers * self.config.tier_rbf_centers
+        t = self.n_tiers * self.config.tier_rbf_centers if self.config.tier_rbf_centers else 0
+        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q + t
 
     @property
     def n_tiers(self) -> int:
@@ -447,8 +451,8 @@ class ContextFeaturizer:
             self.request_mean = self.request_std = None
         if self.config.tier_rbf_centers and self.request_mean is None:
             raise ValueError("tier_rbf_centers needs obs['request'] (the per-tier TTFT; features.use_request=true in train_bandit); these observations lack it")
-        if self.config.tier_rbf_centers and (self.request_mean.shape[0] - 3) % 4:
-            raise ValueError(f"obs['request'] has {self.request_mean.shape[0]} entries, not the 4·T + 3 of the env's layout")
+        if self.config.tier_rbf_centers:
+            _request_tiers(self.request_mean.shape[0])
         k = min(self.config.lang_components, lang.shape[1], lang.shape[0] - 1)
         if k > 0:
             self.lang_mean = lang.mean(axis=0)

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from experiments.demo import resolve_cache
 
-    args.cache = str(resolve_cache(args.cache, args.synthetic, log=lambda line: print(line.replace("[demo]", "[bench_grpo]"))))
+    args.cache = str(resolve_cache(args.cache, args.synthetic, tag="bench_grpo"))
     reward = RewardConfig.make("hinge")
     train = ReplayData.from_cache(args.cache, "train")
     test = ReplayData.from_cache(args.cache, "test")

@@ -32,8 +32,9 @@ DEFAULT_AGENTS: tuple[str, ...] = ("grpo", "maskable_ppo", "linucb")
 DEMO_OVERRIDES: dict[str, dict] = {"grpo": dict(GRPO_FULL)}
 
 
-def prepare_cache(path: str | Path, log: Callable[[str], None] = print) -> Path:
-    """The demo's cache step: the default SYNTHETIC cache at ``path``, built, finished or reused.
+def prepare_cache(path: str | Path, log: Callable[[str], None] = print, tag: str = "demo") -> Path:
+    """The demo's cache step: the default SYNTHETIC cache at ``path``, built, finished or reused;
+    ``log`` lines start with ``[tag]`` (the command that asked).
 
     - no file: build it (about 2 s);
     - an interrupted build (its journal ``<path>.journal/`` exists): resume it, so that only the
@@ -53,33 +54,34 @@ def prepare_cache(path: str | Path, log: Callable[[str], None] = print) -> Path:
         try:
             Journal.open(jdir)
         except CacheError as e:
-            log(f"[demo] the build of {path} was interrupted before it wrote anything ({e}); rebuilding it ...")
+            log(f"[{tag}] the build of {path} was interrupted before it wrote anything ({e}); rebuilding it ...")
             return build_default_cache(path, overwrite=True)
-        log(f"[demo] finishing the interrupted build of the default SYNTHETIC outcome cache at {path} ...")
+        log(f"[{tag}] finishing the interrupted build of the default SYNTHETIC outcome cache at {path} ...")
         try:
             return build_default_cache(path)
         except CacheError as e:
-            log(f"[demo] cannot resume it ({e}); rebuilding it ...")
+            log(f"[{tag}] cannot resume it ({e}); rebuilding it ...")
             return build_default_cache(path, overwrite=True)
     if not path.exists():
-        log(f"[demo] building the default SYNTHETIC outcome cache at {path} ...")
+        log(f"[{tag}] building the default SYNTHETIC outcome cache at {path} ...")
     return build_default_cache(path)
 
 
-def resolve_cache(cache: str | None, synthetic: bool, log: Callable[[str], None] = print) -> Path:
+def resolve_cache(cache: str | None, synthetic: bool, log: Callable[[str], None] = print, tag: str = "demo") -> Path:
     """The demo's cache: ``cache`` when given (with ``synthetic``: built there if missing), else
-    the committed live-built default, else (a checkout without it) the SYNTHETIC default."""
+    the committed live-built default, else (a checkout without it) the SYNTHETIC default; ``log``
+    lines start with ``[tag]``."""
     if synthetic:
-        return prepare_cache(cache or SYNTHETIC_DEFAULT_CACHE, log=log)
+        return prepare_cache(cache or SYNTHETIC_DEFAULT_CACHE, log=log, tag=tag)
     if cache:
         if not Path(cache).is_file():
             raise FileNotFoundError(f"--cache {cache}: no such file (pass --synthetic to build the synthetic default)")
         return Path(cache)
     if LIVE_DEFAULT_CACHE.is_file():
         return LIVE_DEFAULT_CACHE
-    log(f"[demo] no live-built default cache in this checkout ({LIVE_DEFAULT_CACHE}; "
+    log(f"[{tag}] no live-built default cache in this checkout ({LIVE_DEFAULT_CACHE}; "
         "benchmarks/gpu/train_and_build.sh builds it on a GPU): using the SYNTHETIC default")
-    return prepare_cache(SYNTHETIC_DEFAULT_CACHE, log=log)
+    return prepare_cache(SYNTHETIC_DEFAULT_CACHE, log=log, tag=tag)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

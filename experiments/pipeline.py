@@ -318,7 +318,7 @@ def _main(argv: Sequence[str]) -> int:
     if a.synthetic or a.cache is None:
         from experiments.demo import resolve_cache
 
-        a.cache = str(resolve_cache(a.cache, a.synthetic, log=lambda m: print(m.replace("[demo]", "[pipeline]"))))
+        a.cache = str(resolve_cache(a.cache, a.synthetic, tag="pipeline"))
     status = run_pipeline(a.cache, a.out, seeds=a.seeds, only=a.only, quick=a.quick, model=a.model,
                           requests=a.requests, pruning_requests=a.pruning_requests)
     failed = [n for n, s in status.items() if s["status"] == "failed"]

@@ -160,6 +160,9 @@ def test_demo_cache_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     lines: list[str] = []
     synth = demo.resolve_cache(None, False, log=lines.append)  # no live cache: the synthetic default, built
     assert synth == Path("outputs/default_cache.h5") and synth.is_file() and "SYNTHETIC" in lines[0]
+    assert lines[0].startswith("[demo] ")
+    demo.resolve_cache(None, False, log=lines.append, tag="pipeline")  # the command that asked names its lines
+    assert lines[-1].startswith("[pipeline] no live-built default cache")
     live.parent.mkdir(parents=True)
     shutil.copy(reference, live)
     assert demo.resolve_cache(None, False) == live

@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cache.reader import OutcomeCache
 from cache.synthetic import DEFAULT_DATASETS, SyntheticParams, main, write_synthetic_cache
 from cache.synthetic_calibration import expected_score, score_from_margin, sigmoid
 from cache.synthetic_fit import _knob_costs, fidelity_table, fit_params
@@ -95,9 +94,8 @@ def test_the_live_default_calibrates_within_three_points(tmp_path):
     from cache.default import LIVE_DEFAULT_CACHE
     from cache.synthetic_calibration import calibrate
 
-    with OutcomeCache(str(LIVE_DEFAULT_CACHE), tokens="lazy") as oc:
-        n_source = oc.n_samples
-    params = fit_params(str(LIVE_DEFAULT_CACHE), n_samples=3 * n_source)
+    params = fit_params(str(LIVE_DEFAULT_CACHE))
+    params = dataclasses.replace(params, n_samples=3 * params.n_samples)
     specs = {d.name: d for d in params.datasets}
     easy = calibrate(params)["synthetic-easy_vqa"]
     assert easy.vision_penalty == 0.0 and easy.medium_share == (0.0, 0.0, 0.0)
