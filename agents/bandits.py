@@ -2,7 +2,13 @@
 
 Three disjoint-linear-model bandits (one ridge regression per arm, Li et al. 2010):
 
-- ``linucb``: score = x·θ_a + α √(xᵀ A_a⁻¹ x)
+- ``linucb``: score = x·θ_a + α √(xᵀ A_a⁻¹ x). By default (``uniform_explore`` 0.75,
+  ``importance_weighted``) three training pulls in four are a uniformly random valid arm and every
+  update is weighted by the inverse propensity of its arm (importance-weighted regression), so
+  each arm's ridge model is the fit a uniform design would give rather than a fit to the contexts
+  where the arm won: the models are misspecified (the reward is a step in the budget), and fitted
+  on the UCB pulls alone the greedy policy under-estimated the cheap configurations at tight
+  budgets and violated more than static-per-budget (benchmarks/RESULTS.md, "LinUCB's violations").
 - ``lin_ts``: linear Thompson sampling, score = x·θ̃_a with θ̃_a ~ N(θ_a, v² A_a⁻¹) drawn
   independently per (context, arm). Only the scalar x·θ̃_a enters the argmax, and its law is
   N(x·θ_a, v² xᵀA_a⁻¹x), so it is sampled directly as ``x·θ_a + v √(xᵀA_a⁻¹x) z``, z ~ N(0, 1),
@@ -71,6 +77,13 @@ UPDATE_METHODS: tuple[str, ...] = ("auto", "sherman_morrison", "refactor")
 
 #: ``LinearBanditConfig.alpha`` when None, per kind (unused by ε-greedy).
 DEFAULT_ALPHA: dict[str, float] = {"linucb": 1.0, "lin_ts": 0.4, "eps_greedy": 0.0}
+#: ``LinearBanditConfig.uniform_explore`` / ``importance_weighted`` when None, per kind. LinUCB
+#: draws three pulls in four uniformly and fits its models by importance-weighted regression:
+#: with its own (UCB) pulls alone, each arm's misspecified linear model is fitted where that arm
+#: wins and the greedy policy's violations were 1.3-2.6 points over static-per-budget's on the
+#: live default (benchmarks/RESULTS.md, "LinUCB's violations"). ε-greedy's ε schedule is its own.
+DEFAULT_UNIFORM_EXPLORE: dict[str, float] = {"linucb": 0.75, "lin_ts": 0.0, "eps_greedy": 0.0}
+DEFAULT_IMPORTANCE_WEIGHTED: dict[str, bool] = {"linucb": True, "lin_ts": False, "eps_greedy": False}
 
 #: Largest per-arm multiplicity in one update for which ``auto`` still uses Sherman–Morrison;
 #: beyond it one batched re-inversion of the touched arms is cheaper than that many passes.
@@ -91,6 +104,17 @@ class LinearBanditConfig:
         l2: ridge regularisation λ (prior precision): ``A_a`` starts at ``λ I``.
         epsilon: ε-greedy's initial exploration probability.
         epsilon_final: ε at the end of training (linear decay; see :meth:`LinearBandit.set_progress`).
+        uniform_explore: LinUCB / linear TS only: the probability, per context while training, of
+            a uniformly random valid arm instead of the kind's own choice (constant over training;
+            0 = pure UCB / TS); None = the kind's default (:data:`DEFAULT_UNIFORM_EXPLORE`: 0.75
+            for LinUCB, 0 for TS).
+        importance_weighted: None = the kind's default (:data:`DEFAULT_IMPORTANCE_WEIGHTED`:
+            LinUCB yes, the others no). Weight every update by the inverse propensity of the pulled arm
+            (:meth:`LinearBandit.importance_weights`; importance-weighted regression, Bietti,
+            Agarwal & Langford, "A Contextual Bandit Bake-off", JMLR 2021), so that each arm's
+            ridge model estimates its reward over the context distribution rather than over the
+            contexts where the bandit chose it. Needs a uniform share (``uniform_explore`` > 0
+            for LinUCB, ε > 0 for ε-greedy); not for TS.
         update_method: one of :data:`UPDATE_METHODS`.
         seed: seed of the bandit's own generator (TS draws, ε coin flips, random arms).
     """
@@ -100,6 +124,8 @@ class LinearBanditConfig:
     l2: float = 1.0
     epsilon: float = 0.3
     epsilon_final: float = 0.05
+    uniform_explore: float | None = None
+    importance_weighted: bool | None = None
     update_method: str = "auto"
     seed: int = 0
 
@@ -109,10 +135,19 @@ class LinearBanditConfig:
             raise ValueError(f"unknown update_method {self.update_method!r}; expected one of {UPDATE_METHODS}")
         if not self.l2 > 0:
             raise ValueError(f"l2 must be > 0 (it makes every A_a invertible), got {self.l2}")
+        if self.importance_weighted_value:
+            if self.kind == "lin_ts":
+                raise ValueError("importance_weighted needs known propensities; linear Thompson sampling's are not (use linucb or eps_greedy)")
+            if self.kind == "linucb" and not self.uniform_explore_value > 0:
+                raise ValueError("importance_weighted needs uniform_explore > 0 for linucb (a deterministic choice has propensity 0 or 1)")
+            if self.kind == "eps_greedy" and not min(self.epsilon, self.epsilon_final) > 0:
+                raise ValueError("importance_weighted needs epsilon and epsilon_final > 0 for eps_greedy")
         if self.alpha is not None and not self.alpha >= 0:
             raise ValueError(f"alpha must be >= 0 or None, got {self.alpha}")
-        for name in ("epsilon", "epsilon_final"):
+        for name in ("epsilon", "epsilon_final", "uniform_explore"):
             v = getattr(self, name)
+            if v is None:
+                continue
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
 
@@ -121,6 +156,16 @@ class LinearBanditConfig:
     def alpha_value(self) -> float:
         """``alpha``, or the kind's default when it is None."""
         return DEFAULT_ALPHA[self.kind] if self.alpha is None else float(self.alpha)
+
+    @property
+    def uniform_explore_value(self) -> float:
+        """``uniform_explore``, or the kind's default when it is None."""
+        return DEFAULT_UNIFORM_EXPLORE[self.kind] if self.uniform_explore is None else float(self.uniform_explore)
+
+    @property
+    def importance_weighted_value(self) -> bool:
+        """``importance_weighted``, or the kind's default when it is None."""
+        return DEFAULT_IMPORTANCE_WEIGHTED[self.kind] if self.importance_weighted is None else bool(self.importance_weighted)
 
 
 def _spd_inverse(A: np.ndarray) -> np.ndarray:
@@ -151,6 +196,7 @@ class LinearBandit:
         self.counts = np.zeros(self.n_arms, dtype=np.int64)
         self.rng = np.random.default_rng(self.config.seed)
         self.epsilon_now = float(self.config.epsilon)
+        self.last_propensity = np.zeros(0)
 
     # ------------------------------------------------------------------ checks
     def _check_contexts(self, X: np.ndarray) -> np.ndarray:
@@ -195,38 +241,80 @@ class LinearBandit:
             out[s : s + chunk] = (x[:, iu] * x[:, ju]) @ M
         return np.maximum(out, 0.0)
 
+    def _model_scores(self, X: np.ndarray, n: int, explore: bool) -> np.ndarray:
+        """The kind's own scores before any uniform draw: posterior mean, + α√var (LinUCB), +
+        v√var·z (TS) when exploring."""
+        s = X @ self.theta.T
+        if explore:
+            kind, alpha = self.config.kind, self.config.alpha_value
+            if kind == "linucb" and alpha > 0:
+                s = s + alpha * np.sqrt(self.variance(X))
+            elif kind == "lin_ts":
+                z = self.rng.standard_normal((n, self.n_arms))
+                s = s + alpha * np.sqrt(self.variance(X)) * z
+        return s
+
+    @property
+    def uniform_share(self) -> float:
+        """Probability that an exploring choice is a uniformly random valid arm: ε now for
+        ε-greedy, ``uniform_explore`` for LinUCB / TS."""
+        return self.epsilon_now if self.config.kind == "eps_greedy" else self.config.uniform_explore_value
+
     def scores(self, X: np.ndarray, mask: np.ndarray | None = None, *, explore: bool = True) -> np.ndarray:
         """Selection scores (n, arms): masked arms get −inf.
 
         ``explore=False`` gives the posterior mean for every kind. With ``explore=True``:
         LinUCB adds α√var, TS adds v√var·z (z fresh N(0,1) per pair, from the bandit's generator),
-        ε-greedy replaces the rows drawn for exploration by uniform random keys (so the argmax
-        is a uniformly random valid arm).
+        and the rows drawn for uniform exploration (:attr:`uniform_share`) get uniform random keys
+        (so the argmax is a uniformly random valid arm).
         """
         X = self._check_contexts(X)
         n = X.shape[0]
         m = self._check_mask(mask, n)
-        s = X @ self.theta.T
-        if explore:
-            kind = self.config.kind
-            alpha = self.config.alpha_value
-            if kind == "linucb":
-                if alpha > 0:
-                    s = s + alpha * np.sqrt(self.variance(X))
-            elif kind == "lin_ts":
-                z = self.rng.standard_normal((n, self.n_arms))
-                s = s + alpha * np.sqrt(self.variance(X)) * z
-            else:  # eps_greedy
-                coin = self.rng.random(n) < self.epsilon_now
-                keys = self.rng.random((n, self.n_arms))
-                s = np.where(coin[:, None], keys, s)
+        s = self._model_scores(X, n, explore)
+        share = self.uniform_share if explore else 0.0
+        if share > 0:
+            coin = self.rng.random(n) < share
+            keys = self.rng.random((n, self.n_arms))
+            s = np.where(coin[:, None], keys, s)
         if m is not None:
             s = np.where(m, s, -np.inf)
         return s
 
     def select(self, X: np.ndarray, mask: np.ndarray | None = None, *, explore: bool = True) -> np.ndarray:
-        """Arm per context: (n,) int64, argmax of :meth:`scores` (ties → lowest arm index)."""
-        return np.argmax(self.scores(X, mask, explore=explore), axis=1).astype(np.int64)
+        """Arm per context: (n,) int64, argmax of :meth:`scores` (ties → lowest arm index).
+
+        Also sets ``last_propensity`` (n,) float64: the probability that this call picks the arm
+        it picked, ``(1 − share)·[arm = the kind's own argmax] + share / valid arms`` with
+        ``share`` = :attr:`uniform_share` (1 for the argmax when not exploring); exact for
+        LinUCB and ε-greedy, whose own choice is deterministic, and for TS only up to its
+        sampling (TS with ``importance_weighted`` is refused)."""
+        X = self._check_contexts(X)
+        n = X.shape[0]
+        m = self._check_mask(mask, n)
+        s = self._model_scores(X, n, explore)
+        if m is not None:
+            s = np.where(m, s, -np.inf)
+        own = np.argmax(s, axis=1).astype(np.int64)
+        share = self.uniform_share if explore else 0.0
+        arms = own
+        if share > 0:
+            coin = self.rng.random(n) < share
+            keys = self.rng.random((n, self.n_arms))
+            if m is not None:
+                keys = np.where(m, keys, -np.inf)
+            arms = np.where(coin, np.argmax(keys, axis=1), own).astype(np.int64)
+        n_valid = self.n_arms if m is None else m.sum(axis=1)
+        self.last_propensity = (1.0 - share) * (arms == own) + share / n_valid
+        return arms
+
+    def importance_weights(self) -> np.ndarray | None:
+        """Update weights of the latest exploring :meth:`select` when ``importance_weighted``:
+        ``1 / (arms · propensity)`` (a uniformly drawn arm weighs 1 / share, the kind's own
+        choice about 1 / arms), else None."""
+        if not self.config.importance_weighted_value:
+            return None
+        return 1.0 / (self.n_arms * self.last_propensity)
 
     def set_progress(self, frac: float) -> None:
         """Training progress in [0, 1] → ε = epsilon + frac·(epsilon_final − epsilon)."""
@@ -234,11 +322,20 @@ class LinearBandit:
         self.epsilon_now = self.config.epsilon + f * (self.config.epsilon_final - self.config.epsilon)
 
     # ------------------------------------------------------------------ updates
-    def update(self, arms: np.ndarray, X: np.ndarray, rewards: np.ndarray, method: str | None = None) -> None:
-        """Add observations: arms (n,) ints, contexts X (n, d), rewards (n,) finite floats.
+    def update(self, arms: np.ndarray, X: np.ndarray, rewards: np.ndarray, method: str | None = None,
+               weights: np.ndarray | None = None) -> None:
+        """Add observations: arms (n,) ints, contexts X (n, d), rewards (n,) finite floats;
+        ``weights`` (n,) > 0 optional per-observation weights (``A += w x xᵀ``, ``b += w r x``).
 
         ``method`` overrides ``config.update_method`` for this call.
         """
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64).reshape(-1)
+            if w.shape != (np.asarray(rewards).reshape(-1).shape[0],) or not np.all(np.isfinite(w) & (w > 0)):
+                raise ValueError(f"weights must be {np.asarray(rewards).reshape(-1).shape[0]} finite values > 0, got shape {w.shape}")
+            # a weighted rank-one update is an unweighted one of √w·x and √w·r
+            X = np.asarray(X, dtype=np.float64) * np.sqrt(w)[:, None]
+            rewards = np.asarray(rewards, dtype=np.float64).reshape(-1) * np.sqrt(w)
         X = self._check_contexts(X)
         arms = np.asarray(arms).astype(np.int64).reshape(-1)
         r = np.asarray(rewards, dtype=np.float64).reshape(-1)
@@ -735,8 +832,9 @@ def _rounds(policy: BanditPolicy, venv: Any, obs: dict[str, np.ndarray], n_round
     for rnd in range(n_rounds):
         bandit.set_progress(rnd / n_rounds)
         arms, X = policy.act_explore(obs)
+        weights = bandit.importance_weights()
         obs, reward, _, _, info = venv.step(arms)
-        bandit.update(arms, X, reward)
+        bandit.update(arms, X, reward, weights=weights)
         if cfg.refresh_every and (rnd + 1) % cfg.refresh_every == 0:
             bandit.refresh()
         fin = info["final_info"]
@@ -774,6 +872,9 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
     cfg = cfg or BanditTrainConfig()
     # one seed for the whole run: the env draws and the bandit's own generator
     bcfg = LinearBanditConfig(**{**asdict(cfg.bandit), "kind": kind, "seed": cfg.seed})
+    # the kind's defaults written out, so the saved config says how the policy was trained
+    bcfg = LinearBanditConfig(**{**asdict(bcfg), "uniform_explore": bcfg.uniform_explore_value,
+                                 "importance_weighted": bcfg.importance_weighted_value})
     log = Path(log_dir)
     log.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

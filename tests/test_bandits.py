@@ -50,7 +50,9 @@ def _stream(seed: int, n_arms: int, d: int, rounds: int, batch: int):
 @pytest.mark.parametrize("kind", ["linucb", "lin_ts", "eps_greedy"])
 def test_update_and_choices_match_naive_reference(kind: str, method: str) -> None:
     n_arms, d, alpha, l2 = 6, 4, 0.7, 0.5
+    # the kind's own rule (LinUCB's default uniform share and weights are tested below)
     bandit = LinearBandit(n_arms, d, LinearBanditConfig(kind=kind, alpha=alpha, l2=l2, epsilon=0.3,
+                                                        uniform_explore=0.0, importance_weighted=False,
                                                         update_method=method, seed=3))
     ref = NaiveLinear(n_arms, d, l2)
     ref_rng = np.random.default_rng(3)  # replays the bandit's own draws, in the same order
@@ -256,7 +258,8 @@ def test_linucb_matches_mabwiser() -> None:
     n_arms, d, alpha, l2 = 4, 3, 1.25, 0.8
     rng = np.random.default_rng(0)
     W = rng.normal(size=(n_arms, d))
-    ours = LinearBandit(n_arms, d, LinearBanditConfig(kind="linucb", alpha=alpha, l2=l2))
+    ours = LinearBandit(n_arms, d, LinearBanditConfig(kind="linucb", alpha=alpha, l2=l2, uniform_explore=0.0,
+                                                      importance_weighted=False))
     mab = MAB(arms=list(range(n_arms)), learning_policy=LearningPolicy.LinUCB(alpha=alpha, l2_lambda=l2), seed=0)
     # mabwiser needs one fit() before predicting: seed both with the same 8 observations
     X0 = rng.normal(size=(8, d))
@@ -299,6 +302,9 @@ def test_train_bandit_smoke(tmp_path, tiny_data, kind: str) -> None:
     res = train_bandit(kind, kw, cfg, tmp_path / kind)
     assert res.steps == 6016 and res.summary["synthetic"] is True
     assert res.policy.bandit.counts.sum() == 6016 and res.policy.bandit.n_arms == 12
+    # the kind's exploration defaults are written out in what was saved
+    saved = res.summary["config"]["bandit"]
+    assert (saved["uniform_explore"], saved["importance_weighted"]) == ((0.75, True) if kind == "linucb" else (0.0, False))
     lines = (tmp_path / kind / "progress.csv").read_text().splitlines()
     assert lines[0].startswith("round,steps,reward_mean") and len(lines) == 1 + 10
     venv = MolmoeKnobsFlatVectorEnv(64, **kw)  # invalid_action="raise": a masked choice would raise
@@ -315,3 +321,93 @@ def test_train_bandit_smoke(tmp_path, tiny_data, kind: str) -> None:
     rand = np.argmax(np.where(obs["action_mask"].astype(bool), rng.random((64, obs["action_mask"].shape[1])), -1), axis=1)
     _, r_rand, _, _, _ = venv.step(rand)
     assert r_greedy.mean() > r_rand.mean() + 0.05
+
+
+# ----------------------------------------------------------------------------- uniform share + importance weights
+def test_propensities_match_the_empirical_choice_frequencies() -> None:
+    """``last_propensity`` is the probability of the arm picked: repeated exploring choices for one
+    context (with a mask) land on each arm as often as the propensities say."""
+    n_arms, d = 5, 3
+    b = LinearBandit(n_arms, d, LinearBanditConfig(kind="linucb", uniform_explore=0.4, importance_weighted=False,
+                                                   alpha=0.0, seed=0))
+    b.theta[:] = np.arange(n_arms)[:, None] * np.array([1.0, 0.0, 0.0])  # own choice: the highest valid arm
+    x = np.array([[1.0, 0.3, -0.2]])
+    mask = np.array([[True, True, True, False, True]])  # arm 3 masked: 4 valid arms
+    X, M = np.repeat(x, 40_000, axis=0), np.repeat(mask, 40_000, axis=0)
+    arms = b.select(X, M, explore=True)
+    assert not np.any(arms == 3)
+    expected = {0: 0.1, 1: 0.1, 2: 0.1, 4: 0.6 + 0.1}  # (1 − 0.4)·[own] + 0.4 / 4
+    for a, p in expected.items():
+        assert abs(np.mean(arms == a) - p) < 0.01
+        np.testing.assert_allclose(b.last_propensity[arms == a], p)
+    w = LinearBandit(n_arms, d, LinearBanditConfig(kind="linucb", uniform_explore=0.4, importance_weighted=True, seed=0))
+    w.select(x, mask, explore=True)
+    np.testing.assert_allclose(w.importance_weights(), 1.0 / (n_arms * w.last_propensity))
+    assert b.importance_weights() is None  # not importance-weighted
+    g = b.select(X[:3], M[:3], explore=False)  # greedy: its own choice, propensity 1
+    np.testing.assert_array_equal(g, 4)
+    np.testing.assert_allclose(b.last_propensity, 1.0)
+
+
+@pytest.mark.parametrize("method", ["sherman_morrison", "refactor"])
+def test_weighted_update_is_weighted_ridge(method: str) -> None:
+    rng = np.random.default_rng(2)
+    n_arms, d, l2 = 3, 4, 0.5
+    b = LinearBandit(n_arms, d, LinearBanditConfig(l2=l2, update_method=method))
+    A = [l2 * np.eye(d) for _ in range(n_arms)]
+    bb = [np.zeros(d) for _ in range(n_arms)]
+    for _ in range(5):
+        arms, X, r, w = rng.integers(0, n_arms, 20), rng.normal(size=(20, d)), rng.normal(size=20), rng.uniform(0.1, 5, 20)
+        b.update(arms, X, r, weights=w)
+        for a, x, y, wi in zip(arms, X, r, w):
+            A[a] += wi * np.outer(x, x)
+            bb[a] += wi * y * x
+    for a in range(n_arms):
+        np.testing.assert_allclose(b.A[a], A[a], rtol=1e-10)
+        np.testing.assert_allclose(b.theta[a], np.linalg.solve(A[a], bb[a]), rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="weights"):
+        b.update(arms, X, r, weights=np.zeros(20))
+
+
+def test_importance_weighting_recovers_the_uniform_design_fit() -> None:
+    """A misspecified linear model fitted on adaptively chosen pulls depends on where the bandit
+    pulled; weighted by inverse propensity it estimates the fit a uniform design would give."""
+    rng = np.random.default_rng(0)
+
+    def reward(arm: np.ndarray, u: np.ndarray) -> np.ndarray:  # a step in u: not linear in [1, u]
+        return np.where(arm == 0, (u > 0.5).astype(float), 0.5)
+
+    def ctx(u: np.ndarray) -> np.ndarray:
+        return np.stack([np.ones_like(u), u], axis=1)
+
+    # the uniform-design least-squares fit of arm 0 (u ~ U[0, 1]): intercept −0.25, slope 1.5
+    target = np.array([-0.25, 1.5])
+    fits = {}
+    for iw in (False, True):
+        b = LinearBandit(2, 2, LinearBanditConfig(kind="linucb", alpha=0.0, uniform_explore=0.3,
+                                                  importance_weighted=iw, l2=1e-3, seed=1))
+        b.theta[0] = [0.0, 1.0]  # arm 0 starts ahead for u > 0.5: the own choice is then arm-0-heavy there
+        for _ in range(400):
+            u = rng.random(500)
+            X = ctx(u)
+            arms = b.select(X, explore=True)
+            b.update(arms, X, reward(arms, u), weights=b.importance_weights())
+        fits[iw] = b.theta[0].copy()
+    assert np.abs(fits[True] - target).max() < 0.05
+    assert np.abs(fits[False] - target).max() > 0.1  # 0.14 with this seed: fitted where arm 0 was chosen
+
+
+def test_importance_weighted_needs_known_propensities() -> None:
+    with pytest.raises(ValueError, match="uniform_explore > 0"):
+        LinearBanditConfig(kind="linucb", uniform_explore=0.0, importance_weighted=True)
+    assert LinearBanditConfig(kind="linucb").importance_weighted_value  # the default: a share of 0.75
+    assert LinearBanditConfig(kind="linucb").uniform_explore_value == 0.75
+    assert not LinearBanditConfig(kind="lin_ts").importance_weighted_value
+    assert LinearBanditConfig(kind="lin_ts").uniform_explore_value == 0.0
+    with pytest.raises(ValueError, match="Thompson"):
+        LinearBanditConfig(kind="lin_ts", uniform_explore=0.5, importance_weighted=True)
+    with pytest.raises(ValueError, match="epsilon"):
+        LinearBanditConfig(kind="eps_greedy", epsilon_final=0.0, importance_weighted=True)
+    with pytest.raises(ValueError, match="uniform_explore must be in"):
+        LinearBanditConfig(uniform_explore=1.5)
+    LinearBanditConfig(kind="eps_greedy", importance_weighted=True)  # ε 0.3 → 0.05: fine

@@ -1,0 +1,143 @@
+"""Where a live-built suite cache's tasks fail: accuracy per kind of answer and per print size.
+
+``python -m benchmarks.report_answer_kinds --cache PATH [--suite-seed 0] [--tasks T ...] [--json OUT]``
+
+The suite's requests are a pure function of ``(seed, task, split, index)``
+(``model_runtime.datasets.suite.render_example``), so every request of a cache built from
+``python -m experiments.make_suite --seed S`` can be rendered again with its metadata
+(``answer_kind``, ``text_px``, ...) and, for ``synth_doc``, the page's other fields (its dense
+caption). Each rendered question must equal the cache's (else: a one-line error naming the first
+request that does not match, i.e. a cache of another seed or suite).
+
+Prints markdown, per task: mean score at the full and at the cheapest configuration per
+``answer_kind`` and per print-size bin (``text_px``, where the task records it); for ``synth_doc``
+how the full configuration's wrong answers relate to the page: *in the asked field's format*
+(the same pattern of digits / letters / symbols as the true value, i.e. the right field was found
+and read wrongly), *another field's value* (the wrong field was read), or neither.
+
+Scores are the cache's; the metadata is re-rendered, nothing is estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from cache.reader import OutcomeCache
+
+DEFAULT_TASKS: tuple[str, ...] = ("synth_doc", "synth_chart")
+#: Print-size bins (px, half-open) for tasks whose metadata records ``text_px``.
+PX_BINS: tuple[tuple[int, int], ...] = ((0, 9), (9, 12), (12, 16), (16, 20), (20, 64))
+_ID = re.compile(r"^(?P<task>[a-z_]+)-(?P<split>train|val|test)-(?P<index>\d+)$")
+
+
+def value_pattern(text: str) -> str:
+    """The shape of an answer: each digit → ``9``, each letter → ``a``, other characters kept."""
+    return re.sub(r"[A-Za-z]", "a", re.sub(r"\d", "9", text.strip()))
+
+
+def doc_fields(caption: str) -> list[str]:
+    """The field values of a ``synth_doc`` page from its caption (``"title. key: value. ..."``)."""
+    return [m.strip() for m in re.findall(r": ([^.]*)\.", caption)]
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def collect(cache_path: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict:
+    from model_runtime.datasets.suite import render_example  # lazy: PIL and the fonts
+
+    with OutcomeCache(cache_path) as cache:
+        ks = cache.knob_space
+        full, cheap = ks.index(ks.full_config), ks.index(ks.cheapest_config)
+        report: dict = {"cache": str(cache_path), "suite_seed": suite_seed, "tasks": {}}
+        for task in tasks:
+            if task not in cache.datasets:
+                raise ValueError(f"{cache_path} has no task {task!r} (tasks: {', '.join(cache.datasets)})")
+            rows = np.flatnonzero(cache.dataset == cache.datasets.index(task))
+            by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
+            by_px: dict[str, list[tuple[float, float]]] = defaultdict(list)
+            wrong = {"in_field_format": 0, "other_field": 0, "neither": 0}
+            for i in rows:
+                m = _ID.match(str(cache.ids[i]))
+                if m is None or m["task"] != task:
+                    raise ValueError(f"request id {cache.ids[i]!r} is not a suite id ('{task}-SPLIT-INDEX')")
+                ex = render_example(task, m["split"], int(m["index"]), suite_seed)
+                if ex.question != cache.question(i):
+                    raise ValueError(f"request {cache.ids[i]!r}: re-rendered question {ex.question!r} != the cache's "
+                                     f"{cache.question(i)!r} (a cache of another suite seed than --suite-seed {suite_seed}?)")
+                s_full = float(cache.score[i, full])
+                s_cheap = float(cache.score[i, cheap])
+                pair = (s_full, s_cheap)
+                by_kind[str(ex.meta.get("answer_kind", "?"))].append(pair)
+                px = ex.meta.get("text_px")
+                if px is not None:
+                    lo, hi = next(b for b in PX_BINS if b[0] <= int(px) < b[1])
+                    by_px[f"[{lo}, {hi})"].append(pair)
+                if task == "synth_doc" and s_full < 1.0:
+                    pred, gold = cache.prediction(i, full).strip(), str(ex.answers[0])
+                    others = [v for v in doc_fields(ex.caption or "") if v != gold]
+                    if pred in others:
+                        wrong["other_field"] += 1
+                    elif value_pattern(pred) == value_pattern(gold):
+                        wrong["in_field_format"] += 1
+                    else:
+                        wrong["neither"] += 1
+
+            def table(groups: dict[str, list[tuple[float, float]]], order: list[str]) -> dict:
+                return {k: {"n": len(groups[k]), "full": _mean([a for a, _ in groups[k]]),
+                            "cheapest": _mean([b for _, b in groups[k]])} for k in order if k in groups}
+
+            px_order = [f"[{lo}, {hi})" for lo, hi in PX_BINS]
+            entry = {"n": int(rows.size), "by_answer_kind": table(by_kind, sorted(by_kind)),
+                     "by_text_px": table(by_px, px_order)}
+            if task == "synth_doc":
+                entry["wrong_at_full"] = wrong
+            report["tasks"][task] = entry
+    return report
+
+
+def markdown(report: dict) -> str:
+    out = []
+    for task, e in report["tasks"].items():
+        out.append(f"### {task} ({e['n']} requests)\n")
+        for title, key in (("answer kind", "by_answer_kind"), ("text px", "by_text_px")):
+            if not e[key]:
+                continue
+            out.append(f"| {title} | n | full | cheapest |\n| --- | --- | --- | --- |")
+            out += [f"| {k} | {v['n']} | {v['full']:.3f} | {v['cheapest']:.3f} |" for k, v in e[key].items()]
+            out.append("")
+        if "wrong_at_full" in e:
+            w = e["wrong_at_full"]
+            tot = max(sum(w.values()), 1)
+            out.append(f"Wrong at the full configuration: {sum(w.values())}; in the asked field's format "
+                       f"{w['in_field_format'] / tot:.1%}, another field's value {w['other_field'] / tot:.1%}, "
+                       f"neither {w['neither'] / tot:.1%}.\n")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report_answer_kinds", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--suite-seed", type=int, default=0, help="the make_suite --seed the cache's requests came from")
+    ap.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
+    ap.add_argument("--json", default=None, help="also write the figures as JSON")
+    args = ap.parse_args(argv)
+    try:
+        rep = collect(args.cache, tuple(args.tasks), args.suite_seed)
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
+    print(markdown(rep))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rep, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
