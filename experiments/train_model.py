@@ -83,7 +83,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="one token per digit (model_runtime.small_model.tokenizer_training): a new tokenizer is "
                          "trained so, an --init-from checkpoint's gets the split over the same ids; --resume "
                          "checks that the saved tokenizer has it")
+    ap.add_argument("--model-config", nargs="+", default=None, metavar="FIELD=VALUE",
+                    help="override fields of MolmoeConfig.small for a new run (integer, float or boolean "
+                         "fields, e.g. vit_hidden=256 vit_num_layers=8 vit_mlp=1024: a wider vision tower); an "
+                         "--init-from checkpoint must have the same shapes")
     return ap.parse_args(argv)
+
+
+#: ``MolmoeConfig`` fields ``--model-config`` may set: the scalar sizes and switches (not the
+#: special tokens, the layer tuples, the 16 blocks and 64 experts the knobs act on, or the crop
+#: geometry the runtime's tiling is calibrated on).
+MODEL_CONFIG_FIELDS: tuple[str, ...] = (
+    "d_model", "n_heads", "expert_hidden", "vit_hidden", "vit_num_layers", "vit_heads", "vit_mlp",
+    "pool_heads", "pool_head_dim", "projector_hidden", "max_position_embeddings", "vit_feature_norm",
+)
+
+
+def parse_model_config(specs: Sequence[str] | None) -> dict[str, int | float | bool]:
+    """``["vit_hidden=256", "vit_feature_norm=false"]`` → ``{"vit_hidden": 256, "vit_feature_norm": False}``,
+    typed like ``MolmoeConfig.small()``'s own values; a one-line ValueError names a bad item."""
+    from model_runtime.molmoe.config import MolmoeConfig
+
+    base = MolmoeConfig.small()
+    out: dict[str, int | float | bool] = {}
+    for spec in specs or ():
+        name, sep, value = spec.partition("=")
+        if not sep or name not in MODEL_CONFIG_FIELDS:
+            raise ValueError(f"--model-config {spec!r}: expected FIELD=VALUE with FIELD one of {', '.join(MODEL_CONFIG_FIELDS)}")
+        current = getattr(base, name)
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--model-config {spec!r}: {name} is true or false")
+            out[name] = value.lower() in ("true", "1")
+            continue
+        try:
+            number = type(current)(value)
+        except ValueError:
+            raise ValueError(f"--model-config {spec!r}: {name} expects a {type(current).__name__}, got {value!r}") from None
+        if number <= 0:
+            raise ValueError(f"--model-config {spec!r}: {name} must be > 0")
+        out[name] = number
+    try:
+        MolmoeConfig.small(**out)
+    except ValueError as e:
+        raise ValueError(f"--model-config {' '.join(specs or ())}: not a valid model config ({e})") from None
+    return out
 
 
 def _parse_non_negative(flag: str, specs: Sequence[str], valid: Callable[[str], bool], form: str,
@@ -214,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if trained_here:
         log(f"tokenizer: {cfg.vocab_size} ids trained on {cfg.tokenizer_corpus} suite texts in "
             f"{time.perf_counter() - t0:.1f} s")
-    summary = train(cfg, args.out, tokenizer, device=args.device, config=MolmoeConfig.small(vit_patch_stem=args.patch_stem),
+    model_config = MolmoeConfig.small(vit_patch_stem=args.patch_stem, **parse_model_config(args.model_config))
+    summary = train(cfg, args.out, tokenizer, device=args.device, config=model_config,
                     resume=args.resume, init_from=args.init_from, log=log)
     log(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s ({summary['samples_per_s']:.0f} samples/s, "
         f"data wait {summary['data_wait']:.0%})")

@@ -393,6 +393,28 @@ def test_task_weights_argument():
     assert stream.tasks == ("synth_count",)
 
 
+def test_model_config_argument_widens_the_tower_and_round_trips(tmp_path, tokenizer):
+    """``--model-config`` sets MolmoeConfig.small's sizes (typed, validated in one line); a model
+    built with them saves and loads as that config."""
+    from experiments.train_model import parse_model_config
+
+    over = parse_model_config(["vit_hidden=256", "pool_head_dim=64", "vit_mlp=1024", "vit_num_layers=8"])
+    assert over == {"vit_hidden": 256, "pool_head_dim": 64, "vit_mlp": 1024, "vit_num_layers": 8}
+    assert parse_model_config(["vit_feature_norm=false"]) == {"vit_feature_norm": False} and parse_model_config(None) == {}
+    for bad, msg in ((["n_layers=12"], "FIELD one of"), (["num_experts=32"], "FIELD one of"), (["vit_hidden"], "FIELD=VALUE"),
+                     (["vit_hidden=wide"], "expects a int"), (["vit_mlp=0"], "> 0"),
+                     (["vit_hidden=200"], "not a valid model config"), (["vit_feature_norm=maybe"], "true or false")):
+        with pytest.raises(ValueError, match=msg):
+            parse_model_config(bad)
+    cfg = MolmoeConfig.small(tokens=special_tokens_from(tokenizer), **parse_model_config(["vit_hidden=64", "pool_head_dim=16",
+                                                                                           "vit_mlp=128", "vit_num_layers=5"]))
+    torch.manual_seed(0)
+    model = MolmoeModel(cfg, experts_implementation="eager")
+    save_molmoe_checkpoint(model, tokenizer, tmp_path, dtype=torch.float32)
+    loaded, _ = load_molmoe_checkpoint(tmp_path)
+    assert loaded.config == cfg and loaded.config.vit_hidden == 64 and loaded.config.vit_num_layers == 5
+
+
 def test_learning_rate_scale_per_module():
     """``lr_scale`` gives a parameter the multiplier of its longest matching name prefix; a step
     then moves a module at 0× not at all, and the CLI parses PREFIX=SCALE with clear errors."""

@@ -21,6 +21,8 @@
 # SPLIT_DIGITS=1 (any non-empty value) gives every digit a token of its own (train_model --split-digits; an INIT_FROM checkpoint's
 # tokenizer keeps its ids, benchmarks/RESULTS.md "Twelfth H200 run").
 # TASK_WEIGHTS (default: train_model's mix) sets the training mix (train_model --task-weights "TASK=W ...").
+# MODEL_CONFIG (default: none) overrides sizes of MolmoeConfig.small for a new run (train_model --model-config
+# "FIELD=VALUE ...", e.g. "vit_hidden=256 pool_head_dim=64 vit_mlp=1024" for a wider vision tower).
 # BATCH (default 512) is the batch size; REUSE (default 4) the times each rendered example is trained on
 # (train_model --reuse: what keeps a batch of 512 fed; at 128 the renderers keep up with 2, and repeats are memorised:
 # benchmarks/RESULTS.md "Ninth H200 run"). One schedule over several GPU calls: give STOP_AFTER (seconds,
@@ -60,7 +62,7 @@ $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda 
     --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --lr "$LR" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
     --first-example "$FIRST_EXAMPLE" \
     --word-presence-sites $WORD_PRESENCE_SITES $MODE \
-    ${INIT_FROM:+--init-from "$INIT_FROM"} ${SPLIT_DIGITS:+--split-digits} ${LR_SCALE:+--lr-scale $LR_SCALE} ${TASK_WEIGHTS:+--task-weights $TASK_WEIGHTS}
+    ${INIT_FROM:+--init-from "$INIT_FROM"} ${SPLIT_DIGITS:+--split-digits} ${LR_SCALE:+--lr-scale $LR_SCALE} ${TASK_WEIGHTS:+--task-weights $TASK_WEIGHTS} ${MODEL_CONFIG:+--model-config $MODEL_CONFIG}
 echo "[train_small_model] trained at $(( $(date +%s) - t0 )) s"
 [ "${SKIP_GRID:-0}" = 1 ] && exit 0  # the built cache holds the whole grid anyway
 $PY -m experiments.eval_model_grid --model "$W/ckpt/plain" --requests "$W/suite/val.jsonl" --out "$W/grid_plain.json" \
