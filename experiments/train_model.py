@@ -85,7 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          "checks that the saved tokenizer has it")
     ap.add_argument("--model-config", nargs="+", default=None, metavar="FIELD=VALUE",
                     help="override fields of MolmoeConfig.small for a new run (integer, float or boolean "
-                         "fields, e.g. vit_hidden=256 vit_num_layers=8 vit_mlp=1024: a wider vision tower); an "
+                         "fields, e.g. vit_hidden=256 pool_head_dim=64 vit_mlp=1024: a wider vision tower); an "
                          "--init-from checkpoint must have the same shapes")
     return ap.parse_args(argv)
 
@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--recipes {spec!r}: expected NAME=RATE")
         recipes[name] = float(rate)
     data_kw = {"task_weights": parse_task_weights(args.task_weights)} if args.task_weights else {}
+    model_overrides = parse_model_config(args.model_config)  # checked before any work is done
     cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget, stop_after_s=args.stop_after,
                       batch_size=args.batch_size, lr=args.lr,
                       lr_scale=parse_lr_scale(args.lr_scale), recipes=recipes, num_workers=args.workers,
@@ -258,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if trained_here:
         log(f"tokenizer: {cfg.vocab_size} ids trained on {cfg.tokenizer_corpus} suite texts in "
             f"{time.perf_counter() - t0:.1f} s")
-    model_config = MolmoeConfig.small(vit_patch_stem=args.patch_stem, **parse_model_config(args.model_config))
+    model_config = MolmoeConfig.small(vit_patch_stem=args.patch_stem, **model_overrides)
     summary = train(cfg, args.out, tokenizer, device=args.device, config=model_config,
                     resume=args.resume, init_from=args.init_from, log=log)
     log(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s ({summary['samples_per_s']:.0f} samples/s, "

@@ -661,3 +661,19 @@ def test_every_training_only_task_streams(tokenizer):
         stream = SuiteStream(cfg, tokenizer, TrainDataConfig(batch_size=2, task_weights={task: 1.0}))
         b = stream.batch(0)
         assert stream.tasks == (task,) and (b["labels"] != IGNORE).any()
+
+
+def test_train_model_cli_trains_a_wider_tower(tmp_path):
+    """``python -m experiments.train_model --model-config ...`` end to end on the CPU: two steps of
+    a model with a 256-wide tower write a checkpoint whose config has it."""
+    from experiments.make_suite import main as make_suite
+    from experiments.train_model import main as train_model
+
+    suite = tmp_path / "suite"
+    assert make_suite(["--out", str(suite), "--seed", "0", "--per-task", "2", "--splits", "val", "test"]) in (0, None)
+    assert train_model(["--suite", str(suite), "--out", str(tmp_path / "ckpt"), "--device", "cpu", "--steps", "2",
+                        "--batch-size", "2", "--workers", "1", "--recipes", "plain=0", "--importance-requests", "1",
+                        "--model-config", "vit_hidden=256", "pool_head_dim=64", "vit_mlp=1024"]) == 0
+    loaded, _ = load_molmoe_checkpoint(tmp_path / "ckpt" / "plain")
+    assert (loaded.config.vit_hidden, loaded.config.vit_mlp, loaded.config.pool_head_dim) == (256, 1024, 64)
+    assert loaded.config.n_layers == 16 and loaded.config.num_experts == 64
