@@ -53,7 +53,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -260,6 +260,26 @@ class LinearBandit:
         ε-greedy, ``uniform_explore`` for LinUCB / TS."""
         return self.epsilon_now if self.config.kind == "eps_greedy" else self.config.uniform_explore_value
 
+    def _exploring_parts(self, X: np.ndarray, mask: np.ndarray | None,
+                         explore: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | int]:
+        """What :meth:`scores` and :meth:`select` share: the kind's own scores with masked arms at
+        −inf, and, when exploring with a uniform share, the rows drawn for it (coin, (n,) bool)
+        and their uniform random keys (n, arms) with masked arms at −inf (else None, None); last
+        the valid arms per row."""
+        X = self._check_contexts(X)
+        n = X.shape[0]
+        m = self._check_mask(mask, n)
+        s = self._model_scores(X, n, explore)
+        coin = keys = None
+        share = self.uniform_share if explore else 0.0
+        if share > 0:
+            coin = self.rng.random(n) < share
+            keys = self.rng.random((n, self.n_arms))
+        if m is not None:
+            s = np.where(m, s, -np.inf)
+            keys = None if keys is None else np.where(m, keys, -np.inf)
+        return s, coin, keys, (self.n_arms if m is None else m.sum(axis=1))
+
     def scores(self, X: np.ndarray, mask: np.ndarray | None = None, *, explore: bool = True) -> np.ndarray:
         """Selection scores (n, arms): masked arms get −inf.
 
@@ -268,18 +288,8 @@ class LinearBandit:
         and the rows drawn for uniform exploration (:attr:`uniform_share`) get uniform random keys
         (so the argmax is a uniformly random valid arm).
         """
-        X = self._check_contexts(X)
-        n = X.shape[0]
-        m = self._check_mask(mask, n)
-        s = self._model_scores(X, n, explore)
-        share = self.uniform_share if explore else 0.0
-        if share > 0:
-            coin = self.rng.random(n) < share
-            keys = self.rng.random((n, self.n_arms))
-            s = np.where(coin[:, None], keys, s)
-        if m is not None:
-            s = np.where(m, s, -np.inf)
-        return s
+        s, coin, keys, _ = self._exploring_parts(X, mask, explore)
+        return s if coin is None else np.where(coin[:, None], keys, s)
 
     def select(self, X: np.ndarray, mask: np.ndarray | None = None, *, explore: bool = True) -> np.ndarray:
         """Arm per context: (n,) int64, argmax of :meth:`scores` (ties → lowest arm index).
@@ -289,22 +299,10 @@ class LinearBandit:
         ``share`` = :attr:`uniform_share` (1 for the argmax when not exploring); exact for
         LinUCB and ε-greedy, whose own choice is deterministic, and for TS only up to its
         sampling (TS with ``importance_weighted`` is refused)."""
-        X = self._check_contexts(X)
-        n = X.shape[0]
-        m = self._check_mask(mask, n)
-        s = self._model_scores(X, n, explore)
-        if m is not None:
-            s = np.where(m, s, -np.inf)
+        s, coin, keys, n_valid = self._exploring_parts(X, mask, explore)
         own = np.argmax(s, axis=1).astype(np.int64)
-        share = self.uniform_share if explore else 0.0
-        arms = own
-        if share > 0:
-            coin = self.rng.random(n) < share
-            keys = self.rng.random((n, self.n_arms))
-            if m is not None:
-                keys = np.where(m, keys, -np.inf)
-            arms = np.where(coin, np.argmax(keys, axis=1), own).astype(np.int64)
-        n_valid = self.n_arms if m is None else m.sum(axis=1)
+        arms = own if coin is None else np.where(coin, np.argmax(keys, axis=1), own).astype(np.int64)
+        share = 0.0 if coin is None else self.uniform_share
         self.last_propensity = (1.0 - share) * (arms == own) + share / n_valid
         return arms
 
@@ -331,11 +329,12 @@ class LinearBandit:
         """
         if weights is not None:
             w = np.asarray(weights, dtype=np.float64).reshape(-1)
-            if w.shape != (np.asarray(rewards).reshape(-1).shape[0],) or not np.all(np.isfinite(w) & (w > 0)):
-                raise ValueError(f"weights must be {np.asarray(rewards).reshape(-1).shape[0]} finite values > 0, got shape {w.shape}")
+            rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)
+            if w.shape != rewards.shape or not np.all(np.isfinite(w) & (w > 0)):
+                raise ValueError(f"weights must be {rewards.shape[0]} finite values > 0, got shape {w.shape}")
             # a weighted rank-one update is an unweighted one of √w·x and √w·r
             X = np.asarray(X, dtype=np.float64) * np.sqrt(w)[:, None]
-            rewards = np.asarray(rewards, dtype=np.float64).reshape(-1) * np.sqrt(w)
+            rewards = rewards * np.sqrt(w)
         X = self._check_contexts(X)
         arms = np.asarray(arms).astype(np.int64).reshape(-1)
         r = np.asarray(rewards, dtype=np.float64).reshape(-1)
@@ -873,8 +872,7 @@ def train_bandit(kind: str, env_kwargs: Mapping[str, Any], cfg: BanditTrainConfi
     # one seed for the whole run: the env draws and the bandit's own generator
     bcfg = LinearBanditConfig(**{**asdict(cfg.bandit), "kind": kind, "seed": cfg.seed})
     # the kind's defaults written out, so the saved config says how the policy was trained
-    bcfg = LinearBanditConfig(**{**asdict(bcfg), "uniform_explore": bcfg.uniform_explore_value,
-                                 "importance_weighted": bcfg.importance_weighted_value})
+    bcfg = replace(bcfg, uniform_explore=bcfg.uniform_explore_value, importance_weighted=bcfg.importance_weighted_value)
     log = Path(log_dir)
     log.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
