@@ -37,3 +37,12 @@ def test_the_table_on_a_tiny_checkpoint(tmp_path: Path, capsys) -> None:
     assert "median word height, px" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="fractions"):
         bench.main(["--model", str(tmp_path / "ckpt"), "--fractions", "0"])
+
+
+def test_digit_strings_follow_the_same_heights(tmp_path: Path) -> None:
+    reqs = bench.make_requests(tmp_path, [0.1, 0.4], 4, seed=7, text="digits")
+    assert all(r.answers[0].isdigit() and 2 <= len(r.answers[0]) <= 5 for r in reqs)
+    words = bench.make_requests(tmp_path, [0.1], 4, seed=7)
+    assert not any(r.answers[0].isdigit() for r in words)
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(tmp_path), "--text", "letters"])

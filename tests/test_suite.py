@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -223,3 +224,33 @@ def test_training_only_digit_strings():
     assert np.array_equal(a.image, b.image) and a.answers == b.answers
     with pytest.raises(ValueError, match="training-only"):
         render_example("synth_digits", "test", 0)
+
+
+def test_training_only_numbers_ladder():
+    """synth_numbers: synth_words' plates with numbers only, print from 4 % to 50 % of the image
+    height; deterministic, train/val only; synth_words' own stream is unchanged by sharing its renderer."""
+    import hashlib
+
+    from model_runtime.datasets.suite import TASKS, TRAIN_ONLY_TASKS, render_example
+    from model_runtime.datasets.suite.synth_words import HEIGHT_FRACTION
+
+    assert "synth_numbers" in TRAIN_ONLY_TASKS and "synth_numbers" not in TASKS
+    assert TRAIN_ONLY_TASKS[:3] == ("synth_read", "synth_words", "synth_digits")  # appended: their keys hold
+    # synth_words' train example 7 as it rendered before its renderer took a ``pick``
+    words = render_example("synth_words", "train", 7, seed=0)
+    assert hashlib.sha256(words.image.tobytes()).hexdigest()[:16] == "e776a85a1e0da593"
+    assert (words.question, words.answers[0]) == ("what word is written on the black sign?", "farm")
+    fracs = []
+    for i in range(40):
+        ex = render_example("synth_numbers", "train", i, seed=0)
+        assert ex.task == "synth_numbers"
+        assert HEIGHT_FRACTION[0] <= ex.meta["text_frac"] <= HEIGHT_FRACTION[1]
+        plates = re.findall(r"says ([^ ]+)\.", ex.caption)
+        assert len(plates) == ex.meta["n_objects"] and ex.answers[0] in plates
+        assert all(re.fullmatch(r"[C$]?\d+(/\d+)?", t) for t in plates)  # every plate a number
+        fracs.append(ex.meta["text_frac"])
+    assert min(fracs) < 0.1 < 0.25 < max(fracs)
+    a, b = render_example("synth_numbers", "val", 2), render_example("synth_numbers", "val", 2)
+    assert np.array_equal(a.image, b.image) and a.answers == b.answers
+    with pytest.raises(ValueError, match="training-only"):
+        render_example("synth_numbers", "test", 0)

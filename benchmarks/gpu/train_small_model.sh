@@ -23,6 +23,8 @@
 # TASK_WEIGHTS (default: train_model's mix) sets the training mix (train_model --task-weights "TASK=W ...").
 # MODEL_CONFIG (default: none) overrides sizes of MolmoeConfig.small for a new run (train_model --model-config
 # "FIELD=VALUE ...", e.g. "vit_hidden=256 pool_head_dim=64 vit_mlp=1024" for a wider vision tower).
+# WORKERS (default 15) is the number of data-loader workers that render the training stream (train_model --workers; two
+# runs side by side on one 16-core machine take 7 each).
 # BATCH (default 512) is the batch size; REUSE (default 4) the times each rendered example is trained on
 # (train_model --reuse: what keeps a batch of 512 fed; at 128 the renderers keep up with 2, and repeats are memorised:
 # benchmarks/RESULTS.md "Ninth H200 run"). One schedule over several GPU calls: give STOP_AFTER (seconds,
@@ -40,6 +42,7 @@ PATCH_STEM=${PATCH_STEM:-linear}
 WORD_PRESENCE=${WORD_PRESENCE:-0}
 WORD_PRESENCE_SITES=${WORD_PRESENCE_SITES:-stem}
 BATCH=${BATCH:-512}
+WORKERS=${WORKERS:-15}
 LR=${LR:-2e-3}
 REUSE=${REUSE:-4}
 STOP_AFTER=${STOP_AFTER:-0}
@@ -59,7 +62,7 @@ else
   $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test --overwrite
 fi
 $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda --time-budget "$BUDGET" \
-    --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --lr "$LR" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
+    --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
     --first-example "$FIRST_EXAMPLE" \
     --word-presence-sites $WORD_PRESENCE_SITES $MODE \
     ${INIT_FROM:+--init-from "$INIT_FROM"} ${SPLIT_DIGITS:+--split-digits} ${LR_SCALE:+--lr-scale $LR_SCALE} ${TASK_WEIGHTS:+--task-weights $TASK_WEIGHTS} ${MODEL_CONFIG:+--model-config $MODEL_CONFIG}

@@ -51,6 +51,7 @@ METRIC_FOR_DATASET: dict[str, str] = {
     "synth_read": "vqa_score",  # training-only large print (model_runtime.datasets.suite.synth_read)
     "synth_words": "vqa_score",  # training-only print from large to scene size (suite.synth_words)
     "synth_digits": "vqa_score",  # training-only large-print form values (suite.synth_digits)
+    "synth_numbers": "vqa_score",  # training-only numbers from large to document print (suite.synth_numbers)
 }
 
 # Extra spellings (after squashing) that name the same dataset.

@@ -25,7 +25,8 @@ difficulty descriptors (``image_w``, ``image_h``, ``text_px``, ``n_objects``, ..
 Training-only tasks (:data:`TRAIN_ONLY_TASKS`: ``synth_read``, large print of the suite's own
 vocabularies, see :mod:`.synth_read`; ``synth_words``, the same print from large down to scene
 size, one to three words on coloured plates, see :mod:`.synth_words`; ``synth_digits``, large-print
-form values only, see :mod:`.synth_digits`) render in the ``train`` and ``val`` streams for the
+form values only, see :mod:`.synth_digits`; ``synth_numbers``, numbers from large down to document
+print, see :mod:`.synth_numbers`) render in the ``train`` and ``val`` streams for the
 training mix and its monitoring; they are never written to a suite's requests.
 """
 
@@ -37,12 +38,12 @@ import numpy as np
 
 from model_runtime.datasets.request_format import Request
 
-from . import easy_vqa, synth_chart, synth_count, synth_diagram, synth_digits, synth_doc, synth_read, synth_text, synth_words
+from . import easy_vqa, synth_chart, synth_count, synth_diagram, synth_digits, synth_doc, synth_numbers, synth_read, synth_text, synth_words
 from .example import Example, TaskInfo
 
 TASKS: tuple[str, ...] = ("easy_vqa", "synth_text", "synth_doc", "synth_chart", "synth_count",
                           "synth_diagram")
-TRAIN_ONLY_TASKS: tuple[str, ...] = ("synth_read", "synth_words", "synth_digits")  # append only: a task's position keys its stream
+TRAIN_ONLY_TASKS: tuple[str, ...] = ("synth_read", "synth_words", "synth_digits", "synth_numbers")  # append only: a task's position keys its stream
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 TASK_INFO: dict[str, TaskInfo] = {
@@ -82,12 +83,17 @@ TASK_INFO: dict[str, TaskInfo] = {
         "synth_digits", "vqa_score", "PixMo-Docs-style synthetic text (training only)",
         "Training only: one document field value (mostly 2-5 digits) printed at 20-60% of the image "
         "height; 'what does the text say?'."),
+    "synth_numbers": TaskInfo(
+        "synth_numbers", "vqa_score", "PixMo-Docs-style synthetic text (training only)",
+        "Training only: one to three numbers (document values, chart values, 2-5 random digits) on coloured "
+        "plates, printed at 4-50% of the image height; the number, or the one on the plate of a named color."),
 }
 
 _RENDERERS: dict[str, ModuleType] = {
     "easy_vqa": easy_vqa, "synth_text": synth_text, "synth_doc": synth_doc,
     "synth_chart": synth_chart, "synth_count": synth_count, "synth_diagram": synth_diagram,
     "synth_read": synth_read, "synth_words": synth_words, "synth_digits": synth_digits,
+    "synth_numbers": synth_numbers,
 }
 
 

@@ -19,6 +19,7 @@ streams only (``render_example`` refuses ``test``).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -39,7 +40,9 @@ COLOR_TEMPLATES = (
 HEIGHT_FRACTION: tuple[float, float] = (0.04, 0.5)
 
 
-def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
+def render(rng: np.random.Generator, *, split: str, index: int, seed: int,
+           pick: Callable[[np.random.Generator], tuple[str, str]] = _text, task: str = "synth_words") -> Example:
+    """One example; ``pick`` draws each plate's (text, source) (``synth_numbers`` passes its own)."""
     w, h = dr.image_size(rng, min_side=100, max_side=640, aspect=(0.5, 2.0))
     bg = dr.pastel(rng, 150, 250)
     img = Image.new("RGB", (w, h), bg)
@@ -48,7 +51,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     frac = math.exp(rng.uniform(math.log(HEIGHT_FRACTION[0]), math.log(HEIGHT_FRACTION[1])))
     texts: list[str] = []
     while len(texts) < n:  # distinct texts, so a colour question has one answer
-        t, _ = _text(rng)
+        t, _ = pick(rng)
         if t not in texts:
             texts.append(t)
     colors = dr.sample(rng, PLATE_COLORS, n)
@@ -73,7 +76,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     else:
         question = dr.choice(rng, COLOR_TEMPLATES).format(color=plates[target]["color"])
     return Example(
-        task="synth_words", image=np.asarray(img), question=question, answers=[plates[target]["text"]] * 10,
+        task=task, image=np.asarray(img), question=question, answers=[plates[target]["text"]] * 10,
         meta={"image_w": w, "image_h": h, "text_px": plates[target]["px"], "text_frac": round(frac, 4), "n_objects": n},
         caption=" ".join(f"the {p['color']} sign says {p['text']}." for p in plates),
     )
