@@ -49,6 +49,12 @@ def render_word(rng: np.random.Generator, frac: float, text: str = "words"):
     return img, word, f.size
 
 
+def is_reordering(prediction: str, answer: str) -> bool:
+    """True when ``prediction`` holds exactly ``answer``'s characters in another order (``0168`` for ``8606``)."""
+    pred = prediction.strip()
+    return pred != answer and sorted(pred) == sorted(answer)
+
+
 def make_requests(work: Path, fractions: Sequence[float], n: int, seed: int, text: str = "words") -> list:
     """Requests (dataset ``synth_read``, metric vqa_score) whose ids say their fraction: ``f0.10-i``."""
     from model_runtime.datasets.request_format import Request
@@ -94,13 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         reqs = make_requests(work, args.fractions, args.per_fraction, args.seed, args.text)
         res = run_all_configs(rt, reqs, configs, batch_size=64, return_sample_features=False, dense_decode=True)
-    table = {}
+    table, reordered = {}, {}
     for c in res.configs:
         name = str(ks.config(c))
-        table[name] = {}
+        table[name], reordered[name] = {}, {}
         for frac in args.fractions:
             rows = [i for i, r in enumerate(reqs) if r.meta["frac"] == frac]
             table[name][f"{frac:g}"] = float(np.mean([cache_score("vqa_score", res.outcomes[i][c].score) for i in rows]))
+            reordered[name][f"{frac:g}"] = float(np.mean(
+                [is_reordering(res.outcomes[i][c].prediction, reqs[i].answers[0]) for i in rows]))
     px = {f"{frac:g}": float(np.median([r.meta["text_px"] for r in reqs if r.meta["frac"] == frac])) for frac in args.fractions}
     what = "one sign word" if args.text == "words" else "one 2-5-digit string"
     print(f"greedy accuracy, {what} per image ({args.per_fraction} images per height; model {args.model})")
@@ -108,9 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'median word height, px':>28} | " + " | ".join(f"{px[f'{f:g}']:>6.0f}" for f in args.fractions))
     for name, row in table.items():
         print(f"{name:>28} | " + " | ".join(f"{row[f'{f:g}']:>6.2f}" for f in args.fractions))
+    if args.text == "digits":
+        print("share read with the right digits in a wrong order:")
+        for name, row in reordered.items():
+            print(f"{name:>28} | " + " | ".join(f"{row[f'{f:g}']:>6.2f}" for f in args.fractions))
     if args.out:
         args.out.write_text(json.dumps({"model": str(args.model), "per_fraction": args.per_fraction, "text": args.text,
-                                        "median_px": px, "accuracy": table}, indent=1))
+                                        "median_px": px, "accuracy": table,
+                                        "right_digits_wrong_order": reordered}, indent=1))
     return 0
 
 

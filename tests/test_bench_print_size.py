@@ -46,3 +46,9 @@ def test_digit_strings_follow_the_same_heights(tmp_path: Path) -> None:
     assert not any(r.answers[0].isdigit() for r in words)
     with pytest.raises(SystemExit):
         bench.main(["--model", str(tmp_path), "--text", "letters"])
+
+
+def test_a_reordering_is_the_right_characters_in_another_order() -> None:
+    assert bench.is_reordering("0168", "8606") is False  # a 1 for a 6: not the same characters
+    assert bench.is_reordering("0686", "8606") and bench.is_reordering(" 6860 ", "8606")
+    assert not bench.is_reordering("8606", "8606") and not bench.is_reordering("860", "8606")
