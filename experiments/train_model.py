@@ -62,9 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          "starts past the examples the checkpoint saw; its train_config.json records the value)")
     ap.add_argument("--caption-rate", type=float, default=0.0,
                     help="fraction of train examples asked for their dense caption (Molmo's caption pre-training)")
-    ap.add_argument("--patch-stem", choices=("linear", "conv", "hybrid"), default="linear",
-                    help="the tower's patch embedding: CLIP's linear map, a per-patch conv stem or a conv trunk over the crop "
-                         "(MolmoeConfig.vit_patch_stem)")
+    ap.add_argument("--patch-stem", choices=("linear", "conv", "hybrid", "fine"), default="linear",
+                    help="the tower's patch embedding: CLIP's linear map, a per-patch conv stem, a conv trunk over the crop, "
+                         "or one that keeps each patch's inner layout (MolmoeConfig.vit_patch_stem)")
     ap.add_argument("--word-presence", type=float, default=0.0, metavar="W",
                     help="weight of the word-presence loss (model_runtime.small_model.word_presence: the image's "
                          "caption subwords from a per-channel max over the stem's tokens; needs --patch-stem "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.bench_tower_reading import PATCH, build, render
+from benchmarks.bench_tower_reading import BLANK, DIGITS_MAX, PATCH, build, render
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +39,19 @@ def test_variants_give_word_logits_and_the_stem_aux_head(crops, stem_only):
 def test_stem_readouts_need_a_conv_stem():
     with pytest.raises(ValueError, match="conv or hybrid stem"):
         build("linear", torch.device("cpu"), n_words=4, stem_only=True)
+
+
+def test_digit_strings_are_read_place_by_place():
+    x, y, px = render(seed=0, n=6, min_px=10, max_px=40, workers=1, task="digits")
+    assert x.shape == (6, 144, PATCH * PATCH * 3) and y.shape == (6, DIGITS_MAX)
+    for row in y:  # 2-5 digits, then blanks
+        n = int((row != BLANK).sum())
+        assert 2 <= n <= DIGITS_MAX and np.all(row[:n] < 10) and np.all(row[n:] == BLANK)
+    torch.manual_seed(0)
+    mods, forward = build("fine", torch.device("cpu"), readout="attn", task="digits")
+    logits = forward(torch.from_numpy(x))
+    assert logits.shape == (6, DIGITS_MAX, BLANK + 1)
+    logits.sum().backward()
+    assert all(p.grad is not None for n, p in mods.named_parameters() if "patch_stem" in n)
+    with pytest.raises(ValueError, match="digits"):
+        build("cnn", torch.device("cpu"), task="digits")

@@ -129,7 +129,7 @@ def test_patches_to_crops_inverts_patchify():
     assert torch.equal(back.permute(0, 2, 3, 1), torch.from_numpy(crops))
 
 
-@pytest.mark.parametrize("stem", ["conv", "hybrid"])
+@pytest.mark.parametrize("stem", ["conv", "hybrid", "fine"])
 def test_conv_patch_stem_round_trip(tmp_path, tokenizer, stem):
     cfg = tiny_small(tokens=special_tokens_from(tokenizer), vit_patch_stem=stem)
     torch.manual_seed(0)
@@ -146,6 +146,32 @@ def test_conv_patch_stem_round_trip(tmp_path, tokenizer, stem):
         torch.testing.assert_close(loaded.eval().image_features(patches, masks), feats)
     with pytest.raises(ValueError, match="vit_patch_stem"):
         tiny_small(vit_patch_stem="resnet")
+
+
+def test_fine_stem_keeps_where_in_a_patch_the_ink_is():
+    """The fine stem maps each patch's cells of features by their position: a stroke moved within
+    its patch changes the patch's token."""
+    from model_runtime.molmoe.preprocessing import _patchify
+    from model_runtime.molmoe.vision import FineCropConvStem
+
+    torch.manual_seed(0)
+    crop = torch.zeros(1, 3, 168, 168)
+    crop[:, :, 30:40, 15:17] = 1.0  # a vertical stroke in patch (2, 1), at its left
+    moved = torch.zeros_like(crop)
+    moved[:, :, 30:40, 19:21] = 1.0  # the same stroke 4 px to the right, same patch
+
+    def as_patches(c):
+        return torch.from_numpy(_patchify(c.permute(0, 2, 3, 1).numpy(), 14))
+
+    fine = FineCropConvStem(14, 16)
+    with torch.no_grad():
+        a, b = fine(as_patches(crop)), fine(as_patches(moved))
+    assert a.shape == (1, 144, 16)
+    assert (a[0, 2 * 12 + 1] - b[0, 2 * 12 + 1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="even"):
+        FineCropConvStem(15, 16)
+    with pytest.raises(ValueError, match="even patch_size"):
+        tiny_small(vit_patch_stem="fine", patch_size=15, image_size=165)
 
 
 def test_dense_experts_equal_routed():

@@ -29,6 +29,8 @@ from typing import Any, Mapping
 #: OpenAI CLIP pixel statistics, used by Molmo's image preprocessing.
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+#: The tower's patch embeddings (``MolmoeConfig.vit_patch_stem``; model_runtime.molmoe.vision).
+PATCH_STEMS: tuple[str, ...] = ("linear", "conv", "hybrid", "fine")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class MolmoeConfig:
         concatenated in this order), vit_patch_stem ("linear": CLIP's patch embedding, one
         linear map of the patch; this project's own, for towers trained from scratch: "conv", a
         per-patch convolutional stem, :class:`~model_runtime.molmoe.vision.PatchConvStem`;
-        "hybrid", a convolutional trunk over the crop, :class:`~model_runtime.molmoe.vision.CropConvStem`).
+        "hybrid", a convolutional trunk over the crop, :class:`~model_runtime.molmoe.vision.CropConvStem`;
+        "fine", a trunk over the crop that keeps each patch's inner layout,
+        :class:`~model_runtime.molmoe.vision.FineCropConvStem`).
     Connector:
         pool_h, pool_w (pooling window in patches), pool_heads, pool_head_dim,
         projector_hidden, image_padding_embed (Molmo's "pad_and_partial_pad"),
@@ -157,8 +161,10 @@ class MolmoeConfig:
             )
         if self.max_crops < 1:
             raise ValueError(f"max_crops must be >= 1, got {self.max_crops}")
-        if self.vit_patch_stem not in ("linear", "conv", "hybrid"):
-            raise ValueError(f"vit_patch_stem must be 'linear', 'conv' or 'hybrid', got {self.vit_patch_stem!r}")
+        if self.vit_patch_stem not in PATCH_STEMS:
+            raise ValueError(f"vit_patch_stem must be one of {', '.join(PATCH_STEMS)}, got {self.vit_patch_stem!r}")
+        if self.vit_patch_stem == "fine" and self.patch_size % 2:
+            raise ValueError(f"vit_patch_stem 'fine' needs an even patch_size, got {self.patch_size}")
         max_id = self.vocab_rows - 1
         for name, tok in dataclasses.asdict(self.tokens).items():
             if not 0 <= tok <= max_id:

@@ -6,9 +6,9 @@ tower applies the convolution's weight to the patch vectors directly (``weight``
 ``(out, dh, dw, c)``), which is the same map, then the class token, position embeddings,
 ``pre_layrnorm`` and the encoder layers. ``post_layernorm`` is unused (Molmo reads hidden states).
 
-With ``vit_patch_stem="conv"`` or ``"hybrid"`` (this project's own, for towers trained from
-scratch) a convolutional stem replaces the linear patch embedding: per patch
-(:class:`PatchConvStem`) or over the whole crop (:class:`CropConvStem`); the patch vectors, tokens
+With ``vit_patch_stem="conv"``, ``"hybrid"`` or ``"fine"`` (this project's own, for towers trained
+from scratch) a convolutional stem replaces the linear patch embedding: per patch
+(:class:`PatchConvStem`) or over the whole crop (:class:`CropConvStem`, :class:`FineCropConvStem`); the patch vectors, tokens
 and everything after them are unchanged, so no knob and no preprocessing sees the difference.
 
 Features are the hidden states after the layers named by ``vit_feature_layers`` (−2 and −9 of
@@ -39,6 +39,8 @@ def patch_stem_for(config: MolmoeConfig) -> nn.Module | None:
         return PatchConvStem(config.patch_size, config.vit_hidden)
     if config.vit_patch_stem == "hybrid":
         return CropConvStem(config.patch_size, config.patches_per_side, config.vit_hidden)
+    if config.vit_patch_stem == "fine":
+        return FineCropConvStem(config.patch_size, config.vit_hidden)
     return None
 
 
@@ -87,6 +89,37 @@ class CropConvStem(nn.Module):
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(128, width, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(side),
+        )
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.net(patches_to_crops(patches, self.patch)).flatten(2).transpose(1, 2)
+
+
+class FineCropConvStem(nn.Module):
+    """A convolutional trunk over the whole crop that keeps each patch's inner layout: (N, P, p·p·3)
+    patch vectors in ``(dh dw c)`` order → the crop → (N, P, width), one token per patch.
+
+    Three 3×3 convs (32, 64, 64 channels, ReLU) with one 2× max pool after the first, then a
+    (p/2)×(p/2) convolution of stride p/2 onto the patch grid: each patch's (p/2)² cells of
+    features are mapped by position-specific weights, as CLIP's linear patch embedding maps its
+    pixels, where :class:`CropConvStem` max-pools three times (an 8-pixel stride for 14-pixel
+    patches) and then takes a maximum per patch, which keeps what is in a patch but not where.
+    Each token sees 24 px around its patch's centre. Why: the hybrid stem's model reads the
+    suite's sign words at 14 px but strings of digits at that size almost never, and its image
+    tokens at document print hold the digits under them barely better than an untrained tower's
+    (``benchmarks.probe_digit_tokens``, benchmarks/RESULTS.md "Sixteenth H200 run").
+    """
+
+    def __init__(self, patch: int, width: int) -> None:
+        super().__init__()
+        if patch % 2:
+            raise ValueError(f"FineCropConvStem needs an even patch size, got {patch}")
+        self.patch = patch
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(64, width, patch // 2, stride=patch // 2),
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:

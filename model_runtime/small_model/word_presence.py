@@ -52,7 +52,7 @@ class WordPresence(nn.Module):
         if "stem" in sites:
             stem = model.vision.patch_stem
             if stem is None:
-                raise ValueError("word-presence site 'stem' needs vit_patch_stem 'conv' or 'hybrid' (the linear "
+                raise ValueError("word-presence site 'stem' needs vit_patch_stem 'conv', 'hybrid' or 'fine' (the linear "
                                  "patch embedding has no module of its own)")
             modules["stem"], widths["stem"] = stem, model.config.vit_hidden
         if "tokens" in sites:
