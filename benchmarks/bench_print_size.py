@@ -50,7 +50,7 @@ def render_word(rng: np.random.Generator, frac: float, text: str = "words"):
 
 
 def is_reordering(prediction: str, answer: str) -> bool:
-    """True when ``prediction`` holds exactly ``answer``'s characters in another order (``0168`` for ``8606``)."""
+    """True when ``prediction`` holds exactly ``answer``'s characters in another order (``0686`` for ``8606``)."""
     pred = prediction.strip()
     return pred != answer and sorted(pred) == sorted(answer)
 

@@ -9,11 +9,11 @@ codes, rooms, quantities, dates, amounts), a chart value (5-100 in steps of 5), 
 
 Why it exists: the committed checkpoint reads a sign word of its 32-word vocabulary at 0.82 when
 the word is 5 % of the image height, and a string of 2-5 random digits at 0.05 there and at 0.40
-when it is 40 % of the height; its wrong readings hold the right digits in the wrong order
-(``8606`` read as ``0168``, ``07138`` as ``01783``; ``python -m benchmarks.bench_print_size --text
+when it is 40 % of the height, where most of its wrong readings are the right digits in another
+order (``168`` read as ``186``, ``07138`` as ``01783``; ``python -m benchmarks.bench_print_size --text
 digits``, benchmarks/RESULTS.md, "Sixteenth H200 run"). A word is recognised whole; a number
 must be read glyph by glyph, left to right, and :mod:`.synth_digits` shows digits only in large
-print (20-60 % of the height, 45-150 crop pixels at the high tier, where documents print 10-23).
+print (20-60 % of the height, 49-146 crop pixels at the high tier, where documents print 10-22).
 This task puts the same reading at every size down to the documents'. Like :mod:`.synth_words`
 it renders the ``train`` and ``val`` streams only.
 """
