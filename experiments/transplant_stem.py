@@ -1,7 +1,7 @@
 """Give a trained small model another patch stem: ``python -m experiments.transplant_stem``.
 
 ``python -m experiments.transplant_stem --from CKPT --out NEW [--stem fine] [--steps 600] [--images 1200]
-[--batch-size 32] [--lr 1e-3] [--first-example 3000000] [--overwrite]``
+[--batch-size 32] [--lr 1e-3] [--first-example 3000000] [--device cpu|cuda] [--overwrite]``
 
 Fits the new stem to the old stem's tokens on suite crops and keeps every other weight
 (``model_runtime.small_model.stem_transplant``), then writes NEW in the checkpoint layout
@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--first-example", type=int, default=3_000_000, help="first index in each task's training stream")
+    ap.add_argument("--device", default="cpu", help="where the two stems run (the checkpoint is written from the CPU)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     if not (args.source / "config.json").is_file():
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tc = StemTransplantConfig(stem=args.stem, steps=args.steps, images=args.images, batch_size=args.batch_size,
                               lr=args.lr, first_example=args.first_example)
     try:
-        new, record = transplant_stem(model, tc)
+        new, record = transplant_stem(model, tc, device=args.device)
     except ValueError as e:
         raise SystemExit(f"transplant_stem: {e}") from None
     if args.out.exists():

@@ -16,6 +16,7 @@ old tokens' variance left unexplained.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -70,24 +71,25 @@ def suite_crops(config: MolmoeConfig, tc: StemTransplantConfig) -> tuple[np.ndar
 
 
 def unexplained(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarray, config: MolmoeConfig,
-                batch: int = 64) -> float:
+                batch: int = 64, device: str | torch.device = "cpu") -> float:
     """Fraction of the teacher's token variance (over tokens, per channel, summed) the student misses."""
     err = var = 0.0
     with torch.no_grad():
         for i in range(0, len(crops), batch):
-            x = normalize_patches(torch.from_numpy(crops[i:i + batch]), config, torch.float32)
+            x = normalize_patches(torch.from_numpy(crops[i:i + batch]).to(device), config, torch.float32)
             t = teacher(x)
             err += float(((student(x) - t) ** 2).sum())
             var += float(((t - t.mean(dim=(0, 1))) ** 2).sum())
     return err / max(var, 1e-12)
 
 
-def transplant_stem(model: MolmoeModel, tc: StemTransplantConfig,
-                    log: Callable[[str], None] = print) -> tuple[MolmoeModel, dict]:
-    """A copy of ``model`` with ``tc.stem`` as its patch stem, fitted to the old stem's tokens.
+def transplant_stem(model: MolmoeModel, tc: StemTransplantConfig, log: Callable[[str], None] = print,
+                    device: str | torch.device = "cpu") -> tuple[MolmoeModel, dict]:
+    """A copy of ``model`` with ``tc.stem`` as its patch stem, fitted to the old stem's tokens
+    (the two stems run on ``device``, in float32).
 
     Returns:
-        (the new model in eval mode, on the CPU in float32; a record of the fit).
+        (the new model in eval mode, on the CPU in float32; a record of the fit). ``model`` is not changed.
 
     Raises:
         ValueError: the model has no stem module (``linear``), or already has ``tc.stem``.
@@ -103,7 +105,8 @@ def transplant_stem(model: MolmoeModel, tc: StemTransplantConfig,
     student = patch_stem_for(new_cfg)
     if student is None:
         raise ValueError(f"stem {tc.stem!r} has no module to fit (the linear patch embedding is the tower's own)")
-    teacher = teacher.float().eval().requires_grad_(False)
+    student = student.to(device)
+    teacher = copy.deepcopy(teacher).float().to(device).eval().requires_grad_(False)
     crops, owner = suite_crops(cfg, tc)
     cut = int(round(tc.images * (1 - tc.held_out)))
     train, held = crops[owner < cut], crops[owner >= cut]
@@ -116,8 +119,8 @@ def transplant_stem(model: MolmoeModel, tc: StemTransplantConfig,
         cos = 0.5 * (1 + np.cos(np.pi * step / max(1, tc.steps)))
         for g in opt.param_groups:
             g["lr"] = tc.lr * frac * (0.05 + 0.95 * cos)
-        x = normalize_patches(torch.from_numpy(train[rng.integers(0, len(train), size=tc.batch_size)]), cfg,
-                              torch.float32)
+        x = normalize_patches(torch.from_numpy(train[rng.integers(0, len(train), size=tc.batch_size)]).to(device),
+                              cfg, torch.float32)
         with torch.no_grad():
             t = teacher(x)
         loss = F.mse_loss(student(x), t) / t.var(dim=(0, 1)).mean().clamp_min(1e-12)
@@ -129,7 +132,7 @@ def transplant_stem(model: MolmoeModel, tc: StemTransplantConfig,
             history.append({"step": step + 1, "loss": round(value, 5)})
             log(f"stem transplant: step {step + 1}/{tc.steps} loss {value:.4f}")
     student.eval()
-    fit = unexplained(student, teacher, held, cfg)
+    fit = unexplained(student, teacher, held, cfg, device=device)
     log(f"stem transplant: held-out variance unexplained {fit:.4f}")
 
     new = MolmoeModel(new_cfg, experts_implementation="eager")
@@ -137,7 +140,7 @@ def transplant_stem(model: MolmoeModel, tc: StemTransplantConfig,
     missing, unexpected = new.load_state_dict(state, strict=False)
     if unexpected or any(".patch_stem." not in k for k in missing):
         raise AssertionError(f"weights other than the stem's do not carry over: {missing} {unexpected}")
-    new.vision.patch_stem.load_state_dict(student.state_dict())
+    new.vision.patch_stem.load_state_dict({k: v.cpu() for k, v in student.state_dict().items()})
     record = {"config": asdict(tc), "from_stem": cfg.vit_patch_stem, "train_crops": int(len(train)),
               "held_out_crops": int(len(held)), "held_out_unexplained": fit, "history": history}
     return new.float().eval(), record
