@@ -1,4 +1,4 @@
-"""Do a checkpoint's image tokens carry the digits under them? Linear probes on the tokens the language model receives (prints figures).
+"""Do a checkpoint's image tokens carry the digits under them? Linear probes on what the language model receives (prints figures).
 
 ``python -m benchmarks.probe_digit_tokens --model CKPT [--sizes 12 16 24 40] [--images 400] [--seed 0] [--out JSON]``
 
@@ -122,8 +122,11 @@ def collect(model, sizes: Sequence[int], images: int, seed: int) -> dict[int, di
         feats_all = np.concatenate(feats)
         lab = np.asarray(rows)
         img_idx, tok = lab[:, 0], lab[:, 1]
-        raw = np.stack([pixels[k][(j // t) * token_px:(j // t + 1) * token_px, (j % t) * token_px:(j % t + 1) * token_px].reshape(-1)
-                        for k, j in zip(img_idx, tok)])
+        def token_pixels(k: int, j: int) -> np.ndarray:
+            r, c = divmod(int(j), t)
+            return pixels[k][r * token_px:(r + 1) * token_px, c * token_px:(c + 1) * token_px].reshape(-1)
+
+        raw = np.stack([token_pixels(k, j) for k, j in zip(img_idx, tok)])
         data[px] = {"features": feats_all[img_idx, tok], "pixels": raw, "image": img_idx,
                     "first": lab[:, 2], "last": lab[:, 3], "index": lab[:, 4], "left": lab[:, 5]}
     return data
