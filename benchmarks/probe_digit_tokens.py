@@ -32,9 +32,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 TARGETS: tuple[str, ...] = ("first", "last", "index", "left")
 
@@ -94,14 +97,18 @@ def ridge_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     return float(np.mean((xte @ solve(xtr, y_train, best)).argmax(1) == y_test))
 
 
-def collect(model, sizes: Sequence[int], images: int, seed: int) -> dict[int, dict[str, np.ndarray]]:
-    """Per print size: token features, raw token pixels, labels and the image each token came from."""
+def collect(models: dict[str, torch.nn.Module], sizes: Sequence[int], images: int,
+            seed: int) -> dict[int, dict[str, np.ndarray]]:
+    """Per print size: each model's token features (under its name), the raw token pixels
+    (``pixels``), the labels and the image each token came from. The images are rendered once and
+    fed to every model (all of one config)."""
     import torch
 
-    cfg = model.config
+    first = next(iter(models.values()))
+    cfg = first.config
     side, t = cfg.image_size, cfg.tokens_per_side
     token_px = 2 * cfg.patch_size
-    pre = model.preprocessor
+    pre = first.preprocessor
     data = {}
     for px in sizes:
         rng = np.random.default_rng([seed, px])
@@ -113,22 +120,23 @@ def collect(model, sizes: Sequence[int], images: int, seed: int) -> dict[int, di
             masks.append(inputs.image_masks[0])
             pixels.append(img.astype(np.float32) / 255.0)
             rows += [(k, *lab) for lab in token_labels(digits, boxes, t, token_px)]
-        feats = []
-        with torch.no_grad():
-            for i in range(0, images, 64):
-                p = torch.from_numpy(np.stack(patches[i: i + 64])).to(model.device, model.dtype)
-                m = torch.from_numpy(np.stack(masks[i: i + 64])).to(model.device, model.dtype)
-                feats.append(model.image_features(p, m).float().cpu().numpy())
-        feats_all = np.concatenate(feats)
         lab = np.asarray(rows)
         img_idx, tok = lab[:, 0], lab[:, 1]
+
         def token_pixels(k: int, j: int) -> np.ndarray:
             r, c = divmod(int(j), t)
             return pixels[k][r * token_px:(r + 1) * token_px, c * token_px:(c + 1) * token_px].reshape(-1)
 
-        raw = np.stack([token_pixels(k, j) for k, j in zip(img_idx, tok)])
-        data[px] = {"features": feats_all[img_idx, tok], "pixels": raw, "image": img_idx,
+        data[px] = {"pixels": np.stack([token_pixels(k, j) for k, j in zip(img_idx, tok)]), "image": img_idx,
                     "first": lab[:, 2], "last": lab[:, 3], "index": lab[:, 4], "left": lab[:, 5]}
+        for name, model in models.items():
+            feats = []
+            with torch.no_grad():
+                for i in range(0, images, 64):
+                    p = torch.from_numpy(np.stack(patches[i: i + 64])).to(model.device, model.dtype)
+                    m = torch.from_numpy(np.stack(masks[i: i + 64])).to(model.device, model.dtype)
+                    feats.append(model.image_features(p, m).float().cpu().numpy())
+            data[px][name] = np.concatenate(feats)[img_idx, tok]
     return data
 
 
@@ -170,10 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained, _ = load_molmoe_checkpoint(args.model, device=args.device, dtype=torch.float32)
     torch.manual_seed(args.init_seed)
     untrained = MolmoeModel(trained.config).to(args.device).eval()
-    data = collect(trained, args.sizes, args.images, args.seed)
-    init = collect(untrained, args.sizes, args.images, args.seed)
-    for px in data:
-        data[px]["untrained"] = init[px]["features"]
+    data = collect({"features": trained, "untrained": untrained}, args.sizes, args.images, args.seed)
     rep = probe_table(data, args.images, {"trained tokens": "features", "untrained tokens": "untrained",
                                           "token pixels": "pixels"})
     rep.update(model=str(args.model), images=args.images, seed=args.seed)

@@ -25,7 +25,7 @@ import numpy as np
 from . import drawing as dr
 from . import synth_words
 from .example import Example
-from .synth_doc import FIELDS
+from .synth_doc import FIELDS, _digits
 
 #: Document fields whose values are numbers (the names and cities are closed word lists).
 NUMBER_FIELDS: tuple[str, ...] = tuple(k for k in FIELDS if k not in ("Name", "City"))
@@ -38,7 +38,7 @@ def _number(rng: np.random.Generator) -> tuple[str, str]:
         return FIELDS[dr.choice(rng, NUMBER_FIELDS)](rng), source
     if source == "chart_value":
         return str(5 * int(rng.integers(1, 21))), source
-    return "".join(str(int(d)) for d in rng.integers(0, 10, size=int(rng.integers(2, 6)))), source
+    return _digits(rng, int(rng.integers(2, 6))), source
 
 
 def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
