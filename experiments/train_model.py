@@ -72,6 +72,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--word-presence-sites", nargs="+", choices=("stem", "tokens"), default=["stem"],
                     help="where the word-presence loss reads: the patch stem's tokens and/or the image tokens "
                          "the language model receives")
+    ap.add_argument("--print-loss", type=float, default=0.0, metavar="Q",
+                    help="weight of the print-supervision loss (model_runtime.small_model.print_supervision: the "
+                         "characters under each image token, in reading order, from where the suite printed them); 0: off")
+    ap.add_argument("--print-sites", nargs="+", choices=("stem", "tokens"), default=["tokens"],
+                    help="where the print-supervision loss reads: the patch stem's tokens (needs a conv, hybrid or fine "
+                         "stem) and/or the image tokens the language model receives")
+    ap.add_argument("--print-head-warmup", type=int, default=100, metavar="STEPS",
+                    help="first steps in which the print-supervision loss trains its heads only (a random head's "
+                         "gradients would scramble a trained tower's tokens)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
     ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
                     help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "
@@ -245,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       lr_scale=parse_lr_scale(args.lr_scale), recipes=recipes, num_workers=args.workers,
                       eval_every=args.eval_every, compile=args.compile, word_presence=args.word_presence,
                       word_presence_sites=tuple(args.word_presence_sites),
+                      print_loss=args.print_loss, print_sites=tuple(args.print_sites),
+                      print_head_warmup=args.print_head_warmup,
                       data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
                                            reuse_distance=args.reuse_distance or max(1, args.workers),
                                            caption_rate=args.caption_rate, first_example=args.first_example, **data_kw))

@@ -13,6 +13,8 @@
 # PATCH_STEM (default linear) is the tower's patch embedding (train_model --patch-stem linear|conv|hybrid);
 # WORD_PRESENCE (default 0: off) weighs the word-presence loss (train_model --word-presence, needs a conv/hybrid stem),
 # read at WORD_PRESENCE_SITES (default "stem"; "stem tokens" adds the image tokens the language model receives).
+# PRINT_LOSS (default 0: off) weighs the print-supervision loss (train_model --print-loss: the characters under each
+# image token where the suite printed them), read at PRINT_SITES (default "tokens"; "stem tokens" adds the stem's).
 # LR (default 2e-3) is the peak learning rate (train_model --lr; LR_SCALE multiplies it per module): a continuation
 # through INIT_FROM restarts its schedule, and at the full peak rate it undoes part of what was learned
 # (benchmarks/RESULTS.md "Ninth H200 run").
@@ -41,6 +43,8 @@ CAPTION_RATE=${CAPTION_RATE:-0.5}
 PATCH_STEM=${PATCH_STEM:-linear}
 WORD_PRESENCE=${WORD_PRESENCE:-0}
 WORD_PRESENCE_SITES=${WORD_PRESENCE_SITES:-stem}
+PRINT_LOSS=${PRINT_LOSS:-0}
+PRINT_SITES=${PRINT_SITES:-tokens}
 BATCH=${BATCH:-512}
 WORKERS=${WORKERS:-15}
 LR=${LR:-2e-3}
@@ -64,7 +68,7 @@ fi
 $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda --time-budget "$BUDGET" \
     --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
     --first-example "$FIRST_EXAMPLE" \
-    --word-presence-sites $WORD_PRESENCE_SITES $MODE \
+    --word-presence-sites $WORD_PRESENCE_SITES --print-loss "$PRINT_LOSS" --print-sites $PRINT_SITES $MODE \
     ${INIT_FROM:+--init-from "$INIT_FROM"} ${SPLIT_DIGITS:+--split-digits} ${LR_SCALE:+--lr-scale $LR_SCALE} ${TASK_WEIGHTS:+--task-weights $TASK_WEIGHTS} ${MODEL_CONFIG:+--model-config $MODEL_CONFIG}
 echo "[train_small_model] trained at $(( $(date +%s) - t0 )) s"
 [ "${SKIP_GRID:-0}" = 1 ] && exit 0  # the built cache holds the whole grid anyway

@@ -139,6 +139,14 @@ def resize_and_pad(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray
     return np.pad(pixels, pad + [(0, 0)]), mask
 
 
+def _resize_transform(height: int, width: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(sx, sy, ox, oy) of :func:`resize_and_pad` into ``size`` = (h, w): image px → output px."""
+    out_h, out_w = size
+    scale = min(np.float32(out_w) / np.float32(width), np.float32(out_h) / np.float32(height))
+    scaled_h, scaled_w = int(np.float32(height) * scale), int(np.float32(width) * scale)
+    return scaled_w / width, scaled_h / height, float((out_w - scaled_w) // 2), float((out_h - scaled_h) // 2)
+
+
 def _patchify(arr: np.ndarray, patch: int) -> np.ndarray:
     """(n, H, W[, C]) → (n, (H/p)·(W/p), p·p[·C]): row-major patches, ``(dh dw c)`` inside a patch."""
     n, h, w = arr.shape[:3]
@@ -184,6 +192,19 @@ class MolmoImagePreprocessor:
         h = rows * self.window_patches + self.margin_patches
         w = cols * self.window_patches + self.margin_patches
         return t * t + ((h + 1) // 2) * ((w + 1) // 2)
+
+    def crop_transforms(self, height: int, width: int, max_crops: int) -> np.ndarray:
+        """(n_crops, 4) per crop of ``__call__``'s output (global view first): (sx, sy, ox, oy) that
+        map an image point (x, y) in px to (x·sx + ox, y·sy + oy) in that crop's px, the
+        resize-and-pad and the crop's window of the preprocessing (for targets placed on patches)."""
+        out = [_resize_transform(height, width, (self.config.image_size,) * 2)]
+        rows, cols = self.tiling_for(height, width, max_crops)
+        sx, sy, ox, oy = _resize_transform(
+            height, width, (rows * self.window_px + self.margin_px, cols * self.window_px + self.margin_px))
+        for i in range(rows):
+            for j in range(cols):
+                out.append((sx, sy, ox - j * self.window_px, oy - i * self.window_px))
+        return np.asarray(out, dtype=np.float64)
 
     # ------------------------------------------------------------------ full preprocessing
     def __call__(self, image: np.ndarray, max_crops: int | None = None, *, normalize: bool = True) -> ImageInputs:

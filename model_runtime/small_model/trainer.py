@@ -16,12 +16,15 @@ form). Loss: cross-entropy on the answer tokens + EOS, plus OLMoE's auxiliary lo
 balancing, coefficient ``aux_coef``; router z-loss, ``z_coef``) averaged over blocks; with
 ``word_presence`` w > 0, plus w × the word-presence loss (:mod:`.word_presence`: the bag of the
 image's caption subwords from a per-channel max over the stem's tokens, the quickly learned
-image-level text supervision that stands in for the tower's CLIP pre-training).
+image-level text supervision that stands in for the tower's CLIP pre-training); with
+``print_loss`` q > 0, plus q × the print-supervision loss (:mod:`.print_supervision`: the
+characters under each image token, in reading order, from the places the suite printed them).
 
 Logged numbers (TensorBoard under ``<out>/tb``, CSV ``<out>/train_log.csv``), per recipe:
 ``loss`` (total), ``ce`` (answer cross-entropy, per example then averaged), ``aux`` (load balance), ``z`` (router z-loss),
 ``presence``, ``presence_recall``, ``presence_precision`` (word-presence loss and its
-ids predicted present, when on),
+ids predicted present, when on), ``print``, ``print_acc`` (print-supervision loss and the share
+of printed characters it places right, when on),
 ``acc/<task>`` (teacher-forced exact match: every answer token and the EOS are the argmax, which
 is exactly when greedy decoding returns the answer; questions only), ``acc/caption`` (the same
 over dense-caption examples, whole caption), ``val_ce`` / ``val_acc/<task>`` on held-out
@@ -52,6 +55,7 @@ from model_runtime.molmoe.tokenizer import TextTokenizer
 
 from model_runtime.molmoe.dense_experts import compile_dense_moe, dense_experts
 from .training_data import IGNORE, SuiteStream, TrainDataConfig
+from .print_supervision import PrintLoss, site_grid
 from .word_presence import WordPresence
 
 #: Valid (p, active blocks) pairs and top-k values of the default knob space (16 blocks).
@@ -92,6 +96,13 @@ class TrainConfig:
     #: weight of the word-presence loss (0: off) and where it reads the tokens (word_presence.SITES)
     word_presence: float = 0.0
     word_presence_sites: tuple[str, ...] = ("stem",)
+    #: weight of the print-supervision loss (0: off), where it reads the tokens
+    #: (print_supervision.SITES), and the weight of its ``none`` class
+    print_loss: float = 0.0
+    print_sites: tuple[str, ...] = ("tokens",)
+    print_none_weight: float = 0.1
+    #: first steps of a run in which the print loss trains its heads only (print_supervision's docstring)
+    print_head_warmup: int = 100
     recipes: dict[str, float] = field(default_factory=lambda: {"plain": 0.0, "robust": 0.15})
     num_workers: int = 14
     eval_every: int = 250
@@ -223,10 +234,18 @@ class Run:
                                      lr=cfg.lr, betas=cfg.betas, foreach=True)
         self.router = RouterLosses(self.model)
         self.presence: WordPresence | None = None
+        self.head_opts: list[torch.optim.Optimizer] = []  # the training-only heads' optimisers
         if cfg.word_presence > 0:  # float32 heads, training-only: their own optimiser, same schedule
             self.presence = WordPresence(self.model, config.embedding_size, cfg.word_presence_sites).to(device)
             self.presence_opt = torch.optim.AdamW(self.presence.parameters(), lr=cfg.lr, betas=cfg.betas,
                                                   weight_decay=cfg.weight_decay, foreach=True)
+            self.head_opts.append(self.presence_opt)
+        self.prints: PrintLoss | None = None
+        if cfg.print_loss > 0:
+            self.prints = PrintLoss(self.model, cfg.print_sites, cfg.data.print_slots, cfg.print_none_weight).to(device)
+            self.prints_opt = torch.optim.AdamW(self.prints.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                                weight_decay=cfg.weight_decay, foreach=True)
+            self.head_opts.append(self.prints_opt)
         self.rng = random.Random(f"{cfg.seed}-{name}")
         self._dense = dense_experts(self.model.lm)  # training always computes experts densely
         self._dense.__enter__()
@@ -234,9 +253,11 @@ class Run:
             compile_dense_moe()
 
     def step(self, batch: MolmoeBatch, labels: torch.Tensor, lr: float, cfg: TrainConfig,
-             captions: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
-        """One optimiser step; ``captions`` = (caption_targets, has_caption) of the batch, for the
-        word-presence loss when it is on."""
+             captions: tuple[torch.Tensor, torch.Tensor] | None = None,
+             prints: dict[int, torch.Tensor] | None = None, step: int = 0) -> dict[str, Any]:
+        """Optimiser step number ``step`` of the run; ``captions`` = (caption_targets, has_caption)
+        of the batch, for the word-presence loss when it is on; ``prints`` = grid → print targets,
+        for the print-supervision loss when it is on."""
         plan = sample_plan(self.rng, self.rate, self.model.lm.n_layers, self.model.lm.max_top_k)
         ce, exact = forward_loss(self.model, batch, labels, plan, self.router)
         aux, z = self.router.losses()
@@ -250,6 +271,13 @@ class Run:
             loss = loss + cfg.word_presence * presence
             out = {"presence": presence.detach(), **{f"presence_{k}": v for k, v in figures.items()}}
             heads = list(self.presence.parameters())
+        if self.prints is not None:
+            if prints is None:
+                raise ValueError("print_loss is on: step() needs the batch's print targets")
+            printed, figures = self.prints.losses(prints, heads_only=step < cfg.print_head_warmup)
+            loss = loss + cfg.print_loss * printed
+            out |= {"print": printed.detach(), **{f"print_{k}": v for k, v in figures.items()}}
+            heads = heads + list(self.prints.parameters())
         params = list(self.model.parameters())
         grads = torch.autograd.grad(loss, params + heads, allow_unused=True)
         for m, g in zip(self.master + heads, grads):
@@ -258,10 +286,10 @@ class Run:
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.opt.step()
-        if heads:
-            for group in self.presence_opt.param_groups:
+        for extra in self.head_opts:
+            for group in extra.param_groups:
                 group["lr"] = lr
-            self.presence_opt.step()
+            extra.step()
         with torch.no_grad():
             torch._foreach_copy_(params, self.master)
         return {"loss": loss.detach(), "ce": ce.detach(), "aux": aux.detach(), "z": z.detach(), "exact": exact,
@@ -287,6 +315,8 @@ class Run:
         self.router.remove()
         if self.presence is not None:
             self.presence.remove()
+        if self.prints is not None:
+            self.prints.remove()
 
     def load_weights(self, folder: Path) -> None:
         """Weights (not optimiser state) from a saved checkpoint of the same config."""
@@ -306,6 +336,8 @@ class Run:
               "rng": self.rng.getstate()}
         if self.presence is not None:
             st["presence"] = {"heads": self.presence.state_dict(), "opt": self.presence_opt.state_dict()}
+        if self.prints is not None:
+            st["print"] = {"heads": self.prints.state_dict(), "opt": self.prints_opt.state_dict()}
         return st
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -320,6 +352,11 @@ class Run:
                 raise ValueError("--resume: the saved run was trained without the word-presence loss")
             self.presence.load_state_dict(st["presence"]["heads"])
             self.presence_opt.load_state_dict(st["presence"]["opt"])
+        if self.prints is not None:
+            if "print" not in st:
+                raise ValueError("--resume: the saved run was trained without the print-supervision loss")
+            self.prints.load_state_dict(st["print"]["heads"])
+            self.prints_opt.load_state_dict(st["print"]["opt"])
 
 
 def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str | torch.device = "cuda",
@@ -340,6 +377,9 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     from model_runtime.molmoe.tokenizer import special_tokens_from
 
     config = (config or MolmoeConfig.small()).replace(tokens=special_tokens_from(tokenizer))
+    if cfg.print_loss > 0:  # the stream renders the targets of the sites' grids
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, print_grids=tuple(sorted({site_grid(config, s) for s in cfg.print_sites}))))
     out.mkdir(parents=True, exist_ok=True)
     tasks = list(cfg.data.task_weights)
     t_setup = time.perf_counter()
@@ -385,12 +425,15 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
         mb, labels = to_batch(b, device, dtype, config)
         task = b["task"].to(device)
         captions = (b["caption_targets"].to(device, non_blocking=True), b["has_caption"].to(device, non_blocking=True))
+        prints = {int(k.rsplit("_", 1)[1]): v.to(device, non_blocking=True) for k, v in b.items()
+                  if k.startswith("print_targets_")}
         wait += time.perf_counter() - tw
         lr = lr_at(step, cfg, total or 10**9)
         record: dict[str, Any] = {"step": step, "lr": lr}
         for run in runs:
-            res = run.step(mb, labels, lr, cfg, captions)
-            for key in ("loss", "ce", "aux", "z", "presence", "presence_recall", "presence_precision"):
+            res = run.step(mb, labels, lr, cfg, captions, prints, step)
+            for key in ("loss", "ce", "aux", "z", "presence", "presence_recall", "presence_precision", "print",
+                        "print_acc"):
                 if key in res:
                     record[f"{run.name}/{key}"] = res[key]
             if res["full"]:

@@ -28,7 +28,9 @@ template, Molmo preprocessing at the full tier's ``max_crops``) and answered wit
 generation. Labels sit at the position *before* the token they predict.
 
 Every sample also carries the subword ids of its image's caption (``caption_ids``, empty for
-an image without one), the targets of :mod:`.word_presence`, whatever the sample asks.
+an image without one), the targets of :mod:`.word_presence`, whatever the sample asks; and,
+for each grid of :attr:`TrainDataConfig.print_grids`, the per-cell character targets of
+:mod:`.print_supervision` (``print_targets``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class TrainDataConfig:
         first_example: index of the stream's first example. A run continuing another model's
             training through a fresh schedule starts past the examples that model saw (the
             stream is otherwise the same from index 0 in every run of one suite seed).
+        print_grids: cells per crop side for which print-supervision targets are rendered
+            (none by default; the trainer sets them from its print-supervision sites).
+        print_slots, print_min_px: characters per cell, and the smallest print (crop px) labelled.
     """
 
     seed: int = 0
@@ -79,6 +84,9 @@ class TrainDataConfig:
     reuse_distance: int = 15
     caption_rate: float = 0.0
     first_example: int = 0
+    print_grids: tuple[int, ...] = ()
+    print_slots: int = 4
+    print_min_px: float = 6.0
 
     def __post_init__(self) -> None:
         if self.reuse < 1 or self.batch_size % self.reuse:
@@ -89,6 +97,8 @@ class TrainDataConfig:
             raise ValueError(f"caption_rate must be in [0, 1], got {self.caption_rate}")
         if not 0 <= self.first_example < _WARMUP_INDEX:
             raise ValueError(f"first_example must be in [0, 2**40), got {self.first_example}")
+        if any(g < 1 for g in self.print_grids) or self.print_slots < 1:
+            raise ValueError(f"print_grids must be >= 1 and print_slots >= 1, got {self.print_grids}, {self.print_slots}")
 
 
 #: First example index of the chunks that stand in for chunks before the stream's start.
@@ -111,11 +121,14 @@ class TrainingSample:
     image_input_idx: np.ndarray  # (n_crops, tokens_per_crop), prompt positions
     task: int
     caption_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # distinct subword ids of the caption
+    print_targets: dict[int, np.ndarray] = field(default_factory=dict)  # grid → (n_crops, grid², slots) int8
 
 
 def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: MolmoImagePreprocessor, example,
-                task_index: int, *, max_crops: int, template: str = "molmo", caption: bool = False) -> TrainingSample:
-    """One suite ``Example`` → a teacher-forced training sample (``caption``: its dense-caption sample)."""
+                task_index: int, *, max_crops: int, template: str = "molmo", caption: bool = False,
+                print_grids: Sequence[int] = (), print_slots: int = 4, print_min_px: float = 6.0) -> TrainingSample:
+    """One suite ``Example`` → a teacher-forced training sample (``caption``: its dense-caption
+    sample; ``print_grids``: the grids whose print-supervision targets it carries)."""
     if caption:
         if not example.caption:
             raise ValueError(f"a {example.task} example has no caption")
@@ -135,14 +148,25 @@ def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: Mo
     img = prompt.image
     caption_ids = (np.unique(np.asarray(tokenizer.encode(" " + example.caption), dtype=np.int64)) if example.caption
                    else np.zeros(0, np.int64))
-    return TrainingSample(ids, labels, img.patches, img.image_masks, img.image_input_idx, task_index, caption_ids)
+    prints: dict[int, np.ndarray] = {}
+    if print_grids:
+        from .print_supervision import print_targets
+
+        h, w = example.image.shape[:2]
+        transforms = preprocessor.crop_transforms(h, w, max_crops)
+        for g in print_grids:
+            prints[int(g)] = print_targets(transforms, example.glyph_text, example.glyph_boxes,
+                                           crop_px=config.image_size, grid=int(g), slots=print_slots, min_px=print_min_px)
+    return TrainingSample(ids, labels, img.patches, img.image_masks, img.image_input_idx, task_index, caption_ids, prints)
 
 
 def collate(samples: Sequence[TrainingSample], pad_id: int, vocab_size: int = 1024) -> dict[str, torch.Tensor]:
     """Left-pad samples into one batch (the runtime's layout); pixels stay uint8 for the copy.
 
     ``caption_targets`` (B, vocab_size) is the multi-hot of each sample's caption ids (ids at or
-    above ``vocab_size`` dropped) and ``has_caption`` (B,) marks the samples that have one."""
+    above ``vocab_size`` dropped) and ``has_caption`` (B,) marks the samples that have one;
+    ``print_targets_<g>`` (N crops, g², slots) int8 the print-supervision targets of grid g, for
+    the grids every sample carries."""
     seq = max(s.input_ids.shape[0] for s in samples)
     b = len(samples)
     ids = np.full((b, seq), pad_id, dtype=np.int64)
@@ -168,6 +192,8 @@ def collate(samples: Sequence[TrainingSample], pad_id: int, vocab_size: int = 10
         "task": torch.tensor([s.task for s in samples], dtype=torch.long),
         "caption_targets": torch.from_numpy(targets),
         "has_caption": torch.tensor([s.caption_ids.size > 0 for s in samples]),
+        **{f"print_targets_{g}": torch.from_numpy(np.concatenate([s.print_targets[g] for s in samples]))
+           for g in set.intersection(*(set(s.print_targets) for s in samples))},
     }
 
 
@@ -216,7 +242,9 @@ class SuiteStream(torch.utils.data.IterableDataset):
                        and np.random.default_rng([self.data.seed, i, 1]).random() < self.data.caption_rate)
             t = self.tasks.index(task) + (len(self.tasks) if caption else 0)
             samples.append(make_sample(self.config, self.tokenizer, preprocessor, ex, t,
-                                       max_crops=self.data.max_crops, template=self.data.template, caption=caption))
+                                       max_crops=self.data.max_crops, template=self.data.template, caption=caption,
+                                       print_grids=self.data.print_grids, print_slots=self.data.print_slots,
+                                       print_min_px=self.data.print_min_px))
         return samples
 
     def batch(self, b: int, preprocessor: MolmoImagePreprocessor | None = None,

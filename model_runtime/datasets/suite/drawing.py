@@ -86,6 +86,40 @@ def draw_anywhere(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tup
     draw_centered(draw, (cx, cy), text, f, fill)
 
 
+class GlyphDraw(ImageDraw.ImageDraw):
+    """``ImageDraw.Draw`` that also records where each character it draws lies.
+
+    The pixels are PIL's own (``text`` calls the base class unchanged); the record is training
+    text only, the targets of ``model_runtime.small_model.print_supervision``: the suite knows
+    the place of every glyph it prints, the dense supervision an OCR-pretrained tower is given.
+    Single-line text only (every renderer draws one line per call). A character's box spans its
+    advance width (``getlength`` of the prefixes, laid out from the drawn text's left edge) and
+    the line's ink height; spaces are not recorded.
+    """
+
+    def __init__(self, im, mode: str | None = None) -> None:
+        super().__init__(im, mode)
+        self.glyph_chars: list[str] = []
+        self._boxes: list[tuple[float, float, float, float]] = []
+
+    def text(self, xy, text, fill=None, font=None, anchor=None, *args, **kwargs) -> None:  # type: ignore[override]
+        super().text(xy, text, fill, font, anchor, *args, **kwargs)
+        if not isinstance(text, str) or "\n" in text or font is None:
+            return
+        left, top, right, bottom = self.textbbox(xy, text, font=font, anchor=anchor)
+        x = left - font.getbbox(text)[0]  # bbox starts at the first glyph's ink, the layout at its origin
+        for i, ch in enumerate(text):
+            x1 = left if i == 0 else x + font.getlength(text[:i])
+            x2 = x + font.getlength(text[: i + 1])
+            if not ch.isspace():
+                self.glyph_chars.append(ch)
+                self._boxes.append((x1, top, max(x1 + 1.0, x2), bottom))
+
+    def glyph_boxes(self) -> np.ndarray:
+        """(n, 4) float32 boxes (x0, y0, x1, y1) in image px of ``glyph_chars``, in drawing order."""
+        return np.asarray(self._boxes, dtype=np.float32).reshape(-1, 4)
+
+
 # ----------------------------------------------------------------------------- colors
 
 #: Named colors questions may refer to (distinct at a glance, also when downscaled).

@@ -33,6 +33,10 @@ class Example:
     training text only, the stand-in for Molmo's dense-caption pre-training (PixMo-Cap): it
     supervises every element of the image where a question supervises one. None where the
     source does not describe its images (easy-VQA).
+
+    ``glyph_text`` and ``glyph_boxes`` ((n, 4) float32 x0, y0, x1, y1 in image px) are every
+    printed character and its place (``drawing.GlyphDraw``), training targets only; ``""`` and an
+    empty array for an image without print, None where the source does not record them (easy-VQA).
     """
 
     task: str
@@ -43,3 +47,5 @@ class Example:
     answer_idx: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     caption: str | None = None
+    glyph_text: str | None = None
+    glyph_boxes: np.ndarray | None = None

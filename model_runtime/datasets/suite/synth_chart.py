@@ -14,7 +14,7 @@ model this suite trains read no chart value after 270 k examples (benchmarks/RES
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import drawing as dr
 from .example import Example
@@ -53,7 +53,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     f = dr.font("sans", px)
     show_values = rng.random() < 0.9
     img = Image.new("RGB", (w, h), (255, 255, 255) if rng.random() < 0.7 else dr.pastel(rng, 230, 256))
-    draw = ImageDraw.Draw(img)
+    draw = dr.GlyphDraw(img)
     bar_color = dr.COLORS[dr.choice(rng, ("blue", "green", "orange", "purple", "red", "gray"))]
     ink = (30, 30, 30)
 
@@ -130,4 +130,5 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
               "values_printed": show_values,
               "answer_kind": "label" if qk in ("max", "min") else "number", "question_kind": qk},
         caption=f"{title.lower()}: " + ", ".join(f"{lab} {v}" for lab, v in zip(labels, values)) + ".",
+        glyph_text="".join(draw.glyph_chars), glyph_boxes=draw.glyph_boxes(),
     )

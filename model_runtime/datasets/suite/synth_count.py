@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import drawing as dr
 from .example import Example
@@ -56,7 +56,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     size = float(np.clip(size, 3, min(w, h) / 6))
     bg = dr.pastel(rng, 215, 256)
     img = Image.new("RGB", (w, h), bg)
-    draw = ImageDraw.Draw(img)
+    draw = dr.GlyphDraw(img)
     for _ in range(int(rng.integers(0, 6))):  # background clutter lines
         draw.line([tuple(rng.uniform(0, [w, h])) for _ in range(2)], fill=dr.pastel(rng, 160, 220), width=1)
 
@@ -103,6 +103,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         meta={"image_w": w, "image_h": h, "n_objects": len(placed), "n_targets": n_target,
               "object_px": round(2 * size, 1), "answer_kind": "count", "question_kind": mode},
         caption=caption(kinds),
+        glyph_text="".join(draw.glyph_chars), glyph_boxes=draw.glyph_boxes(),
     )
 
 

@@ -150,7 +150,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     px = f.size
     bg = (255, 255, 255) if rng.random() < 0.6 else dr.pastel(rng, 225, 256)
     img = Image.new("RGB", (w, h), bg)
-    draw = ImageDraw.Draw(img)
+    draw = dr.GlyphDraw(img)
     box_fill = dr.COLORS[dr.choice(rng, ("yellow", "green", "blue", "orange", "pink", "white"))]
     box_fill = tuple(int(0.35 * c + 0.65 * 255) for c in box_fill)
     half = {n: (f.getlength(n) / 2 + px * 0.5, px * 0.9) for n in nodes}
@@ -209,4 +209,5 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
               "n_arrows": len(edges), "diagram_kind": family, "question_kind": kind,
               "answer_kind": "option", "answer_text": correct},
         caption=f"a {family.replace('_', ' ')} diagram. " + " ".join(f"{a} points to {b}." for a, b in edges),
+        glyph_text="".join(draw.glyph_chars), glyph_boxes=draw.glyph_boxes(),
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import drawing as dr
 from .example import Example
@@ -124,7 +124,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
             break
     n = len(fields)
     img = Image.new("RGB", (w, h), (255, 255, 255) if rng.random() < 0.7 else dr.pastel(rng, 235, 256))
-    draw = ImageDraw.Draw(img)
+    draw = dr.GlyphDraw(img)
     f = dr.font(face, px)
     line = px * 1.45
     title = dr.choice(rng, TITLES)
@@ -154,4 +154,5 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         meta={"image_w": w, "image_h": h, "text_px": px, "n_fields": n, "layout": layout,
               "answer_kind": key.lower().replace(" ", "_"), "answer_chars": len(value)},
         caption=" ".join([f"{title.lower()}."] + [f"{k.lower()}: {v}." for k, v in fields]),
+        glyph_text="".join(draw.glyph_chars), glyph_boxes=draw.glyph_boxes(),
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import drawing as dr
 from .example import Example
@@ -52,7 +52,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int,
     else:
         bg = dr.COLORS[dr.choice(rng, dr.COLOR_NAMES)]
     img = Image.new("RGB", (w, h), bg)
-    draw = ImageDraw.Draw(img)
+    draw = dr.GlyphDraw(img)
     px = int(h * rng.uniform(0.2, 0.6))
     f = dr.fit_font(dr.choice(rng, ("sans", "sans_bold", "serif", "mono")), text, px, w * 0.9, min_size=8)
     dr.draw_anywhere(draw, rng, (w, h), text, f, dr.ink_for(bg))
@@ -60,4 +60,5 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int,
         task=task, image=np.asarray(img), question=dr.choice(rng, TEMPLATES), answers=[text] * 10,
         meta={"image_w": w, "image_h": h, "text_px": f.size, "n_objects": 1, "source": source},
         caption=f"the image says {text}.",
+        glyph_text="".join(draw.glyph_chars), glyph_boxes=draw.glyph_boxes(),
     )

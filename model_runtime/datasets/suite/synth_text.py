@@ -12,7 +12,7 @@ Answers are the gold word repeated 10 times (VQA sets have 10 annotators; ``vqa_
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import drawing as dr
 from .example import Example
@@ -59,7 +59,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     w, h = dr.image_size(rng, min_side=100, max_side=640, aspect=(0.5, 2.0))
     bg = dr.pastel(rng, 120, 250)
     img = Image.new("RGB", (w, h), bg)
-    draw = ImageDraw.Draw(img)
+    draw = dr.GlyphDraw(img)
     for _ in range(int(rng.integers(0, 5))):  # clutter: buildings, windows, shadows
         x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
         x1, y1 = x0 + int(rng.integers(10, max(11, w // 2))), y0 + int(rng.integers(10, max(11, h // 2)))
@@ -114,6 +114,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
               "answer_kind": "word" if " " not in s["word"] else "phrase",
               "question_kind": "position" if positional else "color"},
         caption=caption(signs),
+        glyph_text="".join(draw.glyph_chars), glyph_boxes=draw.glyph_boxes(),
     )
 
 

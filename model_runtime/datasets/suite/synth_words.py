@@ -22,7 +22,7 @@ import math
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import drawing as dr
 from .example import Example
@@ -46,7 +46,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int,
     w, h = dr.image_size(rng, min_side=100, max_side=640, aspect=(0.5, 2.0))
     bg = dr.pastel(rng, 150, 250)
     img = Image.new("RGB", (w, h), bg)
-    draw = ImageDraw.Draw(img)
+    draw = dr.GlyphDraw(img)
     n = 1 if rng.random() < 0.4 else int(rng.integers(2, 4))
     frac = math.exp(rng.uniform(math.log(HEIGHT_FRACTION[0]), math.log(HEIGHT_FRACTION[1])))
     texts: list[str] = []
@@ -79,4 +79,5 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int,
         task=task, image=np.asarray(img), question=question, answers=[plates[target]["text"]] * 10,
         meta={"image_w": w, "image_h": h, "text_px": plates[target]["px"], "text_frac": round(frac, 4), "n_objects": n},
         caption=" ".join(f"the {p['color']} sign says {p['text']}." for p in plates),
+        glyph_text="".join(draw.glyph_chars), glyph_boxes=draw.glyph_boxes(),
     )
