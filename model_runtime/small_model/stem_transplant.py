@@ -29,6 +29,8 @@ from model_runtime.molmoe.model import MolmoeModel
 from model_runtime.molmoe.preprocessing import MolmoImagePreprocessor, normalize_patches
 from model_runtime.molmoe.vision import patch_stem_for
 
+from .trainer import TrainConfig, lr_at
+
 
 @dataclass(frozen=True)
 class StemTransplantConfig:
@@ -114,11 +116,10 @@ def transplant_stem(model: MolmoeModel, tc: StemTransplantConfig, log: Callable[
     opt = torch.optim.AdamW(student.parameters(), lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng = np.random.default_rng(tc.seed + 1)
     history = []
+    schedule = TrainConfig(lr=tc.lr, warmup_steps=tc.warmup_steps, min_lr_frac=0.05)
     for step in range(tc.steps):
-        frac = min(1.0, (step + 1) / max(1, tc.warmup_steps))
-        cos = 0.5 * (1 + np.cos(np.pi * step / max(1, tc.steps)))
         for g in opt.param_groups:
-            g["lr"] = tc.lr * frac * (0.05 + 0.95 * cos)
+            g["lr"] = lr_at(step, schedule, tc.steps)
         x = normalize_patches(torch.from_numpy(train[rng.integers(0, len(train), size=tc.batch_size)]).to(device),
                               cfg, torch.float32)
         with torch.no_grad():
