@@ -81,6 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--print-head-warmup", type=int, default=100, metavar="STEPS",
                     help="first steps in which the print-supervision loss trains its heads only (a random head's "
                          "gradients would scramble a trained tower's tokens)")
+    ap.add_argument("--print-head-lr", type=float, default=1e-3, help="the print-supervision heads' constant learning rate")
     ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
     ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
                     help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "
@@ -255,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       eval_every=args.eval_every, compile=args.compile, word_presence=args.word_presence,
                       word_presence_sites=tuple(args.word_presence_sites),
                       print_loss=args.print_loss, print_sites=tuple(args.print_sites),
-                      print_head_warmup=args.print_head_warmup,
+                      print_head_warmup=args.print_head_warmup, print_head_lr=args.print_head_lr,
                       data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
                                            reuse_distance=args.reuse_distance or max(1, args.workers),
                                            caption_rate=args.caption_rate, first_example=args.first_example, **data_kw))

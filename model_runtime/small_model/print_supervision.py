@@ -23,11 +23,14 @@ Loss (:class:`PrintLoss`): per site (``stem``: the patch stem's tokens; ``tokens
 tokens the language model receives, after the connector), a linear head reads ``slots`` ×
 :data:`N_CLASSES` logits from each token; cross-entropy over the labelled (cell, slot) entries,
 ``none`` weighted by ``none_weight`` (most entries are none), summed over sites. The heads are
-training-only (not part of the checkpoint). A head starts random, and its first gradients
-would move a trained tower's tokens far from what the language model learned to read (the
-feature distortion of fine-tuning under a random head, Kumar et al. 2022, "Fine-Tuning can
-Distort Pretrained Features"): ``losses(..., heads_only=True)`` trains the heads on detached
-tokens, the linear-probe warm-up the trainer runs first (``TrainConfig.print_head_warmup``).
+training-only (not part of the checkpoint). A random head's first gradients would move a
+trained tower's tokens far from what the language model learned to read (the feature distortion
+of fine-tuning under a random head, Kumar et al. 2022, "Fine-Tuning can Distort Pretrained
+Features"; the tokens' scale makes a random head's logits large, so its loss and gradients are
+too). So the heads start at zero (uniform logits, no gradient into the model until they have
+learned something), and ``losses(..., heads_only=True)`` trains them on detached tokens, the
+linear-probe warm-up the trainer runs first (``TrainConfig.print_head_warmup``, at the heads'
+own rate ``print_head_lr``).
 """
 
 from __future__ import annotations
@@ -137,6 +140,9 @@ class PrintLoss(nn.Module):
         self.grids = {s: site_grid(cfg, s) for s in self.sites}
         self.slots = int(slots)
         self.heads = nn.ModuleDict({s: nn.Linear(widths[s], self.slots * N_CLASSES) for s in self.sites})
+        for head in self.heads.values():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
         weight = torch.ones(N_CLASSES)
         weight[0] = float(none_weight)
         self.register_buffer("class_weight", weight, persistent=False)

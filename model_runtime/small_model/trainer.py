@@ -101,8 +101,10 @@ class TrainConfig:
     print_loss: float = 0.0
     print_sites: tuple[str, ...] = ("tokens",)
     print_none_weight: float = 0.1
-    #: first steps of a run in which the print loss trains its heads only (print_supervision's docstring)
+    #: first steps of a run in which the print loss trains its heads only (print_supervision's docstring),
+    #: and the heads' constant learning rate (a linear probe learns at its own rate, not the model's warm-up)
     print_head_warmup: int = 100
+    print_head_lr: float = 1e-3
     recipes: dict[str, float] = field(default_factory=lambda: {"plain": 0.0, "robust": 0.15})
     num_workers: int = 14
     eval_every: int = 250
@@ -234,18 +236,15 @@ class Run:
                                      lr=cfg.lr, betas=cfg.betas, foreach=True)
         self.router = RouterLosses(self.model)
         self.presence: WordPresence | None = None
-        self.head_opts: list[torch.optim.Optimizer] = []  # the training-only heads' optimisers
         if cfg.word_presence > 0:  # float32 heads, training-only: their own optimiser, same schedule
             self.presence = WordPresence(self.model, config.embedding_size, cfg.word_presence_sites).to(device)
             self.presence_opt = torch.optim.AdamW(self.presence.parameters(), lr=cfg.lr, betas=cfg.betas,
                                                   weight_decay=cfg.weight_decay, foreach=True)
-            self.head_opts.append(self.presence_opt)
         self.prints: PrintLoss | None = None
         if cfg.print_loss > 0:
             self.prints = PrintLoss(self.model, cfg.print_sites, cfg.data.print_slots, cfg.print_none_weight).to(device)
-            self.prints_opt = torch.optim.AdamW(self.prints.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                                weight_decay=cfg.weight_decay, foreach=True)
-            self.head_opts.append(self.prints_opt)
+            self.prints_opt = torch.optim.AdamW(self.prints.parameters(), lr=cfg.print_head_lr, betas=cfg.betas,
+                                                weight_decay=0.0, foreach=True)
         self.rng = random.Random(f"{cfg.seed}-{name}")
         self._dense = dense_experts(self.model.lm)  # training always computes experts densely
         self._dense.__enter__()
@@ -286,10 +285,12 @@ class Run:
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.opt.step()
-        for extra in self.head_opts:
-            for group in extra.param_groups:
+        if self.presence is not None:  # the word-presence heads follow the model's schedule
+            for group in self.presence_opt.param_groups:
                 group["lr"] = lr
-            extra.step()
+            self.presence_opt.step()
+        if self.prints is not None:  # the print heads learn at their own constant rate
+            self.prints_opt.step()
         with torch.no_grad():
             torch._foreach_copy_(params, self.master)
         return {"loss": loss.detach(), "ce": ce.detach(), "aux": aux.detach(), "z": z.detach(), "exact": exact,
