@@ -36,7 +36,7 @@ own rate ``print_head_lr``).
 from __future__ import annotations
 
 import string
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ from torch import nn
 from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.model import MolmoeModel
 
-SITES: tuple[str, ...] = ("stem", "tokens")
+from .token_sites import SITES, SiteTap
+
 IGNORE = -100
 #: class 0: no character; then digits, letters (case folded), then any other printed character
 CHARACTERS: str = string.digits + string.ascii_lowercase
@@ -67,6 +68,11 @@ def site_grid(config: MolmoeConfig, site: str) -> int:
     if site == "tokens":
         return config.tokens_per_side
     raise ValueError(f"print-supervision site {site!r}: expected one of {', '.join(SITES)}")
+
+
+def target_grids(config: MolmoeConfig, sites: Sequence[str]) -> tuple[int, ...]:
+    """The grids (cells per crop side) whose targets the batches of ``sites`` must carry."""
+    return tuple(sorted({site_grid(config, s) for s in sites}))
 
 
 def print_targets(transforms: np.ndarray, chars: str | None, boxes: np.ndarray | None, *, crop_px: int, grid: int,
@@ -121,38 +127,20 @@ class PrintLoss(nn.Module):
     def __init__(self, model: MolmoeModel, sites: Sequence[str] = ("tokens",), slots: int = 4,
                  none_weight: float = 0.1) -> None:
         super().__init__()
-        unknown = [s for s in sites if s not in SITES]
-        if unknown or not sites:
-            raise ValueError(f"print-supervision sites {list(sites)}: expected one or more of {', '.join(SITES)}")
+        self.tap = SiteTap(model, sites, "print-supervision")
         if slots < 1 or not none_weight > 0:
+            self.tap.remove()
             raise ValueError(f"print supervision needs slots >= 1 and none_weight > 0, got {slots}, {none_weight}")
-        cfg = model.config
-        modules: dict[str, nn.Module] = {}
-        widths: dict[str, int] = {}
-        if "stem" in sites:
-            if model.vision.patch_stem is None:
-                raise ValueError("print-supervision site 'stem' needs vit_patch_stem 'conv', 'hybrid' or 'fine' (the "
-                                 "linear patch embedding has no module of its own)")
-            modules["stem"], widths["stem"] = model.vision.patch_stem, cfg.vit_hidden
-        if "tokens" in sites:
-            modules["tokens"], widths["tokens"] = model.connector, cfg.d_model
-        self.sites = tuple(modules)
-        self.grids = {s: site_grid(cfg, s) for s in self.sites}
+        self.sites = self.tap.sites
+        self.grids = {s: site_grid(model.config, s) for s in self.sites}
         self.slots = int(slots)
-        self.heads = nn.ModuleDict({s: nn.Linear(widths[s], self.slots * N_CLASSES) for s in self.sites})
+        self.heads = nn.ModuleDict({s: nn.Linear(self.tap.widths[s], self.slots * N_CLASSES) for s in self.sites})
         for head in self.heads.values():
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         weight = torch.ones(N_CLASSES)
         weight[0] = float(none_weight)
         self.register_buffer("class_weight", weight, persistent=False)
-        self._out: dict[str, torch.Tensor] = {}
-        self._handles = [m.register_forward_hook(self._hook(s)) for s, m in modules.items()]
-
-    def _hook(self, site: str) -> Any:
-        def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
-            self._out[site] = output
-        return hook
 
     def losses(self, targets: dict[int, torch.Tensor], heads_only: bool = False
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -170,7 +158,7 @@ class PrintLoss(nn.Module):
             if grid not in targets:
                 raise ValueError(f"print supervision at {site!r} needs the batch's {grid}x{grid} targets")
             t = targets[grid].long().flatten()
-            tokens = self._out[site].float()  # (N, grid², width)
+            tokens = self.tap.outputs[site].float()  # (N, grid², width)
             if heads_only:
                 tokens = tokens.detach()
             logits = self.heads[site](tokens).reshape(-1, N_CLASSES)
@@ -183,10 +171,9 @@ class PrintLoss(nn.Module):
                 glyph = t > 0
                 hit = (logits.argmax(-1) == t) & glyph
                 figures["acc"] = (hit.sum() / glyph.sum().clamp(min=1)).detach()
-        self._out.clear()
+        self.tap.outputs.clear()
         assert total is not None
         return total, figures
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
+        self.tap.remove()

@@ -55,7 +55,7 @@ from model_runtime.molmoe.tokenizer import TextTokenizer
 
 from model_runtime.molmoe.dense_experts import compile_dense_moe, dense_experts
 from .training_data import IGNORE, SuiteStream, TrainDataConfig
-from .print_supervision import PrintLoss, site_grid
+from .print_supervision import PrintLoss, target_grids
 from .word_presence import WordPresence
 
 #: Valid (p, active blocks) pairs and top-k values of the default knob space (16 blocks).
@@ -379,8 +379,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
 
     config = (config or MolmoeConfig.small()).replace(tokens=special_tokens_from(tokenizer))
     if cfg.print_loss > 0:  # the stream renders the targets of the sites' grids
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-            cfg.data, print_grids=tuple(sorted({site_grid(config, s) for s in cfg.print_sites}))))
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, print_grids=target_grids(config, cfg.print_sites)))
     out.mkdir(parents=True, exist_ok=True)
     tasks = list(cfg.data.task_weights)
     t_setup = time.perf_counter()

@@ -22,7 +22,7 @@ over examples, summed over sites.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 
 from model_runtime.molmoe.model import MolmoeModel
 
-SITES: tuple[str, ...] = ("stem", "tokens")
+from .token_sites import SITES, SiteTap  # noqa: F401  (SITES: word_presence.SITES, as the trainer documents it)
 
 
 class WordPresence(nn.Module):
@@ -44,28 +44,9 @@ class WordPresence(nn.Module):
 
     def __init__(self, model: MolmoeModel, vocab_size: int, sites: Sequence[str] = ("stem",)) -> None:
         super().__init__()
-        unknown = [s for s in sites if s not in SITES]
-        if unknown or not sites:
-            raise ValueError(f"word-presence sites {list(sites)}: expected one or more of {', '.join(SITES)}")
-        modules: dict[str, nn.Module] = {}
-        widths: dict[str, int] = {}
-        if "stem" in sites:
-            stem = model.vision.patch_stem
-            if stem is None:
-                raise ValueError("word-presence site 'stem' needs vit_patch_stem 'conv', 'hybrid' or 'fine' (the linear "
-                                 "patch embedding has no module of its own)")
-            modules["stem"], widths["stem"] = stem, model.config.vit_hidden
-        if "tokens" in sites:
-            modules["tokens"], widths["tokens"] = model.connector, model.config.d_model
-        self.sites = tuple(modules)
-        self.heads = nn.ModuleDict({s: nn.Linear(widths[s], vocab_size) for s in self.sites})
-        self._out: dict[str, torch.Tensor] = {}
-        self._handles = [m.register_forward_hook(self._hook(s)) for s, m in modules.items()]
-
-    def _hook(self, site: str) -> Any:
-        def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
-            self._out[site] = output
-        return hook
+        self.tap = SiteTap(model, sites, "word-presence")
+        self.sites = self.tap.sites
+        self.heads = nn.ModuleDict({s: nn.Linear(self.tap.widths[s], vocab_size) for s in self.sites})
 
     def losses(self, crop_rows: torch.Tensor, targets: torch.Tensor, has_caption: torch.Tensor
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -82,7 +63,7 @@ class WordPresence(nn.Module):
         total = targets.new_zeros(())
         figures: dict[str, torch.Tensor] = {}
         for site in self.sites:
-            tokens = self._out[site].float().amax(1)  # (N, width): per-channel max over each crop's tokens
+            tokens = self.tap.outputs[site].float().amax(1)  # (N, width): per-channel max over each crop's tokens
             width = tokens.shape[-1]
             image = tokens.new_full((rows, width), float("-inf")).scatter_reduce(
                 0, crop_rows[:, None].expand(-1, width), tokens, "amax", include_self=True)
@@ -95,9 +76,8 @@ class WordPresence(nn.Module):
                 hit = (pred * targets).sum()
                 figures["recall"] = (hit / (targets * keep[:, None]).sum().clamp(min=1)).detach()
                 figures["precision"] = (hit / pred.sum().clamp(min=1)).detach()
-        self._out.clear()
+        self.tap.outputs.clear()
         return total, figures
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
+        self.tap.remove()
