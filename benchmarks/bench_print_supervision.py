@@ -66,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from benchmarks.probe_digit_tokens import TARGETS, collect, probe_table
+    from benchmarks.probe_digit_tokens import collect, print_probe_rows, probe_table
     from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint
-    from model_runtime.small_model.print_supervision import PrintLoss, site_grid
+    from model_runtime.small_model.print_supervision import PrintLoss, target_grids
     from model_runtime.small_model.trainer import TrainConfig, lr_at, to_batch
     from model_runtime.small_model.training_data import SuiteStream, TrainDataConfig
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = copy.deepcopy(before).train()
     model.lm.requires_grad_(False)
     prints = PrintLoss(model, args.sites, none_weight=args.none_weight).to(device)
-    grids = tuple(sorted({site_grid(cfg, s) for s in args.sites}))
+    grids = target_grids(cfg, args.sites)
     data = TrainDataConfig(seed=0, batch_size=args.batch_size, task_weights=weights, first_example=args.first_example,
                            print_grids=grids)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -98,22 +98,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                              print_grids=grids), split="val")
         return stream.batch(0)
 
-    val = {t: held_out(t) for t in weights}
+    val = {}  # task -> (batch on the device, its print targets, the committed tokens, their spread)
+    with torch.no_grad():
+        for task in weights:
+            b = held_out(task)
+            mb, _ = to_batch(b, device, torch.float32, cfg)
+            ref = before.image_features(mb.patches, mb.image_masks)
+            val[task] = (mb, {g: b[f"print_targets_{g}"].to(device) for g in grids}, ref,
+                         ((ref - ref.mean((0, 1))) ** 2).sum())
 
-    def measure(m, with_head: bool) -> dict:
+    def measure(m) -> dict:
         out = {}
         m.eval()
         with torch.no_grad():
-            for task, b in val.items():
-                mb, _ = to_batch(b, device, torch.float32, cfg)
+            for task, (mb, targets, ref, spread) in val.items():
                 feats = m.image_features(mb.patches, mb.image_masks)
-                ref = before.image_features(mb.patches, mb.image_masks)
-                drift = float(((feats - ref) ** 2).sum() / ((ref - ref.mean((0, 1))) ** 2).sum())
-                row = {"drift": round(drift, 4)}
-                if with_head:
-                    _, figures = prints.losses({g: b[f"print_targets_{g}"].to(device) for g in grids})
-                    row["print_acc"] = round(float(figures["acc"]), 4)
-                out[task] = row
+                _, figures = prints.losses(targets)
+                out[task] = {"drift": round(float(((feats - ref) ** 2).sum() / spread), 4),
+                             "print_acc": round(float(figures["acc"]), 4)}
         m.train()
         return out
 
@@ -145,9 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"step {step + 1}/{total}{' (heads only)' if heads_only else ''} loss {loss.item():.4f} "
                   f"print_acc {float(figures['acc']):.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         if step + 1 == args.head_steps:  # the linear probe of the committed tokens: what the head reads unaided
-            probe_only = measure(model, with_head=True)
+            probe_only = measure(model)
     train_s = time.perf_counter() - t0
-    after = measure(model, with_head=True)
+    after = measure(model)
     for task in after:
         after[task]["print_acc_heads_only"] = probe_only.get(task, {}).get("print_acc")
     prints.remove()
@@ -165,10 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = row["print_acc_heads_only"]
         print(f"{task:>14} | {'' if first is None else f'{first:.3f}':>20} | {row['print_acc']:>16.3f} | {row['drift']:>11.3f}")
     print(f"linear probes on the global view's image tokens ({args.probe_images} images per size)")
-    print(f"{'tokens':>7} {'target':>6} | " + " | ".join(f"{px:>4d} px" for px in args.sizes))
-    for name, by_px in probes["accuracy"].items():
-        for target in TARGETS:
-            print(f"{name:>7} {target:>6} | " + " | ".join(f"{by_px[px][target]:>7.2f}" for px in args.sizes))
+    print_probe_rows(probes["accuracy"], args.sizes, "tokens", 7)
     if args.out:
         args.out.write_text(json.dumps(rep, indent=1))
     return 0

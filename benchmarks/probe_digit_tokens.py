@@ -155,6 +155,14 @@ def probe_table(data: dict[int, dict[str, np.ndarray]], images: int, sources: di
     return {"accuracy": table, "tokens": counts}
 
 
+def print_probe_rows(accuracy: dict, sizes: Sequence[int], header: str, width: int) -> None:
+    """Print a probe table ({source: {size: {target: accuracy}}}): a header line, then one row per source and target."""
+    print(f"{header:>{width}} {'target':>6} | " + " | ".join(f"{px:>4d} px" for px in sizes))
+    for name, by_px in accuracy.items():
+        for target in TARGETS:
+            print(f"{name:>{width}} {target:>6} | " + " | ".join(f"{by_px[px][target]:>7.2f}" for px in sizes))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.probe_digit_tokens", description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="checkpoint folder")
@@ -183,10 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "token pixels": "pixels"})
     rep.update(model=str(args.model), images=args.images, seed=args.seed)
     print(f"linear probes on the global view's image tokens ({args.images} images per size, 80/20 by image; model {args.model})")
-    print(f"{'source':>17} {'target':>6} | " + " | ".join(f"{px:>4d} px" for px in args.sizes))
-    for name, by_px in rep["accuracy"].items():
-        for target in TARGETS:
-            print(f"{name:>17} {target:>6} | " + " | ".join(f"{by_px[px][target]:>7.2f}" for px in args.sizes))
+    print_probe_rows(rep["accuracy"], args.sizes, "source", 17)
     print(f"{'labelled tokens':>24} | " + " | ".join(f"{rep['tokens'][px]:>7d}" for px in args.sizes))
     if args.out:
         args.out.write_text(json.dumps(rep, indent=1))
