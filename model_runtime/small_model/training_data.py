@@ -46,6 +46,8 @@ from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.preprocessing import MolmoImagePreprocessor, build_prompt, format_question
 from model_runtime.molmoe.tokenizer import TextTokenizer
 
+from .print_supervision import print_targets
+
 IGNORE = -100
 
 
@@ -150,8 +152,6 @@ def make_sample(config: MolmoeConfig, tokenizer: TextTokenizer, preprocessor: Mo
                    else np.zeros(0, np.int64))
     prints: dict[int, np.ndarray] = {}
     if print_grids:
-        from .print_supervision import print_targets
-
         h, w = example.image.shape[:2]
         transforms = preprocessor.crop_transforms(h, w, max_crops)
         for g in print_grids:
