@@ -677,6 +677,20 @@ def test_a_continued_stream_is_still_scored_on_the_fixed_val_batches(tmp_path, t
     assert "plain/val_acc/easy_vqa" in header
 
 
+def test_training_stops_its_rendering_workers_before_it_returns(tmp_path, tokenizer):
+    """The train stream's loader workers are shut down when the loop ends, not whenever the garbage
+    collector reaches the iterator: left to it, their shutdown joined each worker with a 5 s timeout
+    inside whatever ran next (the importance scoring after an H200 run took 76 s with 15 workers,
+    benchmarks/RESULTS.md "Eighteenth H200 run")."""
+    import multiprocessing
+
+    cfg = TrainConfig(steps=2, batch_size=2, num_workers=2, eval_every=2, val_batches=1, warmup_steps=1,
+                      recipes={"plain": 0.0}, data=TrainDataConfig(batch_size=2, task_weights={"easy_vqa": 1.0}))
+    before = set(multiprocessing.active_children())
+    train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), log=lambda s: None)
+    assert set(multiprocessing.active_children()) - before == set()
+
+
 def test_every_training_only_task_streams(tokenizer):
     """Each training-only task has a prompt style and a metric, so a mix of it alone streams
     (``synth_digits`` once reached the GPU without them and stopped at its first batch)."""
