@@ -27,6 +27,9 @@ Then the oracle gap (oracle − static) is decomposed:
 - live caches (no latents): observable = the best out-of-sample router row's gain over static
   (fit on train, scored on test), not observable = the rest of the oracle gap.
 
+Last, by task (the requests' dataset): static, oracle and the best router row, each a mean over
+the budgets, so that where the gap lies and where the observations reach it can be told apart.
+
 Run: ``python -m benchmarks.bench_adaptivity [--cache outputs/default_cache.h5]``. The ``q``
 rows need a synthetic cache (its latents are regenerated from the cache's own
 ``generator_params``: parameters and seed, e.g. a ``--calibrate-to`` cache); live caches get the
@@ -71,6 +74,18 @@ def oracle_gap(path: str, budgets: np.ndarray) -> float:
     return float(np.mean(gaps))
 
 
+def by_task(datasets: np.ndarray, per_request: dict[str, np.ndarray], best: str) -> dict[str, dict[str, float]]:
+    """Per dataset: requests ``n`` and the mean ``static`` / ``oracle`` / ``best`` (router row)
+    reward over its requests and the budgets; ``per_request`` maps a row name to its (budgets, n)
+    rewards."""
+    out = {}
+    for name in sorted(set(datasets.tolist())):
+        m = datasets == name
+        out[name] = {"n": int(m.sum())} | {k: float(per_request[h][:, m].mean())
+                                            for k, h in (("static", "static"), ("oracle", "oracle"), ("best", best))}
+    return out
+
+
 def synthetic_params_of(path: str) -> tuple[SyntheticParams, int]:
     """The parameters and seed a synthetic cache was generated with (its ``generator_params``)."""
     with OutcomeCache(path, tokens="lazy") as oc:
@@ -109,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "ridge(10)", "ridge(10000)", "ridge+tok(10)", "ridge+tok(10000)"]
     print(" | ".join(f"{h:>13}" for h in head))
     acc = {h: [] for h in head[1:]}
+    rewards: dict[str, list[np.ndarray]] = {}  # row -> per budget, (n,) test rewards
     budgets = np.linspace(lo, hi, 8)
     for b in budgets:
         r_tr, r_te = reward_matrix(tr, b, hinge), reward_matrix(te, b, hinge)
@@ -127,7 +143,10 @@ def main(argv: list[str] | None = None) -> None:
                 m[-1, -1] -= lam
                 w = np.linalg.solve(m, x.T @ r_tr)
                 pick[f"ridge{'+tok' if tok else ''}({lam:g})"] = np.argmax(xt @ w, 1)
-        vals = {h: float(r_te[rows, pick[h]].mean()) for h in head[1:]}
+        per_request = {h: r_te[rows, pick[h]] for h in head[1:]}
+        for h, v in per_request.items():
+            rewards.setdefault(h, []).append(v)
+        vals = {h: float(v.mean()) for h, v in per_request.items()}
         for h, v in vals.items():
             acc[h].append(v)
         print(" | ".join([f"{b:13.1f}"] + [f"{vals[h]:13.3f}" for h in head[1:]]))
@@ -158,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     obs_gain = m[best] - m["static"]
     print(f"  observable (best out-of-sample router, {best}): {obs_gain:+.3f} ({obs_gain / gap:6.1%} of the gap)")
     print(f"  not observable (the rest):                     {gap - obs_gain:+.3f} ({(gap - obs_gain) / gap:6.1%})")
+    print(f"\nby task (mean over the budgets; best router row {best}):")
+    print(f"  {'task':<16} {'n':>5} {'static':>8} {'oracle':>8} {'gap':>8} {'router − static':>16} {'of the gap':>11}")
+    for name, t in by_task(te.datasets, {h: np.stack(v) for h, v in rewards.items()}, best).items():
+        g, o = t["oracle"] - t["static"], t["best"] - t["static"]
+        share = f"{o / g:10.1%}" if g > 0 else f"{'–':>10}"
+        print(f"  {name:<16} {t['n']:5d} {t['static']:8.3f} {t['oracle']:8.3f} {g:+8.3f} {o:+16.3f} {share:>11}")
 
 
 if __name__ == "__main__":

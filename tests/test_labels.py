@@ -116,6 +116,24 @@ def test_adaptivity_benchmark_names_the_cache_kind(caches: dict, kind: str, caps
     assert first.startswith("SYNTHETIC cache" if kind == "synthetic" else "live cache"), first
 
 
+def test_adaptivity_by_task_splits_the_overall_means(caches: dict, capsys) -> None:
+    """The by-task table's rows are the overall rows split by dataset: request-weighted, the task
+    means give back the overall static / oracle / router means, and it is printed for a live cache."""
+    from benchmarks import bench_adaptivity
+
+    datasets = np.array(["a", "b", "a", "c", "b", "a"])
+    rng = np.random.default_rng(0)
+    per_request = {h: rng.random((3, 6)) for h in ("static", "oracle", "ridge(10)")}
+    rows = bench_adaptivity.by_task(datasets, per_request, "ridge(10)")
+    assert [(k, v["n"]) for k, v in rows.items()] == [("a", 3), ("b", 2), ("c", 1)]
+    for key, h in (("static", "static"), ("oracle", "oracle"), ("best", "ridge(10)")):
+        pooled = sum(v["n"] * v[key] for v in rows.values()) / len(datasets)
+        assert pooled == pytest.approx(per_request[h].mean())
+    assert rows["c"]["oracle"] == pytest.approx(per_request["oracle"][:, 3].mean())
+    bench_adaptivity.main(["--cache", caches["live"], "--no-regenerate"])
+    assert "by task (mean over the budgets" in capsys.readouterr().out
+
+
 def test_adaptivity_benchmark_regenerates_a_synthetic_cache_from_its_own_parameters(caches: dict, capsys, tmp_path) -> None:
     """The latents ``q`` come from the cache's own ``generator_params`` (here 300 requests, seed 5),
     not from the default synthetic cache's, whose rows would be other requests'."""
