@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     head = ["budget", "static", "oracle"] + (["q+latency", "q only", "latency only"] if with_q else []) + [
         "ridge(10)", "ridge(10000)", "ridge+tok(10)", "ridge+tok(10000)"]
     print(" | ".join(f"{h:>13}" for h in head))
-    acc = {h: [] for h in head[1:]}
-    rewards: dict[str, list[np.ndarray]] = {}  # row -> per budget, (n,) test rewards
+    rewards: dict[str, list[np.ndarray]] = {h: [] for h in head[1:]}  # row -> per budget, (n,) test rewards
     budgets = np.linspace(lo, hi, 8)
     for b in budgets:
         r_tr, r_te = reward_matrix(tr, b, hinge), reward_matrix(te, b, hinge)
@@ -145,13 +144,11 @@ def main(argv: list[str] | None = None) -> None:
                 pick[f"ridge{'+tok' if tok else ''}({lam:g})"] = np.argmax(xt @ w, 1)
         per_request = {h: r_te[rows, pick[h]] for h in head[1:]}
         for h, v in per_request.items():
-            rewards.setdefault(h, []).append(v)
+            rewards[h].append(v)
         vals = {h: float(v.mean()) for h, v in per_request.items()}
-        for h, v in vals.items():
-            acc[h].append(v)
         print(" | ".join([f"{b:13.1f}"] + [f"{vals[h]:13.3f}" for h in head[1:]]))
-    print(" | ".join([f"{'mean':>13}"] + [f"{np.mean(acc[h]):13.3f}" for h in head[1:]]))
-    m = {h: float(np.mean(acc[h])) for h in head[1:]}
+    m = {h: float(np.mean(rewards[h])) for h in head[1:]}
+    print(" | ".join([f"{'mean':>13}"] + [f"{m[h]:13.3f}" for h in head[1:]]))
     gap = m["oracle"] - m["static"]
     print(f"\noracle gap (oracle − static): {gap:+.3f}")
     if with_q:

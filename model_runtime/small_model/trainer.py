@@ -492,7 +492,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     bar.close()
     # Stop the rendering workers now. This frame can outlive the call in a reference cycle, and when the
     # garbage collector reached the iterator later its shutdown joined each busy worker with a 5 s timeout
-    # inside whatever ran then (15 workers: 76 s of the importance scoring on the H200).
+    # inside whatever ran then (the importance scoring: benchmarks/RESULTS.md, "Eighteenth H200 run").
     del it
     tb.close()
     elapsed = time.perf_counter() - t0
