@@ -13,7 +13,10 @@ Prints markdown, per task: mean score at the full and at the cheapest configurat
 ``answer_kind`` and per print-size bin (``text_px``, where the task records it); for ``synth_doc``
 how the full configuration's wrong answers relate to the page: *in the asked field's format*
 (the same pattern of digits / letters / symbols as the true value, i.e. the right field was found
-and read wrongly), *another field's value* (the wrong field was read), or neither.
+and read wrongly), *another field's value* (the wrong field was read), or neither; for
+``synth_chart`` likewise: a value question answered with *another category's value* (a value was
+read, the wrong one) or with *a number not on the chart* (neither a value nor a label of it), a
+highest/lowest question with *another category's label*, or neither.
 
 Scores are the cache's; the metadata is re-rendered, nothing is estimated.
 """
@@ -46,6 +49,35 @@ def doc_fields(caption: str) -> list[str]:
     return [m.strip() for m in re.findall(r": ([^.]*)\.", caption)]
 
 
+def chart_entries(caption: str) -> list[tuple[str, str]]:
+    """The (label, value) pairs of a ``synth_chart`` chart from its caption (``"title: A 10, B 25."``)."""
+    body = caption.split(": ", 1)[-1].rstrip(".")
+    return [tuple(item.rsplit(" ", 1)) for item in body.split(", ") if " " in item]
+
+
+#: The kinds of wrong answer at the full configuration, per task that has them.
+WRONG_KINDS: dict[str, tuple[str, ...]] = {
+    "synth_doc": ("in_field_format", "other_field", "neither"),
+    "synth_chart": ("other_value", "number_not_on_chart", "other_label", "neither"),
+}
+
+
+def wrong_kind(task: str, pred: str, gold: str, caption: str, answer_kind: str) -> str:
+    """How a wrong answer relates to the image (one of ``WRONG_KINDS[task]``); ``answer_kind`` is
+    the request's (a chart's ``number`` or ``label``: year labels are digits too)."""
+    if task == "synth_doc":
+        if pred in [v for v in doc_fields(caption) if v != gold]:
+            return "other_field"
+        return "in_field_format" if value_pattern(pred) == value_pattern(gold) else "neither"
+    entries = chart_entries(caption)
+    others = [m for m in entries if gold not in m]
+    if answer_kind == "number":
+        if pred in [v for _, v in others]:
+            return "other_value"
+        return "number_not_on_chart" if pred.isdigit() and pred not in [lab for lab, _ in entries] else "neither"
+    return "other_label" if pred in [lab for lab, _ in others] else "neither"
+
+
 def _mean(xs: list[float]) -> float:
     return float(np.mean(xs)) if xs else float("nan")
 
@@ -63,7 +95,7 @@ def collect(cache_path: str | Path, tasks: tuple[str, ...], suite_seed: int) -> 
             rows = np.flatnonzero(cache.dataset == cache.datasets.index(task))
             by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
             by_px: dict[str, list[tuple[float, float]]] = defaultdict(list)
-            wrong = {"in_field_format": 0, "other_field": 0, "neither": 0}
+            wrong = dict.fromkeys(WRONG_KINDS.get(task, ()), 0)
             for i in rows:
                 m = _ID.match(str(cache.ids[i]))
                 if m is None or m["task"] != task:
@@ -80,15 +112,9 @@ def collect(cache_path: str | Path, tasks: tuple[str, ...], suite_seed: int) -> 
                 if px is not None:
                     lo, hi = next(b for b in PX_BINS if b[0] <= int(px) < b[1])
                     by_px[f"[{lo}, {hi})"].append(pair)
-                if task == "synth_doc" and s_full < 1.0:
-                    pred, gold = cache.prediction(i, full).strip(), str(ex.answers[0])
-                    others = [v for v in doc_fields(ex.caption or "") if v != gold]
-                    if pred in others:
-                        wrong["other_field"] += 1
-                    elif value_pattern(pred) == value_pattern(gold):
-                        wrong["in_field_format"] += 1
-                    else:
-                        wrong["neither"] += 1
+                if wrong and s_full < 1.0:
+                    wrong[wrong_kind(task, cache.prediction(i, full).strip(), str(ex.answers[0]), ex.caption or "",
+                                     str(ex.meta.get("answer_kind", "")))] += 1
 
             def table(groups: dict[str, list[tuple[float, float]]], order: list[str]) -> dict:
                 return {k: {"n": len(groups[k]), "full": _mean([a for a, _ in groups[k]]),
@@ -97,10 +123,16 @@ def collect(cache_path: str | Path, tasks: tuple[str, ...], suite_seed: int) -> 
             px_order = [f"[{lo}, {hi})" for lo, hi in PX_BINS]
             entry = {"n": int(rows.size), "by_answer_kind": table(by_kind, sorted(by_kind)),
                      "by_text_px": table(by_px, px_order)}
-            if task == "synth_doc":
+            if wrong:
                 entry["wrong_at_full"] = wrong
             report["tasks"][task] = entry
     return report
+
+
+_WRONG_NAMES = {"in_field_format": "in the asked field's format", "other_field": "another field's value",
+                "other_value": "another category's value", "number_not_on_chart": "a number not on the chart",
+                "other_label": "another category's label",
+                "neither": "neither"}
 
 
 def markdown(report: dict) -> str:
@@ -116,9 +148,8 @@ def markdown(report: dict) -> str:
         if "wrong_at_full" in e:
             w = e["wrong_at_full"]
             tot = max(sum(w.values()), 1)
-            out.append(f"Wrong at the full configuration: {sum(w.values())}; in the asked field's format "
-                       f"{w['in_field_format'] / tot:.1%}, another field's value {w['other_field'] / tot:.1%}, "
-                       f"neither {w['neither'] / tot:.1%}.\n")
+            kinds = ", ".join(f"{_WRONG_NAMES[k]} {v / tot:.1%}" for k, v in w.items())
+            out.append(f"Wrong at the full configuration: {sum(w.values())}; {kinds}.\n")
     return "\n".join(out)
 
 

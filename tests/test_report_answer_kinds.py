@@ -1,12 +1,12 @@
-"""`benchmarks.report_answer_kinds`: the committed live cache's documents split by answer kind,
-print size and kind of error, from requests re-rendered by their ids."""
+"""`benchmarks.report_answer_kinds`: the committed live cache's documents and charts split by
+answer kind, print size and kind of error, from requests re-rendered by their ids."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchmarks.report_answer_kinds import collect, doc_fields, main, value_pattern
+from benchmarks.report_answer_kinds import chart_entries, collect, doc_fields, main, value_pattern, wrong_kind
 from cache.reader import OutcomeCache
 
 DEFAULT = "cache/default/molmoe_small_suite.h5"
@@ -39,6 +39,28 @@ def test_groups_partition_the_task_and_match_the_cache(doc_report) -> None:
         assert sum(g["n"] * g["cheapest"] for g in groups) / 1000 == pytest.approx(float(np.mean(cheap)))
     assert sum(e["wrong_at_full"].values()) == int(np.sum(full < 1.0))
     assert {"name", "city", "zip_code"} <= set(e["by_answer_kind"])
+
+
+def test_chart_entries_and_the_kinds_of_wrong_chart_answer() -> None:
+    caption = "scores: 2018 35, 2022 25, 2020 20."
+    assert chart_entries(caption) == [("2018", "35"), ("2022", "25"), ("2020", "20")]
+    assert wrong_kind("synth_chart", "25", "35", caption, "number") == "other_value"
+    assert wrong_kind("synth_chart", "40", "35", caption, "number") == "number_not_on_chart"
+    assert wrong_kind("synth_chart", "2022", "35", caption, "number") == "neither"
+    # year labels are digits: a label question's wrong year is another label, not a misread number
+    assert wrong_kind("synth_chart", "2020", "2018", caption, "label") == "other_label"
+    assert wrong_kind("synth_chart", "2021", "2018", caption, "label") == "neither"
+    assert wrong_kind("synth_doc", "$757", "$795", "invoice. total: $89. amount due: $795.", "amount") == "in_field_format"
+    assert wrong_kind("synth_doc", "$89", "$795", "invoice. total: $89. amount due: $795.", "amount") == "other_field"
+
+
+def test_every_wrong_chart_answer_is_counted_once() -> None:
+    e = collect(DEFAULT, ("synth_chart",), 0)["tasks"]["synth_chart"]
+    with OutcomeCache(DEFAULT) as c:
+        rows = c.dataset == c.datasets.index("synth_chart")
+        full = c.score[rows, c.knob_space.index(c.knob_space.full_config)]
+    assert set(e["wrong_at_full"]) == {"other_value", "number_not_on_chart", "other_label", "neither"}
+    assert sum(e["wrong_at_full"].values()) == int(np.sum(full < 1.0))
 
 
 def test_a_cache_of_another_suite_seed_is_refused(capsys) -> None:
