@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
             rewards[h].append(v)
         vals = {h: float(v.mean()) for h, v in per_request.items()}
         print(" | ".join([f"{b:13.1f}"] + [f"{vals[h]:13.3f}" for h in head[1:]]))
-    m = {h: float(np.mean(rewards[h])) for h in head[1:]}
+    per_budget = {h: np.stack(v) for h, v in rewards.items()}  # (budgets, n)
+    m = {h: float(per_budget[h].mean()) for h in head[1:]}
     print(" | ".join([f"{'mean':>13}"] + [f"{m[h]:13.3f}" for h in head[1:]]))
     gap = m["oracle"] - m["static"]
     print(f"\noracle gap (oracle − static): {gap:+.3f}")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  not observable (the rest):                     {gap - obs_gain:+.3f} ({(gap - obs_gain) / gap:6.1%})")
     print(f"\nby task (mean over the budgets; best router row {best}):")
     print(f"  {'task':<16} {'n':>5} {'static':>8} {'oracle':>8} {'gap':>8} {'router − static':>16} {'of the gap':>11}")
-    for name, t in by_task(te.datasets, {h: np.stack(v) for h, v in rewards.items()}, best).items():
+    for name, t in by_task(te.datasets, per_budget, best).items():
         g, o = t["oracle"] - t["static"], t["best"] - t["static"]
         share = f"{o / g:10.1%}" if g > 0 else f"{'–':>10}"
         print(f"  {name:<16} {t['n']:5d} {t['static']:8.3f} {t['oracle']:8.3f} {g:+8.3f} {o:+16.3f} {share:>11}")

@@ -149,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if step + 1 == args.head_steps:  # the linear probe of the committed tokens: what the head reads unaided
             probe_only = measure(model)
     train_s = time.perf_counter() - t0
+    del it  # the rendering workers stop here, not while the probes below render their own images
     after = measure(model)
     for task in after:
         after[task]["print_acc_heads_only"] = probe_only.get(task, {}).get("print_acc")
