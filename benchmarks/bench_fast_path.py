@@ -32,6 +32,11 @@ Sections, all in one process so that every ratio compares figures of the same ru
    equal transformers' blocks for every distinct language-model plan of the knob space; real
    shape in bf16: relative error ||fast - ref|| / ||ref|| of the prefill logits and of the first
    decode step's logits, and greedy token agreement, at the four corners.
+10. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
+   through :class:`~model_runtime.molmoe.kernels.persistent_decode.PersistentDecodeStep` (one
+   kernel per token, ``--persistent`` options) next to the fused step's figures of the same run,
+   a sweep of tile options (``--persistent-sweep``) at the two corners, and the correctness checks
+   of section 9 for it (tiny float32 over every plan at batch 1; real shape at the four corners).
 
 Prints one table per section and writes everything to ``--out`` (JSON).
 """
@@ -223,13 +228,17 @@ def batching(lm: MolmoeLanguageModel, dec: GraphDecoder, plan: tuple[int, ...], 
 
 # ------------------------------------------------------------------------------------ 6 correctness
 @torch.no_grad()
-def tiny_all_plans(dev: torch.device, new: int) -> dict[str, Any]:
+def tiny_all_plans(dev: torch.device, new: int, impl: str = "fused") -> dict[str, Any]:
     lm = build_random_model(MolmoeConfig.tiny(), device=dev, dtype=torch.float32, seed=3).lm
     capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
     plans = sorted({(c.p, KS.plan(c).top_k_per_block) for c in KS.configs})
+    # the persistent step serves batch 1: one row (of the two, the padded one)
     emb, mask = prompt(lm, 2, 24, seed=1, spread=10)
+    if impl == "persistent":
+        emb, mask = emb[1:], mask[1:]
     mismatched, worst = [], 0.0
-    dec = GraphDecoder(lm, max_graphs=4, capture=capture)
+    lm.use_fast_path()
+    dec = GraphDecoder(lm, max_graphs=4, capture=capture, impl=impl)
     for p, plan in plans:
         lm.use_fast_path(False)
         ref = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=p, eos_token_id=-1, pad_token_id=0, max_new_tokens=new)
@@ -240,7 +249,9 @@ def tiny_all_plans(dev: torch.device, new: int) -> dict[str, Any]:
         worst = max(worst, (ours.first_logits - ref.first_logits).abs().max().item())
         if ours.tokens != ref.tokens:
             mismatched.append((p, plan))
-    return {"plans": len(plans), "tokens_equal_plans": len(plans) - len(mismatched), "new_tokens": new,
+    if impl == "persistent":
+        dec.check_persistent()
+    return {"impl": impl, "plans": len(plans), "tokens_equal_plans": len(plans) - len(mismatched), "new_tokens": new,
             "max_abs_dlogit_prefill": worst, "mismatched": [list(m[1]) for m in mismatched[:5]]}
 
 
@@ -387,6 +398,12 @@ def main() -> None:
     ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,batching,vision,correctness")
     ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
                     help="prefill experts (default: the fast path's default for the device)")
+    ap.add_argument("--persistent", default="best",
+                    help="JSON keyword arguments of PersistentDecodeStep for the persistent section's grid, or "
+                         "'best': the fastest of the sweep at the two corners")
+    ap.add_argument("--persistent-sweep", default='[{}, {"block_r": 2, "block_ri": 1}, {"num_warps": 8}, '
+                    '{"block_r": 8, "block_ri": 4}, {"block_r": 8, "block_ri": 4, "num_warps": 8}]',
+                    help="JSON list of PersistentDecodeStep options timed at the two corners (section persistent)")
     ap.add_argument("--out", default=None, help="JSON with every figure")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -552,6 +569,63 @@ def main() -> None:
         return out
 
     section("correctness", correctness)
+
+    def persistent() -> dict[str, Any]:
+        # the same grid through the persistent decode step, next to the fused step's figures of this run
+        out: dict[str, Any] = {}
+        fused_ms = {(r["top_k"], r["blocks"]): r["ms_per_token"] for r in res.get("decode", []) if isinstance(r, dict)}
+        sweep = []
+        for opts in json.loads(args.persistent_sweep):
+            d = GraphDecoder(lm, max_graphs=2, capture=capture, impl="persistent", persistent=opts)
+            row: dict[str, Any] = {"options": opts}
+            try:
+                for k, b in ((8, 16), (4, 12)):
+                    row[f"k{k}b{b}_ms"] = decode_ms(lm, d, plan_of(k, b), emb1, mask1, args.steps, args.repeats)
+                d.check_persistent()
+                one = d.persistent_steps[-1]
+                row.update(programs=one.num_programs, resident_per_sm=one.resident_per_sm, splits=one.n_splits)
+            except Exception as exc:  # a tile option that does not compile or fit: keep the others
+                row["error"] = repr(exc)
+            sweep.append(row)
+            print(f"  sweep {row}", flush=True)
+            del d
+        out["sweep"] = sweep
+        ok = [r for r in sweep if "error" not in r]
+        best = min(ok, key=lambda r: r["k8b16_ms"] + r["k4b12_ms"])["options"] if ok else {}
+        out["options"] = best if args.persistent == "best" else json.loads(args.persistent)
+        decp = GraphDecoder(lm, max_graphs=32, capture=capture, impl="persistent", persistent=out["options"])
+        rows = []
+        for k, b in grid:
+            plan = plan_of(k, b)
+            ms = decode_ms(lm, decp, plan, emb1, mask1, args.steps, args.repeats)
+            row = {"top_k": k, "blocks": b, "ms_per_token": ms, "fused_ms_per_token": fused_ms.get((k, b))}
+            if copy:
+                row["floor_ms"] = floor_bytes(lm, plan, context) / copy / 1e9
+                row["x_floor"] = ms / row["floor_ms"]
+            rows.append(row)
+            print(f"  persistent k={k} blocks={b}: {ms:.3f} ms/token" + (f" (x{row['x_floor']:.2f} floor)" if copy else "")
+                  + (f", fused {row['fused_ms_per_token']:.3f}" if row["fused_ms_per_token"] else ""), flush=True)
+        decp.check_persistent()
+        out["decode"] = rows
+        full = next(r for r in rows if (r["top_k"], r["blocks"]) == (8, 16))
+        cheap = next(r for r in rows if (r["top_k"], r["blocks"]) == (4, 12))
+        out["ratio_k4b12_over_k8b16"] = cheap["ms_per_token"] / full["ms_per_token"]
+        decp.max_graphs = 4
+        out["tiny_fp32"] = tiny_all_plans(dev, 16, impl="persistent")
+        print(f"  tiny: {out['tiny_fp32']}", flush=True)
+        corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
+        lm32 = None
+        if dtype != torch.float32:
+            import copy as copy_mod
+
+            fused, lm.fused = lm.fused, None
+            lm32 = copy_mod.deepcopy(lm).float()
+            lm.fused = fused
+        out["real_shape"] = [real_shape_agreement(lm, decp, k, b, context, 32, lm32) for k, b in corners]
+        decp.check_persistent()
+        return out
+
+    section("persistent", persistent)
     res["wall_s"] = time.perf_counter() - t_start
     save()
     print(f"wall {res['wall_s']:.0f} s")

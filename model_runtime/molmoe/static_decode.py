@@ -12,7 +12,9 @@ the reference and the CPU path. This module holds the GPU fast path's graph side
   decode token, and per entry the captured staged prefill of each (prompt length, p, padding),
   built lazily, kept in LRUs, each reporting the memory it holds. The step it captures is
   :meth:`~model_runtime.molmoe.fused_lm.FusedLM.decode_step` (``impl="fused"``, the default: 11
-  kernels per block) or :func:`static_decode_step` (``impl="static"``: transformers' attention
+  kernels per block), :class:`~model_runtime.molmoe.kernels.persistent_decode.PersistentDecodeStep`
+  (``impl="persistent"``: one kernel per token for batch-1 entries, the fused step for larger
+  buckets) or :func:`static_decode_step` (``impl="static"``: transformers' attention
   modules with a static mask and :func:`static_moe`, the first-stage version kept as a second
   reference). On CPU the same steps run eagerly (``capture`` is the identity).
 - :func:`static_decode_step`: one decode token for every row with fixed shapes. The cache slot
@@ -44,12 +46,17 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .kernels.common import check_backend
+from .kernels.persistent_decode import PersistentDecodeStep
 from .kernels.router import router_topk
 from .fused_lm import FusedLM, routed_experts
 from .language_model import MolmoeLanguageModel
 
 #: MoE forms usable inside a captured step.
 STATIC_MOE_FORMS: tuple[str, ...] = ("grouped_mm", "gather")
+
+#: Decode steps a :class:`GraphDecoder` can capture.
+DECODE_IMPLS: tuple[str, ...] = ("fused", "persistent", "static")
 
 #: Batch buckets a :class:`GraphDecoder` pads requests up to.
 DEFAULT_BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -334,6 +341,7 @@ class GraphEntry:
         tokens: (bucket,) int64 input buffer of the step.
         replay: runs the step, returns the (bucket, V) logits buffer.
         graph_bytes: memory held by the graph's pool (0 when eager).
+        persistent: the persistent step the graph runs (``impl="persistent"``, batch 1), else None.
     """
 
     key: tuple[int, int, tuple[int, ...]]
@@ -341,6 +349,7 @@ class GraphEntry:
     tokens: torch.Tensor
     replay: Callable[[], torch.Tensor]
     graph_bytes: int
+    persistent: PersistentDecodeStep | None = None
     prefills: "OrderedDict[tuple[int, int], PrefillGraph]" = field(default_factory=OrderedDict)
     prefill_seen: dict[tuple[int, int], int] = field(default_factory=dict)
 
@@ -348,7 +357,8 @@ class GraphEntry:
     def nbytes(self) -> int:
         """Cache + input buffer + graph pool bytes, prefill graphs included."""
         pre = sum(g.nbytes for g in self.prefills.values())
-        return self.cache.nbytes + self.tokens.numel() * 8 + self.graph_bytes + pre
+        own = self.persistent.nbytes if self.persistent is not None else 0
+        return self.cache.nbytes + self.tokens.numel() * 8 + self.graph_bytes + pre + own
 
 
 @dataclass
@@ -450,9 +460,13 @@ class GraphDecoder:
             ``prefill_bucket - 1`` padding positions; the padding goes after each row's tokens,
             see :func:`right_align`, so the causal SDPA kernel serves every prompt).
         impl: ``"fused"`` (:meth:`FusedLM.decode_step`, the fast path: Triton ops on CUDA, their
-            torch references elsewhere) or ``"static"`` (:func:`static_decode_step`: transformers'
-            attention modules and :func:`static_moe`, the first-stage reference).
+            torch references elsewhere), ``"persistent"`` (batch-1 entries run
+            :class:`PersistentDecodeStep`, one kernel per token; CUDA, or Triton's interpreter on
+            CPU; larger buckets the fused step) or ``"static"`` (:func:`static_decode_step`:
+            transformers' attention modules and :func:`static_moe`, the first-stage reference).
         moe_form: ``impl="static"`` only; see :data:`STATIC_MOE_FORMS` (default by device).
+        persistent: keyword arguments of :class:`PersistentDecodeStep` (``impl="persistent"``
+            only): programs, stepped form, tile sizes.
     """
 
     def __init__(
@@ -470,14 +484,17 @@ class GraphDecoder:
         prefill_bucket: int | None = None,
         impl: str = "fused",
         moe_form: str | None = None,
+        persistent: dict | None = None,
     ) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         buckets = tuple(sorted(int(b) for b in batch_buckets))
         if not buckets or buckets[0] < 1:
             raise ValueError(f"batch buckets must be positive, got {batch_buckets}")
-        if impl not in ("fused", "static"):
-            raise ValueError(f"unknown decode impl {impl!r}; choose 'fused' or 'static'")
+        if impl not in DECODE_IMPLS:
+            raise ValueError(f"unknown decode impl {impl!r}; choose from {DECODE_IMPLS}")
+        if persistent and impl != "persistent":
+            raise ValueError("persistent= options need impl='persistent'")
         if (max_len is not None and max_len < 1) or len_bucket < 1:
             raise ValueError(f"max_len and len_bucket must be >= 1, got {max_len}, {len_bucket}")
         device = lm.lm_head.weight.device
@@ -497,7 +514,10 @@ class GraphDecoder:
             raise ValueError(f"prefill_bucket must be >= 1 or None, got {prefill_bucket}")
         self.prefill_bucket = None if prefill_bucket is None else int(prefill_bucket)
         self.prefill_captures = 0
-        self.fused = (lm.fused or FusedLM(lm)) if impl == "fused" else None
+        self.fused = (lm.fused or FusedLM(lm)) if impl != "static" else None
+        self.persistent = dict(persistent or {})
+        if impl == "persistent":  # its kernel runs on CUDA, or in Triton's interpreter on CPU
+            check_backend("triton", device)
         self.capture = capture if capture is not None else (cuda_graph_capture if device.type == "cuda" else eager_capture)
         self.moe_form = default_moe_form(device) if moe_form is None else moe_form
         if self.moe_form not in STATIC_MOE_FORMS:
@@ -546,20 +566,35 @@ class GraphDecoder:
         cache = StaticKVCache.for_plan(self.lm, plan, batch=bucket, max_len=length)
         tokens = torch.zeros(bucket, dtype=torch.long, device=cache.valid.device)
         lm, form, fused = self.lm, self.moe_form, self.fused
+        one = None
+        if self.impl == "persistent" and bucket == 1:
+            one = PersistentDecodeStep(fused, cache, plan, tokens=tokens, **self.persistent)
 
         def step() -> torch.Tensor:
+            if one is not None:
+                return one()
             if fused is not None:
                 return fused.decode_step(cache, tokens, plan)
             return static_decode_step(lm, cache, tokens, plan, moe_form=form)
 
         replay, graph_bytes = self.capture(step)
         cache.reset()  # warm-up runs wrote into the buffers
-        entry = GraphEntry(key, cache, tokens, replay, int(graph_bytes))
+        entry = GraphEntry(key, cache, tokens, replay, int(graph_bytes), one)
         self._entries[key] = entry
         self._by_cache[id(cache)] = entry
         self.captures += 1
         self._fit_budget(entry)
         return entry
+
+    @property
+    def persistent_steps(self) -> list[PersistentDecodeStep]:
+        """The live entries' persistent steps (``impl="persistent"``, batch-1 entries)."""
+        return [e.persistent for e in self._entries.values() if e.persistent is not None]
+
+    def check_persistent(self) -> None:
+        """Raise if a live entry's persistent step gave up on a grid barrier (a host sync)."""
+        for step in self.persistent_steps:
+            step.check()
 
     @property
     def nbytes(self) -> int:

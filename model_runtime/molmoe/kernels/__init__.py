@@ -9,7 +9,9 @@ Modules, by concern:
 - :mod:`.decode_moe`: the decode step's routed experts (gate/up + SiLU·up, down, weighted
   combine + residual + next RMSNorm), parallel over (token, expert) pairs;
 - :mod:`.prefill_moe`: the prefill's routed experts as grouped GEMMs over expert-sorted pairs
-  (sort, gate/up + activation, down, gather-sum back to token order).
+  (sort, gate/up + activation, down, gather-sum back to token order);
+- :mod:`.persistent_decode`: a whole batch-1 decode token as one persistent kernel (phases
+  separated by grid barriers), the alternative to the 11 kernels per block below.
 
 The old module names :mod:`model_runtime.molmoe.decode_kernels` and
 :mod:`model_runtime.molmoe.prefill_moe` re-export these ops. Every public op is importable from
@@ -58,10 +60,11 @@ from .prefill_moe import (
     silu_mul_scale,
     sort_by_expert,
 )
+from .persistent_decode import PersistentDecodeStep
 from .router import router_topk
 
 __all__ = [
-    "BACKENDS", "FLOAT32_TILES", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder",
+    "BACKENDS", "FLOAT32_TILES", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder", "PersistentDecodeStep",
     "add_rms_norm", "attention_scale", "check_backend", "decode_attention", "default_backend", "gather_sum",
     "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act", "qk_norm_rope",
     "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_topk", "silu_mul_scale",

@@ -1,0 +1,121 @@
+"""The persistent decode step (one kernel per batch-1 token) equals the fused step's torch ops, and
+through a GraphDecoder the eager greedy tokens (tiny model, float32, run *stepped* by Triton's CPU
+interpreter: one launch per phase, the same code the persistent launch runs between barriers; on
+a GPU the same tests run the persistent launch with its grid barriers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from envs.knob_space import KnobSpace
+from model_runtime.molmoe.fused_lm import FusedLM
+from model_runtime.molmoe.generation import greedy_generate
+from model_runtime.molmoe.kernels.persistent_decode import BLOCK_PHASES, PersistentDecodeStep, n_phases
+from model_runtime.molmoe.language_model import MolmoeLanguageModel
+from model_runtime.molmoe.static_decode import DECODE_IMPLS, GraphDecoder, StaticKVCache
+from tests.kernel_testing import DEV, triton_ok
+from tests.tiny_molmoe import left_padded_ids, tiny_config, tiny_olmoe_hf
+from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
+
+CFG = tiny_config()
+PAD = CFG.tokens.pad
+
+
+@pytest.fixture(scope="module")
+def lm() -> MolmoeLanguageModel:
+    return MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=2)).to(DEV)
+
+
+def _plan(config: tuple) -> tuple[int, ...]:
+    return KnobSpace().plan(config).top_k_per_block
+
+
+def _prefilled(lm: MolmoeLanguageModel, fused: FusedLM, plan: tuple[int, ...], ids: torch.Tensor, mask: torch.Tensor):
+    cache = StaticKVCache.for_plan(lm, plan, batch=1, max_len=16)
+    lm.fused = fused
+    st = lm.begin(lm.embed(ids), mask, cache=cache)
+    lm.advance(st, lm.n_layers, plan)
+    lm.fused = None
+    cache.start_decode(mask)
+    return cache, lm.logits(st).argmax(-1)
+
+
+def test_phase_count() -> None:
+    assert BLOCK_PHASES == 6 and n_phases(16) == 98 and n_phases(12) == 74
+
+
+@triton_ok
+@torch.no_grad()
+def test_persistent_step_equals_the_fused_steps_torch_ops(lm):
+    """Two decode tokens after a left-padded prompt (the position counts real tokens only), a
+    plan with skipped blocks and top-5: logits, the written keys/values, the slot and the
+    validity mask all equal the fused step's."""
+    plan = _plan(("low", 2, 5, 13))
+    ids, mask = left_padded_ids((10, 7), 4, PAD)
+    ids, mask = ids[1:].to(DEV), mask[1:].to(DEV)  # the row with padding
+    out = {}
+    for kind in ("fused", "persistent"):
+        fused = FusedLM(lm, backend="torch")
+        cache, tok = _prefilled(lm, fused, plan, ids, mask)
+        one = (PersistentDecodeStep(fused, cache, plan, num_programs=8, block_r=16, block_ri=16)  # 2 splits per head
+               if kind == "persistent" else None)
+        steps = []
+        for _ in range(2):
+            logits = one(tok) if one is not None else fused.decode_step(cache, tok, plan)
+            steps.append(logits.clone())
+            cache.position += 1
+            tok = logits.argmax(-1)
+        out[kind] = (torch.stack(steps), cache)
+    (a, ca), (b, cb) = out["fused"], out["persistent"]
+    assert a.shape == b.shape == (2, 1, lm.n_logits)
+    assert (a - b).abs().max().item() <= 1e-5
+    assert int(ca.slot) == int(cb.slot) == ids.shape[1] + 2 and torch.equal(ca.valid, cb.valid)
+    for blk in ca.blocks:
+        assert (ca.keys[blk] - cb.keys[blk]).abs().max().item() <= 1e-5
+        assert (ca.values[blk] - cb.values[blk]).abs().max().item() <= 1e-5
+
+
+@triton_ok
+@torch.no_grad()
+def test_greedy_generate_through_the_persistent_decoder_equals_eager(lm):
+    plan = _plan(("high", 1, 8, 16))
+    ids, mask = left_padded_ids((9,), 6, PAD)
+    ids, mask = ids.to(DEV), mask.to(DEV)
+    emb = lm.embed(ids)
+    kw = dict(top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=PAD, max_new_tokens=3)
+    ref = greedy_generate(lm, emb, mask, **kw)
+    lm.use_fast_path(backend="torch")  # the prefill's ops; the decode steps are the persistent kernel's
+    try:
+        opts = {"num_programs": 4, "block_r": 16, "block_ri": 16}
+        dec = GraphDecoder(lm, len_bucket=8, impl="persistent", persistent=opts)
+        ours = greedy_generate(lm, emb, mask, **kw, decoder=dec)
+    finally:
+        lm.use_fast_path(False)
+    assert ours.tokens == ref.tokens and ours.decode_steps == 2
+    assert (ours.first_logits - ref.first_logits).abs().max().item() <= 1e-5
+
+
+@triton_ok
+def test_persistent_step_rejects_what_it_cannot_serve(lm):
+    fused = FusedLM(lm, backend="torch")
+    plan = _plan(("low", 1, 4, 12))
+    two = StaticKVCache.for_plan(lm, plan, batch=2, max_len=8)
+    with pytest.raises(ValueError, match="serves batch 1"):
+        PersistentDecodeStep(fused, two, plan)
+    one = StaticKVCache.for_plan(lm, plan, batch=1, max_len=8)
+    with pytest.raises(ValueError, match="active blocks"):
+        PersistentDecodeStep(fused, one, _plan(("low", 1, 4, 16)))
+    if DEV == "cpu":
+        with pytest.raises(ValueError, match="stepped=True"):
+            PersistentDecodeStep(fused, one, plan, stepped=False)
+    with pytest.raises(ValueError, match="tokens must be"):
+        PersistentDecodeStep(fused, one, plan, tokens=torch.zeros(2, dtype=torch.long, device=DEV))
+
+
+def test_graph_decoder_names_its_impls(lm):
+    assert DECODE_IMPLS == ("fused", "persistent", "static")
+    with pytest.raises(ValueError, match="unknown decode impl 'megakernel'"):
+        GraphDecoder(lm, impl="megakernel")
+    with pytest.raises(ValueError, match="need impl='persistent'"):
+        GraphDecoder(lm, persistent={"num_programs": 4, "block_r": 16, "block_ri": 16})
