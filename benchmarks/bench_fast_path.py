@@ -401,8 +401,7 @@ def main() -> None:
     ap.add_argument("--persistent", default="best",
                     help="JSON keyword arguments of PersistentDecodeStep for the persistent section's grid, or "
                          "'best': the fastest of the sweep at the two corners")
-    ap.add_argument("--persistent-sweep", default='[{}, {"block_r": 2, "block_ri": 1}, {"num_warps": 8}, '
-                    '{"block_r": 8, "block_ri": 4}, {"block_r": 8, "block_ri": 4, "num_warps": 8}]',
+    ap.add_argument("--persistent-sweep", default='[{}, {"block_r": 4, "block_ri": 2}, {"num_warps": 8}]',
                     help="JSON list of PersistentDecodeStep options timed at the two corners (section persistent)")
     ap.add_argument("--out", default=None, help="JSON with every figure")
     args = ap.parse_args()
@@ -607,6 +606,23 @@ def main() -> None:
                   + (f", fused {row['fused_ms_per_token']:.3f}" if row["fused_ms_per_token"] else ""), flush=True)
         decp.check_persistent()
         out["decode"] = rows
+        # the grid barriers alone: the same launches with every phase's work skipped
+        barriers = []
+        for k, b in ((8, 16), (4, 12)):
+            cache = decp.prepare(1, plan_of(k, b), positions=context + 8)
+            one = next(s for s in decp.persistent_steps if s.cache is cache)
+            replay, _ = capture(lambda one=one: (one.barriers_only(), one.logits)[1])  # as the decode graph replays it
+
+            def many(replay=replay) -> None:
+                for _ in range(args.steps):
+                    replay()
+
+            ms = timed_ms(many, dev, repeats=args.repeats, warmup=1) / args.steps
+            barriers.append({"top_k": k, "blocks": b, "barriers": one.phases - 1, "ms": ms,
+                             "us_per_barrier": ms * 1e3 / (one.phases - 1)})
+            print(f"  barriers only k={k} blocks={b}: {ms:.3f} ms ({barriers[-1]['us_per_barrier']:.2f} us each)", flush=True)
+        decp.check_persistent()
+        out["barriers_only"] = barriers
         full = next(r for r in rows if (r["top_k"], r["blocks"]) == (8, 16))
         cheap = next(r for r in rows if (r["top_k"], r["blocks"]) == (4, 12))
         out["ratio_k4b12_over_k8b16"] = cheap["ms_per_token"] / full["ms_per_token"]

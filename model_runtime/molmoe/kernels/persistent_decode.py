@@ -110,22 +110,24 @@ if HAVE_TRITON:
         return tl.sum(w.to(tl.float32) * x[None, :], axis=1)
 
     @triton.jit
+    def _gemv(w_ptr, row0, R, C, x, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        # rows row0..row0+BLOCK_R of the (R, C) matrix times x (BLOCK_C,) → (BLOCK_R,) float32
+        return _rows_dot(_tile(w_ptr, row0, R, C, BLOCK_R, BLOCK_C), x)
+
+    @triton.jit
     def _gemv_rows_to(w_ptr, R, C, x, out_ptr, pid, nprog, ROUND: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_C: tl.constexpr):
-        # out[r] = (W x)[r] for this program's row tiles; the next tile's load is issued before
-        # the current one is reduced, so two tiles per program are in flight
+        # out[r] = (W x)[r] for this program's row tiles, rounded to the weights' dtype (ROUND:
+        # stored as float32) or stored in out's dtype. (Issuing the next tile's load before
+        # reducing the current one measured slower: RESULTS.md, "A persistent decode step".)
         dt = w_ptr.dtype.element_ty
-        n_t = tl.cdiv(R, BLOCK_R)
-        cur = _tile(w_ptr, pid * BLOCK_R, R, C, BLOCK_R, BLOCK_C)
-        for t in range(pid, n_t, nprog):
-            nxt = _tile(w_ptr, (t + nprog) * BLOCK_R, R, C, BLOCK_R, BLOCK_C)
-            y = _rows_dot(cur, x)
+        for t in range(pid, tl.cdiv(R, BLOCK_R), nprog):
+            y = _gemv(w_ptr, t * BLOCK_R, R, C, x, BLOCK_R, BLOCK_C)
             r = t * BLOCK_R + tl.arange(0, BLOCK_R)
             if ROUND:
                 tl.store(out_ptr + r, y.to(dt).to(tl.float32), mask=r < R)
             else:
                 tl.store(out_ptr + r, y.to(out_ptr.dtype.element_ty), mask=r < R)
-            cur = nxt
 
     @triton.jit
     def _topk(rl_ptr, E, k, dt, NORM: tl.constexpr, KMAX: tl.constexpr, BLOCK_E: tl.constexpr):
@@ -290,14 +292,11 @@ if HAVE_TRITON:
         dt = w.dtype.element_ty
         j = tl.arange(0, BLOCK_Q)
         attn = tl.load(attn_buf + j, mask=j < NQ, other=0.0, cache_modifier=".cg")
-        cur = _tile(w, pid * BLOCK_R, D, NQ, BLOCK_R, BLOCK_Q)
         for t in range(pid, tl.cdiv(D, BLOCK_R), nprog):
-            nxt = _tile(w, (t + nprog) * BLOCK_R, D, NQ, BLOCK_R, BLOCK_Q)
             r = t * BLOCK_R + tl.arange(0, BLOCK_R)
-            o = _rows_dot(cur, attn).to(dt).to(tl.float32)
+            o = _gemv(w, t * BLOCK_R, D, NQ, attn, BLOCK_R, BLOCK_Q).to(dt).to(tl.float32)
             x0 = _input_rows(rb, acc2, par, D, r, dt)
             tl.store(rb + (1 - par) * D + r, (x0 + o).to(dt).to(tl.float32), mask=r < D)
-            cur = nxt
 
     @triton.jit
     def _phase_router(rb, acc2, par, ln_post, w, rl_buf, pid, nprog, D, E, eps, BLOCK_D: tl.constexpr,
@@ -316,28 +315,16 @@ if HAVE_TRITON:
         x = _normed_input(rb, acc2, 1 - par, ln_post, D, eps, BLOCK_D)
         kk = tl.arange(0, KMAX)
         n_it = tl.cdiv(I, BLOCK_RI)
-        n_items = k * n_it
-        # the next item's two tiles load while the current one is reduced (rows of an item past
-        # the last are masked: R = 0)
-        e0 = tl.sum(tl.where(kk == pid // n_it, ids, 0), axis=0).to(tl.int64)
-        lim = tl.where(pid < n_items, I, 0)
-        g_cur = _tile(gu + e0 * 2 * I * D, (pid % n_it) * BLOCK_RI, lim, D, BLOCK_RI, BLOCK_D)
-        u_cur = _tile(gu + e0 * 2 * I * D + I * D, (pid % n_it) * BLOCK_RI, lim, D, BLOCK_RI, BLOCK_D)
-        for item in range(pid, n_items, nprog):
-            nx = item + nprog
-            en = tl.sum(tl.where(kk == nx // n_it, ids, 0), axis=0).to(tl.int64)
-            lim_n = tl.where(nx < n_items, I, 0)
-            g_nxt = _tile(gu + en * 2 * I * D, (nx % n_it) * BLOCK_RI, lim_n, D, BLOCK_RI, BLOCK_D)
-            u_nxt = _tile(gu + en * 2 * I * D + I * D, (nx % n_it) * BLOCK_RI, lim_n, D, BLOCK_RI, BLOCK_D)
+        for item in range(pid, k * n_it, nprog):
             jx = item // n_it
             t = item % n_it
-            g = _rows_dot(g_cur, x).to(dt).to(tl.float32)
-            u = _rows_dot(u_cur, x).to(dt).to(tl.float32)
+            e = tl.sum(tl.where(kk == jx, ids, 0), axis=0).to(tl.int64)
+            base = gu + e * 2 * I * D
+            g = _gemv(base, t * BLOCK_RI, I, D, x, BLOCK_RI, BLOCK_D).to(dt).to(tl.float32)
+            u = _gemv(base + I * D, t * BLOCK_RI, I, D, x, BLOCK_RI, BLOCK_D).to(dt).to(tl.float32)
             a = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u
             r = t * BLOCK_RI + tl.arange(0, BLOCK_RI)
             tl.store(act_buf + jx * I + r, a.to(dt).to(tl.float32), mask=r < I)
-            g_cur = g_nxt
-            u_cur = u_nxt
 
     @triton.jit
     def _phase_down(rl_buf, act_buf, dn, acc2, par, k, pid, nprog, D, I, E, NORM_TOPK: tl.constexpr,
@@ -350,21 +337,15 @@ if HAVE_TRITON:
         kk = tl.arange(0, KMAX)
         ia = tl.arange(0, BLOCK_I)
         n_t = tl.cdiv(D, BLOCK_R)
-        n_items = k * n_t
-        e0 = tl.sum(tl.where(kk == pid // n_t, ids, 0), axis=0).to(tl.int64)
-        cur = _tile(dn + e0 * D * I, (pid % n_t) * BLOCK_R, tl.where(pid < n_items, D, 0), I, BLOCK_R, BLOCK_I)
-        for item in range(pid, n_items, nprog):
-            nx = item + nprog
-            en = tl.sum(tl.where(kk == nx // n_t, ids, 0), axis=0).to(tl.int64)
-            nxt = _tile(dn + en * D * I, (nx % n_t) * BLOCK_R, tl.where(nx < n_items, D, 0), I, BLOCK_R, BLOCK_I)
+        for item in range(pid, k * n_t, nprog):
             jx = item // n_t
             t = item % n_t
             r = t * BLOCK_R + tl.arange(0, BLOCK_R)
+            e = tl.sum(tl.where(kk == jx, ids, 0), axis=0).to(tl.int64)
             wj = tl.sum(tl.where(kk == jx, wts, 0.0), axis=0)
             a = tl.load(act_buf + jx * I + ia, mask=ia < I, other=0.0, cache_modifier=".cg")
-            y = _rows_dot(cur, a).to(dt).to(tl.float32)
+            y = _gemv(dn + e * D * I, t * BLOCK_R, D, I, a, BLOCK_R, BLOCK_I).to(dt).to(tl.float32)
             tl.atomic_add(acc2 + (1 - par) * D + r, (y * wj).to(dt).to(tl.float32), mask=r < D, sem="relaxed")
-            cur = nxt
 
     @triton.jit
     def _persistent_decode_kernel(
@@ -374,7 +355,7 @@ if HAVE_TRITON:
         H: tl.constexpr, HKV: tl.constexpr, DH: tl.constexpr, KMAX: tl.constexpr, NORM_TOPK: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_E: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_RI: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
-        BLOCK_S: tl.constexpr, SYNC: tl.constexpr,
+        BLOCK_S: tl.constexpr, SYNC: tl.constexpr, WORK: tl.constexpr,
     ):
         pid = tl.program_id(0)
         slot = tl.load(slot_ptr)
@@ -387,7 +368,9 @@ if HAVE_TRITON:
         target = 0
         limit = pid * 0 + MAX_SPINS
         for ph in range(ph_lo, ph_hi):
-            if ph == 0:
+            if not WORK:  # the barrier skeleton alone (a benchmark's diagnostic)
+                pass
+            elif ph == 0:
                 _phase_init(tok_ptr, embed_ptr, rb, acc2, valid_ptr, slot, pid, nprog, D, BLOCK_R)
             elif ph == last:
                 _phase_head(rb, acc2, (n_active + 1) % 2, final_w_ptr, head_ptr, logits_ptr, slot_ptr, slot, pid, nprog,
@@ -471,8 +454,8 @@ class PersistentDecodeStep:
         programs_per_sm: int | None = None,
         max_splits: int = 8,
         stepped: bool | None = None,
-        block_r: int = 4,
-        block_ri: int = 2,
+        block_r: int = 8,
+        block_ri: int = 4,
         num_warps: int = 4,
         tokens: torch.Tensor | None = None,
     ) -> None:
@@ -575,7 +558,7 @@ class PersistentDecodeStep:
                self.l, self.acc, self.router_logits, self.act, self.barrier, self.logits)
         return sum(t.numel() * t.element_size() for t in own)
 
-    def _launch(self, ph_lo: int, ph_hi: int, sync: bool) -> object:
+    def _launch(self, ph_lo: int, ph_hi: int, sync: bool, work: bool = True) -> object:
         f, c = self.fused, self.cache
         return _persistent_decode_kernel[(self.num_programs,)](
             self.table, self.top_k, self.tokens, self.embed, self.final_w, self.fused.lm.lm_head.weight, self.logits,
@@ -588,7 +571,7 @@ class PersistentDecodeStep:
             H=self.n_heads, HKV=self.n_kv, DH=self.head_dim, KMAX=self.k_max, NORM_TOPK=bool(f.norm_topk_prob),
             BLOCK_D=_p2(self.d_model), BLOCK_Q=_p2(self.n_heads * self.head_dim), BLOCK_I=_p2(self.expert_hidden),
             BLOCK_E=_p2(self.n_experts), BLOCK_R=self.block_r, BLOCK_RI=self.block_ri, BLOCK_N=32, BLOCK_L=256,
-            BLOCK_S=_p2(self.max_splits), SYNC=sync, num_warps=self.num_warps,
+            BLOCK_S=_p2(self.max_splits), SYNC=sync, WORK=work, num_warps=self.num_warps,
         )
 
     @torch.no_grad()
@@ -602,6 +585,15 @@ class PersistentDecodeStep:
             self.barrier[0].zero_()
             self._launch(0, self.phases, True)
         return self.logits
+
+    @torch.no_grad()
+    def barriers_only(self) -> None:
+        """One persistent launch with every phase's work skipped: its grid barriers alone (what a
+        benchmark subtracts to see the phases' own time). CUDA only."""
+        if self.stepped:
+            raise ValueError("the stepped form has no grid barriers")
+        self.barrier[0].zero_()
+        self._launch(0, self.phases, True, work=False)
 
     def check(self) -> None:
         """Raise if a persistent launch gave up on a grid barrier (a host sync: call it outside timed loops)."""
