@@ -5,13 +5,21 @@ a GPU the same tests run the persistent launch with its grid barriers)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from envs.knob_space import KnobSpace
 from model_runtime.molmoe.fused_lm import FusedLM
 from model_runtime.molmoe.generation import greedy_generate
-from model_runtime.molmoe.kernels.persistent_decode import BLOCK_PHASES, PersistentDecodeStep, n_phases
+from model_runtime.molmoe.kernels.persistent_decode import (
+    BLOCK_PHASES,
+    FIELDS,
+    PersistentDecodeStep,
+    n_phases,
+    resident_programs_per_sm,
+)
 from model_runtime.molmoe.language_model import MolmoeLanguageModel
 from model_runtime.molmoe.static_decode import DECODE_IMPLS, GraphDecoder, StaticKVCache
 from tests.kernel_testing import DEV, triton_ok
@@ -45,6 +53,17 @@ def test_phase_count() -> None:
     assert BLOCK_PHASES == 6 and n_phases(16) == 98 and n_phases(12) == 74
 
 
+def test_resident_programs_follow_registers_warps_and_shared_memory() -> None:
+    """How many programs of a compiled kernel one SM holds at once (an H200's limits)."""
+    h200 = SimpleNamespace(regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
+                           shared_memory_per_multiprocessor=233472)
+    assert resident_programs_per_sm(128, 256, 4, h200) == 4  # 128 regs x 128 threads = 16K of 64K
+    assert resident_programs_per_sm(170, 256, 4, h200) == 2  # 170 x 32 -> 5,632 per warp (units of 256), x 4 warps
+    assert resident_programs_per_sm(255, 256, 8, h200) == 1
+    assert resident_programs_per_sm(32, 0, 4, h200) == 16  # warps bound: 64 warps per SM / 4
+    assert resident_programs_per_sm(32, 100_000, 4, h200) == 2  # shared memory bound
+
+
 @triton_ok
 @torch.no_grad()
 def test_persistent_step_equals_the_fused_steps_torch_ops(lm):
@@ -58,7 +77,7 @@ def test_persistent_step_equals_the_fused_steps_torch_ops(lm):
     for kind in ("fused", "persistent"):
         fused = FusedLM(lm, backend="torch")
         cache, tok = _prefilled(lm, fused, plan, ids, mask)
-        one = (PersistentDecodeStep(fused, cache, plan, num_programs=8, block_r=16, block_ri=16)  # 2 splits per head
+        one = (PersistentDecodeStep(fused, cache, plan, num_programs=8, block_r=32, block_ri=16)  # 2 splits per head
                if kind == "persistent" else None)
         steps = []
         for _ in range(2):
@@ -79,11 +98,11 @@ def test_persistent_step_equals_the_fused_steps_torch_ops(lm):
 @triton_ok
 @torch.no_grad()
 def test_greedy_generate_through_the_persistent_decoder_equals_eager(lm):
-    plan = _plan(("high", 1, 8, 16))
+    plan = _plan(("low", 1, 4, 12))
     ids, mask = left_padded_ids((9,), 6, PAD)
     ids, mask = ids.to(DEV), mask.to(DEV)
     emb = lm.embed(ids)
-    kw = dict(top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=PAD, max_new_tokens=3)
+    kw = dict(top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=PAD, max_new_tokens=2)
     ref = greedy_generate(lm, emb, mask, **kw)
     lm.use_fast_path(backend="torch")  # the prefill's ops; the decode steps are the persistent kernel's
     try:
@@ -92,7 +111,7 @@ def test_greedy_generate_through_the_persistent_decoder_equals_eager(lm):
         ours = greedy_generate(lm, emb, mask, **kw, decoder=dec)
     finally:
         lm.use_fast_path(False)
-    assert ours.tokens == ref.tokens and ours.decode_steps == 2
+    assert ours.tokens == ref.tokens and ours.decode_steps == 1
     assert (ours.first_logits - ref.first_logits).abs().max().item() <= 1e-5
 
 
@@ -104,6 +123,12 @@ def test_persistent_step_rejects_what_it_cannot_serve(lm):
     with pytest.raises(ValueError, match="serves batch 1"):
         PersistentDecodeStep(fused, two, plan)
     one = StaticKVCache.for_plan(lm, plan, batch=1, max_len=8)
+    step = PersistentDecodeStep(fused, one, plan, num_programs=2)
+    first = one.blocks[0]  # the pointer table's row of the first active block, in FIELDS order
+    assert step.table.shape == (len(one.blocks), len(FIELDS))
+    assert int(step.table[0, FIELDS.index("k_cache")]) == one.keys[first].data_ptr()
+    assert int(step.table[0, FIELDS.index("gate_up")]) == fused.blocks[first].gate_up.data_ptr()
+    assert step.phases == n_phases(len(one.blocks)) and step.nbytes > 0
     with pytest.raises(ValueError, match="active blocks"):
         PersistentDecodeStep(fused, one, _plan(("low", 1, 4, 16)))
     if DEV == "cpu":

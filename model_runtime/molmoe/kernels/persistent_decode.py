@@ -3,27 +3,30 @@
 Why: the captured 11-kernel step (:meth:`FusedLM.decode_step`) pays, per active block, a launch
 boundary after every kernel and each small GEMV's ramp-up and tail; RESULTS.md ("The fast path")
 fits that at ~56 us of non-expert time per block against a byte floor of ~15 us, which is what
-keeps the small configurations far from their floor. Here one program per SM stays resident for
-the whole token and the blocks' work is a sequence of *phases*; between two phases the programs
-meet at a grid barrier (an atomic counter in global memory), which costs about as much as one
-kernel boundary but replaces two to three of them, and every phase spreads its weight rows over
-all SMs.
+keeps the small configurations far from their floor. Here the programs stay resident for the
+whole token and the blocks' work is a sequence of *phases*; between two phases the programs meet
+at a grid barrier (an arrival counter in global memory; ~1.2 us on an H200), and every phase
+spreads its weight rows over all programs. Measured (RESULTS.md, "A persistent decode step"):
+correct on every plan, but still slower than the fused step: each program reduces its weight
+tiles one round trip after another, where the separate kernels keep more loads in flight.
 
-Phases (``n`` = index among the plan's active blocks; ``x`` the residual stream):
+Phases (``n`` = index among the plan's active blocks; the residual stream is kept as a stored
+part plus the routed experts' atomically summed part, each in two buffers by block parity):
 
-0. ``init``: ``x`` = the token's embedding row; the slot is marked valid.
-1. ``qkv`` (per block): ``h = RMSNorm(x)`` (each program recomputes it: 2 x D values from L2),
-   the Q/K/V GEMV's rows spread over the programs.
+0. ``init``: block 0's input = the token's embedding row; the slot is marked valid.
+1. ``qkv`` (per block): ``RMSNorm(input)`` (each program recomputes it from 2 x D values in
+   L2), the Q/K/V GEMV's row tiles spread over the programs; the expert sum this block will
+   write is cleared.
 2. ``attention``: QK-norm and RoPE (each program recomputes the two RMS), then (head, split)
    items of split-K attention over the positions ``0..slot``; the new key and value are used from
-   registers at the slot and written to the KV cache by the head's first split.
-3. ``output``: each program reduces all heads' splits (``NS`` per head), then the output GEMV's
-   rows + the residual add.
-4. ``router``: router GEMV of ``RMSNorm(x)``.
+   registers at the slot and written to the KV cache by the head's first split; the last split of
+   a head to finish (a per-head arrival counter) reduces the head's splits.
+3. ``output``: the output GEMV's row tiles + the residual add.
+4. ``router``: router GEMV of the post-attention norm.
 5. ``gate_up``: softmax + top-k (each program, from the E logits), then (expert, row tile)
    items of gate/up GEMV + SiLU·up.
-6. ``down``: output-row tiles, each over the k routed experts' down GEMVs, the weighted sum and
-   the residual add (the next block's input).
+6. ``down``: (expert, output-row tile) items of the down GEMV, weighted and rounded as the
+   eager combine, added atomically (float32) into the expert sum.
 
 and last ``head``: the final norm and the LM head's rows. Numerics are those of
 :meth:`FusedLM.decode_step` (values rounded to the model's dtype where the eager modules round,
@@ -31,9 +34,10 @@ float32 accumulation): the two differ by summation order only.
 
 The same kernel runs *stepped* (one launch per phase, no barrier; ``SYNC=False``): that is how
 Triton's CPU interpreter checks it (its programs run one after another, so a barrier could never
-be met) and the GPU's fallback. Persistent launches need every program resident at once: one
-program per SM (``num_programs`` defaults to the SM count). A barrier that waits longer than
-``MAX_SPINS`` polls gives up and raises the kernel's error flag instead of hanging the GPU;
+be met) and the GPU's fallback. Persistent launches need every program resident at once: the
+number of programs comes from the compiled kernel's registers and shared memory
+(:func:`resident_programs_per_sm`). A barrier that waits longer than ``MAX_SPINS`` polls gives
+up and raises the kernel's error flag instead of hanging the GPU;
 :meth:`PersistentDecodeStep.check` reads it.
 
 Scratch values produced by other programs are read with ``.cg`` loads (L2, not the SM's L1,
@@ -56,9 +60,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..fused_lm import FusedLM
     from ..static_decode import StaticKVCache
 
-#: pointer-table fields per active block
+#: pointer-table fields per active block, in table order
 FIELDS: tuple[str, ...] = ("qkv", "o", "ln_in", "ln_post", "qk_norm", "router", "gate_up", "down", "k_cache", "v_cache")
-NF = len(FIELDS)
+if HAVE_TRITON:  # the fields' columns, as the kernels read them
+    NF = tl.constexpr(len(FIELDS))
+    F_QKV, F_O, F_LN_IN, F_LN_POST, F_QK_NORM, F_ROUTER, F_GATE_UP, F_DOWN, F_K, F_V = (
+        tl.constexpr(i) for i in range(len(FIELDS)))
 #: phases per active block
 BLOCK_PHASES = 6
 #: barrier polls before a persistent launch gives up (sets the error flag) rather than hang
@@ -94,7 +101,7 @@ if HAVE_TRITON:
     @triton.jit
     def _ptr(tab_ptr, n, f: tl.constexpr, like):
         # field f of active block n's pointer table row, as a pointer to like's element type
-        return tl.load(tab_ptr + n * 10 + f).to(tl.pointer_type(like.dtype.element_ty))
+        return tl.load(tab_ptr + n * NF + f).to(tl.pointer_type(like.dtype.element_ty))
 
     @triton.jit
     def _tile(w_ptr, row0, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -380,26 +387,26 @@ if HAVE_TRITON:
                 st = (ph - 1) % 6
                 par = (n + 1) % 2  # parity of this block's input buffers
                 if st == 0:
-                    _phase_qkv(rb, acc2, par, _ptr(tab_ptr, n, 2, embed_ptr), _ptr(tab_ptr, n, 0, embed_ptr), qkv_buf,
-                               pid, nprog, D, eps, (H + 2 * HKV) * DH, BLOCK_D, BLOCK_R)
+                    _phase_qkv(rb, acc2, par, _ptr(tab_ptr, n, F_LN_IN, embed_ptr), _ptr(tab_ptr, n, F_QKV, embed_ptr),
+                               qkv_buf, pid, nprog, D, eps, (H + 2 * HKV) * DH, BLOCK_D, BLOCK_R)
                 elif st == 1:
-                    _phase_attention(qkv_buf, _ptr(tab_ptr, n, 4, embed_ptr), _ptr(tab_ptr, n, 8, embed_ptr),
-                                     _ptr(tab_ptr, n, 9, embed_ptr), valid_ptr, inv_freq_ptr, m_buf, l_buf, acc_buf,
+                    _phase_attention(qkv_buf, _ptr(tab_ptr, n, F_QK_NORM, embed_ptr), _ptr(tab_ptr, n, F_K, embed_ptr),
+                                     _ptr(tab_ptr, n, F_V, embed_ptr), valid_ptr, inv_freq_ptr, m_buf, l_buf, acc_buf,
                                      cnt_ptr, attn_buf, slot, pos, pid, nprog, NS, L, eps, rope_scale, scale, H, HKV, DH,
                                      BLOCK_Q, BLOCK_N, BLOCK_S)
                 elif st == 2:
-                    _phase_output(attn_buf, _ptr(tab_ptr, n, 1, embed_ptr), rb, acc2, par, pid, nprog, D, H * DH,
+                    _phase_output(attn_buf, _ptr(tab_ptr, n, F_O, embed_ptr), rb, acc2, par, pid, nprog, D, H * DH,
                                   BLOCK_Q, BLOCK_R)
                 elif st == 3:
-                    _phase_router(rb, acc2, par, _ptr(tab_ptr, n, 3, embed_ptr), _ptr(tab_ptr, n, 5, embed_ptr), rl_buf,
-                                  pid, nprog, D, E, eps, BLOCK_D, BLOCK_R)
+                    _phase_router(rb, acc2, par, _ptr(tab_ptr, n, F_LN_POST, embed_ptr),
+                                  _ptr(tab_ptr, n, F_ROUTER, embed_ptr), rl_buf, pid, nprog, D, E, eps, BLOCK_D, BLOCK_R)
                 elif st == 4:
-                    _phase_gate_up(rl_buf, rb, acc2, par, _ptr(tab_ptr, n, 3, embed_ptr), _ptr(tab_ptr, n, 6, embed_ptr),
-                                   act_buf, tl.load(topk_ptr + n), pid, nprog, D, I, E, eps, NORM_TOPK, KMAX, BLOCK_D,
-                                   BLOCK_E, BLOCK_RI)
+                    _phase_gate_up(rl_buf, rb, acc2, par, _ptr(tab_ptr, n, F_LN_POST, embed_ptr),
+                                   _ptr(tab_ptr, n, F_GATE_UP, embed_ptr), act_buf, tl.load(topk_ptr + n), pid, nprog,
+                                   D, I, E, eps, NORM_TOPK, KMAX, BLOCK_D, BLOCK_E, BLOCK_RI)
                 else:
-                    _phase_down(rl_buf, act_buf, _ptr(tab_ptr, n, 7, embed_ptr), acc2, par, tl.load(topk_ptr + n), pid,
-                                nprog, D, I, E, NORM_TOPK, KMAX, BLOCK_E, BLOCK_I, BLOCK_R)
+                    _phase_down(rl_buf, act_buf, _ptr(tab_ptr, n, F_DOWN, embed_ptr), acc2, par, tl.load(topk_ptr + n),
+                                pid, nprog, D, I, E, NORM_TOPK, KMAX, BLOCK_E, BLOCK_I, BLOCK_R)
             if SYNC:
                 if ph + 1 < ph_hi:
                     target += nprog
@@ -493,7 +500,9 @@ class PersistentDecodeStep:
         rows, self._keep = [], []
         for b in active:
             w = fused.blocks[b]
-            ts = (w.qkv, w.o, w.ln_in, w.ln_post, w.qk_norm, w.router, w.gate_up, w.down, cache.keys[b], cache.values[b])
+            named = dict(qkv=w.qkv, o=w.o, ln_in=w.ln_in, ln_post=w.ln_post, qk_norm=w.qk_norm, router=w.router,
+                         gate_up=w.gate_up, down=w.down, k_cache=cache.keys[b], v_cache=cache.values[b])
+            ts = tuple(named[f] for f in FIELDS)
             for t in ts:
                 if not t.is_contiguous() or t.dtype != w0.dtype:
                     raise ValueError(f"block {b}: the persistent step needs contiguous {w0.dtype} weights and caches")
