@@ -259,6 +259,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def fp32_copy(lm: MolmoeLanguageModel) -> MolmoeLanguageModel:
+    """A float32 copy of the model (transformers' blocks: the copy leaves the fast path behind)."""
+    import copy
+
+    fused, lm.fused = lm.fused, None
+    try:
+        return copy.deepcopy(lm).float()
+    finally:
+        lm.fused = fused
+
+
 @torch.no_grad()
 def reference_fp32(lm32: MolmoeLanguageModel, emb: torch.Tensor, mask: torch.Tensor, plan: tuple[int, ...],
                    tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -556,13 +567,7 @@ def main() -> None:
         out: dict[str, Any] = {"tiny_fp32": tiny_all_plans(dev, 16)}
         print(f"  tiny: {out['tiny_fp32']}", flush=True)
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
-        lm32 = None
-        if dtype != torch.float32:
-            import copy
-
-            fused, lm.fused = lm.fused, None
-            lm32 = copy.deepcopy(lm).float()
-            lm.fused = fused
+        lm32 = fp32_copy(lm) if dtype != torch.float32 else None
         out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32, lm32) for k, b in corners]
         del lm32
         return out
@@ -606,9 +611,9 @@ def main() -> None:
                   + (f", fused {row['fused_ms_per_token']:.3f}" if row["fused_ms_per_token"] else ""), flush=True)
         decp.check_persistent()
         out["decode"] = rows
-        # the grid barriers alone: the same launches with every phase's work skipped
+        # the grid barriers alone (CUDA: the stepped form has none): every phase's work skipped
         barriers = []
-        for k, b in ((8, 16), (4, 12)):
+        for k, b in ((8, 16), (4, 12)) if dev.type == "cuda" else ():
             cache = decp.prepare(1, plan_of(k, b), positions=context + 8)
             one = next(s for s in decp.persistent_steps if s.cache is cache)
             replay, _ = capture(lambda one=one: (one.barriers_only(), one.logits)[1])  # as the decode graph replays it
@@ -630,13 +635,7 @@ def main() -> None:
         out["tiny_fp32"] = tiny_all_plans(dev, 16, impl="persistent")
         print(f"  tiny: {out['tiny_fp32']}", flush=True)
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
-        lm32 = None
-        if dtype != torch.float32:
-            import copy as copy_mod
-
-            fused, lm.fused = lm.fused, None
-            lm32 = copy_mod.deepcopy(lm).float()
-            lm.fused = fused
+        lm32 = fp32_copy(lm) if dtype != torch.float32 else None
         out["real_shape"] = [real_shape_agreement(lm, decp, k, b, context, 32, lm32) for k, b in corners]
         decp.check_persistent()
         return out
