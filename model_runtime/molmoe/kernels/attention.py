@@ -17,6 +17,22 @@ if HAVE_TRITON:
 if HAVE_TRITON:
 
     @triton.jit
+    def _online_softmax_step(sc, ok, vt, m_i, l_i, acc):
+        # one tile of positions into the running (max, sum, weighted values) of split-K attention:
+        # sc (N,) scores (-1e30 where not ok), vt (N, Dh) values; returns the updated (m_i, l_i, acc)
+        m_new = tl.maximum(m_i, tl.max(sc, axis=0))
+        p = tl.where(ok, tl.exp(sc - m_new), 0.0)
+        alpha = tl.exp(m_i - m_new)
+        return m_new, l_i * alpha + tl.sum(p, axis=0), acc * alpha + tl.sum(p[:, None] * vt, axis=0)
+
+    @triton.jit
+    def _merge_splits(m, lse, acc, ms):
+        # one head's attention output from its splits' (S,) maxima and sums and (S, Dh) weighted
+        # values (splits where ms is False take no part)
+        w = tl.where(ms, tl.exp(m - tl.max(m, axis=0)), 0.0)
+        return tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lse, axis=0)
+
+    @triton.jit
     def _attn_split_kernel(
         q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr,
         H, HKV, L, NSPLIT, scale,
@@ -40,12 +56,7 @@ if HAVE_TRITON:
             kt = tl.load(k_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
             vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
             sc = tl.where(ok, tl.sum(kt * q[None, :], axis=1) * scale, -1.0e30)
-            m_new = tl.maximum(m_i, tl.max(sc, axis=0))
-            p = tl.where(ok, tl.exp(sc - m_new), 0.0)
-            alpha = tl.exp(m_i - m_new)
-            acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
-            l_i = l_i * alpha + tl.sum(p, axis=0)
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(sc, ok, vt, m_i, l_i, acc)
         o = (b * H + h) * NSPLIT + s
         tl.store(m_ptr + o, m_i)
         tl.store(l_ptr + o, l_i)
@@ -61,9 +72,8 @@ if HAVE_TRITON:
         ms = s < NSPLIT
         m = tl.load(m_ptr + base + s, mask=ms, other=-1.0e30)
         lse = tl.load(l_ptr + base + s, mask=ms, other=0.0)
-        w = tl.where(ms, tl.exp(m - tl.max(m, axis=0)), 0.0)
         acc = tl.load(acc_ptr + (base + s[:, None]) * DH + d[None, :], mask=ms[:, None], other=0.0)
-        out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lse, axis=0)
+        out = _merge_splits(m, lse, acc, ms)
         tl.store(out_ptr + (b * H + h) * DH + d, out.to(out_ptr.dtype.element_ty))
 
 

@@ -56,6 +56,9 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
+    from .attention import _merge_splits, _online_softmax_step
+    from .router import _softmax_topk
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..fused_lm import FusedLM
     from ..static_decode import StaticKVCache
@@ -104,22 +107,13 @@ if HAVE_TRITON:
         return tl.load(tab_ptr + n * NF + f).to(tl.pointer_type(like.dtype.element_ty))
 
     @triton.jit
-    def _tile(w_ptr, row0, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-        # rows row0..row0+BLOCK_R of the (R, C) matrix at w_ptr (rows >= R masked: no traffic)
+    def _gemv(w_ptr, row0, R, C, x, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        # rows row0..row0+BLOCK_R of the (R, C) matrix times x (BLOCK_C,) → (BLOCK_R,) float32
         r = row0 + tl.arange(0, BLOCK_R)
         c = tl.arange(0, BLOCK_C)
         m = (r < R)[:, None] & (c < C)[None, :]
-        return tl.load(w_ptr + r.to(tl.int64)[:, None] * C + c[None, :], mask=m, other=0.0, eviction_policy="evict_first")
-
-    @triton.jit
-    def _rows_dot(w, x):
-        # (BLOCK_R, BLOCK_C) tile times x (BLOCK_C,) → (BLOCK_R,) float32
+        w = tl.load(w_ptr + r.to(tl.int64)[:, None] * C + c[None, :], mask=m, other=0.0, eviction_policy="evict_first")
         return tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-
-    @triton.jit
-    def _gemv(w_ptr, row0, R, C, x, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-        # rows row0..row0+BLOCK_R of the (R, C) matrix times x (BLOCK_C,) → (BLOCK_R,) float32
-        return _rows_dot(_tile(w_ptr, row0, R, C, BLOCK_R, BLOCK_C), x)
 
     @triton.jit
     def _gemv_rows_to(w_ptr, R, C, x, out_ptr, pid, nprog, ROUND: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -143,20 +137,7 @@ if HAVE_TRITON:
         e = tl.arange(0, BLOCK_E)
         me = e < E
         z = tl.load(rl_ptr + e, mask=me, other=-float("inf"), cache_modifier=".cg")
-        p = tl.exp(z - tl.max(z, axis=0))
-        p = tl.where(me, p / tl.sum(p, axis=0), -1.0)
-        jj = tl.arange(0, KMAX)
-        ids = tl.zeros([KMAX], tl.int32)
-        wts = tl.zeros([KMAX], tl.float32)
-        for j in tl.static_range(KMAX):
-            v = tl.max(p, axis=0)
-            i = tl.min(tl.where(p == v, e, BLOCK_E), axis=0)
-            take = (jj == j) & (j < k)
-            ids = tl.where(take, i, ids)
-            wts = tl.where(take, v, wts)
-            p = tl.where(e == i, -1.0, p)
-        if NORM:
-            wts = wts / tl.sum(wts, axis=0)
+        ids, wts = _softmax_topk(z, e, me, k, KMAX, BLOCK_E, NORM)
         return ids, wts.to(dt).to(tl.float32)
 
     @triton.jit
@@ -269,13 +250,7 @@ if HAVE_TRITON:
                 kb = tl.where(here[:, None], k2[None, :], kb)
                 vt = tl.where(here[:, None], vn[None, :], vt)
                 sc = (tl.sum(ka * q1[None, :], axis=1) + tl.sum(kb * q2[None, :], axis=1)) * scale
-                sc = tl.where(ok, sc, -1.0e30)
-                m_new = tl.maximum(m_i, tl.max(sc, axis=0))
-                p = tl.where(ok, tl.exp(sc - m_new), 0.0)
-                alpha = tl.exp(m_i - m_new)
-                acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
-                l_i = l_i * alpha + tl.sum(p, axis=0)
-                m_i = m_new
+                m_i, l_i, acc = _online_softmax_step(tl.where(ok, sc, -1.0e30), ok, vt, m_i, l_i, acc)
             tl.store(m_buf + item, m_i)
             tl.store(l_buf + item, l_i)
             tl.store(acc_buf + item * DH + dd, acc)
@@ -287,8 +262,7 @@ if HAVE_TRITON:
                 ll = tl.load(l_buf + h * NS + s, mask=ms, other=0.0, cache_modifier=".cg")
                 aa = tl.load(acc_buf + (h * NS + s[:, None]) * DH + dd[None, :], mask=ms[:, None], other=0.0,
                              cache_modifier=".cg")
-                ws = tl.where(ms, tl.exp(mm - tl.max(mm, axis=0)), 0.0)
-                out = tl.sum(ws[:, None] * aa, axis=0) / tl.sum(ws * ll, axis=0)
+                out = _merge_splits(mm, ll, aa, ms)
                 tl.store(attn_buf + h * DH + dd, out.to(dt).to(tl.float32))
                 tl.store(cnt_ptr + h, 0)
 
