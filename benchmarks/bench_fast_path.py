@@ -21,23 +21,33 @@ Sections, all in one process so that every ratio compares figures of the same ru
    (top-4, 12): replayed from the decoder's captured prefill graph (what ``greedy_generate`` runs
    with a decoder, i.e. the runtime on CUDA; wall time of the whole call, and the graph's replay
    alone in CUDA events) and run eagerly through the same fused blocks (the difference is host
-   launch overhead), and transformers' blocks at 1000 tokens.
-5. **kernels** (CUDA): block-size sweep of the decode kernels and the kernel-time breakdown of
+   launch overhead), each with its floor (:mod:`benchmarks.roofline`: the longer of the byte and
+   FLOP floors at this run's ceilings) and the replay × floor; the routed-expert forms
+   (``grouped_mm``, ``sorted_gemm``, ``sorted_tma``) and transformers' blocks at 1000 tokens.
+5. **prefill_kernels** (CUDA): one uncaptured 1000-token prefill at (top-8, 16) by kernel kind for
+   each sorted expert form, and its expert GEMMs' weight rate × the copy rate
+   (:func:`benchmarks.prefill_profile.prefill_breakdown`).
+6. **experts** (CUDA): one block's expert GEMMs alone for the same prompt's pairs, each weight-load
+   form autotuned and at ``--expert-tiles``, with what the autotuner chose
+   (:func:`benchmarks.prefill_profile.expert_sweep`).
+7. **kernels** (CUDA): block-size sweep of the decode kernels and the kernel-time breakdown of
    one uncaptured decode step (how much of the graph's time is kernels, how much gaps).
-6. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
-   (``greedy_generate`` with the decoder, 64 new tokens, EOS disabled), tokens/s ratio.
-8. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
+8. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
+   (``greedy_generate`` with the decoder, 64 new tokens, EOS disabled), tokens/s ratio, and the
+   share of the byte-bound speed-up 8·t₁ / floor₈ it reaches (= floor₈ / t₈).
+9. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
    (:class:`~model_runtime.molmoe.vision_graphs.VisionGraphs`), 2-13 crops.
-9. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
+10. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
    equal transformers' blocks for every distinct language-model plan of the knob space; real
    shape in bf16: relative error ||fast - ref|| / ||ref|| of the prefill logits and of the first
    decode step's logits, and greedy token agreement, at the four corners.
-10. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
+11. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
    through :class:`~model_runtime.molmoe.kernels.persistent_decode.PersistentDecodeStep` (one
    kernel per token, ``--persistent`` options) next to the fused step's figures of the same run,
    a sweep of tile options (``--persistent-sweep``) at the two corners, and the correctness checks
-   of section 9 for it (tiny float32 over every plan at batch 1; real shape at the four corners).
+   of section 10 for it (tiny float32 over every plan at batch 1; real shape at the four corners).
 
+Last, **bars**: issue 15's speed bars computed from the sections that ran (:func:`issue15_bars`).
 Prints one table per section and writes everything to ``--out`` (JSON).
 """
 
@@ -52,6 +62,8 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.prefill_profile import expert_sweep, kernel_times, prefill_breakdown
+from benchmarks.roofline import LMShape, decode_floor, generate_floor, prefill_floor
 from envs.knob_space import KnobSpace
 from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.fused_lm import ROUTED_FORMS
@@ -61,6 +73,12 @@ from model_runtime.molmoe.static_decode import GraphDecoder, cuda_graph_capture,
 from model_runtime.profiler import build_random_model, device_name
 
 KS = KnobSpace()
+#: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
+#: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
+EXPERT_TILES: list[dict[str, int]] = [
+    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": st}
+    for bm, bn, bk, w, st in ((64, 128, 64, 4, 3), (64, 128, 64, 4, 5), (64, 64, 128, 4, 4), (128, 128, 64, 8, 3),
+                              (128, 128, 64, 8, 4), (128, 64, 64, 4, 5), (64, 256, 64, 8, 3))]
 
 
 def plan_of(top_k: int, blocks: int, p: int = 1) -> tuple[int, ...]:
@@ -107,25 +125,6 @@ def ceilings(dev: torch.device) -> dict[str, float]:
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
     mm = timed_ms(lambda: a @ a, dev, repeats=10, warmup=2)
     return {"copy_TBps": 2 * 2**30 / ms / 1e9, "matmul_TFLOPs": 2 * 8192**3 / mm / 1e9}
-
-
-def floor_bytes(lm: MolmoeLanguageModel, plan: tuple[int, ...], context: int, batch: int = 1) -> int:
-    """Bytes a decode step must read: attention + router weights of the active blocks, the experts
-    they route to (batch 1: k distinct experts; batch B: the expected number of distinct experts
-    under uniform routing), the LM head and the KV cache."""
-    cfg = lm.config
-    d, i, e = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts
-    hd = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
-    h, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    el = lm.lm_head.weight.element_size()
-    total = lm.n_logits * d * el
-    for k in plan:
-        if k == 0:
-            continue
-        distinct = e * (1 - (1 - k / e) ** batch)
-        total += ((h + 2 * hkv) * hd * d + d * h * hd + e * d) * el + distinct * 3 * d * i * el
-        total += 2 * batch * hkv * hd * context * el
-    return int(total)
 
 
 # ------------------------------------------------------------------------------------ 2 decode
@@ -367,35 +366,48 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
     tok = lm.logits(st).argmax(-1)
     lm.fused.decode_step(cache, tok, plan)
     torch.cuda.synchronize()
-    from torch.profiler import ProfilerActivity, profile
-
-    def breakdown(fn: Callable[[], Any], key: str) -> None:
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            fn()
-            torch.cuda.synchronize()
-        kernels: dict[str, list[float]] = {}
-        for ev in prof.events():
-            if ev.device_type.name == "CUDA":
-                kernels.setdefault(ev.name[:60], []).append(getattr(ev, "device_time_total", 0.0))
-        top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))
-        out[f"{key}_kernels"] = sum(len(v) for v in kernels.values())
-        out[f"{key}_kernel_us"] = sum(sum(v) for v in kernels.values())
-        out[f"{key}_top"] = [{"kernel": k, "n": len(v), "us": round(sum(v), 1)} for k, v in top[:16]]
-
-    breakdown(lambda: lm.fused.decode_step(cache, tok, plan), "step")
-    emb_p, mask_p = prompt(lm, 1, context, seed=5)
-    t0 = time.perf_counter()
-    greedy_generate(lm, emb_p, mask_p, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=1)
-    breakdown(lambda: greedy_generate(lm, emb_p, mask_p, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0,
-                                      max_new_tokens=1), "prefill")
-    torch.cuda.synchronize()
-    t1 = time.perf_counter()
-    greedy_generate(lm, emb_p, mask_p, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=1)
-    out["prefill_host_enqueue_ms"] = (time.perf_counter() - t1) * 1e3  # host time, no sync inside except the mask check
-    del t0
+    kernels = kernel_times(lambda: lm.fused.decode_step(cache, tok, plan))
+    top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))
+    out["step_kernels"] = sum(len(v) for v in kernels.values())
+    out["step_kernel_us"] = sum(sum(v) for v in kernels.values())
+    out["step_top"] = [{"kernel": k[:60], "n": len(v), "us": round(sum(v), 1)} for k, v in top[:16]]
     return out
+
+
+# ------------------------------------------------------------------------------------ bars
+def issue15_bars(res: dict[str, Any], context: int) -> list[dict[str, Any]]:
+    """Issue 15's speed bars from this run's sections (those that ran): worst decode point × its
+    floor, the decode knob ratio, the prefill of ``context`` tokens × its floor, the expert GEMMs'
+    share of the copy rate, and batching's share of its byte-bound speed-up."""
+    bars: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, met: bool) -> None:
+        if value is not None:
+            bars.append({"bar": name, "value": value, "met": met})
+
+    for key, rows in (("decode", res.get("decode")), ("persistent decode", (res.get("persistent") or {}).get("decode"))):
+        if isinstance(rows, list) and rows and all("x_floor" in r for r in rows):
+            worst = max(r["x_floor"] for r in rows)
+            add(f"{key}: worst of {len(rows)} points x floor <= 1.5", worst, worst <= 1.5)
+            by = {(r["top_k"], r["blocks"]): r["ms_per_token"] for r in rows}
+            if (8, 16) in by and (4, 12) in by:
+                ratio = by[(4, 12)] / by[(8, 16)]
+                add(f"{key}: (4, 12) / (8, 16) <= 0.60", ratio, ratio <= 0.60)
+    pre = res.get("prefill")
+    row = next((r for r in pre.get("rows", []) if r.get("tokens") == context), None) if isinstance(pre, dict) else None
+    if row and "k8b16_x_floor" in row:
+        add(f"prefill {context} tokens (8, 16) x floor <= 1.5", row["k8b16_x_floor"], row["k8b16_x_floor"] <= 1.5)
+    kern = res.get("prefill_kernels")
+    if isinstance(kern, dict):
+        for form, b in kern.items():
+            share = (b.get("experts") or {}).get("experts_x_copy_rate") if isinstance(b, dict) else None
+            if share is not None:
+                add(f"prefill expert GEMMs ({form}) >= 0.85 of the copy rate", share, share >= 0.85)
+    bat = res.get("batching")
+    if isinstance(bat, dict) and "share_of_bound" in bat.get("k8b16", {}):
+        share = bat["k8b16"]["share_of_bound"]
+        add("batching 8 at (8, 16) >= 0.80 of the byte-bound speed-up", share, share >= 0.80)
+    return bars
 
 
 # ------------------------------------------------------------------------------------ main
@@ -406,7 +418,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32, help="decode steps per timed call")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny shape, few points (CPU smoke)")
-    ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,batching,vision,correctness")
+    ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,prefill_kernels,experts,batching,vision,correctness")
     ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
                     help="prefill experts (default: the fast path's default for the device)")
     ap.add_argument("--persistent", default="best",
@@ -414,6 +426,8 @@ def main() -> None:
                          "'best': the fastest of the sweep at the two corners")
     ap.add_argument("--persistent-sweep", default='[{}, {"block_r": 4, "block_ri": 2}, {"num_warps": 8}]',
                     help="JSON list of PersistentDecodeStep options timed at the two corners (section persistent)")
+    ap.add_argument("--expert-tiles", default=json.dumps(EXPERT_TILES),
+                    help="JSON list of tile configurations (BLOCK_M/N/K, num_warps, num_stages) timed by the experts section")
     ap.add_argument("--out", default=None, help="JSON with every figure")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -448,6 +462,7 @@ def main() -> None:
 
     section("ceilings", lambda: ceilings(dev))
     copy = res.get("ceilings", {}).get("copy_TBps")
+    mm = res.get("ceilings", {}).get("matmul_TFLOPs")
     if args.quick:
         cfg, dtype, context, grid = MolmoeConfig.tiny(), torch.float32, 64, [(8, 16), (4, 12)]
     else:
@@ -468,7 +483,7 @@ def main() -> None:
         for k, b in grid:
             plan = plan_of(k, b)
             ms = decode_ms(lm, dec, plan, emb1, mask1, args.steps, args.repeats)
-            fb = floor_bytes(lm, plan, context)
+            fb = decode_floor(LMShape.of(lm), plan, context).bytes
             row = {"top_k": k, "blocks": b, "ms_per_token": ms, "floor_GB": fb / 1e9}
             if copy:
                 row["floor_ms"] = fb / copy / 1e9
@@ -512,17 +527,25 @@ def main() -> None:
                 if dev.type == "cuda":
                     row[f"k{k}b{b}_replay_ms"] = prefill_replay_ms(dec, plan_of(k, b), s, 1, args.repeats * 4)
                 row[f"k{k}b{b}_eager_ms"] = prefill_ms(lm, plan_of(k, b), e, m, args.repeats)
+                if copy and mm:  # the bar's floor: the longer of the byte and FLOP floors of this run
+                    row[f"k{k}b{b}_floor_ms"] = prefill_floor(LMShape.of(lm), plan_of(k, b), s).ms(copy, mm)
+                    measured = row.get(f"k{k}b{b}_replay_ms", row[f"k{k}b{b}_graph_ms"])
+                    row[f"k{k}b{b}_x_floor"] = measured / row[f"k{k}b{b}_floor_ms"]
             out["rows"].append(row)
             print(f"  prefill S={s}: {row}", flush=True)
         s = lengths[len(lengths) // 2]
         e, m = prompt(lm, 1, s, seed=s)
         # the grouped expert forms of the prefill on the same prompt (each its own captured graph);
         # torch's grouped GEMM is capturable on CUDA in bf16 only (other dtypes copy through the host)
-        forms = ("grouped_mm", "sorted_gemm") if dev.type != "cuda" or dtype == torch.bfloat16 else ("sorted_gemm",)
+        forms = ("grouped_mm", "sorted_gemm", "sorted_tma") if dev.type != "cuda" or dtype == torch.bfloat16 else (
+            "sorted_gemm", "sorted_tma")
         for form in forms:
             lm.use_fast_path(routed_form=form)
             own = GraphDecoder(lm, max_graphs=2, capture=capture)
-            out[f"form_{form}_k8b16_S{s}_graph_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats * 2, own)
+            try:
+                out[f"form_{form}_k8b16_S{s}_graph_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats * 2, own)
+            except Exception as exc:  # e.g. TMA on a GPU without it: keep the other forms' figures
+                out[f"form_{form}_k8b16_S{s}_graph_ms"] = repr(exc)[:200]
             del own
         lm.use_fast_path(routed_form=args.routed_form)
         dec.fused = lm.fused
@@ -540,10 +563,45 @@ def main() -> None:
 
     section("prefill", prefill)
 
+    def prefill_kernels() -> dict[str, Any]:
+        # one uncaptured prefill of the fused blocks (the kernels the captured graph replays)
+        e, m = prompt(lm, 1, context, seed=5)
+        out = {}
+        for form in ("sorted_gemm", "sorted_tma"):
+            lm.use_fast_path(routed_form=form)
+            out[form] = prefill_breakdown(
+                lm, lambda: greedy_generate(lm, e, m, top_k_per_block=plan_of(8, 16), p=1, eos_token_id=-1, pad_token_id=0,
+                                            max_new_tokens=1), 8, context, 16, copy, mm)
+            print(f"  {form}: {out[form]['kernel_ms']:.2f} ms in {out[form]['kernels']} kernels; "
+                  + ", ".join(f"{k} {v['ms']:.2f}" for k, v in out[form]["by_kind"].items()), flush=True)
+        lm.use_fast_path(routed_form=args.routed_form)
+        dec.fused = lm.fused
+        return out
+
+    if dev.type == "cuda":
+        section("prefill_kernels", prefill_kernels)
+
+    def experts() -> dict[str, Any]:
+        from triton.testing import do_bench
+
+        return expert_sweep(lm, context, 8, json.loads(args.expert_tiles),
+                            lambda fn: do_bench(fn, return_mode="median") * 1e3, copy, mm)
+
+    if dev.type == "cuda":
+        section("experts", experts)
+
     def batch() -> dict[str, Any]:
         length, new = (64, 8) if args.quick else (context, 64)
-        return {f"k{k}b{b}": batching(lm, dec, plan_of(k, b), length, new, 8, max(1, args.repeats // 2))
-                for k, b in ((8, 16), (4, 12))}
+        out = {}
+        for k, b in ((8, 16), (4, 12)):
+            row = out[f"k{k}b{b}"] = batching(lm, dec, plan_of(k, b), length, new, 8, max(1, args.repeats // 2))
+            if copy and mm:
+                # the bar: batched speed-up 8·t1/t8 against the byte-bound one 8·t1/floor8, i.e. floor8/t8
+                row["floor8_ms"] = generate_floor(LMShape.of(lm), plan_of(k, b), length, new, 8, copy, mm)["floor_ms"]
+                row["floor1_ms"] = generate_floor(LMShape.of(lm), plan_of(k, b), length, new, 1, copy, mm)["floor_ms"]
+                row["bound_speedup"] = row["sequential_ms"] / row["floor8_ms"]
+                row["share_of_bound"] = row["ratio"] / row["bound_speedup"]
+        return out
 
     section("batching", batch)
 
@@ -604,7 +662,7 @@ def main() -> None:
             ms = decode_ms(lm, decp, plan, emb1, mask1, args.steps, args.repeats)
             row = {"top_k": k, "blocks": b, "ms_per_token": ms, "fused_ms_per_token": fused_ms.get((k, b))}
             if copy:
-                row["floor_ms"] = floor_bytes(lm, plan, context) / copy / 1e9
+                row["floor_ms"] = decode_floor(LMShape.of(lm), plan, context).bytes / copy / 1e9
                 row["x_floor"] = ms / row["floor_ms"]
             rows.append(row)
             print(f"  persistent k={k} blocks={b}: {ms:.3f} ms/token" + (f" (x{row['x_floor']:.2f} floor)" if copy else "")
@@ -641,6 +699,9 @@ def main() -> None:
         return out
 
     section("persistent", persistent)
+    res["bars"] = issue15_bars(res, context)
+    for b in res["bars"]:
+        print(f"  bar {b['bar']}: {b['value']:.3f} ({'met' if b['met'] else 'not met'})", flush=True)
     res["wall_s"] = time.perf_counter() - t_start
     save()
     print(f"wall {res['wall_s']:.0f} s")

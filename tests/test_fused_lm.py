@@ -147,7 +147,7 @@ def test_triton_prefill_equals_transformers_blocks(lm):
     plan = _plan(("medium", 3, 5, 14))
     ids, mask = _left_padded((7, 5), seed=9)
     ref = lm(ids, mask, top_k_per_block=plan)
-    for form in ("grouped_mm", "sorted_gemm"):
+    for form in ("grouped_mm", "sorted_gemm", "sorted_tma"):
         lm.use_fast_path(backend="triton", routed_form=form)
         ours = lm(ids, mask, top_k_per_block=plan)
         lm.use_fast_path(False)

@@ -46,24 +46,46 @@ def test_sort_by_expert_is_a_stable_sort(n_tok, top_k, n_exp, skew):
     assert torch.equal(a.inverse.long()[order], torch.arange(flat.numel(), device=flat.device))
 
 
-@triton_ok
-@pytest.mark.parametrize("n_tok,top_k,n_exp,dim,n_int,skew", [(13, 3, 8, 40, 24, False), (37, 8, 8, 64, 32, False),
-                                                            (45, 4, 8, 32, 48, True)])
-def test_grouped_gemms_equal_references(n_tok, top_k, n_exp, dim, n_int, skew):
-    idx, w = _routing(n_tok, top_k, n_exp, seed=3, skew=skew)
+def _experts(n_tok: int, n_exp: int, dim: int, n_int: int) -> tuple[torch.Tensor, ...]:
     x = torch.randn(n_tok, dim, generator=_g(0)).to(DEV)
     gate_up = (torch.randn(n_exp, 2 * n_int, dim, generator=_g(1)) / dim**0.5).to(DEV)
     down = (torch.randn(n_exp, dim, n_int, generator=_g(2)) / n_int**0.5).to(DEV)
-    res = torch.randn(n_tok, dim, generator=_g(4)).to(DEV)
+    return x, gate_up, down, torch.randn(n_tok, dim, generator=_g(4)).to(DEV)
+
+
+@triton_ok
+@pytest.mark.parametrize("loads", pm.WEIGHT_LOADS)
+@pytest.mark.parametrize("n_tok,top_k,n_exp,dim,n_int,skew", [(13, 3, 8, 40, 24, False), (37, 8, 8, 64, 32, False),
+                                                            (45, 4, 8, 32, 48, True)])
+def test_grouped_gemms_equal_references(n_tok, top_k, n_exp, dim, n_int, skew, loads):
+    """Both weight-load forms; with TMA, the tiles that run past an expert's rows (I, D not
+    multiples of the tile) or past the last column read neighbours or zeros that are never stored."""
+    idx, w = _routing(n_tok, top_k, n_exp, seed=3, skew=skew)
+    x, gate_up, down, res = _experts(n_tok, n_exp, dim, n_int)
     order = pm.sort_by_expert(idx, w, n_exp, "torch")
     act = pm.grouped_gate_up_act(x, gate_up, order, "torch")
-    torch.testing.assert_close(pm.grouped_gate_up_act(x, gate_up, order, "triton"), act, atol=1e-5, rtol=1e-5)
     for tiles in (None, {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}):  # several row tiles per expert
-        torch.testing.assert_close(pm.grouped_down(act, down, order, "triton", tiles=tiles),
+        torch.testing.assert_close(pm.grouped_gate_up_act(x, gate_up, order, "triton", tiles=tiles, weight_loads=loads),
+                                   act, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pm.grouped_down(act, down, order, "triton", tiles=tiles, weight_loads=loads),
                                    pm.grouped_down(act, down, order, "torch"), atol=1e-5, rtol=1e-5)
     ref = _loop_reference(x, gate_up, down, idx, w, res)
     for backend in ("triton", "torch"):
-        torch.testing.assert_close(pm.routed_experts_grouped(x, gate_up, down, idx, w, res, backend), ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(pm.routed_experts_grouped(x, gate_up, down, idx, w, res, backend, weight_loads=loads),
+                                   ref, atol=1e-4, rtol=1e-4)
+
+
+@triton_ok
+def test_grouped_gemms_reject_bad_tiles_and_loads():
+    idx, w = _routing(5, 2, 4, seed=0)
+    x, gate_up, down, _ = _experts(5, 4, 32, 16)
+    order = pm.sort_by_expert(idx, w, 4, "torch")
+    with pytest.raises(ValueError, match="unknown weight_loads 'cp.async'"):
+        pm.grouped_gate_up_act(x, gate_up, order, "triton", weight_loads="cp.async")
+    with pytest.raises(ValueError, match=r"unknown \['BLOCK_Q'\], missing \['BLOCK_K'\]"):
+        pm.grouped_gate_up_act(x, gate_up, order, "triton", tiles={"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_Q": 16})
+    with pytest.raises(ValueError, match="16-byte aligned rows"):  # 6 float32 columns: 24-byte rows
+        pm.grouped_down(torch.randn(10, 6).to(DEV), torch.randn(4, 32, 6).to(DEV), order, "triton", weight_loads="tma")
 
 
 def test_sort_rejects_bad_expert_count():

@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .static_decode import StaticKVCache
 
 #: routed-expert forms without data-dependent shapes
-ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather", "sorted_gemm")
+ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather", "sorted_gemm", "sorted_tma")
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -74,7 +74,8 @@ def routed_experts(
             ``scatter_add`` into a fixed (E,) vector, gate/up and down as torch's grouped GEMMs),
             ``sorted_gemm`` (the same in four kernels of :mod:`~model_runtime.molmoe.kernels.prefill_moe`:
             sort, gate/up GEMM with the token gather and SiLU·up·weight fused, down GEMM,
-            gather-sum) or ``gather`` (the routed experts' weights gathered per token, batched
+            gather-sum), ``sorted_tma`` (the same with the GEMMs' weight tiles fetched by TMA, Hopper
+            and later) or ``gather`` (the routed experts' weights gathered per token, batched
             matmuls; copies the weights, fine for tiny models and CPU).
         residual: (T, D) added to the result (fused into the last kernel of ``grouped_mm``).
         backend: ops around the grouped GEMMs (``triton``: one kernel for SiLU·up·weight, one for
@@ -83,8 +84,9 @@ def routed_experts(
     Returns:
         (T, D) in h's dtype.
     """
-    if form == "sorted_gemm":
-        return routed_experts_grouped(h, gate_up, down, idx, weights, residual, backend)  # type: ignore[arg-type]
+    if form in ("sorted_gemm", "sorted_tma"):
+        return routed_experts_grouped(h, gate_up, down, idx, weights, residual, backend,  # type: ignore[arg-type]
+                                      weight_loads="tma" if form == "sorted_tma" else "pointer")
     top_k = idx.shape[1]
     idx = idx.long()
     if form == "gather":

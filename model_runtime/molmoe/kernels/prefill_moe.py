@@ -21,6 +21,12 @@ the offsets inside the kernel (no padded copy of the pairs, no host sync, fixed 
 whole path is capturable in a CUDA graph. Output tiles vary fastest so the programs of one row
 tile run together and share its activations in L2 while each expert's weights stream once.
 
+Each GEMM fetches its weight tiles in one of two ways (``weight_loads``, :data:`WEIGHT_LOADS`):
+pointer loads, pipelined through ``cp.async`` (the default), or TMA tensor descriptors
+(``"tma"``, Hopper and later; the down GEMM's activations arrive by TMA too), which the routed form
+``sorted_tma`` of :func:`~model_runtime.molmoe.fused_lm.routed_experts` selects. A TMA tile that
+runs past an expert's rows reads its neighbour's or zeros past the end; those outputs are never stored.
+
 On CUDA the two GEMMs are autotuned (8 tile configurations) per (D, I, pair count rounded up to a
 power of two) the first time a size class is seen, in the eager first prefill of a length (never
 inside a graph capture): a process's first prefills pay the compiles and timings once (Triton keeps
@@ -48,6 +54,7 @@ from .common import HAVE_TRITON, Backend, _p2, triton_interpreting
 if HAVE_TRITON:
     import triton
     import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 @dataclass
@@ -122,6 +129,17 @@ if HAVE_TRITON:
         return expert, first, last
 
     @triton.jit
+    def _gate_up_store(acc_g, acc_u, rows, mr, n, mn, wsorted_ptr, out_ptr, I):
+        """SiLU(gate)·up·routing weight of a (rows, n) tile, rounded where the ``grouped_mm`` form rounds."""
+        dt = out_ptr.dtype.element_ty
+        g = acc_g.to(dt).to(tl.float32)
+        u = acc_u.to(dt).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u
+        wr = tl.load(wsorted_ptr + rows, mask=mr, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows[:, None] * I + n[None, :], (act.to(dt).to(tl.float32) * wr[:, None]).to(dt),
+                 mask=mr[:, None] & mn[None, :])
+
+    @triton.jit
     def _grouped_gate_up_kernel(
         x_ptr, src_ptr, wsorted_ptr, w_ptr, ends_ptr, out_ptr, D, I, E, P_BUCKET,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -155,13 +173,7 @@ if HAVE_TRITON:
             a_ptrs += BLOCK_K
             g_ptrs += BLOCK_K
             u_ptrs += BLOCK_K
-        dt = out_ptr.dtype.element_ty
-        g = acc_g.to(dt).to(tl.float32)
-        u = acc_u.to(dt).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32) * u
-        wr = tl.load(wsorted_ptr + rows, mask=mr, other=0.0).to(tl.float32)
-        tl.store(out_ptr + rows[:, None] * I + n[None, :], (act.to(dt).to(tl.float32) * wr[:, None]).to(dt),
-                 mask=mr[:, None] & mn[None, :])
+        _gate_up_store(acc_g, acc_u, rows, mr, n, mn, wsorted_ptr, out_ptr, I)
 
     @triton.jit
     def _grouped_down_kernel(
@@ -193,6 +205,69 @@ if HAVE_TRITON:
         tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + n[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=mr[:, None] & mn[None, :])
 
+    @triton.jit
+    def _grouped_gate_up_tma_kernel(
+        x_ptr, src_ptr, wsorted_ptr, w_desc, ends_ptr, out_ptr, D, I, E, P_BUCKET,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
+        """:func:`_grouped_gate_up_kernel` with the weight tiles fetched by TMA (``w_desc``: the
+        (E·2I, D) view of gate_up, block [BLOCK_N, BLOCK_K]). A tile that runs past an expert's
+        gate or up rows reads its neighbour's (or zeros past the end): those columns are not stored."""
+        expert, first, last = _row_tile(ends_ptr, E, BLOCK_M, BLOCK_E)
+        if expert >= E:
+            return
+        rows = first + tl.arange(0, BLOCK_M)
+        mr = rows < last
+        tok = tl.load(src_ptr + rows, mask=mr, other=0).to(tl.int64)
+        n0 = tl.program_id(0) * BLOCK_N
+        kk = tl.arange(0, BLOCK_K)
+        a_ptrs = x_ptr + tok[:, None] * D + kk[None, :]
+        row_g = expert * 2 * I + n0
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            a = tl.load(a_ptrs, mask=mr[:, None] & (k0 + kk < D)[None, :], other=0.0)
+            bg = w_desc.load([row_g, k0])  # (BLOCK_N, BLOCK_K); columns past D arrive as zeros
+            bu = w_desc.load([row_g + I, k0])
+            if IEEE:
+                acc_g = tl.dot(a, bg.T, acc_g, input_precision="ieee")
+                acc_u = tl.dot(a, bu.T, acc_u, input_precision="ieee")
+            else:
+                acc_g = tl.dot(a, bg.T, acc_g)
+                acc_u = tl.dot(a, bu.T, acc_u)
+            a_ptrs += BLOCK_K
+        n = n0 + tl.arange(0, BLOCK_N)
+        _gate_up_store(acc_g, acc_u, rows, mr, n, n < I, wsorted_ptr, out_ptr, I)
+
+    @triton.jit
+    def _grouped_down_tma_kernel(
+        a_desc, w_desc, ends_ptr, y_ptr, D, I, E, P_BUCKET,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
+        """:func:`_grouped_down_kernel` with both operands fetched by TMA (``a_desc``: the (P, I)
+        activations, block [BLOCK_M, BLOCK_K]; ``w_desc``: the (E·D, I) view of down, block
+        [BLOCK_N, BLOCK_K]). The tile's rows past its expert's last pair are multiplied by this
+        expert's weights too (rows are independent) and not stored."""
+        expert, first, last = _row_tile(ends_ptr, E, BLOCK_M, BLOCK_E)
+        if expert >= E:
+            return
+        rows = first + tl.arange(0, BLOCK_M)
+        n0 = tl.program_id(0) * BLOCK_N
+        row_w = expert * D + n0
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, I, BLOCK_K):
+            a = a_desc.load([first, k0])
+            b = w_desc.load([row_w, k0])
+            if IEEE:
+                acc = tl.dot(a, b.T, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b.T, acc)
+        n = n0 + tl.arange(0, BLOCK_N)
+        tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=(rows < last)[:, None] & (n < D)[None, :])
+
     def _gemm_configs() -> list:
         # weight-stream bound: wide output tiles, deep pipelines; 64-row tiles for experts with few
         # tokens. The kernels' P_BUCKET argument (the pair count rounded up to a power of two) is
@@ -204,6 +279,24 @@ if HAVE_TRITON:
 
     _gate_up_tuned = triton.autotune(configs=_gemm_configs(), key=["D", "I", "P_BUCKET"])(_grouped_gate_up_kernel)
     _down_tuned = triton.autotune(configs=_gemm_configs(), key=["D", "I", "P_BUCKET"])(_grouped_down_kernel)
+
+    def _tma_block_shapes(nargs: dict) -> None:
+        """Autotune pre-hook: a TMA descriptor's block is the tile the configuration loads."""
+        nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+        if "a_desc" in nargs:
+            nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+
+    def _tma_configs() -> list:
+        # the pointer kernels' tiles, and deeper pipelines that TMA's shared-memory staging allows
+        # (a configuration that does not fit is skipped by the autotuner)
+        extra = ((64, 128, 64, 4, 5), (128, 128, 64, 8, 5), (64, 256, 64, 8, 4), (128, 64, 128, 8, 4))
+        return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_tma_block_shapes)
+                for c in _gemm_configs()] + [
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st,
+                          pre_hook=_tma_block_shapes) for bm, bn, bk, w, st in extra]
+
+    _gate_up_tma_tuned = triton.autotune(configs=_tma_configs(), key=["D", "I", "P_BUCKET"])(_grouped_gate_up_tma_kernel)
+    _down_tma_tuned = triton.autotune(configs=_tma_configs(), key=["D", "I", "P_BUCKET"])(_grouped_down_tma_kernel)
 
 #: GEMM tiles where they are not autotuned (Triton's interpreter, explicit ``tiles``)
 INTERPRETER_TILES: dict[str, int] = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
@@ -304,27 +397,62 @@ def _expert_of_rows(ends: torch.Tensor, pairs: int) -> torch.Tensor:
     return torch.searchsorted(ends.long(), torch.arange(pairs, device=ends.device), right=True)
 
 
+#: keys an explicit ``tiles`` argument may hold (the three tile sizes are required)
+TILE_KEYS: tuple[str, ...] = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+#: how the grouped GEMMs fetch their weight tiles: pointer loads, or TMA descriptors (Hopper and
+#: later; Triton's interpreter runs both)
+WEIGHT_LOADS: tuple[str, ...] = ("pointer", "tma")
+
+
+def _check_tiles(tiles: dict[str, int]) -> dict[str, int]:
+    bad = sorted(set(tiles) - set(TILE_KEYS))
+    missing = [k for k in TILE_KEYS[:3] if k not in tiles]
+    if bad or missing:
+        raise ValueError(f"tiles must give BLOCK_M, BLOCK_N, BLOCK_K (and optionally num_warps, num_stages); "
+                         f"unknown {bad}, missing {missing}")
+    return dict(tiles)
+
+
 def _launch_row_tiles(tuned: object, raw: object, args: tuple, pairs: int, n_exp: int, n_out: int,
-                      tiles: dict[str, int] | None, ieee: bool) -> None:
+                      tiles: dict[str, int] | None, ieee: bool, descs: tuple = ()) -> None:
     """Grid (output tiles, row tiles): at most ceil(P / BLOCK_M) + E row tiles hold rows (an expert's
-    last tile may be partial); the programs past them return at once."""
+    last tile may be partial); the programs past them return at once. ``descs``: (TMA descriptor,
+    tile key of its rows) pairs whose block shape follows the tiles (the autotuner's pre-hook sets
+    them for its configurations)."""
     meta = {"BLOCK_E": _p2(n_exp), "IEEE": ieee}
     if tiles is None and ieee:  # float32 is the tests' and references' dtype: fixed tiles, no tuning compiles
         tiles = FLOAT32_TILES
     if tiles is None and not triton_interpreting():
         tuned[lambda m: (triton.cdiv(n_out, m["BLOCK_N"]), triton.cdiv(pairs, m["BLOCK_M"]) + n_exp)](*args, **meta)  # type: ignore[index]
-    else:
-        t = dict(INTERPRETER_TILES if tiles is None else tiles)
-        raw[(triton.cdiv(n_out, t["BLOCK_N"]), triton.cdiv(pairs, t["BLOCK_M"]) + n_exp)](*args, **t, **meta)  # type: ignore[index]
+        return
+    t = _check_tiles(INTERPRETER_TILES if tiles is None else tiles)
+    for desc, rows_key in descs:
+        desc.block_shape = [t[rows_key], t["BLOCK_K"]]
+    raw[(triton.cdiv(n_out, t["BLOCK_N"]), triton.cdiv(pairs, t["BLOCK_M"]) + n_exp)](*args, **t, **meta)  # type: ignore[index]
+
+
+def _descriptor(t: torch.Tensor) -> "TensorDescriptor":
+    """A TMA descriptor of a 2-D row-major tensor; its block shape is set at launch."""
+    if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
+        raise ValueError(f"TMA weight loads need 16-byte aligned rows; got a {tuple(t.shape)} {t.dtype} tensor with "
+                         f"strides {t.stride()}")
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [16, 16])
+
+
+def _check_loads(weight_loads: str) -> None:
+    if weight_loads not in WEIGHT_LOADS:
+        raise ValueError(f"unknown weight_loads {weight_loads!r}; choose from {WEIGHT_LOADS}")
 
 
 def grouped_gate_up_act(
     x: torch.Tensor, gate_up: torch.Tensor, order: ExpertOrder, backend: Backend = "torch",
-    tiles: dict[str, int] | None = None,
+    tiles: dict[str, int] | None = None, weight_loads: str = "pointer",
 ) -> torch.Tensor:
     """SiLU(gate)·up·weight of every sorted pair: x (T, D), gate_up (E, 2I, D) → (P, I) in x's dtype.
 
-    ``tiles``: explicit ``BLOCK_M``/``BLOCK_N``/``BLOCK_K`` (default: autotuned on CUDA)."""
+    ``tiles``: explicit ``BLOCK_M``/``BLOCK_N``/``BLOCK_K`` and optionally ``num_warps``/``num_stages``
+    (default: autotuned on CUDA); ``weight_loads``: ``pointer`` or ``tma`` (see :data:`WEIGHT_LOADS`)."""
+    _check_loads(weight_loads)
     pairs = order.src_token.shape[0]
     n_exp, two_i, dim = gate_up.shape
     n_int = two_i // 2
@@ -334,35 +462,53 @@ def grouped_gate_up_act(
         act = torch.nn.functional.silu(g) * u
         return act * order.weight[:, None].to(act.dtype)
     out = torch.empty(pairs, n_int, dtype=x.dtype, device=x.device)
+    ieee = x.dtype == torch.float32
+    if weight_loads == "tma":
+        w_desc = _descriptor(gate_up.reshape(n_exp * two_i, dim))
+        args = (x.contiguous(), order.src_token, order.weight, w_desc, order.ends, out, dim, n_int, n_exp, _p2(max(pairs, 1024)))
+        _launch_row_tiles(_gate_up_tma_tuned, _grouped_gate_up_tma_kernel, args, pairs, n_exp, n_int, tiles, ieee,
+                          ((w_desc, "BLOCK_N"),))
+        return out
     args = (x.contiguous(), order.src_token, order.weight, gate_up, order.ends, out, dim, n_int, n_exp, _p2(max(pairs, 1024)))
     _launch_row_tiles(_gate_up_tuned if HAVE_TRITON else None, _grouped_gate_up_kernel if HAVE_TRITON else None, args,
-                      pairs, n_exp, n_int, tiles, x.dtype == torch.float32)
+                      pairs, n_exp, n_int, tiles, ieee)
     return out
 
 
 def grouped_down(
     act: torch.Tensor, down: torch.Tensor, order: ExpertOrder, backend: Backend = "torch",
-    tiles: dict[str, int] | None = None,
+    tiles: dict[str, int] | None = None, weight_loads: str = "pointer",
 ) -> torch.Tensor:
-    """Each sorted pair's down projection: act (P, I), down (E, D, I) → (P, D) in act's dtype."""
+    """Each sorted pair's down projection: act (P, I), down (E, D, I) → (P, D) in act's dtype
+    (``tiles`` and ``weight_loads`` as :func:`grouped_gate_up_act`'s; with ``tma`` the activations
+    arrive by TMA too)."""
+    _check_loads(weight_loads)
     pairs = act.shape[0]
     n_exp, dim, n_int = down.shape
     if backend == "torch":
         return torch.einsum("pi,pdi->pd", act, down[_expert_of_rows(order.ends, pairs)])
     y = torch.empty(pairs, dim, dtype=act.dtype, device=act.device)
+    ieee = act.dtype == torch.float32
+    if weight_loads == "tma":
+        a_desc, w_desc = _descriptor(act.contiguous()), _descriptor(down.reshape(n_exp * dim, n_int))
+        args = (a_desc, w_desc, order.ends, y, dim, n_int, n_exp, _p2(max(pairs, 1024)))
+        _launch_row_tiles(_down_tma_tuned, _grouped_down_tma_kernel, args, pairs, n_exp, dim, tiles, ieee,
+                          ((a_desc, "BLOCK_M"), (w_desc, "BLOCK_N")))
+        return y
     args = (act.contiguous(), down, order.ends, y, dim, n_int, n_exp, _p2(max(pairs, 1024)))
     _launch_row_tiles(_down_tuned if HAVE_TRITON else None, _grouped_down_kernel if HAVE_TRITON else None, args,
-                      pairs, n_exp, dim, tiles, act.dtype == torch.float32)
+                      pairs, n_exp, dim, tiles, ieee)
     return y
 
 
 def routed_experts_grouped(
     h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
-    residual: torch.Tensor | None = None, backend: Backend = "torch",
+    residual: torch.Tensor | None = None, backend: Backend = "torch", weight_loads: str = "pointer",
 ) -> torch.Tensor:
     """(residual +) Σ_j weights[:, j] · expert_{idx[:, j]}(h) for (T, D) tokens in four kernels
     (sort, gate/up + activation, down, gather-sum); fixed shapes, no host sync."""
     order = sort_by_expert(idx, weights, gate_up.shape[0], backend)
-    y = grouped_down(grouped_gate_up_act(h, gate_up, order, backend), down, order, backend)
+    act = grouped_gate_up_act(h, gate_up, order, backend, weight_loads=weight_loads)
+    y = grouped_down(act, down, order, backend, weight_loads=weight_loads)
     base = torch.zeros_like(h) if residual is None else residual
     return gather_sum(y, order.inverse, idx.shape[1], base, backend)
