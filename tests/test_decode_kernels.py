@@ -81,6 +81,21 @@ def test_router_topk(top_k: int, norm: bool) -> None:
 
 
 @triton_ok
+@pytest.mark.parametrize("n_tok,n_exp,dim,top_k,norm,block_t", [(5, 12, 40, 3, True, 64), (70, 64, 96, 8, False, 32),
+                                                                (1, 8, 16, 8, False, 64)])
+def test_router_gemm_topk_equals_gemm_then_topk(n_tok, n_exp, dim, top_k, norm, block_t) -> None:
+    """The prefill's router in one kernel (tiles of tokens, several tiles and a partial one, an
+    expert count that is not a power of two, a hidden size that is not a multiple of the tile)."""
+    h = torch.randn(n_tok, dim, generator=_g(0)).to(DEV)
+    router = torch.randn(n_exp, dim, generator=_g(1)).to(DEV)
+    (wa, ia) = dk.router_gemm_topk(h, router, top_k, norm, "triton", block_t=block_t)
+    (wb, ib) = dk.router_topk(h @ router.T, top_k, norm, "torch")
+    assert torch.equal(ia, ib)
+    _close(wa, wb)
+    assert [t.equal(u) for t, u in zip(dk.router_gemm_topk(h, router, top_k, norm, "torch"), (wb, ib))] == [True, True]
+
+
+@triton_ok
 @pytest.mark.parametrize("n_tok,top_k,dim,n_int", [(1, 8, 64, 32), (3, 2, 40, 24)])
 def test_moe_ops(n_tok: int, top_k: int, dim: int, n_int: int) -> None:
     n_exp = 8

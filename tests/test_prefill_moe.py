@@ -33,7 +33,8 @@ def _loop_reference(x, gate_up, down, idx, w, residual):
 
 
 @triton_ok
-@pytest.mark.parametrize("n_tok,top_k,n_exp,skew", [(1, 1, 4, False), (13, 3, 8, False), (300, 8, 16, False), (40, 4, 8, True)])
+@pytest.mark.parametrize("n_tok,top_k,n_exp,skew", [(1, 1, 4, False), (13, 3, 8, False), (300, 8, 16, False), (40, 4, 8, True),
+                                                  (1000, 8, 64, False)])  # the last: MolmoE-1B at 1,000 tokens, 125 chunks
 def test_sort_by_expert_is_a_stable_sort(n_tok, top_k, n_exp, skew):
     idx, w = _routing(n_tok, top_k, n_exp, seed=n_tok, skew=skew)
     a, b = pm.sort_by_expert(idx, w, n_exp, "triton"), pm.sort_by_expert(idx, w, n_exp, "torch")

@@ -5,7 +5,7 @@ Modules, by concern:
 - :mod:`.common`: Triton's availability, the backends (``"triton"`` / ``"torch"``), block sizes;
 - :mod:`.norm_rope`: RMSNorm (with the residual add), QK-norm + RoPE (+ KV-cache write);
 - :mod:`.attention`: split-K decode attention and its reduction;
-- :mod:`.router`: router softmax + top-k;
+- :mod:`.router`: router softmax + top-k (the prefill's with the router GEMM in the same kernel);
 - :mod:`.decode_moe`: the decode step's routed experts (gate/up + SiLU·up, down, weighted
   combine + residual + next RMSNorm), parallel over (token, expert) pairs;
 - :mod:`.prefill_moe`: the prefill's routed experts as grouped GEMMs over expert-sorted pairs
@@ -61,12 +61,12 @@ from .prefill_moe import (
     sort_by_expert,
 )
 from .persistent_decode import PersistentDecodeStep
-from .router import router_topk
+from .router import router_gemm_topk, router_topk
 
 __all__ = [
     "BACKENDS", "FLOAT32_TILES", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder", "PersistentDecodeStep",
     "add_rms_norm", "attention_scale", "check_backend", "decode_attention", "default_backend", "gather_sum",
     "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act", "qk_norm_rope",
-    "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_topk", "silu_mul_scale",
+    "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk", "router_topk", "silu_mul_scale",
     "sort_by_expert", "triton_interpreting",
 ]

@@ -378,7 +378,9 @@ def sort_by_expert(idx: torch.Tensor, weights: torch.Tensor, n_exp: int, backend
                            inverse.int())
     if n_exp > 1024:  # the kernels hold a (chunk, E) one-hot tile
         raise ValueError(f"n_exp must be at most 1024 for the triton backend, got {n_exp}")
-    chunk = max(256, _p2(-(-pairs // 256)))
+    # ~128 chunks: enough programs to fill the GPU (32 chunks of 256 pairs left most SMs idle at
+    # 1,000 tokens), few enough that each program's (chunks, E) count tile stays small
+    chunk = max(32, _p2(-(-pairs // 128)))
     nchunk = max(1, -(-pairs // chunk))
     block_e = _p2(n_exp)
     counts = torch.empty(nchunk, n_exp, dtype=torch.int32, device=dev)

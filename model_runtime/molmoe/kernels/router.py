@@ -1,4 +1,5 @@
-"""The router: softmax (float32) over all experts' logits, then top-k."""
+"""The router: softmax (float32) over all experts' logits, then top-k; for the prefill, with the
+logits' GEMM in the same kernel."""
 
 from __future__ import annotations
 
@@ -15,27 +16,33 @@ if HAVE_TRITON:
 if HAVE_TRITON:
 
     @triton.jit
-    def _softmax_topk(z, e, me, k, KMAX: tl.constexpr, BLOCK_E: tl.constexpr, NORM: tl.constexpr):
-        # softmax (float32) over the logits z (BLOCK_E,) where me, then the k (<= KMAX) largest,
-        # lowest index on ties as torch.topk on distinct values: expert ids (KMAX,) int32 and
-        # float32 weights (renormalised over the k with NORM; entries past k are 0)
-        p = tl.exp(z - tl.max(z, axis=0))
-        p = tl.where(me, p / tl.sum(p, axis=0), -1.0)
-        jj = tl.arange(0, KMAX)
-        ids = tl.zeros([KMAX], tl.int32)
-        wts = tl.zeros([KMAX], tl.float32)
-        total = tl.sum(tl.zeros([BLOCK_E], tl.float32), axis=0)
+    def _softmax_topk_rows(z, e, me, k, KMAX: tl.constexpr, BLOCK_E: tl.constexpr, NORM: tl.constexpr):
+        # per row of the logits z (R, BLOCK_E): softmax (float32) where me, then the k (<= KMAX)
+        # largest, lowest index on ties as torch.topk on distinct values: expert ids (R, KMAX) int32
+        # and float32 weights (renormalised over the k with NORM; entries past k are 0)
+        p = tl.exp(z - tl.max(z, axis=1)[:, None])
+        p = tl.where(me[None, :], p / tl.sum(p, axis=1)[:, None], -1.0)
+        jj = tl.arange(0, KMAX)[None, :]
+        ids = tl.zeros([z.shape[0], KMAX], tl.int32)
+        wts = tl.zeros([z.shape[0], KMAX], tl.float32)
+        total = tl.sum(tl.zeros([z.shape[0], BLOCK_E], tl.float32), axis=1)
         for j in tl.static_range(KMAX):
-            v = tl.max(p, axis=0)
-            i = tl.min(tl.where(p == v, e, BLOCK_E), axis=0)
+            v = tl.max(p, axis=1)
+            i = tl.min(tl.where(p == v[:, None], e[None, :], BLOCK_E), axis=1)
             take = (jj == j) & (j < k)
-            ids = tl.where(take, i, ids)
-            wts = tl.where(take, v, wts)
+            ids = tl.where(take, i[:, None], ids)
+            wts = tl.where(take, v[:, None], wts)
             total += tl.where(j < k, v, 0.0)  # in descending order, one by one
-            p = tl.where(e == i, -1.0, p)
+            p = tl.where(e[None, :] == i[:, None], -1.0, p)
         if NORM:
-            wts = wts / total
+            wts = wts / total[:, None]
         return ids, wts
+
+    @triton.jit
+    def _softmax_topk(z, e, me, k, KMAX: tl.constexpr, BLOCK_E: tl.constexpr, NORM: tl.constexpr):
+        # _softmax_topk_rows of one row of logits z (BLOCK_E,): ids (KMAX,) int32, weights (KMAX,)
+        ids, wts = _softmax_topk_rows(z[None, :], e, me, k, KMAX, BLOCK_E, NORM)
+        return tl.sum(ids, axis=0), tl.sum(wts, axis=0)
 
     @triton.jit
     def _router_topk_kernel(logits_ptr, w_ptr, idx_ptr, E, K: tl.constexpr, KMAX: tl.constexpr, NORM: tl.constexpr,
@@ -48,6 +55,37 @@ if HAVE_TRITON:
         jj = tl.arange(0, KMAX)
         tl.store(idx_ptr + t * K + jj, ids, mask=jj < K)
         tl.store(w_ptr + t * K + jj, wts.to(w_ptr.dtype.element_ty), mask=jj < K)
+
+
+    @triton.jit
+    def _router_gemm_topk_kernel(h_ptr, wr_ptr, w_ptr, idx_ptr, T, D, E, K: tl.constexpr, KMAX: tl.constexpr,
+                                 NORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                                 BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        mt = rows < T
+        e = tl.arange(0, BLOCK_E)
+        me = e < E
+        dd = tl.arange(0, BLOCK_D)
+        a_ptrs = h_ptr + rows.to(tl.int64)[:, None] * D + dd[None, :]
+        b_ptrs = wr_ptr + e[None, :] * D + dd[:, None]  # (BLOCK_D, BLOCK_E): the router weight transposed
+        acc = tl.zeros([BLOCK_T, BLOCK_E], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            md = d0 + dd < D
+            a = tl.load(a_ptrs, mask=mt[:, None] & md[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=md[:, None] & me[None, :], other=0.0)
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+            a_ptrs += BLOCK_D
+            b_ptrs += BLOCK_D
+        # the logits in the model's dtype, as the router's linear layer returns them
+        z = tl.where(me[None, :], acc.to(w_ptr.dtype.element_ty).to(tl.float32), -float("inf"))
+        ids, wts = _softmax_topk_rows(z, e, me, K, KMAX, BLOCK_E, NORM)
+        jj = tl.arange(0, KMAX)[None, :]
+        out = rows.to(tl.int64)[:, None] * K + jj
+        tl.store(idx_ptr + out, ids, mask=mt[:, None] & (jj < K))
+        tl.store(w_ptr + out, wts.to(w_ptr.dtype.element_ty), mask=mt[:, None] & (jj < K))
 
 
 # ============================================================================ ops
@@ -67,4 +105,26 @@ def router_topk(
     idx = torch.empty(n_tok, top_k, dtype=torch.int32, device=logits.device)
     _router_topk_kernel[(n_tok,)](logits.contiguous(), w, idx, n_exp, K=top_k, KMAX=_p2(top_k), NORM=bool(norm_topk_prob),
                                   BLOCK_E=_p2(n_exp))
+    return w, idx
+
+
+def router_gemm_topk(
+    h: torch.Tensor, router_weight: torch.Tensor, top_k: int, norm_topk_prob: bool, backend: Backend = "torch",
+    block_t: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`router_topk` of the router logits ``h @ router_weight.T`` for (T, D) hidden states and
+    an (E, D) router weight, in one kernel (the prefill's: a tile of ``block_t`` tokens per program
+    instead of a GEMM with 64 output columns and a second kernel). The logits are rounded to h's
+    dtype before the float32 softmax, as the router's linear layer returns them."""
+    if backend == "torch":
+        return router_topk(h @ router_weight.T, top_k, norm_topk_prob, backend)
+    n_tok, dim = h.shape
+    n_exp = router_weight.shape[0]
+    w = torch.empty(n_tok, top_k, dtype=h.dtype, device=h.device)
+    idx = torch.empty(n_tok, top_k, dtype=torch.int32, device=h.device)
+    block_t = max(16, _p2(min(block_t, n_tok)))
+    _router_gemm_topk_kernel[(triton.cdiv(n_tok, block_t),)](
+        h.contiguous(), router_weight.contiguous(), w, idx, n_tok, dim, n_exp, K=top_k, KMAX=_p2(top_k),
+        NORM=bool(norm_topk_prob), BLOCK_T=block_t, BLOCK_E=max(16, _p2(n_exp)), BLOCK_D=64 if dim >= 64 else max(16, _p2(dim)),
+        IEEE=h.dtype == torch.float32)
     return w, idx
