@@ -424,7 +424,7 @@ def main() -> None:
     ap.add_argument("--persistent", default="best",
                     help="JSON keyword arguments of PersistentDecodeStep for the persistent section's grid, or "
                          "'best': the fastest of the sweep at the two corners")
-    ap.add_argument("--persistent-sweep", default='[{}, {"block_r": 4, "block_ri": 2}, {"num_warps": 8}]',
+    ap.add_argument("--persistent-sweep", default='[{}, {"stages": 2}, {"stages": 3}, {"stages": 2, "block_r": 16, "block_ri": 8}]',
                     help="JSON list of PersistentDecodeStep options timed at the two corners (section persistent)")
     ap.add_argument("--expert-tiles", default=json.dumps(EXPERT_TILES),
                     help="JSON list of tile configurations (BLOCK_M/N/K, num_warps, num_stages) timed by the experts section")

@@ -106,7 +106,7 @@ def test_greedy_generate_through_the_persistent_decoder_equals_eager(lm):
     ref = greedy_generate(lm, emb, mask, **kw)
     lm.use_fast_path(backend="torch")  # the prefill's ops; the decode steps are the persistent kernel's
     try:
-        opts = {"num_programs": 4, "block_r": 16, "block_ri": 16}
+        opts = {"num_programs": 4, "block_r": 16, "block_ri": 16, "stages": 2}  # weight tiles staged (GPU)
         dec = GraphDecoder(lm, len_bucket=8, impl="persistent", persistent=opts)
         ours = greedy_generate(lm, emb, mask, **kw, decoder=dec)
     finally:
@@ -136,6 +136,8 @@ def test_persistent_step_rejects_what_it_cannot_serve(lm):
             PersistentDecodeStep(fused, one, plan, stepped=False)
     with pytest.raises(ValueError, match="tokens must be"):
         PersistentDecodeStep(fused, one, plan, tokens=torch.zeros(2, dtype=torch.long, device=DEV))
+    with pytest.raises(ValueError, match="stages must be >= 1"):
+        PersistentDecodeStep(fused, one, plan, stages=0)
 
 
 def test_graph_decoder_names_its_impls(lm):

@@ -117,12 +117,13 @@ if HAVE_TRITON:
 
     @triton.jit
     def _gemv_rows_to(w_ptr, R, C, x, out_ptr, pid, nprog, ROUND: tl.constexpr, BLOCK_R: tl.constexpr,
-                      BLOCK_C: tl.constexpr):
+                      BLOCK_C: tl.constexpr, NSTAGE: tl.constexpr):
         # out[r] = (W x)[r] for this program's row tiles, rounded to the weights' dtype (ROUND:
-        # stored as float32) or stored in out's dtype. (Issuing the next tile's load before
-        # reducing the current one measured slower: RESULTS.md, "A persistent decode step".)
+        # stored as float32) or stored in out's dtype. NSTAGE > 1: Triton's pipeliner copies the
+        # next NSTAGE - 1 tiles into shared memory (cp.async) while this one is reduced; a prefetch
+        # into registers measured slower (RESULTS.md, "A persistent decode step").
         dt = w_ptr.dtype.element_ty
-        for t in range(pid, tl.cdiv(R, BLOCK_R), nprog):
+        for t in tl.range(pid, tl.cdiv(R, BLOCK_R), nprog, num_stages=NSTAGE):
             y = _gemv(w_ptr, t * BLOCK_R, R, C, x, BLOCK_R, BLOCK_C)
             r = t * BLOCK_R + tl.arange(0, BLOCK_R)
             if ROUND:
@@ -183,20 +184,20 @@ if HAVE_TRITON:
 
     @triton.jit
     def _phase_head(rb, acc2, par, final_w_ptr, head_ptr, logits_ptr, slot_ptr, slot, pid, nprog, D, V, final_eps,
-                    BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+                    BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, NSTAGE: tl.constexpr):
         # the final norm and the LM head's rows; the slot advances
         x = _normed_input(rb, acc2, par, final_w_ptr, D, final_eps, BLOCK_D)
-        _gemv_rows_to(head_ptr, V, D, x, logits_ptr, pid, nprog, False, BLOCK_R, BLOCK_D)
+        _gemv_rows_to(head_ptr, V, D, x, logits_ptr, pid, nprog, False, BLOCK_R, BLOCK_D, NSTAGE)
         if pid == 0:
             tl.store(slot_ptr, slot + 1)
 
     @triton.jit
     def _phase_qkv(rb, acc2, par, ln_in, w, qkv_buf, pid, nprog, D, eps, NQKV: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+                   BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, NSTAGE: tl.constexpr):
         # the Q/K/V GEMV of the block's input norm; this block's expert sum (parity 1 - par,
         # last read by the previous block) is cleared for the down phase
         x = _normed_input(rb, acc2, par, ln_in, D, eps, BLOCK_D)
-        _gemv_rows_to(w, NQKV, D, x, qkv_buf, pid, nprog, True, BLOCK_R, BLOCK_D)
+        _gemv_rows_to(w, NQKV, D, x, qkv_buf, pid, nprog, True, BLOCK_R, BLOCK_D, NSTAGE)
         for t in range(pid, tl.cdiv(D, BLOCK_R), nprog):
             r = t * BLOCK_R + tl.arange(0, BLOCK_R)
             tl.store(acc2 + (1 - par) * D + r, tl.zeros([BLOCK_R], tl.float32), mask=r < D)
@@ -281,22 +282,22 @@ if HAVE_TRITON:
 
     @triton.jit
     def _phase_router(rb, acc2, par, ln_post, w, rl_buf, pid, nprog, D, E, eps, BLOCK_D: tl.constexpr,
-                      BLOCK_R: tl.constexpr):
+                      BLOCK_R: tl.constexpr, NSTAGE: tl.constexpr):
         # router logits of the post-attention norm (the stream of parity 1 - par, its expert sum 0)
         x = _normed_input(rb, acc2, 1 - par, ln_post, D, eps, BLOCK_D)
-        _gemv_rows_to(w, E, D, x, rl_buf, pid, nprog, True, BLOCK_R, BLOCK_D)
+        _gemv_rows_to(w, E, D, x, rl_buf, pid, nprog, True, BLOCK_R, BLOCK_D, NSTAGE)
 
     @triton.jit
     def _phase_gate_up(rl_buf, rb, acc2, par, ln_post, gu, act_buf, k, pid, nprog, D, I, E, eps,
                        NORM_TOPK: tl.constexpr, KMAX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
-                       BLOCK_RI: tl.constexpr):
+                       BLOCK_RI: tl.constexpr, NSTAGE: tl.constexpr):
         # top-k, then (expert, row tile) items of gate/up + SiLU·up
         dt = gu.dtype.element_ty
         ids, wts = _topk(rl_buf, E, k, dt, NORM_TOPK, KMAX, BLOCK_E)
         x = _normed_input(rb, acc2, 1 - par, ln_post, D, eps, BLOCK_D)
         kk = tl.arange(0, KMAX)
         n_it = tl.cdiv(I, BLOCK_RI)
-        for item in range(pid, k * n_it, nprog):
+        for item in tl.range(pid, k * n_it, nprog, num_stages=NSTAGE):
             jx = item // n_it
             t = item % n_it
             e = tl.sum(tl.where(kk == jx, ids, 0), axis=0).to(tl.int64)
@@ -309,16 +310,18 @@ if HAVE_TRITON:
 
     @triton.jit
     def _phase_down(rl_buf, act_buf, dn, acc2, par, k, pid, nprog, D, I, E, NORM_TOPK: tl.constexpr,
-                    KMAX: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_R: tl.constexpr):
+                    KMAX: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_R: tl.constexpr,
+                    NSTAGE: tl.constexpr):
         # (expert, output-row tile) items: each expert's down rows, weighted and rounded as the
         # eager combine, summed atomically into the expert sum of parity 1 - par (the next
-        # block's input is the post-attention stream + that sum)
+        # block's input is the post-attention stream + that sum). With NSTAGE > 1 the staged
+        # copies of the activations are cp.async.cg (L2, like the .cg load): never a stale L1 line.
         dt = dn.dtype.element_ty
         ids, wts = _topk(rl_buf, E, k, dt, NORM_TOPK, KMAX, BLOCK_E)
         kk = tl.arange(0, KMAX)
         ia = tl.arange(0, BLOCK_I)
         n_t = tl.cdiv(D, BLOCK_R)
-        for item in range(pid, k * n_t, nprog):
+        for item in tl.range(pid, k * n_t, nprog, num_stages=NSTAGE):
             jx = item // n_t
             t = item % n_t
             r = t * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -336,7 +339,7 @@ if HAVE_TRITON:
         H: tl.constexpr, HKV: tl.constexpr, DH: tl.constexpr, KMAX: tl.constexpr, NORM_TOPK: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_E: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_RI: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
-        BLOCK_S: tl.constexpr, SYNC: tl.constexpr, WORK: tl.constexpr,
+        BLOCK_S: tl.constexpr, SYNC: tl.constexpr, WORK: tl.constexpr, NSTAGE: tl.constexpr,
     ):
         pid = tl.program_id(0)
         slot = tl.load(slot_ptr)
@@ -355,14 +358,14 @@ if HAVE_TRITON:
                 _phase_init(tok_ptr, embed_ptr, rb, acc2, valid_ptr, slot, pid, nprog, D, BLOCK_R)
             elif ph == last:
                 _phase_head(rb, acc2, (n_active + 1) % 2, final_w_ptr, head_ptr, logits_ptr, slot_ptr, slot, pid, nprog,
-                            D, V, final_eps, BLOCK_D, BLOCK_R)
+                            D, V, final_eps, BLOCK_D, BLOCK_R, NSTAGE)
             else:
                 n = (ph - 1) // 6
                 st = (ph - 1) % 6
                 par = (n + 1) % 2  # parity of this block's input buffers
                 if st == 0:
                     _phase_qkv(rb, acc2, par, _ptr(tab_ptr, n, F_LN_IN, embed_ptr), _ptr(tab_ptr, n, F_QKV, embed_ptr),
-                               qkv_buf, pid, nprog, D, eps, (H + 2 * HKV) * DH, BLOCK_D, BLOCK_R)
+                               qkv_buf, pid, nprog, D, eps, (H + 2 * HKV) * DH, BLOCK_D, BLOCK_R, NSTAGE)
                 elif st == 1:
                     _phase_attention(qkv_buf, _ptr(tab_ptr, n, F_QK_NORM, embed_ptr), _ptr(tab_ptr, n, F_K, embed_ptr),
                                      _ptr(tab_ptr, n, F_V, embed_ptr), valid_ptr, inv_freq_ptr, m_buf, l_buf, acc_buf,
@@ -373,14 +376,15 @@ if HAVE_TRITON:
                                   BLOCK_Q, BLOCK_R)
                 elif st == 3:
                     _phase_router(rb, acc2, par, _ptr(tab_ptr, n, F_LN_POST, embed_ptr),
-                                  _ptr(tab_ptr, n, F_ROUTER, embed_ptr), rl_buf, pid, nprog, D, E, eps, BLOCK_D, BLOCK_R)
+                                  _ptr(tab_ptr, n, F_ROUTER, embed_ptr), rl_buf, pid, nprog, D, E, eps, BLOCK_D, BLOCK_R,
+                                  NSTAGE)
                 elif st == 4:
                     _phase_gate_up(rl_buf, rb, acc2, par, _ptr(tab_ptr, n, F_LN_POST, embed_ptr),
                                    _ptr(tab_ptr, n, F_GATE_UP, embed_ptr), act_buf, tl.load(topk_ptr + n), pid, nprog,
-                                   D, I, E, eps, NORM_TOPK, KMAX, BLOCK_D, BLOCK_E, BLOCK_RI)
+                                   D, I, E, eps, NORM_TOPK, KMAX, BLOCK_D, BLOCK_E, BLOCK_RI, NSTAGE)
                 else:
                     _phase_down(rl_buf, act_buf, _ptr(tab_ptr, n, F_DOWN, embed_ptr), acc2, par, tl.load(topk_ptr + n),
-                                pid, nprog, D, I, E, NORM_TOPK, KMAX, BLOCK_E, BLOCK_I, BLOCK_R)
+                                pid, nprog, D, I, E, NORM_TOPK, KMAX, BLOCK_E, BLOCK_I, BLOCK_R, NSTAGE)
             if SYNC:
                 if ph + 1 < ph_hi:
                     target += nprog
@@ -415,6 +419,9 @@ class PersistentDecodeStep:
             interpreter, False on CUDA).
         block_r, block_ri, num_warps: rows per GEMV tile (Q/K/V, output, router, LM head, experts'
             down; the experts' gate/up) and warps per program.
+        stages: weight tiles in flight per program in the Q/K/V, router, LM-head and expert loops
+            (1: each tile loaded, then reduced; n > 1: Triton's pipeliner stages the next n - 1
+            tiles in shared memory, which the residency count then includes).
         tokens: the (1,) int64 input buffer the step reads (default: its own); a captured step
             reads the buffer its caller fills.
 
@@ -438,6 +445,7 @@ class PersistentDecodeStep:
         block_r: int = 8,
         block_ri: int = 4,
         num_warps: int = 4,
+        stages: int = 1,
         tokens: torch.Tensor | None = None,
     ) -> None:
         if not HAVE_TRITON:
@@ -470,6 +478,9 @@ class PersistentDecodeStep:
         self.vocab = int(w0.shape[0])
         self.k_max = _p2(max(plan))
         self.block_r, self.block_ri, self.num_warps = int(block_r), int(block_ri), int(num_warps)
+        self.stages = int(stages)
+        if self.stages < 1:
+            raise ValueError(f"stages must be >= 1, got {stages}")
         # keep every tensor the table points at alive with the step
         rows, self._keep = [], []
         for b in active:
@@ -554,7 +565,7 @@ class PersistentDecodeStep:
             H=self.n_heads, HKV=self.n_kv, DH=self.head_dim, KMAX=self.k_max, NORM_TOPK=bool(f.norm_topk_prob),
             BLOCK_D=_p2(self.d_model), BLOCK_Q=_p2(self.n_heads * self.head_dim), BLOCK_I=_p2(self.expert_hidden),
             BLOCK_E=_p2(self.n_experts), BLOCK_R=self.block_r, BLOCK_RI=self.block_ri, BLOCK_N=32, BLOCK_L=256,
-            BLOCK_S=_p2(self.max_splits), SYNC=sync, WORK=work, num_warps=self.num_warps,
+            BLOCK_S=_p2(self.max_splits), SYNC=sync, WORK=work, NSTAGE=self.stages, num_warps=self.num_warps,
         )
 
     @torch.no_grad()
