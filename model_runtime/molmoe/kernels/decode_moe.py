@@ -19,7 +19,7 @@ if HAVE_TRITON:
     @triton.jit
     def _moe_gate_up_kernel(
         x_ptr, w_ptr, idx_ptr, out_ptr, K, P, D, I,
-        BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr, NS: tl.constexpr,
     ):
         pair = tl.program_id(0)  # token pair // K, rank pair % K
         ib = tl.program_id(1)
@@ -31,7 +31,8 @@ if HAVE_TRITON:
         wu = wg + I * D
         g = tl.zeros([BLOCK_I], tl.float32)
         u = tl.zeros([BLOCK_I], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
+        # NS > 1: the next NS - 1 weight tiles are staged in shared memory while this one is reduced
+        for d0 in tl.range(0, D, BLOCK_D, num_stages=NS):
             d = d0 + tl.arange(0, BLOCK_D)
             md = d < D
             x = tl.load(x_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)[None, :]
@@ -45,7 +46,8 @@ if HAVE_TRITON:
         tl.store(out_ptr + pair * I + i, act.to(dt), mask=mi)
 
     @triton.jit
-    def _moe_down_kernel(act_ptr, w_ptr, idx_ptr, y_ptr, P, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr):
+    def _moe_down_kernel(act_ptr, w_ptr, idx_ptr, y_ptr, P, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr,
+                         NS: tl.constexpr):
         pair = tl.program_id(0)
         db = tl.program_id(1)
         e = tl.load(idx_ptr + pair).to(tl.int64)
@@ -53,7 +55,7 @@ if HAVE_TRITON:
         md = d < D
         wd = w_ptr + e * D * I + d[:, None] * I
         y = tl.zeros([BLOCK_D], tl.float32)
-        for i0 in range(0, I, BLOCK_I):
+        for i0 in tl.range(0, I, BLOCK_I, num_stages=NS):
             i = i0 + tl.arange(0, BLOCK_I)
             mi = i < I
             a = tl.load(act_ptr + pair * I + i, mask=mi, other=0.0).to(tl.float32)[None, :]
@@ -85,17 +87,21 @@ if HAVE_TRITON:
             tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=md)
 
     # Tuned variants (CUDA): the best block sizes per (pairs, D, I), measured on first use
-    # (warm-up, before any graph capture). The interpreter and explicit block sizes use the raw kernels.
+    # (warm-up, before any graph capture). The interpreter and explicit block sizes use the raw
+    # kernels, unstaged. NS: weight tiles in flight per program (staged configurations added after
+    # the H100 tuning; the autotuner keeps whichever measures fastest on the device).
     _gate_up_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_I": bi, "BLOCK_D": bd}, num_warps=w)
-                 for bi, bd, w in ((8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 4), (32, 512, 8),
-                                   (64, 128, 4), (64, 256, 8))],
+        configs=[triton.Config({"BLOCK_I": bi, "BLOCK_D": bd, "NS": ns}, num_warps=w)
+                 for bi, bd, w, ns in ((8, 256, 4, 1), (8, 512, 4, 1), (16, 256, 4, 1), (16, 512, 8, 1), (32, 256, 4, 1),
+                                       (32, 512, 8, 1), (64, 128, 4, 1), (64, 256, 8, 1), (8, 512, 4, 2), (16, 256, 4, 2),
+                                       (16, 256, 4, 3), (32, 256, 4, 2))],
         key=["P", "D", "I"],
     )(_moe_gate_up_kernel)
     _down_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_I": bi}, num_warps=w)
-                 for bd, bi, w in ((4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
-                                   (32, 256, 4), (32, 256, 8))],
+        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_I": bi, "NS": ns}, num_warps=w)
+                 for bd, bi, w, ns in ((4, 512, 4, 1), (4, 1024, 4, 1), (8, 512, 4, 1), (8, 1024, 8, 1), (16, 256, 4, 1),
+                                       (16, 512, 8, 1), (32, 256, 4, 1), (32, 256, 8, 1), (8, 256, 4, 2), (16, 256, 4, 2),
+                                       (16, 256, 4, 3), (8, 512, 4, 2))],
         key=["P", "D", "I"],
     )(_moe_down_kernel)
 
@@ -111,7 +117,7 @@ def _launch_pair_tiles(
         tuned[lambda meta: (pairs, triton.cdiv(n, meta[block_name]))](*args)  # type: ignore[index]
     else:
         b = min(TUNING[tuning_key] if block is None else int(block), _p2(n))
-        raw[(pairs, triton.cdiv(n, b))](*args, **{block_name: b}, **raw_meta)  # type: ignore[index]
+        raw[(pairs, triton.cdiv(n, b))](*args, **{block_name: b}, **raw_meta, NS=1)  # type: ignore[index]
 
 
 def moe_gate_up_act(
