@@ -73,6 +73,9 @@ from model_runtime.molmoe.static_decode import GraphDecoder, cuda_graph_capture,
 from model_runtime.profiler import build_random_model, device_name
 
 KS = KnobSpace()
+#: every section, in the order a run takes them (``--sections`` picks any of them)
+SECTIONS: tuple[str, ...] = ("ceilings", "decode", "kernels", "hf", "prefill", "prefill_kernels", "experts", "batching",
+                             "vision", "correctness", "persistent")
 #: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
 #: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
 EXPERT_TILES: list[dict[str, int]] = [
@@ -432,6 +435,8 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     sections = set(args.sections.split(","))
+    if sections - set(SECTIONS):
+        ap.error(f"unknown sections {sorted(sections - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
     res: dict[str, Any] = {"device": device_name(dev), "torch": torch.__version__, "synthetic": "random weights"}
     try:
         import transformers

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The fast path's measurements on one GPU, in parts that each fit a 10-minute command.
+#   bash benchmarks/gpu/fast_path.sh OUT PART
+# PART 1: the kernel tests on the GPU, then the prefill: its lengths against their floors, the expert
+#         forms, its kernel time by kind and the expert-GEMM tile sweep (OUT/fast_path_1.{json,log});
+# PART 2: decode over the 25 (top-k, blocks) points, batching and the persistent decode step with its
+#         stage sweep and correctness checks (OUT/fast_path_2.{json,log});
+# PART 3: the remaining sections: the decode kernels' sweep, transformers, vision, correctness.
+# Each part prints issue 15's bars for the sections it ran; every JSON is rewritten after each section,
+# so a part cut short keeps what it measured.
+set -euo pipefail
+OUT=${1:?usage: fast_path.sh OUT PART}
+PART=${2:?usage: fast_path.sh OUT PART}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+case "$PART" in
+  1) $PY -m pytest -q -x tests/test_prefill_moe.py tests/test_decode_kernels.py tests/test_persistent_decode.py 2>&1 \
+       | tail -5 | tee "$OUT/fast_path_tests.log"
+     SECTIONS=ceilings,prefill,prefill_kernels,experts ;;
+  2) SECTIONS=ceilings,decode,batching,persistent ;;
+  3) SECTIONS=ceilings,kernels,hf,vision,correctness ;;
+  *) echo "PART must be 1, 2 or 3, got $PART" >&2; exit 2 ;;
+esac
+$PY -m benchmarks.bench_fast_path --sections "$SECTIONS" --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"
