@@ -26,7 +26,8 @@ Sections, all in one process so that every ratio compares figures of the same ru
    (``grouped_mm``, ``sorted_gemm``, ``sorted_tma``) and transformers' blocks at 1000 tokens.
 5. **prefill_kernels** (CUDA): one uncaptured 1000-token prefill at (top-8, 16) by kernel kind for
    each sorted expert form, and its expert GEMMs' weight rate × the copy rate
-   (:func:`benchmarks.prefill_profile.prefill_breakdown`).
+   (:func:`benchmarks.prefill_profile.prefill_breakdown`); one block's causal attention with each
+   SDPA backend (:func:`benchmarks.prefill_profile.attention_backends`).
 6. **experts** (CUDA): one block's expert GEMMs alone for the same prompt's pairs, each weight-load
    form autotuned and at ``--expert-tiles``, with what the autotuner chose
    (:func:`benchmarks.prefill_profile.expert_sweep`).
@@ -62,7 +63,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.prefill_profile import expert_sweep, kernel_times, prefill_breakdown
+from benchmarks.prefill_profile import attention_backends, expert_sweep, kernel_times, prefill_breakdown
 from benchmarks.roofline import LMShape, decode_floor, generate_floor, prefill_floor
 from envs.knob_space import KnobSpace
 from model_runtime.molmoe.config import MolmoeConfig
@@ -595,6 +596,10 @@ def main() -> None:
             del own, run
         lm.use_fast_path(routed_form=args.routed_form)
         dec.fused = lm.fused
+        from triton.testing import do_bench
+
+        out["attention_backends"] = attention_backends(lm, context, lambda fn: do_bench(fn, return_mode="median") * 1e3)
+        print(f"  attention: {out['attention_backends']}", flush=True)
         return out
 
     if dev.type == "cuda":

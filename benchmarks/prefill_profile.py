@@ -1,6 +1,6 @@
 """Where a prefill's GPU time goes, and how fast its routed-expert GEMMs stream their weights.
 
-Two measurements for issue 15's prefill item (``bench_fast_path --sections prefill_kernels,experts``):
+Measurements for issue 15's prefill item (``bench_fast_path --sections prefill_kernels,experts``):
 
 - :func:`prefill_breakdown` — the kernels of one uncaptured prefill (the fused blocks, the same
   kernels the captured graph replays) grouped by :data:`KERNEL_KINDS`, each kind's ms and share,
@@ -8,7 +8,8 @@ Two measurements for issue 15's prefill item (``bench_fast_path --sections prefi
   matmul rate (the item's bar: expert GEMMs at ≥ 85 % of the copy rate for the weights they read).
 - :func:`expert_sweep` — one block's expert GEMMs alone for a prompt's routed pairs, for each
   weight-load form (:data:`~model_runtime.molmoe.kernels.prefill_moe.WEIGHT_LOADS`) autotuned and
-  for explicit tile configurations, with the configuration the autotuner chose.
+  for explicit tile configurations, with the configuration the autotuner chose;
+- :func:`attention_backends` — one block's causal attention with each SDPA backend.
 
 The timings come from the caller (``timer``: a callable's median µs), so the same code runs on a
 GPU (``triton.testing.do_bench``) and in Triton's CPU interpreter (the tests).
@@ -180,3 +181,37 @@ def prefill_breakdown(lm: torch.nn.Module, run: Callable[[], Any], top_k: int, t
             "by_kind": kinds,
             "experts": expert_rates(kinds, LMShape.of(lm), top_k, tokens, blocks, copy_tbps, matmul_tflops),
             "top": [{"kernel": k[:80], "kind": kernel_kind(k), "n": len(v), "us": round(sum(v), 1)} for k, v in top]}
+
+
+#: SDPA backends a prefill's causal attention can take on CUDA (the fused blocks let torch choose)
+SDPA_BACKENDS: tuple[str, ...] = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION")
+
+
+@torch.no_grad()
+def attention_backends(lm: torch.nn.Module, tokens: int, timer: Callable[[Callable[[], Any]], float],
+                       backends: tuple[str, ...] = SDPA_BACKENDS) -> dict[str, Any]:
+    """µs of one block's causal prefill attention over ``tokens`` tokens with each SDPA backend, in
+    the fused blocks' layout (queries a transposed (1, S, H, Dh) view, keys and values slices of a
+    static cache's (1, H_kv, L, Dh) buffers), and the backend torch picks by itself. A backend
+    that refuses the inputs is recorded with its error."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = lm.config  # type: ignore[attr-defined]
+    fused = lm.fused  # type: ignore[attr-defined]
+    dev, dt = fused.blocks[0].o.device, fused.blocks[0].o.dtype
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(1, tokens, fused.n_heads, fused.head_dim, device=dev, generator=g).to(dt).transpose(1, 2)
+    kc = torch.randn(2, 1, cfg.num_key_value_heads, tokens + 64, fused.head_dim, device=dev, generator=g).to(dt)
+    k, v = kc[0, :, :, :tokens], kc[1, :, :, :tokens]
+
+    def attn() -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=fused.scaling)
+
+    out: dict[str, Any] = {"tokens": tokens, "default_us": timer(attn)}
+    for name in backends:
+        try:
+            with sdpa_kernel(getattr(SDPBackend, name)):
+                out[f"{name.lower()}_us"] = timer(attn)
+        except Exception as exc:  # not built, or not for these inputs: keep the others
+            out[f"{name.lower()}_error"] = repr(exc)[:160]
+    return out

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks.bench_fast_path import issue15_bars
-from benchmarks.prefill_profile import by_kind, expert_rates, expert_sweep, kernel_kind
+from benchmarks.prefill_profile import attention_backends, by_kind, expert_rates, expert_sweep, kernel_kind
 from benchmarks.roofline import Floor, LMShape, decode_floor, expert_floor, generate_floor, prefill_floor
 from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.profiler import build_random_model
@@ -127,3 +127,11 @@ def test_expert_sweep_times_every_form_and_keeps_going_past_a_bad_tile():
         fl.bytes / 10.0 / 1e6)
     assert all(math.isclose(r["x_copy_rate"], r["TBps"] / 4.0) for r in ok)
     assert out["best_gate_up"]["us"] == 10.0 and out["pairs"] == 48
+
+
+def test_attention_backends_time_each_backend_and_record_refusals():
+    lm = build_random_model(MolmoeConfig.tiny(), device="cpu", dtype=torch.float32).lm
+    lm.use_fast_path()
+    out = attention_backends(lm, 9, lambda fn: float(fn().shape[2]), backends=("MATH", "CUDNN_ATTENTION"))
+    assert out["default_us"] == 9.0 and out["math_us"] == 9.0  # the timer saw (1, H, 9, Dh) outputs
+    assert "cudnn_attention_error" in out and "cudnn_attention_us" not in out  # no cuDNN on a CPU
