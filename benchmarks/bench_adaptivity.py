@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> None:
         r_tr, r_te = reward_matrix(tr, b, hinge), reward_matrix(te, b, hinge)
         pick = {"static": np.full(te.n, np.argmax(r_tr.mean(0))), "oracle": np.argmax(r_te, 1)}
         comp, full = te.complexity[None], te.full_ms[:, None]
-        mean_lat = np.broadcast_to(tr.total_ms.mean(0), te.total_ms.shape)
         mean_score = np.broadcast_to(tr.score.mean(0), te.score.shape)
         if with_q:
             pick["q+latency"] = np.argmax(compute_reward(q, te.total_ms, b, comp, hinge, full), 1)

@@ -63,7 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import copy
 
-    import numpy as np
     import torch
 
     from benchmarks.probe_digit_tokens import collect, print_probe_rows, probe_table

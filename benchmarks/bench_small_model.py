@@ -44,7 +44,7 @@ def main() -> None:
     from model_runtime.molmoe.config import MolmoeConfig
     from model_runtime.molmoe.tokenizer import TextTokenizer, special_tokens_from
     from model_runtime.small_model.trainer import Run, TrainConfig, to_batch
-    from model_runtime.small_model.training_data import SuiteStream, TrainDataConfig, collate, make_sample
+    from model_runtime.small_model.training_data import SuiteStream, TrainDataConfig
 
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\nRealised properties (SYNTHETIC, default model, seed 0):")
     vqa = np.isin(d.dataset, [d.datasets.index(n) for n, m in d.metrics.items() if m == "vqa_score"])
     s = d.score[vqa]
-    print(f"  vqa_score level shares over all (request, config): "
+    print("  vqa_score level shares over all (request, config): "
           + ", ".join(f"{lv:.1f}: {np.mean(np.isclose(s, lv)):.3f}" for lv in (0.0, 0.3, 0.6, 0.9, 1.0)))
     cal = d.generator_params["calibration"]["datasets"]
     print("  medium-tier mean penalty / low-tier (emergent from tiling): "
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
               + " ".join(f"{v:.2f}" for v in r2) + " | robustness " + " ".join(f"{v:.2f}" for v in r2r))
     print(f"  held-out linear-probe R² of difficulty from the language feature: "
           f"{_probe_r2(d.lang_feature, d.latents['difficulty'], n_train):.2f}")
-    print(f"  vision tokens per tier (min-median-max): "
+    print("  vision tokens per tier (min-median-max): "
           + ", ".join(f"{tier} {np.min(d.vision_tokens[:, t])}-{int(np.median(d.vision_tokens[:, t]))}-{np.max(d.vision_tokens[:, t])}"
                       for t, tier in enumerate(d.knob_space.tiers)))
 

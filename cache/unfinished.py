@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from pathlib import Path
 from typing import Any
 
 from cache.journal import Journal, journal_dir
@@ -140,7 +139,7 @@ def finish_command(path: str | os.PathLike) -> str:
         cmd = synthetic_command(path, attrs.get("generator_params"))
         if cmd is None:
             return ("rerun the `python -m cache.synthetic` command (or `cache.synthetic.write_synthetic_cache` call) "
-                    f"that started it, with --resume (resume=True) and the same options, or rebuild it with --overwrite")
+                    "that started it, with --resume (resume=True) and the same options, or rebuild it with --overwrite")
     elif generator == "live":
         cmd = live_command(path, attrs.get("generator_params"))
         if cmd is not None:

@@ -6,7 +6,6 @@ readable Pareto plots and clean file names."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -336,7 +336,7 @@ def molmoe_with_language_model(config: MolmoeConfig, lm: MolmoeLanguageModel, *,
 def _public_tensors(model: MolmoeModel) -> Iterator[tuple[str, torch.Tensor]]:
     """(public tensor name, tensor) pairs of a runtime model: the inverse of :func:`_molmo_tensors`."""
     cfg, sd = model.config, model.state_dict()
-    d, hd, x = cfg.d_model, cfg.kv_heads * cfg.head_dim, cfg.num_experts
+    d, x = cfg.d_model, cfg.num_experts
     f = cfg.expert_hidden
     t = "model.transformer."
     emb = sd["lm.backbone.embed_tokens.weight"]
@@ -365,7 +365,7 @@ def _public_tensors(model: MolmoeModel) -> Iterator[tuple[str, torch.Tensor]]:
     yield t + "ln_f.weight", sd["lm.backbone.norm.weight"]
     yield "lm_head.weight", sd["lm.lm_head.weight"]
 
-    ev, p = cfg.vit_hidden, cfg.patch_size
+    ev = cfg.vit_hidden
     vb, vit, c = "model.vision_backbone.", "model.vision_backbone.image_vit.", "vision.clip."
     yield vit + "class_embedding", sd[c + "embeddings.class_embedding"]
     yield vit + "positional_embedding", sd[c + "embeddings.position_embedding.weight"]
