@@ -142,6 +142,12 @@ def test_prefill_moe_helpers() -> None:
     ref = res + torch.stack([sum(y[int(inverse[t * top_k + j])] for j in range(top_k)) for t in range(n_tok)])
     _close(dk.gather_sum(y, inverse, top_k, res, "triton"), ref, 1e-5)
     _close(dk.gather_sum(y, inverse, top_k, res, "torch"), ref, 1e-5)
+    # with the next block's input norm in the same kernel (one program per row of 40, not a power of two)
+    nw = torch.randn(dim, generator=_g(5)).to(DEV)
+    for backend in ("triton", "torch"):
+        out, normed = dk.gather_sum_norm(y, inverse, top_k, res, nw, 1e-5, backend)
+        _close(out, ref, 1e-5)
+        _close(normed, dk.rms_norm(ref, nw, 1e-5, "torch"), 1e-5)
 
 
 def test_old_module_names_reexport_the_kernels_package() -> None:

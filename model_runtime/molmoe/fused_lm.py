@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import kernels as dk
-from .kernels.prefill_moe import routed_experts_grouped, sort_by_expert
+from .kernels.prefill_moe import expert_outputs, sort_by_expert
 
 if TYPE_CHECKING:  # pragma: no cover
     from .language_model import BlockKVCache, LMState, MolmoeLanguageModel
@@ -65,7 +65,8 @@ def routed_experts(
     form: str,
     residual: torch.Tensor | None = None,
     backend: str = "torch",
-) -> torch.Tensor:
+    next_norm: tuple[torch.Tensor, float] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(residual +) Σ_j weights[:, j] · expert_{idx[:, j]}(h) for (T, D) tokens, fixed shapes (no host sync).
 
     Args:
@@ -80,33 +81,39 @@ def routed_experts(
         residual: (T, D) added to the result (fused into the last kernel of ``grouped_mm``).
         backend: ops around the grouped GEMMs (``triton``: one kernel for SiLU·up·weight, one for
             the gather back to token order + sum over k + residual).
+        next_norm: (weight, eps) of the next block's input RMSNorm, applied to the result in the
+            gather-sum's kernel (the sorted and ``grouped_mm`` forms; ``gather`` calls the norm).
 
     Returns:
-        (T, D) in h's dtype.
+        (T, D) in h's dtype; with ``next_norm``, (that, its RMSNorm).
     """
-    if form in ("sorted_gemm", "sorted_tma"):
-        return routed_experts_grouped(h, gate_up, down, idx, weights, residual, backend,  # type: ignore[arg-type]
-                                      weight_loads="tma" if form == "sorted_tma" else "pointer")
+    if form not in ROUTED_FORMS:
+        raise ValueError(f"unknown routed-expert form {form!r}; choose from {ROUTED_FORMS}")
     top_k = idx.shape[1]
-    idx = idx.long()
     if form == "gather":
+        idx = idx.long()
         g, u = torch.einsum("td,tkhd->tkh", h, gate_up[idx]).chunk(2, dim=-1)
         y = torch.einsum("tki,tkdi->tkd", nn.functional.silu(g) * u, down[idx])  # (T, k, D)
         out = (y * weights[..., None]).sum(dim=1)
-        return out if residual is None else residual + out
+        out = out if residual is None else residual + out
+        return out if next_norm is None else (out, dk.rms_norm(out, next_norm[0], next_norm[1], backend))  # type: ignore[arg-type]
     if form == "grouped_mm":
         # the pairs in expert order through torch ops (sort_by_expert's reference: this form stays
         # the torch-grouped-GEMM baseline that sorted_gemm is measured against)
-        order = sort_by_expert(idx, weights, gate_up.shape[0], "torch")
+        order = sort_by_expert(idx.long(), weights, gate_up.shape[0], "torch")
         gu = _grouped_mm(h[order.src_token.long()], gate_up.transpose(1, 2), order.ends)
         # the routing weight scales the (linear) down projection's input: I instead of D columns
         act = dk.silu_mul_scale(gu, order.weight, backend)  # type: ignore[arg-type]
         y = _grouped_mm(act, down.transpose(1, 2), order.ends)  # (T·k, D), expert-sorted
-        # back to (token, rank) order with the inverse permutation: a gather and a sum over k,
-        # no atomics (index_add_ on bf16 serialises on colliding rows)
-        base = torch.zeros_like(h) if residual is None else residual
+    else:
+        order, y = expert_outputs(h, gate_up, down, idx, weights, backend,  # type: ignore[arg-type]
+                                  "tma" if form == "sorted_tma" else "pointer")
+    # back to (token, rank) order with the inverse permutation: a gather and a sum over k, no
+    # atomics (index_add_ on bf16 serialises on colliding rows)
+    base = torch.zeros_like(h) if residual is None else residual
+    if next_norm is None:
         return dk.gather_sum(y, order.inverse, top_k, base, backend)  # type: ignore[arg-type]
-    raise ValueError(f"unknown routed-expert form {form!r}; choose from {ROUTED_FORMS}")
+    return dk.gather_sum_norm(y, order.inverse, top_k, base, next_norm[0], next_norm[1], backend)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -184,16 +191,19 @@ class FusedLM:
 
     # ------------------------------------------------------------------ prefill
     def prefill_block(
-        self, b: int, hidden: torch.Tensor, state: "LMState", cache: "BlockKVCache | StaticKVCache | None", top_k: int
-    ) -> torch.Tensor:
-        """Block ``b`` over (B, S, D) hidden states of a staged forward; (B, S, D) out.
+        self, b: int, hidden: torch.Tensor, state: "LMState", cache: "BlockKVCache | StaticKVCache | None", top_k: int,
+        *, normed: torch.Tensor | None = None, next_block: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block ``b`` over (B, S, D) hidden states of a staged forward: (B, S, D) out, and with
+        ``next_block`` that block's input RMSNorm of it (computed in the experts' last kernel),
+        which the next call takes as ``normed`` instead of norming ``hidden`` itself.
 
         Keys/values go through ``cache.update`` (either cache type); ``state`` gives the mask,
         RoPE tables and the padding flag."""
         w, be = self.blocks[b], self.backend
         bsz, seq, dim = hidden.shape
         x = hidden.reshape(-1, dim)
-        h = dk.rms_norm(x, w.ln_in, self.eps, be)
+        h = dk.rms_norm(x, w.ln_in, self.eps, be) if normed is None else normed.reshape(-1, dim)
         nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         qkv = h @ w.qkv.T
         positions = state.position_ids.reshape(-1)
@@ -220,8 +230,12 @@ class FusedLM:
         o = attn.transpose(1, 2).reshape(bsz * seq, nq) @ w.o.T
         x, h2 = dk.add_rms_norm(x, o, w.ln_post, self.eps, be)
         weights, idx = dk.router_gemm_topk(h2, w.router, top_k, self.norm_topk_prob, be)
-        out = routed_experts(h2, w.gate_up, w.down, idx, weights, self.routed_form, residual=x, backend=be)
-        return out.view(bsz, seq, dim)
+        if next_block is None:
+            out = routed_experts(h2, w.gate_up, w.down, idx, weights, self.routed_form, residual=x, backend=be)
+            return out.view(bsz, seq, dim), None
+        out, h_next = routed_experts(h2, w.gate_up, w.down, idx, weights, self.routed_form, residual=x, backend=be,
+                                     next_norm=(self.blocks[next_block].ln_in, self.eps))
+        return out.view(bsz, seq, dim), h_next
 
     # ------------------------------------------------------------------ decode
     def decode_step(self, cache: "StaticKVCache", token_ids: torch.Tensor, top_k_per_block: Sequence[int]) -> torch.Tensor:

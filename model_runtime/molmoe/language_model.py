@@ -36,7 +36,8 @@ from torch import nn
 if TYPE_CHECKING:  # pragma: no cover
     from .fused_lm import FusedLM
 
-#: ``on_block(block, input, output)`` hook signature (hidden states (B, S, D)).
+#: ``on_block(block, input, output)`` hook signature (hidden states (B, S, D)). Hooks read the
+#: states and never modify them: the fast path has already normed ``output`` for the next block.
 BlockHook = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 #: transformers' experts implementations (``config._experts_implementation``).
@@ -347,11 +348,13 @@ class MolmoeLanguageModel(nn.Module):
             raise ValueError("running without the cache needs a forward without past tokens")
         hidden = state.hidden
         cache_kw = {_cache_kwarg(type(self.backbone.layers[0])): cache}
+        normed = None  # the fast path's input norm of the next block, computed by the block before it
         for b in range(state.next_block, until):
             if plan[b] == 0:
                 continue
             if self.fused is not None:
-                out = self.fused.prefill_block(b, hidden, state, cache, plan[b])
+                nxt = next((c for c in range(b + 1, until) if plan[c] > 0), None)
+                out, normed = self.fused.prefill_block(b, hidden, state, cache, plan[b], normed=normed, next_block=nxt)
             else:
                 layer = self.backbone.layers[b]
                 layer.mlp.gate.top_k = plan[b]

@@ -53,7 +53,9 @@ from .prefill_moe import (
     FLOAT32_TILES,
     INTERPRETER_TILES,
     ExpertOrder,
+    expert_outputs,
     gather_sum,
+    gather_sum_norm,
     grouped_down,
     grouped_gate_up_act,
     routed_experts_grouped,
@@ -65,8 +67,8 @@ from .router import router_gemm_topk, router_topk
 
 __all__ = [
     "BACKENDS", "FLOAT32_TILES", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder", "PersistentDecodeStep",
-    "add_rms_norm", "attention_scale", "check_backend", "decode_attention", "default_backend", "gather_sum",
-    "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act", "qk_norm_rope",
-    "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk", "router_topk", "silu_mul_scale",
-    "sort_by_expert", "triton_interpreting",
+    "add_rms_norm", "attention_scale", "check_backend", "decode_attention", "default_backend", "expert_outputs",
+    "gather_sum", "gather_sum_norm", "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act",
+    "qk_norm_rope", "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk",
+    "router_topk", "silu_mul_scale", "sort_by_expert", "triton_interpreting",
 ]

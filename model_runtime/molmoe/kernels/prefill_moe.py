@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from .common import HAVE_TRITON, Backend, _p2, triton_interpreting
+from .norm_rope import rms_norm
 
 if HAVE_TRITON:
     import triton
@@ -318,7 +319,8 @@ if HAVE_TRITON:
         tl.store(out_ptr + row * I + i, (act.to(dt).to(tl.float32) * w).to(dt), mask=m)
 
     @triton.jit
-    def _gather_sum_kernel(y_ptr, inv_ptr, res_ptr, out_ptr, D, K: tl.constexpr, BLOCK: tl.constexpr):
+    def _gather_sum_kernel(y_ptr, inv_ptr, res_ptr, out_ptr, nw_ptr, normed_ptr, D, eps, K: tl.constexpr,
+                           BLOCK: tl.constexpr, HAS_NORM: tl.constexpr):
         tok = tl.program_id(0)
         d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = d < D
@@ -328,7 +330,13 @@ if HAVE_TRITON:
             src = tl.load(inv_ptr + tok * K + j).to(tl.int64)
             moe += tl.load(y_ptr + src * D + d, mask=m, other=0.0).to(tl.float32)
         dt = out_ptr.dtype.element_ty
-        tl.store(out_ptr + tok * D + d, (acc + moe.to(dt).to(tl.float32)).to(dt), mask=m)
+        out = (acc + moe.to(dt).to(tl.float32)).to(dt)
+        tl.store(out_ptr + tok * D + d, out, mask=m)
+        if HAS_NORM:  # the next block's input RMSNorm of the whole row (one program per row), as rms_norm rounds it
+            xf = out.to(tl.float32)
+            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
+            w = tl.load(nw_ptr + d, mask=m, other=0.0).to(tl.float32)
+            tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=m)
 
 
 # ============================================================================ ops
@@ -355,8 +363,26 @@ def gather_sum(y: torch.Tensor, inverse: torch.Tensor, top_k: int, residual: tor
     out = torch.empty_like(residual)
     block = min(1024, _p2(dim))
     _gather_sum_kernel[(n_tok, triton.cdiv(dim, block))](
-        y.contiguous(), inverse.contiguous(), residual.contiguous(), out, dim, K=top_k, BLOCK=block)
+        y.contiguous(), inverse.contiguous(), residual.contiguous(), out, out, out, dim, 0.0, K=top_k, BLOCK=block,
+        HAS_NORM=False)
     return out
+
+
+def gather_sum_norm(
+    y: torch.Tensor, inverse: torch.Tensor, top_k: int, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+    backend: Backend = "torch",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gather_sum` and the RMSNorm of its result (the next block's input norm) in one kernel:
+    (out, rms_norm(out, norm_weight, eps)), both (T, D) in residual's dtype."""
+    if backend == "torch":
+        out = gather_sum(y, inverse, top_k, residual, "torch")
+        return out, rms_norm(out, norm_weight, eps, "torch")
+    n_tok, dim = residual.shape
+    out, normed = torch.empty_like(residual), torch.empty_like(residual)
+    _gather_sum_kernel[(n_tok, 1)](
+        y.contiguous(), inverse.contiguous(), residual.contiguous(), out, norm_weight, normed, dim, eps, K=top_k,
+        BLOCK=_p2(dim), HAS_NORM=True)
+    return out, normed
 
 
 # ============================================================================ ops
@@ -503,14 +529,23 @@ def grouped_down(
     return y
 
 
+def expert_outputs(
+    h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
+    backend: Backend = "torch", weight_loads: str = "pointer",
+) -> tuple[ExpertOrder, torch.Tensor]:
+    """The first three kernels of :func:`routed_experts_grouped` (sort, gate/up + activation, down):
+    the pairs' order and their weighted expert outputs (P, D) in that order, for a gather-sum."""
+    order = sort_by_expert(idx, weights, gate_up.shape[0], backend)
+    act = grouped_gate_up_act(h, gate_up, order, backend, weight_loads=weight_loads)
+    return order, grouped_down(act, down, order, backend, weight_loads=weight_loads)
+
+
 def routed_experts_grouped(
     h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
     residual: torch.Tensor | None = None, backend: Backend = "torch", weight_loads: str = "pointer",
 ) -> torch.Tensor:
     """(residual +) Σ_j weights[:, j] · expert_{idx[:, j]}(h) for (T, D) tokens in four kernels
     (sort, gate/up + activation, down, gather-sum); fixed shapes, no host sync."""
-    order = sort_by_expert(idx, weights, gate_up.shape[0], backend)
-    act = grouped_gate_up_act(h, gate_up, order, backend, weight_loads=weight_loads)
-    y = grouped_down(act, down, order, backend, weight_loads=weight_loads)
+    order, y = expert_outputs(h, gate_up, down, idx, weights, backend, weight_loads)
     base = torch.zeros_like(h) if residual is None else residual
     return gather_sum(y, order.inverse, idx.shape[1], base, backend)
