@@ -349,6 +349,12 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
                          ("down", lambda: dk.moe_down(act, blk.down, idx, "triton"))):
             us = do_bench(fn, return_mode="median") * 1e3
             out[f"{name}_T{t}_autotuned"] = {"us": us, "GBps": distinct * i2 * d * (2 if name == "gate_up" else 1) / us / 1e3}
+        # the decode step's router (cuBLAS GEMV + top-k kernel) against the prefill's one-kernel router
+        out[f"router_T{t}_gemv_then_topk_us"] = do_bench(
+            lambda: dk.router_topk(x @ blk.router.T, 8, False, "triton"), return_mode="median") * 1e3
+        for bd in (64, 128, 256):
+            out[f"router_T{t}_one_kernel_bd{bd}_us"] = do_bench(
+                lambda: dk.router_gemm_topk(x, blk.router, 8, False, "triton", block_d=bd), return_mode="median") * 1e3
     cfg = lm.config
     hd = cfg.hidden_size // cfg.num_attention_heads
     length = -(-(context + 64) // 256) * 256

@@ -81,14 +81,14 @@ def test_router_topk(top_k: int, norm: bool) -> None:
 
 
 @triton_ok
-@pytest.mark.parametrize("n_tok,n_exp,dim,top_k,norm,block_t", [(5, 12, 40, 3, True, 64), (70, 64, 96, 8, False, 32),
-                                                                (1, 8, 16, 8, False, 64)])
-def test_router_gemm_topk_equals_gemm_then_topk(n_tok, n_exp, dim, top_k, norm, block_t) -> None:
+@pytest.mark.parametrize("n_tok,n_exp,dim,top_k,norm,block_t,block_d", [(5, 12, 40, 3, True, 64, 16), (70, 64, 96, 8, False, 32, 64),
+                                                                        (1, 8, 16, 8, False, 64, 256)])
+def test_router_gemm_topk_equals_gemm_then_topk(n_tok, n_exp, dim, top_k, norm, block_t, block_d) -> None:
     """The prefill's router in one kernel (tiles of tokens, several tiles and a partial one, an
     expert count that is not a power of two, a hidden size that is not a multiple of the tile)."""
     h = torch.randn(n_tok, dim, generator=_g(0)).to(DEV)
     router = torch.randn(n_exp, dim, generator=_g(1)).to(DEV)
-    (wa, ia) = dk.router_gemm_topk(h, router, top_k, norm, "triton", block_t=block_t)
+    (wa, ia) = dk.router_gemm_topk(h, router, top_k, norm, "triton", block_t=block_t, block_d=block_d)
     (wb, ib) = dk.router_topk(h @ router.T, top_k, norm, "torch")
     assert torch.equal(ia, ib)
     _close(wa, wb)

@@ -110,12 +110,13 @@ def router_topk(
 
 def router_gemm_topk(
     h: torch.Tensor, router_weight: torch.Tensor, top_k: int, norm_topk_prob: bool, backend: Backend = "torch",
-    block_t: int = 64,
+    block_t: int = 64, block_d: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`router_topk` of the router logits ``h @ router_weight.T`` for (T, D) hidden states and
     an (E, D) router weight, in one kernel (the prefill's: a tile of ``block_t`` tokens per program
-    instead of a GEMM with 64 output columns and a second kernel). The logits are rounded to h's
-    dtype before the float32 softmax, as the router's linear layer returns them."""
+    instead of a GEMM with 64 output columns and a second kernel; ``block_d`` hidden columns per
+    step). The logits are rounded to h's dtype before the float32 softmax, as the router's linear
+    layer returns them."""
     if backend == "torch":
         return router_topk(h @ router_weight.T, top_k, norm_topk_prob, backend)
     n_tok, dim = h.shape
@@ -125,6 +126,6 @@ def router_gemm_topk(
     block_t = max(16, _p2(min(block_t, n_tok)))
     _router_gemm_topk_kernel[(triton.cdiv(n_tok, block_t),)](
         h.contiguous(), router_weight.contiguous(), w, idx, n_tok, dim, n_exp, K=top_k, KMAX=_p2(top_k),
-        NORM=bool(norm_topk_prob), BLOCK_T=block_t, BLOCK_E=max(16, _p2(n_exp)), BLOCK_D=64 if dim >= 64 else max(16, _p2(dim)),
+        NORM=bool(norm_topk_prob), BLOCK_T=block_t, BLOCK_E=max(16, _p2(n_exp)), BLOCK_D=max(16, min(_p2(block_d), _p2(dim))),
         IEEE=h.dtype == torch.float32)
     return w, idx
