@@ -45,6 +45,7 @@ the ``grouped_mm`` form too.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -404,9 +405,10 @@ def sort_by_expert(idx: torch.Tensor, weights: torch.Tensor, n_exp: int, backend
                            inverse.int())
     if n_exp > 1024:  # the kernels hold a (chunk, E) one-hot tile
         raise ValueError(f"n_exp must be at most 1024 for the triton backend, got {n_exp}")
-    # ~128 chunks: enough programs to fill the GPU (32 chunks of 256 pairs left most SMs idle at
-    # 1,000 tokens), few enough that each program's (chunks, E) count tile stays small
-    chunk = max(32, _p2(-(-pairs // 128)))
+    # chunks of ~sqrt(P)/2 pairs, so that a program's (chunk, E) one-hot tile and its (chunks, E)
+    # count tile grow alike and 1,000 tokens at top-8 get 125 programs (32 chunks of 256 left most
+    # SMs idle); at most ~256 chunks
+    chunk = max(32, _p2(math.isqrt(pairs)) // 2, _p2(-(-pairs // 256)))
     nchunk = max(1, -(-pairs // chunk))
     block_e = _p2(n_exp)
     counts = torch.empty(nchunk, n_exp, dtype=torch.int32, device=dev)
