@@ -51,10 +51,13 @@ if HAVE_TRITON:
         acc = tl.zeros([DH], tl.float32)
         for n0 in range(s * CHUNK, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
-            ok = (n < end) & (tl.load(valid_ptr + b * L + n, mask=n < end, other=0) != 0)
-            # keys and values issued together: the tile's two loads overlap instead of V waiting for the scores
-            kt = tl.load(k_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-            vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+            inb = n < end
+            # validity, keys and values issued together (none waits for another); positions that are
+            # not valid are selected away below, whatever their keys and values hold
+            ok = inb & (tl.load(valid_ptr + b * L + n, mask=inb, other=0) != 0)
+            kt = tl.load(k_ptr + kv + n[:, None] * DH + d[None, :], mask=inb[:, None], other=0.0).to(tl.float32)
+            vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=inb[:, None], other=0.0).to(tl.float32)
+            vt = tl.where(ok[:, None], vt, 0.0)
             sc = tl.where(ok, tl.sum(kt * q[None, :], axis=1) * scale, -1.0e30)
             m_i, l_i, acc = _online_softmax_step(sc, ok, vt, m_i, l_i, acc)
         o = (b * H + h) * NSPLIT + s
