@@ -67,8 +67,13 @@ def test_decode_attention(slot_pos: int, chunk: int) -> None:
     valid[2, slot_pos + 1 :] = 1  # positions after the slot never count, whatever valid says
     valid = valid.to(DEV)
     slot = torch.tensor([slot_pos]).to(DEV)
-    _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk),
-           dk.decode_attention(q, k, v, valid, slot, 0.25, "torch"))
+    ref = dk.decode_attention(q, k, v, valid, slot, 0.25, "torch")
+    _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk), ref)
+    # whatever the positions that do not count hold (here NaN), they take no part
+    unseen = (valid == 0) | (torch.arange(length, device=valid.device) > slot_pos)[None]
+    k[unseen[:, None, :, None].expand_as(k)] = float("nan")
+    v[unseen[:, None, :, None].expand_as(v)] = float("nan")
+    _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk), ref)
 
 
 @triton_ok
