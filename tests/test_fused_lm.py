@@ -141,6 +141,31 @@ def test_triton_decode_step_equals_torch_ops(lm):
 
 @triton_ok
 @torch.no_grad()
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_sorted_decode_experts_equal_the_pair_kernels(lm, backend):
+    """decode_experts="sorted" (the prefill's grouped GEMMs over the batch's pairs, the gather-sum
+    with the next block's norm) gives the pair kernels' decode steps; an unknown form is refused."""
+    plan = _plan(("low", 1, 5, 12))
+    ids, mask = _left_padded((10, 6), seed=4)
+    emb = lm.embed(ids)
+    logits = {}
+    for form in ("pairs", "sorted"):
+        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_experts=form)
+        lm.fused = FusedLM(lm, backend="torch")  # the same prefill for both (the decode step is under test)
+        cache = StaticKVCache.for_plan(lm, plan, batch=2, max_len=16)
+        st = lm.begin(emb, mask, cache=cache)
+        lm.advance(st, lm.n_layers, plan)
+        lm.fused = None
+        cache.start_decode(mask)
+        tok = lm.logits(st).argmax(-1)
+        logits[form] = fused.decode_step(cache, tok, plan)
+    assert (logits["sorted"] - logits["pairs"]).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="unknown decode expert form 'grouped'"):
+        FusedLM(lm, backend=backend, decode_experts="grouped")
+
+
+@triton_ok
+@torch.no_grad()
 def test_triton_prefill_equals_transformers_blocks(lm):
     """The prefill with the Triton ops (norms, QK-norm/RoPE, router top-k, SiLU·up·weight, gather-sum;
     interpreted on CPU) around the grouped GEMMs = transformers' blocks."""

@@ -73,15 +73,16 @@ def test_bars_from_a_run():
     res = {"decode": grid,
            "prefill": {"rows": [{"tokens": 1000, "k8b16_x_floor": 1.9}]},
            "prefill_kernels": {"sorted_gemm": {"experts": {"experts_x_copy_rate": 0.9}}, "sorted_tma": {"error": "x"}},
-           "batching": {"k8b16": {"share_of_bound": 0.7}}}
+           "batching": {"k8b16": {"share_of_bound": 0.7, "share_of_bound_sorted": 0.82}}}
     bars = {b["bar"]: (b["value"], b["met"]) for b in issue15_bars(res, 1000)}
     assert bars["decode: worst of 4 points x floor <= 1.5"] == (pytest.approx(1.28), True)
     ratio = (0.1 * 12 * 0.75) / (0.1 * 16 * 1.0)
     assert bars["decode: (4, 12) / (8, 16) <= 0.60"] == (pytest.approx(ratio), ratio <= 0.60)
     assert bars["prefill 1000 tokens (8, 16) x floor <= 1.5"] == (1.9, False)
     assert bars["prefill expert GEMMs (sorted_gemm) >= 0.85 of the copy rate"] == (0.9, True)
-    assert bars["batching 8 at (8, 16) >= 0.80 of the byte-bound speed-up"] == (0.7, False)
-    assert len(bars) == 5  # the TMA form's failed section and the absent persistent section add none
+    assert bars["batching 8 at (8, 16), pair kernels, >= 0.80 of the byte-bound speed-up"] == (0.7, False)
+    assert bars["batching 8 at (8, 16), sorted experts, >= 0.80 of the byte-bound speed-up"] == (0.82, True)
+    assert len(bars) == 6  # the TMA form's failed section and the absent persistent section add none
     assert issue15_bars({"decode": {"error": "OOM"}}, 1000) == []
 
 

@@ -37,6 +37,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: routed-expert forms without data-dependent shapes
 ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather", "sorted_gemm", "sorted_tma")
+#: the decode step's routed experts: GEMVs parallel over (row, expert) pairs, or the prefill's
+#: grouped GEMMs over the pairs sorted by expert (each expert's weights read once per step however
+#: many rows route to it, which only a batch can gain from)
+DECODE_EXPERT_FORMS: tuple[str, ...] = ("pairs", "sorted")
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -159,15 +163,20 @@ class FusedLM:
         lm: the model (its parameters are shared: Q/K/V become views of one packed matrix).
         backend: ``"triton"`` or ``"torch"`` for the decode ops (default: Triton on CUDA).
         routed_form: expert form of the prefill, see :func:`routed_experts` (default by device).
+        decode_experts: the decode step's expert form, see :data:`DECODE_EXPERT_FORMS`.
     """
 
-    def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None) -> None:
+    def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
+                 decode_experts: str = "pairs") -> None:
         device = lm.lm_head.weight.device
         self.lm = lm
         self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
         self.routed_form = default_routed_form(device, lm.lm_head.weight.dtype) if routed_form is None else routed_form
         if self.routed_form not in ROUTED_FORMS:
             raise ValueError(f"unknown routed-expert form {self.routed_form!r}; choose from {ROUTED_FORMS}")
+        if decode_experts not in DECODE_EXPERT_FORMS:
+            raise ValueError(f"unknown decode expert form {decode_experts!r}; choose from {DECODE_EXPERT_FORMS}")
+        self.decode_experts = decode_experts
         cfg = lm.config
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(cfg.num_key_value_heads)
@@ -263,11 +272,16 @@ class FusedLM:
             attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be)
             hidden, h2 = dk.add_rms_norm(hidden, attn @ w.o.T, w.ln_post, self.eps, be)
             weights, idx = dk.router_topk(h2 @ w.router.T, plan[b], self.norm_topk_prob, be)
-            y = dk.moe_down(dk.moe_gate_up_act(h2, w.gate_up, idx, be), w.down, idx, be)
             last = n + 1 == len(active)
             # the combine also applies the next block's input norm (the final norm after the last)
-            hidden, h = dk.moe_combine(y, weights, hidden, final.weight if last else self.blocks[active[n + 1]].ln_in,
-                                       float(final.variance_epsilon) if last else self.eps, be)
+            norm_w = final.weight if last else self.blocks[active[n + 1]].ln_in
+            norm_eps = float(final.variance_epsilon) if last else self.eps
+            if self.decode_experts == "sorted":
+                order, y = expert_outputs(h2, w.gate_up, w.down, idx, weights, be)  # type: ignore[arg-type]
+                hidden, h = dk.gather_sum_norm(y, order.inverse, plan[b], hidden, norm_w, norm_eps, be)  # type: ignore[arg-type]
+            else:
+                y = dk.moe_down(dk.moe_gate_up_act(h2, w.gate_up, idx, be), w.down, idx, be)
+                hidden, h = dk.moe_combine(y, weights, hidden, norm_w, norm_eps, be)
         cache.slot.add_(1)
         return lm.lm_head(h)
 

@@ -272,12 +272,14 @@ if HAVE_TRITON:
 
     def _gemm_configs() -> list:
         # weight-stream bound: wide output tiles, deep pipelines; 64-row tiles for experts with few
-        # tokens. The kernels' P_BUCKET argument (the pair count rounded up to a power of two) is
-        # there for the autotune key only: one tuning per size class, not per prompt length.
+        # tokens, 16-row tiles for a decode batch (one or two rows per expert). The kernels'
+        # P_BUCKET argument (the pair count rounded up to a power of two) is there for the autotune
+        # key only: one tuning per size class, not per prompt length.
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                 for bm, bn, bk, w, s in ((64, 128, 64, 4, 4), (64, 128, 128, 8, 3), (128, 128, 64, 8, 4),
                                          (128, 64, 64, 4, 4), (64, 64, 128, 4, 4), (128, 128, 128, 8, 3),
-                                         (64, 256, 64, 8, 3), (128, 256, 64, 8, 3))]
+                                         (64, 256, 64, 8, 3), (128, 256, 64, 8, 3), (16, 64, 128, 4, 4),
+                                         (16, 128, 64, 4, 4))]
 
     _gate_up_tuned = triton.autotune(configs=_gemm_configs(), key=["D", "I", "P_BUCKET"])(_grouped_gate_up_kernel)
     _down_tuned = triton.autotune(configs=_gemm_configs(), key=["D", "I", "P_BUCKET"])(_grouped_down_kernel)
