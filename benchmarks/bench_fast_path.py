@@ -13,7 +13,8 @@ Sections, all in one process so that every ratio compares figures of the same ru
    (:class:`GraphDecoder`: fused decode step, one CUDA graph per plan) for the 5 x 5 grid of
    top-k (4..8) x active blocks (12..16) at p = 1 (block 0 at top-8, as the knob space
    defines), each with its byte floor = bytes that must be read (Q/K/V/O and router weights of
-   the active blocks, their routed experts, the LM head, the KV cache) / the copy rate.
+   the active blocks, their routed experts, the LM head, the KV cache) / the copy rate; the two
+   corners again with ``decode_experts="sorted"``.
 3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
@@ -514,6 +515,19 @@ def main() -> None:
         cheap = next(r for r in rows if (r["top_k"], r["blocks"]) == (4, 12))
         res["decode_ratio_k4b12_over_k8b16"] = cheap["ms_per_token"] / full["ms_per_token"]
         dec.max_graphs = 4  # the table's entries can go
+        # the two corners again with the experts as sorted grouped GEMMs (decode_experts="sorted")
+        lm.use_fast_path(routed_form=args.routed_form, decode_experts="sorted")
+        sorted_dec = GraphDecoder(lm, max_graphs=2, capture=capture)
+        try:
+            res["decode_sorted_experts"] = {f"k{k}b{b}_ms_per_token": decode_ms(lm, sorted_dec, plan_of(k, b), emb1, mask1,
+                                                                                  args.steps, args.repeats)
+                                            for k, b in ((8, 16), (4, 12))}
+        except Exception as exc:  # keep the table
+            res["decode_sorted_experts"] = {"error": repr(exc)[:200]}
+        print(f"  decode, sorted experts: {res['decode_sorted_experts']}", flush=True)
+        del sorted_dec
+        lm.use_fast_path(routed_form=args.routed_form)
+        dec.fused = lm.fused
         return rows
 
     section("decode", decode_table)
