@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--stop-after", type=float, default=0.0, metavar="S",
                     help="stop after S seconds of training with a resumable state even with --steps N (0: never): "
                          "one schedule over several time-limited GPU calls, each continued with --resume")
+    ap.add_argument("--stop-at-step", type=int, default=0, metavar="N",
+                    help="stop at step N of the schedule with a resumable state (0: never): cut a schedule where an "
+                         "earlier run's time limit cut it, at the same step on any machine")
     ap.add_argument("--batch-size", type=int, default=256,
                     help="examples per step (a step launches about as many kernels at any size, so larger "
                          "batches amortise them; see benchmarks/RESULTS.md)")
@@ -97,7 +100,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="override fields of MolmoeConfig.small for a new run (integer, float or boolean "
                          "fields, e.g. vit_hidden=256 pool_head_dim=64 vit_mlp=1024: a wider vision tower); an "
                          "--init-from checkpoint must have the same shapes")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.stop_at_step < 0:
+        ap.error(f"--stop-at-step must be >= 0, got {args.stop_at_step}")
+    return args
 
 
 #: ``MolmoeConfig`` fields ``--model-config`` may set: the scalar sizes and switches (not the
@@ -251,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_kw = {"task_weights": parse_task_weights(args.task_weights)} if args.task_weights else {}
     model_overrides = parse_model_config(args.model_config)  # checked before any work is done
     cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget, stop_after_s=args.stop_after,
-                      batch_size=args.batch_size, lr=args.lr,
+                      stop_at_step=args.stop_at_step, batch_size=args.batch_size, lr=args.lr,
                       lr_scale=parse_lr_scale(args.lr_scale), recipes=recipes, num_workers=args.workers,
                       eval_every=args.eval_every, compile=args.compile, word_presence=args.word_presence,
                       word_presence_sites=tuple(args.word_presence_sites),

@@ -329,6 +329,18 @@ def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
     cfg.stop_after_s = 0.0
     summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
     assert summary["steps"] == 13 and not summary["stopped_by_time"]
+    # stop_at_step: the schedule is cut at a given step (resumable), whatever the machine's speed
+    cfg.steps, cfg.stop_at_step = 16, 14
+    summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
+    assert summary["steps"] == 14 and summary["stopped_at_step"] and not summary["stopped_by_time"]
+    cfg.stop_at_step = 0
+    summary = train(cfg, tmp_path, tokenizer, device="cpu", config=tiny_small(), resume=True, log=lambda s: None)
+    assert summary["steps"] == 16 and not summary["stopped_at_step"]
+    from experiments.train_model import parse_args
+
+    assert parse_args(["--suite", "s", "--out", "o", "--stop-at-step", "14"]).stop_at_step == 14
+    with pytest.raises(SystemExit):  # argparse: one line, exit code 2
+        parse_args(["--suite", "s", "--out", "o", "--stop-at-step", "-1"])
     # --init-from starts every recipe from a checkpoint's weights
     from model_runtime.small_model.trainer import Run
 

@@ -34,6 +34,8 @@
 # together (the step count is fitted to it in the first call and saved) on the first call, then rerun the same
 # command with RESUME=1 (train_model --resume: the suite, train_state.pt and the saved tokenizer in WORK are reused,
 # the log continues; INIT_FROM left unset) until train_summary.json says "stopped_by_time": false.
+# STOP_AT_STEP (default 0: never) stops the schedule at that step with a resumable state (train_model --stop-at-step):
+# a schedule cut where an earlier run's STOP_AFTER cut it (e.g. the thirteenth run's 2,539 of 4,600), on any machine.
 set -euo pipefail
 W=${1:?usage: train_small_model.sh WORK [TIME_BUDGET_S] [STEPS]}
 BUDGET=${2:-390}
@@ -50,6 +52,7 @@ WORKERS=${WORKERS:-15}
 LR=${LR:-2e-3}
 REUSE=${REUSE:-4}
 STOP_AFTER=${STOP_AFTER:-0}
+STOP_AT_STEP=${STOP_AT_STEP:-0}
 RESUME=${RESUME:-0}
 FIRST_EXAMPLE=${FIRST_EXAMPLE:-0}
 PY=${PYTHON:-python3}
@@ -66,7 +69,7 @@ else
   $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test --overwrite
 fi
 $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda --time-budget "$BUDGET" \
-    --steps "$STEPS" --stop-after "$STOP_AFTER" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
+    --steps "$STEPS" --stop-after "$STOP_AFTER" --stop-at-step "$STOP_AT_STEP" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --reuse "$REUSE" --compile --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
     --first-example "$FIRST_EXAMPLE" \
     --word-presence-sites $WORD_PRESENCE_SITES --print-loss "$PRINT_LOSS" --print-sites $PRINT_SITES $MODE \
     ${INIT_FROM:+--init-from "$INIT_FROM"} ${SPLIT_DIGITS:+--split-digits} ${LR_SCALE:+--lr-scale $LR_SCALE} ${TASK_WEIGHTS:+--task-weights $TASK_WEIGHTS} ${MODEL_CONFIG:+--model-config $MODEL_CONFIG}

@@ -80,6 +80,9 @@ class TrainConfig:
     #: wall-clock seconds after which the run stops with a resumable state even with fixed ``steps``
     #: (0: never), so that one schedule can span several calls of a time-limited GPU machine
     stop_after_s: float = 0.0
+    #: step at which the run stops with a resumable state (0: never): a schedule cut where an earlier
+    #: run's time limit cut it, at the same step on any machine (the summary says ``stopped_at_step``)
+    stop_at_step: int = 0
     probe_steps: int = 100
     batch_size: int = 256
     lr: float = 2e-3
@@ -418,7 +421,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
     bar = tqdm(total=total or None, initial=start, desc="train", mininterval=10, unit="step")
     it = iter(loader)
     window: dict[str, dict[str, list]] = {r.name: {"exact": [], "task": []} for r in runs}
-    stopped_by_time = False
+    stopped_by_time = stopped_at_step = False
     while total == 0 or step < total:
         tw = time.perf_counter()
         b = next(it)
@@ -489,6 +492,10 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
             stopped_by_time = True
             log(f"stop_after_s={cfg.stop_after_s:g} reached at step {step} of {total}: stopping (resume with --resume)")
             break
+        if 0 < cfg.stop_at_step <= step < total:
+            stopped_at_step = True
+            log(f"stop_at_step={cfg.stop_at_step} reached of {total}: stopping (resume with --resume)")
+            break
     bar.close()
     # Stop the rendering workers now. This frame can outlive the call in a reference cycle, and when the
     # garbage collector reached the iterator later its shutdown joined each busy worker with a 5 s timeout
@@ -504,6 +511,7 @@ def train(cfg: TrainConfig, out: Path, tokenizer: TextTokenizer, *, device: str 
         w.writerows(rows)
     torch.save({"step": step, "total": total, "runs": {r.name: r.state() for r in runs}}, state_file)
     summary: dict[str, Any] = {"steps": step, "total_steps": total, "elapsed_s": elapsed, "stopped_by_time": stopped_by_time,
+                               "stopped_at_step": stopped_at_step,
                                "samples": samples, "samples_per_s": samples / elapsed, "data_wait": wait / elapsed,
                                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                "final": rows[-1] if rows else {}}
