@@ -1,6 +1,6 @@
 """What the knobs do on an outcome cache, per task (prints markdown tables; ``--json`` saves them).
 
-``python -m benchmarks.report_live_cache --cache PATH [--split all|train|val|test] [--json OUT]``
+``python -m benchmarks.report_live_cache --cache PATH [--split all|train|val|test] [--json OUT] [--against REF]``
 
 Over the cache's requests (every split by default), per dataset (task):
 
@@ -123,18 +123,44 @@ def markdown(rep: dict, ks_tiers: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def full_accuracy_against(rep: dict, ref: dict, points: float) -> dict:
+    """Per-task full-configuration score of a report next to a reference report's (points = 100 ×
+    score): the differences, the largest, and whether every task is within ``points`` (the
+    reproduction bar of a rebuilt default: 2 points). A task only one of them has fails."""
+    tasks = sorted(set(rep["tasks"]) | set(ref["tasks"]))
+    rows = {t: {"this": rep["tasks"].get(t, {}).get("full"), "reference": ref["tasks"].get(t, {}).get("full")} for t in tasks}
+    for r in rows.values():
+        r["points"] = None if r["this"] is None or r["reference"] is None else 100 * (r["this"] - r["reference"])
+    diffs = [abs(r["points"]) if r["points"] is not None else float("inf") for r in rows.values()]
+    return {"tasks": rows, "largest_points": max(diffs), "bar_points": points, "within": max(diffs) <= points}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.report_live_cache", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", required=True)
     ap.add_argument("--split", default="all", choices=["all", *SPLITS])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--against", default=None, metavar="REFERENCE",
+                    help="another cache (e.g. the committed default): compare every task's full-configuration score; "
+                         "exit 1 when one differs by more than --points")
+    ap.add_argument("--points", type=float, default=2.0, help="the largest difference --against accepts, in points")
     args = ap.parse_args(argv)
     parts = load(args.cache, args.split)
     rep = knob_report(parts)
     print(markdown(rep, parts[0].knob_space.tiers))
+    rc = 0
+    if args.against:
+        cmp = rep["against"] = full_accuracy_against(rep, knob_report(load(args.against, args.split)), args.points)
+        print(f"\nFull configuration against {args.against} (points):")
+        for t, r in cmp["tasks"].items():
+            this, ref = (f"{v:.3f}" if v is not None else "-" for v in (r["this"], r["reference"]))
+            print(f"  {t}: {this} vs {ref}" + (f" ({r['points']:+.1f})" if r["points"] is not None else " (missing)"))
+        print(f"largest difference {cmp['largest_points']:.1f} points: "
+              + ("within" if cmp["within"] else "NOT within") + f" {args.points:g}")
+        rc = 0 if cmp["within"] else 1
     if args.json:
         args.json.write_text(json.dumps(rep, indent=1, default=str))
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -37,3 +37,22 @@ def test_knob_report_matches_direct_means(small_cache, capsys):
     assert main(["--cache", small_cache, "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert "costliest knob" in out and "MolmoE-1B | 3.1 | 5.4 | 7.5 | 18.4" in out
+
+
+def test_against_a_reference_compares_every_tasks_full_score(small_cache, tmp_path, capsys):
+    from benchmarks.report_live_cache import full_accuracy_against
+
+    # the same cache is within any bar; another seed's draw of the generator is not within 0 points
+    assert main(["--cache", small_cache, "--against", small_cache, "--points", "0"]) == 0
+    assert "largest difference 0.0 points: within 0" in capsys.readouterr().out
+    other = str(write_synthetic_cache(tmp_path / "other.h5", dataclasses.replace(default_params(), n_samples=300, lang_dim=8,
+                                                                                 token_dim=8), seed=5))
+    assert main(["--cache", other, "--against", small_cache, "--points", "0"]) == 1
+    assert "NOT within 0" in capsys.readouterr().out
+    a = {"tasks": {"doc": {"full": 0.10}, "text": {"full": 0.61}}}
+    b = {"tasks": {"doc": {"full": 0.12}, "text": {"full": 0.60}, "count": {"full": 0.4}}}
+    cmp = full_accuracy_against(a, b, 2.0)
+    assert cmp["tasks"]["doc"]["points"] == pytest.approx(-2.0) and cmp["tasks"]["text"]["points"] == pytest.approx(1.0)
+    assert cmp["tasks"]["count"]["points"] is None and not cmp["within"]  # a task the rebuilt cache lacks fails
+    del b["tasks"]["count"]
+    assert full_accuracy_against(a, b, 2.0)["within"] and not full_accuracy_against(a, b, 1.9)["within"]
