@@ -72,3 +72,62 @@ def test_the_fast_path_script_names_real_sections_and_refuses_a_bad_part(tmp_pat
     bad = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--sections", "decode,prefil"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown sections ['prefil']" in bad.stderr
+
+
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# stands in for python: records each call; make_suite, train_model and repack leave the files the scripts read
+echo "$*" >> "$FAKE_LOG"
+[ "$1" = -c ] && exec "$REAL_PYTHON" "$@"
+mod=$2; shift 2
+out=; prev=
+for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+case $mod in
+  experiments.make_suite) mkdir -p "$out"; touch "$out/manifest.json" "$out/test.jsonl" ;;
+  experiments.train_model)
+    mkdir -p "$out/plain"; touch "$out/train_state.pt" "$out/plain/model.safetensors"
+    stopped=false; [ -f "$FAKE_STOP" ] && { rm "$FAKE_STOP"; stopped=true; }
+    echo "{\"stopped_by_time\": $stopped}" > "$out/train_summary.json" ;;
+  cache.repack) touch "$2" ;;
+esac
+"""
+
+
+def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_the_comparison(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    work, log, stop = tmp_path / "work", tmp_path / "calls.log", tmp_path / "stop"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+           "FAKE_STOP": str(stop)}
+    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+
+    def call() -> tuple[str, list[str]]:
+        before = log.read_text().splitlines() if log.exists() else []
+        out = subprocess.run(["bash", str(script), str(work)], cwd=ROOT, capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout, [c for c in log.read_text().splitlines()[len(before):] if "train_model" in c]
+
+    stop.touch()  # the first stage's first call runs out of time
+    text, trains = call()
+    assert "stage run9 (3000 steps, lr 2e-3)" in text and "stopped by time" in text and not (work / "chain/run9/DONE").exists()
+    assert "--resume" not in trains[0] and "--init-from" not in trains[0] and "--batch-size 128" in trains[0]
+    text, trains = call()  # the same machine: the stage resumes from its own state
+    assert "resumed" in text and "--resume" in trains[0] and "--init-from" not in trains[0]
+    assert (work / "chain/run9/DONE").exists() and (work / "chain/run9/plain/model.safetensors").exists()
+    seen = {}
+    for stage in ("run10", "run11a", "run11b", "run12", "run13a", "run13b", "run14"):
+        text, trains = call()
+        assert f"stage {stage} " in text and len(trains) == 1
+        seen[stage] = trains[0]
+    assert f"--init-from {work}/chain/run9/plain" in seen["run10"] and "--steps 3186" in seen["run10"]
+    assert "--stop-at-step 2376" in seen["run11a"] and "--stop-at-step 0" in seen["run11b"]
+    assert "--split-digits" in seen["run12"] and "--first-example 1000000" in seen["run12"] and "--split-digits" not in seen["run11b"]
+    assert f"--init-from {work}/chain/run13b/plain" in seen["run14"] and "--lr 3.5e-4" in seen["run14"]
+    assert "synth_digits=0.15" in seen["run14"]
+    call()  # the build of the last stage's checkpoint
+    assert "experiments.build_cache" in log.read_text() and (work / "default_cache.h5").exists()
+    call()
+    last = log.read_text().splitlines()[-1]
+    assert "benchmarks.report_live_cache" in last and "--against cache/default/molmoe_small_suite.h5" in last
+    status = subprocess.run(["bash", str(script), str(work), "--status"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert status.stdout.count(": done") == 8 and "cache: built" in status.stdout

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Rebuild the committed default model from nothing on one GPU, its cache, and the comparison with the committed cache.
+#   bash benchmarks/gpu/reproduce_default.sh WORK          # the next piece of work, then stop
+#   bash benchmarks/gpu/reproduce_default.sh WORK --status # what is done, what comes next
+# The committed checkpoint (molmoe-small-suite-v7) is the end of a chain of training runs, each starting from the one
+# before (benchmarks/RESULTS.md, ninth to fourteenth H200 runs; the settings below are those runs' own, the later ones
+# as their train_config.json files recorded them). Two of them were cut by a time limit where a later stage took over
+# from their weights; STOP_AT_STEP cuts them at the same steps on any machine.
+# Each call does one piece and returns: a training stage, or the part of it that fits STOP_AFTER seconds (default 470;
+# the next call on the same machine resumes it), then the cache build (resumable the same way), then the comparison
+# (report_live_cache --against the committed cache: every task's full-configuration score within 2 points).
+# Finished stages stay in WORK/chain/STAGE/plain: a later machine continues from the last one when WORK/chain travels.
+# Device time: ≈ 60 minutes of training on one H200 and ≈ 5 of building, in about ten calls.
+set -euo pipefail
+W=${1:?usage: reproduce_default.sh WORK [--status]}
+PY=${PYTHON:-python3}
+STOP_AFTER=${STOP_AFTER:-470}
+HERE=$(cd "$(dirname "$0")" && pwd)
+STAGES=(run9 run10 run11a run11b run12 run13a run13b run14)
+MIX9="easy_vqa=0.08 synth_text=0.16 synth_doc=0.16 synth_chart=0.16 synth_count=0.12 synth_diagram=0.12 synth_read=0.20"
+MIX10="easy_vqa=0.05 synth_text=0.16 synth_doc=0.14 synth_chart=0.14 synth_count=0.10 synth_diagram=0.10 synth_read=0.06 synth_words=0.25"
+MIX11="easy_vqa=0.04 synth_text=0.14 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.08 synth_read=0.04 synth_words=0.20"
+MIX12="easy_vqa=0.03 synth_text=0.11 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.06 synth_read=0.12 synth_words=0.18"
+MIX13="easy_vqa=0.03 synth_text=0.11 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.06 synth_read=0.05 synth_words=0.10 synth_digits=0.15"
+
+# stage settings: FROM (the stage whose weights it starts from), STEPS (its schedule), STOP_AT (0: the whole
+# schedule), LR, BATCH, REUSE, MIX, FIRST (the train stream's first example), DIGITS (one token per digit)
+stage() {
+  FROM=; STOP_AT=0; BATCH=64; REUSE=2; FIRST=0; DIGITS=
+  case $1 in
+    run9)   STEPS=3000; LR=2e-3; BATCH=128; REUSE=4; MIX=$MIX9 ;;
+    run10)  FROM=run9; STEPS=3186; LR=1e-3; MIX=$MIX10 ;;
+    run11a) FROM=run10; STEPS=3220; STOP_AT=2376; LR=1e-3; MIX=$MIX11 ;;
+    run11b) FROM=run11a; STEPS=900; LR=5e-4; MIX=$MIX11 ;;
+    run12)  FROM=run11b; STEPS=4600; LR=7e-4; MIX=$MIX12; FIRST=1000000; DIGITS=1 ;;
+    run13a) FROM=run12; STEPS=4600; STOP_AT=2539; LR=7e-4; MIX=$MIX13; FIRST=1200000; DIGITS=1 ;;
+    run13b) FROM=run13a; STEPS=1400; STOP_AT=1292; LR=3.5e-4; MIX=$MIX13; FIRST=1400000; DIGITS=1 ;;
+    run14)  FROM=run13b; STEPS=1800; LR=3.5e-4; MIX=$MIX13; FIRST=1500000; DIGITS=1 ;;
+    *) echo "reproduce_default.sh: unknown stage $1" >&2; exit 2 ;;
+  esac
+}
+
+next_stage() {
+  for s in "${STAGES[@]}"; do [ -f "$W/chain/$s/DONE" ] || { echo "$s"; return; }; done
+}
+
+# "stopped" when the last training call in WORK/ckpt stopped by time (a resumable part), else "finished"
+last_call() {
+  "$PY" -c 'import json, sys; s = json.load(open(sys.argv[1])); print("stopped" if s.get("stopped_by_time") else "finished")' \
+    "$W/ckpt/train_summary.json"
+}
+
+mkdir -p "$W/chain"
+if [ "${2:-}" = --status ]; then
+  for s in "${STAGES[@]}"; do
+    stage "$s"
+    state="to do"; [ -f "$W/chain/$s/DONE" ] && state=done
+    [ "$(cat "$W/chain/CURRENT" 2>/dev/null)" = "$s" ] && [ "$state" != done ] && state="in progress"
+    cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
+    echo "$s: $state (from ${FROM:-nothing}, $STEPS steps$cut, lr $LR)"
+  done
+  [ -f "$W/default_cache.h5" ] && echo "cache: built ($W/default_cache.h5)" || echo "cache: to do"
+  exit 0
+fi
+
+S=$(next_stage)
+if [ -n "$S" ]; then
+  stage "$S"  # the stages before it are done (next_stage takes the first that is not)
+  RESUME=0
+  if [ "$(cat "$W/chain/CURRENT" 2>/dev/null)" = "$S" ] && [ -f "$W/ckpt/train_state.pt" ] && [ "$(last_call)" = stopped ]; then
+    RESUME=1
+  fi
+  cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
+  how=; [ $RESUME = 1 ] && how=", resumed"
+  echo "[reproduce_default] stage $S ($STEPS steps$cut, lr $LR$how)"
+  echo "$S" > "$W/chain/CURRENT"
+  # the weights a stage starts from come from the finished stage before it; a resumed call takes its own state
+  INIT=; [ $RESUME = 0 ] && [ -n "$FROM" ] && INIT="$W/chain/$FROM/plain"
+  env PATCH_STEM=hybrid WORD_PRESENCE=0.5 WORD_PRESENCE_SITES="stem tokens" CAPTION_RATE=0.5 \
+      LR_SCALE="lm.=0.1 connector.=0.1" SKIP_GRID=1 PRINT_LOSS=0 BATCH=$BATCH REUSE=$REUSE LR=$LR \
+      TASK_WEIGHTS="$MIX" FIRST_EXAMPLE=$FIRST SPLIT_DIGITS=$DIGITS STOP_AFTER="$STOP_AFTER" STOP_AT_STEP=$STOP_AT \
+      RESUME=$RESUME INIT_FROM="$INIT" PYTHON="$PY" \
+      bash "$HERE/train_small_model.sh" "$W" 960 "$STEPS"
+  if [ "$(last_call)" = stopped ]; then
+    echo "[reproduce_default] stage $S stopped by time: run the same command again on this machine to resume it"
+    exit 0
+  fi
+  rm -rf "$W/chain/$S"
+  mkdir -p "$W/chain/$S"
+  cp -r "$W/ckpt/plain" "$W/chain/$S/plain"
+  cp "$W/ckpt/train_summary.json" "$W/chain/$S/"
+  touch "$W/chain/$S/DONE"
+  echo "[reproduce_default] stage $S done: $W/chain/$S/plain"
+  exit 0
+fi
+if [ ! -f "$W/default_cache.h5" ]; then
+  bash "$HERE/build_default_cache.sh" "$W" "$W/chain/run14/plain" molmoe-small-suite-reproduced
+  exit 0
+fi
+$PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against cache/default/molmoe_small_suite.h5 \
+    --points 2 --json "$W/reproduction.json"
