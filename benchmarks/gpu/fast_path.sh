@@ -5,7 +5,8 @@
 #         forms, its kernel time by kind and the expert-GEMM tile sweep (OUT/fast_path_1.{json,log});
 # PART 2: decode over the 25 (top-k, blocks) points, batching and the persistent decode step with its
 #         stage sweep and correctness checks (OUT/fast_path_2.{json,log});
-# PART 3: the remaining sections: the decode kernels' sweep, transformers, vision, correctness.
+# PART 3: the fused blocks' tests on the GPU, then the remaining sections: the decode kernels' sweep (and the decode
+#         router's two forms), transformers, vision, correctness.
 # Each part prints issue 15's bars for the sections it ran; every JSON is rewritten after each section,
 # so a part cut short keeps what it measured.
 set -euo pipefail
@@ -18,7 +19,8 @@ case "$PART" in
        | tail -5 | tee "$OUT/fast_path_tests.log"
      SECTIONS=ceilings,prefill,prefill_kernels,experts ;;
   2) SECTIONS=ceilings,decode,batching,persistent ;;
-  3) SECTIONS=ceilings,kernels,hf,vision,correctness ;;
+  3) $PY -m pytest -q -x tests/test_fused_lm.py tests/test_static_decode.py 2>&1 | tail -5 | tee "$OUT/fast_path_tests_3.log"
+     SECTIONS=ceilings,kernels,hf,vision,correctness ;;
   *) echo "PART must be 1, 2 or 3, got $PART" >&2; exit 2 ;;
 esac
 $PY -m benchmarks.bench_fast_path --sections "$SECTIONS" --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"
