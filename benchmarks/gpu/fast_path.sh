@@ -7,19 +7,19 @@
 #         stage sweep and correctness checks (OUT/fast_path_2.{json,log});
 # PART 3: the fused blocks' tests on the GPU, then the remaining sections: the decode kernels' sweep (and the decode
 #         router's two forms), transformers, vision, correctness.
-# Each part prints issue 15's bars for the sections it ran; every JSON is rewritten after each section,
-# so a part cut short keeps what it measured.
+# A failing test is reported and the measurements still run. Each part prints issue 15's bars for the sections it
+# ran; every JSON is rewritten after each section, so a part cut short keeps what it measured.
 set -euo pipefail
 OUT=${1:?usage: fast_path.sh OUT PART}
 PART=${2:?usage: fast_path.sh OUT PART}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 case "$PART" in
-  1) $PY -m pytest -q -x tests/test_prefill_moe.py tests/test_decode_kernels.py tests/test_persistent_decode.py 2>&1 \
+  1) { $PY -m pytest -q -x tests/test_prefill_moe.py tests/test_decode_kernels.py tests/test_persistent_decode.py || true; } 2>&1 \
        | tail -5 | tee "$OUT/fast_path_tests.log"
      SECTIONS=ceilings,prefill,prefill_kernels,experts ;;
   2) SECTIONS=ceilings,decode,batching,persistent ;;
-  3) $PY -m pytest -q -x tests/test_fused_lm.py tests/test_static_decode.py 2>&1 | tail -5 | tee "$OUT/fast_path_tests_3.log"
+  3) { $PY -m pytest -q -x tests/test_fused_lm.py tests/test_static_decode.py || true; } 2>&1 | tail -5 | tee "$OUT/fast_path_tests_3.log"
      SECTIONS=ceilings,kernels,hf,vision,correctness ;;
   *) echo "PART must be 1, 2 or 3, got $PART" >&2; exit 2 ;;
 esac
