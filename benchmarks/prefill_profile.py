@@ -32,7 +32,7 @@ KERNEL_KINDS: tuple[tuple[str, str], ...] = (
     ("expert sort", r"_expert_(hist|place)"),
     ("gather-sum", r"_gather_sum"),
     ("attention", r"flash|fmha|sdpa|attention"),
-    ("router top-k", r"_router_topk"),
+    ("router", r"_router_(gemm_)?topk"),
     ("norms, QK-norm, RoPE", r"rms_norm|qk_norm|rope"),
     ("dense GEMMs", r"gemm|nvjet|xmma|cutlass|sm90_|sm80_|ampere_"),
 )

@@ -92,7 +92,8 @@ def test_kernel_kinds_of_real_kernel_names():
              "_grouped_down_kernel": "experts down", "_expert_place_kernel": "expert sort",
              "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_": "attention",
              "nvjet_sm90_tst_192x128_64x5_1x2_h_bz_coopB_TNT": "dense GEMMs", "_qk_norm_rope_rows_kernel": "norms, QK-norm, RoPE",
-             "_rms_norm_kernel": "norms, QK-norm, RoPE", "_router_topk_kernel": "router top-k", "_gather_sum_kernel": "gather-sum",
+             "_rms_norm_kernel": "norms, QK-norm, RoPE", "_router_topk_kernel": "router", "_gather_sum_kernel": "gather-sum",
+             "_router_gemm_topk_kernel": "router",  # not a dense GEMM
              "void at::native::elementwise_kernel<128, 4, at::native::gpu_": "other"}
     assert {n: kernel_kind(n) for n in names} == names
     kinds = by_kind({"_grouped_gate_up_kernel": [2000.0, 1000.0], "_grouped_down_kernel": [1500.0], "nvjet_x": [500.0]})
