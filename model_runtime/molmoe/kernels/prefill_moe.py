@@ -13,8 +13,8 @@ permutation, a separate SiLU pass); this module does the same work in four:
 2. :func:`grouped_gate_up_act` — gate/up GEMM over the sorted pairs, the token rows gathered in
    the GEMM's loads, SiLU(gate)·up·weight in its epilogue;
 3. :func:`grouped_down` — down GEMM over the sorted pairs;
-4. :func:`gather_sum` — back to token order, sum over k,
-   residual added.
+4. :func:`gather_sum` — back to token order, sum over k, residual added (:func:`gather_sum_norm`:
+   and the next block's input RMSNorm of the result, in the same kernel).
 
 The GEMM programs are (output tile, row tile) pairs; a row tile belongs to one expert, found from
 the offsets inside the kernel (no padded copy of the pairs, no host sync, fixed grid), so the
