@@ -579,7 +579,7 @@ def main() -> None:
             try:
                 out[f"form_{form}_k8b16_S{s}_graph_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats * 2, own)
             except Exception as exc:  # e.g. TMA on a GPU without it: keep the other forms' figures
-                out[f"form_{form}_k8b16_S{s}_graph_ms"] = repr(exc)[:200]
+                out[f"form_{form}_error"] = repr(exc)[:200]
             del own
         lm.use_fast_path(routed_form=args.routed_form)
         dec.fused = lm.fused
