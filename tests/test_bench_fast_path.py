@@ -1,0 +1,33 @@
+"""`benchmarks.bench_fast_path` runs end to end on the CPU (``--quick``: the tiny model, torch ops,
+no graphs), so a section broken by a change shows here rather than after a GPU machine starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
+    out = tmp_path / "fast_path.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--device", "cpu", "--quick", "--repeats", "1",
+                          "--steps", "2", "--sections", "ceilings,decode,prefill,batching", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert [(r["top_k"], r["blocks"]) for r in res["decode"]] == [(8, 16), (4, 12)]
+    assert all(r["ms_per_token"] > 0 and r["floor_GB"] > 0 for r in res["decode"])
+    assert set(res["decode_sorted_experts"]) == {"k8b16_ms_per_token", "k4b12_ms_per_token"}
+    prefill = res["prefill"]
+    assert [r["tokens"] for r in prefill["rows"]] == [64, 128]
+    for form in ("grouped_mm", "sorted_gemm", "sorted_tma"):  # every routed form ran (torch ops on the CPU)
+        assert prefill[f"form_{form}_k8b16_S128_graph_ms"] > 0
+    for key in ("k8b16", "k4b12"):
+        row = res["batching"][key]
+        assert row["sequential_ms"] > 0 and row["batched_ms"] > 0 and row["batched_sorted_ms"] > 0
+        assert row["ratio"] == row["sequential_ms"] / row["batched_ms"]
+    assert res["ceilings"] == {} and res["bars"] == []  # no GPU: no ceilings, so no floors and no bars
+    assert "error" not in json.dumps(res)
