@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu/reproduce_default.sh WORK --status # what is done, what comes next
 # The committed checkpoint (molmoe-small-suite-v7) is the end of a chain of training runs, each starting from the one
 # before (benchmarks/RESULTS.md, ninth to fourteenth H200 runs; the settings below are those runs' own, the later ones
-# as their train_config.json files recorded them). Two of them were cut by a time limit where a later stage took over
+# as their train_config.json files recorded them). Three stages were cut by a time limit where the next stage took over
 # from their weights; STOP_AT_STEP cuts them at the same steps on any machine.
 # Each call does one piece and returns: a training stage, or the part of it that fits STOP_AFTER seconds (default 470;
 # the next call on the same machine resumes it), then the cache build (resumable the same way), then the comparison
