@@ -315,7 +315,8 @@ if HAVE_TRITON:
         # (expert, output-row tile) items: each expert's down rows, weighted and rounded as the
         # eager combine, summed atomically into the expert sum of parity 1 - par (the next
         # block's input is the post-attention stream + that sum). With NSTAGE > 1 the staged
-        # copies of the activations are cp.async.cg (L2, like the .cg load): never a stale L1 line.
+        # copies of the activations must bypass L1 like the .cg load (the PTX Triton 3.9 emits for
+        # sm_90 has cp.async.cg only; the GPU tests of the staged step check the results).
         dt = dn.dtype.element_ty
         ids, wts = _topk(rl_buf, E, k, dt, NORM_TOPK, KMAX, BLOCK_E)
         kk = tl.arange(0, KMAX)
