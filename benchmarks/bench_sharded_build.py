@@ -20,6 +20,12 @@ configurations per second, over the launch's wall time and over the slowest rank
 (the builder's ``wrote ...`` line: model loading and process start-up excluded); scaling is the
 ratio to the reference's.
 
+``--continue``: keep the launches an earlier call finished in ``--work`` (each writes ``DIR/nN.json``
+and ``DIR/killed_nN.json`` when it is done) and run the rest, so that a benchmark of a large build
+spans several time-limited calls on one machine (e.g. ``--nproc 1``, then ``--nproc 1 2 --kill-rank
+1 --continue``). A launch cut short is not timed again over its leftovers: the benchmark names its
+files to remove.
+
 ``--kill-rank R``: one more launch at the largest N, where rank R is SIGKILLed once its shard's
 journal holds ``--kill-after-writes`` writes (a chunk's sample table or one configuration's
 outcomes each, ``cache.journal``; torchrun then stops the other ranks), then the same command
@@ -189,6 +195,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     ap.add_argument("--kill-rank", type=int, default=None, help="also kill this rank mid-build and resume")
     ap.add_argument("--kill-after-writes", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for a killed launch's progress")
+    ap.add_argument("--continue", dest="continue_", action="store_true",
+                    help="--work holds an earlier call's finished launches (their nN.json records): keep them and run "
+                         "the rest, so that one benchmark spans several time-limited calls on the same machine")
     args = ap.parse_args(argv[:cut])
     build_args = argv[cut + 1:]
     if any(a == "--out" or a.startswith("--out=") for a in build_args):
@@ -202,30 +211,45 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     return args, build_args
 
 
+def _leftovers(work: Path, stem: str) -> list[Path]:
+    """Files of a launch into ``work/stem*.h5`` (caches, shards, journals)."""
+    return sorted(p for p in work.glob(f"{stem}.*") if p.suffix in (".h5", ".journal"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, build_args = parse_args(argv)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    if any(work.glob("n*.h5")) or any(work.glob("killed_*.h5")):
-        raise SystemExit(f"bench_sharded_build: --work {work} holds an earlier run's caches; give an empty folder")
+    if not args.continue_ and (any(work.glob("n*.h5")) or any(work.glob("killed_*.h5"))):
+        raise SystemExit(f"bench_sharded_build: --work {work} holds an earlier run's caches; give an empty folder "
+                         "(or --continue to keep its finished launches)")
     runs = []
     reference: Path | None = None
     for n in args.nproc:
-        out = work / f"n{n}.h5"
-        wall, rc, text = timed_launch(torchrun_command(n, out, build_args), work / f"n{n}.log")
-        if rc != 0:
-            raise SystemExit(f"bench_sharded_build: the {n}-process launch failed with exit code {rc} (log: {work / f'n{n}.log'})")
-        merged = merge(out, n)
-        requests, configs = cache_size(merged)
-        slowest, ok = build_seconds(text, n)
-        run = {"nproc": n, "wall_s": wall, "slowest_rank_build_s": slowest, "ok_outcomes": ok,
-               "requests": requests, "configs": configs, "valid": validate(merged),
-               "per_s_wall": requests * configs / wall,
-               "per_s_build": requests * configs / slowest if slowest else None}
-        if reference is None:
-            reference = merged
+        out, record = work / f"n{n}.h5", work / f"n{n}.json"
+        if record.is_file():  # --continue: a launch an earlier call finished
+            run = json.loads(record.read_text())
+            print(f"the {n}-process launch: kept from an earlier call ({record})", flush=True)
         else:
-            run["vs_reference"] = compare(merged, reference)
+            if _leftovers(work, f"n{n}"):
+                raise SystemExit(f"bench_sharded_build: the {n}-process launch in {work} was cut short ({record} is "
+                                 f"missing); remove its files ({', '.join(p.name for p in _leftovers(work, f'n{n}'))}) "
+                                 "to launch it again")
+            wall, rc, text = timed_launch(torchrun_command(n, out, build_args), work / f"n{n}.log")
+            if rc != 0:
+                raise SystemExit(f"bench_sharded_build: the {n}-process launch failed with exit code {rc} (log: {work / f'n{n}.log'})")
+            merged = merge(out, n)
+            requests, configs = cache_size(merged)
+            slowest, ok = build_seconds(text, n)
+            run = {"nproc": n, "wall_s": wall, "slowest_rank_build_s": slowest, "ok_outcomes": ok,
+                   "requests": requests, "configs": configs, "valid": validate(merged), "merged": str(merged),
+                   "per_s_wall": requests * configs / wall,
+                   "per_s_build": requests * configs / slowest if slowest else None}
+            if reference is not None:
+                run["vs_reference"] = compare(merged, reference)
+            record.write_text(json.dumps(run, indent=1))
+        if reference is None:
+            reference = Path(run["merged"])
         runs.append(run)
     base = runs[0]
     for r in runs:
@@ -233,9 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         r["scaling_build"] = (r["per_s_build"] / base["per_s_build"]) if r["per_s_build"] and base["per_s_build"] else None
     result: dict = {"command": torchrun_command(max(args.nproc), work / "nN.h5", build_args), "runs": runs}
     if args.kill_rank is not None:
-        kr = killed_and_resumed(work, max(args.nproc), args.kill_rank, args.kill_after_writes, build_args, args.timeout)
-        kr["vs_reference"] = compare(Path(kr["merged"]), reference)
-        kr["valid"] = validate(Path(kr["merged"]))
+        record = work / f"killed_n{max(args.nproc)}.json"
+        if record.is_file():
+            kr = json.loads(record.read_text())
+        else:
+            kr = killed_and_resumed(work, max(args.nproc), args.kill_rank, args.kill_after_writes, build_args, args.timeout)
+            kr["vs_reference"] = compare(Path(kr["merged"]), reference)
+            kr["valid"] = validate(Path(kr["merged"]))
+            record.write_text(json.dumps(kr, indent=1))
         result["killed"] = kr
 
     print(f"{'procs':>5} | {'wall s':>8} | {'build s':>8} | {'req x cfg / s (wall)':>20} | {'(build)':>9} | "

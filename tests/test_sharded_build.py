@@ -26,9 +26,17 @@ def test_torchrun_shards_merge_and_a_killed_rank_resumes(tmp_path: Path, capsys)
              "--batch-size", "2", "--chunk-requests", "2", "--max-new-tokens", "3", "--tier-crops", "1", "2", "4",
              "--importance", "auto", "--calibration-requests", "2", "--threads", "1"]
     work = tmp_path / "work"
-    assert bench.main(["--work", str(work), "--nproc", "1", "2", "--kill-rank", "1", "--", *build]) == 0
+    # two calls, as on a time-limited machine: the reference first, then the rest with --continue
+    assert bench.main(["--work", str(work), "--nproc", "1", "--", *build]) == 0
+    first = json.loads((work / "n1.json").read_text())
+    with pytest.raises(SystemExit, match="earlier run"):  # without --continue an earlier run's files are kept
+        bench.main(["--work", str(work), "--nproc", "1", "2", "--", *build])
+    assert bench.main(["--work", str(work), "--nproc", "1", "2", "--kill-rank", "1", "--continue", "--", *build]) == 0
+    printed = capsys.readouterr().out
+    assert "the 1-process launch: kept from an earlier call" in printed and "equal to the reference: yes" in printed
     res = json.loads((work / "bench_sharded_build.json").read_text())
     one, two = res["runs"]
+    assert one["wall_s"] == first["wall_s"]  # the reference was not launched again
     assert (one["nproc"], two["nproc"]) == (1, 2)
     assert one["valid"] and two["valid"] and two["vs_reference"]["equal"]
     assert one["requests"] == two["requests"] == 12 and one["configs"] == 225
@@ -39,10 +47,12 @@ def test_torchrun_shards_merge_and_a_killed_rank_resumes(tmp_path: Path, capsys)
     assert killed["killed_launch_exit_code"] != 0 and killed["journal_writes_at_kill"] >= 3
     assert any("[rank 1/2] resumed" in ln for ln in killed["resumed_lines"])  # the killed rank's shard is resumed, not rebuilt
     assert killed["valid"] and killed["vs_reference"]["equal"]
-    assert "equal to the reference: yes" in capsys.readouterr().out
-    # an earlier run's files are never overwritten
+    # an earlier run's files are never overwritten; a launch cut short is named, not timed over its leftovers
     with pytest.raises(SystemExit, match="earlier run"):
         bench.main(["--work", str(work), "--nproc", "1", "--", *build])
+    (work / "n2.json").unlink()
+    with pytest.raises(SystemExit, match="2-process launch .* was cut short"):
+        bench.main(["--work", str(work), "--nproc", "1", "2", "--continue", "--", *build])
 
 
 def test_bad_arguments_are_named() -> None:
