@@ -360,6 +360,13 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
         for bd in (64, 128, 256):
             out[f"router_T{t}_one_kernel_bd{bd}_us"] = do_bench(
                 lambda: dk.router_gemm_topk(x, blk.router, 8, False, "triton", block_d=bd), return_mode="median") * 1e3
+    # the prefill's router at a prompt's length: GEMM + top-k kernel against the one-kernel form's tiles
+    h = torch.randn(context, d, device=dev, dtype=blk.gate_up.dtype)
+    out[f"router_T{context}_gemm_then_topk_us"] = do_bench(
+        lambda: dk.router_topk(h @ blk.router.T, 8, False, "triton"), return_mode="median") * 1e3
+    for bt, bd in ((16, 64), (16, 256), (32, 128), (64, 64)):
+        out[f"router_T{context}_one_kernel_t{bt}_d{bd}_us"] = do_bench(
+            lambda: dk.router_gemm_topk(h, blk.router, 8, False, "triton", block_t=bt, block_d=bd), return_mode="median") * 1e3
     cfg = lm.config
     hd = cfg.hidden_size // cfg.num_attention_heads
     length = -(-(context + 64) // 256) * 256

@@ -7,8 +7,8 @@ packing costs no memory and the eager modules keep working) and runs:
 - :meth:`FusedLM.prefill_block`: one block over the S tokens of a staged forward
   (:meth:`MolmoeLanguageModel.advance` calls it when the fast path is on): fused RMSNorms, one
   QKV GEMM, FlashAttention-style SDPA (``is_causal`` when the prompt has no padding and no past,
-  the padding mask otherwise), the router's GEMM, softmax and top-k in one kernel, and the routed
-  experts as grouped GEMMs over expert-sorted tokens (:func:`routed_experts`; on CUDA the Triton kernels of
+  the padding mask otherwise), router softmax + top-k, and the routed experts as grouped GEMMs over
+  expert-sorted tokens (:func:`routed_experts`; on CUDA the Triton kernels of
   :mod:`~model_runtime.molmoe.kernels.prefill_moe`) — no per-expert Python loop, no host sync; keys and
   values go straight into a static cache's slots (:meth:`StaticKVCache.append_slots`);
 - :meth:`FusedLM.decode_step`: one token for every row of a
@@ -238,7 +238,9 @@ class FusedLM:
             attn = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=state.mask, scale=self.scaling)
         o = attn.transpose(1, 2).reshape(bsz * seq, nq) @ w.o.T
         x, h2 = dk.add_rms_norm(x, o, w.ln_post, self.eps, be)
-        weights, idx = dk.router_gemm_topk(h2, w.router, top_k, self.norm_topk_prob, be)
+        # the router as a GEMM then the top-k kernel: the one-kernel form (kernels.router_gemm_topk)
+        # measured slower in a prefill (benchmarks/RESULTS.md, "Issue 15 on one H100")
+        weights, idx = dk.router_topk(h2 @ w.router.T, top_k, self.norm_topk_prob, be)
         if next_block is None:
             out = routed_experts(h2, w.gate_up, w.down, idx, weights, self.routed_form, residual=x, backend=be)
             return out.view(bsz, seq, dim), None

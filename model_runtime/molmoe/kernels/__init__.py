@@ -5,7 +5,7 @@ Modules, by concern:
 - :mod:`.common`: Triton's availability, the backends (``"triton"`` / ``"torch"``), block sizes;
 - :mod:`.norm_rope`: RMSNorm (with the residual add), QK-norm + RoPE (+ KV-cache write);
 - :mod:`.attention`: split-K decode attention and its reduction;
-- :mod:`.router`: router softmax + top-k (the prefill's with the router GEMM in the same kernel);
+- :mod:`.router`: router softmax + top-k (and a form with the router GEMM in the same kernel);
 - :mod:`.decode_moe`: the decode step's routed experts (gate/up + SiLU·up, down, weighted
   combine + residual + next RMSNorm), parallel over (token, expert) pairs;
 - :mod:`.prefill_moe`: the prefill's routed experts as grouped GEMMs over expert-sorted pairs

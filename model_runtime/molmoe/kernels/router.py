@@ -1,5 +1,5 @@
-"""The router: softmax (float32) over all experts' logits, then top-k; for the prefill, with the
-logits' GEMM in the same kernel."""
+"""The router: softmax (float32) over all experts' logits, then top-k; optionally with the logits'
+GEMM in the same kernel (:func:`router_gemm_topk`)."""
 
 from __future__ import annotations
 
@@ -113,10 +113,11 @@ def router_gemm_topk(
     block_t: int = 64, block_d: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`router_topk` of the router logits ``h @ router_weight.T`` for (T, D) hidden states and
-    an (E, D) router weight, in one kernel (the prefill's: a tile of ``block_t`` tokens per program
-    instead of a GEMM with 64 output columns and a second kernel; ``block_d`` hidden columns per
-    step). The logits are rounded to h's dtype before the float32 softmax, as the router's linear
-    layer returns them."""
+    an (E, D) router weight, in one kernel (a tile of ``block_t`` tokens per program, ``block_d``
+    hidden columns per step) instead of a GEMM with 64 output columns and a second kernel. The
+    logits are rounded to h's dtype before the float32 softmax, as the router's linear layer
+    returns them. Not the fast path's default: with 64-token tiles a 1,000-token prefill's 16
+    programs took longer than the GEMM and the top-k kernel (benchmarks/RESULTS.md)."""
     if backend == "torch":
         return router_topk(h @ router_weight.T, top_k, norm_topk_prob, backend)
     n_tok, dim = h.shape
