@@ -447,10 +447,9 @@ def main() -> None:
     ap.add_argument("--persistent", default="best",
                     help="JSON keyword arguments of PersistentDecodeStep for the persistent section's grid, or "
                          "'best': the fastest of the sweep at the two corners")
-    # the stepped options launch the same phases as one kernel each (graph kernel boundaries instead
-    # of grid barriers, and more programs than fit the GPU at once)
-    ap.add_argument("--persistent-sweep", default='[{}, {"stages": 2}, {"stages": 3}, {"stages": 2, "block_r": 16, "block_ri": 8}, '
-                    '{"stepped": true, "programs_per_sm": 8}, {"stepped": true, "programs_per_sm": 8, "stages": 2}]',
+    # two options: on an H100 stages 3, 16-row tiles and the stepped form (one kernel per phase) were
+    # slower still (benchmarks/RESULTS.md, "Issue 15 on one H100"), and the section must fit a call
+    ap.add_argument("--persistent-sweep", default='[{}, {"stages": 2}]',
                     help="JSON list of PersistentDecodeStep options timed at the two corners (section persistent)")
     ap.add_argument("--expert-tiles", default=json.dumps(EXPERT_TILES),
                     help="JSON list of tile configurations (BLOCK_M/N/K, num_warps, num_stages) timed by the experts section")
