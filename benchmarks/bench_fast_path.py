@@ -332,7 +332,7 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
     GB/s of the bytes each must read) and a kernel-time breakdown of one (uncaptured) decode step."""
     from triton.testing import do_bench
 
-    from model_runtime.molmoe import decode_kernels as dk
+    from model_runtime.molmoe import kernels as dk
 
     dev = lm.lm_head.weight.device
     blk = lm.fused.blocks[1]
