@@ -14,7 +14,7 @@ from model_runtime.molmoe.generation import greedy_generate
 from model_runtime.molmoe.language_model import BlockKVCache, MolmoeLanguageModel
 from model_runtime.molmoe.static_decode import GraphDecoder, StaticKVCache
 from tests.kernel_testing import triton_ok
-from tests.tiny_molmoe import left_padded_ids, tiny_config, tiny_olmoe_hf
+from tests.tiny_molmoe import left_padded_ids, prefilled_static_cache, tiny_config, tiny_olmoe_hf
 from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
 
 CFG = tiny_config()
@@ -120,16 +120,10 @@ def test_triton_decode_step_equals_torch_ops(lm):
     place) and whole decode steps (interpreted on CPU) = the torch ops."""
     plan = _plan(("low", 2, 5, 13))
     ids, mask = _left_padded((10, 6), seed=4)
-    emb = lm.embed(ids)
     logits = {}
     for backend in ("torch", "triton"):
-        fused = lm.fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm")
-        cache = StaticKVCache.for_plan(lm, plan, batch=2, max_len=16)
-        st = lm.begin(emb, mask, cache=cache)
-        lm.advance(st, lm.n_layers, plan)
-        lm.fused = None
-        cache.start_decode(mask)
-        tok = lm.logits(st).argmax(-1)
+        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm")
+        cache, tok = prefilled_static_cache(lm, fused, plan, ids, mask)
         steps = []
         for _ in range(2):
             steps.append(fused.decode_step(cache, tok, plan))
@@ -147,17 +141,11 @@ def test_sorted_decode_experts_equal_the_pair_kernels(lm, backend):
     with the next block's norm) gives the pair kernels' decode steps; an unknown form is refused."""
     plan = _plan(("low", 1, 5, 12))
     ids, mask = _left_padded((10, 6), seed=4)
-    emb = lm.embed(ids)
     logits = {}
     for form in ("pairs", "sorted"):
         fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_experts=form)
-        lm.fused = FusedLM(lm, backend="torch")  # the same prefill for both (the decode step is under test)
-        cache = StaticKVCache.for_plan(lm, plan, batch=2, max_len=16)
-        st = lm.begin(emb, mask, cache=cache)
-        lm.advance(st, lm.n_layers, plan)
-        lm.fused = None
-        cache.start_decode(mask)
-        tok = lm.logits(st).argmax(-1)
+        # the same prefill for both (the decode step is under test)
+        cache, tok = prefilled_static_cache(lm, FusedLM(lm, backend="torch"), plan, ids, mask)
         logits[form] = fused.decode_step(cache, tok, plan)
     assert (logits["sorted"] - logits["pairs"]).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="unknown decode expert form 'grouped'"):

@@ -23,7 +23,7 @@ from model_runtime.molmoe.kernels.persistent_decode import (
 from model_runtime.molmoe.language_model import MolmoeLanguageModel
 from model_runtime.molmoe.static_decode import DECODE_IMPLS, GraphDecoder, StaticKVCache
 from tests.kernel_testing import DEV, triton_ok
-from tests.tiny_molmoe import left_padded_ids, tiny_config, tiny_olmoe_hf
+from tests.tiny_molmoe import left_padded_ids, prefilled_static_cache, tiny_config, tiny_olmoe_hf
 from tests.tiny_molmoe import torch_single_thread  # noqa: F401  (autouse fixture)
 
 CFG = tiny_config()
@@ -37,16 +37,6 @@ def lm() -> MolmoeLanguageModel:
 
 def _plan(config: tuple) -> tuple[int, ...]:
     return KnobSpace().plan(config).top_k_per_block
-
-
-def _prefilled(lm: MolmoeLanguageModel, fused: FusedLM, plan: tuple[int, ...], ids: torch.Tensor, mask: torch.Tensor):
-    cache = StaticKVCache.for_plan(lm, plan, batch=1, max_len=16)
-    lm.fused = fused
-    st = lm.begin(lm.embed(ids), mask, cache=cache)
-    lm.advance(st, lm.n_layers, plan)
-    lm.fused = None
-    cache.start_decode(mask)
-    return cache, lm.logits(st).argmax(-1)
 
 
 def test_phase_count() -> None:
@@ -76,7 +66,7 @@ def test_persistent_step_equals_the_fused_steps_torch_ops(lm):
     out = {}
     for kind in ("fused", "persistent"):
         fused = FusedLM(lm, backend="torch")
-        cache, tok = _prefilled(lm, fused, plan, ids, mask)
+        cache, tok = prefilled_static_cache(lm, fused, plan, ids, mask)
         one = (PersistentDecodeStep(fused, cache, plan, num_programs=8, block_r=32, block_ri=16)  # 2 splits per head
                if kind == "persistent" else None)
         steps = []

@@ -288,3 +288,18 @@ def left_padded_ids(lengths: tuple[int, ...], seed: int, pad: int) -> tuple[torc
         ids[i, seq - n:] = torch.randint(0, 250, (n,), generator=g)
         mask[i, seq - n:] = 1
     return ids, mask
+
+
+def prefilled_static_cache(lm, fused, plan, ids: torch.Tensor, mask: torch.Tensor, max_len: int = 16):
+    """A prompt prefilled through ``fused`` into a fresh static cache sized for a plan (one row per
+    prompt), ready to decode: (cache, the first greedy token per row). The decode step under test
+    then runs from the same state whichever prefill ops filled it."""
+    from model_runtime.molmoe.static_decode import StaticKVCache
+
+    cache = StaticKVCache.for_plan(lm, plan, batch=ids.shape[0], max_len=max_len)
+    lm.fused = fused
+    st = lm.begin(lm.embed(ids), mask, cache=cache)
+    lm.advance(st, lm.n_layers, plan)
+    lm.fused = None
+    cache.start_decode(mask)
+    return cache, lm.logits(st).argmax(-1)

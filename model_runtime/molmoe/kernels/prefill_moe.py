@@ -131,6 +131,16 @@ if HAVE_TRITON:
         return expert, first, last
 
     @triton.jit
+    def _token_rows(x_ptr, src_ptr, first, last, D, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """A row tile's sorted pairs (rows, their mask) and the pointers to the first K-tile of their
+        tokens' hidden states (gathered by source token), with the K offsets."""
+        rows = first + tl.arange(0, BLOCK_M)
+        mr = rows < last
+        tok = tl.load(src_ptr + rows, mask=mr, other=0).to(tl.int64)
+        kk = tl.arange(0, BLOCK_K)
+        return rows, mr, x_ptr + tok[:, None] * D + kk[None, :], kk
+
+    @triton.jit
     def _gate_up_store(acc_g, acc_u, rows, mr, n, mn, wsorted_ptr, out_ptr, I):
         """SiLU(gate)·up·routing weight of a (rows, n) tile, rounded where the ``grouped_mm`` form rounds."""
         dt = out_ptr.dtype.element_ty
@@ -150,13 +160,9 @@ if HAVE_TRITON:
         expert, first, last = _row_tile(ends_ptr, E, BLOCK_M, BLOCK_E)
         if expert >= E:
             return
-        rows = first + tl.arange(0, BLOCK_M)
-        mr = rows < last
-        tok = tl.load(src_ptr + rows, mask=mr, other=0).to(tl.int64)
+        rows, mr, a_ptrs, kk = _token_rows(x_ptr, src_ptr, first, last, D, BLOCK_M, BLOCK_K)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mn = n < I
-        kk = tl.arange(0, BLOCK_K)
-        a_ptrs = x_ptr + tok[:, None] * D + kk[None, :]
         g_ptrs = w_ptr + expert.to(tl.int64) * 2 * I * D + n[None, :] * D + kk[:, None]  # (BLOCK_K, BLOCK_N)
         u_ptrs = g_ptrs + I * D
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -219,12 +225,8 @@ if HAVE_TRITON:
         expert, first, last = _row_tile(ends_ptr, E, BLOCK_M, BLOCK_E)
         if expert >= E:
             return
-        rows = first + tl.arange(0, BLOCK_M)
-        mr = rows < last
-        tok = tl.load(src_ptr + rows, mask=mr, other=0).to(tl.int64)
+        rows, mr, a_ptrs, kk = _token_rows(x_ptr, src_ptr, first, last, D, BLOCK_M, BLOCK_K)
         n0 = tl.program_id(0) * BLOCK_N
-        kk = tl.arange(0, BLOCK_K)
-        a_ptrs = x_ptr + tok[:, None] * D + kk[None, :]
         row_g = expert * 2 * I + n0
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
