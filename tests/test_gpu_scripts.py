@@ -131,3 +131,37 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
     assert "benchmarks.report_live_cache" in last and "--against cache/default/molmoe_small_suite.h5" in last
     status = subprocess.run(["bash", str(script), str(work), "--status"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert status.stdout.count(": done") == 8 and "cache: built" in status.stdout
+
+
+def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished_stage(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    work, log, stop, packs = tmp_path / "work", tmp_path / "calls.log", tmp_path / "stop", tmp_path / "packs"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+           "FAKE_STOP": str(stop), "PACK_TO": str(packs)}
+    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+
+    def call(seconds: int) -> str:
+        out = subprocess.run(["bash", str(script), str(work)], cwd=ROOT, capture_output=True, text=True,
+                             env=env | {"CALL_SECONDS": str(seconds)})
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    text = call(100)  # 100 - 75 s of overhead leave less than a piece's minimum: nothing starts
+    assert "too little for a training piece" in text and not log.exists()
+    stop.touch()  # the first piece runs out of its time; the same call resumes it, then takes every other stage
+    text = call(1000)
+    trains = [c for c in log.read_text().splitlines() if "train_model" in c]
+    assert len(trains) == 9 and "--resume" not in trains[0] and "--resume" in trains[1]
+    assert all(int(c.split("--stop-after ")[1].split()[0]) in range(880, 926) for c in trains)  # what is left, less 75 s
+    assert "too little for the build" not in text and "experiments.build_cache" in log.read_text()
+    assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]
+    assert sorted(p.name for p in packs.iterdir())[:2] == ["run10.tar.part00", "run11a.tar.part00"]
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    subprocess.run(f"cat {packs}/run9.tar.part* | tar xf - -C {restored}", shell=True, check=True)
+    assert (restored / "chain/run9/plain/model.safetensors").exists() and (restored / "chain/run9/DONE").exists()
+    # a machine with every stage done and too little time for the build says so and leaves the cache to the next call
+    (work / "default_cache.h5").unlink()
+    assert "too little for the build" in call(300) and not (work / "default_cache.h5").exists()

@@ -124,7 +124,7 @@ def test_print_targets_put_each_character_in_its_cell_in_reading_order():
 def test_stream_targets_and_the_loss_teach_the_tokens_where_the_digits_are(tmp_path, tokenizer):  # noqa: F811
     cfg = tiny_small(tokens=special_tokens_from(tokenizer), vit_patch_stem="fine")
     grids = (cfg.patches_per_side, cfg.tokens_per_side)
-    data = TrainDataConfig(batch_size=6, task_weights={"synth_numbers": 1.0, "easy_vqa": 1.0}, print_grids=grids)
+    data = TrainDataConfig(batch_size=3, task_weights={"synth_numbers": 1.0, "easy_vqa": 1.0}, print_grids=grids)
     b = SuiteStream(cfg, tokenizer, data).batch(0)
     for g in grids:
         t = b[f"print_targets_{g}"]

@@ -9,12 +9,23 @@
 # Each call does one piece and returns: a training stage, or the part of it that fits STOP_AFTER seconds (default 470;
 # the next call on the same machine resumes it), then the cache build (resumable the same way), then the comparison
 # (report_live_cache --against the committed cache: every task's full-configuration score within 2 points).
+# CALL_SECONDS=N (default 0: one piece per call) keeps taking pieces until the call's N seconds would not hold the next:
+# a training piece gets what is left less PIECE_OVERHEAD seconds (default 75: process start, suite, tokenizer, model
+# set-up outside the trainer's clock) in place of STOP_AFTER, and none starts below MIN_PIECE (60) seconds; the build
+# only with BUILD_SECONDS (450) left. A stage cut by the call's end resumes in the next call on the same machine.
 # Finished stages stay in WORK/chain/STAGE/plain: a later machine continues from the last one when WORK/chain travels.
-# Device time: ≈ 60 minutes of training on one H200 and ≈ 5 of building, in about ten calls.
+# PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
+# machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it.
+# Device time: ≈ 60 minutes of training on one H200 (≈ 66 on an H100) and ≈ 5 of building.
 set -euo pipefail
 W=${1:?usage: reproduce_default.sh WORK [--status]}
 PY=${PYTHON:-python3}
 STOP_AFTER=${STOP_AFTER:-470}
+CALL_SECONDS=${CALL_SECONDS:-0}
+PIECE_OVERHEAD=${PIECE_OVERHEAD:-75}
+MIN_PIECE=${MIN_PIECE:-60}
+BUILD_SECONDS=${BUILD_SECONDS:-450}
+PACK_TO=${PACK_TO:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 STAGES=(run9 run10 run11a run11b run12 run13a run13b run14)
 MIX9="easy_vqa=0.08 synth_text=0.16 synth_doc=0.16 synth_chart=0.16 synth_count=0.12 synth_diagram=0.12 synth_read=0.20"
@@ -63,39 +74,77 @@ if [ "${2:-}" = --status ]; then
   exit 0
 fi
 
-S=$(next_stage)
-if [ -n "$S" ]; then
-  stage "$S"  # the stages before it are done (next_stage takes the first that is not)
-  RESUME=0
-  if [ "$(cat "$W/chain/CURRENT" 2>/dev/null)" = "$S" ] && [ -f "$W/ckpt/train_state.pt" ] && [ "$(last_call)" = stopped ]; then
-    RESUME=1
+# One piece of work: a training piece or the build; DONE_ALL=1 when nothing is left but the comparison. (Called as a
+# plain command, not in a condition, so that set -e stops the script when a piece fails.)
+piece() {
+  local S; S=$(next_stage)
+  if [ -n "$S" ]; then
+    stage "$S"  # the stages before it are done (next_stage takes the first that is not)
+    RESUME=0
+    if [ "$(cat "$W/chain/CURRENT" 2>/dev/null)" = "$S" ] && [ -f "$W/ckpt/train_state.pt" ] && [ "$(last_call)" = stopped ]; then
+      RESUME=1
+    fi
+    cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
+    how=; [ $RESUME = 1 ] && how=", resumed"
+    echo "[reproduce_default] stage $S ($STEPS steps$cut, lr $LR$how)"
+    echo "$S" > "$W/chain/CURRENT"
+    # the weights a stage starts from come from the finished stage before it; a resumed call takes its own state
+    INIT=; [ $RESUME = 0 ] && [ -n "$FROM" ] && INIT="$W/chain/$FROM/plain"
+    env PATCH_STEM=hybrid WORD_PRESENCE=0.5 WORD_PRESENCE_SITES="stem tokens" CAPTION_RATE=0.5 \
+        LR_SCALE="lm.=0.1 connector.=0.1" SKIP_GRID=1 PRINT_LOSS=0 BATCH=$BATCH REUSE=$REUSE LR=$LR \
+        TASK_WEIGHTS="$MIX" FIRST_EXAMPLE=$FIRST SPLIT_DIGITS=$DIGITS STOP_AFTER="$PIECE_STOP_AFTER" STOP_AT_STEP=$STOP_AT \
+        RESUME=$RESUME INIT_FROM="$INIT" PYTHON="$PY" \
+        bash "$HERE/train_small_model.sh" "$W" 960 "$STEPS"
+    if [ "$(last_call)" = stopped ]; then
+      echo "[reproduce_default] stage $S stopped by time: run the same command again on this machine to resume it"
+      return 0
+    fi
+    rm -rf "$W/chain/$S"
+    mkdir -p "$W/chain/$S"
+    cp -r "$W/ckpt/plain" "$W/chain/$S/plain"
+    cp "$W/ckpt/train_summary.json" "$W/chain/$S/"
+    touch "$W/chain/$S/DONE"
+    echo "[reproduce_default] stage $S done: $W/chain/$S/plain"
+    if [ -n "$PACK_TO" ]; then  # the finished stage as a tar in pieces of at most 15 MiB
+      mkdir -p "$PACK_TO"
+      tar cf - -C "$W" "chain/$S" | split -b 15M -d - "$PACK_TO/$S.tar.part"
+      echo "[reproduce_default] stage $S packed: $PACK_TO/$S.tar.part*"
+    fi
+    return 0
   fi
-  cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
-  how=; [ $RESUME = 1 ] && how=", resumed"
-  echo "[reproduce_default] stage $S ($STEPS steps$cut, lr $LR$how)"
-  echo "$S" > "$W/chain/CURRENT"
-  # the weights a stage starts from come from the finished stage before it; a resumed call takes its own state
-  INIT=; [ $RESUME = 0 ] && [ -n "$FROM" ] && INIT="$W/chain/$FROM/plain"
-  env PATCH_STEM=hybrid WORD_PRESENCE=0.5 WORD_PRESENCE_SITES="stem tokens" CAPTION_RATE=0.5 \
-      LR_SCALE="lm.=0.1 connector.=0.1" SKIP_GRID=1 PRINT_LOSS=0 BATCH=$BATCH REUSE=$REUSE LR=$LR \
-      TASK_WEIGHTS="$MIX" FIRST_EXAMPLE=$FIRST SPLIT_DIGITS=$DIGITS STOP_AFTER="$STOP_AFTER" STOP_AT_STEP=$STOP_AT \
-      RESUME=$RESUME INIT_FROM="$INIT" PYTHON="$PY" \
-      bash "$HERE/train_small_model.sh" "$W" 960 "$STEPS"
-  if [ "$(last_call)" = stopped ]; then
-    echo "[reproduce_default] stage $S stopped by time: run the same command again on this machine to resume it"
-    exit 0
+  if [ ! -f "$W/default_cache.h5" ]; then
+    bash "$HERE/build_default_cache.sh" "$W" "$W/chain/run14/plain" molmoe-small-suite-reproduced
+    return 0
   fi
-  rm -rf "$W/chain/$S"
-  mkdir -p "$W/chain/$S"
-  cp -r "$W/ckpt/plain" "$W/chain/$S/plain"
-  cp "$W/ckpt/train_summary.json" "$W/chain/$S/"
-  touch "$W/chain/$S/DONE"
-  echo "[reproduce_default] stage $S done: $W/chain/$S/plain"
-  exit 0
-fi
-if [ ! -f "$W/default_cache.h5" ]; then
-  bash "$HERE/build_default_cache.sh" "$W" "$W/chain/run14/plain" molmoe-small-suite-reproduced
-  exit 0
-fi
-$PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against cache/default/molmoe_small_suite.h5 \
-    --points 2 --json "$W/reproduction.json"
+  DONE_ALL=1
+}
+
+# seconds left of this call (CALL_SECONDS > 0), else a large number
+left() { if [ "$CALL_SECONDS" -gt 0 ]; then echo $(( CALL_SECONDS - ($(date +%s) - T0) )); else echo 999999; fi; }
+
+T0=$(date +%s)
+while :; do
+  L=$(left)
+  S=$(next_stage)
+  if [ -n "$S" ]; then
+    PIECE_STOP_AFTER=$STOP_AFTER
+    if [ "$CALL_SECONDS" -gt 0 ]; then
+      PIECE_STOP_AFTER=$(( L - PIECE_OVERHEAD ))
+      if (( PIECE_STOP_AFTER < MIN_PIECE )); then
+        echo "[reproduce_default] ${L} s left of this call: too little for a training piece; stopping here"
+        break
+      fi
+    fi
+  elif [ ! -f "$W/default_cache.h5" ] && [ "$CALL_SECONDS" -gt 0 ] && (( L < BUILD_SECONDS )); then
+    echo "[reproduce_default] ${L} s left of this call: too little for the build (BUILD_SECONDS=$BUILD_SECONDS); stopping here"
+    break
+  fi
+  DONE_ALL=0
+  piece
+  if [ "$DONE_ALL" = 1 ]; then
+    $PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against cache/default/molmoe_small_suite.h5 \
+        --points 2 --json "$W/reproduction.json"
+    break
+  fi
+  [ "$CALL_SECONDS" -gt 0 ] || break  # one piece per call
+done
