@@ -1,11 +1,15 @@
 """Where the small model's GPU time goes: a training step, the data pipeline, the cache build.
 
 ``python -m benchmarks.bench_small_model --checkpoint CKPT --suite DIR [--batch-sizes 256 512]
-[--compile-batch-sizes 512] [--reuse 1 4] [--data-seconds 15] [--engine-requests 150]`` prints:
+[--compile-batch-sizes 512] [--reuse 1 4] [--data-seconds 15] [--engine-requests 150] [--recipe-of CKPT]`` prints:
 
 1. training step time of one model (bf16, dense experts, fused AdamW on float32 masters) per
    batch size, on a fixed rendered batch (no data loader), eager and with ``--compile``; peak
-   memory; one profiled eager step (GPU kernel time and launch count);
+   memory; one profiled eager step (GPU kernel time, launch count, and the share of the step's
+   wall time the GPU was busy: well under 1 means the host's launches set the pace, not the GPU).
+   ``--recipe-of CKPT`` times the recipe a trained checkpoint was made with: its model config
+   (patch stem, sizes) and the losses of its ``train_config.json`` (word presence, print
+   supervision, captions, per-module rates) instead of ``MolmoeConfig.small()`` with the answer loss;
 2. the data pipeline's rate (samples/s) with the training's worker count, per reuse factor;
 3. the shared-prefix build engine (grouped dense decode) on ``--engine-requests`` suite requests
    under the high tier's 75 configurations (the longest prompts), and the projected time of a
@@ -35,10 +39,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--data-seconds", type=float, default=15.0)
     ap.add_argument("--workers", type=int, default=15)
-    ap.add_argument("--engine-requests", type=int, default=150)
+    ap.add_argument("--engine-requests", type=int, default=150, help="0 skips the build engine")
     ap.add_argument("--engine-batch", type=int, default=500, help="requests per engine batch (by prompt length)")
     ap.add_argument("--out", type=Path, default=None, help="JSON of the figures")
     ap.add_argument("--device", default="cuda", help="cuda (what it is for) or cpu (a smoke run)")
+    ap.add_argument("--recipe-of", type=Path, default=None,
+                    help="a trained checkpoint whose config and train_config.json losses the training step uses")
     args = ap.parse_args()
 
     from model_runtime.molmoe.config import MolmoeConfig
@@ -53,10 +59,30 @@ def main() -> None:
     tok = TextTokenizer.from_file(args.checkpoint / "tokenizer.json")
     config = MolmoeConfig.small().replace(tokens=special_tokens_from(tok))
     figures: dict = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu"}
+    losses: dict = {}  # TrainConfig fields of the recipe's extra losses
+    data_kw: dict = {}
+    if args.recipe_of is not None:
+        from model_runtime.molmoe.checkpoint import read_molmo_config
+        from model_runtime.small_model.print_supervision import target_grids
+
+        tok = TextTokenizer.from_file(args.recipe_of / "tokenizer.json")
+        config = read_molmo_config(args.recipe_of, tok)
+        recorded = json.loads((args.recipe_of / "train_config.json").read_text())["train"]
+        for key in ("word_presence", "print_loss", "lr_scale", "aux_coef", "z_coef"):
+            if key in recorded:
+                losses[key] = recorded[key]
+        for key in ("word_presence_sites", "print_sites"):
+            if key in recorded:
+                losses[key] = tuple(recorded[key])
+        data_kw["caption_rate"] = recorded.get("data", {}).get("caption_rate", 0.0)
+        if losses.get("print_loss", 0) > 0:
+            data_kw["print_grids"] = target_grids(config, losses.get("print_sites", ("tokens",)))
+        figures["recipe_of"] = str(args.recipe_of)
+        print(f"recipe of {args.recipe_of}: patch stem {config.vit_patch_stem}, {losses}, {data_kw}", flush=True)
 
     # 1. training step
     base_bs = min([128, *args.batch_sizes, *args.compile_batch_sizes])
-    base = SuiteStream(config, tok, TrainDataConfig(batch_size=base_bs)).batch(0)
+    base = SuiteStream(config, tok, TrainDataConfig(batch_size=base_bs, **data_kw)).batch(0)
 
     def replicated(bs: int) -> dict:  # the rendered batch repeated: the step's cost without rendering it
         reps = max(1, bs // base_bs)
@@ -67,16 +93,23 @@ def main() -> None:
         return b
 
     def time_steps(run, bs: int, label: str) -> None:
-        mb, labels = to_batch(replicated(bs), dev, dtype, config)
+        b = replicated(bs)
+        mb, labels = to_batch(b, dev, dtype, config)
+        captions = (b["caption_targets"].to(dev), b["has_caption"].to(dev))
+        prints = {int(k.rsplit("_", 1)[1]): v.to(dev) for k, v in b.items() if k.startswith("print_targets_")}
+
+        def step() -> None:  # past the print heads' warm-up: the whole model trains
+            run.step(mb, labels, 1e-4, cfg, captions, prints, step=cfg.print_head_warmup)
+
         t0 = time.perf_counter()
         for _ in range(2):
-            run.step(mb, labels, 1e-4, cfg)
+            step()
         sync()
         warm = time.perf_counter() - t0
         torch.cuda.reset_peak_memory_stats() if cuda else None
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            run.step(mb, labels, 1e-4, cfg)
+            step()
         sync()
         ms = (time.perf_counter() - t0) / args.steps * 1e3
         tokens = int(mb.attention_mask.sum())
@@ -92,20 +125,27 @@ def main() -> None:
             return
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
         with torch.profiler.profile(activities=activities) as prof:
-            run.step(mb, labels, 1e-4, cfg)
+            t0 = time.perf_counter()
+            step()
             sync()
+            wall = (time.perf_counter() - t0) * 1e3
         ev = prof.key_averages()
         cuda_total = sum(e.self_device_time_total for e in ev) / 1e3
         n_kernels = sum(e.count for e in ev if e.self_device_time_total > 0)
-        print(f"  profiled step: {cuda_total:.0f} ms of GPU kernels in {n_kernels} kernel launches", flush=True)
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12), flush=True)
+        busy = cuda_total / wall if cuda else float("nan")
+        print(f"  profiled step: {wall:.0f} ms wall, {cuda_total:.0f} ms of GPU kernels in {n_kernels} kernel launches "
+              f"(GPU busy {busy:.2f} of the wall time; the profiler's own overhead included)", flush=True)
+        print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=12),
+              flush=True)
         figures[f"{label}_gpu_ms@{bs}"] = cuda_total
         figures[f"{label}_kernels@{bs}"] = n_kernels
+        figures[f"{label}_profiled_wall_ms@{bs}"] = wall
+        figures[f"{label}_gpu_busy@{bs}"] = busy
 
     for label, batch_sizes in (("eager", args.batch_sizes), ("compiled", args.compile_batch_sizes)):
         if not batch_sizes:
             continue
-        cfg = TrainConfig(recipes={"plain": 0.0}, compile=label == "compiled")
+        cfg = TrainConfig(recipes={"plain": 0.0}, compile=label == "compiled", **losses)
         run = Run("plain", 0.0, config, cfg, dev, dtype)
         for bs in batch_sizes:
             try:
@@ -119,7 +159,7 @@ def main() -> None:
 
     # 2. data pipeline
     for reuse in args.reuse:
-        data = TrainDataConfig(batch_size=args.data_batch, reuse=reuse, reuse_distance=args.workers)
+        data = TrainDataConfig(batch_size=args.data_batch, reuse=reuse, reuse_distance=args.workers, **data_kw)
         loader = torch.utils.data.DataLoader(SuiteStream(config, tok, data), batch_size=None,
                                              num_workers=args.workers, prefetch_factor=4, pin_memory=cuda)
         it = iter(loader)
@@ -137,6 +177,10 @@ def main() -> None:
         del it, loader
 
     # 3. build engine
+    if args.engine_requests <= 0:
+        if args.out:
+            args.out.write_text(json.dumps(figures, indent=1))
+        return
     from envs.knob_space import KnobSpace
     from model_runtime.datasets import load_requests
     from model_runtime.molmoe.importance import ImportanceScores
