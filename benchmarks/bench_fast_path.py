@@ -14,7 +14,8 @@ Sections, all in one process so that every ratio compares figures of the same ru
    top-k (4..8) x active blocks (12..16) at p = 1 (block 0 at top-8, as the knob space
    defines), each with its byte floor = bytes that must be read (Q/K/V/O and router weights of
    the active blocks, their routed experts, the LM head, the KV cache) / the copy rate; the two
-   corners again with ``decode_experts="sorted"``.
+   corners again with ``decode_experts="sorted"``, and on Hopper the four corners with the decode
+   kernels launched for programmatic dependent launch (``FusedLM(pdl=True)``, ``decode_pdl``).
 3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
@@ -37,7 +38,8 @@ Sections, all in one process so that every ratio compares figures of the same ru
 8. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
    (``greedy_generate`` with the decoder, 64 new tokens, EOS disabled), tokens/s ratio, and the
    share of the byte-bound speed-up 8·t₁ / floor₈ it reaches (= floor₈ / t₈); the batch again with
-   the decode step's experts sorted (``decode_experts="sorted"``).
+   the decode step's experts sorted (``decode_experts="sorted"``) and, on Hopper, with
+   programmatic dependent launch (``batched_pdl_ms``, ``share_of_bound_pdl``).
 9. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
    (:class:`~model_runtime.molmoe.vision_graphs.VisionGraphs`), 2-13 crops.
 10. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
@@ -425,8 +427,16 @@ def issue15_bars(res: dict[str, Any], context: int) -> list[dict[str, Any]]:
             share = (b.get("experts") or {}).get("experts_x_copy_rate") if isinstance(b, dict) else None
             if share is not None:
                 add(f"prefill expert GEMMs ({form}) >= 0.85 of the copy rate", share, share >= 0.85)
+    pdl = res.get("decode_pdl")
+    if isinstance(pdl, dict) and pdl and all("x_floor" in v for k, v in pdl.items() if k.startswith("k")):
+        corners = [v["x_floor"] for k, v in pdl.items() if k.startswith("k")]
+        if corners:
+            add(f"decode with PDL: worst of {len(corners)} corners x floor <= 1.5", max(corners), max(corners) <= 1.5)
+        if "ratio_k4b12_over_k8b16" in pdl:
+            add("decode with PDL: (4, 12) / (8, 16) <= 0.60", pdl["ratio_k4b12_over_k8b16"], pdl["ratio_k4b12_over_k8b16"] <= 0.60)
     bat = res.get("batching")
-    for key, form in (("share_of_bound", "pair kernels"), ("share_of_bound_sorted", "sorted experts")):
+    for key, form in (("share_of_bound", "pair kernels"), ("share_of_bound_sorted", "sorted experts"),
+                      ("share_of_bound_pdl", "pair kernels with PDL")):
         if isinstance(bat, dict) and key in bat.get("k8b16", {}):
             share = bat["k8b16"][key]
             add(f"batching 8 at (8, 16), {form}, >= 0.80 of the byte-bound speed-up", share, share >= 0.80)
@@ -501,6 +511,8 @@ def main() -> None:
     lm.use_fast_path(routed_form=args.routed_form)
     capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
     dec = GraphDecoder(lm, max_graphs=32, capture=capture)
+    # programmatic dependent launch (FusedLM(pdl=True)) is timed beside the default where it can run
+    pdl_ok = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
           f"{lm.fused.backend}, experts {lm.fused.routed_form}", flush=True)
     emb1, mask1 = prompt(lm, 1, context, seed=0)
@@ -532,6 +544,22 @@ def main() -> None:
             res["decode_sorted_experts"] = {"error": repr(exc)[:200]}
         print(f"  decode, sorted experts: {res['decode_sorted_experts']}", flush=True)
         del sorted_dec
+        if pdl_ok:  # the four corners with the decode kernels launched for programmatic dependent launch
+            lm.use_fast_path(routed_form=args.routed_form, pdl=True)
+            pdl_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
+            out: dict[str, Any] = {}
+            try:
+                for k, b in ((8, 16), (8, 12), (4, 16), (4, 12)):
+                    ms = decode_ms(lm, pdl_dec, plan_of(k, b), emb1, mask1, args.steps, args.repeats)
+                    base = next(r for r in rows if (r["top_k"], r["blocks"]) == (k, b))
+                    out[f"k{k}b{b}"] = {"ms_per_token": ms, "without_pdl_ms": base["ms_per_token"],
+                                        **({"x_floor": ms / base["floor_ms"]} if "floor_ms" in base else {})}
+                out["ratio_k4b12_over_k8b16"] = out["k4b12"]["ms_per_token"] / out["k8b16"]["ms_per_token"]
+            except Exception as exc:  # keep the table
+                out["error"] = repr(exc)[:200]
+            res["decode_pdl"] = out
+            print(f"  decode, programmatic dependent launch: {out}", flush=True)
+            del pdl_dec
         lm.use_fast_path(routed_form=args.routed_form)
         dec.fused = lm.fused
         return rows
@@ -671,6 +699,18 @@ def main() -> None:
                 if "ratio_sorted" in row:
                     row["share_of_bound_sorted"] = row["ratio_sorted"] / row["bound_speedup"]
         del sorted_dec
+        if pdl_ok:  # the same batches with the decode kernels launched for programmatic dependent launch
+            lm.use_fast_path(routed_form=args.routed_form, pdl=True)
+            pdl_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
+            for k, b in ((8, 16), (4, 12)):
+                row = out[f"k{k}b{b}"]
+                try:
+                    row["batched_pdl_ms"] = batching(lm, pdl_dec, plan_of(k, b), length, new, 8, reps, sequential=False)["batched_ms"]
+                    if "floor8_ms" in row:  # floor8 / t8, as share_of_bound
+                        row["share_of_bound_pdl"] = row["floor8_ms"] / row["batched_pdl_ms"]
+                except Exception as exc:  # keep the other figures
+                    row["batched_pdl_error"] = repr(exc)[:200]
+            del pdl_dec
         lm.use_fast_path(routed_form=args.routed_form)
         dec.fused = lm.fused
         return out

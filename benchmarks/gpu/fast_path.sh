@@ -16,7 +16,7 @@ PART=${2:?usage: fast_path.sh OUT PART}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 case "$PART" in
-  1) { $PY -m pytest -q -x tests/test_prefill_moe.py tests/test_decode_kernels.py tests/test_persistent_decode.py || true; } 2>&1 \
+  1) { $PY -m pytest -q -x tests/test_prefill_moe.py tests/test_decode_kernels.py tests/test_persistent_decode.py tests/test_pdl.py || true; } 2>&1 \
        | tail -5 | tee "$OUT/fast_path_tests.log"
      SECTIONS=ceilings,prefill,prefill_kernels,experts ;;
   2) SECTIONS=ceilings,decode,batching ;;

@@ -164,10 +164,13 @@ class FusedLM:
         backend: ``"triton"`` or ``"torch"`` for the decode ops (default: Triton on CUDA).
         routed_form: expert form of the prefill, see :func:`routed_experts` (default by device).
         decode_experts: the decode step's expert form, see :data:`DECODE_EXPERT_FORMS`.
+        pdl: launch the decode step's Triton kernels for programmatic dependent launch
+            (:func:`~model_runtime.molmoe.kernels.common.pdl_options`; CUDA, compute capability 9.0+,
+            Triton backend). The kernels and their results are the same; only when each starts changes.
     """
 
     def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
-                 decode_experts: str = "pairs") -> None:
+                 decode_experts: str = "pairs", pdl: bool = False) -> None:
         device = lm.lm_head.weight.device
         self.lm = lm
         self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
@@ -177,6 +180,11 @@ class FusedLM:
         if decode_experts not in DECODE_EXPERT_FORMS:
             raise ValueError(f"unknown decode expert form {decode_experts!r}; choose from {DECODE_EXPERT_FORMS}")
         self.decode_experts = decode_experts
+        if pdl:
+            if self.backend != "triton":
+                raise ValueError("pdl=True launches the Triton kernels: it needs backend 'triton'")
+            dk.check_pdl(device)
+        self.pdl = bool(pdl)
         cfg = lm.config
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(cfg.num_key_value_heads)
@@ -264,16 +272,17 @@ class FusedLM:
         positions = cache.valid.sum(-1) - 1  # real tokens before this one, as begin_decode
         hidden = lm.embed(token_ids.reshape(-1))  # (B, D)
         final = lm.backbone.norm
-        h = dk.rms_norm(hidden, self.blocks[active[0]].ln_in, self.eps, be)
+        pdl = self.pdl
+        h = dk.rms_norm(hidden, self.blocks[active[0]].ln_in, self.eps, be, pdl=pdl)
         for n, b in enumerate(active):
             w = self.blocks[b]
             q = dk.qk_norm_rope_store(
                 h @ w.qkv.T, w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale,
-                cache.keys[b], cache.values[b], cache.slot, self.n_heads, be,
+                cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
             )
-            attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be)
-            hidden, h2 = dk.add_rms_norm(hidden, attn @ w.o.T, w.ln_post, self.eps, be)
-            weights, idx = dk.router_topk(h2 @ w.router.T, plan[b], self.norm_topk_prob, be)
+            attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be, pdl=pdl)
+            hidden, h2 = dk.add_rms_norm(hidden, attn @ w.o.T, w.ln_post, self.eps, be, pdl=pdl)
+            weights, idx = dk.router_topk(h2 @ w.router.T, plan[b], self.norm_topk_prob, be, pdl=pdl)
             last = n + 1 == len(active)
             # the combine also applies the next block's input norm (the final norm after the last)
             norm_w = final.weight if last else self.blocks[active[n + 1]].ln_in
@@ -282,8 +291,8 @@ class FusedLM:
                 order, y = expert_outputs(h2, w.gate_up, w.down, idx, weights, be)  # type: ignore[arg-type]
                 hidden, h = dk.gather_sum_norm(y, order.inverse, plan[b], hidden, norm_w, norm_eps, be)  # type: ignore[arg-type]
             else:
-                y = dk.moe_down(dk.moe_gate_up_act(h2, w.gate_up, idx, be), w.down, idx, be)
-                hidden, h = dk.moe_combine(y, weights, hidden, norm_w, norm_eps, be)
+                y = dk.moe_down(dk.moe_gate_up_act(h2, w.gate_up, idx, be, pdl=pdl), w.down, idx, be, pdl=pdl)
+                hidden, h = dk.moe_combine(y, weights, hidden, norm_w, norm_eps, be, pdl=pdl)
         cache.slot.add_(1)
         return lm.lm_head(h)
 

@@ -13,6 +13,11 @@ Modules, by concern:
 - :mod:`.persistent_decode`: a whole batch-1 decode token as one persistent kernel (phases
   separated by grid barriers), the alternative to the 11 kernels per block below.
 
+The decode step's Triton kernels take ``pdl=True`` (:func:`.common.pdl_options`): launched for
+programmatic dependent launch, each is scheduled while the kernel before it drains and waits on
+the GPU for that kernel's writes, which shortens the gaps between the 11 kernels of a block inside
+the captured graph (``FusedLM(pdl=True)``; Hopper and later).
+
 The old module names :mod:`model_runtime.molmoe.decode_kernels` and
 :mod:`model_runtime.molmoe.prefill_moe` re-export these ops. Every public op is importable from
 this package too.
@@ -46,7 +51,7 @@ heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
 """
 
 from .attention import attention_scale, decode_attention
-from .common import BACKENDS, HAVE_TRITON, TUNING, Backend, check_backend, default_backend, triton_interpreting
+from .common import BACKENDS, HAVE_TRITON, TUNING, Backend, check_backend, check_pdl, default_backend, triton_interpreting
 from .decode_moe import moe_combine, moe_down, moe_gate_up_act
 from .norm_rope import add_rms_norm, qk_norm_rope, qk_norm_rope_store, rms_norm, rope_cos_sin
 from .prefill_moe import (
@@ -67,7 +72,7 @@ from .router import router_gemm_topk, router_topk
 
 __all__ = [
     "BACKENDS", "FLOAT32_TILES", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder", "PersistentDecodeStep",
-    "add_rms_norm", "attention_scale", "check_backend", "decode_attention", "default_backend", "expert_outputs",
+    "add_rms_norm", "attention_scale", "check_backend", "check_pdl", "decode_attention", "default_backend", "expert_outputs",
     "gather_sum", "gather_sum_norm", "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act",
     "qk_norm_rope", "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk",
     "router_topk", "silu_mul_scale", "sort_by_expert", "triton_interpreting",

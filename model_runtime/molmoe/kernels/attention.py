@@ -6,11 +6,13 @@ import math
 
 import torch
 
-from .common import HAVE_TRITON, TUNING, Backend, _p2
+from .common import HAVE_TRITON, TUNING, Backend, _p2, pdl_options
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
+
+    from .common import pdl_enter
 
 
 # ============================================================================ kernels
@@ -36,8 +38,9 @@ if HAVE_TRITON:
     def _attn_split_kernel(
         q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr,
         H, HKV, L, NSPLIT, scale,
-        DH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+        DH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False,
     ):
+        pdl_enter(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -66,7 +69,9 @@ if HAVE_TRITON:
         tl.store(acc_ptr + o * DH + d, acc)
 
     @triton.jit
-    def _attn_reduce_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, H, NSPLIT, DH: tl.constexpr, BLOCK_S: tl.constexpr):
+    def _attn_reduce_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, H, NSPLIT, DH: tl.constexpr, BLOCK_S: tl.constexpr,
+                            PDL: tl.constexpr = False):
+        pdl_enter(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.arange(0, BLOCK_S)
@@ -90,6 +95,7 @@ def decode_attention(
     scale: float,
     backend: Backend = "torch",
     chunk: int | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """One query per row over the cache positions ``0..slot`` marked valid.
 
@@ -118,10 +124,10 @@ def decode_attention(
     acc = torch.empty(bsz, n_heads, nsplit, dh, dtype=torch.float32, device=q.device)
     _attn_split_kernel[(bsz, n_heads, nsplit)](
         q.contiguous(), k_cache, v_cache, valid, slot, m, lse, acc, n_heads, n_kv, length, nsplit, float(scale),
-        DH=dh, CHUNK=chunk, BLOCK_N=min(chunk, 64),
+        DH=dh, CHUNK=chunk, BLOCK_N=min(chunk, 64), **pdl_options(pdl),
     )
     out = torch.empty(bsz, n_heads * dh, dtype=q.dtype, device=q.device)
-    _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit))
+    _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit), **pdl_options(pdl))
     return out
 
 

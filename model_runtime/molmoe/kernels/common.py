@@ -54,5 +54,39 @@ def check_backend(backend: str, device: torch.device | str) -> Backend:
     return backend  # type: ignore[return-value]
 
 
+#: Programmatic dependent launch (Hopper and later): a decode-step kernel launched with ``launch_pdl``
+#: and its ``PDL`` switch on may be scheduled while the kernel before it drains; it waits at its start
+#: (``gdc_wait``) until that kernel's writes are visible, then lets the next kernel launch
+#: (``gdc_launch_dependents``). The waiting happens on the GPU, so inside a captured graph the gap
+#: between two kernels' executions shrinks to what the wait costs.
+if HAVE_TRITON:
+
+    @triton.jit
+    def pdl_enter(PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+
+
+def pdl_options(pdl: bool) -> dict[str, bool]:
+    """Launch keywords of a kernel with a ``PDL`` switch: none when off (the kernel's default)."""
+    return {"PDL": True, "launch_pdl": True} if pdl else {}
+
+
+def check_pdl(device: torch.device | str) -> None:
+    """Raise ValueError naming why programmatic dependent launch cannot run on ``device``."""
+    dev = torch.device(device)
+    if not HAVE_TRITON or dev.type != "cuda" or triton_interpreting():
+        raise ValueError("pdl=True needs the Triton kernels on a CUDA GPU (not the torch backend or the interpreter)")
+    if torch.cuda.get_device_capability(dev)[0] < 9:
+        raise ValueError(f"pdl=True needs compute capability 9.0 or later, {torch.cuda.get_device_name(dev)} has "
+                         f"{'.'.join(map(str, torch.cuda.get_device_capability(dev)))}")
+    import triton.language.extra.cuda as tl_cuda
+
+    if not hasattr(tl_cuda, "gdc_wait"):
+        raise ValueError(f"pdl=True needs a Triton with grid dependency control (tl.extra.cuda.gdc_wait); "
+                         f"this one is {triton.__version__}")
+
+
 def _p2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from .common import HAVE_TRITON, TUNING, Backend, _p2, triton_interpreting
+from .common import HAVE_TRITON, TUNING, Backend, _p2, pdl_options, triton_interpreting
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
+
+    from .common import pdl_enter
 
 from .norm_rope import rms_norm
 
@@ -19,8 +21,9 @@ if HAVE_TRITON:
     @triton.jit
     def _moe_gate_up_kernel(
         x_ptr, w_ptr, idx_ptr, out_ptr, K, P, D, I,
-        BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr, NS: tl.constexpr,
+        BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr, NS: tl.constexpr, PDL: tl.constexpr = False,
     ):
+        pdl_enter(PDL)
         pair = tl.program_id(0)  # token pair // K, rank pair % K
         ib = tl.program_id(1)
         e = tl.load(idx_ptr + pair).to(tl.int64)
@@ -47,7 +50,8 @@ if HAVE_TRITON:
 
     @triton.jit
     def _moe_down_kernel(act_ptr, w_ptr, idx_ptr, y_ptr, P, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr,
-                         NS: tl.constexpr):
+                         NS: tl.constexpr, PDL: tl.constexpr = False):
+        pdl_enter(PDL)
         pair = tl.program_id(0)
         db = tl.program_id(1)
         e = tl.load(idx_ptr + pair).to(tl.int64)
@@ -65,8 +69,9 @@ if HAVE_TRITON:
     @triton.jit
     def _moe_combine_kernel(
         y_ptr, wt_ptr, res_ptr, nw_ptr, out_ptr, normed_ptr, D, eps,
-        K: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK: tl.constexpr,
+        K: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
     ):
+        pdl_enter(PDL)
         tok = tl.program_id(0)
         d = tl.arange(0, BLOCK)
         kk = tl.arange(0, BLOCK_K)
@@ -109,19 +114,20 @@ if HAVE_TRITON:
 # ============================================================================ ops
 def _launch_pair_tiles(
     tuned: object, raw: object, args: tuple, pairs: int, n: int, block_name: str, block: int | None, tuning_key: str,
-    **raw_meta: int,
+    pdl: bool = False, **raw_meta: int,
 ) -> None:
     """Launch an expert kernel over a (token-expert pairs, ceil(n / block)) grid: the autotuned
     variant on CUDA, the raw kernel with ``block`` (or ``TUNING[tuning_key]``) otherwise."""
     if block is None and not triton_interpreting():
-        tuned[lambda meta: (pairs, triton.cdiv(n, meta[block_name]))](*args)  # type: ignore[index]
+        tuned[lambda meta: (pairs, triton.cdiv(n, meta[block_name]))](*args, **pdl_options(pdl))  # type: ignore[index]
     else:
         b = min(TUNING[tuning_key] if block is None else int(block), _p2(n))
-        raw[(pairs, triton.cdiv(n, b))](*args, **{block_name: b}, **raw_meta, NS=1)  # type: ignore[index]
+        raw[(pairs, triton.cdiv(n, b))](*args, **{block_name: b}, **raw_meta, NS=1, **pdl_options(pdl))  # type: ignore[index]
 
 
 def moe_gate_up_act(
-    x: torch.Tensor, gate_up: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_i: int | None = None
+    x: torch.Tensor, gate_up: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_i: int | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """SiLU(gate)·up of each (token, routed expert) pair: x (T, D), gate_up (E, 2I, D), idx (T, k)
     → (T·k, I), pair p = token p // k, rank p % k. ``block_i``: expert rows per program (default:
@@ -134,12 +140,13 @@ def moe_gate_up_act(
     dim, pairs = x.shape[-1], n_tok * top_k
     out = torch.empty(pairs, n_int, dtype=x.dtype, device=x.device)
     _launch_pair_tiles(_gate_up_tuned, _moe_gate_up_kernel, (x.contiguous(), gate_up, idx.contiguous(), out, top_k, pairs, dim, n_int),
-                       pairs, n_int, "BLOCK_I", block_i, "gate_up_block_i", BLOCK_D=min(256, _p2(dim)))
+                       pairs, n_int, "BLOCK_I", block_i, "gate_up_block_i", pdl, BLOCK_D=min(256, _p2(dim)))
     return out
 
 
 def moe_down(
-    act: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_d: int | None = None
+    act: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, backend: Backend = "torch", block_d: int | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """Each pair's expert output ``down[idx] @ act`` → (T·k, D) float32 (values rounded to act's
     dtype, as the eager experts' output). act (T·k, I), down (E, D, I), idx (T, k)."""
@@ -151,7 +158,7 @@ def moe_down(
         return y.float()
     y = torch.empty(pairs, dim, dtype=torch.float32, device=act.device)
     _launch_pair_tiles(_down_tuned, _moe_down_kernel, (act.contiguous(), down, idx.contiguous(), y, pairs, dim, n_int),
-                       pairs, dim, "BLOCK_D", block_d, "down_block_d", BLOCK_I=min(256, _p2(n_int)))
+                       pairs, dim, "BLOCK_D", block_d, "down_block_d", pdl, BLOCK_I=min(256, _p2(n_int)))
     return y
 
 
@@ -162,6 +169,7 @@ def moe_combine(
     norm_weight: torch.Tensor | None = None,
     eps: float = 1e-5,
     backend: Backend = "torch",
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``out = residual + Σ_j weights[:, j] · y[t·k + j]`` and, with ``norm_weight``, the RMSNorm of
     ``out`` (the next block's input norm or the final norm, fused here to save a launch).
@@ -183,5 +191,6 @@ def moe_combine(
     _moe_combine_kernel[(n_tok,)](
         y, weights.contiguous(), residual.contiguous(), norm_weight if norm_weight is not None else residual, out, normed,
         dim, eps, K=top_k, BLOCK_K=_p2(top_k), HAS_NORM=norm_weight is not None, BLOCK=_p2(dim), num_warps=8,
+        **pdl_options(pdl),
     )
     return out, normed if norm_weight is not None else None

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from .common import HAVE_TRITON, Backend, _p2
+from .common import HAVE_TRITON, Backend, _p2, pdl_options
+
+if HAVE_TRITON:
+    from .common import pdl_enter
 
 if HAVE_TRITON:
     import triton
@@ -17,7 +20,9 @@ if HAVE_TRITON:
 if HAVE_TRITON:
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sum_ptr, D, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+    def _rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sum_ptr, D, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
+                         PDL: tl.constexpr = False):
+        pdl_enter(PDL)
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         m = offs < D
@@ -37,8 +42,9 @@ if HAVE_TRITON:
     def _qk_norm_rope_kernel(
         qkv_ptr, qkw_ptr, pos_ptr, inv_freq_ptr, q_out_ptr, k_out_ptr, v_out_ptr, slot_ptr,
         H, HKV, k_row_stride, k_head_stride, eps, rope_scale,
-        DH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
+        DH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
     ):
+        pdl_enter(PDL)
         # the decode form: program (t, j) is query head j (j < H) or key head j - H of token row t,
         # the key and the value written to the cache at the slot. Each program recomputes its row's
         # RMS (all H*Dh query or H_kv*Dh key features; a 4 KB re-read from L1/L2) so that the heads
@@ -124,8 +130,9 @@ if HAVE_TRITON:
 
 
 # ============================================================================ ops
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: Backend = "torch") -> torch.Tensor:
-    """transformers' OlmoeRMSNorm of (T, D) rows → (T, D) in x's dtype."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: Backend = "torch", pdl: bool = False) -> torch.Tensor:
+    """transformers' OlmoeRMSNorm of (T, D) rows → (T, D) in x's dtype (``pdl``: launched for
+    programmatic dependent launch, :data:`~.common.pdl_options`; the Triton backend on a GPU)."""
     if backend == "torch":
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
@@ -133,12 +140,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: Backend
     x = x.contiguous()
     out = torch.empty_like(x)
     d = x.shape[-1]
-    _rms_norm_kernel[(x.numel() // d,)](x, x, weight, out, x, d, eps, HAS_DELTA=False, BLOCK=_p2(d))
+    _rms_norm_kernel[(x.numel() // d,)](x, x, weight, out, x, d, eps, HAS_DELTA=False, BLOCK=_p2(d), **pdl_options(pdl))
     return out
 
 
 def add_rms_norm(
-    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float, backend: Backend = "torch"
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float, backend: Backend = "torch", pdl: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add then RMSNorm: returns (x + delta, rms_norm(x + delta)), both (T, D)."""
     if backend == "torch":
@@ -147,7 +154,7 @@ def add_rms_norm(
     x, delta = x.contiguous(), delta.contiguous()
     s, out = torch.empty_like(x), torch.empty_like(x)
     d = x.shape[-1]
-    _rms_norm_kernel[(x.numel() // d,)](x, delta, weight, out, s, d, eps, HAS_DELTA=True, BLOCK=_p2(d))
+    _rms_norm_kernel[(x.numel() // d,)](x, delta, weight, out, s, d, eps, HAS_DELTA=True, BLOCK=_p2(d), **pdl_options(pdl))
     return s, out
 
 
@@ -243,6 +250,7 @@ def qk_norm_rope_store(
     slot: torch.Tensor,
     n_heads: int,
     backend: Backend = "torch",
+    pdl: bool = False,
 ) -> torch.Tensor:
     """The decode form of :func:`qk_norm_rope`: one token per row, the new key and value written to
     the cache at ``slot``.
@@ -265,6 +273,6 @@ def qk_norm_rope_store(
     _qk_norm_rope_kernel[(bsz, n_heads + n_kv)](
         qkv.contiguous(), qk_weight, positions, inv_freq, q_out, k_cache, v_cache, slot,
         n_heads, n_kv, n_kv * length * dh, length * dh, eps, float(rope_scale),
-        DH=dh, HALF=dh // 2, BLOCK=_p2(max(n_heads, n_kv) * dh),
+        DH=dh, HALF=dh // 2, BLOCK=_p2(max(n_heads, n_kv) * dh), **pdl_options(pdl),
     )
     return q_out

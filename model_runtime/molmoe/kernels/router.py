@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from .common import HAVE_TRITON, Backend, _p2
+from .common import HAVE_TRITON, Backend, _p2, pdl_options
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
+
+    from .common import pdl_enter
 
 
 # ============================================================================ kernels
@@ -46,7 +48,8 @@ if HAVE_TRITON:
 
     @triton.jit
     def _router_topk_kernel(logits_ptr, w_ptr, idx_ptr, E, K: tl.constexpr, KMAX: tl.constexpr, NORM: tl.constexpr,
-                            BLOCK_E: tl.constexpr):
+                            BLOCK_E: tl.constexpr, PDL: tl.constexpr = False):
+        pdl_enter(PDL)
         t = tl.program_id(0)
         e = tl.arange(0, BLOCK_E)
         me = e < E
@@ -90,7 +93,7 @@ if HAVE_TRITON:
 
 # ============================================================================ ops
 def router_topk(
-    logits: torch.Tensor, top_k: int, norm_topk_prob: bool, backend: Backend = "torch"
+    logits: torch.Tensor, top_k: int, norm_topk_prob: bool, backend: Backend = "torch", pdl: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax (float32) over all E router logits (T, E), top-k; (weights (T, k) in logits' dtype,
     expert ids (T, k) int32)."""
@@ -104,7 +107,7 @@ def router_topk(
     w = torch.empty(n_tok, top_k, dtype=logits.dtype, device=logits.device)
     idx = torch.empty(n_tok, top_k, dtype=torch.int32, device=logits.device)
     _router_topk_kernel[(n_tok,)](logits.contiguous(), w, idx, n_exp, K=top_k, KMAX=_p2(top_k), NORM=bool(norm_topk_prob),
-                                  BLOCK_E=_p2(n_exp))
+                                  BLOCK_E=_p2(n_exp), **pdl_options(pdl))
     return w, idx
 
 

@@ -1,0 +1,127 @@
+"""Programmatic dependent launch of the decode step's kernels (``FusedLM(pdl=True)``): the kernels
+compile for Hopper with the grid-dependency instructions where ``PDL`` is on and none where it is
+off, the switch is refused where it cannot run, and on a Hopper GPU the captured decode steps give
+the same tokens and logits with it as without."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from envs.knob_space import KnobSpace
+from model_runtime.molmoe import kernels as dk
+from model_runtime.molmoe.fused_lm import FusedLM
+from model_runtime.molmoe.generation import greedy_generate
+from model_runtime.molmoe.kernels.common import pdl_options
+from model_runtime.molmoe.language_model import MolmoeLanguageModel
+from model_runtime.molmoe.static_decode import GraphDecoder
+from tests.tiny_molmoe import left_padded_ids, tiny_config, tiny_olmoe_hf
+
+CFG = tiny_config()
+BF = "*bf16"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
+    """Every Triton kernel of the decode step (``FusedLM.decode_step`` with the pair experts), with
+    argument types and constants of the MolmoE-1B shape."""
+    from model_runtime.molmoe.kernels import attention as A, decode_moe as M, norm_rope as N, router as R
+
+    i32, f32 = "i32", "fp32"
+    return [
+        (N._rms_norm_kernel, {"x_ptr": BF, "d_ptr": BF, "w_ptr": BF, "out_ptr": BF, "sum_ptr": BF, "D": i32, "eps": f32},
+         {"HAS_DELTA": True, "BLOCK": 2048}),
+        (N._qk_norm_rope_kernel, {"qkv_ptr": BF, "qkw_ptr": BF, "pos_ptr": "*i64", "inv_freq_ptr": "*fp32", "q_out_ptr": BF,
+                                  "k_out_ptr": BF, "v_out_ptr": BF, "slot_ptr": "*i64", "H": i32, "HKV": i32,
+                                  "k_row_stride": i32, "k_head_stride": i32, "eps": f32, "rope_scale": f32},
+         {"DH": 128, "HALF": 64, "BLOCK": 2048}),
+        (A._attn_split_kernel, {"q_ptr": BF, "k_ptr": BF, "v_ptr": BF, "valid_ptr": "*i64", "slot_ptr": "*i64", "m_ptr": "*fp32",
+                                "l_ptr": "*fp32", "acc_ptr": "*fp32", "H": i32, "HKV": i32, "L": i32, "NSPLIT": i32, "scale": f32},
+         {"DH": 128, "CHUNK": 64, "BLOCK_N": 64}),
+        (A._attn_reduce_kernel, {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": BF, "H": i32, "NSPLIT": i32},
+         {"DH": 128, "BLOCK_S": 32}),
+        (R._router_topk_kernel, {"logits_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "E": i32},
+         {"K": 8, "KMAX": 8, "NORM": False, "BLOCK_E": 64}),
+        (M._moe_gate_up_kernel, {"x_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "out_ptr": BF, "K": i32, "P": i32, "D": i32, "I": i32},
+         {"BLOCK_I": 32, "BLOCK_D": 256, "NS": 2}),
+        (M._moe_down_kernel, {"act_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "y_ptr": "*fp32", "P": i32, "D": i32, "I": i32},
+         {"BLOCK_D": 16, "BLOCK_I": 256, "NS": 2}),
+        (M._moe_combine_kernel, {"y_ptr": "*fp32", "wt_ptr": BF, "res_ptr": BF, "nw_ptr": BF, "out_ptr": BF, "normed_ptr": BF,
+                                 "D": i32, "eps": f32},
+         {"K": 8, "BLOCK_K": 8, "HAS_NORM": True, "BLOCK": 2048}),
+    ]
+
+
+def compile_report(pdl: bool) -> dict[str, list]:
+    """Per decode kernel compiled for sm_90: [griddepcontrol.wait count, launch_dependents count,
+    launch_pdl of its metadata]. Needs Triton's compiler, not its interpreter (run in a process
+    without ``TRITON_INTERPRET``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    report = {}
+    for kernel, types, consts in _kernels():
+        names = kernel.arg_names
+        consts = dict(consts, PDL=pdl)
+        if set(types) | set(consts) != set(names):
+            raise ValueError(f"{kernel.fn.__name__}: arguments {names}, typed {sorted(set(types) | set(consts))}")
+        src = ASTSource(fn=kernel, signature={n: "constexpr" if n in consts else types[n] for n in names},
+                        constexprs={(names.index(c),): v for c, v in consts.items()},
+                        attrs={(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if types.get(n, "").startswith("*")})
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
+        ptx = compiled.asm["ptx"]
+        report[kernel.fn.__name__] = [ptx.count("griddepcontrol.wait"), ptx.count("griddepcontrol.launch_dependents"),
+                                      bool(compiled.metadata.launch_pdl)]
+    return report
+
+
+@pytest.mark.skipif(not dk.HAVE_TRITON, reason="needs triton")
+def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() -> None:
+    """Compiled for sm_90 (no GPU needed): with PDL on, each kernel waits for the one before exactly
+    once and lets the next launch once, and its launch asks for programmatic serialisation; with it
+    off, none of that."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import json, sys; from tests.test_pdl import compile_report; print(json.dumps([compile_report(True), compile_report(False)]))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    on, off = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(on) == 8 and all(v == [1, 1, True] for v in on.values()), on
+    assert all(v == [0, 0, False] for v in off.values()), off
+
+
+def test_the_switch_is_refused_where_it_cannot_run() -> None:
+    assert pdl_options(False) == {} and pdl_options(True) == {"PDL": True, "launch_pdl": True}
+    with pytest.raises(ValueError, match="on a CUDA GPU"):
+        dk.check_pdl("cpu")
+    lm = MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=2))
+    with pytest.raises(ValueError, match="needs backend 'triton'"):
+        FusedLM(lm, backend="torch", pdl=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs a Hopper (or later) GPU")
+@torch.no_grad()
+def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_it() -> None:
+    lm = MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=2)).to("cuda")
+    ids, mask = left_padded_ids((9, 5), 6, CFG.tokens.pad)
+    emb = lm.embed(ids.cuda())
+    for config in (("low", 1, 4, 12), ("high", 1, 8, 16)):
+        kw = dict(top_k_per_block=KnobSpace().plan(config).top_k_per_block, p=1, eos_token_id=-1,
+                  pad_token_id=CFG.tokens.pad, max_new_tokens=6)
+        outs = []
+        for pdl in (False, True):
+            lm.use_fast_path(pdl=pdl)
+            try:
+                outs.append(greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8)))
+            finally:
+                lm.use_fast_path(False)
+        plain, pdl_on = outs
+        assert pdl_on.tokens == plain.tokens and pdl_on.decode_steps == plain.decode_steps == 5
+        assert torch.equal(pdl_on.first_logits, plain.first_logits)
