@@ -14,8 +14,9 @@ Sections, all in one process so that every ratio compares figures of the same ru
    top-k (4..8) x active blocks (12..16) at p = 1 (block 0 at top-8, as the knob space
    defines), each with its byte floor = bytes that must be read (Q/K/V/O and router weights of
    the active blocks, their routed experts, the LM head, the KV cache) / the copy rate; the two
-   corners again with ``decode_experts="sorted"``, and on Hopper the four corners with the decode
-   kernels launched for programmatic dependent launch (``FusedLM(pdl=True)``, ``decode_pdl``).
+   corners again with ``decode_experts="sorted"``, and the four corners for each decode variant
+   (``decode_variants``): the projections as the Triton GEMV (``decode_gemv="triton"``) and, on
+   Hopper, the kernels launched for programmatic dependent launch (``pdl=True``) with either form.
 3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
@@ -38,8 +39,8 @@ Sections, all in one process so that every ratio compares figures of the same ru
 8. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
    (``greedy_generate`` with the decoder, 64 new tokens, EOS disabled), tokens/s ratio, and the
    share of the byte-bound speed-up 8·t₁ / floor₈ it reaches (= floor₈ / t₈); the batch again with
-   the decode step's experts sorted (``decode_experts="sorted"``) and, on Hopper, with
-   programmatic dependent launch (``batched_pdl_ms``, ``share_of_bound_pdl``).
+   the decode step's experts sorted (``decode_experts="sorted"``) and with each decode variant
+   (``batched_<variant>_ms``, ``share_of_bound_<variant>``).
 9. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
    (:class:`~model_runtime.molmoe.vision_graphs.VisionGraphs`), 2-13 crops.
 10. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
@@ -427,16 +428,18 @@ def issue15_bars(res: dict[str, Any], context: int) -> list[dict[str, Any]]:
             share = (b.get("experts") or {}).get("experts_x_copy_rate") if isinstance(b, dict) else None
             if share is not None:
                 add(f"prefill expert GEMMs ({form}) >= 0.85 of the copy rate", share, share >= 0.85)
-    pdl = res.get("decode_pdl")
-    if isinstance(pdl, dict) and pdl and all("x_floor" in v for k, v in pdl.items() if k.startswith("k")):
-        corners = [v["x_floor"] for k, v in pdl.items() if k.startswith("k")]
-        if corners:
-            add(f"decode with PDL: worst of {len(corners)} corners x floor <= 1.5", max(corners), max(corners) <= 1.5)
-        if "ratio_k4b12_over_k8b16" in pdl:
-            add("decode with PDL: (4, 12) / (8, 16) <= 0.60", pdl["ratio_k4b12_over_k8b16"], pdl["ratio_k4b12_over_k8b16"] <= 0.60)
+    for name, var in (res.get("decode_variants") or {}).items():
+        corners = [v["x_floor"] for k, v in var.items() if k.startswith("k") and isinstance(v, dict) and "x_floor" in v]
+        if not corners:  # no floors (no ceilings measured): no bars, as for the default decode
+            continue
+        add(f"decode, {name}: worst of {len(corners)} corners x floor <= 1.5", max(corners), max(corners) <= 1.5)
+        if "ratio_k4b12_over_k8b16" in var:
+            add(f"decode, {name}: (4, 12) / (8, 16) <= 0.60", var["ratio_k4b12_over_k8b16"], var["ratio_k4b12_over_k8b16"] <= 0.60)
     bat = res.get("batching")
-    for key, form in (("share_of_bound", "pair kernels"), ("share_of_bound_sorted", "sorted experts"),
-                      ("share_of_bound_pdl", "pair kernels with PDL")):
+    forms = [("share_of_bound", "pair kernels"), ("share_of_bound_sorted", "sorted experts")]
+    forms += [(key, key.removeprefix("share_of_bound_")) for key in (bat or {}).get("k8b16", {})
+              if key.startswith("share_of_bound_") and key != "share_of_bound_sorted"] if isinstance(bat, dict) else []
+    for key, form in forms:
         if isinstance(bat, dict) and key in bat.get("k8b16", {}):
             share = bat["k8b16"][key]
             add(f"batching 8 at (8, 16), {form}, >= 0.80 of the byte-bound speed-up", share, share >= 0.80)
@@ -544,22 +547,28 @@ def main() -> None:
             res["decode_sorted_experts"] = {"error": repr(exc)[:200]}
         print(f"  decode, sorted experts: {res['decode_sorted_experts']}", flush=True)
         del sorted_dec
-        if pdl_ok:  # the four corners with the decode kernels launched for programmatic dependent launch
-            lm.use_fast_path(routed_form=args.routed_form, pdl=True)
-            pdl_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
+        # the four corners with the decode step's projections as the Triton GEMV, and (Hopper) with its
+        # kernels launched for programmatic dependent launch, with either projection form
+        variants = {"triton_gemv": {"decode_gemv": "triton"}}
+        if pdl_ok:
+            variants |= {"pdl": {"pdl": True}, "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"}}
+        res["decode_variants"] = {}
+        for name, opts in variants.items():
             out: dict[str, Any] = {}
             try:
-                for k, b in ((8, 16), (8, 12), (4, 16), (4, 12)):
-                    ms = decode_ms(lm, pdl_dec, plan_of(k, b), emb1, mask1, args.steps, args.repeats)
+                lm.use_fast_path(routed_form=args.routed_form, **opts)
+                var_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
+                for k, b in [c for c in ((8, 16), (8, 12), (4, 16), (4, 12)) if c in grid]:
+                    ms = decode_ms(lm, var_dec, plan_of(k, b), emb1, mask1, args.steps, args.repeats)
                     base = next(r for r in rows if (r["top_k"], r["blocks"]) == (k, b))
-                    out[f"k{k}b{b}"] = {"ms_per_token": ms, "without_pdl_ms": base["ms_per_token"],
+                    out[f"k{k}b{b}"] = {"ms_per_token": ms, "default_ms": base["ms_per_token"],
                                         **({"x_floor": ms / base["floor_ms"]} if "floor_ms" in base else {})}
                 out["ratio_k4b12_over_k8b16"] = out["k4b12"]["ms_per_token"] / out["k8b16"]["ms_per_token"]
+                del var_dec
             except Exception as exc:  # keep the table
                 out["error"] = repr(exc)[:200]
-            res["decode_pdl"] = out
-            print(f"  decode, programmatic dependent launch: {out}", flush=True)
-            del pdl_dec
+            res["decode_variants"][name] = out
+            print(f"  decode, {name} {opts}: {out}", flush=True)
         lm.use_fast_path(routed_form=args.routed_form)
         dec.fused = lm.fused
         return rows
@@ -699,18 +708,22 @@ def main() -> None:
                 if "ratio_sorted" in row:
                     row["share_of_bound_sorted"] = row["ratio_sorted"] / row["bound_speedup"]
         del sorted_dec
-        if pdl_ok:  # the same batches with the decode kernels launched for programmatic dependent launch
-            lm.use_fast_path(routed_form=args.routed_form, pdl=True)
-            pdl_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
+        # the same batches with the decode step's variants (see the decode section)
+        variants = {"triton_gemv": {"decode_gemv": "triton"}}
+        if pdl_ok:
+            variants |= {"pdl": {"pdl": True}, "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"}}
+        for name, opts in variants.items():
+            lm.use_fast_path(routed_form=args.routed_form, **opts)
+            var_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
             for k, b in ((8, 16), (4, 12)):
                 row = out[f"k{k}b{b}"]
                 try:
-                    row["batched_pdl_ms"] = batching(lm, pdl_dec, plan_of(k, b), length, new, 8, reps, sequential=False)["batched_ms"]
+                    row[f"batched_{name}_ms"] = batching(lm, var_dec, plan_of(k, b), length, new, 8, reps, sequential=False)["batched_ms"]
                     if "floor8_ms" in row:  # floor8 / t8, as share_of_bound
-                        row["share_of_bound_pdl"] = row["floor8_ms"] / row["batched_pdl_ms"]
+                        row[f"share_of_bound_{name}"] = row["floor8_ms"] / row[f"batched_{name}_ms"]
                 except Exception as exc:  # keep the other figures
-                    row["batched_pdl_error"] = repr(exc)[:200]
-            del pdl_dec
+                    row[f"batched_{name}_error"] = repr(exc)[:200]
+            del var_dec
         lm.use_fast_path(routed_form=args.routed_form)
         dec.fused = lm.fused
         return out

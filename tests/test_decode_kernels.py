@@ -128,6 +128,26 @@ def test_moe_ops(n_tok: int, top_k: int, dim: int, n_int: int) -> None:
     _close(dk.moe_combine(y_t, w, res, None, 1e-5, "triton")[0], ref, 1e-4)
 
 
+@triton_ok
+@pytest.mark.parametrize("rows,n_out,dim", [(1, 48, 32), (3, 64, 96), (8, 200, 40), (16, 17, 64)])
+def test_gemv_equals_the_matmul(rows: int, n_out: int, dim: int) -> None:
+    """x @ w.T for a decode batch: autotuned (GPU) or the interpreter's tiles, and explicit tiles
+    whose reduction overruns the width (masked)."""
+    x = torch.randn(rows, dim, generator=_g(0)).to(DEV)
+    w = torch.randn(n_out, dim, generator=_g(1)).to(DEV)
+    ref = x @ w.T
+    _close(dk.gemv(x, w, "triton"), ref, 1e-4)
+    _close(dk.gemv(x, w, "triton", block_n=32, block_k=128), ref, 1e-4)
+    assert dk.gemv(x, w, "torch").equal(ref)
+
+
+def test_gemv_refuses_what_it_cannot_serve() -> None:
+    with pytest.raises(ValueError, match="up to 16 rows"):
+        dk.gemv(torch.zeros(17, 8), torch.zeros(4, 8), "triton")
+    with pytest.raises(ValueError, match="x has 8 features"):
+        dk.gemv(torch.zeros(2, 8), torch.zeros(4, 6), "triton")
+
+
 def test_backend_errors() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         dk.check_backend("cuda-magic", "cpu")

@@ -121,16 +121,20 @@ def test_triton_decode_step_equals_torch_ops(lm):
     plan = _plan(("low", 2, 5, 13))
     ids, mask = _left_padded((10, 6), seed=4)
     logits = {}
-    for backend in ("torch", "triton"):
-        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm")
+    for backend, gemv in (("torch", "cublas"), ("triton", "cublas"), ("triton", "triton")):
+        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_gemv=gemv)
         cache, tok = prefilled_static_cache(lm, fused, plan, ids, mask)
         steps = []
         for _ in range(2):
             steps.append(fused.decode_step(cache, tok, plan))
             cache.position += 1
             tok = steps[-1].argmax(-1)
-        logits[backend] = torch.stack(steps)
-    assert (logits["triton"] - logits["torch"]).abs().max().item() <= 1e-5
+        logits[backend, gemv] = torch.stack(steps)
+    assert (logits["triton", "cublas"] - logits["torch", "cublas"]).abs().max().item() <= 1e-5
+    # the projections as the Triton GEMV kernel (decode_gemv="triton"): the same steps
+    assert (logits["triton", "triton"] - logits["torch", "cublas"]).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="unknown decode GEMV form 'cutlass'"):
+        FusedLM(lm, backend="torch", decode_gemv="cutlass")
 
 
 @triton_ok

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
-    """Every Triton kernel of the decode step (``FusedLM.decode_step`` with the pair experts), with
-    argument types and constants of the MolmoE-1B shape."""
-    from model_runtime.molmoe.kernels import attention as A, decode_moe as M, norm_rope as N, router as R
+    """Every Triton kernel of the decode step (``FusedLM.decode_step`` with the pair experts and the
+    Triton GEMVs), with argument types and constants of the MolmoE-1B shape."""
+    from model_runtime.molmoe.kernels import attention as A, decode_moe as M, norm_rope as N, projections as G, router as R
 
     i32, f32 = "i32", "fp32"
     return [
@@ -55,6 +55,8 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
         (M._moe_combine_kernel, {"y_ptr": "*fp32", "wt_ptr": BF, "res_ptr": BF, "nw_ptr": BF, "out_ptr": BF, "normed_ptr": BF,
                                  "D": i32, "eps": f32},
          {"K": 8, "BLOCK_K": 8, "HAS_NORM": True, "BLOCK": 2048}),
+        (G._gemv_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "M": i32, "N": i32, "K": i32},
+         {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "IEEE": False}),
     ]
 
 
@@ -92,7 +94,7 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     on, off = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(on) == 8 and all(v == [1, 1, True] for v in on.values()), on
+    assert len(on) == 9 and all(v == [1, 1, True] for v in on.values()), on
     assert all(v == [0, 0, False] for v in off.values()), off
 
 
@@ -115,13 +117,16 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
     for config in (("low", 1, 4, 12), ("high", 1, 8, 16)):
         kw = dict(top_k_per_block=KnobSpace().plan(config).top_k_per_block, p=1, eos_token_id=-1,
                   pad_token_id=CFG.tokens.pad, max_new_tokens=6)
-        outs = []
-        for pdl in (False, True):
-            lm.use_fast_path(pdl=pdl)
-            try:
-                outs.append(greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8)))
-            finally:
-                lm.use_fast_path(False)
-        plain, pdl_on = outs
-        assert pdl_on.tokens == plain.tokens and pdl_on.decode_steps == plain.decode_steps == 5
-        assert torch.equal(pdl_on.first_logits, plain.first_logits)
+        outs = {}
+        for gemv in ("cublas", "triton"):
+            for pdl in (False, True):
+                lm.use_fast_path(pdl=pdl, decode_gemv=gemv)
+                try:
+                    outs[gemv, pdl] = greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8))
+                finally:
+                    lm.use_fast_path(False)
+            plain, pdl_on = outs[gemv, False], outs[gemv, True]
+            assert pdl_on.tokens == plain.tokens and pdl_on.decode_steps == plain.decode_steps == 5
+            assert torch.equal(pdl_on.first_logits, plain.first_logits)
+        # the Triton GEMVs sum in another order than cuBLAS: the same tokens (float32 model)
+        assert outs["triton", True].tokens == outs["cublas", False].tokens

@@ -73,9 +73,11 @@ def test_bars_from_a_run():
     res = {"decode": grid,
            "prefill": {"rows": [{"tokens": 1000, "k8b16_x_floor": 1.9}]},
            "prefill_kernels": {"sorted_gemm": {"experts": {"experts_x_copy_rate": 0.9}}, "sorted_tma": {"error": "x"}},
-           "batching": {"k8b16": {"share_of_bound": 0.7, "share_of_bound_sorted": 0.82, "share_of_bound_pdl": 0.79}},
-           "decode_pdl": {"k8b16": {"ms_per_token": 1.0, "x_floor": 1.4}, "k4b12": {"ms_per_token": 0.58, "x_floor": 1.6},
-                          "ratio_k4b12_over_k8b16": 0.58}}
+           "batching": {"k8b16": {"share_of_bound": 0.7, "share_of_bound_sorted": 0.82, "share_of_bound_pdl": 0.79,
+                                  "batched_pdl_ms": 3.0}},
+           "decode_variants": {"pdl": {"k8b16": {"ms_per_token": 1.0, "x_floor": 1.4},
+                                       "k4b12": {"ms_per_token": 0.58, "x_floor": 1.6}, "ratio_k4b12_over_k8b16": 0.58},
+                               "triton_gemv": {"error": "no GPU"}}}
     bars = {b["bar"]: (b["value"], b["met"]) for b in issue15_bars(res, 1000)}
     assert bars["decode: worst of 4 points x floor <= 1.5"] == (pytest.approx(1.28), True)
     ratio = (0.1 * 12 * 0.75) / (0.1 * 16 * 1.0)
@@ -84,11 +86,10 @@ def test_bars_from_a_run():
     assert bars["prefill expert GEMMs (sorted_gemm) >= 0.85 of the copy rate"] == (0.9, True)
     assert bars["batching 8 at (8, 16), pair kernels, >= 0.80 of the byte-bound speed-up"] == (0.7, False)
     assert bars["batching 8 at (8, 16), sorted experts, >= 0.80 of the byte-bound speed-up"] == (0.82, True)
-    assert bars["batching 8 at (8, 16), pair kernels with PDL, >= 0.80 of the byte-bound speed-up"] == (0.79, False)
-    assert bars["decode with PDL: worst of 2 corners x floor <= 1.5"] == (1.6, False)
-    assert bars["decode with PDL: (4, 12) / (8, 16) <= 0.60"] == (0.58, True)
-    assert len(bars) == 9  # the TMA form's failed section and the absent persistent section add none
-    assert issue15_bars({"decode_pdl": {"error": "no Triton gdc"}}, 1000) == []
+    assert bars["batching 8 at (8, 16), pdl, >= 0.80 of the byte-bound speed-up"] == (0.79, False)
+    assert bars["decode, pdl: worst of 2 corners x floor <= 1.5"] == (1.6, False)
+    assert bars["decode, pdl: (4, 12) / (8, 16) <= 0.60"] == (0.58, True)
+    assert len(bars) == 9  # the failed TMA form and GEMV variant and the absent persistent section add none
     assert issue15_bars({"decode": {"error": "OOM"}}, 1000) == []
 
 

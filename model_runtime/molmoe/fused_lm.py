@@ -41,6 +41,9 @@ ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather", "sorted_gemm", "sorted_
 #: grouped GEMMs over the pairs sorted by expert (each expert's weights read once per step however
 #: many rows route to it, which only a batch can gain from)
 DECODE_EXPERT_FORMS: tuple[str, ...] = ("pairs", "sorted")
+#: The decode step's dense projections: torch's matmul (cuBLAS on a GPU; the default) or the Triton
+#: GEMV kernel, which takes part in programmatic dependent launch (``pdl``)
+DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton")
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -167,10 +170,14 @@ class FusedLM:
         pdl: launch the decode step's Triton kernels for programmatic dependent launch
             (:func:`~model_runtime.molmoe.kernels.common.pdl_options`; CUDA, compute capability 9.0+,
             Triton backend). The kernels and their results are the same; only when each starts changes.
+        decode_gemv: the decode step's Q/K/V, output and router projections, see
+            :data:`DECODE_GEMV_FORMS`: ``"cublas"`` (torch's matmul) or ``"triton"``
+            (:func:`~model_runtime.molmoe.kernels.projections.gemv`, which joins the ``pdl`` chain; batches of
+            more than 16 rows keep the matmul).
     """
 
     def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
-                 decode_experts: str = "pairs", pdl: bool = False) -> None:
+                 decode_experts: str = "pairs", pdl: bool = False, decode_gemv: str = "cublas") -> None:
         device = lm.lm_head.weight.device
         self.lm = lm
         self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
@@ -185,6 +192,9 @@ class FusedLM:
                 raise ValueError("pdl=True launches the Triton kernels: it needs backend 'triton'")
             dk.check_pdl(device)
         self.pdl = bool(pdl)
+        if decode_gemv not in DECODE_GEMV_FORMS:
+            raise ValueError(f"unknown decode GEMV form {decode_gemv!r}; choose from {DECODE_GEMV_FORMS}")
+        self.decode_gemv = decode_gemv
         cfg = lm.config
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(cfg.num_key_value_heads)
@@ -273,16 +283,22 @@ class FusedLM:
         hidden = lm.embed(token_ids.reshape(-1))  # (B, D)
         final = lm.backbone.norm
         pdl = self.pdl
+        if self.decode_gemv == "triton" and hidden.shape[0] <= dk.GEMV_ROWS:
+            def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return dk.gemv(a, w, be, pdl=pdl)
+        else:
+            def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return a @ w.T
         h = dk.rms_norm(hidden, self.blocks[active[0]].ln_in, self.eps, be, pdl=pdl)
         for n, b in enumerate(active):
             w = self.blocks[b]
             q = dk.qk_norm_rope_store(
-                h @ w.qkv.T, w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale,
+                proj(h, w.qkv), w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale,
                 cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
             )
             attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be, pdl=pdl)
-            hidden, h2 = dk.add_rms_norm(hidden, attn @ w.o.T, w.ln_post, self.eps, be, pdl=pdl)
-            weights, idx = dk.router_topk(h2 @ w.router.T, plan[b], self.norm_topk_prob, be, pdl=pdl)
+            hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
+            weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
             last = n + 1 == len(active)
             # the combine also applies the next block's input norm (the final norm after the last)
             norm_w = final.weight if last else self.blocks[active[n + 1]].ln_in

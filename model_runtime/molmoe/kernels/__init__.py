@@ -6,6 +6,7 @@ Modules, by concern:
 - :mod:`.norm_rope`: RMSNorm (with the residual add), QK-norm + RoPE (+ KV-cache write);
 - :mod:`.attention`: split-K decode attention and its reduction;
 - :mod:`.router`: router softmax + top-k (and a form with the router GEMM in the same kernel);
+- :mod:`.projections`: the decode step's dense projections as one Triton kernel (``FusedLM(decode_gemv="triton")``);
 - :mod:`.decode_moe`: the decode step's routed experts (gate/up + SiLU·up, down, weighted
   combine + residual + next RMSNorm), parallel over (token, expert) pairs;
 - :mod:`.prefill_moe`: the prefill's routed experts as grouped GEMMs over expert-sorted pairs
@@ -53,6 +54,8 @@ heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
 from .attention import attention_scale, decode_attention
 from .common import BACKENDS, HAVE_TRITON, TUNING, Backend, check_backend, check_pdl, default_backend, triton_interpreting
 from .decode_moe import moe_combine, moe_down, moe_gate_up_act
+from .projections import BLOCK_M as GEMV_ROWS
+from .projections import gemv
 from .norm_rope import add_rms_norm, qk_norm_rope, qk_norm_rope_store, rms_norm, rope_cos_sin
 from .prefill_moe import (
     FLOAT32_TILES,
@@ -71,9 +74,9 @@ from .persistent_decode import PersistentDecodeStep
 from .router import router_gemm_topk, router_topk
 
 __all__ = [
-    "BACKENDS", "FLOAT32_TILES", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder", "PersistentDecodeStep",
+    "BACKENDS", "FLOAT32_TILES", "GEMV_ROWS", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder", "PersistentDecodeStep",
     "add_rms_norm", "attention_scale", "check_backend", "check_pdl", "decode_attention", "default_backend", "expert_outputs",
-    "gather_sum", "gather_sum_norm", "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act",
+    "gather_sum", "gather_sum_norm", "gemv", "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act",
     "qk_norm_rope", "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk",
     "router_topk", "silu_mul_scale", "sort_by_expert", "triton_interpreting",
 ]

@@ -1,0 +1,86 @@
+"""The decode step's dense projections (Q/K/V, output, router) as one Triton kernel: ``x @ w.T``
+for a few token rows (a decode batch, ≤ 16), so that with programmatic dependent launch the
+whole block is a chain of Triton kernels (cuBLAS's GEMVs do not take part in it) and each
+projection's first weight tile is loaded before the kernel waits for the one before: the weights
+do not depend on it, only the activations do."""
+
+from __future__ import annotations
+
+import torch
+
+from .common import HAVE_TRITON, Backend, _p2, pdl_options, triton_interpreting
+
+if HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+    from .common import pdl_enter
+
+#: Rows a program multiplies at once: tl.dot's smallest tile; a decode batch of up to this many
+#: rows is one tile (the rows past the batch are masked, their products never stored).
+BLOCK_M = 16
+
+# ============================================================================ kernels
+if HAVE_TRITON:
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     IEEE: tl.constexpr, PDL: tl.constexpr = False):
+        # program n: output features n*BLOCK_N.. of every row; w (N, K) row-major, x (M, K), out (M, N)
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = n < N
+        m = tl.arange(0, BLOCK_M)
+        mm = m < M
+        kk = tl.arange(0, BLOCK_K)
+        w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + kk[None, :]
+        # the first weight tile before the wait: weights are not written by the kernel before
+        w = tl.load(w_ptrs, mask=mn[:, None] & (kk[None, :] < K), other=0.0)
+        pdl_enter(PDL)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + kk
+            xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=mm[:, None] & (k[None, :] < K), other=0.0)
+            w_next = tl.load(w_ptrs + (k0 + BLOCK_K), mask=mn[:, None] & (k[None, :] + BLOCK_K < K), other=0.0)
+            if IEEE:  # float32 models: full-precision products, as torch's float32 matmul
+                acc = tl.dot(xk, tl.trans(w), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xk, tl.trans(w), acc)
+            w = w_next
+        tl.store(out_ptr + m[:, None] * N + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+
+    # Tuned variant (CUDA): output features per program and the reduction tile, per (M, N, K), measured on first
+    # use (warm-up, before any graph capture). Narrow programs keep a 2048-wide projection's weights spread
+    # over every SM (6,144 Q/K/V features / 16 = 384 programs).
+    _gemv_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
+                 for bn, bk, w in ((16, 128, 4), (16, 256, 4), (16, 512, 4), (32, 128, 4), (32, 256, 4), (32, 256, 8),
+                                   (64, 128, 4), (64, 256, 8))],
+        key=["M", "N", "K"],
+    )(_gemv_kernel)
+
+
+# ============================================================================ op
+def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool = False,
+         block_n: int | None = None, block_k: int | None = None) -> torch.Tensor:
+    """``x @ w.T`` for x (M, K), M ≤ :data:`BLOCK_M` rows, and w (N, K) → (M, N) in x's dtype
+    (float32 accumulation, as cuBLAS). ``block_n`` / ``block_k``: explicit tiles (default:
+    autotuned on CUDA, 16 × 32 in the interpreter); ``pdl``: launched for programmatic dependent
+    launch (:func:`~.common.pdl_options`)."""
+    if backend == "torch":
+        return x @ w.T
+    n_rows, k = x.shape
+    if n_rows > BLOCK_M:
+        raise ValueError(f"gemv serves up to {BLOCK_M} rows (a decode batch), got {n_rows}")
+    if w.shape[1] != k:
+        raise ValueError(f"gemv: x has {k} features, w {tuple(w.shape)}")
+    n = w.shape[0]
+    out = torch.empty(n_rows, n, dtype=x.dtype, device=x.device)
+    args = (x.contiguous(), w.contiguous(), out, n_rows, n, k)
+    ieee = x.dtype == torch.float32
+    if block_n is None and block_k is None and not triton_interpreting():
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, BLOCK_M=BLOCK_M, IEEE=ieee, **pdl_options(pdl))
+    else:
+        bn, bk = int(block_n or 16), int(block_k or min(32, _p2(k)))
+        _gemv_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=max(16, bk), IEEE=ieee,
+                                           **pdl_options(pdl))
+    return out
