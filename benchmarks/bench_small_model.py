@@ -8,8 +8,9 @@
    memory; one profiled eager step (GPU kernel time, launch count, and the share of the step's
    wall time the GPU was busy: well under 1 means the host's launches set the pace, not the GPU).
    ``--recipe-of CKPT`` times the recipe a trained checkpoint was made with: its model config
-   (patch stem, sizes) and the losses of its ``train_config.json`` (word presence, print
-   supervision, captions, per-module rates) instead of ``MolmoeConfig.small()`` with the answer loss;
+   (patch stem, sizes), and the losses and training mix of its ``train_config.json`` (word presence,
+   print supervision, captions, per-module rates, task weights) instead of ``MolmoeConfig.small()``
+   with the answer loss and the default mix;
 2. the data pipeline's rate (samples/s) with the training's worker count, per reuse factor;
 3. the shared-prefix build engine (grouped dense decode) on ``--engine-requests`` suite requests
    under the high tier's 75 configurations (the longest prompts), and the projected time of a
@@ -75,6 +76,8 @@ def main() -> None:
             if key in recorded:
                 losses[key] = tuple(recorded[key])
         data_kw["caption_rate"] = recorded.get("data", {}).get("caption_rate", 0.0)
+        if recorded.get("data", {}).get("task_weights"):  # the mix sets what is rendered and how long prompts are
+            data_kw["task_weights"] = dict(recorded["data"]["task_weights"])
         if losses.get("print_loss", 0) > 0:
             data_kw["print_grids"] = target_grids(config, losses.get("print_sites", ("tokens",)))
         figures["recipe_of"] = str(args.recipe_of)

@@ -16,7 +16,7 @@ def test_the_training_step_of_a_recorded_recipe(tmp_path: Path) -> None:
     ck = tmp_path / "ckpt"
     write_tiny_molmoe_checkpoint(ck, tiny_config())
     recorded = {"train": {"print_loss": 1.0, "print_sites": ["tokens"], "lr_scale": {"lm.": 0.3},
-                          "data": {"caption_rate": 0.5}}}
+                          "data": {"caption_rate": 0.5, "task_weights": {"synth_doc": 1.0}}}}
     (ck / "train_config.json").write_text(json.dumps(recorded))
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_small_model", "--checkpoint", str(ck), "--recipe-of", str(ck),
@@ -25,6 +25,7 @@ def test_the_training_step_of_a_recorded_recipe(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "'print_loss': 1.0" in out.stdout and "'print_grids'" in out.stdout  # the recipe's loss and its targets
+    assert "'task_weights': {'synth_doc': 1.0}" in out.stdout
     figures = json.loads((tmp_path / "f.json").read_text())
     assert figures["recipe_of"] == str(ck) and figures["eager_step_ms@2"] > 0
     assert figures["eager_profiled_wall_ms@2"] > 0 and "engine_s_high_tier" not in figures  # no engine with 0 requests

@@ -9,11 +9,10 @@ import torch
 from .common import HAVE_TRITON, Backend, _p2, pdl_options
 
 if HAVE_TRITON:
-    from .common import pdl_enter
-
-if HAVE_TRITON:
     import triton
     import triton.language as tl
+
+    from .common import pdl_enter
 
 
 # ============================================================================ kernels
