@@ -13,7 +13,9 @@
 # a training piece gets what is left less PIECE_OVERHEAD seconds (default 75: process start, suite, tokenizer, model
 # set-up outside the trainer's clock) in place of STOP_AFTER, and none starts below MIN_PIECE (60) seconds; the build
 # only with BUILD_SECONDS (450) left. A stage cut by the call's end resumes in the next call on the same machine.
-# Finished stages stay in WORK/chain/STAGE/plain: a later machine continues from the last one when WORK/chain travels.
+# Finished stages stay in WORK/chain/STAGE/plain: a later machine continues from the last one when WORK/chain travels
+# (a stage starts from the one before it only: the earlier stages' plain/ folders can stay behind, their DONE markers
+# must travel).
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it.
 # Device time: ≈ 60 minutes of training on one H200 (≈ 66 on an H100) and ≈ 5 of building.
