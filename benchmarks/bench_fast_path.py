@@ -454,6 +454,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32, help="decode steps per timed call")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny shape, few points (CPU smoke)")
+    ap.add_argument("--decode-grid", choices=("all", "corners"), default="all",
+                    help="the decode table's (top-k, blocks) points: all 25 or the four corners (a shorter run)")
     ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,prefill_kernels,experts,batching,vision,correctness")
     ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
                     help="prefill experts (default: the fast path's default for the device)")
@@ -508,6 +510,8 @@ def main() -> None:
     else:
         cfg, dtype, context = MolmoeConfig.molmoe_1b(), (torch.bfloat16 if dev.type == "cuda" else torch.float32), args.context
         grid = [(k, b) for k in (8, 7, 6, 5, 4) for b in (16, 15, 14, 13, 12)]
+        if args.decode_grid == "corners":
+            grid = [(8, 16), (8, 12), (4, 16), (4, 12)]
     t0 = time.perf_counter()
     model = build_random_model(cfg, device=dev, dtype=dtype)
     lm = model.lm

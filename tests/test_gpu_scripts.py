@@ -66,9 +66,9 @@ def test_the_fast_path_script_names_real_sections_and_refuses_a_bad_part(tmp_pat
 
     script = ROOT / "benchmarks" / "gpu" / "fast_path.sh"
     parts = re.findall(r"SECTIONS=([\w,]+)", script.read_text())
-    assert len(parts) == 4 and set(",".join(parts).split(",")) == set(SECTIONS)  # every section in some part
-    out = subprocess.run(["bash", str(script), str(tmp_path), "5"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and "PART must be 1, 2, 3 or 4" in out.stderr
+    assert len(parts) == 5 and set(",".join(parts).split(",")) == set(SECTIONS)  # every section in some part
+    out = subprocess.run(["bash", str(script), str(tmp_path), "6"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "PART must be 1, 2, 3, 4 or 5" in out.stderr
     bad = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--sections", "decode,prefil"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown sections ['prefil']" in bad.stderr

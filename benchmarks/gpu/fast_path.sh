@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The fast path's measurements on one GPU, in parts that each fit a 10-minute command.
-#   bash benchmarks/gpu/fast_path.sh OUT PART        (PART 1, 2, 3 or 4)
+#   bash benchmarks/gpu/fast_path.sh OUT PART        (PART 1, 2, 3, 4 or 5)
 # PART 1: the kernel tests on the GPU, then the prefill: its lengths against their floors, the expert
 #         forms, its kernel time by kind and the expert-GEMM tile sweep (OUT/fast_path_1.{json,log});
 # PART 2: decode over the 25 (top-k, blocks) points and batching (OUT/fast_path_2.{json,log});
 # PART 3: the remaining sections: the decode kernels' sweep (and the router's two forms), transformers, vision,
 #         correctness (the fused blocks' tests build their model on the CPU: they are not GPU tests);
 # PART 4: the persistent decode step: its option sweep, the 25 points, the barriers and its correctness checks
-#         (decode and persistent together took more than 10 minutes on an H100).
+#         (decode and persistent together took more than 10 minutes on an H100);
+# PART 5: the decode step's variants in one shorter call: the PDL tests on the GPU, then decode at the four corners
+#         and batching, each with the variants (Triton GEMV, programmatic dependent launch, both).
 # A failing kernel test is reported and the measurements still run. Each part prints issue 15's bars for the sections it
 # ran; every JSON is rewritten after each section, so a part cut short keeps what it measured.
 set -euo pipefail
@@ -22,6 +24,8 @@ case "$PART" in
   2) SECTIONS=ceilings,decode,batching ;;
   3) SECTIONS=ceilings,kernels,hf,vision,correctness ;;
   4) SECTIONS=ceilings,persistent ;;
-  *) echo "PART must be 1, 2, 3 or 4, got $PART" >&2; exit 2 ;;
+  5) { $PY -m pytest -q -x tests/test_pdl.py || true; } 2>&1 | tail -5 | tee "$OUT/fast_path_pdl_tests.log"
+     SECTIONS=ceilings,decode,batching; EXTRA="--decode-grid corners" ;;
+  *) echo "PART must be 1, 2, 3, 4 or 5, got $PART" >&2; exit 2 ;;
 esac
-$PY -m benchmarks.bench_fast_path --sections "$SECTIONS" --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"
+$PY -m benchmarks.bench_fast_path --sections "$SECTIONS" ${EXTRA:-} --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"
