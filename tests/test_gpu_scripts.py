@@ -84,7 +84,7 @@ for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
 case $mod in
   experiments.make_suite) mkdir -p "$out"; touch "$out/manifest.json" "$out/test.jsonl" ;;
   experiments.train_model)
-    mkdir -p "$out/plain"; touch "$out/train_state.pt" "$out/plain/model.safetensors"
+    mkdir -p "$out/plain"; touch "$out/train_state.pt" "$out/plain/model.safetensors" "$out/train_log.csv"
     stopped=false; [ -f "$FAKE_STOP" ] && { rm "$FAKE_STOP"; stopped=true; }
     echo "{\"stopped_by_time\": $stopped}" > "$out/train_summary.json" ;;
   cache.repack) touch "$2" ;;
@@ -114,6 +114,8 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
     text, trains = call()  # the same machine: the stage resumes from its own state
     assert "resumed" in text and "--resume" in trains[0] and "--init-from" not in trains[0]
     assert (work / "chain/run9/DONE").exists() and (work / "chain/run9/plain/model.safetensors").exists()
+    check = f"benchmarks.reproduction_check --stage run9 --log {work}/chain/run9/train_log.csv"
+    assert check in log.read_text() and (work / "chain/run9/train_log.csv").exists()  # the stage against the original
     seen = {}
     for stage in ("run10", "run11a", "run11b", "run12", "run13a", "run13b", "run14"):
         text, trains = call()

@@ -13,6 +13,8 @@
 # a training piece gets what is left less PIECE_OVERHEAD seconds (default 75: process start, suite, tokenizer, model
 # set-up outside the trainer's clock) in place of STOP_AFTER, and none starts below MIN_PIECE (60) seconds; the build
 # only with BUILD_SECONDS (450) left. A stage cut by the call's end resumes in the next call on the same machine.
+# Each finished stage's val figures are printed next to the original run's (benchmarks/reproduction_check.py; also in
+# WORK/chain/STAGE/reproduction_check.json), so a stage that drifts shows before the hour is spent.
 # Finished stages stay in WORK/chain/STAGE/plain: a later machine continues from the last one when WORK/chain travels
 # (a stage starts from the one before it only: the earlier stages' plain/ folders can stay behind, their DONE markers
 # must travel).
@@ -107,6 +109,11 @@ piece() {
     cp "$W/ckpt/train_summary.json" "$W/chain/$S/"
     touch "$W/chain/$S/DONE"
     echo "[reproduce_default] stage $S done: $W/chain/$S/plain"
+    if [ -f "$W/ckpt/train_log.csv" ]; then  # the stage's val figures next to the original run's (information only)
+      cp "$W/ckpt/train_log.csv" "$W/chain/$S/"
+      $PY -m benchmarks.reproduction_check --stage "$S" --log "$W/chain/$S/train_log.csv" \
+          --json "$W/chain/$S/reproduction_check.json" || echo "[reproduce_default] (the check of stage $S failed; the stage stands)"
+    fi
     if [ -n "$PACK_TO" ]; then  # the finished stage as a tar in pieces of at most 15 MiB
       mkdir -p "$PACK_TO"
       tar cf - -C "$W" "chain/$S" | split -b 15M -d - "$PACK_TO/$S.tar.part"

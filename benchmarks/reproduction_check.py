@@ -1,0 +1,94 @@
+"""A reproduced training stage against the original run's log (prints figures; reproduce_default.sh runs it).
+
+``python -m benchmarks.reproduction_check --stage STAGE --log WORK/chain/STAGE/train_log.csv [--json OUT]``
+
+The chain behind the committed default (``benchmarks/gpu/reproduce_default.sh``) takes about an hour
+of GPU time over several sessions; the reproduction bar is judged on the built cache at its end.
+This says after each stage whether the stage follows the original: the val loss at every step both
+logs evaluated, and the val exact match per task at the last such step, next to the original
+run's (its ``train_log.csv`` in ``benchmarks/logs``). The val set is 4 batches (about 40 examples
+a task), so single evaluations differ by a few hundredths between two runs of one recipe; the
+figure to watch is the val loss's drift over the stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+LOGS = Path(__file__).resolve().parent / "logs"
+
+#: the original run's train log of each stage (run11a's log was not kept: its stage has none)
+ORIGINAL_LOGS: dict[str, str | None] = {
+    "run9": "h200_small_model_run9_train_log.csv",
+    "run10": "h200_small_model_run10_train_log.csv",
+    "run11a": None,
+    "run11b": "h200_small_model_run11_train_log.csv",
+    "run12": "h200_small_model_run12_train_log.csv",
+    "run13a": "h200_small_model_run13_call1_train_log.csv",
+    "run13b": "h200_small_model_run13_call3_train_log.csv",
+    "run14": "h200_small_model_run14_call2_train_log.csv",
+}
+
+
+def val_rows(path: Path) -> dict[int, dict[str, float]]:
+    """step → the val figures (``plain/val_ce``, ``plain/val_acc/<task>``) of a train log's evaluation rows."""
+    out: dict[int, dict[str, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("plain/val_ce"):
+                out[int(row["step"])] = {k: float(v) for k, v in row.items() if k.startswith("plain/val_") and v}
+    return out
+
+
+def compare(stage: str, log: Path, logs_dir: Path = LOGS) -> dict:
+    """The stage's val figures against the original's at the steps both evaluated."""
+    if stage not in ORIGINAL_LOGS:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(ORIGINAL_LOGS)}")
+    name = ORIGINAL_LOGS[stage]
+    if name is None:
+        return {"stage": stage, "original": None, "note": "the original run's log of this stage was not kept"}
+    ours, theirs = val_rows(log), val_rows(logs_dir / name)
+    steps = sorted(set(ours) & set(theirs))
+    if not steps:
+        raise ValueError(f"{log} and {name} share no evaluated step")
+    rows = [{"step": s, "original_val_ce": theirs[s]["plain/val_ce"], "val_ce": ours[s]["plain/val_ce"],
+             "diff": ours[s]["plain/val_ce"] - theirs[s]["plain/val_ce"]} for s in steps]
+    last = steps[-1]
+    tasks = sorted(k.removeprefix("plain/val_acc/") for k in set(ours[last]) & set(theirs[last]) if k.startswith("plain/val_acc/"))
+    acc = {t: {"original": theirs[last][f"plain/val_acc/{t}"], "this": ours[last][f"plain/val_acc/{t}"]} for t in tasks}
+    return {"stage": stage, "original": name, "rows": rows, "last_step": last, "val_acc_at_last_step": acc,
+            "max_abs_val_ce_diff": max(abs(r["diff"]) for r in rows), "last_val_ce_diff": rows[-1]["diff"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stage", required=True, help=f"one of {', '.join(ORIGINAL_LOGS)}")
+    ap.add_argument("--log", type=Path, required=True, help="the reproduced stage's train_log.csv")
+    ap.add_argument("--json", type=Path, default=None, help="write the comparison here too")
+    args = ap.parse_args(argv)
+    try:
+        res = compare(args.stage, args.log)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"reproduction_check: {exc}", file=sys.stderr)
+        return 2
+    if res["original"] is None:
+        print(f"{args.stage}: {res['note']}")
+    else:
+        print(f"{args.stage} against {res['original']} (val loss at the steps both evaluated):")
+        print("  step  original  this   diff")
+        for r in res["rows"]:
+            print(f"  {r['step']:>5} {r['original_val_ce']:8.3f} {r['val_ce']:6.3f} {r['diff']:+7.3f}")
+        accs = ", ".join(f"{t} {a['original']:.2f}/{a['this']:.2f}" for t, a in res["val_acc_at_last_step"].items())
+        print(f"  val exact match at step {res['last_step']} (original/this): {accs}")
+        print(f"  largest |diff| {res['max_abs_val_ce_diff']:.3f}, at the last step {res['last_val_ce_diff']:+.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""reproduction_check: a reproduced stage's val figures against the original run's log."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.reproduction_check import ORIGINAL_LOGS, compare, main
+
+
+def _log(path: Path, rows: list[tuple[int, float | None, float]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "plain/loss", "plain/val_ce", "plain/val_acc/easy_vqa"])
+        for step, val, acc in rows:  # training rows have no val figures
+            w.writerow([step, 1.0, "" if val is None else val, "" if val is None else acc])
+    return path
+
+
+def test_the_stage_against_its_original(tmp_path: Path, capsys) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _log(logs / ORIGINAL_LOGS["run10"], [(24, None, 0), (249, 1.5, 0.6), (499, 1.3, 0.7), (749, 1.2, 0.8)])
+    ours = _log(tmp_path / "ours.csv", [(249, 1.52, 0.5), (499, 1.25, 0.75), (600, 1.1, 0.9)])
+    res = compare("run10", ours, logs)
+    assert [r["step"] for r in res["rows"]] == [249, 499]  # the steps both evaluated
+    assert res["rows"][1]["diff"] == pytest.approx(-0.05) and res["max_abs_val_ce_diff"] == pytest.approx(0.05)
+    assert res["last_step"] == 499 and res["val_acc_at_last_step"] == {"easy_vqa": {"original": 0.7, "this": 0.75}}
+    assert compare("run11a", ours, logs)["original"] is None  # its original log was not kept
+    with pytest.raises(ValueError, match="unknown stage 'run15'"):
+        compare("run15", ours, logs)
+    # the committed logs: every original stage's log is there; the H100's run9 against the ninth H200 run
+    root = Path(__file__).resolve().parents[1]
+    assert all((root / "benchmarks/logs" / name).is_file() for name in ORIGINAL_LOGS.values() if name)
+    out = tmp_path / "check.json"
+    assert main(["--stage", "run9", "--log", str(root / "benchmarks/logs/h100_reproduce_run9_train_log.csv"), "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["last_step"] == 2999 and saved["last_val_ce_diff"] == pytest.approx(1.0718534 - 1.0881233, abs=1e-4)
+    assert "largest |diff| 0.045" in capsys.readouterr().out
+    assert main(["--stage", "run15", "--log", str(ours)]) == 2
