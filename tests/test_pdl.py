@@ -18,7 +18,7 @@ from envs.knob_space import KnobSpace
 from model_runtime.molmoe import kernels as dk
 from model_runtime.molmoe.fused_lm import FusedLM
 from model_runtime.molmoe.generation import greedy_generate
-from model_runtime.molmoe.kernels.common import pdl_options
+from model_runtime.molmoe.kernels.common import pdl_options, triton_has_pdl
 from model_runtime.molmoe.language_model import MolmoeLanguageModel
 from model_runtime.molmoe.static_decode import GraphDecoder
 from tests.tiny_molmoe import left_padded_ids, tiny_config, tiny_olmoe_hf
@@ -100,6 +100,11 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
 
 def test_the_switch_is_refused_where_it_cannot_run() -> None:
     assert pdl_options(False) == {} and pdl_options(True) == {"PDL": True, "launch_pdl": True}
+    if dk.HAVE_TRITON:
+        import triton
+
+        if tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9):  # the CPU tests' Triton has it
+            assert triton_has_pdl()
     with pytest.raises(ValueError, match="on a CUDA GPU"):
         dk.check_pdl("cpu")
     lm = MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=2))

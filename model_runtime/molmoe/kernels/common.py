@@ -81,11 +81,24 @@ def check_pdl(device: torch.device | str) -> None:
     if torch.cuda.get_device_capability(dev)[0] < 9:
         raise ValueError(f"pdl=True needs compute capability 9.0 or later, {torch.cuda.get_device_name(dev)} has "
                          f"{'.'.join(map(str, torch.cuda.get_device_capability(dev)))}")
-    import triton.language.extra.cuda as tl_cuda
+    if not triton_has_pdl():
+        raise ValueError(f"pdl=True needs a Triton with grid dependency control (tl.extra.cuda.gdc_wait and the "
+                         f"launch_pdl option); this one is {triton.__version__}")
 
-    if not hasattr(tl_cuda, "gdc_wait"):
-        raise ValueError(f"pdl=True needs a Triton with grid dependency control (tl.extra.cuda.gdc_wait); "
-                         f"this one is {triton.__version__}")
+
+def triton_has_pdl() -> bool:
+    """Whether the installed Triton has grid dependency control: the ``gdc_wait`` /
+    ``gdc_launch_dependents`` instructions and the ``launch_pdl`` launch option."""
+    if not HAVE_TRITON:
+        return False
+    import dataclasses
+
+    try:
+        import triton.language.extra.cuda as tl_cuda
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return hasattr(tl_cuda, "gdc_wait") and "launch_pdl" in {f.name for f in dataclasses.fields(CUDAOptions)}
 
 
 def _p2(n: int) -> int:
