@@ -67,6 +67,14 @@ if HAVE_TRITON:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
 
+    @triton.jit
+    def dot_acc(a, b, acc, IEEE: tl.constexpr):
+        """``acc + a @ b``; ``IEEE`` (float32 models) keeps full-precision products, as torch's
+        float32 matmul, where tl.dot would otherwise use TF32."""
+        if IEEE:
+            return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
+
 
 def pdl_options(pdl: bool) -> dict[str, bool]:
     """Launch keywords of a kernel with a ``PDL`` switch: none when off (the kernel's default)."""

@@ -58,6 +58,8 @@ if HAVE_TRITON:
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
 
+    from .common import dot_acc
+
 
 @dataclass
 class ExpertOrder:
@@ -172,12 +174,8 @@ if HAVE_TRITON:
             a = tl.load(a_ptrs, mask=mr[:, None] & mk[None, :], other=0.0)
             bg = tl.load(g_ptrs, mask=mk[:, None] & mn[None, :], other=0.0)
             bu = tl.load(u_ptrs, mask=mk[:, None] & mn[None, :], other=0.0)
-            if IEEE:
-                acc_g = tl.dot(a, bg, acc_g, input_precision="ieee")
-                acc_u = tl.dot(a, bu, acc_u, input_precision="ieee")
-            else:
-                acc_g = tl.dot(a, bg, acc_g)
-                acc_u = tl.dot(a, bu, acc_u)
+            acc_g = dot_acc(a, bg, acc_g, IEEE)
+            acc_u = dot_acc(a, bu, acc_u, IEEE)
             a_ptrs += BLOCK_K
             g_ptrs += BLOCK_K
             u_ptrs += BLOCK_K
@@ -204,10 +202,7 @@ if HAVE_TRITON:
             mk = k0 + kk < I
             a = tl.load(a_ptrs, mask=mr[:, None] & mk[None, :], other=0.0)
             b = tl.load(b_ptrs, mask=mk[:, None] & mn[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+            acc = dot_acc(a, b, acc, IEEE)
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
         tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + n[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -234,12 +229,8 @@ if HAVE_TRITON:
             a = tl.load(a_ptrs, mask=mr[:, None] & (k0 + kk < D)[None, :], other=0.0)
             bg = w_desc.load([row_g, k0])  # (BLOCK_N, BLOCK_K); columns past D arrive as zeros
             bu = w_desc.load([row_g + I, k0])
-            if IEEE:
-                acc_g = tl.dot(a, bg.T, acc_g, input_precision="ieee")
-                acc_u = tl.dot(a, bu.T, acc_u, input_precision="ieee")
-            else:
-                acc_g = tl.dot(a, bg.T, acc_g)
-                acc_u = tl.dot(a, bu.T, acc_u)
+            acc_g = dot_acc(a, bg.T, acc_g, IEEE)
+            acc_u = dot_acc(a, bu.T, acc_u, IEEE)
             a_ptrs += BLOCK_K
         n = n0 + tl.arange(0, BLOCK_N)
         _gate_up_store(acc_g, acc_u, rows, mr, n, n < I, wsorted_ptr, out_ptr, I)
@@ -264,10 +255,7 @@ if HAVE_TRITON:
         for k0 in range(0, I, BLOCK_K):
             a = a_desc.load([first, k0])
             b = w_desc.load([row_w, k0])
-            if IEEE:
-                acc = tl.dot(a, b.T, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b.T, acc)
+            acc = dot_acc(a, b.T, acc, IEEE)
         n = n0 + tl.arange(0, BLOCK_N)
         tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + n[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=(rows < last)[:, None] & (n < D)[None, :])

@@ -14,7 +14,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import pdl_enter
+    from .common import dot_acc, pdl_enter
 
 #: Rows a program multiplies at once: tl.dot's smallest tile; a decode batch of up to this many
 #: rows is one tile (the rows past the batch are masked, their products never stored).
@@ -41,10 +41,7 @@ if HAVE_TRITON:
             k = k0 + kk
             xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=mm[:, None] & (k[None, :] < K), other=0.0)
             w_next = tl.load(w_ptrs + (k0 + BLOCK_K), mask=mn[:, None] & (k[None, :] + BLOCK_K < K), other=0.0)
-            if IEEE:  # float32 models: full-precision products, as torch's float32 matmul
-                acc = tl.dot(xk, tl.trans(w), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xk, tl.trans(w), acc)
+            acc = dot_acc(xk, tl.trans(w), acc, IEEE)
             w = w_next
         tl.store(out_ptr + m[:, None] * N + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mm[:, None] & mn[None, :])
 

@@ -11,7 +11,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import pdl_enter
+    from .common import dot_acc, pdl_enter
 
 
 # ============================================================================ kernels
@@ -76,10 +76,7 @@ if HAVE_TRITON:
             md = d0 + dd < D
             a = tl.load(a_ptrs, mask=mt[:, None] & md[None, :], other=0.0)
             b = tl.load(b_ptrs, mask=md[:, None] & me[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+            acc = dot_acc(a, b, acc, IEEE)
             a_ptrs += BLOCK_D
             b_ptrs += BLOCK_D
         # the logits in the model's dtype, as the router's linear layer returns them
