@@ -518,8 +518,11 @@ def main() -> None:
     lm.use_fast_path(routed_form=args.routed_form)
     capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
     dec = GraphDecoder(lm, max_graphs=32, capture=capture)
-    # programmatic dependent launch (FusedLM(pdl=True)) is timed beside the default where it can run
-    pdl_ok = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
+    # the decode step's variants timed beside the default (use_fast_path options): the projections as the Triton
+    # GEMV and, where programmatic dependent launch can run (Hopper and later), its launches with either form
+    variants: dict[str, dict[str, Any]] = {"triton_gemv": {"decode_gemv": "triton"}}
+    if dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9:
+        variants |= {"pdl": {"pdl": True}, "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"}}
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
           f"{lm.fused.backend}, experts {lm.fused.routed_form}", flush=True)
     emb1, mask1 = prompt(lm, 1, context, seed=0)
@@ -551,11 +554,7 @@ def main() -> None:
             res["decode_sorted_experts"] = {"error": repr(exc)[:200]}
         print(f"  decode, sorted experts: {res['decode_sorted_experts']}", flush=True)
         del sorted_dec
-        # the four corners with the decode step's projections as the Triton GEMV, and (Hopper) with its
-        # kernels launched for programmatic dependent launch, with either projection form
-        variants = {"triton_gemv": {"decode_gemv": "triton"}}
-        if pdl_ok:
-            variants |= {"pdl": {"pdl": True}, "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"}}
+        # the four corners with each decode variant
         res["decode_variants"] = {}
         for name, opts in variants.items():
             out: dict[str, Any] = {}
@@ -712,10 +711,7 @@ def main() -> None:
                 if "ratio_sorted" in row:
                     row["share_of_bound_sorted"] = row["ratio_sorted"] / row["bound_speedup"]
         del sorted_dec
-        # the same batches with the decode step's variants (see the decode section)
-        variants = {"triton_gemv": {"decode_gemv": "triton"}}
-        if pdl_ok:
-            variants |= {"pdl": {"pdl": True}, "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"}}
+        # the same batches with each decode variant
         for name, opts in variants.items():
             lm.use_fast_path(routed_form=args.routed_form, **opts)
             var_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
