@@ -6,9 +6,11 @@ The chain behind the committed default (``benchmarks/gpu/reproduce_default.sh``)
 of GPU time over several sessions; the reproduction bar is judged on the built cache at its end.
 This says after each stage whether the stage follows the original: the val loss at every step both
 logs evaluated, and the val exact match per task at the last such step, next to the original
-run's (its ``train_log.csv`` in ``benchmarks/logs``). The val set is 4 batches (about 40 examples
-a task), so single evaluations differ by a few hundredths between two runs of one recipe; the
-figure to watch is the val loss's drift over the stage.
+run's (its ``train_log.csv`` in ``benchmarks/logs``), and the training batches' exact match per task
+(full configuration) averaged over the stage's last ``--window`` steps in both logs. The val set is
+4 batches (about 40 examples a task), so single evaluations differ by a few hundredths between two
+runs of one recipe; the training window holds thousands of examples a task, so it is the per-task
+figure to read (its sampling error is about a point; two runs of one recipe differ by more).
 """
 
 from __future__ import annotations
@@ -44,8 +46,26 @@ def val_rows(path: Path) -> dict[int, dict[str, float]]:
     return out
 
 
-def compare(stage: str, log: Path, logs_dir: Path = LOGS) -> dict:
-    """The stage's val figures against the original's at the steps both evaluated."""
+def train_acc_rows(path: Path) -> dict[int, dict[str, float]]:
+    """step → the training batches' exact match per task (``plain/acc/<task>``) of a train log's rows."""
+    out: dict[int, dict[str, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            acc = {k.removeprefix("plain/acc/"): float(v) for k, v in row.items() if k.startswith("plain/acc/") and v}
+            if acc:
+                out[int(row["step"])] = acc
+    return out
+
+
+def window_means(rows: dict[int, dict[str, float]], steps: list[int]) -> dict[str, float]:
+    """Each task's mean over ``steps`` (the rows that have it)."""
+    tasks = sorted({t for s in steps for t in rows[s]})
+    return {t: sum(rows[s][t] for s in steps if t in rows[s]) / sum(t in rows[s] for s in steps) for t in tasks}
+
+
+def compare(stage: str, log: Path, logs_dir: Path = LOGS, window: int = 300) -> dict:
+    """The stage's val figures against the original's at the steps both evaluated, and the training
+    batches' exact match per task over the last ``window`` steps both logged."""
     if stage not in ORIGINAL_LOGS:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(ORIGINAL_LOGS)}")
     name = ORIGINAL_LOGS[stage]
@@ -60,8 +80,14 @@ def compare(stage: str, log: Path, logs_dir: Path = LOGS) -> dict:
     last = steps[-1]
     tasks = sorted(k.removeprefix("plain/val_acc/") for k in set(ours[last]) & set(theirs[last]) if k.startswith("plain/val_acc/"))
     acc = {t: {"original": theirs[last][f"plain/val_acc/{t}"], "this": ours[last][f"plain/val_acc/{t}"]} for t in tasks}
+    ours_tr, theirs_tr = train_acc_rows(log), train_acc_rows(logs_dir / name)
+    shared = sorted(set(ours_tr) & set(theirs_tr))
+    in_window = [s for s in shared if s > shared[-1] - window] if shared else []
+    mine, orig = window_means(ours_tr, in_window), window_means(theirs_tr, in_window)
+    train = {t: {"original": orig[t], "this": mine[t], "diff": mine[t] - orig[t]} for t in sorted(set(mine) & set(orig))}
     return {"stage": stage, "original": name, "rows": rows, "last_step": last, "val_acc_at_last_step": acc,
-            "max_abs_val_ce_diff": max(abs(r["diff"]) for r in rows), "last_val_ce_diff": rows[-1]["diff"]}
+            "max_abs_val_ce_diff": max(abs(r["diff"]) for r in rows), "last_val_ce_diff": rows[-1]["diff"],
+            "train_acc_window": [in_window[0], in_window[-1]] if in_window else None, "train_acc": train}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", required=True, help=f"one of {', '.join(ORIGINAL_LOGS)}")
     ap.add_argument("--log", type=Path, required=True, help="the reproduced stage's train_log.csv")
     ap.add_argument("--json", type=Path, default=None, help="write the comparison here too")
+    ap.add_argument("--window", type=int, default=300, help="steps at the stage's end whose training exact match is compared")
     args = ap.parse_args(argv)
     try:
-        res = compare(args.stage, args.log)
+        res = compare(args.stage, args.log, window=args.window)
     except (ValueError, FileNotFoundError) as exc:
         print(f"reproduction_check: {exc}", file=sys.stderr)
         return 2
@@ -84,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['step']:>5} {r['original_val_ce']:8.3f} {r['val_ce']:6.3f} {r['diff']:+7.3f}")
         accs = ", ".join(f"{t} {a['original']:.2f}/{a['this']:.2f}" for t, a in res["val_acc_at_last_step"].items())
         print(f"  val exact match at step {res['last_step']} (original/this): {accs}")
+        if res["train_acc"]:
+            lo, hi = res["train_acc_window"]
+            accs = ", ".join(f"{t} {a['original']:.3f}/{a['this']:.3f}" for t, a in res["train_acc"].items())
+            print(f"  training exact match, mean of steps {lo}-{hi} (original/this): {accs}")
         print(f"  largest |diff| {res['max_abs_val_ce_diff']:.3f}, at the last step {res['last_val_ce_diff']:+.3f}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))

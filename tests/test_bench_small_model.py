@@ -29,3 +29,19 @@ def test_the_training_step_of_a_recorded_recipe(tmp_path: Path) -> None:
     figures = json.loads((tmp_path / "f.json").read_text())
     assert figures["recipe_of"] == str(ck) and figures["eager_step_ms@2"] > 0
     assert figures["eager_profiled_wall_ms@2"] > 0 and "engine_s_high_tier" not in figures  # no engine with 0 requests
+
+
+def test_the_profiled_kernel_time_counts_each_kernel_once() -> None:
+    # an operator's row carries the device time of the kernels it launched: summing every row counted it twice
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from benchmarks.bench_small_model import device_kernels
+
+    def event(device, us, count):
+        return SimpleNamespace(device_type=device, self_device_time_total=us, count=count, is_user_annotation=False)
+
+    events = [event(DeviceType.CPU, 3000.0, 10), event(DeviceType.CUDA, 2000.0, 10), event(DeviceType.CUDA, 1000.0, 4),
+              event(DeviceType.CPU, 0.0, 7)]
+    assert device_kernels(events) == (3.0, 14)

@@ -8,6 +8,7 @@ against the module's ``--help``.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,8 +112,11 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
     text, trains = call()
     assert "stage run9 (3000 steps, lr 2e-3)" in text and "stopped by time" in text and not (work / "chain/run9/DONE").exists()
     assert "--resume" not in trains[0] and "--init-from" not in trains[0] and "--batch-size 128" in trains[0]
+    shutil.rmtree(work / "chain")  # chain/ copied over from a machine that has no stage in progress (what travels)
+    (work / "chain").mkdir()
     text, trains = call()  # the same machine: the stage resumes from its own state
     assert "resumed" in text and "--resume" in trains[0] and "--init-from" not in trains[0]
+    trains_run9 = trains[0]
     assert (work / "chain/run9/DONE").exists() and (work / "chain/run9/plain/model.safetensors").exists()
     check = f"benchmarks.reproduction_check --stage run9 --log {work}/chain/run9/train_log.csv"
     assert check in log.read_text() and (work / "chain/run9/train_log.csv").exists()  # the stage against the original
@@ -122,6 +126,7 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
         assert f"stage {stage} " in text and len(trains) == 1
         seen[stage] = trains[0]
     assert f"--init-from {work}/chain/run9/plain" in seen["run10"] and "--steps 3186" in seen["run10"]
+    assert "--compile" in trains_run9 and not any("--compile" in c for c in seen.values())  # eager at batch 64
     assert "--stop-at-step 2376" in seen["run11a"] and "--stop-at-step 0" in seen["run11b"]
     assert "--split-digits" in seen["run12"] and "--first-example 1000000" in seen["run12"] and "--split-digits" not in seen["run11b"]
     assert f"--init-from {work}/chain/run13b/plain" in seen["run14"] and "--lr 3.5e-4" in seen["run14"]

@@ -41,3 +41,26 @@ def test_the_stage_against_its_original(tmp_path: Path, capsys) -> None:
     assert saved["last_step"] == 2999 and saved["last_val_ce_diff"] == pytest.approx(1.0718534 - 1.0881233, abs=1e-4)
     assert "largest |diff| 0.045" in capsys.readouterr().out
     assert main(["--stage", "run15", "--log", str(ours)]) == 2
+
+
+def test_the_training_exact_match_over_the_stage_end(tmp_path: Path, capsys) -> None:
+    # thousands of examples a task: the per-task figure to read, over the last --window steps both logs have
+    def log(path: Path, acc: dict[int, float]) -> Path:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "plain/val_ce", "plain/acc/synth_count", "plain/acc/caption"])
+            for step, a in acc.items():
+                w.writerow([step, 1.0 if step % 100 == 99 else "", a, "" if step == 299 else 0.1])
+        return path
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log(logs / ORIGINAL_LOGS["run10"], {24: 0.0, 99: 0.1, 199: 0.3, 299: 0.5})
+    ours = log(tmp_path / "ours.csv", {24: 0.9, 99: 0.2, 199: 0.2, 299: 0.2, 324: 0.9})
+    res = compare("run10", ours, logs, window=200)
+    assert res["train_acc_window"] == [199, 299]  # 324 is ours only; 99 is outside the window
+    assert res["train_acc"]["synth_count"] == pytest.approx({"original": 0.4, "this": 0.2, "diff": -0.2})
+    assert res["train_acc"]["caption"] == pytest.approx({"original": 0.1, "this": 0.1, "diff": 0.0})  # rows that have it
+    root = Path(__file__).resolve().parents[1]
+    assert main(["--stage", "run10", "--log", str(root / "benchmarks/logs/h200_reproduce_run10_train_log.csv")]) == 0
+    assert "training exact match, mean of steps 2899-3185 (original/this):" in capsys.readouterr().out

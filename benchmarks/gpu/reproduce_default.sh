@@ -17,7 +17,11 @@
 # WORK/chain/STAGE/reproduction_check.json), so a stage that drifts shows before the hour is spent.
 # Finished stages stay in WORK/chain/STAGE/plain: a later machine continues from the last one when WORK/chain travels
 # (a stage starts from the one before it only: the earlier stages' plain/ folders can stay behind, their DONE markers
-# must travel).
+# must travel). The stage in progress is named in WORK/current_stage, outside chain/, so that a chain/ copied onto the
+# machine that holds a part-trained stage (WORK/ckpt) leaves its resume intact.
+# The stages at batch 64 train eager (COMPILE=0 of train_small_model.sh): on one H200 a compiled step took 158 ms there
+# and an eager one 125 ms (benchmarks/RESULTS.md "Where a training step's time goes"); the originals were compiled,
+# which changes rounding only.
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it.
 # Device time: ≈ 60 minutes of training on one H200 (≈ 66 on an H100) and ≈ 5 of building.
@@ -39,11 +43,11 @@ MIX12="easy_vqa=0.03 synth_text=0.11 synth_doc=0.22 synth_chart=0.20 synth_count
 MIX13="easy_vqa=0.03 synth_text=0.11 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.06 synth_read=0.05 synth_words=0.10 synth_digits=0.15"
 
 # stage settings: FROM (the stage whose weights it starts from), STEPS (its schedule), STOP_AT (0: the whole
-# schedule), LR, BATCH, REUSE, MIX, FIRST (the train stream's first example), DIGITS (one token per digit)
+# schedule), LR, BATCH, REUSE, MIX, FIRST (the train stream's first example), DIGITS (one token per digit), COMPILE
 stage() {
-  FROM=; STOP_AT=0; BATCH=64; REUSE=2; FIRST=0; DIGITS=
+  FROM=; STOP_AT=0; BATCH=64; REUSE=2; FIRST=0; DIGITS=; COMPILE=0
   case $1 in
-    run9)   STEPS=3000; LR=2e-3; BATCH=128; REUSE=4; MIX=$MIX9 ;;
+    run9)   STEPS=3000; LR=2e-3; BATCH=128; REUSE=4; MIX=$MIX9; COMPILE=1 ;;
     run10)  FROM=run9; STEPS=3186; LR=1e-3; MIX=$MIX10 ;;
     run11a) FROM=run10; STEPS=3220; STOP_AT=2376; LR=1e-3; MIX=$MIX11 ;;
     run11b) FROM=run11a; STEPS=900; LR=5e-4; MIX=$MIX11 ;;
@@ -70,7 +74,7 @@ if [ "${2:-}" = --status ]; then
   for s in "${STAGES[@]}"; do
     stage "$s"
     state="to do"; [ -f "$W/chain/$s/DONE" ] && state=done
-    [ "$(cat "$W/chain/CURRENT" 2>/dev/null)" = "$s" ] && [ "$state" != done ] && state="in progress"
+    [ "$(cat "$W/current_stage" 2>/dev/null)" = "$s" ] && [ "$state" != done ] && state="in progress"
     cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
     echo "$s: $state (from ${FROM:-nothing}, $STEPS steps$cut, lr $LR)"
   done
@@ -85,17 +89,17 @@ piece() {
   if [ -n "$S" ]; then
     stage "$S"  # the stages before it are done (next_stage takes the first that is not)
     RESUME=0
-    if [ "$(cat "$W/chain/CURRENT" 2>/dev/null)" = "$S" ] && [ -f "$W/ckpt/train_state.pt" ] && [ "$(last_call)" = stopped ]; then
+    if [ "$(cat "$W/current_stage" 2>/dev/null)" = "$S" ] && [ -f "$W/ckpt/train_state.pt" ] && [ "$(last_call)" = stopped ]; then
       RESUME=1
     fi
     cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
     how=; [ $RESUME = 1 ] && how=", resumed"
     echo "[reproduce_default] stage $S ($STEPS steps$cut, lr $LR$how)"
-    echo "$S" > "$W/chain/CURRENT"
+    echo "$S" > "$W/current_stage"
     # the weights a stage starts from come from the finished stage before it; a resumed call takes its own state
     INIT=; [ $RESUME = 0 ] && [ -n "$FROM" ] && INIT="$W/chain/$FROM/plain"
     env PATCH_STEM=hybrid WORD_PRESENCE=0.5 WORD_PRESENCE_SITES="stem tokens" CAPTION_RATE=0.5 \
-        LR_SCALE="lm.=0.1 connector.=0.1" SKIP_GRID=1 PRINT_LOSS=0 BATCH=$BATCH REUSE=$REUSE LR=$LR \
+        LR_SCALE="lm.=0.1 connector.=0.1" SKIP_GRID=1 PRINT_LOSS=0 BATCH=$BATCH REUSE=$REUSE LR=$LR COMPILE=$COMPILE \
         TASK_WEIGHTS="$MIX" FIRST_EXAMPLE=$FIRST SPLIT_DIGITS=$DIGITS STOP_AFTER="$PIECE_STOP_AFTER" STOP_AT_STEP=$STOP_AT \
         RESUME=$RESUME INIT_FROM="$INIT" PYTHON="$PY" \
         bash "$HERE/train_small_model.sh" "$W" 960 "$STEPS"
