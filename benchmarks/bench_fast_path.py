@@ -55,6 +55,9 @@ Sections, all in one process so that every ratio compares figures of the same ru
 
 Last, **bars**: issue 15's speed bars computed from the sections that ran (:func:`issue15_bars`).
 Prints one table per section and writes everything to ``--out`` (JSON).
+
+``--decode-variant NAME`` (one of :data:`DECODE_VARIANTS`) runs every section with that decode form as if it were
+the default, its correctness checks included: how a variant that wins at the four corners earns the default.
 """
 
 from __future__ import annotations
@@ -84,6 +87,15 @@ SECTIONS: tuple[str, ...] = ("ceilings", "decode", "kernels", "hf", "prefill", "
                              "vision", "correctness", "persistent")
 #: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
 #: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
+#: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
+#: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
+DECODE_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "triton_gemv": {"decode_gemv": "triton"},
+    "pdl": {"pdl": True},
+    "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"},
+}
+
 EXPERT_TILES: list[dict[str, int]] = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": st}
     for bm, bn, bk, w, st in ((64, 128, 64, 4, 3), (64, 128, 64, 4, 5), (64, 64, 128, 4, 4), (128, 128, 64, 8, 3),
@@ -239,7 +251,10 @@ def batching(lm: MolmoeLanguageModel, dec: GraphDecoder, plan: tuple[int, ...], 
 
 # ------------------------------------------------------------------------------------ 6 correctness
 @torch.no_grad()
-def tiny_all_plans(dev: torch.device, new: int, impl: str = "fused") -> dict[str, Any]:
+def tiny_all_plans(dev: torch.device, new: int, impl: str = "fused", fast_opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Greedy tokens of the fast path (``use_fast_path(**fast_opts)``) against transformers' blocks on every plan
+    of the knob space, tiny model in float32."""
+    fast_opts = fast_opts or {}
     lm = build_random_model(MolmoeConfig.tiny(), device=dev, dtype=torch.float32, seed=3).lm
     capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
     plans = sorted({(c.p, KS.plan(c).top_k_per_block) for c in KS.configs})
@@ -248,12 +263,12 @@ def tiny_all_plans(dev: torch.device, new: int, impl: str = "fused") -> dict[str
     if impl == "persistent":
         emb, mask = emb[1:], mask[1:]
     mismatched, worst = [], 0.0
-    lm.use_fast_path()
+    lm.use_fast_path(**fast_opts)
     dec = GraphDecoder(lm, max_graphs=4, capture=capture, impl=impl)
     for p, plan in plans:
         lm.use_fast_path(False)
         ref = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=p, eos_token_id=-1, pad_token_id=0, max_new_tokens=new)
-        lm.use_fast_path()
+        lm.use_fast_path(**fast_opts)
         dec.fused = lm.fused
         ours = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=p, eos_token_id=-1, pad_token_id=0,
                                max_new_tokens=new, decoder=dec)
@@ -295,7 +310,10 @@ def reference_fp32(lm32: MolmoeLanguageModel, emb: torch.Tensor, mask: torch.Ten
 
 @torch.no_grad()
 def real_shape_agreement(lm: MolmoeLanguageModel, dec: GraphDecoder, top_k: int, blocks: int, context: int,
-                         new: int, lm32: MolmoeLanguageModel | None = None) -> dict[str, Any]:
+                         new: int, lm32: MolmoeLanguageModel | None = None,
+                         fast_opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fast path (``dec``, made with ``use_fast_path(**fast_opts)``) against the eager bf16 path and, with
+    ``lm32``, both against float32: prefill and first decode step's logits, and greedy tokens."""
     plan = plan_of(top_k, blocks)
     emb, mask = prompt(lm, 1, context, seed=11)
     lm.use_fast_path(False)
@@ -307,7 +325,7 @@ def real_shape_agreement(lm: MolmoeLanguageModel, dec: GraphDecoder, top_k: int,
     lm.advance(st, lm.n_layers, plan)
     ref1 = lm.logits(st)
     ref_gen = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=new)
-    lm.use_fast_path()
+    lm.use_fast_path(**(fast_opts or {}))
     cache = dec.prepare(1, plan, positions=context + 4)
     st = lm.begin(emb, mask, cache=cache)
     lm.advance(st, lm.n_layers, plan)
@@ -454,6 +472,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32, help="decode steps per timed call")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny shape, few points (CPU smoke)")
+    ap.add_argument("--decode-variant", choices=tuple(DECODE_VARIANTS), default="default",
+                    help="the decode step's form for every section, as if it were the default (its correctness too): "
+                         "the Triton GEMV for the projections, programmatic dependent launch (Hopper), or both")
     ap.add_argument("--decode-grid", choices=("all", "corners"), default="all",
                     help="the decode table's (top-k, blocks) points: all 25 or the four corners (a shorter run)")
     ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,prefill_kernels,experts,batching,vision,correctness")
@@ -515,16 +536,21 @@ def main() -> None:
     t0 = time.perf_counter()
     model = build_random_model(cfg, device=dev, dtype=dtype)
     lm = model.lm
-    lm.use_fast_path(routed_form=args.routed_form)
+    # every section runs the fast path with these options (--decode-variant: a decode variant as if it were the default)
+    run_opts: dict[str, Any] = {"routed_form": args.routed_form, **DECODE_VARIANTS[args.decode_variant]}
+    res["decode_variant"] = args.decode_variant
+    try:
+        lm.use_fast_path(**run_opts)
+    except (ValueError, RuntimeError) as exc:  # e.g. pdl where it cannot run
+        raise SystemExit(f"bench_fast_path: --decode-variant {args.decode_variant}: {exc}") from None
     capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
     dec = GraphDecoder(lm, max_graphs=32, capture=capture)
-    # the decode step's variants timed beside the default (use_fast_path options): the projections as the Triton
-    # GEMV and, where programmatic dependent launch can run (Hopper and later), its launches with either form
-    variants: dict[str, dict[str, Any]] = {"triton_gemv": {"decode_gemv": "triton"}}
-    if dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9:
-        variants |= {"pdl": {"pdl": True}, "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"}}
+    # the decode step's variants timed beside the run's own form (use_fast_path options): the projections as the
+    # Triton GEMV and, where programmatic dependent launch can run (Hopper and later), its launches with either form
+    hopper = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
+    variants = {name: opts for name, opts in DECODE_VARIANTS.items() if name != "default" and (hopper or "pdl" not in opts)}
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
-          f"{lm.fused.backend}, experts {lm.fused.routed_form}", flush=True)
+          f"{lm.fused.backend}, experts {lm.fused.routed_form}, decode variant {args.decode_variant}", flush=True)
     emb1, mask1 = prompt(lm, 1, context, seed=0)
 
     def decode_table() -> list[dict[str, Any]]:
@@ -544,7 +570,7 @@ def main() -> None:
         res["decode_ratio_k4b12_over_k8b16"] = cheap["ms_per_token"] / full["ms_per_token"]
         dec.max_graphs = 4  # the table's entries can go
         # the two corners again with the experts as sorted grouped GEMMs (decode_experts="sorted")
-        lm.use_fast_path(routed_form=args.routed_form, decode_experts="sorted")
+        lm.use_fast_path(**run_opts | {"decode_experts": "sorted"})
         sorted_dec = GraphDecoder(lm, max_graphs=2, capture=capture)
         try:
             res["decode_sorted_experts"] = {f"k{k}b{b}_ms_per_token": decode_ms(lm, sorted_dec, plan_of(k, b), emb1, mask1,
@@ -563,16 +589,16 @@ def main() -> None:
                 var_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
                 for k, b in [c for c in ((8, 16), (8, 12), (4, 16), (4, 12)) if c in grid]:
                     ms = decode_ms(lm, var_dec, plan_of(k, b), emb1, mask1, args.steps, args.repeats)
-                    base = next(r for r in rows if (r["top_k"], r["blocks"]) == (k, b))
-                    out[f"k{k}b{b}"] = {"ms_per_token": ms, "default_ms": base["ms_per_token"],
-                                        **({"x_floor": ms / base["floor_ms"]} if "floor_ms" in base else {})}
+                    ref_row = next(r for r in rows if (r["top_k"], r["blocks"]) == (k, b))
+                    out[f"k{k}b{b}"] = {"ms_per_token": ms, "default_ms": ref_row["ms_per_token"],
+                                        **({"x_floor": ms / ref_row["floor_ms"]} if "floor_ms" in ref_row else {})}
                 out["ratio_k4b12_over_k8b16"] = out["k4b12"]["ms_per_token"] / out["k8b16"]["ms_per_token"]
                 del var_dec
             except Exception as exc:  # keep the table
                 out["error"] = repr(exc)[:200]
             res["decode_variants"][name] = out
             print(f"  decode, {name} {opts}: {out}", flush=True)
-        lm.use_fast_path(routed_form=args.routed_form)
+        lm.use_fast_path(**run_opts)
         dec.fused = lm.fused
         return rows
 
@@ -620,14 +646,14 @@ def main() -> None:
         forms = ("grouped_mm", "sorted_gemm", "sorted_tma") if dev.type != "cuda" or dtype == torch.bfloat16 else (
             "sorted_gemm", "sorted_tma")
         for form in forms:
-            lm.use_fast_path(routed_form=form)
+            lm.use_fast_path(**run_opts | {"routed_form": form})
             own = GraphDecoder(lm, max_graphs=2, capture=capture)
             try:
                 out[f"form_{form}_k8b16_S{s}_graph_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats * 2, own)
             except Exception as exc:  # e.g. TMA on a GPU without it: keep the other forms' figures
                 out[f"form_{form}_error"] = repr(exc)[:200]
             del own
-        lm.use_fast_path(routed_form=args.routed_form)
+        lm.use_fast_path(**run_opts)
         dec.fused = lm.fused
         # the runtime's setting: prompts left-padded to a 64-token length bucket (masked SDPA)
         bucketed = GraphDecoder(lm, max_graphs=2, capture=capture, prefill_bucket=64)
@@ -637,7 +663,7 @@ def main() -> None:
         try:
             out[f"transformers_k8b16_S{s}_ms"] = prefill_ms(lm, plan_of(8, 16), e, m, args.repeats)
         finally:
-            lm.use_fast_path(routed_form=args.routed_form)
+            lm.use_fast_path(**run_opts)
             dec.fused = lm.fused
         return out
 
@@ -650,7 +676,7 @@ def main() -> None:
         plan = plan_of(8, 16)
         out = {}
         for form in ("sorted_gemm", "sorted_tma"):
-            lm.use_fast_path(routed_form=form)
+            lm.use_fast_path(**run_opts | {"routed_form": form})
             own = GraphDecoder(lm, max_graphs=1, capture=capture)
 
             def run(own: GraphDecoder = own) -> torch.Tensor:
@@ -665,7 +691,7 @@ def main() -> None:
             except Exception as exc:  # e.g. TMA on a GPU without it: keep the other form's figures
                 out[form] = {"error": repr(exc)[:200]}
             del own, run
-        lm.use_fast_path(routed_form=args.routed_form)
+        lm.use_fast_path(**run_opts)
         dec.fused = lm.fused
         from triton.testing import do_bench
 
@@ -693,7 +719,7 @@ def main() -> None:
             row = out[f"k{k}b{b}"] = batching(lm, dec, plan_of(k, b), length, new, 8, reps)
         # the decode step's experts as grouped GEMMs over the batch's sorted pairs (each expert's
         # weights read once per step), the same requests batched
-        lm.use_fast_path(routed_form=args.routed_form, decode_experts="sorted")
+        lm.use_fast_path(**run_opts | {"decode_experts": "sorted"})
         sorted_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
         for k, b in ((8, 16), (4, 12)):
             row = out[f"k{k}b{b}"]
@@ -724,7 +750,7 @@ def main() -> None:
                 except Exception as exc:  # keep the other figures
                     row[f"batched_{name}_error"] = repr(exc)[:200]
             del var_dec
-        lm.use_fast_path(routed_form=args.routed_form)
+        lm.use_fast_path(**run_opts)
         dec.fused = lm.fused
         return out
 
@@ -747,11 +773,11 @@ def main() -> None:
     section("vision", vision)
 
     def correctness() -> dict[str, Any]:
-        out: dict[str, Any] = {"tiny_fp32": tiny_all_plans(dev, 16)}
+        out: dict[str, Any] = {"tiny_fp32": tiny_all_plans(dev, 16, fast_opts=run_opts)}
         print(f"  tiny: {out['tiny_fp32']}", flush=True)
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
         lm32 = fp32_copy(lm) if dtype != torch.float32 else None
-        out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32, lm32) for k, b in corners]
+        out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32, lm32, run_opts) for k, b in corners]
         del lm32
         return out
 
@@ -817,11 +843,11 @@ def main() -> None:
         cheap = next(r for r in rows if (r["top_k"], r["blocks"]) == (4, 12))
         out["ratio_k4b12_over_k8b16"] = cheap["ms_per_token"] / full["ms_per_token"]
         decp.max_graphs = 4
-        out["tiny_fp32"] = tiny_all_plans(dev, 16, impl="persistent")
+        out["tiny_fp32"] = tiny_all_plans(dev, 16, impl="persistent", fast_opts=run_opts)
         print(f"  tiny: {out['tiny_fp32']}", flush=True)
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
         lm32 = fp32_copy(lm) if dtype != torch.float32 else None
-        out["real_shape"] = [real_shape_agreement(lm, decp, k, b, context, 32, lm32) for k, b in corners]
+        out["real_shape"] = [real_shape_agreement(lm, decp, k, b, context, 32, lm32, run_opts) for k, b in corners]
         decp.check_persistent()
         return out
 

@@ -33,3 +33,18 @@ def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
         assert row["ratio"] == row["sequential_ms"] / row["batched_ms"]
     assert res["ceilings"] == {} and res["bars"] == []  # no GPU: no ceilings, so no floors and no bars
     assert "error" not in json.dumps(res)
+
+
+def test_a_decode_variant_runs_every_section_and_a_variant_that_cannot_run_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "variant.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--device", "cpu", "--quick", "--repeats", "1",
+                          "--steps", "2", "--sections", "ceilings,decode", "--decode-variant", "triton_gemv", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["decode_variant"] == "triton_gemv" and all(r["ms_per_token"] > 0 for r in res["decode"])
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--device", "cpu", "--quick",
+                              "--sections", "ceilings", "--decode-variant", "pdl", "--out", str(tmp_path / "pdl.json")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith("bench_fast_path: --decode-variant pdl: pdl=True")

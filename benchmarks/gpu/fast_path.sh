@@ -10,12 +10,15 @@
 #         (decode and persistent together took more than 10 minutes on an H100);
 # PART 5: the decode step's variants in one shorter call: the PDL tests on the GPU, then decode at the four corners
 #         and batching, each with the variants (Triton GEMV, programmatic dependent launch, both).
+# VARIANT=NAME (default: default) runs the sections with that decode form as if it were the default
+# (bench_fast_path --decode-variant: default, triton_gemv, pdl, pdl_triton_gemv), its correctness checks included.
 # A failing kernel test is reported and the measurements still run. Each part prints issue 15's bars for the sections it
 # ran; every JSON is rewritten after each section, so a part cut short keeps what it measured.
 set -euo pipefail
 OUT=${1:?usage: fast_path.sh OUT PART}
 PART=${2:?usage: fast_path.sh OUT PART}
 PY=${PYTHON:-python3}
+VARIANT=${VARIANT:-default}
 mkdir -p "$OUT"
 case "$PART" in
   1) { $PY -m pytest -q -x tests/test_prefill_moe.py tests/test_decode_kernels.py tests/test_persistent_decode.py tests/test_pdl.py || true; } 2>&1 \
@@ -28,4 +31,4 @@ case "$PART" in
      SECTIONS=ceilings,decode,batching; EXTRA="--decode-grid corners" ;;
   *) echo "PART must be 1, 2, 3, 4 or 5, got $PART" >&2; exit 2 ;;
 esac
-$PY -m benchmarks.bench_fast_path --sections "$SECTIONS" ${EXTRA:-} --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"
+$PY -m benchmarks.bench_fast_path --sections "$SECTIONS" --decode-variant "$VARIANT" ${EXTRA:-} --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"
