@@ -125,6 +125,10 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
         text, trains = call()
         assert f"stage {stage} " in text and len(trains) == 1
         seen[stage] = trains[0]
+        if stage == "run11a":  # what a fresh machine needs: the markers, and the stage the next one starts from
+            travel = subprocess.run(["bash", str(script), str(work), "--travel"], cwd=ROOT, capture_output=True,
+                                    text=True, env=env).stdout.split()
+            assert travel == [f"{work}/chain/run9/DONE", f"{work}/chain/run10/DONE", f"{work}/chain/run11a"]
     assert f"--init-from {work}/chain/run9/plain" in seen["run10"] and "--steps 3186" in seen["run10"]
     assert "--compile" in trains_run9 and not any("--compile" in c for c in seen.values())  # eager at batch 64
     assert "--stop-at-step 2376" in seen["run11a"] and "--stop-at-step 0" in seen["run11b"]

@@ -2,6 +2,7 @@
 # Rebuild the committed default model from nothing on one GPU, its cache, and the comparison with the committed cache.
 #   bash benchmarks/gpu/reproduce_default.sh WORK          # the next piece of work, then stop
 #   bash benchmarks/gpu/reproduce_default.sh WORK --status # what is done, what comes next
+#   bash benchmarks/gpu/reproduce_default.sh WORK --travel # the paths under WORK a fresh machine needs to go on
 # The committed checkpoint (molmoe-small-suite-v7) is the end of a chain of training runs, each starting from the one
 # before (benchmarks/RESULTS.md, ninth to fourteenth H200 runs; the settings below are those runs' own, the later ones
 # as their train_config.json files recorded them). Three stages were cut by a time limit where the next stage took over
@@ -79,6 +80,18 @@ if [ "${2:-}" = --status ]; then
     echo "$s: $state (from ${FROM:-nothing}, $STEPS steps$cut, lr $LR)"
   done
   [ -f "$W/default_cache.h5" ] && echo "cache: built ($W/default_cache.h5)" || echo "cache: to do"
+  exit 0
+fi
+# what a fresh machine needs to take the chain on, one path a line: every finished stage's DONE marker and the last
+# finished stage whole (the next stage starts from its plain/), and the built cache (the comparison reads it)
+if [ "${2:-}" = --travel ]; then
+  last=
+  for s in "${STAGES[@]}"; do [ -f "$W/chain/$s/DONE" ] && last=$s; done
+  for s in "${STAGES[@]}"; do
+    [ -f "$W/chain/$s/DONE" ] || continue
+    if [ "$s" = "$last" ]; then echo "$W/chain/$s"; else echo "$W/chain/$s/DONE"; fi
+  done
+  [ -f "$W/default_cache.h5" ] && echo "$W/default_cache.h5"
   exit 0
 fi
 
