@@ -94,6 +94,8 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "triton_gemv": {"decode_gemv": "triton"},
     "pdl": {"pdl": True},
     "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"},
+    "fused_router": {"decode_router": "fused"},
+    "pdl_triton_gemv_fused_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "fused"},
 }
 
 EXPERT_TILES: list[dict[str, int]] = [

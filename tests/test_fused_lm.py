@@ -121,20 +121,26 @@ def test_triton_decode_step_equals_torch_ops(lm):
     plan = _plan(("low", 2, 5, 13))
     ids, mask = _left_padded((10, 6), seed=4)
     logits = {}
-    for backend, gemv in (("torch", "cublas"), ("triton", "cublas"), ("triton", "triton")):
-        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_gemv=gemv)
+    for backend, gemv, router in (("torch", "cublas", "split"), ("triton", "cublas", "split"), ("triton", "triton", "split"),
+                                  ("triton", "triton", "fused")):
+        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_gemv=gemv, decode_router=router)
         cache, tok = prefilled_static_cache(lm, fused, plan, ids, mask)
         steps = []
         for _ in range(2):
             steps.append(fused.decode_step(cache, tok, plan))
             cache.position += 1
             tok = steps[-1].argmax(-1)
-        logits[backend, gemv] = torch.stack(steps)
-    assert (logits["triton", "cublas"] - logits["torch", "cublas"]).abs().max().item() <= 1e-5
+        logits[backend, gemv, router] = torch.stack(steps)
+    ref = logits["torch", "cublas", "split"]
+    assert (logits["triton", "cublas", "split"] - ref).abs().max().item() <= 1e-5
     # the projections as the Triton GEMV kernel (decode_gemv="triton"): the same steps
-    assert (logits["triton", "triton"] - logits["torch", "cublas"]).abs().max().item() <= 1e-5
+    assert (logits["triton", "triton", "split"] - ref).abs().max().item() <= 1e-5
+    # the router's projection and top-k in one kernel (decode_router="fused"): the same steps
+    assert (logits["triton", "triton", "fused"] - ref).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="unknown decode GEMV form 'cutlass'"):
         FusedLM(lm, backend="torch", decode_gemv="cutlass")
+    with pytest.raises(ValueError, match="unknown decode router form 'sparse'"):
+        FusedLM(lm, backend="torch", decode_router="sparse")
 
 
 @triton_ok

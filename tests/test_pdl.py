@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
-    """Every Triton kernel of the decode step (``FusedLM.decode_step`` with the pair experts and the
-    Triton GEMVs), with argument types and constants of the MolmoE-1B shape."""
+    """Every Triton kernel of the decode step (``FusedLM.decode_step`` with the pair experts, the
+    Triton GEMVs and either router form), with argument types and constants of the MolmoE-1B shape."""
     from model_runtime.molmoe.kernels import attention as A, decode_moe as M, norm_rope as N, projections as G, router as R
 
     i32, f32 = "i32", "fp32"
@@ -48,6 +48,8 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
          {"DH": 128, "BLOCK_S": 32}),
         (R._router_topk_kernel, {"logits_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "E": i32},
          {"K": 8, "KMAX": 8, "NORM": False, "BLOCK_E": 64}),
+        (R._router_gemm_topk_kernel, {"h_ptr": BF, "wr_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "T": i32, "D": i32, "E": i32},
+         {"K": 8, "KMAX": 8, "NORM": False, "BLOCK_T": 16, "BLOCK_E": 64, "BLOCK_D": 128, "IEEE": False}),
         (M._moe_gate_up_kernel, {"x_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "out_ptr": BF, "K": i32, "P": i32, "D": i32, "I": i32},
          {"BLOCK_I": 32, "BLOCK_D": 256, "NS": 2}),
         (M._moe_down_kernel, {"act_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "y_ptr": "*fp32", "P": i32, "D": i32, "I": i32},
@@ -94,7 +96,7 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     on, off = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(on) == 9 and all(v == [1, 1, True] for v in on.values()), on
+    assert len(on) == 10 and all(v == [1, 1, True] for v in on.values()), on
     assert all(v == [0, 0, False] for v in off.values()), off
 
 
@@ -123,15 +125,16 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         kw = dict(top_k_per_block=KnobSpace().plan(config).top_k_per_block, p=1, eos_token_id=-1,
                   pad_token_id=CFG.tokens.pad, max_new_tokens=6)
         outs = {}
-        for gemv in ("cublas", "triton"):
+        for form in (("cublas", "split"), ("triton", "split"), ("triton", "fused")):
             for pdl in (False, True):
-                lm.use_fast_path(pdl=pdl, decode_gemv=gemv)
+                lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1])
                 try:
-                    outs[gemv, pdl] = greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8))
+                    outs[form, pdl] = greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8))
                 finally:
                     lm.use_fast_path(False)
-            plain, pdl_on = outs[gemv, False], outs[gemv, True]
+            plain, pdl_on = outs[form, False], outs[form, True]
             assert pdl_on.tokens == plain.tokens and pdl_on.decode_steps == plain.decode_steps == 5
             assert torch.equal(pdl_on.first_logits, plain.first_logits)
-        # the Triton GEMVs sum in another order than cuBLAS: the same tokens (float32 model)
-        assert outs["triton", True].tokens == outs["cublas", False].tokens
+        # the Triton GEMVs and the one-kernel router sum in another order than cuBLAS: the same tokens (float32 model)
+        assert outs[("triton", "split"), True].tokens == outs[("cublas", "split"), False].tokens
+        assert outs[("triton", "fused"), True].tokens == outs[("cublas", "split"), False].tokens

@@ -44,6 +44,11 @@ DECODE_EXPERT_FORMS: tuple[str, ...] = ("pairs", "sorted")
 #: The decode step's dense projections: torch's matmul (cuBLAS on a GPU; the default) or the Triton
 #: GEMV kernel, which takes part in programmatic dependent launch (``pdl``)
 DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton")
+#: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (the default), or both
+#: in one kernel (:func:`~model_runtime.molmoe.kernels.router.router_gemm_topk`: one kernel boundary fewer a block)
+DECODE_ROUTER_FORMS: tuple[str, ...] = ("split", "fused")
+#: hidden columns per step of the fused router at decode (a row's 64 router logits in one program)
+DECODE_ROUTER_BLOCK_D = 128
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -174,10 +179,14 @@ class FusedLM:
             :data:`DECODE_GEMV_FORMS`: ``"cublas"`` (torch's matmul) or ``"triton"``
             (:func:`~model_runtime.molmoe.kernels.projections.gemv`, which joins the ``pdl`` chain; batches of
             more than 16 rows keep the matmul).
+        decode_router: the decode step's router, see :data:`DECODE_ROUTER_FORMS`: ``"split"`` (the
+            projection, then the top-k kernel) or ``"fused"`` (both in one kernel; either way the logits
+            are rounded to the model's dtype before the float32 softmax, as the router's linear layer returns them).
     """
 
     def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
-                 decode_experts: str = "pairs", pdl: bool = False, decode_gemv: str = "cublas") -> None:
+                 decode_experts: str = "pairs", pdl: bool = False, decode_gemv: str = "cublas",
+                 decode_router: str = "split") -> None:
         device = lm.lm_head.weight.device
         self.lm = lm
         self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
@@ -195,6 +204,9 @@ class FusedLM:
         if decode_gemv not in DECODE_GEMV_FORMS:
             raise ValueError(f"unknown decode GEMV form {decode_gemv!r}; choose from {DECODE_GEMV_FORMS}")
         self.decode_gemv = decode_gemv
+        if decode_router not in DECODE_ROUTER_FORMS:
+            raise ValueError(f"unknown decode router form {decode_router!r}; choose from {DECODE_ROUTER_FORMS}")
+        self.decode_router = decode_router
         cfg = lm.config
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(cfg.num_key_value_heads)
@@ -298,7 +310,11 @@ class FusedLM:
             )
             attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be, pdl=pdl)
             hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
-            weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
+            if self.decode_router == "fused":
+                weights, idx = dk.router_gemm_topk(h2, w.router, plan[b], self.norm_topk_prob, be,
+                                                   block_d=DECODE_ROUTER_BLOCK_D, pdl=pdl)
+            else:
+                weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
             last = n + 1 == len(active)
             # the combine also applies the next block's input norm (the final norm after the last)
             norm_w = final.weight if last else self.blocks[active[n + 1]].ln_in

@@ -223,7 +223,8 @@ class MolmoeLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ fast path
     def use_fast_path(self, enabled: bool = True, *, backend: str | None = None, routed_form: str | None = None,
-                      decode_experts: str = "pairs", pdl: bool = False, decode_gemv: str = "cublas") -> "FusedLM | None":
+                      decode_experts: str = "pairs", pdl: bool = False, decode_gemv: str = "cublas",
+                      decode_router: str = "split") -> "FusedLM | None":
         """Run blocks through :class:`~model_runtime.molmoe.fused_lm.FusedLM` (packed Q/K/V, fused
         norms, SDPA, grouped-GEMM experts; Triton ops on CUDA) instead of transformers' modules.
 
@@ -235,7 +236,7 @@ class MolmoeLanguageModel(nn.Module):
         from .fused_lm import FusedLM
 
         self.fused = FusedLM(self, backend=backend, routed_form=routed_form, decode_experts=decode_experts, pdl=pdl,
-                             decode_gemv=decode_gemv)
+                             decode_gemv=decode_gemv, decode_router=decode_router)
         return self.fused
 
     # ------------------------------------------------------------------ sizes

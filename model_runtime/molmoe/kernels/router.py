@@ -63,7 +63,8 @@ if HAVE_TRITON:
     @triton.jit
     def _router_gemm_topk_kernel(h_ptr, wr_ptr, w_ptr, idx_ptr, T, D, E, K: tl.constexpr, KMAX: tl.constexpr,
                                  NORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                                 BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                                 BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
+        pdl_enter(PDL)
         rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         mt = rows < T
         e = tl.arange(0, BLOCK_E)
@@ -110,14 +111,15 @@ def router_topk(
 
 def router_gemm_topk(
     h: torch.Tensor, router_weight: torch.Tensor, top_k: int, norm_topk_prob: bool, backend: Backend = "torch",
-    block_t: int = 64, block_d: int = 64,
+    block_t: int = 64, block_d: int = 64, pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`router_topk` of the router logits ``h @ router_weight.T`` for (T, D) hidden states and
     an (E, D) router weight, in one kernel (a tile of ``block_t`` tokens per program, ``block_d``
     hidden columns per step) instead of a GEMM with 64 output columns and a second kernel. The
     logits are rounded to h's dtype before the float32 softmax, as the router's linear layer
-    returns them. Not the fast path's default: with 64-token tiles a 1,000-token prefill's 16
-    programs took longer than the GEMM and the top-k kernel (benchmarks/RESULTS.md)."""
+    returns them. Not the prefill's form: with 64-token tiles a 1,000-token prefill's 16 programs took
+    longer than the GEMM and the top-k kernel (benchmarks/RESULTS.md); the decode step's with
+    ``FusedLM(decode_router="fused")``. ``pdl``: launched for programmatic dependent launch."""
     if backend == "torch":
         return router_topk(h @ router_weight.T, top_k, norm_topk_prob, backend)
     n_tok, dim = h.shape
@@ -128,5 +130,5 @@ def router_gemm_topk(
     _router_gemm_topk_kernel[(triton.cdiv(n_tok, block_t),)](
         h.contiguous(), router_weight.contiguous(), w, idx, n_tok, dim, n_exp, K=top_k, KMAX=_p2(top_k),
         NORM=bool(norm_topk_prob), BLOCK_T=block_t, BLOCK_E=max(16, _p2(n_exp)), BLOCK_D=max(16, min(_p2(block_d), _p2(dim))),
-        IEEE=h.dtype == torch.float32)
+        IEEE=h.dtype == torch.float32, **pdl_options(pdl))
     return w, idx
