@@ -85,7 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="first steps in which the print-supervision loss trains its heads only (a random head's "
                          "gradients would scramble a trained tower's tokens)")
     ap.add_argument("--print-head-lr", type=float, default=1e-3, help="the print-supervision heads' constant learning rate")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (most of a step's GPU time)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (faster at batch 512, slower at 64 on an H200: benchmarks/RESULTS.md)")
     ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
                     help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "
                          "fast one task is learned; default: TrainDataConfig's mix")

@@ -25,7 +25,7 @@
 # which changes rounding only.
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it.
-# Device time: ≈ 60 minutes of training on one H200 (≈ 66 on an H100) and ≈ 5 of building.
+# Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building.
 set -euo pipefail
 W=${1:?usage: reproduce_default.sh WORK [--status]}
 PY=${PYTHON:-python3}
