@@ -9,8 +9,8 @@ logs evaluated, and the val exact match per task at the last such step, next to 
 run's (its ``train_log.csv`` in ``benchmarks/logs``), and the training batches' exact match per task
 (full configuration) averaged over the stage's last ``--window`` steps in both logs. The val set is
 4 batches (about 40 examples a task), so single evaluations differ by a few hundredths between two
-runs of one recipe; the training window holds thousands of examples a task, so it is the per-task
-figure to read (its sampling error is about a point; two runs of one recipe differ by more).
+runs of one recipe; the training window holds hundreds to thousands of answers a task (300 steps of 64
+with half asked for captions: 480-2,400), so it is the per-task figure to read.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@
 # PART 4: the persistent decode step: its option sweep, the 25 points, the barriers and its correctness checks
 #         (decode and persistent together took more than 10 minutes on an H100);
 # PART 5: the decode step's variants in one shorter call: the PDL tests on the GPU, then decode at the four corners
-#         and batching, each with the variants (Triton GEMV, programmatic dependent launch, both).
+#         and batching, each with the variants (bench_fast_path's DECODE_VARIANTS: the Triton GEMV, programmatic
+#         dependent launch, the one-kernel router, and their combinations).
 # VARIANT=NAME (default: default) runs the sections with that decode form as if it were the default
-# (bench_fast_path --decode-variant: default, triton_gemv, pdl, pdl_triton_gemv), its correctness checks included.
+# (bench_fast_path --decode-variant NAME, a name of DECODE_VARIANTS), its correctness checks included.
 # A failing kernel test is reported and the measurements still run. Each part prints issue 15's bars for the sections it
 # ran; every JSON is rewritten after each section, so a part cut short keeps what it measured.
 set -euo pipefail

@@ -27,7 +27,7 @@
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it.
 # Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building.
 set -euo pipefail
-W=${1:?usage: reproduce_default.sh WORK [--status]}
+W=${1:?usage: reproduce_default.sh WORK [--status | --travel]}
 PY=${PYTHON:-python3}
 STOP_AFTER=${STOP_AFTER:-470}
 CALL_SECONDS=${CALL_SECONDS:-0}

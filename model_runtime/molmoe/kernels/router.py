@@ -118,7 +118,7 @@ def router_gemm_topk(
     hidden columns per step) instead of a GEMM with 64 output columns and a second kernel. The
     logits are rounded to h's dtype before the float32 softmax, as the router's linear layer
     returns them. Not the prefill's form: with 64-token tiles a 1,000-token prefill's 16 programs took
-    longer than the GEMM and the top-k kernel (benchmarks/RESULTS.md); the decode step's with
+    longer than the GEMM and the top-k kernel (benchmarks/RESULTS.md). The decode step uses it with
     ``FusedLM(decode_router="fused")``. ``pdl``: launched for programmatic dependent launch."""
     if backend == "torch":
         return router_topk(h @ router_weight.T, top_k, norm_topk_prob, backend)
