@@ -4,7 +4,8 @@
 [--compile-batch-sizes 512] [--reuse 1 4] [--data-seconds 15] [--engine-requests 150] [--recipe-of CKPT]`` prints:
 
 1. training step time of one model (bf16, dense experts, foreach AdamW on float32 masters) per
-   batch size, on a fixed rendered batch (no data loader), eager and with ``--compile``; peak
+   batch size, on a fixed rendered batch (no data loader), eager, with ``--compile`` and, for a crop
+   stem (hybrid, fine), eager with the stem in channels-last memory format (``--channels-last``); peak
    memory; one profiled eager step (GPU kernel time, launch count, and the share of the step's
    wall time the GPU was busy: well under 1 means the host's launches set the pace, not the GPU).
    ``--recipe-of CKPT`` times the recipe a trained checkpoint was made with: its model config
@@ -153,10 +154,14 @@ def main() -> None:
         figures[f"{label}_profiled_wall_ms@{bs}"] = wall
         figures[f"{label}_gpu_busy@{bs}"] = busy
 
-    for label, batch_sizes in (("eager", args.batch_sizes), ("compiled", args.compile_batch_sizes)):
+    # a crop stem (hybrid, fine) is timed eager in channels-last memory format too (train_model --channels-last)
+    crop_stem = config.vit_patch_stem in ("hybrid", "fine")
+    for label, batch_sizes in (("eager", args.batch_sizes), ("compiled", args.compile_batch_sizes),
+                               ("eager_channels_last", args.batch_sizes if crop_stem else [])):
         if not batch_sizes:
             continue
-        cfg = TrainConfig(recipes={"plain": 0.0}, compile=label == "compiled", **losses)
+        cfg = TrainConfig(recipes={"plain": 0.0}, compile=label == "compiled", channels_last=label == "eager_channels_last",
+                          **losses)
         run = Run("plain", 0.0, config, cfg, dev, dtype)
         for bs in batch_sizes:
             try:

@@ -86,6 +86,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          "gradients would scramble a trained tower's tokens)")
     ap.add_argument("--print-head-lr", type=float, default=1e-3, help="the print-supervision heads' constant learning rate")
     ap.add_argument("--compile", action="store_true", help="torch.compile the dense experts (faster at batch 512, slower at 64 on an H200: benchmarks/RESULTS.md)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="run the crop stems (--patch-stem hybrid or fine) in channels-last memory format (cuDNN's NHWC kernels)")
     ap.add_argument("--task-weights", nargs="+", default=None, metavar="TASK=W",
                     help="sampling weight per suite task (tasks left out are not trained on), e.g. to measure how "
                          "fast one task is learned; default: TrainDataConfig's mix")
@@ -259,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig(seed=args.seed, suite_seed=seed, steps=args.steps, time_budget_s=args.time_budget, stop_after_s=args.stop_after,
                       stop_at_step=args.stop_at_step, batch_size=args.batch_size, lr=args.lr,
                       lr_scale=parse_lr_scale(args.lr_scale), recipes=recipes, num_workers=args.workers,
-                      eval_every=args.eval_every, compile=args.compile, word_presence=args.word_presence,
+                      eval_every=args.eval_every, compile=args.compile, channels_last=args.channels_last, word_presence=args.word_presence,
                       word_presence_sites=tuple(args.word_presence_sites),
                       print_loss=args.print_loss, print_sites=tuple(args.print_sites),
                       print_head_warmup=args.print_head_warmup, print_head_lr=args.print_head_lr,

@@ -8,6 +8,7 @@ the runtime runs.
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 
@@ -729,3 +730,24 @@ def test_train_model_cli_trains_a_wider_tower(tmp_path):
     loaded, _ = load_molmoe_checkpoint(tmp_path / "ckpt" / "plain")
     assert (loaded.config.vit_hidden, loaded.config.vit_mlp, loaded.config.pool_head_dim) == (256, 1024, 64)
     assert loaded.config.n_layers == 16 and loaded.config.num_experts == 64
+
+
+def test_a_channels_last_stem_trains_as_the_default_layout_does(tmp_path, tokenizer):
+    # the same function in another memory format: the same losses to rounding, a checkpoint in the usual layout
+    from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint
+
+    cfg = tiny_small(tokens=special_tokens_from(tokenizer), vit_patch_stem="hybrid")
+    losses, weights = {}, {}
+    for cl in (False, True):
+        tcfg = TrainConfig(steps=2, batch_size=2, num_workers=0, eval_every=2, val_batches=1, warmup_steps=1,
+                           recipes={"plain": 0.0}, channels_last=cl, data=TrainDataConfig(batch_size=2))
+        out = tmp_path / f"cl{int(cl)}"
+        train(tcfg, out, tokenizer, device="cpu", config=cfg, log=lambda s: None)
+        rows = list(csv.DictReader(open(out / "train_log.csv")))
+        losses[cl] = [float(r["plain/loss"]) for r in rows]
+        model, _ = load_molmoe_checkpoint(out / "plain", dtype=torch.float32, device="cpu")
+        stem = model.vision.patch_stem
+        assert not stem.channels_last and stem.net[0].weight.is_contiguous()  # saved and loaded in the usual layout
+        weights[cl] = stem.net[0].weight
+    assert np.allclose(losses[True], losses[False], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(weights[True], weights[False], atol=1e-5)

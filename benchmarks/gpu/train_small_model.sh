@@ -27,6 +27,8 @@
 # "FIELD=VALUE ...", e.g. "vit_hidden=256 pool_head_dim=64 vit_mlp=1024" for a wider vision tower).
 # COMPILE (default 1) torch.compiles the dense experts (train_model --compile); COMPILE=0 trains eager, which is the
 # faster of the two at batch 64 (benchmarks/RESULTS.md "Where a training step's time goes").
+# CHANNELS_LAST=1 (default 0) runs a crop stem (PATCH_STEM hybrid or fine) in channels-last memory format (train_model
+# --channels-last; bench_small_model times it next to the default layout).
 # WORKERS (default 15) is the number of data-loader workers that render the training stream (train_model --workers; two
 # runs side by side on one 16-core machine take 7 each).
 # BATCH (default 512) is the batch size; REUSE (default 4) the times each rendered example is trained on
@@ -52,6 +54,7 @@ PRINT_SITES=${PRINT_SITES:-tokens}
 BATCH=${BATCH:-512}
 WORKERS=${WORKERS:-15}
 COMPILE=${COMPILE:-1}
+CHANNELS_LAST=${CHANNELS_LAST:-0}
 LR=${LR:-2e-3}
 REUSE=${REUSE:-4}
 STOP_AFTER=${STOP_AFTER:-0}
@@ -72,7 +75,7 @@ else
   $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test --overwrite
 fi
 $PY -m experiments.train_model --suite "$W/suite" --out "$W/ckpt" --device cuda --time-budget "$BUDGET" \
-    --steps "$STEPS" --stop-after "$STOP_AFTER" --stop-at-step "$STOP_AT_STEP" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --reuse "$REUSE" $([ "$COMPILE" = 1 ] && echo --compile) --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
+    --steps "$STEPS" --stop-after "$STOP_AFTER" --stop-at-step "$STOP_AT_STEP" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --reuse "$REUSE" $([ "$COMPILE" = 1 ] && echo --compile) $([ "$CHANNELS_LAST" = 1 ] && echo --channels-last) --recipes plain=0 --caption-rate "$CAPTION_RATE" --patch-stem "$PATCH_STEM" --word-presence "$WORD_PRESENCE" \
     --first-example "$FIRST_EXAMPLE" \
     --word-presence-sites $WORD_PRESENCE_SITES --print-loss "$PRINT_LOSS" --print-sites $PRINT_SITES $MODE \
     ${INIT_FROM:+--init-from "$INIT_FROM"} ${SPLIT_DIGITS:+--split-digits} ${LR_SCALE:+--lr-scale $LR_SCALE} ${TASK_WEIGHTS:+--task-weights $TASK_WEIGHTS} ${MODEL_CONFIG:+--model-config $MODEL_CONFIG}

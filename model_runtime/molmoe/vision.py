@@ -33,6 +33,27 @@ def patches_to_crops(patches: torch.Tensor, patch: int) -> torch.Tensor:
     return patches.reshape(n, s, s, patch, patch, 3).permute(0, 5, 1, 3, 2, 4).reshape(n, 3, s * patch, s * patch)
 
 
+def patches_to_crops_channels_last(patches: torch.Tensor, patch: int) -> torch.Tensor:
+    """:func:`patches_to_crops` with channels-last strides (the same values; one copy, into (N, H, W, 3) order)."""
+    n, n_patches, _ = patches.shape
+    s = int(round(n_patches ** 0.5))
+    hwc = patches.reshape(n, s, s, patch, patch, 3).permute(0, 1, 3, 2, 4, 5).reshape(n, s * patch, s * patch, 3)
+    return hwc.permute(0, 3, 1, 2)
+
+
+def set_channels_last(model: nn.Module, on: bool = True) -> int:
+    """Run the crop stems of ``model`` (:class:`CropConvStem`, :class:`FineCropConvStem`) in channels-last
+    memory format: their conv weights and the crops they read (the same values and function; cuDNN's
+    NHWC kernels instead of NCHW). Returns how many stems were switched."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (CropConvStem, FineCropConvStem)):
+            m.net.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+            m.channels_last = on
+            n += 1
+    return n
+
+
 def patch_stem_for(config: MolmoeConfig) -> nn.Module | None:
     """The module that replaces the linear patch embedding under ``config.vit_patch_stem`` (None: linear)."""
     if config.vit_patch_stem == "conv":
@@ -81,6 +102,9 @@ class CropConvStem(nn.Module):
     (``benchmarks.bench_tower_reading``, benchmarks/RESULTS.md "Fifth and sixth H200 runs").
     """
 
+    #: channels-last memory format (:func:`set_channels_last`)
+    channels_last = False
+
     def __init__(self, patch: int, side: int, width: int) -> None:
         super().__init__()
         self.patch = patch
@@ -92,7 +116,8 @@ class CropConvStem(nn.Module):
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.net(patches_to_crops(patches, self.patch)).flatten(2).transpose(1, 2)
+        to_crops = patches_to_crops_channels_last if self.channels_last else patches_to_crops
+        return self.net(to_crops(patches, self.patch)).flatten(2).transpose(1, 2)
 
 
 class FineCropConvStem(nn.Module):
@@ -112,6 +137,9 @@ class FineCropConvStem(nn.Module):
     one 0.57 (``benchmarks.bench_stem_digits``; benchmarks/RESULTS.md "Sixteenth H200 run").
     """
 
+    #: channels-last memory format (:func:`set_channels_last`)
+    channels_last = False
+
     def __init__(self, patch: int, width: int) -> None:
         super().__init__()
         if patch % 2:
@@ -125,7 +153,8 @@ class FineCropConvStem(nn.Module):
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.net(patches_to_crops(patches, self.patch)).flatten(2).transpose(1, 2)
+        to_crops = patches_to_crops_channels_last if self.channels_last else patches_to_crops
+        return self.net(to_crops(patches, self.patch)).flatten(2).transpose(1, 2)
 
 
 class MolmoeVisionTower(nn.Module):

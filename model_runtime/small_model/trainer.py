@@ -54,6 +54,7 @@ from model_runtime.molmoe.preprocessing import normalize_patches
 from model_runtime.molmoe.tokenizer import TextTokenizer
 
 from model_runtime.molmoe.dense_experts import compile_dense_moe, dense_experts
+from model_runtime.molmoe.vision import set_channels_last
 from .training_data import IGNORE, SuiteStream, TrainDataConfig
 from .print_supervision import PrintLoss, target_grids
 from .word_presence import WordPresence
@@ -112,6 +113,7 @@ class TrainConfig:
     num_workers: int = 14
     eval_every: int = 250
     compile: bool = False  # torch.compile the dense experts (model_runtime.molmoe.dense_experts)
+    channels_last: bool = False  # the crop stems in channels-last memory format (model_runtime.molmoe.vision)
     val_batches: int = 4
     vocab_size: int = 1024
     tokenizer_corpus: int = 6000
@@ -229,6 +231,8 @@ class Run:
         torch.manual_seed(cfg.seed)
         with torch.device(device):
             model = MolmoeModel(config, experts_implementation="eager")
+        if cfg.channels_last:  # before the master copies, which keep each weight's memory format
+            set_channels_last(model)
         self.master = [p.detach().float().clone().requires_grad_(True) for p in model.parameters()]
         self.model = model.to(dtype).train()
         groups: dict[tuple[float, bool], list[torch.Tensor]] = {}
