@@ -131,6 +131,7 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
             assert travel == [f"{work}/chain/run9/DONE", f"{work}/chain/run10/DONE", f"{work}/chain/run11a"]
     assert f"--init-from {work}/chain/run9/plain" in seen["run10"] and "--steps 3186" in seen["run10"]
     assert "--compile" in trains_run9 and not any("--compile" in c for c in seen.values())  # eager at batch 64
+    assert not any("--channels-last" in c for c in [trains_run9, *seen.values()])  # unless CHANNELS_LAST=1 asks
     assert "--stop-at-step 2376" in seen["run11a"] and "--stop-at-step 0" in seen["run11b"]
     assert "--split-digits" in seen["run12"] and "--first-example 1000000" in seen["run12"] and "--split-digits" not in seen["run11b"]
     assert f"--init-from {work}/chain/run13b/plain" in seen["run14"] and "--lr 3.5e-4" in seen["run14"]
@@ -159,12 +160,14 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
         assert out.returncode == 0, out.stderr
         return out.stdout
 
+    env["CHANNELS_LAST"] = "1"  # every stage's crop stem in channels-last memory format
     text = call(100)  # 100 - 75 s of overhead leave less than a piece's minimum: nothing starts
     assert "too little for a training piece" in text and not log.exists()
     stop.touch()  # the first piece runs out of its time; the same call resumes it, then takes every other stage
     text = call(1000)
     trains = [c for c in log.read_text().splitlines() if "train_model" in c]
     assert len(trains) == 9 and "--resume" not in trains[0] and "--resume" in trains[1]
+    assert all("--channels-last" in c for c in trains)
     assert all(int(c.split("--stop-after ")[1].split()[0]) in range(880, 926) for c in trains)  # what is left, less 75 s
     assert "too little for the build" not in text and "experiments.build_cache" in log.read_text()
     assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]

@@ -22,7 +22,8 @@
 # machine that holds a part-trained stage (WORK/ckpt) leaves its resume intact.
 # The stages at batch 64 train eager (COMPILE=0 of train_small_model.sh): on one H200 a compiled step took 158 ms there
 # and an eager one 125 ms (benchmarks/RESULTS.md "Where a training step's time goes"); the originals were compiled,
-# which changes rounding only.
+# which changes rounding only. CHANNELS_LAST=1 runs every stage's crop stem in channels-last memory format
+# (train_small_model.sh CHANNELS_LAST; the same function, other kernels), for when bench_small_model finds it faster.
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it.
 # Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building.
@@ -113,6 +114,7 @@ piece() {
     INIT=; [ $RESUME = 0 ] && [ -n "$FROM" ] && INIT="$W/chain/$FROM/plain"
     env PATCH_STEM=hybrid WORD_PRESENCE=0.5 WORD_PRESENCE_SITES="stem tokens" CAPTION_RATE=0.5 \
         LR_SCALE="lm.=0.1 connector.=0.1" SKIP_GRID=1 PRINT_LOSS=0 BATCH=$BATCH REUSE=$REUSE LR=$LR COMPILE=$COMPILE \
+        CHANNELS_LAST="${CHANNELS_LAST:-0}" \
         TASK_WEIGHTS="$MIX" FIRST_EXAMPLE=$FIRST SPLIT_DIGITS=$DIGITS STOP_AFTER="$PIECE_STOP_AFTER" STOP_AT_STEP=$STOP_AT \
         RESUME=$RESUME INIT_FROM="$INIT" PYTHON="$PY" \
         bash "$HERE/train_small_model.sh" "$W" 960 "$STEPS"
