@@ -15,8 +15,9 @@ Sections, all in one process so that every ratio compares figures of the same ru
    defines), each with its byte floor = bytes that must be read (Q/K/V/O and router weights of
    the active blocks, their routed experts, the LM head, the KV cache) / the copy rate; the two
    corners again with ``decode_experts="sorted"``, and the four corners for each decode variant
-   (``decode_variants``): the projections as the Triton GEMV (``decode_gemv="triton"``) and, on
-   Hopper, the kernels launched for programmatic dependent launch (``pdl=True``) with either form.
+   (``decode_variants``, :data:`DECODE_VARIANTS`): the projections as the Triton GEMV
+   (``decode_gemv="triton"``), the router in one kernel (``decode_router="fused"``) and, on Hopper,
+   the kernels launched for programmatic dependent launch (``pdl=True``), alone and combined.
 3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
@@ -85,8 +86,6 @@ KS = KnobSpace()
 #: every section, in the order a run takes them (``--sections`` picks any of them)
 SECTIONS: tuple[str, ...] = ("ceilings", "decode", "kernels", "hf", "prefill", "prefill_kernels", "experts", "batching",
                              "vision", "correctness", "persistent")
-#: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
-#: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
 #: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
 #: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
 DECODE_VARIANTS: dict[str, dict[str, Any]] = {
@@ -97,7 +96,8 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "fused_router": {"decode_router": "fused"},
     "pdl_triton_gemv_fused_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "fused"},
 }
-
+#: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
+#: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
 EXPERT_TILES: list[dict[str, int]] = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": st}
     for bm, bn, bk, w, st in ((64, 128, 64, 4, 3), (64, 128, 64, 4, 5), (64, 64, 128, 4, 4), (128, 128, 64, 8, 3),
@@ -476,7 +476,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny shape, few points (CPU smoke)")
     ap.add_argument("--decode-variant", choices=tuple(DECODE_VARIANTS), default="default",
                     help="the decode step's form for every section, as if it were the default (its correctness too): "
-                         "the Triton GEMV for the projections, programmatic dependent launch (Hopper), or both")
+                         "one of DECODE_VARIANTS (the Triton GEMV, the one-kernel router, programmatic dependent "
+                         "launch on Hopper, and their combinations)")
     ap.add_argument("--decode-grid", choices=("all", "corners"), default="all",
                     help="the decode table's (top-k, blocks) points: all 25 or the four corners (a shorter run)")
     ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,prefill_kernels,experts,batching,vision,correctness")
@@ -547,8 +548,8 @@ def main() -> None:
         raise SystemExit(f"bench_fast_path: --decode-variant {args.decode_variant}: {exc}") from None
     capture = cuda_graph_capture if dev.type == "cuda" else eager_capture
     dec = GraphDecoder(lm, max_graphs=32, capture=capture)
-    # the decode step's variants timed beside the run's own form (use_fast_path options): the projections as the
-    # Triton GEMV and, where programmatic dependent launch can run (Hopper and later), its launches with either form
+    # the decode step's variants timed beside the run's own form, those with programmatic dependent launch only where
+    # it can run (Hopper and later)
     hopper = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
     variants = {name: opts for name, opts in DECODE_VARIANTS.items() if name != "default" and (hopper or "pdl" not in opts)}
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "

@@ -36,24 +36,14 @@ ORIGINAL_LOGS: dict[str, str | None] = {
 }
 
 
-def val_rows(path: Path) -> dict[int, dict[str, float]]:
-    """step → the val figures (``plain/val_ce``, ``plain/val_acc/<task>``) of a train log's evaluation rows."""
+def figures(rows: list[dict[str, str]], prefix: str) -> dict[int, dict[str, float]]:
+    """step → the figures named ``prefix...`` of a train log's rows (the prefix taken off), for the rows that have any:
+    ``plain/val_`` the evaluation rows (``ce``, ``acc/<task>``), ``plain/acc/`` the training batches' exact match."""
     out: dict[int, dict[str, float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("plain/val_ce"):
-                out[int(row["step"])] = {k: float(v) for k, v in row.items() if k.startswith("plain/val_") and v}
-    return out
-
-
-def train_acc_rows(path: Path) -> dict[int, dict[str, float]]:
-    """step → the training batches' exact match per task (``plain/acc/<task>``) of a train log's rows."""
-    out: dict[int, dict[str, float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            acc = {k.removeprefix("plain/acc/"): float(v) for k, v in row.items() if k.startswith("plain/acc/") and v}
-            if acc:
-                out[int(row["step"])] = acc
+    for row in rows:
+        found = {k.removeprefix(prefix): float(v) for k, v in row.items() if k.startswith(prefix) and v}
+        if found:
+            out[int(row["step"])] = found
     return out
 
 
@@ -71,16 +61,20 @@ def compare(stage: str, log: Path, logs_dir: Path = LOGS, window: int = 300) -> 
     name = ORIGINAL_LOGS[stage]
     if name is None:
         return {"stage": stage, "original": None, "note": "the original run's log of this stage was not kept"}
-    ours, theirs = val_rows(log), val_rows(logs_dir / name)
-    steps = sorted(set(ours) & set(theirs))
+    with open(log, newline="") as f:
+        our_log = list(csv.DictReader(f))
+    with open(logs_dir / name, newline="") as f:
+        their_log = list(csv.DictReader(f))
+    ours, theirs = figures(our_log, "plain/val_"), figures(their_log, "plain/val_")
+    steps = sorted(s for s in set(ours) & set(theirs) if "ce" in ours[s] and "ce" in theirs[s])
     if not steps:
         raise ValueError(f"{log} and {name} share no evaluated step")
-    rows = [{"step": s, "original_val_ce": theirs[s]["plain/val_ce"], "val_ce": ours[s]["plain/val_ce"],
-             "diff": ours[s]["plain/val_ce"] - theirs[s]["plain/val_ce"]} for s in steps]
+    rows = [{"step": s, "original_val_ce": theirs[s]["ce"], "val_ce": ours[s]["ce"], "diff": ours[s]["ce"] - theirs[s]["ce"]}
+            for s in steps]
     last = steps[-1]
-    tasks = sorted(k.removeprefix("plain/val_acc/") for k in set(ours[last]) & set(theirs[last]) if k.startswith("plain/val_acc/"))
-    acc = {t: {"original": theirs[last][f"plain/val_acc/{t}"], "this": ours[last][f"plain/val_acc/{t}"]} for t in tasks}
-    ours_tr, theirs_tr = train_acc_rows(log), train_acc_rows(logs_dir / name)
+    tasks = sorted(k.removeprefix("acc/") for k in set(ours[last]) & set(theirs[last]) if k.startswith("acc/"))
+    acc = {t: {"original": theirs[last][f"acc/{t}"], "this": ours[last][f"acc/{t}"]} for t in tasks}
+    ours_tr, theirs_tr = figures(our_log, "plain/acc/"), figures(their_log, "plain/acc/")
     shared = sorted(set(ours_tr) & set(theirs_tr))
     in_window = [s for s in shared if s > shared[-1] - window] if shared else []
     mine, orig = window_means(ours_tr, in_window), window_means(theirs_tr, in_window)

@@ -128,6 +128,8 @@ def test_patches_to_crops_inverts_patchify():
     crops = np.random.default_rng(0).integers(0, 256, size=(2, 168, 168, 3), dtype=np.uint8)
     back = patches_to_crops(torch.from_numpy(_patchify(crops, 14)), 14)
     assert torch.equal(back.permute(0, 2, 3, 1), torch.from_numpy(crops))
+    nhwc = patches_to_crops(torch.from_numpy(_patchify(crops, 14)), 14, channels_last=True)  # same values, NHWC strides
+    assert torch.equal(nhwc, back) and nhwc.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("stem", ["conv", "hybrid", "fine"])

@@ -128,7 +128,7 @@ piece() {
     cp "$W/ckpt/train_summary.json" "$W/chain/$S/"
     touch "$W/chain/$S/DONE"
     echo "[reproduce_default] stage $S done: $W/chain/$S/plain"
-    if [ -f "$W/ckpt/train_log.csv" ]; then  # the stage's val figures next to the original run's (information only)
+    if [ -f "$W/ckpt/train_log.csv" ]; then  # the stage's figures next to the original run's (information only)
       cp "$W/ckpt/train_log.csv" "$W/chain/$S/"
       $PY -m benchmarks.reproduction_check --stage "$S" --log "$W/chain/$S/train_log.csv" \
           --json "$W/chain/$S/reproduction_check.json" || echo "[reproduce_default] (the check of stage $S failed; the stage stands)"

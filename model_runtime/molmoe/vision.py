@@ -26,19 +26,15 @@ from torch import nn
 from .config import MolmoeConfig
 
 
-def patches_to_crops(patches: torch.Tensor, patch: int) -> torch.Tensor:
-    """(N, s·s, p·p·3) patch vectors in ``(dh dw c)`` order → (N, 3, s·p, s·p) crops (channels first)."""
+def patches_to_crops(patches: torch.Tensor, patch: int, channels_last: bool = False) -> torch.Tensor:
+    """(N, s·s, p·p·3) patch vectors in ``(dh dw c)`` order → (N, 3, s·p, s·p) crops (channels first), in one copy:
+    laid out (N, C, H, W), or with ``channels_last`` (N, H, W, C) (the same values, channels-last strides)."""
     n, n_patches, _ = patches.shape
     s = int(round(n_patches ** 0.5))
-    return patches.reshape(n, s, s, patch, patch, 3).permute(0, 5, 1, 3, 2, 4).reshape(n, 3, s * patch, s * patch)
-
-
-def patches_to_crops_channels_last(patches: torch.Tensor, patch: int) -> torch.Tensor:
-    """:func:`patches_to_crops` with channels-last strides (the same values; one copy, into (N, H, W, 3) order)."""
-    n, n_patches, _ = patches.shape
-    s = int(round(n_patches ** 0.5))
-    hwc = patches.reshape(n, s, s, patch, patch, 3).permute(0, 1, 3, 2, 4, 5).reshape(n, s * patch, s * patch, 3)
-    return hwc.permute(0, 3, 1, 2)
+    grid = patches.reshape(n, s, s, patch, patch, 3)
+    if channels_last:
+        return grid.permute(0, 1, 3, 2, 4, 5).reshape(n, s * patch, s * patch, 3).permute(0, 3, 1, 2)
+    return grid.permute(0, 5, 1, 3, 2, 4).reshape(n, 3, s * patch, s * patch)
 
 
 def set_channels_last(model: nn.Module, on: bool = True) -> int:
@@ -116,8 +112,7 @@ class CropConvStem(nn.Module):
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        to_crops = patches_to_crops_channels_last if self.channels_last else patches_to_crops
-        return self.net(to_crops(patches, self.patch)).flatten(2).transpose(1, 2)
+        return self.net(patches_to_crops(patches, self.patch, self.channels_last)).flatten(2).transpose(1, 2)
 
 
 class FineCropConvStem(nn.Module):
@@ -153,8 +148,7 @@ class FineCropConvStem(nn.Module):
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        to_crops = patches_to_crops_channels_last if self.channels_last else patches_to_crops
-        return self.net(to_crops(patches, self.patch)).flatten(2).transpose(1, 2)
+        return self.net(patches_to_crops(patches, self.patch, self.channels_last)).flatten(2).transpose(1, 2)
 
 
 class MolmoeVisionTower(nn.Module):
