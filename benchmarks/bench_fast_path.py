@@ -466,6 +466,19 @@ def issue15_bars(res: dict[str, Any], context: int) -> list[dict[str, Any]]:
     return bars
 
 
+def best_decode_variant(res: dict[str, Any]) -> str:
+    """The decode variant of a run's ``decode_variants`` that beat the default at every corner it timed, the one with
+    the lowest mean ms ratio to the default; ``"default"`` when none did. How ``fast_path.sh`` picks ``VARIANT=best``
+    from part 5's JSON for the longer parts."""
+    best, best_ratio = "default", 1.0
+    for name, var in (res.get("decode_variants") or {}).items():
+        ratios = [v["ms_per_token"] / v["default_ms"] for k, v in var.items()
+                  if k.startswith("k") and isinstance(v, dict) and "ms_per_token" in v and v.get("default_ms")]
+        if ratios and max(ratios) < 1.0 and sum(ratios) / len(ratios) < best_ratio:
+            best, best_ratio = name, sum(ratios) / len(ratios)
+    return best
+
+
 # ------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -493,7 +506,16 @@ def main() -> None:
     ap.add_argument("--expert-tiles", default=json.dumps(EXPERT_TILES),
                     help="JSON list of tile configurations (BLOCK_M/N/K, num_warps, num_stages) timed by the experts section")
     ap.add_argument("--out", default=None, help="JSON with every figure")
+    ap.add_argument("--best-variant-of", default=None, metavar="JSON",
+                    help="print the decode variant that an earlier run's JSON found fastest (best_decode_variant) and stop")
     args = ap.parse_args()
+    if args.best_variant_of:
+        try:
+            with open(args.best_variant_of) as f:
+                print(best_decode_variant(json.load(f)))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"bench_fast_path: --best-variant-of {args.best_variant_of}: {exc}") from None
+        return
     dev = torch.device(args.device)
     sections = set(args.sections.split(","))
     if sections - set(SECTIONS):

@@ -44,3 +44,24 @@ def test_a_decode_variant_that_cannot_run_is_refused(tmp_path: Path) -> None:
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith("bench_fast_path: --decode-variant pdl: pdl=True")
+
+
+def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_path: Path) -> None:
+    from benchmarks.bench_fast_path import best_decode_variant
+
+    def var(*ms: float) -> dict:
+        return {**{k: {"ms_per_token": m, "default_ms": 1.0} for k, m in zip(("k8b16", "k8b12", "k4b16", "k4b12"), ms)},
+                "ratio_k4b12_over_k8b16": 0.6}
+
+    res = {"decode_variants": {"pdl": var(0.99, 0.99, 0.99, 0.99), "gemv": var(0.90, 0.90, 0.90, 1.01),  # slower at one
+                               "both": var(0.97, 0.97, 0.97, 0.97)}}
+    assert best_decode_variant(res) == "both"
+    assert best_decode_variant({"decode_variants": {"gemv": var(0.90, 0.90, 0.90, 1.01)}}) == "default"
+    assert best_decode_variant({}) == "default"
+    # what fast_path.sh VARIANT=best calls, and a missing JSON named in one line
+    (tmp_path / "fast_path_5.json").write_text(json.dumps(res))
+    cli = [sys.executable, "-m", "benchmarks.bench_fast_path", "--best-variant-of"]
+    picked = subprocess.run([*cli, str(tmp_path / "fast_path_5.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert picked.returncode == 0 and picked.stdout.strip() == "both"
+    missing = subprocess.run([*cli, str(tmp_path / "none.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "bench_fast_path: --best-variant-of" in missing.stderr.strip().splitlines()[-1]

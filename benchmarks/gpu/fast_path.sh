@@ -12,7 +12,8 @@
 #         and batching, each with the variants (bench_fast_path's DECODE_VARIANTS: the Triton GEMV, programmatic
 #         dependent launch, the one-kernel router, and their combinations).
 # VARIANT=NAME (default: default) runs the sections with that decode form as if it were the default
-# (bench_fast_path --decode-variant NAME, a name of DECODE_VARIANTS), its correctness checks included.
+# (bench_fast_path --decode-variant NAME, a name of DECODE_VARIANTS), its correctness checks included; VARIANT=best takes
+# the variant that OUT/fast_path_5.json (an earlier part 5) found faster than the default at all four corners, if any.
 # A failing kernel test is reported and the measurements still run. Each part prints issue 15's bars for the sections it
 # ran; every JSON is rewritten after each section, so a part cut short keeps what it measured.
 set -euo pipefail
@@ -21,6 +22,10 @@ PART=${2:?usage: fast_path.sh OUT PART}
 PY=${PYTHON:-python3}
 VARIANT=${VARIANT:-default}
 mkdir -p "$OUT"
+if [ "$VARIANT" = best ]; then
+  VARIANT=$($PY -m benchmarks.bench_fast_path --best-variant-of "$OUT/fast_path_5.json")
+  echo "[fast_path] VARIANT=best: $VARIANT (from $OUT/fast_path_5.json)"
+fi
 case "$PART" in
   1) { $PY -m pytest -q -x tests/test_prefill_moe.py tests/test_decode_kernels.py tests/test_persistent_decode.py tests/test_pdl.py || true; } 2>&1 \
        | tail -5 | tee "$OUT/fast_path_tests.log"
