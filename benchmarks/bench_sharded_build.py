@@ -26,6 +26,11 @@ spans several time-limited calls on one machine (e.g. ``--nproc 1``, then ``--np
 1 --continue``). A launch cut short is not timed again over its leftovers: the benchmark names its
 files to remove.
 
+``--against CACHE``: each launch's merged cache is also compared with an existing cache of the same requests, e.g.
+the committed default, built by a plain ``experiments.build_cache`` on another GPU (``vs_against``: the mismatching
+fields with their counts, and the float features' largest differences). Reported, not a condition of the exit
+code: greedy tokens may flip where another GPU's bf16 kernels round differently.
+
 ``--kill-rank R``: one more launch at the largest N, where rank R is SIGKILLed once its shard's
 journal holds ``--kill-after-writes`` writes (a chunk's sample table or one configuration's
 outcomes each, ``cache.journal``; torchrun then stops the other ranks), then the same command
@@ -198,7 +203,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     ap.add_argument("--continue", dest="continue_", action="store_true",
                     help="--work holds an earlier call's finished launches (their nN.json records): keep them and run "
                          "the rest, so that one benchmark spans several time-limited calls on the same machine")
+    ap.add_argument("--against", type=Path, default=None, metavar="CACHE",
+                    help="also compare every launch's cache with this cache of the same requests (reported only)")
     args = ap.parse_args(argv[:cut])
+    if args.against is not None and not args.against.is_file():
+        raise SystemExit(f"bench_sharded_build: --against {args.against}: no such cache file")
     build_args = argv[cut + 1:]
     if any(a == "--out" or a.startswith("--out=") for a in build_args):
         raise SystemExit("bench_sharded_build: leave --out out of the builder's arguments (each launch gets its own)")
@@ -248,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if reference is not None:
                 run["vs_reference"] = compare(merged, reference)
             record.write_text(json.dumps(run, indent=1))
+        if args.against is not None and "vs_against" not in run:
+            res = compare_caches(run["merged"], args.against, tol=0.0)
+            run["vs_against"] = {"cache": str(args.against), "max_abs_diff": res["max_abs_diff"],
+                                 "mismatches": {k: n for k, n in res["mismatches"].items() if n and k not in FEATURES}}
+            record.write_text(json.dumps(run, indent=1))
         if reference is None:
             reference = Path(run["merged"])
         runs.append(run)
@@ -279,6 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "vs_reference" in r and r["vs_reference"]["max_abs_diff"]:
             print("        float features, largest |difference|: " + ", ".join(
                 f"{k} {v:.3g}" for k, v in r["vs_reference"]["max_abs_diff"].items()))
+    for r in runs:
+        if "vs_against" in r:
+            a = r["vs_against"]
+            print(f"the {r['nproc']}-process cache against {a['cache']}: " + (
+                "every score, token count, status and prediction equal" if not a["mismatches"] else
+                "differs in " + ", ".join(f"{k} ({n})" for k, n in a["mismatches"].items())) + "; float features, largest "
+                "|difference|: " + (", ".join(f"{k} {v:.3g}" for k, v in a["max_abs_diff"].items()) or "-"))
     if "killed" in result:
         k = result["killed"]
         print(f"killed rank {k['killed_rank']} of {k['nproc']} after {k['journal_writes_at_kill']} journaled write(s) "

@@ -82,6 +82,7 @@ carry ``shard = {"rank", "num_shards", "chunk_requests"}`` (set when the shard f
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
@@ -254,18 +255,25 @@ class BatchRunner:
                 out += self._run(run, reqs[start : start + n])
                 start += n
             return out
+        failure = None
         try:
             res = run(reqs)
         except Exception as exc:  # isolate the failing request(s); everything else goes on
-            oom = is_oom(exc)
+            failure = (is_oom(exc), type(exc).__name__, str(exc))
+        # Retried only here, after the except block: the exception's traceback holds the failed attempt's frames and
+        # with them its tensors, so a retry inside the block would run with that memory still taken (and each level of
+        # splitting would add its own: after one out-of-memory error every smaller batch failed too).
+        if failure is not None:
+            oom, name, text = failure
             if oom:
+                gc.collect()  # frames the traceback held may sit in reference cycles
                 _free_accelerator_memory()
                 self.batch_size = min(self.batch_size, max(1, len(reqs) // 2))
             if len(reqs) == 1:
-                return [f"{'out of memory: ' if oom else ''}{type(exc).__name__}: {exc}"]
+                return [f"{'out of memory: ' if oom else ''}{name}: {text}"]
             self.retries += 1
             half = len(reqs) // 2
-            self.log(f"batch of {len(reqs)} failed ({type(exc).__name__}: {str(exc)[:200]}); retrying as {half} + {len(reqs) - half}")
+            self.log(f"batch of {len(reqs)} failed ({name}: {text[:200]}); retrying as {half} + {len(reqs) - half}")
             return self._run(run, reqs[:half]) + self._run(run, reqs[half:])
         if len(res) != len(reqs):
             raise RuntimeError(f"runtime returned {len(res)} outcomes for {len(reqs)} requests")

@@ -231,6 +231,31 @@ def test_batch_runner_halves_on_oom_and_isolates_failures() -> None:
     assert all(len(c) <= 2 for c in calls[-3:])
 
 
+def test_batch_runner_retries_with_the_failed_attempts_memory_released() -> None:
+    """What an out-of-memory batch allocated is gone before its halves run: on one H100 a batch of 500 that ran out of
+    memory left its tensors alive through the exception's traceback while the retries ran, so every smaller batch ran
+    out too, down to single requests."""
+    import weakref
+
+    class Blob:  # stands for the tensors a failed batch allocated
+        pass
+
+    held: list[weakref.ref] = []
+    alive_at_retry: list[int] = []
+
+    def run(reqs: list[int]) -> list[str]:
+        alive_at_retry.append(sum(r() is not None for r in held))
+        blob = Blob()
+        held.append(weakref.ref(blob))
+        if len(reqs) > 1:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory ({blob!r} in this frame)")
+        return [f"out{r}" for r in reqs]
+
+    runner = BatchRunner(batch_size=4, log=lambda line: None)
+    assert runner(run, list(range(4))) == [f"out{r}" for r in range(4)]
+    assert alive_at_retry == [0] * 6  # 4, then 2 (the size drops to 1 for the rest), then 1 + 1 + 1 + 1
+
+
 def test_config_selection_splits_and_chunks() -> None:
     ks = KnobSpace()
     assert parse_config_selection("all", ks).tolist() == list(range(225))

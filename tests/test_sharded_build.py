@@ -8,6 +8,7 @@ SIGKILLed mid-build, the launch resumed with ``--resume``, and the merged result
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,14 +32,19 @@ def test_torchrun_shards_merge_and_a_killed_rank_resumes(tmp_path: Path, capsys)
     first = json.loads((work / "n1.json").read_text())
     with pytest.raises(SystemExit, match="earlier run"):  # without --continue an earlier run's files are kept
         bench.main(["--work", str(work), "--nproc", "1", "2", "--", *build])
-    assert bench.main(["--work", str(work), "--nproc", "1", "2", "--kill-rank", "1", "--continue", "--", *build]) == 0
+    against = tmp_path / "earlier.h5"  # stands for a cache built earlier by another command: the reference itself
+    shutil.copy(work / "n1.h5", against)
+    assert bench.main(["--work", str(work), "--nproc", "1", "2", "--kill-rank", "1", "--continue", "--against", str(against),
+                       "--", *build]) == 0
     printed = capsys.readouterr().out
+    assert f"the 2-process cache against {against}: every score, token count, status and prediction equal" in printed
     assert "the 1-process launch: kept from an earlier call" in printed and "equal to the reference: yes" in printed
     res = json.loads((work / "bench_sharded_build.json").read_text())
     one, two = res["runs"]
     assert one["wall_s"] == first["wall_s"]  # the reference was not launched again
     assert (one["nproc"], two["nproc"]) == (1, 2)
     assert one["valid"] and two["valid"] and two["vs_reference"]["equal"]
+    assert one["vs_against"]["mismatches"] == two["vs_against"]["mismatches"] == {}
     assert one["requests"] == two["requests"] == 12 and one["configs"] == 225
     assert one["ok_outcomes"] == two["ok_outcomes"] == 12 * 2  # the two selected configurations
     assert all(v == 0 for v in two["vs_reference"]["max_abs_diff"].values())  # same chunks, same float32 math
@@ -56,6 +62,8 @@ def test_torchrun_shards_merge_and_a_killed_rank_resumes(tmp_path: Path, capsys)
 
 
 def test_bad_arguments_are_named() -> None:
+    with pytest.raises(SystemExit, match="--against missing.h5: no such cache file"):
+        bench.main(["--work", "w", "--against", "missing.h5", "--", "--model", "m"])
     with pytest.raises(SystemExit, match="after '--'"):
         bench.main(["--work", "w"])
     with pytest.raises(SystemExit, match="leave --out out"):
