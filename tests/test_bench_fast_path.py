@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,7 +48,7 @@ def test_a_decode_variant_that_cannot_run_is_refused(tmp_path: Path) -> None:
     assert refused.stderr.strip().splitlines()[-1].startswith("bench_fast_path: --decode-variant pdl: pdl=True")
 
 
-def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_path: Path) -> None:
+def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_path: Path, monkeypatch, capsys) -> None:
     from benchmarks.bench_fast_path import best_decode_variant
 
     def var(*ms: float) -> dict:
@@ -59,9 +61,12 @@ def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_pat
     assert best_decode_variant({"decode_variants": {"gemv": var(0.90, 0.90, 0.90, 1.01)}}) == "default"
     assert best_decode_variant({}) == "default"
     # what fast_path.sh VARIANT=best calls, and a missing JSON named in one line
+    from benchmarks import bench_fast_path
+
     (tmp_path / "fast_path_5.json").write_text(json.dumps(res))
-    cli = [sys.executable, "-m", "benchmarks.bench_fast_path", "--best-variant-of"]
-    picked = subprocess.run([*cli, str(tmp_path / "fast_path_5.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert picked.returncode == 0 and picked.stdout.strip() == "both"
-    missing = subprocess.run([*cli, str(tmp_path / "none.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 1 and "bench_fast_path: --best-variant-of" in missing.stderr.strip().splitlines()[-1]
+    monkeypatch.setattr(sys, "argv", ["bench_fast_path", "--best-variant-of", str(tmp_path / "fast_path_5.json")])
+    bench_fast_path.main()
+    assert capsys.readouterr().out.strip() == "both"
+    monkeypatch.setattr(sys, "argv", ["bench_fast_path", "--best-variant-of", str(tmp_path / "none.json")])
+    with pytest.raises(SystemExit, match="bench_fast_path: --best-variant-of .*none.json"):
+        bench_fast_path.main()
