@@ -49,6 +49,7 @@ def test_a_decode_variant_that_cannot_run_is_refused(tmp_path: Path) -> None:
 
 
 def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_path: Path, monkeypatch, capsys) -> None:
+    from benchmarks import bench_fast_path
     from benchmarks.bench_fast_path import best_decode_variant
 
     def var(*ms: float) -> dict:
@@ -61,8 +62,6 @@ def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_pat
     assert best_decode_variant({"decode_variants": {"gemv": var(0.90, 0.90, 0.90, 1.01)}}) == "default"
     assert best_decode_variant({}) == "default"
     # what fast_path.sh VARIANT=best calls, and a missing JSON named in one line
-    from benchmarks import bench_fast_path
-
     (tmp_path / "fast_path_5.json").write_text(json.dumps(res))
     monkeypatch.setattr(sys, "argv", ["bench_fast_path", "--best-variant-of", str(tmp_path / "fast_path_5.json")])
     bench_fast_path.main()
