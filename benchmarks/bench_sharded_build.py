@@ -87,9 +87,9 @@ def merge(out: Path, nproc: int) -> Path:
 def compare(a: Path, b: Path) -> dict:
     """:func:`cache.compare.compare_caches` of a merged build and the reference: ``equal`` when
     every field but the float features matches (those are reported as their largest absolute
-    difference, whatever its size), ``mismatches`` the fields that do not."""
+    difference, whatever its size), ``mismatches`` the fields that do not, each with its count of entries."""
     res = compare_caches(a, b, tol=0.0)
-    bad = [name for name, n in res["mismatches"].items() if n and name not in FEATURES]
+    bad = {name: n for name, n in res["mismatches"].items() if n and name not in FEATURES}
     return {"equal": not bad, "mismatches": bad, "max_abs_diff": res["max_abs_diff"]}
 
 
@@ -258,9 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run["vs_reference"] = compare(merged, reference)
             record.write_text(json.dumps(run, indent=1))
         if args.against is not None and "vs_against" not in run:
-            res = compare_caches(run["merged"], args.against, tol=0.0)
-            run["vs_against"] = {"cache": str(args.against), "max_abs_diff": res["max_abs_diff"],
-                                 "mismatches": {k: n for k, n in res["mismatches"].items() if n and k not in FEATURES}}
+            run["vs_against"] = {"cache": str(args.against), **compare(Path(run["merged"]), args.against)}
             record.write_text(json.dumps(run, indent=1))
         if reference is None:
             reference = Path(run["merged"])
@@ -297,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "vs_against" in r:
             a = r["vs_against"]
             print(f"the {r['nproc']}-process cache against {a['cache']}: " + (
-                "every score, token count, status and prediction equal" if not a["mismatches"] else
+                "every score, token count, status and prediction equal" if a["equal"] else
                 "differs in " + ", ".join(f"{k} ({n})" for k, n in a["mismatches"].items())) + "; float features, largest "
                 "|difference|: " + (", ".join(f"{k} {v:.3g}" for k, v in a["max_abs_diff"].items()) or "-"))
     if "killed" in result:
