@@ -43,7 +43,7 @@ def set_channels_last(model: nn.Module, on: bool = True) -> int:
     NHWC kernels instead of NCHW). Returns how many stems were switched."""
     n = 0
     for m in model.modules():
-        if isinstance(m, (CropConvStem, FineCropConvStem)):
+        if isinstance(m, _CropStem):
             m.net.to(memory_format=torch.channels_last if on else torch.contiguous_format)
             m.channels_last = on
             n += 1
@@ -87,7 +87,20 @@ class PatchConvStem(nn.Module):
         return self.net(x).reshape(n, p, -1)
 
 
-class CropConvStem(nn.Module):
+class _CropStem(nn.Module):
+    """A trunk ``self.net`` over the whole crop rebuilt from its patches (``self.patch`` pixels a side): (N, P, p·p·3)
+    patch vectors in ``(dh dw c)`` order → (N, P, width), one token per patch."""
+
+    #: channels-last memory format (:func:`set_channels_last`)
+    channels_last = False
+    patch: int
+    net: nn.Sequential
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.net(patches_to_crops(patches, self.patch, self.channels_last)).flatten(2).transpose(1, 2)
+
+
+class CropConvStem(_CropStem):
     """A convolutional trunk over the whole crop (a hybrid CNN-ViT, as ViT's R50+ViT): (N, P, p·p·3)
     patch vectors in ``(dh dw c)`` order → the crop → (N, P, width), one token per patch.
 
@@ -97,9 +110,6 @@ class CropConvStem(nn.Module):
     the suite's sign words from 3,200 examples where the ViT tower does not
     (``benchmarks.bench_tower_reading``, benchmarks/RESULTS.md "Fifth and sixth H200 runs").
     """
-
-    #: channels-last memory format (:func:`set_channels_last`)
-    channels_last = False
 
     def __init__(self, patch: int, side: int, width: int) -> None:
         super().__init__()
@@ -111,11 +121,8 @@ class CropConvStem(nn.Module):
             nn.Conv2d(128, width, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(side),
         )
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.net(patches_to_crops(patches, self.patch, self.channels_last)).flatten(2).transpose(1, 2)
 
-
-class FineCropConvStem(nn.Module):
+class FineCropConvStem(_CropStem):
     """A convolutional trunk over the whole crop that keeps each patch's inner layout: (N, P, p·p·3)
     patch vectors in ``(dh dw c)`` order → the crop → (N, P, width), one token per patch.
 
@@ -132,9 +139,6 @@ class FineCropConvStem(nn.Module):
     one 0.57 (``benchmarks.bench_stem_digits``; benchmarks/RESULTS.md "Sixteenth H200 run").
     """
 
-    #: channels-last memory format (:func:`set_channels_last`)
-    channels_last = False
-
     def __init__(self, patch: int, width: int) -> None:
         super().__init__()
         if patch % 2:
@@ -146,9 +150,6 @@ class FineCropConvStem(nn.Module):
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
             nn.Conv2d(64, width, patch // 2, stride=patch // 2),
         )
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.net(patches_to_crops(patches, self.patch, self.channels_last)).flatten(2).transpose(1, 2)
 
 
 class MolmoeVisionTower(nn.Module):
