@@ -17,7 +17,8 @@ Sections, all in one process so that every ratio compares figures of the same ru
    corners again with ``decode_experts="sorted"``, and the four corners for each decode variant
    (``decode_variants``, :data:`DECODE_VARIANTS`): the projections as the Triton GEMV
    (``decode_gemv="triton"``), the router in one kernel (``decode_router="fused"``) and, on Hopper,
-   the kernels launched for programmatic dependent launch (``pdl=True``), alone and combined.
+   the kernels launched for programmatic dependent launch (``pdl=True``), alone and combined, and the
+   reductions in the last program of the kernel before them (``decode_epilogues="last_program"``).
 3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
@@ -89,12 +90,15 @@ SECTIONS: tuple[str, ...] = ("ceilings", "decode", "kernels", "hf", "prefill", "
 #: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
 #: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
 DECODE_VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "triton_gemv": {"decode_gemv": "triton"},
-    "pdl": {"pdl": True},
+    "default": {},  # FusedLM's defaults: pdl_triton_gemv where PDL can run (Hopper), else cublas
+    "cublas": {"pdl": False, "decode_gemv": "cublas"},
+    "triton_gemv": {"pdl": False, "decode_gemv": "triton"},
+    "pdl": {"pdl": True, "decode_gemv": "cublas"},
     "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"},
-    "fused_router": {"decode_router": "fused"},
+    "fused_router": {"pdl": False, "decode_gemv": "cublas", "decode_router": "fused"},
     "pdl_triton_gemv_fused_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "fused"},
+    "last_program": {"pdl": False, "decode_gemv": "triton", "decode_epilogues": "last_program"},
+    "pdl_last_program": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program"},
 }
 #: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
 #: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
@@ -573,7 +577,7 @@ def main() -> None:
     # the decode step's variants timed beside the run's own form, those with programmatic dependent launch only where
     # it can run (Hopper and later)
     hopper = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
-    variants = {name: opts for name, opts in DECODE_VARIANTS.items() if name != "default" and (hopper or "pdl" not in opts)}
+    variants = {name: opts for name, opts in DECODE_VARIANTS.items() if name != "default" and (hopper or not opts.get("pdl"))}
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
           f"{lm.fused.backend}, experts {lm.fused.routed_form}, decode variant {args.decode_variant}", flush=True)
     emb1, mask1 = prompt(lm, 1, context, seed=0)
@@ -803,6 +807,9 @@ def main() -> None:
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
         lm32 = fp32_copy(lm) if dtype != torch.float32 else None
         out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32, lm32, run_opts) for k, b in corners]
+        # the forms the real-shape decode steps ran (the decoder's), as a check that the variant was in effect
+        out["decoder_forms"] = {name: getattr(dec.fused, name, None) for name in
+                                ("pdl", "decode_gemv", "decode_router", "decode_epilogues", "decode_experts")}
         del lm32
         return out
 

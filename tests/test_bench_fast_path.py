@@ -26,7 +26,7 @@ def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
     assert all(r["ms_per_token"] > 0 and r["floor_GB"] > 0 for r in res["decode"])
     assert set(res["decode_sorted_experts"]) == {"k8b16_ms_per_token", "k4b12_ms_per_token"}
     gemv = res["decode_variants"]["triton_gemv"]  # no Hopper here: no pdl variants
-    assert set(res["decode_variants"]) == {"triton_gemv", "fused_router"} and gemv["k8b16"]["ms_per_token"] > 0 and gemv["ratio_k4b12_over_k8b16"] > 0
+    assert set(res["decode_variants"]) == {"cublas", "triton_gemv", "fused_router", "last_program"} and gemv["k8b16"]["ms_per_token"] > 0 and gemv["ratio_k4b12_over_k8b16"] > 0
     prefill = res["prefill"]
     assert [r["tokens"] for r in prefill["rows"]] == [64, 128]
     for form in ("grouped_mm", "sorted_gemm", "sorted_tma"):  # every routed form ran (torch ops on the CPU)
@@ -34,7 +34,7 @@ def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
     for key in ("k8b16", "k4b12"):
         row = res["batching"][key]
         assert row["sequential_ms"] > 0 and row["batched_ms"] > 0 and row["batched_sorted_ms"] > 0 and row["batched_triton_gemv_ms"] > 0
-        assert row["batched_fused_router_ms"] > 0
+        assert row["batched_fused_router_ms"] > 0 and row["batched_last_program_ms"] > 0
         assert row["ratio"] == row["sequential_ms"] / row["batched_ms"]
     assert res["ceilings"] == {} and res["bars"] == []  # no GPU: no ceilings, so no floors and no bars
     assert "error" not in json.dumps(res)

@@ -141,6 +141,89 @@ def test_gemv_equals_the_matmul(rows: int, n_out: int, dim: int) -> None:
     assert dk.gemv(x, w, "torch").equal(ref)
 
 
+@triton_ok
+@pytest.mark.parametrize("slot_pos,chunk", [(0, 4), (22, 8)])
+def test_decode_attention_merged_by_its_last_split(slot_pos: int, chunk: int) -> None:
+    """counters= (the last-arrival form): the splits' merge in the split kernel equals the two-kernel
+    form, and every counter is back at zero for the next launch."""
+    bsz, n_heads, n_kv, dh, length = 3, 4, 2, 16, 24
+    q = torch.randn(bsz, n_heads, dh, generator=_g(0)).to(DEV)
+    k = torch.randn(bsz, n_kv, length, dh, generator=_g(1)).to(DEV)
+    v = torch.randn(bsz, n_kv, length, dh, generator=_g(2)).to(DEV)
+    valid = torch.ones(bsz, length, dtype=torch.long).to(DEV)
+    slot = torch.tensor([slot_pos]).to(DEV)
+    counters = dk.arrival_counters(DEV)
+    ref = dk.decode_attention(q, k, v, valid, slot, 0.25, "torch")
+    for _ in range(2):  # a second launch finds its counters reset
+        _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk, counters=counters), ref)
+        assert int(counters.abs().sum()) == 0
+    with pytest.raises(ValueError, match="2 counters for 12"):
+        dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", counters=counters[:2])
+
+
+@triton_ok
+@pytest.mark.parametrize("n_tok,n_exp,dim,top_k,norm,block_d", [(1, 64, 96, 8, False, 32), (5, 12, 40, 3, True, 16),
+                                                                (16, 8, 64, 4, False, 128)])
+def test_router_splitk_topk_equals_gemm_then_topk(n_tok, n_exp, dim, top_k, norm, block_d) -> None:
+    """The decode router split over the hidden columns (several splits, a partial one, a single one), the
+    top-k in the last program; counters back at zero."""
+    h = torch.randn(n_tok, dim, generator=_g(0)).to(DEV)
+    router = torch.randn(n_exp, dim, generator=_g(1)).to(DEV)
+    counters = dk.arrival_counters(DEV)
+    (wb, ib) = dk.router_topk(h @ router.T, top_k, norm, "torch")
+    for _ in range(2):
+        (wa, ia) = dk.router_splitk_topk(h, router, top_k, norm, counters, "triton", block_d=block_d)
+        assert torch.equal(ia, ib)
+        _close(wa, wb)
+        assert int(counters.abs().sum()) == 0
+    assert [t.equal(u) for t, u in zip(dk.router_splitk_topk(h, router, top_k, norm, None, "torch"), (wb, ib))] == [True, True]
+    with pytest.raises(ValueError, match="up to 16 rows"):
+        dk.router_splitk_topk(torch.zeros(17, dim).to(DEV), router, top_k, norm, counters, "triton")
+    with pytest.raises(ValueError, match="needs arrival counters"):
+        dk.router_splitk_topk(h, router, top_k, norm, None, "triton")
+
+
+@triton_ok
+@pytest.mark.parametrize("rows,dim,block_n", [(1, 64, 16), (3, 40, 16), (16, 96, 32)])
+def test_gemv_add_rms_norm_equals_the_matmul_then_add_rms_norm(rows: int, dim: int, block_n: int) -> None:
+    x = torch.randn(rows, dim, generator=_g(0)).to(DEV)
+    w = torch.randn(dim, dim, generator=_g(1)).to(DEV)
+    res = torch.randn(rows, dim, generator=_g(2)).to(DEV)
+    nw = torch.rand(dim, generator=_g(3)).to(DEV)
+    counters = dk.arrival_counters(DEV)
+    ref = dk.add_rms_norm(res, x @ w.T, nw, 1e-5, "torch")
+    for _ in range(2):
+        for got, want in zip(dk.gemv_add_rms_norm(x, w, res, nw, 1e-5, counters, "triton", block_n=block_n), ref):
+            _close(got, want, 1e-4)
+        assert int(counters.abs().sum()) == 0
+    assert all(a.equal(b) for a, b in zip(dk.gemv_add_rms_norm(x, w, res, nw, 1e-5, None, "torch"), ref))
+    with pytest.raises(ValueError, match="needs arrival counters"):
+        dk.gemv_add_rms_norm(x, w, res, nw, 1e-5, None, "triton")
+
+
+@triton_ok
+@pytest.mark.parametrize("n_tok,top_k,dim,n_int", [(1, 8, 64, 32), (3, 2, 40, 24)])
+def test_moe_down_combine_equals_down_then_combine(n_tok: int, top_k: int, dim: int, n_int: int) -> None:
+    n_exp = 8
+    act = torch.randn(n_tok * top_k, n_int, generator=_g(0)).to(DEV)
+    down = torch.randn(n_exp, dim, n_int, generator=_g(2)).to(DEV) / n_int**0.5
+    idx = torch.stack([torch.randperm(n_exp, generator=_g(10 + t))[:top_k] for t in range(n_tok)]).int().to(DEV)
+    w = torch.rand(n_tok, top_k, generator=_g(3)).to(DEV)
+    res = torch.randn(n_tok, dim, generator=_g(4)).to(DEV)
+    nw = torch.rand(dim, generator=_g(5)).to(DEV)
+    counters = dk.arrival_counters(DEV)
+    for norm in (None, nw):
+        ref = dk.moe_combine(dk.moe_down(act, down, idx, "torch"), w, res, norm, 1e-5, "torch")
+        got = dk.moe_down_combine(act, down, idx, w, res, norm, 1e-5, counters, "triton", block_d=8)
+        _close(got[0], ref[0], 1e-4)
+        assert (got[1] is None) == (norm is None)
+        if norm is not None:
+            _close(got[1], ref[1], 1e-4)
+        assert int(counters.abs().sum()) == 0
+    with pytest.raises(ValueError, match="one per row"):
+        dk.moe_down_combine(act, down, idx, w, res, nw, 1e-5, None, "triton")
+
+
 def test_gemv_refuses_what_it_cannot_serve() -> None:
     with pytest.raises(ValueError, match="up to 16 rows"):
         dk.gemv(torch.zeros(17, 8), torch.zeros(4, 8), "triton")

@@ -121,10 +121,14 @@ def test_triton_decode_step_equals_torch_ops(lm):
     plan = _plan(("low", 2, 5, 13))
     ids, mask = _left_padded((10, 6), seed=4)
     logits = {}
-    # (the Triton GEMV serves the Q/K/V and output projections in the last form; the split router's top-k kernel is
-    # the second form's, and the GEMV alone is test_decode_kernels')
-    for backend, gemv, router in (("torch", "cublas", "split"), ("triton", "cublas", "split"), ("triton", "triton", "fused")):
-        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_gemv=gemv, decode_router=router)
+    # (the Triton GEMV serves the Q/K/V and output projections in the third form; the split router's top-k kernel is
+    # the second form's, and the GEMV alone is test_decode_kernels'; the last form runs the reductions in the
+    # last program of the kernel before them)
+    forms = (("torch", "cublas", "split", "kernels"), ("triton", "cublas", "split", "kernels"),
+             ("triton", "triton", "fused", "kernels"), ("triton", "triton", "split", "last_program"))
+    for backend, gemv, router, epilogues in forms:
+        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_gemv=gemv, decode_router=router,
+                        decode_epilogues=epilogues)
         # the last form differs from the second in its decode step only: its prefill (the interpreter's slowest part)
         # is the torch ops'
         prefill = FusedLM(lm, backend="torch") if gemv == "triton" else fused
@@ -134,12 +138,17 @@ def test_triton_decode_step_equals_torch_ops(lm):
             steps.append(fused.decode_step(cache, tok, plan))
             cache.position += 1
             tok = steps[-1].argmax(-1)
-        logits[backend, gemv, router] = torch.stack(steps)
-    ref = logits["torch", "cublas", "split"]
-    assert (logits["triton", "cublas", "split"] - ref).abs().max().item() <= 1e-5
+        logits[backend, gemv, router, epilogues] = torch.stack(steps)
+    ref = logits[forms[0]]
+    assert (logits[forms[1]] - ref).abs().max().item() <= 1e-5
     # the projections as the Triton GEMV kernel (decode_gemv="triton") and the router's projection and top-k in one
     # kernel (decode_router="fused"): the same steps
-    assert (logits["triton", "triton", "fused"] - ref).abs().max().item() <= 1e-5
+    assert (logits[forms[2]] - ref).abs().max().item() <= 1e-5
+    # the last-arrival epilogues (decode_epilogues="last_program"): the same steps, every counter back at zero
+    assert (logits[forms[3]] - ref).abs().max().item() <= 1e-5
+    assert fused.counters is not None and int(fused.counters.abs().sum()) == 0
+    with pytest.raises(ValueError, match="unknown decode epilogue form 'fused'"):
+        FusedLM(lm, backend="torch", decode_epilogues="fused")
     with pytest.raises(ValueError, match="unknown decode GEMV form 'cutlass'"):
         FusedLM(lm, backend="torch", decode_gemv="cutlass")
     with pytest.raises(ValueError, match="unknown decode router form 'sparse'"):

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
     """Every Triton kernel of the decode step (``FusedLM.decode_step`` with the pair experts, the
-    Triton GEMVs and either router form), with argument types and constants of the MolmoE-1B shape."""
+    Triton GEMVs, either router form and either epilogue form), with argument types and constants of the
+    MolmoE-1B shape (the attention's split kernel with its last-arrival merge)."""
     from model_runtime.molmoe.kernels import attention as A, decode_moe as M, norm_rope as N, projections as G, router as R
 
     i32, f32 = "i32", "fp32"
@@ -42,8 +43,9 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
                                   "k_row_stride": i32, "k_head_stride": i32, "eps": f32, "rope_scale": f32},
          {"DH": 128, "HALF": 64, "BLOCK": 2048}),
         (A._attn_split_kernel, {"q_ptr": BF, "k_ptr": BF, "v_ptr": BF, "valid_ptr": "*i64", "slot_ptr": "*i64", "m_ptr": "*fp32",
-                                "l_ptr": "*fp32", "acc_ptr": "*fp32", "H": i32, "HKV": i32, "L": i32, "NSPLIT": i32, "scale": f32},
-         {"DH": 128, "CHUNK": 64, "BLOCK_N": 64}),
+                                "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": BF, "cnt_ptr": "*i32", "H": i32, "HKV": i32,
+                                "L": i32, "NSPLIT": i32, "scale": f32},
+         {"DH": 128, "CHUNK": 64, "BLOCK_N": 64, "REDUCE": True, "BLOCK_S": 16}),
         (A._attn_reduce_kernel, {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": BF, "H": i32, "NSPLIT": i32},
          {"DH": 128, "BLOCK_S": 32}),
         (R._router_topk_kernel, {"logits_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "E": i32},
@@ -54,6 +56,16 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
          {"BLOCK_I": 32, "BLOCK_D": 256, "NS": 2}),
         (M._moe_down_kernel, {"act_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "y_ptr": "*fp32", "P": i32, "D": i32, "I": i32},
          {"BLOCK_D": 16, "BLOCK_I": 256, "NS": 2}),
+        (R._router_splitk_topk_kernel, {"h_ptr": BF, "wr_ptr": BF, "part_ptr": "*fp32", "cnt_ptr": "*i32", "w_ptr": BF,
+                                        "idx_ptr": "*i32", "T": i32, "D": i32, "E": i32},
+         {"K": 8, "KMAX": 8, "NORM": False, "BLOCK_T": 16, "BLOCK_E": 64, "BLOCK_D": 128, "IEEE": False}),
+        (M._moe_down_combine_kernel, {"act_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "y_ptr": "*fp32", "wt_ptr": BF,
+                                      "res_ptr": BF, "nw_ptr": BF, "out_ptr": BF, "normed_ptr": BF, "cnt_ptr": "*i32",
+                                      "P": i32, "D": i32, "I": i32, "K": i32, "eps": f32},
+         {"BLOCK_D": 16, "BLOCK_I": 256, "NS": 2, "HAS_NORM": True, "BLOCK": 2048}),
+        (G._gemv_add_norm_kernel, {"x_ptr": BF, "w_ptr": BF, "res_ptr": BF, "sum_ptr": BF, "nw_ptr": BF, "normed_ptr": BF,
+                                   "cnt_ptr": "*i32", "M": i32, "N": i32, "K": i32, "eps": f32},
+         {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "BLOCK_ROW": 2048, "IEEE": False}),
         (M._moe_combine_kernel, {"y_ptr": "*fp32", "wt_ptr": BF, "res_ptr": BF, "nw_ptr": BF, "out_ptr": BF, "normed_ptr": BF,
                                  "D": i32, "eps": f32},
          {"K": 8, "BLOCK_K": 8, "HAS_NORM": True, "BLOCK": 2048}),
@@ -96,7 +108,7 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     on, off = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(on) == 10 and all(v == [1, 1, True] for v in on.values()), on
+    assert len(on) == 13 and all(v == [1, 1, True] for v in on.values()), on
     assert all(v == [0, 0, False] for v in off.values()), off
 
 
@@ -112,6 +124,11 @@ def test_the_switch_is_refused_where_it_cannot_run() -> None:
     lm = MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=2))
     with pytest.raises(ValueError, match="needs backend 'triton'"):
         FusedLM(lm, backend="torch", pdl=True)
+    # the default: PDL with the Triton GEMVs where PDL can run, else neither (here: a CPU)
+    assert not dk.pdl_available("cpu")
+    fused = FusedLM(lm)
+    assert (fused.pdl, fused.decode_gemv) == (False, "cublas")
+    assert FusedLM(lm, backend="torch", decode_gemv="triton").decode_gemv == "triton"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -119,15 +136,18 @@ def test_the_switch_is_refused_where_it_cannot_run() -> None:
 @torch.no_grad()
 def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_it() -> None:
     lm = MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=2)).to("cuda")
+    # on this GPU the default decode step is PDL with the Triton GEMVs
+    assert dk.pdl_available("cuda") and (FusedLM(lm).pdl, FusedLM(lm).decode_gemv) == (True, "triton")
     ids, mask = left_padded_ids((9, 5), 6, CFG.tokens.pad)
     emb = lm.embed(ids.cuda())
     for config in (("low", 1, 4, 12), ("high", 1, 8, 16)):
         kw = dict(top_k_per_block=KnobSpace().plan(config).top_k_per_block, p=1, eos_token_id=-1,
                   pad_token_id=CFG.tokens.pad, max_new_tokens=6)
         outs = {}
-        for form in (("cublas", "split"), ("triton", "split"), ("triton", "fused")):
+        for form in (("cublas", "split", "kernels"), ("triton", "split", "kernels"), ("triton", "fused", "kernels"),
+                     ("triton", "split", "last_program")):
             for pdl in (False, True):
-                lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1])
+                lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1], decode_epilogues=form[2])
                 try:
                     outs[form, pdl] = greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8))
                 finally:
@@ -136,5 +156,11 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
             assert pdl_on.tokens == plain.tokens and pdl_on.decode_steps == plain.decode_steps == 5
             assert torch.equal(pdl_on.first_logits, plain.first_logits)
         # the Triton GEMVs and the one-kernel router sum in another order than cuBLAS: the same tokens (float32 model)
-        assert outs[("triton", "split"), True].tokens == outs[("cublas", "split"), False].tokens
-        assert outs[("triton", "fused"), True].tokens == outs[("cublas", "split"), False].tokens
+        ref = outs[("cublas", "split", "kernels"), False].tokens
+        assert outs[("triton", "split", "kernels"), True].tokens == ref
+        assert outs[("triton", "fused", "kernels"), True].tokens == ref
+        # the last-arrival epilogues: the same tokens, and logits within float32 summation-order differences
+        last = outs[("triton", "split", "last_program"), True]
+        assert last.tokens == ref
+        torch.testing.assert_close(last.first_logits, outs[("cublas", "split", "kernels"), False].first_logits,
+                                   atol=1e-4, rtol=1e-4)

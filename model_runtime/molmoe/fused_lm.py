@@ -13,7 +13,7 @@ packing costs no memory and the eager modules keep working) and runs:
   values go straight into a static cache's slots (:meth:`StaticKVCache.append_slots`);
 - :meth:`FusedLM.decode_step`: one token for every row of a
   :class:`~model_runtime.molmoe.static_decode.StaticKVCache` with fixed shapes and no host sync,
-  11 kernels per block (:mod:`~model_runtime.molmoe.kernels`), which
+  11 kernels per block (7 with ``decode_epilogues="last_program"``; :mod:`~model_runtime.molmoe.kernels`), which
   :class:`~model_runtime.molmoe.static_decode.GraphDecoder` captures in a CUDA graph.
 
 Both run the ``"triton"`` ops on CUDA and their torch references on CPU (the CPU tests check both
@@ -49,6 +49,12 @@ DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton")
 DECODE_ROUTER_FORMS: tuple[str, ...] = ("split", "fused")
 #: hidden columns per step of the fused router at decode (a row's 64 router logits in one program)
 DECODE_ROUTER_BLOCK_D = 128
+#: Where the decode step's reductions run: each in its own kernel (the default), or in the last program of
+#: the kernel before it to finish (:func:`~model_runtime.molmoe.kernels.common.arrive_last`; decode
+#: batches of up to 16 rows): the attention's merge of its splits, the output projection's residual add +
+#: RMSNorm, the router's top-k (its projection split over the hidden columns) and the experts' weighted
+#: sum + the next norm, 7 kernels a block instead of 11
+DECODE_EPILOGUE_FORMS: tuple[str, ...] = ("kernels", "last_program")
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -175,18 +181,24 @@ class FusedLM:
         pdl: launch the decode step's Triton kernels for programmatic dependent launch
             (:func:`~model_runtime.molmoe.kernels.common.pdl_options`; CUDA, compute capability 9.0+,
             Triton backend). The kernels and their results are the same; only when each starts changes.
+            Default (None): on wherever it can run (:func:`~model_runtime.molmoe.kernels.common.pdl_available`).
         decode_gemv: the decode step's Q/K/V, output and router projections, see
             :data:`DECODE_GEMV_FORMS`: ``"cublas"`` (torch's matmul) or ``"triton"``
             (:func:`~model_runtime.molmoe.kernels.projections.gemv`, which joins the ``pdl`` chain; batches of
-            more than 16 rows keep the matmul).
+            more than 16 rows keep the matmul). Default (None): ``"triton"`` with ``pdl``, else ``"cublas"``:
+            the two pay only together (3-5 % a decode token on an H100 and an H200, benchmarks/RESULTS.md,
+            "The decode variants on one H100"), and apart each is slower than the plain launch of cuBLAS's GEMVs.
         decode_router: the decode step's router, see :data:`DECODE_ROUTER_FORMS`: ``"split"`` (the
             projection, then the top-k kernel) or ``"fused"`` (both in one kernel; either way the logits
             are rounded to the model's dtype before the float32 softmax, as the router's linear layer returns them).
+        decode_epilogues: see :data:`DECODE_EPILOGUE_FORMS`: ``"kernels"`` or ``"last_program"`` (with the
+            Triton backend, batches of up to 16 rows; larger batches take the separate kernels). It replaces
+            ``decode_router`` and the output projection's ``decode_gemv``.
     """
 
     def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
-                 decode_experts: str = "pairs", pdl: bool = False, decode_gemv: str = "cublas",
-                 decode_router: str = "split") -> None:
+                 decode_experts: str = "pairs", pdl: bool | None = None, decode_gemv: str | None = None,
+                 decode_router: str = "split", decode_epilogues: str = "kernels") -> None:
         device = lm.lm_head.weight.device
         self.lm = lm
         self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
@@ -196,17 +208,27 @@ class FusedLM:
         if decode_experts not in DECODE_EXPERT_FORMS:
             raise ValueError(f"unknown decode expert form {decode_experts!r}; choose from {DECODE_EXPERT_FORMS}")
         self.decode_experts = decode_experts
+        if pdl is None:
+            pdl = self.backend == "triton" and dk.pdl_available(device)
         if pdl:
             if self.backend != "triton":
                 raise ValueError("pdl=True launches the Triton kernels: it needs backend 'triton'")
             dk.check_pdl(device)
         self.pdl = bool(pdl)
+        if decode_gemv is None:
+            decode_gemv = "triton" if self.pdl else "cublas"
         if decode_gemv not in DECODE_GEMV_FORMS:
             raise ValueError(f"unknown decode GEMV form {decode_gemv!r}; choose from {DECODE_GEMV_FORMS}")
         self.decode_gemv = decode_gemv
         if decode_router not in DECODE_ROUTER_FORMS:
             raise ValueError(f"unknown decode router form {decode_router!r}; choose from {DECODE_ROUTER_FORMS}")
         self.decode_router = decode_router
+        if decode_epilogues not in DECODE_EPILOGUE_FORMS:
+            raise ValueError(f"unknown decode epilogue form {decode_epilogues!r}; choose from {DECODE_EPILOGUE_FORMS}")
+        self.decode_epilogues = decode_epilogues
+        # the last-arrival counters live with this object, outside any captured graph that uses them
+        self.counters = (dk.arrival_counters(device) if decode_epilogues == "last_program" and self.backend == "triton"
+                         else None)
         cfg = lm.config
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(cfg.num_key_value_heads)
@@ -295,7 +317,10 @@ class FusedLM:
         hidden = lm.embed(token_ids.reshape(-1))  # (B, D)
         final = lm.backbone.norm
         pdl = self.pdl
-        if self.decode_gemv == "triton" and hidden.shape[0] <= dk.GEMV_ROWS:
+        rows = hidden.shape[0]
+        last = self.decode_epilogues == "last_program" and rows <= dk.GEMV_ROWS
+        counters = self.counters
+        if self.decode_gemv == "triton" and rows <= dk.GEMV_ROWS:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 return dk.gemv(a, w, be, pdl=pdl)
         else:
@@ -308,20 +333,28 @@ class FusedLM:
                 proj(h, w.qkv), w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale,
                 cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
             )
-            attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be, pdl=pdl)
-            hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
-            if self.decode_router == "fused":
-                weights, idx = dk.router_gemm_topk(h2, w.router, plan[b], self.norm_topk_prob, be,
-                                                   block_d=DECODE_ROUTER_BLOCK_D, pdl=pdl)
+            attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be, pdl=pdl,
+                                       counters=counters if last else None)
+            if last:
+                hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl)
+                weights, idx = dk.router_splitk_topk(h2, w.router, plan[b], self.norm_topk_prob, counters, be, pdl=pdl)
             else:
-                weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
-            last = n + 1 == len(active)
+                hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
+                if self.decode_router == "fused":
+                    weights, idx = dk.router_gemm_topk(h2, w.router, plan[b], self.norm_topk_prob, be,
+                                                       block_d=DECODE_ROUTER_BLOCK_D, pdl=pdl)
+                else:
+                    weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
+            final_block = n + 1 == len(active)
             # the combine also applies the next block's input norm (the final norm after the last)
-            norm_w = final.weight if last else self.blocks[active[n + 1]].ln_in
-            norm_eps = float(final.variance_epsilon) if last else self.eps
+            norm_w = final.weight if final_block else self.blocks[active[n + 1]].ln_in
+            norm_eps = float(final.variance_epsilon) if final_block else self.eps
             if self.decode_experts == "sorted":
                 order, y = expert_outputs(h2, w.gate_up, w.down, idx, weights, be)  # type: ignore[arg-type]
                 hidden, h = dk.gather_sum_norm(y, order.inverse, plan[b], hidden, norm_w, norm_eps, be)  # type: ignore[arg-type]
+            elif last:
+                act = dk.moe_gate_up_act(h2, w.gate_up, idx, be, pdl=pdl)
+                hidden, h = dk.moe_down_combine(act, w.down, idx, weights, hidden, norm_w, norm_eps, counters, be, pdl=pdl)
             else:
                 y = dk.moe_down(dk.moe_gate_up_act(h2, w.gate_up, idx, be, pdl=pdl), w.down, idx, be, pdl=pdl)
                 hidden, h = dk.moe_combine(y, weights, hidden, norm_w, norm_eps, be, pdl=pdl)

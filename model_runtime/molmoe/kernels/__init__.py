@@ -5,7 +5,7 @@ Modules, by concern:
 - :mod:`.common`: Triton's availability, the backends (``"triton"`` / ``"torch"``), block sizes;
 - :mod:`.norm_rope`: RMSNorm (with the residual add), QK-norm + RoPE (+ KV-cache write);
 - :mod:`.attention`: split-K decode attention and its reduction;
-- :mod:`.router`: router softmax + top-k (and a form with the router GEMM in the same kernel);
+- :mod:`.router`: router softmax + top-k (and forms with the router GEMM in the same kernel);
 - :mod:`.projections`: the decode step's dense projections as one Triton kernel (``FusedLM(decode_gemv="triton")``);
 - :mod:`.decode_moe`: the decode step's routed experts (gate/up + SiLU·up, down, weighted
   combine + residual + next RMSNorm), parallel over (token, expert) pairs;
@@ -17,7 +17,11 @@ Modules, by concern:
 The decode step's Triton kernels take ``pdl=True`` (:func:`.common.pdl_options`): launched for
 programmatic dependent launch, each is scheduled while the kernel before it drains and waits on
 the GPU for that kernel's writes, which shortens the gaps between the 11 kernels of a block inside
-the captured graph (``FusedLM(pdl=True)``; Hopper and later).
+the captured graph (``FusedLM(pdl=True)``; Hopper and later, where it is the default, with the
+projections as :func:`.projections.gemv`). With
+``FusedLM(decode_epilogues="last_program")`` four of a block's reductions run in the last program of
+the kernel before them (:func:`.common.arrive_last`): the attention's merge, the output projection's
+residual add + RMSNorm, the router's top-k and the experts' weighted sum: 7 kernels a block.
 
 The old module names :mod:`model_runtime.molmoe.decode_kernels` and
 :mod:`model_runtime.molmoe.prefill_moe` re-export these ops. Every public op is importable from
@@ -52,10 +56,11 @@ heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
 """
 
 from .attention import attention_scale, decode_attention
-from .common import BACKENDS, HAVE_TRITON, TUNING, Backend, check_backend, check_pdl, default_backend, triton_interpreting
-from .decode_moe import moe_combine, moe_down, moe_gate_up_act
+from .common import (ARRIVAL_COUNTERS, BACKENDS, HAVE_TRITON, TUNING, Backend, arrival_counters, check_backend, check_pdl,
+                     default_backend, pdl_available, triton_interpreting)
+from .decode_moe import moe_combine, moe_down, moe_down_combine, moe_gate_up_act
 from .projections import BLOCK_M as GEMV_ROWS
-from .projections import gemv
+from .projections import gemv, gemv_add_rms_norm
 from .norm_rope import add_rms_norm, qk_norm_rope, qk_norm_rope_store, rms_norm, rope_cos_sin
 from .prefill_moe import (
     FLOAT32_TILES,
@@ -71,12 +76,12 @@ from .prefill_moe import (
     sort_by_expert,
 )
 from .persistent_decode import PersistentDecodeStep
-from .router import router_gemm_topk, router_topk
+from .router import router_gemm_topk, router_splitk_topk, router_topk
 
 __all__ = [
-    "BACKENDS", "FLOAT32_TILES", "GEMV_ROWS", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder", "PersistentDecodeStep",
-    "add_rms_norm", "attention_scale", "check_backend", "check_pdl", "decode_attention", "default_backend", "expert_outputs",
-    "gather_sum", "gather_sum_norm", "gemv", "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_gate_up_act",
+    "ARRIVAL_COUNTERS", "BACKENDS", "FLOAT32_TILES", "GEMV_ROWS", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING", "Backend", "ExpertOrder", "PersistentDecodeStep",
+    "add_rms_norm", "arrival_counters", "attention_scale", "check_backend", "check_pdl", "decode_attention", "default_backend", "expert_outputs", "pdl_available",
+    "gather_sum", "gather_sum_norm", "gemv", "gemv_add_rms_norm", "grouped_down", "grouped_gate_up_act", "moe_combine", "moe_down", "moe_down_combine", "moe_gate_up_act",
     "qk_norm_rope", "qk_norm_rope_store", "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk",
-    "router_topk", "silu_mul_scale", "sort_by_expert", "triton_interpreting",
+    "router_splitk_topk", "router_topk", "silu_mul_scale", "sort_by_expert", "triton_interpreting",
 ]

@@ -12,7 +12,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import pdl_enter
+    from .common import arrive_last, pdl_enter
 
 
 # ============================================================================ kernels
@@ -35,11 +35,27 @@ if HAVE_TRITON:
         return tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lse, axis=0)
 
     @triton.jit
+    def _reduce_splits(m_ptr, l_ptr, acc_ptr, out_ptr, b, h, H, NSPLIT, DH: tl.constexpr, BLOCK_S: tl.constexpr):
+        # head h of row b: its splits' (max, sum, weighted values) merged into the output (B, H Dh)
+        s = tl.arange(0, BLOCK_S)
+        d = tl.arange(0, DH)
+        base = (b * H + h) * NSPLIT
+        ms = s < NSPLIT
+        m = tl.load(m_ptr + base + s, mask=ms, other=-1.0e30, cache_modifier=".cg")
+        lse = tl.load(l_ptr + base + s, mask=ms, other=0.0, cache_modifier=".cg")
+        acc = tl.load(acc_ptr + (base + s[:, None]) * DH + d[None, :], mask=ms[:, None], other=0.0, cache_modifier=".cg")
+        out = _merge_splits(m, lse, acc, ms)
+        tl.store(out_ptr + (b * H + h) * DH + d, out.to(out_ptr.dtype.element_ty))
+
+    @triton.jit
     def _attn_split_kernel(
-        q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr,
+        q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, cnt_ptr,
         H, HKV, L, NSPLIT, scale,
-        DH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False,
+        DH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, REDUCE: tl.constexpr = False,
+        BLOCK_S: tl.constexpr = 1, PDL: tl.constexpr = False,
     ):
+        # REDUCE: the last split of each (row, head) to finish merges them (arrive_last), the
+        # reduction kernel's work without its launch
         pdl_enter(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -67,22 +83,15 @@ if HAVE_TRITON:
         tl.store(m_ptr + o, m_i)
         tl.store(l_ptr + o, l_i)
         tl.store(acc_ptr + o * DH + d, acc)
+        if REDUCE:
+            if arrive_last(cnt_ptr + b * H + h, NSPLIT):
+                _reduce_splits(m_ptr, l_ptr, acc_ptr, out_ptr, b, h, H, NSPLIT, DH, BLOCK_S)
 
     @triton.jit
     def _attn_reduce_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, H, NSPLIT, DH: tl.constexpr, BLOCK_S: tl.constexpr,
                             PDL: tl.constexpr = False):
         pdl_enter(PDL)
-        b = tl.program_id(0)
-        h = tl.program_id(1)
-        s = tl.arange(0, BLOCK_S)
-        d = tl.arange(0, DH)
-        base = (b * H + h) * NSPLIT
-        ms = s < NSPLIT
-        m = tl.load(m_ptr + base + s, mask=ms, other=-1.0e30)
-        lse = tl.load(l_ptr + base + s, mask=ms, other=0.0)
-        acc = tl.load(acc_ptr + (base + s[:, None]) * DH + d[None, :], mask=ms[:, None], other=0.0)
-        out = _merge_splits(m, lse, acc, ms)
-        tl.store(out_ptr + (b * H + h) * DH + d, out.to(out_ptr.dtype.element_ty))
+        _reduce_splits(m_ptr, l_ptr, acc_ptr, out_ptr, tl.program_id(0), tl.program_id(1), H, NSPLIT, DH, BLOCK_S)
 
 
 # ============================================================================ ops
@@ -96,12 +105,15 @@ def decode_attention(
     backend: Backend = "torch",
     chunk: int | None = None,
     pdl: bool = False,
+    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One query per row over the cache positions ``0..slot`` marked valid.
 
     Args:
         q: (B, H, Dh); k_cache, v_cache: (B, H_kv, L, Dh); valid: (B, L) int64 (1 = attend);
         slot: (1,) int64, the last position written.
+        counters: :func:`~.common.arrival_counters` (at least B·H): the splits are merged by the
+            last of each head's splits to finish, not by a second kernel.
 
     Returns:
         (B, H Dh) attention output in q's dtype.
@@ -122,11 +134,16 @@ def decode_attention(
     m = torch.empty(bsz, n_heads, nsplit, dtype=torch.float32, device=q.device)
     lse = torch.empty_like(m)
     acc = torch.empty(bsz, n_heads, nsplit, dh, dtype=torch.float32, device=q.device)
-    _attn_split_kernel[(bsz, n_heads, nsplit)](
-        q.contiguous(), k_cache, v_cache, valid, slot, m, lse, acc, n_heads, n_kv, length, nsplit, float(scale),
-        DH=dh, CHUNK=chunk, BLOCK_N=min(chunk, 64), **pdl_options(pdl),
-    )
     out = torch.empty(bsz, n_heads * dh, dtype=q.dtype, device=q.device)
+    if counters is not None and counters.numel() < bsz * n_heads:
+        raise ValueError(f"decode_attention: {counters.numel()} counters for {bsz * n_heads} (row, head) merges")
+    _attn_split_kernel[(bsz, n_heads, nsplit)](
+        q.contiguous(), k_cache, v_cache, valid, slot, m, lse, acc, out, counters if counters is not None else slot,
+        n_heads, n_kv, length, nsplit, float(scale), DH=dh, CHUNK=chunk, BLOCK_N=min(chunk, 64),
+        REDUCE=counters is not None, BLOCK_S=_p2(nsplit), **pdl_options(pdl),
+    )
+    if counters is not None:
+        return out
     _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit), **pdl_options(pdl))
     return out
 

@@ -76,6 +76,39 @@ if HAVE_TRITON:
         return tl.dot(a, b, acc)
 
 
+#: "Last arrival" epilogues (``FusedLM(decode_epilogues="last_program")``): a kernel split over programs
+#: (output tiles, key/value chunks, the reduction's columns) does the work that needs all of them (a
+#: row's RMSNorm, the attention's merge of its splits, the router's top-k, the experts' weighted sum)
+#: in the one program that finishes last, instead of in a second kernel. Each program counts itself
+#: on an int32 counter in global memory after its stores; the program that sees the count reach the
+#: group's size reads what the others wrote and sets the counter back to zero for the next launch.
+#: The counters are a zeroed buffer that lives as long as the decode step that uses it
+#: (:func:`arrival_counters`); kernels of one stream run one after another, so they share it.
+if HAVE_TRITON:
+
+    @triton.jit
+    def arrive_last(counter_ptr, total):
+        """Count this program on ``counter_ptr``; True in the one of ``total`` programs that arrives
+        last (which also resets the counter). The CTA barrier orders every thread's earlier stores
+        before the single gpu-scope release/acquire atomic, as CUTLASS's split-K semaphore does; the
+        last program's loads after it see the other programs' stores."""
+        tl.debug_barrier()
+        last = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == total - 1
+        tl.store(counter_ptr, 0, mask=last)
+        return last
+
+
+#: counters of one decode step's last-arrival epilogues: one per (row, head) of the attention's merge, the
+#: largest user (decode batches of up to 16 rows at up to 64 heads)
+ARRIVAL_COUNTERS = 16 * 64
+
+
+def arrival_counters(device: torch.device | str) -> torch.Tensor:
+    """A zeroed int32 buffer of :data:`ARRIVAL_COUNTERS` counters for :func:`arrive_last` (allocate it
+    outside a CUDA graph capture and keep it as long as the captured steps that use it)."""
+    return torch.zeros(ARRIVAL_COUNTERS, dtype=torch.int32, device=device)
+
+
 def pdl_options(pdl: bool) -> dict[str, bool]:
     """Launch keywords of a kernel with a ``PDL`` switch: none when off (the kernel's default)."""
     return {"PDL": True, "launch_pdl": True} if pdl else {}
@@ -92,6 +125,15 @@ def check_pdl(device: torch.device | str) -> None:
     if not triton_has_pdl():
         raise ValueError(f"pdl=True needs a Triton with grid dependency control (tl.extra.cuda.gdc_wait and the "
                          f"launch_pdl option); this one is {triton.__version__}")
+
+
+def pdl_available(device: torch.device | str) -> bool:
+    """Whether programmatic dependent launch can run on ``device`` (:func:`check_pdl` passes)."""
+    try:
+        check_pdl(device)
+    except ValueError:
+        return False
+    return True
 
 
 def triton_has_pdl() -> bool:

@@ -1,5 +1,6 @@
 """The decode step's routed experts: gate/up + SiLU·up and down GEMVs parallel over (token,
-expert) pairs and output tiles, then the weighted sum + residual + the next block's RMSNorm."""
+expert) pairs and output tiles, then the weighted sum + residual + the next block's RMSNorm (a third
+kernel, or with :func:`moe_down_combine` the last program of each row's down projection)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import pdl_enter
+    from .common import arrive_last, pdl_enter
 
 from .norm_rope import rms_norm
 
@@ -49,8 +50,44 @@ if HAVE_TRITON:
         tl.store(out_ptr + pair * I + i, act.to(dt), mask=mi)
 
     @triton.jit
+    def _combine_row(y_ptr, wt_ptr, res_ptr, nw_ptr, out_ptr, normed_ptr, tok, D, eps, K, HAS_NORM: tl.constexpr,
+                     BLOCK: tl.constexpr):
+        # row tok: out = res + sum_j wt[j] * y[tok * K + j] (each term rounded to the dtype, as the eager
+        # experts), and with HAS_NORM its RMSNorm * nw; y float32 (T*K, D)
+        d = tl.arange(0, BLOCK)
+        md = d < D
+        dt = out_ptr.dtype.element_ty
+        acc = tl.zeros([BLOCK], tl.float32)
+        for j in range(0, K):
+            yj = tl.load(y_ptr + (tok * K + j) * D + d, mask=md, other=0.0, cache_modifier=".cg")
+            acc += (yj * tl.load(wt_ptr + tok * K + j).to(tl.float32)).to(dt).to(tl.float32)
+        r = tl.load(res_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)
+        out = (r + acc.to(dt).to(tl.float32)).to(dt)
+        tl.store(out_ptr + tok * D + d, out, mask=md)
+        if HAS_NORM:
+            xf = out.to(tl.float32)
+            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
+            w = tl.load(nw_ptr + d, mask=md, other=0.0).to(tl.float32)
+            tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=md)
+
+    @triton.jit
     def _moe_down_kernel(act_ptr, w_ptr, idx_ptr, y_ptr, P, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr,
                          NS: tl.constexpr, PDL: tl.constexpr = False):
+        _moe_down_tile(act_ptr, w_ptr, idx_ptr, y_ptr, D, I, BLOCK_D, BLOCK_I, NS, PDL)
+
+    @triton.jit
+    def _moe_down_combine_kernel(act_ptr, w_ptr, idx_ptr, y_ptr, wt_ptr, res_ptr, nw_ptr, out_ptr, normed_ptr, cnt_ptr,
+                                 P, D, I, K, eps, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, NS: tl.constexpr,
+                                 HAS_NORM: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+        # the down projection's tiles; the last of a row's K pairs x D tiles to finish combines the row
+        _moe_down_tile(act_ptr, w_ptr, idx_ptr, y_ptr, D, I, BLOCK_D, BLOCK_I, NS, PDL)
+        tok = tl.program_id(0) // K
+        if arrive_last(cnt_ptr + tok, K * tl.num_programs(1)):
+            _combine_row(y_ptr, wt_ptr, res_ptr, nw_ptr, out_ptr, normed_ptr, tok, D, eps, K, HAS_NORM, BLOCK)
+
+    @triton.jit
+    def _moe_down_tile(act_ptr, w_ptr, idx_ptr, y_ptr, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr,
+                       NS: tl.constexpr, PDL: tl.constexpr):
         pdl_enter(PDL)
         pair = tl.program_id(0)
         db = tl.program_id(1)
@@ -109,20 +146,23 @@ if HAVE_TRITON:
                                        (16, 256, 4, 3), (8, 512, 4, 2))],
         key=["P", "D", "I"],
     )(_moe_down_kernel)
+    _down_combine_tuned = triton.autotune(configs=_down_tuned.configs, key=["P", "D", "I"])(_moe_down_combine_kernel)
 
 
 # ============================================================================ ops
 def _launch_pair_tiles(
     tuned: object, raw: object, args: tuple, pairs: int, n: int, block_name: str, block: int | None, tuning_key: str,
-    pdl: bool = False, **raw_meta: int,
+    pdl: bool = False, consts: dict | None = None, **raw_meta: int,
 ) -> None:
     """Launch an expert kernel over a (token-expert pairs, ceil(n / block)) grid: the autotuned
-    variant on CUDA, the raw kernel with ``block`` (or ``TUNING[tuning_key]``) otherwise."""
+    variant on CUDA, the raw kernel with ``block`` (or ``TUNING[tuning_key]``) otherwise; ``consts``
+    go to either, ``raw_meta`` to the raw kernel only (the tuned one's configurations set them)."""
+    consts = dict(consts or {}, **pdl_options(pdl))
     if block is None and not triton_interpreting():
-        tuned[lambda meta: (pairs, triton.cdiv(n, meta[block_name]))](*args, **pdl_options(pdl))  # type: ignore[index]
+        tuned[lambda meta: (pairs, triton.cdiv(n, meta[block_name]))](*args, **consts)  # type: ignore[index]
     else:
         b = min(TUNING[tuning_key] if block is None else int(block), _p2(n))
-        raw[(pairs, triton.cdiv(n, b))](*args, **{block_name: b}, **raw_meta, NS=1, **pdl_options(pdl))  # type: ignore[index]
+        raw[(pairs, triton.cdiv(n, b))](*args, **{block_name: b}, **raw_meta, NS=1, **consts)  # type: ignore[index]
 
 
 def moe_gate_up_act(
@@ -193,4 +233,38 @@ def moe_combine(
         dim, eps, K=top_k, BLOCK_K=_p2(top_k), HAS_NORM=norm_weight is not None, BLOCK=_p2(dim), num_warps=8,
         **pdl_options(pdl),
     )
+    return out, normed if norm_weight is not None else None
+
+
+def moe_down_combine(
+    act: torch.Tensor,
+    down: torch.Tensor,
+    idx: torch.Tensor,
+    weights: torch.Tensor,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    counters: torch.Tensor | None,
+    backend: Backend = "torch",
+    block_d: int | None = None,
+    pdl: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`moe_down` then :func:`moe_combine` in one kernel: the last of each row's (expert, tile)
+    programs to finish (:func:`~.common.arrive_last` on ``counters[row]``) does the row's weighted sum,
+    residual add and RMSNorm. Arguments and results as the two ops'."""
+    if backend == "torch":
+        return moe_combine(moe_down(act, down, idx, "torch"), weights, residual, norm_weight, eps, "torch")
+    n_tok, top_k = idx.shape
+    dim, n_int = down.shape[1], down.shape[2]
+    if counters is None or counters.numel() < n_tok:
+        raise ValueError(f"moe_down_combine needs arrival counters (kernels.arrival_counters), one per row ({n_tok})")
+    pairs = n_tok * top_k
+    y = torch.empty(pairs, dim, dtype=torch.float32, device=act.device)
+    out = torch.empty_like(residual)
+    normed = torch.empty_like(residual) if norm_weight is not None else out
+    args = (act.contiguous(), down, idx.contiguous(), y, weights.contiguous(), residual.contiguous(),
+            norm_weight if norm_weight is not None else residual, out, normed, counters, pairs, dim, n_int, top_k, float(eps))
+    _launch_pair_tiles(_down_combine_tuned, _moe_down_combine_kernel, args, pairs, dim, "BLOCK_D", block_d,
+                       "down_block_d", pdl, consts={"HAS_NORM": norm_weight is not None, "BLOCK": _p2(dim)},
+                       BLOCK_I=min(256, _p2(n_int)))
     return out, normed if norm_weight is not None else None

@@ -2,7 +2,11 @@
 for a few token rows (a decode batch, ≤ 16), so that with programmatic dependent launch the
 whole block is a chain of Triton kernels (cuBLAS's GEMVs do not take part in it) and each
 projection's first weight tile is loaded before the kernel waits for the one before: the weights
-do not depend on it, only the activations do."""
+do not depend on it, only the activations do.
+
+:func:`gemv_add_rms_norm` is the output projection with the residual add and the next RMSNorm in the same
+kernel: each program adds its tile to the residual stream, and the last to finish
+(:func:`~.common.arrive_last`) norms the rows (``FusedLM(decode_epilogues="last_program")``)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import dot_acc, pdl_enter
+    from .common import arrive_last, dot_acc, pdl_enter
 
 #: Rows a program multiplies at once: tl.dot's smallest tile; a decode batch of up to this many
 #: rows is one tile (the rows past the batch are masked, their products never stored).
@@ -24,9 +28,10 @@ BLOCK_M = 16
 if HAVE_TRITON:
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     IEEE: tl.constexpr, PDL: tl.constexpr = False):
-        # program n: output features n*BLOCK_N.. of every row; w (N, K) row-major, x (M, K), out (M, N)
+    def _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   IEEE: tl.constexpr, PDL: tl.constexpr):
+        # program n: output features n*BLOCK_N.. of every row; w (N, K) row-major, x (M, K); returns the
+        # float32 (BLOCK_M, BLOCK_N) tile, its rows and features and their masks
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mn = n < N
         m = tl.arange(0, BLOCK_M)
@@ -43,7 +48,34 @@ if HAVE_TRITON:
             w_next = tl.load(w_ptrs + (k0 + BLOCK_K), mask=mn[:, None] & (k[None, :] + BLOCK_K < K), other=0.0)
             acc = dot_acc(xk, tl.trans(w), acc, IEEE)
             w = w_next
+        return acc, m, n, mm, mn
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     IEEE: tl.constexpr, PDL: tl.constexpr = False):
+        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL)
         tl.store(out_ptr + m[:, None] * N + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+
+    @triton.jit
+    def _gemv_add_norm_kernel(x_ptr, w_ptr, res_ptr, sum_ptr, nw_ptr, normed_ptr, cnt_ptr, M, N, K, eps,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_ROW: tl.constexpr,
+                              IEEE: tl.constexpr, PDL: tl.constexpr = False):
+        # sum = res + x @ w.T (the projection rounded to the dtype, then the add, as the eager path), and the
+        # last program to finish writes normed = RMSNorm(sum) * nw for every row (add_rms_norm's arithmetic)
+        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL)
+        dt = sum_ptr.dtype.element_ty
+        o = m[:, None] * N + n[None, :]
+        mo = mm[:, None] & mn[None, :]
+        r = tl.load(res_ptr + o, mask=mo, other=0.0).to(tl.float32)
+        tl.store(sum_ptr + o, (r + acc.to(dt).to(tl.float32)).to(dt), mask=mo)
+        if arrive_last(cnt_ptr, tl.num_programs(0)):
+            d = tl.arange(0, BLOCK_ROW)
+            md = d < N
+            nw = tl.load(nw_ptr + d, mask=md, other=0.0).to(tl.float32)
+            for row in range(0, M):
+                xf = tl.load(sum_ptr + row * N + d, mask=md, other=0.0, cache_modifier=".cg").to(tl.float32)
+                rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / N + eps)
+                tl.store(normed_ptr + row * N + d, ((xf * rstd).to(dt).to(tl.float32) * nw).to(dt), mask=md)
 
     # Tuned variant (CUDA): output features per program and the reduction tile, per (M, N, K), measured on first
     # use (warm-up, before any graph capture). Narrow programs keep a 2048-wide projection's weights spread
@@ -54,6 +86,7 @@ if HAVE_TRITON:
                                    (64, 128, 4), (64, 256, 8))],
         key=["M", "N", "K"],
     )(_gemv_kernel)
+    _gemv_add_norm_tuned = triton.autotune(configs=_gemv_tuned.configs, key=["M", "N", "K"])(_gemv_add_norm_kernel)
 
 
 # ============================================================================ op
@@ -81,3 +114,34 @@ def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool
         _gemv_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=max(16, bk), IEEE=ieee,
                                            **pdl_options(pdl))
     return out
+
+
+def gemv_add_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                      counters: torch.Tensor | None, backend: Backend = "torch", pdl: bool = False,
+                      block_n: int | None = None, block_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``add_rms_norm(residual, x @ w.T, norm_weight, eps)`` in one kernel: (sum (M, N), its RMSNorm (M, N)).
+
+    x (M, K) with M ≤ :data:`BLOCK_M`, w (N, K), residual (M, N). The programs of :func:`gemv` add
+    their tiles to the residual; the one that finishes last (:func:`~.common.arrive_last` on
+    ``counters[0]``) norms the rows. Tiles and ``pdl`` as :func:`gemv`."""
+    if backend == "torch":
+        from .norm_rope import add_rms_norm
+
+        return add_rms_norm(residual, x @ w.T, norm_weight, eps, "torch")
+    n_rows, k = x.shape
+    if n_rows > BLOCK_M:
+        raise ValueError(f"gemv_add_rms_norm serves up to {BLOCK_M} rows (a decode batch), got {n_rows}")
+    if counters is None:
+        raise ValueError("gemv_add_rms_norm needs arrival counters (kernels.arrival_counters)")
+    n = w.shape[0]
+    if w.shape[1] != k or residual.shape != (n_rows, n):
+        raise ValueError(f"gemv_add_rms_norm: x {tuple(x.shape)}, w {tuple(w.shape)}, residual {tuple(residual.shape)}")
+    total, normed = torch.empty_like(residual), torch.empty_like(residual)
+    args = (x.contiguous(), w.contiguous(), residual.contiguous(), total, norm_weight, normed, counters, n_rows, n, k, float(eps))
+    meta = dict(BLOCK_M=BLOCK_M, BLOCK_ROW=_p2(n), IEEE=x.dtype == torch.float32, **pdl_options(pdl))
+    if block_n is None and block_k is None and not triton_interpreting():
+        _gemv_add_norm_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](*args, **meta)
+    else:
+        bn, bk = int(block_n or 16), int(block_k or min(32, _p2(k)))
+        _gemv_add_norm_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_N=bn, BLOCK_K=max(16, bk), **meta)
+    return total, normed

@@ -1,5 +1,6 @@
 """The router: softmax (float32) over all experts' logits, then top-k; optionally with the logits'
-GEMM in the same kernel (:func:`router_gemm_topk`)."""
+GEMM in the same kernel (:func:`router_gemm_topk`: one program per tile of rows; :func:`router_splitk_topk`:
+the decode step's few rows, the GEMM split over the hidden columns and the top-k in the last program)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import dot_acc, pdl_enter
+    from .common import arrive_last, dot_acc, pdl_enter
 
 
 # ============================================================================ kernels
@@ -89,6 +90,40 @@ if HAVE_TRITON:
         tl.store(w_ptr + out, wts.to(w_ptr.dtype.element_ty), mask=mt[:, None] & (jj < K))
 
 
+    @triton.jit
+    def _router_splitk_topk_kernel(h_ptr, wr_ptr, part_ptr, cnt_ptr, w_ptr, idx_ptr, T, D, E, K: tl.constexpr,
+                                   KMAX: tl.constexpr, NORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                                   BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
+        # program s: the logits' partial sums over hidden columns s*BLOCK_D.. for every row (<= BLOCK_T),
+        # float32 into part (S, BLOCK_T, BLOCK_E); the last program to finish adds the S partials in
+        # order, rounds the logits to the model's dtype and takes softmax + top-k
+        s = tl.program_id(0)
+        n_split = tl.num_programs(0)
+        rows = tl.arange(0, BLOCK_T)
+        mt = rows < T
+        e = tl.arange(0, BLOCK_E)
+        me = e < E
+        dd = s * BLOCK_D + tl.arange(0, BLOCK_D)
+        md = dd < D
+        # the weight's columns before the wait: the kernel before does not write them
+        b = tl.load(wr_ptr + e[None, :] * D + dd[:, None], mask=md[:, None] & me[None, :], other=0.0)
+        pdl_enter(PDL)
+        a = tl.load(h_ptr + rows[:, None] * D + dd[None, :], mask=mt[:, None] & md[None, :], other=0.0)
+        acc = dot_acc(a, b, tl.zeros([BLOCK_T, BLOCK_E], tl.float32), IEEE)
+        tile = rows[:, None] * BLOCK_E + e[None, :]
+        tl.store(part_ptr + s * BLOCK_T * BLOCK_E + tile, acc)
+        if arrive_last(cnt_ptr, n_split):
+            z = tl.zeros([BLOCK_T, BLOCK_E], tl.float32)
+            for j in range(0, n_split):
+                z += tl.load(part_ptr + j * BLOCK_T * BLOCK_E + tile, cache_modifier=".cg")
+            z = tl.where(me[None, :], z.to(w_ptr.dtype.element_ty).to(tl.float32), -float("inf"))
+            ids, wts = _softmax_topk_rows(z, e, me, K, KMAX, BLOCK_E, NORM)
+            jj = tl.arange(0, KMAX)[None, :]
+            out = rows[:, None] * K + jj
+            tl.store(idx_ptr + out, ids, mask=mt[:, None] & (jj < K))
+            tl.store(w_ptr + out, wts.to(w_ptr.dtype.element_ty), mask=mt[:, None] & (jj < K))
+
+
 # ============================================================================ ops
 def router_topk(
     logits: torch.Tensor, top_k: int, norm_topk_prob: bool, backend: Backend = "torch", pdl: bool = False
@@ -131,4 +166,38 @@ def router_gemm_topk(
         h.contiguous(), router_weight.contiguous(), w, idx, n_tok, dim, n_exp, K=top_k, KMAX=_p2(top_k),
         NORM=bool(norm_topk_prob), BLOCK_T=block_t, BLOCK_E=max(16, _p2(n_exp)), BLOCK_D=max(16, min(_p2(block_d), _p2(dim))),
         IEEE=h.dtype == torch.float32, **pdl_options(pdl))
+    return w, idx
+
+
+#: rows :func:`router_splitk_topk` serves (one tl.dot tile: a decode batch)
+SPLITK_ROWS = 16
+
+
+def router_splitk_topk(
+    h: torch.Tensor, router_weight: torch.Tensor, top_k: int, norm_topk_prob: bool, counters: torch.Tensor | None,
+    backend: Backend = "torch", block_d: int = 128, pdl: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`router_topk` of ``h @ router_weight.T`` for the decode step's few rows (≤ :data:`SPLITK_ROWS`):
+    one program per ``block_d`` hidden columns (the 64 × 2,048 weight's read spread over D / block_d
+    programs, where :func:`router_gemm_topk` gives one program per tile of rows), float32 partial
+    logits, and the softmax + top-k in the program that finishes last
+    (:func:`~.common.arrive_last` on ``counters[0]``). Logits rounded to h's dtype as the router's
+    linear layer returns them. ``pdl``: launched for programmatic dependent launch."""
+    if backend == "torch":
+        return router_topk(h @ router_weight.T, top_k, norm_topk_prob, backend)
+    n_tok, dim = h.shape
+    if n_tok > SPLITK_ROWS:
+        raise ValueError(f"router_splitk_topk serves up to {SPLITK_ROWS} rows (a decode batch), got {n_tok}")
+    if counters is None:
+        raise ValueError("router_splitk_topk needs arrival counters (kernels.arrival_counters)")
+    n_exp = router_weight.shape[0]
+    block_e, block_d = max(16, _p2(n_exp)), max(16, min(_p2(block_d), _p2(dim)))
+    n_split = triton.cdiv(dim, block_d)
+    part = torch.empty(n_split, SPLITK_ROWS, block_e, dtype=torch.float32, device=h.device)
+    w = torch.empty(n_tok, top_k, dtype=h.dtype, device=h.device)
+    idx = torch.empty(n_tok, top_k, dtype=torch.int32, device=h.device)
+    _router_splitk_topk_kernel[(n_split,)](
+        h.contiguous(), router_weight.contiguous(), part, counters, w, idx, n_tok, dim, n_exp, K=top_k, KMAX=_p2(top_k),
+        NORM=bool(norm_topk_prob), BLOCK_T=SPLITK_ROWS, BLOCK_E=block_e, BLOCK_D=block_d, IEEE=h.dtype == torch.float32,
+        **pdl_options(pdl))
     return w, idx
