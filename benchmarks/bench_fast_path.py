@@ -18,7 +18,8 @@ Sections, all in one process so that every ratio compares figures of the same ru
    (``decode_variants``, :data:`DECODE_VARIANTS`): the projections as the Triton GEMV
    (``decode_gemv="triton"``), the router in one kernel (``decode_router="fused"``) and, on Hopper,
    the kernels launched for programmatic dependent launch (``pdl=True``), alone and combined, and the
-   reductions in the last program of the kernel before them (``decode_epilogues="last_program"``).
+   reductions in the last program of the kernel before them (``decode_epilogues="last_program"``,
+   ``decode_router="splitk"``), together and apart.
 3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
@@ -49,7 +50,12 @@ Sections, all in one process so that every ratio compares figures of the same ru
    equal transformers' blocks for every distinct language-model plan of the knob space; real
    shape in bf16: relative error ||fast - ref|| / ||ref|| of the prefill logits and of the first
    decode step's logits, and greedy token agreement, at the four corners.
-11. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
+11. **timeline** (CUDA): one replayed decode step's kernels as the profiler sees them on the GPU
+   (:mod:`benchmarks.step_timeline`) at (8, 16) and (4, 12), for the run's decode form and for the plain
+   launch (``cublas``): the step's span, the time some kernel ran (the union of their intervals) and the
+   idle rest, each per active block, and the time by kernel: whether a block's time above its bytes is
+   in the kernels or between them.
+12. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
    through :class:`~model_runtime.molmoe.kernels.persistent_decode.PersistentDecodeStep` (one
    kernel per token, ``--persistent`` options) next to the fused step's figures of the same run,
    a sweep of tile options (``--persistent-sweep``) at the two corners, and the correctness checks
@@ -86,7 +92,7 @@ from model_runtime.profiler import build_random_model, device_name
 KS = KnobSpace()
 #: every section, in the order a run takes them (``--sections`` picks any of them)
 SECTIONS: tuple[str, ...] = ("ceilings", "decode", "kernels", "hf", "prefill", "prefill_kernels", "experts", "batching",
-                             "vision", "correctness", "persistent")
+                             "vision", "correctness", "timeline", "persistent")
 #: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
 #: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
 DECODE_VARIANTS: dict[str, dict[str, Any]] = {
@@ -97,8 +103,12 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"},
     "fused_router": {"pdl": False, "decode_gemv": "cublas", "decode_router": "fused"},
     "pdl_triton_gemv_fused_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "fused"},
-    "last_program": {"pdl": False, "decode_gemv": "triton", "decode_epilogues": "last_program"},
-    "pdl_last_program": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program"},
+    "pdl_triton_gemv_splitk_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "splitk"},
+    # the four reductions of a block in the last program of the kernel before them
+    "last_program": {"pdl": False, "decode_gemv": "triton", "decode_epilogues": "last_program", "decode_router": "splitk"},
+    "pdl_last_program": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program", "decode_router": "splitk"},
+    # the same without the router's (its top-k kernel after the Triton GEMV, as the default)
+    "pdl_last_program_split_router": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program"},
 }
 #: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
 #: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
@@ -495,9 +505,13 @@ def main() -> None:
                     help="the decode step's form for every section, as if it were the default (its correctness too): "
                          "one of DECODE_VARIANTS (the Triton GEMV, the one-kernel router, programmatic dependent "
                          "launch on Hopper, and their combinations)")
+    ap.add_argument("--variants", default="all",
+                    help="comma-separated DECODE_VARIANTS the decode and batching sections time beside the run's form "
+                         "(default: all that can run here; those with PDL only on Hopper)")
     ap.add_argument("--decode-grid", choices=("all", "corners"), default="all",
                     help="the decode table's (top-k, blocks) points: all 25 or the four corners (a shorter run)")
-    ap.add_argument("--sections", default="ceilings,decode,kernels,hf,prefill,prefill_kernels,experts,batching,vision,correctness")
+    ap.add_argument("--sections",
+                    default="ceilings,decode,kernels,hf,prefill,prefill_kernels,experts,batching,vision,correctness,timeline")
     ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
                     help="prefill experts (default: the fast path's default for the device)")
     ap.add_argument("--persistent", default="best",
@@ -577,7 +591,12 @@ def main() -> None:
     # the decode step's variants timed beside the run's own form, those with programmatic dependent launch only where
     # it can run (Hopper and later)
     hopper = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
-    variants = {name: opts for name, opts in DECODE_VARIANTS.items() if name != "default" and (hopper or not opts.get("pdl"))}
+    wanted = set(DECODE_VARIANTS) if args.variants == "all" else set(args.variants.split(","))
+    if wanted - set(DECODE_VARIANTS):
+        raise SystemExit(f"bench_fast_path: unknown --variants {sorted(wanted - set(DECODE_VARIANTS))}; "
+                         f"choose from {', '.join(DECODE_VARIANTS)}")
+    variants = {name: opts for name, opts in DECODE_VARIANTS.items()
+                if name != "default" and name in wanted and (hopper or not opts.get("pdl"))}
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
           f"{lm.fused.backend}, experts {lm.fused.routed_form}, decode variant {args.decode_variant}", flush=True)
     emb1, mask1 = prompt(lm, 1, context, seed=0)
@@ -784,6 +803,28 @@ def main() -> None:
         return out
 
     section("batching", batch)
+
+    def timeline() -> dict[str, Any]:
+        if dev.type != "cuda":
+            return {}
+        from benchmarks.step_timeline import step_intervals, timeline_summary
+
+        out: dict[str, Any] = {}
+        for form, opts in (("run", run_opts), ("cublas", {"routed_form": args.routed_form, **DECODE_VARIANTS["cublas"]})):
+            lm.use_fast_path(**opts)
+            form_dec = GraphDecoder(lm, max_graphs=2, capture=capture)
+            for k, b in ((8, 16), (4, 12)):
+                summary = timeline_summary(step_intervals(lm, form_dec, plan_of(k, b), emb1, mask1), blocks=b)
+                out[f"{form}_k{k}b{b}"] = summary
+                print(f"  timeline {form} (k{k}, b{b}): span {summary['span_us']:.0f} us, busy {summary['busy_us']:.0f}, "
+                      f"idle {summary['idle_us']:.0f} ({summary['kernels']} kernels; per block: busy "
+                      f"{summary['busy_per_block_us']:.1f}, idle {summary['idle_per_block_us']:.1f})", flush=True)
+            del form_dec
+        lm.use_fast_path(**run_opts)
+        dec.fused = lm.fused
+        return out
+
+    section("timeline", timeline)
 
     def vision() -> list[dict[str, Any]]:
         from model_runtime.molmoe.vision_graphs import VisionGraphs

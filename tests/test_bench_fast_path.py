@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
     out = tmp_path / "fast_path.json"
     run = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--device", "cpu", "--quick", "--repeats", "1",
-                          "--steps", "2", "--sections", "ceilings,decode,prefill,batching", "--decode-variant", "fused_router",
+                          "--steps", "2", "--sections", "ceilings,decode,prefill,batching,timeline", "--decode-variant", "fused_router",
+                          "--variants", "triton_gemv,last_program,pdl",
                           "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -25,8 +26,8 @@ def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
     assert [(r["top_k"], r["blocks"]) for r in res["decode"]] == [(8, 16), (4, 12)]
     assert all(r["ms_per_token"] > 0 and r["floor_GB"] > 0 for r in res["decode"])
     assert set(res["decode_sorted_experts"]) == {"k8b16_ms_per_token", "k4b12_ms_per_token"}
-    gemv = res["decode_variants"]["triton_gemv"]  # no Hopper here: no pdl variants
-    assert set(res["decode_variants"]) == {"cublas", "triton_gemv", "fused_router", "last_program"} and gemv["k8b16"]["ms_per_token"] > 0 and gemv["ratio_k4b12_over_k8b16"] > 0
+    gemv = res["decode_variants"]["triton_gemv"]  # the variants asked for, less those with PDL (no Hopper here)
+    assert set(res["decode_variants"]) == {"triton_gemv", "last_program"} and gemv["k8b16"]["ms_per_token"] > 0 and gemv["ratio_k4b12_over_k8b16"] > 0
     prefill = res["prefill"]
     assert [r["tokens"] for r in prefill["rows"]] == [64, 128]
     for form in ("grouped_mm", "sorted_gemm", "sorted_tma"):  # every routed form ran (torch ops on the CPU)
@@ -34,9 +35,10 @@ def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
     for key in ("k8b16", "k4b12"):
         row = res["batching"][key]
         assert row["sequential_ms"] > 0 and row["batched_ms"] > 0 and row["batched_sorted_ms"] > 0 and row["batched_triton_gemv_ms"] > 0
-        assert row["batched_fused_router_ms"] > 0 and row["batched_last_program_ms"] > 0
+        assert row["batched_last_program_ms"] > 0 and "batched_fused_router_ms" not in row
         assert row["ratio"] == row["sequential_ms"] / row["batched_ms"]
     assert res["ceilings"] == {} and res["bars"] == []  # no GPU: no ceilings, so no floors and no bars
+    assert res["timeline"] == {}  # a CUDA-only section: ran, and measured nothing on the CPU
     assert "error" not in json.dumps(res)
 
 
@@ -46,6 +48,11 @@ def test_a_decode_variant_that_cannot_run_is_refused(tmp_path: Path) -> None:
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith("bench_fast_path: --decode-variant pdl: pdl=True")
+    unknown = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--device", "cpu", "--quick",
+                              "--sections", "ceilings", "--variants", "cublas,megakernel", "--out", str(tmp_path / "u.json")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines()[-1].startswith("bench_fast_path: unknown --variants ['megakernel']")
 
 
 def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_path: Path, monkeypatch, capsys) -> None:

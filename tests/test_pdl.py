@@ -145,7 +145,7 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
                   pad_token_id=CFG.tokens.pad, max_new_tokens=6)
         outs = {}
         for form in (("cublas", "split", "kernels"), ("triton", "split", "kernels"), ("triton", "fused", "kernels"),
-                     ("triton", "split", "last_program")):
+                     ("triton", "splitk", "last_program")):
             for pdl in (False, True):
                 lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1], decode_epilogues=form[2])
                 try:
@@ -160,7 +160,7 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         assert outs[("triton", "split", "kernels"), True].tokens == ref
         assert outs[("triton", "fused", "kernels"), True].tokens == ref
         # the last-arrival epilogues: the same tokens, and logits within float32 summation-order differences
-        last = outs[("triton", "split", "last_program"), True]
+        last = outs[("triton", "splitk", "last_program"), True]
         assert last.tokens == ref
         torch.testing.assert_close(last.first_logits, outs[("cublas", "split", "kernels"), False].first_logits,
                                    atol=1e-4, rtol=1e-4)

@@ -10,8 +10,10 @@
 #         (decode and persistent together took more than 10 minutes on an H100);
 # PART 5: the decode step's variants in one shorter call: the PDL tests on the GPU, then decode at the four corners
 #         and batching, each with the variants (bench_fast_path's DECODE_VARIANTS: the Triton GEMV, programmatic
-#         dependent launch, the one-kernel router, and their combinations).
-# VARIANT=NAME (default: default) runs the sections with that decode form as if it were the default
+#         dependent launch, the one-kernel and split-K routers, the last-arrival epilogues, and their combinations),
+#         then one replayed step's kernel timeline (span, busy, idle per block) for the default and the plain launch.
+# VARIANT=NAME (default: default, FusedLM's own defaults: PDL + Triton GEMV on Hopper) runs the sections with that
+# decode form as if it were the default
 # (bench_fast_path --decode-variant NAME, a name of DECODE_VARIANTS), its correctness checks included; VARIANT=best takes
 # the variant that OUT/fast_path_5.json (an earlier part 5) found faster than the default at all four corners, if any.
 # A failing kernel test is reported and the measurements still run. Each part prints issue 15's bars for the sections it
@@ -34,7 +36,7 @@ case "$PART" in
   3) SECTIONS=ceilings,kernels,hf,vision,correctness ;;
   4) SECTIONS=ceilings,persistent ;;
   5) { $PY -m pytest -q -x tests/test_pdl.py || true; } 2>&1 | tail -5 | tee "$OUT/fast_path_pdl_tests.log"
-     SECTIONS=ceilings,decode,batching; EXTRA="--decode-grid corners" ;;
+     SECTIONS=ceilings,decode,batching,timeline; EXTRA="--decode-grid corners" ;;
   *) echo "PART must be 1, 2, 3, 4 or 5, got $PART" >&2; exit 2 ;;
 esac
 $PY -m benchmarks.bench_fast_path --sections "$SECTIONS" --decode-variant "$VARIANT" ${EXTRA:-} --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"

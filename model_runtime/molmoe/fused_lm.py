@@ -13,7 +13,8 @@ packing costs no memory and the eager modules keep working) and runs:
   values go straight into a static cache's slots (:meth:`StaticKVCache.append_slots`);
 - :meth:`FusedLM.decode_step`: one token for every row of a
   :class:`~model_runtime.molmoe.static_decode.StaticKVCache` with fixed shapes and no host sync,
-  11 kernels per block (7 with ``decode_epilogues="last_program"``; :mod:`~model_runtime.molmoe.kernels`), which
+  11 kernels per block (8 with ``decode_epilogues="last_program"``, 7 with ``decode_router="splitk"`` too;
+  :mod:`~model_runtime.molmoe.kernels`), which
   :class:`~model_runtime.molmoe.static_decode.GraphDecoder` captures in a CUDA graph.
 
 Both run the ``"triton"`` ops on CUDA and their torch references on CPU (the CPU tests check both
@@ -44,16 +45,19 @@ DECODE_EXPERT_FORMS: tuple[str, ...] = ("pairs", "sorted")
 #: The decode step's dense projections: torch's matmul (cuBLAS on a GPU; the default) or the Triton
 #: GEMV kernel, which takes part in programmatic dependent launch (``pdl``)
 DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton")
-#: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (the default), or both
-#: in one kernel (:func:`~model_runtime.molmoe.kernels.router.router_gemm_topk`: one kernel boundary fewer a block)
-DECODE_ROUTER_FORMS: tuple[str, ...] = ("split", "fused")
+#: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (the default), both
+#: in one kernel (``fused``: :func:`~model_runtime.molmoe.kernels.router.router_gemm_topk`, one program per tile
+#: of rows), or both in one kernel whose projection is split over the hidden columns and whose last program
+#: takes the top-k (``splitk``: :func:`~model_runtime.molmoe.kernels.router.router_splitk_topk`; decode batches of
+#: up to 16 rows, larger ones take ``split``)
+DECODE_ROUTER_FORMS: tuple[str, ...] = ("split", "fused", "splitk")
 #: hidden columns per step of the fused router at decode (a row's 64 router logits in one program)
 DECODE_ROUTER_BLOCK_D = 128
 #: Where the decode step's reductions run: each in its own kernel (the default), or in the last program of
 #: the kernel before it to finish (:func:`~model_runtime.molmoe.kernels.common.arrive_last`; decode
 #: batches of up to 16 rows): the attention's merge of its splits, the output projection's residual add +
-#: RMSNorm, the router's top-k (its projection split over the hidden columns) and the experts' weighted
-#: sum + the next norm, 7 kernels a block instead of 11
+#: RMSNorm (with the projection as the Triton GEMV) and the experts' weighted sum + the next norm, 8 kernels
+#: a block instead of 11 (the router's top-k moves the same way with ``decode_router="splitk"``)
 DECODE_EPILOGUE_FORMS: tuple[str, ...] = ("kernels", "last_program")
 
 
@@ -189,11 +193,12 @@ class FusedLM:
             the two pay only together (3-5 % a decode token on an H100 and an H200, benchmarks/RESULTS.md,
             "The decode variants on one H100"), and apart each is slower than the plain launch of cuBLAS's GEMVs.
         decode_router: the decode step's router, see :data:`DECODE_ROUTER_FORMS`: ``"split"`` (the
-            projection, then the top-k kernel) or ``"fused"`` (both in one kernel; either way the logits
-            are rounded to the model's dtype before the float32 softmax, as the router's linear layer returns them).
+            projection, then the top-k kernel), ``"fused"`` (both in one kernel) or ``"splitk"`` (both in one
+            kernel, the projection spread over programs, the top-k in the last); in every form the logits
+            are rounded to the model's dtype before the float32 softmax, as the router's linear layer returns them.
         decode_epilogues: see :data:`DECODE_EPILOGUE_FORMS`: ``"kernels"`` or ``"last_program"`` (with the
-            Triton backend, batches of up to 16 rows; larger batches take the separate kernels). It replaces
-            ``decode_router`` and the output projection's ``decode_gemv``.
+            Triton backend, batches of up to 16 rows; larger batches take the separate kernels). The latter
+            runs the output projection as the Triton GEMV whatever ``decode_gemv`` says.
     """
 
     def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
@@ -227,8 +232,8 @@ class FusedLM:
             raise ValueError(f"unknown decode epilogue form {decode_epilogues!r}; choose from {DECODE_EPILOGUE_FORMS}")
         self.decode_epilogues = decode_epilogues
         # the last-arrival counters live with this object, outside any captured graph that uses them
-        self.counters = (dk.arrival_counters(device) if decode_epilogues == "last_program" and self.backend == "triton"
-                         else None)
+        arrivals = decode_epilogues == "last_program" or decode_router == "splitk"
+        self.counters = dk.arrival_counters(device) if arrivals and self.backend == "triton" else None
         cfg = lm.config
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(cfg.num_key_value_heads)
@@ -319,6 +324,7 @@ class FusedLM:
         pdl = self.pdl
         rows = hidden.shape[0]
         last = self.decode_epilogues == "last_program" and rows <= dk.GEMV_ROWS
+        router = "split" if self.decode_router == "splitk" and rows > dk.GEMV_ROWS else self.decode_router
         counters = self.counters
         if self.decode_gemv == "triton" and rows <= dk.GEMV_ROWS:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -337,14 +343,15 @@ class FusedLM:
                                        counters=counters if last else None)
             if last:
                 hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl)
-                weights, idx = dk.router_splitk_topk(h2, w.router, plan[b], self.norm_topk_prob, counters, be, pdl=pdl)
             else:
                 hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
-                if self.decode_router == "fused":
-                    weights, idx = dk.router_gemm_topk(h2, w.router, plan[b], self.norm_topk_prob, be,
-                                                       block_d=DECODE_ROUTER_BLOCK_D, pdl=pdl)
-                else:
-                    weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
+            if router == "splitk":
+                weights, idx = dk.router_splitk_topk(h2, w.router, plan[b], self.norm_topk_prob, counters, be, pdl=pdl)
+            elif router == "fused":
+                weights, idx = dk.router_gemm_topk(h2, w.router, plan[b], self.norm_topk_prob, be,
+                                                   block_d=DECODE_ROUTER_BLOCK_D, pdl=pdl)
+            else:
+                weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
             final_block = n + 1 == len(active)
             # the combine also applies the next block's input norm (the final norm after the last)
             norm_w = final.weight if final_block else self.blocks[active[n + 1]].ln_in

@@ -19,9 +19,10 @@ programmatic dependent launch, each is scheduled while the kernel before it drai
 the GPU for that kernel's writes, which shortens the gaps between the 11 kernels of a block inside
 the captured graph (``FusedLM(pdl=True)``; Hopper and later, where it is the default, with the
 projections as :func:`.projections.gemv`). With
-``FusedLM(decode_epilogues="last_program")`` four of a block's reductions run in the last program of
-the kernel before them (:func:`.common.arrive_last`): the attention's merge, the output projection's
-residual add + RMSNorm, the router's top-k and the experts' weighted sum: 7 kernels a block.
+``FusedLM(decode_epilogues="last_program", decode_router="splitk")`` four of a block's reductions run in
+the last program of the kernel before them (:func:`.common.arrive_last`): the attention's merge, the
+output projection's residual add + RMSNorm, the experts' weighted sum and (``splitk``) the router's
+top-k: 7 kernels a block.
 
 The old module names :mod:`model_runtime.molmoe.decode_kernels` and
 :mod:`model_runtime.molmoe.prefill_moe` re-export these ops. Every public op is importable from

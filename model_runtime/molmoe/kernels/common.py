@@ -76,7 +76,7 @@ if HAVE_TRITON:
         return tl.dot(a, b, acc)
 
 
-#: "Last arrival" epilogues (``FusedLM(decode_epilogues="last_program")``): a kernel split over programs
+#: "Last arrival" epilogues (``FusedLM(decode_epilogues="last_program")``, ``decode_router="splitk"``): a kernel split over programs
 #: (output tiles, key/value chunks, the reduction's columns) does the work that needs all of them (a
 #: row's RMSNorm, the attention's merge of its splits, the router's top-k, the experts' weighted sum)
 #: in the one program that finishes last, instead of in a second kernel. Each program counts itself

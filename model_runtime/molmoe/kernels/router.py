@@ -182,7 +182,8 @@ def router_splitk_topk(
     programs, where :func:`router_gemm_topk` gives one program per tile of rows), float32 partial
     logits, and the softmax + top-k in the program that finishes last
     (:func:`~.common.arrive_last` on ``counters[0]``). Logits rounded to h's dtype as the router's
-    linear layer returns them. ``pdl``: launched for programmatic dependent launch."""
+    linear layer returns them (``FusedLM(decode_router="splitk")``). ``pdl``: launched for programmatic
+    dependent launch."""
     if backend == "torch":
         return router_topk(h @ router_weight.T, top_k, norm_topk_prob, backend)
     n_tok, dim = h.shape
