@@ -42,8 +42,8 @@ ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather", "sorted_gemm", "sorted_
 #: grouped GEMMs over the pairs sorted by expert (each expert's weights read once per step however
 #: many rows route to it, which only a batch can gain from)
 DECODE_EXPERT_FORMS: tuple[str, ...] = ("pairs", "sorted")
-#: The decode step's dense projections: torch's matmul (cuBLAS on a GPU; the default) or the Triton
-#: GEMV kernel, which takes part in programmatic dependent launch (``pdl``)
+#: The decode step's dense projections: torch's matmul (cuBLAS on a GPU; the default where programmatic dependent
+#: launch does not run) or the Triton GEMV kernel, which takes part in it (``pdl``; the default where it runs)
 DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton")
 #: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (the default), both
 #: in one kernel (``fused``: :func:`~model_runtime.molmoe.kernels.router.router_gemm_topk`, one program per tile

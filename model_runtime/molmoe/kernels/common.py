@@ -76,10 +76,10 @@ if HAVE_TRITON:
         return tl.dot(a, b, acc)
 
 
-#: "Last arrival" epilogues (``FusedLM(decode_epilogues="last_program")``, ``decode_router="splitk"``): a kernel split over programs
-#: (output tiles, key/value chunks, the reduction's columns) does the work that needs all of them (a
-#: row's RMSNorm, the attention's merge of its splits, the router's top-k, the experts' weighted sum)
-#: in the one program that finishes last, instead of in a second kernel. Each program counts itself
+#: "Last arrival" epilogues (``FusedLM(decode_epilogues="last_program")``, ``decode_router="splitk"``): a
+#: kernel split over programs (output tiles, key/value chunks, the reduction's columns) does the work
+#: that needs all of them (a row's RMSNorm, the attention's merge of its splits, the router's top-k,
+#: the experts' weighted sum) in the one program that finishes last, instead of in a second kernel. Each program counts itself
 #: on an int32 counter in global memory after its stores; the program that sees the count reach the
 #: group's size reads what the others wrote and sets the counter back to zero for the next launch.
 #: The counters are a zeroed buffer that lives as long as the decode step that uses it
