@@ -109,6 +109,10 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "pdl_last_program": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program", "decode_router": "splitk"},
     # the same without the router's (its top-k kernel after the Triton GEMV, as the default)
     "pdl_last_program_split_router": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program"},
+    # the QK-norm + RoPE in the attention's kernel, alone and with the four last-arrival reductions (10 and 6 kernels a block)
+    "pdl_triton_gemv_qk_in_attention": {"pdl": True, "decode_gemv": "triton", "decode_qk_norm": "in_attention"},
+    "pdl_last_program_qk_in_attention": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program",
+                                         "decode_router": "splitk", "decode_qk_norm": "in_attention"},
 }
 #: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
 #: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
@@ -850,7 +854,8 @@ def main() -> None:
         out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32, lm32, run_opts) for k, b in corners]
         # the forms the real-shape decode steps ran (the decoder's), as a check that the variant was in effect
         out["decoder_forms"] = {name: getattr(dec.fused, name, None) for name in
-                                ("pdl", "decode_gemv", "decode_router", "decode_epilogues", "decode_experts")}
+                                ("pdl", "decode_gemv", "decode_router", "decode_epilogues", "decode_qk_norm",
+                                 "decode_experts")}
         del lm32
         return out
 

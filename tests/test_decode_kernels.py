@@ -162,6 +162,46 @@ def test_decode_attention_merged_by_its_last_split(slot_pos: int, chunk: int) ->
 
 
 @triton_ok
+@pytest.mark.parametrize("n_heads,n_kv,slot_pos,merged", [(4, 2, 9, False), (4, 4, 0, True), (4, 2, 22, True)])
+def test_qk_norm_rope_attention_equals_the_two_ops(n_heads: int, n_kv: int, slot_pos: int, merged: bool) -> None:
+    """The QK-norm + RoPE + cache write inside the attention's split kernel (several splits, the slot in the
+    first, a middle and the last; grouped heads; the merge in a second kernel or the last split) equals
+    qk_norm_rope_store then decode_attention: the output, and the caches (only the slot written)."""
+    bsz, dh, length, chunk = 3, 16, 24, 8
+    qkv = torch.randn(bsz, (n_heads + 2 * n_kv) * dh, generator=_g(0)).to(DEV)
+    qkw = torch.randn((n_heads + n_kv) * dh, generator=_g(1)).to(DEV)
+    pos = torch.tensor([slot_pos, max(slot_pos - 3, 0), slot_pos]).to(DEV)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dh, 2).float() / dh)).to(DEV)
+    slot = torch.tensor([slot_pos]).to(DEV)
+    valid = torch.zeros(bsz, length, dtype=torch.long)
+    valid[:, : slot_pos + 1] = 1
+    valid[1, : min(3, slot_pos)] = 0  # left padding
+    valid = valid.to(DEV)
+    k0 = torch.randn(bsz, n_kv, length, dh, generator=_g(2)).to(DEV)
+    v0 = torch.randn(bsz, n_kv, length, dh, generator=_g(3)).to(DEV)
+    caches, outs = [], []
+    for backend in ("triton", "torch"):
+        kc, vc = k0.clone(), v0.clone()
+        counters = dk.arrival_counters(DEV) if merged and backend == "triton" else None
+        outs.append(dk.qk_norm_rope_attention(qkv, qkw, 1e-5, pos, inv_freq, 1.0, kc, vc, valid, slot, n_heads, 0.25,
+                                              backend, chunk=chunk, counters=counters))
+        caches.append((kc, vc))
+        if counters is not None:
+            assert int(counters.abs().sum()) == 0
+    kr, vr = k0.clone(), v0.clone()
+    q = dk.qk_norm_rope_store(qkv, qkw, 1e-5, pos, inv_freq, 1.0, kr, vr, slot, n_heads, "triton")
+    ref = dk.decode_attention(q, kr, vr, valid, slot, 0.25, "triton", chunk=chunk)
+    _close(outs[0], ref)
+    _close(outs[1], ref)
+    for kc, vc in caches:
+        _close(kc, kr)
+        _close(vc, vr)
+    unchanged = torch.ones(length, dtype=torch.bool)
+    unchanged[slot_pos] = False
+    assert torch.equal(caches[0][0][:, :, unchanged], k0[:, :, unchanged])
+
+
+@triton_ok
 @pytest.mark.parametrize("n_tok,n_exp,dim,top_k,norm,block_d", [(1, 64, 96, 8, False, 32), (5, 12, 40, 3, True, 16),
                                                                 (16, 8, 64, 4, False, 128)])
 def test_router_splitk_topk_equals_gemm_then_topk(n_tok, n_exp, dim, top_k, norm, block_d) -> None:

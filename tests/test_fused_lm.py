@@ -127,8 +127,9 @@ def test_triton_decode_step_equals_torch_ops(lm):
     forms = (("torch", "cublas", "split", "kernels"), ("triton", "cublas", "split", "kernels"),
              ("triton", "triton", "fused", "kernels"), ("triton", "triton", "splitk", "last_program"))
     for backend, gemv, router, epilogues in forms:
+        # (the last form also norms and rotates the queries and keys in the attention's kernel)
         fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_gemv=gemv, decode_router=router,
-                        decode_epilogues=epilogues)
+                        decode_epilogues=epilogues, decode_qk_norm="in_attention" if epilogues == "last_program" else "kernel")
         # the last two forms differ from the second in their decode step only: their prefill (the interpreter's slowest
         # part) is the torch ops', and one step (the first two forms check the second step's cache positions)
         prefill = FusedLM(lm, backend="torch") if gemv == "triton" else fused
@@ -150,6 +151,8 @@ def test_triton_decode_step_equals_torch_ops(lm):
     assert fused.counters is not None and int(fused.counters.abs().sum()) == 0
     with pytest.raises(ValueError, match="unknown decode epilogue form 'fused'"):
         FusedLM(lm, backend="torch", decode_epilogues="fused")
+    with pytest.raises(ValueError, match="unknown decode QK-norm form 'rows'"):
+        FusedLM(lm, backend="torch", decode_qk_norm="rows")
     with pytest.raises(ValueError, match="unknown decode GEMV form 'cutlass'"):
         FusedLM(lm, backend="torch", decode_gemv="cutlass")
     with pytest.raises(ValueError, match="unknown decode router form 'sparse'"):

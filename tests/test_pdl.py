@@ -56,6 +56,12 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
          {"BLOCK_I": 32, "BLOCK_D": 256, "NS": 2}),
         (M._moe_down_kernel, {"act_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "y_ptr": "*fp32", "P": i32, "D": i32, "I": i32},
          {"BLOCK_D": 16, "BLOCK_I": 256, "NS": 2}),
+        (A._attn_qk_split_kernel, {"qkv_ptr": BF, "qkw_ptr": BF, "pos_ptr": "*i64", "inv_freq_ptr": "*fp32", "k_ptr": BF,
+                                   "v_ptr": BF, "valid_ptr": "*i64", "slot_ptr": "*i64", "m_ptr": "*fp32", "l_ptr": "*fp32",
+                                   "acc_ptr": "*fp32", "out_ptr": BF, "cnt_ptr": "*i32", "H": i32, "HKV": i32, "L": i32,
+                                   "NSPLIT": i32, "scale": f32, "eps": f32, "rope_scale": f32},
+         {"DH": 128, "HALF": 64, "BLOCK_Q": 2048, "BLOCK_K": 2048, "CHUNK": 64, "BLOCK_N": 64, "REDUCE": True,
+          "BLOCK_S": 16}),
         (R._router_splitk_topk_kernel, {"h_ptr": BF, "wr_ptr": BF, "part_ptr": "*fp32", "cnt_ptr": "*i32", "w_ptr": BF,
                                         "idx_ptr": "*i32", "T": i32, "D": i32, "E": i32},
          {"K": 8, "KMAX": 8, "NORM": False, "BLOCK_T": 16, "BLOCK_E": 64, "BLOCK_D": 128, "IEEE": False}),
@@ -108,7 +114,7 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     on, off = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(on) == 13 and all(v == [1, 1, True] for v in on.values()), on
+    assert len(on) == 14 and all(v == [1, 1, True] for v in on.values()), on
     assert all(v == [0, 0, False] for v in off.values()), off
 
 
@@ -147,7 +153,9 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         for form in (("cublas", "split", "kernels"), ("triton", "split", "kernels"), ("triton", "fused", "kernels"),
                      ("triton", "splitk", "last_program")):
             for pdl in (False, True):
-                lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1], decode_epilogues=form[2])
+                # (the last form with the QK-norm in the attention's kernel too)
+                lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1], decode_epilogues=form[2],
+                                 decode_qk_norm="in_attention" if form[2] == "last_program" else "kernel")
                 try:
                     outs[form, pdl] = greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8))
                 finally:

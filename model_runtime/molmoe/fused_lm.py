@@ -13,8 +13,8 @@ packing costs no memory and the eager modules keep working) and runs:
   values go straight into a static cache's slots (:meth:`StaticKVCache.append_slots`);
 - :meth:`FusedLM.decode_step`: one token for every row of a
   :class:`~model_runtime.molmoe.static_decode.StaticKVCache` with fixed shapes and no host sync,
-  11 kernels per block (8 with ``decode_epilogues="last_program"``, 7 with ``decode_router="splitk"`` too;
-  :mod:`~model_runtime.molmoe.kernels`), which
+  11 kernels per block (8 with ``decode_epilogues="last_program"``, 7 with ``decode_router="splitk"`` too, one
+  fewer again with ``decode_qk_norm="in_attention"``; :mod:`~model_runtime.molmoe.kernels`), which
   :class:`~model_runtime.molmoe.static_decode.GraphDecoder` captures in a CUDA graph.
 
 Both run the ``"triton"`` ops on CUDA and their torch references on CPU (the CPU tests check both
@@ -59,6 +59,11 @@ DECODE_ROUTER_BLOCK_D = 128
 #: RMSNorm (with the projection as the Triton GEMV) and the experts' weighted sum + the next norm, 8 kernels
 #: a block instead of 11 (the router's top-k moves the same way with ``decode_router="splitk"``)
 DECODE_EPILOGUE_FORMS: tuple[str, ...] = ("kernels", "last_program")
+#: Where the decode step's QK-norm + RoPE + KV-cache write runs: its own kernel between the QKV projection and the
+#: attention (the default), or in the attention's split kernel (``in_attention``:
+#: :func:`~model_runtime.molmoe.kernels.attention.qk_norm_rope_attention`, one kernel fewer a block; each split
+#: recomputes its row's norm, a 4 KB read)
+DECODE_QK_NORM_FORMS: tuple[str, ...] = ("kernel", "in_attention")
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -199,11 +204,12 @@ class FusedLM:
         decode_epilogues: see :data:`DECODE_EPILOGUE_FORMS`: ``"kernels"`` or ``"last_program"`` (with the
             Triton backend, batches of up to 16 rows; larger batches take the separate kernels). The latter
             runs the output projection as the Triton GEMV whatever ``decode_gemv`` says.
+        decode_qk_norm: see :data:`DECODE_QK_NORM_FORMS`: ``"kernel"`` or ``"in_attention"``.
     """
 
     def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
                  decode_experts: str = "pairs", pdl: bool | None = None, decode_gemv: str | None = None,
-                 decode_router: str = "split", decode_epilogues: str = "kernels") -> None:
+                 decode_router: str = "split", decode_epilogues: str = "kernels", decode_qk_norm: str = "kernel") -> None:
         device = lm.lm_head.weight.device
         self.lm = lm
         self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
@@ -231,6 +237,9 @@ class FusedLM:
         if decode_epilogues not in DECODE_EPILOGUE_FORMS:
             raise ValueError(f"unknown decode epilogue form {decode_epilogues!r}; choose from {DECODE_EPILOGUE_FORMS}")
         self.decode_epilogues = decode_epilogues
+        if decode_qk_norm not in DECODE_QK_NORM_FORMS:
+            raise ValueError(f"unknown decode QK-norm form {decode_qk_norm!r}; choose from {DECODE_QK_NORM_FORMS}")
+        self.decode_qk_norm = decode_qk_norm
         # the last-arrival counters live with this object, outside any captured graph that uses them
         arrivals = decode_epilogues == "last_program" or decode_router == "splitk"
         self.counters = dk.arrival_counters(device) if arrivals and self.backend == "triton" else None
@@ -335,12 +344,19 @@ class FusedLM:
         h = dk.rms_norm(hidden, self.blocks[active[0]].ln_in, self.eps, be, pdl=pdl)
         for n, b in enumerate(active):
             w = self.blocks[b]
-            q = dk.qk_norm_rope_store(
-                proj(h, w.qkv), w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale,
-                cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
-            )
-            attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be, pdl=pdl,
-                                       counters=counters if last else None)
+            if self.decode_qk_norm == "in_attention":
+                attn = dk.qk_norm_rope_attention(
+                    proj(h, w.qkv), w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale, cache.keys[b],
+                    cache.values[b], cache.valid, cache.slot, self.n_heads, self.scaling, be, pdl=pdl,
+                    counters=counters if last else None,
+                )
+            else:
+                q = dk.qk_norm_rope_store(
+                    proj(h, w.qkv), w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale,
+                    cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
+                )
+                attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be,
+                                           pdl=pdl, counters=counters if last else None)
             if last:
                 hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl)
             else:

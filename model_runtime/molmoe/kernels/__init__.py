@@ -4,7 +4,7 @@ Modules, by concern:
 
 - :mod:`.common`: Triton's availability, the backends (``"triton"`` / ``"torch"``), block sizes;
 - :mod:`.norm_rope`: RMSNorm (with the residual add), QK-norm + RoPE (+ KV-cache write);
-- :mod:`.attention`: split-K decode attention and its reduction;
+- :mod:`.attention`: split-K decode attention and its reduction (and a form with the QK-norm + RoPE in it);
 - :mod:`.router`: router softmax + top-k (and forms with the router GEMM in the same kernel);
 - :mod:`.projections`: the decode step's dense projections as one Triton kernel (``FusedLM(decode_gemv="triton")``);
 - :mod:`.decode_moe`: the decode step's routed experts (gate/up + SiLU·up, down, weighted
@@ -56,7 +56,7 @@ Shapes: T tokens (decode: one per batch row, T = B), D ``d_model``, H query head
 heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
 """
 
-from .attention import attention_scale, decode_attention
+from .attention import attention_scale, decode_attention, qk_norm_rope_attention
 from .common import (ARRIVAL_COUNTERS, BACKENDS, HAVE_TRITON, TUNING, Backend, arrival_counters, check_backend,
                      check_pdl, default_backend, pdl_available, triton_interpreting)
 from .decode_moe import moe_combine, moe_down, moe_down_combine, moe_gate_up_act
@@ -85,7 +85,7 @@ __all__ = [
     "check_backend", "check_pdl", "decode_attention", "default_backend", "expert_outputs",
     "gather_sum", "gather_sum_norm", "gemv", "gemv_add_rms_norm", "grouped_down", "grouped_gate_up_act",
     "moe_combine", "moe_down", "moe_down_combine", "moe_gate_up_act", "pdl_available", "qk_norm_rope",
-    "qk_norm_rope_store",
+    "qk_norm_rope_attention", "qk_norm_rope_store",
     "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk", "router_splitk_topk", "router_topk",
     "silu_mul_scale", "sort_by_expert", "triton_interpreting",
 ]

@@ -1,4 +1,6 @@
-"""Decode attention: one query per row over the KV cache, split over positions (split-K) and reduced."""
+"""Decode attention: one query per row over the KV cache, split over positions (split-K) and reduced;
+optionally with the QK-norm + RoPE + cache write of the new token in the split kernel
+(:func:`qk_norm_rope_attention`)."""
 
 from __future__ import annotations
 
@@ -88,6 +90,90 @@ if HAVE_TRITON:
                 _reduce_splits(m_ptr, l_ptr, acc_ptr, out_ptr, b, h, H, NSPLIT, DH, BLOCK_S)
 
     @triton.jit
+    def _norm_rope_head(row, w, head, n_feat, cos, sin, eps, DH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
+        # one head of a token row's queries (or keys): RMSNorm over all n_feat query (key) features of the row, the
+        # norm weight, RoPE; the two halves (HALF,) as float32 of the dtype's values (_qk_norm_rope_kernel's arithmetic)
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(row + offs, mask=offs < n_feat, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_feat + eps)
+        dt = row.dtype.element_ty
+        o = head * DH + tl.arange(0, HALF)
+        x1 = (tl.load(row + o).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(w + o).to(tl.float32)
+        x2 = (tl.load(row + o + HALF).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(w + o + HALF).to(tl.float32)
+        x1 = x1.to(dt).to(tl.float32)
+        x2 = x2.to(dt).to(tl.float32)
+        return (x1 * cos - x2 * sin).to(dt).to(tl.float32), (x2 * cos + x1 * sin).to(dt).to(tl.float32)
+
+    @triton.jit
+    def _attn_qk_split_kernel(
+        qkv_ptr, qkw_ptr, pos_ptr, inv_freq_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
+        cnt_ptr, H, HKV, L, NSPLIT, scale, eps, rope_scale,
+        DH: tl.constexpr, HALF: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+        BLOCK_N: tl.constexpr, REDUCE: tl.constexpr = False, BLOCK_S: tl.constexpr = 1, PDL: tl.constexpr = False,
+    ):
+        # _attn_split_kernel with qk_norm_rope_store's work in it: each program norms and rotates its head's query
+        # from the QKV projection's row (and the new key of its key/value head), so that no kernel runs between
+        # the projection and the attention. The new key and value take part from registers at the slot position;
+        # the split holding the slot of each key/value head's first query head writes them to the cache.
+        pdl_enter(PDL)
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        s = tl.program_id(2)
+        group = H // HKV
+        hk = h // group
+        row = qkv_ptr + b * (H + 2 * HKV) * DH
+        jj = tl.arange(0, HALF)
+        dt = k_ptr.dtype.element_ty
+        freqs = tl.load(pos_ptr + b).to(tl.float32) * tl.load(inv_freq_ptr + jj)
+        cos = (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32)
+        sin = (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)
+        q1, q2 = _norm_rope_head(row, qkw_ptr, h, H * DH, cos, sin, eps, DH, HALF, BLOCK_Q)
+        k1, k2 = _norm_rope_head(row + H * DH, qkw_ptr + H * DH, hk, HKV * DH, cos, sin, eps, DH, HALF, BLOCK_K)
+        vrow = row + (H + HKV) * DH + hk * DH
+        v1 = tl.load(vrow + jj).to(tl.float32)
+        v2 = tl.load(vrow + HALF + jj).to(tl.float32)
+        slot = tl.load(slot_ptr)
+        kv = (b * HKV + hk) * L * DH
+        writer = (s * CHUNK <= slot) & (slot < (s + 1) * CHUNK) & (h % group == 0)
+        wm = jj < tl.where(writer, HALF, 0)  # (a comparison: Triton's interpreter mis-types a vector & a scalar mask)
+        tl.store(k_ptr + kv + slot * DH + jj, k1.to(dt), mask=wm)
+        tl.store(k_ptr + kv + slot * DH + HALF + jj, k2.to(dt), mask=wm)
+        tl.store(v_ptr + kv + slot * DH + jj, v1.to(dt), mask=wm)
+        tl.store(v_ptr + kv + slot * DH + HALF + jj, v2.to(dt), mask=wm)
+        end = tl.minimum((s + 1) * CHUNK, slot + 1)  # positions after the slot are empty
+        m_i = tl.max(tl.full([BLOCK_N], -1.0e30, tl.float32), axis=0)
+        l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)
+        acc1 = tl.zeros([HALF], tl.float32)
+        acc2 = tl.zeros([HALF], tl.float32)
+        for n0 in range(s * CHUNK, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            inb = n < end
+            new = (n == slot)[:, None]
+            ok = inb & (tl.load(valid_ptr + b * L + n, mask=inb, other=0) != 0)
+            rd = inb[:, None] & (n != slot)[:, None]  # the cache's positions before the slot
+            t = kv + n[:, None] * DH + jj[None, :]
+            kt1 = tl.where(new, k1[None, :], tl.load(k_ptr + t, mask=rd, other=0.0).to(tl.float32))
+            kt2 = tl.where(new, k2[None, :], tl.load(k_ptr + t + HALF, mask=rd, other=0.0).to(tl.float32))
+            vt1 = tl.where(new, v1[None, :], tl.load(v_ptr + t, mask=rd, other=0.0).to(tl.float32))
+            vt2 = tl.where(new, v2[None, :], tl.load(v_ptr + t + HALF, mask=rd, other=0.0).to(tl.float32))
+            sc = tl.where(ok, (tl.sum(kt1 * q1[None, :], axis=1) + tl.sum(kt2 * q2[None, :], axis=1)) * scale, -1.0e30)
+            m_new = tl.maximum(m_i, tl.max(sc, axis=0))
+            p = tl.where(ok, tl.exp(sc - m_new), 0.0)
+            alpha = tl.exp(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            acc1 = acc1 * alpha + tl.sum(p[:, None] * tl.where(ok[:, None], vt1, 0.0), axis=0)
+            acc2 = acc2 * alpha + tl.sum(p[:, None] * tl.where(ok[:, None], vt2, 0.0), axis=0)
+            m_i = m_new
+        o = (b * H + h) * NSPLIT + s
+        tl.store(m_ptr + o, m_i)
+        tl.store(l_ptr + o, l_i)
+        tl.store(acc_ptr + o * DH + jj, acc1)
+        tl.store(acc_ptr + o * DH + HALF + jj, acc2)
+        if REDUCE:
+            if arrive_last(cnt_ptr + b * H + h, NSPLIT):
+                _reduce_splits(m_ptr, l_ptr, acc_ptr, out_ptr, b, h, H, NSPLIT, DH, BLOCK_S)
+
+    @triton.jit
     def _attn_reduce_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, H, NSPLIT, DH: tl.constexpr, BLOCK_S: tl.constexpr,
                             PDL: tl.constexpr = False):
         pdl_enter(PDL)
@@ -151,3 +237,54 @@ def decode_attention(
 def attention_scale(head_dim: int) -> float:
     """Softmax scale of the attention (1/sqrt(Dh), as transformers' ``scaling``)."""
     return 1.0 / math.sqrt(head_dim)
+
+
+def qk_norm_rope_attention(
+    qkv: torch.Tensor,
+    qk_weight: torch.Tensor,
+    eps: float,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rope_scale: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    valid: torch.Tensor,
+    slot: torch.Tensor,
+    n_heads: int,
+    scale: float,
+    backend: Backend = "torch",
+    chunk: int | None = None,
+    pdl: bool = False,
+    counters: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`~.norm_rope.qk_norm_rope_store` then :func:`decode_attention`, with the first's work in the
+    attention's split kernel (``FusedLM(decode_qk_norm="in_attention")``): one kernel boundary fewer a block.
+
+    Args as the two ops' (qkv (B, (H + 2 H_kv) Dh) the QKV projection's rows; the new key and value are
+    written to the caches at ``slot``). Returns (B, H Dh) attention output in qkv's dtype."""
+    from .norm_rope import qk_norm_rope_store
+
+    if backend == "torch":
+        q = qk_norm_rope_store(qkv, qk_weight, eps, positions, inv_freq, rope_scale, k_cache, v_cache, slot, n_heads,
+                               "torch")
+        return decode_attention(q, k_cache, v_cache, valid, slot, scale, "torch")
+    bsz = qkv.shape[0]
+    n_kv, length, dh = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    chunk = TUNING["attn_chunk"] if chunk is None else int(chunk)
+    nsplit = triton.cdiv(length, chunk)
+    m = torch.empty(bsz, n_heads, nsplit, dtype=torch.float32, device=qkv.device)
+    lse = torch.empty_like(m)
+    acc = torch.empty(bsz, n_heads, nsplit, dh, dtype=torch.float32, device=qkv.device)
+    out = torch.empty(bsz, n_heads * dh, dtype=qkv.dtype, device=qkv.device)
+    if counters is not None and counters.numel() < bsz * n_heads:
+        raise ValueError(f"qk_norm_rope_attention: {counters.numel()} counters for {bsz * n_heads} (row, head) merges")
+    _attn_qk_split_kernel[(bsz, n_heads, nsplit)](
+        qkv.contiguous(), qk_weight, positions, inv_freq, k_cache, v_cache, valid, slot, m, lse, acc, out,
+        counters if counters is not None else slot, n_heads, n_kv, length, nsplit, float(scale), float(eps),
+        float(rope_scale), DH=dh, HALF=dh // 2, BLOCK_Q=_p2(n_heads * dh), BLOCK_K=_p2(n_kv * dh), CHUNK=chunk,
+        BLOCK_N=min(chunk, 64), REDUCE=counters is not None, BLOCK_S=_p2(nsplit), **pdl_options(pdl),
+    )
+    if counters is None:
+        _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit),
+                                            **pdl_options(pdl))
+    return out
