@@ -531,6 +531,10 @@ def main() -> None:
     ap.add_argument("--best-variant-of", default=None, metavar="JSON",
                     help="print the decode variant that an earlier run's JSON found fastest (best_decode_variant) and stop")
     args = ap.parse_args()
+    wanted = set(DECODE_VARIANTS) if args.variants == "all" else set(args.variants.split(","))
+    if wanted - set(DECODE_VARIANTS):
+        raise SystemExit(f"bench_fast_path: unknown --variants {sorted(wanted - set(DECODE_VARIANTS))}; "
+                         f"choose from {', '.join(DECODE_VARIANTS)}")
     if args.best_variant_of:
         try:
             with open(args.best_variant_of) as f:
@@ -595,10 +599,6 @@ def main() -> None:
     # the decode step's variants timed beside the run's own form, those with programmatic dependent launch only where
     # it can run (Hopper and later)
     hopper = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
-    wanted = set(DECODE_VARIANTS) if args.variants == "all" else set(args.variants.split(","))
-    if wanted - set(DECODE_VARIANTS):
-        raise SystemExit(f"bench_fast_path: unknown --variants {sorted(wanted - set(DECODE_VARIANTS))}; "
-                         f"choose from {', '.join(DECODE_VARIANTS)}")
     variants = {name: opts for name, opts in DECODE_VARIANTS.items()
                 if name != "default" and name in wanted and (hopper or not opts.get("pdl"))}
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
