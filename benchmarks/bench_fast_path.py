@@ -104,6 +104,11 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "fused_router": {"pdl": False, "decode_gemv": "cublas", "decode_router": "fused"},
     "pdl_triton_gemv_fused_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "fused"},
     "pdl_triton_gemv_splitk_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "splitk"},
+    # the router's top-k in the experts' gate/up kernel (no synchronisation; 10 kernels a block), and with the
+    # QK-norm in the attention's kernel too (9)
+    "pdl_triton_gemv_router_in_experts": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts"},
+    "pdl_no_sync_fusions": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
+                            "decode_qk_norm": "in_attention"},
     # the four reductions of a block in the last program of the kernel before them
     "last_program": {"pdl": False, "decode_gemv": "triton", "decode_epilogues": "last_program", "decode_router": "splitk"},
     "pdl_last_program": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program", "decode_router": "splitk"},

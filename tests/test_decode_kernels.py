@@ -264,6 +264,29 @@ def test_moe_down_combine_equals_down_then_combine(n_tok: int, top_k: int, dim: 
         dk.moe_down_combine(act, down, idx, w, res, nw, 1e-5, None, "triton")
 
 
+@triton_ok
+@pytest.mark.parametrize("n_tok,n_exp,top_k,norm", [(1, 8, 8, False), (3, 12, 3, True)])
+def test_gate_up_taking_the_routers_top_k_equals_router_then_gate_up(n_tok: int, n_exp: int, top_k: int, norm: bool) -> None:
+    """decode_router="in_experts": the router's partial logits (split over the hidden columns), then the gate/up
+    kernel whose programs take their row's top-k themselves = router_topk then moe_gate_up_act (activations,
+    weights and expert ids, which the down projection and the combine read)."""
+    dim, n_int = 40, 24
+    h = torch.randn(n_tok, dim, generator=_g(0)).to(DEV)
+    router = torch.randn(n_exp, dim, generator=_g(1)).to(DEV)
+    gate_up = torch.randn(n_exp, 2 * n_int, dim, generator=_g(2)).to(DEV) / dim**0.5
+    wb, ib = dk.router_topk(h @ router.T, top_k, norm, "torch")
+    ref = dk.moe_gate_up_act(h, gate_up, ib, "torch")
+    for backend in ("triton", "torch"):
+        part = dk.router_partials(h, router, backend, block_d=16)
+        assert part.shape[0] == (3 if backend == "triton" else 1)  # 40 columns in splits of 16, or the logits
+        act, w, idx = dk.moe_gate_up_act_routed(h, gate_up, part, n_exp, top_k, norm, backend, block_i=8)
+        assert torch.equal(idx, ib)
+        _close(w, wb)
+        _close(act, ref, 1e-4)
+    with pytest.raises(ValueError, match="up to 16 rows"):
+        dk.router_partials(torch.zeros(17, dim).to(DEV), router, "triton")
+
+
 def test_gemv_refuses_what_it_cannot_serve() -> None:
     with pytest.raises(ValueError, match="up to 16 rows"):
         dk.gemv(torch.zeros(17, 8), torch.zeros(4, 8), "triton")

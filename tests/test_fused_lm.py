@@ -120,18 +120,20 @@ def test_triton_decode_step_equals_torch_ops(lm):
     place) and whole decode steps (interpreted on CPU) = the torch ops."""
     plan = _plan(("low", 2, 5, 13))
     ids, mask = _left_padded((10, 6), seed=4)
-    logits = {}
-    # (the Triton GEMV serves the Q/K/V and output projections in the third form; the split router's top-k kernel is
-    # the second form's, and the GEMV alone is test_decode_kernels'; the last form runs the reductions in the
-    # last program of the kernel before them)
+    logits, made = {}, {}
+    # (the Triton GEMV serves the Q/K/V and output projections in the last three forms; the split router's top-k kernel
+    # is the second form's, and the GEMV alone is test_decode_kernels'; the fourth form runs the reductions in the
+    # last program of the kernel before them, the fifth takes the router's top-k in the experts' kernel)
     forms = (("torch", "cublas", "split", "kernels"), ("triton", "cublas", "split", "kernels"),
-             ("triton", "triton", "fused", "kernels"), ("triton", "triton", "splitk", "last_program"))
+             ("triton", "triton", "fused", "kernels"), ("triton", "triton", "splitk", "last_program"),
+             ("triton", "triton", "in_experts", "kernels"))
     for backend, gemv, router, epilogues in forms:
-        # (the last form also norms and rotates the queries and keys in the attention's kernel)
-        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_gemv=gemv, decode_router=router,
-                        decode_epilogues=epilogues, decode_qk_norm="in_attention" if epilogues == "last_program" else "kernel")
-        # the last two forms differ from the second in their decode step only: their prefill (the interpreter's slowest
-        # part) is the torch ops', and one step (the first two forms check the second step's cache positions)
+        # (the fourth form also norms and rotates the queries and keys in the attention's kernel)
+        fused = made[backend, gemv, router, epilogues] = FusedLM(
+            lm, backend=backend, routed_form="sorted_gemm", decode_gemv=gemv, decode_router=router, decode_epilogues=epilogues,
+            decode_qk_norm="in_attention" if epilogues == "last_program" else "kernel")
+        # the last three forms differ from the second in their decode step only: their prefill (the interpreter's
+        # slowest part) is the torch ops', and one step (the first two forms check the second step's cache positions)
         prefill = FusedLM(lm, backend="torch") if gemv == "triton" else fused
         cache, tok = prefilled_static_cache(lm, prefill, plan, ids, mask)
         steps = []
@@ -148,11 +150,15 @@ def test_triton_decode_step_equals_torch_ops(lm):
     # the last-arrival epilogues (decode_epilogues="last_program", decode_router="splitk"): the same steps, every
     # counter back at zero
     assert (logits[forms[3]] - ref[:1]).abs().max().item() <= 1e-5
-    assert fused.counters is not None and int(fused.counters.abs().sum()) == 0
+    assert made[forms[3]].counters is not None and int(made[forms[3]].counters.abs().sum()) == 0
+    # the router's top-k taken by the experts' gate/up kernel (decode_router="in_experts"): the same step
+    assert (logits[forms[4]] - ref[:1]).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="unknown decode epilogue form 'fused'"):
         FusedLM(lm, backend="torch", decode_epilogues="fused")
     with pytest.raises(ValueError, match="unknown decode QK-norm form 'rows'"):
         FusedLM(lm, backend="torch", decode_qk_norm="rows")
+    with pytest.raises(ValueError, match="needs decode_experts='pairs'"):
+        FusedLM(lm, backend="torch", decode_router="in_experts", decode_experts="sorted")
     with pytest.raises(ValueError, match="unknown decode GEMV form 'cutlass'"):
         FusedLM(lm, backend="torch", decode_gemv="cutlass")
     with pytest.raises(ValueError, match="unknown decode router form 'sparse'"):

@@ -62,6 +62,11 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
                                    "NSPLIT": i32, "scale": f32, "eps": f32, "rope_scale": f32},
          {"DH": 128, "HALF": 64, "BLOCK_Q": 2048, "BLOCK_K": 2048, "CHUNK": 64, "BLOCK_N": 64, "REDUCE": True,
           "BLOCK_S": 16}),
+        (R._router_partials_kernel, {"h_ptr": BF, "wr_ptr": BF, "part_ptr": "*fp32", "T": i32, "D": i32, "E": i32},
+         {"BLOCK_T": 16, "BLOCK_E": 64, "BLOCK_D": 128, "IEEE": False}),
+        (M._moe_gate_up_routed_kernel, {"x_ptr": BF, "w_ptr": BF, "part_ptr": "*fp32", "idx_ptr": "*i32", "wt_ptr": BF,
+                                        "out_ptr": BF, "n_split": i32, "K": i32, "P": i32, "D": i32, "I": i32, "E": i32},
+         {"KMAX": 8, "NORM": False, "BLOCK_T": 16, "BLOCK_E": 64, "BLOCK_I": 32, "BLOCK_D": 256, "NS": 2}),
         (R._router_splitk_topk_kernel, {"h_ptr": BF, "wr_ptr": BF, "part_ptr": "*fp32", "cnt_ptr": "*i32", "w_ptr": BF,
                                         "idx_ptr": "*i32", "T": i32, "D": i32, "E": i32},
          {"K": 8, "KMAX": 8, "NORM": False, "BLOCK_T": 16, "BLOCK_E": 64, "BLOCK_D": 128, "IEEE": False}),
@@ -114,7 +119,7 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     on, off = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(on) == 14 and all(v == [1, 1, True] for v in on.values()), on
+    assert len(on) == 16 and all(v == [1, 1, True] for v in on.values()), on
     assert all(v == [0, 0, False] for v in off.values()), off
 
 
@@ -151,7 +156,7 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
                   pad_token_id=CFG.tokens.pad, max_new_tokens=6)
         outs = {}
         for form in (("cublas", "split", "kernels"), ("triton", "split", "kernels"), ("triton", "fused", "kernels"),
-                     ("triton", "splitk", "last_program")):
+                     ("triton", "splitk", "last_program"), ("triton", "in_experts", "kernels")):
             for pdl in (False, True):
                 # (the last form with the QK-norm in the attention's kernel too)
                 lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1], decode_epilogues=form[2],
@@ -172,3 +177,5 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         assert last.tokens == ref
         torch.testing.assert_close(last.first_logits, outs[("cublas", "split", "kernels"), False].first_logits,
                                    atol=1e-4, rtol=1e-4)
+        # the router's top-k in the experts' gate/up kernel: the same tokens
+        assert outs[("triton", "in_experts", "kernels"), True].tokens == ref

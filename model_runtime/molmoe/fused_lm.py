@@ -48,9 +48,11 @@ DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton")
 #: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (the default), both
 #: in one kernel (``fused``: :func:`~model_runtime.molmoe.kernels.router.router_gemm_topk`, one program per tile
 #: of rows), or both in one kernel whose projection is split over the hidden columns and whose last program
-#: takes the top-k (``splitk``: :func:`~model_runtime.molmoe.kernels.router.router_splitk_topk`; decode batches of
-#: up to 16 rows, larger ones take ``split``)
-DECODE_ROUTER_FORMS: tuple[str, ...] = ("split", "fused", "splitk")
+#: takes the top-k (``splitk``: :func:`~model_runtime.molmoe.kernels.router.router_splitk_topk`), or the projection
+#: split over the hidden columns and the top-k taken by every program of the experts' gate/up kernel itself
+#: (``in_experts``: :func:`~model_runtime.molmoe.kernels.decode_moe.moe_gate_up_act_routed`, no synchronisation; with
+#: the pair experts). The last two serve decode batches of up to 16 rows; larger ones take ``split``.
+DECODE_ROUTER_FORMS: tuple[str, ...] = ("split", "fused", "splitk", "in_experts")
 #: hidden columns per step of the fused router at decode (a row's 64 router logits in one program)
 DECODE_ROUTER_BLOCK_D = 128
 #: Where the decode step's reductions run: each in its own kernel (the default), or in the last program of
@@ -198,8 +200,9 @@ class FusedLM:
             the two pay only together (3-5 % a decode token on an H100 and an H200, benchmarks/RESULTS.md,
             "The decode variants on one H100"), and apart each is slower than the plain launch of cuBLAS's GEMVs.
         decode_router: the decode step's router, see :data:`DECODE_ROUTER_FORMS`: ``"split"`` (the
-            projection, then the top-k kernel), ``"fused"`` (both in one kernel) or ``"splitk"`` (both in one
-            kernel, the projection spread over programs, the top-k in the last); in every form the logits
+            projection, then the top-k kernel), ``"fused"`` (both in one kernel), ``"splitk"`` (both in one
+            kernel, the projection spread over programs, the top-k in the last) or ``"in_experts"`` (the
+            projection spread over programs, the top-k in the gate/up kernel); in every form the logits
             are rounded to the model's dtype before the float32 softmax, as the router's linear layer returns them.
         decode_epilogues: see :data:`DECODE_EPILOGUE_FORMS`: ``"kernels"`` or ``"last_program"`` (with the
             Triton backend, batches of up to 16 rows; larger batches take the separate kernels). The latter
@@ -233,6 +236,9 @@ class FusedLM:
         self.decode_gemv = decode_gemv
         if decode_router not in DECODE_ROUTER_FORMS:
             raise ValueError(f"unknown decode router form {decode_router!r}; choose from {DECODE_ROUTER_FORMS}")
+        if decode_router == "in_experts" and decode_experts != "pairs":
+            raise ValueError("decode_router='in_experts' takes the top-k in the pair experts' kernel: it needs "
+                             "decode_experts='pairs'")
         self.decode_router = decode_router
         if decode_epilogues not in DECODE_EPILOGUE_FORMS:
             raise ValueError(f"unknown decode epilogue form {decode_epilogues!r}; choose from {DECODE_EPILOGUE_FORMS}")
@@ -333,7 +339,7 @@ class FusedLM:
         pdl = self.pdl
         rows = hidden.shape[0]
         last = self.decode_epilogues == "last_program" and rows <= dk.GEMV_ROWS
-        router = "split" if self.decode_router == "splitk" and rows > dk.GEMV_ROWS else self.decode_router
+        router = "split" if self.decode_router in ("splitk", "in_experts") and rows > dk.GEMV_ROWS else self.decode_router
         counters = self.counters
         if self.decode_gemv == "triton" and rows <= dk.GEMV_ROWS:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -361,7 +367,9 @@ class FusedLM:
                 hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl)
             else:
                 hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
-            if router == "splitk":
+            if router == "in_experts":  # the top-k is taken by the experts' first kernel, below
+                partials = dk.router_partials(h2, w.router, be, pdl=pdl)
+            elif router == "splitk":
                 weights, idx = dk.router_splitk_topk(h2, w.router, plan[b], self.norm_topk_prob, counters, be, pdl=pdl)
             elif router == "fused":
                 weights, idx = dk.router_gemm_topk(h2, w.router, plan[b], self.norm_topk_prob, be,
@@ -375,12 +383,18 @@ class FusedLM:
             if self.decode_experts == "sorted":
                 order, y = expert_outputs(h2, w.gate_up, w.down, idx, weights, be)  # type: ignore[arg-type]
                 hidden, h = dk.gather_sum_norm(y, order.inverse, plan[b], hidden, norm_w, norm_eps, be)  # type: ignore[arg-type]
-            elif last:
-                act = dk.moe_gate_up_act(h2, w.gate_up, idx, be, pdl=pdl)
-                hidden, h = dk.moe_down_combine(act, w.down, idx, weights, hidden, norm_w, norm_eps, counters, be, pdl=pdl)
             else:
-                y = dk.moe_down(dk.moe_gate_up_act(h2, w.gate_up, idx, be, pdl=pdl), w.down, idx, be, pdl=pdl)
-                hidden, h = dk.moe_combine(y, weights, hidden, norm_w, norm_eps, be, pdl=pdl)
+                if router == "in_experts":
+                    act, weights, idx = dk.moe_gate_up_act_routed(h2, w.gate_up, partials, w.router.shape[0], plan[b],
+                                                                  self.norm_topk_prob, be, pdl=pdl)
+                else:
+                    act = dk.moe_gate_up_act(h2, w.gate_up, idx, be, pdl=pdl)
+                if last:
+                    hidden, h = dk.moe_down_combine(act, w.down, idx, weights, hidden, norm_w, norm_eps, counters, be,
+                                                    pdl=pdl)
+                else:
+                    hidden, h = dk.moe_combine(dk.moe_down(act, w.down, idx, be, pdl=pdl), weights, hidden, norm_w,
+                                               norm_eps, be, pdl=pdl)
         cache.slot.add_(1)
         return lm.lm_head(h)
 

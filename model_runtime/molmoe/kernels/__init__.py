@@ -59,7 +59,7 @@ heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
 from .attention import attention_scale, decode_attention, qk_norm_rope_attention
 from .common import (ARRIVAL_COUNTERS, BACKENDS, HAVE_TRITON, TUNING, Backend, arrival_counters, check_backend,
                      check_pdl, default_backend, pdl_available, triton_interpreting)
-from .decode_moe import moe_combine, moe_down, moe_down_combine, moe_gate_up_act
+from .decode_moe import moe_combine, moe_down, moe_down_combine, moe_gate_up_act, moe_gate_up_act_routed
 from .projections import BLOCK_M as GEMV_ROWS
 from .projections import gemv, gemv_add_rms_norm
 from .norm_rope import add_rms_norm, qk_norm_rope, qk_norm_rope_store, rms_norm, rope_cos_sin
@@ -77,15 +77,16 @@ from .prefill_moe import (
     sort_by_expert,
 )
 from .persistent_decode import PersistentDecodeStep
-from .router import router_gemm_topk, router_splitk_topk, router_topk
+from .router import router_gemm_topk, router_partials, router_splitk_topk, router_topk
 
 __all__ = [
     "ARRIVAL_COUNTERS", "BACKENDS", "FLOAT32_TILES", "GEMV_ROWS", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING",
     "Backend", "ExpertOrder", "PersistentDecodeStep", "add_rms_norm", "arrival_counters", "attention_scale",
     "check_backend", "check_pdl", "decode_attention", "default_backend", "expert_outputs",
     "gather_sum", "gather_sum_norm", "gemv", "gemv_add_rms_norm", "grouped_down", "grouped_gate_up_act",
-    "moe_combine", "moe_down", "moe_down_combine", "moe_gate_up_act", "pdl_available", "qk_norm_rope",
+    "moe_combine", "moe_down", "moe_down_combine", "moe_gate_up_act", "moe_gate_up_act_routed", "pdl_available", "qk_norm_rope",
     "qk_norm_rope_attention", "qk_norm_rope_store",
-    "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk", "router_splitk_topk", "router_topk",
+    "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk", "router_partials", "router_splitk_topk",
+    "router_topk",
     "silu_mul_scale", "sort_by_expert", "triton_interpreting",
 ]

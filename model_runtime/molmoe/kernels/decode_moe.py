@@ -1,6 +1,7 @@
 """The decode step's routed experts: gate/up + SiLU·up and down GEMVs parallel over (token,
 expert) pairs and output tiles, then the weighted sum + residual + the next block's RMSNorm (a third
-kernel, or with :func:`moe_down_combine` the last program of each row's down projection)."""
+kernel, or with :func:`moe_down_combine` the last program of each row's down projection); the gate/up
+kernel can take the router's top-k itself (:func:`moe_gate_up_act_routed`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ if HAVE_TRITON:
     import triton.language as tl
 
     from .common import arrive_last, pdl_enter
+    from .router import routed_rank
 
 from .norm_rope import rms_norm
 
@@ -26,9 +28,30 @@ if HAVE_TRITON:
     ):
         pdl_enter(PDL)
         pair = tl.program_id(0)  # token pair // K, rank pair % K
-        ib = tl.program_id(1)
         e = tl.load(idx_ptr + pair).to(tl.int64)
+        _gate_up_tile(x_ptr, w_ptr, out_ptr, pair, tl.program_id(1), e, pair // K, D, I, BLOCK_I, BLOCK_D, NS)
+
+    @triton.jit
+    def _moe_gate_up_routed_kernel(
+        x_ptr, w_ptr, part_ptr, idx_ptr, wt_ptr, out_ptr, n_split, K, P, D, I, E,
+        KMAX: tl.constexpr, NORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+        BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr, NS: tl.constexpr, PDL: tl.constexpr = False,
+    ):
+        # the router's top-k in every program (its row's partial logits, 64 values): each (pair, tile) finds its own
+        # expert, and the first tile of each pair records it (and its weight) for the down projection and the combine
+        pdl_enter(PDL)
+        pair = tl.program_id(0)
+        ib = tl.program_id(1)
         tok = pair // K
+        e, wt = routed_rank(part_ptr, n_split, tok, pair % K, E, K, wt_ptr, KMAX, NORM, BLOCK_T, BLOCK_E)
+        tl.store(idx_ptr + pair, e, mask=ib == 0)
+        tl.store(wt_ptr + pair, wt.to(wt_ptr.dtype.element_ty), mask=ib == 0)
+        _gate_up_tile(x_ptr, w_ptr, out_ptr, pair, ib, e.to(tl.int64), tok, D, I, BLOCK_I, BLOCK_D, NS)
+
+    @triton.jit
+    def _gate_up_tile(x_ptr, w_ptr, out_ptr, pair, ib, e, tok, D, I, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
+                      NS: tl.constexpr):
+        # SiLU(gate)·up of expert e's rows ib*BLOCK_I.. for token tok, into pair's row of out
         i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
         mi = i < I
         wg = w_ptr + e * 2 * I * D + i[:, None] * D
@@ -139,6 +162,7 @@ if HAVE_TRITON:
                                        (16, 256, 4, 3), (32, 256, 4, 2))],
         key=["P", "D", "I"],
     )(_moe_gate_up_kernel)
+    _gate_up_routed_tuned = triton.autotune(configs=_gate_up_tuned.configs, key=["P", "D", "I"])(_moe_gate_up_routed_kernel)
     _down_tuned = triton.autotune(
         configs=[triton.Config({"BLOCK_D": bd, "BLOCK_I": bi, "NS": ns}, num_warps=w)
                  for bd, bi, w, ns in ((4, 512, 4, 1), (4, 1024, 4, 1), (8, 512, 4, 1), (8, 1024, 8, 1), (16, 256, 4, 1),
@@ -182,6 +206,35 @@ def moe_gate_up_act(
     _launch_pair_tiles(_gate_up_tuned, _moe_gate_up_kernel, (x.contiguous(), gate_up, idx.contiguous(), out, top_k, pairs, dim, n_int),
                        pairs, n_int, "BLOCK_I", block_i, "gate_up_block_i", pdl, BLOCK_D=min(256, _p2(dim)))
     return out
+
+
+def moe_gate_up_act_routed(
+    x: torch.Tensor, gate_up: torch.Tensor, partials: torch.Tensor, n_exp: int, top_k: int, norm_topk_prob: bool,
+    backend: Backend = "torch", block_i: int | None = None, pdl: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`~.router.router_topk` then :func:`moe_gate_up_act` in one kernel, from the router's partial logits
+    (:func:`~.router.router_partials`): every (pair, tile) program takes its row's top-k itself (64 logits), so
+    no kernel runs between the router's projection and the experts (``FusedLM(decode_router="in_experts")``).
+
+    Returns (act (T·k, I), weights (T, k) in x's dtype, expert ids (T, k) int32), as the two ops'."""
+    n_tok = x.shape[0]
+    if backend == "torch":
+        from .router import router_topk
+
+        weights, idx = router_topk(partials.sum(0)[:n_tok, :n_exp].to(x.dtype), top_k, norm_topk_prob, "torch")
+        return moe_gate_up_act(x, gate_up, idx, "torch"), weights, idx
+    n_int, dim = gate_up.shape[1] // 2, x.shape[-1]
+    pairs = n_tok * top_k
+    out = torch.empty(pairs, n_int, dtype=x.dtype, device=x.device)
+    weights = torch.empty(n_tok, top_k, dtype=x.dtype, device=x.device)
+    idx = torch.empty(n_tok, top_k, dtype=torch.int32, device=x.device)
+    n_split, rows, block_e = partials.shape
+    args = (x.contiguous(), gate_up, partials, idx, weights, out, n_split, top_k, pairs, dim, n_int, n_exp)
+    _launch_pair_tiles(_gate_up_routed_tuned, _moe_gate_up_routed_kernel, args, pairs, n_int, "BLOCK_I", block_i,
+                       "gate_up_block_i", pdl,
+                       consts={"KMAX": _p2(top_k), "NORM": bool(norm_topk_prob), "BLOCK_T": rows, "BLOCK_E": block_e},
+                       BLOCK_D=min(256, _p2(dim)))
+    return out, weights, idx
 
 
 def moe_down(

@@ -91,14 +91,11 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _router_splitk_topk_kernel(h_ptr, wr_ptr, part_ptr, cnt_ptr, w_ptr, idx_ptr, T, D, E, K: tl.constexpr,
-                                   KMAX: tl.constexpr, NORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                                   BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
+    def _router_partial_tile(h_ptr, wr_ptr, part_ptr, T, D, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                             BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
         # program s: the logits' partial sums over hidden columns s*BLOCK_D.. for every row (<= BLOCK_T),
-        # float32 into part (S, BLOCK_T, BLOCK_E); the last program to finish adds the S partials in
-        # order, rounds the logits to the model's dtype and takes softmax + top-k
+        # float32 into part (S, BLOCK_T, BLOCK_E); returns the tile's offsets in a split's (BLOCK_T, BLOCK_E)
         s = tl.program_id(0)
-        n_split = tl.num_programs(0)
         rows = tl.arange(0, BLOCK_T)
         mt = rows < T
         e = tl.arange(0, BLOCK_E)
@@ -112,6 +109,41 @@ if HAVE_TRITON:
         acc = dot_acc(a, b, tl.zeros([BLOCK_T, BLOCK_E], tl.float32), IEEE)
         tile = rows[:, None] * BLOCK_E + e[None, :]
         tl.store(part_ptr + s * BLOCK_T * BLOCK_E + tile, acc)
+        return tile
+
+    @triton.jit
+    def _router_partials_kernel(h_ptr, wr_ptr, part_ptr, T, D, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                                BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
+        _router_partial_tile(h_ptr, wr_ptr, part_ptr, T, D, E, BLOCK_T, BLOCK_E, BLOCK_D, IEEE, PDL)
+
+    @triton.jit
+    def routed_rank(part_ptr, n_split, tok, j, E, K, wt_ptr, KMAX: tl.constexpr, NORM: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Expert id (int32) and float32 weight of rank ``j`` of row ``tok``'s top-``K``, from the router's
+        ``n_split`` partial logits (:func:`router_partials`): summed in order, rounded to ``wt_ptr``'s dtype
+        (the model's, as the router's linear layer returns them), softmax in float32, top-k (:func:`router_topk`'s)."""
+        e = tl.arange(0, BLOCK_E)
+        me = e < E
+        z = tl.zeros([BLOCK_E], tl.float32)
+        for s in range(0, n_split):
+            z += tl.load(part_ptr + (s * BLOCK_T + tok) * BLOCK_E + e)
+        z = tl.where(me, z.to(wt_ptr.dtype.element_ty).to(tl.float32), -float("inf"))
+        ids, wts = _softmax_topk(z, e, me, K, KMAX, BLOCK_E, NORM)
+        jj = tl.arange(0, KMAX)
+        return tl.sum(tl.where(jj == j, ids, 0), axis=0), tl.sum(tl.where(jj == j, wts, 0.0), axis=0)
+
+    @triton.jit
+    def _router_splitk_topk_kernel(h_ptr, wr_ptr, part_ptr, cnt_ptr, w_ptr, idx_ptr, T, D, E, K: tl.constexpr,
+                                   KMAX: tl.constexpr, NORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                                   BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
+        # the partial logits (_router_partial_tile); the last program to finish adds the S partials in
+        # order, rounds the logits to the model's dtype and takes softmax + top-k
+        n_split = tl.num_programs(0)
+        rows = tl.arange(0, BLOCK_T)
+        mt = rows < T
+        e = tl.arange(0, BLOCK_E)
+        me = e < E
+        tile = _router_partial_tile(h_ptr, wr_ptr, part_ptr, T, D, E, BLOCK_T, BLOCK_E, BLOCK_D, IEEE, PDL)
         if arrive_last(cnt_ptr, n_split):
             z = tl.zeros([BLOCK_T, BLOCK_E], tl.float32)
             for j in range(0, n_split):
@@ -202,3 +234,25 @@ def router_splitk_topk(
         NORM=bool(norm_topk_prob), BLOCK_T=SPLITK_ROWS, BLOCK_E=block_e, BLOCK_D=block_d, IEEE=h.dtype == torch.float32,
         **pdl_options(pdl))
     return w, idx
+
+
+def router_partials(h: torch.Tensor, router_weight: torch.Tensor, backend: Backend = "torch", block_d: int = 128,
+                    pdl: bool = False) -> torch.Tensor:
+    """The router's logits as float32 partial sums over ``block_d`` hidden columns each, one program per
+    split: (S, :data:`SPLITK_ROWS`, E') for the decode step's rows (≤ 16; E' the experts rounded up to a
+    power of two). Their ordered sum, rounded to h's dtype, is ``h @ router_weight.T``; the experts' first
+    kernel takes the top-k from them (:func:`~.decode_moe.moe_gate_up_act_routed`). The torch backend
+    returns those logits as one split (rows and experts unpadded)."""
+    if backend == "torch":
+        return (h @ router_weight.T).float()[None]
+    n_tok, dim = h.shape
+    if n_tok > SPLITK_ROWS:
+        raise ValueError(f"router_partials serves up to {SPLITK_ROWS} rows (a decode batch), got {n_tok}")
+    n_exp = router_weight.shape[0]
+    block_e, block_d = max(16, _p2(n_exp)), max(16, min(_p2(block_d), _p2(dim)))
+    n_split = triton.cdiv(dim, block_d)
+    part = torch.empty(n_split, SPLITK_ROWS, block_e, dtype=torch.float32, device=h.device)
+    _router_partials_kernel[(n_split,)](h.contiguous(), router_weight.contiguous(), part, n_tok, dim, n_exp,
+                                        BLOCK_T=SPLITK_ROWS, BLOCK_E=block_e, BLOCK_D=block_d,
+                                        IEEE=h.dtype == torch.float32, **pdl_options(pdl))
+    return part
