@@ -16,6 +16,7 @@
 # decode form as if it were the default
 # (bench_fast_path --decode-variant NAME, a name of DECODE_VARIANTS), its correctness checks included; VARIANT=best takes
 # the variant that OUT/fast_path_5.json (an earlier part 5) found faster than the default at all four corners, if any.
+# VARIANTS=a,b,... times only those variants beside the run's form (bench_fast_path --variants; default: all).
 # A failing kernel test is reported and the measurements still run. Each part prints issue 15's bars for the sections it
 # ran; every JSON is rewritten after each section, so a part cut short keeps what it measured.
 set -euo pipefail
@@ -39,4 +40,5 @@ case "$PART" in
      SECTIONS=ceilings,decode,batching,timeline; EXTRA="--decode-grid corners" ;;
   *) echo "PART must be 1, 2, 3, 4 or 5, got $PART" >&2; exit 2 ;;
 esac
-$PY -m benchmarks.bench_fast_path --sections "$SECTIONS" --decode-variant "$VARIANT" ${EXTRA:-} --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"
+$PY -m benchmarks.bench_fast_path --sections "$SECTIONS" --decode-variant "$VARIANT" ${VARIANTS:+--variants "$VARIANTS"} ${EXTRA:-} \
+  --out "$OUT/fast_path_$PART.json" 2>&1 | tee "$OUT/fast_path_$PART.log"
