@@ -33,6 +33,11 @@ def union_us(intervals: Sequence[Interval]) -> float:
     return total
 
 
+def span_us(intervals: Sequence[Interval]) -> float:
+    """From the first interval's start to the last one's end (µs)."""
+    return max(iv[2] for iv in intervals) - min(iv[1] for iv in intervals)
+
+
 def timeline_summary(intervals: Sequence[Interval], blocks: int | None = None, top: int = 16) -> dict[str, Any]:
     """Span, busy (union) and idle time of a step's kernel intervals, and time by kernel name.
 
@@ -51,7 +56,7 @@ def timeline_summary(intervals: Sequence[Interval], blocks: int | None = None, t
     bad = [iv for iv in intervals if iv[2] < iv[1]]
     if bad:
         raise ValueError(f"timeline_summary: {len(bad)} intervals end before they start, e.g. {bad[0]}")
-    span = max(iv[2] for iv in intervals) - min(iv[1] for iv in intervals)
+    span = span_us(intervals)
     busy = union_us(intervals)
     by_name: dict[str, list[float]] = {}
     for name, start, stop in intervals:
@@ -96,5 +101,5 @@ def step_intervals(lm: Any, dec: Any, plan: tuple[int, ...], emb: Any, mask: Any
         cache.start_decode(mask)
         dec.step(cache, tok)  # capture and first replay outside the profile
         runs = [profiled_intervals(lambda: dec.step(cache, tok)) for _ in range(repeats)]
-    runs.sort(key=lambda ivs: max(iv[2] for iv in ivs) - min(iv[1] for iv in ivs) if ivs else 0.0)
+    runs.sort(key=lambda ivs: span_us(ivs) if ivs else 0.0)
     return runs[len(runs) // 2]

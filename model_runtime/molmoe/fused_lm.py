@@ -341,6 +341,7 @@ class FusedLM:
         last = self.decode_epilogues == "last_program" and rows <= dk.GEMV_ROWS
         router = "split" if self.decode_router in ("splitk", "in_experts") and rows > dk.GEMV_ROWS else self.decode_router
         counters = self.counters
+        merge_counters = counters if last else None  # the attention's splits merged by the last of them
         if self.decode_gemv == "triton" and rows <= dk.GEMV_ROWS:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 return dk.gemv(a, w, be, pdl=pdl)
@@ -354,7 +355,7 @@ class FusedLM:
                 attn = dk.qk_norm_rope_attention(
                     proj(h, w.qkv), w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale, cache.keys[b],
                     cache.values[b], cache.valid, cache.slot, self.n_heads, self.scaling, be, pdl=pdl,
-                    counters=counters if last else None,
+                    counters=merge_counters,
                 )
             else:
                 q = dk.qk_norm_rope_store(
@@ -362,7 +363,7 @@ class FusedLM:
                     cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
                 )
                 attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be,
-                                           pdl=pdl, counters=counters if last else None)
+                                           pdl=pdl, counters=merge_counters)
             if last:
                 hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl)
             else:

@@ -8,13 +8,17 @@ import math
 
 import torch
 
-from .common import HAVE_TRITON, TUNING, Backend, _p2, pdl_options
+from typing import Callable
+
+from .common import HAVE_TRITON, TUNING, Backend, _p2, check_counters, pdl_options
+from .norm_rope import qk_norm_rope_store
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
     from .common import arrive_last, pdl_enter
+    from .norm_rope import norm_rope_head, rope_cos_sin_row
 
 
 # ============================================================================ kernels
@@ -90,21 +94,6 @@ if HAVE_TRITON:
                 _reduce_splits(m_ptr, l_ptr, acc_ptr, out_ptr, b, h, H, NSPLIT, DH, BLOCK_S)
 
     @triton.jit
-    def _norm_rope_head(row, w, head, n_feat, cos, sin, eps, DH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
-        # one head of a token row's queries (or keys): RMSNorm over all n_feat query (key) features of the row, the
-        # norm weight, RoPE; the two halves (HALF,) as float32 of the dtype's values (_qk_norm_rope_kernel's arithmetic)
-        offs = tl.arange(0, BLOCK)
-        x = tl.load(row + offs, mask=offs < n_feat, other=0.0).to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_feat + eps)
-        dt = row.dtype.element_ty
-        o = head * DH + tl.arange(0, HALF)
-        x1 = (tl.load(row + o).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(w + o).to(tl.float32)
-        x2 = (tl.load(row + o + HALF).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(w + o + HALF).to(tl.float32)
-        x1 = x1.to(dt).to(tl.float32)
-        x2 = x2.to(dt).to(tl.float32)
-        return (x1 * cos - x2 * sin).to(dt).to(tl.float32), (x2 * cos + x1 * sin).to(dt).to(tl.float32)
-
-    @triton.jit
     def _attn_qk_split_kernel(
         qkv_ptr, qkw_ptr, pos_ptr, inv_freq_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
         cnt_ptr, H, HKV, L, NSPLIT, scale, eps, rope_scale,
@@ -124,11 +113,9 @@ if HAVE_TRITON:
         row = qkv_ptr + b * (H + 2 * HKV) * DH
         jj = tl.arange(0, HALF)
         dt = k_ptr.dtype.element_ty
-        freqs = tl.load(pos_ptr + b).to(tl.float32) * tl.load(inv_freq_ptr + jj)
-        cos = (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32)
-        sin = (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)
-        q1, q2 = _norm_rope_head(row, qkw_ptr, h, H * DH, cos, sin, eps, DH, HALF, BLOCK_Q)
-        k1, k2 = _norm_rope_head(row + H * DH, qkw_ptr + H * DH, hk, HKV * DH, cos, sin, eps, DH, HALF, BLOCK_K)
+        cos, sin = rope_cos_sin_row(tl.load(pos_ptr + b), inv_freq_ptr, rope_scale, dt, HALF)
+        q1, q2 = norm_rope_head(row, qkw_ptr, h, H * DH, cos, sin, eps, DH, HALF, BLOCK_Q)
+        k1, k2 = norm_rope_head(row + H * DH, qkw_ptr + H * DH, hk, HKV * DH, cos, sin, eps, DH, HALF, BLOCK_K)
         vrow = row + (H + HKV) * DH + hk * DH
         v1 = tl.load(vrow + jj).to(tl.float32)
         v2 = tl.load(vrow + HALF + jj).to(tl.float32)
@@ -215,23 +202,13 @@ def decode_attention(
         scores = scores.masked_fill(~keep[:, None], float("-inf"))
         out = torch.einsum("bhl,bhld->bhd", torch.softmax(scores, dim=-1), v)
         return out.to(q.dtype).reshape(bsz, n_heads * dh)
-    chunk = TUNING["attn_chunk"] if chunk is None else int(chunk)
-    nsplit = triton.cdiv(length, chunk)
-    m = torch.empty(bsz, n_heads, nsplit, dtype=torch.float32, device=q.device)
-    lse = torch.empty_like(m)
-    acc = torch.empty(bsz, n_heads, nsplit, dh, dtype=torch.float32, device=q.device)
-    out = torch.empty(bsz, n_heads * dh, dtype=q.dtype, device=q.device)
-    if counters is not None and counters.numel() < bsz * n_heads:
-        raise ValueError(f"decode_attention: {counters.numel()} counters for {bsz * n_heads} (row, head) merges")
-    _attn_split_kernel[(bsz, n_heads, nsplit)](
-        q.contiguous(), k_cache, v_cache, valid, slot, m, lse, acc, out, counters if counters is not None else slot,
-        n_heads, n_kv, length, nsplit, float(scale), DH=dh, CHUNK=chunk, BLOCK_N=min(chunk, 64),
-        REDUCE=counters is not None, BLOCK_S=_p2(nsplit), **pdl_options(pdl),
-    )
-    if counters is not None:
-        return out
-    _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit), **pdl_options(pdl))
-    return out
+    q = q.contiguous()
+
+    def split(grid: tuple[int, int, int], merged: tuple, meta: dict) -> None:
+        _attn_split_kernel[grid](q, k_cache, v_cache, valid, slot, *merged, n_heads, n_kv, length, grid[2], float(scale),
+                                 DH=dh, **meta)
+
+    return _split_and_merge(split, "decode_attention", bsz, n_heads, dh, length, q.dtype, q.device, chunk, pdl, counters)
 
 
 def attention_scale(head_dim: int) -> float:
@@ -262,28 +239,42 @@ def qk_norm_rope_attention(
 
     Args as the two ops' (qkv (B, (H + 2 H_kv) Dh) the QKV projection's rows; the new key and value are
     written to the caches at ``slot``). Returns (B, H Dh) attention output in qkv's dtype."""
-    from .norm_rope import qk_norm_rope_store
-
     if backend == "torch":
         q = qk_norm_rope_store(qkv, qk_weight, eps, positions, inv_freq, rope_scale, k_cache, v_cache, slot, n_heads,
                                "torch")
         return decode_attention(q, k_cache, v_cache, valid, slot, scale, "torch")
     bsz = qkv.shape[0]
     n_kv, length, dh = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    qkv = qkv.contiguous()
+
+    def split(grid: tuple[int, int, int], merged: tuple, meta: dict) -> None:
+        _attn_qk_split_kernel[grid](qkv, qk_weight, positions, inv_freq, k_cache, v_cache, valid, slot, *merged,
+                                    n_heads, n_kv, length, grid[2], float(scale), float(eps), float(rope_scale), DH=dh,
+                                    HALF=dh // 2, BLOCK_Q=_p2(n_heads * dh), BLOCK_K=_p2(n_kv * dh), **meta)
+
+    return _split_and_merge(split, "qk_norm_rope_attention", bsz, n_heads, dh, length, qkv.dtype, qkv.device, chunk,
+                            pdl, counters)
+
+
+def _split_and_merge(split: Callable[[tuple[int, int, int], tuple, dict], None], op: str, bsz: int, n_heads: int,
+                     dh: int, length: int, dtype: torch.dtype, device: torch.device, chunk: int | None, pdl: bool,
+                     counters: torch.Tensor | None) -> torch.Tensor:
+    """The split-K attention's launches: the (B, H, ceil(L / chunk)) grid of a split kernel (``split(grid, merged,
+    meta)`` launches it with the splits' buffers and output ``merged`` = (m, l, acc, out, counters) and the block
+    constants ``meta``), then the merge, in the last split of each (row, head) with ``counters`` or in
+    :func:`_attn_reduce_kernel`. Returns the (B, H Dh) output in ``dtype``."""
     chunk = TUNING["attn_chunk"] if chunk is None else int(chunk)
     nsplit = triton.cdiv(length, chunk)
-    m = torch.empty(bsz, n_heads, nsplit, dtype=torch.float32, device=qkv.device)
+    m = torch.empty(bsz, n_heads, nsplit, dtype=torch.float32, device=device)
     lse = torch.empty_like(m)
-    acc = torch.empty(bsz, n_heads, nsplit, dh, dtype=torch.float32, device=qkv.device)
-    out = torch.empty(bsz, n_heads * dh, dtype=qkv.dtype, device=qkv.device)
-    if counters is not None and counters.numel() < bsz * n_heads:
-        raise ValueError(f"qk_norm_rope_attention: {counters.numel()} counters for {bsz * n_heads} (row, head) merges")
-    _attn_qk_split_kernel[(bsz, n_heads, nsplit)](
-        qkv.contiguous(), qk_weight, positions, inv_freq, k_cache, v_cache, valid, slot, m, lse, acc, out,
-        counters if counters is not None else slot, n_heads, n_kv, length, nsplit, float(scale), float(eps),
-        float(rope_scale), DH=dh, HALF=dh // 2, BLOCK_Q=_p2(n_heads * dh), BLOCK_K=_p2(n_kv * dh), CHUNK=chunk,
-        BLOCK_N=min(chunk, 64), REDUCE=counters is not None, BLOCK_S=_p2(nsplit), **pdl_options(pdl),
-    )
+    acc = torch.empty(bsz, n_heads, nsplit, dh, dtype=torch.float32, device=device)
+    out = torch.empty(bsz, n_heads * dh, dtype=dtype, device=device)
+    if counters is not None:
+        check_counters(op, counters, bsz * n_heads, "(row, head) merge")
+    # without counters the kernel's REDUCE branch is compiled out and any pointer stands in for them
+    merged = (m, lse, acc, out, counters if counters is not None else m)
+    split((bsz, n_heads, nsplit), merged, dict(CHUNK=chunk, BLOCK_N=min(chunk, 64), REDUCE=counters is not None,
+                                               BLOCK_S=_p2(nsplit), **pdl_options(pdl)))
     if counters is None:
         _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit),
                                             **pdl_options(pdl))

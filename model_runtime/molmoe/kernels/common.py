@@ -109,6 +109,20 @@ def arrival_counters(device: torch.device | str) -> torch.Tensor:
     return torch.zeros(ARRIVAL_COUNTERS, dtype=torch.int32, device=device)
 
 
+def check_counters(op: str, counters: torch.Tensor | None, needed: int = 1, per: str = "") -> None:
+    """Raise ValueError naming ``op`` unless ``counters`` holds ``needed`` arrival counters (one ``per`` each)."""
+    if counters is None:
+        raise ValueError(f"{op} needs arrival counters (kernels.arrival_counters)" + (f", one per {per}" if per else ""))
+    if counters.numel() < needed:
+        raise ValueError(f"{op}: {counters.numel()} counters for {needed} {per}s")
+
+
+def check_decode_rows(op: str, rows: int, limit: int) -> None:
+    """Raise ValueError naming ``op`` when a decode batch of ``rows`` exceeds the ``limit`` rows it serves."""
+    if rows > limit:
+        raise ValueError(f"{op} serves up to {limit} rows (a decode batch), got {rows}")
+
+
 def pdl_options(pdl: bool) -> dict[str, bool]:
     """Launch keywords of a kernel with a ``PDL`` switch: none when off (the kernel's default)."""
     return {"PDL": True, "launch_pdl": True} if pdl else {}

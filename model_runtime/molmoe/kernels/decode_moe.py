@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from .common import HAVE_TRITON, TUNING, Backend, _p2, pdl_options, triton_interpreting
+from .common import HAVE_TRITON, TUNING, Backend, _p2, check_counters, pdl_options, triton_interpreting
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
     from .common import arrive_last, pdl_enter
+    from .norm_rope import rms_norm_of
     from .router import routed_rank
 
 from .norm_rope import rms_norm
@@ -84,14 +85,19 @@ if HAVE_TRITON:
         for j in range(0, K):
             yj = tl.load(y_ptr + (tok * K + j) * D + d, mask=md, other=0.0, cache_modifier=".cg")
             acc += (yj * tl.load(wt_ptr + tok * K + j).to(tl.float32)).to(dt).to(tl.float32)
+        _combined_row_out(acc, res_ptr, nw_ptr, out_ptr, normed_ptr, tok, d, md, D, eps, HAS_NORM)
+
+    @triton.jit
+    def _combined_row_out(acc, res_ptr, nw_ptr, out_ptr, normed_ptr, tok, d, md, D, eps, HAS_NORM: tl.constexpr):
+        # a row's weighted expert sum acc (float32): out = res + acc (rounded as the eager add), and with
+        # HAS_NORM the next block's input RMSNorm (or the final norm) of it
+        dt = out_ptr.dtype.element_ty
         r = tl.load(res_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)
         out = (r + acc.to(dt).to(tl.float32)).to(dt)
         tl.store(out_ptr + tok * D + d, out, mask=md)
         if HAS_NORM:
-            xf = out.to(tl.float32)
-            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
             w = tl.load(nw_ptr + d, mask=md, other=0.0).to(tl.float32)
-            tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=md)
+            tl.store(normed_ptr + tok * D + d, rms_norm_of(out.to(tl.float32), w, D, eps, dt), mask=md)
 
     @triton.jit
     def _moe_down_kernel(act_ptr, w_ptr, idx_ptr, y_ptr, P, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr,
@@ -142,14 +148,7 @@ if HAVE_TRITON:
         y = tl.load(y_ptr + (tok * K + kk[:, None]) * D + d[None, :], mask=mk[:, None] & md[None, :], other=0.0)
         wj = tl.load(wt_ptr + tok * K + kk, mask=mk, other=0.0).to(tl.float32)
         acc = tl.sum((y * wj[:, None]).to(dt).to(tl.float32), axis=0)
-        r = tl.load(res_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)
-        out = (r + acc.to(dt).to(tl.float32)).to(dt)
-        tl.store(out_ptr + tok * D + d, out, mask=md)
-        if HAS_NORM:  # the next block's input RMSNorm (or the final norm) on the new residual stream
-            xf = out.to(tl.float32)
-            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
-            w = tl.load(nw_ptr + d, mask=md, other=0.0).to(tl.float32)
-            tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=md)
+        _combined_row_out(acc, res_ptr, nw_ptr, out_ptr, normed_ptr, tok, d, md, D, eps, HAS_NORM)
 
     # Tuned variants (CUDA): the best block sizes per (pairs, D, I), measured on first use
     # (warm-up, before any graph capture). The interpreter and explicit block sizes use the raw
@@ -309,8 +308,7 @@ def moe_down_combine(
         return moe_combine(moe_down(act, down, idx, "torch"), weights, residual, norm_weight, eps, "torch")
     n_tok, top_k = idx.shape
     dim, n_int = down.shape[1], down.shape[2]
-    if counters is None or counters.numel() < n_tok:
-        raise ValueError(f"moe_down_combine needs arrival counters (kernels.arrival_counters), one per row ({n_tok})")
+    check_counters("moe_down_combine", counters, n_tok, "row")
     pairs = n_tok * top_k
     y = torch.empty(pairs, dim, dtype=torch.float32, device=act.device)
     out = torch.empty_like(residual)

@@ -19,6 +19,13 @@ if HAVE_TRITON:
 if HAVE_TRITON:
 
     @triton.jit
+    def rms_norm_of(xf, w, n, eps, dt):
+        """transformers' OlmoeRMSNorm of a float32 row ``xf`` of ``n`` features with the float32 weight ``w``:
+        normalised, rounded to ``dt``, weighted, rounded to ``dt`` (every RMSNorm of the kernels computes it so)."""
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / n + eps)
+        return ((xf * rstd).to(dt).to(tl.float32) * w).to(dt)
+
+    @triton.jit
     def _rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sum_ptr, D, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
                          PDL: tl.constexpr = False):
         pdl_enter(PDL)
@@ -31,11 +38,32 @@ if HAVE_TRITON:
                 x_ptr.dtype.element_ty
             )
             tl.store(sum_ptr + row * D + offs, x, mask=m)
-        xf = x.to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
         w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        y = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32) * w
+        y = rms_norm_of(x.to(tl.float32), w, D, eps, x_ptr.dtype.element_ty)
         tl.store(out_ptr + row * D + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def rope_cos_sin_row(position, inv_freq_ptr, rope_scale, dt, HALF: tl.constexpr):
+        """RoPE's cos and sin (HALF,) at one position: float32 of the dtype's values, as transformers' rotary
+        embedding (float32 products, cast to the model's dtype)."""
+        freqs = position.to(tl.float32) * tl.load(inv_freq_ptr + tl.arange(0, HALF))
+        return (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32), (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)
+
+    @triton.jit
+    def norm_rope_head(row, w, head, n_feat, cos, sin, eps, DH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
+        """One head of a token row's queries (or keys): RMSNorm over all ``n_feat`` query (key) features of the
+        row (each caller recomputes the row's RMS, a 4 KB re-read from L1/L2, so that heads run in parallel),
+        the norm weight ``w``, RoPE. Returns the two halves (HALF,) as float32 of the row dtype's values."""
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(row + offs, mask=offs < n_feat, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_feat + eps)
+        dt = row.dtype.element_ty
+        o = head * DH + tl.arange(0, HALF)
+        x1 = (tl.load(row + o).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(w + o).to(tl.float32)
+        x2 = (tl.load(row + o + HALF).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(w + o + HALF).to(tl.float32)
+        x1 = x1.to(dt).to(tl.float32)
+        x2 = x2.to(dt).to(tl.float32)
+        return (x1 * cos - x2 * sin).to(dt).to(tl.float32), (x2 * cos + x1 * sin).to(dt).to(tl.float32)
 
     @triton.jit
     def _qk_norm_rope_kernel(
@@ -45,9 +73,7 @@ if HAVE_TRITON:
     ):
         pdl_enter(PDL)
         # the decode form: program (t, j) is query head j (j < H) or key head j - H of token row t,
-        # the key and the value written to the cache at the slot. Each program recomputes its row's
-        # RMS (all H*Dh query or H_kv*Dh key features; a 4 KB re-read from L1/L2) so that the heads
-        # run in parallel.
+        # the key and the value written to the cache at the slot
         t = tl.program_id(0)
         j = tl.program_id(1)
         is_k = j >= H
@@ -55,21 +81,12 @@ if HAVE_TRITON:
         part = tl.where(is_k, H * DH, 0)  # offset of the queries or keys in the row (and in qkw)
         n = tl.where(is_k, HKV * DH, H * DH)
         row = qkv_ptr + t * (H + 2 * HKV) * DH + part
-        offs = tl.arange(0, BLOCK)
-        x = tl.load(row + offs, mask=offs < n, other=0.0).to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n + eps)
         dt = q_out_ptr.dtype.element_ty
         jj = tl.arange(0, HALF)
-        o = head * DH + jj
-        x1 = (tl.load(row + o).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(qkw_ptr + part + o).to(tl.float32)
-        x2 = (tl.load(row + o + HALF).to(tl.float32) * rstd).to(dt).to(tl.float32) * tl.load(qkw_ptr + part + o + HALF).to(tl.float32)
-        x1 = x1.to(dt).to(tl.float32)
-        x2 = x2.to(dt).to(tl.float32)
-        freqs = tl.load(pos_ptr + t).to(tl.float32) * tl.load(inv_freq_ptr + jj)
-        cos = (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32)
-        sin = (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)
-        r1 = (x1 * cos - x2 * sin).to(dt)
-        r2 = (x2 * cos + x1 * sin).to(dt)
+        cos, sin = rope_cos_sin_row(tl.load(pos_ptr + t), inv_freq_ptr, rope_scale, dt, HALF)
+        r1, r2 = norm_rope_head(row, qkw_ptr + part, head, n, cos, sin, eps, DH, HALF, BLOCK)
+        r1 = r1.to(dt)
+        r2 = r2.to(dt)
         if is_k:
             koff = t * k_row_stride + head * k_head_stride + tl.load(slot_ptr) * DH + jj
             tl.store(k_out_ptr + koff, r1)
@@ -113,10 +130,8 @@ if HAVE_TRITON:
         # Keys (and with STORE_V the values) go to a strided (rows, H_kv, S, Dh) destination: the
         # static KV cache directly, which saves the prefill two copies per block.
         t = tl.program_id(0).to(tl.int64)
-        dt = q_out_ptr.dtype.element_ty
-        freqs = tl.load(pos_ptr + t).to(tl.float32) * tl.load(inv_freq_ptr + tl.arange(0, HALF))
-        cos = (tl.cos(freqs) * rope_scale).to(dt).to(tl.float32)[None, :]
-        sin = (tl.sin(freqs) * rope_scale).to(dt).to(tl.float32)[None, :]
+        cos, sin = rope_cos_sin_row(tl.load(pos_ptr + t), inv_freq_ptr, rope_scale, q_out_ptr.dtype.element_ty, HALF)
+        cos, sin = cos[None, :], sin[None, :]
         row = qkv_ptr + t * (H + 2 * HKV) * DH
         kv = (t // SEQ) * kv_row_stride + (t % SEQ) * kv_pos_stride
         _norm_rope_heads(row, qkw_ptr, q_out_ptr + t * H * DH, H, DH, cos, sin, eps, DH, HALF, BLOCK_H)

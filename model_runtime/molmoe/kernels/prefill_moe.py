@@ -59,6 +59,7 @@ if HAVE_TRITON:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     from .common import dot_acc
+    from .norm_rope import rms_norm_of
 
 
 @dataclass
@@ -326,10 +327,8 @@ if HAVE_TRITON:
         out = (acc + moe.to(dt).to(tl.float32)).to(dt)
         tl.store(out_ptr + tok * D + d, out, mask=m)
         if HAS_NORM:  # the next block's input RMSNorm of the whole row (one program per row), as rms_norm rounds it
-            xf = out.to(tl.float32)
-            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
             w = tl.load(nw_ptr + d, mask=m, other=0.0).to(tl.float32)
-            tl.store(normed_ptr + tok * D + d, ((xf * rstd).to(dt).to(tl.float32) * w).to(dt), mask=m)
+            tl.store(normed_ptr + tok * D + d, rms_norm_of(out.to(tl.float32), w, D, eps, dt), mask=m)
 
 
 # ============================================================================ ops

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from .common import HAVE_TRITON, Backend, _p2, pdl_options, triton_interpreting
+from .common import HAVE_TRITON, Backend, _p2, check_counters, check_decode_rows, pdl_options, triton_interpreting
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
     from .common import arrive_last, dot_acc, pdl_enter
+    from .norm_rope import rms_norm_of
 
 #: Rows a program multiplies at once: tl.dot's smallest tile; a decode batch of up to this many
 #: rows is one tile (the rows past the batch are masked, their products never stored).
@@ -74,8 +75,7 @@ if HAVE_TRITON:
             nw = tl.load(nw_ptr + d, mask=md, other=0.0).to(tl.float32)
             for row in range(0, M):
                 xf = tl.load(sum_ptr + row * N + d, mask=md, other=0.0, cache_modifier=".cg").to(tl.float32)
-                rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / N + eps)
-                tl.store(normed_ptr + row * N + d, ((xf * rstd).to(dt).to(tl.float32) * nw).to(dt), mask=md)
+                tl.store(normed_ptr + row * N + d, rms_norm_of(xf, nw, N, eps, dt), mask=md)
 
     # Tuned variant (CUDA): output features per program and the reduction tile, per (M, N, K), measured on first
     # use (warm-up, before any graph capture). Narrow programs keep a 2048-wide projection's weights spread
@@ -99,8 +99,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool
     if backend == "torch":
         return x @ w.T
     n_rows, k = x.shape
-    if n_rows > BLOCK_M:
-        raise ValueError(f"gemv serves up to {BLOCK_M} rows (a decode batch), got {n_rows}")
+    check_decode_rows("gemv", n_rows, BLOCK_M)
     if w.shape[1] != k:
         raise ValueError(f"gemv: x has {k} features, w {tuple(w.shape)}")
     n = w.shape[0]
@@ -129,10 +128,8 @@ def gemv_add_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, 
 
         return add_rms_norm(residual, x @ w.T, norm_weight, eps, "torch")
     n_rows, k = x.shape
-    if n_rows > BLOCK_M:
-        raise ValueError(f"gemv_add_rms_norm serves up to {BLOCK_M} rows (a decode batch), got {n_rows}")
-    if counters is None:
-        raise ValueError("gemv_add_rms_norm needs arrival counters (kernels.arrival_counters)")
+    check_decode_rows("gemv_add_rms_norm", n_rows, BLOCK_M)
+    check_counters("gemv_add_rms_norm", counters)
     n = w.shape[0]
     if w.shape[1] != k or residual.shape != (n_rows, n):
         raise ValueError(f"gemv_add_rms_norm: x {tuple(x.shape)}, w {tuple(w.shape)}, residual {tuple(residual.shape)}")

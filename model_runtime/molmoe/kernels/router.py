@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import HAVE_TRITON, Backend, _p2, pdl_options
+from .common import HAVE_TRITON, Backend, _p2, check_counters, check_decode_rows, pdl_options
 
 if HAVE_TRITON:
     import triton
@@ -218,22 +218,26 @@ def router_splitk_topk(
     dependent launch."""
     if backend == "torch":
         return router_topk(h @ router_weight.T, top_k, norm_topk_prob, backend)
-    n_tok, dim = h.shape
-    if n_tok > SPLITK_ROWS:
-        raise ValueError(f"router_splitk_topk serves up to {SPLITK_ROWS} rows (a decode batch), got {n_tok}")
-    if counters is None:
-        raise ValueError("router_splitk_topk needs arrival counters (kernels.arrival_counters)")
-    n_exp = router_weight.shape[0]
-    block_e, block_d = max(16, _p2(n_exp)), max(16, min(_p2(block_d), _p2(dim)))
-    n_split = triton.cdiv(dim, block_d)
-    part = torch.empty(n_split, SPLITK_ROWS, block_e, dtype=torch.float32, device=h.device)
+    check_counters("router_splitk_topk", counters)
+    part, (h, wr, _, n_tok, dim, n_exp), meta = _partials_launch("router_splitk_topk", h, router_weight, block_d, pdl)
     w = torch.empty(n_tok, top_k, dtype=h.dtype, device=h.device)
     idx = torch.empty(n_tok, top_k, dtype=torch.int32, device=h.device)
-    _router_splitk_topk_kernel[(n_split,)](
-        h.contiguous(), router_weight.contiguous(), part, counters, w, idx, n_tok, dim, n_exp, K=top_k, KMAX=_p2(top_k),
-        NORM=bool(norm_topk_prob), BLOCK_T=SPLITK_ROWS, BLOCK_E=block_e, BLOCK_D=block_d, IEEE=h.dtype == torch.float32,
-        **pdl_options(pdl))
+    _router_splitk_topk_kernel[(part.shape[0],)](h, wr, part, counters, w, idx, n_tok, dim, n_exp, K=top_k,
+                                                 KMAX=_p2(top_k), NORM=bool(norm_topk_prob), **meta)
     return w, idx
+
+
+def _partials_launch(op: str, h: torch.Tensor, router_weight: torch.Tensor, block_d: int,
+                     pdl: bool) -> tuple[torch.Tensor, tuple, dict]:
+    """What the split-K router kernels share: the rows check, the float32 partials buffer (S, :data:`SPLITK_ROWS`,
+    E'), the arguments (h, weight, partials, rows, D, E) and the block constants of a (S,) grid."""
+    n_tok, dim = h.shape
+    check_decode_rows(op, n_tok, SPLITK_ROWS)
+    n_exp = router_weight.shape[0]
+    block_e, block_d = max(16, _p2(n_exp)), max(16, min(_p2(block_d), _p2(dim)))
+    part = torch.empty(triton.cdiv(dim, block_d), SPLITK_ROWS, block_e, dtype=torch.float32, device=h.device)
+    meta = dict(BLOCK_T=SPLITK_ROWS, BLOCK_E=block_e, BLOCK_D=block_d, IEEE=h.dtype == torch.float32, **pdl_options(pdl))
+    return part, (h.contiguous(), router_weight.contiguous(), part, n_tok, dim, n_exp), meta
 
 
 def router_partials(h: torch.Tensor, router_weight: torch.Tensor, backend: Backend = "torch", block_d: int = 128,
@@ -245,14 +249,6 @@ def router_partials(h: torch.Tensor, router_weight: torch.Tensor, backend: Backe
     returns those logits as one split (rows and experts unpadded)."""
     if backend == "torch":
         return (h @ router_weight.T).float()[None]
-    n_tok, dim = h.shape
-    if n_tok > SPLITK_ROWS:
-        raise ValueError(f"router_partials serves up to {SPLITK_ROWS} rows (a decode batch), got {n_tok}")
-    n_exp = router_weight.shape[0]
-    block_e, block_d = max(16, _p2(n_exp)), max(16, min(_p2(block_d), _p2(dim)))
-    n_split = triton.cdiv(dim, block_d)
-    part = torch.empty(n_split, SPLITK_ROWS, block_e, dtype=torch.float32, device=h.device)
-    _router_partials_kernel[(n_split,)](h.contiguous(), router_weight.contiguous(), part, n_tok, dim, n_exp,
-                                        BLOCK_T=SPLITK_ROWS, BLOCK_E=block_e, BLOCK_D=block_d,
-                                        IEEE=h.dtype == torch.float32, **pdl_options(pdl))
+    part, args, meta = _partials_launch("router_partials", h, router_weight, block_d, pdl)
+    _router_partials_kernel[(part.shape[0],)](*args, **meta)
     return part
