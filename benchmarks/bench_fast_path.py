@@ -19,7 +19,9 @@ Sections, all in one process so that every ratio compares figures of the same ru
    (``decode_gemv="triton"``), the router in one kernel (``decode_router="fused"``) and, on Hopper,
    the kernels launched for programmatic dependent launch (``pdl=True``), alone and combined, and the
    reductions in the last program of the kernel before them (``decode_epilogues="last_program"``,
-   ``decode_router="splitk"``), together and apart.
+   ``decode_router="splitk"``), together and apart, the router's top-k in the experts' kernel
+   (``decode_router="in_experts"``, the default with PDL), the QK-norm in the attention's
+   (``decode_qk_norm="in_attention"``) and the projections' L2 prefetch (``decode_prefetch``).
 3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
@@ -96,11 +98,12 @@ SECTIONS: tuple[str, ...] = ("ceilings", "decode", "kernels", "hf", "prefill", "
 #: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
 #: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
 DECODE_VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},  # FusedLM's defaults: pdl_triton_gemv where PDL can run (Hopper), else cublas
-    "cublas": {"pdl": False, "decode_gemv": "cublas"},
-    "triton_gemv": {"pdl": False, "decode_gemv": "triton"},
-    "pdl": {"pdl": True, "decode_gemv": "cublas"},
-    "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton"},
+    "default": {},  # FusedLM's defaults: pdl_triton_gemv_router_in_experts where PDL can run (Hopper), else cublas
+    "cublas": {"pdl": False, "decode_gemv": "cublas", "decode_router": "split"},
+    "triton_gemv": {"pdl": False, "decode_gemv": "triton", "decode_router": "split"},
+    "pdl": {"pdl": True, "decode_gemv": "cublas", "decode_router": "split"},
+    # the default decode form before the router's top-k moved into the experts' kernel
+    "pdl_triton_gemv": {"pdl": True, "decode_gemv": "triton", "decode_router": "split"},
     "fused_router": {"pdl": False, "decode_gemv": "cublas", "decode_router": "fused"},
     "pdl_triton_gemv_fused_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "fused"},
     "pdl_triton_gemv_splitk_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "splitk"},
@@ -112,12 +115,18 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     # the four reductions of a block in the last program of the kernel before them
     "last_program": {"pdl": False, "decode_gemv": "triton", "decode_epilogues": "last_program", "decode_router": "splitk"},
     "pdl_last_program": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program", "decode_router": "splitk"},
-    # the same without the router's (its top-k kernel after the Triton GEMV, as the default)
-    "pdl_last_program_split_router": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program"},
+    # the same without the router's (its top-k kernel after the Triton GEMV: the split router)
+    "pdl_last_program_split_router": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program",
+                                      "decode_router": "split"},
     # the QK-norm + RoPE in the attention's kernel, alone and with the four last-arrival reductions (10 and 6 kernels a block)
-    "pdl_triton_gemv_qk_in_attention": {"pdl": True, "decode_gemv": "triton", "decode_qk_norm": "in_attention"},
+    "pdl_triton_gemv_qk_in_attention": {"pdl": True, "decode_gemv": "triton", "decode_router": "split",
+                                        "decode_qk_norm": "in_attention"},
     "pdl_last_program_qk_in_attention": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program",
                                          "decode_router": "splitk", "decode_qk_norm": "in_attention"},
+    # the dense projections' weights into L2 before their wait, and with the kernels before them releasing first
+    "pdl_prefetch": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts", "decode_prefetch": "weights"},
+    "pdl_prefetch_early": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
+                           "decode_prefetch": "weights_early"},
 }
 #: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
 #: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)
@@ -125,6 +134,15 @@ EXPERT_TILES: list[dict[str, int]] = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": st}
     for bm, bn, bk, w, st in ((64, 128, 64, 4, 3), (64, 128, 64, 4, 5), (64, 64, 128, 4, 4), (128, 128, 64, 8, 3),
                               (128, 128, 64, 8, 4), (128, 64, 64, 4, 5), (64, 256, 64, 8, 3))]
+
+
+def sorted_experts_opts(opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` with the decode step's experts as sorted grouped GEMMs (``decode_experts="sorted"``); a router whose
+    top-k lives in the pair experts' kernel (``decode_router="in_experts"``) becomes the default split router there."""
+    out = opts | {"decode_experts": "sorted"}
+    if out.get("decode_router") == "in_experts":
+        out["decode_router"] = "split"
+    return out
 
 
 def plan_of(top_k: int, blocks: int, p: int = 1) -> tuple[int, ...]:
@@ -627,7 +645,7 @@ def main() -> None:
         res["decode_ratio_k4b12_over_k8b16"] = cheap["ms_per_token"] / full["ms_per_token"]
         dec.max_graphs = 4  # the table's entries can go
         # the two corners again with the experts as sorted grouped GEMMs (decode_experts="sorted")
-        lm.use_fast_path(**run_opts | {"decode_experts": "sorted"})
+        lm.use_fast_path(**sorted_experts_opts(run_opts))
         sorted_dec = GraphDecoder(lm, max_graphs=2, capture=capture)
         try:
             res["decode_sorted_experts"] = {f"k{k}b{b}_ms_per_token": decode_ms(lm, sorted_dec, plan_of(k, b), emb1, mask1,
@@ -776,7 +794,7 @@ def main() -> None:
             row = out[f"k{k}b{b}"] = batching(lm, dec, plan_of(k, b), length, new, 8, reps)
         # the decode step's experts as grouped GEMMs over the batch's sorted pairs (each expert's
         # weights read once per step), the same requests batched
-        lm.use_fast_path(**run_opts | {"decode_experts": "sorted"})
+        lm.use_fast_path(**sorted_experts_opts(run_opts))
         sorted_dec = GraphDecoder(lm, max_graphs=4, capture=capture)
         for k, b in ((8, 16), (4, 12)):
             row = out[f"k{k}b{b}"]

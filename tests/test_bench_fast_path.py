@@ -75,3 +75,15 @@ def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_pat
     monkeypatch.setattr(sys, "argv", ["bench_fast_path", "--device", "cpu", "--variants", "cublas,megakernel"])
     with pytest.raises(SystemExit, match=r"bench_fast_path: unknown --variants \['megakernel'\]"):
         bench_fast_path.main()
+
+
+def test_the_sorted_experts_form_of_a_variant_keeps_a_router_it_can_run() -> None:
+    """The decode and batching sections time each run's form again with the sorted experts: a variant whose top-k
+    lives in the pair experts' kernel (in_experts, refused with sorted experts) gets the split router there."""
+    from benchmarks.bench_fast_path import DECODE_VARIANTS, sorted_experts_opts
+
+    opts = sorted_experts_opts(DECODE_VARIANTS["pdl_triton_gemv_router_in_experts"])
+    assert opts == {"pdl": True, "decode_gemv": "triton", "decode_router": "split", "decode_experts": "sorted"}
+    assert sorted_experts_opts(DECODE_VARIANTS["cublas"])["decode_router"] == "split"
+    assert sorted_experts_opts({}) == {"decode_experts": "sorted"}  # FusedLM's default router for sorted experts
+    assert DECODE_VARIANTS["pdl_triton_gemv_router_in_experts"]["decode_router"] == "in_experts"  # not changed in place

@@ -142,6 +142,24 @@ def test_gemv_equals_the_matmul(rows: int, n_out: int, dim: int) -> None:
 
 
 @triton_ok
+def test_gemv_prefetch_is_a_hint_on_the_gpu_and_refused_in_the_interpreter() -> None:
+    """prefetch=True (inline PTX L2 prefetches of each program's weight rows): the same products on a GPU; the
+    interpreter cannot run PTX, and says so."""
+    x = torch.randn(2, 64, generator=_g(0)).to(DEV)
+    w = torch.randn(40, 64, generator=_g(1)).to(DEV)
+    if DEV == "cpu":
+        with pytest.raises(ValueError, match="gemv: prefetch=True issues PTX L2 prefetches"):
+            dk.gemv(x, w, "triton", prefetch=True)
+        with pytest.raises(ValueError, match="gemv_add_rms_norm: prefetch=True"):
+            dk.gemv_add_rms_norm(x, w, torch.zeros(2, 40), torch.ones(40), 1e-5, dk.arrival_counters(DEV), "triton",
+                                 prefetch=True)
+    else:
+        assert dk.gemv(x, w, "triton", prefetch=True, block_n=16, block_k=32).equal(dk.gemv(x, w, "triton", block_n=16,
+                                                                                             block_k=32))
+    assert dk.gemv(x, w, "torch", prefetch=True).equal(x @ w.T)  # the reference ignores it
+
+
+@triton_ok
 @pytest.mark.parametrize("slot_pos,chunk", [(0, 4), (22, 8)])
 def test_decode_attention_merged_by_its_last_split(slot_pos: int, chunk: int) -> None:
     """counters= (the last-arrival form): the splits' merge in the split kernel equals the two-kernel

@@ -5,6 +5,7 @@ the same tokens and logits with it as without."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -89,24 +90,54 @@ def compile_report(pdl: bool) -> dict[str, list]:
     """Per decode kernel compiled for sm_90: [griddepcontrol.wait count, launch_dependents count,
     launch_pdl of its metadata]. Needs Triton's compiler, not its interpreter (run in a process
     without ``TRITON_INTERPRET``)."""
+    report = {}
+    for kernel, types, consts in _kernels():
+        ptx, launch_pdl = _compile_sm90(kernel, types, dict(consts, PDL=pdl), pdl)
+        report[kernel.fn.__name__] = [ptx.count("griddepcontrol.wait"), ptx.count("griddepcontrol.launch_dependents"),
+                                      launch_pdl]
+    return report
+
+
+#: the decode kernels' look-ahead switches (FusedLM(decode_prefetch=...)), each kernel's own
+LOOKAHEAD = {"_gemv_kernel": "PREFETCH", "_gemv_add_norm_kernel": "PREFETCH", "_attn_reduce_kernel": "RELEASE_FIRST",
+             "_moe_combine_kernel": "RELEASE_FIRST"}
+
+
+def lookahead_report() -> dict[str, list]:
+    """Per kernel with a look-ahead switch, compiled for sm_90 with PDL and the switch on: [L2 prefetches,
+    waits, releases, the first prefetch before the wait, the release before the wait]."""
+    report = {}
+    for kernel, types, consts in _kernels():
+        switch = LOOKAHEAD.get(kernel.fn.__name__)
+        if switch is None:
+            continue
+        ptx, _ = _compile_sm90(kernel, types, dict(consts, PDL=True, **{switch: True}), True)
+        wait, release, prefetch = (ptx.find(i) for i in ("griddepcontrol.wait", "griddepcontrol.launch_dependents",
+                                                          "prefetch.global.L2::evict_last"))
+        report[kernel.fn.__name__] = [ptx.count("prefetch.global.L2::evict_last"), ptx.count("griddepcontrol.wait"),
+                                      ptx.count("griddepcontrol.launch_dependents"), 0 <= prefetch < wait, release < wait]
+    return report
+
+
+def _compile_sm90(kernel, types: dict[str, str], consts: dict[str, object], pdl: bool) -> tuple[str, bool]:
+    """(PTX, launch_pdl of the metadata) of ``kernel`` compiled for sm_90 with ``consts``; a switch left out of
+    ``consts`` takes the kernel's default."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    report = {}
-    for kernel, types, consts in _kernels():
-        names = kernel.arg_names
-        consts = dict(consts, PDL=pdl)
-        if set(types) | set(consts) != set(names):
-            raise ValueError(f"{kernel.fn.__name__}: arguments {names}, typed {sorted(set(types) | set(consts))}")
-        src = ASTSource(fn=kernel, signature={n: "constexpr" if n in consts else types[n] for n in names},
-                        constexprs={(names.index(c),): v for c, v in consts.items()},
-                        attrs={(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if types.get(n, "").startswith("*")})
-        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
-        ptx = compiled.asm["ptx"]
-        report[kernel.fn.__name__] = [ptx.count("griddepcontrol.wait"), ptx.count("griddepcontrol.launch_dependents"),
-                                      bool(compiled.metadata.launch_pdl)]
-    return report
+    names = kernel.arg_names
+    consts = dict(consts)
+    for name, param in zip(names, kernel.params):
+        if name not in types and name not in consts and param.is_constexpr and param.default is not inspect.Parameter.empty:
+            consts[name] = param.default
+    if set(types) | set(consts) != set(names):
+        raise ValueError(f"{kernel.fn.__name__}: arguments {names}, typed {sorted(set(types) | set(consts))}")
+    src = ASTSource(fn=kernel, signature={n: "constexpr" if n in consts else types[n] for n in names},
+                    constexprs={(names.index(c),): v for c, v in consts.items()},
+                    attrs={(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if types.get(n, "").startswith("*")})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
+    return compiled.asm["ptx"], bool(compiled.metadata.launch_pdl)
 
 
 @pytest.mark.skipif(not dk.HAVE_TRITON, reason="needs triton")
@@ -115,12 +146,20 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     once and lets the next launch once, and its launch asks for programmatic serialisation; with it
     off, none of that."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "import json, sys; from tests.test_pdl import compile_report; print(json.dumps([compile_report(True), compile_report(False)]))"
+    code = ("import json, sys; from tests.test_pdl import compile_report, lookahead_report; "
+            "print(json.dumps([compile_report(True), compile_report(False), lookahead_report()]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    on, off = json.loads(out.stdout.strip().splitlines()[-1])
+    on, off, ahead = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(on) == 16 and all(v == [1, 1, True] for v in on.values()), on
     assert all(v == [0, 0, False] for v in off.values()), off
+    # decode_prefetch: the projections' L2 prefetches come before their wait; the combine and the merge release
+    # the next kernel before they wait; still one wait and one release each
+    for name in ("_gemv_kernel", "_gemv_add_norm_kernel"):
+        prefetches, waits, releases, prefetch_first, release_first = ahead[name]
+        assert prefetches > 0 and (waits, releases, prefetch_first, release_first) == (1, 1, True, False), (name, ahead)
+    for name in ("_attn_reduce_kernel", "_moe_combine_kernel"):
+        assert ahead[name] == [0, 1, 1, False, True], (name, ahead)
 
 
 def test_the_switch_is_refused_where_it_cannot_run() -> None:
@@ -138,8 +177,13 @@ def test_the_switch_is_refused_where_it_cannot_run() -> None:
     # the default: PDL with the Triton GEMVs where PDL can run, else neither (here: a CPU)
     assert not dk.pdl_available("cpu")
     fused = FusedLM(lm)
-    assert (fused.pdl, fused.decode_gemv) == (False, "cublas")
+    assert (fused.pdl, fused.decode_gemv, fused.decode_router) == (False, "cublas", "split")
     assert FusedLM(lm, backend="torch", decode_gemv="triton").decode_gemv == "triton"
+    # the projections' L2 prefetch before their wait needs both
+    with pytest.raises(ValueError, match="needs pdl=True and decode_gemv='triton'"):
+        FusedLM(lm, decode_gemv="triton", decode_prefetch="weights")
+    with pytest.raises(ValueError, match="unknown decode prefetch form 'all'"):
+        FusedLM(lm, decode_prefetch="all")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -147,8 +191,11 @@ def test_the_switch_is_refused_where_it_cannot_run() -> None:
 @torch.no_grad()
 def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_it() -> None:
     lm = MolmoeLanguageModel.from_hf(tiny_olmoe_hf(CFG, seed=2)).to("cuda")
-    # on this GPU the default decode step is PDL with the Triton GEMVs
-    assert dk.pdl_available("cuda") and (FusedLM(lm).pdl, FusedLM(lm).decode_gemv) == (True, "triton")
+    # on this GPU the default decode step is PDL with the Triton GEMVs and the router's top-k in the experts' kernel
+    # (with the sorted experts, the split router)
+    default = FusedLM(lm)
+    assert dk.pdl_available("cuda") and (default.pdl, default.decode_gemv, default.decode_router) == (True, "triton", "in_experts")
+    assert FusedLM(lm, decode_experts="sorted").decode_router == "split"
     ids, mask = left_padded_ids((9, 5), 6, CFG.tokens.pad)
     emb = lm.embed(ids.cuda())
     for config in (("low", 1, 4, 12), ("high", 1, 8, 16)):
@@ -179,3 +226,13 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
                                    atol=1e-4, rtol=1e-4)
         # the router's top-k in the experts' gate/up kernel: the same tokens
         assert outs[("triton", "in_experts", "kernels"), True].tokens == ref
+        # the projections' weights prefetched into L2 before their wait, and a kernel sooner: a hint and a launch
+        # order, the default's numbers exactly
+        for prefetch in ("weights", "weights_early"):
+            lm.use_fast_path(decode_prefetch=prefetch)
+            try:
+                ahead = greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8))
+            finally:
+                lm.use_fast_path(False)
+            assert ahead.tokens == ref
+            assert torch.equal(ahead.first_logits, outs[("triton", "in_experts", "kernels"), True].first_logits)

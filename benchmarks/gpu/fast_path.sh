@@ -12,7 +12,8 @@
 #         and batching, each with the variants (bench_fast_path's DECODE_VARIANTS: the Triton GEMV, programmatic
 #         dependent launch, the one-kernel and split-K routers, the last-arrival epilogues, and their combinations),
 #         then one replayed step's kernel timeline (span, busy, idle per block) for the default and the plain launch.
-# VARIANT=NAME (default: default, FusedLM's own defaults: PDL + Triton GEMV on Hopper) runs the sections with that
+# VARIANT=NAME (default: default, FusedLM's own defaults: PDL + Triton GEMV + the router's top-k in the experts' kernel
+# on Hopper) runs the sections with that
 # decode form as if it were the default
 # (bench_fast_path --decode-variant NAME, a name of DECODE_VARIANTS), its correctness checks included; VARIANT=best takes
 # the variant that OUT/fast_path_5.json (an earlier part 5) found faster than the default at all four corners, if any.

@@ -13,8 +13,9 @@ packing costs no memory and the eager modules keep working) and runs:
   values go straight into a static cache's slots (:meth:`StaticKVCache.append_slots`);
 - :meth:`FusedLM.decode_step`: one token for every row of a
   :class:`~model_runtime.molmoe.static_decode.StaticKVCache` with fixed shapes and no host sync,
-  11 kernels per block (8 with ``decode_epilogues="last_program"``, 7 with ``decode_router="splitk"`` too, one
-  fewer again with ``decode_qk_norm="in_attention"``; :mod:`~model_runtime.molmoe.kernels`), which
+  11 kernels per block with ``decode_router="split"`` (10 with ``"in_experts"``, the default where PDL runs; 8
+  with ``decode_epilogues="last_program"``, 7 with ``decode_router="splitk"`` too, one fewer again with
+  ``decode_qk_norm="in_attention"``; :mod:`~model_runtime.molmoe.kernels`), which
   :class:`~model_runtime.molmoe.static_decode.GraphDecoder` captures in a CUDA graph.
 
 Both run the ``"triton"`` ops on CUDA and their torch references on CPU (the CPU tests check both
@@ -45,13 +46,14 @@ DECODE_EXPERT_FORMS: tuple[str, ...] = ("pairs", "sorted")
 #: The decode step's dense projections: torch's matmul (cuBLAS on a GPU; the default where programmatic dependent
 #: launch does not run) or the Triton GEMV kernel, which takes part in it (``pdl``; the default where it runs)
 DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton")
-#: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (the default), both
+#: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (``split``), both
 #: in one kernel (``fused``: :func:`~model_runtime.molmoe.kernels.router.router_gemm_topk`, one program per tile
 #: of rows), or both in one kernel whose projection is split over the hidden columns and whose last program
 #: takes the top-k (``splitk``: :func:`~model_runtime.molmoe.kernels.router.router_splitk_topk`), or the projection
 #: split over the hidden columns and the top-k taken by every program of the experts' gate/up kernel itself
 #: (``in_experts``: :func:`~model_runtime.molmoe.kernels.decode_moe.moe_gate_up_act_routed`, no synchronisation; with
-#: the pair experts). The last two serve decode batches of up to 16 rows; larger ones take ``split``.
+#: the pair experts; the default with ``pdl``, ``split`` otherwise). The last two serve decode batches of up to 16
+#: rows; larger ones take ``split``.
 DECODE_ROUTER_FORMS: tuple[str, ...] = ("split", "fused", "splitk", "in_experts")
 #: hidden columns per step of the fused router at decode (a row's 64 router logits in one program)
 DECODE_ROUTER_BLOCK_D = 128
@@ -66,6 +68,15 @@ DECODE_EPILOGUE_FORMS: tuple[str, ...] = ("kernels", "last_program")
 #: :func:`~model_runtime.molmoe.kernels.attention.qk_norm_rope_attention`, one kernel fewer a block; each split
 #: recomputes its row's norm, a 4 KB read)
 DECODE_QK_NORM_FORMS: tuple[str, ...] = ("kernel", "in_attention")
+#: Whether the decode step's dense projections (the Triton GEMV, with ``pdl``) ask for their weight rows in L2 before
+#: they wait for the kernel before them (:func:`~model_runtime.molmoe.kernels.common.prefetch_l2`): ``none`` (the
+#: default), ``weights``, or ``weights_early``, where the kernels before the Q/K/V and output projections (the
+#: experts' combine and the attention's merge) also let them launch before they wait themselves
+#: (:func:`~model_runtime.molmoe.kernels.common.pdl_release_then_wait`), so the prefetch starts a kernel sooner. The
+#: projections' weights do not depend on the step; the kernels before them are small and latency-bound, and leave
+#: the memory system idle. Measured slower on an H100 all the same (6-7 % and 8-11 % a token; benchmarks/RESULTS.md,
+#: "The router's top-k in the experts' kernel, the default decode form"), so opt-in, for re-timing on other GPUs.
+DECODE_PREFETCH_FORMS: tuple[str, ...] = ("none", "weights", "weights_early")
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -204,15 +215,21 @@ class FusedLM:
             kernel, the projection spread over programs, the top-k in the last) or ``"in_experts"`` (the
             projection spread over programs, the top-k in the gate/up kernel); in every form the logits
             are rounded to the model's dtype before the float32 softmax, as the router's linear layer returns them.
+            Default (None): ``"in_experts"`` with ``pdl`` and the pair experts, else ``"split"`` (with PDL and the
+            Triton GEMVs it was 2.9-5.5 % faster a decode token at the four corners on an H100, with the same tokens,
+            benchmarks/RESULTS.md, "The router's top-k in the experts' kernel, the default decode form").
         decode_epilogues: see :data:`DECODE_EPILOGUE_FORMS`: ``"kernels"`` or ``"last_program"`` (with the
             Triton backend, batches of up to 16 rows; larger batches take the separate kernels). The latter
             runs the output projection as the Triton GEMV whatever ``decode_gemv`` says.
         decode_qk_norm: see :data:`DECODE_QK_NORM_FORMS`: ``"kernel"`` or ``"in_attention"``.
+        decode_prefetch: see :data:`DECODE_PREFETCH_FORMS`: ``"none"``, ``"weights"`` or ``"weights_early"`` (with
+            ``pdl`` and ``decode_gemv="triton"``; results unchanged, only when the weights are read).
     """
 
     def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
                  decode_experts: str = "pairs", pdl: bool | None = None, decode_gemv: str | None = None,
-                 decode_router: str = "split", decode_epilogues: str = "kernels", decode_qk_norm: str = "kernel") -> None:
+                 decode_router: str | None = None, decode_epilogues: str = "kernels",
+                 decode_qk_norm: str = "kernel", decode_prefetch: str = "none") -> None:
         device = lm.lm_head.weight.device
         self.lm = lm
         self.backend = dk.check_backend(dk.default_backend(device) if backend is None else backend, device)
@@ -234,6 +251,8 @@ class FusedLM:
         if decode_gemv not in DECODE_GEMV_FORMS:
             raise ValueError(f"unknown decode GEMV form {decode_gemv!r}; choose from {DECODE_GEMV_FORMS}")
         self.decode_gemv = decode_gemv
+        if decode_router is None:
+            decode_router = "in_experts" if self.pdl and decode_experts == "pairs" else "split"
         if decode_router not in DECODE_ROUTER_FORMS:
             raise ValueError(f"unknown decode router form {decode_router!r}; choose from {DECODE_ROUTER_FORMS}")
         if decode_router == "in_experts" and decode_experts != "pairs":
@@ -246,6 +265,12 @@ class FusedLM:
         if decode_qk_norm not in DECODE_QK_NORM_FORMS:
             raise ValueError(f"unknown decode QK-norm form {decode_qk_norm!r}; choose from {DECODE_QK_NORM_FORMS}")
         self.decode_qk_norm = decode_qk_norm
+        if decode_prefetch not in DECODE_PREFETCH_FORMS:
+            raise ValueError(f"unknown decode prefetch form {decode_prefetch!r}; choose from {DECODE_PREFETCH_FORMS}")
+        if decode_prefetch != "none" and not (self.pdl and self.decode_gemv == "triton"):
+            raise ValueError(f"decode_prefetch={decode_prefetch!r} prefetches in the Triton GEMV before its PDL wait: it "
+                             f"needs pdl=True and decode_gemv='triton' (got pdl={self.pdl}, decode_gemv={self.decode_gemv!r})")
+        self.decode_prefetch = decode_prefetch
         # the last-arrival counters live with this object, outside any captured graph that uses them
         arrivals = decode_epilogues == "last_program" or decode_router == "splitk"
         self.counters = dk.arrival_counters(device) if arrivals and self.backend == "triton" else None
@@ -342,9 +367,12 @@ class FusedLM:
         router = "split" if self.decode_router in ("splitk", "in_experts") and rows > dk.GEMV_ROWS else self.decode_router
         counters = self.counters
         merge_counters = counters if last else None  # the attention's splits merged by the last of them
-        if self.decode_gemv == "triton" and rows <= dk.GEMV_ROWS:
+        gemv_rows = self.decode_gemv == "triton" and rows <= dk.GEMV_ROWS
+        prefetch = gemv_rows and self.decode_prefetch != "none"
+        early = gemv_rows and self.decode_prefetch == "weights_early"  # the combine and the merge release first
+        if gemv_rows:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-                return dk.gemv(a, w, be, pdl=pdl)
+                return dk.gemv(a, w, be, pdl=pdl, prefetch=prefetch)
         else:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 return a @ w.T
@@ -363,9 +391,10 @@ class FusedLM:
                     cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
                 )
                 attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be,
-                                           pdl=pdl, counters=merge_counters)
+                                           pdl=pdl, counters=merge_counters, release_first=early)
             if last:
-                hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl)
+                hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl,
+                                                  prefetch=prefetch)
             else:
                 hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
             if router == "in_experts":  # the top-k is taken by the experts' first kernel, below
@@ -395,7 +424,7 @@ class FusedLM:
                                                     pdl=pdl)
                 else:
                     hidden, h = dk.moe_combine(dk.moe_down(act, w.down, idx, be, pdl=pdl), weights, hidden, norm_w,
-                                               norm_eps, be, pdl=pdl)
+                                               norm_eps, be, pdl=pdl, release_first=early)
         cache.slot.add_(1)
         return lm.lm_head(h)
 

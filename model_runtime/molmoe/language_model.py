@@ -224,8 +224,8 @@ class MolmoeLanguageModel(nn.Module):
     # ------------------------------------------------------------------ fast path
     def use_fast_path(self, enabled: bool = True, *, backend: str | None = None, routed_form: str | None = None,
                       decode_experts: str = "pairs", pdl: bool | None = None, decode_gemv: str | None = None,
-                      decode_router: str = "split", decode_epilogues: str = "kernels",
-                      decode_qk_norm: str = "kernel") -> "FusedLM | None":
+                      decode_router: str | None = None, decode_epilogues: str = "kernels",
+                      decode_qk_norm: str = "kernel", decode_prefetch: str = "none") -> "FusedLM | None":
         """Run blocks through :class:`~model_runtime.molmoe.fused_lm.FusedLM` (packed Q/K/V, fused
         norms, SDPA, grouped-GEMM experts; Triton ops on CUDA) instead of transformers' modules. The
         keywords are :class:`~model_runtime.molmoe.fused_lm.FusedLM`'s (None: its defaults for the device).
@@ -239,7 +239,7 @@ class MolmoeLanguageModel(nn.Module):
 
         self.fused = FusedLM(self, backend=backend, routed_form=routed_form, decode_experts=decode_experts, pdl=pdl,
                              decode_gemv=decode_gemv, decode_router=decode_router, decode_epilogues=decode_epilogues,
-                             decode_qk_norm=decode_qk_norm)
+                             decode_qk_norm=decode_qk_norm, decode_prefetch=decode_prefetch)
         return self.fused
 
     # ------------------------------------------------------------------ sizes

@@ -17,7 +17,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import arrive_last, pdl_enter
+    from .common import arrive_last, pdl_enter, pdl_release_then_wait
     from .norm_rope import norm_rope_head, rope_cos_sin_row
 
 
@@ -162,8 +162,11 @@ if HAVE_TRITON:
 
     @triton.jit
     def _attn_reduce_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, H, NSPLIT, DH: tl.constexpr, BLOCK_S: tl.constexpr,
-                            PDL: tl.constexpr = False):
-        pdl_enter(PDL)
+                            PDL: tl.constexpr = False, RELEASE_FIRST: tl.constexpr = False):
+        if RELEASE_FIRST:  # the output projection after it launches (and prefetches its weights) sooner
+            pdl_release_then_wait(PDL)
+        else:
+            pdl_enter(PDL)
         _reduce_splits(m_ptr, l_ptr, acc_ptr, out_ptr, tl.program_id(0), tl.program_id(1), H, NSPLIT, DH, BLOCK_S)
 
 
@@ -179,6 +182,7 @@ def decode_attention(
     chunk: int | None = None,
     pdl: bool = False,
     counters: torch.Tensor | None = None,
+    release_first: bool = False,
 ) -> torch.Tensor:
     """One query per row over the cache positions ``0..slot`` marked valid.
 
@@ -187,6 +191,8 @@ def decode_attention(
         slot: (1,) int64, the last position written.
         counters: :func:`~.common.arrival_counters` (at least B·H): the splits are merged by the
             last of each head's splits to finish, not by a second kernel.
+        release_first: with ``pdl``, the merge kernel lets the next kernel launch before it waits
+            (:func:`~.common.pdl_release_then_wait`).
 
     Returns:
         (B, H Dh) attention output in q's dtype.
@@ -208,7 +214,8 @@ def decode_attention(
         _attn_split_kernel[grid](q, k_cache, v_cache, valid, slot, *merged, n_heads, n_kv, length, grid[2], float(scale),
                                  DH=dh, **meta)
 
-    return _split_and_merge(split, "decode_attention", bsz, n_heads, dh, length, q.dtype, q.device, chunk, pdl, counters)
+    return _split_and_merge(split, "decode_attention", bsz, n_heads, dh, length, q.dtype, q.device, chunk, pdl, counters,
+                            release_first)
 
 
 def attention_scale(head_dim: int) -> float:
@@ -258,7 +265,7 @@ def qk_norm_rope_attention(
 
 def _split_and_merge(split: Callable[[tuple[int, int, int], tuple, dict], None], op: str, bsz: int, n_heads: int,
                      dh: int, length: int, dtype: torch.dtype, device: torch.device, chunk: int | None, pdl: bool,
-                     counters: torch.Tensor | None) -> torch.Tensor:
+                     counters: torch.Tensor | None, release_first: bool = False) -> torch.Tensor:
     """The split-K attention's launches: the (B, H, ceil(L / chunk)) grid of a split kernel (``split(grid, merged,
     meta)`` launches it with the splits' buffers and output ``merged`` = (m, l, acc, out, counters) and the block
     constants ``meta``), then the merge, in the last split of each (row, head) with ``counters`` or in
@@ -277,5 +284,5 @@ def _split_and_merge(split: Callable[[tuple[int, int, int], tuple, dict], None],
                                                BLOCK_S=_p2(nsplit), **pdl_options(pdl)))
     if counters is None:
         _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit),
-                                            **pdl_options(pdl))
+                                            **pdl_options(pdl), **({"RELEASE_FIRST": True} if release_first else {}))
     return out

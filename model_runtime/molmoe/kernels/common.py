@@ -68,6 +68,28 @@ if HAVE_TRITON:
             tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit
+    def pdl_release_then_wait(PDL: tl.constexpr):
+        """:func:`pdl_enter` the other way round: the next kernel may launch before this one waits for the one
+        before (``FusedLM(decode_prefetch="weights_early")``). Still correct: the next kernel's own wait is for
+        this kernel's completion, which comes after this kernel's wait. It lets a projection that follows
+        start its weights' L2 prefetch (:func:`prefetch_l2`) one kernel sooner."""
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
+
+    @triton.jit
+    def prefetch_l2(ptr, n_elems, LINE: tl.constexpr, BLOCK: tl.constexpr):
+        """Ask for ``ptr[0:n_elems]`` in L2, one ``prefetch.global.L2::evict_last`` per line of ``LINE`` elements
+        (128 bytes), ``BLOCK`` lines a step. A hint: nothing waits for it and nothing is read into registers. The
+        decode step's projections issue it for their own weight rows before :func:`pdl_enter`'s wait, so the rows
+        stream into L2 while the kernel before (a small, latency-bound one) still runs; CUDA only (inline PTX)."""
+        lines = tl.arange(0, BLOCK) * LINE
+        for start in range(0, n_elems, BLOCK * LINE):
+            off = tl.minimum(start + lines, n_elems - 1)
+            tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr + off],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
     def dot_acc(a, b, acc, IEEE: tl.constexpr):
         """``acc + a @ b``; ``IEEE`` (float32 models) keeps full-precision products, as torch's
         float32 matmul, where tl.dot would otherwise use TF32."""

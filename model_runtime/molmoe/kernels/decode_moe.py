@@ -13,7 +13,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import arrive_last, pdl_enter
+    from .common import arrive_last, pdl_enter, pdl_release_then_wait
     from .norm_rope import rms_norm_of
     from .router import routed_rank
 
@@ -136,8 +136,12 @@ if HAVE_TRITON:
     def _moe_combine_kernel(
         y_ptr, wt_ptr, res_ptr, nw_ptr, out_ptr, normed_ptr, D, eps,
         K: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
+        RELEASE_FIRST: tl.constexpr = False,
     ):
-        pdl_enter(PDL)
+        if RELEASE_FIRST:  # the next block's Q/K/V projection launches (and prefetches its weights) sooner
+            pdl_release_then_wait(PDL)
+        else:
+            pdl_enter(PDL)
         tok = tl.program_id(0)
         d = tl.arange(0, BLOCK)
         kk = tl.arange(0, BLOCK_K)
@@ -262,12 +266,15 @@ def moe_combine(
     eps: float = 1e-5,
     backend: Backend = "torch",
     pdl: bool = False,
+    release_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``out = residual + Σ_j weights[:, j] · y[t·k + j]`` and, with ``norm_weight``, the RMSNorm of
     ``out`` (the next block's input norm or the final norm, fused here to save a launch).
 
     Args:
         y: (T·k, D) float32 from :func:`moe_down`; weights: (T, k); residual: (T, D).
+        release_first: with ``pdl``, the kernel lets the next one launch before it waits
+            (:func:`~.common.pdl_release_then_wait`).
 
     Returns:
         (out (T, D), normed (T, D) or None), in residual's dtype.
@@ -283,7 +290,7 @@ def moe_combine(
     _moe_combine_kernel[(n_tok,)](
         y, weights.contiguous(), residual.contiguous(), norm_weight if norm_weight is not None else residual, out, normed,
         dim, eps, K=top_k, BLOCK_K=_p2(top_k), HAS_NORM=norm_weight is not None, BLOCK=_p2(dim), num_warps=8,
-        **pdl_options(pdl),
+        **pdl_options(pdl), **({"RELEASE_FIRST": True} if release_first else {}),
     )
     return out, normed if norm_weight is not None else None
 

@@ -18,7 +18,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import arrive_last, dot_acc, pdl_enter
+    from .common import arrive_last, dot_acc, pdl_enter, prefetch_l2
     from .norm_rope import rms_norm_of
 
 #: Rows a program multiplies at once: tl.dot's smallest tile; a decode batch of up to this many
@@ -30,10 +30,14 @@ if HAVE_TRITON:
 
     @triton.jit
     def _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   IEEE: tl.constexpr, PDL: tl.constexpr):
+                   IEEE: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = False):
         # program n: output features n*BLOCK_N.. of every row; w (N, K) row-major, x (M, K); returns the
         # float32 (BLOCK_M, BLOCK_N) tile, its rows and features and their masks
-        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n0 = tl.program_id(0) * BLOCK_N
+        if PREFETCH:  # this program's weight rows, contiguous, into L2 while the kernel before runs
+            prefetch_l2(w_ptr + n0.to(tl.int64) * K, tl.minimum(BLOCK_N, N - n0) * K,
+                        1024 // w_ptr.dtype.element_ty.primitive_bitwidth, 256)
+        n = n0 + tl.arange(0, BLOCK_N)
         mn = n < N
         m = tl.arange(0, BLOCK_M)
         mm = m < M
@@ -53,17 +57,17 @@ if HAVE_TRITON:
 
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     IEEE: tl.constexpr, PDL: tl.constexpr = False):
-        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL)
+                     IEEE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False):
+        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL, PREFETCH)
         tl.store(out_ptr + m[:, None] * N + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mm[:, None] & mn[None, :])
 
     @triton.jit
     def _gemv_add_norm_kernel(x_ptr, w_ptr, res_ptr, sum_ptr, nw_ptr, normed_ptr, cnt_ptr, M, N, K, eps,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_ROW: tl.constexpr,
-                              IEEE: tl.constexpr, PDL: tl.constexpr = False):
+                              IEEE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False):
         # sum = res + x @ w.T (the projection rounded to the dtype, then the add, as the eager path), and the
         # last program to finish writes normed = RMSNorm(sum) * nw for every row (add_rms_norm's arithmetic)
-        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL)
+        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL, PREFETCH)
         dt = sum_ptr.dtype.element_ty
         o = m[:, None] * N + n[None, :]
         mo = mm[:, None] & mn[None, :]
@@ -91,13 +95,15 @@ if HAVE_TRITON:
 
 # ============================================================================ op
 def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool = False,
-         block_n: int | None = None, block_k: int | None = None) -> torch.Tensor:
+         block_n: int | None = None, block_k: int | None = None, prefetch: bool = False) -> torch.Tensor:
     """``x @ w.T`` for x (M, K), M ≤ :data:`BLOCK_M` rows, and w (N, K) → (M, N) in x's dtype
     (float32 accumulation, as cuBLAS). ``block_n`` / ``block_k``: explicit tiles (default:
     autotuned on CUDA, 16 × 32 in the interpreter); ``pdl``: launched for programmatic dependent
-    launch (:func:`~.common.pdl_options`)."""
+    launch (:func:`~.common.pdl_options`); ``prefetch``: each program first asks for its weight rows
+    in L2 (:func:`~.common.prefetch_l2`; CUDA only), which with ``pdl`` happens before it waits."""
     if backend == "torch":
         return x @ w.T
+    _check_prefetch("gemv", prefetch)
     n_rows, k = x.shape
     check_decode_rows("gemv", n_rows, BLOCK_M)
     if w.shape[1] != k:
@@ -106,27 +112,29 @@ def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool
     out = torch.empty(n_rows, n, dtype=x.dtype, device=x.device)
     args = (x.contiguous(), w.contiguous(), out, n_rows, n, k)
     ieee = x.dtype == torch.float32
+    opts = {**pdl_options(pdl), **({"PREFETCH": True} if prefetch else {})}
     if block_n is None and block_k is None and not triton_interpreting():
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, BLOCK_M=BLOCK_M, IEEE=ieee, **pdl_options(pdl))
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, BLOCK_M=BLOCK_M, IEEE=ieee, **opts)
     else:
         bn, bk = int(block_n or 16), int(block_k or min(32, _p2(k)))
-        _gemv_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=max(16, bk), IEEE=ieee,
-                                           **pdl_options(pdl))
+        _gemv_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=max(16, bk), IEEE=ieee, **opts)
     return out
 
 
 def gemv_add_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float,
                       counters: torch.Tensor | None, backend: Backend = "torch", pdl: bool = False,
-                      block_n: int | None = None, block_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      block_n: int | None = None, block_k: int | None = None,
+                      prefetch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``add_rms_norm(residual, x @ w.T, norm_weight, eps)`` in one kernel: (sum (M, N), its RMSNorm (M, N)).
 
     x (M, K) with M ≤ :data:`BLOCK_M`, w (N, K), residual (M, N). The programs of :func:`gemv` add
     their tiles to the residual; the one that finishes last (:func:`~.common.arrive_last` on
-    ``counters[0]``) norms the rows. Tiles and ``pdl`` as :func:`gemv`."""
+    ``counters[0]``) norms the rows. Tiles, ``pdl`` and ``prefetch`` as :func:`gemv`."""
     if backend == "torch":
         from .norm_rope import add_rms_norm
 
         return add_rms_norm(residual, x @ w.T, norm_weight, eps, "torch")
+    _check_prefetch("gemv_add_rms_norm", prefetch)
     n_rows, k = x.shape
     check_decode_rows("gemv_add_rms_norm", n_rows, BLOCK_M)
     check_counters("gemv_add_rms_norm", counters)
@@ -135,10 +143,16 @@ def gemv_add_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, 
         raise ValueError(f"gemv_add_rms_norm: x {tuple(x.shape)}, w {tuple(w.shape)}, residual {tuple(residual.shape)}")
     total, normed = torch.empty_like(residual), torch.empty_like(residual)
     args = (x.contiguous(), w.contiguous(), residual.contiguous(), total, norm_weight, normed, counters, n_rows, n, k, float(eps))
-    meta = dict(BLOCK_M=BLOCK_M, BLOCK_ROW=_p2(n), IEEE=x.dtype == torch.float32, **pdl_options(pdl))
+    meta = dict(BLOCK_M=BLOCK_M, BLOCK_ROW=_p2(n), IEEE=x.dtype == torch.float32, **pdl_options(pdl),
+                **({"PREFETCH": True} if prefetch else {}))
     if block_n is None and block_k is None and not triton_interpreting():
         _gemv_add_norm_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](*args, **meta)
     else:
         bn, bk = int(block_n or 16), int(block_k or min(32, _p2(k)))
         _gemv_add_norm_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_N=bn, BLOCK_K=max(16, bk), **meta)
     return total, normed
+
+
+def _check_prefetch(op: str, prefetch: bool) -> None:
+    if prefetch and triton_interpreting():
+        raise ValueError(f"{op}: prefetch=True issues PTX L2 prefetches: a CUDA GPU only, not Triton's interpreter")
