@@ -55,7 +55,8 @@ Sections, all in one process so that every ratio compares figures of the same ru
 11. **timeline** (CUDA): one replayed decode step's kernels as the profiler sees them on the GPU
    (:mod:`benchmarks.step_timeline`) at (8, 16) and (4, 12), for the run's decode form and for the plain
    launch (``cublas``): the step's span, the time some kernel ran (the union of their intervals) and the
-   idle rest, each per active block, and the time by kernel: whether a block's time above its bytes is
+   idle rest, each per active block, and the time by kernel (each kernel's own part of the busy time too,
+   which under PDL leaves out its wait for the kernel before): whether a block's time above its bytes is
    in the kernels or between them.
 12. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
    through :class:`~model_runtime.molmoe.kernels.persistent_decode.PersistentDecodeStep` (one

@@ -8,7 +8,10 @@ and the GPU waiting between them. :func:`timeline_summary` answers that from (na
 intervals: the span from the first kernel's start to the last one's end, the union of the
 intervals (the time some kernel of the step was on the GPU), the idle rest, and each kernel's
 share. With programmatic dependent launch a kernel starts while the one before drains and waits on
-the GPU, so intervals overlap and their sum exceeds the union; the union is what counts.
+the GPU, so intervals overlap and their sum exceeds the union; the union is what counts, and each
+kernel's own part of it (:func:`own_us`: from the later of its start and the end of every kernel
+before it, to its end) is what the step pays for that kernel: under PDL an interval includes the
+wait for the kernel before, its own part does not.
 """
 
 from __future__ import annotations
@@ -33,6 +36,20 @@ def union_us(intervals: Sequence[Interval]) -> float:
     return total
 
 
+def own_us(intervals: Sequence[Interval]) -> list[float]:
+    """Each interval's own part of the union (µs), in the given order: what it adds past the end of every interval
+    that started before it. They sum to :func:`union_us`; for a chain of kernels whose intervals overlap only
+    because each starts early and waits (PDL), a kernel's own part runs from the one before's end to its own."""
+    order = sorted(range(len(intervals)), key=lambda i: intervals[i][1])
+    own = [0.0] * len(intervals)
+    frontier = float("-inf")
+    for i in order:
+        _, start, stop = intervals[i]
+        own[i] = max(0.0, stop - max(start, frontier))
+        frontier = max(frontier, stop)
+    return own
+
+
 def span_us(intervals: Sequence[Interval]) -> float:
     """From the first interval's start to the last one's end (µs)."""
     return max(iv[2] for iv in intervals) - min(iv[1] for iv in intervals)
@@ -49,7 +66,8 @@ def timeline_summary(intervals: Sequence[Interval], blocks: int | None = None, t
     Returns:
         ``kernels`` (count), ``span_us``, ``busy_us``, ``idle_us``, ``sum_kernel_us`` (the intervals'
         plain sum: above ``busy_us`` where kernels overlap), ``by_kernel`` (name, count, total and
-        median µs), with ``blocks`` also ``*_per_block_us``.
+        median µs of the intervals, and of their own parts, :func:`own_us`; by own time, largest first),
+        with ``blocks`` also ``*_per_block_us``.
     """
     if not intervals:
         raise ValueError("timeline_summary: no kernel intervals (did the profiler record the graph's kernels?)")
@@ -58,11 +76,14 @@ def timeline_summary(intervals: Sequence[Interval], blocks: int | None = None, t
         raise ValueError(f"timeline_summary: {len(bad)} intervals end before they start, e.g. {bad[0]}")
     span = span_us(intervals)
     busy = union_us(intervals)
-    by_name: dict[str, list[float]] = {}
-    for name, start, stop in intervals:
-        by_name.setdefault(name, []).append(stop - start)
-    rows = sorted(({"kernel": name[:80], "n": len(d), "us": sum(d), "median_us": statistics.median(d)}
-                   for name, d in by_name.items()), key=lambda r: -r["us"])
+    by_name: dict[str, tuple[list[float], list[float]]] = {}
+    for (name, start, stop), own in zip(intervals, own_us(intervals)):
+        d, o = by_name.setdefault(name, ([], []))
+        d.append(stop - start)
+        o.append(own)
+    rows = sorted(({"kernel": name[:80], "n": len(d), "us": sum(d), "median_us": statistics.median(d),
+                    "own_us": sum(o), "own_median_us": statistics.median(o)}
+                   for name, (d, o) in by_name.items()), key=lambda r: (-r["own_us"], -r["us"]))
     out: dict[str, Any] = {"kernels": len(intervals), "span_us": span, "busy_us": busy, "idle_us": span - busy,
                            "sum_kernel_us": sum(iv[2] - iv[1] for iv in intervals), "by_kernel": rows[:top]}
     if blocks:
