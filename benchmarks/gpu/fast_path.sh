@@ -17,7 +17,8 @@
 # decode form as if it were the default
 # (bench_fast_path --decode-variant NAME, a name of DECODE_VARIANTS), its correctness checks included; VARIANT=best takes
 # the variant that OUT/fast_path_5.json (an earlier part 5) found faster than the default at all four corners, if any.
-# VARIANTS=a,b,... times only those variants beside the run's form (bench_fast_path --variants; default: all).
+# VARIANTS=a,b,... times only those variants beside the run's form (bench_fast_path --variants; default: cublas, the
+# plain launch, and pdl_triton_gemv, the previous default; VARIANTS=all times every one, past 10 minutes in parts 2 and 5).
 # A failing kernel test is reported and the measurements still run. Each part prints issue 15's bars for the sections it
 # ran; every JSON is rewritten after each section, so a part cut short keeps what it measured.
 set -euo pipefail
@@ -25,6 +26,7 @@ OUT=${1:?usage: fast_path.sh OUT PART}
 PART=${2:?usage: fast_path.sh OUT PART}
 PY=${PYTHON:-python3}
 VARIANT=${VARIANT:-default}
+VARIANTS=${VARIANTS:-cublas,pdl_triton_gemv}
 mkdir -p "$OUT"
 if [ "$VARIANT" = best ]; then
   VARIANT=$($PY -m benchmarks.bench_fast_path --best-variant-of "$OUT/fast_path_5.json")
