@@ -18,7 +18,8 @@ The decode step's Triton kernels take ``pdl=True`` (:func:`.common.pdl_options`)
 programmatic dependent launch, each is scheduled while the kernel before it drains and waits on
 the GPU for that kernel's writes, which shortens the gaps between the 11 kernels of a block inside
 the captured graph (``FusedLM(pdl=True)``; Hopper and later, where it is the default, with the
-projections as :func:`.projections.gemv`). With
+projections as :func:`.projections.gemv` and the router's top-k taken by the experts' gate/up kernel,
+:func:`.decode_moe.moe_gate_up_act_routed`: 10 kernels a block). With
 ``FusedLM(decode_epilogues="last_program", decode_router="splitk")`` four of a block's reductions run in
 the last program of the kernel before them (:func:`.common.arrive_last`): the attention's merge, the
 output projection's residual add + RMSNorm, the experts' weighted sum and (``splitk``) the router's
