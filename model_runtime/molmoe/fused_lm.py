@@ -72,7 +72,7 @@ DECODE_QK_NORM_FORMS: tuple[str, ...] = ("kernel", "in_attention")
 #: they wait for the kernel before them (:func:`~model_runtime.molmoe.kernels.common.prefetch_l2`): ``none`` (the
 #: default), ``weights``, or ``weights_early``, where the kernels before the Q/K/V and output projections (the
 #: experts' combine and the attention's merge) also let them launch before they wait themselves
-#: (:func:`~model_runtime.molmoe.kernels.common.pdl_release_then_wait`), so the prefetch starts a kernel sooner. The
+#: (:func:`~model_runtime.molmoe.kernels.common.pdl_enter`'s ``RELEASE_FIRST``), so the prefetch starts a kernel sooner. The
 #: projections' weights do not depend on the step; the kernels before them are small and latency-bound, and leave
 #: the memory system idle. Measured slower on an H100 all the same (6-7 % and 8-11 % a token; benchmarks/RESULTS.md,
 #: "The router's top-k in the experts' kernel, the default decode form"), so opt-in, for re-timing on other GPUs.

@@ -17,7 +17,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import arrive_last, pdl_enter, pdl_release_then_wait
+    from .common import arrive_last, pdl_enter
     from .norm_rope import norm_rope_head, rope_cos_sin_row
 
 
@@ -163,10 +163,7 @@ if HAVE_TRITON:
     @triton.jit
     def _attn_reduce_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, H, NSPLIT, DH: tl.constexpr, BLOCK_S: tl.constexpr,
                             PDL: tl.constexpr = False, RELEASE_FIRST: tl.constexpr = False):
-        if RELEASE_FIRST:  # the output projection after it launches (and prefetches its weights) sooner
-            pdl_release_then_wait(PDL)
-        else:
-            pdl_enter(PDL)
+        pdl_enter(PDL, RELEASE_FIRST)  # (RELEASE_FIRST: the output projection after it prefetches sooner)
         _reduce_splits(m_ptr, l_ptr, acc_ptr, out_ptr, tl.program_id(0), tl.program_id(1), H, NSPLIT, DH, BLOCK_S)
 
 
@@ -192,7 +189,7 @@ def decode_attention(
         counters: :func:`~.common.arrival_counters` (at least B·H): the splits are merged by the
             last of each head's splits to finish, not by a second kernel.
         release_first: with ``pdl``, the merge kernel lets the next kernel launch before it waits
-            (:func:`~.common.pdl_release_then_wait`).
+            (:func:`~.common.pdl_enter`'s ``RELEASE_FIRST``).
 
     Returns:
         (B, H Dh) attention output in q's dtype.
@@ -284,5 +281,5 @@ def _split_and_merge(split: Callable[[tuple[int, int, int], tuple, dict], None],
                                                BLOCK_S=_p2(nsplit), **pdl_options(pdl)))
     if counters is None:
         _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit),
-                                            **pdl_options(pdl), **({"RELEASE_FIRST": True} if release_first else {}))
+                                            RELEASE_FIRST=release_first, **pdl_options(pdl))
     return out

@@ -62,20 +62,18 @@ def check_backend(backend: str, device: torch.device | str) -> Backend:
 if HAVE_TRITON:
 
     @triton.jit
-    def pdl_enter(PDL: tl.constexpr):
+    def pdl_enter(PDL: tl.constexpr, RELEASE_FIRST: tl.constexpr = False):
+        """With ``RELEASE_FIRST`` the other way round: the next kernel may launch before this one waits for
+        the one before (``FusedLM(decode_prefetch="weights_early")``). Still correct: the next kernel's own
+        wait is for this kernel's completion, which comes after this kernel's wait. It lets a projection
+        that follows start its weights' L2 prefetch (:func:`prefetch_l2`) one kernel sooner."""
         if PDL:
-            tl.extra.cuda.gdc_wait()
-            tl.extra.cuda.gdc_launch_dependents()
-
-    @triton.jit
-    def pdl_release_then_wait(PDL: tl.constexpr):
-        """:func:`pdl_enter` the other way round: the next kernel may launch before this one waits for the one
-        before (``FusedLM(decode_prefetch="weights_early")``). Still correct: the next kernel's own wait is for
-        this kernel's completion, which comes after this kernel's wait. It lets a projection that follows
-        start its weights' L2 prefetch (:func:`prefetch_l2`) one kernel sooner."""
-        if PDL:
-            tl.extra.cuda.gdc_launch_dependents()
-            tl.extra.cuda.gdc_wait()
+            if RELEASE_FIRST:
+                tl.extra.cuda.gdc_launch_dependents()
+                tl.extra.cuda.gdc_wait()
+            else:
+                tl.extra.cuda.gdc_wait()
+                tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit
     def prefetch_l2(ptr, n_elems, LINE: tl.constexpr, BLOCK: tl.constexpr):

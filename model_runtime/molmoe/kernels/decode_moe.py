@@ -13,7 +13,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import arrive_last, pdl_enter, pdl_release_then_wait
+    from .common import arrive_last, pdl_enter
     from .norm_rope import rms_norm_of
     from .router import routed_rank
 
@@ -138,10 +138,7 @@ if HAVE_TRITON:
         K: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
         RELEASE_FIRST: tl.constexpr = False,
     ):
-        if RELEASE_FIRST:  # the next block's Q/K/V projection launches (and prefetches its weights) sooner
-            pdl_release_then_wait(PDL)
-        else:
-            pdl_enter(PDL)
+        pdl_enter(PDL, RELEASE_FIRST)  # (RELEASE_FIRST: the next block's Q/K/V projection prefetches sooner)
         tok = tl.program_id(0)
         d = tl.arange(0, BLOCK)
         kk = tl.arange(0, BLOCK_K)
@@ -274,7 +271,7 @@ def moe_combine(
     Args:
         y: (T·k, D) float32 from :func:`moe_down`; weights: (T, k); residual: (T, D).
         release_first: with ``pdl``, the kernel lets the next one launch before it waits
-            (:func:`~.common.pdl_release_then_wait`).
+            (:func:`~.common.pdl_enter`'s ``RELEASE_FIRST``).
 
     Returns:
         (out (T, D), normed (T, D) or None), in residual's dtype.
@@ -290,7 +287,7 @@ def moe_combine(
     _moe_combine_kernel[(n_tok,)](
         y, weights.contiguous(), residual.contiguous(), norm_weight if norm_weight is not None else residual, out, normed,
         dim, eps, K=top_k, BLOCK_K=_p2(top_k), HAS_NORM=norm_weight is not None, BLOCK=_p2(dim), num_warps=8,
-        **pdl_options(pdl), **({"RELEASE_FIRST": True} if release_first else {}),
+        RELEASE_FIRST=release_first, **pdl_options(pdl),
     )
     return out, normed if norm_weight is not None else None
 

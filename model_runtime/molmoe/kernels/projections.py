@@ -112,7 +112,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool
     out = torch.empty(n_rows, n, dtype=x.dtype, device=x.device)
     args = (x.contiguous(), w.contiguous(), out, n_rows, n, k)
     ieee = x.dtype == torch.float32
-    opts = {**pdl_options(pdl), **({"PREFETCH": True} if prefetch else {})}
+    opts = dict(PREFETCH=prefetch, **pdl_options(pdl))
     if block_n is None and block_k is None and not triton_interpreting():
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, BLOCK_M=BLOCK_M, IEEE=ieee, **opts)
     else:
@@ -143,8 +143,7 @@ def gemv_add_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, 
         raise ValueError(f"gemv_add_rms_norm: x {tuple(x.shape)}, w {tuple(w.shape)}, residual {tuple(residual.shape)}")
     total, normed = torch.empty_like(residual), torch.empty_like(residual)
     args = (x.contiguous(), w.contiguous(), residual.contiguous(), total, norm_weight, normed, counters, n_rows, n, k, float(eps))
-    meta = dict(BLOCK_M=BLOCK_M, BLOCK_ROW=_p2(n), IEEE=x.dtype == torch.float32, **pdl_options(pdl),
-                **({"PREFETCH": True} if prefetch else {}))
+    meta = dict(BLOCK_M=BLOCK_M, BLOCK_ROW=_p2(n), IEEE=x.dtype == torch.float32, PREFETCH=prefetch, **pdl_options(pdl))
     if block_n is None and block_k is None and not triton_interpreting():
         _gemv_add_norm_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](*args, **meta)
     else:
