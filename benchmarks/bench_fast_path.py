@@ -879,7 +879,7 @@ def main() -> None:
         # the forms the real-shape decode steps ran (the decoder's), as a check that the variant was in effect
         out["decoder_forms"] = {name: getattr(dec.fused, name, None) for name in
                                 ("pdl", "decode_gemv", "decode_router", "decode_epilogues", "decode_qk_norm",
-                                 "decode_experts")}
+                                 "decode_experts", "decode_prefetch")}
         del lm32
         return out
 
