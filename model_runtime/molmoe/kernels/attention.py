@@ -144,13 +144,10 @@ if HAVE_TRITON:
             vt1 = tl.where(new, v1[None, :], tl.load(v_ptr + t, mask=rd, other=0.0).to(tl.float32))
             vt2 = tl.where(new, v2[None, :], tl.load(v_ptr + t + HALF, mask=rd, other=0.0).to(tl.float32))
             sc = tl.where(ok, (tl.sum(kt1 * q1[None, :], axis=1) + tl.sum(kt2 * q2[None, :], axis=1)) * scale, -1.0e30)
-            m_new = tl.maximum(m_i, tl.max(sc, axis=0))
-            p = tl.where(ok, tl.exp(sc - m_new), 0.0)
-            alpha = tl.exp(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=0)
-            acc1 = acc1 * alpha + tl.sum(p[:, None] * tl.where(ok[:, None], vt1, 0.0), axis=0)
-            acc2 = acc2 * alpha + tl.sum(p[:, None] * tl.where(ok[:, None], vt2, 0.0), axis=0)
-            m_i = m_new
+            # the two halves of the values take the same step (the second's running max and sum are the first's)
+            m_new, l_new, acc1 = _online_softmax_step(sc, ok, tl.where(ok[:, None], vt1, 0.0), m_i, l_i, acc1)
+            _, _, acc2 = _online_softmax_step(sc, ok, tl.where(ok[:, None], vt2, 0.0), m_i, l_i, acc2)
+            m_i, l_i = m_new, l_new
         o = (b * H + h) * NSPLIT + s
         tl.store(m_ptr + o, m_i)
         tl.store(l_ptr + o, l_i)
