@@ -53,11 +53,11 @@ Sections, all in one process so that every ratio compares figures of the same ru
    shape in bf16: relative error ||fast - ref|| / ||ref|| of the prefill logits and of the first
    decode step's logits, and greedy token agreement, at the four corners.
 11. **timeline** (CUDA): one replayed decode step's kernels as the profiler sees them on the GPU
-   (:mod:`benchmarks.step_timeline`) at (8, 16) and (4, 12), for the run's decode form and for the plain
-   launch (``cublas``): the step's span, the time some kernel ran (the union of their intervals) and the
-   idle rest, each per active block, and the time by kernel (each kernel's own part of the busy time too,
-   which under PDL leaves out its wait for the kernel before): whether a block's time above its bytes is
-   in the kernels or between them.
+   (:mod:`benchmarks.step_timeline`) at (8, 16) and (4, 12), for the run's decode form (and the default's, when the
+   run's is another) and for the plain launch (``cublas``): the step's span, the time some kernel ran (the union of
+   their intervals) and the idle rest, each per active block, and the time by kernel (each kernel's own part of the
+   busy time too, which under PDL leaves out its wait for the kernel before): whether a block's time above its bytes
+   is in the kernels or between them.
 12. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
    through :class:`~model_runtime.molmoe.kernels.persistent_decode.PersistentDecodeStep` (one
    kernel per token, ``--persistent`` options) next to the fused step's figures of the same run,
@@ -124,6 +124,11 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
                                         "decode_qk_norm": "in_attention"},
     "pdl_last_program_qk_in_attention": {"pdl": True, "decode_gemv": "triton", "decode_epilogues": "last_program",
                                          "decode_router": "splitk", "decode_qk_norm": "in_attention"},
+    # the residual adds in the kernels that produce them and the norms in the kernels that read them (8 kernels a
+    # block), and the output projection's add + the router's norm only (9)
+    "pdl_on_load": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts", "decode_epilogues": "on_load"},
+    "pdl_on_load_attention": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
+                              "decode_epilogues": "on_load_attention"},
     # the dense projections' weights into L2 before their wait, and with the kernels before them releasing first
     "pdl_prefetch": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts", "decode_prefetch": "weights"},
     "pdl_prefetch_early": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
@@ -139,10 +144,13 @@ EXPERT_TILES: list[dict[str, int]] = [
 
 def sorted_experts_opts(opts: dict[str, Any]) -> dict[str, Any]:
     """``opts`` with the decode step's experts as sorted grouped GEMMs (``decode_experts="sorted"``); a router whose
-    top-k lives in the pair experts' kernel (``decode_router="in_experts"``) becomes the default split router there."""
+    top-k lives in the pair experts' kernel (``decode_router="in_experts"``) becomes the default split router there,
+    and the epilogues that need it (``decode_epilogues="on_load..."``) the separate kernels."""
     out = opts | {"decode_experts": "sorted"}
     if out.get("decode_router") == "in_experts":
         out["decode_router"] = "split"
+    if str(out.get("decode_epilogues", "")).startswith("on_load"):
+        out["decode_epilogues"] = "kernels"
     return out
 
 
@@ -838,7 +846,12 @@ def main() -> None:
         from benchmarks.step_timeline import step_intervals, timeline_summary
 
         out: dict[str, Any] = {}
-        for form, opts in (("run", run_opts), ("cublas", {"routed_form": args.routed_form, **DECODE_VARIANTS["cublas"]})):
+        # the run's form, the default's when the run times another, and the plain launch
+        forms = [("run", run_opts)]
+        if args.decode_variant != "default":
+            forms.append(("default", {"routed_form": args.routed_form}))
+        forms.append(("cublas", {"routed_form": args.routed_form, **DECODE_VARIANTS["cublas"]}))
+        for form, opts in forms:
             lm.use_fast_path(**opts)
             form_dec = GraphDecoder(lm, max_graphs=2, capture=capture)
             for k, b in ((8, 16), (4, 12)):

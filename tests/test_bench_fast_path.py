@@ -86,4 +86,5 @@ def test_the_sorted_experts_form_of_a_variant_keeps_a_router_it_can_run() -> Non
     assert opts == {"pdl": True, "decode_gemv": "triton", "decode_router": "split", "decode_experts": "sorted"}
     assert sorted_experts_opts(DECODE_VARIANTS["cublas"])["decode_router"] == "split"
     assert sorted_experts_opts({}) == {"decode_experts": "sorted"}  # FusedLM's default router for sorted experts
+    assert sorted_experts_opts(DECODE_VARIANTS["pdl_on_load"])["decode_epilogues"] == "kernels"
     assert DECODE_VARIANTS["pdl_triton_gemv_router_in_experts"]["decode_router"] == "in_experts"  # not changed in place

@@ -305,6 +305,50 @@ def test_gate_up_taking_the_routers_top_k_equals_router_then_gate_up(n_tok: int,
         dk.router_partials(torch.zeros(17, dim).to(DEV), router, "triton")
 
 
+@triton_ok
+@pytest.mark.parametrize("rows,dim,n_out,block_n", [(1, 64, 48, 16), (3, 40, 20, 16), (16, 96, 64, 32)])
+def test_the_on_load_epilogues_equal_the_separate_norm_and_add(rows: int, dim: int, n_out: int, block_n: int) -> None:
+    """decode_epilogues="on_load": the projection norming x as it loads it (the reciprocal RMS from x's sums-of-squares
+    partials) and adding the residual after it, the router's projection norming its input, and the down projection
+    summing a row's experts with the residual, each = the separate ops; the partials = the result's."""
+    x = torch.randn(rows, dim, generator=_g(0)).to(DEV)
+    w = torch.randn(n_out, dim, generator=_g(1)).to(DEV) / dim**0.5
+    nw = torch.rand(dim, generator=_g(2)).to(DEV) + 0.5
+    res = torch.randn(rows, n_out, generator=_g(3)).to(DEV)
+    sq = dk.sq_partials(x)
+    assert sq.shape == (rows, -(-dim // dk.SQ_COLS)) and torch.allclose(sq.sum(-1), (x * x).sum(-1))
+    normed = dk.rms_norm(x, nw, 1e-5, "torch")
+    for norm in (None, (sq, nw, 1e-5)):
+        for residual in (None, res):
+            out, sq_out = dk.gemv_on_load(x, w, norm=norm, residual=residual, backend="triton", block_n=block_n)
+            ref = (x if norm is None else normed) @ w.T + (0 if residual is None else residual)
+            _close(out, ref, 1e-4)
+            assert (sq_out is None) == (residual is None)
+            if residual is not None:
+                _close(sq_out, dk.sq_partials(out), 1e-4)
+    # the router's projection of the norm of a residual stream, the norm written for the experts
+    router = torch.randn(12, dim, generator=_g(4)).to(DEV)
+    part, h = dk.router_partials_norm(x, sq, nw, 1e-5, router, "triton", block_d=16)
+    _close(h, normed, 1e-5)
+    _close(part.sum(0)[:rows, :12], normed @ router.T, 1e-4)
+    # the down projection over a row's experts, their weighted sum and the residual
+    top_k, n_int, n_exp = 3, 24, 6
+    act = torch.randn(rows * top_k, n_int, generator=_g(5)).to(DEV)
+    down = torch.randn(n_exp, dim, n_int, generator=_g(6)).to(DEV) / n_int**0.5
+    idx = torch.stack([torch.randperm(n_exp, generator=_g(10 + t))[:top_k] for t in range(rows)]).int().to(DEV)
+    wts = torch.rand(rows, top_k, generator=_g(7)).to(DEV)
+    out, sq_out = dk.moe_down_sum(act, down, idx, wts, x, "triton", block_d=8)
+    ref, _ = dk.moe_combine(dk.moe_down(act, down, idx, "torch"), wts, x, None, backend="torch")
+    _close(out, ref, 1e-4)
+    _close(sq_out, dk.sq_partials(ref), 1e-4)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        dk.moe_down_sum(act, down, idx, wts, x, "triton", block_d=4)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        dk.gemv_on_load(x, w, residual=res, backend="triton", block_n=4)
+    with pytest.raises(ValueError, match="sums-of-squares partials must be float32"):
+        dk.gemv_on_load(x, w, norm=(sq[:, :2], nw, 1e-5), backend="triton")
+
+
 def test_gemv_refuses_what_it_cannot_serve() -> None:
     with pytest.raises(ValueError, match="up to 16 rows"):
         dk.gemv(torch.zeros(17, 8), torch.zeros(4, 8), "triton")

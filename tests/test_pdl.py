@@ -83,6 +83,17 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
          {"K": 8, "BLOCK_K": 8, "HAS_NORM": True, "BLOCK": 2048}),
         (G._gemv_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "M": i32, "N": i32, "K": i32},
          {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "IEEE": False}),
+        # decode_epilogues="on_load": the norm as the projection loads x and the residual add after it (both on here)
+        (G._gemv_on_load_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "nw_ptr": BF, "sq_in_ptr": "*fp32", "res_ptr": BF,
+                                  "sq_out_ptr": "*fp32", "M": i32, "N": i32, "K": i32, "NSQ_IN": i32, "NSQ_OUT": i32,
+                                  "eps": f32},
+         {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "IEEE": False, "NORM_X": True, "ADD_RES": True, "BLOCK_SQ": 256}),
+        (R._router_partials_norm_kernel, {"s_ptr": BF, "sq_ptr": "*fp32", "nw_ptr": BF, "normed_ptr": BF, "wr_ptr": BF,
+                                          "part_ptr": "*fp32", "T": i32, "D": i32, "E": i32, "NSQ": i32, "eps": f32},
+         {"BLOCK_T": 16, "BLOCK_E": 64, "BLOCK_D": 128, "BLOCK_SQ": 256, "IEEE": False}),
+        (M._moe_down_sum_kernel, {"act_ptr": BF, "w_ptr": BF, "idx_ptr": "*i32", "wt_ptr": BF, "res_ptr": BF, "out_ptr": BF,
+                                  "sq_ptr": "*fp32", "D": i32, "I": i32, "K": i32, "NSQ": i32},
+         {"BLOCK_D": 8, "BLOCK_I": 256, "NS": 2}),
     ]
 
 
@@ -151,7 +162,7 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     on, off, ahead = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(on) == 16 and all(v == [1, 1, True] for v in on.values()), on
+    assert len(on) == 19 and all(v == [1, 1, True] for v in on.values()), on
     assert all(v == [0, 0, False] for v in off.values()), off
     # decode_prefetch: the projections' L2 prefetches come before their wait; the combine and the merge release
     # the next kernel before they wait; still one wait and one release each
@@ -203,7 +214,8 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
                   pad_token_id=CFG.tokens.pad, max_new_tokens=6)
         outs = {}
         for form in (("cublas", "split", "kernels"), ("triton", "split", "kernels"), ("triton", "fused", "kernels"),
-                     ("triton", "splitk", "last_program"), ("triton", "in_experts", "kernels")):
+                     ("triton", "splitk", "last_program"), ("triton", "in_experts", "kernels"),
+                     ("triton", "in_experts", "on_load"), ("triton", "in_experts", "on_load_attention")):
             for pdl in (False, True):
                 # (the last form with the QK-norm in the attention's kernel too)
                 lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1], decode_epilogues=form[2],
@@ -226,6 +238,11 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
                                    atol=1e-4, rtol=1e-4)
         # the router's top-k in the experts' gate/up kernel: the same tokens
         assert outs[("triton", "in_experts", "kernels"), True].tokens == ref
+        # the residual adds in the kernels that produce them, the norms in the kernels that read them: the same tokens
+        for epilogues in ("on_load", "on_load_attention"):
+            assert outs[("triton", "in_experts", epilogues), True].tokens == ref, epilogues
+            torch.testing.assert_close(outs[("triton", "in_experts", epilogues), True].first_logits,
+                                       outs[("cublas", "split", "kernels"), False].first_logits, atol=1e-4, rtol=1e-4)
         # the projections' weights prefetched into L2 before their wait, and a kernel sooner: a hint and a launch
         # order, the default's numbers exactly
         for prefetch in ("weights", "weights_early"):

@@ -61,8 +61,17 @@ DECODE_ROUTER_BLOCK_D = 128
 #: the kernel before it to finish (:func:`~model_runtime.molmoe.kernels.common.arrive_last`; decode
 #: batches of up to 16 rows): the attention's merge of its splits, the output projection's residual add +
 #: RMSNorm (with the projection as the Triton GEMV) and the experts' weighted sum + the next norm, 8 kernels
-#: a block instead of 11 (the router's top-k moves the same way with ``decode_router="splitk"``)
-DECODE_EPILOGUE_FORMS: tuple[str, ...] = ("kernels", "last_program")
+#: a block instead of 11 (the router's top-k moves the same way with ``decode_router="splitk"``); or, with no
+#: synchronisation (``on_load``; with ``decode_router="in_experts"``, decode batches of up to 16 rows), the residual
+#: adds in the epilogues of the kernels that produce them and each RMSNorm in the kernels that read its input:
+#: the output projection adds the residual (:func:`~model_runtime.molmoe.kernels.projections.gemv_on_load`), the
+#: router's projection norms it as it loads it (:func:`~model_runtime.molmoe.kernels.router.router_partials_norm`),
+#: the down projection sums the row's experts and adds the residual in each output tile
+#: (:func:`~model_runtime.molmoe.kernels.decode_moe.moe_down_sum`) and the next Q/K/V projection norms as it loads;
+#: the norms' sums of squares travel as partials (:func:`~model_runtime.molmoe.kernels.norm_rope.sq_partials`).
+#: 8 kernels a block. ``on_load_attention`` does the first two only (the experts' down and combine kernels as in
+#: ``kernels``): 9.
+DECODE_EPILOGUE_FORMS: tuple[str, ...] = ("kernels", "last_program", "on_load", "on_load_attention")
 #: Where the decode step's QK-norm + RoPE + KV-cache write runs: its own kernel between the QKV projection and the
 #: attention (the default), or in the attention's split kernel (``in_attention``:
 #: :func:`~model_runtime.molmoe.kernels.attention.qk_norm_rope_attention`, one kernel fewer a block; each split
@@ -218,9 +227,11 @@ class FusedLM:
             Default (None): ``"in_experts"`` with ``pdl`` and the pair experts, else ``"split"`` (with PDL and the
             Triton GEMVs it was 2.9-5.5 % faster a decode token at the four corners on an H100, with the same tokens,
             benchmarks/RESULTS.md, "The router's top-k in the experts' kernel, the default decode form").
-        decode_epilogues: see :data:`DECODE_EPILOGUE_FORMS`: ``"kernels"`` or ``"last_program"`` (with the
-            Triton backend, batches of up to 16 rows; larger batches take the separate kernels). The latter
-            runs the output projection as the Triton GEMV whatever ``decode_gemv`` says.
+        decode_epilogues: see :data:`DECODE_EPILOGUE_FORMS`: ``"kernels"``, ``"last_program"``, ``"on_load"`` or
+            ``"on_load_attention"`` (batches of up to 16 rows; larger batches take the separate kernels). The
+            others run the output projection as the Triton GEMV whatever ``decode_gemv`` says; the two ``on_load``
+            forms need ``decode_router="in_experts"`` and measured slower or no faster on an H100 (benchmarks/RESULTS.md,
+            "Residual adds and norms moved into the kernels beside them").
         decode_qk_norm: see :data:`DECODE_QK_NORM_FORMS`: ``"kernel"`` or ``"in_attention"``.
         decode_prefetch: see :data:`DECODE_PREFETCH_FORMS`: ``"none"``, ``"weights"`` or ``"weights_early"`` (with
             ``pdl`` and ``decode_gemv="triton"``; results unchanged, only when the weights are read).
@@ -261,6 +272,9 @@ class FusedLM:
         self.decode_router = decode_router
         if decode_epilogues not in DECODE_EPILOGUE_FORMS:
             raise ValueError(f"unknown decode epilogue form {decode_epilogues!r}; choose from {DECODE_EPILOGUE_FORMS}")
+        if decode_epilogues.startswith("on_load") and decode_router != "in_experts":
+            raise ValueError(f"decode_epilogues={decode_epilogues!r} norms the router's input in its projection's "
+                             f"kernel: it needs decode_router='in_experts' (got {decode_router!r})")
         self.decode_epilogues = decode_epilogues
         if decode_qk_norm not in DECODE_QK_NORM_FORMS:
             raise ValueError(f"unknown decode QK-norm form {decode_qk_norm!r}; choose from {DECODE_QK_NORM_FORMS}")
@@ -364,6 +378,11 @@ class FusedLM:
         pdl = self.pdl
         rows = hidden.shape[0]
         last = self.decode_epilogues == "last_program" and rows <= dk.GEMV_ROWS
+        # on_load: the residual adds in the kernels that produce them, the norms in those that read them; sq holds
+        # the residual stream's sums-of-squares partials while the norm is pending
+        on_load = self.decode_epilogues.startswith("on_load") and rows <= dk.GEMV_ROWS
+        down_sum = on_load and self.decode_epilogues == "on_load"
+        sq = None
         router = "split" if self.decode_router in ("splitk", "in_experts") and rows > dk.GEMV_ROWS else self.decode_router
         counters = self.counters
         merge_counters = counters if last else None  # the attention's splits merged by the last of them
@@ -379,33 +398,42 @@ class FusedLM:
         h = dk.rms_norm(hidden, self.blocks[active[0]].ln_in, self.eps, be, pdl=pdl)
         for n, b in enumerate(active):
             w = self.blocks[b]
+            if sq is not None:  # the input norm taken by the projection (the experts' last kernel left the partials)
+                qkv, _ = dk.gemv_on_load(hidden, w.qkv, norm=(sq, w.ln_in, self.eps), backend=be, pdl=pdl)
+            else:
+                qkv = proj(h, w.qkv)
             if self.decode_qk_norm == "in_attention":
                 attn = dk.qk_norm_rope_attention(
-                    proj(h, w.qkv), w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale, cache.keys[b],
+                    qkv, w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale, cache.keys[b],
                     cache.values[b], cache.valid, cache.slot, self.n_heads, self.scaling, be, pdl=pdl,
                     counters=merge_counters,
                 )
             else:
                 q = dk.qk_norm_rope_store(
-                    proj(h, w.qkv), w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale,
+                    qkv, w.qk_norm, self.eps, positions, self.inv_freq, self.rope_scale,
                     cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
                 )
                 attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be,
                                            pdl=pdl, counters=merge_counters, release_first=early)
-            if last:
-                hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl,
-                                                  prefetch=prefetch)
+            if on_load:  # the residual add in the output projection, the norm in the router's projection
+                hidden, sq = dk.gemv_on_load(attn, w.o, residual=hidden, backend=be, pdl=pdl)
+                partials, h2 = dk.router_partials_norm(hidden, sq, w.ln_post, self.eps, w.router, be, pdl=pdl)
             else:
-                hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
-            if router == "in_experts":  # the top-k is taken by the experts' first kernel, below
-                partials = dk.router_partials(h2, w.router, be, pdl=pdl)
-            elif router == "splitk":
-                weights, idx = dk.router_splitk_topk(h2, w.router, plan[b], self.norm_topk_prob, counters, be, pdl=pdl)
-            elif router == "fused":
-                weights, idx = dk.router_gemm_topk(h2, w.router, plan[b], self.norm_topk_prob, be,
-                                                   block_d=DECODE_ROUTER_BLOCK_D, pdl=pdl)
-            else:
-                weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
+                if last:
+                    hidden, h2 = dk.gemv_add_rms_norm(attn, w.o, hidden, w.ln_post, self.eps, counters, be, pdl=pdl,
+                                                      prefetch=prefetch)
+                else:
+                    hidden, h2 = dk.add_rms_norm(hidden, proj(attn, w.o), w.ln_post, self.eps, be, pdl=pdl)
+                if router == "in_experts":  # the top-k is taken by the experts' first kernel, below
+                    partials = dk.router_partials(h2, w.router, be, pdl=pdl)
+                elif router == "splitk":
+                    weights, idx = dk.router_splitk_topk(h2, w.router, plan[b], self.norm_topk_prob, counters, be,
+                                                         pdl=pdl)
+                elif router == "fused":
+                    weights, idx = dk.router_gemm_topk(h2, w.router, plan[b], self.norm_topk_prob, be,
+                                                       block_d=DECODE_ROUTER_BLOCK_D, pdl=pdl)
+                else:
+                    weights, idx = dk.router_topk(proj(h2, w.router), plan[b], self.norm_topk_prob, be, pdl=pdl)
             final_block = n + 1 == len(active)
             # the combine also applies the next block's input norm (the final norm after the last)
             norm_w = final.weight if final_block else self.blocks[active[n + 1]].ln_in
@@ -419,7 +447,12 @@ class FusedLM:
                                                                   self.norm_topk_prob, be, pdl=pdl)
                 else:
                     act = dk.moe_gate_up_act(h2, w.gate_up, idx, be, pdl=pdl)
-                if last:
+                sq = None
+                if down_sum:  # the experts' sum and the residual in the down projection; the next norm left to its reader
+                    hidden, sq = dk.moe_down_sum(act, w.down, idx, weights, hidden, be, pdl=pdl)
+                    if final_block:
+                        h = dk.rms_norm(hidden, norm_w, norm_eps, be, pdl=pdl)
+                elif last:
                     hidden, h = dk.moe_down_combine(act, w.down, idx, weights, hidden, norm_w, norm_eps, counters, be,
                                                     pdl=pdl)
                 else:

@@ -23,7 +23,10 @@ projections as :func:`.projections.gemv` and the router's top-k taken by the exp
 ``FusedLM(decode_epilogues="last_program", decode_router="splitk")`` four of a block's reductions run in
 the last program of the kernel before them (:func:`.common.arrive_last`): the attention's merge, the
 output projection's residual add + RMSNorm, the experts' weighted sum and (``splitk``) the router's
-top-k: 7 kernels a block.
+top-k: 7 kernels a block. With ``FusedLM(decode_epilogues="on_load")`` no kernel synchronises: each residual add
+runs in the kernel that produces its term (:func:`.projections.gemv_on_load`, :func:`.decode_moe.moe_down_sum`) and
+each RMSNorm in the kernel that reads its output (:func:`.router.router_partials_norm`, the next ``gemv_on_load``),
+the sum of squares passed between them as partials (:func:`.norm_rope.sq_partials`): 8 kernels a block.
 
 The old module names :mod:`model_runtime.molmoe.decode_kernels` and
 :mod:`model_runtime.molmoe.prefill_moe` re-export these ops. Every public op is importable from
@@ -60,10 +63,10 @@ heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
 from .attention import attention_scale, decode_attention, qk_norm_rope_attention
 from .common import (ARRIVAL_COUNTERS, BACKENDS, HAVE_TRITON, TUNING, Backend, arrival_counters, check_backend,
                      check_pdl, default_backend, pdl_available, triton_interpreting)
-from .decode_moe import moe_combine, moe_down, moe_down_combine, moe_gate_up_act, moe_gate_up_act_routed
+from .decode_moe import moe_combine, moe_down, moe_down_combine, moe_down_sum, moe_gate_up_act, moe_gate_up_act_routed
 from .projections import BLOCK_M as GEMV_ROWS
-from .projections import gemv, gemv_add_rms_norm
-from .norm_rope import add_rms_norm, qk_norm_rope, qk_norm_rope_store, rms_norm, rope_cos_sin
+from .projections import gemv, gemv_add_rms_norm, gemv_on_load
+from .norm_rope import SQ_COLS, add_rms_norm, qk_norm_rope, qk_norm_rope_store, rms_norm, rope_cos_sin, sq_partials
 from .prefill_moe import (
     FLOAT32_TILES,
     INTERPRETER_TILES,
@@ -78,16 +81,16 @@ from .prefill_moe import (
     sort_by_expert,
 )
 from .persistent_decode import PersistentDecodeStep
-from .router import router_gemm_topk, router_partials, router_splitk_topk, router_topk
+from .router import router_gemm_topk, router_partials, router_partials_norm, router_splitk_topk, router_topk
 
 __all__ = [
-    "ARRIVAL_COUNTERS", "BACKENDS", "FLOAT32_TILES", "GEMV_ROWS", "HAVE_TRITON", "INTERPRETER_TILES", "TUNING",
+    "ARRIVAL_COUNTERS", "BACKENDS", "FLOAT32_TILES", "GEMV_ROWS", "HAVE_TRITON", "INTERPRETER_TILES", "SQ_COLS", "TUNING",
     "Backend", "ExpertOrder", "PersistentDecodeStep", "add_rms_norm", "arrival_counters", "attention_scale",
     "check_backend", "check_pdl", "decode_attention", "default_backend", "expert_outputs",
-    "gather_sum", "gather_sum_norm", "gemv", "gemv_add_rms_norm", "grouped_down", "grouped_gate_up_act",
-    "moe_combine", "moe_down", "moe_down_combine", "moe_gate_up_act", "moe_gate_up_act_routed", "pdl_available", "qk_norm_rope",
+    "gather_sum", "gather_sum_norm", "gemv", "gemv_add_rms_norm", "gemv_on_load", "grouped_down", "grouped_gate_up_act",
+    "moe_combine", "moe_down", "moe_down_combine", "moe_down_sum", "moe_gate_up_act", "moe_gate_up_act_routed", "pdl_available", "qk_norm_rope",
     "qk_norm_rope_attention", "qk_norm_rope_store",
-    "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk", "router_partials", "router_splitk_topk",
+    "rms_norm", "rope_cos_sin", "routed_experts_grouped", "router_gemm_topk", "router_partials", "router_partials_norm", "router_splitk_topk",
     "router_topk",
-    "silu_mul_scale", "sort_by_expert", "triton_interpreting",
+    "silu_mul_scale", "sort_by_expert", "sq_partials", "triton_interpreting",
 ]

@@ -14,10 +14,10 @@ if HAVE_TRITON:
     import triton.language as tl
 
     from .common import arrive_last, pdl_enter
-    from .norm_rope import rms_norm_of
+    from .norm_rope import rms_norm_of, store_sq_partials
     from .router import routed_rank
 
-from .norm_rope import rms_norm
+from .norm_rope import SQ_COLS, rms_norm, sq_partials
 
 # ============================================================================ kernels
 if HAVE_TRITON:
@@ -133,6 +133,35 @@ if HAVE_TRITON:
         tl.store(y_ptr + pair * D + d, y.to(act_ptr.dtype.element_ty).to(tl.float32), mask=md)
 
     @triton.jit
+    def _moe_down_sum_kernel(act_ptr, w_ptr, idx_ptr, wt_ptr, res_ptr, out_ptr, sq_ptr, D, I, K, NSQ,
+                             BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, NS: tl.constexpr, PDL: tl.constexpr = False):
+        # program (row, tile): the row's k experts' down projections for output columns tile*BLOCK_D.., each
+        # rounded to the dtype and weighted as the eager experts (_moe_combine_kernel's arithmetic, summed over
+        # the experts in rank order), plus the residual; and the result's sums-of-squares partials for the next norm
+        pdl_enter(PDL)
+        tok = tl.program_id(0)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        md = d < D
+        dt = out_ptr.dtype.element_ty
+        acc = tl.zeros([BLOCK_D], tl.float32)
+        for j in range(0, K):
+            pair = tok * K + j
+            e = tl.load(idx_ptr + pair).to(tl.int64)
+            wd = w_ptr + e * D * I + d[:, None] * I
+            y = tl.zeros([BLOCK_D], tl.float32)
+            for i0 in tl.range(0, I, BLOCK_I, num_stages=NS):
+                i = i0 + tl.arange(0, BLOCK_I)
+                mi = i < I
+                a = tl.load(act_ptr + pair * I + i, mask=mi, other=0.0).to(tl.float32)[None, :]
+                y += tl.sum(tl.load(wd + i[None, :], mask=md[:, None] & mi[None, :], other=0.0).to(tl.float32) * a, axis=1)
+            acc += (y.to(dt).to(tl.float32) * tl.load(wt_ptr + pair).to(tl.float32)).to(dt).to(tl.float32)
+        r = tl.load(res_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)
+        out = (r + acc.to(dt).to(tl.float32)).to(dt)
+        tl.store(out_ptr + tok * D + d, out, mask=md)
+        rows = tok + tl.arange(0, 1)
+        store_sq_partials(sq_ptr, out.to(tl.float32)[None, :], rows, rows == tok, tl.program_id(1) * BLOCK_D, NSQ, BLOCK_D)
+
+    @triton.jit
     def _moe_combine_kernel(
         y_ptr, wt_ptr, res_ptr, nw_ptr, out_ptr, normed_ptr, D, eps,
         K: tl.constexpr, BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
@@ -171,6 +200,14 @@ if HAVE_TRITON:
         key=["P", "D", "I"],
     )(_moe_down_kernel)
     _down_combine_tuned = triton.autotune(configs=_down_tuned.configs, key=["P", "D", "I"])(_moe_down_combine_kernel)
+    # (one program per (row, output tile) loops over the row's k experts: fewer, longer programs than the pair
+    # kernels', so deeper staging is tried; tiles are multiples of SQ_COLS, the partials' width)
+    _down_sum_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_I": bi, "NS": ns}, num_warps=w)
+                 for bd, bi, w, ns in ((8, 256, 4, 1), (8, 256, 4, 2), (8, 256, 4, 3), (8, 512, 4, 2), (8, 1024, 4, 1),
+                                       (8, 512, 8, 2), (16, 256, 4, 2), (16, 256, 8, 3), (16, 512, 8, 2), (16, 1024, 8, 1))],
+        key=["D", "I", "K"],
+    )(_moe_down_sum_kernel)
 
 
 # ============================================================================ ops
@@ -323,3 +360,34 @@ def moe_down_combine(
                        "down_block_d", pdl, consts={"HAS_NORM": norm_weight is not None, "BLOCK": _p2(dim)},
                        BLOCK_I=min(256, _p2(n_int)))
     return out, normed if norm_weight is not None else None
+
+
+def moe_down_sum(
+    act: torch.Tensor, down: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, residual: torch.Tensor,
+    backend: Backend = "torch", block_d: int | None = None, pdl: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`moe_down` then :func:`moe_combine` without the norm, in one kernel: each program takes one row's
+    output tile over all its k experts, so the weighted sum needs no second kernel
+    (``FusedLM(decode_epilogues="on_load")``); the next RMSNorm is left to the kernel that reads the result, with
+    the sum of squares as partials (:func:`~.norm_rope.sq_partials`).
+
+    Returns (out = residual + Σ_j weights[:, j] · down[idx[:, j]] @ act (T, D), its partials (T, D / SQ_COLS))."""
+    if backend == "torch":
+        out, _ = moe_combine(moe_down(act, down, idx, "torch"), weights, residual, None, backend="torch")
+        return out, sq_partials(out)
+    n_tok, top_k = idx.shape
+    dim, n_int = down.shape[1], down.shape[2]
+    out = torch.empty_like(residual)
+    nsq = -(-dim // SQ_COLS)
+    sq = torch.empty(n_tok, nsq, dtype=torch.float32, device=act.device)
+    args = (act.contiguous(), down, idx.contiguous(), weights.contiguous(), residual.contiguous(), out, sq, dim, n_int,
+            top_k, nsq)
+    if block_d is None and not triton_interpreting():
+        _down_sum_tuned[lambda meta: (n_tok, triton.cdiv(dim, meta["BLOCK_D"]))](*args, **pdl_options(pdl))
+    else:
+        bd = int(block_d or SQ_COLS)
+        if bd % SQ_COLS:
+            raise ValueError(f"moe_down_sum: block_d must be a multiple of {SQ_COLS}, got {bd}")
+        _moe_down_sum_kernel[(n_tok, triton.cdiv(dim, bd))](*args, BLOCK_D=bd, BLOCK_I=min(256, _p2(n_int)), NS=1,
+                                                             **pdl_options(pdl))
+    return out, sq

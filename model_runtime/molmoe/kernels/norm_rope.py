@@ -15,15 +15,44 @@ if HAVE_TRITON:
     from .common import pdl_enter
 
 
+#: Columns per float32 partial of a row's sum of squares (:func:`sq_partials`): the decode step's kernels that write a
+#: residual stream leave (rows, D / SQ_COLS) of them, and the kernels that read it for an RMSNorm sum them instead
+#: of re-reading the row (``FusedLM(decode_epilogues="on_load")``). Tiles that write them are multiples of it.
+SQ_COLS = 8
+
 # ============================================================================ kernels
 if HAVE_TRITON:
+    SQ_COLS_C = tl.constexpr(SQ_COLS)
 
     @triton.jit
     def rms_norm_of(xf, w, n, eps, dt):
         """transformers' OlmoeRMSNorm of a float32 row ``xf`` of ``n`` features with the float32 weight ``w``:
         normalised, rounded to ``dt``, weighted, rounded to ``dt`` (every RMSNorm of the kernels computes it so)."""
-        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / n + eps)
+        return rms_scaled(xf, 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / n + eps), w, dt)
+
+    @triton.jit
+    def rms_scaled(xf, rstd, w, dt):
+        """The RMSNorm's output from its reciprocal RMS ``rstd`` (broadcast against ``xf``): ``xf`` normalised,
+        rounded to ``dt``, times the float32 weight ``w``, rounded to ``dt``."""
         return ((xf * rstd).to(dt).to(tl.float32) * w).to(dt)
+
+    @triton.jit
+    def store_sq_partials(sq_ptr, xf, rows, mrows, n0, NSQ, BLOCK_N: tl.constexpr):
+        """Write the sums of squares of a float32 tile ``xf`` (R, BLOCK_N) of ``rows`` (mask ``mrows``) at columns
+        ``n0``.. as one partial per :data:`SQ_COLS` columns into ``sq`` (rows, NSQ), at ``n0 // SQ_COLS``.. A kernel
+        that writes a residual stream leaves these for the kernel that norms it (:func:`rstd_of_sq_partials`)."""
+        G: tl.constexpr = BLOCK_N // SQ_COLS_C
+        s = tl.sum(tl.reshape(xf * xf, [xf.shape[0], G, SQ_COLS_C]), axis=2)
+        g = n0 // SQ_COLS_C + tl.arange(0, G)
+        tl.store(sq_ptr + rows[:, None] * NSQ + g[None, :], s, mask=mrows[:, None] & (g[None, :] < NSQ))
+
+    @triton.jit
+    def rstd_of_sq_partials(sq_ptr, rows, mrows, NSQ, n, eps, BLOCK_SQ: tl.constexpr):
+        """The reciprocal RMS (R,) of ``rows`` of ``n`` features from their :func:`store_sq_partials` partials
+        (rows, NSQ; ``BLOCK_SQ`` ≥ NSQ), as :func:`rms_norm_of` computes it from the row."""
+        g = tl.arange(0, BLOCK_SQ)
+        s = tl.load(sq_ptr + rows[:, None] * NSQ + g[None, :], mask=mrows[:, None] & (g[None, :] < NSQ), other=0.0)
+        return 1.0 / tl.sqrt(tl.sum(s, axis=1) / n + eps)
 
     @triton.jit
     def _rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sum_ptr, D, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
@@ -170,6 +199,23 @@ def add_rms_norm(
     d = x.shape[-1]
     _rms_norm_kernel[(x.numel() // d,)](x, delta, weight, out, s, d, eps, HAS_DELTA=True, BLOCK=_p2(d), **pdl_options(pdl))
     return s, out
+
+
+def sq_partials(x: torch.Tensor) -> torch.Tensor:
+    """The float32 sums of squares of (T, D) rows per :data:`SQ_COLS` columns: (T, ceil(D / SQ_COLS)), what the
+    kernels' ``store_sq_partials`` writes (the torch reference, and the buffer's shape)."""
+    xf = x.float()
+    pad = -xf.shape[-1] % SQ_COLS
+    if pad:
+        xf = torch.nn.functional.pad(xf, (0, pad))
+    return (xf * xf).reshape(xf.shape[0], -1, SQ_COLS).sum(-1)
+
+
+def check_sq_partials(op: str, sq: torch.Tensor, rows: int, dim: int) -> None:
+    """Raise ValueError naming ``op`` unless ``sq`` is float32 (rows, ceil(dim / SQ_COLS)) partials."""
+    want = (rows, -(-dim // SQ_COLS))
+    if sq.dtype != torch.float32 or tuple(sq.shape) != want:
+        raise ValueError(f"{op}: sums-of-squares partials must be float32 {want}, got {sq.dtype} {tuple(sq.shape)}")
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

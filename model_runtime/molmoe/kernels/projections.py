@@ -13,13 +13,14 @@ from __future__ import annotations
 import torch
 
 from .common import HAVE_TRITON, Backend, _p2, check_counters, check_decode_rows, pdl_options, triton_interpreting
+from .norm_rope import SQ_COLS, check_sq_partials, rms_norm, sq_partials
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
     from .common import arrive_last, dot_acc, pdl_enter, prefetch_l2
-    from .norm_rope import rms_norm_of
+    from .norm_rope import rms_norm_of, rms_scaled, rstd_of_sq_partials, store_sq_partials
 
 #: Rows a program multiplies at once: tl.dot's smallest tile; a decode batch of up to this many
 #: rows is one tile (the rows past the batch are masked, their products never stored).
@@ -30,9 +31,12 @@ if HAVE_TRITON:
 
     @triton.jit
     def _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   IEEE: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = False):
+                   IEEE: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = False, nw_ptr=None, sq_ptr=None,
+                   NSQ=1, eps=1e-5, NORM_X: tl.constexpr = False, BLOCK_SQ: tl.constexpr = 1):
         # program n: output features n*BLOCK_N.. of every row; w (N, K) row-major, x (M, K); returns the
-        # float32 (BLOCK_M, BLOCK_N) tile, its rows and features and their masks
+        # float32 (BLOCK_M, BLOCK_N) tile, its rows and features and their masks. NORM_X: x is a residual stream
+        # and the product is of its RMSNorm (weight nw), normed as it is loaded, the reciprocal RMS from the
+        # sums-of-squares partials sq (M, NSQ) that the kernel which wrote x left
         n0 = tl.program_id(0) * BLOCK_N
         if PREFETCH:  # this program's weight rows, contiguous, into L2 while the kernel before runs
             prefetch_l2(w_ptr + n0.to(tl.int64) * K, tl.minimum(BLOCK_N, N - n0) * K,
@@ -46,10 +50,15 @@ if HAVE_TRITON:
         # the first weight tile before the wait: weights are not written by the kernel before
         w = tl.load(w_ptrs, mask=mn[:, None] & (kk[None, :] < K), other=0.0)
         pdl_enter(PDL)
+        if NORM_X:
+            rstd = rstd_of_sq_partials(sq_ptr, m, mm, NSQ, K, eps, BLOCK_SQ)[:, None]
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + kk
             xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=mm[:, None] & (k[None, :] < K), other=0.0)
+            if NORM_X:
+                nwk = tl.load(nw_ptr + k, mask=k < K, other=0.0).to(tl.float32)[None, :]
+                xk = rms_scaled(xk.to(tl.float32), rstd, nwk, x_ptr.dtype.element_ty)
             w_next = tl.load(w_ptrs + (k0 + BLOCK_K), mask=mn[:, None] & (k[None, :] + BLOCK_K < K), other=0.0)
             acc = dot_acc(xk, tl.trans(w), acc, IEEE)
             w = w_next
@@ -60,6 +69,27 @@ if HAVE_TRITON:
                      IEEE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False):
         acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL, PREFETCH)
         tl.store(out_ptr + m[:, None] * N + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+
+    @triton.jit
+    def _gemv_on_load_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, sq_in_ptr, res_ptr, sq_out_ptr, M, N, K, NSQ_IN, NSQ_OUT,
+                             eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+                             NORM_X: tl.constexpr, ADD_RES: tl.constexpr, BLOCK_SQ: tl.constexpr,
+                             PDL: tl.constexpr = False):
+        # _gemv_kernel with the RMSNorm of x taken as it is loaded (NORM_X) and/or the residual added to the
+        # product (ADD_RES: out = res + x @ w.T, the product rounded to the dtype first, as the eager add), whose
+        # sums-of-squares partials go to sq_out for the next norm
+        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL, False, nw_ptr,
+                                       sq_in_ptr, NSQ_IN, eps, NORM_X, BLOCK_SQ)
+        dt = out_ptr.dtype.element_ty
+        o = m[:, None] * N + n[None, :]
+        mo = mm[:, None] & mn[None, :]
+        if ADD_RES:
+            out = (tl.load(res_ptr + o, mask=mo, other=0.0).to(tl.float32) + acc.to(dt).to(tl.float32)).to(dt)
+            tl.store(out_ptr + o, out, mask=mo)
+            store_sq_partials(sq_out_ptr, tl.where(mo, out.to(tl.float32), 0.0), m, mm, tl.program_id(0) * BLOCK_N,
+                              NSQ_OUT, BLOCK_N)
+        else:
+            tl.store(out_ptr + o, acc.to(dt), mask=mo)
 
     @triton.jit
     def _gemv_add_norm_kernel(x_ptr, w_ptr, res_ptr, sum_ptr, nw_ptr, normed_ptr, cnt_ptr, M, N, K, eps,
@@ -91,6 +121,8 @@ if HAVE_TRITON:
         key=["M", "N", "K"],
     )(_gemv_kernel)
     _gemv_add_norm_tuned = triton.autotune(configs=_gemv_tuned.configs, key=["M", "N", "K"])(_gemv_add_norm_kernel)
+    _gemv_on_load_tuned = triton.autotune(configs=_gemv_tuned.configs, key=["M", "N", "K", "NORM_X", "ADD_RES"])(
+        _gemv_on_load_kernel)
 
 
 # ============================================================================ op
@@ -150,6 +182,51 @@ def gemv_add_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, 
         bn, bk = int(block_n or 16), int(block_k or min(32, _p2(k)))
         _gemv_add_norm_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_N=bn, BLOCK_K=max(16, bk), **meta)
     return total, normed
+
+
+def gemv_on_load(x: torch.Tensor, w: torch.Tensor, *, norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+                 residual: torch.Tensor | None = None, backend: Backend = "torch", pdl: bool = False,
+                 block_n: int | None = None, block_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`gemv` with the RMSNorm before it and/or the residual add after it in the same kernel
+    (``FusedLM(decode_epilogues="on_load")``), the norm's sum of squares carried between kernels as partials
+    (:func:`~.norm_rope.sq_partials`, (M, ceil(N / SQ_COLS)) float32):
+
+    - ``norm=(sq, nw, eps)``: the product is of ``rms_norm(x, nw, eps)``, each program norming x as it loads it,
+      with the reciprocal RMS from ``sq``, x's partials (left by the kernel that wrote x);
+    - ``residual`` (M, N): returns ``residual + product`` (the product rounded to the dtype first, as the eager
+      add) and that sum's partials, for the next norm.
+
+    Returns (out (M, N), its partials or None). x (M, K), M ≤ :data:`BLOCK_M`; tiles and ``pdl`` as :func:`gemv`."""
+    n_rows, k = x.shape
+    n = w.shape[0]
+    if w.shape[1] != k or (residual is not None and tuple(residual.shape) != (n_rows, n)):
+        raise ValueError(f"gemv_on_load: x {tuple(x.shape)}, w {tuple(w.shape)}, "
+                         f"residual {None if residual is None else tuple(residual.shape)}")
+    if norm is not None:
+        check_sq_partials("gemv_on_load", norm[0], n_rows, k)
+    if backend == "torch":
+        xin = x if norm is None else rms_norm(x, norm[1], norm[2], "torch")
+        out = xin @ w.T
+        if residual is None:
+            return out, None
+        out = residual + out
+        return out, sq_partials(out)
+    check_decode_rows("gemv_on_load", n_rows, BLOCK_M)
+    out = torch.empty(n_rows, n, dtype=x.dtype, device=x.device)
+    sq_out = torch.empty(n_rows, -(-n // SQ_COLS), dtype=torch.float32, device=x.device) if residual is not None else None
+    sq_in, nw, eps = norm if norm is not None else (out, w, 0.0)
+    args = (x.contiguous(), w.contiguous(), out, nw, sq_in, out if residual is None else residual.contiguous(),
+            out if sq_out is None else sq_out, n_rows, n, k, sq_in.shape[-1], -(-n // SQ_COLS), float(eps))
+    meta = dict(BLOCK_M=BLOCK_M, IEEE=x.dtype == torch.float32, NORM_X=norm is not None, ADD_RES=residual is not None,
+                BLOCK_SQ=_p2(sq_in.shape[-1]) if norm is not None else 1, **pdl_options(pdl))
+    if block_n is None and block_k is None and not triton_interpreting():
+        _gemv_on_load_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](*args, **meta)
+    else:
+        bn, bk = int(block_n or 16), int(block_k or min(32, _p2(k)))
+        if bn % SQ_COLS:
+            raise ValueError(f"gemv_on_load: block_n must be a multiple of {SQ_COLS}, got {bn}")
+        _gemv_on_load_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_N=bn, BLOCK_K=max(16, bk), **meta)
+    return out, sq_out
 
 
 def _check_prefetch(op: str, prefetch: bool) -> None:

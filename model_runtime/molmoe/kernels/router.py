@@ -7,12 +7,14 @@ from __future__ import annotations
 import torch
 
 from .common import HAVE_TRITON, Backend, _p2, check_counters, check_decode_rows, pdl_options
+from .norm_rope import check_sq_partials, rms_norm
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
     from .common import arrive_last, dot_acc, pdl_enter
+    from .norm_rope import rms_scaled, rstd_of_sq_partials
 
 
 # ============================================================================ kernels
@@ -115,6 +117,29 @@ if HAVE_TRITON:
     def _router_partials_kernel(h_ptr, wr_ptr, part_ptr, T, D, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                                 BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
         _router_partial_tile(h_ptr, wr_ptr, part_ptr, T, D, E, BLOCK_T, BLOCK_E, BLOCK_D, IEEE, PDL)
+
+    @triton.jit
+    def _router_partials_norm_kernel(s_ptr, sq_ptr, nw_ptr, normed_ptr, wr_ptr, part_ptr, T, D, E, NSQ, eps,
+                                     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
+                                     BLOCK_SQ: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
+        # _router_partials_kernel of the RMSNorm of the residual stream s: program j norms s's columns j*BLOCK_D..
+        # (the reciprocal RMS from s's sums-of-squares partials sq), writes them to normed (the experts read it
+        # there) and takes their partial logits
+        j = tl.program_id(0)
+        rows = tl.arange(0, BLOCK_T)
+        mt = rows < T
+        e = tl.arange(0, BLOCK_E)
+        dd = j * BLOCK_D + tl.arange(0, BLOCK_D)
+        md = dd < D
+        b = tl.load(wr_ptr + e[None, :] * D + dd[:, None], mask=md[:, None] & (e[None, :] < E), other=0.0)
+        nw = tl.load(nw_ptr + dd, mask=md, other=0.0).to(tl.float32)[None, :]
+        pdl_enter(PDL)
+        rstd = rstd_of_sq_partials(sq_ptr, rows, mt, NSQ, D, eps, BLOCK_SQ)[:, None]
+        x = tl.load(s_ptr + rows[:, None] * D + dd[None, :], mask=mt[:, None] & md[None, :], other=0.0)
+        a = rms_scaled(x.to(tl.float32), rstd, nw, s_ptr.dtype.element_ty)
+        tl.store(normed_ptr + rows[:, None] * D + dd[None, :], a, mask=mt[:, None] & md[None, :])
+        acc = dot_acc(a, b, tl.zeros([BLOCK_T, BLOCK_E], tl.float32), IEEE)
+        tl.store(part_ptr + j * BLOCK_T * BLOCK_E + rows[:, None] * BLOCK_E + e[None, :], acc)
 
     @triton.jit
     def routed_rank(part_ptr, n_split, tok, j, E, K, wt_ptr, KMAX: tl.constexpr, NORM: tl.constexpr,
@@ -252,3 +277,23 @@ def router_partials(h: torch.Tensor, router_weight: torch.Tensor, backend: Backe
     part, args, meta = _partials_launch("router_partials", h, router_weight, block_d, pdl)
     _router_partials_kernel[(part.shape[0],)](*args, **meta)
     return part
+
+
+def router_partials_norm(s: torch.Tensor, sq: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                         router_weight: torch.Tensor, backend: Backend = "torch", block_d: int = 128,
+                         pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`router_partials` of ``h = rms_norm(s, norm_weight, eps)``, the norm in the same kernel: each program
+    norms its ``block_d`` columns of the residual stream ``s`` (the reciprocal RMS from ``sq``, s's sums-of-squares
+    partials, :func:`~.norm_rope.sq_partials`) and writes them to ``h``, which the experts then read
+    (``FusedLM(decode_epilogues="on_load")``: no kernel of its own for the post-attention norm).
+
+    Returns (partials (S, :data:`SPLITK_ROWS`, E'), h (T, D) in s's dtype)."""
+    check_sq_partials("router_partials_norm", sq, s.shape[0], s.shape[-1])
+    if backend == "torch":
+        h = rms_norm(s, norm_weight, eps, "torch")
+        return router_partials(h, router_weight, "torch"), h
+    part, (s, wr, _, n_tok, dim, n_exp), meta = _partials_launch("router_partials_norm", s, router_weight, block_d, pdl)
+    h = torch.empty_like(s)
+    _router_partials_norm_kernel[(part.shape[0],)](s, sq, norm_weight, h, wr, part, n_tok, dim, n_exp, sq.shape[-1],
+                                                   float(eps), BLOCK_SQ=_p2(sq.shape[-1]), **meta)
+    return part, h
