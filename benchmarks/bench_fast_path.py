@@ -133,6 +133,8 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "pdl_prefetch": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts", "decode_prefetch": "weights"},
     "pdl_prefetch_early": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
                            "decode_prefetch": "weights_early"},
+    # the attention's past keys and values loaded before its wait, while the QK-norm kernel runs
+    "pdl_kv_early": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts", "decode_prefetch": "kv"},
 }
 #: explicit tiles the experts section times next to the autotuned kernels (Hopper-sized: 64- and
 #: 128-row tiles for experts of ~125 pairs at 1,000 tokens, deep pipelines for the weight stream)

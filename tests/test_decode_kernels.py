@@ -68,12 +68,18 @@ def test_decode_attention(slot_pos: int, chunk: int) -> None:
     valid = valid.to(DEV)
     slot = torch.tensor([slot_pos]).to(DEV)
     ref = dk.decode_attention(q, k, v, valid, slot, 0.25, "torch")
-    _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk), ref)
+    got = dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk)
+    _close(got, ref)
+    # the past keys and values loaded before the (PDL) wait, the slot's after it: the same output, bit for bit
+    assert torch.equal(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk, kv_early=True), got)
     # whatever the positions that do not count hold (here NaN), they take no part
     unseen = (valid == 0) | (torch.arange(length, device=valid.device) > slot_pos)[None]
     k[unseen[:, None, :, None].expand_as(k)] = float("nan")
     v[unseen[:, None, :, None].expand_as(v)] = float("nan")
     _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk), ref)
+    _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=chunk, kv_early=True), ref)
+    with pytest.raises(ValueError, match="chunk must be at most 64"):  # (a split of two tiles)
+        dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", chunk=128, kv_early=True)
 
 
 @triton_ok

@@ -111,12 +111,12 @@ def compile_report(pdl: bool) -> dict[str, list]:
 
 #: the decode kernels' look-ahead switches (FusedLM(decode_prefetch=...)), each kernel's own
 LOOKAHEAD = {"_gemv_kernel": "PREFETCH", "_gemv_add_norm_kernel": "PREFETCH", "_attn_reduce_kernel": "RELEASE_FIRST",
-             "_moe_combine_kernel": "RELEASE_FIRST"}
+             "_moe_combine_kernel": "RELEASE_FIRST", "_attn_split_kernel": "KV_EARLY"}
 
 
 def lookahead_report() -> dict[str, list]:
     """Per kernel with a look-ahead switch, compiled for sm_90 with PDL and the switch on: [L2 prefetches,
-    waits, releases, the first prefetch before the wait, the release before the wait]."""
+    waits, releases, the first prefetch before the wait, the release before the wait, global loads before the wait]."""
     report = {}
     for kernel, types, consts in _kernels():
         switch = LOOKAHEAD.get(kernel.fn.__name__)
@@ -126,7 +126,8 @@ def lookahead_report() -> dict[str, list]:
         wait, release, prefetch = (ptx.find(i) for i in ("griddepcontrol.wait", "griddepcontrol.launch_dependents",
                                                           "prefetch.global.L2::evict_last"))
         report[kernel.fn.__name__] = [ptx.count("prefetch.global.L2::evict_last"), ptx.count("griddepcontrol.wait"),
-                                      ptx.count("griddepcontrol.launch_dependents"), 0 <= prefetch < wait, release < wait]
+                                      ptx.count("griddepcontrol.launch_dependents"), 0 <= prefetch < wait, release < wait,
+                                      ptx[:wait].count("ld.global")]
     return report
 
 
@@ -167,10 +168,13 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     # decode_prefetch: the projections' L2 prefetches come before their wait; the combine and the merge release
     # the next kernel before they wait; still one wait and one release each
     for name in ("_gemv_kernel", "_gemv_add_norm_kernel"):
-        prefetches, waits, releases, prefetch_first, release_first = ahead[name]
+        prefetches, waits, releases, prefetch_first, release_first, _ = ahead[name]
         assert prefetches > 0 and (waits, releases, prefetch_first, release_first) == (1, 1, True, False), (name, ahead)
     for name in ("_attn_reduce_kernel", "_moe_combine_kernel"):
-        assert ahead[name] == [0, 1, 1, False, True], (name, ahead)
+        assert ahead[name][:5] == [0, 1, 1, False, True], (name, ahead)
+    # decode_prefetch="kv": the attention's split loads its past keys and values before its one wait
+    prefetches, waits, releases, _, release_first, loads_first = ahead["_attn_split_kernel"]
+    assert (prefetches, waits, releases, release_first) == (0, 1, 1, False) and loads_first > 0, ahead
 
 
 def test_the_switch_is_refused_where_it_cannot_run() -> None:
@@ -193,6 +197,8 @@ def test_the_switch_is_refused_where_it_cannot_run() -> None:
     # the projections' L2 prefetch before their wait needs both
     with pytest.raises(ValueError, match="needs pdl=True and decode_gemv='triton'"):
         FusedLM(lm, decode_gemv="triton", decode_prefetch="weights")
+    with pytest.raises(ValueError, match="decode_prefetch='kv' .* needs pdl=True and decode_qk_norm='kernel'"):
+        FusedLM(lm, decode_prefetch="kv")
     with pytest.raises(ValueError, match="unknown decode prefetch form 'all'"):
         FusedLM(lm, decode_prefetch="all")
 
@@ -243,9 +249,9 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
             assert outs[("triton", "in_experts", epilogues), True].tokens == ref, epilogues
             torch.testing.assert_close(outs[("triton", "in_experts", epilogues), True].first_logits,
                                        outs[("cublas", "split", "kernels"), False].first_logits, atol=1e-4, rtol=1e-4)
-        # the projections' weights prefetched into L2 before their wait, and a kernel sooner: a hint and a launch
-        # order, the default's numbers exactly
-        for prefetch in ("weights", "weights_early"):
+        # the projections' weights prefetched into L2 before their wait, and a kernel sooner, or the attention's past
+        # keys and values loaded before its wait: a hint, a launch order, a load order; the default's numbers exactly
+        for prefetch in ("weights", "weights_early", "kv"):
             lm.use_fast_path(decode_prefetch=prefetch)
             try:
                 ahead = greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8))

@@ -85,7 +85,10 @@ DECODE_QK_NORM_FORMS: tuple[str, ...] = ("kernel", "in_attention")
 #: projections' weights do not depend on the step; the kernels before them are small and latency-bound, and leave
 #: the memory system idle. Measured slower on an H100 all the same (6-7 % and 8-11 % a token; benchmarks/RESULTS.md,
 #: "The router's top-k in the experts' kernel, the default decode form"), so opt-in, for re-timing on other GPUs.
-DECODE_PREFETCH_FORMS: tuple[str, ...] = ("none", "weights", "weights_early")
+#: ``kv`` is another read ahead: the attention's split kernel loads the cache's past keys and values (all but the new
+#: token's, which the kernel before writes) before its PDL wait (:func:`~model_runtime.molmoe.kernels.attention.decode_attention`'s
+#: ``kv_early``), into registers, not L2.
+DECODE_PREFETCH_FORMS: tuple[str, ...] = ("none", "weights", "weights_early", "kv")
 
 
 def default_routed_form(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -234,7 +237,8 @@ class FusedLM:
             "Residual adds and norms moved into the kernels beside them").
         decode_qk_norm: see :data:`DECODE_QK_NORM_FORMS`: ``"kernel"`` or ``"in_attention"``.
         decode_prefetch: see :data:`DECODE_PREFETCH_FORMS`: ``"none"``, ``"weights"`` or ``"weights_early"`` (with
-            ``pdl`` and ``decode_gemv="triton"``; results unchanged, only when the weights are read).
+            ``pdl`` and ``decode_gemv="triton"``), or ``"kv"`` (with ``pdl``); results unchanged, only when the weights
+            or the cache are read.
     """
 
     def __init__(self, lm: "MolmoeLanguageModel", *, backend: str | None = None, routed_form: str | None = None,
@@ -281,7 +285,11 @@ class FusedLM:
         self.decode_qk_norm = decode_qk_norm
         if decode_prefetch not in DECODE_PREFETCH_FORMS:
             raise ValueError(f"unknown decode prefetch form {decode_prefetch!r}; choose from {DECODE_PREFETCH_FORMS}")
-        if decode_prefetch != "none" and not (self.pdl and self.decode_gemv == "triton"):
+        if decode_prefetch == "kv" and not (self.pdl and decode_qk_norm == "kernel"):
+            raise ValueError("decode_prefetch='kv' loads the cache in the attention's split kernel before its PDL wait: "
+                             f"it needs pdl=True and decode_qk_norm='kernel' (got pdl={self.pdl}, "
+                             f"decode_qk_norm={decode_qk_norm!r})")
+        if decode_prefetch in ("weights", "weights_early") and not (self.pdl and self.decode_gemv == "triton"):
             raise ValueError(f"decode_prefetch={decode_prefetch!r} prefetches in the Triton GEMV before its PDL wait: it "
                              f"needs pdl=True and decode_gemv='triton' (got pdl={self.pdl}, decode_gemv={self.decode_gemv!r})")
         self.decode_prefetch = decode_prefetch
@@ -387,7 +395,8 @@ class FusedLM:
         counters = self.counters
         merge_counters = counters if last else None  # the attention's splits merged by the last of them
         gemv_rows = self.decode_gemv == "triton" and rows <= dk.GEMV_ROWS
-        prefetch = gemv_rows and self.decode_prefetch != "none"
+        prefetch = gemv_rows and self.decode_prefetch in ("weights", "weights_early")
+        kv_early = self.decode_prefetch == "kv"
         early = gemv_rows and self.decode_prefetch == "weights_early"  # the combine and the merge release first
         if gemv_rows:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -414,7 +423,7 @@ class FusedLM:
                     cache.keys[b], cache.values[b], cache.slot, self.n_heads, be, pdl=pdl,
                 )
                 attn = dk.decode_attention(q, cache.keys[b], cache.values[b], cache.valid, cache.slot, self.scaling, be,
-                                           pdl=pdl, counters=merge_counters, release_first=early)
+                                           pdl=pdl, counters=merge_counters, release_first=early, kv_early=kv_early)
             if on_load:  # the residual add in the output projection, the norm in the router's projection
                 hidden, sq = dk.gemv_on_load(attn, w.o, residual=hidden, backend=be, pdl=pdl)
                 partials, h2 = dk.router_partials_norm(hidden, sq, w.ln_post, self.eps, w.router, be, pdl=pdl)

@@ -58,33 +58,57 @@ if HAVE_TRITON:
         q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, cnt_ptr,
         H, HKV, L, NSPLIT, scale,
         DH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, REDUCE: tl.constexpr = False,
-        BLOCK_S: tl.constexpr = 1, PDL: tl.constexpr = False,
+        BLOCK_S: tl.constexpr = 1, PDL: tl.constexpr = False, KV_EARLY: tl.constexpr = False,
     ):
         # REDUCE: the last split of each (row, head) to finish merges them (arrive_last), the
-        # reduction kernel's work without its launch
-        pdl_enter(PDL)
+        # reduction kernel's work without its launch. KV_EARLY (one tile a split, CHUNK == BLOCK_N): the split's
+        # past keys and values are loaded before the PDL wait, since the kernel before writes only the slot's
+        # (qk_norm_rope_store), which is loaded after it
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
         hk = h // (H // HKV)
         d = tl.arange(0, DH)
-        q = tl.load(q_ptr + (b * H + h) * DH + d).to(tl.float32)
-        end = tl.minimum((s + 1) * CHUNK, tl.load(slot_ptr) + 1)  # positions after the slot are empty
         kv = (b * HKV + hk) * L * DH
         m_i = tl.max(tl.full([BLOCK_N], -1.0e30, tl.float32), axis=0)
         l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)
         acc = tl.zeros([DH], tl.float32)
-        for n0 in range(s * CHUNK, end, BLOCK_N):
-            n = n0 + tl.arange(0, BLOCK_N)
-            inb = n < end
-            # validity, keys and values issued together (none waits for another); positions that are
-            # not valid are selected away below, whatever their keys and values hold
-            ok = inb & (tl.load(valid_ptr + b * L + n, mask=inb, other=0) != 0)
-            kt = tl.load(k_ptr + kv + n[:, None] * DH + d[None, :], mask=inb[:, None], other=0.0).to(tl.float32)
-            vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=inb[:, None], other=0.0).to(tl.float32)
-            vt = tl.where(ok[:, None], vt, 0.0)
+        if KV_EARLY:
+            slot = tl.load(slot_ptr)  # advanced by the step's last op: not written by the kernel before
+            n = s * CHUNK + tl.arange(0, BLOCK_N)
+            inb = n < tl.minimum((s + 1) * CHUNK, slot + 1)  # positions after the slot are empty
+            past = inb & (n != slot)
+            ok = past & (tl.load(valid_ptr + b * L + n, mask=past, other=0) != 0)
+            kt = tl.load(k_ptr + kv + n[:, None] * DH + d[None, :], mask=past[:, None], other=0.0)
+            vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=past[:, None], other=0.0)
+            pdl_enter(PDL)
+            q = tl.load(q_ptr + (b * H + h) * DH + d).to(tl.float32)
+            # the slot's key and value (and its validity), written for this step, in the split that holds it
+            at = (n == slot) & inb
+            has = (s * CHUNK <= slot) & (slot < (s + 1) * CHUNK)
+            dm = d < tl.where(has, DH, 0)  # (a comparison: Triton's interpreter mis-types a vector & a scalar mask)
+            k_new = tl.load(k_ptr + kv + slot * DH + d, mask=dm, other=0.0)
+            v_new = tl.load(v_ptr + kv + slot * DH + d, mask=dm, other=0.0)
+            ok = ok | (at & (tl.load(valid_ptr + b * L + n, mask=at, other=0) != 0))
+            kt = tl.where(at[:, None], k_new[None, :], kt).to(tl.float32)
+            vt = tl.where(ok[:, None], tl.where(at[:, None], v_new[None, :], vt).to(tl.float32), 0.0)
             sc = tl.where(ok, tl.sum(kt * q[None, :], axis=1) * scale, -1.0e30)
             m_i, l_i, acc = _online_softmax_step(sc, ok, vt, m_i, l_i, acc)
+        else:
+            pdl_enter(PDL)
+            q = tl.load(q_ptr + (b * H + h) * DH + d).to(tl.float32)
+            end = tl.minimum((s + 1) * CHUNK, tl.load(slot_ptr) + 1)  # positions after the slot are empty
+            for n0 in range(s * CHUNK, end, BLOCK_N):
+                n = n0 + tl.arange(0, BLOCK_N)
+                inb = n < end
+                # validity, keys and values issued together (none waits for another); positions that are
+                # not valid are selected away below, whatever their keys and values hold
+                ok = inb & (tl.load(valid_ptr + b * L + n, mask=inb, other=0) != 0)
+                kt = tl.load(k_ptr + kv + n[:, None] * DH + d[None, :], mask=inb[:, None], other=0.0).to(tl.float32)
+                vt = tl.load(v_ptr + kv + n[:, None] * DH + d[None, :], mask=inb[:, None], other=0.0).to(tl.float32)
+                vt = tl.where(ok[:, None], vt, 0.0)
+                sc = tl.where(ok, tl.sum(kt * q[None, :], axis=1) * scale, -1.0e30)
+                m_i, l_i, acc = _online_softmax_step(sc, ok, vt, m_i, l_i, acc)
         o = (b * H + h) * NSPLIT + s
         tl.store(m_ptr + o, m_i)
         tl.store(l_ptr + o, l_i)
@@ -177,6 +201,7 @@ def decode_attention(
     pdl: bool = False,
     counters: torch.Tensor | None = None,
     release_first: bool = False,
+    kv_early: bool = False,
 ) -> torch.Tensor:
     """One query per row over the cache positions ``0..slot`` marked valid.
 
@@ -187,6 +212,9 @@ def decode_attention(
             last of each head's splits to finish, not by a second kernel.
         release_first: with ``pdl``, the merge kernel lets the next kernel launch before it waits
             (:func:`~.common.pdl_enter`'s ``RELEASE_FIRST``).
+        kv_early: each split loads its past keys and values (every position but the slot's, which the kernel
+            before writes) before its PDL wait, so that with ``pdl`` the cache streams while the QK-norm kernel
+            runs (``FusedLM(decode_prefetch="kv")``; splits of one tile, ``chunk`` ≤ 64). Same results.
 
     Returns:
         (B, H Dh) attention output in q's dtype.
@@ -205,8 +233,11 @@ def decode_attention(
     q = q.contiguous()
 
     def split(grid: tuple[int, int, int], merged: tuple, meta: dict) -> None:
+        if kv_early and meta["CHUNK"] != meta["BLOCK_N"]:
+            raise ValueError(f"decode_attention: kv_early loads a split's one tile before the wait: chunk must be at "
+                             f"most {meta['BLOCK_N']}, got {meta['CHUNK']}")
         _attn_split_kernel[grid](q, k_cache, v_cache, valid, slot, *merged, n_heads, n_kv, length, grid[2], float(scale),
-                                 DH=dh, **meta)
+                                 DH=dh, KV_EARLY=kv_early, **meta)
 
     return _split_and_merge(split, "decode_attention", bsz, n_heads, dh, length, q.dtype, q.device, chunk, pdl, counters,
                             release_first)
