@@ -119,18 +119,23 @@ if HAVE_TRITON:
                        NS: tl.constexpr, PDL: tl.constexpr):
         pdl_enter(PDL)
         pair = tl.program_id(0)
-        db = tl.program_id(1)
-        e = tl.load(idx_ptr + pair).to(tl.int64)
-        d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         md = d < D
-        wd = w_ptr + e * D * I + d[:, None] * I
+        y = _down_pair_rows(act_ptr, w_ptr, idx_ptr, pair, d, md, D, I, BLOCK_D, BLOCK_I, NS)
+        tl.store(y_ptr + pair * D + d, y.to(act_ptr.dtype.element_ty).to(tl.float32), mask=md)
+
+    @triton.jit
+    def _down_pair_rows(act_ptr, w_ptr, idx_ptr, pair, d, md, D, I, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr,
+                        NS: tl.constexpr):
+        # pair's expert's down-projection rows d (mask md) times its activations: float32 (BLOCK_D,)
+        wd = w_ptr + tl.load(idx_ptr + pair).to(tl.int64) * D * I + d[:, None] * I
         y = tl.zeros([BLOCK_D], tl.float32)
         for i0 in tl.range(0, I, BLOCK_I, num_stages=NS):
             i = i0 + tl.arange(0, BLOCK_I)
             mi = i < I
             a = tl.load(act_ptr + pair * I + i, mask=mi, other=0.0).to(tl.float32)[None, :]
             y += tl.sum(tl.load(wd + i[None, :], mask=md[:, None] & mi[None, :], other=0.0).to(tl.float32) * a, axis=1)
-        tl.store(y_ptr + pair * D + d, y.to(act_ptr.dtype.element_ty).to(tl.float32), mask=md)
+        return y
 
     @triton.jit
     def _moe_down_sum_kernel(act_ptr, w_ptr, idx_ptr, wt_ptr, res_ptr, out_ptr, sq_ptr, D, I, K, NSQ,
@@ -145,16 +150,8 @@ if HAVE_TRITON:
         dt = out_ptr.dtype.element_ty
         acc = tl.zeros([BLOCK_D], tl.float32)
         for j in range(0, K):
-            pair = tok * K + j
-            e = tl.load(idx_ptr + pair).to(tl.int64)
-            wd = w_ptr + e * D * I + d[:, None] * I
-            y = tl.zeros([BLOCK_D], tl.float32)
-            for i0 in tl.range(0, I, BLOCK_I, num_stages=NS):
-                i = i0 + tl.arange(0, BLOCK_I)
-                mi = i < I
-                a = tl.load(act_ptr + pair * I + i, mask=mi, other=0.0).to(tl.float32)[None, :]
-                y += tl.sum(tl.load(wd + i[None, :], mask=md[:, None] & mi[None, :], other=0.0).to(tl.float32) * a, axis=1)
-            acc += (y.to(dt).to(tl.float32) * tl.load(wt_ptr + pair).to(tl.float32)).to(dt).to(tl.float32)
+            y = _down_pair_rows(act_ptr, w_ptr, idx_ptr, tok * K + j, d, md, D, I, BLOCK_D, BLOCK_I, NS)
+            acc += (y.to(dt).to(tl.float32) * tl.load(wt_ptr + tok * K + j).to(tl.float32)).to(dt).to(tl.float32)
         r = tl.load(res_ptr + tok * D + d, mask=md, other=0.0).to(tl.float32)
         out = (r + acc.to(dt).to(tl.float32)).to(dt)
         tl.store(out_ptr + tok * D + d, out, mask=md)
