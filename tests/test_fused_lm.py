@@ -121,12 +121,12 @@ def test_triton_decode_step_equals_torch_ops(lm):
     plan = _plan(("low", 2, 5, 13))
     ids, mask = _left_padded((10, 6), seed=4)
     logits, made = {}, {}
-    # (the Triton GEMV serves the Q/K/V and output projections in the third to sixth forms; the split router's top-k kernel
+    # (the Triton GEMV serves the Q/K/V and output projections in the third to fifth forms; the split router's top-k kernel
     # is the second form's, and the GEMV alone is test_decode_kernels'; the fourth form runs the reductions in the
     # last program of the kernel before them, the fifth takes the router's top-k in the experts' kernel)
     forms = (("torch", "cublas", "split", "kernels"), ("triton", "cublas", "split", "kernels"),
              ("triton", "triton", "fused", "kernels"), ("triton", "triton", "splitk", "last_program"),
-             ("triton", "triton", "in_experts", "kernels"), ("triton", "triton", "in_experts", "on_load"),
+             ("triton", "triton", "in_experts", "kernels"), ("torch", "triton", "in_experts", "on_load"),
              ("torch", "triton", "in_experts", "on_load_attention"))
     for backend, gemv, router, epilogues in forms:
         # (the fourth form also norms and rotates the queries and keys in the attention's kernel)
@@ -155,8 +155,9 @@ def test_triton_decode_step_equals_torch_ops(lm):
     # the router's top-k taken by the experts' gate/up kernel (decode_router="in_experts"): the same step
     assert (logits[forms[4]] - ref[:1]).abs().max().item() <= 1e-5
     # the residual adds in the kernels that produce them and the norms in those that read them (decode_epilogues=
-    # "on_load", 8 kernels a block; "on_load_attention", the output projection and the router only, whose kernels
-    # the "on_load" form runs too, here with their torch references): the same step
+    # "on_load", 8 kernels a block; "on_load_attention", the output projection and the router only), composed from
+    # the ops' torch references (the kernels equal them in test_decode_kernels; the GPU test in test_pdl runs the
+    # kernels composed): the same step
     assert (logits[forms[5]] - ref[:1]).abs().max().item() <= 1e-5
     assert (logits[forms[6]] - ref[:1]).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="needs decode_router='in_experts'"):
