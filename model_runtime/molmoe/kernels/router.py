@@ -94,9 +94,13 @@ if HAVE_TRITON:
 
     @triton.jit
     def _router_partial_tile(h_ptr, wr_ptr, part_ptr, T, D, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                             BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
+                             BLOCK_D: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr, sq_ptr=None, nw_ptr=None,
+                             normed_ptr=None, NSQ=1, eps=1e-5, NORM_IN: tl.constexpr = False,
+                             BLOCK_SQ: tl.constexpr = 1):
         # program s: the logits' partial sums over hidden columns s*BLOCK_D.. for every row (<= BLOCK_T),
-        # float32 into part (S, BLOCK_T, BLOCK_E); returns the tile's offsets in a split's (BLOCK_T, BLOCK_E)
+        # float32 into part (S, BLOCK_T, BLOCK_E); returns the tile's offsets in a split's (BLOCK_T, BLOCK_E).
+        # NORM_IN: h is a residual stream and the logits are of its RMSNorm (weight nw): the program norms its
+        # columns (the reciprocal RMS from h's sums-of-squares partials sq) and writes them to normed
         s = tl.program_id(0)
         rows = tl.arange(0, BLOCK_T)
         mt = rows < T
@@ -104,10 +108,16 @@ if HAVE_TRITON:
         me = e < E
         dd = s * BLOCK_D + tl.arange(0, BLOCK_D)
         md = dd < D
-        # the weight's columns before the wait: the kernel before does not write them
+        # the weights' columns before the wait: the kernel before does not write them
         b = tl.load(wr_ptr + e[None, :] * D + dd[:, None], mask=md[:, None] & me[None, :], other=0.0)
+        if NORM_IN:
+            nw = tl.load(nw_ptr + dd, mask=md, other=0.0).to(tl.float32)[None, :]
         pdl_enter(PDL)
         a = tl.load(h_ptr + rows[:, None] * D + dd[None, :], mask=mt[:, None] & md[None, :], other=0.0)
+        if NORM_IN:
+            rstd = rstd_of_sq_partials(sq_ptr, rows, mt, NSQ, D, eps, BLOCK_SQ)[:, None]
+            a = rms_scaled(a.to(tl.float32), rstd, nw, h_ptr.dtype.element_ty)
+            tl.store(normed_ptr + rows[:, None] * D + dd[None, :], a, mask=mt[:, None] & md[None, :])
         acc = dot_acc(a, b, tl.zeros([BLOCK_T, BLOCK_E], tl.float32), IEEE)
         tile = rows[:, None] * BLOCK_E + e[None, :]
         tl.store(part_ptr + s * BLOCK_T * BLOCK_E + tile, acc)
@@ -122,24 +132,9 @@ if HAVE_TRITON:
     def _router_partials_norm_kernel(s_ptr, sq_ptr, nw_ptr, normed_ptr, wr_ptr, part_ptr, T, D, E, NSQ, eps,
                                      BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
                                      BLOCK_SQ: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
-        # _router_partials_kernel of the RMSNorm of the residual stream s: program j norms s's columns j*BLOCK_D..
-        # (the reciprocal RMS from s's sums-of-squares partials sq), writes them to normed (the experts read it
-        # there) and takes their partial logits
-        j = tl.program_id(0)
-        rows = tl.arange(0, BLOCK_T)
-        mt = rows < T
-        e = tl.arange(0, BLOCK_E)
-        dd = j * BLOCK_D + tl.arange(0, BLOCK_D)
-        md = dd < D
-        b = tl.load(wr_ptr + e[None, :] * D + dd[:, None], mask=md[:, None] & (e[None, :] < E), other=0.0)
-        nw = tl.load(nw_ptr + dd, mask=md, other=0.0).to(tl.float32)[None, :]
-        pdl_enter(PDL)
-        rstd = rstd_of_sq_partials(sq_ptr, rows, mt, NSQ, D, eps, BLOCK_SQ)[:, None]
-        x = tl.load(s_ptr + rows[:, None] * D + dd[None, :], mask=mt[:, None] & md[None, :], other=0.0)
-        a = rms_scaled(x.to(tl.float32), rstd, nw, s_ptr.dtype.element_ty)
-        tl.store(normed_ptr + rows[:, None] * D + dd[None, :], a, mask=mt[:, None] & md[None, :])
-        acc = dot_acc(a, b, tl.zeros([BLOCK_T, BLOCK_E], tl.float32), IEEE)
-        tl.store(part_ptr + j * BLOCK_T * BLOCK_E + rows[:, None] * BLOCK_E + e[None, :], acc)
+        # _router_partials_kernel of the RMSNorm of the residual stream s, the normed columns written for the experts
+        _router_partial_tile(s_ptr, wr_ptr, part_ptr, T, D, E, BLOCK_T, BLOCK_E, BLOCK_D, IEEE, PDL, sq_ptr, nw_ptr,
+                             normed_ptr, NSQ, eps, True, BLOCK_SQ)
 
     @triton.jit
     def routed_rank(part_ptr, n_split, tok, j, E, K, wt_ptr, KMAX: tl.constexpr, NORM: tl.constexpr,
