@@ -17,7 +17,7 @@ if HAVE_TRITON:
     from .norm_rope import rms_norm_of, store_sq_partials
     from .router import routed_rank
 
-from .norm_rope import SQ_COLS, rms_norm, sq_partials
+from .norm_rope import SQ_COLS, rms_norm, sq_partials, sq_partials_shape
 
 # ============================================================================ kernels
 if HAVE_TRITON:
@@ -375,10 +375,9 @@ def moe_down_sum(
     n_tok, top_k = idx.shape
     dim, n_int = down.shape[1], down.shape[2]
     out = torch.empty_like(residual)
-    nsq = -(-dim // SQ_COLS)
-    sq = torch.empty(n_tok, nsq, dtype=torch.float32, device=act.device)
+    sq = torch.empty(sq_partials_shape(n_tok, dim), dtype=torch.float32, device=act.device)
     args = (act.contiguous(), down, idx.contiguous(), weights.contiguous(), residual.contiguous(), out, sq, dim, n_int,
-            top_k, nsq)
+            top_k, sq.shape[1])
     if block_d is None and not triton_interpreting():
         _down_sum_tuned[lambda meta: (n_tok, triton.cdiv(dim, meta["BLOCK_D"]))](*args, **pdl_options(pdl))
     else:

@@ -211,9 +211,14 @@ def sq_partials(x: torch.Tensor) -> torch.Tensor:
     return (xf * xf).reshape(xf.shape[0], -1, SQ_COLS).sum(-1)
 
 
+def sq_partials_shape(rows: int, dim: int) -> tuple[int, int]:
+    """Shape of the sums-of-squares partials of (rows, dim): (rows, ceil(dim / SQ_COLS))."""
+    return rows, -(-dim // SQ_COLS)
+
+
 def check_sq_partials(op: str, sq: torch.Tensor, rows: int, dim: int) -> None:
     """Raise ValueError naming ``op`` unless ``sq`` is float32 (rows, ceil(dim / SQ_COLS)) partials."""
-    want = (rows, -(-dim // SQ_COLS))
+    want = sq_partials_shape(rows, dim)
     if sq.dtype != torch.float32 or tuple(sq.shape) != want:
         raise ValueError(f"{op}: sums-of-squares partials must be float32 {want}, got {sq.dtype} {tuple(sq.shape)}")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .common import HAVE_TRITON, Backend, _p2, check_counters, check_decode_rows, pdl_options, triton_interpreting
-from .norm_rope import SQ_COLS, check_sq_partials, rms_norm, sq_partials
+from .norm_rope import SQ_COLS, check_sq_partials, rms_norm, sq_partials, sq_partials_shape
 
 if HAVE_TRITON:
     import triton
@@ -213,10 +213,11 @@ def gemv_on_load(x: torch.Tensor, w: torch.Tensor, *, norm: tuple[torch.Tensor, 
         return out, sq_partials(out)
     check_decode_rows("gemv_on_load", n_rows, BLOCK_M)
     out = torch.empty(n_rows, n, dtype=x.dtype, device=x.device)
-    sq_out = torch.empty(n_rows, -(-n // SQ_COLS), dtype=torch.float32, device=x.device) if residual is not None else None
+    sq_shape = sq_partials_shape(n_rows, n)
+    sq_out = torch.empty(sq_shape, dtype=torch.float32, device=x.device) if residual is not None else None
     sq_in, nw, eps = norm if norm is not None else (out, w, 0.0)
     args = (x.contiguous(), w.contiguous(), out, nw, sq_in, out if residual is None else residual.contiguous(),
-            out if sq_out is None else sq_out, n_rows, n, k, sq_in.shape[-1], -(-n // SQ_COLS), float(eps))
+            out if sq_out is None else sq_out, n_rows, n, k, sq_in.shape[-1], sq_shape[1], float(eps))
     meta = dict(BLOCK_M=BLOCK_M, IEEE=x.dtype == torch.float32, NORM_X=norm is not None, ADD_RES=residual is not None,
                 BLOCK_SQ=_p2(sq_in.shape[-1]) if norm is not None else 1, **pdl_options(pdl))
     if block_n is None and block_k is None and not triton_interpreting():
