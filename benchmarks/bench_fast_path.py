@@ -45,7 +45,9 @@ Sections, all in one process so that every ratio compares figures of the same ru
    (``greedy_generate`` with the decoder, 64 new tokens, EOS disabled), tokens/s ratio, and the
    share of the byte-bound speed-up 8·t₁ / floor₈ it reaches (= floor₈ / t₈); the batch again with
    the decode step's experts sorted (``decode_experts="sorted"``) and with each decode variant
-   (``batched_<variant>_ms``, ``share_of_bound_<variant>``).
+   (``batched_<variant>_ms``, ``share_of_bound_<variant>``). Where the batch's time goes: its prefill
+   (``batched_prefill_ms``) and one decode step (``batched_step_ms``), against their floors
+   (``prefill8_floor_ms``, ``step8_floor_ms``); the timeline section adds a step of the 8 by kernel.
 9. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
    (:class:`~model_runtime.molmoe.vision_graphs.VisionGraphs`), 2-13 crops.
 10. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
@@ -297,6 +299,11 @@ def batching(lm: MolmoeLanguageModel, dec: GraphDecoder, plan: tuple[int, ...], 
     batched = timed_ms(lambda: gen(emb, mask), dev, repeats=repeats, warmup=2)
     out = {"batched_ms": batched, "tokens_per_s_batched": n_req * new / batched * 1e3}
     if sequential:
+        # where the batch's time goes: its prefill (the first token) and one of its decode steps (replayed alone)
+        out["batched_prefill_ms"] = timed_ms(lambda: greedy_generate(
+            lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=1, decoder=dec),
+            dev, repeats=repeats, warmup=1)
+        out["batched_step_ms"] = decode_ms(lm, dec, plan, emb, mask, steps=max(2, new // 4), repeats=repeats)
         one_by_one = timed_ms(lambda: [gen(e, m) for e, m in singles], dev, repeats=repeats, warmup=2)
         out.update(sequential_ms=one_by_one, tokens_per_s_sequential=n_req * new / one_by_one * 1e3,
                    ratio=one_by_one / batched)
@@ -819,6 +826,9 @@ def main() -> None:
                 row["floor8_ms"] = generate_floor(LMShape.of(lm), plan_of(k, b), length, new, 8, copy, mm)["floor_ms"]
                 row["floor1_ms"] = generate_floor(LMShape.of(lm), plan_of(k, b), length, new, 1, copy, mm)["floor_ms"]
                 row["bound_speedup"] = row["sequential_ms"] / row["floor8_ms"]
+                shape = LMShape.of(lm)
+                row["prefill8_floor_ms"] = prefill_floor(shape, plan_of(k, b), length, 8).ms(copy, mm)
+                row["step8_floor_ms"] = decode_floor(shape, plan_of(k, b), length + new // 2, 8).ms(copy, mm)
                 row["share_of_bound"] = row["ratio"] / row["bound_speedup"]
                 if "ratio_sorted" in row:
                     row["share_of_bound_sorted"] = row["ratio_sorted"] / row["bound_speedup"]
@@ -862,6 +872,12 @@ def main() -> None:
                 print(f"  timeline {form} (k{k}, b{b}): span {summary['span_us']:.0f} us, busy {summary['busy_us']:.0f}, "
                       f"idle {summary['idle_us']:.0f} ({summary['kernels']} kernels; per block: busy "
                       f"{summary['busy_per_block_us']:.1f}, idle {summary['idle_per_block_us']:.1f})", flush=True)
+                if form == "run":  # a step of the batching section's 8 requests
+                    emb8, mask8 = prompt(lm, 8, context, seed=7, spread=8)
+                    summary = timeline_summary(step_intervals(lm, form_dec, plan_of(k, b), emb8, mask8), blocks=b)
+                    out[f"run_b8_k{k}b{b}"] = summary
+                    print(f"  timeline run, 8 requests (k{k}, b{b}): busy {summary['busy_us']:.0f} us, per block "
+                          f"{summary['busy_per_block_us']:.1f}", flush=True)
             del form_dec
         lm.use_fast_path(**run_opts)
         dec.fused = lm.fused

@@ -37,6 +37,8 @@ def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
         assert row["sequential_ms"] > 0 and row["batched_ms"] > 0 and row["batched_sorted_ms"] > 0 and row["batched_triton_gemv_ms"] > 0
         assert row["batched_last_program_ms"] > 0 and "batched_fused_router_ms" not in row
         assert row["ratio"] == row["sequential_ms"] / row["batched_ms"]
+        # the batch's prefill and one decode step, each a part of the whole
+        assert 0 < row["batched_prefill_ms"] < row["batched_ms"] and 0 < row["batched_step_ms"] < row["batched_ms"]
     assert res["ceilings"] == {} and res["bars"] == []  # no GPU: no ceilings, so no floors and no bars
     assert res["timeline"] == {}  # a CUDA-only section: ran, and measured nothing on the CPU
     assert "error" not in json.dumps(res)
