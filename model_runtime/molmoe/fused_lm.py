@@ -87,9 +87,8 @@ DECODE_QK_NORM_FORMS: tuple[str, ...] = ("kernel", "in_attention")
 #: "The router's top-k in the experts' kernel, the default decode form"), so opt-in, for re-timing on other GPUs.
 #: ``kv`` is another read ahead: the attention's split kernel loads the cache's past keys and values (all but the new
 #: token's, which the kernel before writes) before its PDL wait (:func:`~model_runtime.molmoe.kernels.attention.decode_attention`'s
-#: ``kv_early``), into registers, not L2. Its split kernel's own time falls (8.5 → 6.7 µs a block), yet a token took 1.2-1.3 %
-#: longer and a batch of 8 requests 6 % longer on an H100 (benchmarks/RESULTS.md, "The attention's cache loaded before
-#: its wait, timed"), so it is opt-in too.
+#: ``kv_early``), into registers, not L2. Its split kernel gets faster, but a whole step gets slower on an H100, more so for
+#: a batch (benchmarks/RESULTS.md, "The attention's cache loaded before its wait, timed"), so it is opt-in too.
 DECODE_PREFETCH_FORMS: tuple[str, ...] = ("none", "weights", "weights_early", "kv")
 
 
