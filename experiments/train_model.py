@@ -98,6 +98,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="one token per digit (model_runtime.small_model.tokenizer_training): a new tokenizer is "
                          "trained so, an --init-from checkpoint's gets the split over the same ids; --resume "
                          "checks that the saved tokenizer has it")
+    ap.add_argument("--tokenizer-corpus", type=int, default=None, metavar="N",
+                    help="suite texts a new tokenizer is trained on (default: TrainConfig's); a small N gives a "
+                         "quick tokenizer with fewer merges (the ids above them are placeholders)")
     ap.add_argument("--model-config", nargs="+", default=None, metavar="FIELD=VALUE",
                     help="override fields of MolmoeConfig.small for a new run (integer, float or boolean "
                          "fields, e.g. vit_hidden=256 pool_head_dim=64 vit_mlp=1024: a wider vision tower); an "
@@ -105,6 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.stop_at_step < 0:
         ap.error(f"--stop-at-step must be >= 0, got {args.stop_at_step}")
+    if args.tokenizer_corpus is not None and args.tokenizer_corpus < 1:
+        ap.error(f"--tokenizer-corpus must be >= 1, got {args.tokenizer_corpus}")
     return args
 
 
@@ -267,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       print_head_warmup=args.print_head_warmup, print_head_lr=args.print_head_lr,
                       data=TrainDataConfig(seed=seed, batch_size=args.batch_size, reuse=args.reuse,
                                            reuse_distance=args.reuse_distance or max(1, args.workers),
-                                           caption_rate=args.caption_rate, first_example=args.first_example, **data_kw))
+                                           caption_rate=args.caption_rate, first_example=args.first_example, **data_kw),
+                      **({} if args.tokenizer_corpus is None else {"tokenizer_corpus": args.tokenizer_corpus}))
     if args.init_from is not None and args.resume:
         raise ValueError("--init-from and --resume exclude each other")
     t0 = time.perf_counter()

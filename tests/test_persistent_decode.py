@@ -67,7 +67,7 @@ def test_persistent_step_equals_the_fused_steps_torch_ops(lm):
     for kind in ("fused", "persistent"):
         fused = FusedLM(lm, backend="torch")
         cache, tok = prefilled_static_cache(lm, fused, plan, ids, mask)
-        one = (PersistentDecodeStep(fused, cache, plan, num_programs=8, block_r=32, block_ri=16)  # 2 splits per head
+        one = (PersistentDecodeStep(fused, cache, plan, num_programs=4, block_r=32, block_ri=16)  # 2 splits per head
                if kind == "persistent" else None)
         steps = []
         for _ in range(2):

@@ -728,10 +728,14 @@ def test_train_model_cli_trains_a_wider_tower(tmp_path):
     assert make_suite(["--out", str(suite), "--seed", "0", "--per-task", "2", "--splits", "val", "test"]) in (0, None)
     assert train_model(["--suite", str(suite), "--out", str(tmp_path / "ckpt"), "--device", "cpu", "--steps", "2",
                         "--batch-size", "2", "--workers", "1", "--recipes", "plain=0", "--importance-requests", "1",
-                        "--model-config", "vit_hidden=256", "pool_head_dim=64", "vit_mlp=1024"]) == 0
+                        "--tokenizer-corpus", "300", "--model-config", "vit_hidden=256", "pool_head_dim=64",
+                        "vit_mlp=1024"]) == 0
     loaded, _ = load_molmoe_checkpoint(tmp_path / "ckpt" / "plain")
     assert (loaded.config.vit_hidden, loaded.config.vit_mlp, loaded.config.pool_head_dim) == (256, 1024, 64)
     assert loaded.config.n_layers == 16 and loaded.config.num_experts == 64
+    assert json.loads((tmp_path / "ckpt" / "plain" / "train_config.json").read_text())["train"]["tokenizer_corpus"] == 300
+    with pytest.raises(SystemExit):
+        train_model(["--suite", str(suite), "--out", str(tmp_path / "other"), "--tokenizer-corpus", "0"])
 
 
 def test_a_channels_last_stem_trains_as_the_default_layout_does(tmp_path, tokenizer):
