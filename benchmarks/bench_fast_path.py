@@ -113,6 +113,8 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     # the router's top-k in the experts' gate/up kernel (no synchronisation; 10 kernels a block), and with the
     # QK-norm in the attention's kernel too (9)
     "pdl_triton_gemv_router_in_experts": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts"},
+    # the same with cuBLAS's projections (a batch's rows: a GEMM rather than a GEMV)
+    "pdl_router_in_experts": {"pdl": True, "decode_gemv": "cublas", "decode_router": "in_experts"},
     "pdl_no_sync_fusions": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
                             "decode_qk_norm": "in_attention"},
     # the four reductions of a block in the last program of the kernel before them
