@@ -31,7 +31,7 @@ def _hybrid_model(tok) -> MolmoeModel:
 def test_the_new_stem_learns_the_old_tokens_and_nothing_else_changes(tokenizer):
     model = _hybrid_model(tokenizer)
     logs: list[str] = []
-    tc = StemTransplantConfig(steps=40, images=16, batch_size=8, lr=3e-3, warmup_steps=5, held_out=0.25)
+    tc = StemTransplantConfig(steps=20, images=16, batch_size=8, lr=3e-3, warmup_steps=5, held_out=0.25)
     new, record = transplant_stem(model, tc, log=logs.append)
     assert isinstance(model.vision.patch_stem, CropConvStem) and isinstance(new.vision.patch_stem, FineCropConvStem)
     assert new.config == model.config.replace(vit_patch_stem="fine")
