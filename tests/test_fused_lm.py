@@ -120,14 +120,13 @@ def test_triton_decode_step_equals_torch_ops(lm):
     place) and whole decode steps (interpreted on CPU) = the torch ops."""
     plan = _plan(("low", 2, 5, 13))
     ids, mask = _left_padded((10, 6), seed=4)
-    logits, made = {}, {}
-    # (the Triton GEMV serves the Q/K/V and output projections in the fourth and fifth forms; the split router's top-k
+    logits = {}
+    # (the Triton GEMV serves the Q/K/V and output projections in the fifth form; the split router's top-k
     # kernel is the second form's, and the GEMV alone is test_decode_kernels'; the fourth form runs the reductions in
     # the last program of the kernel before them, the fifth takes the router's top-k in the experts' kernel. The
-    # opt-in forms measured slower (the third and the last two) are composed from the ops' torch references, which
-    # test_decode_kernels checks their kernels against and the GPU test in test_pdl composes, to keep the suite short)
-    # (the last-arrival kernels of the fourth form are test_decode_kernels', each against its reference with its
-    # counters back at zero; here they are composed from the torch references as the other opt-in forms are)
+    # opt-in forms measured slower (the third, the fourth and the last two) are composed from the ops' torch references,
+    # which test_decode_kernels checks their kernels against (the fourth's with its arrival counters back at zero) and
+    # the GPU test in test_pdl composes, to keep the suite short)
     forms = (("torch", "cublas", "split", "kernels"), ("triton", "cublas", "split", "kernels"),
              ("torch", "triton", "fused", "kernels"), ("torch", "triton", "splitk", "last_program"),
              ("triton", "triton", "in_experts", "kernels"), ("torch", "triton", "in_experts", "on_load"),
@@ -135,7 +134,7 @@ def test_triton_decode_step_equals_torch_ops(lm):
     for backend, gemv, router, epilogues in forms:
         # (the fourth form also norms and rotates the queries and keys in the attention's kernel; the second form's
         # prefill feeds the experts' GEMMs by TMA descriptors, test_triton_prefill's by pointers)
-        fused = made[backend, gemv, router, epilogues] = FusedLM(
+        fused = FusedLM(
             lm, backend=backend, routed_form="sorted_tma" if gemv == "cublas" else "sorted_gemm", decode_gemv=gemv,
             decode_router=router, decode_epilogues=epilogues,
             decode_qk_norm="in_attention" if epilogues == "last_program" else "kernel")

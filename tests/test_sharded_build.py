@@ -8,7 +8,6 @@ one rank SIGKILLed mid-build, the launch resumed with ``--resume``, and the merg
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 

@@ -718,7 +718,7 @@ def test_every_training_only_task_streams(tokenizer):
         assert stream.tasks == (task,) and (b["labels"] != IGNORE).any()
 
 
-def test_train_model_cli_trains_a_wider_tower(tmp_path):
+def test_train_model_cli_trains_a_wider_tower(tmp_path, capsys):
     """``python -m experiments.train_model --model-config ...`` end to end on the CPU: two steps of
     a model with a 256-wide tower write a checkpoint whose config has it."""
     from experiments.make_suite import main as make_suite
@@ -736,6 +736,7 @@ def test_train_model_cli_trains_a_wider_tower(tmp_path):
     assert json.loads((tmp_path / "ckpt" / "plain" / "train_config.json").read_text())["train"]["tokenizer_corpus"] == 300
     with pytest.raises(SystemExit):
         train_model(["--suite", str(suite), "--out", str(tmp_path / "other"), "--tokenizer-corpus", "0"])
+    assert "--tokenizer-corpus must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_a_channels_last_stem_trains_as_the_default_layout_does(tmp_path, tokenizer):
