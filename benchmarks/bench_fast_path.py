@@ -296,10 +296,10 @@ def batching(lm: MolmoeLanguageModel, dec: GraphDecoder, plan: tuple[int, ...], 
     # every single request (its own prompt length) keeps its captured prefill: no capture is timed
     dec.max_prefill_graphs = max(dec.max_prefill_graphs, n_req + 1)
 
-    def gen(e: torch.Tensor, m: torch.Tensor) -> None:
-        r = greedy_generate(lm, e, m, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=new,
+    def gen(e: torch.Tensor, m: torch.Tensor, tokens: int = new) -> None:
+        r = greedy_generate(lm, e, m, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=tokens,
                             decoder=dec)
-        assert r.decode_steps == new - 1
+        assert r.decode_steps == tokens - 1
 
     singles = [(emb[i : i + 1, (mask[i] == 0).sum():], mask[i : i + 1, (mask[i] == 0).sum():]) for i in range(n_req)]
     # two warm-ups: a prompt length's first prefill runs eagerly, its second is captured
@@ -309,9 +309,7 @@ def batching(lm: MolmoeLanguageModel, dec: GraphDecoder, plan: tuple[int, ...], 
         # where the batch's time goes: its prefill (the first token) and one of its decode steps (replayed alone).
         # One new token needs a shorter cache, so the decoder's entry for it is another: two warm-ups again, or the
         # eager first prefill and the capture would be timed
-        out["batched_prefill_ms"] = timed_ms(lambda: greedy_generate(
-            lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=1, decoder=dec),
-            dev, repeats=repeats, warmup=2)
+        out["batched_prefill_ms"] = timed_ms(lambda: gen(emb, mask, 1), dev, repeats=repeats, warmup=2)
         out["batched_step_ms"] = decode_ms(lm, dec, plan, emb, mask, steps=max(2, new // 4), repeats=repeats)
         one_by_one = timed_ms(lambda: [gen(e, m) for e, m in singles], dev, repeats=repeats, warmup=2)
         out.update(sequential_ms=one_by_one, tokens_per_s_sequential=n_req * new / one_by_one * 1e3,
