@@ -9,7 +9,11 @@ Sections, all in one process so that every ratio compares figures of the same ru
 
 1. **ceilings**: device-to-device copy rate (bytes read + written per second, 1 GiB) and a bf16
    8192³ matmul rate.
-2. **decode**: batch 1, ``--context`` (1000) prompt tokens, ms per token of the fast path
+2. **attention** (CUDA): the decode attention (split + merge) over the context for every tile of
+   :func:`benchmarks.attention_tiles.tile_grid` at 1, 2, 4, 8 and 16 rows, against each batch size's
+   default tile (:data:`~model_runtime.molmoe.kernels.ATTN_TILES`); ``--attn-tune`` lets the tiles that beat
+   it serve the later sections, ``--attn-tiles`` sets the table for the whole run.
+3. **decode**: batch 1, ``--context`` (1000) prompt tokens, ms per token of the fast path
    (:class:`GraphDecoder`: fused decode step, one CUDA graph per plan) for the 5 x 5 grid of
    top-k (4..8) x active blocks (12..16) at p = 1 (block 0 at top-8, as the knob space
    defines), each with its byte floor = bytes that must be read (Q/K/V/O and router weights of
@@ -22,45 +26,45 @@ Sections, all in one process so that every ratio compares figures of the same ru
    ``decode_router="splitk"``), together and apart, the router's top-k in the experts' kernel
    (``decode_router="in_experts"``, the default with PDL), the QK-norm in the attention's
    (``decode_qk_norm="in_attention"``) and the projections' L2 prefetch (``decode_prefetch``).
-3. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
+4. **transformers**: ``OlmoeForCausalLM.generate`` on the same weights (the model's own modules
    wrapped, transformers' experts implementation of the device), ms per token = (t(64 new) -
    t(1 new)) / 63 after the same prompt; ratio to the fast path.
-4. **prefill**: ms of the staged prefill + first token for 300-2000 tokens at (top-8, 16) and
+5. **prefill**: ms of the staged prefill + first token for 300-2000 tokens at (top-8, 16) and
    (top-4, 12): replayed from the decoder's captured prefill graph (what ``greedy_generate`` runs
    with a decoder, i.e. the runtime on CUDA; wall time of the whole call, and the graph's replay
    alone in CUDA events) and run eagerly through the same fused blocks (the difference is host
    launch overhead), each with its floor (:mod:`benchmarks.roofline`: the longer of the byte and
    FLOP floors at this run's ceilings) and the replay × floor; the routed-expert forms
    (``grouped_mm``, ``sorted_gemm``, ``sorted_tma``) and transformers' blocks at 1000 tokens.
-5. **prefill_kernels** (CUDA): one uncaptured 1000-token prefill at (top-8, 16) by kernel kind for
+6. **prefill_kernels** (CUDA): one uncaptured 1000-token prefill at (top-8, 16) by kernel kind for
    each sorted expert form, and its expert GEMMs' weight rate × the copy rate
    (:func:`benchmarks.prefill_profile.prefill_breakdown`); one block's causal attention with each
    SDPA backend (:func:`benchmarks.prefill_profile.attention_backends`).
-6. **experts** (CUDA): one block's expert GEMMs alone for the same prompt's pairs, each weight-load
+7. **experts** (CUDA): one block's expert GEMMs alone for the same prompt's pairs, each weight-load
    form autotuned and at ``--expert-tiles``, with what the autotuner chose
    (:func:`benchmarks.prefill_profile.expert_sweep`).
-7. **kernels** (CUDA): block-size sweep of the decode kernels and the kernel-time breakdown of
+8. **kernels** (CUDA): block-size sweep of the decode kernels and the kernel-time breakdown of
    one uncaptured decode step (how much of the graph's time is kernels, how much gaps).
-8. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
+9. **batching**: 8 requests of one configuration left-padded into one batch vs one after another
    (``greedy_generate`` with the decoder, 64 new tokens, EOS disabled), tokens/s ratio, and the
    share of the byte-bound speed-up 8·t₁ / floor₈ it reaches (= floor₈ / t₈); the batch again with
    the decode step's experts sorted (``decode_experts="sorted"``) and with each decode variant
    (``batched_<variant>_ms``, ``share_of_bound_<variant>``). Where the batch's time goes: its prefill
    (``batched_prefill_ms``) and one decode step (``batched_step_ms``), against their floors
    (``prefill8_floor_ms``, ``step8_floor_ms``); the timeline section adds a step of the 8 by kernel.
-9. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
+10. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
    (:class:`~model_runtime.molmoe.vision_graphs.VisionGraphs`), 2-13 crops.
-10. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
+11. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
    equal transformers' blocks for every distinct language-model plan of the knob space; real
    shape in bf16: relative error ||fast - ref|| / ||ref|| of the prefill logits and of the first
    decode step's logits, and greedy token agreement, at the four corners.
-11. **timeline** (CUDA): one replayed decode step's kernels as the profiler sees them on the GPU
+12. **timeline** (CUDA): one replayed decode step's kernels as the profiler sees them on the GPU
    (:mod:`benchmarks.step_timeline`) at (8, 16) and (4, 12), for the run's decode form (and the default's, when the
    run's is another) and for the plain launch (``cublas``): the step's span, the time some kernel ran (the union of
    their intervals) and the idle rest, each per active block, and the time by kernel (each kernel's own part of the
    busy time too, which under PDL leaves out its wait for the kernel before): whether a block's time above its bytes
    is in the kernels or between them.
-12. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
+13. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
    through :class:`~model_runtime.molmoe.kernels.persistent_decode.PersistentDecodeStep` (one
    kernel per token, ``--persistent`` options) next to the fused step's figures of the same run,
    a sweep of tile options (``--persistent-sweep``) at the two corners, and the correctness checks
@@ -84,9 +88,11 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks import attention_tiles
 from benchmarks.prefill_profile import attention_backends, expert_sweep, kernel_times, prefill_breakdown
 from benchmarks.roofline import LMShape, decode_floor, generate_floor, prefill_floor
 from envs.knob_space import KnobSpace
+from model_runtime.molmoe import kernels as dk
 from model_runtime.molmoe.config import MolmoeConfig
 from model_runtime.molmoe.fused_lm import ROUTED_FORMS
 from model_runtime.molmoe.generation import greedy_generate
@@ -96,7 +102,7 @@ from model_runtime.profiler import build_random_model, device_name
 
 KS = KnobSpace()
 #: every section, in the order a run takes them (``--sections`` picks any of them)
-SECTIONS: tuple[str, ...] = ("ceilings", "decode", "kernels", "hf", "prefill", "prefill_kernels", "experts", "batching",
+SECTIONS: tuple[str, ...] = ("ceilings", "attention", "decode", "kernels", "hf", "prefill", "prefill_kernels", "experts", "batching",
                              "vision", "correctness", "timeline", "persistent")
 #: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
 #: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
@@ -421,8 +427,6 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
     GB/s of the bytes each must read) and a kernel-time breakdown of one (uncaptured) decode step."""
     from triton.testing import do_bench
 
-    from model_runtime.molmoe import kernels as dk
-
     dev = lm.lm_head.weight.device
     blk = lm.fused.blocks[1]
     e_, i2, d = blk.gate_up.shape
@@ -563,7 +567,14 @@ def main() -> None:
     ap.add_argument("--decode-grid", choices=("all", "corners"), default="all",
                     help="the decode table's (top-k, blocks) points: all 25 or the four corners (a shorter run)")
     ap.add_argument("--sections",
-                    default="ceilings,decode,kernels,hf,prefill,prefill_kernels,experts,batching,vision,correctness,timeline")
+                    default="ceilings,attention,decode,kernels,hf,prefill,prefill_kernels,experts,batching,vision,correctness,"
+                            "timeline")
+    ap.add_argument("--attn-tiles", default=None, metavar="JSON",
+                    help='the decode attention\'s tiles by batch rows for every section, e.g. \'{"8": "c256_n64_w8_s3"}\' '
+                         "(names as the attention section prints them; model_runtime.molmoe.kernels.ATTN_TILES)")
+    ap.add_argument("--attn-tune", action="store_true",
+                    help="after the attention section, the tiles that beat a batch size's default by 3 %% or more "
+                         "serve the later sections (decode, batching, ...)")
     ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
                     help="prefill experts (default: the fast path's default for the device)")
     ap.add_argument("--persistent", default="best",
@@ -591,6 +602,11 @@ def main() -> None:
             raise SystemExit(f"bench_fast_path: --best-variant-of {args.best_variant_of}: {exc}") from None
         return
     dev = torch.device(args.device)
+    if args.attn_tiles:
+        try:
+            dk.ATTN_TILES.update(attention_tiles.tiles_from_json(args.attn_tiles))
+        except ValueError as exc:
+            raise SystemExit(f"bench_fast_path: {exc}") from None
     sections = set(args.sections.split(","))
     if sections - set(SECTIONS):
         ap.error(f"unknown sections {sorted(sections - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
@@ -652,6 +668,27 @@ def main() -> None:
     print(f"model built in {time.perf_counter() - t0:.1f} s ({cfg.d_model=}, {dtype}); fast path backend "
           f"{lm.fused.backend}, experts {lm.fused.routed_form}, decode variant {args.decode_variant}", flush=True)
     emb1, mask1 = prompt(lm, 1, context, seed=0)
+
+    def attention() -> dict[str, Any]:
+        if dev.type != "cuda":
+            return {"skipped": "the Triton kernels need a CUDA GPU"}
+        from triton.testing import do_bench
+
+        c = lm.config
+        out = attention_tiles.sweep(c.num_attention_heads, c.num_key_value_heads, c.hidden_size // c.num_attention_heads,
+                                    context, (1, 2, 4, 8, 16), dev,
+                                    lambda fn: do_bench(fn, warmup=5, rep=20, return_mode="median") * 1e3, dtype)
+        for key, row in out.items():
+            if key.startswith("rows"):
+                print(f"  attention, {key}: default {row['default']} {row['default_us']:.1f} us, best {row['best']} "
+                      f"{row['best_us']:.1f} us ({row['cache_MB'] / row['best_us'] * 1e3:.0f} GB/s)", flush=True)
+        if args.attn_tune:
+            dk.ATTN_TILES.update(attention_tiles.earned_tiles(out))
+        return out
+
+    section("attention", attention)
+    res["attn_tiles"] = {str(k): attention_tiles.tile_name(t) for k, t in sorted(dk.ATTN_TILES.items())}
+    print(f"decode attention tiles by batch rows: {res['attn_tiles'] or 'none (TUNING attn_chunk)'}", flush=True)
 
     def decode_table() -> list[dict[str, Any]]:
         rows = []

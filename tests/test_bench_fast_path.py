@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
     out = tmp_path / "fast_path.json"
     run = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--device", "cpu", "--quick", "--repeats", "1",
-                          "--steps", "2", "--sections", "ceilings,decode,prefill,batching,timeline", "--decode-variant", "fused_router",
-                          "--variants", "triton_gemv,last_program,pdl",
+                          "--steps", "2", "--sections", "ceilings,attention,decode,prefill,batching,timeline", "--decode-variant",
+                          "fused_router", "--variants", "triton_gemv,last_program,pdl", "--attn-tiles", '{"4": "c128_n32_w4_s1"}',
+
                           "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -41,6 +42,8 @@ def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
         assert 0 < row["batched_prefill_ms"] < row["batched_ms"] and 0 < row["batched_step_ms"] < row["batched_ms"]
     assert res["ceilings"] == {} and res["bars"] == []  # no GPU: no ceilings, so no floors and no bars
     assert res["timeline"] == {}  # a CUDA-only section: ran, and measured nothing on the CPU
+    assert res["attention"] == {"skipped": "the Triton kernels need a CUDA GPU"}
+    assert res["attn_tiles"] == {"4": "c128_n32_w4_s1"}  # the table every section ran with
     assert "error" not in json.dumps(res)
 
 
@@ -50,6 +53,15 @@ def test_a_decode_variant_that_cannot_run_is_refused(tmp_path: Path) -> None:
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith("bench_fast_path: --decode-variant pdl: pdl=True")
+
+
+def test_a_malformed_attention_tile_table_is_refused(tmp_path: Path) -> None:
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.bench_fast_path", "--device", "cpu", "--quick",
+                              "--sections", "ceilings", "--attn-tiles", '{"8": "c256_n64"}'],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == ("bench_fast_path: not an attention tile name "
+                                                       "(c<chunk>_n<block_n>_w<warps>_s<stages>): 'c256_n64'")
 
 
 def test_best_variant_is_the_one_faster_than_the_default_at_every_corner(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -83,6 +83,36 @@ def test_decode_attention(slot_pos: int, chunk: int) -> None:
 
 
 @triton_ok
+@pytest.mark.parametrize("tile", [dk.AttnTile(16, 4, num_warps=2, num_stages=1), dk.AttnTile(32, 8, num_warps=8, num_stages=4)])
+def test_decode_attention_tiles(tile: dk.AttnTile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split that loops over several steps, with other launch options, gives the one-step tile's output;
+    ATTN_TILES gives a batch the entry of the largest rows at most its own."""
+    bsz, n_heads, n_kv, dh, length = 3, 4, 2, 16, 40
+    q = torch.randn(bsz, n_heads, dh, generator=_g(0)).to(DEV)
+    k = torch.randn(bsz, n_kv, length, dh, generator=_g(1)).to(DEV)
+    v = torch.randn(bsz, n_kv, length, dh, generator=_g(2)).to(DEV)
+    valid = torch.ones(bsz, length, dtype=torch.long)
+    valid[1, :5] = 0  # left padding
+    valid, slot = valid.to(DEV), torch.tensor([33]).to(DEV)
+    ref = dk.decode_attention(q, k, v, valid, slot, 0.25, "torch")
+    _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", tile=tile), ref)
+    monkeypatch.setitem(dk.ATTN_TILES, 2, tile)
+    assert dk.attn_tile(1) == dk.AttnTile(dk.TUNING["attn_chunk"], min(dk.TUNING["attn_chunk"], 64))
+    assert dk.attn_tile(2) == dk.attn_tile(16) == tile
+    assert dk.attn_tile(16, chunk=8) == dk.AttnTile(8, 8)  # an explicit chunk wins over the table
+    _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton"), ref)  # three rows: the table's tile
+
+
+def test_attn_tile_refuses_a_bad_tile() -> None:
+    with pytest.raises(ValueError, match="block_n .* exceeds its chunk"):
+        dk.AttnTile(16, 32)
+    with pytest.raises(ValueError, match="chunk must be a power of two"):
+        dk.AttnTile(48, 16)
+    with pytest.raises(ValueError, match="num_stages must be >= 1"):
+        dk.AttnTile(64, 64, num_stages=0)
+
+
+@triton_ok
 @pytest.mark.parametrize("top_k,norm", [(1, False), (4, False), (3, True)])
 def test_router_topk(top_k: int, norm: bool) -> None:
     logits = torch.randn(5, 12, generator=_g(0)).to(DEV)

@@ -61,8 +61,8 @@ heads, Dh head dim, L cache positions, E experts, k top-k, I expert FFN width.
 """
 
 from .attention import attention_scale, decode_attention, qk_norm_rope_attention
-from .common import (ARRIVAL_COUNTERS, BACKENDS, HAVE_TRITON, TUNING, Backend, arrival_counters, check_backend,
-                     check_pdl, default_backend, pdl_available, triton_interpreting)
+from .common import (ARRIVAL_COUNTERS, ATTN_TILES, BACKENDS, HAVE_TRITON, TUNING, AttnTile, Backend, arrival_counters,
+                     attn_tile, check_backend, check_pdl, default_backend, pdl_available, triton_interpreting)
 from .decode_moe import moe_combine, moe_down, moe_down_combine, moe_down_sum, moe_gate_up_act, moe_gate_up_act_routed
 from .projections import BLOCK_M as GEMV_ROWS
 from .projections import gemv, gemv_add_rms_norm, gemv_on_load
@@ -84,8 +84,8 @@ from .persistent_decode import PersistentDecodeStep
 from .router import router_gemm_topk, router_partials, router_partials_norm, router_splitk_topk, router_topk
 
 __all__ = [
-    "ARRIVAL_COUNTERS", "BACKENDS", "FLOAT32_TILES", "GEMV_ROWS", "HAVE_TRITON", "INTERPRETER_TILES", "SQ_COLS", "TUNING",
-    "Backend", "ExpertOrder", "PersistentDecodeStep", "add_rms_norm", "arrival_counters", "attention_scale",
+    "ARRIVAL_COUNTERS", "ATTN_TILES", "AttnTile", "BACKENDS", "FLOAT32_TILES", "GEMV_ROWS", "HAVE_TRITON", "INTERPRETER_TILES", "SQ_COLS", "TUNING",
+    "Backend", "ExpertOrder", "PersistentDecodeStep", "add_rms_norm", "arrival_counters", "attention_scale", "attn_tile",
     "check_backend", "check_pdl", "decode_attention", "default_backend", "expert_outputs",
     "gather_sum", "gather_sum_norm", "gemv", "gemv_add_rms_norm", "gemv_on_load", "grouped_down", "grouped_gate_up_act",
     "moe_combine", "moe_down", "moe_down_combine", "moe_down_sum", "moe_gate_up_act", "moe_gate_up_act_routed", "pdl_available", "qk_norm_rope",

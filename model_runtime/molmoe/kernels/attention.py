@@ -10,7 +10,7 @@ import torch
 
 from typing import Callable
 
-from .common import HAVE_TRITON, TUNING, Backend, _p2, check_counters, pdl_options
+from .common import HAVE_TRITON, AttnTile, Backend, _p2, attn_tile, check_counters, pdl_options
 from .norm_rope import qk_norm_rope_store
 
 if HAVE_TRITON:
@@ -202,6 +202,7 @@ def decode_attention(
     counters: torch.Tensor | None = None,
     release_first: bool = False,
     kv_early: bool = False,
+    tile: AttnTile | None = None,
 ) -> torch.Tensor:
     """One query per row over the cache positions ``0..slot`` marked valid.
 
@@ -215,6 +216,8 @@ def decode_attention(
         kv_early: each split loads its past keys and values (every position but the slot's, which the kernel
             before writes) before its PDL wait, so that with ``pdl`` the cache streams while the QK-norm kernel
             runs (``FusedLM(decode_prefetch="kv")``; splits of one tile, ``chunk`` ≤ 64). Same results.
+        chunk: positions a split (default: :func:`~.common.attn_tile` of the batch's rows); ``tile``: the whole
+            tile, which wins over ``chunk``. Same results up to the order of float32 sums.
 
     Returns:
         (B, H Dh) attention output in q's dtype.
@@ -239,8 +242,8 @@ def decode_attention(
         _attn_split_kernel[grid](q, k_cache, v_cache, valid, slot, *merged, n_heads, n_kv, length, grid[2], float(scale),
                                  DH=dh, KV_EARLY=kv_early, **meta)
 
-    return _split_and_merge(split, "decode_attention", bsz, n_heads, dh, length, q.dtype, q.device, chunk, pdl, counters,
-                            release_first)
+    return _split_and_merge(split, "decode_attention", bsz, n_heads, dh, length, q.dtype, q.device,
+                            tile or attn_tile(bsz, chunk), pdl, counters, release_first)
 
 
 def attention_scale(head_dim: int) -> float:
@@ -265,6 +268,7 @@ def qk_norm_rope_attention(
     chunk: int | None = None,
     pdl: bool = False,
     counters: torch.Tensor | None = None,
+    tile: AttnTile | None = None,
 ) -> torch.Tensor:
     """:func:`~.norm_rope.qk_norm_rope_store` then :func:`decode_attention`, with the first's work in the
     attention's split kernel (``FusedLM(decode_qk_norm="in_attention")``): one kernel boundary fewer a block.
@@ -284,18 +288,18 @@ def qk_norm_rope_attention(
                                     n_heads, n_kv, length, grid[2], float(scale), float(eps), float(rope_scale), DH=dh,
                                     HALF=dh // 2, BLOCK_Q=_p2(n_heads * dh), BLOCK_K=_p2(n_kv * dh), **meta)
 
-    return _split_and_merge(split, "qk_norm_rope_attention", bsz, n_heads, dh, length, qkv.dtype, qkv.device, chunk,
-                            pdl, counters)
+    return _split_and_merge(split, "qk_norm_rope_attention", bsz, n_heads, dh, length, qkv.dtype, qkv.device,
+                            tile or attn_tile(bsz, chunk), pdl, counters)
 
 
 def _split_and_merge(split: Callable[[tuple[int, int, int], tuple, dict], None], op: str, bsz: int, n_heads: int,
-                     dh: int, length: int, dtype: torch.dtype, device: torch.device, chunk: int | None, pdl: bool,
+                     dh: int, length: int, dtype: torch.dtype, device: torch.device, tile: AttnTile, pdl: bool,
                      counters: torch.Tensor | None, release_first: bool = False) -> torch.Tensor:
-    """The split-K attention's launches: the (B, H, ceil(L / chunk)) grid of a split kernel (``split(grid, merged,
-    meta)`` launches it with the splits' buffers and output ``merged`` = (m, l, acc, out, counters) and the block
-    constants ``meta``), then the merge, in the last split of each (row, head) with ``counters`` or in
-    :func:`_attn_reduce_kernel`. Returns the (B, H Dh) output in ``dtype``."""
-    chunk = TUNING["attn_chunk"] if chunk is None else int(chunk)
+    """The split-K attention's launches: the (B, H, ceil(L / tile.chunk)) grid of a split kernel (``split(grid,
+    merged, meta)`` launches it with the splits' buffers and output ``merged`` = (m, l, acc, out, counters) and the
+    block constants and launch options ``meta``), then the merge, in the last split of each (row, head) with
+    ``counters`` or in :func:`_attn_reduce_kernel`. Returns the (B, H Dh) output in ``dtype``."""
+    chunk = tile.chunk
     nsplit = triton.cdiv(length, chunk)
     m = torch.empty(bsz, n_heads, nsplit, dtype=torch.float32, device=device)
     lse = torch.empty_like(m)
@@ -305,8 +309,9 @@ def _split_and_merge(split: Callable[[tuple[int, int, int], tuple, dict], None],
         check_counters(op, counters, bsz * n_heads, "(row, head) merge")
     # without counters the kernel's REDUCE branch is compiled out and any pointer stands in for them
     merged = (m, lse, acc, out, counters if counters is not None else m)
-    split((bsz, n_heads, nsplit), merged, dict(CHUNK=chunk, BLOCK_N=min(chunk, 64), REDUCE=counters is not None,
-                                               BLOCK_S=_p2(nsplit), **pdl_options(pdl)))
+    split((bsz, n_heads, nsplit), merged, dict(CHUNK=chunk, BLOCK_N=tile.block_n, REDUCE=counters is not None,
+                                               BLOCK_S=_p2(nsplit), num_warps=tile.num_warps,
+                                               num_stages=tile.num_stages, **pdl_options(pdl)))
     if counters is None:
         _attn_reduce_kernel[(bsz, n_heads)](m, lse, acc, out, n_heads, nsplit, DH=dh, BLOCK_S=_p2(nsplit),
                                             RELEASE_FIRST=release_first, **pdl_options(pdl))

@@ -10,6 +10,7 @@ Every op has two backends with one signature:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -30,6 +31,45 @@ BACKENDS: tuple[str, ...] = ("triton", "torch")
 #: rows / output features per program of the MoE kernels where they are not autotuned (Triton's
 #: interpreter, or explicit block sizes).
 TUNING: dict[str, int] = {"attn_chunk": 64, "gate_up_block_i": 32, "down_block_d": 16}
+
+
+@dataclass(frozen=True)
+class AttnTile:
+    """How the split-K decode attention covers a cache: ``chunk`` positions a split (a program), taken
+    ``block_n`` positions a loop step, launched with ``num_warps`` warps and ``num_stages`` pipeline stages
+    (which matter only where a split loops, ``chunk > block_n``). The defaults are Triton's launch defaults."""
+
+    chunk: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("chunk", "block_n", "num_warps"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"AttnTile.{name} must be a power of two, got {v}")
+        if self.block_n > self.chunk:
+            raise ValueError(f"AttnTile.block_n ({self.block_n}) exceeds its chunk ({self.chunk})")
+        if self.num_stages < 1:
+            raise ValueError(f"AttnTile.num_stages must be >= 1, got {self.num_stages}")
+
+
+#: The decode attention's tiles by batch rows: a batch of B rows takes the entry with the largest key
+#: at most B; below every key (and with the table empty) ``TUNING["attn_chunk"]`` positions a split in one
+#: step. A batch has B times the (row, head) pairs of one row, so it needs fewer splits to fill the GPU.
+ATTN_TILES: dict[int, AttnTile] = {}
+
+
+def attn_tile(rows: int, chunk: int | None = None) -> AttnTile:
+    """The tile a decode attention over ``rows`` rows runs with (``chunk`` given: that many positions a split,
+    one step for up to 64, as before the table)."""
+    if chunk is None:
+        keys = [k for k in ATTN_TILES if k <= rows]
+        if keys:
+            return ATTN_TILES[max(keys)]
+        chunk = TUNING["attn_chunk"]
+    return AttnTile(int(chunk), min(int(chunk), 64))
 
 
 def triton_interpreting() -> bool:
