@@ -121,6 +121,8 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "pdl_triton_gemv_router_in_experts": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts"},
     # the same with cuBLAS's projections (a batch's rows: a GEMM rather than a GEMV)
     "pdl_router_in_experts": {"pdl": True, "decode_gemv": "cublas", "decode_router": "in_experts"},
+    # the default with the Triton GEMV's loop pipelined over several tiles (no tile loaded before the wait)
+    "pdl_staged_gemv_router_in_experts": {"pdl": True, "decode_gemv": "triton_staged", "decode_router": "in_experts"},
     "pdl_no_sync_fusions": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
                             "decode_qk_norm": "in_attention"},
     # the four reductions of a block in the last program of the kernel before them
@@ -563,7 +565,7 @@ def main() -> None:
                          "launch on Hopper, and their combinations)")
     ap.add_argument("--variants", default="all",
                     help="comma-separated DECODE_VARIANTS the decode and batching sections time beside the run's form "
-                         "(default: all that can run here; those with PDL only on Hopper)")
+                         "(default: all that can run here; those with PDL only on Hopper; none: the run's form only)")
     ap.add_argument("--decode-grid", choices=("all", "corners"), default="all",
                     help="the decode table's (top-k, blocks) points: all 25 or the four corners (a shorter run)")
     ap.add_argument("--sections",
@@ -590,7 +592,7 @@ def main() -> None:
     ap.add_argument("--best-variant-of", default=None, metavar="JSON",
                     help="print the decode variant that an earlier run's JSON found fastest (best_decode_variant) and stop")
     args = ap.parse_args()
-    wanted = set(DECODE_VARIANTS) if args.variants == "all" else set(args.variants.split(","))
+    wanted = set(DECODE_VARIANTS) if args.variants == "all" else set() if args.variants == "none" else set(args.variants.split(","))
     if wanted - set(DECODE_VARIANTS):
         raise SystemExit(f"bench_fast_path: unknown --variants {sorted(wanted - set(DECODE_VARIANTS))}; "
                          f"choose from {', '.join(DECODE_VARIANTS)}")

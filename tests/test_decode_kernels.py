@@ -175,6 +175,12 @@ def test_gemv_equals_the_matmul(rows: int, n_out: int, dim: int) -> None:
     _close(dk.gemv(x, w, "triton"), ref, 1e-4)
     _close(dk.gemv(x, w, "triton", block_n=32, block_k=128), ref, 1e-4)
     assert dk.gemv(x, w, "torch").equal(ref)
+    # the staged form (the loop pipelined by Triton): the same tiles summed in the same order
+    _close(dk.gemv(x, w, "triton", staged=True), ref, 1e-4)
+    staged = dk.gemv(x, w, "triton", block_n=32, block_k=128, staged=True)
+    if DEV == "cpu":
+        assert staged.equal(dk.gemv(x, w, "triton", block_n=32, block_k=128))
+    _close(staged, ref, 1e-4)
 
 
 @triton_ok
@@ -390,6 +396,8 @@ def test_gemv_refuses_what_it_cannot_serve() -> None:
         dk.gemv(torch.zeros(17, 8), torch.zeros(4, 8), "triton")
     with pytest.raises(ValueError, match="x has 8 features"):
         dk.gemv(torch.zeros(2, 8), torch.zeros(4, 6), "triton")
+    with pytest.raises(ValueError, match="staged and prefetch are two forms of early weight loads"):
+        dk.gemv(torch.zeros(2, 8), torch.zeros(4, 8), "triton", staged=True, prefetch=True)
 
 
 def test_backend_errors() -> None:

@@ -194,6 +194,7 @@ def test_the_switch_is_refused_where_it_cannot_run() -> None:
     fused = FusedLM(lm)
     assert (fused.pdl, fused.decode_gemv, fused.decode_router) == (False, "cublas", "split")
     assert FusedLM(lm, backend="torch", decode_gemv="triton").decode_gemv == "triton"
+    assert FusedLM(lm, backend="torch", decode_gemv="triton_staged").decode_gemv == "triton_staged"
     # the projections' L2 prefetch before their wait needs both
     with pytest.raises(ValueError, match="needs pdl=True and decode_gemv='triton'"):
         FusedLM(lm, decode_gemv="triton", decode_prefetch="weights")
@@ -221,7 +222,8 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         outs = {}
         for form in (("cublas", "split", "kernels"), ("triton", "split", "kernels"), ("triton", "fused", "kernels"),
                      ("triton", "splitk", "last_program"), ("triton", "in_experts", "kernels"),
-                     ("triton", "in_experts", "on_load"), ("triton", "in_experts", "on_load_attention")):
+                     ("triton", "in_experts", "on_load"), ("triton", "in_experts", "on_load_attention"),
+                     ("triton_staged", "in_experts", "kernels")):
             for pdl in (False, True):
                 # (the last form with the QK-norm in the attention's kernel too)
                 lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1], decode_epilogues=form[2],
@@ -242,8 +244,9 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         assert last.tokens == ref
         torch.testing.assert_close(last.first_logits, outs[("cublas", "split", "kernels"), False].first_logits,
                                    atol=1e-4, rtol=1e-4)
-        # the router's top-k in the experts' gate/up kernel: the same tokens
+        # the router's top-k in the experts' gate/up kernel: the same tokens; and with the staged GEMV
         assert outs[("triton", "in_experts", "kernels"), True].tokens == ref
+        assert outs[("triton_staged", "in_experts", "kernels"), True].tokens == ref
         # the residual adds in the kernels that produce them, the norms in the kernels that read them: the same tokens
         for epilogues in ("on_load", "on_load_attention"):
             assert outs[("triton", "in_experts", epilogues), True].tokens == ref, epilogues

@@ -32,11 +32,13 @@ if HAVE_TRITON:
     @triton.jit
     def _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    IEEE: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = False, nw_ptr=None, sq_ptr=None,
-                   NSQ=1, eps=1e-5, NORM_X: tl.constexpr = False, BLOCK_SQ: tl.constexpr = 1):
+                   NSQ=1, eps=1e-5, NORM_X: tl.constexpr = False, BLOCK_SQ: tl.constexpr = 1, NS: tl.constexpr = 1):
         # program n: output features n*BLOCK_N.. of every row; w (N, K) row-major, x (M, K); returns the
         # float32 (BLOCK_M, BLOCK_N) tile, its rows and features and their masks. NORM_X: x is a residual stream
         # and the product is of its RMSNorm (weight nw), normed as it is loaded, the reciprocal RMS from the
-        # sums-of-squares partials sq (M, NSQ) that the kernel which wrote x left
+        # sums-of-squares partials sq (M, NSQ) that the kernel which wrote x left. NS = 1: two weight tiles in
+        # registers, the first loaded before the PDL wait; NS > 1: the loop pipelined by Triton, NS - 1 tiles of
+        # weights and activations in flight in shared memory, all loaded after the wait (same products, same order)
         n0 = tl.program_id(0) * BLOCK_N
         if PREFETCH:  # this program's weight rows, contiguous, into L2 while the kernel before runs
             prefetch_l2(w_ptr + n0.to(tl.int64) * K, tl.minimum(BLOCK_N, N - n0) * K,
@@ -47,27 +49,35 @@ if HAVE_TRITON:
         mm = m < M
         kk = tl.arange(0, BLOCK_K)
         w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + kk[None, :]
-        # the first weight tile before the wait: weights are not written by the kernel before
-        w = tl.load(w_ptrs, mask=mn[:, None] & (kk[None, :] < K), other=0.0)
-        pdl_enter(PDL)
-        if NORM_X:
-            rstd = rstd_of_sq_partials(sq_ptr, m, mm, NSQ, K, eps, BLOCK_SQ)[:, None]
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + kk
-            xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=mm[:, None] & (k[None, :] < K), other=0.0)
+        if NS > 1:  # (NORM_X is the unstaged form's only)
+            pdl_enter(PDL)
+            for k0 in tl.range(0, K, BLOCK_K, num_stages=NS):
+                k = k0 + kk
+                xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=mm[:, None] & (k[None, :] < K), other=0.0)
+                w = tl.load(w_ptrs + k0, mask=mn[:, None] & (k[None, :] < K), other=0.0)
+                acc = dot_acc(xk, tl.trans(w), acc, IEEE)
+        else:
+            # the first weight tile before the wait: weights are not written by the kernel before
+            w = tl.load(w_ptrs, mask=mn[:, None] & (kk[None, :] < K), other=0.0)
+            pdl_enter(PDL)
             if NORM_X:
-                nwk = tl.load(nw_ptr + k, mask=k < K, other=0.0).to(tl.float32)[None, :]
-                xk = rms_scaled(xk.to(tl.float32), rstd, nwk, x_ptr.dtype.element_ty)
-            w_next = tl.load(w_ptrs + (k0 + BLOCK_K), mask=mn[:, None] & (k[None, :] + BLOCK_K < K), other=0.0)
-            acc = dot_acc(xk, tl.trans(w), acc, IEEE)
-            w = w_next
+                rstd = rstd_of_sq_partials(sq_ptr, m, mm, NSQ, K, eps, BLOCK_SQ)[:, None]
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + kk
+                xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=mm[:, None] & (k[None, :] < K), other=0.0)
+                if NORM_X:
+                    nwk = tl.load(nw_ptr + k, mask=k < K, other=0.0).to(tl.float32)[None, :]
+                    xk = rms_scaled(xk.to(tl.float32), rstd, nwk, x_ptr.dtype.element_ty)
+                w_next = tl.load(w_ptrs + (k0 + BLOCK_K), mask=mn[:, None] & (k[None, :] + BLOCK_K < K), other=0.0)
+                acc = dot_acc(xk, tl.trans(w), acc, IEEE)
+                w = w_next
         return acc, m, n, mm, mn
 
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     IEEE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False):
-        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL, PREFETCH)
+                     IEEE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False, NS: tl.constexpr = 1):
+        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL, PREFETCH, NS=NS)
         tl.store(out_ptr + m[:, None] * N + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mm[:, None] & mn[None, :])
 
     @triton.jit
@@ -120,6 +130,13 @@ if HAVE_TRITON:
                                    (64, 128, 4), (64, 256, 8))],
         key=["M", "N", "K"],
     )(_gemv_kernel)
+    # the staged form (FusedLM(decode_gemv="triton_staged")): deeper loads in flight, none before the PDL wait
+    _gemv_staged_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "NS": ns}, num_warps=w)
+                 for bn, bk, w, ns in ((16, 128, 4, 3), (16, 128, 4, 5), (16, 256, 4, 3), (16, 256, 4, 4), (16, 512, 4, 2),
+                                       (16, 512, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3), (32, 256, 8, 3), (64, 128, 4, 3))],
+        key=["M", "N", "K"],
+    )(_gemv_kernel)
     _gemv_add_norm_tuned = triton.autotune(configs=_gemv_tuned.configs, key=["M", "N", "K"])(_gemv_add_norm_kernel)
     _gemv_on_load_tuned = triton.autotune(configs=_gemv_tuned.configs, key=["M", "N", "K", "NORM_X", "ADD_RES"])(
         _gemv_on_load_kernel)
@@ -127,14 +144,19 @@ if HAVE_TRITON:
 
 # ============================================================================ op
 def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool = False,
-         block_n: int | None = None, block_k: int | None = None, prefetch: bool = False) -> torch.Tensor:
+         block_n: int | None = None, block_k: int | None = None, prefetch: bool = False,
+         staged: bool = False) -> torch.Tensor:
     """``x @ w.T`` for x (M, K), M ≤ :data:`BLOCK_M` rows, and w (N, K) → (M, N) in x's dtype
     (float32 accumulation, as cuBLAS). ``block_n`` / ``block_k``: explicit tiles (default:
     autotuned on CUDA, 16 × 32 in the interpreter); ``pdl``: launched for programmatic dependent
     launch (:func:`~.common.pdl_options`); ``prefetch``: each program first asks for its weight rows
-    in L2 (:func:`~.common.prefetch_l2`; CUDA only), which with ``pdl`` happens before it waits."""
+    in L2 (:func:`~.common.prefetch_l2`; CUDA only), which with ``pdl`` happens before it waits; ``staged``: the
+    loop pipelined over several tiles in shared memory (autotuned over staged tiles on CUDA; 2 stages with
+    explicit tiles and in the interpreter), none loaded before the wait. Same products, summed in the same order."""
     if backend == "torch":
         return x @ w.T
+    if staged and prefetch:
+        raise ValueError("gemv: staged and prefetch are two forms of early weight loads; take one")
     _check_prefetch("gemv", prefetch)
     n_rows, k = x.shape
     check_decode_rows("gemv", n_rows, BLOCK_M)
@@ -146,10 +168,12 @@ def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool
     ieee = x.dtype == torch.float32
     opts = dict(PREFETCH=prefetch, **pdl_options(pdl))
     if block_n is None and block_k is None and not triton_interpreting():
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, BLOCK_M=BLOCK_M, IEEE=ieee, **opts)
+        tuned = _gemv_staged_tuned if staged else _gemv_tuned
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, BLOCK_M=BLOCK_M, IEEE=ieee, **opts)
     else:
         bn, bk = int(block_n or 16), int(block_k or min(32, _p2(k)))
-        _gemv_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=max(16, bk), IEEE=ieee, **opts)
+        _gemv_kernel[(triton.cdiv(n, bn),)](*args, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=max(16, bk), IEEE=ieee,
+                                            NS=2 if staged else 1, **opts)
     return out
 
 
