@@ -39,30 +39,46 @@ def tile_name(t: dk.AttnTile) -> str:
     return f"c{t.chunk}_n{t.block_n}_w{t.num_warps}_s{t.num_stages}"
 
 
+#: bytes of caches a timing cycles through, so that each call reads its cache from memory and not from the L2 (as
+#: in a decode step, where the experts' weights stream between two blocks' attention)
+CYCLE_BYTES = 256 * 2**20
+
+
 @torch.no_grad()
 def sweep(n_heads: int, n_kv: int, head_dim: int, context: int, rows: tuple[int, ...], dev: torch.device,
           time_us: Callable[[Callable[[], Any]], float], dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
     """µs of one decode attention (split + merge) over ``context`` positions for each tile of :func:`tile_grid` and
     each batch size of ``rows``, with the cache bytes' rate; per batch size the default tile's time
-    (:func:`~model_runtime.molmoe.kernels.attn_tile`) and the fastest tile."""
+    (:func:`~model_runtime.molmoe.kernels.attn_tile`) and the fastest tile.
+
+    ``time_us(fn)`` times ``fn``, which runs the attention once over each of ``copies`` caches (together at least
+    :data:`CYCLE_BYTES`); a call's time is that over ``copies``. On a GPU, :func:`cuda_graph_us`: the calls are
+    replayed from a CUDA graph, since launched one by one from Python they measure the host, not the kernels."""
     length = context + 64
     out: dict[str, Any] = {"context": context, "tiles": [tile_name(t) for t in tile_grid()]}
     for b in rows:
         g = torch.Generator(device="cpu").manual_seed(b)
-        kc = torch.randn(b, n_kv, length, head_dim, generator=g).to(dev, dtype)
-        vc = torch.randn(b, n_kv, length, head_dim, generator=g).to(dev, dtype)
+        one = b * n_kv * length * head_dim * torch.finfo(dtype).bits // 8 * 2
+        copies = max(1, min(64, -(-CYCLE_BYTES // one)))
+        kv = [(torch.randn(b, n_kv, length, head_dim, generator=g).to(dev, dtype),
+               torch.randn(b, n_kv, length, head_dim, generator=g).to(dev, dtype)) for _ in range(copies)]
         q = torch.randn(b, n_heads, head_dim, generator=g).to(dev, dtype)
         valid = torch.ones(b, length, dtype=torch.long, device=dev)
         slot = torch.tensor([context], device=dev)
         scale = head_dim ** -0.5
-        nbytes = 2 * kc[:, :, : context + 1].numel() * kc.element_size()
+        nbytes = 2 * kv[0][0][:, :, : context + 1].numel() * kv[0][0].element_size()
         row: dict[str, Any] = {}
         for t in [dk.attn_tile(b), *tile_grid()]:
             name = tile_name(t)
             if name in row:
                 continue
+
+            def calls(t: dk.AttnTile = t) -> None:
+                for kc, vc in kv:
+                    dk.decode_attention(q, kc, vc, valid, slot, scale, "triton", tile=t)
+
             try:
-                us = time_us(lambda: dk.decode_attention(q, kc, vc, valid, slot, scale, "triton", tile=t))
+                us = time_us(calls) / copies
             except Exception as exc:  # e.g. out of shared memory or registers: the tile cannot run here
                 row[name] = {"error": repr(exc)[:160]}
                 continue
@@ -71,8 +87,33 @@ def sweep(n_heads: int, n_kv: int, head_dim: int, context: int, rows: tuple[int,
         timed = {k: v["us"] for k, v in row.items() if "us" in v}
         best = min(timed, key=timed.get)
         out[f"rows{b}"] = {"default": default, "default_us": timed.get(default), "best": best,
-                           "best_us": timed[best], "cache_MB": nbytes / 1e6, "tiles": row}
+                           "best_us": timed[best], "cache_MB": nbytes / 1e6, "copies": copies, "tiles": row}
     return out
+
+
+def cuda_graph_us(fn: Callable[[], Any], replays: int = 10) -> float:
+    """µs of one ``fn()`` replayed from a CUDA graph (after two eager runs on a side stream, which also compile and
+    tune what ``fn`` launches): the median of ``replays`` replays, each timed by CUDA events."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    del graph
+    return sorted(times)[len(times) // 2]
 
 
 def parse_tile(name: str) -> dk.AttnTile:

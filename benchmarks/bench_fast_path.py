@@ -674,12 +674,9 @@ def main() -> None:
     def attention() -> dict[str, Any]:
         if dev.type != "cuda":
             return {"skipped": "the Triton kernels need a CUDA GPU"}
-        from triton.testing import do_bench
-
         c = lm.config
         out = attention_tiles.sweep(c.num_attention_heads, c.num_key_value_heads, c.hidden_size // c.num_attention_heads,
-                                    context, (1, 2, 4, 8, 16), dev,
-                                    lambda fn: do_bench(fn, warmup=5, rep=20, return_mode="median") * 1e3, dtype)
+                                    context, (1, 2, 4, 8, 16), dev, attention_tiles.cuda_graph_us, dtype)
         for key, row in out.items():
             if key.startswith("rows"):
                 print(f"  attention, {key}: default {row['default']} {row['default_us']:.1f} us, best {row['best']} "

@@ -29,6 +29,7 @@ def test_the_sweep_times_the_default_first_and_names_the_fastest(monkeypatch: py
         calls.append(fn)
         return float(next(times))
 
+    monkeypatch.setattr(at, "CYCLE_BYTES", 3 * 2 * 4 * 104 * 16 * 4)  # three caches of one row
     res = at.sweep(4, 4, 16, 40, (1, 8), torch.device("cpu"), clock, torch.float32)
     last = at.tile_name(at.tile_grid()[-1])
     for b in (1, 8):
@@ -36,6 +37,9 @@ def test_the_sweep_times_the_default_first_and_names_the_fastest(monkeypatch: py
         assert row["default"] == "c64_n64_w4_s3" and row["best"] == last
         assert row["tiles"][row["default"]]["us"] > row["best_us"] == row["tiles"][last]["us"]
         assert row["cache_MB"] == 2 * b * 4 * 41 * 16 * 4 / 1e6  # keys and values of the 41 positions up to the slot
+        # the timing cycles through enough caches to fill CYCLE_BYTES, and a call's time is the cycle's over them
+        assert row["copies"] == (3 if b == 1 else 1)
+        assert row["best_us"] == min(v["us"] for v in row["tiles"].values())
     assert len(calls) == 2 * 40  # the default tile is in the grid: timed once a batch size
 
 
