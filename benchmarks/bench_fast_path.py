@@ -107,7 +107,7 @@ SECTIONS: tuple[str, ...] = ("ceilings", "attention", "decode", "kernels", "hf",
 #: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
 #: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
 DECODE_VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},  # FusedLM's defaults: pdl_triton_gemv_router_in_experts where PDL can run (Hopper), else cublas
+    "default": {},  # FusedLM's defaults: pdl_staged_gemv_router_in_experts where PDL can run (Hopper), else cublas
     "cublas": {"pdl": False, "decode_gemv": "cublas", "decode_router": "split"},
     "triton_gemv": {"pdl": False, "decode_gemv": "triton", "decode_router": "split"},
     "pdl": {"pdl": True, "decode_gemv": "cublas", "decode_router": "split"},
@@ -116,12 +116,12 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "fused_router": {"pdl": False, "decode_gemv": "cublas", "decode_router": "fused"},
     "pdl_triton_gemv_fused_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "fused"},
     "pdl_triton_gemv_splitk_router": {"pdl": True, "decode_gemv": "triton", "decode_router": "splitk"},
-    # the router's top-k in the experts' gate/up kernel (no synchronisation; 10 kernels a block), and with the
-    # QK-norm in the attention's kernel too (9)
+    # the router's top-k in the experts' gate/up kernel (no synchronisation; 10 kernels a block; the default form
+    # before the staged GEMV), and with the QK-norm in the attention's kernel too (9)
     "pdl_triton_gemv_router_in_experts": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts"},
     # the same with cuBLAS's projections (a batch's rows: a GEMM rather than a GEMV)
     "pdl_router_in_experts": {"pdl": True, "decode_gemv": "cublas", "decode_router": "in_experts"},
-    # the default with the Triton GEMV's loop pipelined over several tiles (no tile loaded before the wait)
+    # the default: the Triton GEMV's loop pipelined over several tiles (no tile loaded before the wait)
     "pdl_staged_gemv_router_in_experts": {"pdl": True, "decode_gemv": "triton_staged", "decode_router": "in_experts"},
     "pdl_no_sync_fusions": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
                             "decode_qk_norm": "in_attention"},

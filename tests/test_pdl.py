@@ -17,7 +17,7 @@ import torch
 
 from envs.knob_space import KnobSpace
 from model_runtime.molmoe import kernels as dk
-from model_runtime.molmoe.fused_lm import FusedLM
+from model_runtime.molmoe.fused_lm import FusedLM, default_decode_gemv
 from model_runtime.molmoe.generation import greedy_generate
 from model_runtime.molmoe.kernels.common import pdl_options, triton_has_pdl
 from model_runtime.molmoe.language_model import MolmoeLanguageModel
@@ -195,6 +195,10 @@ def test_the_switch_is_refused_where_it_cannot_run() -> None:
     assert (fused.pdl, fused.decode_gemv, fused.decode_router) == (False, "cublas", "split")
     assert FusedLM(lm, backend="torch", decode_gemv="triton").decode_gemv == "triton"
     assert FusedLM(lm, backend="torch", decode_gemv="triton_staged").decode_gemv == "triton_staged"
+    # with PDL the staged GEMV, but the unstaged one where the projections' weights are prefetched before the wait
+    assert [default_decode_gemv(pdl, pre) for pdl, pre in ((False, "none"), (True, "none"), (True, "kv"),
+                                                           (True, "weights"), (True, "weights_early"))] == [
+        "cublas", "triton_staged", "triton_staged", "triton", "triton"]
     # the projections' L2 prefetch before their wait needs both
     with pytest.raises(ValueError, match="needs pdl=True and decode_gemv='triton'"):
         FusedLM(lm, decode_gemv="triton", decode_prefetch="weights")
@@ -212,7 +216,7 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
     # on this GPU the default decode step is PDL with the Triton GEMVs and the router's top-k in the experts' kernel
     # (with the sorted experts, the split router)
     default = FusedLM(lm)
-    assert dk.pdl_available("cuda") and (default.pdl, default.decode_gemv, default.decode_router) == (True, "triton", "in_experts")
+    assert dk.pdl_available("cuda") and (default.pdl, default.decode_gemv, default.decode_router) == (True, "triton_staged", "in_experts")
     assert FusedLM(lm, decode_experts="sorted").decode_router == "split"
     ids, mask = left_padded_ids((9, 5), 6, CFG.tokens.pad)
     emb = lm.embed(ids.cuda())
@@ -255,7 +259,7 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         # the projections' weights prefetched into L2 before their wait, and a kernel sooner, or the attention's past
         # keys and values loaded before its wait: a hint, a launch order, a load order; the default's numbers exactly
         for prefetch in ("weights", "weights_early", "kv"):
-            lm.use_fast_path(decode_prefetch=prefetch)
+            lm.use_fast_path(decode_prefetch=prefetch, decode_gemv="triton")  # (the unstaged GEMV's numbers)
             try:
                 ahead = greedy_generate(lm, emb, mask.cuda(), **kw, decoder=GraphDecoder(lm, len_bucket=8))
             finally:

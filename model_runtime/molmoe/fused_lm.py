@@ -44,7 +44,8 @@ ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather", "sorted_gemm", "sorted_
 #: many rows route to it, which only a batch can gain from)
 DECODE_EXPERT_FORMS: tuple[str, ...] = ("pairs", "sorted")
 #: The decode step's dense projections: torch's matmul (cuBLAS on a GPU; the default where programmatic dependent
-#: launch does not run) or the Triton GEMV kernel, which takes part in it (``pdl``; the default where it runs)
+#: launch does not run) or the Triton GEMV kernel, which takes part in it (``pdl``), its first weight tile loaded
+#: before the wait (``triton``) or its loop pipelined over several tiles (``triton_staged``; the default with ``pdl``)
 DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton", "triton_staged")
 #: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (``split``), both
 #: in one kernel (``fused``: :func:`~model_runtime.molmoe.kernels.router.router_gemm_topk`, one program per tile
@@ -221,9 +222,10 @@ class FusedLM:
             :data:`DECODE_GEMV_FORMS`: ``"cublas"`` (torch's matmul) or ``"triton"``
             (:func:`~model_runtime.molmoe.kernels.projections.gemv`, which joins the ``pdl`` chain; batches of
             more than 16 rows keep the matmul), or ``"triton_staged"`` (the same GEMV with its loop pipelined
-            over several tiles, ``gemv(staged=True)``; the output projection's other fused forms stay unstaged). Default (None): ``"triton"`` with ``pdl``, else ``"cublas"``:
-            the two pay only together (3-5 % a decode token on an H100 and an H200, benchmarks/RESULTS.md,
-            "The decode variants on one H100"), and apart each is slower than the plain launch of cuBLAS's GEMVs.
+            over several tiles, ``gemv(staged=True)``; the output projection's other fused forms stay unstaged).
+            Default (None): :func:`default_decode_gemv`, a Triton GEMV with ``pdl``, else ``"cublas"``: the two pay
+            only together (3-5 % a decode token on an H100 and an H200, benchmarks/RESULTS.md, "The decode variants
+            on one H100"), and apart each is slower than the plain launch of cuBLAS's GEMVs.
         decode_router: the decode step's router, see :data:`DECODE_ROUTER_FORMS`: ``"split"`` (the
             projection, then the top-k kernel), ``"fused"`` (both in one kernel), ``"splitk"`` (both in one
             kernel, the projection spread over programs, the top-k in the last) or ``"in_experts"`` (the
@@ -264,7 +266,7 @@ class FusedLM:
             dk.check_pdl(device)
         self.pdl = bool(pdl)
         if decode_gemv is None:
-            decode_gemv = "triton" if self.pdl else "cublas"
+            decode_gemv = default_decode_gemv(self.pdl, decode_prefetch)
         if decode_gemv not in DECODE_GEMV_FORMS:
             raise ValueError(f"unknown decode GEMV form {decode_gemv!r}; choose from {DECODE_GEMV_FORMS}")
         self.decode_gemv = decode_gemv
@@ -472,6 +474,16 @@ class FusedLM:
                                                norm_eps, be, pdl=pdl, release_first=early)
         cache.slot.add_(1)
         return lm.lm_head(h)
+
+
+def default_decode_gemv(pdl: bool, decode_prefetch: str = "none") -> str:
+    """The decode step's projections when ``FusedLM`` is given none: with PDL the staged Triton GEMV (1.3-3.1 % a
+    decode token faster than the unstaged one at the four corners on an H100, same tokens; benchmarks/RESULTS.md,
+    "The Triton GEMV's loop pipelined"), or the unstaged one where the projections' weights are prefetched before
+    the wait (``decode_prefetch`` "weights"/"weights_early" prefetch its tiles); without PDL cuBLAS's GEMVs."""
+    if not pdl:
+        return "cublas"
+    return "triton" if decode_prefetch in ("weights", "weights_early") else "triton_staged"
 
 
 def _causal_only(state: "LMState") -> bool:
