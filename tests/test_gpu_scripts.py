@@ -179,3 +179,45 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
     # a machine with every stage done and too little time for the build says so and leaves the cache to the next call
     (work / "default_cache.h5").unlink()
     assert "too little for the build" in call(300) and not (work / "default_cache.h5").exists()
+
+
+def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    work, log = tmp_path / "work", tmp_path / "calls.log"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+           "FAKE_STOP": str(tmp_path / "stop")}
+    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+    ckpt = tmp_path / "v5"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_text("weights")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True, env=env)
+
+    for args, problem in ((("--seed", "run99", str(ckpt)), "unknown stage run99"),
+                          (("--seed", "run12", str(tmp_path)), "is not a checkpoint (no config.json)")):
+        refused = run(*args)
+        assert refused.returncode == 2 and problem in refused.stderr
+    seeded = run("--seed", "run12", str(ckpt))
+    assert seeded.returncode == 0 and "the next call trains the stage after it" in seeded.stdout
+    assert (work / "chain/run12/plain/model.safetensors").read_text() == "weights"
+    again = run("--seed", "run11b", str(ckpt))  # a chain with stages is never overwritten
+    assert again.returncode == 2 and "already holds stages" in again.stderr and not (work / "chain/run11b/plain").exists()
+    status = run("--status").stdout
+    assert status.count("seeded (not trained here)") == 5 and "run13a: to do" in status
+    travel = run("--travel").stdout.split()
+    assert f"{work}/chain/run11b/SEEDED" in travel and travel[-1] == f"{work}/chain/run12"
+    trains = []
+    for stage in ("run13a", "run13b", "run14"):
+        out = run()
+        assert out.returncode == 0 and f"stage {stage} " in out.stdout
+        trains.append([c for c in log.read_text().splitlines() if "train_model" in c][-1])
+    assert len([c for c in log.read_text().splitlines() if "train_model" in c]) == 3  # nothing before run13a trained
+    assert f"--init-from {work}/chain/run12/plain" in trains[0] and "--stop-at-step 2539" in trains[0]
+    assert run().returncode == 0 and (work / "default_cache.h5").exists()  # the build
+    out = run()
+    assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]
+    assert f"a partial reproduction: weights of run12 from {ckpt}" in out.stdout

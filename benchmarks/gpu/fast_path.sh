@@ -4,7 +4,8 @@
 # PART 1: the kernel tests on the GPU, then the prefill: its lengths against their floors, the expert
 #         forms, its kernel time by kind and the expert-GEMM tile sweep (OUT/fast_path_1.{json,log});
 # PART 2: decode over the 25 (top-k, blocks) points and batching (OUT/fast_path_2.{json,log});
-# PART 3: the remaining sections: the decode kernels' sweep (and the router's two forms), transformers, vision,
+# PART 3: the remaining sections: the decode attention's tiles by batch rows, the decode kernels' sweep (and the
+#         router's two forms), transformers, vision,
 #         correctness (the fused blocks' tests build their model on the CPU: they are not GPU tests);
 # PART 4: the persistent decode step: its option sweep, the 25 points, the barriers and its correctness checks
 #         (decode and persistent together took more than 10 minutes on an H100);
@@ -12,8 +13,8 @@
 #         and batching, each with the variants (bench_fast_path's DECODE_VARIANTS: the Triton GEMV, programmatic
 #         dependent launch, the one-kernel and split-K routers, the last-arrival epilogues, and their combinations),
 #         then one replayed step's kernel timeline (span, busy, idle per block) for the default and the plain launch.
-# VARIANT=NAME (default: default, FusedLM's own defaults: PDL + Triton GEMV + the router's top-k in the experts' kernel
-# on Hopper) runs the sections with that
+# VARIANT=NAME (default: default, FusedLM's own defaults: PDL + the staged Triton GEMV + the router's top-k in the
+# experts' kernel on Hopper) runs the sections with that
 # decode form as if it were the default
 # (bench_fast_path --decode-variant NAME, a name of DECODE_VARIANTS), its correctness checks included; VARIANT=best takes
 # the variant that OUT/fast_path_5.json (an earlier part 5) found faster than the default at all four corners, if any.
@@ -37,7 +38,7 @@ case "$PART" in
        | tail -5 | tee "$OUT/fast_path_tests.log"
      SECTIONS=ceilings,prefill,prefill_kernels,experts ;;
   2) SECTIONS=ceilings,decode,batching ;;
-  3) SECTIONS=ceilings,kernels,hf,vision,correctness ;;
+  3) SECTIONS=ceilings,attention,kernels,hf,vision,correctness ;;
   4) SECTIONS=ceilings,persistent ;;
   5) { $PY -m pytest -q -x tests/test_pdl.py || true; } 2>&1 | tail -5 | tee "$OUT/fast_path_pdl_tests.log"
      SECTIONS=ceilings,decode,batching,timeline; EXTRA="--decode-grid corners" ;;

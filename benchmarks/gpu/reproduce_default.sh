@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu/reproduce_default.sh WORK          # the next piece of work, then stop
 #   bash benchmarks/gpu/reproduce_default.sh WORK --status # what is done, what comes next
 #   bash benchmarks/gpu/reproduce_default.sh WORK --travel # the paths under WORK a fresh machine needs to go on
+#   bash benchmarks/gpu/reproduce_default.sh WORK --seed STAGE DIR  # start the chain after STAGE, from DIR's weights
 # The committed checkpoint (molmoe-small-suite-v7) is the end of a chain of training runs, each starting from the one
 # before (benchmarks/RESULTS.md, ninth to fourteenth H200 runs; the settings below are those runs' own, the later ones
 # as their train_config.json files recorded them). Three stages were cut by a time limit where the next stage took over
@@ -26,9 +27,15 @@
 # (train_small_model.sh CHANNELS_LAST; the same function, other kernels), for when bench_small_model finds it faster.
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it.
+# --seed STAGE DIR (a fresh WORK only): DIR, the checkpoint STAGE ended with, becomes WORK/chain/STAGE/plain, and STAGE
+# and every stage before it are marked done and SEEDED (not trained here), so the calls after it train only the later
+# stages, then build and compare: a partial reproduction that fits one session's device time. The twelfth run's
+# weights are in git as the default of that time (molmoe-small-suite-v5):
+#   mkdir -p runs/v5 && git archive ca07612 cache/default/molmoe_small_suite_model | tar x -C runs/v5
+#   bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run12 runs/v5/cache/default/molmoe_small_suite_model
 # Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building.
 set -euo pipefail
-W=${1:?usage: reproduce_default.sh WORK [--status | --travel]}
+W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --seed STAGE DIR]}
 PY=${PYTHON:-python3}
 STOP_AFTER=${STOP_AFTER:-470}
 CALL_SECONDS=${CALL_SECONDS:-0}
@@ -71,11 +78,32 @@ last_call() {
     "$W/ckpt/train_summary.json"
 }
 
+if [ "${2:-}" = --seed ]; then
+  SEED=${3:?usage: reproduce_default.sh WORK --seed STAGE DIR}
+  DIR=${4:?usage: reproduce_default.sh WORK --seed STAGE DIR}
+  stage "$SEED"  # (an unknown stage is refused)
+  if [ ! -f "$DIR/config.json" ]; then
+    echo "reproduce_default.sh: --seed: $DIR is not a checkpoint (no config.json)" >&2; exit 2
+  fi
+  if [ -n "$(ls "$W"/chain/*/DONE 2>/dev/null)" ] || [ -f "$W/current_stage" ]; then
+    echo "reproduce_default.sh: --seed: $W already holds stages; seed a fresh WORK (nothing was changed)" >&2; exit 2
+  fi
+  for s in "${STAGES[@]}"; do
+    mkdir -p "$W/chain/$s"
+    if [ "$s" = "$SEED" ]; then cp -r "$DIR" "$W/chain/$s/plain"; fi
+    echo "weights of $SEED from $DIR" > "$W/chain/$s/SEEDED"
+    touch "$W/chain/$s/DONE"
+    [ "$s" = "$SEED" ] && break
+  done
+  echo "[reproduce_default] seeded: the stages up to $SEED are marked done, $SEED's weights are $DIR's; the next call trains the stage after it"
+  exit 0
+fi
 mkdir -p "$W/chain"
 if [ "${2:-}" = --status ]; then
   for s in "${STAGES[@]}"; do
     stage "$s"
     state="to do"; [ -f "$W/chain/$s/DONE" ] && state=done
+    [ -f "$W/chain/$s/SEEDED" ] && state="seeded (not trained here)"
     [ "$(cat "$W/current_stage" 2>/dev/null)" = "$s" ] && [ "$state" != done ] && state="in progress"
     cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
     echo "$s: $state (from ${FROM:-nothing}, $STEPS steps$cut, lr $LR)"
@@ -90,7 +118,9 @@ if [ "${2:-}" = --travel ]; then
   for s in "${STAGES[@]}"; do [ -f "$W/chain/$s/DONE" ] && last=$s; done
   for s in "${STAGES[@]}"; do
     [ -f "$W/chain/$s/DONE" ] || continue
-    if [ "$s" = "$last" ]; then echo "$W/chain/$s"; else echo "$W/chain/$s/DONE"; fi
+    if [ "$s" = "$last" ]; then echo "$W/chain/$s"; continue; fi
+    echo "$W/chain/$s/DONE"
+    [ -f "$W/chain/$s/SEEDED" ] && echo "$W/chain/$s/SEEDED"
   done
   [ -f "$W/default_cache.h5" ] && echo "$W/default_cache.h5"
   exit 0
@@ -172,6 +202,8 @@ while :; do
   if [ "$DONE_ALL" = 1 ]; then
     $PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against cache/default/molmoe_small_suite.h5 \
         --points 2 --json "$W/reproduction.json"
+    seeded=$(cat "$W"/chain/*/SEEDED 2>/dev/null | sort -u || true)
+    [ -z "$seeded" ] || echo "[reproduce_default] a partial reproduction: $seeded (the stages up to it were not trained here)"
     break
   fi
   [ "$CALL_SECONDS" -gt 0 ] || break  # one piece per call
