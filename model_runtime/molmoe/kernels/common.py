@@ -57,7 +57,8 @@ class AttnTile:
 
 #: The decode attention's tiles by batch rows: a batch of B rows takes the entry with the largest key
 #: at most B; below every key (and with the table empty) ``TUNING["attn_chunk"]`` positions a split in one
-#: step. A batch has B times the (row, head) pairs of one row, so it needs fewer splits to fill the GPU.
+#: step. Empty: on an H100 no tile has yet made a decode step or a batch faster end to end (benchmarks/RESULTS.md,
+#: "The Triton GEMV's loop pipelined ...; the decode attention's tiles by batch rows").
 ATTN_TILES: dict[int, AttnTile] = {}
 
 
