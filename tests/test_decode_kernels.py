@@ -103,6 +103,16 @@ def test_decode_attention_tiles(tile: dk.AttnTile, monkeypatch: pytest.MonkeyPat
     _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton"), ref)  # three rows: the table's tile
 
 
+@triton_ok
+def test_block_configs_name_each_value_and_give_the_warps_to_the_launch() -> None:
+    from model_runtime.molmoe.kernels.common import block_configs
+
+    (c,) = block_configs(("BLOCK_N", "num_warps", "NS"), ((16, 8, 3),))
+    assert c.kwargs == {"BLOCK_N": 16, "NS": 3} and c.num_warps == 8
+    with pytest.raises(ValueError):  # a row with a value too few
+        block_configs(("BLOCK_N", "num_warps", "NS"), ((16, 8),))
+
+
 def test_attn_tile_refuses_a_bad_tile() -> None:
     with pytest.raises(ValueError, match="block_n .* exceeds its chunk"):
         dk.AttnTile(16, 32)

@@ -73,6 +73,17 @@ def attn_tile(rows: int, chunk: int | None = None) -> AttnTile:
     return AttnTile(int(chunk), min(int(chunk), 64))
 
 
+def block_configs(names: tuple[str, ...], rows: tuple[tuple[int, ...], ...]) -> list:
+    """Autotune configurations (``triton.Config``) from rows of values named by ``names``: each a kernel's block
+    constant, or ``num_warps``, which goes to the launch."""
+    configs = []
+    for row in rows:
+        meta = dict(zip(names, row, strict=True))
+        warps = meta.pop("num_warps")
+        configs.append(triton.Config(meta, num_warps=warps))
+    return configs
+
+
 def triton_interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import HAVE_TRITON, TUNING, Backend, _p2, check_counters, pdl_options, triton_interpreting
+from .common import (HAVE_TRITON, TUNING, Backend, _p2, block_configs, check_counters, pdl_options,
+                     triton_interpreting)
 
 if HAVE_TRITON:
     import triton
@@ -182,27 +183,27 @@ if HAVE_TRITON:
     # kernels, unstaged. NS: weight tiles in flight per program (staged configurations added after
     # the H100 tuning; the autotuner keeps whichever measures fastest on the device).
     _gate_up_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_I": bi, "BLOCK_D": bd, "NS": ns}, num_warps=w)
-                 for bi, bd, w, ns in ((8, 256, 4, 1), (8, 512, 4, 1), (16, 256, 4, 1), (16, 512, 8, 1), (32, 256, 4, 1),
-                                       (32, 512, 8, 1), (64, 128, 4, 1), (64, 256, 8, 1), (8, 512, 4, 2), (16, 256, 4, 2),
-                                       (16, 256, 4, 3), (32, 256, 4, 2))],
+        configs=block_configs(("BLOCK_I", "BLOCK_D", "num_warps", "NS"),
+                              ((8, 256, 4, 1), (8, 512, 4, 1), (16, 256, 4, 1), (16, 512, 8, 1), (32, 256, 4, 1),
+                               (32, 512, 8, 1), (64, 128, 4, 1), (64, 256, 8, 1), (8, 512, 4, 2), (16, 256, 4, 2),
+                               (16, 256, 4, 3), (32, 256, 4, 2))),
         key=["P", "D", "I"],
     )(_moe_gate_up_kernel)
     _gate_up_routed_tuned = triton.autotune(configs=_gate_up_tuned.configs, key=["P", "D", "I"])(_moe_gate_up_routed_kernel)
     _down_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_I": bi, "NS": ns}, num_warps=w)
-                 for bd, bi, w, ns in ((4, 512, 4, 1), (4, 1024, 4, 1), (8, 512, 4, 1), (8, 1024, 8, 1), (16, 256, 4, 1),
-                                       (16, 512, 8, 1), (32, 256, 4, 1), (32, 256, 8, 1), (8, 256, 4, 2), (16, 256, 4, 2),
-                                       (16, 256, 4, 3), (8, 512, 4, 2))],
+        configs=block_configs(("BLOCK_D", "BLOCK_I", "num_warps", "NS"),
+                              ((4, 512, 4, 1), (4, 1024, 4, 1), (8, 512, 4, 1), (8, 1024, 8, 1), (16, 256, 4, 1),
+                               (16, 512, 8, 1), (32, 256, 4, 1), (32, 256, 8, 1), (8, 256, 4, 2), (16, 256, 4, 2),
+                               (16, 256, 4, 3), (8, 512, 4, 2))),
         key=["P", "D", "I"],
     )(_moe_down_kernel)
     _down_combine_tuned = triton.autotune(configs=_down_tuned.configs, key=["P", "D", "I"])(_moe_down_combine_kernel)
     # (one program per (row, output tile) loops over the row's k experts: fewer, longer programs than the pair
     # kernels', so deeper staging is tried; tiles are multiples of SQ_COLS, the partials' width)
     _down_sum_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_I": bi, "NS": ns}, num_warps=w)
-                 for bd, bi, w, ns in ((8, 256, 4, 1), (8, 256, 4, 2), (8, 256, 4, 3), (8, 512, 4, 2), (8, 1024, 4, 1),
-                                       (8, 512, 8, 2), (16, 256, 4, 2), (16, 256, 8, 3), (16, 512, 8, 2), (16, 1024, 8, 1))],
+        configs=block_configs(("BLOCK_D", "BLOCK_I", "num_warps", "NS"),
+                              ((8, 256, 4, 1), (8, 256, 4, 2), (8, 256, 4, 3), (8, 512, 4, 2), (8, 1024, 4, 1),
+                               (8, 512, 8, 2), (16, 256, 4, 2), (16, 256, 8, 3), (16, 512, 8, 2), (16, 1024, 8, 1))),
         key=["D", "I", "K"],
     )(_moe_down_sum_kernel)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import HAVE_TRITON, Backend, _p2, check_counters, check_decode_rows, pdl_options, triton_interpreting
+from .common import (HAVE_TRITON, Backend, _p2, block_configs, check_counters, check_decode_rows, pdl_options,
+                     triton_interpreting)
 from .norm_rope import SQ_COLS, check_sq_partials, rms_norm, sq_partials, sq_partials_shape
 
 if HAVE_TRITON:
@@ -125,16 +126,16 @@ if HAVE_TRITON:
     # use (warm-up, before any graph capture). Narrow programs keep a 2048-wide projection's weights spread
     # over every SM (6,144 Q/K/V features / 16 = 384 programs).
     _gemv_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
-                 for bn, bk, w in ((16, 128, 4), (16, 256, 4), (16, 512, 4), (32, 128, 4), (32, 256, 4), (32, 256, 8),
-                                   (64, 128, 4), (64, 256, 8))],
+        configs=block_configs(("BLOCK_N", "BLOCK_K", "num_warps"),
+                              ((16, 128, 4), (16, 256, 4), (16, 512, 4), (32, 128, 4), (32, 256, 4), (32, 256, 8),
+                               (64, 128, 4), (64, 256, 8))),
         key=["M", "N", "K"],
     )(_gemv_kernel)
     # the staged form (FusedLM(decode_gemv="triton_staged")): deeper loads in flight, none before the PDL wait
     _gemv_staged_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "NS": ns}, num_warps=w)
-                 for bn, bk, w, ns in ((16, 128, 4, 3), (16, 128, 4, 5), (16, 256, 4, 3), (16, 256, 4, 4), (16, 512, 4, 2),
-                                       (16, 512, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3), (32, 256, 8, 3), (64, 128, 4, 3))],
+        configs=block_configs(("BLOCK_N", "BLOCK_K", "num_warps", "NS"),
+                              ((16, 128, 4, 3), (16, 128, 4, 5), (16, 256, 4, 3), (16, 256, 4, 4), (16, 512, 4, 2),
+                               (16, 512, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3), (32, 256, 8, 3), (64, 128, 4, 3))),
         key=["M", "N", "K"],
     )(_gemv_kernel)
     _gemv_add_norm_tuned = triton.autotune(configs=_gemv_tuned.configs, key=["M", "N", "K"])(_gemv_add_norm_kernel)
