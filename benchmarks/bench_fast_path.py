@@ -102,8 +102,8 @@ from model_runtime.profiler import build_random_model, device_name
 
 KS = KnobSpace()
 #: every section, in the order a run takes them (``--sections`` picks any of them)
-SECTIONS: tuple[str, ...] = ("ceilings", "attention", "decode", "kernels", "hf", "prefill", "prefill_kernels", "experts", "batching",
-                             "vision", "correctness", "timeline", "persistent")
+SECTIONS: tuple[str, ...] = ("ceilings", "attention", "decode", "kernels", "hf", "prefill", "prefill_kernels", "experts",
+                             "batching", "vision", "correctness", "timeline", "persistent")
 #: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
 #: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
 DECODE_VARIANTS: dict[str, dict[str, Any]] = {
@@ -592,7 +592,7 @@ def main() -> None:
     ap.add_argument("--best-variant-of", default=None, metavar="JSON",
                     help="print the decode variant that an earlier run's JSON found fastest (best_decode_variant) and stop")
     args = ap.parse_args()
-    wanted = set(DECODE_VARIANTS) if args.variants == "all" else set() if args.variants == "none" else set(args.variants.split(","))
+    wanted = {"all": set(DECODE_VARIANTS), "none": set()}.get(args.variants, set(args.variants.split(",")))
     if wanted - set(DECODE_VARIANTS):
         raise SystemExit(f"bench_fast_path: unknown --variants {sorted(wanted - set(DECODE_VARIANTS))}; "
                          f"choose from {', '.join(DECODE_VARIANTS)}")

@@ -83,6 +83,9 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
          {"K": 8, "BLOCK_K": 8, "HAS_NORM": True, "BLOCK": 2048}),
         (G._gemv_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "M": i32, "N": i32, "K": i32},
          {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "IEEE": False}),
+        # decode_gemv="triton_staged": the same kernel with its loop pipelined (reported as _gemv_kernel#2)
+        (G._gemv_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "M": i32, "N": i32, "K": i32},
+         {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "IEEE": False, "NS": 3}),
         # decode_epilogues="on_load": the norm as the projection loads x and the residual add after it (both on here)
         (G._gemv_on_load_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "nw_ptr": BF, "sq_in_ptr": "*fp32", "res_ptr": BF,
                                   "sq_out_ptr": "*fp32", "M": i32, "N": i32, "K": i32, "NSQ_IN": i32, "NSQ_OUT": i32,
@@ -97,15 +100,18 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
     ]
 
 
-def compile_report(pdl: bool) -> dict[str, list]:
-    """Per decode kernel compiled for sm_90: [griddepcontrol.wait count, launch_dependents count,
-    launch_pdl of its metadata]. Needs Triton's compiler, not its interpreter (run in a process
-    without ``TRITON_INTERPRET``)."""
+def compile_report(pdl: bool, only: tuple[str, ...] | None = None) -> dict[str, list]:
+    """Per decode kernel compiled for sm_90 (``only``: those named): [griddepcontrol.wait count, launch_dependents
+    count, launch_pdl of its metadata], keyed by the kernel's name (``#2`` for its second form). Needs Triton's
+    compiler, not its interpreter (run in a process without ``TRITON_INTERPRET``)."""
     report = {}
     for kernel, types, consts in _kernels():
+        name = kernel.fn.__name__
+        if only is not None and name not in only:
+            continue
         ptx, launch_pdl = _compile_sm90(kernel, types, dict(consts, PDL=pdl), pdl)
-        report[kernel.fn.__name__] = [ptx.count("griddepcontrol.wait"), ptx.count("griddepcontrol.launch_dependents"),
-                                      launch_pdl]
+        report[name if name not in report else f"{name}#2"] = [
+            ptx.count("griddepcontrol.wait"), ptx.count("griddepcontrol.launch_dependents"), launch_pdl]
     return report
 
 
@@ -158,13 +164,16 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     once and lets the next launch once, and its launch asks for programmatic serialisation; with it
     off, none of that."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # (with PDL off the switch is a constant that compiles the wait and the release out: checked on one kernel of
+    # each module, which keeps the test's compile time down)
     code = ("import json, sys; from tests.test_pdl import compile_report, lookahead_report; "
-            "print(json.dumps([compile_report(True), compile_report(False), lookahead_report()]))")
+            "print(json.dumps([compile_report(True), compile_report(False, ('_rms_norm_kernel', '_attn_split_kernel', "
+            "'_router_partials_kernel', '_moe_gate_up_routed_kernel', '_gemv_kernel')), lookahead_report()]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     on, off, ahead = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(on) == 19 and all(v == [1, 1, True] for v in on.values()), on
-    assert all(v == [0, 0, False] for v in off.values()), off
+    assert len(on) == 20 and all(v == [1, 1, True] for v in on.values()), on  # the staged GEMV's too
+    assert len(off) == 6 and all(v == [0, 0, False] for v in off.values()), off
     # decode_prefetch: the projections' L2 prefetches come before their wait; the combine and the merge release
     # the next kernel before they wait; still one wait and one release each
     for name in ("_gemv_kernel", "_gemv_add_norm_kernel"):
