@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from model_runtime.molmoe import kernels as dk
+from model_runtime.molmoe.static_decode import cuda_graph_capture
 
 #: a tile must beat the row's default by this factor to earn a table entry (a sweep's timings of one
 #: tile spread by about this much)
@@ -92,27 +93,19 @@ def sweep(n_heads: int, n_kv: int, head_dim: int, context: int, rows: tuple[int,
 
 
 def cuda_graph_us(fn: Callable[[], Any], replays: int = 10) -> float:
-    """µs of one ``fn()`` replayed from a CUDA graph (after two eager runs on a side stream, which also compile and
-    tune what ``fn`` launches): the median of ``replays`` replays, each timed by CUDA events."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
+    """µs of one ``fn()`` replayed from a CUDA graph (captured by the decoder's own
+    :func:`~model_runtime.molmoe.static_decode.cuda_graph_capture`, whose eager warm-up runs also compile and tune
+    what ``fn`` launches): the median of ``replays`` replays, each timed by CUDA events."""
+    replay, _ = cuda_graph_capture(fn)
+    replay()
     times = []
     for _ in range(replays):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3)
-    del graph
     return sorted(times)[len(times) // 2]
 
 
