@@ -848,7 +848,7 @@ def main() -> None:
         section("experts", experts)
 
     def batch() -> dict[str, Any]:
-        length, new = (32, 8) if args.quick else (context, 64)
+        length, new = (32, 16) if args.quick else (context, 64)
         out = {}
         reps = max(1, args.repeats // 2)
         for k, b in ((8, 16), (4, 12)):
