@@ -129,19 +129,20 @@ def earned_tiles(result: dict[str, Any], margin: float = MARGIN) -> dict[int, dk
     return earned
 
 
-def tiles_from_json(text: str) -> dict[int, dk.AttnTile]:
-    """``{"8": "c256_n64_w8_s3", ...}`` (the form ``--attn-tiles`` takes) as a table; ValueError naming the problem."""
+def tiles_from_json(text: str, option: str = "--attn-tiles") -> dict[int, dk.AttnTile]:
+    """``{"8": "c256_n64_w8_s3", ...}`` (the form ``--attn-tiles`` takes) as a table; ValueError naming the problem
+    and the ``option`` it came from."""
     import json
 
     try:
         raw = json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"--attn-tiles is not JSON: {exc}") from None
+        raise ValueError(f"{option} is not JSON: {exc}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"--attn-tiles must map batch rows to tile names, got {type(raw).__name__}")
+        raise ValueError(f"{option} must map batch rows to tile names, got {type(raw).__name__}")
     table = {}
     for rows, name in raw.items():
         if not str(rows).isdigit() or int(rows) < 1:
-            raise ValueError(f"--attn-tiles: batch rows must be a positive integer, got {rows!r}")
+            raise ValueError(f"{option}: batch rows must be a positive integer, got {rows!r}")
         table[int(rows)] = parse_tile(str(name))
     return table

@@ -52,25 +52,30 @@ Sections, all in one process so that every ratio compares figures of the same ru
    (``batched_<variant>_ms``, ``share_of_bound_<variant>``). Where the batch's time goes: its prefill
    (``batched_prefill_ms``) and one decode step (``batched_step_ms``), against their floors
    (``prefill8_floor_ms``, ``step8_floor_ms``); the timeline section adds a step of the 8 by kernel.
-10. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
+10. **attn_ab** (``--attn-ab JSON``, not in the default list): the run's attention tile table (A) against
+   another (B), alternately for ``--ab-rounds`` rounds on fresh graphs: the four decode corners and the batches of
+   8 at (8, 16) and (4, 12), each pair's medians, B / A, and the batches' shares of the byte-bound speed-up.
+11. **vision**: CLIP tower + connector, eager vs replayed from its graph per crop count
    (:class:`~model_runtime.molmoe.vision_graphs.VisionGraphs`), 2-13 crops.
-11. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
+12. **correctness**: tiny model in float32 on the device: greedy tokens of the fast path (graphs)
    equal transformers' blocks for every distinct language-model plan of the knob space; real
    shape in bf16: relative error ||fast - ref|| / ||ref|| of the prefill logits and of the first
-   decode step's logits, and greedy token agreement, at the four corners.
-12. **timeline** (CUDA): one replayed decode step's kernels as the profiler sees them on the GPU
+   decode step's logits, and greedy token agreement, at the four corners; against float32, each
+   path's error is the mean over ``--agreement-prompts`` prompts (8), and the contract's figure the
+   ratio of the two means (each prompt's ratio beside it).
+13. **timeline** (CUDA): one replayed decode step's kernels as the profiler sees them on the GPU
    (:mod:`benchmarks.step_timeline`) at (8, 16) and (4, 12), for the run's decode form (and the default's, when the
    run's is another) and for the plain launch (``cublas``): the step's span, the time some kernel ran (the union of
    their intervals) and the idle rest, each per active block, and the time by kernel (each kernel's own part of the
    busy time too, which under PDL leaves out its wait for the kernel before): whether a block's time above its bytes
    is in the kernels or between them.
-13. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
+14. **persistent** (not in the default list; ``--sections decode,persistent``): the decode grid
    through :class:`~model_runtime.molmoe.kernels.persistent_decode.PersistentDecodeStep` (one
    kernel per token, ``--persistent`` options) next to the fused step's figures of the same run,
    a sweep of tile options (``--persistent-sweep``) at the two corners, and the correctness checks
-   of section 10 for it (tiny float32 over every plan at batch 1; real shape at the four corners).
+   of section 12 for it (tiny float32 over every plan at batch 1; real shape at the four corners).
 
-Last, **bars**: issue 15's speed bars computed from the sections that ran (:func:`issue15_bars`).
+Last, **bars**: issue 15's bars computed from the sections that ran (:func:`issue15_bars`).
 Prints one table per section and writes everything to ``--out`` (JSON).
 
 ``--decode-variant NAME`` (one of :data:`DECODE_VARIANTS`) runs every section with that decode form as if it were
@@ -103,7 +108,7 @@ from model_runtime.profiler import build_random_model, device_name
 KS = KnobSpace()
 #: every section, in the order a run takes them (``--sections`` picks any of them)
 SECTIONS: tuple[str, ...] = ("ceilings", "attention", "decode", "kernels", "hf", "prefill", "prefill_kernels", "experts",
-                             "batching", "vision", "correctness", "timeline", "persistent")
+                             "batching", "attn_ab", "vision", "correctness", "timeline", "persistent")
 #: the decode step's forms (``use_fast_path`` options): the decode section times each at the four corners beside the
 #: run's own, the batching section each batch; ``--decode-variant`` runs every section with one of them
 DECODE_VARIANTS: dict[str, dict[str, Any]] = {
@@ -387,38 +392,58 @@ def reference_fp32(lm32: MolmoeLanguageModel, emb: torch.Tensor, mask: torch.Ten
 @torch.no_grad()
 def real_shape_agreement(lm: MolmoeLanguageModel, dec: GraphDecoder, top_k: int, blocks: int, context: int,
                          new: int, lm32: MolmoeLanguageModel | None = None,
-                         fast_opts: dict[str, Any] | None = None) -> dict[str, Any]:
+                         fast_opts: dict[str, Any] | None = None, prompts: int = 1) -> dict[str, Any]:
     """The fast path (``dec``, made with ``use_fast_path(**fast_opts)``) against the eager bf16 path and, with
-    ``lm32``, both against float32: prefill and first decode step's logits, and greedy tokens."""
+    ``lm32``, both against float32: prefill and first decode step's logits, and greedy tokens (first prompt).
+
+    Each logits error is the mean over ``prompts`` prompts (seeds 11, 12, ...), and with ``lm32`` the contract's
+    figure is the ratio of the two paths' mean errors against float32 (``decode_err_ratio``), with each prompt's own
+    ratio beside it: on random weights one prompt's ratio moves from run to run by more than the contract's margin."""
     plan = plan_of(top_k, blocks)
-    emb, mask = prompt(lm, 1, context, seed=11)
-    lm.use_fast_path(False)
-    st = lm.begin(emb, mask, cache=BlockKVCache(reserve=4))
-    lm.advance(st, lm.n_layers, plan)
-    ref0 = lm.logits(st)
-    tok = ref0.argmax(-1)
-    st = lm.begin_decode(st, tok)
-    lm.advance(st, lm.n_layers, plan)
-    ref1 = lm.logits(st)
-    ref_gen = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=new)
-    lm.use_fast_path(**(fast_opts or {}))
-    cache = dec.prepare(1, plan, positions=context + 4)
-    st = lm.begin(emb, mask, cache=cache)
-    lm.advance(st, lm.n_layers, plan)
-    ours0 = lm.logits(st)
-    cache.start_decode(mask)
-    ours1 = dec.step(cache, tok).clone()  # same fed token as the reference
-    gen = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0, max_new_tokens=new,
-                          decoder=dec)
+    errs: dict[str, list[float]] = {}
+
+    def note(**values: float) -> None:
+        for key, value in values.items():
+            errs.setdefault(key, []).append(value)
+
+    for i in range(prompts):
+        emb, mask = prompt(lm, 1, context, seed=11 + i)
+        lm.use_fast_path(False)
+        st = lm.begin(emb, mask, cache=BlockKVCache(reserve=4))
+        lm.advance(st, lm.n_layers, plan)
+        ref0 = lm.logits(st)
+        tok = ref0.argmax(-1)
+        st = lm.begin_decode(st, tok)
+        lm.advance(st, lm.n_layers, plan)
+        ref1 = lm.logits(st)
+        if i == 0:
+            ref_gen = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0,
+                                      max_new_tokens=new)
+        lm.use_fast_path(**(fast_opts or {}))
+        cache = dec.prepare(1, plan, positions=context + 4)
+        st = lm.begin(emb, mask, cache=cache)
+        lm.advance(st, lm.n_layers, plan)
+        ours0 = lm.logits(st)
+        cache.start_decode(mask)
+        ours1 = dec.step(cache, tok).clone()  # same fed token as the reference
+        if i == 0:
+            gen = greedy_generate(lm, emb, mask, top_k_per_block=plan, p=1, eos_token_id=-1, pad_token_id=0,
+                                  max_new_tokens=new, decoder=dec)
+        note(rel_err_prefill_logits=_rel(ours0, ref0), rel_err_decode_logits=_rel(ours1, ref1))
+        if lm32 is not None:  # both bf16 paths against float32 arithmetic on the same weights
+            r0, r1 = reference_fp32(lm32, emb, mask, plan, tok)
+            note(fast_vs_fp32_prefill=_rel(ours0, r0), eager_bf16_vs_fp32_prefill=_rel(ref0, r0),
+                 fast_vs_fp32_decode=_rel(ours1, r1), eager_bf16_vs_fp32_decode=_rel(ref1, r1))
     a, b = gen.tokens[0], ref_gen.tokens[0]
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-    out = {"top_k": top_k, "blocks": blocks, "rel_err_prefill_logits": _rel(ours0, ref0),
-           "rel_err_decode_logits": _rel(ours1, ref1), "tokens_equal": f"{sum(x == y for x, y in zip(a, b))}/{len(a)}",
-           "first_divergence": first}
-    if lm32 is not None:  # both bf16 paths against float32 arithmetic on the same weights
-        r0, r1 = reference_fp32(lm32, emb, mask, plan, tok)
-        out.update(fast_vs_fp32_prefill=_rel(ours0, r0), eager_bf16_vs_fp32_prefill=_rel(ref0, r0),
-                   fast_vs_fp32_decode=_rel(ours1, r1), eager_bf16_vs_fp32_decode=_rel(ref1, r1))
+    out: dict[str, Any] = {"top_k": top_k, "blocks": blocks, "prompts": prompts,
+                           **{key: statistics.fmean(values) for key, values in errs.items()},
+                           "tokens_equal": f"{sum(x == y for x, y in zip(a, b))}/{len(a)}", "first_divergence": first}
+    if lm32 is not None:
+        for step in ("prefill", "decode"):
+            fast, eager = errs[f"fast_vs_fp32_{step}"], errs[f"eager_bf16_vs_fp32_{step}"]
+            out[f"{step}_err_ratio"] = statistics.fmean(fast) / statistics.fmean(eager)
+            out[f"{step}_err_ratio_per_prompt"] = [f / e for f, e in zip(fast, eager)]
     return out
 
 
@@ -493,9 +518,10 @@ def kernel_sweep(lm: MolmoeLanguageModel, dec: GraphDecoder, context: int) -> di
 
 # ------------------------------------------------------------------------------------ bars
 def issue15_bars(res: dict[str, Any], context: int) -> list[dict[str, Any]]:
-    """Issue 15's speed bars from this run's sections (those that ran): worst decode point × its
+    """Issue 15's bars from this run's sections (those that ran): worst decode point × its
     floor, the decode knob ratio, the prefill of ``context`` tokens × its floor, the expert GEMMs'
-    share of the copy rate, and batching's share of its byte-bound speed-up."""
+    share of the copy rate, batching's share of its byte-bound speed-up, and the real-shape
+    correctness contract (error ratio against float32, greedy tokens) at each corner."""
     bars: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, met: bool) -> None:
@@ -535,6 +561,14 @@ def issue15_bars(res: dict[str, Any], context: int) -> list[dict[str, Any]]:
         if isinstance(bat, dict) and key in bat.get("k8b16", {}):
             share = bat["k8b16"][key]
             add(f"batching 8 at (8, 16), {form}, >= 0.80 of the byte-bound speed-up", share, share >= 0.80)
+    corr = res.get("correctness")
+    for row in (corr.get("real_shape") or []) if isinstance(corr, dict) else []:
+        if isinstance(row, dict) and "decode_err_ratio" in row:
+            where = f"({row['top_k']}, {row['blocks']})"
+            add(f"correctness {where}: decode logits' error vs float32 <= 1.5x the eager bf16 path's "
+                f"(means of {row['prompts']} prompts)", row["decode_err_ratio"], row["decode_err_ratio"] <= 1.5)
+            same, total = (int(x) for x in row["tokens_equal"].split("/"))
+            add(f"correctness {where}: greedy tokens equal the eager bf16 path's", same / total, same == total)
     return bars
 
 
@@ -577,6 +611,13 @@ def main() -> None:
     ap.add_argument("--attn-tune", action="store_true",
                     help="after the attention section, the tiles that beat a batch size's default by 3 %% or more "
                          "serve the later sections (decode, batching, ...)")
+    ap.add_argument("--agreement-prompts", type=int, default=8,
+                    help="prompts the correctness section's real-shape errors are averaged over (the contract's ratio "
+                         "is of the two paths' mean errors against float32)")
+    ap.add_argument("--attn-ab", default=None, metavar="JSON",
+                    help="section attn_ab: an attention tile table (as --attn-tiles) timed against the run's own, "
+                         "alternately, in the decode corners and the batches of 8")
+    ap.add_argument("--ab-rounds", type=int, default=3, help="alternations of section attn_ab")
     ap.add_argument("--routed-form", default=None, choices=ROUTED_FORMS,
                     help="prefill experts (default: the fast path's default for the device)")
     ap.add_argument("--persistent", default="best",
@@ -612,6 +653,14 @@ def main() -> None:
     sections = set(args.sections.split(","))
     if sections - set(SECTIONS):
         ap.error(f"unknown sections {sorted(sections - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
+    if args.agreement_prompts < 1 or args.ab_rounds < 1:
+        raise SystemExit("bench_fast_path: --agreement-prompts and --ab-rounds take 1 or more")
+    if ("attn_ab" in sections) != bool(args.attn_ab):
+        raise SystemExit("bench_fast_path: section attn_ab and --attn-ab JSON go together (the table B it times)")
+    try:
+        ab_tiles = attention_tiles.tiles_from_json(args.attn_ab, "--attn-ab") if args.attn_ab else {}
+    except ValueError as exc:
+        raise SystemExit(f"bench_fast_path: {exc}") from None
     res: dict[str, Any] = {"device": device_name(dev), "torch": torch.__version__, "synthetic": "random weights"}
     try:
         import transformers
@@ -895,6 +944,44 @@ def main() -> None:
 
     section("batching", batch)
 
+    def attn_ab() -> dict[str, Any]:
+        # the run's attention table (A) against --attn-ab's (B), alternately in one process and on fresh graphs: a
+        # tile's gain in a decode step is a few per cent, about the spread between two runs of this bench
+        length, new = (32, 16) if args.quick else (context, 64)
+        corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
+        tables = {"A": dict(dk.ATTN_TILES), "B": {**dk.ATTN_TILES, **ab_tiles}}
+        times: dict[str, dict[str, list[float]]] = {"A": {}, "B": {}}
+        try:
+            for _ in range(args.ab_rounds):
+                for name, table in tables.items():
+                    dk.ATTN_TILES.clear()
+                    dk.ATTN_TILES.update(table)
+                    d = GraphDecoder(lm, max_graphs=8, capture=capture)
+                    for k, b in corners:
+                        times[name].setdefault(f"decode_k{k}b{b}_ms", []).append(
+                            decode_ms(lm, d, plan_of(k, b), emb1, mask1, args.steps, args.repeats))
+                    for k, b in ((8, 16), (4, 12)):
+                        times[name].setdefault(f"batch8_k{k}b{b}_ms", []).append(batching(
+                            lm, d, plan_of(k, b), length, new, 8, max(1, args.repeats // 2), sequential=False)["batched_ms"])
+                    del d
+        finally:
+            dk.ATTN_TILES.clear()
+            dk.ATTN_TILES.update(tables["A"])
+        out: dict[str, Any] = {name: {str(r): attention_tiles.tile_name(t) for r, t in sorted(table.items())}
+                               for name, table in tables.items()}
+        out["rounds"] = args.ab_rounds
+        for key in times["A"]:
+            a, b = statistics.median(times["A"][key]), statistics.median(times["B"][key])
+            row = out[key] = {"A": times["A"][key], "B": times["B"][key], "A_median": a, "B_median": b, "B_over_A": b / a}
+            if key.startswith("batch8") and copy and mm:  # floor8 / t8, as the batching section's share_of_bound
+                k, blocks = (int(x) for x in key.removeprefix("batch8_k").removesuffix("_ms").split("b"))
+                floor8 = generate_floor(LMShape.of(lm), plan_of(k, blocks), length, new, 8, copy, mm)["floor_ms"]
+                row.update(floor8_ms=floor8, share_of_bound_A=floor8 / a, share_of_bound_B=floor8 / b)
+            print(f"  attn_ab {key}: A {a:.3f} ms, B {b:.3f} ms (B/A {b / a:.4f})", flush=True)
+        return out
+
+    section("attn_ab", attn_ab)
+
     def timeline() -> dict[str, Any]:
         if dev.type != "cuda":
             return {}
@@ -949,7 +1036,8 @@ def main() -> None:
         print(f"  tiny: {out['tiny_fp32']}", flush=True)
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
         lm32 = fp32_copy(lm) if dtype != torch.float32 else None
-        out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32, lm32, run_opts) for k, b in corners]
+        out["real_shape"] = [real_shape_agreement(lm, dec, k, b, context, 32, lm32, run_opts, args.agreement_prompts)
+                             for k, b in corners]
         # the forms the real-shape decode steps ran (the decoder's), as a check that the variant was in effect
         out["decoder_forms"] = {name: getattr(dec.fused, name, None) for name in
                                 ("pdl", "decode_gemv", "decode_router", "decode_epilogues", "decode_qk_norm",
@@ -1023,7 +1111,8 @@ def main() -> None:
         print(f"  tiny: {out['tiny_fp32']}", flush=True)
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
         lm32 = fp32_copy(lm) if dtype != torch.float32 else None
-        out["real_shape"] = [real_shape_agreement(lm, decp, k, b, context, 32, lm32, run_opts) for k, b in corners]
+        out["real_shape"] = [real_shape_agreement(lm, decp, k, b, context, 32, lm32, run_opts, args.agreement_prompts)
+                             for k, b in corners]
         decp.check_persistent()
         return out
 

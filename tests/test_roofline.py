@@ -77,7 +77,12 @@ def test_bars_from_a_run():
                                   "batched_pdl_ms": 3.0}},
            "decode_variants": {"pdl": {"k8b16": {"ms_per_token": 1.0, "x_floor": 1.4},
                                        "k4b12": {"ms_per_token": 0.58, "x_floor": 1.6}, "ratio_k4b12_over_k8b16": 0.58},
-                               "triton_gemv": {"error": "no GPU"}}}
+                               "triton_gemv": {"error": "no GPU"}},
+           "correctness": {"real_shape": [{"top_k": 8, "blocks": 12, "prompts": 8, "decode_err_ratio": 1.2,
+                                           "tokens_equal": "32/32"},
+                                          {"top_k": 4, "blocks": 12, "prompts": 8, "decode_err_ratio": 1.7,
+                                           "tokens_equal": "31/32"},
+                                          {"top_k": 8, "blocks": 16, "tokens_equal": "32/32"}]}}  # float32: no ratio
     bars = {b["bar"]: (b["value"], b["met"]) for b in issue15_bars(res, 1000)}
     assert bars["decode: worst of 4 points x floor <= 1.5"] == (pytest.approx(1.28), True)
     ratio = (0.1 * 12 * 0.75) / (0.1 * 16 * 1.0)
@@ -89,7 +94,11 @@ def test_bars_from_a_run():
     assert bars["batching 8 at (8, 16), pdl, >= 0.80 of the byte-bound speed-up"] == (0.79, False)
     assert bars["decode, pdl: worst of 2 corners x floor <= 1.5"] == (1.6, False)
     assert bars["decode, pdl: (4, 12) / (8, 16) <= 0.60"] == (0.58, True)
-    assert len(bars) == 9  # the failed TMA form and GEMV variant and the absent persistent section add none
+    ratio_bar = "correctness ({}, 12): decode logits' error vs float32 <= 1.5x the eager bf16 path's (means of 8 prompts)"
+    assert bars[ratio_bar.format(8)] == (1.2, True) and bars[ratio_bar.format(4)] == (1.7, False)
+    assert bars["correctness (4, 12): greedy tokens equal the eager bf16 path's"] == (31 / 32, False)
+    # the failed TMA form and GEMV variant, the absent persistent section and the float32 row add none
+    assert len(bars) == 13
     assert issue15_bars({"decode": {"error": "OOM"}}, 1000) == []
 
 

@@ -4,7 +4,9 @@
 # PART 1: the kernel tests on the GPU, then the prefill: its lengths against their floors, the expert
 #         forms, its kernel time by kind and the expert-GEMM tile sweep (OUT/fast_path_1.{json,log});
 # PART 2: decode over the 25 (top-k, blocks) points and batching (OUT/fast_path_2.{json,log});
-# PART 3: the remaining sections: the decode attention's tiles by batch rows, the decode kernels' sweep (and the
+# PART 3: the remaining sections: the decode attention's tiles by batch rows, then the table ATTN_AB (JSON without
+#         spaces; default: 2 warps at every batch size) against the default's, alternately, in decode and batching,
+#         the decode kernels' sweep (and the
 #         router's two forms), transformers, vision,
 #         correctness (the fused blocks' tests build their model on the CPU: they are not GPU tests);
 # PART 4: the persistent decode step: its option sweep, the 25 points, the barriers and its correctness checks
@@ -28,6 +30,7 @@ PART=${2:?usage: fast_path.sh OUT PART}
 PY=${PYTHON:-python3}
 VARIANT=${VARIANT:-default}
 VARIANTS=${VARIANTS:-cublas,pdl_triton_gemv}
+ATTN_AB=${ATTN_AB:-'{"1":"c64_n64_w2_s3"}'}
 mkdir -p "$OUT"
 if [ "$VARIANT" = best ]; then
   VARIANT=$($PY -m benchmarks.bench_fast_path --best-variant-of "$OUT/fast_path_5.json")
@@ -38,7 +41,7 @@ case "$PART" in
        | tail -5 | tee "$OUT/fast_path_tests.log"
      SECTIONS=ceilings,prefill,prefill_kernels,experts ;;
   2) SECTIONS=ceilings,decode,batching ;;
-  3) SECTIONS=ceilings,attention,kernels,hf,vision,correctness ;;
+  3) SECTIONS=ceilings,attention,attn_ab,kernels,hf,vision,correctness; EXTRA="--attn-ab $ATTN_AB --ab-rounds 2" ;;
   4) SECTIONS=ceilings,persistent ;;
   5) { $PY -m pytest -q -x tests/test_pdl.py || true; } 2>&1 | tail -5 | tee "$OUT/fast_path_pdl_tests.log"
      SECTIONS=ceilings,decode,batching,timeline; EXTRA="--decode-grid corners" ;;
