@@ -128,6 +128,9 @@ DECODE_VARIANTS: dict[str, dict[str, Any]] = {
     "pdl_router_in_experts": {"pdl": True, "decode_gemv": "cublas", "decode_router": "in_experts"},
     # the default: the Triton GEMV's loop pipelined over several tiles (no tile loaded before the wait)
     "pdl_staged_gemv_router_in_experts": {"pdl": True, "decode_gemv": "triton_staged", "decode_router": "in_experts"},
+    # the same with the GEMV's first weight tile loaded before its wait
+    "pdl_staged_early_gemv_router_in_experts": {"pdl": True, "decode_gemv": "triton_staged_early",
+                                                "decode_router": "in_experts"},
     "pdl_no_sync_fusions": {"pdl": True, "decode_gemv": "triton", "decode_router": "in_experts",
                             "decode_qk_norm": "in_attention"},
     # the four reductions of a block in the last program of the kernel before them

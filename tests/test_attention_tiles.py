@@ -34,7 +34,7 @@ def test_the_sweep_times_the_default_first_and_names_the_fastest(monkeypatch: py
     last = at.tile_name(at.tile_grid()[-1])
     for b in (1, 8):
         row = res[f"rows{b}"]
-        assert row["default"] == "c64_n64_w4_s3" and row["best"] == last
+        assert row["default"] == "c64_n64_w2_s3" and row["best"] == last
         assert row["tiles"][row["default"]]["us"] > row["best_us"] == row["tiles"][last]["us"]
         assert row["cache_MB"] == 2 * b * 4 * 41 * 16 * 4 / 1e6  # keys and values of the 41 positions up to the slot
         # the timing cycles through enough caches to fill CYCLE_BYTES, and a call's time is the cycle's over them

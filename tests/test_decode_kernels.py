@@ -97,9 +97,9 @@ def test_decode_attention_tiles(tile: dk.AttnTile, monkeypatch: pytest.MonkeyPat
     ref = dk.decode_attention(q, k, v, valid, slot, 0.25, "torch")
     _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton", tile=tile), ref)
     monkeypatch.setitem(dk.ATTN_TILES, 2, tile)
-    assert dk.attn_tile(1) == dk.AttnTile(dk.TUNING["attn_chunk"], min(dk.TUNING["attn_chunk"], 64))
+    assert dk.attn_tile(1) == dk.AttnTile(dk.TUNING["attn_chunk"], min(dk.TUNING["attn_chunk"], 64), dk.TUNING["attn_warps"])
     assert dk.attn_tile(2) == dk.attn_tile(16) == tile
-    assert dk.attn_tile(16, chunk=8) == dk.AttnTile(8, 8)  # an explicit chunk wins over the table
+    assert dk.attn_tile(16, chunk=8) == dk.AttnTile(8, 8, 2)  # an explicit chunk wins over the table
     _close(dk.decode_attention(q, k, v, valid, slot, 0.25, "triton"), ref)  # three rows: the table's tile
 
 
@@ -188,9 +188,12 @@ def test_gemv_equals_the_matmul(rows: int, n_out: int, dim: int) -> None:
     # the staged form (the loop pipelined by Triton): the same tiles summed in the same order
     _close(dk.gemv(x, w, "triton", staged=True), ref, 1e-4)
     staged = dk.gemv(x, w, "triton", block_n=32, block_k=128, staged=True)
+    # and with its first weight tile loaded before the wait: still the same tiles in the same order
+    early = dk.gemv(x, w, "triton", block_n=32, block_k=128, staged=True, early=True)
     if DEV == "cpu":
-        assert staged.equal(dk.gemv(x, w, "triton", block_n=32, block_k=128))
+        assert staged.equal(dk.gemv(x, w, "triton", block_n=32, block_k=128)) and early.equal(staged)
     _close(staged, ref, 1e-4)
+    _close(early, ref, 1e-4)
 
 
 @triton_ok
@@ -408,6 +411,8 @@ def test_gemv_refuses_what_it_cannot_serve() -> None:
         dk.gemv(torch.zeros(2, 8), torch.zeros(4, 6), "triton")
     with pytest.raises(ValueError, match="staged and prefetch are two forms of early weight loads"):
         dk.gemv(torch.zeros(2, 8), torch.zeros(4, 8), "triton", staged=True, prefetch=True)
+    with pytest.raises(ValueError, match="gemv: early is the staged form's"):
+        dk.gemv(torch.zeros(2, 8), torch.zeros(4, 8), "triton", early=True)
 
 
 def test_backend_errors() -> None:

@@ -86,6 +86,9 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
         # decode_gemv="triton_staged": the same kernel with its loop pipelined (reported as _gemv_kernel#2)
         (G._gemv_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "M": i32, "N": i32, "K": i32},
          {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "IEEE": False, "NS": 3}),
+        # decode_gemv="triton_staged_early": its first weight tile before the wait (reported as _gemv_kernel#3)
+        (G._gemv_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "M": i32, "N": i32, "K": i32},
+         {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "IEEE": False, "NS": 3, "EARLY": True}),
         # decode_epilogues="on_load": the norm as the projection loads x and the residual add after it (both on here)
         (G._gemv_on_load_kernel, {"x_ptr": BF, "w_ptr": BF, "out_ptr": BF, "nw_ptr": BF, "sq_in_ptr": "*fp32", "res_ptr": BF,
                                   "sq_out_ptr": "*fp32", "M": i32, "N": i32, "K": i32, "NSQ_IN": i32, "NSQ_OUT": i32,
@@ -102,7 +105,7 @@ def _kernels() -> list[tuple[object, dict[str, str], dict[str, object]]]:
 
 def compile_report(pdl: bool, only: tuple[str, ...] | None = None) -> dict[str, list]:
     """Per decode kernel compiled for sm_90 (``only``: those named): [griddepcontrol.wait count, launch_dependents
-    count, launch_pdl of its metadata], keyed by the kernel's name (``#2`` for its second form). Needs Triton's
+    count, launch_pdl of its metadata], keyed by the kernel's name (``#2``, ``#3`` for its later forms). Needs Triton's
     compiler, not its interpreter (run in a process without ``TRITON_INTERPRET``)."""
     report = {}
     for kernel, types, consts in _kernels():
@@ -110,7 +113,8 @@ def compile_report(pdl: bool, only: tuple[str, ...] | None = None) -> dict[str, 
         if only is not None and name not in only:
             continue
         ptx, launch_pdl = _compile_sm90(kernel, types, dict(consts, PDL=pdl), pdl)
-        report[name if name not in report else f"{name}#2"] = [
+        forms = sum(key.split("#")[0] == name for key in report)
+        report[f"{name}#{forms + 1}" if forms else name] = [
             ptx.count("griddepcontrol.wait"), ptx.count("griddepcontrol.launch_dependents"), launch_pdl]
     return report
 
@@ -172,8 +176,8 @@ def test_the_decode_kernels_compile_for_hopper_with_grid_dependency_control() ->
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     on, off, ahead = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(on) == 20 and all(v == [1, 1, True] for v in on.values()), on  # the staged GEMV's too
-    assert len(off) == 6 and all(v == [0, 0, False] for v in off.values()), off
+    assert len(on) == 21 and all(v == [1, 1, True] for v in on.values()), on  # the staged GEMVs' too
+    assert len(off) == 7 and all(v == [0, 0, False] for v in off.values()), off  # (the GEMV in its three forms)
     # decode_prefetch: the projections' L2 prefetches come before their wait; the combine and the merge release
     # the next kernel before they wait; still one wait and one release each
     for name in ("_gemv_kernel", "_gemv_add_norm_kernel"):
@@ -236,7 +240,7 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         for form in (("cublas", "split", "kernels"), ("triton", "split", "kernels"), ("triton", "fused", "kernels"),
                      ("triton", "splitk", "last_program"), ("triton", "in_experts", "kernels"),
                      ("triton", "in_experts", "on_load"), ("triton", "in_experts", "on_load_attention"),
-                     ("triton_staged", "in_experts", "kernels")):
+                     ("triton_staged", "in_experts", "kernels"), ("triton_staged_early", "in_experts", "kernels")):
             for pdl in (False, True):
                 # (the last form with the QK-norm in the attention's kernel too)
                 lm.use_fast_path(pdl=pdl, decode_gemv=form[0], decode_router=form[1], decode_epilogues=form[2],
@@ -260,6 +264,7 @@ def test_captured_decode_steps_give_the_same_tokens_and_logits_with_and_without_
         # the router's top-k in the experts' gate/up kernel: the same tokens; and with the staged GEMV
         assert outs[("triton", "in_experts", "kernels"), True].tokens == ref
         assert outs[("triton_staged", "in_experts", "kernels"), True].tokens == ref
+        assert outs[("triton_staged_early", "in_experts", "kernels"), True].tokens == ref
         # the residual adds in the kernels that produce them, the norms in the kernels that read them: the same tokens
         for epilogues in ("on_load", "on_load_attention"):
             assert outs[("triton", "in_experts", epilogues), True].tokens == ref, epilogues

@@ -5,9 +5,8 @@
 #         forms, its kernel time by kind and the expert-GEMM tile sweep (OUT/fast_path_1.{json,log});
 # PART 2: decode over the 25 (top-k, blocks) points and batching (OUT/fast_path_2.{json,log});
 # PART 3: the remaining sections: the decode attention's tiles by batch rows, then the table ATTN_AB (JSON without
-#         spaces; default: 2 warps at every batch size) against the default's, alternately, in decode and batching,
-#         the decode kernels' sweep (and the
-#         router's two forms), transformers, vision,
+#         spaces; default: 4 warps at every batch size, the default before 2) against the default's, alternately, in
+#         decode and batching, the decode kernels' sweep (and the router's two forms), transformers, vision,
 #         correctness (the fused blocks' tests build their model on the CPU: they are not GPU tests);
 # PART 4: the persistent decode step: its option sweep, the 25 points, the barriers and its correctness checks
 #         (decode and persistent together took more than 10 minutes on an H100);
@@ -30,7 +29,7 @@ PART=${2:?usage: fast_path.sh OUT PART}
 PY=${PYTHON:-python3}
 VARIANT=${VARIANT:-default}
 VARIANTS=${VARIANTS:-cublas,pdl_triton_gemv}
-ATTN_AB=${ATTN_AB:-'{"1":"c64_n64_w2_s3"}'}
+ATTN_AB=${ATTN_AB:-'{"1":"c64_n64_w4_s3"}'}
 mkdir -p "$OUT"
 if [ "$VARIANT" = best ]; then
   VARIANT=$($PY -m benchmarks.bench_fast_path --best-variant-of "$OUT/fast_path_5.json")

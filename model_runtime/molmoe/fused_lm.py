@@ -45,8 +45,9 @@ ROUTED_FORMS: tuple[str, ...] = ("grouped_mm", "gather", "sorted_gemm", "sorted_
 DECODE_EXPERT_FORMS: tuple[str, ...] = ("pairs", "sorted")
 #: The decode step's dense projections: torch's matmul (cuBLAS on a GPU; the default where programmatic dependent
 #: launch does not run) or the Triton GEMV kernel, which takes part in it (``pdl``), its first weight tile loaded
-#: before the wait (``triton``) or its loop pipelined over several tiles (``triton_staged``; the default with ``pdl``)
-DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton", "triton_staged")
+#: before the wait (``triton``) or its loop pipelined over several tiles (``triton_staged``; the default with ``pdl``),
+#: also with its first weight tile before the wait (``triton_staged_early``)
+DECODE_GEMV_FORMS: tuple[str, ...] = ("cublas", "triton", "triton_staged", "triton_staged_early")
 #: The decode step's router: its projection (as ``decode_gemv`` says) then the top-k kernel (``split``), both
 #: in one kernel (``fused``: :func:`~model_runtime.molmoe.kernels.router.router_gemm_topk`, one program per tile
 #: of rows), or both in one kernel whose projection is split over the hidden columns and whose last program
@@ -222,7 +223,9 @@ class FusedLM:
             :data:`DECODE_GEMV_FORMS`: ``"cublas"`` (torch's matmul) or ``"triton"``
             (:func:`~model_runtime.molmoe.kernels.projections.gemv`, which joins the ``pdl`` chain; batches of
             more than 16 rows keep the matmul), or ``"triton_staged"`` (the same GEMV with its loop pipelined
-            over several tiles, ``gemv(staged=True)``; the output projection's other fused forms stay unstaged).
+            over several tiles, ``gemv(staged=True)``; the output projection's other fused forms stay unstaged),
+            or ``"triton_staged_early"`` (that, with the first weight tile loaded before the PDL wait,
+            ``gemv(staged=True, early=True)``).
             Default (None): :func:`default_decode_gemv`, a Triton GEMV with ``pdl``, else ``"cublas"``: the two pay
             only together (3-5 % a decode token on an H100 and an H200, benchmarks/RESULTS.md, "The decode variants
             on one H100"), and apart each is slower than the plain launch of cuBLAS's GEMVs.
@@ -398,14 +401,15 @@ class FusedLM:
         router = "split" if self.decode_router in ("splitk", "in_experts") and rows > dk.GEMV_ROWS else self.decode_router
         counters = self.counters
         merge_counters = counters if last else None  # the attention's splits merged by the last of them
-        gemv_rows = self.decode_gemv in ("triton", "triton_staged") and rows <= dk.GEMV_ROWS
-        staged = self.decode_gemv == "triton_staged"
+        gemv_rows = self.decode_gemv.startswith("triton") and rows <= dk.GEMV_ROWS
+        staged = self.decode_gemv.startswith("triton_staged")
+        early_tile = self.decode_gemv == "triton_staged_early"
         prefetch = gemv_rows and self.decode_prefetch in ("weights", "weights_early")
         kv_early = self.decode_prefetch == "kv"
         early = gemv_rows and self.decode_prefetch == "weights_early"  # the combine and the merge release first
         if gemv_rows:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-                return dk.gemv(a, w, be, pdl=pdl, prefetch=prefetch, staged=staged)
+                return dk.gemv(a, w, be, pdl=pdl, prefetch=prefetch, staged=staged, early=early_tile)
         else:
             def proj(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 return a @ w.T

@@ -27,10 +27,11 @@ Backend = Literal["triton", "torch"]
 BACKENDS: tuple[str, ...] = ("triton", "torch")
 
 #: Block sizes of the kernels: positions per split of the decode attention (a (B, H, ceil(L / chunk))
-#: grid; smaller chunks spread a short cache over more programs), and the expert
-#: rows / output features per program of the MoE kernels where they are not autotuned (Triton's
-#: interpreter, or explicit block sizes).
-TUNING: dict[str, int] = {"attn_chunk": 64, "gate_up_block_i": 32, "down_block_d": 16}
+#: grid; smaller chunks spread a short cache over more programs) and its warps a program (2: on an H100 the
+#: decode step and the batch of 8 ran 1.4-3.1 % faster than with 4, alternated in one run; benchmarks/RESULTS.md,
+#: "The decode attention at 2 warps"), and the expert rows / output features per program of the MoE kernels
+#: where they are not autotuned (Triton's interpreter, or explicit block sizes).
+TUNING: dict[str, int] = {"attn_chunk": 64, "attn_warps": 2, "gate_up_block_i": 32, "down_block_d": 16}
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,20 @@ class AttnTile:
 
 #: The decode attention's tiles by batch rows: a batch of B rows takes the entry with the largest key
 #: at most B; below every key (and with the table empty) ``TUNING["attn_chunk"]`` positions a split in one
-#: step. Empty: on an H100 no tile has yet made a decode step or a batch faster end to end (benchmarks/RESULTS.md,
-#: "The Triton GEMV's loop pipelined ...; the decode attention's tiles by batch rows").
+#: step at ``TUNING["attn_warps"]`` warps. Empty: on an H100 no other tile of the sweep beat that one at any batch
+#: size (benchmarks/RESULTS.md, "The Triton GEMV's loop pipelined ...; the decode attention's tiles by batch rows").
 ATTN_TILES: dict[int, AttnTile] = {}
 
 
 def attn_tile(rows: int, chunk: int | None = None) -> AttnTile:
     """The tile a decode attention over ``rows`` rows runs with (``chunk`` given: that many positions a split,
-    one step for up to 64, as before the table)."""
+    one step for up to 64, as before the table; at ``TUNING["attn_warps"]`` warps)."""
     if chunk is None:
         keys = [k for k in ATTN_TILES if k <= rows]
         if keys:
             return ATTN_TILES[max(keys)]
         chunk = TUNING["attn_chunk"]
-    return AttnTile(int(chunk), min(int(chunk), 64))
+    return AttnTile(int(chunk), min(int(chunk), 64), TUNING["attn_warps"])
 
 
 def block_configs(names: tuple[str, ...], rows: tuple[tuple[int, ...], ...]) -> list:

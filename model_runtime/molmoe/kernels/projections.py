@@ -33,13 +33,15 @@ if HAVE_TRITON:
     @triton.jit
     def _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    IEEE: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = False, nw_ptr=None, sq_ptr=None,
-                   NSQ=1, eps=1e-5, NORM_X: tl.constexpr = False, BLOCK_SQ: tl.constexpr = 1, NS: tl.constexpr = 1):
+                   NSQ=1, eps=1e-5, NORM_X: tl.constexpr = False, BLOCK_SQ: tl.constexpr = 1, NS: tl.constexpr = 1,
+                   EARLY: tl.constexpr = False):
         # program n: output features n*BLOCK_N.. of every row; w (N, K) row-major, x (M, K); returns the
         # float32 (BLOCK_M, BLOCK_N) tile, its rows and features and their masks. NORM_X: x is a residual stream
         # and the product is of its RMSNorm (weight nw), normed as it is loaded, the reciprocal RMS from the
         # sums-of-squares partials sq (M, NSQ) that the kernel which wrote x left. NS = 1: two weight tiles in
         # registers, the first loaded before the PDL wait; NS > 1: the loop pipelined by Triton, NS - 1 tiles of
-        # weights and activations in flight in shared memory, all loaded after the wait (same products, same order)
+        # weights and activations in flight in shared memory, all loaded after the wait (same products, same order);
+        # with EARLY the first weight tile is loaded before the wait, as in the unstaged form, and the rest pipelined
         n0 = tl.program_id(0) * BLOCK_N
         if PREFETCH:  # this program's weight rows, contiguous, into L2 while the kernel before runs
             prefetch_l2(w_ptr + n0.to(tl.int64) * K, tl.minimum(BLOCK_N, N - n0) * K,
@@ -52,8 +54,15 @@ if HAVE_TRITON:
         w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + kk[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         if NS > 1:  # (NORM_X is the unstaged form's only)
+            k_start = 0
+            if EARLY:
+                w = tl.load(w_ptrs, mask=mn[:, None] & (kk[None, :] < K), other=0.0)
             pdl_enter(PDL)
-            for k0 in tl.range(0, K, BLOCK_K, num_stages=NS):
+            if EARLY:
+                xk = tl.load(x_ptr + m[:, None] * K + kk[None, :], mask=mm[:, None] & (kk[None, :] < K), other=0.0)
+                acc = dot_acc(xk, tl.trans(w), acc, IEEE)
+                k_start = BLOCK_K
+            for k0 in tl.range(k_start, K, BLOCK_K, num_stages=NS):
                 k = k0 + kk
                 xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=mm[:, None] & (k[None, :] < K), other=0.0)
                 w = tl.load(w_ptrs + k0, mask=mn[:, None] & (k[None, :] < K), other=0.0)
@@ -77,8 +86,10 @@ if HAVE_TRITON:
 
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     IEEE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False, NS: tl.constexpr = 1):
-        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL, PREFETCH, NS=NS)
+                     IEEE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False, NS: tl.constexpr = 1,
+                     EARLY: tl.constexpr = False):
+        acc, m, n, mm, mn = _gemv_tile(x_ptr, w_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, IEEE, PDL, PREFETCH, NS=NS,
+                                       EARLY=EARLY)
         tl.store(out_ptr + m[:, None] * N + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mm[:, None] & mn[None, :])
 
     @triton.jit
@@ -131,13 +142,18 @@ if HAVE_TRITON:
                                (64, 128, 4), (64, 256, 8))),
         key=["M", "N", "K"],
     )(_gemv_kernel)
-    # the staged form (FusedLM(decode_gemv="triton_staged")): deeper loads in flight, none before the PDL wait
+    # the staged form (FusedLM(decode_gemv="triton_staged")): deeper loads in flight, none before the PDL wait. The
+    # 2-warp tiles were the fastest at both projections' shapes timed from CUDA graphs on an H100, 2-6 % ahead of the
+    # autotuner's pick from the 4-warp ones (benchmarks/gemv_tiles.py; RESULTS, "The decode attention at 2 warps")
     _gemv_staged_tuned = triton.autotune(
         configs=block_configs(("BLOCK_N", "BLOCK_K", "num_warps", "NS"),
                               ((16, 128, 4, 3), (16, 128, 4, 5), (16, 256, 4, 3), (16, 256, 4, 4), (16, 512, 4, 2),
-                               (16, 512, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3), (32, 256, 8, 3), (64, 128, 4, 3))),
+                               (16, 512, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3), (32, 256, 8, 3), (64, 128, 4, 3),
+                               (16, 128, 2, 4), (16, 256, 2, 4), (16, 512, 2, 3))),
         key=["M", "N", "K"],
     )(_gemv_kernel)
+    # its form with the first weight tile loaded before the wait (decode_gemv="triton_staged_early"), tuned apart
+    _gemv_staged_early_tuned = triton.autotune(configs=_gemv_staged_tuned.configs, key=["M", "N", "K"])(_gemv_kernel)
     _gemv_add_norm_tuned = triton.autotune(configs=_gemv_tuned.configs, key=["M", "N", "K"])(_gemv_add_norm_kernel)
     _gemv_on_load_tuned = triton.autotune(configs=_gemv_tuned.configs, key=["M", "N", "K", "NORM_X", "ADD_RES"])(
         _gemv_on_load_kernel)
@@ -146,18 +162,21 @@ if HAVE_TRITON:
 # ============================================================================ op
 def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool = False,
          block_n: int | None = None, block_k: int | None = None, prefetch: bool = False,
-         staged: bool = False) -> torch.Tensor:
+         staged: bool = False, early: bool = False) -> torch.Tensor:
     """``x @ w.T`` for x (M, K), M ≤ :data:`BLOCK_M` rows, and w (N, K) → (M, N) in x's dtype
     (float32 accumulation, as cuBLAS). ``block_n`` / ``block_k``: explicit tiles (default:
     autotuned on CUDA, 16 × 32 in the interpreter); ``pdl``: launched for programmatic dependent
     launch (:func:`~.common.pdl_options`); ``prefetch``: each program first asks for its weight rows
     in L2 (:func:`~.common.prefetch_l2`; CUDA only), which with ``pdl`` happens before it waits; ``staged``: the
     loop pipelined over several tiles in shared memory (autotuned over staged tiles on CUDA; 2 stages with
-    explicit tiles and in the interpreter), none loaded before the wait. Same products, summed in the same order."""
+    explicit tiles and in the interpreter), none loaded before the wait, or with ``early`` the first weight tile
+    before it (as the unstaged form). Same products, summed in the same order."""
     if backend == "torch":
         return x @ w.T
     if staged and prefetch:
         raise ValueError("gemv: staged and prefetch are two forms of early weight loads; take one")
+    if early and not staged:
+        raise ValueError("gemv: early is the staged form's (the unstaged form always loads its first tile early)")
     _check_prefetch("gemv", prefetch)
     n_rows, k = x.shape
     check_decode_rows("gemv", n_rows, BLOCK_M)
@@ -168,8 +187,10 @@ def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool
     args = (x.contiguous(), w.contiguous(), out, n_rows, n, k)
     ieee = x.dtype == torch.float32
     opts = dict(PREFETCH=prefetch, **pdl_options(pdl))
+    if early:
+        opts["EARLY"] = True
     if block_n is None and block_k is None and not triton_interpreting():
-        tuned = _gemv_staged_tuned if staged else _gemv_tuned
+        tuned = (_gemv_staged_early_tuned if early else _gemv_staged_tuned) if staged else _gemv_tuned
         tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, BLOCK_M=BLOCK_M, IEEE=ieee, **opts)
     else:
         bn, bk = int(block_n or 16), int(block_k or min(32, _p2(k)))
