@@ -1,12 +1,13 @@
 """The decode GEMV's tiles timed from CUDA graphs, against the tiles Triton's autotuner picks for it.
 
 The decode step's Q/K/V and output projections (:func:`model_runtime.molmoe.kernels.gemv`) are autotuned on first use
-over :data:`~model_runtime.molmoe.kernels.projections` ``_gemv_tuned`` / ``_gemv_staged_tuned``'s configurations. The
+over ``model_runtime.molmoe.kernels.projections._gemv_tuned`` / ``_gemv_staged_tuned``'s configurations. The
 autotuner times each configuration with ``triton.testing.do_bench``, launched from Python one call at a time; a
-projection takes 3-13 µs on an H100, about what one launch costs the host, which is how the decode attention's first
-tile sweep came to time the host instead of the kernel (benchmarks/RESULTS.md, "The Triton GEMV's loop pipelined").
+projection takes 6-13 µs on an H100, near what a launch costs the host, and the decode attention's first tile sweep,
+timed that way, measured the host instead of the kernel (benchmarks/RESULTS.md, "The Triton GEMV's loop pipelined").
 Here each configuration is replayed from a CUDA graph over enough copies of the weights (:data:`CYCLE_BYTES`) that
-every call reads them from memory, as in a decode step, beside the autotuner's own picks timed the same way.
+every call reads them from memory, as in a decode step, beside the autotuner's own picks timed the same way. (On an
+H100 the autotuner's staged picks came within 2-6 % of the fastest tile: RESULTS, "The decode attention at 2 warps".)
 
     python -m benchmarks.gemv_tiles --out gemv_tiles.json         # one GPU, random weights (SYNTHETIC values)
 """

@@ -28,9 +28,9 @@ BACKENDS: tuple[str, ...] = ("triton", "torch")
 
 #: Block sizes of the kernels: positions per split of the decode attention (a (B, H, ceil(L / chunk))
 #: grid; smaller chunks spread a short cache over more programs) and its warps a program (2: on an H100 the
-#: decode step and the batch of 8 ran 1.4-3.1 % faster than with 4, alternated in one run; benchmarks/RESULTS.md,
-#: "The decode attention at 2 warps"), and the expert rows / output features per program of the MoE kernels
-#: where they are not autotuned (Triton's interpreter, or explicit block sizes).
+#: decode step ran 1.3-1.6 % and the batch of 8 2.2-3.1 % faster than with 4, alternated in one run;
+#: benchmarks/RESULTS.md, "The decode attention at 2 warps"), and the expert rows / output features per program of
+#: the MoE kernels where they are not autotuned (Triton's interpreter, or explicit block sizes).
 TUNING: dict[str, int] = {"attn_chunk": 64, "attn_warps": 2, "gate_up_block_i": 32, "down_block_d": 16}
 
 
