@@ -179,12 +179,14 @@ def test_triton_decode_step_equals_torch_ops(lm):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_sorted_decode_experts_equal_the_pair_kernels(lm, backend):
     """decode_experts="sorted" (the prefill's grouped GEMMs over the batch's pairs, the gather-sum
-    with the next block's norm) gives the pair kernels' decode steps; an unknown form is refused."""
+    with the next block's norm) gives the pair kernels' decode steps; an unknown form is refused. (The pair
+    kernels run as torch ops: test_triton_decode_step_equals_torch_ops checks their Triton form against them.)"""
     plan = _plan(("low", 1, 5, 12))
     ids, mask = _left_padded((10, 6), seed=4)
     logits = {}
     for form in ("pairs", "sorted"):
-        fused = FusedLM(lm, backend=backend, routed_form="sorted_gemm", decode_experts=form)
+        fused = FusedLM(lm, backend=backend if form == "sorted" else "torch", routed_form="sorted_gemm",
+                        decode_experts=form)
         # the same prefill for both (the decode step is under test)
         cache, tok = prefilled_static_cache(lm, FusedLM(lm, backend="torch"), plan, ids, mask)
         logits[form] = fused.decode_step(cache, tok, plan)
