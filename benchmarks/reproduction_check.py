@@ -1,6 +1,7 @@
 """A reproduced training stage against the original run's log (prints figures; reproduce_default.sh runs it).
 
 ``python -m benchmarks.reproduction_check --stage STAGE --log WORK/chain/STAGE/train_log.csv [--json OUT]``
+``python -m benchmarks.reproduction_check --grid full_scores.json --against CACHE [--points 2] [--json OUT]``
 
 The chain behind the committed default (``benchmarks/gpu/reproduce_default.sh``) takes about an hour
 of GPU time over several sessions; the reproduction bar is judged on the built cache at its end.
@@ -11,6 +12,11 @@ run's (its ``train_log.csv`` in ``benchmarks/logs``), and the training batches' 
 4 batches (about 40 examples a task), so single evaluations differ by a few hundredths between two
 runs of one recipe; the training window holds hundreds to thousands of answers a task (300 steps of 64
 with half asked for captions: 480-2,400), so it is the per-task figure to read.
+
+With ``--grid``, the chain's end instead (``reproduce_default.sh`` with ``CHECK=score``): the last stage's
+full-configuration scores per task (``experiments.eval_model_grid`` over the cache's requests) against the
+committed cache's (``--against``), the reproduction bar's comparison without building a cache; exit 1 when a task
+differs by more than ``--points``.
 """
 
 from __future__ import annotations
@@ -84,13 +90,60 @@ def compare(stage: str, log: Path, logs_dir: Path = LOGS, window: int = 300) -> 
             "train_acc_window": [in_window[0], in_window[-1]] if in_window else None, "train_acc": train}
 
 
+def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
+    """An ``eval_model_grid`` result's full-configuration scores per task against the full-configuration scores of
+    the cache ``reference`` over all its requests (``report_live_cache``'s comparison), with how many requests a
+    task has in each; ValueError when the grid has no full-configuration row."""
+    from benchmarks.report_live_cache import full_accuracy_against, knob_report, load
+
+    parts = load(reference, "all")
+    full = parts[0].knob_space.full_config
+    want = (full.tier, full.p, full.top_k, full.blocks)
+    row = next((r for r in grid.get("grid", []) if (r.get("tier"), r.get("p"), r.get("top_k"), r.get("blocks")) == want), None)
+    if row is None:
+        raise ValueError(f"the grid has no row of the full configuration {want}")
+    ref = knob_report(parts)
+    ours = {"tasks": {k.removeprefix("score/"): {"full": v} for k, v in row.items()
+                      if k.startswith("score/") and k != "score/mean"}}
+    out = full_accuracy_against(ours, ref, points)
+    out["n_per_task"] = {"grid": grid.get("n_per_task"), "reference": {t: r["n"] for t, r in ref["tasks"].items()}}
+    return out
+
+
+def main_grid(args: argparse.Namespace) -> int:
+    try:
+        grid = json.loads(args.grid.read_text())
+        res = grid_against(grid, args.against, args.points)
+    except (ValueError, OSError) as exc:
+        print(f"reproduction_check: {exc}", file=sys.stderr)
+        return 2
+    print(f"full configuration, {args.grid} against {args.against} (points):")
+    for t, r in res["tasks"].items():
+        this, ref = (f"{v:.3f}" if v is not None else "-" for v in (r["this"], r["reference"]))
+        n = (res["n_per_task"]["grid"] or {}).get(t), res["n_per_task"]["reference"].get(t)
+        print(f"  {t}: {this} vs {ref}" + (f" ({r['points']:+.1f})" if r["points"] is not None else " (missing)")
+              + f"  [{n[0]} / {n[1]} requests]")
+    print(f"largest difference {res['largest_points']:.1f} points: " + ("within" if res["within"] else "NOT within")
+          + f" {args.points:g}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0 if res["within"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stage", required=True, help=f"one of {', '.join(ORIGINAL_LOGS)}")
-    ap.add_argument("--log", type=Path, required=True, help="the reproduced stage's train_log.csv")
+    ap.add_argument("--stage", help=f"one of {', '.join(ORIGINAL_LOGS)}")
+    ap.add_argument("--log", type=Path, help="the reproduced stage's train_log.csv")
+    ap.add_argument("--grid", type=Path, help="eval_model_grid's JSON of the chain's last checkpoint (with --against)")
+    ap.add_argument("--against", help="the cache whose full-configuration scores --grid's must match")
+    ap.add_argument("--points", type=float, default=2.0, help="the largest difference --grid accepts, in points")
     ap.add_argument("--json", type=Path, default=None, help="write the comparison here too")
     ap.add_argument("--window", type=int, default=300, help="steps at the stage's end whose training exact match is compared")
     args = ap.parse_args(argv)
+    if bool(args.grid) == bool(args.stage) or bool(args.grid) != bool(args.against) or bool(args.stage) != bool(args.log):
+        ap.error("give --stage and --log (a training stage), or --grid and --against (the chain's end)")
+    if args.grid:
+        return main_grid(args)
     try:
         res = compare(args.stage, args.log, window=args.window)
     except (ValueError, FileNotFoundError) as exc:

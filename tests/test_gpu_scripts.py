@@ -89,6 +89,7 @@ case $mod in
     stopped=false; [ -f "$FAKE_STOP" ] && { rm "$FAKE_STOP"; stopped=true; }
     echo "{\"stopped_by_time\": $stopped}" > "$out/train_summary.json" ;;
   cache.repack) touch "$2" ;;
+  experiments.eval_model_grid) echo '{}' > "$out" ;;
 esac
 """
 
@@ -221,3 +222,40 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
     out = run()
     assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]
     assert f"a partial reproduction: weights of run12 from {ckpt}" in out.stdout
+
+
+def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_instead_of_a_build(tmp_path: Path) -> None:
+    """CHECK=score: after the last stage, eval_model_grid scores its checkpoint at the full configuration on the
+    cache's requests and reproduction_check --grid compares them with the committed cache; no cache is built."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    work, log = tmp_path / "work", tmp_path / "calls.log"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+           "FAKE_STOP": str(tmp_path / "stop"), "CHECK": "score"}
+    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+    ckpt = tmp_path / "v5"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True,
+                              env=env | extra)
+
+    assert run("--seed", "run13b", str(ckpt)).returncode == 0  # only run14 left to train
+    out = run(CALL_SECONDS="200")  # run14 (a piece of 200 - 75 s), then too little time left for the scoring
+    assert out.returncode == 0 and "stage run14 " in out.stdout
+    assert "too little for the full-configuration scoring (SCORE_SECONDS=240)" in out.stdout
+    assert "full-configuration scores: to do" in run("--status").stdout
+    out = run(CALL_SECONDS="400")  # the scoring, then the comparison
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    grid = next(c for c in calls if "experiments.eval_model_grid" in c)
+    assert f"--model {work}/chain/run14/plain --requests {work}/suite/test.jsonl --per-task 1000" in grid
+    assert '--configs tier=high,p=1,top_k=8,blocks=16 --max-new-tokens 16 --dense-decode' in grid
+    assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json "
+                                "--against cache/default/molmoe_small_suite.h5 --points 2")
+    assert not any("experiments.build_cache" in c for c in calls) and not (work / "default_cache.h5").exists()
+    assert f"{work}/full_scores.json" in run("--travel").stdout.split()
+    bad = run(CHECK="both")
+    assert bad.returncode == 2 and "CHECK must be build or score, got both" in bad.stderr

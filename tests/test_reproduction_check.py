@@ -64,3 +64,31 @@ def test_the_training_exact_match_over_the_stage_end(tmp_path: Path, capsys) -> 
     root = Path(__file__).resolve().parents[1]
     assert main(["--stage", "run10", "--log", str(root / "benchmarks/logs/h200_reproduce_run10_train_log.csv")]) == 0
     assert "training exact match, mean of steps 2899-3185 (original/this):" in capsys.readouterr().out
+
+
+def test_the_chains_end_scored_against_the_committed_cache(tmp_path: Path, capsys) -> None:
+    """--grid: eval_model_grid's full-configuration row against the committed cache's full-configuration scores;
+    within the points exits 0, beyond them 1, and a grid without the full configuration is refused."""
+    from benchmarks.report_live_cache import knob_report, load
+    from cache.default import LIVE_DEFAULT_CACHE
+
+    ref = knob_report(load(LIVE_DEFAULT_CACHE, "all"))
+    tasks = sorted(ref["tasks"])
+    full = {"index": 0, "tier": "high", "p": 1, "top_k": 8, "blocks": 16}
+    cheap = {"index": 1, "tier": "low", "p": 1, "top_k": 4, "blocks": 12, **{f"score/{t}": 0.0 for t in tasks}}
+    shifted = {f"score/{t}": ref["tasks"][t]["full"] + (0.015 if i == 0 else -0.005) for i, t in enumerate(tasks)}
+    grid = {"n_per_task": {t: 1000 for t in tasks}, "grid": [cheap, {**full, **shifted, "score/mean": 0.5}]}
+    path = tmp_path / "full_scores.json"
+    path.write_text(json.dumps(grid))
+    out = tmp_path / "reproduction.json"
+    assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["largest_points"] == pytest.approx(1.5) and res["within"] and set(res["tasks"]) == set(tasks)
+    assert res["n_per_task"]["reference"] == {t: 1000 for t in tasks}
+    assert "largest difference 1.5 points: within 2" in capsys.readouterr().out
+    assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE), "--points", "1"]) == 1
+    path.write_text(json.dumps({"grid": [cheap]}))
+    assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE)]) == 2
+    assert "no row of the full configuration ('high', 1, 8, 16)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one mode at a time
+        main(["--grid", str(path), "--stage", "run10", "--log", str(path), "--against", str(LIVE_DEFAULT_CACHE)])
