@@ -45,6 +45,27 @@ def tile_name(t: dk.AttnTile) -> str:
 CYCLE_BYTES = 256 * 2**20
 
 
+def cycle_copies(nbytes: int) -> int:
+    """How many copies of an operand of ``nbytes`` a timing cycles through to read at least :data:`CYCLE_BYTES`
+    (1 to 64)."""
+    return max(1, min(64, -(-CYCLE_BYTES // nbytes)))
+
+
+def event_times_ms(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """GPU ms of each of ``repeats`` calls of ``fn`` (one replay of a captured graph, say), timed by CUDA events with
+    the device idle before each."""
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
 @torch.no_grad()
 def sweep(n_heads: int, n_kv: int, head_dim: int, context: int, rows: tuple[int, ...], dev: torch.device,
           time_us: Callable[[Callable[[], Any]], float], dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
@@ -59,8 +80,7 @@ def sweep(n_heads: int, n_kv: int, head_dim: int, context: int, rows: tuple[int,
     out: dict[str, Any] = {"context": context, "tiles": [tile_name(t) for t in tile_grid()]}
     for b in rows:
         g = torch.Generator(device="cpu").manual_seed(b)
-        one = b * n_kv * length * head_dim * torch.finfo(dtype).bits // 8 * 2
-        copies = max(1, min(64, -(-CYCLE_BYTES // one)))
+        copies = cycle_copies(b * n_kv * length * head_dim * torch.finfo(dtype).bits // 8 * 2)
         kv = [(torch.randn(b, n_kv, length, head_dim, generator=g).to(dev, dtype),
                torch.randn(b, n_kv, length, head_dim, generator=g).to(dev, dtype)) for _ in range(copies)]
         q = torch.randn(b, n_heads, head_dim, generator=g).to(dev, dtype)
@@ -98,15 +118,8 @@ def cuda_graph_us(fn: Callable[[], Any], replays: int = 10) -> float:
     what ``fn`` launches): the median of ``replays`` replays, each timed by CUDA events."""
     replay, _ = cuda_graph_capture(fn)
     replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return sorted(times)[len(times) // 2]
+    times = event_times_ms(replay, replays)
+    return sorted(times)[len(times) // 2] * 1e3
 
 
 def parse_tile(name: str) -> dk.AttnTile:

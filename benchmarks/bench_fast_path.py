@@ -291,16 +291,7 @@ def prefill_replay_ms(dec: GraphDecoder, plan: tuple[int, ...], seq: int, p: int
     prefill without the host's work around it (input copies, cache bookkeeping, argmax, Python)."""
     graph = next(e.prefills[(dec.prefill_len(seq), p)] for k, e in dec._entries.items()
                  if k[2] == plan and (dec.prefill_len(seq), p) in e.prefills)
-    out = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end))
-    return statistics.median(out)
+    return statistics.median(attention_tiles.event_times_ms(graph.replay, repeats))
 
 
 # ------------------------------------------------------------------------------------ 5 batching
@@ -952,6 +943,7 @@ def main() -> None:
         # tile's gain in a decode step is a few per cent, about the spread between two runs of this bench
         length, new = (32, 16) if args.quick else (context, 64)
         corners = [(8, 16), (4, 12)] if args.quick else [(8, 16), (8, 12), (4, 16), (4, 12)]
+        batches = ((8, 16), (4, 12))
         tables = {"A": dict(dk.ATTN_TILES), "B": {**dk.ATTN_TILES, **ab_tiles}}
         times: dict[str, dict[str, list[float]]] = {"A": {}, "B": {}}
         try:
@@ -963,7 +955,7 @@ def main() -> None:
                     for k, b in corners:
                         times[name].setdefault(f"decode_k{k}b{b}_ms", []).append(
                             decode_ms(lm, d, plan_of(k, b), emb1, mask1, args.steps, args.repeats))
-                    for k, b in ((8, 16), (4, 12)):
+                    for k, b in batches:
                         times[name].setdefault(f"batch8_k{k}b{b}_ms", []).append(batching(
                             lm, d, plan_of(k, b), length, new, 8, max(1, args.repeats // 2), sequential=False)["batched_ms"])
                     del d
@@ -973,12 +965,14 @@ def main() -> None:
         out: dict[str, Any] = {name: {str(r): attention_tiles.tile_name(t) for r, t in sorted(table.items())}
                                for name, table in tables.items()}
         out["rounds"] = args.ab_rounds
+        # floor8 / t8 of the batches, as the batching section's share_of_bound
+        floors8 = {f"batch8_k{k}b{b}_ms": generate_floor(LMShape.of(lm), plan_of(k, b), length, new, 8, copy, mm)["floor_ms"]
+                   for k, b in batches} if copy and mm else {}
         for key in times["A"]:
             a, b = statistics.median(times["A"][key]), statistics.median(times["B"][key])
             row = out[key] = {"A": times["A"][key], "B": times["B"][key], "A_median": a, "B_median": b, "B_over_A": b / a}
-            if key.startswith("batch8") and copy and mm:  # floor8 / t8, as the batching section's share_of_bound
-                k, blocks = (int(x) for x in key.removeprefix("batch8_k").removesuffix("_ms").split("b"))
-                floor8 = generate_floor(LMShape.of(lm), plan_of(k, blocks), length, new, 8, copy, mm)["floor_ms"]
+            if key in floors8:
+                floor8 = floors8[key]
                 row.update(floor8_ms=floor8, share_of_bound_A=floor8 / a, share_of_bound_B=floor8 / b)
             print(f"  attn_ab {key}: A {a:.3f} ms, B {b:.3f} ms (B/A {b / a:.4f})", flush=True)
         return out

@@ -5,9 +5,10 @@ over ``model_runtime.molmoe.kernels.projections._gemv_tuned`` / ``_gemv_staged_t
 autotuner times each configuration with ``triton.testing.do_bench``, launched from Python one call at a time; a
 projection takes 6-13 µs on an H100, near what a launch costs the host, and the decode attention's first tile sweep,
 timed that way, measured the host instead of the kernel (benchmarks/RESULTS.md, "The Triton GEMV's loop pipelined").
-Here each configuration is replayed from a CUDA graph over enough copies of the weights (:data:`CYCLE_BYTES`) that
-every call reads them from memory, as in a decode step, beside the autotuner's own picks timed the same way. (On an
-H100 the autotuner's staged picks came within 2-6 % of the fastest tile: RESULTS, "The decode attention at 2 warps".)
+Here each configuration is replayed from a CUDA graph over enough copies of the weights
+(``attention_tiles.CYCLE_BYTES``) that every call reads them from memory, as in a decode step, beside the autotuner's
+own picks timed the same way. (On an H100 the autotuner's staged picks came within 2-6 % of the fastest tile:
+RESULTS, "The decode attention at 2 warps".)
 
     python -m benchmarks.gemv_tiles --out gemv_tiles.json         # one GPU, random weights (SYNTHETIC values)
 """
@@ -20,12 +21,9 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.attention_tiles import cuda_graph_us
+from benchmarks.attention_tiles import cuda_graph_us, cycle_copies
 from model_runtime.molmoe import kernels as dk
 from model_runtime.molmoe.kernels import projections
-
-#: bytes of weights a timing cycles through (more than an H100's or H200's L2 holds several times over)
-CYCLE_BYTES = 256 * 2**20
 
 #: configurations beyond the autotuner's lists: 2 warps (as the decode attention prefers), deeper pipelines, longer
 #: reduction tiles; (BLOCK_N, BLOCK_K, num_warps, NS), NS 1 being the unstaged form. (The first H100 sweep also had
@@ -40,19 +38,19 @@ def tile_name(block_n: int, block_k: int, warps: int, stages: int) -> str:
     return f"n{block_n}_k{block_k}_w{warps}_s{stages}"
 
 
+def _tile_of(c: Any) -> tuple[int, int, int, int]:
+    """An autotune configuration as (BLOCK_N, BLOCK_K, num_warps, NS); the unstaged form's have no NS: 1."""
+    return c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.kwargs.get("NS", 1)
+
+
 def autotune_tiles() -> dict[str, tuple[int, int, int, int]]:
     """The autotuner's configurations of both forms, by name (unstaged: ``s1``)."""
-    tiles = {}
-    for tuned, staged in ((projections._gemv_tuned, False), (projections._gemv_staged_tuned, True)):
-        for c in tuned.configs:
-            t = (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.kwargs["NS"] if staged else 1)
-            tiles[tile_name(*t)] = t
-    return tiles
+    return {tile_name(*_tile_of(c)): _tile_of(c)
+            for tuned in (projections._gemv_tuned, projections._gemv_staged_tuned) for c in tuned.configs}
 
 
 def _picked(staged: bool) -> str:
-    c = (projections._gemv_staged_tuned if staged else projections._gemv_tuned).best_config
-    return tile_name(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.kwargs["NS"] if staged else 1)
+    return tile_name(*_tile_of((projections._gemv_staged_tuned if staged else projections._gemv_tuned).best_config))
 
 
 @torch.no_grad()
@@ -64,7 +62,8 @@ def sweep(shapes: tuple[tuple[int, int], ...], rows: tuple[int, ...], dev: torch
     fastest tile and, for each form, how much slower its pick is.
 
     ``time_us(fn)`` times ``fn``, which runs the GEMV once over each of ``copies`` weights (together at least
-    :data:`CYCLE_BYTES`); a call's time is that over ``copies``. On a GPU, :func:`~benchmarks.attention_tiles.cuda_graph_us`."""
+    :data:`~benchmarks.attention_tiles.CYCLE_BYTES`); a call's time is that over ``copies``. On a GPU,
+    :func:`~benchmarks.attention_tiles.cuda_graph_us`."""
     import triton
 
     autotuned = dev.type == "cuda" if autotuned is None else autotuned
@@ -73,7 +72,7 @@ def sweep(shapes: tuple[tuple[int, int], ...], rows: tuple[int, ...], dev: torch
     for n, k in shapes:
         g = torch.Generator(device="cpu").manual_seed(n + k)
         one = n * k * torch.finfo(dtype).bits // 8
-        copies = max(1, min(64, -(-CYCLE_BYTES // one)))
+        copies = cycle_copies(one)
         ws = [(torch.randn(n, k, generator=g) / k**0.5).to(dev, dtype) for _ in range(copies)]
         for m in rows:
             x = torch.randn(m, k, generator=g).to(dev, dtype)

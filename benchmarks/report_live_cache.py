@@ -135,6 +135,18 @@ def full_accuracy_against(rep: dict, ref: dict, points: float) -> dict:
     return {"tasks": rows, "largest_points": max(diffs), "bar_points": points, "within": max(diffs) <= points}
 
 
+def print_against(cmp: dict, title: str, counts: dict[str, str] | None = None) -> None:
+    """:func:`full_accuracy_against`'s comparison, a line per task (``counts``: a note after a task's line) and the
+    verdict."""
+    print(title)
+    for t, r in cmp["tasks"].items():
+        this, ref = (f"{v:.3f}" if v is not None else "-" for v in (r["this"], r["reference"]))
+        print(f"  {t}: {this} vs {ref}" + (f" ({r['points']:+.1f})" if r["points"] is not None else " (missing)")
+              + (f"  [{counts[t]}]" if counts and t in counts else ""))
+    print(f"largest difference {cmp['largest_points']:.1f} points: "
+          + ("within" if cmp["within"] else "NOT within") + f" {cmp['bar_points']:g}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.report_live_cache", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", required=True)
@@ -151,12 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     if args.against:
         cmp = rep["against"] = full_accuracy_against(rep, knob_report(load(args.against, args.split)), args.points)
-        print(f"\nFull configuration against {args.against} (points):")
-        for t, r in cmp["tasks"].items():
-            this, ref = (f"{v:.3f}" if v is not None else "-" for v in (r["this"], r["reference"]))
-            print(f"  {t}: {this} vs {ref}" + (f" ({r['points']:+.1f})" if r["points"] is not None else " (missing)"))
-        print(f"largest difference {cmp['largest_points']:.1f} points: "
-              + ("within" if cmp["within"] else "NOT within") + f" {args.points:g}")
+        print_against(cmp, f"\nFull configuration against {args.against} (points):")
         rc = 0 if cmp["within"] else 1
     if args.json:
         args.json.write_text(json.dumps(rep, indent=1, default=str))

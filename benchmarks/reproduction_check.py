@@ -117,14 +117,11 @@ def main_grid(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"reproduction_check: {exc}", file=sys.stderr)
         return 2
-    print(f"full configuration, {args.grid} against {args.against} (points):")
-    for t, r in res["tasks"].items():
-        this, ref = (f"{v:.3f}" if v is not None else "-" for v in (r["this"], r["reference"]))
-        n = (res["n_per_task"]["grid"] or {}).get(t), res["n_per_task"]["reference"].get(t)
-        print(f"  {t}: {this} vs {ref}" + (f" ({r['points']:+.1f})" if r["points"] is not None else " (missing)")
-              + f"  [{n[0]} / {n[1]} requests]")
-    print(f"largest difference {res['largest_points']:.1f} points: " + ("within" if res["within"] else "NOT within")
-          + f" {args.points:g}")
+    from benchmarks.report_live_cache import print_against
+
+    counts = {t: f"{(res['n_per_task']['grid'] or {}).get(t)} / {res['n_per_task']['reference'].get(t)} requests"
+              for t in res["tasks"]}
+    print_against(res, f"full configuration, {args.grid} against {args.against} (points):", counts)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return 0 if res["within"] else 1

@@ -13,7 +13,9 @@ from benchmarks import gemv_tiles as gt  # noqa: E402
 
 def test_the_sweep_covers_the_autotuners_tiles_and_names_the_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
     times = iter(range(10_000, 0, -1))  # each timing faster than the one before: the last tile wins
-    monkeypatch.setattr(gt, "CYCLE_BYTES", 3 * 64 * 32 * 4)  # three copies of the weights
+    from benchmarks import attention_tiles
+
+    monkeypatch.setattr(attention_tiles, "CYCLE_BYTES", 3 * 64 * 32 * 4)  # three copies of the weights
     res = gt.sweep(((64, 32),), (1, 2), torch.device("cpu"), lambda fn: float(next(times)), torch.float32)
     auto = gt.autotune_tiles()
     extra = {gt.tile_name(*t) for t in gt.EXTRA_TILES}

@@ -186,9 +186,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, backend: Backend = "torch", pdl: bool
     out = torch.empty(n_rows, n, dtype=x.dtype, device=x.device)
     args = (x.contiguous(), w.contiguous(), out, n_rows, n, k)
     ieee = x.dtype == torch.float32
-    opts = dict(PREFETCH=prefetch, **pdl_options(pdl))
-    if early:
-        opts["EARLY"] = True
+    opts = dict(PREFETCH=prefetch, EARLY=early, **pdl_options(pdl))
     if block_n is None and block_k is None and not triton_interpreting():
         tuned = (_gemv_staged_early_tuned if early else _gemv_staged_tuned) if staged else _gemv_tuned
         tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, BLOCK_M=BLOCK_M, IEEE=ieee, **opts)
