@@ -56,3 +56,31 @@ def test_against_a_reference_compares_every_tasks_full_score(small_cache, tmp_pa
     assert cmp["tasks"]["count"]["points"] is None and not cmp["within"]  # a task the rebuilt cache lacks fails
     del b["tasks"]["count"]
     assert full_accuracy_against(a, b, 2.0)["within"] and not full_accuracy_against(a, b, 1.9)["within"]
+
+
+def test_grid_against_compares_every_configuration_by_request_id(small_cache, capsys):
+    from benchmarks.report_live_cache import grid_against
+
+    parts = load(small_cache, "all")
+    same = grid_against(parts, parts)
+    assert same["requests"] == 300 and same["configurations"] == len(parts[0].knob_space)
+    for row in same["tasks"].values():
+        assert row["largest_points"] == 0 and row["equal_cells"] == 1 and row["oracle"]["this"] == row["oracle"]["reference"]
+    # the reference's requests in another order, one task's scores at one configuration lowered by 0.1: that task's
+    # largest difference is 10 points at that configuration, its equal cells fall by one configuration's share
+    ref = [dataclasses.replace(d) for d in parts[::-1]]
+    task = sorted(same["tasks"])[0]
+    c = 7
+    for d in ref:
+        score = d.score.copy()
+        m = (d.datasets == task) & np.isfinite(score[:, c])
+        score[m, c] -= 0.1
+        d.score = score
+    g = grid_against(parts, ref)
+    row = g["tasks"][task]
+    assert row["largest_points"] == pytest.approx(10.0)
+    assert row["mean_abs_points"] == pytest.approx(10.0 / g["configurations"])
+    assert row["equal_cells"] == pytest.approx(1 - 1 / g["configurations"], abs=1e-3)
+    assert all(r["largest_points"] == 0 for t, r in g["tasks"].items() if t != task)
+    main(["--cache", small_cache, "--against", small_cache])
+    assert "equal cells 100.0%" in capsys.readouterr().out
