@@ -259,3 +259,51 @@ def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_inste
     assert f"{work}/full_scores.json" in run("--travel").stdout.split()
     bad = run(CHECK="both")
     assert bad.returncode == 2 and "CHECK must be build or score, got both" in bad.stderr
+
+
+def test_the_reproduction_chain_checks_one_segment_between_two_committed_defaults(tmp_path: Path) -> None:
+    """UNTIL=STAGE ends the chain after STAGE and compares its checkpoint with AGAINST, the committed cache of that
+    stage's time, which a stage other than run14 must name; seeded, one segment is checked on its own."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    work, log = tmp_path / "work", tmp_path / "calls.log"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+           "FAKE_STOP": str(tmp_path / "stop"), "CHECK": "score", "UNTIL": "run12"}
+    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+    ckpt, v5 = tmp_path / "v4", tmp_path / "v5.h5"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    v5.write_text("the v5 cache")
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True,
+                              env=env | extra)
+
+    assert run("--seed", "run11b", str(ckpt)).returncode == 0
+    for extra, problem in (({}, "UNTIL=run12 needs AGAINST=CACHE"), ({"AGAINST": str(tmp_path / "no.h5")}, "no such cache"),
+                           ({"UNTIL": "run99", "AGAINST": str(v5)}, "UNTIL must be a stage"),
+                           ({"UNTIL": "run10", "AGAINST": str(v5)}, "UNTIL=run10: its weights are not in")):
+        refused = run(**extra)
+        assert refused.returncode == 2 and problem in refused.stderr, refused.stderr
+    assert not log.exists()  # nothing ran
+    status = run("--status").stdout
+    assert "run12: to do" in status and "run13a: not in this chain (UNTIL=run12)" in status
+    out = run(AGAINST=str(v5), CALL_SECONDS="2000")  # run12, then its scoring and the comparison
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    trains = [c for c in calls if "train_model" in c]
+    assert len(trains) == 1 and f"--init-from {work}/chain/run11b/plain" in trains[0] and "--steps 4600" in trains[0]
+    assert f"--model {work}/chain/run12/plain " in next(c for c in calls if "experiments.eval_model_grid" in c)
+    assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json --against {v5} --points 2")
+    assert "a partial reproduction: weights of run11b" in out.stdout and not (work / "chain/run13a/DONE").exists()
+    # UNTIL at the seeded stage itself: the committed checkpoint scored against its own cache, nothing trained
+    seeded_only = tmp_path / "seeded_only"
+    assert subprocess.run(["bash", str(script), str(seeded_only), "--seed", "run11b", str(ckpt)], cwd=ROOT,
+                          env=env).returncode == 0
+    out = subprocess.run(["bash", str(script), str(seeded_only)], cwd=ROOT, capture_output=True, text=True,
+                         env=env | {"UNTIL": "run11b", "AGAINST": str(v5), "CALL_SECONDS": "2000"})
+    assert out.returncode == 0, out.stderr
+    assert f"--model {seeded_only}/chain/run11b/plain " in log.read_text().splitlines()[-2]
+    assert log.read_text().splitlines()[-1].startswith(f"-m benchmarks.reproduction_check --grid {seeded_only}/full_scores.json")
+    assert len([c for c in log.read_text().splitlines() if "train_model" in c]) == 1

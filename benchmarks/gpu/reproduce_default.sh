@@ -38,6 +38,13 @@
 # scores compared with the committed cache's (benchmarks.reproduction_check --grid): the training half of the bar
 # alone. The build half, the committed checkpoint rebuilt into the committed cache, was checked on its own (RESULTS,
 # "The one-GPU launch on an H100, finished": every task within 0.0 points). SCORE_SECONDS (240) as BUILD_SECONDS.
+# UNTIL=STAGE (default run14) ends the chain after STAGE: its checkpoint is built or scored, and compared with AGAINST=CACHE,
+# which a stage other than run14 must name: the committed cache of that stage's time (the same 6,000 requests), e.g.
+#   git archive 54ecd1e cache/default/molmoe_small_suite.h5 | tar x -C runs/v3   # run10's (molmoe-small-suite-v3)
+#   git archive 87264d1 cache/default/molmoe_small_suite.h5 | tar x -C runs/v4   # run11b's (v4)
+#   git archive ca07612 cache/default/molmoe_small_suite.h5 | tar x -C runs/v5   # run12's (v5); run14's is the default (v7)
+# With --seed, one segment of the chain between two committed defaults is checked on its own, e.g. run12 from v4's
+# weights (`--seed run11b`) against v5's cache: a session's device time each, where the whole chain needs three.
 # Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building.
 set -euo pipefail
 W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --seed STAGE DIR]}
@@ -49,6 +56,8 @@ MIN_PIECE=${MIN_PIECE:-60}
 BUILD_SECONDS=${BUILD_SECONDS:-450}
 SCORE_SECONDS=${SCORE_SECONDS:-240}
 CHECK=${CHECK:-build}
+UNTIL=${UNTIL:-run14}
+AGAINST=${AGAINST:-}
 case $CHECK in
   build) CHECKED=$W/default_cache.h5; CHECK_SECONDS=$BUILD_SECONDS; CHECK_NAME=build ;;
   score) CHECKED=$W/full_scores.json; CHECK_SECONDS=$SCORE_SECONDS; CHECK_NAME="full-configuration scoring" ;;
@@ -80,8 +89,12 @@ stage() {
   esac
 }
 
+# the first stage up to UNTIL that is not done; nothing when the chain is trained
 next_stage() {
-  for s in "${STAGES[@]}"; do [ -f "$W/chain/$s/DONE" ] || { echo "$s"; return; }; done
+  for s in "${STAGES[@]}"; do
+    [ -f "$W/chain/$s/DONE" ] || { echo "$s"; return; }
+    [ "$s" = "$UNTIL" ] && return
+  done
 }
 
 # "stopped" when the last training call in WORK/ckpt stopped by time (a resumable part), else "finished"
@@ -90,6 +103,7 @@ last_call() {
     "$W/ckpt/train_summary.json"
 }
 
+( stage "$UNTIL" ) || { echo "reproduce_default.sh: UNTIL must be a stage" >&2; exit 2; }
 if [ "${2:-}" = --seed ]; then
   SEED=${3:?usage: reproduce_default.sh WORK --seed STAGE DIR}
   DIR=${4:?usage: reproduce_default.sh WORK --seed STAGE DIR}
@@ -112,9 +126,12 @@ if [ "${2:-}" = --seed ]; then
 fi
 mkdir -p "$W/chain"
 if [ "${2:-}" = --status ]; then
+  beyond=
   for s in "${STAGES[@]}"; do
     stage "$s"
     state="to do"; [ -f "$W/chain/$s/DONE" ] && state=done
+    [ -n "$beyond" ] && [ "$state" != done ] && state="not in this chain (UNTIL=$UNTIL)"
+    [ "$s" = "$UNTIL" ] && beyond=1
     [ -f "$W/chain/$s/SEEDED" ] && state="seeded (not trained here)"
     [ "$(cat "$W/current_stage" 2>/dev/null)" = "$s" ] && [ "$state" != done ] && state="in progress"
     cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
@@ -185,12 +202,12 @@ piece() {
     return 0
   fi
   if [ ! -f "$CHECKED" ] && [ "$CHECK" = build ]; then
-    bash "$HERE/build_default_cache.sh" "$W" "$W/chain/run14/plain" molmoe-small-suite-reproduced
+    bash "$HERE/build_default_cache.sh" "$W" "$W/chain/$UNTIL/plain" molmoe-small-suite-reproduced
     return 0
   fi
   if [ ! -f "$CHECKED" ]; then  # CHECK=score: the committed cache's requests (the build's suite), full configuration
     [ -f "$W/suite/test.jsonl" ] || $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test
-    $PY -m experiments.eval_model_grid --model "$W/chain/run14/plain" --requests "$W/suite/test.jsonl" --per-task 1000 \
+    $PY -m experiments.eval_model_grid --model "$W/chain/$UNTIL/plain" --requests "$W/suite/test.jsonl" --per-task 1000 \
         --configs "tier=high,p=1,top_k=8,blocks=16" --max-new-tokens 16 --dense-decode --device cuda --out "$CHECKED"
     return 0
   fi
@@ -200,6 +217,18 @@ piece() {
 # seconds left of this call (CALL_SECONDS > 0), else a large number
 left() { if [ "$CALL_SECONDS" -gt 0 ]; then echo $(( CALL_SECONDS - ($(date +%s) - T0) )); else echo 999999; fi; }
 
+if [ -z "$AGAINST" ]; then
+  if [ "$UNTIL" != run14 ]; then
+    echo "reproduce_default.sh: UNTIL=$UNTIL needs AGAINST=CACHE, the committed cache of that stage's time (the default cache is run14's; nothing was run)" >&2
+    exit 2
+  fi
+  AGAINST=cache/default/molmoe_small_suite.h5
+fi
+[ -f "$AGAINST" ] || { echo "reproduce_default.sh: AGAINST=$AGAINST: no such cache (nothing was run)" >&2; exit 2; }
+if [ -z "$(next_stage)" ] && [ ! -d "$W/chain/$UNTIL/plain" ]; then
+  echo "reproduce_default.sh: UNTIL=$UNTIL: its weights are not in $W (a stage before the seeded one?); nothing was run" >&2
+  exit 2
+fi
 T0=$(date +%s)
 while :; do
   L=$(left)
@@ -221,10 +250,10 @@ while :; do
   piece
   if [ "$DONE_ALL" = 1 ]; then
     if [ "$CHECK" = build ]; then
-      $PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against cache/default/molmoe_small_suite.h5 \
+      $PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against "$AGAINST" \
           --points 2 --json "$W/reproduction.json"
     else
-      $PY -m benchmarks.reproduction_check --grid "$CHECKED" --against cache/default/molmoe_small_suite.h5 \
+      $PY -m benchmarks.reproduction_check --grid "$CHECKED" --against "$AGAINST" \
           --points 2 --json "$W/reproduction.json"
     fi
     seeded=$(cat "$W"/chain/*/SEEDED 2>/dev/null | sort -u || true)
