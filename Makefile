@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15  # the slowest tests named: the suite must stay under 10 minutes
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --out outputs/demo
