@@ -19,6 +19,11 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # an unreachable index fails in seconds rather than minutes
 TORCH_INDEX_OPTS ?= --retries 1 --timeout 20
 
+# the suite runs in TEST_WORKERS processes (pytest-xdist; a test file's tests stay in one process, so its module
+# fixtures are built once); TEST_WORKERS=0 runs it in this process. The 15 slowest tests are named: the suite must stay
+# under 10 minutes on the 2-core CI machine.
+TEST_WORKERS ?= 2
+
 # (re)install when pyproject.toml changes
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +40,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15  # the slowest tests named: the suite must stay under 10 minutes
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --out outputs/demo
