@@ -146,6 +146,9 @@ def grid_against(this: list[ReplayData], ref: list[ReplayData]) -> dict:
         return ({i: n for n, i in enumerate(ids.tolist())}, np.concatenate([d.score for d in parts]),
                 np.concatenate([d.datasets for d in parts]))
 
+    ka, kb = this[0].knob_space, ref[0].knob_space
+    if [ka.config(c) for c in range(len(ka))] != [kb.config(c) for c in range(len(kb))]:
+        raise ValueError("the two caches' knob spaces differ: no configuration-by-configuration comparison")
     ia, sa, da = table(this)
     ib, sb, _ = table(ref)
     common = sorted(set(ia) & set(ib))
@@ -203,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         ref = load(args.against, args.split)
         cmp = rep["against"] = full_accuracy_against(rep, knob_report(ref), args.points)
         print_against(cmp, f"\nFull configuration against {args.against} (points):")
-        rep["grid_against"] = grid_against(parts, ref)
-        print_grid_against(rep["grid_against"])
+        try:
+            rep["grid_against"] = grid_against(parts, ref)
+            print_grid_against(rep["grid_against"])
+        except ValueError as exc:
+            print(f"\nEvery configuration: {exc}")
         rc = 0 if cmp["within"] else 1
     if args.json:
         args.json.write_text(json.dumps(rep, indent=1, default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -84,3 +85,6 @@ def test_grid_against_compares_every_configuration_by_request_id(small_cache, ca
     assert all(r["largest_points"] == 0 for t, r in g["tasks"].items() if t != task)
     main(["--cache", small_cache, "--against", small_cache])
     assert "equal cells 100.0%" in capsys.readouterr().out
+    ks = parts[0].knob_space  # (only the knob space is read before the refusal)
+    with pytest.raises(ValueError, match="knob spaces differ"):
+        grid_against(parts, [SimpleNamespace(knob_space=dataclasses.replace(ks, top_ks=ks.top_ks[1:]))])
