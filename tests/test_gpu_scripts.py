@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -182,21 +183,30 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
     assert "too little for the build" in call(300) and not (work / "default_cache.h5").exists()
 
 
-def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:
+def chain_runner(tmp_path: Path, **env: str) -> tuple[Callable[..., subprocess.CompletedProcess], Path, Path]:
+    """``run(*args, work=WORK, **more_env)``: reproduce_default.sh on WORK (default tmp_path/work) with the stand-in
+    for Python, which logs its calls; returns run, the default WORK and the calls' log."""
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
     work, log = tmp_path / "work", tmp_path / "calls.log"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
-           "FAKE_STOP": str(tmp_path / "stop")}
+    base = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+            "FAKE_STOP": str(tmp_path / "stop"), **env}
     script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+
+    def run(*args: str, work: Path = work, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True,
+                              env=base | extra)
+
+    return run, work, log
+
+
+def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:
+    run, work, log = chain_runner(tmp_path)
     ckpt = tmp_path / "v5"
     ckpt.mkdir()
     (ckpt / "config.json").write_text("{}")
     (ckpt / "model.safetensors").write_text("weights")
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True, env=env)
 
     for args, problem in ((("--seed", "run99", str(ckpt)), "unknown stage run99"),
                           (("--seed", "run12", str(tmp_path)), "is not a checkpoint (no config.json)")):
@@ -227,20 +237,10 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
 def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_instead_of_a_build(tmp_path: Path) -> None:
     """CHECK=score: after the last stage, eval_model_grid scores its checkpoint at the full configuration on the
     cache's requests and reproduction_check --grid compares them with the committed cache; no cache is built."""
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    work, log = tmp_path / "work", tmp_path / "calls.log"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
-           "FAKE_STOP": str(tmp_path / "stop"), "CHECK": "score"}
-    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+    run, work, log = chain_runner(tmp_path, CHECK="score")
     ckpt = tmp_path / "v5"
     ckpt.mkdir()
     (ckpt / "config.json").write_text("{}")
-
-    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True,
-                              env=env | extra)
 
     assert run("--seed", "run13b", str(ckpt)).returncode == 0  # only run14 left to train
     out = run(CALL_SECONDS="200")  # run14 (a piece of 200 - 75 s), then too little time left for the scoring
@@ -264,21 +264,11 @@ def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_inste
 def test_the_reproduction_chain_checks_one_segment_between_two_committed_defaults(tmp_path: Path) -> None:
     """UNTIL=STAGE ends the chain after STAGE and compares its checkpoint with AGAINST, the committed cache of that
     stage's time, which a stage other than run14 must name; seeded, one segment is checked on its own."""
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    work, log = tmp_path / "work", tmp_path / "calls.log"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
-           "FAKE_STOP": str(tmp_path / "stop"), "CHECK": "score", "UNTIL": "run12"}
-    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+    run, work, log = chain_runner(tmp_path, CHECK="score", UNTIL="run12")
     ckpt, v5 = tmp_path / "v4", tmp_path / "v5.h5"
     ckpt.mkdir()
     (ckpt / "config.json").write_text("{}")
     v5.write_text("the v5 cache")
-
-    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True,
-                              env=env | extra)
 
     assert run("--seed", "run11b", str(ckpt)).returncode == 0
     for extra, problem in (({}, "UNTIL=run12 needs AGAINST=CACHE"), ({"AGAINST": str(tmp_path / "no.h5")}, "no such cache"),
@@ -299,10 +289,8 @@ def test_the_reproduction_chain_checks_one_segment_between_two_committed_default
     assert "a partial reproduction: weights of run11b" in out.stdout and not (work / "chain/run13a/DONE").exists()
     # UNTIL at the seeded stage itself: the committed checkpoint scored against its own cache, nothing trained
     seeded_only = tmp_path / "seeded_only"
-    assert subprocess.run(["bash", str(script), str(seeded_only), "--seed", "run11b", str(ckpt)], cwd=ROOT,
-                          env=env).returncode == 0
-    out = subprocess.run(["bash", str(script), str(seeded_only)], cwd=ROOT, capture_output=True, text=True,
-                         env=env | {"UNTIL": "run11b", "AGAINST": str(v5), "CALL_SECONDS": "2000"})
+    assert run("--seed", "run11b", str(ckpt), work=seeded_only).returncode == 0
+    out = run(work=seeded_only, UNTIL="run11b", AGAINST=str(v5), CALL_SECONDS="2000")
     assert out.returncode == 0, out.stderr
     assert f"--model {seeded_only}/chain/run11b/plain " in log.read_text().splitlines()[-2]
     assert log.read_text().splitlines()[-1].startswith(f"-m benchmarks.reproduction_check --grid {seeded_only}/full_scores.json")

@@ -59,11 +59,11 @@ def test_against_a_reference_compares_every_tasks_full_score(small_cache, tmp_pa
     assert full_accuracy_against(a, b, 2.0)["within"] and not full_accuracy_against(a, b, 1.9)["within"]
 
 
-def test_grid_against_compares_every_configuration_by_request_id(small_cache, capsys):
-    from benchmarks.report_live_cache import grid_against
+def test_every_config_against_compares_every_configuration_by_request_id(small_cache, capsys):
+    from benchmarks.report_live_cache import every_config_against
 
     parts = load(small_cache, "all")
-    same = grid_against(parts, parts)
+    same = every_config_against(parts, parts)
     assert same["requests"] == 300 and same["configurations"] == len(parts[0].knob_space)
     for row in same["tasks"].values():
         assert row["largest_points"] == 0 and row["equal_cells"] == 1 and row["oracle"]["this"] == row["oracle"]["reference"]
@@ -77,7 +77,7 @@ def test_grid_against_compares_every_configuration_by_request_id(small_cache, ca
         m = (d.datasets == task) & np.isfinite(score[:, c])
         score[m, c] -= 0.1
         d.score = score
-    g = grid_against(parts, ref)
+    g = every_config_against(parts, ref)
     row = g["tasks"][task]
     assert row["largest_points"] == pytest.approx(10.0)
     assert row["mean_abs_points"] == pytest.approx(10.0 / g["configurations"])
@@ -87,4 +87,4 @@ def test_grid_against_compares_every_configuration_by_request_id(small_cache, ca
     assert "equal cells 100.0%" in capsys.readouterr().out
     ks = parts[0].knob_space  # (only the knob space is read before the refusal)
     with pytest.raises(ValueError, match="knob spaces differ"):
-        grid_against(parts, [SimpleNamespace(knob_space=dataclasses.replace(ks, top_ks=ks.top_ks[1:]))])
+        every_config_against(parts, [SimpleNamespace(knob_space=dataclasses.replace(ks, top_ks=ks.top_ks[1:]))])
