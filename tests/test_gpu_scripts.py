@@ -228,8 +228,8 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
         trains.append([c for c in log.read_text().splitlines() if "train_model" in c][-1])
     assert len([c for c in log.read_text().splitlines() if "train_model" in c]) == 3  # nothing before run13a trained
     assert f"--init-from {work}/chain/run12/plain" in trains[0] and "--stop-at-step 2539" in trains[0]
-    assert run().returncode == 0 and (work / "default_cache.h5").exists()  # the build
-    out = run()
+    out = run()  # the build, and the comparison in the same call
+    assert out.returncode == 0 and (work / "default_cache.h5").exists()
     assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]
     assert f"a partial reproduction: weights of run12 from {ckpt}" in out.stdout
 
@@ -243,11 +243,11 @@ def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_inste
     (ckpt / "config.json").write_text("{}")
 
     assert run("--seed", "run13b", str(ckpt)).returncode == 0  # only run14 left to train
-    out = run(CALL_SECONDS="200")  # run14 (a piece of 200 - 75 s), then too little time left for the scoring
+    out = run(CALL_SECONDS="100", PIECE_OVERHEAD="10")  # run14 (a piece of 100 - 10 s), then too little for the scoring
     assert out.returncode == 0 and "stage run14 " in out.stdout
-    assert "too little for the full-configuration scoring (SCORE_SECONDS=240)" in out.stdout
+    assert "too little for the full-configuration scoring (SCORE_SECONDS=120)" in out.stdout
     assert "full-configuration scores: to do" in run("--status").stdout
-    out = run(CALL_SECONDS="400")  # the scoring, then the comparison
+    out = run()  # one piece, the scoring, and the comparison in the same call
     assert out.returncode == 0, out.stderr
     calls = log.read_text().splitlines()
     grid = next(c for c in calls if "experiments.eval_model_grid" in c)

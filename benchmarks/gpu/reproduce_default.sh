@@ -9,8 +9,9 @@
 # as their train_config.json files recorded them). Three stages were cut by a time limit where the next stage took over
 # from their weights; STOP_AT_STEP cuts them at the same steps on any machine.
 # Each call does one piece and returns: a training stage, or the part of it that fits STOP_AFTER seconds (default 470;
-# the next call on the same machine resumes it), then the cache build (resumable the same way), then the comparison
-# (report_live_cache --against the committed cache: every task's full-configuration score within 2 points).
+# the next call on the same machine resumes it), then the cache build (resumable the same way), which the comparison
+# follows in the same call (report_live_cache --against the committed cache: every task's full-configuration score
+# within 2 points).
 # CALL_SECONDS=N (default 0: one piece per call) keeps taking pieces until the call's N seconds would not hold the next:
 # a training piece gets what is left less PIECE_OVERHEAD seconds (default 75: process start, suite, tokenizer, model
 # set-up outside the trainer's clock) in place of STOP_AFTER, and none starts below MIN_PIECE (60) seconds; the build
@@ -37,7 +38,8 @@
 # the cache's 6,000 requests (experiments.eval_model_grid, ≈ 2 minutes where the build takes ≈ 6) and those per-task
 # scores compared with the committed cache's (benchmarks.reproduction_check --grid): the training half of the bar
 # alone. The build half, the committed checkpoint rebuilt into the committed cache, was checked on its own (RESULTS,
-# "The one-GPU launch on an H100, finished": every task within 0.0 points). SCORE_SECONDS (240) as BUILD_SECONDS.
+# "The one-GPU launch on an H100, finished": every task within 0.0 points). SCORE_SECONDS (120) as BUILD_SECONDS:
+# the scoring took 66 and 75 s on an H100, 89 s with its process's start (benchmarks/logs/h100_reproduce_seg12_call3.log).
 # UNTIL=STAGE (default run14) ends the chain after STAGE: its checkpoint is built or scored, and compared with AGAINST=CACHE,
 # which a stage other than run14 must name: the committed cache of that stage's time (the same 6,000 requests), e.g.
 #   git archive 54ecd1e cache/default/molmoe_small_suite.h5 | tar x -C runs/v3   # run10's (molmoe-small-suite-v3)
@@ -54,7 +56,7 @@ CALL_SECONDS=${CALL_SECONDS:-0}
 PIECE_OVERHEAD=${PIECE_OVERHEAD:-75}
 MIN_PIECE=${MIN_PIECE:-60}
 BUILD_SECONDS=${BUILD_SECONDS:-450}
-SCORE_SECONDS=${SCORE_SECONDS:-240}
+SCORE_SECONDS=${SCORE_SECONDS:-120}
 CHECK=${CHECK:-build}
 UNTIL=${UNTIL:-run14}
 AGAINST=${AGAINST:-}
@@ -248,6 +250,8 @@ while :; do
   fi
   DONE_ALL=0
   piece
+  # the comparison takes seconds: it follows the piece that finished the build or the scoring in the same call
+  if [ -z "$(next_stage)" ] && [ -f "$CHECKED" ]; then DONE_ALL=1; fi
   if [ "$DONE_ALL" = 1 ]; then
     if [ "$CHECK" = build ]; then
       $PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against "$AGAINST" \
