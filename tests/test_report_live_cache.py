@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -67,6 +68,8 @@ def test_every_config_against_compares_every_configuration_by_request_id(small_c
     assert same["requests"] == 300 and same["configurations"] == len(parts[0].knob_space)
     for row in same["tasks"].values():
         assert row["largest_points"] == 0 and row["equal_cells"] == 1 and row["oracle"]["this"] == row["oracle"]["reference"]
+        assert row["full_changed"] == 0 and row["full_paired_se_points"] == 0 and row["full_beyond_bar"] == 0
+    assert same["miss_chance"] == 0 and same["bar_points"] == 2.0
     # the reference's requests in another order, one task's scores at one configuration lowered by 0.1: that task's
     # largest difference is 10 points at that configuration, its equal cells fall by one configuration's share
     ref = [dataclasses.replace(d) for d in parts[::-1]]
@@ -83,8 +86,25 @@ def test_every_config_against_compares_every_configuration_by_request_id(small_c
     assert row["mean_abs_points"] == pytest.approx(10.0 / g["configurations"])
     assert row["equal_cells"] == pytest.approx(1 - 1 / g["configurations"], abs=1e-3)
     assert all(r["largest_points"] == 0 for t, r in g["tasks"].items() if t != task)
+    # every other request of the task 0.3 lower at the full configuration: half its requests changed, the paired
+    # standard error that of the differences (0 or 30 points), and a chance of missing the bar from that task alone
+    full = parts[0].knob_space.index(parts[0].knob_space.full_config)
+    changed = 0
+    for d in ref:
+        score = d.score.copy()
+        rows = np.flatnonzero(d.datasets == task)[::2]
+        score[rows, full] -= 0.3
+        d.score, changed = score, changed + len(rows)
+    g = every_config_against(parts, ref, points=1.0)
+    row, n = g["tasks"][task], int(sum(np.sum(d.datasets == task) for d in parts))
+    diffs = np.r_[np.full(changed, 30.0), np.zeros(n - changed)]
+    assert row["full_changed"] == pytest.approx(changed / n)
+    assert row["full_paired_se_points"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(n))
+    assert row["full_beyond_bar"] == pytest.approx(math.erfc(1.0 / (row["full_paired_se_points"] * math.sqrt(2))))
+    assert g["miss_chance"] == pytest.approx(row["full_beyond_bar"]) and 0 < g["miss_chance"] < 1
     main(["--cache", small_cache, "--against", small_cache])
-    assert "equal cells 100.0%" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "equal cells 100.0%" in out and "0.0% changed, SE 0.00 points" in out and "some task beyond 2 points: 0%" in out
     ks = parts[0].knob_space  # (only the knob space is read before the refusal)
     with pytest.raises(ValueError, match="knob spaces differ"):
         every_config_against(parts, [SimpleNamespace(knob_space=dataclasses.replace(ks, top_ks=ks.top_ks[1:]))])
