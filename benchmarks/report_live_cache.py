@@ -136,17 +136,39 @@ def full_accuracy_against(rep: dict, ref: dict, points: float) -> dict:
     return {"tasks": rows, "largest_points": max(diffs), "bar_points": points, "within": max(diffs) <= points}
 
 
+def churn_against(this: np.ndarray, ref: np.ndarray, datasets: np.ndarray, points: float) -> dict:
+    """How far per-request churn alone moves each task's mean score, next to a ``points`` bar: two score vectors of the
+    same requests (one configuration; NaN where either has no outcome), per task the share of requests whose score
+    changed and the paired standard error of the mean difference in points (sd/sqrt(n) of the differences), the
+    chance that churn of that size alone takes the task beyond the bar (each request's change independent, the mean
+    normal), and ``miss_chance``: beyond it on at least one task. A model retrained with other rounding answers some
+    requests otherwise; this says how much of a reproduction bar that alone uses up."""
+    tasks, inside = {}, 1.0
+    for t in sorted(set(datasets.tolist())):
+        d = (this - ref)[(datasets == t) & np.isfinite(this) & np.isfinite(ref)]
+        se = 100 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+        beyond = math.erfc(points / (se * math.sqrt(2))) if se > 0 else 0.0  # P(|N(0, se)| > points)
+        inside *= 1 - beyond
+        tasks[t] = {"changed": float(np.mean(d != 0)) if len(d) else 0.0, "paired_se_points": se, "beyond_bar": beyond}
+    return {"bar_points": points, "tasks": tasks, "miss_chance": 1 - inside}
+
+
+def print_churn(c: dict, title: str) -> None:
+    """:func:`churn_against`, a line per task and the chance of missing the bar."""
+    print(f"{title}: the requests that changed, the paired standard error of the difference, and the chance that "
+          f"changes like these alone take a task beyond {c['bar_points']:g} points")
+    for t, r in c["tasks"].items():
+        print(f"  {t}: {r['changed']:.1%} changed, SE {r['paired_se_points']:.2f} points, beyond {r['beyond_bar']:.1%}")
+    print(f"  some task beyond {c['bar_points']:g} points: {c['miss_chance']:.0%}")
+
+
 def every_config_against(this: list[ReplayData], ref: list[ReplayData], points: float = 2.0) -> dict:
     """Beyond the full configuration, how two caches of the same requests (matched by id) compare everywhere: per task
     the difference of each configuration's mean score in points (the largest over the grid, and the mean of its
     absolute value), the share of (request, configuration) cells whose scores are equal, and each cache's
     per-request oracle (best score over configurations, mean over requests). Information beside the bar, not part of
-    it: a model retrained from other random draws answers some requests otherwise while its knob effects stay.
-
-    How large that per-request churn is next to the ``points`` bar: per task at the full configuration, the share of
-    requests whose score changed and the paired standard error of the mean difference (its spread over requests,
-    sd/sqrt(n)); ``miss_chance``, the probability that a rerun differing from the reference by such changes alone (each
-    request's independent, the mean normal) falls outside the bar on at least one task."""
+    it: a model retrained from other random draws answers some requests otherwise while its knob effects stay;
+    ``full_churn`` (:func:`churn_against` at the full configuration) says how much of the ``points`` bar that uses."""
     def table(parts: list[ReplayData]) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
         ids = np.concatenate([d.sample_ids for d in parts])
         return ({i: n for n, i in enumerate(ids.tolist())}, np.concatenate([d.score for d in parts]),
@@ -160,24 +182,18 @@ def every_config_against(this: list[ReplayData], ref: list[ReplayData], points: 
     common = sorted(set(ia) & set(ib))
     rows_a, rows_b = [ia[i] for i in common], [ib[i] for i in common]
     a, b, ds = sa[rows_a], sb[rows_b], da[rows_a]
-    full = ka.index(ka.full_config)
-    tasks, inside = {}, 1.0
+    tasks = {}
     for t in sorted(set(ds.tolist())):
         m = ds == t
         diff = 100 * (np.nanmean(a[m], axis=0) - np.nanmean(b[m], axis=0))
         both = np.isfinite(a[m]) & np.isfinite(b[m])
-        d = (a[m, full] - b[m, full])[both[:, full]]
-        se = 100 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
-        beyond = math.erfc(points / (se * math.sqrt(2))) if se > 0 else 0.0  # P(|N(0, se)| > points)
-        inside *= 1 - beyond
         tasks[t] = {"largest_points": float(np.nanmax(np.abs(diff))), "mean_abs_points": float(np.nanmean(np.abs(diff))),
                     "equal_cells": float(np.mean(a[m][both] == b[m][both])),
                     "oracle": {"this": float(np.nanmean(np.nanmax(a[m], axis=1))),
-                               "reference": float(np.nanmean(np.nanmax(b[m], axis=1)))},
-                    "full_changed": float(np.mean(d != 0)) if len(d) else 0.0, "full_paired_se_points": se,
-                    "full_beyond_bar": beyond}
-    return {"requests": len(common), "configurations": int(a.shape[1]), "tasks": tasks, "bar_points": points,
-            "miss_chance": 1 - inside}
+                               "reference": float(np.nanmean(np.nanmax(b[m], axis=1)))}}
+    full = ka.index(ka.full_config)
+    return {"requests": len(common), "configurations": int(a.shape[1]), "tasks": tasks,
+            "full_churn": churn_against(a[:, full], b[:, full], ds, points)}
 
 
 def print_every_config_against(g: dict) -> None:
@@ -188,12 +204,7 @@ def print_every_config_against(g: dict) -> None:
         o = r["oracle"]
         print(f"  {t}: largest {r['largest_points']:.1f} points, mean |diff| {r['mean_abs_points']:.1f}; equal cells "
               f"{r['equal_cells']:.1%}; oracle {o['this']:.3f} vs {o['reference']:.3f}")
-    print("Full configuration, the requests that changed, the paired standard error of the difference, and the chance "
-          f"that changes like these alone take a task beyond {g['bar_points']:g} points:")
-    for t, r in g["tasks"].items():
-        print(f"  {t}: {r['full_changed']:.1%} changed, SE {r['full_paired_se_points']:.2f} points, "
-              f"beyond {r['full_beyond_bar']:.1%}")
-    print(f"  some task beyond {g['bar_points']:g} points: {g['miss_chance']:.0%}")
+    print_churn(g["full_churn"], "Full configuration")
 
 
 def print_against(cmp: dict, title: str, counts: dict[str, str] | None = None) -> None:

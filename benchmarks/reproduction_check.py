@@ -27,6 +27,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 LOGS = Path(__file__).resolve().parent / "logs"
 
 #: the original run's train log of each stage (run11a's log was not kept: its stage has none)
@@ -94,7 +96,7 @@ def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
     """An ``eval_model_grid`` result's full-configuration scores per task against the full-configuration scores of
     the cache ``reference`` over all its requests (``report_live_cache``'s comparison), with how many requests a
     task has in each; ValueError when the grid has no full-configuration row."""
-    from benchmarks.report_live_cache import full_accuracy_against, knob_report, load
+    from benchmarks.report_live_cache import churn_against, full_accuracy_against, knob_report, load
 
     parts = load(reference, "all")
     full = parts[0].knob_space.full_config
@@ -107,6 +109,16 @@ def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
                       if k.startswith("score/") and k != "score/mean"}}
     out = full_accuracy_against(ours, ref, points)
     out["n_per_task"] = {"grid": grid.get("n_per_task"), "reference": {t: r["n"] for t, r in ref["tasks"].items()}}
+    per_request = grid.get("per_request")
+    if per_request and str(row.get("index")) in per_request.get("scores", {}):  # (eval_model_grid --per-request)
+        ids = np.concatenate([d.sample_ids for d in parts])
+        at = {i: n for n, i in enumerate(ids.tolist())}
+        theirs = np.concatenate([d.score for d in parts])[:, parts[0].knob_space.index(full)]
+        mine = np.asarray(per_request["scores"][str(row["index"])], dtype=float)
+        rows = [at.get(i, -1) for i in per_request["ids"]]
+        if min(rows, default=-1) < 0:
+            raise ValueError(f"{sum(r < 0 for r in rows)} of the grid's requests are not in the reference cache")
+        out["churn"] = churn_against(mine, theirs[rows], np.concatenate([d.datasets for d in parts])[rows], points)
     return out
 
 
@@ -117,11 +129,13 @@ def main_grid(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"reproduction_check: {exc}", file=sys.stderr)
         return 2
-    from benchmarks.report_live_cache import print_against
+    from benchmarks.report_live_cache import print_against, print_churn
 
     counts = {t: f"{(res['n_per_task']['grid'] or {}).get(t)} / {res['n_per_task']['reference'].get(t)} requests"
               for t in res["tasks"]}
     print_against(res, f"full configuration, {args.grid} against {args.against} (points):", counts)
+    if "churn" in res:
+        print_churn(res["churn"], "Request by request")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return 0 if res["within"] else 1

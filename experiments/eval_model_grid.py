@@ -1,13 +1,16 @@
 """Accuracy of a checkpoint over the knob grid on suite requests: ``python -m experiments.eval_model_grid``.
 
 ``python -m experiments.eval_model_grid --model CKPT --requests val.jsonl --out grid.json
-[--per-task N] [--configs all|SPEC] [--device cuda] [--batch-size 512] [--max-new-tokens 32]``
+[--per-task N] [--configs all|SPEC] [--device cuda] [--batch-size 512] [--max-new-tokens 32] [--per-request]``
 
 Runs every selected configuration on the first ``--per-task`` requests of each task (the shared
 prefix engine, ``model_runtime.molmoe.shared_prefix``) and writes, per configuration, the mean
 score and mean output tokens per task (``grid.json``), with the knob space (importance scores
 from ``CKPT/importance.json`` when present). It is the quick look at a model's knob effects
 before a full cache build; ``cache.info`` reports the same tables for a built cache.
+``--per-request`` also writes each request's score (``per_request``: the request ids, and the
+scores in that order by configuration index), which ``benchmarks.reproduction_check --grid``
+pairs with a cache's requests.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--dense-decode", action="store_true", help="decode configurations in groups (see shared_prefix)")
+    ap.add_argument("--per-request", action="store_true",
+                    help="also write each request's score at every selected configuration (per_request)")
     return ap.parse_args(argv)
 
 
@@ -72,17 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     tasks = list(per_task)
     task_rows = {t: [i for i, r in enumerate(reqs) if r.dataset == t] for t in tasks}
-    grid = []
+    grid, scores = [], {}
     for c in res.configs:
         cfg = ks.config(c)
         row = {"index": c, "tier": cfg.tier, "p": cfg.p, "top_k": cfg.top_k, "blocks": cfg.blocks}
+        scores[c] = np.array([cache_score(r.metric, res.outcomes[i][c].score) for i, r in enumerate(reqs)])
         for t, rows in task_rows.items():
-            row[f"score/{t}"] = float(np.mean([cache_score(reqs[i].metric, res.outcomes[i][c].score) for i in rows]))
+            row[f"score/{t}"] = float(np.mean(scores[c][rows]))
             row[f"tokens/{t}"] = float(np.mean([res.outcomes[i][c].output_tokens for i in rows]))
         row["score/mean"] = float(np.mean([row[f"score/{t}"] for t in tasks]))
         grid.append(row)
     out = {"model": str(args.model), "requests": str(args.requests), "n_per_task": {t: len(v) for t, v in per_task.items()},
            "importance": list(ks.importance_scores), "elapsed_s": elapsed, "grid": grid}
+    if args.per_request:
+        out["per_request"] = {"ids": [r.id for r in reqs], "scores": {str(c): v.tolist() for c, v in scores.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     for name, cfg in (("full", ks.full_config), ("cheapest", ks.cheapest_config)):

@@ -252,7 +252,7 @@ def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_inste
     calls = log.read_text().splitlines()
     grid = next(c for c in calls if "experiments.eval_model_grid" in c)
     assert f"--model {work}/chain/run14/plain --requests {work}/suite/test.jsonl --per-task 1000" in grid
-    assert '--configs tier=high,p=1,top_k=8,blocks=16 --max-new-tokens 16 --dense-decode' in grid
+    assert '--configs tier=high,p=1,top_k=8,blocks=16 --max-new-tokens 16 --dense-decode --per-request' in grid
     assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json "
                                 "--against cache/default/molmoe_small_suite.h5 --points 2")
     assert not any("experiments.build_cache" in c for c in calls) and not (work / "default_cache.h5").exists()

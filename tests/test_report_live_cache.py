@@ -68,8 +68,9 @@ def test_every_config_against_compares_every_configuration_by_request_id(small_c
     assert same["requests"] == 300 and same["configurations"] == len(parts[0].knob_space)
     for row in same["tasks"].values():
         assert row["largest_points"] == 0 and row["equal_cells"] == 1 and row["oracle"]["this"] == row["oracle"]["reference"]
-        assert row["full_changed"] == 0 and row["full_paired_se_points"] == 0 and row["full_beyond_bar"] == 0
-    assert same["miss_chance"] == 0 and same["bar_points"] == 2.0
+    churn = same["full_churn"]
+    assert churn["miss_chance"] == 0 and churn["bar_points"] == 2.0
+    assert all(r["changed"] == 0 and r["paired_se_points"] == 0 and r["beyond_bar"] == 0 for r in churn["tasks"].values())
     # the reference's requests in another order, one task's scores at one configuration lowered by 0.1: that task's
     # largest difference is 10 points at that configuration, its equal cells fall by one configuration's share
     ref = [dataclasses.replace(d) for d in parts[::-1]]
@@ -95,13 +96,13 @@ def test_every_config_against_compares_every_configuration_by_request_id(small_c
         rows = np.flatnonzero(d.datasets == task)[::2]
         score[rows, full] -= 0.3
         d.score, changed = score, changed + len(rows)
-    g = every_config_against(parts, ref, points=1.0)
-    row, n = g["tasks"][task], int(sum(np.sum(d.datasets == task) for d in parts))
+    churn = every_config_against(parts, ref, points=1.0)["full_churn"]
+    row, n = churn["tasks"][task], int(sum(np.sum(d.datasets == task) for d in parts))
     diffs = np.r_[np.full(changed, 30.0), np.zeros(n - changed)]
-    assert row["full_changed"] == pytest.approx(changed / n)
-    assert row["full_paired_se_points"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(n))
-    assert row["full_beyond_bar"] == pytest.approx(math.erfc(1.0 / (row["full_paired_se_points"] * math.sqrt(2))))
-    assert g["miss_chance"] == pytest.approx(row["full_beyond_bar"]) and 0 < g["miss_chance"] < 1
+    assert row["changed"] == pytest.approx(changed / n)
+    assert row["paired_se_points"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(n))
+    assert row["beyond_bar"] == pytest.approx(math.erfc(1.0 / (row["paired_se_points"] * math.sqrt(2))))
+    assert churn["miss_chance"] == pytest.approx(row["beyond_bar"]) and 0 < churn["miss_chance"] < 1
     main(["--cache", small_cache, "--against", small_cache])
     out = capsys.readouterr().out
     assert "equal cells 100.0%" in out and "0.0% changed, SE 0.00 points" in out and "some task beyond 2 points: 0%" in out

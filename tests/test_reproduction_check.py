@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.reproduction_check import ORIGINAL_LOGS, compare, main
@@ -87,6 +88,26 @@ def test_the_chains_end_scored_against_the_committed_cache(tmp_path: Path, capsy
     assert res["n_per_task"]["reference"] == {t: 1000 for t in tasks}
     assert "largest difference 1.5 points: within 2" in capsys.readouterr().out
     assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE), "--points", "1"]) == 1
+    # --per-request scores (eval_model_grid --per-request), paired with the cache's by request id: the cache's own
+    # full-configuration scores, in reverse order, with ten requests of one task flipped between 0 and 1
+    parts = load(LIVE_DEFAULT_CACHE, "all")
+    ids = np.concatenate([d.sample_ids for d in parts])
+    datasets = np.concatenate([d.datasets for d in parts])
+    scores = np.concatenate([d.score for d in parts])[:, parts[0].knob_space.index(parts[0].knob_space.full_config)]
+    flipped = np.flatnonzero(datasets == tasks[0])[:10]
+    mine = scores.copy()
+    mine[flipped] = 1.0 - np.round(mine[flipped])
+    grid["per_request"] = {"ids": ids[::-1].tolist(), "scores": {"0": mine[::-1].tolist()}}
+    path.write_text(json.dumps(grid))
+    assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE), "--json", str(out)]) == 0
+    churn = json.loads(out.read_text())["churn"]
+    assert churn["tasks"][tasks[0]]["changed"] == pytest.approx(10 / 1000) and churn["tasks"][tasks[0]]["paired_se_points"] > 0
+    assert all(churn["tasks"][t]["changed"] == 0 for t in tasks[1:]) and 0 < churn["miss_chance"] < 1
+    assert f"{tasks[1]}: 0.0% changed, SE 0.00 points" in capsys.readouterr().out
+    grid["per_request"]["ids"][0] = "not-a-request"
+    path.write_text(json.dumps(grid))
+    assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE)]) == 2
+    assert "1 of the grid's requests are not in the reference cache" in capsys.readouterr().err
     path.write_text(json.dumps({"grid": [cheap]}))
     assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE)]) == 2
     assert "no row of the full configuration ('high', 1, 8, 16)" in capsys.readouterr().err

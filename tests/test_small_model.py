@@ -312,10 +312,13 @@ def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
 
     assert eval_model_grid.main(["--model", str(tmp_path / "robust"), "--requests", str(suite / "val.jsonl"),
                                  "--out", str(tmp_path / "grid.json"), "--per-task", "1", "--device", "cpu",
-                                 "--max-new-tokens", "3", "--dense-decode",
+                                 "--max-new-tokens", "3", "--dense-decode", "--per-request",
                                  "--configs", "tier=low|high,p=1,top_k=4|8,blocks=12|16"]) == 0
     grid = json.loads((tmp_path / "grid.json").read_text())
     assert len(grid["grid"]) == 8 and all(0 <= g["score/mean"] <= 1 for g in grid["grid"])
+    per = grid["per_request"]  # each request's score, whose task means are the rows'
+    assert len(per["ids"]) == sum(grid["n_per_task"].values()) and set(per["scores"]) == {str(g["index"]) for g in grid["grid"]}
+    assert all(np.mean(per["scores"][str(g["index"])]) == pytest.approx(g["score/mean"]) for g in grid["grid"])
     assert {(g["tier"], g["top_k"], g["blocks"]) for g in grid["grid"]} >= {("high", 8, 16), ("low", 4, 12)}
     # resume continues the same run, and its log continues the first call's
     from model_runtime.small_model.trainer import read_train_log

@@ -210,7 +210,7 @@ piece() {
   if [ ! -f "$CHECKED" ]; then  # CHECK=score: the committed cache's requests (the build's suite), full configuration
     [ -f "$W/suite/test.jsonl" ] || $PY -m experiments.make_suite --out "$W/suite" --seed 0 --per-task 1000 --splits val test
     $PY -m experiments.eval_model_grid --model "$W/chain/$UNTIL/plain" --requests "$W/suite/test.jsonl" --per-task 1000 \
-        --configs "tier=high,p=1,top_k=8,blocks=16" --max-new-tokens 16 --dense-decode --device cuda --out "$CHECKED"
+        --configs "tier=high,p=1,top_k=8,blocks=16" --max-new-tokens 16 --dense-decode --per-request --device cuda --out "$CHECKED"
     return 0
   fi
   DONE_ALL=1
