@@ -136,6 +136,13 @@ def full_accuracy_against(rep: dict, ref: dict, points: float) -> dict:
     return {"tasks": rows, "largest_points": max(diffs), "bar_points": points, "within": max(diffs) <= points}
 
 
+def by_request(parts: list[ReplayData]) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """A cache's splits as one table: each request id's row, the scores (requests × configurations), the tasks."""
+    ids = np.concatenate([d.sample_ids for d in parts])
+    return ({i: n for n, i in enumerate(ids.tolist())}, np.concatenate([d.score for d in parts]),
+            np.concatenate([d.datasets for d in parts]))
+
+
 def churn_against(this: np.ndarray, ref: np.ndarray, datasets: np.ndarray, points: float) -> dict:
     """How far per-request churn alone moves each task's mean score, next to a ``points`` bar: two score vectors of the
     same requests (one configuration; NaN where either has no outcome), per task the share of requests whose score
@@ -169,16 +176,11 @@ def every_config_against(this: list[ReplayData], ref: list[ReplayData], points: 
     per-request oracle (best score over configurations, mean over requests). Information beside the bar, not part of
     it: a model retrained from other random draws answers some requests otherwise while its knob effects stay;
     ``full_churn`` (:func:`churn_against` at the full configuration) says how much of the ``points`` bar that uses."""
-    def table(parts: list[ReplayData]) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
-        ids = np.concatenate([d.sample_ids for d in parts])
-        return ({i: n for n, i in enumerate(ids.tolist())}, np.concatenate([d.score for d in parts]),
-                np.concatenate([d.datasets for d in parts]))
-
     ka, kb = this[0].knob_space, ref[0].knob_space
     if ka.configs != kb.configs:  # (not ka != kb: the block importance scores differ between two models)
         raise ValueError("the two caches' knob spaces differ: no configuration-by-configuration comparison")
-    ia, sa, da = table(this)
-    ib, sb, _ = table(ref)
+    ia, sa, da = by_request(this)
+    ib, sb, _ = by_request(ref)
     common = sorted(set(ia) & set(ib))
     rows_a, rows_b = [ia[i] for i in common], [ib[i] for i in common]
     a, b, ds = sa[rows_a], sb[rows_b], da[rows_a]

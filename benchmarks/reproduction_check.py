@@ -96,7 +96,7 @@ def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
     """An ``eval_model_grid`` result's full-configuration scores per task against the full-configuration scores of
     the cache ``reference`` over all its requests (``report_live_cache``'s comparison), with how many requests a
     task has in each; ValueError when the grid has no full-configuration row."""
-    from benchmarks.report_live_cache import churn_against, full_accuracy_against, knob_report, load
+    from benchmarks.report_live_cache import by_request, churn_against, full_accuracy_against, knob_report, load
 
     parts = load(reference, "all")
     full = parts[0].knob_space.full_config
@@ -111,14 +111,13 @@ def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
     out["n_per_task"] = {"grid": grid.get("n_per_task"), "reference": {t: r["n"] for t, r in ref["tasks"].items()}}
     per_request = grid.get("per_request")
     if per_request and str(row.get("index")) in per_request.get("scores", {}):  # (eval_model_grid --per-request)
-        ids = np.concatenate([d.sample_ids for d in parts])
-        at = {i: n for n, i in enumerate(ids.tolist())}
-        theirs = np.concatenate([d.score for d in parts])[:, parts[0].knob_space.index(full)]
+        at, theirs, datasets = by_request(parts)
         mine = np.asarray(per_request["scores"][str(row["index"])], dtype=float)
         rows = [at.get(i, -1) for i in per_request["ids"]]
         if min(rows, default=-1) < 0:
             raise ValueError(f"{sum(r < 0 for r in rows)} of the grid's requests are not in the reference cache")
-        out["churn"] = churn_against(mine, theirs[rows], np.concatenate([d.datasets for d in parts])[rows], points)
+        full_column = theirs[rows, parts[0].knob_space.index(full)]
+        out["churn"] = churn_against(mine, full_column, datasets[rows], points)
     return out
 
 
