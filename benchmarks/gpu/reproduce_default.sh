@@ -159,8 +159,8 @@ if [ "${2:-}" = --travel ]; then
   exit 0
 fi
 
-# One piece of work: a training piece or the build; DONE_ALL=1 when nothing is left but the comparison. (Called as a
-# plain command, not in a condition, so that set -e stops the script when a piece fails.)
+# One piece of work: a training piece, the build or the scoring; nothing when only the comparison is left. (Called as
+# a plain command, not in a condition, so that set -e stops the script when a piece fails.)
 piece() {
   local S; S=$(next_stage)
   if [ -n "$S" ]; then
@@ -213,7 +213,6 @@ piece() {
         --configs "tier=high,p=1,top_k=8,blocks=16" --max-new-tokens 16 --dense-decode --per-request --device cuda --out "$CHECKED"
     return 0
   fi
-  DONE_ALL=1
 }
 
 # seconds left of this call (CALL_SECONDS > 0), else a large number
@@ -248,11 +247,9 @@ while :; do
     echo "[reproduce_default] ${L} s left of this call: too little for the $CHECK_NAME (${CHECK^^}_SECONDS=$CHECK_SECONDS); stopping here"
     break
   fi
-  DONE_ALL=0
   piece
-  # the comparison takes seconds: it follows the piece that finished the build or the scoring in the same call
-  if [ -z "$(next_stage)" ] && [ -f "$CHECKED" ]; then DONE_ALL=1; fi
-  if [ "$DONE_ALL" = 1 ]; then
+  # the comparison takes seconds: it follows, in the same call, the piece that finished the build or the scoring
+  if [ -z "$(next_stage)" ] && [ -f "$CHECKED" ]; then
     if [ "$CHECK" = build ]; then
       $PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against "$AGAINST" \
           --points 2 --json "$W/reproduction.json"
