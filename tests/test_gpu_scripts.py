@@ -95,18 +95,31 @@ esac
 """
 
 
-def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_the_comparison(tmp_path: Path) -> None:
+def chain_runner(tmp_path: Path, **env: str) -> tuple[Callable[..., subprocess.CompletedProcess], Path, Path]:
+    """``run(*args, work=WORK, **more_env)``: reproduce_default.sh on WORK (default tmp_path/work) with the stand-in
+    for Python, which logs its calls; returns run, the default WORK and the calls' log."""
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
-    work, log, stop = tmp_path / "work", tmp_path / "calls.log", tmp_path / "stop"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
-           "FAKE_STOP": str(stop)}
+    work, log = tmp_path / "work", tmp_path / "calls.log"
+    base = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+            "FAKE_STOP": str(tmp_path / "stop"), **env}
     script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+
+    def run(*args: str, work: Path = work, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True,
+                              env=base | extra)
+
+    return run, work, log
+
+
+def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_the_comparison(tmp_path: Path) -> None:
+    run, work, log = chain_runner(tmp_path)
+    stop = tmp_path / "stop"
 
     def call() -> tuple[str, list[str]]:
         before = log.read_text().splitlines() if log.exists() else []
-        out = subprocess.run(["bash", str(script), str(work)], cwd=ROOT, capture_output=True, text=True, env=env)
+        out = run()
         assert out.returncode == 0, out.stderr
         return out.stdout, [c for c in log.read_text().splitlines()[len(before):] if "train_model" in c]
 
@@ -128,8 +141,7 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
         assert f"stage {stage} " in text and len(trains) == 1
         seen[stage] = trains[0]
         if stage == "run11a":  # what a fresh machine needs: the markers, and the stage the next one starts from
-            travel = subprocess.run(["bash", str(script), str(work), "--travel"], cwd=ROOT, capture_output=True,
-                                    text=True, env=env).stdout.split()
+            travel = run("--travel").stdout.split()
             assert travel == [f"{work}/chain/run9/DONE", f"{work}/chain/run10/DONE", f"{work}/chain/run11a"]
     assert f"--init-from {work}/chain/run9/plain" in seen["run10"] and "--steps 3186" in seen["run10"]
     assert "--compile" in trains_run9 and not any("--compile" in c for c in seen.values())  # eager at batch 64
@@ -138,31 +150,24 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
     assert "--split-digits" in seen["run12"] and "--first-example 1000000" in seen["run12"] and "--split-digits" not in seen["run11b"]
     assert f"--init-from {work}/chain/run13b/plain" in seen["run14"] and "--lr 3.5e-4" in seen["run14"]
     assert "synth_digits=0.15" in seen["run14"]
-    call()  # the build of the last stage's checkpoint
+    call()  # the build of the last stage's checkpoint, and the comparison in the same call
     assert "experiments.build_cache" in log.read_text() and (work / "default_cache.h5").exists()
-    call()
     last = log.read_text().splitlines()[-1]
     assert "benchmarks.report_live_cache" in last and "--against cache/default/molmoe_small_suite.h5" in last
-    status = subprocess.run(["bash", str(script), str(work), "--status"], cwd=ROOT, capture_output=True, text=True, env=env)
+    status = run("--status")
     assert status.stdout.count(": done") == 8 and "cache: built" in status.stdout
 
 
 def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished_stage(tmp_path: Path) -> None:
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    work, log, stop, packs = tmp_path / "work", tmp_path / "calls.log", tmp_path / "stop", tmp_path / "packs"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
-           "FAKE_STOP": str(stop), "PACK_TO": str(packs)}
-    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
+    stop, packs = tmp_path / "stop", tmp_path / "packs"
+    # CHANNELS_LAST: every stage's crop stem in channels-last memory format
+    run, work, log = chain_runner(tmp_path, PACK_TO=str(packs), CHANNELS_LAST="1")
 
     def call(seconds: int) -> str:
-        out = subprocess.run(["bash", str(script), str(work)], cwd=ROOT, capture_output=True, text=True,
-                             env=env | {"CALL_SECONDS": str(seconds)})
+        out = run(CALL_SECONDS=str(seconds))
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    env["CHANNELS_LAST"] = "1"  # every stage's crop stem in channels-last memory format
     text = call(100)  # 100 - 75 s of overhead leave less than a piece's minimum: nothing starts
     assert "too little for a training piece" in text and not log.exists()
     stop.touch()  # the first piece runs out of its time; the same call resumes it, then takes every other stage
@@ -181,24 +186,6 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
     # a machine with every stage done and too little time for the build says so and leaves the cache to the next call
     (work / "default_cache.h5").unlink()
     assert "too little for the build" in call(300) and not (work / "default_cache.h5").exists()
-
-
-def chain_runner(tmp_path: Path, **env: str) -> tuple[Callable[..., subprocess.CompletedProcess], Path, Path]:
-    """``run(*args, work=WORK, **more_env)``: reproduce_default.sh on WORK (default tmp_path/work) with the stand-in
-    for Python, which logs its calls; returns run, the default WORK and the calls' log."""
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    work, log = tmp_path / "work", tmp_path / "calls.log"
-    base = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
-            "FAKE_STOP": str(tmp_path / "stop"), **env}
-    script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
-
-    def run(*args: str, work: Path = work, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(script), str(work), *args], cwd=ROOT, capture_output=True, text=True,
-                              env=base | extra)
-
-    return run, work, log
 
 
 def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:
