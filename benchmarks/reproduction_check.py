@@ -1,7 +1,7 @@
 """A reproduced training stage against the original run's log (prints figures; reproduce_default.sh runs it).
 
 ``python -m benchmarks.reproduction_check --stage STAGE --log WORK/chain/STAGE/train_log.csv [--json OUT]``
-``python -m benchmarks.reproduction_check --grid full_scores.json --against CACHE [--points 2] [--json OUT]``
+``python -m benchmarks.reproduction_check --grid full_scores.json --against CACHE|OTHER.json [--points 2] [--json OUT]``
 
 The chain behind the committed default (``benchmarks/gpu/reproduce_default.sh``) takes about an hour
 of GPU time over several sessions; the reproduction bar is judged on the built cache at its end.
@@ -16,7 +16,8 @@ with half asked for captions: 480-2,400), so it is the per-task figure to read.
 With ``--grid``, the chain's end instead (``reproduce_default.sh`` with ``CHECK=score``): the last stage's
 full-configuration scores per task (``experiments.eval_model_grid`` over the cache's requests) against the
 committed cache's (``--against``), the reproduction bar's comparison without building a cache; exit 1 when a task
-differs by more than ``--points``.
+differs by more than ``--points``. ``--against`` may also name another ``eval_model_grid`` JSON of the same requests
+(``--against OTHER.json``): two retrainings side by side, which says how far a stage's rerun moves on its own.
 """
 
 from __future__ import annotations
@@ -92,6 +93,52 @@ def compare(stage: str, log: Path, logs_dir: Path = LOGS, window: int = 300) -> 
             "train_acc_window": [in_window[0], in_window[-1]] if in_window else None, "train_acc": train}
 
 
+def full_row(grid: dict, want: tuple, name: str = "the grid") -> dict:
+    """The row of ``eval_model_grid``'s JSON at the configuration ``want`` (tier, p, top_k, blocks); ValueError when
+    it has none."""
+    row = next((r for r in grid.get("grid", []) if (r.get("tier"), r.get("p"), r.get("top_k"), r.get("blocks")) == want), None)
+    if row is None:
+        raise ValueError(f"{name} has no row of the full configuration {want}")
+    return row
+
+
+def row_tasks(row: dict) -> dict:
+    """A grid row's per-task scores as ``knob_report``'s ``tasks`` (``{task: {"full": score}}``)."""
+    return {"tasks": {k.removeprefix("score/"): {"full": v} for k, v in row.items() if k.startswith("score/") and k != "score/mean"}}
+
+
+def request_tasks(grid: dict) -> np.ndarray:
+    """The task of each of ``--per-request``'s requests: eval_model_grid takes each task's requests in turn, in the
+    order of its ``n_per_task``; ValueError when those counts do not add up to the requests scored."""
+    tasks = np.asarray([t for t, n in (grid.get("n_per_task") or {}).items() for _ in range(n)])
+    if len(tasks) != len(grid["per_request"]["ids"]):
+        raise ValueError(f"the grid's n_per_task counts {len(tasks)} requests, its per-request scores "
+                         f"{len(grid['per_request']['ids'])}")
+    return tasks
+
+
+def grid_against_grid(grid: dict, other: dict, points: float) -> dict:
+    """Two ``eval_model_grid`` results of the same requests (two retrainings of one stage) at the full configuration:
+    per task the difference, and where both hold per-request scores, the requests that changed and the paired
+    standard error (``churn_against``); ValueError when either lacks the full-configuration row or the requests
+    differ."""
+    from benchmarks.report_live_cache import churn_against, full_accuracy_against
+    from model_runtime.knob_space import KnobSpace
+
+    full = KnobSpace().full_config
+    want = (full.tier, full.p, full.top_k, full.blocks)
+    row, theirs = full_row(grid, want), full_row(other, want, "the reference grid")
+    out = full_accuracy_against(row_tasks(row), row_tasks(theirs), points)
+    out["n_per_task"] = {"grid": grid.get("n_per_task"), "reference": other.get("n_per_task")}
+    a, b = grid.get("per_request"), other.get("per_request")
+    if a and b and str(row.get("index")) in a.get("scores", {}) and str(theirs.get("index")) in b.get("scores", {}):
+        if a["ids"] != b["ids"]:
+            raise ValueError("the two grids' per-request scores are not of the same requests in the same order")
+        out["churn"] = churn_against(np.asarray(a["scores"][str(row["index"])], dtype=float),
+                                     np.asarray(b["scores"][str(theirs["index"])], dtype=float), request_tasks(grid), points)
+    return out
+
+
 def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
     """An ``eval_model_grid`` result's full-configuration scores per task against the full-configuration scores of
     the cache ``reference`` over all its requests (``report_live_cache``'s comparison), with how many requests a
@@ -100,14 +147,9 @@ def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
 
     parts = load(reference, "all")
     full = parts[0].knob_space.full_config
-    want = (full.tier, full.p, full.top_k, full.blocks)
-    row = next((r for r in grid.get("grid", []) if (r.get("tier"), r.get("p"), r.get("top_k"), r.get("blocks")) == want), None)
-    if row is None:
-        raise ValueError(f"the grid has no row of the full configuration {want}")
+    row = full_row(grid, (full.tier, full.p, full.top_k, full.blocks))
     ref = knob_report(parts)
-    ours = {"tasks": {k.removeprefix("score/"): {"full": v} for k, v in row.items()
-                      if k.startswith("score/") and k != "score/mean"}}
-    out = full_accuracy_against(ours, ref, points)
+    out = full_accuracy_against(row_tasks(row), ref, points)
     out["n_per_task"] = {"grid": grid.get("n_per_task"), "reference": {t: r["n"] for t, r in ref["tasks"].items()}}
     per_request = grid.get("per_request")
     if per_request and str(row.get("index")) in per_request.get("scores", {}):  # (eval_model_grid --per-request)
@@ -124,7 +166,10 @@ def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
 def main_grid(args: argparse.Namespace) -> int:
     try:
         grid = json.loads(args.grid.read_text())
-        res = grid_against(grid, args.against, args.points)
+        if Path(args.against).suffix == ".json":
+            res = grid_against_grid(grid, json.loads(Path(args.against).read_text()), args.points)
+        else:
+            res = grid_against(grid, args.against, args.points)
     except (ValueError, OSError) as exc:
         print(f"reproduction_check: {exc}", file=sys.stderr)
         return 2
@@ -145,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", help=f"one of {', '.join(ORIGINAL_LOGS)}")
     ap.add_argument("--log", type=Path, help="the reproduced stage's train_log.csv")
     ap.add_argument("--grid", type=Path, help="eval_model_grid's JSON of the chain's last checkpoint (with --against)")
-    ap.add_argument("--against", help="the cache whose full-configuration scores --grid's must match")
+    ap.add_argument("--against", help="the cache whose full-configuration scores --grid's must match, or another "
+                    "eval_model_grid JSON of the same requests")
     ap.add_argument("--points", type=float, default=2.0, help="the largest difference --grid accepts, in points")
     ap.add_argument("--json", type=Path, default=None, help="write the comparison here too")
     ap.add_argument("--window", type=int, default=300, help="steps at the stage's end whose training exact match is compared")

@@ -113,3 +113,40 @@ def test_the_chains_end_scored_against_the_committed_cache(tmp_path: Path, capsy
     assert "no row of the full configuration ('high', 1, 8, 16)" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one mode at a time
         main(["--grid", str(path), "--stage", "run10", "--log", str(path), "--against", str(LIVE_DEFAULT_CACHE)])
+
+
+def test_two_retrainings_scored_side_by_side(tmp_path: Path, capsys) -> None:
+    """--grid A --against B.json: two eval_model_grid results of the same requests, per task and request by request
+    (each request's task from n_per_task's order); requests that differ, or counts that do not add up, are refused."""
+    full = {"index": 174, "tier": "high", "p": 1, "top_k": 8, "blocks": 16}
+    a = np.array([1, 0, 1, 1, 0, 0.5, 0.25, 1.0])  # 4 requests of "count", then 4 of "doc"
+    b = a.copy()
+    b[0] = 0  # one count request answered otherwise: count 3/4 against 2/4
+    ids = [f"r{i}" for i in range(8)]
+
+    def grid(s: np.ndarray) -> dict:
+        return {"n_per_task": {"count": 4, "doc": 4},
+                "grid": [{**full, "score/count": s[:4].mean(), "score/doc": s[4:].mean()}],
+                "per_request": {"ids": ids, "scores": {"174": s.tolist()}}}
+
+    pa, pb, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "res.json"
+    pa.write_text(json.dumps(grid(a)))
+    pb.write_text(json.dumps(grid(b)))
+    assert main(["--grid", str(pa), "--against", str(pb), "--points", "30", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["tasks"]["count"]["points"] == pytest.approx(25.0) and res["tasks"]["doc"]["points"] == pytest.approx(0.0)
+    assert res["churn"]["tasks"]["count"]["changed"] == pytest.approx(0.25) and res["churn"]["tasks"]["doc"]["changed"] == 0
+    assert res["churn"]["tasks"]["count"]["paired_se_points"] == pytest.approx(100 * np.std([1, 0, 0, 0], ddof=1) / 2)
+    assert "count: 0.750 vs 0.500 (+25.0)" in capsys.readouterr().out
+    assert main(["--grid", str(pa), "--against", str(pb)]) == 1  # beyond the default 2 points
+    other = grid(b)
+    other["per_request"]["ids"] = ids[::-1]
+    pb.write_text(json.dumps(other))
+    assert main(["--grid", str(pa), "--against", str(pb)]) == 2
+    assert "not of the same requests in the same order" in capsys.readouterr().err
+    short = grid(a)
+    short["n_per_task"] = {"count": 4, "doc": 3}
+    pa.write_text(json.dumps(short))
+    pb.write_text(json.dumps(grid(b)))
+    assert main(["--grid", str(pa), "--against", str(pb)]) == 2
+    assert "n_per_task counts 7 requests, its per-request scores 8" in capsys.readouterr().err
