@@ -129,7 +129,7 @@ def grid_against_grid(grid: dict, other: dict, points: float) -> dict:
     want = (full.tier, full.p, full.top_k, full.blocks)
     row, theirs = full_row(grid, want), full_row(other, want, "the reference grid")
     out = full_accuracy_against(row_tasks(row), row_tasks(theirs), points)
-    out["n_per_task"] = {"grid": grid.get("n_per_task"), "reference": other.get("n_per_task")}
+    out["n_per_task"] = {"grid": grid.get("n_per_task"), "reference": other.get("n_per_task") or {}}
     a, b = grid.get("per_request"), other.get("per_request")
     if a and b and str(row.get("index")) in a.get("scores", {}) and str(theirs.get("index")) in b.get("scores", {}):
         if a["ids"] != b["ids"]:
