@@ -282,3 +282,32 @@ def test_the_reproduction_chain_checks_one_segment_between_two_committed_default
     assert f"--model {seeded_only}/chain/run11b/plain " in log.read_text().splitlines()[-2]
     assert log.read_text().splitlines()[-1].startswith(f"-m benchmarks.reproduction_check --grid {seeded_only}/full_scores.json")
     assert len([c for c in log.read_text().splitlines() if "train_model" in c]) == 1
+
+
+def test_a_print_supervised_cycle_starts_from_its_checkpoint_past_the_examples_read_and_scores_val(tmp_path: Path) -> None:
+    """print_lm_cycle.sh: one annealed cycle from INIT_FROM (the language model at 0.3, the print loss on), then
+    300 val requests a task scored at the full configuration; a missing argument is refused before anything runs."""
+    fake, log = tmp_path / "python", tmp_path / "calls.log"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    script = ROOT / "benchmarks" / "gpu" / "print_lm_cycle.sh"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+           "FAKE_STOP": str(tmp_path / "stop")}
+    work = tmp_path / "y"
+    refused = subprocess.run(["bash", str(script), str(work), "runs/x/ckpt/plain"], cwd=ROOT, capture_output=True,
+                             text=True, env=env)
+    assert refused.returncode != 0 and "usage: print_lm_cycle.sh WORK INIT_FROM FIRST_EXAMPLE" in refused.stderr
+    assert not log.exists()
+    out = subprocess.run(["bash", str(script), str(work), "runs/x/ckpt/plain", "2580000", "370"], cwd=ROOT,
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    train = next(c for c in calls if "experiments.train_model" in c)
+    for flag in ("--init-from runs/x/ckpt/plain", "--first-example 2580000", "--time-budget 370", "--stop-after 380",
+                 "--lr-scale lm.=0.3 connector.=0.3", "--print-loss 1", "--print-sites tokens", "--split-digits",
+                 "--patch-stem hybrid", "--batch-size 64", "--reuse 2", "--lr 3.5e-4", "synth_numbers=0.20"):
+        assert flag in train, flag
+    assert "--compile" not in train and "--resume" not in train
+    grid = calls[-1]
+    assert grid.startswith(f"-m experiments.eval_model_grid --model {work}/ckpt/plain --requests {work}/suite/val.jsonl")
+    assert "--per-task 300 --configs tier=high,p=1,top_k=8,blocks=16" in grid and f"--out {work}/grid_val.json" in grid
