@@ -145,27 +145,34 @@ def by_request(parts: list[ReplayData]) -> tuple[dict[str, int], np.ndarray, np.
 
 def churn_against(this: np.ndarray, ref: np.ndarray, datasets: np.ndarray, points: float) -> dict:
     """How far per-request churn alone moves each task's mean score, next to a ``points`` bar: two score vectors of the
-    same requests (one configuration; NaN where either has no outcome), per task the share of requests whose score
+    same requests (one configuration; NaN where either has no outcome), per task both means over the requests both
+    scored (``this``, ``reference``) and their difference in points (``points``: on a subset of a cache's requests this
+    is the comparison, not the cache's whole-task mean), the share of requests whose score
     changed and the paired standard error of the mean difference in points (sd/sqrt(n) of the differences), the
     chance that churn of that size alone takes the task beyond the bar (each request's change independent, the mean
     normal), and ``miss_chance``: beyond it on at least one task. A model retrained with other rounding answers some
     requests otherwise; this says how much of a reproduction bar that alone uses up."""
     tasks, inside = {}, 1.0
     for t in sorted(set(datasets.tolist())):
-        d = (this - ref)[(datasets == t) & np.isfinite(this) & np.isfinite(ref)]
+        both = (datasets == t) & np.isfinite(this) & np.isfinite(ref)
+        d = (this - ref)[both]
         se = 100 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
         beyond = math.erfc(points / (se * math.sqrt(2))) if se > 0 else 0.0  # P(|N(0, se)| > points)
         inside *= 1 - beyond
-        tasks[t] = {"changed": float(np.mean(d != 0)) if len(d) else 0.0, "paired_se_points": se, "beyond_bar": beyond}
+        n = len(d)
+        tasks[t] = {"n": n, "this": float(this[both].mean()) if n else math.nan,
+                    "reference": float(ref[both].mean()) if n else math.nan, "points": 100 * float(d.mean()) if n else math.nan,
+                    "changed": float(np.mean(d != 0)) if n else 0.0, "paired_se_points": se, "beyond_bar": beyond}
     return {"bar_points": points, "tasks": tasks, "miss_chance": 1 - inside}
 
 
 def print_churn(c: dict, title: str) -> None:
     """:func:`churn_against`, a line per task and the chance of missing the bar."""
-    print(f"{title}: the requests that changed, the paired standard error of the difference, and the chance that "
-          f"changes like these alone take a task beyond {c['bar_points']:g} points")
+    print(f"{title}: both means over the same requests, the requests that changed, the paired standard error of the "
+          f"difference, and the chance that changes like these alone take a task beyond {c['bar_points']:g} points")
     for t, r in c["tasks"].items():
-        print(f"  {t}: {r['changed']:.1%} changed, SE {r['paired_se_points']:.2f} points, beyond {r['beyond_bar']:.1%}")
+        print(f"  {t}: {r['this']:.3f} vs {r['reference']:.3f} ({r['points']:+.1f}) on {r['n']}; {r['changed']:.1%} "
+              f"changed, SE {r['paired_se_points']:.2f} points, beyond {r['beyond_bar']:.1%}")
     print(f"  some task beyond {c['bar_points']:g} points: {c['miss_chance']:.0%}")
 
 

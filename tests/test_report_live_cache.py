@@ -105,7 +105,7 @@ def test_every_config_against_compares_every_configuration_by_request_id(small_c
     assert churn["miss_chance"] == pytest.approx(row["beyond_bar"]) and 0 < churn["miss_chance"] < 1
     main(["--cache", small_cache, "--against", small_cache])
     out = capsys.readouterr().out
-    assert "equal cells 100.0%" in out and "0.0% changed, SE 0.00 points" in out and "some task beyond 2 points: 0%" in out
+    assert "equal cells 100.0%" in out and "(+0.0) on " in out and "; 0.0% changed, SE 0.00 points" in out and "some task beyond 2 points: 0%" in out
     ks = parts[0].knob_space  # (only the knob space is read before the refusal)
     with pytest.raises(ValueError, match="knob spaces differ"):
         every_config_against(parts, [SimpleNamespace(knob_space=dataclasses.replace(ks, top_ks=ks.top_ks[1:]))])

@@ -103,7 +103,20 @@ def test_the_chains_end_scored_against_the_committed_cache(tmp_path: Path, capsy
     churn = json.loads(out.read_text())["churn"]
     assert churn["tasks"][tasks[0]]["changed"] == pytest.approx(10 / 1000) and churn["tasks"][tasks[0]]["paired_se_points"] > 0
     assert all(churn["tasks"][t]["changed"] == 0 for t in tasks[1:]) and 0 < churn["miss_chance"] < 1
-    assert f"{tasks[1]}: 0.0% changed, SE 0.00 points" in capsys.readouterr().out
+    ref1 = ref["tasks"][tasks[1]]["full"]
+    assert f"{tasks[1]}: {ref1:.3f} vs {ref1:.3f} (+0.0) on 1000; 0.0% changed, SE 0.00 points" in capsys.readouterr().out
+    # a subset of the cache's requests (eval_model_grid --per-task 10): compared with the cache's scores of the same
+    # requests, not with its whole-task mean
+    first = np.concatenate([np.flatnonzero(datasets == t)[:10] for t in tasks])
+    grid["per_request"] = {"ids": ids[first].tolist(), "scores": {"0": mine[first].tolist()}}
+    path.write_text(json.dumps(grid))
+    main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE), "--json", str(out)])
+    sub = json.loads(out.read_text())["churn"]["tasks"]
+    for t in tasks:
+        rows = first[datasets[first] == t]
+        assert sub[t]["n"] == 10 and sub[t]["reference"] == pytest.approx(scores[rows].mean())
+        assert sub[t]["points"] == pytest.approx(100 * (mine[rows] - scores[rows]).mean())
+    assert sub[tasks[0]]["changed"] == 1.0 and sub[tasks[1]]["points"] == 0  # the ten flipped requests
     grid["per_request"]["ids"][0] = "not-a-request"
     path.write_text(json.dumps(grid))
     assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE)]) == 2
