@@ -38,6 +38,28 @@ def test_committed_default_files_and_card() -> None:
     np.testing.assert_allclose(saved, imp, rtol=1e-5)
 
 
+CANDIDATE = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run19"
+
+
+def test_the_committed_candidate_loads_as_the_defaults_architecture() -> None:
+    """The next default's starting point (its CARD.md): loadable by the runtime, the default's config, tokenizer and
+    tensors, within the checkpoint size limit, and its own block-importance scores for the knob space."""
+    import torch
+
+    from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint
+
+    assert sum(f.stat().st_size for f in CANDIDATE.iterdir()) <= 48 * MIB
+    for name in ("config.json", "tokenizer.json"):
+        assert (CANDIDATE / name).read_bytes() == (LIVE_DEFAULT_MODEL / name).read_bytes(), name
+    index = [json.loads((d / "model.safetensors.index.json").read_text())["weight_map"] for d in (CANDIDATE, LIVE_DEFAULT_MODEL)]
+    assert sorted(index[0]) == sorted(index[1])
+    scores = json.loads((CANDIDATE / "importance.json").read_text())["scores"]
+    assert len(scores) == 16 and min(scores) > 0
+    assert scores != json.loads((LIVE_DEFAULT_MODEL / "importance.json").read_text())["scores"]
+    model, tokenizer = load_molmoe_checkpoint(CANDIDATE)  # strict: every tensor mapped, every shape right
+    assert tokenizer is not None and all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
 @pytest.fixture(scope="module")
 def first_requests(tmp_path_factory):
     from model_runtime.datasets import load_requests
