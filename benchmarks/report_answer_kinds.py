@@ -1,13 +1,17 @@
 """Where a live-built suite cache's tasks fail: accuracy per kind of answer and per print size.
 
 ``python -m benchmarks.report_answer_kinds --cache PATH [--suite-seed 0] [--tasks T ...] [--json OUT]``
+``python -m benchmarks.report_answer_kinds --grid GRID.json ...`` reads a checkpoint's scores and answers from
+``experiments.eval_model_grid --per-request`` instead (the full configuration among its ``--configs``; the
+cheapest too for that column), so a checkpoint is split the same way before any cache is built from it.
 
 The suite's requests are a pure function of ``(seed, task, split, index)``
 (``model_runtime.datasets.suite.render_example``), so every request of a cache built from
 ``python -m experiments.make_suite --seed S`` can be rendered again with its metadata
 (``answer_kind``, ``text_px``, ...) and, for ``synth_doc``, the page's other fields (its dense
 caption). Each rendered question must equal the cache's (else: a one-line error naming the first
-request that does not match, i.e. a cache of another seed or suite).
+request that does not match, i.e. a cache of another seed or suite); a grid stores no questions, so its
+requests are taken by id alone.
 
 Prints markdown, per task: mean score at the full and at the cheapest configuration per
 ``answer_kind`` and per print-size bin (``text_px``, where the task records it); for ``synth_doc``
@@ -18,7 +22,7 @@ and read wrongly), *another field's value* (the wrong field was read), or neithe
 read, the wrong one) or with *a number not on the chart* (neither a value nor a label of it), a
 highest/lowest question with *another category's label*, or neither.
 
-Scores are the cache's; the metadata is re-rendered, nothing is estimated.
+Scores are the cache's (or the grid's); the metadata is re-rendered, nothing is estimated.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import json
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,50 +87,96 @@ def _mean(xs: list[float]) -> float:
     return float(np.mean(xs)) if xs else float("nan")
 
 
-def collect(cache_path: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict:
-    from model_runtime.datasets.suite import render_example  # lazy: PIL and the fonts
+@dataclass
+class ScoredRequests:
+    """What the report reads of each request: its id, its scores at the full and the cheapest configuration
+    (NaN where the source did not run the cheapest), its answer at the full configuration, and its question
+    (None for a grid, which stores none)."""
 
-    with OutcomeCache(cache_path) as cache:
+    source: str
+    ids: list[str]
+    full: np.ndarray
+    cheapest: np.ndarray
+    predictions: list[str]
+    questions: list[str] | None
+
+    def task_rows(self, task: str) -> np.ndarray:
+        return np.flatnonzero([i.split("-", 1)[0] == task for i in self.ids])
+
+
+def from_cache(path: str | Path, tasks: tuple[str, ...]) -> ScoredRequests:
+    """The requests of ``tasks`` in a built cache; ValueError naming a task the cache does not have."""
+    with OutcomeCache(path) as cache:
         ks = cache.knob_space
         full, cheap = ks.index(ks.full_config), ks.index(ks.cheapest_config)
-        report: dict = {"cache": str(cache_path), "suite_seed": suite_seed, "tasks": {}}
         for task in tasks:
             if task not in cache.datasets:
-                raise ValueError(f"{cache_path} has no task {task!r} (tasks: {', '.join(cache.datasets)})")
-            rows = np.flatnonzero(cache.dataset == cache.datasets.index(task))
-            by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
-            by_px: dict[str, list[tuple[float, float]]] = defaultdict(list)
-            wrong = dict.fromkeys(WRONG_KINDS.get(task, ()), 0)
-            for i in rows:
-                m = _ID.match(str(cache.ids[i]))
-                if m is None or m["task"] != task:
-                    raise ValueError(f"request id {cache.ids[i]!r} is not a suite id ('{task}-SPLIT-INDEX')")
-                ex = render_example(task, m["split"], int(m["index"]), suite_seed)
-                if ex.question != cache.question(i):
-                    raise ValueError(f"request {cache.ids[i]!r}: re-rendered question {ex.question!r} != the cache's "
-                                     f"{cache.question(i)!r} (a cache of another suite seed than --suite-seed {suite_seed}?)")
-                s_full = float(cache.score[i, full])
-                s_cheap = float(cache.score[i, cheap])
-                pair = (s_full, s_cheap)
-                by_kind[str(ex.meta.get("answer_kind", "?"))].append(pair)
-                px = ex.meta.get("text_px")
-                if px is not None:
-                    lo, hi = next(b for b in PX_BINS if b[0] <= int(px) < b[1])
-                    by_px[f"[{lo}, {hi})"].append(pair)
-                if wrong and s_full < 1.0:
-                    wrong[wrong_kind(task, cache.prediction(i, full).strip(), str(ex.answers[0]), ex.caption or "",
-                                     str(ex.meta.get("answer_kind", "")))] += 1
+                raise ValueError(f"{path} has no task {task!r} (tasks: {', '.join(cache.datasets)})")
+        rows = np.flatnonzero(np.isin(cache.dataset, [cache.datasets.index(t) for t in tasks]))
+        return ScoredRequests(str(path), [str(cache.ids[i]) for i in rows], cache.score[rows, full].astype(float),
+                              cache.score[rows, cheap].astype(float), [cache.prediction(i, full) for i in rows],
+                              [cache.question(i) for i in rows])
 
-            def table(groups: dict[str, list[tuple[float, float]]], order: list[str]) -> dict:
-                return {k: {"n": len(groups[k]), "full": _mean([a for a, _ in groups[k]]),
-                            "cheapest": _mean([b for _, b in groups[k]])} for k in order if k in groups}
 
-            px_order = [f"[{lo}, {hi})" for lo, hi in PX_BINS]
-            entry = {"n": int(rows.size), "by_answer_kind": table(by_kind, sorted(by_kind)),
-                     "by_text_px": table(by_px, px_order)}
-            if wrong:
-                entry["wrong_at_full"] = wrong
-            report["tasks"][task] = entry
+def from_grid(path: str | Path, tasks: tuple[str, ...]) -> ScoredRequests:
+    """``eval_model_grid --per-request``'s requests of ``tasks``; ValueError when it has no per-request scores and
+    answers at the full configuration or none of a task's requests."""
+    from model_runtime.knob_space import KnobSpace
+
+    per = json.loads(Path(path).read_text()).get("per_request") or {}
+    ks = KnobSpace()
+    full, cheap = str(ks.index(ks.full_config)), str(ks.index(ks.cheapest_config))
+    if full not in per.get("scores", {}) or full not in per.get("predictions", {}):
+        raise ValueError(f"{path} has no per-request scores and answers at the full configuration "
+                         f"(eval_model_grid --per-request with --configs including {full})")
+    ids = list(per["ids"])
+    missing = [t for t in tasks if not any(i.split("-", 1)[0] == t for i in ids)]
+    if missing:
+        raise ValueError(f"{path} has no request of task {missing[0]!r}")
+    nan = [float("nan")] * len(ids)
+    return ScoredRequests(str(path), ids, np.asarray(per["scores"][full], float),
+                          np.asarray(per["scores"].get(cheap, nan), float), list(per["predictions"][full]), None)
+
+
+def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict:
+    """The report of ``tasks`` from a cache, or from an ``eval_model_grid --per-request`` JSON (a ``.json`` path)."""
+    from model_runtime.datasets.suite import render_example  # lazy: PIL and the fonts
+
+    scored = from_grid(source, tasks) if str(source).endswith(".json") else from_cache(source, tasks)
+    report: dict = {"source": scored.source, "suite_seed": suite_seed, "tasks": {}}
+    for task in tasks:
+        rows = scored.task_rows(task)
+        by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        by_px: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        wrong = dict.fromkeys(WRONG_KINDS.get(task, ()), 0)
+        for i in rows:
+            m = _ID.match(scored.ids[i])
+            if m is None or m["task"] != task:
+                raise ValueError(f"request id {scored.ids[i]!r} is not a suite id ('{task}-SPLIT-INDEX')")
+            ex = render_example(task, m["split"], int(m["index"]), suite_seed)
+            if scored.questions is not None and ex.question != scored.questions[i]:
+                raise ValueError(f"request {scored.ids[i]!r}: re-rendered question {ex.question!r} != the cache's "
+                                 f"{scored.questions[i]!r} (a cache of another suite seed than --suite-seed {suite_seed}?)")
+            pair = (float(scored.full[i]), float(scored.cheapest[i]))
+            by_kind[str(ex.meta.get("answer_kind", "?"))].append(pair)
+            px = ex.meta.get("text_px")
+            if px is not None:
+                lo, hi = next(b for b in PX_BINS if b[0] <= int(px) < b[1])
+                by_px[f"[{lo}, {hi})"].append(pair)
+            if wrong and pair[0] < 1.0:
+                wrong[wrong_kind(task, scored.predictions[i].strip(), str(ex.answers[0]), ex.caption or "",
+                                 str(ex.meta.get("answer_kind", "")))] += 1
+
+        def table(groups: dict[str, list[tuple[float, float]]], order: list[str]) -> dict:
+            return {k: {"n": len(groups[k]), "full": _mean([a for a, _ in groups[k]]),
+                        "cheapest": _mean([b for _, b in groups[k]])} for k in order if k in groups}
+
+        px_order = [f"[{lo}, {hi})" for lo, hi in PX_BINS]
+        entry = {"n": int(rows.size), "by_answer_kind": table(by_kind, sorted(by_kind)),
+                 "by_text_px": table(by_px, px_order)}
+        if wrong:
+            entry["wrong_at_full"] = wrong
+        report["tasks"][task] = entry
     return report
 
 
@@ -143,7 +194,8 @@ def markdown(report: dict) -> str:
             if not e[key]:
                 continue
             out.append(f"| {title} | n | full | cheapest |\n| --- | --- | --- | --- |")
-            out += [f"| {k} | {v['n']} | {v['full']:.3f} | {v['cheapest']:.3f} |" for k, v in e[key].items()]
+            out += [f"| {k} | {v['n']} | {v['full']:.3f} | {'-' if np.isnan(v['cheapest']) else format(v['cheapest'], '.3f')} |"
+                    for k, v in e[key].items()]
             out.append("")
         if "wrong_at_full" in e:
             w = e["wrong_at_full"]
@@ -155,14 +207,16 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.report_answer_kinds", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cache", help="a live-built suite cache")
+    src.add_argument("--grid", help="an eval_model_grid --per-request JSON of suite requests")
     ap.add_argument("--suite-seed", type=int, default=0, help="the make_suite --seed the cache's requests came from")
     ap.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     ap.add_argument("--json", default=None, help="also write the figures as JSON")
     args = ap.parse_args(argv)
     try:
-        rep = collect(args.cache, tuple(args.tasks), args.suite_seed)
-    except ValueError as e:
+        rep = collect(args.cache or args.grid, tuple(args.tasks), args.suite_seed)
+    except (ValueError, OSError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     print(markdown(rep))
     if args.json:

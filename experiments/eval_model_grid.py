@@ -8,9 +8,10 @@ prefix engine, ``model_runtime.molmoe.shared_prefix``) and writes, per configura
 score and mean output tokens per task (``grid.json``), with the knob space (importance scores
 from ``CKPT/importance.json`` when present). It is the quick look at a model's knob effects
 before a full cache build; ``cache.info`` reports the same tables for a built cache.
-``--per-request`` also writes each request's score (``per_request``: the request ids, and the
-scores in that order by configuration index), which ``benchmarks.reproduction_check --grid``
-pairs with a cache's requests.
+``--per-request`` also writes each request's score and answer (``per_request``: the request ids,
+and the scores and predictions in that order by configuration index), which
+``benchmarks.reproduction_check --grid`` pairs with a cache's requests and
+``benchmarks.report_answer_kinds --grid`` splits by kind of answer.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--dense-decode", action="store_true", help="decode configurations in groups (see shared_prefix)")
     ap.add_argument("--per-request", action="store_true",
-                    help="also write each request's score at every selected configuration (per_request)")
+                    help="also write each request's score and prediction at every selected configuration (per_request)")
     return ap.parse_args(argv)
 
 
@@ -90,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = {"model": str(args.model), "requests": str(args.requests), "n_per_task": {t: len(v) for t, v in per_task.items()},
            "importance": list(ks.importance_scores), "elapsed_s": elapsed, "grid": grid}
     if args.per_request:
-        out["per_request"] = {"ids": [r.id for r in reqs], "scores": {str(c): v.tolist() for c, v in scores.items()}}
+        out["per_request"] = {"ids": [r.id for r in reqs], "scores": {str(c): v.tolist() for c, v in scores.items()},
+                              "predictions": {str(c): [o[c].prediction for o in res.outcomes] for c in res.configs}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     for name, cfg in (("full", ks.full_config), ("cheapest", ks.cheapest_config)):

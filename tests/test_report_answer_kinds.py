@@ -70,3 +70,35 @@ def test_a_cache_of_another_suite_seed_is_refused(capsys) -> None:
     assert "another suite seed" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--cache", DEFAULT, "--tasks", "no_such_task"])
+
+
+def test_a_grid_of_the_same_requests_gives_the_caches_report(doc_report, tmp_path, capsys) -> None:
+    """--grid: eval_model_grid --per-request's scores and answers (here the cache's own, written as a grid) give the
+    report the cache gives; without the cheapest configuration that column is left empty; a grid without answers
+    at the full configuration is refused."""
+    import json
+
+    with OutcomeCache(DEFAULT) as c:
+        ks = c.knob_space
+        full, cheap = ks.index(ks.full_config), ks.index(ks.cheapest_config)
+        rows = np.flatnonzero(c.dataset == c.datasets.index("synth_doc"))
+        per = {"ids": [str(c.ids[i]) for i in rows],
+               "scores": {str(full): c.score[rows, full].tolist(), str(cheap): c.score[rows, cheap].tolist()},
+               "predictions": {str(full): [c.prediction(i, full) for i in rows]}}
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"per_request": per}))
+    from_grid = collect(grid, ("synth_doc",), 0)
+    assert from_grid["tasks"] == doc_report["tasks"] and from_grid["source"] == str(grid)
+    del per["scores"][str(cheap)]
+    grid.write_text(json.dumps({"per_request": per}))
+    assert main(["--grid", str(grid), "--tasks", "synth_doc"]) == 0
+    out = capsys.readouterr().out
+    assert f"| name | {doc_report['tasks']['synth_doc']['by_answer_kind']['name']['n']} |" in out and " | - |" in out
+    with pytest.raises(SystemExit):
+        main(["--grid", str(grid), "--tasks", "synth_chart"])
+    assert "has no request of task 'synth_chart'" in capsys.readouterr().err
+    del per["predictions"]
+    grid.write_text(json.dumps({"per_request": per}))
+    with pytest.raises(SystemExit):
+        main(["--grid", str(grid), "--tasks", "synth_doc"])
+    assert "no per-request scores and answers at the full configuration" in capsys.readouterr().err

@@ -320,6 +320,14 @@ def test_few_training_steps_write_a_runnable_checkpoint(tmp_path, tokenizer):
     assert len(per["ids"]) == sum(grid["n_per_task"].values()) and set(per["scores"]) == {str(g["index"]) for g in grid["grid"]}
     assert all(np.mean(per["scores"][str(g["index"])]) == pytest.approx(g["score/mean"]) for g in grid["grid"])
     assert {(g["tier"], g["top_k"], g["blocks"]) for g in grid["grid"]} >= {("high", 8, 16), ("low", 4, 12)}
+    # and each request's answer, whose score by the request's own metric is the score written beside it
+    from cache.live_builder import cache_score
+    from model_runtime.datasets import load_requests
+
+    by_id = {r.id: r for r in load_requests(suite / "val.jsonl")}
+    assert set(per["predictions"]) == set(per["scores"])
+    for c, preds in per["predictions"].items():
+        assert [cache_score(by_id[i].metric, by_id[i].score(a)) for i, a in zip(per["ids"], preds)] == pytest.approx(per["scores"][c])
     # resume continues the same run, and its log continues the first call's
     from model_runtime.small_model.trainer import read_train_log
 
