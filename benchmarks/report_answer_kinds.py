@@ -89,19 +89,20 @@ def _mean(xs: list[float]) -> float:
 
 @dataclass
 class ScoredRequests:
-    """What the report reads of each request: its id, its scores at the full and the cheapest configuration
+    """What the report reads of each request: its id and task, its scores at the full and the cheapest configuration
     (NaN where the source did not run the cheapest), its answer at the full configuration, and its question
     (None for a grid, which stores none)."""
 
     source: str
     ids: list[str]
+    tasks: np.ndarray
     full: np.ndarray
     cheapest: np.ndarray
     predictions: list[str]
     questions: list[str] | None
 
     def task_rows(self, task: str) -> np.ndarray:
-        return np.flatnonzero([i.split("-", 1)[0] == task for i in self.ids])
+        return np.flatnonzero(self.tasks == task)
 
 
 def from_cache(path: str | Path, tasks: tuple[str, ...]) -> ScoredRequests:
@@ -113,9 +114,10 @@ def from_cache(path: str | Path, tasks: tuple[str, ...]) -> ScoredRequests:
             if task not in cache.datasets:
                 raise ValueError(f"{path} has no task {task!r} (tasks: {', '.join(cache.datasets)})")
         rows = np.flatnonzero(np.isin(cache.dataset, [cache.datasets.index(t) for t in tasks]))
-        return ScoredRequests(str(path), [str(cache.ids[i]) for i in rows], cache.score[rows, full].astype(float),
-                              cache.score[rows, cheap].astype(float), [cache.prediction(i, full) for i in rows],
-                              [cache.question(i) for i in rows])
+        return ScoredRequests(str(path), [str(cache.ids[i]) for i in rows],
+                              np.asarray([cache.datasets[d] for d in cache.dataset[rows]]),
+                              cache.score[rows, full].astype(float), cache.score[rows, cheap].astype(float),
+                              [cache.prediction(i, full) for i in rows], [cache.question(i) for i in rows])
 
 
 def from_grid(path: str | Path, tasks: tuple[str, ...]) -> ScoredRequests:
@@ -130,11 +132,12 @@ def from_grid(path: str | Path, tasks: tuple[str, ...]) -> ScoredRequests:
         raise ValueError(f"{path} has no per-request scores and answers at the full configuration "
                          f"(eval_model_grid --per-request with --configs including {full})")
     ids = list(per["ids"])
-    missing = [t for t in tasks if not any(i.split("-", 1)[0] == t for i in ids)]
+    of_task = np.asarray([i.split("-", 1)[0] for i in ids])  # a suite id is TASK-SPLIT-INDEX
+    missing = [t for t in tasks if t not in of_task]
     if missing:
         raise ValueError(f"{path} has no request of task {missing[0]!r}")
     nan = [float("nan")] * len(ids)
-    return ScoredRequests(str(path), ids, np.asarray(per["scores"][full], float),
+    return ScoredRequests(str(path), ids, of_task, np.asarray(per["scores"][full], float),
                           np.asarray(per["scores"].get(cheap, nan), float), list(per["predictions"][full]), None)
 
 
