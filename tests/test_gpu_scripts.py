@@ -88,7 +88,7 @@ case $mod in
   experiments.train_model)
     mkdir -p "$out/plain"; touch "$out/train_state.pt" "$out/plain/model.safetensors" "$out/train_log.csv"
     stopped=false; [ -f "$FAKE_STOP" ] && { rm "$FAKE_STOP"; stopped=true; }
-    echo "{\"stopped_by_time\": $stopped}" > "$out/train_summary.json" ;;
+    echo "{\"stopped_by_time\": $stopped, \"steps\": 7}" > "$out/train_summary.json" ;;
   cache.repack) touch "$2" ;;
   experiments.eval_model_grid) echo '{}' > "$out" ;;
 esac
@@ -308,6 +308,7 @@ def test_a_print_supervised_cycle_starts_from_its_checkpoint_past_the_examples_r
                  "--patch-stem hybrid", "--batch-size 64", "--reuse 2", "--lr 3.5e-4", "synth_numbers=0.20"):
         assert flag in train, flag
     assert "--compile" not in train and "--resume" not in train
+    assert "examples 2580000 to 2580223; a cycle from it starts at FIRST_EXAMPLE >= 2580224" in out.stdout  # 7 steps of 32
     grid = calls[-1]
     assert grid.startswith(f"-m experiments.eval_model_grid --model {work}/ckpt/plain --requests {work}/suite/val.jsonl")
     assert "--per-task 300 --configs tier=high,p=1,top_k=8,blocks=16" in grid and f"--out {work}/grid_val.json" in grid
