@@ -312,3 +312,40 @@ def test_a_print_supervised_cycle_starts_from_its_checkpoint_past_the_examples_r
     grid = calls[-1]
     assert grid.startswith(f"-m experiments.eval_model_grid --model {work}/ckpt/plain --requests {work}/suite/val.jsonl")
     assert "--per-task 300 --configs tier=high,p=1,top_k=8,blocks=16" in grid and f"--out {work}/grid_val.json" in grid
+
+
+def test_the_chain_goes_on_past_the_default_to_the_candidates_print_supervised_cycles(tmp_path: Path) -> None:
+    """run19u-run19y, the nineteenth run's cycles behind cache/candidates/molmoe_small_suite_run19: reached only with
+    UNTIL, seeded from v7 (run14), each with the print loss and the language model at 0.3, and compared with the
+    candidate's own scores (a grid JSON, which only CHECK=score can read)."""
+    grid = tmp_path / "candidate_scores.json"
+    grid.write_text("{}")
+    run, work, log = chain_runner(tmp_path, CHECK="score", UNTIL="run19y", AGAINST=str(grid))
+    v7 = tmp_path / "v7"
+    v7.mkdir()
+    (v7 / "config.json").write_text("{}")
+
+    refused = run(CHECK="build")
+    assert refused.returncode == 2 and "is a grid of scores, not a cache: it needs CHECK=score" in refused.stderr
+    assert run("--seed", "run14", str(v7)).returncode == 0
+    status = run("--status").stdout
+    assert "run14: seeded" in status and "run19u: to do (from run14, 1745 steps, lr 3.5e-4)" in status
+    trains = []
+    for stage in ("run19u", "run19w", "run19x", "run19y"):
+        out = run()
+        assert out.returncode == 0 and f"stage {stage} " in out.stdout, out.stderr
+        trains.append([c for c in log.read_text().splitlines() if "train_model" in c][-1])
+    for c, (first, steps, start) in zip(trains, (("2400000", "1745", "run14"), ("2460000", "1725", "run19u"),
+                                                 ("2520000", "1732", "run19w"), ("2580000", "1580", "run19x"))):
+        assert f"--first-example {first}" in c and f"--steps {steps}" in c and f"--init-from {work}/chain/{start}/plain" in c
+        for flag in ("--print-loss 1", "--print-sites tokens", "--word-presence 0", "--lr-scale lm.=0.3 connector.=0.3",
+                     "--lr 3.5e-4", "--split-digits", "synth_numbers=0.20"):
+            assert flag in c, flag
+    out = run()  # the last stage scored, then compared with the candidate's scores
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    assert f"--model {work}/chain/run19y/plain " in next(c for c in calls if "experiments.eval_model_grid" in c)
+    assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json --against {grid}")
+    # the chain that ends at the default is unchanged: its stages stop at run14
+    default_chain = run("--status", work=tmp_path / "fresh", UNTIL="run14", AGAINST="", CHECK="build").stdout
+    assert "run19u: not in this chain (UNTIL=run14)" in default_chain

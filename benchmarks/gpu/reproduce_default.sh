@@ -47,7 +47,16 @@
 #   git archive ca07612 cache/default/molmoe_small_suite.h5 | tar x -C runs/v5   # run12's (v5); run14's is the default (v7)
 # With --seed, one segment of the chain between two committed defaults is checked on its own, e.g. run12 from v4's
 # weights (`--seed run11b`) against v5's cache: a session's device time each, where the whole chain needs three.
-# Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building.
+# The stages after run14, run19u-run19y, are the nineteenth run's four print-supervised cycles (the print loss on, the
+# language model at 0.3; benchmarks/gpu/print_lm_cycle.sh), which end in the candidate checkpoint
+# cache/candidates/molmoe_small_suite_run19, not in the default. It has no cache: its segment is checked with
+# CHECK=score against the candidate's own full-configuration scores of the cache's requests, e.g.
+#   mkdir -p runs/v7 && git archive 62debb8 cache/default/molmoe_small_suite_model | tar x -C runs/v7
+#   CHECK=score UNTIL=run19y AGAINST=benchmarks/logs/run19_y_test1000_cpu.json \
+#       bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run14 runs/v7/cache/default/molmoe_small_suite_model
+# (those scores are float32 on a CPU; the chain scores in bf16 on the GPU). An AGAINST that is a grid JSON needs CHECK=score.
+# Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building;
+# run19u-run19y ≈ 23 more minutes of one H100.
 set -euo pipefail
 W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --seed STAGE DIR]}
 PY=${PYTHON:-python3}
@@ -67,17 +76,19 @@ case $CHECK in
 esac
 PACK_TO=${PACK_TO:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
-STAGES=(run9 run10 run11a run11b run12 run13a run13b run14)
+STAGES=(run9 run10 run11a run11b run12 run13a run13b run14 run19u run19w run19x run19y)
 MIX9="easy_vqa=0.08 synth_text=0.16 synth_doc=0.16 synth_chart=0.16 synth_count=0.12 synth_diagram=0.12 synth_read=0.20"
 MIX10="easy_vqa=0.05 synth_text=0.16 synth_doc=0.14 synth_chart=0.14 synth_count=0.10 synth_diagram=0.10 synth_read=0.06 synth_words=0.25"
 MIX11="easy_vqa=0.04 synth_text=0.14 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.08 synth_read=0.04 synth_words=0.20"
 MIX12="easy_vqa=0.03 synth_text=0.11 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.06 synth_read=0.12 synth_words=0.18"
 MIX13="easy_vqa=0.03 synth_text=0.11 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.06 synth_read=0.05 synth_words=0.10 synth_digits=0.15"
+MIXP="easy_vqa=0.03 synth_text=0.08 synth_doc=0.22 synth_chart=0.18 synth_count=0.08 synth_diagram=0.05 synth_read=0.03 synth_words=0.08 synth_digits=0.05 synth_numbers=0.20"
 
 # stage settings: FROM (the stage whose weights it starts from), STEPS (its schedule), STOP_AT (0: the whole
-# schedule), LR, BATCH, REUSE, MIX, FIRST (the train stream's first example), DIGITS (one token per digit), COMPILE
+# schedule), LR, BATCH, REUSE, MIX, FIRST (the train stream's first example), DIGITS (one token per digit), COMPILE,
+# and the recipe: LRS (the per-module rates), WP (the word-presence loss's weight), PRINT (the print loss's)
 stage() {
-  FROM=; STOP_AT=0; BATCH=64; REUSE=2; FIRST=0; DIGITS=; COMPILE=0
+  FROM=; STOP_AT=0; BATCH=64; REUSE=2; FIRST=0; DIGITS=; COMPILE=0; LRS="lm.=0.1 connector.=0.1"; WP=0.5; PRINT=0
   case $1 in
     run9)   STEPS=3000; LR=2e-3; BATCH=128; REUSE=4; MIX=$MIX9; COMPILE=1 ;;
     run10)  FROM=run9; STEPS=3186; LR=1e-3; MIX=$MIX10 ;;
@@ -87,6 +98,14 @@ stage() {
     run13a) FROM=run12; STEPS=4600; STOP_AT=2539; LR=7e-4; MIX=$MIX13; FIRST=1200000; DIGITS=1 ;;
     run13b) FROM=run13a; STEPS=1400; STOP_AT=1292; LR=3.5e-4; MIX=$MIX13; FIRST=1400000; DIGITS=1 ;;
     run14)  FROM=run13b; STEPS=1800; LR=3.5e-4; MIX=$MIX13; FIRST=1500000; DIGITS=1 ;;
+    run19u|run19w|run19x|run19y)
+            LR=3.5e-4; MIX=$MIXP; DIGITS=1; LRS="lm.=0.3 connector.=0.3"; WP=0; PRINT=1
+            case $1 in
+              run19u) FROM=run14; STEPS=1745; FIRST=2400000 ;;
+              run19w) FROM=run19u; STEPS=1725; FIRST=2460000 ;;
+              run19x) FROM=run19w; STEPS=1732; FIRST=2520000 ;;
+              run19y) FROM=run19x; STEPS=1580; FIRST=2580000 ;;
+            esac ;;
     *) echo "reproduce_default.sh: unknown stage $1" >&2; exit 2 ;;
   esac
 }
@@ -175,8 +194,8 @@ piece() {
     echo "$S" > "$W/current_stage"
     # the weights a stage starts from come from the finished stage before it; a resumed call takes its own state
     INIT=; [ $RESUME = 0 ] && [ -n "$FROM" ] && INIT="$W/chain/$FROM/plain"
-    env PATCH_STEM=hybrid WORD_PRESENCE=0.5 WORD_PRESENCE_SITES="stem tokens" CAPTION_RATE=0.5 \
-        LR_SCALE="lm.=0.1 connector.=0.1" SKIP_GRID=1 PRINT_LOSS=0 BATCH=$BATCH REUSE=$REUSE LR=$LR COMPILE=$COMPILE \
+    env PATCH_STEM=hybrid WORD_PRESENCE=$WP WORD_PRESENCE_SITES="stem tokens" CAPTION_RATE=0.5 \
+        LR_SCALE="$LRS" SKIP_GRID=1 PRINT_LOSS=$PRINT PRINT_SITES=tokens BATCH=$BATCH REUSE=$REUSE LR=$LR COMPILE=$COMPILE \
         CHANNELS_LAST="${CHANNELS_LAST:-0}" \
         TASK_WEIGHTS="$MIX" FIRST_EXAMPLE=$FIRST SPLIT_DIGITS=$DIGITS STOP_AFTER="$PIECE_STOP_AFTER" STOP_AT_STEP=$STOP_AT \
         RESUME=$RESUME INIT_FROM="$INIT" PYTHON="$PY" \
@@ -226,6 +245,10 @@ if [ -z "$AGAINST" ]; then
   AGAINST=cache/default/molmoe_small_suite.h5
 fi
 [ -f "$AGAINST" ] || { echo "reproduce_default.sh: AGAINST=$AGAINST: no such cache (nothing was run)" >&2; exit 2; }
+if [ "${AGAINST##*.}" = json ] && [ "$CHECK" != score ]; then
+  echo "reproduce_default.sh: AGAINST=$AGAINST is a grid of scores, not a cache: it needs CHECK=score (nothing was run)" >&2
+  exit 2
+fi
 if [ -z "$(next_stage)" ] && [ ! -d "$W/chain/$UNTIL/plain" ]; then
   echo "reproduce_default.sh: UNTIL=$UNTIL: its weights are not in $W (a stage before the seeded one?); nothing was run" >&2
   exit 2
