@@ -121,18 +121,21 @@ def from_cache(path: str | Path, tasks: tuple[str, ...]) -> ScoredRequests:
 
 
 def from_grid(path: str | Path, tasks: tuple[str, ...]) -> ScoredRequests:
-    """``eval_model_grid --per-request``'s requests of ``tasks``; ValueError when it has no per-request scores and
-    answers at the full configuration or none of a task's requests."""
+    """``eval_model_grid --per-request``'s requests of ``tasks``, each request's task from the grid's ``n_per_task``
+    (:func:`benchmarks.reproduction_check.request_tasks`, as that check pairs them); ValueError when it has no
+    per-request scores and answers at the full configuration, counts that do not add up, or none of a task's requests."""
+    from benchmarks.reproduction_check import request_tasks
     from model_runtime.knob_space import KnobSpace
 
-    per = json.loads(Path(path).read_text()).get("per_request") or {}
+    grid = json.loads(Path(path).read_text())
+    per = grid.get("per_request") or {}
     ks = KnobSpace()
     full, cheap = str(ks.index(ks.full_config)), str(ks.index(ks.cheapest_config))
     if full not in per.get("scores", {}) or full not in per.get("predictions", {}):
         raise ValueError(f"{path} has no per-request scores and answers at the full configuration "
                          f"(eval_model_grid --per-request with --configs including {full})")
     ids = list(per["ids"])
-    of_task = np.asarray([i.split("-", 1)[0] for i in ids])  # a suite id is TASK-SPLIT-INDEX
+    of_task = request_tasks(grid)
     missing = [t for t in tasks if t not in of_task]
     if missing:
         raise ValueError(f"{path} has no request of task {missing[0]!r}")

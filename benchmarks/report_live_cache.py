@@ -156,10 +156,10 @@ def churn_against(this: np.ndarray, ref: np.ndarray, datasets: np.ndarray, point
     for t in sorted(set(datasets.tolist())):
         both = (datasets == t) & np.isfinite(this) & np.isfinite(ref)
         d = (this - ref)[both]
-        se = 100 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+        n = len(d)
+        se = 100 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
         beyond = math.erfc(points / (se * math.sqrt(2))) if se > 0 else 0.0  # P(|N(0, se)| > points)
         inside *= 1 - beyond
-        n = len(d)
         tasks[t] = {"n": n, "this": float(this[both].mean()) if n else math.nan,
                     "reference": float(ref[both].mean()) if n else math.nan, "points": 100 * float(d.mean()) if n else math.nan,
                     "changed": float(np.mean(d != 0)) if n else 0.0, "paired_se_points": se, "beyond_bar": beyond}

@@ -86,11 +86,12 @@ def test_a_grid_of_the_same_requests_gives_the_caches_report(doc_report, tmp_pat
                "scores": {str(full): c.score[rows, full].tolist(), str(cheap): c.score[rows, cheap].tolist()},
                "predictions": {str(full): [c.prediction(i, full) for i in rows]}}
     grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps({"per_request": per}))
+    counts = {"synth_doc": len(rows)}
+    grid.write_text(json.dumps({"n_per_task": counts, "per_request": per}))
     from_grid = collect(grid, ("synth_doc",), 0)
     assert from_grid["tasks"] == doc_report["tasks"] and from_grid["source"] == str(grid)
     del per["scores"][str(cheap)]
-    grid.write_text(json.dumps({"per_request": per}))
+    grid.write_text(json.dumps({"n_per_task": counts, "per_request": per}))
     assert main(["--grid", str(grid), "--tasks", "synth_doc"]) == 0
     out = capsys.readouterr().out
     assert f"| name | {doc_report['tasks']['synth_doc']['by_answer_kind']['name']['n']} |" in out and " | - |" in out
@@ -98,7 +99,7 @@ def test_a_grid_of_the_same_requests_gives_the_caches_report(doc_report, tmp_pat
         main(["--grid", str(grid), "--tasks", "synth_chart"])
     assert "has no request of task 'synth_chart'" in capsys.readouterr().err
     del per["predictions"]
-    grid.write_text(json.dumps({"per_request": per}))
+    grid.write_text(json.dumps({"n_per_task": counts, "per_request": per}))
     with pytest.raises(SystemExit):
         main(["--grid", str(grid), "--tasks", "synth_doc"])
     assert "no per-request scores and answers at the full configuration" in capsys.readouterr().err
