@@ -38,7 +38,8 @@ def test_committed_default_files_and_card() -> None:
     np.testing.assert_allclose(saved, imp, rtol=1e-5)
 
 
-CANDIDATE = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run19"
+CANDIDATE = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run20"
+CANDIDATE_CACHE = CANDIDATE.parent / "molmoe_small_suite_v10.h5"
 
 
 def test_the_committed_candidate_loads_as_the_defaults_architecture() -> None:
@@ -58,6 +59,19 @@ def test_the_committed_candidate_loads_as_the_defaults_architecture() -> None:
     assert scores != json.loads((LIVE_DEFAULT_MODEL / "importance.json").read_text())["scores"]
     model, tokenizer = load_molmoe_checkpoint(CANDIDATE)  # strict: every tensor mapped, every shape right
     assert tokenizer is not None and all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+def test_the_candidates_cache_is_built_from_it_over_the_defaults_requests() -> None:
+    """The candidate's cache (molmoe-small-suite-v10, its CARD.md): live, every outcome OK, the default cache's 6,000
+    requests in the same order, and the knob space of the candidate's own importance scores."""
+    assert CANDIDATE_CACHE.stat().st_size <= 64 * MIB
+    with h5py.File(CANDIDATE_CACHE, "r") as f, h5py.File(LIVE_DEFAULT_CACHE, "r") as d:
+        assert f.attrs["generator"] == "live" and not f.attrs["synthetic"]
+        assert f.attrs["model_id"] == "molmoe-small-suite-v10"
+        assert f["outcomes/status"].shape == (6000, 225) and np.all(f["outcomes/status"][:] == STATUS_OK)
+        assert np.array_equal(f["samples/id"][:], d["samples/id"][:])
+        imp = json.loads(f.attrs["generator_params"])["importance"]["scores"]
+    np.testing.assert_allclose(json.loads((CANDIDATE / "importance.json").read_text())["scores"], imp, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -315,9 +315,9 @@ def test_a_print_supervised_cycle_starts_from_its_checkpoint_past_the_examples_r
 
 
 def test_the_chain_goes_on_past_the_default_to_the_candidates_print_supervised_cycles(tmp_path: Path) -> None:
-    """run19u-run19y, the nineteenth run's cycles behind cache/candidates/molmoe_small_suite_run19: reached only with
-    UNTIL, seeded from v7 (run14), each with the print loss and the language model at 0.3, and compared with the
-    candidate's own scores (a grid JSON, which only CHECK=score can read)."""
+    """run19u-run19y, the nineteenth run's cycles (their end: the candidate of that time, git cc0889e): reached only
+    with UNTIL, seeded from v7 (run14), each with the print loss and the language model at 0.3, and compared with
+    that checkpoint's own scores (a grid JSON, which only CHECK=score can read)."""
     grid = tmp_path / "candidate_scores.json"
     grid.write_text("{}")
     run, work, log = chain_runner(tmp_path, CHECK="score", UNTIL="run19y", AGAINST=str(grid))
@@ -346,6 +346,29 @@ def test_the_chain_goes_on_past_the_default_to_the_candidates_print_supervised_c
     calls = log.read_text().splitlines()
     assert f"--model {work}/chain/run19y/plain " in next(c for c in calls if "experiments.eval_model_grid" in c)
     assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json --against {grid}")
+    assert "run20a: not in this chain (UNTIL=run19y)" in run("--status").stdout
     # the chain that ends at the default is unchanged: its stages stop at run14
     default_chain = run("--status", work=tmp_path / "fresh", UNTIL="run14", AGAINST="", CHECK="build").stdout
     assert "run19u: not in this chain (UNTIL=run14)" in default_chain
+
+
+def test_the_twentieth_runs_cycle_continues_the_nineteenth_and_is_built_against_the_candidate_cache(tmp_path: Path) -> None:
+    """run20a, the cycle behind cache/candidates/molmoe_small_suite_run20: seeded from the nineteenth run's last cycle
+    (run19y), one stage with its recorded steps and first example, then built and compared with the candidate's cache."""
+    candidate_cache = ROOT / "cache" / "candidates" / "molmoe_small_suite_v10.h5"
+    run, work, log = chain_runner(tmp_path, UNTIL="run20a", AGAINST=str(candidate_cache))
+    y = tmp_path / "y"
+    y.mkdir()
+    (y / "config.json").write_text("{}")
+    assert run("--seed", "run19y", str(y)).returncode == 0
+    assert "run20a: to do (from run19y, 1677 steps, lr 3.5e-4)" in run("--status").stdout
+    out = run()
+    assert out.returncode == 0 and "stage run20a " in out.stdout, out.stderr
+    train = next(c for c in log.read_text().splitlines() if "train_model" in c)
+    for flag in (f"--init-from {work}/chain/run19y/plain", "--first-example 2640000", "--steps 1677", "--print-loss 1",
+                 "--lr-scale lm.=0.3 connector.=0.3", "synth_numbers=0.20"):
+        assert flag in train, flag
+    assert run().returncode == 0  # the build, and the comparison with the candidate's cache
+    assert "experiments.build_cache" in log.read_text() and f"--model {work}/chain/run20a/plain" in log.read_text()
+    last = log.read_text().splitlines()[-1]
+    assert "benchmarks.report_live_cache" in last and f"--against {candidate_cache}" in last
