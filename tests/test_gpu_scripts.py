@@ -95,15 +95,22 @@ esac
 """
 
 
+def stand_in_python(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment that runs a GPU script with FAKE_PYTHON (tmp_path/python) as its PYTHON, and the log of the
+    calls it receives (tmp_path/calls.log); touching tmp_path/stop makes the next training call stop by time."""
+    fake, log = tmp_path / "python", tmp_path / "calls.log"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    return {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+            "FAKE_STOP": str(tmp_path / "stop")}, log
+
+
 def chain_runner(tmp_path: Path, **env: str) -> tuple[Callable[..., subprocess.CompletedProcess], Path, Path]:
     """``run(*args, work=WORK, **more_env)``: reproduce_default.sh on WORK (default tmp_path/work) with the stand-in
     for Python, which logs its calls; returns run, the default WORK and the calls' log."""
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    work, log = tmp_path / "work", tmp_path / "calls.log"
-    base = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
-            "FAKE_STOP": str(tmp_path / "stop"), **env}
+    base, log = stand_in_python(tmp_path)
+    base |= env
+    work = tmp_path / "work"
     script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
 
     def run(*args: str, work: Path = work, **extra: str) -> subprocess.CompletedProcess:
@@ -287,12 +294,8 @@ def test_the_reproduction_chain_checks_one_segment_between_two_committed_default
 def test_a_print_supervised_cycle_starts_from_its_checkpoint_past_the_examples_read_and_scores_val(tmp_path: Path) -> None:
     """print_lm_cycle.sh: one annealed cycle from INIT_FROM (the language model at 0.3, the print loss on), then
     300 val requests a task scored at the full configuration; a missing argument is refused before anything runs."""
-    fake, log = tmp_path / "python", tmp_path / "calls.log"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
+    env, log = stand_in_python(tmp_path)
     script = ROOT / "benchmarks" / "gpu" / "print_lm_cycle.sh"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
-           "FAKE_STOP": str(tmp_path / "stop")}
     work = tmp_path / "y"
     refused = subprocess.run(["bash", str(script), str(work), "runs/x/ckpt/plain"], cwd=ROOT, capture_output=True,
                              text=True, env=env)
