@@ -42,12 +42,15 @@ ORIGINAL_LOGS: dict[str, str | None] = {
     "run13a": "h200_small_model_run13_call1_train_log.csv",
     "run13b": "h200_small_model_run13_call3_train_log.csv",
     "run14": "h200_small_model_run14_call2_train_log.csv",
-    # the print-supervised cycles of the nineteenth and twentieth runs (the candidate in cache/candidates)
+    # the print-supervised cycles of the nineteenth to twenty-first runs (the candidate in cache/candidates)
     "run19u": "h100_print_run19_u_train_log.csv",
     "run19w": "h100_print_run19_w_train_log.csv",
     "run19x": "h100_print_run19_x_train_log.csv",
     "run19y": "h100_print_run19_y_train_log.csv",
     "run20a": "h100_print_run20_a_train_log.csv",
+    "run21b": "h100_print_run21_b_train_log.csv",
+    "run21c": "h100_print_run21_c_train_log.csv",
+    "run21d": "h100_print_run21_d_train_log.csv",
 }
 
 

@@ -9,6 +9,7 @@ requests), and must reproduce what the cache stores for them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -38,36 +39,38 @@ def test_committed_default_files_and_card() -> None:
     np.testing.assert_allclose(saved, imp, rtol=1e-5)
 
 
-CANDIDATE = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run20"
-CANDIDATE_CACHE = CANDIDATE.parent / "molmoe_small_suite_v10.h5"
+CANDIDATE = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run21"
+CANDIDATE_CACHE = CANDIDATE.parent / "molmoe_small_suite_v11.h5"
+NEXT_CYCLE = CANDIDATE.parent / "molmoe_small_suite_run21d"  # one cycle on from CANDIDATE, no cache yet
 
 
-def test_the_committed_candidate_loads_as_the_defaults_architecture() -> None:
-    """The next default's starting point (its CARD.md): loadable by the runtime, the default's config, tokenizer and
-    tensors, within the checkpoint size limit, and its own block-importance scores for the knob space."""
+@pytest.mark.parametrize("candidate", [CANDIDATE, NEXT_CYCLE], ids=lambda d: d.name)
+def test_the_committed_candidates_load_as_the_defaults_architecture(candidate: Path) -> None:
+    """The next default's starting points (their CARD.md files): loadable by the runtime, the default's config,
+    tokenizer and tensors, within the checkpoint size limit, and their own block-importance scores for the knob space."""
     import torch
 
     from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint
 
-    assert sum(f.stat().st_size for f in CANDIDATE.iterdir()) <= 48 * MIB
+    assert sum(f.stat().st_size for f in candidate.iterdir()) <= 48 * MIB
     for name in ("config.json", "tokenizer.json"):
-        assert (CANDIDATE / name).read_bytes() == (LIVE_DEFAULT_MODEL / name).read_bytes(), name
-    index = [json.loads((d / "model.safetensors.index.json").read_text())["weight_map"] for d in (CANDIDATE, LIVE_DEFAULT_MODEL)]
+        assert (candidate / name).read_bytes() == (LIVE_DEFAULT_MODEL / name).read_bytes(), name
+    index = [json.loads((d / "model.safetensors.index.json").read_text())["weight_map"] for d in (candidate, LIVE_DEFAULT_MODEL)]
     assert sorted(index[0]) == sorted(index[1])
-    scores = json.loads((CANDIDATE / "importance.json").read_text())["scores"]
+    scores = json.loads((candidate / "importance.json").read_text())["scores"]
     assert len(scores) == 16 and min(scores) > 0
     assert scores != json.loads((LIVE_DEFAULT_MODEL / "importance.json").read_text())["scores"]
-    model, tokenizer = load_molmoe_checkpoint(CANDIDATE)  # strict: every tensor mapped, every shape right
+    model, tokenizer = load_molmoe_checkpoint(candidate)  # strict: every tensor mapped, every shape right
     assert tokenizer is not None and all(torch.isfinite(t).all() for t in model.state_dict().values())
 
 
 def test_the_candidates_cache_is_built_from_it_over_the_defaults_requests() -> None:
-    """The candidate's cache (molmoe-small-suite-v10, its CARD.md): live, every outcome OK, the default cache's 6,000
+    """The candidate's cache (molmoe-small-suite-v11, its CARD.md): live, every outcome OK, the default cache's 6,000
     requests in the same order, and the knob space of the candidate's own importance scores."""
     assert CANDIDATE_CACHE.stat().st_size <= 64 * MIB
     with h5py.File(CANDIDATE_CACHE, "r") as f, h5py.File(LIVE_DEFAULT_CACHE, "r") as d:
         assert f.attrs["generator"] == "live" and not f.attrs["synthetic"]
-        assert f.attrs["model_id"] == "molmoe-small-suite-v10"
+        assert f.attrs["model_id"] == "molmoe-small-suite-v11"
         assert f["outcomes/status"].shape == (6000, 225) and np.all(f["outcomes/status"][:] == STATUS_OK)
         assert np.array_equal(f["samples/id"][:], d["samples/id"][:])
         imp = json.loads(f.attrs["generator_params"])["importance"]["scores"]

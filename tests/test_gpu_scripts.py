@@ -355,23 +355,30 @@ def test_the_chain_goes_on_past_the_default_to_the_candidates_print_supervised_c
     assert "run19u: not in this chain (UNTIL=run14)" in default_chain
 
 
-def test_the_twentieth_runs_cycle_continues_the_nineteenth_and_is_built_against_the_candidate_cache(tmp_path: Path) -> None:
-    """run20a, the cycle behind cache/candidates/molmoe_small_suite_run20: seeded from the nineteenth run's last cycle
-    (run19y), one stage with its recorded steps and first example, then built and compared with the candidate's cache."""
-    candidate_cache = ROOT / "cache" / "candidates" / "molmoe_small_suite_v10.h5"
-    run, work, log = chain_runner(tmp_path, UNTIL="run20a", AGAINST=str(candidate_cache))
+def test_the_twentieth_and_twenty_first_runs_cycles_continue_the_nineteenth_and_are_built_against_the_candidate_cache(
+        tmp_path: Path) -> None:
+    """run20a and run21b-run21c, the cycles behind cache/candidates/molmoe_small_suite_run21: seeded from the nineteenth
+    run's last cycle (run19y), each stage with its recorded steps and first example from the one before, then built and
+    compared with the candidate's cache; run21d, the cycle after the candidate, stays out of a chain that ends there."""
+    candidate_cache = ROOT / "cache" / "candidates" / "molmoe_small_suite_v11.h5"
+    run, work, log = chain_runner(tmp_path, UNTIL="run21c", AGAINST=str(candidate_cache))
     y = tmp_path / "y"
     y.mkdir()
     (y / "config.json").write_text("{}")
     assert run("--seed", "run19y", str(y)).returncode == 0
-    assert "run20a: to do (from run19y, 1677 steps, lr 3.5e-4)" in run("--status").stdout
-    out = run()
-    assert out.returncode == 0 and "stage run20a " in out.stdout, out.stderr
-    train = next(c for c in log.read_text().splitlines() if "train_model" in c)
-    for flag in (f"--init-from {work}/chain/run19y/plain", "--first-example 2640000", "--steps 1677", "--print-loss 1",
-                 "--lr-scale lm.=0.3 connector.=0.3", "synth_numbers=0.20"):
-        assert flag in train, flag
+    status = run("--status").stdout
+    assert "run20a: to do (from run19y, 1677 steps, lr 3.5e-4)" in status
+    assert "run21d: not in this chain (UNTIL=run21c)" in status
+    for stage, start, first, steps in (("run20a", "run19y", "2640000", "1677"), ("run21b", "run20a", "2700000", "2108"),
+                                       ("run21c", "run21b", "2767456", "2385")):
+        before = len(log.read_text().splitlines()) if log.exists() else 0
+        out = run()
+        assert out.returncode == 0 and f"stage {stage} " in out.stdout, out.stderr
+        train = next(c for c in log.read_text().splitlines()[before:] if "train_model" in c)
+        for flag in (f"--init-from {work}/chain/{start}/plain", f"--first-example {first}", f"--steps {steps}",
+                     "--print-loss 1", "--lr-scale lm.=0.3 connector.=0.3", "synth_numbers=0.20"):
+            assert flag in train, (stage, flag)
     assert run().returncode == 0  # the build, and the comparison with the candidate's cache
-    assert "experiments.build_cache" in log.read_text() and f"--model {work}/chain/run20a/plain" in log.read_text()
+    assert "experiments.build_cache" in log.read_text() and f"--model {work}/chain/run21c/plain" in log.read_text()
     last = log.read_text().splitlines()[-1]
     assert "benchmarks.report_live_cache" in last and f"--against {candidate_cache}" in last

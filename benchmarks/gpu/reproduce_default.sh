@@ -50,16 +50,18 @@
 # The stages after run14 are print-supervised cycles (the print loss on, the language model at 0.3;
 # benchmarks/gpu/print_lm_cycle.sh), which end in candidates, not in the default: run19u-run19y, the nineteenth run's
 # four (their end has no cache: the segment is checked with CHECK=score against its own full-configuration scores of
-# the cache's requests, float32 on a CPU where the chain scores in bf16 on the GPU), and run20a, the twentieth run's,
-# which ends in the candidate cache/candidates/molmoe_small_suite_run20 and its cache molmoe_small_suite_v10.h5, e.g.
+# the cache's requests, float32 on a CPU where the chain scores in bf16 on the GPU), run20a, the twentieth run's (its
+# checkpoint and cache molmoe-small-suite-v10 are in git at a3df153), and run21b-run21d, the twenty-first run's three:
+# run21c ends in the candidate cache/candidates/molmoe_small_suite_run21 and its cache molmoe_small_suite_v11.h5,
+# run21d goes on from it (not built yet: checked with CHECK=score), e.g.
 #   mkdir -p runs/v7 && git archive 62debb8 cache/default/molmoe_small_suite_model | tar x -C runs/v7
 #   CHECK=score UNTIL=run19y AGAINST=benchmarks/logs/run19_y_test1000_cpu.json \
 #       bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run14 runs/v7/cache/default/molmoe_small_suite_model
-#   UNTIL=run20a AGAINST=cache/candidates/molmoe_small_suite_v10.h5 bash benchmarks/gpu/reproduce_default.sh runs/r20 \
-#       --seed run19y DIR   # DIR: the nineteenth run's last cycle, git archive cc0889e cache/candidates/molmoe_small_suite_run19
+#   UNTIL=run21c AGAINST=cache/candidates/molmoe_small_suite_v11.h5 bash benchmarks/gpu/reproduce_default.sh runs/r21 \
+#       --seed run20a DIR   # DIR: the twentieth run's cycle, git archive a3df153 cache/candidates/molmoe_small_suite_run20
 # An AGAINST that is a grid JSON needs CHECK=score.
 # Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building;
-# run19u-run19y ≈ 23 more minutes of one H100, run20a ≈ 6.
+# run19u-run19y ≈ 23 more minutes of one H100, run20a ≈ 6, run21b-run21d ≈ 19.
 set -euo pipefail
 W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --seed STAGE DIR]}
 PY=${PYTHON:-python3}
@@ -79,7 +81,7 @@ case $CHECK in
 esac
 PACK_TO=${PACK_TO:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
-STAGES=(run9 run10 run11a run11b run12 run13a run13b run14 run19u run19w run19x run19y run20a)
+STAGES=(run9 run10 run11a run11b run12 run13a run13b run14 run19u run19w run19x run19y run20a run21b run21c run21d)
 MIX9="easy_vqa=0.08 synth_text=0.16 synth_doc=0.16 synth_chart=0.16 synth_count=0.12 synth_diagram=0.12 synth_read=0.20"
 MIX10="easy_vqa=0.05 synth_text=0.16 synth_doc=0.14 synth_chart=0.14 synth_count=0.10 synth_diagram=0.10 synth_read=0.06 synth_words=0.25"
 MIX11="easy_vqa=0.04 synth_text=0.14 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.08 synth_read=0.04 synth_words=0.20"
@@ -101,7 +103,7 @@ stage() {
     run13a) FROM=run12; STEPS=4600; STOP_AT=2539; LR=7e-4; MIX=$MIX13; FIRST=1200000; DIGITS=1 ;;
     run13b) FROM=run13a; STEPS=1400; STOP_AT=1292; LR=3.5e-4; MIX=$MIX13; FIRST=1400000; DIGITS=1 ;;
     run14)  FROM=run13b; STEPS=1800; LR=3.5e-4; MIX=$MIX13; FIRST=1500000; DIGITS=1 ;;
-    run19u|run19w|run19x|run19y|run20a)
+    run19u|run19w|run19x|run19y|run20a|run21b|run21c|run21d)
             LR=3.5e-4; MIX=$MIXP; DIGITS=1; LRS="lm.=0.3 connector.=0.3"; WP=0; PRINT=1
             case $1 in
               run19u) FROM=run14; STEPS=1745; FIRST=2400000 ;;
@@ -109,6 +111,9 @@ stage() {
               run19x) FROM=run19w; STEPS=1732; FIRST=2520000 ;;
               run19y) FROM=run19x; STEPS=1580; FIRST=2580000 ;;
               run20a) FROM=run19y; STEPS=1677; FIRST=2640000 ;;
+              run21b) FROM=run20a; STEPS=2108; FIRST=2700000 ;;
+              run21c) FROM=run21b; STEPS=2385; FIRST=2767456 ;;
+              run21d) FROM=run21c; STEPS=2037; FIRST=2843776 ;;
             esac ;;
     *) echo "reproduce_default.sh: unknown stage $1" >&2; exit 2 ;;
   esac
