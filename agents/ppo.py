@@ -94,7 +94,10 @@ class PPOConfig:
         n_steps: steps per sub-env per rollout (rollout = ``n_envs · n_steps`` transitions).
         batch_size: minibatch size of the PPO update.
         n_epochs: passes over each rollout.
-        learning_rate: Adam step size (constant).
+        learning_rate: Adam step size (constant unless ``anneal_lr``).
+        anneal_lr: decay the step size linearly from ``learning_rate`` to 0 over training (as
+            CleanRL's PPO does by default), so that the policy saved at the end is not one noisy
+            step of a constant-rate walk.
         gamma: discount; 1 because reward arrives only at the end of a 1- or 2-step episode.
         gae_lambda: GAE λ (1 = Monte-Carlo returns minus the value baseline).
         clip_range: PPO ratio clip.
@@ -127,6 +130,7 @@ class PPOConfig:
     batch_size: int = 512
     n_epochs: int = 4
     learning_rate: float = 3e-4
+    anneal_lr: bool = False
     gamma: float = 1.0
     gae_lambda: float = 1.0
     clip_range: float = 0.2
@@ -564,7 +568,7 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
            eval_env_kwargs: Mapping[str, Any] | None, progress: bool = False) -> PPOTrainResult:
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
     from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.utils import set_random_seed
+    from stable_baselines3.common.utils import LinearSchedule, set_random_seed
 
     log = Path(log_dir)
     log.mkdir(parents=True, exist_ok=True)
@@ -582,7 +586,8 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
                                           **stats},
         }
         common = dict(
-            n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, learning_rate=cfg.learning_rate,
+            n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+            learning_rate=LinearSchedule(cfg.learning_rate, 0.0, 1.0) if cfg.anneal_lr else cfg.learning_rate,
             gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range, ent_coef=cfg.ent_coef,
             vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, policy_kwargs=policy_kwargs, seed=cfg.seed,
             verbose=cfg.verbose, device="cpu",

@@ -3,6 +3,7 @@ ReplayData.random data with missing outcomes so that the masks are not trivial."
 
 from __future__ import annotations
 
+import csv
 import json
 
 import gymnasium as gym
@@ -171,3 +172,19 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="unknown"):
         PPOConfig.from_dict({"lr": 1e-3})
     assert PPOConfig.from_dict(PPOConfig(net_arch=(8, 8)).to_dict()) == PPOConfig(net_arch=(8, 8))
+
+
+def test_anneal_lr_decays_the_step_size_to_zero_and_off_keeps_it_constant(tmp_path, data: ReplayData) -> None:
+    rates = {}
+    for anneal in (False, True):
+        cfg = MaskablePPOConfig(**{**TINY, "eval_freq_steps": 0, "anneal_lr": anneal})
+        res = train_maskable_ppo(_kw(data), cfg, tmp_path / f"anneal_{anneal}")
+        logged = [float(r["train/learning_rate"]) for r in csv.DictReader(open(tmp_path / f"anneal_{anneal}" / "progress.csv"))
+                  if r.get("train/learning_rate")]
+        rates[anneal] = (logged, res.model.policy.optimizer.param_groups[0]["lr"])
+    constant, last = rates[False]
+    assert constant and all(r == pytest.approx(3e-4) for r in constant) and last == pytest.approx(3e-4)
+    annealed, last = rates[True]
+    # two rollouts of 128 steps: the first update at half the rate, the last at 0
+    assert annealed and annealed[0] == pytest.approx(1.5e-4) and last == pytest.approx(0.0, abs=1e-12)
+    assert MaskablePPOConfig.from_dict({"anneal_lr": True}).anneal_lr
