@@ -102,6 +102,8 @@ class PPOConfig:
         gae_lambda: GAE λ (1 = Monte-Carlo returns minus the value baseline).
         clip_range: PPO ratio clip.
         ent_coef: entropy bonus weight.
+        ent_coef_final: if set, the entropy weight moves linearly from ``ent_coef`` to this over
+            training (set before each rollout's update), as the GRPO agent's ``ent_coef_final``.
         vf_coef: value-loss weight.
         max_grad_norm: gradient-norm clip.
         net_arch: hidden sizes of the policy and value MLPs on top of the feature extractor.
@@ -135,6 +137,7 @@ class PPOConfig:
     gae_lambda: float = 1.0
     clip_range: float = 0.2
     ent_coef: float = 0.02
+    ent_coef_final: float | None = None
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     net_arch: tuple[int, ...] = (64, 64)
@@ -165,6 +168,8 @@ class PPOConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.budget_encoding_dim and self.budget_encoding_dim < 10:
             raise ValueError("budget_encoding_dim must be 0 or >= 10 (4 raw + sin/cos of 3 quantities)")
+        if self.ent_coef < 0 or (self.ent_coef_final is not None and self.ent_coef_final < 0):
+            raise ValueError("ent_coef and ent_coef_final must be >= 0")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError("gamma and gae_lambda must be in [0, 1]")
 
@@ -412,6 +417,23 @@ def _outcome_callback():
     return OutcomeLogger()
 
 
+def _entropy_schedule_callback(start: float, final: float, total_timesteps: int):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class EntropySchedule(BaseCallback):
+        """Sets the algorithm's entropy weight for the coming update from the steps done so far."""
+
+        def _on_rollout_end(self) -> None:
+            done = min(self.model.num_timesteps / total_timesteps, 1.0)
+            self.model.ent_coef = start + done * (final - start)
+            self.logger.record("train/ent_coef", self.model.ent_coef)
+
+        def _on_step(self) -> bool:
+            return True
+
+    return EntropySchedule()
+
+
 def _progress_callback(total_timesteps: int, desc: str):
     """A tqdm bar over env steps on stderr (SB3's own ``progress_bar`` needs ``rich`` and writes
     to stdout; this one matches the bandits' bar)."""
@@ -608,6 +630,8 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
         formats = ["csv"] + (["tensorboard"] if cfg.tensorboard else []) + (["stdout"] if cfg.verbose else [])
         model.set_logger(configure(str(log), formats))
         callbacks: list[Any] = [_outcome_callback()]
+        if cfg.ent_coef_final is not None:
+            callbacks.append(_entropy_schedule_callback(cfg.ent_coef, cfg.ent_coef_final, cfg.total_timesteps))
         if progress:
             callbacks.append(_progress_callback(cfg.total_timesteps, f"{algo_name} [{label['cache_label']}]"))
         eval_env = None

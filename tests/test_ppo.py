@@ -188,3 +188,13 @@ def test_anneal_lr_decays_the_step_size_to_zero_and_off_keeps_it_constant(tmp_pa
     # two rollouts of 128 steps: the first update at half the rate, the last at 0
     assert annealed and annealed[0] == pytest.approx(1.5e-4) and last == pytest.approx(0.0, abs=1e-12)
     assert MaskablePPOConfig.from_dict({"anneal_lr": True}).anneal_lr
+
+
+def test_ent_coef_final_moves_the_entropy_weight_over_training(tmp_path, data: ReplayData) -> None:
+    cfg = MaskablePPOConfig(**{**TINY, "eval_freq_steps": 0, "ent_coef": 0.02, "ent_coef_final": 0.0})
+    res = train_maskable_ppo(_kw(data), cfg, tmp_path / "ent")
+    logged = [float(r["train/ent_coef"]) for r in csv.DictReader(open(tmp_path / "ent" / "progress.csv")) if r.get("train/ent_coef")]
+    # two rollouts of 128 steps: the first update at half the weight, the last at 0
+    assert logged and logged[0] == pytest.approx(0.01) and res.model.ent_coef == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="ent_coef_final"):
+        MaskablePPOConfig(ent_coef_final=-0.1)
