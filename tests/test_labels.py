@@ -153,3 +153,16 @@ def test_adaptivity_benchmark_regenerates_a_synthetic_cache_from_its_own_paramet
         del f.attrs["generator_params"]
     with pytest.raises(ValueError, match="generator_params"):
         bench_adaptivity.synthetic_params_of(str(bare))
+
+
+def test_adaptivity_task_table_picks_each_tasks_own_best_configuration() -> None:
+    """A static table per task: each test request gets the best mean train reward among its own task's train
+    requests; a task the train split lacks gets the pooled static choice."""
+    from benchmarks import bench_adaptivity
+
+    train = np.array(["a", "a", "b", "b", "b"])
+    r_train = np.array([[1.0, 0.0, 0.2], [0.8, 0.1, 0.3],  # task a: configuration 0
+                        [0.0, 0.9, 0.5], [0.1, 0.7, 0.6], [0.0, 0.8, 0.2]])  # task b: configuration 1
+    pooled = int(np.argmax(r_train.mean(0)))
+    pick = bench_adaptivity.task_table_pick(train, np.array(["b", "a", "c", "a"]), r_train)
+    assert pick.tolist() == [1, 0, pooled, 0] and pick.dtype == np.int64
