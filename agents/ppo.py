@@ -97,13 +97,16 @@ class PPOConfig:
         learning_rate: Adam step size (constant unless ``anneal_lr``).
         anneal_lr: decay the step size linearly from ``learning_rate`` to 0 over training (as
             CleanRL's PPO does by default), so that the policy saved at the end is not one noisy
-            step of a constant-rate walk.
+            step of a constant-rate walk. Off by default: on the live caches it has not raised
+            MaskablePPO's reward (benchmarks/RESULTS.md, "Twenty-first run").
         gamma: discount; 1 because reward arrives only at the end of a 1- or 2-step episode.
         gae_lambda: GAE λ (1 = Monte-Carlo returns minus the value baseline).
         clip_range: PPO ratio clip.
         ent_coef: entropy bonus weight.
         ent_coef_final: if set, the entropy weight moves linearly from ``ent_coef`` to this over
-            training (set before each rollout's update), as the GRPO agent's ``ent_coef_final``.
+            training (set before each rollout's update), as the GRPO agent's ``ent_coef_final``
+            (which helped GRPO on v10's outcomes, benchmarks/RESULTS.md "Twentieth run"; MaskablePPO
+            on v11's it did not, "Twenty-first run").
         vf_coef: value-loss weight.
         max_grad_norm: gradient-norm clip.
         net_arch: hidden sizes of the policy and value MLPs on top of the feature extractor.
