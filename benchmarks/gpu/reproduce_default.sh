@@ -53,7 +53,7 @@
 # the cache's requests, float32 on a CPU where the chain scores in bf16 on the GPU), run20a, the twentieth run's (its
 # checkpoint and cache molmoe-small-suite-v10 are in git at a3df153), and run21b-run21d, the twenty-first run's three:
 # run21c ends in the candidate cache/candidates/molmoe_small_suite_run21 and its cache molmoe_small_suite_v11.h5,
-# run21d goes on from it (not built yet: checked with CHECK=score), e.g.
+# run21d goes on from it (not built yet: checked with CHECK=score AGAINST=benchmarks/logs/run21_d_test1000_cpu.json), e.g.
 #   mkdir -p runs/v7 && git archive 62debb8 cache/default/molmoe_small_suite_model | tar x -C runs/v7
 #   CHECK=score UNTIL=run19y AGAINST=benchmarks/logs/run19_y_test1000_cpu.json \
 #       bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run14 runs/v7/cache/default/molmoe_small_suite_model
