@@ -99,11 +99,15 @@ def check_run(run: Path) -> list[Verdict]:
         else:
             out.append(Verdict(seed, f"{agent}: beats static (CI above 0)", ci, lo > 0))
         if agent == "grpo":
+            bar = "grpo: >= 90 % of router2's gain"
             share = p.get("share_of_router2_gain")
-            if share is None:
-                out.append(Verdict(seed, "grpo: >= 90 % of router2's gain", "router2 not in this output", None))
+            if share is not None:
+                out.append(Verdict(seed, bar, f"{share:.0%}", share >= GRPO_SHARE_OF_ROUTER2))
+            elif "router2" in policies:  # the evaluator leaves the share undefined where router2 gains nothing
+                gain = policies["router2"]["reward_minus_static"]["mean"]
+                out.append(Verdict(seed, bar, f"undefined: router2 gains {gain:+.4f} over static", None))
             else:
-                out.append(Verdict(seed, "grpo: >= 90 % of router2's gain", f"{share:.0%}", share >= GRPO_SHARE_OF_ROUTER2))
+                out.append(Verdict(seed, bar, "router2 not in this output", None))
         limit = static["violation_rate"] + VIOLATION_SLACK_HINGE
         out.append(Verdict(seed, f"{agent}: violations <= static's + 1 point", f"{p['violation_rate']:.3f} (limit {limit:.3f})",
                            p["violation_rate"] <= limit))

@@ -53,6 +53,15 @@ def test_grpo_below_ninety_percent_of_router2_fails_and_a_missing_agent_is_not_r
     assert got["linucb: the hinge bars"] is None and {v.seed for v in verdicts} == {"1"}
 
 
+def test_grpo_share_is_not_judged_where_router2_gains_nothing(tmp_path) -> None:
+    run = _write_run(tmp_path / "s0", {"grpo": _policy(0.01, 0.004, 0.016, 0.10),  # the evaluator wrote no share
+                                       "router2": _policy(-0.002, -0.007, 0.003, 0.12)})
+    got = {v.bar: (v.measured, v.passed) for v in check_run(run)}
+    assert got["grpo: >= 90 % of router2's gain"] == ("undefined: router2 gains -0.0020 over static", None)
+    absent = _write_run(tmp_path / "s1", {"grpo": _policy(0.01, 0.004, 0.016, 0.10)})
+    assert {v.bar: v.measured for v in check_run(absent)}["grpo: >= 90 % of router2's gain"] == "router2 not in this output"
+
+
 def test_flat_ppo_collapsed_onto_few_configurations_fails(tmp_path) -> None:
     run = _write_run(tmp_path / "s0", {"ppo": _policy(0.0, -0.005, 0.005, 0.13)}, ppo_configs=4)
     got = {v.bar: (v.measured, v.passed) for v in check_run(run)}
