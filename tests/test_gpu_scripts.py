@@ -315,6 +315,15 @@ def test_a_print_supervised_cycle_starts_from_its_checkpoint_past_the_examples_r
     grid = calls[-1]
     assert grid.startswith(f"-m experiments.eval_model_grid --model {work}/ckpt/plain --requests {work}/suite/val.jsonl")
     assert "--per-task 300 --configs tier=high,p=1,top_k=8,blocks=16" in grid and f"--out {work}/grid_val.json" in grid
+    # the mix and the val requests a task are the caller's to set
+    mix = "synth_chart=0.5 synth_chart_bind=0.5"
+    out = subprocess.run(["bash", str(script), str(tmp_path / "z"), "runs/x/ckpt/plain", "2580000"], cwd=ROOT,
+                         capture_output=True, text=True, env={**env, "TASK_WEIGHTS": mix, "VAL_PER_TASK": "1000"})
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    train = [c for c in calls if "experiments.train_model" in c][-1]
+    assert f"--task-weights {mix}" in train and "synth_numbers" not in train
+    assert "--per-task 1000 --configs" in calls[-1]
 
 
 def test_the_chain_goes_on_past_the_default_to_the_candidates_print_supervised_cycles(tmp_path: Path) -> None:

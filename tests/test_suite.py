@@ -254,3 +254,48 @@ def test_training_only_numbers_ladder():
     assert np.array_equal(a.image, b.image) and a.answers == b.answers
     with pytest.raises(ValueError, match="training-only"):
         render_example("synth_numbers", "test", 0)
+
+
+def test_training_only_chart_binding():
+    """synth_chart_bind: synth_chart's drawing asked binding questions whose answers follow from the
+    chart's categories and values; train/val only, deterministic, no caption; synth_chart's own test
+    stream is unchanged by sharing its drawing."""
+    import hashlib
+
+    from model_runtime.datasets.suite import TASKS, TRAIN_ONLY_TASKS, render_example
+    from model_runtime.datasets.suite.synth_chart_bind import ORDINALS
+    from model_runtime.metrics.dataset_metrics import metric_for_dataset
+
+    assert "synth_chart_bind" in TRAIN_ONLY_TASKS and "synth_chart_bind" not in TASKS
+    assert TRAIN_ONLY_TASKS[:4] == ("synth_read", "synth_words", "synth_digits", "synth_numbers")  # appended
+    assert metric_for_dataset("synth_chart_bind") == "relaxed_accuracy"
+    # synth_chart's test example 3 as it rendered before its drawing became draw_chart()
+    chart = render_example("synth_chart", "test", 3, seed=0)
+    assert hashlib.sha256(chart.image.tobytes()).hexdigest()[:16] == "0304f0f3a2f1bbb4"
+    assert (chart.question, chart.answers, chart.caption) == (
+        "What is the value for Alpha?", ["45"], "visitors: Alpha 45, Omega 80, Gamma 85, Delta 95.")
+    kinds = set()
+    for i in range(60):
+        ex = render_example("synth_chart_bind", "train", i, seed=0)
+        assert ex.task == "synth_chart_bind" and ex.caption is None and ex.glyph_text
+        labels, values = ex.meta["categories"], ex.meta["values"]
+        assert len(labels) == len(values) == ex.meta["n_objects"] and all(lab in ex.glyph_text for lab in labels)
+        qk, q, a = ex.meta["question_kind"], ex.question, ex.answers[0]
+        kinds.add(qk)
+        if qk == "value":
+            assert a == str(values[next(k for k, lab in enumerate(labels) if lab in q)])
+        elif qk == "reverse":
+            assert a == labels[values.index(int(re.search(r"(\d+)\?$", q).group(1)))]
+        elif qk in ("ordinal_value", "ordinal_label"):
+            k = next(k for k, o in enumerate(ORDINALS) if f" {o} " in q)
+            assert a == (str(values[k]) if qk == "ordinal_value" else labels[k])
+        else:
+            x, y = re.search(r", (\S+) or (\S+)\?$", q).groups()
+            vx, vy = values[labels.index(x)], values[labels.index(y)]
+            larger = "larger" in q or "higher" in q
+            assert a == (x if (vx > vy) == larger else y)
+    assert kinds == {"value", "reverse", "ordinal_value", "ordinal_label", "compare"}
+    a, b = render_example("synth_chart_bind", "val", 4), render_example("synth_chart_bind", "val", 4)
+    assert np.array_equal(a.image, b.image) and a.answers == b.answers
+    with pytest.raises(ValueError, match="training-only"):
+        render_example("synth_chart_bind", "test", 0)

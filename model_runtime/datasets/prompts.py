@@ -48,6 +48,7 @@ MOLMO_STYLE: dict[str, str] = {
     "synth_words": "st_qa",  # training-only print from large to scene size (suite.synth_words)
     "synth_digits": "st_qa",  # training-only large-print form values (suite.synth_digits)
     "synth_numbers": "st_qa",  # training-only numbers from large to document print (suite.synth_numbers)
+    "synth_chart_bind": "chart_qa",  # training-only chart binding questions (suite.synth_chart_bind)
 }
 CAPTION_PROMPT = "Caption the image with 1 or two sentences"
 #: The prompt of a dense-caption training example (Molmo pre-trains on PixMo-Cap's long captions

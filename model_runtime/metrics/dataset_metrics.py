@@ -52,6 +52,7 @@ METRIC_FOR_DATASET: dict[str, str] = {
     "synth_words": "vqa_score",  # training-only print from large to scene size (suite.synth_words)
     "synth_digits": "vqa_score",  # training-only large-print form values (suite.synth_digits)
     "synth_numbers": "vqa_score",  # training-only numbers from large to document print (suite.synth_numbers)
+    "synth_chart_bind": "relaxed_accuracy",  # training-only chart binding questions (suite.synth_chart_bind)
 }
 
 # Extra spellings (after squashing) that name the same dataset.

@@ -13,6 +13,8 @@ model this suite trains read no chart value after 270 k examples (benchmarks/RES
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -40,7 +42,26 @@ MIN_TEMPLATES = ("Which category has the lowest value?", "Which {noun} is the sm
 KINDS = ("vbar", "hbar", "line")
 
 
-def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
+@dataclass
+class Chart:
+    """One drawn chart: the image, what it shows (categories in drawing order: left to right, or top
+    to bottom for ``hbar``) and the drawing's print, before any question is asked of it."""
+
+    image: Image.Image
+    draw: dr.GlyphDraw
+    kind: str
+    title: str
+    labels: list[str]
+    values: list[int]
+    text_px: int
+    show_values: bool
+
+    def caption(self) -> str:
+        return f"{self.title.lower()}: " + ", ".join(f"{lab} {v}" for lab, v in zip(self.labels, self.values)) + "."
+
+
+def draw_chart(rng: np.random.Generator) -> Chart:
+    """Draw one chart (every random draw of the picture, in the order ``render`` has always made them)."""
     w, h = dr.image_size(rng, min_side=140, max_side=640, aspect=(0.9, 2.0))
     kind = dr.choice(rng, KINDS)
     n = int(rng.integers(3, 6))
@@ -113,7 +134,13 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
             r = max(2, px // 4)
             for xc, yt in points:
                 draw.ellipse((xc - r, yt - r, xc + r, yt + r), fill=bar_color)
+    return Chart(image=img, draw=draw, kind=kind, title=title, labels=labels, values=values, text_px=px,
+                 show_values=show_values)
 
+
+def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
+    chart = draw_chart(rng)
+    kind, labels, values, n = chart.kind, chart.labels, chart.values, len(chart.labels)
     qk = dr.choice(rng, ("value", "value", "max", "min"))
     mark = "point" if kind == "line" else "bar"
     noun = "category"
@@ -124,11 +151,17 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         i = int(np.argmax(values) if qk == "max" else np.argmin(values))
         tpl = dr.choice(rng, MAX_TEMPLATES if qk == "max" else MIN_TEMPLATES)
         question, answer = tpl.format(noun=noun, mark=mark), labels[i]
+    return example_of(chart, "synth_chart", question, answer, qk, "label" if qk in ("max", "min") else "number")
+
+
+def example_of(chart: Chart, task: str, question: str, answer: str, question_kind: str, answer_kind: str) -> Example:
+    """The :class:`Example` of a question asked of ``chart``."""
+    w, h = chart.image.size
     return Example(
-        task="synth_chart", image=np.asarray(img), question=question, answers=[answer],
-        meta={"image_w": w, "image_h": h, "text_px": px, "n_objects": n, "chart_kind": kind,
-              "values_printed": show_values,
-              "answer_kind": "label" if qk in ("max", "min") else "number", "question_kind": qk},
-        caption=f"{title.lower()}: " + ", ".join(f"{lab} {v}" for lab, v in zip(labels, values)) + ".",
-        glyph_text="".join(draw.glyph_chars), glyph_boxes=draw.glyph_boxes(),
+        task=task, image=np.asarray(chart.image), question=question, answers=[answer],
+        meta={"image_w": w, "image_h": h, "text_px": chart.text_px, "n_objects": len(chart.labels),
+              "chart_kind": chart.kind, "values_printed": chart.show_values,
+              "answer_kind": answer_kind, "question_kind": question_kind},
+        caption=chart.caption(),
+        glyph_text="".join(chart.draw.glyph_chars), glyph_boxes=chart.draw.glyph_boxes(),
     )
