@@ -42,7 +42,7 @@ ORIGINAL_LOGS: dict[str, str | None] = {
     "run13a": "h200_small_model_run13_call1_train_log.csv",
     "run13b": "h200_small_model_run13_call3_train_log.csv",
     "run14": "h200_small_model_run14_call2_train_log.csv",
-    # the print-supervised cycles of the nineteenth to twenty-first runs (the candidate in cache/candidates)
+    # the print-supervised cycles of the nineteenth to twenty-second runs (the candidates in cache/candidates)
     "run19u": "h100_print_run19_u_train_log.csv",
     "run19w": "h100_print_run19_w_train_log.csv",
     "run19x": "h100_print_run19_x_train_log.csv",
@@ -51,6 +51,8 @@ ORIGINAL_LOGS: dict[str, str | None] = {
     "run21b": "h100_print_run21_b_train_log.csv",
     "run21c": "h100_print_run21_c_train_log.csv",
     "run21d": "h100_print_run21_d_train_log.csv",
+    "run22e": "h100_print_run22_e_train_log.csv",
+    "run22f": "h100_print_run22_f_train_log.csv",
 }
 
 

@@ -41,7 +41,7 @@ def test_committed_default_files_and_card() -> None:
 
 CANDIDATE = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run21"
 CANDIDATE_CACHE = CANDIDATE.parent / "molmoe_small_suite_v11.h5"
-NEXT_CYCLE = CANDIDATE.parent / "molmoe_small_suite_run21d"  # one cycle on from CANDIDATE, no cache yet
+NEXT_CYCLE = CANDIDATE.parent / "molmoe_small_suite_run22f"  # three cycles on from CANDIDATE (run21d, run22e, run22f), no cache yet
 
 
 @pytest.mark.parametrize("candidate", [CANDIDATE, NEXT_CYCLE], ids=lambda d: d.name)

@@ -391,3 +391,31 @@ def test_the_twentieth_and_twenty_first_runs_cycles_continue_the_nineteenth_and_
     assert "experiments.build_cache" in log.read_text() and f"--model {work}/chain/run21c/plain" in log.read_text()
     last = log.read_text().splitlines()[-1]
     assert "benchmarks.report_live_cache" in last and f"--against {candidate_cache}" in last
+
+
+def test_the_twenty_second_runs_chart_cycles_go_on_from_run21d_with_their_own_mixes(tmp_path: Path) -> None:
+    """run21d and run22e-run22f, the cycles behind cache/candidates/molmoe_small_suite_run22f: seeded from the candidate
+    of the twenty-first run (run21c), each with its recorded steps, first example and mix (the binding questions of
+    synth_chart_bind beside the charts, then the charts at 0.35), then scored against the end's own scores."""
+    grid = tmp_path / "f_scores.json"
+    grid.write_text("{}")
+    run, work, log = chain_runner(tmp_path, CHECK="score", UNTIL="run22f", AGAINST=str(grid))
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "config.json").write_text("{}")
+    assert run("--seed", "run21c", str(c)).returncode == 0
+    assert "run21d: to do (from run21c, 2037 steps, lr 3.5e-4)" in run("--status").stdout
+    for stage, start, first, steps, mix in (
+            ("run21d", "run21c", "2843776", "2037", "synth_chart=0.18 synth_count"),
+            ("run22e", "run21d", "2908960", "2277", "synth_chart=0.20 synth_chart_bind=0.20"),
+            ("run22f", "run22e", "2981824", "1966", "synth_chart=0.35 synth_chart_bind=0.15")):
+        before = len(log.read_text().splitlines()) if log.exists() else 0
+        out = run()
+        assert out.returncode == 0 and f"stage {stage} " in out.stdout, out.stderr
+        train = next(c for c in log.read_text().splitlines()[before:] if "train_model" in c)
+        for flag in (f"--init-from {work}/chain/{start}/plain", f"--first-example {first}", f"--steps {steps}",
+                     "--print-loss 1", "--lr-scale lm.=0.3 connector.=0.3", mix):
+            assert flag in train, (stage, flag)
+    assert run().returncode == 0  # the end scored, then compared with its own scores
+    calls = log.read_text().splitlines()
+    assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json --against {grid}")

@@ -53,7 +53,9 @@
 # the cache's requests, float32 on a CPU where the chain scores in bf16 on the GPU), run20a, the twentieth run's (its
 # checkpoint and cache molmoe-small-suite-v10 are in git at a3df153), and run21b-run21d, the twenty-first run's three:
 # run21c ends in the candidate cache/candidates/molmoe_small_suite_run21 and its cache molmoe_small_suite_v11.h5,
-# run21d goes on from it (not built yet: checked with CHECK=score AGAINST=benchmarks/logs/run21_d_test1000_cpu.json), e.g.
+# run21d goes on from it (not built: checked with CHECK=score AGAINST=benchmarks/logs/run21_d_test1000_cpu.json), and
+# run22e-run22f, the twenty-second run's two with the chart mixes (synth_chart_bind beside synth_chart): run22f ends in
+# cache/candidates/molmoe_small_suite_run22f (not built yet: CHECK=score AGAINST=benchmarks/logs/run22_f_test1000_cpu.json), e.g.
 #   mkdir -p runs/v7 && git archive 62debb8 cache/default/molmoe_small_suite_model | tar x -C runs/v7
 #   CHECK=score UNTIL=run19y AGAINST=benchmarks/logs/run19_y_test1000_cpu.json \
 #       bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run14 runs/v7/cache/default/molmoe_small_suite_model
@@ -61,7 +63,7 @@
 #       --seed run20a DIR   # DIR: the twentieth run's cycle, git archive a3df153 cache/candidates/molmoe_small_suite_run20
 # An AGAINST that is a grid JSON needs CHECK=score.
 # Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building;
-# run19u-run19y ≈ 23 more minutes of one H100, run20a ≈ 6, run21b-run21d ≈ 19.
+# run19u-run19y ≈ 23 more minutes of one H100, run20a ≈ 6, run21b-run21d ≈ 19, run22e-run22f ≈ 13.
 set -euo pipefail
 W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --seed STAGE DIR]}
 PY=${PYTHON:-python3}
@@ -81,13 +83,16 @@ case $CHECK in
 esac
 PACK_TO=${PACK_TO:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
-STAGES=(run9 run10 run11a run11b run12 run13a run13b run14 run19u run19w run19x run19y run20a run21b run21c run21d)
+STAGES=(run9 run10 run11a run11b run12 run13a run13b run14 run19u run19w run19x run19y run20a run21b run21c run21d run22e run22f)
 MIX9="easy_vqa=0.08 synth_text=0.16 synth_doc=0.16 synth_chart=0.16 synth_count=0.12 synth_diagram=0.12 synth_read=0.20"
 MIX10="easy_vqa=0.05 synth_text=0.16 synth_doc=0.14 synth_chart=0.14 synth_count=0.10 synth_diagram=0.10 synth_read=0.06 synth_words=0.25"
 MIX11="easy_vqa=0.04 synth_text=0.14 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.08 synth_read=0.04 synth_words=0.20"
 MIX12="easy_vqa=0.03 synth_text=0.11 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.06 synth_read=0.12 synth_words=0.18"
 MIX13="easy_vqa=0.03 synth_text=0.11 synth_doc=0.22 synth_chart=0.20 synth_count=0.08 synth_diagram=0.06 synth_read=0.05 synth_words=0.10 synth_digits=0.15"
 MIXP="easy_vqa=0.03 synth_text=0.08 synth_doc=0.22 synth_chart=0.18 synth_count=0.08 synth_diagram=0.05 synth_read=0.03 synth_words=0.08 synth_digits=0.05 synth_numbers=0.20"
+# the twenty-second run's chart mixes: the binding questions beside the charts (run22e), then the charts at 0.35 (run22f)
+MIXB1="easy_vqa=0.03 synth_text=0.07 synth_doc=0.17 synth_chart=0.20 synth_chart_bind=0.20 synth_count=0.08 synth_diagram=0.05 synth_read=0.02 synth_words=0.06 synth_digits=0.02 synth_numbers=0.10"
+MIXB2="easy_vqa=0.02 synth_text=0.07 synth_doc=0.14 synth_chart=0.35 synth_chart_bind=0.15 synth_count=0.08 synth_diagram=0.05 synth_read=0.01 synth_words=0.04 synth_digits=0.01 synth_numbers=0.08"
 
 # stage settings: FROM (the stage whose weights it starts from), STEPS (its schedule), STOP_AT (0: the whole
 # schedule), LR, BATCH, REUSE, MIX, FIRST (the train stream's first example), DIGITS (one token per digit), COMPILE,
@@ -103,7 +108,7 @@ stage() {
     run13a) FROM=run12; STEPS=4600; STOP_AT=2539; LR=7e-4; MIX=$MIX13; FIRST=1200000; DIGITS=1 ;;
     run13b) FROM=run13a; STEPS=1400; STOP_AT=1292; LR=3.5e-4; MIX=$MIX13; FIRST=1400000; DIGITS=1 ;;
     run14)  FROM=run13b; STEPS=1800; LR=3.5e-4; MIX=$MIX13; FIRST=1500000; DIGITS=1 ;;
-    run19u|run19w|run19x|run19y|run20a|run21b|run21c|run21d)
+    run19u|run19w|run19x|run19y|run20a|run21b|run21c|run21d|run22e|run22f)
             LR=3.5e-4; MIX=$MIXP; DIGITS=1; LRS="lm.=0.3 connector.=0.3"; WP=0; PRINT=1
             case $1 in
               run19u) FROM=run14; STEPS=1745; FIRST=2400000 ;;
@@ -114,6 +119,8 @@ stage() {
               run21b) FROM=run20a; STEPS=2108; FIRST=2700000 ;;
               run21c) FROM=run21b; STEPS=2385; FIRST=2767456 ;;
               run21d) FROM=run21c; STEPS=2037; FIRST=2843776 ;;
+              run22e) FROM=run21d; STEPS=2277; FIRST=2908960; MIX=$MIXB1 ;;
+              run22f) FROM=run22e; STEPS=1966; FIRST=2981824; MIX=$MIXB2 ;;
             esac ;;
     *) echo "reproduce_default.sh: unknown stage $1" >&2; exit 2 ;;
   esac
