@@ -299,3 +299,33 @@ def test_training_only_chart_binding():
     assert np.array_equal(a.image, b.image) and a.answers == b.answers
     with pytest.raises(ValueError, match="training-only"):
         render_example("synth_chart_bind", "test", 0)
+
+
+def test_training_only_chart_finding():
+    """synth_chart_find: synth_chart's drawing asked where a named category is; the answers follow from the chart's
+    categories in drawing order, an absent name comes from the chart's own vocabulary; train/val only, deterministic."""
+    from model_runtime.datasets.suite import TASKS, TRAIN_ONLY_TASKS, render_example
+    from model_runtime.datasets.suite.synth_chart import CATEGORY_SETS
+
+    assert TRAIN_ONLY_TASKS[-2:] == ("synth_chart_bind", "synth_chart_find") and "synth_chart_find" not in TASKS
+    seen = set()
+    for i in range(80):
+        ex = render_example("synth_chart_find", "train", i, seed=0)
+        labels, qk, q, a = ex.meta["categories"], ex.meta["question_kind"], ex.question, ex.answers[0]
+        assert ex.caption is None and all(lab in ex.glyph_text for lab in labels)
+        if qk == "position":
+            name = re.search(r"(?:is|of) (\S+?)(?: from the \w+)?\?$", q).group(1)
+            assert a == str(labels.index(name) + 1)
+        elif qk == "presence":
+            name = re.search(r"(?:for|show) (\S+)\?$", q).group(1)
+            assert a == ("yes" if name in labels else "no")
+            assert any(name in s and set(labels) <= set(s) for s in CATEGORY_SETS)  # the same vocabulary
+        else:
+            name = re.search(r"after (\S+)\?$", q).group(1)
+            assert a == labels[labels.index(name) + 1]
+        seen.add((qk, a) if qk == "presence" else qk)
+    assert seen == {"position", "next", ("presence", "yes"), ("presence", "no")}
+    a, b = render_example("synth_chart_find", "val", 5), render_example("synth_chart_find", "val", 5)
+    assert np.array_equal(a.image, b.image) and a.question == b.question and a.answers == b.answers
+    with pytest.raises(ValueError, match="training-only"):
+        render_example("synth_chart_find", "test", 0)

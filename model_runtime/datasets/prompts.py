@@ -49,6 +49,7 @@ MOLMO_STYLE: dict[str, str] = {
     "synth_digits": "st_qa",  # training-only large-print form values (suite.synth_digits)
     "synth_numbers": "st_qa",  # training-only numbers from large to document print (suite.synth_numbers)
     "synth_chart_bind": "chart_qa",  # training-only chart binding questions (suite.synth_chart_bind)
+    "synth_chart_find": "chart_qa",  # training-only chart finding questions (suite.synth_chart_find)
 }
 CAPTION_PROMPT = "Caption the image with 1 or two sentences"
 #: The prompt of a dense-caption training example (Molmo pre-trains on PixMo-Cap's long captions

@@ -53,6 +53,7 @@ METRIC_FOR_DATASET: dict[str, str] = {
     "synth_digits": "vqa_score",  # training-only large-print form values (suite.synth_digits)
     "synth_numbers": "vqa_score",  # training-only numbers from large to document print (suite.synth_numbers)
     "synth_chart_bind": "relaxed_accuracy",  # training-only chart binding questions (suite.synth_chart_bind)
+    "synth_chart_find": "relaxed_accuracy",  # training-only chart finding questions (suite.synth_chart_find)
 }
 
 # Extra spellings (after squashing) that name the same dataset.

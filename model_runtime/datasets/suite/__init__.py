@@ -27,7 +27,8 @@ vocabularies, see :mod:`.synth_read`; ``synth_words``, the same print from large
 size, one to three words on coloured plates, see :mod:`.synth_words`; ``synth_digits``, large-print
 form values only, see :mod:`.synth_digits`; ``synth_numbers``, numbers from large down to document
 print, see :mod:`.synth_numbers`; ``synth_chart_bind``, synth_chart's charts asked questions that
-tie a value to its category or place, see :mod:`.synth_chart_bind`) render in the ``train`` and ``val`` streams for the
+tie a value to its category or place, see :mod:`.synth_chart_bind`; ``synth_chart_find``, the same charts asked
+where a named category is, see :mod:`.synth_chart_find`) render in the ``train`` and ``val`` streams for the
 training mix and its monitoring; they are never written to a suite's requests.
 """
 
@@ -39,12 +40,13 @@ import numpy as np
 
 from model_runtime.datasets.request_format import Request
 
-from . import easy_vqa, synth_chart, synth_chart_bind, synth_count, synth_diagram, synth_digits, synth_doc, synth_numbers, synth_read, synth_text, synth_words
+from . import easy_vqa, synth_chart, synth_chart_bind, synth_chart_find, synth_count, synth_diagram, synth_digits, synth_doc, synth_numbers, synth_read, synth_text, synth_words
 from .example import Example, TaskInfo
 
 TASKS: tuple[str, ...] = ("easy_vqa", "synth_text", "synth_doc", "synth_chart", "synth_count",
                           "synth_diagram")
-TRAIN_ONLY_TASKS: tuple[str, ...] = ("synth_read", "synth_words", "synth_digits", "synth_numbers", "synth_chart_bind")  # append only: a task's position keys its stream
+TRAIN_ONLY_TASKS: tuple[str, ...] = ("synth_read", "synth_words", "synth_digits", "synth_numbers", "synth_chart_bind",
+                                      "synth_chart_find")  # append only: a task's position keys its stream
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 TASK_INFO: dict[str, TaskInfo] = {
@@ -92,6 +94,10 @@ TASK_INFO: dict[str, TaskInfo] = {
         "synth_chart_bind", "relaxed_accuracy", "ChartQA (training only)",
         "Training only: synth_chart's charts asked a category's value, the category of a value, the value or "
         "label of the n-th bar, or the larger/smaller of two categories."),
+    "synth_chart_find": TaskInfo(
+        "synth_chart_find", "relaxed_accuracy", "ChartQA (training only)",
+        "Training only: synth_chart's charts asked where a named category is (its place from the left or top), "
+        "whether a named category is drawn, or which category follows a named one."),
 }
 
 _RENDERERS: dict[str, ModuleType] = {
@@ -99,6 +105,7 @@ _RENDERERS: dict[str, ModuleType] = {
     "synth_chart": synth_chart, "synth_count": synth_count, "synth_diagram": synth_diagram,
     "synth_read": synth_read, "synth_words": synth_words, "synth_digits": synth_digits,
     "synth_numbers": synth_numbers, "synth_chart_bind": synth_chart_bind,
+    "synth_chart_find": synth_chart_find,
 }
 
 

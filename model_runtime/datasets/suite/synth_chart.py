@@ -55,6 +55,7 @@ class Chart:
     values: list[int]
     text_px: int
     show_values: bool
+    vocabulary: tuple[str, ...]  # the category set the labels were drawn from
 
     def caption(self) -> str:
         return f"{self.title.lower()}: " + ", ".join(f"{lab} {v}" for lab, v in zip(self.labels, self.values)) + "."
@@ -135,7 +136,7 @@ def draw_chart(rng: np.random.Generator) -> Chart:
             for xc, yt in points:
                 draw.ellipse((xc - r, yt - r, xc + r, yt + r), fill=bar_color)
     return Chart(image=img, draw=draw, kind=kind, title=title, labels=labels, values=values, text_px=px,
-                 show_values=show_values)
+                 show_values=show_values, vocabulary=cats)
 
 
 def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
