@@ -120,6 +120,14 @@ def chain_runner(tmp_path: Path, **env: str) -> tuple[Callable[..., subprocess.C
     return run, work, log
 
 
+def seed_checkpoint(tmp_path: Path, name: str) -> Path:
+    """A stand-in checkpoint directory for ``reproduce_default.sh --seed`` (a config is all the script looks for)."""
+    ckpt = tmp_path / name
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    return ckpt
+
+
 def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_the_comparison(tmp_path: Path) -> None:
     run, work, log = chain_runner(tmp_path)
     stop = tmp_path / "stop"
@@ -197,9 +205,7 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
 
 def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:
     run, work, log = chain_runner(tmp_path)
-    ckpt = tmp_path / "v5"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text("{}")
+    ckpt = seed_checkpoint(tmp_path, "v5")
     (ckpt / "model.safetensors").write_text("weights")
 
     for args, problem in ((("--seed", "run99", str(ckpt)), "unknown stage run99"),
@@ -232,9 +238,7 @@ def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_inste
     """CHECK=score: after the last stage, eval_model_grid scores its checkpoint at the full configuration on the
     cache's requests and reproduction_check --grid compares them with the committed cache; no cache is built."""
     run, work, log = chain_runner(tmp_path, CHECK="score")
-    ckpt = tmp_path / "v5"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text("{}")
+    ckpt = seed_checkpoint(tmp_path, "v5")
 
     assert run("--seed", "run13b", str(ckpt)).returncode == 0  # only run14 left to train
     out = run(CALL_SECONDS="100", PIECE_OVERHEAD="10")  # run14 (a piece of 100 - 10 s), then too little for the scoring
@@ -259,9 +263,7 @@ def test_the_reproduction_chain_checks_one_segment_between_two_committed_default
     """UNTIL=STAGE ends the chain after STAGE and compares its checkpoint with AGAINST, the committed cache of that
     stage's time, which a stage other than run14 must name; seeded, one segment is checked on its own."""
     run, work, log = chain_runner(tmp_path, CHECK="score", UNTIL="run12")
-    ckpt, v5 = tmp_path / "v4", tmp_path / "v5.h5"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text("{}")
+    ckpt, v5 = seed_checkpoint(tmp_path, "v4"), tmp_path / "v5.h5"
     v5.write_text("the v5 cache")
 
     assert run("--seed", "run11b", str(ckpt)).returncode == 0
@@ -333,9 +335,7 @@ def test_the_chain_goes_on_past_the_default_to_the_candidates_print_supervised_c
     grid = tmp_path / "candidate_scores.json"
     grid.write_text("{}")
     run, work, log = chain_runner(tmp_path, CHECK="score", UNTIL="run19y", AGAINST=str(grid))
-    v7 = tmp_path / "v7"
-    v7.mkdir()
-    (v7 / "config.json").write_text("{}")
+    v7 = seed_checkpoint(tmp_path, "v7")
 
     refused = run(CHECK="build")
     assert refused.returncode == 2 and "is a grid of scores, not a cache: it needs CHECK=score" in refused.stderr
@@ -371,9 +371,7 @@ def test_the_twentieth_and_twenty_first_runs_cycles_continue_the_nineteenth_and_
     compared with the candidate's cache; run21d, the cycle after the candidate, stays out of a chain that ends there."""
     candidate_cache = ROOT / "cache" / "candidates" / "molmoe_small_suite_v11.h5"
     run, work, log = chain_runner(tmp_path, UNTIL="run21c", AGAINST=str(candidate_cache))
-    y = tmp_path / "y"
-    y.mkdir()
-    (y / "config.json").write_text("{}")
+    y = seed_checkpoint(tmp_path, "y")
     assert run("--seed", "run19y", str(y)).returncode == 0
     status = run("--status").stdout
     assert "run20a: to do (from run19y, 1677 steps, lr 3.5e-4)" in status
@@ -400,9 +398,7 @@ def test_the_twenty_second_runs_chart_cycles_go_on_from_run21d_with_their_own_mi
     grid = tmp_path / "f_scores.json"
     grid.write_text("{}")
     run, work, log = chain_runner(tmp_path, CHECK="score", UNTIL="run22f", AGAINST=str(grid))
-    c = tmp_path / "c"
-    c.mkdir()
-    (c / "config.json").write_text("{}")
+    c = seed_checkpoint(tmp_path, "c")
     assert run("--seed", "run21c", str(c)).returncode == 0
     assert "run21d: to do (from run21c, 2037 steps, lr 3.5e-4)" in run("--status").stdout
     for stage, start, first, steps, mix in (
