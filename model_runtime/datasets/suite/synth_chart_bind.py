@@ -29,7 +29,7 @@ import numpy as np
 
 from . import drawing as dr
 from .example import Example
-from .synth_chart import VALUE_TEMPLATES, draw_chart, example_of
+from .synth_chart import VALUE_TEMPLATES, Chart, draw_chart, example_of
 
 QUESTION_KINDS = ("value", "reverse", "reverse", "ordinal_value", "ordinal_label", "compare")
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
@@ -65,8 +65,15 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         larger = "larger" in tpl or "higher" in tpl
         pick = i if (values[i] > values[j]) == larger else j  # values are distinct
         question, answer = tpl.format(a=labels[i], b=labels[j]), labels[pick]
-    answer_kind = "number" if qk in ("value", "ordinal_value") else "label"
-    ex = example_of(chart, "synth_chart_bind", question, answer, qk, answer_kind)
+    return question_example(chart, "synth_chart_bind", question, answer, qk,
+                            "number" if qk in ("value", "ordinal_value") else "label")
+
+
+def question_example(chart: Chart, task: str, question: str, answer: str, question_kind: str,
+                     answer_kind: str) -> Example:
+    """A training-only question about ``chart``: no caption (synth_chart teaches the same charts' captions), and
+    the chart's categories and values in ``meta`` (what the answers follow from; never written to a suite)."""
+    ex = example_of(chart, task, question, answer, question_kind, answer_kind)
     ex.caption = None
-    ex.meta.update(categories=list(labels), values=list(values))  # what the questions are answered from
+    ex.meta.update(categories=list(chart.labels), values=list(chart.values))
     return ex

@@ -27,7 +27,8 @@ import numpy as np
 
 from . import drawing as dr
 from .example import Example
-from .synth_chart import draw_chart, example_of
+from .synth_chart import draw_chart
+from .synth_chart_bind import question_example
 
 QUESTION_KINDS = ("position", "position", "presence", "next")
 POSITION_TEMPLATES = ("Counting from the {side}, which {mark} is {a}?", "What is the position of {a} from the {side}?")
@@ -57,7 +58,4 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         i = int(rng.integers(n - 1))
         question = dr.choice(rng, NEXT_TEMPLATES).format(side=side, mark=mark, a=labels[i])
         answer = labels[i + 1]
-    ex = example_of(chart, "synth_chart_find", question, answer, qk, "number" if qk == "position" else "label")
-    ex.caption = None
-    ex.meta.update(categories=list(labels), values=list(chart.values))  # what the questions are answered from
-    return ex
+    return question_example(chart, "synth_chart_find", question, answer, qk, "number" if qk == "position" else "label")
