@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budgets", type=int, default=8, help="test budget grid size")
     ap.add_argument("--eval-every", type=int, default=25, help="val evaluation period (iterations)")
     ap.add_argument("--plateau-tol", type=float, default=0.003)
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="GRPOConfig overrides (JSON values)")
+    ap.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="GRPOConfig overrides (JSON values; repeatable)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 

@@ -271,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="environment steps to train for (every agent; a two-stage episode is two steps); "
                          "default: the agent config's own length")
     ap.add_argument("--config", default=None, help="YAML file of config overrides (and an `env:` section)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, after --config")
+    # extend: a repeated --set adds to the earlier ones (append-style nargs would keep only the last)
+    ap.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="dotted overrides, after --config (repeatable)")
     ap.add_argument("--quick", action="store_true", help="short smoke-test run")
     ap.add_argument("--overwrite", action="store_true", help="replace a previous training run in --out")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar / lines")

@@ -81,6 +81,14 @@ def test_train_bad_set_and_config(capsys, tmp_path, small_cache) -> None:
     assert not (tmp_path / "o").exists()
 
 
+
+def test_a_repeated_set_flag_keeps_every_override() -> None:
+    """``--set a=1 --set b=2`` is ``--set a=1 b=2``: each flag adds to the last (a probe once ran flat PPO with
+    ``--set n_epochs=10 --set n_steps=128`` and trained at 4 epochs, the first flag dropped)."""
+    args = tr.build_parser().parse_args(["--agent", "ppo", "--cache", "c.h5", "--out", "o",
+                                         "--set", "n_epochs=10", "--set", "n_steps=128", "ent_coef=0.01"])
+    assert tr.parse_set(args.set) == {"n_epochs": 10, "n_steps": 128, "ent_coef": 0.01}
+
 def test_steps_flag(capsys, tmp_path, small_cache) -> None:
     helptext = tr.build_parser().format_help()
     assert "environment steps to train for" in " ".join(helptext.split())
