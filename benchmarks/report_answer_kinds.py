@@ -20,7 +20,10 @@ how the full configuration's wrong answers relate to the page: *in the asked fie
 and read wrongly), *another field's value* (the wrong field was read), or neither; for
 ``synth_chart`` likewise: a value question answered with *another category's value* (a value was
 read, the wrong one) or with *a number not on the chart* (neither a value nor a label of it), a
-highest/lowest question with *another category's label*, or neither.
+highest/lowest question with *another category's label*, or neither; and, per answer kind, the chance
+of a random pick among the chart's own n values (or labels), the mean of 1/n: a model that reads a
+chart's print but not which bar is which scores that (the twenty-second run's value questions did,
+benchmarks/RESULTS.md).
 
 Scores are the cache's (or the grid's); the metadata is re-rendered, nothing is estimated.
 """
@@ -154,6 +157,7 @@ def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict
         rows = scored.task_rows(task)
         by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
         by_px: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        chance: dict[str, list[float]] = defaultdict(list)  # charts: 1/n per request
         wrong = dict.fromkeys(WRONG_KINDS.get(task, ()), 0)
         for i in rows:
             m = _ID.match(scored.ids[i])
@@ -165,6 +169,8 @@ def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict
                                  f"{scored.questions[i]!r} (a cache of another suite seed than --suite-seed {suite_seed}?)")
             pair = (float(scored.full[i]), float(scored.cheapest[i]))
             by_kind[str(ex.meta.get("answer_kind", "?"))].append(pair)
+            if task == "synth_chart":
+                chance[str(ex.meta["answer_kind"])].append(1.0 / int(ex.meta["n_objects"]))
             px = ex.meta.get("text_px")
             if px is not None:
                 lo, hi = next(b for b in PX_BINS if b[0] <= int(px) < b[1])
@@ -180,6 +186,8 @@ def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict
         px_order = [f"[{lo}, {hi})" for lo, hi in PX_BINS]
         entry = {"n": int(rows.size), "by_answer_kind": table(by_kind, sorted(by_kind)),
                  "by_text_px": table(by_px, px_order)}
+        if chance:
+            entry["chance_by_answer_kind"] = {k: _mean(v) for k, v in sorted(chance.items())}
         if wrong:
             entry["wrong_at_full"] = wrong
         report["tasks"][task] = entry
@@ -199,9 +207,11 @@ def markdown(report: dict) -> str:
         for title, key in (("answer kind", "by_answer_kind"), ("text px", "by_text_px")):
             if not e[key]:
                 continue
-            out.append(f"| {title} | n | full | cheapest |\n| --- | --- | --- | --- |")
+            chance = e.get("chance_by_answer_kind") if key == "by_answer_kind" else None
+            extra = (" a random pick among the chart's |", " --- |") if chance else ("", "")
+            out.append(f"| {title} | n | full | cheapest |{extra[0]}\n| --- | --- | --- | --- |{extra[1]}")
             out += [f"| {k} | {v['n']} | {v['full']:.3f} | {'-' if np.isnan(v['cheapest']) else format(v['cheapest'], '.3f')} |"
-                    for k, v in e[key].items()]
+                    + (f" {chance[k]:.3f} |" if chance else "") for k, v in e[key].items()]
             out.append("")
         if "wrong_at_full" in e:
             w = e["wrong_at_full"]

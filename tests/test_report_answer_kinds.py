@@ -61,6 +61,9 @@ def test_every_wrong_chart_answer_is_counted_once() -> None:
         full = c.score[rows, c.knob_space.index(c.knob_space.full_config)]
     assert set(e["wrong_at_full"]) == {"other_value", "number_not_on_chart", "other_label", "neither"}
     assert sum(e["wrong_at_full"].values()) == int(np.sum(full < 1.0))
+    # the chance floor per answer kind: the mean of 1/n over the kind's charts (3-5 categories)
+    assert set(e["chance_by_answer_kind"]) == set(e["by_answer_kind"]) == {"label", "number"}
+    assert all(1 / 5 < c < 1 / 3 for c in e["chance_by_answer_kind"].values())
 
 
 def test_a_cache_of_another_suite_seed_is_refused(capsys) -> None:
