@@ -60,6 +60,16 @@ class Chart:
     def caption(self) -> str:
         return f"{self.title.lower()}: " + ", ".join(f"{lab} {v}" for lab, v in zip(self.labels, self.values)) + "."
 
+    @property
+    def mark(self) -> str:
+        """What a question calls one category's mark: a line chart's point, else a bar."""
+        return "point" if self.kind == "line" else "bar"
+
+    @property
+    def side(self) -> str:
+        """Where counting the marks starts: the top of a horizontal bar chart, else the left."""
+        return "top" if self.kind == "hbar" else "left"
+
 
 def draw_chart(rng: np.random.Generator) -> Chart:
     """Draw one chart (every random draw of the picture, in the order ``render`` has always made them)."""
@@ -141,9 +151,8 @@ def draw_chart(rng: np.random.Generator) -> Chart:
 
 def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
     chart = draw_chart(rng)
-    kind, labels, values, n = chart.kind, chart.labels, chart.values, len(chart.labels)
+    labels, values, n = chart.labels, chart.values, len(chart.labels)
     qk = dr.choice(rng, ("value", "value", "max", "min"))
-    mark = "point" if kind == "line" else "bar"
     noun = "category"
     if qk == "value":
         i = int(rng.integers(n))
@@ -151,7 +160,7 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
     else:
         i = int(np.argmax(values) if qk == "max" else np.argmin(values))
         tpl = dr.choice(rng, MAX_TEMPLATES if qk == "max" else MIN_TEMPLATES)
-        question, answer = tpl.format(noun=noun, mark=mark), labels[i]
+        question, answer = tpl.format(noun=noun, mark=chart.mark), labels[i]
     return example_of(chart, "synth_chart", question, answer, qk, "label" if qk in ("max", "min") else "number")
 
 
@@ -166,3 +175,14 @@ def example_of(chart: Chart, task: str, question: str, answer: str, question_kin
         caption=chart.caption(),
         glyph_text="".join(chart.draw.glyph_chars), glyph_boxes=chart.draw.glyph_boxes(),
     )
+
+
+def question_example(chart: Chart, task: str, question: str, answer: str, question_kind: str,
+                     answer_kind: str) -> Example:
+    """A training-only question about ``chart`` (``synth_chart_bind``, ``synth_chart_find``): no caption
+    (synth_chart teaches the same charts' captions), and the chart's categories and values in ``meta`` (what the
+    answers follow from; never written to a suite, whose synth_chart requests keep ``example_of``'s meta)."""
+    ex = example_of(chart, task, question, answer, question_kind, answer_kind)
+    ex.caption = None
+    ex.meta.update(categories=list(chart.labels), values=list(chart.values))
+    return ex

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import drawing as dr
 from .example import Example
-from .synth_chart import VALUE_TEMPLATES, Chart, draw_chart, example_of
+from .synth_chart import VALUE_TEMPLATES, draw_chart, question_example
 
 QUESTION_KINDS = ("value", "reverse", "reverse", "ordinal_value", "ordinal_label", "compare")
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
@@ -45,8 +45,7 @@ COMPARE_TEMPLATES = ("Which is larger, {a} or {b}?", "Which has the higher value
 def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
     chart = draw_chart(rng)
     labels, values, n = chart.labels, chart.values, len(chart.labels)
-    mark = "point" if chart.kind == "line" else "bar"
-    side = "top" if chart.kind == "hbar" else "left"
+    mark, side = chart.mark, chart.side
     qk = dr.choice(rng, QUESTION_KINDS)
     i = int(rng.integers(n))
     if qk == "value":
@@ -67,13 +66,3 @@ def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Ex
         question, answer = tpl.format(a=labels[i], b=labels[j]), labels[pick]
     return question_example(chart, "synth_chart_bind", question, answer, qk,
                             "number" if qk in ("value", "ordinal_value") else "label")
-
-
-def question_example(chart: Chart, task: str, question: str, answer: str, question_kind: str,
-                     answer_kind: str) -> Example:
-    """A training-only question about ``chart``: no caption (synth_chart teaches the same charts' captions), and
-    the chart's categories and values in ``meta`` (what the answers follow from; never written to a suite)."""
-    ex = example_of(chart, task, question, answer, question_kind, answer_kind)
-    ex.caption = None
-    ex.meta.update(categories=list(chart.labels), values=list(chart.values))
-    return ex

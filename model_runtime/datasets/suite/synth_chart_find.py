@@ -27,8 +27,7 @@ import numpy as np
 
 from . import drawing as dr
 from .example import Example
-from .synth_chart import draw_chart
-from .synth_chart_bind import question_example
+from .synth_chart import draw_chart, question_example
 
 QUESTION_KINDS = ("position", "position", "presence", "next")
 POSITION_TEMPLATES = ("Counting from the {side}, which {mark} is {a}?", "What is the position of {a} from the {side}?")
@@ -38,12 +37,9 @@ NEXT_TEMPLATES = ("Counting from the {side}, which {mark} comes right after {a}?
 
 def render(rng: np.random.Generator, *, split: str, index: int, seed: int) -> Example:
     chart = draw_chart(rng)
-    labels, n = chart.labels, len(chart.labels)
-    mark = "point" if chart.kind == "line" else "bar"
-    side = "top" if chart.kind == "hbar" else "left"
+    labels, n = chart.labels, len(chart.labels)  # n >= 3: every chart has a category after its first
+    mark, side = chart.mark, chart.side
     qk = dr.choice(rng, QUESTION_KINDS)
-    if qk == "next" and n < 2:
-        qk = "position"
     if qk == "position":
         i = int(rng.integers(n))
         question, answer = dr.choice(rng, POSITION_TEMPLATES).format(side=side, mark=mark, a=labels[i]), str(i + 1)
