@@ -133,6 +133,20 @@ def test_make_suite_and_cli(tmp_path):
     assert not (out / "test.jsonl").exists()
 
 
+def test_make_suite_writes_a_training_only_tasks_val_stream(tmp_path):
+    """A training-only task's val requests score a checkpoint on the skill it drills; no test split exists."""
+    out = tmp_path / "probe"
+    assert make_suite_cli.main(["--out", str(out), "--per-task", "2", "--splits", "val", "--workers", "1",
+                                "--tasks", "synth_chart_find"]) == 0
+    reqs = load_requests(out / "val.jsonl", check_images=True)
+    ex = render_example("synth_chart_find", "val", 1, seed=0)
+    assert [r.id for r in reqs] == ["synth_chart_find-val-0", "synth_chart_find-val-1"]
+    assert reqs[1].question == ex.question and list(reqs[1].answers) == list(ex.answers)
+    with pytest.raises(ValueError, match="training-only"):
+        make_suite(tmp_path / "never", per_task=1, splits=("val", "test"), tasks=("synth_chart_find",))
+    assert not (tmp_path / "never").exists()
+
+
 def test_question_corpus():
     texts = list(question_corpus(seed=0, n=12))
     assert len(texts) == 12 and all(isinstance(t, str) and t for t in texts)

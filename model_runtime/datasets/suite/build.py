@@ -19,7 +19,7 @@ from PIL import Image
 
 from model_runtime.datasets.request_format import write_requests
 
-from . import SPLITS, TASK_INFO, TASKS, example_to_request, render_example
+from . import SPLITS, TASK_INFO, TASKS, TRAIN_ONLY_TASKS, example_to_request, render_example
 
 #: Task held out of the controller's training tasks in generalization experiments.
 HELDOUT_TASKS: tuple[str, ...] = ("synth_diagram",)
@@ -52,9 +52,12 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
     ``"<task>-<split>-<index>"``, images relative to ``out_dir``) and ``manifest.json`` (seed,
     per_task, task infos, counts, the seen/held-out task split, each JSONL's sha256).
 
+    A training-only task (``TRAIN_ONLY_TASKS``) may be named for its train or val stream, to score a
+    checkpoint on the skill it drills; it has no test split.
+
     Raises:
-        ValueError: unknown split/task, ``per_task < 1``, or a non-empty ``out_dir`` without
-            ``overwrite``.
+        ValueError: unknown split/task, a training-only task with the test split, ``per_task < 1``, or
+            a non-empty ``out_dir`` without ``overwrite``.
     """
     from model_runtime.datasets.request_format import request_from_json
 
@@ -63,8 +66,10 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
         if s not in SPLITS:
             raise ValueError(f"unknown split {s!r}; splits: {', '.join(SPLITS)}")
     for t in tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}; tasks: {', '.join(TASKS)}")
+        if t not in TASKS + TRAIN_ONLY_TASKS:
+            raise ValueError(f"unknown task {t!r}; tasks: {', '.join(TASKS + TRAIN_ONLY_TASKS)}")
+        if t in TRAIN_ONLY_TASKS and "test" in splits:
+            raise ValueError(f"{t} is a training-only task: it has train and val streams, no test split")
     if per_task < 1:
         raise ValueError(f"per_task must be >= 1, got {per_task}")
     if out.exists() and any(out.iterdir()):
