@@ -23,7 +23,10 @@ read, the wrong one) or with *a number not on the chart* (neither a value nor a 
 highest/lowest question with *another category's label*, or neither; and, per answer kind, the chance
 of a random pick among the chart's own n values (or labels), the mean of 1/n: a model that reads a
 chart's print but not which bar is which scores that (the twenty-second run's value questions did,
-benchmarks/RESULTS.md).
+benchmarks/RESULTS.md). Where a task records its ``question_kind`` (the charts, and the training-only chart tasks
+``synth_chart_bind`` / ``synth_chart_find``, whose val requests ``make_suite --tasks ... --splits val`` writes), a
+table per question kind as well, for the chart tasks with the chance of a random pick among that question's
+candidate answers (:func:`chart_chance`).
 
 Scores are the cache's (or the grid's); the metadata is re-rendered, nothing is estimated.
 """
@@ -84,6 +87,19 @@ def wrong_kind(task: str, pred: str, gold: str, caption: str, answer_kind: str) 
             return "other_value"
         return "number_not_on_chart" if pred.isdigit() and pred not in [lab for lab, _ in entries] else "neither"
     return "other_label" if pred in [lab for lab, _ in others] else "neither"
+
+
+#: The tasks whose questions are asked of synth_chart's charts.
+CHART_TASKS: tuple[str, ...] = ("synth_chart", "synth_chart_bind", "synth_chart_find")
+
+
+def chart_chance(question_kind: str, n: int) -> float:
+    """The score of a random pick among a chart question's candidate answers, for a chart of ``n`` categories: one of
+    two for the two-way questions (which of two named bars is larger or smaller; is a name drawn), one of the other
+    n − 1 labels for the bar after a named one, else one of the chart's n values, labels or places."""
+    if question_kind in ("compare", "presence"):
+        return 0.5
+    return 1.0 / (n - 1) if question_kind == "next" else 1.0 / n
 
 
 def _mean(xs: list[float]) -> float:
@@ -156,8 +172,10 @@ def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict
     for task in tasks:
         rows = scored.task_rows(task)
         by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        by_question: dict[str, list[tuple[float, float]]] = defaultdict(list)
         by_px: dict[str, list[tuple[float, float]]] = defaultdict(list)
         chance: dict[str, list[float]] = defaultdict(list)  # charts: 1/n per request
+        question_chance: dict[str, list[float]] = defaultdict(list)  # chart tasks: chart_chance per request
         wrong = dict.fromkeys(WRONG_KINDS.get(task, ()), 0)
         for i in rows:
             m = _ID.match(scored.ids[i])
@@ -171,6 +189,11 @@ def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict
             by_kind[str(ex.meta.get("answer_kind", "?"))].append(pair)
             if task == "synth_chart":
                 chance[str(ex.meta["answer_kind"])].append(1.0 / int(ex.meta["n_objects"]))
+            qk = ex.meta.get("question_kind")
+            if qk is not None:
+                by_question[str(qk)].append(pair)
+                if task in CHART_TASKS:
+                    question_chance[str(qk)].append(chart_chance(str(qk), int(ex.meta["n_objects"])))
             px = ex.meta.get("text_px")
             if px is not None:
                 lo, hi = next(b for b in PX_BINS if b[0] <= int(px) < b[1])
@@ -185,9 +208,11 @@ def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict
 
         px_order = [f"[{lo}, {hi})" for lo, hi in PX_BINS]
         entry = {"n": int(rows.size), "by_answer_kind": table(by_kind, sorted(by_kind)),
-                 "by_text_px": table(by_px, px_order)}
+                 "by_question_kind": table(by_question, sorted(by_question)), "by_text_px": table(by_px, px_order)}
         if chance:
             entry["chance_by_answer_kind"] = {k: _mean(v) for k, v in sorted(chance.items())}
+        if question_chance:
+            entry["chance_by_question_kind"] = {k: _mean(v) for k, v in sorted(question_chance.items())}
         if wrong:
             entry["wrong_at_full"] = wrong
         report["tasks"][task] = entry
@@ -204,11 +229,14 @@ def markdown(report: dict) -> str:
     out = []
     for task, e in report["tasks"].items():
         out.append(f"### {task} ({e['n']} requests)\n")
-        for title, key in (("answer kind", "by_answer_kind"), ("text px", "by_text_px")):
-            if not e[key]:
+        for title, key, chance_key, pick in (
+                ("answer kind", "by_answer_kind", "chance_by_answer_kind", "a random pick among the chart's"),
+                ("question kind", "by_question_kind", "chance_by_question_kind", "a random pick among its answers"),
+                ("text px", "by_text_px", None, "")):
+            if not e.get(key):
                 continue
-            chance = e.get("chance_by_answer_kind") if key == "by_answer_kind" else None
-            extra = (" a random pick among the chart's |", " --- |") if chance else ("", "")
+            chance = e.get(chance_key) if chance_key else None
+            extra = (f" {pick} |", " --- |") if chance else ("", "")
             out.append(f"| {title} | n | full | cheapest |{extra[0]}\n| --- | --- | --- | --- |{extra[1]}")
             out += [f"| {k} | {v['n']} | {v['full']:.3f} | {'-' if np.isnan(v['cheapest']) else format(v['cheapest'], '.3f')} |"
                     + (f" {chance[k]:.3f} |" if chance else "") for k, v in e[key].items()]

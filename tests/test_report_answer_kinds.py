@@ -106,3 +106,31 @@ def test_a_grid_of_the_same_requests_gives_the_caches_report(doc_report, tmp_pat
     with pytest.raises(SystemExit):
         main(["--grid", str(grid), "--tasks", "synth_doc"])
     assert "no per-request scores and answers at the full configuration" in capsys.readouterr().err
+
+
+def test_a_training_only_chart_tasks_grid_is_split_by_question_kind(tmp_path) -> None:
+    """A probe of synth_chart_find's val stream (no cache holds a training-only task): one row per question kind with
+    the chance of a random pick among that question's answers; synth_chart's cache gets the table too."""
+    import json
+
+    from benchmarks.report_answer_kinds import chart_chance
+    from model_runtime.datasets.suite import render_example
+    from model_runtime.knob_space import KnobSpace
+
+    ks = KnobSpace()
+    FULL = str(ks.index(ks.full_config))
+    ids = [f"synth_chart_find-val-{i}" for i in range(12)]
+    kinds = [render_example("synth_chart_find", "val", i).meta["question_kind"] for i in range(12)]
+    scores = [1.0 if k == "position" else 0.0 for k in kinds]
+    grid = tmp_path / "probe.json"
+    grid.write_text(json.dumps({"n_per_task": {"synth_chart_find": 12}, "per_request": {
+        "ids": ids, "scores": {FULL: scores}, "predictions": {FULL: ["1"] * 12}}}))
+    e = collect(grid, ("synth_chart_find",), 0)["tasks"]["synth_chart_find"]
+    assert set(e["by_question_kind"]) == set(kinds) and e["by_question_kind"]["position"]["full"] == 1.0
+    assert sum(g["n"] for g in e["by_question_kind"].values()) == 12
+    assert all(g["full"] == 0.0 for k, g in e["by_question_kind"].items() if k != "position")
+    assert chart_chance("presence", 4) == chart_chance("compare", 3) == 0.5
+    assert chart_chance("next", 5) == 0.25 and chart_chance("position", 4) == chart_chance("value", 4) == 0.25
+    assert 1 / 5 <= e["chance_by_question_kind"]["position"] <= 1 / 3
+    chart = collect(DEFAULT, ("synth_chart",), 0)["tasks"]["synth_chart"]
+    assert set(chart["by_question_kind"]) == {"value", "max", "min"} and "chance_by_question_kind" in chart
