@@ -38,8 +38,9 @@ def test_quick_cpu_run_writes_every_section_it_ran(tmp_path: Path) -> None:
         assert row["sequential_ms"] > 0 and row["batched_ms"] > 0 and row["batched_sorted_ms"] > 0 and row["batched_triton_gemv_ms"] > 0
         assert "batched_pdl_ms" not in row and "batched_fused_router_ms" not in row  # no Hopper; the run's own form
         assert row["ratio"] == row["sequential_ms"] / row["batched_ms"]
-        # the batch's prefill and one decode step, each a part of the whole
-        assert 0 < row["batched_prefill_ms"] < row["batched_ms"] and 0 < row["batched_step_ms"] < row["batched_ms"]
+        # the batch's prefill and one decode step were timed; that each is a part of the whole is a GPU figure
+        # (one timed repeat on a shared CPU once took 1,199 ms for the prefill against 335 ms for the whole batch)
+        assert row["batched_prefill_ms"] > 0 and row["batched_step_ms"] > 0
     assert res["ceilings"] == {} and res["bars"] == []  # no GPU: no ceilings, so no floors and no bars
     assert res["timeline"] == {}  # a CUDA-only section: ran, and measured nothing on the CPU
     assert res["attention"] == {"skipped": "the Triton kernels need a CUDA GPU"}
