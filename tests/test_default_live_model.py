@@ -41,7 +41,8 @@ def test_committed_default_files_and_card() -> None:
 
 CANDIDATE = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run21"
 CANDIDATE_CACHE = CANDIDATE.parent / "molmoe_small_suite_v11.h5"
-NEXT_CYCLE = CANDIDATE.parent / "molmoe_small_suite_run22f"  # three cycles on from CANDIDATE (run21d, run22e, run22f), no cache yet
+NEXT_CYCLE = CANDIDATE.parent / "molmoe_small_suite_run22f"  # three cycles on from CANDIDATE (run21d, run22e, run22f)
+NEXT_CYCLE_CACHE = CANDIDATE.parent / "molmoe_small_suite_v12.h5"
 
 
 @pytest.mark.parametrize("candidate", [CANDIDATE, NEXT_CYCLE], ids=lambda d: d.name)
@@ -64,17 +65,21 @@ def test_the_committed_candidates_load_as_the_defaults_architecture(candidate: P
     assert tokenizer is not None and all(torch.isfinite(t).all() for t in model.state_dict().values())
 
 
-def test_the_candidates_cache_is_built_from_it_over_the_defaults_requests() -> None:
-    """The candidate's cache (molmoe-small-suite-v11, its CARD.md): live, every outcome OK, the default cache's 6,000
-    requests in the same order, and the knob space of the candidate's own importance scores."""
-    assert CANDIDATE_CACHE.stat().st_size <= 64 * MIB
-    with h5py.File(CANDIDATE_CACHE, "r") as f, h5py.File(LIVE_DEFAULT_CACHE, "r") as d:
+@pytest.mark.parametrize("candidate, cache, model_id", [(CANDIDATE, CANDIDATE_CACHE, "molmoe-small-suite-v11"),
+                                                         (NEXT_CYCLE, NEXT_CYCLE_CACHE, "molmoe-small-suite-v12")],
+                         ids=["v11", "v12"])
+def test_the_candidates_cache_is_built_from_it_over_the_defaults_requests(candidate: Path, cache: Path,
+                                                                          model_id: str) -> None:
+    """A candidate's cache (its CARD.md): live, every outcome OK, the default cache's 6,000 requests in the same order,
+    and the knob space of the candidate's own importance scores."""
+    assert cache.stat().st_size <= 64 * MIB
+    with h5py.File(cache, "r") as f, h5py.File(LIVE_DEFAULT_CACHE, "r") as d:
         assert f.attrs["generator"] == "live" and not f.attrs["synthetic"]
-        assert f.attrs["model_id"] == "molmoe-small-suite-v11"
+        assert f.attrs["model_id"] == model_id
         assert f["outcomes/status"].shape == (6000, 225) and np.all(f["outcomes/status"][:] == STATUS_OK)
         assert np.array_equal(f["samples/id"][:], d["samples/id"][:])
         imp = json.loads(f.attrs["generator_params"])["importance"]["scores"]
-    np.testing.assert_allclose(json.loads((CANDIDATE / "importance.json").read_text())["scores"], imp, rtol=1e-5)
+    np.testing.assert_allclose(json.loads((candidate / "importance.json").read_text())["scores"], imp, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
