@@ -55,7 +55,8 @@
 # run21c ends in the candidate cache/candidates/molmoe_small_suite_run21 and its cache molmoe_small_suite_v11.h5,
 # run21d goes on from it (not built: checked with CHECK=score AGAINST=benchmarks/logs/run21_d_test1000_cpu.json), and
 # run22e-run22f, the twenty-second run's two with the chart mixes (synth_chart_bind beside synth_chart): run22f ends in
-# cache/candidates/molmoe_small_suite_run22f (not built yet: CHECK=score AGAINST=benchmarks/logs/run22_f_test1000_cpu.json), e.g.
+# cache/candidates/molmoe_small_suite_run22f and its cache molmoe_small_suite_v12.h5 (AGAINST=that cache; or CHECK=score
+# AGAINST=benchmarks/logs/run22_f_test1000_cpu.json, its float32 scores of the same requests), e.g.
 #   mkdir -p runs/v7 && git archive 62debb8 cache/default/molmoe_small_suite_model | tar x -C runs/v7
 #   CHECK=score UNTIL=run19y AGAINST=benchmarks/logs/run19_y_test1000_cpu.json \
 #       bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run14 runs/v7/cache/default/molmoe_small_suite_model
