@@ -174,7 +174,7 @@ def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict
         by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
         by_question: dict[str, list[tuple[float, float]]] = defaultdict(list)
         by_px: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        chance: dict[str, list[float]] = defaultdict(list)  # charts: 1/n per request
+        chance: dict[str, list[float]] = defaultdict(list)  # synth_chart: chart_chance (1/n) per request
         question_chance: dict[str, list[float]] = defaultdict(list)  # chart tasks: chart_chance per request
         wrong = dict.fromkeys(WRONG_KINDS.get(task, ()), 0)
         for i in rows:
@@ -187,13 +187,14 @@ def collect(source: str | Path, tasks: tuple[str, ...], suite_seed: int) -> dict
                                  f"{scored.questions[i]!r} (a cache of another suite seed than --suite-seed {suite_seed}?)")
             pair = (float(scored.full[i]), float(scored.cheapest[i]))
             by_kind[str(ex.meta.get("answer_kind", "?"))].append(pair)
-            if task == "synth_chart":
-                chance[str(ex.meta["answer_kind"])].append(1.0 / int(ex.meta["n_objects"]))
             qk = ex.meta.get("question_kind")
             if qk is not None:
                 by_question[str(qk)].append(pair)
-                if task in CHART_TASKS:
-                    question_chance[str(qk)].append(chart_chance(str(qk), int(ex.meta["n_objects"])))
+            if task in CHART_TASKS:
+                pick = chart_chance(str(qk), int(ex.meta["n_objects"]))
+                question_chance[str(qk)].append(pick)
+                if task == "synth_chart":  # its questions are all one-of-n: by answer kind too
+                    chance[str(ex.meta["answer_kind"])].append(pick)
             px = ex.meta.get("text_px")
             if px is not None:
                 lo, hi = next(b for b in PX_BINS if b[0] <= int(px) < b[1])
