@@ -128,10 +128,13 @@ class PPOConfig:
 
     # flat defaults: at 200 k steps and entropy 0.01 the 225-way softmax settled on 1-13
     # configurations, 0.016-0.022 below static, on the live default (benchmarks/RESULTS.md,
-    # "Agents on the live-built default", v5); 1 M and 0.02 keep 15-21 in use
+    # "Agents on the live-built default", v5); 1 M and 0.02 keep 15-21 in use. Rollouts of 128
+    # steps per sub-env (32 until v12 became the default): each update's advantages are averaged
+    # over four times the episodes; with 32 flat PPO fell 0.017 below static on v11's outcomes,
+    # with 128 it holds its bars on v11 and v12 ("Twenty-first run", "On molmoe-small-suite-v12")
     total_timesteps: int = 1_000_000
     n_envs: int = 64
-    n_steps: int = 32
+    n_steps: int = 128
     batch_size: int = 512
     n_epochs: int = 4
     learning_rate: float = 3e-4
@@ -195,14 +198,15 @@ class MaskablePPOConfig(PPOConfig):
     """Hyper-parameters of :func:`train_maskable_ppo`; fields as :class:`PPOConfig`.
 
     Defaults differ where the two-stage episode differs: twice the env steps for the same
-    number of episodes, and rollouts of ``n_steps`` = 32 hold 16 episodes per sub-env; the
+    number of episodes, and rollouts of ``n_steps`` = 128 hold 64 episodes per sub-env; the
     mask-aware policy keeps the entropy bonus 0.01 with which it beats static on the live
     default (the flat one needs 0.02, see :class:`PPOConfig`). Ten passes over each rollout
     (four in :class:`PPOConfig`): with four the policy under-fits the budget, spending too little
     at the top of the budget grid, and falls below static on the outcomes of the better candidate
-    models; ten keep its bars on the default (benchmarks/RESULTS.md, "Twenty-first run", where
-    ``n_steps=128`` with 1 M steps beats static on every seed of the candidate, at more
-    violations on the default).
+    models; ten keep its bars on v7 (benchmarks/RESULTS.md, "Twenty-first run", where
+    ``n_steps=128`` with 1 M steps beats static on every seed of v11). On v12's outcomes
+    rollouts of 128 (the base's default) at 300 k steps are level with static where those of 32
+    fell below it ("On molmoe-small-suite-v12").
     """
 
     total_timesteps: int = 300_000

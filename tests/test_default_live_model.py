@@ -39,16 +39,17 @@ def test_committed_default_files_and_card() -> None:
     np.testing.assert_allclose(saved, imp, rtol=1e-5)
 
 
-CANDIDATE = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run21"
-CANDIDATE_CACHE = CANDIDATE.parent / "molmoe_small_suite_v11.h5"
-NEXT_CYCLE = CANDIDATE.parent / "molmoe_small_suite_run22f"  # three cycles on from CANDIDATE (run21d, run22e, run22f)
-NEXT_CYCLE_CACHE = CANDIDATE.parent / "molmoe_small_suite_v12.h5"
+# the earlier checkpoints kept beside the default (their CARD.md files): v7, the default before it, and v11
+V7 = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run14"
+V7_CACHE = V7.parent / "molmoe_small_suite_v7.h5"
+V11 = V7.parent / "molmoe_small_suite_run21"
+V11_CACHE = V7.parent / "molmoe_small_suite_v11.h5"
 
 
-@pytest.mark.parametrize("candidate", [CANDIDATE, NEXT_CYCLE], ids=lambda d: d.name)
+@pytest.mark.parametrize("candidate", [V7, V11], ids=lambda d: d.name)
 def test_the_committed_candidates_load_as_the_defaults_architecture(candidate: Path) -> None:
-    """The next default's starting points (their CARD.md files): loadable by the runtime, the default's config,
-    tokenizer and tensors, within the checkpoint size limit, and their own block-importance scores for the knob space."""
+    """The checkpoints in cache/candidates/: loadable by the runtime, the default's config, tokenizer and tensors,
+    within the checkpoint size limit, and their own block-importance scores for the knob space."""
     import torch
 
     from model_runtime.molmoe.checkpoint import load_molmoe_checkpoint
@@ -65,9 +66,9 @@ def test_the_committed_candidates_load_as_the_defaults_architecture(candidate: P
     assert tokenizer is not None and all(torch.isfinite(t).all() for t in model.state_dict().values())
 
 
-@pytest.mark.parametrize("candidate, cache, model_id", [(CANDIDATE, CANDIDATE_CACHE, "molmoe-small-suite-v11"),
-                                                         (NEXT_CYCLE, NEXT_CYCLE_CACHE, "molmoe-small-suite-v12")],
-                         ids=["v11", "v12"])
+@pytest.mark.parametrize("candidate, cache, model_id", [(V7, V7_CACHE, "molmoe-small-suite-v7"),
+                                                         (V11, V11_CACHE, "molmoe-small-suite-v11")],
+                         ids=["v7", "v11"])
 def test_the_candidates_cache_is_built_from_it_over_the_defaults_requests(candidate: Path, cache: Path,
                                                                           model_id: str) -> None:
     """A candidate's cache (its CARD.md): live, every outcome OK, the default cache's 6,000 requests in the same order,

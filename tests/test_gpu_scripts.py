@@ -129,7 +129,8 @@ def seed_checkpoint(tmp_path: Path, name: str) -> Path:
 
 
 def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_the_comparison(tmp_path: Path) -> None:
-    run, work, log = chain_runner(tmp_path)
+    """The chain to v7 (run14, the ninth to fourteenth runs), compared with v7's committed cache without naming it."""
+    run, work, log = chain_runner(tmp_path, UNTIL="run14")
     stop = tmp_path / "stop"
 
     def call() -> tuple[str, list[str]]:
@@ -168,7 +169,7 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
     call()  # the build of the last stage's checkpoint, and the comparison in the same call
     assert "experiments.build_cache" in log.read_text() and (work / "default_cache.h5").exists()
     last = log.read_text().splitlines()[-1]
-    assert "benchmarks.report_live_cache" in last and "--against cache/default/molmoe_small_suite.h5" in last
+    assert "benchmarks.report_live_cache" in last and "--against cache/candidates/molmoe_small_suite_v7.h5" in last
     status = run("--status")
     assert status.stdout.count(": done") == 8 and "cache: built" in status.stdout
 
@@ -176,7 +177,7 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
 def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished_stage(tmp_path: Path) -> None:
     stop, packs = tmp_path / "stop", tmp_path / "packs"
     # CHANNELS_LAST: every stage's crop stem in channels-last memory format
-    run, work, log = chain_runner(tmp_path, PACK_TO=str(packs), CHANNELS_LAST="1")
+    run, work, log = chain_runner(tmp_path, PACK_TO=str(packs), CHANNELS_LAST="1", UNTIL="run14")
 
     def call(seconds: int) -> str:
         out = run(CALL_SECONDS=str(seconds))
@@ -204,7 +205,7 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
 
 
 def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:
-    run, work, log = chain_runner(tmp_path)
+    run, work, log = chain_runner(tmp_path, UNTIL="run14")
     ckpt = seed_checkpoint(tmp_path, "v5")
     (ckpt / "model.safetensors").write_text("weights")
 
@@ -237,7 +238,7 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
 def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_instead_of_a_build(tmp_path: Path) -> None:
     """CHECK=score: after the last stage, eval_model_grid scores its checkpoint at the full configuration on the
     cache's requests and reproduction_check --grid compares them with the committed cache; no cache is built."""
-    run, work, log = chain_runner(tmp_path, CHECK="score")
+    run, work, log = chain_runner(tmp_path, CHECK="score", UNTIL="run14")
     ckpt = seed_checkpoint(tmp_path, "v5")
 
     assert run("--seed", "run13b", str(ckpt)).returncode == 0  # only run14 left to train
@@ -252,7 +253,7 @@ def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_inste
     assert f"--model {work}/chain/run14/plain --requests {work}/suite/test.jsonl --per-task 1000" in grid
     assert '--configs tier=high,p=1,top_k=8,blocks=16 --max-new-tokens 16 --dense-decode --per-request' in grid
     assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json "
-                                "--against cache/default/molmoe_small_suite.h5 --points 2")
+                                "--against cache/candidates/molmoe_small_suite_v7.h5 --points 2")
     assert not any("experiments.build_cache" in c for c in calls) and not (work / "default_cache.h5").exists()
     assert f"{work}/full_scores.json" in run("--travel").stdout.split()
     bad = run(CHECK="both")
@@ -359,9 +360,9 @@ def test_the_chain_goes_on_past_the_default_to_the_candidates_print_supervised_c
     assert f"--model {work}/chain/run19y/plain " in next(c for c in calls if "experiments.eval_model_grid" in c)
     assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json --against {grid}")
     assert "run20a: not in this chain (UNTIL=run19y)" in run("--status").stdout
-    # the chain that ends at the default is unchanged: its stages stop at run14
-    default_chain = run("--status", work=tmp_path / "fresh", UNTIL="run14", AGAINST="", CHECK="build").stdout
-    assert "run19u: not in this chain (UNTIL=run14)" in default_chain
+    # the chain that ends at v7 stops at run14
+    v7_chain = run("--status", work=tmp_path / "fresh", UNTIL="run14", AGAINST="", CHECK="build").stdout
+    assert "run19u: not in this chain (UNTIL=run14)" in v7_chain
 
 
 def test_the_twentieth_and_twenty_first_runs_cycles_continue_the_nineteenth_and_are_built_against_the_candidate_cache(
@@ -415,3 +416,21 @@ def test_the_twenty_second_runs_chart_cycles_go_on_from_run21d_with_their_own_mi
     assert run().returncode == 0  # the end scored, then compared with its own scores
     calls = log.read_text().splitlines()
     assert calls[-1].startswith(f"-m benchmarks.reproduction_check --grid {work}/full_scores.json --against {grid}")
+
+
+def test_the_chain_ends_at_the_default_by_default_and_is_compared_with_the_committed_cache(tmp_path: Path) -> None:
+    """Without UNTIL or AGAINST the chain's end is run22f, the default's checkpoint (molmoe-small-suite-v12), and its
+    build is compared with cache/default/molmoe_small_suite.h5; seeded at run22e, only that last cycle trains."""
+    run, work, log = chain_runner(tmp_path)
+    e = seed_checkpoint(tmp_path, "e")
+    assert run("--seed", "run22e", str(e)).returncode == 0
+    status = run("--status").stdout
+    assert "run22f: to do (from run22e, 1966 steps, lr 3.5e-4)" in status and "not in this chain" not in status
+    out = run()
+    assert out.returncode == 0 and "stage run22f " in out.stdout, out.stderr
+    assert run().returncode == 0  # the build, and the comparison with the committed default in the same call
+    calls = log.read_text().splitlines()
+    assert f"--model {work}/chain/run22f/plain" in next(c for c in calls if "experiments.build_cache" in c)
+    assert "benchmarks.report_live_cache" in calls[-1] and "--against cache/default/molmoe_small_suite.h5" in calls[-1]
+    refused = run(UNTIL="run21d", work=tmp_path / "other")
+    assert refused.returncode == 2 and "UNTIL=run21d needs AGAINST=CACHE" in refused.stderr

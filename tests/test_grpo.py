@@ -311,6 +311,23 @@ def test_smoke_training_improves_reward(tmp_path) -> None:
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
 
 
+def test_input_noise_perturbs_the_update_only_and_still_learns() -> None:
+    """``input_noise`` (the demo's GRPO uses 0.3): noise on the standardised features in the update, not in the
+    rollouts. The first iteration's rollouts (before any update) are the noiseless run's, the updates differ, and the
+    easy case, whose best configuration does not depend on the features, is still learned."""
+    data, _ = _easy_data(n=24, seed=2)
+    base = dict(iterations=12, contexts_per_iter=16, group_size=8, hidden_sizes=(32,), lr=3e-3, seed=2)
+    _, clean = train_grpo({"data": data}, GRPOConfig(**base), progress=False)
+    _, noisy = train_grpo({"data": data}, GRPOConfig(**base, input_noise=0.3), progress=False)
+    _, again = train_grpo({"data": data}, GRPOConfig(**base, input_noise=0.3), progress=False)
+    assert noisy[0]["reward/mean"] == clean[0]["reward/mean"]  # the rollouts see clean inputs
+    assert noisy[0]["loss/policy"] != clean[0]["loss/policy"]  # the update does not
+    assert [h["reward/mean"] for h in again] == [h["reward/mean"] for h in noisy]  # seeded
+    assert noisy[-1]["reward/mean"] > noisy[0]["reward/mean"] + 0.3
+    with pytest.raises(ValueError, match="input_noise must be >= 0"):
+        GRPOConfig(input_noise=-0.1)
+
+
 def test_seeds_fork_recipe_learns() -> None:
     """The seeds' fork (G=5, lr 1e-4, std-scaled advantages, no clipping, no KL) stays reachable;
     with a larger lr for speed it learns the easy case too."""

@@ -4,9 +4,10 @@
 #   bash benchmarks/gpu/reproduce_default.sh WORK --status # what is done, what comes next
 #   bash benchmarks/gpu/reproduce_default.sh WORK --travel # the paths under WORK a fresh machine needs to go on
 #   bash benchmarks/gpu/reproduce_default.sh WORK --seed STAGE DIR  # start the chain after STAGE, from DIR's weights
-# The committed checkpoint (molmoe-small-suite-v7) is the end of a chain of training runs, each starting from the one
-# before (benchmarks/RESULTS.md, ninth to fourteenth H200 runs; the settings below are those runs' own, the later ones
-# as their train_config.json files recorded them). Three stages were cut by a time limit where the next stage took over
+# The committed checkpoint (molmoe-small-suite-v12's, run22f) is the end of a chain of training runs, each starting from
+# the one before (benchmarks/RESULTS.md, the ninth to fourteenth H200 runs, which end in the earlier default v7 (run14),
+# then the print-supervised cycles of the nineteenth to twenty-second runs; the settings below are those runs' own, the
+# later ones as their train_config.json files recorded them). Three stages were cut by a time limit where the next stage took over
 # from their weights; STOP_AT_STEP cuts them at the same steps on any machine.
 # Each call does one piece and returns: a training stage, or the part of it that fits STOP_AFTER seconds (default 470;
 # the next call on the same machine resumes it), then the cache build (resumable the same way), which the comparison
@@ -40,26 +41,26 @@
 # alone. The build half, the committed checkpoint rebuilt into the committed cache, was checked on its own (RESULTS,
 # "The one-GPU launch on an H100, finished": every task within 0.0 points). SCORE_SECONDS (120) as BUILD_SECONDS:
 # the scoring took 66 and 75 s on an H100, 89 s with its process's start (benchmarks/logs/h100_reproduce_seg12_call3.log).
-# UNTIL=STAGE (default run14) ends the chain after STAGE: its checkpoint is built or scored, and compared with AGAINST=CACHE,
-# which a stage other than run14 must name: the committed cache of that stage's time (the same 6,000 requests), e.g.
+# UNTIL=STAGE (default run22f, the default's) ends the chain after STAGE: its checkpoint is built or scored, and compared
+# with AGAINST=CACHE, which a stage other than run22f and run14 (v7, cache/candidates/molmoe_small_suite_v7.h5) must
+# name: the committed cache of that stage's time (the same 6,000 requests), e.g.
 #   git archive 54ecd1e cache/default/molmoe_small_suite.h5 | tar x -C runs/v3   # run10's (molmoe-small-suite-v3)
 #   git archive 87264d1 cache/default/molmoe_small_suite.h5 | tar x -C runs/v4   # run11b's (v4)
-#   git archive ca07612 cache/default/molmoe_small_suite.h5 | tar x -C runs/v5   # run12's (v5); run14's is the default (v7)
+#   git archive ca07612 cache/default/molmoe_small_suite.h5 | tar x -C runs/v5   # run12's (v5); run14's (v7) is in cache/candidates/
 # With --seed, one segment of the chain between two committed defaults is checked on its own, e.g. run12 from v4's
 # weights (`--seed run11b`) against v5's cache: a session's device time each, where the whole chain needs three.
 # The stages after run14 are print-supervised cycles (the print loss on, the language model at 0.3;
-# benchmarks/gpu/print_lm_cycle.sh), which end in candidates, not in the default: run19u-run19y, the nineteenth run's
+# benchmarks/gpu/print_lm_cycle.sh); the last, run22f, is the default's checkpoint: run19u-run19y, the nineteenth run's
 # four (their end has no cache: the segment is checked with CHECK=score against its own full-configuration scores of
 # the cache's requests, float32 on a CPU where the chain scores in bf16 on the GPU), run20a, the twentieth run's (its
 # checkpoint and cache molmoe-small-suite-v10 are in git at a3df153), and run21b-run21d, the twenty-first run's three:
 # run21c ends in the candidate cache/candidates/molmoe_small_suite_run21 and its cache molmoe_small_suite_v11.h5,
 # run21d goes on from it (not built: checked with CHECK=score AGAINST=benchmarks/logs/run21_d_test1000_cpu.json), and
 # run22e-run22f, the twenty-second run's two with the chart mixes (synth_chart_bind beside synth_chart): run22f ends in
-# cache/candidates/molmoe_small_suite_run22f and its cache molmoe_small_suite_v12.h5 (AGAINST=that cache; or CHECK=score
-# AGAINST=benchmarks/logs/run22_f_test1000_cpu.json, its float32 scores of the same requests), e.g.
-#   mkdir -p runs/v7 && git archive 62debb8 cache/default/molmoe_small_suite_model | tar x -C runs/v7
+# the default, cache/default/molmoe_small_suite_model and its cache molmoe_small_suite.h5 (v12; the default AGAINST; or
+# CHECK=score AGAINST=benchmarks/logs/run22_f_test1000_cpu.json, its float32 scores of the same requests), e.g.
 #   CHECK=score UNTIL=run19y AGAINST=benchmarks/logs/run19_y_test1000_cpu.json \
-#       bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run14 runs/v7/cache/default/molmoe_small_suite_model
+#       bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run14 cache/candidates/molmoe_small_suite_run14
 #   UNTIL=run21c AGAINST=cache/candidates/molmoe_small_suite_v11.h5 bash benchmarks/gpu/reproduce_default.sh runs/r21 \
 #       --seed run20a DIR   # DIR: the twentieth run's cycle, git archive a3df153 cache/candidates/molmoe_small_suite_run20
 # An AGAINST that is a grid JSON needs CHECK=score.
@@ -75,7 +76,7 @@ MIN_PIECE=${MIN_PIECE:-60}
 BUILD_SECONDS=${BUILD_SECONDS:-450}
 SCORE_SECONDS=${SCORE_SECONDS:-120}
 CHECK=${CHECK:-build}
-UNTIL=${UNTIL:-run14}
+UNTIL=${UNTIL:-run22f}
 AGAINST=${AGAINST:-}
 case $CHECK in
   build) CHECKED=$W/default_cache.h5; CHECK_SECONDS=$BUILD_SECONDS; CHECK_NAME=build ;;
@@ -254,12 +255,14 @@ piece() {
 # seconds left of this call (CALL_SECONDS > 0), else a large number
 left() { if [ "$CALL_SECONDS" -gt 0 ]; then echo $(( CALL_SECONDS - ($(date +%s) - T0) )); else echo 999999; fi; }
 
+# the two committed caches a chain end has without naming one: the default's (run22f's) and v7's (run14's)
 if [ -z "$AGAINST" ]; then
-  if [ "$UNTIL" != run14 ]; then
-    echo "reproduce_default.sh: UNTIL=$UNTIL needs AGAINST=CACHE, the committed cache of that stage's time (the default cache is run14's; nothing was run)" >&2
-    exit 2
-  fi
-  AGAINST=cache/default/molmoe_small_suite.h5
+  case $UNTIL in
+    run22f) AGAINST=cache/default/molmoe_small_suite.h5 ;;
+    run14)  AGAINST=cache/candidates/molmoe_small_suite_v7.h5 ;;
+    *) echo "reproduce_default.sh: UNTIL=$UNTIL needs AGAINST=CACHE, the committed cache of that stage's time (the default cache is run22f's, cache/candidates/molmoe_small_suite_v7.h5 run14's; nothing was run)" >&2
+       exit 2 ;;
+  esac
 fi
 [ -f "$AGAINST" ] || { echo "reproduce_default.sh: AGAINST=$AGAINST: no such cache (nothing was run)" >&2; exit 2; }
 if [ "${AGAINST##*.}" = json ] && [ "$CHECK" != score ]; then
