@@ -111,6 +111,10 @@ class PPOConfig:
         max_grad_norm: gradient-norm clip.
         net_arch: hidden sizes of the policy and value MLPs on top of the feature extractor.
         embed_dim: width of the Linear+ReLU projection of ``lang`` (and of ``token``).
+        input_noise: std of Gaussian noise added to the standardised ``lang`` and ``token`` in the
+            update only (the extractor in training mode; SB3 collects rollouts and predicts in eval
+            mode), as the GRPO agent's ``input_noise``: a request's fixed features become a less
+            reliable fingerprint of its outcomes. 0 = off.
         budget_encoding_dim: width of the shared budget encoding fed to the extractor (its 4
             raw entries are dropped: ``budget`` is already an input); 0 disables it.
         vec_env: ``"native"`` (SB3VecEnvAdapter) or ``"dummy"`` (DummyVecEnv), see module docstring.
@@ -148,6 +152,7 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     net_arch: tuple[int, ...] = (64, 64)
     embed_dim: int = 32
+    input_noise: float = 0.0
     budget_encoding_dim: int = 64
     vec_env: str = "native"
     norm_samples: int = 2048
@@ -178,6 +183,8 @@ class PPOConfig:
             raise ValueError("ent_coef and ent_coef_final must be >= 0")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError("gamma and gae_lambda must be in [0, 1]")
+        if self.input_noise < 0:
+            raise ValueError(f"input_noise must be >= 0, got {self.input_noise}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -205,13 +212,15 @@ class MaskablePPOConfig(PPOConfig):
     at the top of the budget grid, and falls below static on the outcomes of the better candidate
     models; ten keep its bars on v7 (benchmarks/RESULTS.md, "Twenty-first run", where
     ``n_steps=128`` with 1 M steps beats static on every seed of v11). On v12's outcomes
-    rollouts of 128 (the base's default) at 300 k steps are level with static where those of 32
-    fell below it ("On molmoe-small-suite-v12").
+    rollouts of 128 (the base's default) at 300 k steps only lift the worst seed from −0.018 to
+    −0.001 against static; with input noise 0.3 and 1 M steps it beats static on every seed
+    (+0.006 to +0.010; benchmarks/RESULTS.md, "On molmoe-small-suite-v12").
     """
 
-    total_timesteps: int = 300_000
+    total_timesteps: int = 1_000_000
     n_epochs: int = 10
     ent_coef: float = 0.01
+    input_noise: float = 0.3
 
 
 # ============================================================================ feature extractor
@@ -246,6 +255,8 @@ class KnobsFeatureExtractor(BaseFeaturesExtractor):
         budget_encoding_dim: width of the shared budget encoding (0 = none).
         lang_mean, lang_std, token_mean, token_std: per-feature standardisation (lists of
             floats; identity when None). Stored as buffers.
+        input_noise: std of the Gaussian noise added to the standardised ``lang`` / ``token`` in
+            training mode (:class:`PPOConfig`); none in eval mode.
 
     Output width: ``embed_dim · (1 + has_token) + 4 + (budget_encoding_dim − 4 if > 0) + context``
     ``+ request (+ slo)``: the ``request`` (and ``slo``) keys, when the space has them, as they are.
@@ -260,6 +271,7 @@ class KnobsFeatureExtractor(BaseFeaturesExtractor):
         lang_std: Sequence[float] | None = None,
         token_mean: Sequence[float] | None = None,
         token_std: Sequence[float] | None = None,
+        input_noise: float = 0.0,
     ) -> None:
         sp = observation_space.spaces
         for key in ("lang", "budget"):
@@ -276,6 +288,7 @@ class KnobsFeatureExtractor(BaseFeaturesExtractor):
         features_dim = embed_dim * (1 + (dt > 0)) + 4 + enc_w + dc + dx
         super().__init__(observation_space, features_dim)
         self.has_token, self.has_context = dt > 0, dc > 0
+        self.input_noise = float(input_noise)
 
         def stat(v: Sequence[float] | None, width: int, default: float) -> torch.Tensor:
             t = torch.full((width,), default) if v is None else torch.as_tensor(np.asarray(v, np.float32))
@@ -291,14 +304,19 @@ class KnobsFeatureExtractor(BaseFeaturesExtractor):
             self.register_buffer("token_std", stat(token_std, dt, 1.0))
             self.token_proj = nn.Sequential(nn.Linear(dt, embed_dim), nn.ReLU())
 
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.input_noise > 0:
+            return x + self.input_noise * torch.randn_like(x)
+        return x
+
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         budget = obs["budget"].float()
-        parts = [self.lang_proj((obs["lang"].float() - self.lang_mean) / self.lang_std), budget]
+        parts = [self.lang_proj(self._noisy((obs["lang"].float() - self.lang_mean) / self.lang_std)), budget]
         if self.has_token:
             # stage-0 tokens are all zeros; standardising them would invent a signal, keep them 0
             tok = obs["token"].float()
             present = (tok.abs().sum(dim=1, keepdim=True) > 0).float()
-            parts.insert(1, self.token_proj(present * (tok - self.token_mean) / self.token_std))
+            parts.insert(1, self.token_proj(present * self._noisy((tok - self.token_mean) / self.token_std)))
         if self.encoding is not None:
             parts.append(torch_budget_encoding(budget, self.encoding)[:, 4:])
         if self.has_context:
@@ -491,6 +509,7 @@ class _SB3Policy:
 
     def __init__(self, model: Any, name: str | None = None) -> None:
         self.model = model
+        model.policy.set_training_mode(False)  # it acts: eval mode, so no training-mode input noise
         if name is not None:
             self.name = name
 
@@ -618,7 +637,7 @@ def _train(algo_name: str, env_id: str, env_kwargs: Mapping[str, Any], cfg: PPOC
             "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
             "features_extractor_class": KnobsFeatureExtractor,
             "features_extractor_kwargs": {"embed_dim": cfg.embed_dim, "budget_encoding_dim": cfg.budget_encoding_dim,
-                                          **stats},
+                                          "input_noise": cfg.input_noise, **stats},
         }
         common = dict(
             n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,

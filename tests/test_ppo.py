@@ -198,3 +198,32 @@ def test_ent_coef_final_moves_the_entropy_weight_over_training(tmp_path, data: R
     assert logged and logged[0] == pytest.approx(0.01) and res.model.ent_coef == pytest.approx(0.0)
     with pytest.raises(ValueError, match="ent_coef_final"):
         MaskablePPOConfig(ent_coef_final=-0.1)
+
+
+def test_input_noise_acts_in_training_mode_only_and_trained_policies_act_without_it(tmp_path, data: ReplayData) -> None:
+    """``input_noise``: Gaussian noise on the standardised ``lang`` / ``token`` while SB3 updates (training mode),
+    none while it collects rollouts or a trained policy acts (eval mode)."""
+    from agents.ppo import KnobsFeatureExtractor
+
+    env = gym.make("MolmoeKnobs-v0", **_kw(data))
+    obs, _ = env.reset(seed=0)
+    batch = {k: torch.as_tensor(np.asarray(v, np.float32))[None].repeat(4, 1) for k, v in obs.items()}
+    ext = KnobsFeatureExtractor(env.observation_space, embed_dim=8, input_noise=0.5)
+    clean = KnobsFeatureExtractor(env.observation_space, embed_dim=8)
+    clean.load_state_dict(ext.state_dict())
+    ext.eval()
+    torch.testing.assert_close(ext(batch), clean(batch))
+    ext.train()
+    noisy = ext(batch)
+    assert not torch.allclose(noisy, clean(batch)) and not torch.allclose(noisy[0], noisy[1])
+    with pytest.raises(ValueError, match="input_noise must be >= 0"):
+        PPOConfig(input_noise=-1.0)
+    # a trained policy is in eval mode: its actions are deterministic, here and after loading
+    res = train_maskable_ppo(_kw(data), MaskablePPOConfig(**TINY, input_noise=0.3), tmp_path / "noisy")
+    assert not res.policy.model.policy.training
+    assert res.policy.model.policy.features_extractor.input_noise == 0.3
+    venv = gym.make_vec("MolmoeKnobs-v0", num_envs=48, vectorization_mode="vector_entry_point", **_kw(data))
+    o, info = venv.reset(options={"sample_index": np.arange(48), "budget_ms": np.full(48, data.budget_range_ms[0])})
+    a1 = res.policy.act_stage1(o, info)
+    np.testing.assert_array_equal(res.policy.act_stage1(o, info), a1)
+    np.testing.assert_array_equal(TwoStagePPOPolicy.load(res.policy_dir).act_stage1(o, info), a1)
