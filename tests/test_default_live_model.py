@@ -39,14 +39,14 @@ def test_committed_default_files_and_card() -> None:
     np.testing.assert_allclose(saved, imp, rtol=1e-5)
 
 
-# the earlier checkpoints kept beside the default (their CARD.md files): v7, the default before it, and v11
-V7 = LIVE_DEFAULT_MODEL.parents[1] / "candidates" / "molmoe_small_suite_run14"
-V7_CACHE = V7.parent / "molmoe_small_suite_v7.h5"
-V11 = V7.parent / "molmoe_small_suite_run21"
-V11_CACHE = V7.parent / "molmoe_small_suite_v11.h5"
+# the earlier checkpoints kept beside the default (their CARD.md files), their caches and model ids: v7, the default
+# before it, and v11
+CANDIDATES_DIR = LIVE_DEFAULT_MODEL.parents[1] / "candidates"
+CANDIDATES = {"v7": (CANDIDATES_DIR / "molmoe_small_suite_run14", CANDIDATES_DIR / "molmoe_small_suite_v7.h5"),
+              "v11": (CANDIDATES_DIR / "molmoe_small_suite_run21", CANDIDATES_DIR / "molmoe_small_suite_v11.h5")}
 
 
-@pytest.mark.parametrize("candidate", [V7, V11], ids=lambda d: d.name)
+@pytest.mark.parametrize("candidate", [ckpt for ckpt, _ in CANDIDATES.values()], ids=lambda d: d.name)
 def test_the_committed_candidates_load_as_the_defaults_architecture(candidate: Path) -> None:
     """The checkpoints in cache/candidates/: loadable by the runtime, the default's config, tokenizer and tensors,
     within the checkpoint size limit, and their own block-importance scores for the knob space."""
@@ -66,13 +66,12 @@ def test_the_committed_candidates_load_as_the_defaults_architecture(candidate: P
     assert tokenizer is not None and all(torch.isfinite(t).all() for t in model.state_dict().values())
 
 
-@pytest.mark.parametrize("candidate, cache, model_id", [(V7, V7_CACHE, "molmoe-small-suite-v7"),
-                                                         (V11, V11_CACHE, "molmoe-small-suite-v11")],
-                         ids=["v7", "v11"])
-def test_the_candidates_cache_is_built_from_it_over_the_defaults_requests(candidate: Path, cache: Path,
-                                                                          model_id: str) -> None:
+@pytest.mark.parametrize("version", sorted(CANDIDATES))
+def test_the_candidates_cache_is_built_from_it_over_the_defaults_requests(version: str) -> None:
     """A candidate's cache (its CARD.md): live, every outcome OK, the default cache's 6,000 requests in the same order,
     and the knob space of the candidate's own importance scores."""
+    candidate, cache = CANDIDATES[version]
+    model_id = f"molmoe-small-suite-{version}"
     assert cache.stat().st_size <= 64 * MIB
     with h5py.File(cache, "r") as f, h5py.File(LIVE_DEFAULT_CACHE, "r") as d:
         assert f.attrs["generator"] == "live" and not f.attrs["synthetic"]
