@@ -55,7 +55,8 @@
 # the cache's requests, float32 on a CPU where the chain scores in bf16 on the GPU), run20a, the twentieth run's (its
 # checkpoint and cache molmoe-small-suite-v10 are in git at a3df153), and run21b-run21d, the twenty-first run's three:
 # run21c ends in the candidate cache/candidates/molmoe_small_suite_run21 and its cache molmoe_small_suite_v11.h5,
-# run21d goes on from it (not built: checked with CHECK=score AGAINST=benchmarks/logs/run21_d_test1000_cpu.json), and
+# run21d goes on from it (not built: checked with CHECK=score AGAINST=benchmarks/logs/run21_d_test1000_cpu.json; its
+# weights, the seed of run22e-run22f: git archive 0ebafc9 cache/candidates/molmoe_small_suite_run21d), and
 # run22e-run22f, the twenty-second run's two with the chart mixes (synth_chart_bind beside synth_chart): run22f ends in
 # the default, cache/default/molmoe_small_suite_model and its cache molmoe_small_suite.h5 (v12; the default AGAINST; or
 # CHECK=score AGAINST=benchmarks/logs/run22_f_test1000_cpu.json, its float32 scores of the same requests), e.g.
