@@ -7,7 +7,10 @@
    SYNTHETIC default (`cache.synthetic.build_default_cache`, 5,000 requests, seed 0): built,
    an interrupted build finished (a Ctrl-C during its build leaves its journal, and the next
    run resumes it), or a finished one reused (:func:`prepare_cache`).
-2. Train GRPO (two-stage), MaskablePPO (two-stage) and LinUCB (flat) on its train split.
+2. Train GRPO (two-stage), MaskablePPO (two-stage) and LinUCB (flat) on its train split, in
+   ``--jobs`` processes at once (default: one per CPU core, at most one per agent). Each
+   agent trains on one torch thread either way, so a run's policies do not depend on
+   ``--jobs``; the processes only share the cores.
 3. Evaluate them with every baseline on the held-out test split over the budget grid
    (`experiments.evaluate`): `results.csv`, `summary.json`, `pareto.png`, knob plots, and a
    printed table.
@@ -18,7 +21,10 @@ Every report names its cache and says whether it is synthetic or live-built.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -84,6 +90,56 @@ def resolve_cache(cache: str | None, synthetic: bool, log: Callable[[str], None]
     return prepare_cache(SYNTHETIC_DEFAULT_CACHE, log=log, tag=tag)
 
 
+def default_jobs(n_agents: int) -> int:
+    """One training process per CPU core this process may use, at most one per agent."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n_agents, cores))
+
+
+def _train_in_worker(agent: str, cache: str, out: str, seed: int, quick: bool, overrides: dict | None) -> float:
+    """Train ``agent`` into ``out`` (a worker process; no progress bars, which two processes
+    would interleave); returns the seconds it took."""
+    from experiments.train import train_agent
+
+    t = time.perf_counter()
+    train_agent(agent, cache=cache, out=out, seed=seed, quick=quick, overrides=overrides, progress=False)
+    return time.perf_counter() - t
+
+
+def train_agents(agents: Sequence[str], cache: str, out: Path, seed: int, quick: bool, jobs: int) -> dict:
+    """Train ``agents`` into ``out/agents/<agent>``, ``jobs`` at a time; returns {agent: policy}.
+
+    With ``jobs`` > 1 each agent trains in a spawned process and its saved policy is loaded back
+    (``agents.registry.load_policy``, the evaluator's own path for a saved checkpoint)."""
+    from experiments.train import train_agent
+
+    learned = {}
+    if jobs <= 1 or len(agents) <= 1:
+        for agent in agents:
+            t = time.perf_counter()
+            learned[agent] = train_agent(agent, cache=cache, out=str(out / "agents" / agent), seed=seed,
+                                         quick=quick, overrides=DEMO_OVERRIDES.get(agent))
+            print(f"[demo] trained {agent} in {time.perf_counter() - t:.1f} s")
+        return learned
+    from agents.registry import load_policy
+
+    print(f"[demo] training {', '.join(agents)} in {jobs} processes (one torch thread each) ...")
+    # spawn, not fork: a forked child inherits this process's torch and OpenMP state
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {agent: pool.submit(_train_in_worker, agent, cache, str(out / "agents" / agent), seed, quick,
+                                      DEMO_OVERRIDES.get(agent))
+                   for agent in agents}
+        try:
+            for agent, fut in futures.items():
+                print(f"[demo] trained {agent} in {fut.result():.1f} s")
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    for agent in agents:
+        learned[agent] = load_policy(f"{agent}:{out / 'agents' / agent / 'policy'}")
+    return learned
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="molmoe-gym demo on the embedded default cache")
     ap.add_argument("--out", default="outputs/demo")
@@ -95,7 +151,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--agents", nargs="*", default=list(DEFAULT_AGENTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="short training runs (smoke test)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="agents trained at once, each in its own process (default: one per CPU core, at most one "
+                         "per agent; 1: one after the other in this process)")
     a = ap.parse_args(argv)
+    if a.jobs is not None and a.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {a.jobs}")
 
     t0 = time.perf_counter()
     out = Path(a.out)
@@ -105,16 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{label['cache_label']}: outcomes of a real network; latency of MolmoE-1B at the same token counts")
     print(f"[demo] cache {cache} ({what})")
 
-    learned = {}
-    if a.agents:
-        from experiments.train import train_agent
-
-        for agent in a.agents:
-            t = time.perf_counter()
-            policy = train_agent(agent, cache=str(cache), out=str(out / "agents" / agent), seed=a.seed,
-                                 quick=a.quick, overrides=DEMO_OVERRIDES.get(agent))
-            learned[agent] = policy
-            print(f"[demo] trained {agent} in {time.perf_counter() - t:.1f} s")
+    jobs = a.jobs if a.jobs is not None else default_jobs(len(a.agents))
+    learned = train_agents(a.agents, str(cache), out, a.seed, a.quick, jobs) if a.agents else {}
 
     evaluate(EvalConfig(cache=str(cache), out=str(out), policies=list(BASELINES), seeds=[a.seed]), learned=learned)
     print(f"[demo] done in {time.perf_counter() - t0:.1f} s; reports in {out}/")
