@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
+from agents.registry import LEARNED_AGENTS
 from cache.default import LIVE_DEFAULT_CACHE, SYNTHETIC_DEFAULT_CACHE
 from cache.reader import read_cache_label
 from experiments.evaluate import BASELINES, EvalConfig, evaluate
@@ -157,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.jobs is not None and a.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {a.jobs}")
+    unknown = [agent for agent in a.agents if agent not in LEARNED_AGENTS]
+    if unknown:
+        ap.error(f"--agents: unknown agent {unknown[0]!r}; agents: {', '.join(LEARNED_AGENTS)}")
+    if len(set(a.agents)) < len(a.agents):
+        ap.error(f"--agents names an agent twice ({' '.join(a.agents)}): each trains into its own folder")
 
     t0 = time.perf_counter()
     out = Path(a.out)

@@ -41,6 +41,11 @@ def test_default_jobs_is_bounded_by_agents_and_cores():
     assert 1 <= demo.default_jobs(3) <= 3
 
 
-def test_bad_jobs_is_refused(toy_cache, tmp_path):
+@pytest.mark.parametrize("args, says", [(["--jobs", "0"], "--jobs must be at least 1"),
+                                        (["--agents", "grpo", "sac"], "unknown agent 'sac'"),
+                                        (["--agents", "grpo", "grpo"], "names an agent twice")])
+def test_bad_arguments_are_refused_before_anything_trains(toy_cache, tmp_path, capsys, args, says):
     with pytest.raises(SystemExit):
-        demo.main(["--cache", toy_cache, "--out", str(tmp_path / "o"), "--jobs", "0"])
+        demo.main(["--cache", toy_cache, "--out", str(tmp_path / "o"), *args])
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
