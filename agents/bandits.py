@@ -39,7 +39,9 @@ standardised obs["budget"], u, u², RBF(u)]`` with ``u = (budget − cheapest) /
 arm as a function of the budget is a step (in budget → score, over budget → penalty) located
 where the budget crosses that arm's latency, which sits between the request's cheapest and
 full latency; the radial basis bumps over ``u`` let each arm's linear model place that step.
-Optionally the GRPO agent's shared budget encoding (``agents.budget_encoding``) is appended.
+Optionally the GRPO agent's shared budget encoding (``agents.budget_encoding``) is appended, and
+(``lang_clusters``) per group of questions (k-means on the PCA components) an indicator and bumps
+over u that are zero outside the group, so that each arm's budget curve can differ by group.
 
 Reward is the env's reward (the budget is in the context, so each arm's model learns the
 reward as a function of the budget).
@@ -441,6 +443,13 @@ class FeaturizerConfig:
             a fixed u_t of its own tier far more nearly than at a fixed u, since a tier's cost
             share moves with the request's crop count; these bumps let its linear model place the
             step per request. T·tier_rbf_centers features; needs ``use_request``. 0 = off.
+        lang_clusters: K > 0 groups the requests by their language feature (k-means on the
+            whitened PCA components, fitted once with the rest; needs ``lang_components`` > 0) and
+            adds, per group, an indicator and ``cluster_rbf_centers`` bumps over u that are zero
+            outside the group: each arm's linear model then gets its own budget curve per group of
+            questions, which the additive PCA and budget terms cannot give it (a request's task
+            shifts the whole step of reward against budget, not one offset). 0 = off.
+        cluster_rbf_centers: bumps over u per group (same range and width rule as ``rbf_centers``).
         use_request: :func:`train_bandit` fits the featurizer on ``obs["request"]`` too (the
             request's token counts and per-tier TTFT, z-scored, in the context).
             Both are off by default: on the live-built default (v5, val split, seeds 0-2) neither
@@ -454,13 +463,20 @@ class FeaturizerConfig:
     budget_encoding_dim: int = 0
     budget_encoding_quantities: tuple[str, ...] = ("pos",)
     tier_rbf_centers: int = 0
+    lang_clusters: int = 0
+    cluster_rbf_centers: int = 8
     use_request: bool = False
 
     def __post_init__(self) -> None:
         self.rbf_range = tuple(float(v) for v in self.rbf_range)  # type: ignore[assignment]
         self.budget_encoding_quantities = tuple(self.budget_encoding_quantities)
-        if min(self.lang_components, self.rbf_centers, self.budget_encoding_dim, self.tier_rbf_centers) < 0:
-            raise ValueError("lang_components, rbf_centers, budget_encoding_dim and tier_rbf_centers must be >= 0")
+        if min(self.lang_components, self.rbf_centers, self.budget_encoding_dim, self.tier_rbf_centers,
+               self.lang_clusters, self.cluster_rbf_centers) < 0:
+            raise ValueError("lang_components, rbf_centers, budget_encoding_dim, tier_rbf_centers, lang_clusters and "
+                             "cluster_rbf_centers must be >= 0")
+        if self.lang_clusters and not self.lang_components:
+            raise ValueError("lang_clusters groups the requests on the language feature's PCA components: it needs "
+                             "lang_components > 0")
         if len(self.rbf_range) != 2 or not self.rbf_range[0] < self.rbf_range[1]:
             raise ValueError(f"rbf_range must be (lo, hi) with lo < hi, got {self.rbf_range}")
 
@@ -473,13 +489,39 @@ def _request_tiers(width: int) -> int:
     return (width - 3) // 4
 
 
+def _kmeans(points: np.ndarray, k: int, seed: int = 0, restarts: int = 4, iterations: int = 50) -> np.ndarray:
+    """Centres (k, D) of Lloyd's k-means on ``points`` (n, D), k-means++ seeding, the best of
+    ``restarts`` by inertia; deterministic for a given ``seed``."""
+    rng = np.random.default_rng(seed)
+    k = min(k, points.shape[0])
+    best, best_inertia = None, np.inf
+    for _ in range(restarts):
+        centres = [points[rng.integers(points.shape[0])]]
+        for _ in range(1, k):
+            d2 = ((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).min(1)
+            total = d2.sum()
+            centres.append(points[rng.choice(points.shape[0], p=d2 / total)] if total > 0 else points[rng.integers(points.shape[0])])
+        c = np.asarray(centres)
+        for _ in range(iterations):
+            assign = ((points[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+            new = np.stack([points[assign == j].mean(0) if np.any(assign == j) else c[j] for j in range(k)])
+            if np.allclose(new, c):
+                break
+            c = new
+        inertia = ((points - c[((points[:, None] - c[None]) ** 2).sum(-1).argmin(1)]) ** 2).sum()
+        if inertia < best_inertia:
+            best, best_inertia = c, inertia
+    return best
+
+
 class ContextFeaturizer:
     """Maps a flat-env observation batch to bandit contexts ``(n, dim)`` float64.
 
     Layout: ``[1 | PCA(lang) (k) | z-scored obs["budget"] (4) | u, u² (2) | RBF(u) (R) |
     shared budget encoding without its raw part (E − 4) | z-scored obs["request"] (R_q) |
-    RBF(u_t) per tier (T·R_t)]``; the last two parts only when the observations :meth:`fit` saw
-    carry ``request`` (then every observation must). The PCA basis and the z-score
+    RBF(u_t) per tier (T·R_t) | per language group g: [g is the request's] · [1, RBF(u) (R_c)] (K·(1 + R_c))]``;
+    the request parts only when the observations :meth:`fit` saw carry ``request`` (then every
+    observation must). The PCA basis and the z-score
     statistics are fitted once (:meth:`fit`) and then frozen, so contexts of one request never
     change during training. PCA components are scaled to unit variance on the fit data.
     """
@@ -492,6 +534,7 @@ class ContextFeaturizer:
         self.budget_std: np.ndarray | None = None  # (4,)
         self.request_mean: np.ndarray | None = None  # (R_q,) when fitted on obs with "request"
         self.request_std: np.ndarray | None = None
+        self.lang_centers: np.ndarray | None = None  # (K, k): k-means centres in the PCA space
         self._encoding = None
         if self.config.budget_encoding_dim:
             from agents.budget_encoding import BudgetEncoding
@@ -512,7 +555,8 @@ class ContextFeaturizer:
         e = 0 if self._encoding is None else self.config.budget_encoding_dim - 4
         q = 0 if self.request_mean is None else self.request_mean.shape[0]
         t = self.n_tiers * self.config.tier_rbf_centers if self.config.tier_rbf_centers else 0
-        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q + t
+        c = 0 if self.lang_centers is None else self.lang_centers.shape[0] * (1 + self.config.cluster_rbf_centers)
+        return 1 + k + 4 + 2 + self.config.rbf_centers + e + q + t + c
 
     @property
     def n_tiers(self) -> int:
@@ -561,6 +605,11 @@ class ContextFeaturizer:
             self.lang_basis = self.lang_basis * signs
         else:
             self.lang_mean, self.lang_basis = None, None
+        self.lang_centers = None
+        if self.config.lang_clusters and self.lang_basis is not None:
+            # cluster the distinct requests: every (request, budget) context repeats its request's language feature
+            z = np.unique((lang - self.lang_mean) @ self.lang_basis, axis=0)
+            self.lang_centers = _kmeans(z, self.config.lang_clusters)
         return self
 
     def budget_position(self, budget: np.ndarray) -> np.ndarray:
@@ -596,7 +645,8 @@ class ContextFeaturizer:
         if self.lang_basis is not None:
             if lang.shape[1] != self.lang_basis.shape[0]:
                 raise ValueError(f"lang feature width {lang.shape[1]} != fitted width {self.lang_basis.shape[0]}")
-            parts.append((lang - self.lang_mean) @ self.lang_basis)
+            z = (lang - self.lang_mean) @ self.lang_basis
+            parts.append(z)
         parts.append((budget - self.budget_mean) / self.budget_std)
         u = self.budget_position(budget)
         parts.append(np.stack([u, u * u], axis=1))
@@ -613,6 +663,12 @@ class ContextFeaturizer:
             parts.append((req - self.request_mean) / self.request_std)
             if self.config.tier_rbf_centers:
                 parts.append(self._bumps(self.tier_positions(budget, req), self.config.tier_rbf_centers))
+        if self.lang_centers is not None:
+            group = ((z[:, None] - self.lang_centers[None]) ** 2).sum(-1).argmin(1)
+            per_group = np.concatenate([np.ones((n, 1)), self._bumps(u, self.config.cluster_rbf_centers)], axis=1)
+            onehot = np.zeros((n, self.lang_centers.shape[0]))
+            onehot[np.arange(n), group] = 1.0
+            parts.append((onehot[:, :, None] * per_group[:, None, :]).reshape(n, -1))
         X = np.concatenate(parts, axis=1)
         if not np.all(np.isfinite(X)):
             raise ValueError("non-finite context features (check obs['budget'] / obs['lang'])")
@@ -628,6 +684,8 @@ class ContextFeaturizer:
         if self.request_mean is not None:
             out["feat_request_mean"] = self.request_mean
             out["feat_request_std"] = self.request_std
+        if self.lang_centers is not None:
+            out["feat_lang_centers"] = self.lang_centers
         return out
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -643,6 +701,7 @@ class ContextFeaturizer:
             self.request_std = np.asarray(arrays["feat_request_std"], dtype=np.float64)
         else:
             self.request_mean = self.request_std = None
+        self.lang_centers = np.asarray(arrays["feat_lang_centers"], dtype=np.float64) if "feat_lang_centers" in arrays else None
 
 
 # ============================================================================ policy (evaluator API)

@@ -32,11 +32,13 @@ from agents.registry import LEARNED_AGENTS
 from cache.default import LIVE_DEFAULT_CACHE, SYNTHETIC_DEFAULT_CACHE
 from cache.reader import read_cache_label
 from experiments.evaluate import BASELINES, EvalConfig, evaluate
-from experiments.pipeline_parts.common import GRPO_FULL
+from experiments.pipeline_parts.common import GRPO_FULL, LINUCB_FULL
 
-DEFAULT_AGENTS: tuple[str, ...] = ("grpo", "maskable_ppo", "linucb")
-#: Config overrides of the demo's training runs: GRPO as the pipeline trains it.
-DEMO_OVERRIDES: dict[str, dict] = {"grpo": dict(GRPO_FULL)}
+#: The longest to train first, so that the processes of ``--jobs`` finish close together.
+DEFAULT_AGENTS: tuple[str, ...] = ("linucb", "maskable_ppo", "grpo")
+#: Config overrides of the demo's training runs: GRPO as the pipeline trains it, LinUCB with a budget
+#: curve per group of questions.
+DEMO_OVERRIDES: dict[str, dict] = {"grpo": dict(GRPO_FULL), "linucb": dict(LINUCB_FULL)}
 
 
 def prepare_cache(path: str | Path, log: Callable[[str], None] = print, tag: str = "demo") -> Path:

@@ -231,6 +231,37 @@ def test_featurizer_tier_positions_from_the_request_layout(tmp_path) -> None:
     np.testing.assert_array_equal(back.act(obs, {}), pol.act(obs, {}))
 
 
+def test_featurizer_language_groups_give_each_group_its_own_budget_curve(tmp_path) -> None:
+    # three groups of questions, far apart in the language feature (as the suite's tasks are)
+    rng = np.random.default_rng(2)
+    n = 600
+    obs = _obs(rng, n)
+    task = np.arange(n) % 3
+    obs["lang"] = (rng.normal(size=(n, 20)) * 0.1 + 5.0 * np.eye(3, 20)[task]).astype(np.float32)
+    f = ContextFeaturizer(FeaturizerConfig(lang_components=4, rbf_centers=6, lang_clusters=3, cluster_rbf_centers=5)).fit(obs)
+    X = f.transform(obs)
+    base = 1 + 4 + 4 + 2 + 6
+    assert X.shape == (n, base + 3 * (1 + 5)) == (n, f.dim)
+    groups = X[:, base:].reshape(n, 3, 6)
+    indicator = groups[:, :, 0]
+    np.testing.assert_array_equal(indicator.sum(axis=1), 1.0)  # one group per request
+    found = indicator.argmax(axis=1)
+    assert len({(t, g) for t, g in zip(task, found)}) == 3  # the groups are the tasks
+    u = f.budget_position(obs["budget"].astype(np.float64))
+    own = groups[np.arange(n), found, 1:]
+    np.testing.assert_allclose(own, f._bumps(u, 5), rtol=1e-12)  # the bumps sit in the request's own group
+    assert np.all(groups[np.arange(n), (found + 1) % 3] == 0)  # and nowhere else
+    # deterministic, and kept by a saved policy
+    np.testing.assert_array_equal(ContextFeaturizer(f.config).fit(obs).transform(obs), X)
+    pol = BanditPolicy(LinearBandit(12, f.dim, LinearBanditConfig()), f)
+    pol.bandit.update(np.arange(n) % 12, X, rng.normal(size=n))
+    back = BanditPolicy.load(pol.save(tmp_path / "p"))
+    np.testing.assert_array_equal(back.featurizer.transform(obs), X)
+    np.testing.assert_array_equal(back.act(obs, {}), pol.act(obs, {}))
+    with pytest.raises(ValueError, match="needs lang_components > 0"):
+        FeaturizerConfig(lang_components=0, lang_clusters=3)
+
+
 def test_policy_save_load_identical_actions(tmp_path) -> None:
     rng = np.random.default_rng(0)
     obs = _obs(rng, 300)
