@@ -489,6 +489,11 @@ def _request_tiers(width: int) -> int:
     return (width - 3) // 4
 
 
+def _sq_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance of every point (n, D) to every centre (k, D): (n, k)."""
+    return ((points[:, None] - centres[None]) ** 2).sum(-1)
+
+
 def _kmeans(points: np.ndarray, k: int, seed: int = 0, restarts: int = 4, iterations: int = 50) -> np.ndarray:
     """Centres (k, D) of Lloyd's k-means on ``points`` (n, D), k-means++ seeding, the best of
     ``restarts`` by inertia; deterministic for a given ``seed``."""
@@ -498,17 +503,17 @@ def _kmeans(points: np.ndarray, k: int, seed: int = 0, restarts: int = 4, iterat
     for _ in range(restarts):
         centres = [points[rng.integers(points.shape[0])]]
         for _ in range(1, k):
-            d2 = ((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).min(1)
+            d2 = _sq_distances(points, np.asarray(centres)).min(1)
             total = d2.sum()
             centres.append(points[rng.choice(points.shape[0], p=d2 / total)] if total > 0 else points[rng.integers(points.shape[0])])
         c = np.asarray(centres)
         for _ in range(iterations):
-            assign = ((points[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+            assign = _sq_distances(points, c).argmin(1)
             new = np.stack([points[assign == j].mean(0) if np.any(assign == j) else c[j] for j in range(k)])
             if np.allclose(new, c):
                 break
             c = new
-        inertia = ((points - c[((points[:, None] - c[None]) ** 2).sum(-1).argmin(1)]) ** 2).sum()
+        inertia = ((points - c[_sq_distances(points, c).argmin(1)]) ** 2).sum()
         if inertia < best_inertia:
             best, best_inertia = c, inertia
     return best
@@ -642,6 +647,7 @@ class ContextFeaturizer:
         lang, budget = self._arrays(obs)
         n = lang.shape[0]
         parts = [np.ones((n, 1))]
+        z = None  # the PCA components: the language groups are found in their space
         if self.lang_basis is not None:
             if lang.shape[1] != self.lang_basis.shape[0]:
                 raise ValueError(f"lang feature width {lang.shape[1]} != fitted width {self.lang_basis.shape[0]}")
@@ -663,8 +669,8 @@ class ContextFeaturizer:
             parts.append((req - self.request_mean) / self.request_std)
             if self.config.tier_rbf_centers:
                 parts.append(self._bumps(self.tier_positions(budget, req), self.config.tier_rbf_centers))
-        if self.lang_centers is not None:
-            group = ((z[:, None] - self.lang_centers[None]) ** 2).sum(-1).argmin(1)
+        if self.lang_centers is not None:  # fitted only with the PCA basis, so z is set
+            group = _sq_distances(z, self.lang_centers).argmin(1)
             per_group = np.concatenate([np.ones((n, 1)), self._bumps(u, self.config.cluster_rbf_centers)], axis=1)
             onehot = np.zeros((n, self.lang_centers.shape[0]))
             onehot[np.arange(n), group] = 1.0
