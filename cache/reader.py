@@ -212,6 +212,24 @@ def read_cache_label(path: str | os.PathLike) -> dict[str, Any]:
     return cache_label(attrs)
 
 
+def read_targets_origin(path: str | os.PathLike) -> str | None:
+    """Where a SYNTHETIC cache's per-dataset targets come from, when one source cache gave them all.
+
+    ``python -m cache.synthetic --calibrate-to SOURCE`` fits every dataset to SOURCE and records
+    ``"fitted to <model_id> cache (<generator>)"`` (plus a per-dataset note after ``;``) as each
+    target's source in ``generator_params``; this returns that common origin, and ``None`` for a
+    cache whose targets are the generator's own datasets (MolmoE-1B marginals and assumptions), a
+    mix, or no ``generator_params`` at all (live caches)."""
+    with open_h5(path, "r") as f:
+        raw = f.attrs.get("generator_params")
+        params = decode_attr("generator_params", raw) if raw is not None else None
+    targets = params.get("targets", {}) if isinstance(params, dict) else {}
+    origins = {str(t.get("source", "")).split(";")[0] for t in targets.values() if isinstance(t, dict)}
+    if len(origins) == 1 and next(iter(origins)).startswith("fitted to "):
+        return origins.pop()
+    return None
+
+
 def data_label(source: Any, synthetic: bool) -> dict[str, Any]:
     """The label of in-memory replay data (``ReplayData.source`` and ``.synthetic``): the cache
     file's own label when ``source`` is a readable cache, else ``"SYNTHETIC (arrays)"`` /
