@@ -212,6 +212,10 @@ def read_cache_label(path: str | os.PathLike) -> dict[str, Any]:
     return cache_label(attrs)
 
 
+#: How a target's source begins when ``--calibrate-to`` fitted it to another cache (:func:`read_targets_origin`).
+FITTED_TARGETS_PREFIX = "fitted to "
+
+
 def read_targets_origin(path: str | os.PathLike) -> str | None:
     """Where a SYNTHETIC cache's per-dataset targets come from, when one source cache gave them all.
 
@@ -225,7 +229,7 @@ def read_targets_origin(path: str | os.PathLike) -> str | None:
         params = decode_attr("generator_params", raw) if raw is not None else None
     targets = params.get("targets", {}) if isinstance(params, dict) else {}
     origins = {str(t.get("source", "")).split(";")[0] for t in targets.values() if isinstance(t, dict)}
-    if len(origins) == 1 and next(iter(origins)).startswith("fitted to "):
+    if len(origins) == 1 and next(iter(origins)).startswith(FITTED_TARGETS_PREFIX):
         return origins.pop()
     return None
 

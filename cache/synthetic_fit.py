@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from cache.molmo_tiling import crops_and_tokens
-from cache.reader import OutcomeCache
+from cache.reader import FITTED_TARGETS_PREFIX, OutcomeCache
 from cache.synthetic_params import DATASET_PREFIX, DatasetSpec, ImageSizeSpec, SyntheticParams, image_sizes
 from model_runtime.knob_space import KnobConfig, KnobSpace
 
@@ -220,7 +220,7 @@ def fit_params(source: str, n_samples: int | None = None, **overrides: Any) -> S
             pmf = pmf[:-1] + (round(1.0 - sum(pmf[:-1]), 6),)
             specs.append(DatasetSpec(
                 name=_synthetic_name(name), metric=metric, full_target=full, cheapest_target=cheap,
-                targets_source=f"fitted to {oc.attrs.get('model_id', '?')} cache ({oc.attrs.get('generator', '?')}){note}",
+                targets_source=f"{FITTED_TARGETS_PREFIX}{oc.attrs.get('model_id', '?')} cache ({oc.attrs.get('generator', '?')}){note}",
                 vision_need_beta=(2.0, 2.0),
                 image=fit_image_spec(m["vision_tokens_top"], ks, source_tokens=oc.vision_tokens[sel]),
                 prompt_tokens=(float(np.median(prompt)), round(float(np.log(prompt).std()), 3), int(prompt.min()),
