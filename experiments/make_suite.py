@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m experiments.make_suite --out DIR --seed S [--per-task N] [--splits val test]
+    python -m experiments.make_suite --out DIR --seed S [--per-task N] [--first-index K] [--splits val test]
         [--workers W] [--overwrite]
 
 Writes ``DIR/images/<task>/<split>/<index>.png``, ``DIR/<split>.jsonl`` (request format) and
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-task", type=int, default=1000, help="examples per task and split")
+    ap.add_argument("--first-index", type=int, default=0, help="render indices K to K+N-1 of each task and split: "
+                    "requests in no suite of --per-task K (same seed), e.g. fresh ones beside a cache built from it")
     ap.add_argument("--splits", nargs="+", default=["val", "test"], help=f"of {', '.join(SPLITS)}")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), help="default: the six evaluation tasks; a training-only task may be named "
                     "for its val split (e.g. --tasks synth_chart_find --splits val)")
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         out = make_suite(args.out, seed=args.seed, per_task=args.per_task, splits=args.splits,
-                         overwrite=args.overwrite, workers=args.workers, tasks=args.tasks)
+                         overwrite=args.overwrite, workers=args.workers, tasks=args.tasks,
+                         first_index=args.first_index)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

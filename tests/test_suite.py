@@ -133,6 +133,28 @@ def test_make_suite_and_cli(tmp_path):
     assert not (out / "test.jsonl").exists()
 
 
+def test_make_suite_from_a_first_index_writes_the_later_requests_of_the_same_streams(tmp_path):
+    """--first-index K renders indices K.. of each stream: fresh requests beside a suite of the first K."""
+    whole, later = tmp_path / "whole", tmp_path / "later"
+    make_suite(whole, seed=0, per_task=4, splits=("test",), workers=1, tasks=("synth_count", "synth_diagram"))
+    assert make_suite_cli.main(["--out", str(later), "--per-task", "2", "--first-index", "2", "--splits", "test",
+                                "--workers", "1", "--tasks", "synth_count", "synth_diagram"]) == 0
+    reqs = load_requests(later / "test.jsonl", check_images=True)
+    assert [r.id for r in reqs] == ["synth_count-test-2", "synth_count-test-3", "synth_diagram-test-2",
+                                    "synth_diagram-test-3"]
+    same = {r.id: r for r in load_requests(whole / "test.jsonl")}
+    for r in reqs:
+        assert (r.question, list(r.answers)) == (same[r.id].question, list(same[r.id].answers))
+    assert (later / "images/synth_diagram/test/3.png").read_bytes() == \
+        (whole / "images/synth_diagram/test/3.png").read_bytes()
+    manifest = json.loads((later / "manifest.json").read_text())
+    assert (manifest["first_index"], manifest["per_task"]) == (2, 2)
+    assert json.loads((whole / "manifest.json").read_text())["first_index"] == 0
+    with pytest.raises(ValueError, match="first_index must be >= 0"):
+        make_suite(tmp_path / "never", per_task=1, first_index=-1)
+    assert not (tmp_path / "never").exists()
+
+
 def test_make_suite_writes_a_training_only_tasks_val_stream(tmp_path):
     """A training-only task's val requests score a checkpoint on the skill it drills; no test split exists."""
     out = tmp_path / "probe"

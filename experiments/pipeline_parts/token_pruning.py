@@ -218,6 +218,7 @@ def default_suite(ctx: Context, build: dict[str, Any]) -> tuple[Path, int]:
     except ValueError:
         m = {}
     if not (jsonl.is_file() and m.get("seed") == seed and m.get("per_task") == per_task
+            and m.get("first_index", 0) == 0
             and split in m.get("splits", ()) and list(m.get("tasks", {})) == list(TASKS)):
         ctx.log(f"token_pruning: rendering the default cache's requests again (make_suite --seed {seed} --per-task "
                 f"{per_task} --splits {split}: {n} requests) into {out}; about a minute on one core")

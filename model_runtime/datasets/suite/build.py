@@ -45,8 +45,13 @@ def _sha256(path: Path) -> str:
 
 def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
                splits: Sequence[str] = ("val", "test"), *, overwrite: bool = False,
-               workers: int | None = None, tasks: Sequence[str] = TASKS) -> Path:
+               workers: int | None = None, tasks: Sequence[str] = TASKS, first_index: int = 0) -> Path:
     """Render ``per_task`` examples of every task for each split into ``out_dir``.
+
+    The examples are indices ``first_index`` to ``first_index + per_task - 1`` of each (task, split)
+    stream. A suite from ``first_index=K`` holds none of the requests of a suite of ``per_task=K``
+    (same seed): fresh requests of the same distribution, e.g. to score two checkpoints beside a
+    cache built from the first ``K`` (benchmarks/RESULTS.md, the fresh-request checks).
 
     Writes ``images/<task>/<split>/<index>.png``, ``<split>.jsonl`` (ids
     ``"<task>-<split>-<index>"``, images relative to ``out_dir``) and ``manifest.json`` (seed,
@@ -56,8 +61,8 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
     checkpoint on the skill it drills; it has no test split.
 
     Raises:
-        ValueError: unknown split/task, a training-only task with the test split, ``per_task < 1``, or
-            a non-empty ``out_dir`` without ``overwrite``.
+        ValueError: unknown split/task, a training-only task with the test split, ``per_task < 1``,
+            ``first_index < 0``, or a non-empty ``out_dir`` without ``overwrite``.
     """
     from model_runtime.datasets.request_format import request_from_json
 
@@ -72,6 +77,8 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
             raise ValueError(f"{t} is a training-only task: it has train and val streams, no test split")
     if per_task < 1:
         raise ValueError(f"per_task must be >= 1, got {per_task}")
+    if first_index < 0:
+        raise ValueError(f"first_index must be >= 0, got {first_index}")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ValueError(f"output folder {out} is not empty (pass overwrite=True / --overwrite)")
@@ -81,7 +88,7 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
     for t in tasks:
         for s in splits:
             (out / "images" / t / s).mkdir(parents=True, exist_ok=True)
-    jobs = [(t, s, i, int(seed), str(out.resolve())) for s in splits for t in tasks for i in range(per_task)]
+    jobs = [(t, s, i, int(seed), str(out.resolve())) for s in splits for t in tasks for i in range(first_index, first_index + per_task)]
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         rows = [_render_one(j) for j in jobs]
@@ -96,7 +103,7 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
         hashes[f"{s}.jsonl"] = _sha256(out / f"{s}.jsonl")
         counts[s] = {t: sum(1 for r in reqs if r.dataset == t) for t in tasks}
     manifest = {
-        "seed": int(seed), "per_task": int(per_task), "splits": list(splits),
+        "seed": int(seed), "per_task": int(per_task), "first_index": int(first_index), "splits": list(splits),
         "tasks": {t: {"name": TASK_INFO[t].name, "metric": TASK_INFO[t].metric,
                       "stands_in_for": TASK_INFO[t].stands_in_for,
                       "description": TASK_INFO[t].description} for t in tasks},
