@@ -88,7 +88,8 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
     for t in tasks:
         for s in splits:
             (out / "images" / t / s).mkdir(parents=True, exist_ok=True)
-    jobs = [(t, s, i, int(seed), str(out.resolve())) for s in splits for t in tasks for i in range(first_index, first_index + per_task)]
+    indices = range(first_index, first_index + per_task)
+    jobs = [(t, s, i, int(seed), str(out.resolve())) for s in splits for t in tasks for i in indices]
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         rows = [_render_one(j) for j in jobs]
