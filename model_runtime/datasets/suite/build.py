@@ -55,7 +55,7 @@ def make_suite(out_dir: str | os.PathLike, seed: int = 0, per_task: int = 1000,
 
     Writes ``images/<task>/<split>/<index>.png``, ``<split>.jsonl`` (ids
     ``"<task>-<split>-<index>"``, images relative to ``out_dir``) and ``manifest.json`` (seed,
-    per_task, task infos, counts, the seen/held-out task split, each JSONL's sha256).
+    per_task, first_index, task infos, counts, the seen/held-out task split, each JSONL's sha256).
 
     A training-only task (``TRAIN_ONLY_TASKS``) may be named for its train or val stream, to score a
     checkpoint on the skill it drills; it has no test split.
