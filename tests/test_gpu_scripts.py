@@ -184,14 +184,14 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    text = call(100)  # 100 - 75 s of overhead leave less than a piece's minimum: nothing starts
+    text = call(100)  # 100 - 50 s of overhead leave less than a piece's minimum: nothing starts
     assert "too little for a training piece" in text and not log.exists()
     stop.touch()  # the first piece runs out of its time; the same call resumes it, then takes every other stage
     text = call(1000)
     trains = [c for c in log.read_text().splitlines() if "train_model" in c]
     assert len(trains) == 9 and "--resume" not in trains[0] and "--resume" in trains[1]
     assert all("--channels-last" in c for c in trains)
-    assert all(int(c.split("--stop-after ")[1].split()[0]) in range(880, 926) for c in trains)  # what is left, less 75 s
+    assert all(int(c.split("--stop-after ")[1].split()[0]) in range(905, 951) for c in trains)  # what is left, less 50 s
     assert "too little for the build" not in text and "experiments.build_cache" in log.read_text()
     assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]
     assert sorted(p.name for p in packs.iterdir())[:2] == ["run10.tar.part00", "run11a.tar.part00"]

@@ -14,8 +14,10 @@
 # follows in the same call (report_live_cache --against the committed cache: every task's full-configuration score
 # within 2 points).
 # CALL_SECONDS=N (default 0: one piece per call) keeps taking pieces until the call's N seconds would not hold the next:
-# a training piece gets what is left less PIECE_OVERHEAD seconds (default 75: process start, suite, tokenizer, model
-# set-up outside the trainer's clock) in place of STOP_AFTER, and none starts below MIN_PIECE (60) seconds; the build
+# a training piece gets what is left less PIECE_OVERHEAD seconds (default 50: process start, suite, tokenizer, model
+# set-up outside the trainer's clock, and the stage's packing after it; 19-33 s a piece in the five pieces of
+# benchmarks/logs/h100_chain14_call*.log, ≈ 50 s for run9's first, which trains the tokenizer) in place of STOP_AFTER,
+# and none starts below MIN_PIECE (60) seconds; the build
 # only with BUILD_SECONDS (450) left. A stage cut by the call's end resumes in the next call on the same machine.
 # Each finished stage's val figures are printed next to the original run's (benchmarks/reproduction_check.py; also in
 # WORK/chain/STAGE/reproduction_check.json), so a stage that drifts shows before the hour is spent.
@@ -72,7 +74,7 @@ W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --seed STAGE DIR]
 PY=${PYTHON:-python3}
 STOP_AFTER=${STOP_AFTER:-470}
 CALL_SECONDS=${CALL_SECONDS:-0}
-PIECE_OVERHEAD=${PIECE_OVERHEAD:-75}
+PIECE_OVERHEAD=${PIECE_OVERHEAD:-50}
 MIN_PIECE=${MIN_PIECE:-60}
 BUILD_SECONDS=${BUILD_SECONDS:-450}
 SCORE_SECONDS=${SCORE_SECONDS:-120}
