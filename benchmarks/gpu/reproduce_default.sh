@@ -17,8 +17,8 @@
 # a training piece gets what is left less PIECE_OVERHEAD seconds (default 50: process start, suite, tokenizer, model
 # set-up outside the trainer's clock, and the stage's packing after it; 19-33 s a piece in the five pieces of
 # benchmarks/logs/h100_chain14_call*.log, ≈ 50 s for run9's first, which trains the tokenizer) in place of STOP_AFTER,
-# and none starts below MIN_PIECE (60) seconds; the build
-# only with BUILD_SECONDS (450) left. A stage cut by the call's end resumes in the next call on the same machine.
+# and none starts below MIN_PIECE (60) seconds; the build only with BUILD_SECONDS (450) left. A stage cut by the
+# call's end resumes in the next call on the same machine.
 # Each finished stage's val figures are printed next to the original run's (benchmarks/reproduction_check.py; also in
 # WORK/chain/STAGE/reproduction_check.json), so a stage that drifts shows before the hour is spent.
 # Finished stages stay in WORK/chain/STAGE/plain: a later machine continues from the last one when WORK/chain travels
