@@ -222,6 +222,15 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
     assert status.count("seeded (not trained here)") == 5 and "run13a: to do" in status
     travel = run("--travel").stdout.split()
     assert f"{work}/chain/run11b/SEEDED" in travel and travel[-1] == f"{work}/chain/run12"
+    slim = tmp_path / "slim"  # the same paths alone, as a WORK of their own that one carried folder holds
+    out = run("--travel-to", str(slim))
+    assert out.returncode == 0 and "(next: run13a)" in out.stdout, out.stderr
+    held = sorted(str(p.relative_to(slim)) for p in slim.rglob("*") if p.is_file())
+    last = [str(p.relative_to(work)) for p in (work / "chain/run12").rglob("*") if p.is_file()]  # markers, weights
+    assert held == sorted([str(Path(p).relative_to(work)) for p in travel[:-1]] + last)
+    assert run("--status", work=slim).stdout == status and (slim / "chain/run12/plain/model.safetensors").read_text() == "weights"
+    again = run("--travel-to", str(slim))
+    assert again.returncode == 2 and "it exists (a WORK is never overwritten" in again.stderr
     trains = []
     for stage in ("run13a", "run13b", "run14"):
         out = run()

@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu/reproduce_default.sh WORK          # the next piece of work, then stop
 #   bash benchmarks/gpu/reproduce_default.sh WORK --status # what is done, what comes next
 #   bash benchmarks/gpu/reproduce_default.sh WORK --travel # the paths under WORK a fresh machine needs to go on
+#   bash benchmarks/gpu/reproduce_default.sh WORK --travel-to DEST  # those paths alone as a new WORK, to carry
 #   bash benchmarks/gpu/reproduce_default.sh WORK --seed STAGE DIR  # start the chain after STAGE, from DIR's weights
 # The committed checkpoint (molmoe-small-suite-v12's, run22f) is the end of a chain of training runs, each starting from
 # the one before (benchmarks/RESULTS.md, the ninth to fourteenth H200 runs, which end in the earlier default v7 (run14),
@@ -70,7 +71,7 @@
 # Device time: ≈ 50 minutes of training on one H200 (run9 compiled at batch 128, the rest eager at 64) and ≈ 5 of building;
 # run19u-run19y ≈ 23 more minutes of one H100, run20a ≈ 6, run21b-run21d ≈ 19, run22e-run22f ≈ 13.
 set -euo pipefail
-W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --seed STAGE DIR]}
+W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --travel-to DEST | --seed STAGE DIR]}
 PY=${PYTHON:-python3}
 STOP_AFTER=${STOP_AFTER:-470}
 CALL_SECONDS=${CALL_SECONDS:-0}
@@ -185,8 +186,8 @@ if [ "${2:-}" = --status ]; then
 fi
 # what a fresh machine needs to take the chain on, one path a line: every finished stage's DONE marker and the last
 # finished stage whole (the next stage starts from its plain/), and the built cache (the comparison reads it)
-if [ "${2:-}" = --travel ]; then
-  last=
+travel_paths() {
+  local s last=
   for s in "${STAGES[@]}"; do [ -f "$W/chain/$s/DONE" ] && last=$s; done
   for s in "${STAGES[@]}"; do
     [ -f "$W/chain/$s/DONE" ] || continue
@@ -196,6 +197,24 @@ if [ "${2:-}" = --travel ]; then
   done
   [ -f "$W/default_cache.h5" ] && echo "$W/default_cache.h5"
   [ -f "$W/full_scores.json" ] && echo "$W/full_scores.json"
+  return 0
+}
+if [ "${2:-}" = --travel ]; then
+  travel_paths
+  exit 0
+fi
+# --travel-to DEST: a new WORK holding only those paths (hard links where DEST shares WORK's file system), so that one
+# carried folder takes the chain on where WORK, with every finished stage's weights (32 MB each), would not fit
+if [ "${2:-}" = --travel-to ]; then
+  D=${3:?usage: reproduce_default.sh WORK --travel-to DEST}
+  [ -e "$D" ] && { echo "reproduce_default.sh: --travel-to $D: it exists (a WORK is never overwritten; nothing was done)" >&2; exit 2; }
+  while read -r p; do
+    rel=${p#"$W"/}
+    mkdir -p "$D/$(dirname "$rel")"
+    cp -al "$p" "$D/$rel" 2>/dev/null || cp -a "$p" "$D/$rel"
+  done < <(travel_paths)
+  S=$(next_stage)
+  echo "$D: $(du -sh "$D" | cut -f1), what a fresh machine needs to go on from $W (next: ${S:-the $([ "$CHECK" = score ] && echo scoring || echo build)})"
   exit 0
 fi
 
