@@ -211,7 +211,8 @@ if [ "${2:-}" = --travel-to ]; then
   while read -r p; do
     rel=${p#"$W"/}
     mkdir -p "$D/$(dirname "$rel")"
-    cp -al "$p" "$D/$rel" 2>/dev/null || cp -a "$p" "$D/$rel"
+    # a copy where links cannot cross file systems; a part-linked folder goes first, or cp would copy into it
+    cp -al "$p" "$D/$rel" 2>/dev/null || { rm -rf "${D:?}/$rel"; cp -a "$p" "$D/$rel"; }
   done < <(travel_paths)
   S=$(next_stage)
   echo "$D: $(du -sh "$D" | cut -f1), what a fresh machine needs to go on from $W (next: ${S:-the $([ "$CHECK" = score ] && echo scoring || echo build)})"
