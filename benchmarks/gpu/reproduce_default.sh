@@ -215,7 +215,7 @@ if [ "${2:-}" = --travel-to ]; then
     cp -al "$p" "$D/$rel" 2>/dev/null || { rm -rf "${D:?}/$rel"; cp -a "$p" "$D/$rel"; }
   done < <(travel_paths)
   S=$(next_stage)
-  echo "$D: $(du -sh "$D" | cut -f1), what a fresh machine needs to go on from $W (next: ${S:-the $([ "$CHECK" = score ] && echo scoring || echo build)})"
+  echo "$D: $(du -sh "$D" | cut -f1), what a fresh machine needs to go on from $W (next: ${S:-the $CHECK_NAME})"
   exit 0
 fi
 
