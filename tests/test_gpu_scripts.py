@@ -81,8 +81,9 @@ FAKE_PYTHON = r"""#!/usr/bin/env bash
 echo "$*" >> "$FAKE_LOG"
 [ "$1" = -c ] && exec "$REAL_PYTHON" "$@"
 mod=$2; shift 2
-out=; prev=
-for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+out=; json=; prev=
+for a in "$@"; do [ "$prev" = --out ] && out=$a; [ "$prev" = --json ] && json=$a; prev=$a; done
+[ -z "$json" ] || echo '{"within": true}' > "$json"
 case $mod in
   experiments.make_suite) mkdir -p "$out"; touch "$out/manifest.json" "$out/test.jsonl" ;;
   experiments.train_model)
@@ -172,6 +173,9 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
     assert "benchmarks.report_live_cache" in last and "--against cache/candidates/molmoe_small_suite_v7.h5" in last
     status = run("--status")
     assert status.stdout.count(": done") == 8 and "cache: built" in status.stdout
+    (work / "chain/run14/plain/config.json").write_text("{}")
+    assert run("--seed", "run14", str(work / "chain/run14/plain"), work=tmp_path / "on").returncode == 0
+    assert (tmp_path / "on/chain/run14/SEEDED").read_text().strip().endswith("/work/chain/run14/plain, trained there from nothing")
 
 
 def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished_stage(tmp_path: Path) -> None:
@@ -194,7 +198,9 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
     assert all(int(c.split("--stop-after ")[1].split()[0]) in range(905, 951) for c in trains)  # what is left, less 50 s
     assert "too little for the build" not in text and "experiments.build_cache" in log.read_text()
     assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]
-    assert sorted(p.name for p in packs.iterdir())[:2] == ["run10.tar.part00", "run11a.tar.part00"]
+    packed = sorted(p.name for p in packs.iterdir())
+    assert packed[:3] == ["reproduction.json", "run10.tar.part00", "run11a.tar.part00"]  # the build's comparison
+    assert not any(name.endswith(".h5") for name in packed)  # the cache itself stays on the machine
     restored = tmp_path / "restored"
     restored.mkdir()
     subprocess.run(f"cat {packs}/run9.tar.part* | tar xf - -C {restored}", shell=True, check=True)
@@ -241,7 +247,14 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
     out = run()  # the build, and the comparison in the same call
     assert out.returncode == 0 and (work / "default_cache.h5").exists()
     assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]
-    assert f"a partial reproduction: weights of run12 from {ckpt}" in out.stdout
+    assert f"a partial reproduction: weights of run12 from {ckpt} (the stages" in out.stdout
+    # a chain seeded from this one's run14 says where run14's weights came from, a marker seeded from it too
+    (work / "chain/run14/plain/config.json").write_text("{}")  # (the stand-in trainer writes weights alone)
+    assert run("--seed", "run14", str(work / "chain/run14/plain"), work=tmp_path / "next").returncode == 0
+    marker = (tmp_path / "next/chain/run9/SEEDED").read_text().strip()
+    assert marker == f"weights of run14 from {work}/chain/run14/plain, trained there in a chain seeded with weights of run12 from {ckpt}"
+    assert run("--seed", "run14", str(tmp_path / "next/chain/run14/plain"), work=tmp_path / "third").returncode == 0
+    assert (tmp_path / "third/chain/run14/SEEDED").read_text().strip().endswith(f", itself {marker}")
 
 
 def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_instead_of_a_build(tmp_path: Path) -> None:
@@ -265,6 +278,13 @@ def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_inste
                                 "--against cache/candidates/molmoe_small_suite_v7.h5 --points 2")
     assert not any("experiments.build_cache" in c for c in calls) and not (work / "default_cache.h5").exists()
     assert f"{work}/full_scores.json" in run("--travel").stdout.split()
+    assert not (tmp_path / "packs").exists()  # without PACK_TO the comparison stays in WORK alone
+    (tmp_path / "again").mkdir()
+    again = chain_runner(tmp_path / "again", CHECK="score", UNTIL="run14", PACK_TO=str(tmp_path / "packs"))[0]
+    assert again("--seed", "run14", str(ckpt), work=tmp_path / "w2").returncode == 0
+    out = again(work=tmp_path / "w2")  # nothing to train: the scoring, the comparison, and both copied to PACK_TO
+    assert out.returncode == 0 and "the comparison copied to" in out.stdout, out.stderr
+    assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == ["full_scores.json", "reproduction.json"]
     bad = run(CHECK="both")
     assert bad.returncode == 2 and "CHECK must be build or score, got both" in bad.stderr
 

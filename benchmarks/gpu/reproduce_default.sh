@@ -31,11 +31,14 @@
 # which changes rounding only. CHANNELS_LAST=1 runs every stage's crop stem in channels-last memory format
 # (train_small_model.sh CHANNELS_LAST; the same function, other kernels), for when bench_small_model finds it faster.
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
-# machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it.
+# machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it;
+# the final comparison's reproduction.json (and with CHECK=score the full_scores.json it read) is copied there too.
 # --seed STAGE DIR (a fresh WORK only): DIR, the checkpoint STAGE ended with, becomes WORK/chain/STAGE/plain, and STAGE
 # and every stage before it are marked done and SEEDED (not trained here), so the calls after it train only the later
-# stages, then build and compare: a partial reproduction that fits one session's device time. The twelfth run's
-# weights are in git as the default of that time (molmoe-small-suite-v5):
+# stages, then build and compare: a partial reproduction that fits one session's device time. The SEEDED marker names
+# DIR and, where DIR is a stage of another WORK's chain, how that stage got its weights (trained there, from nothing
+# or from that chain's own seed; or seeded there itself), so a line retrained across several WORKs keeps its origin.
+# The twelfth run's weights are in git as the default of that time (molmoe-small-suite-v5):
 #   mkdir -p runs/v5 && git archive ca07612 cache/default/molmoe_small_suite_model | tar x -C runs/v5
 #   bash benchmarks/gpu/reproduce_default.sh runs/repro --seed run12 runs/v5/cache/default/molmoe_small_suite_model
 # CHECK=score (default CHECK=build) ends the chain with the last stage's checkpoint scored at the full configuration on
@@ -157,10 +160,18 @@ if [ "${2:-}" = --seed ]; then
   if [ -n "$(ls "$W"/chain/*/DONE 2>/dev/null)" ] || [ -f "$W/current_stage" ]; then
     echo "reproduce_default.sh: --seed: $W already holds stages; seed a fresh WORK (nothing was changed)" >&2; exit 2
   fi
+  # DIR a stage of another WORK's chain (WORK2/chain/STAGE/plain): where its weights came from goes into the marker
+  origin=
+  if [ -f "$DIR/../SEEDED" ]; then
+    origin=", itself $(head -1 "$DIR/../SEEDED")"
+  elif [ -f "$DIR/../DONE" ]; then
+    up=$(cat "$DIR"/../../*/SEEDED 2>/dev/null | sort -u | paste -sd';' - || true)
+    origin=", trained there ${up:+in a chain seeded with }${up:-from nothing}"
+  fi
   for s in "${STAGES[@]}"; do
     mkdir -p "$W/chain/$s"
     if [ "$s" = "$SEED" ]; then cp -r "$DIR" "$W/chain/$s/plain"; fi
-    echo "weights of $SEED from $DIR" > "$W/chain/$s/SEEDED"
+    echo "weights of $SEED from $DIR$origin" > "$W/chain/$s/SEEDED"
     touch "$W/chain/$s/DONE"
     [ "$s" = "$SEED" ] && break
   done
@@ -322,6 +333,11 @@ while :; do
     else
       $PY -m benchmarks.reproduction_check --grid "$CHECKED" --against "$AGAINST" \
           --points 2 --json "$W/reproduction.json"
+    fi
+    if [ -n "$PACK_TO" ]; then  # the comparison, and the scores it read, come back with the stages (a cache stays)
+      mkdir -p "$PACK_TO"
+      for f in "$W/reproduction.json" "$W/full_scores.json"; do [ ! -f "$f" ] || cp "$f" "$PACK_TO/"; done
+      echo "[reproduce_default] the comparison copied to $PACK_TO"
     fi
     seeded=$(cat "$W"/chain/*/SEEDED 2>/dev/null | sort -u || true)
     [ -z "$seeded" ] || echo "[reproduce_default] a partial reproduction: $seeded (the stages up to it were not trained here)"
