@@ -336,7 +336,8 @@ while :; do
     fi
     if [ -n "$PACK_TO" ]; then  # the comparison, and the scores it read, come back with the stages (a cache stays)
       mkdir -p "$PACK_TO"
-      for f in "$W/reproduction.json" "$W/full_scores.json"; do [ ! -f "$f" ] || cp "$f" "$PACK_TO/"; done
+      cp "$W/reproduction.json" "$PACK_TO/" 2>/dev/null || true
+      [ "$CHECK" = build ] || cp "$CHECKED" "$PACK_TO/"
       echo "[reproduce_default] the comparison copied to $PACK_TO"
     fi
     seeded=$(cat "$W"/chain/*/SEEDED 2>/dev/null | sort -u || true)
