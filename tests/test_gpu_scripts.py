@@ -226,6 +226,12 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
     assert again.returncode == 2 and "already holds stages" in again.stderr and not (work / "chain/run11b/plain").exists()
     status = run("--status").stdout
     assert status.count("seeded (not trained here)") == 5 and "run13a: to do" in status
+    # the time left, stage by stage, at the planning rates: 2,539 / 5.5 + 30, then 1,292 and 1,800 steps, then the build
+    assert "run13a: to do (from run12, 4600 steps, cut at step 2539, lr 7e-4) ≈ 492 s at 5.5 steps/s, 492 s to its end" in status
+    assert "run14: to do (from run13b, 1800 steps, lr 3.5e-4) ≈ 357 s at 5.5 steps/s, 1114 s to its end" in status
+    assert "left: ≈ 1564 s of one GPU (stages 1114 s, the build 450 s;" in status and "run12: seeded" in status
+    fresh = run("--status", work=tmp_path / "fresh", RATE128="4", STAGE_SETUP="0").stdout
+    assert "run9: to do (from nothing, 3000 steps, lr 2e-3) ≈ 750 s at 4 steps/s, 750 s to its end" in fresh
     travel = run("--travel").stdout.split()
     assert f"{work}/chain/run11b/SEEDED" in travel and travel[-1] == f"{work}/chain/run12"
     slim = tmp_path / "slim"  # the same paths alone, as a WORK of their own that one carried folder holds

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the committed default model from nothing on one GPU, its cache, and the comparison with the committed cache.
 #   bash benchmarks/gpu/reproduce_default.sh WORK          # the next piece of work, then stop
-#   bash benchmarks/gpu/reproduce_default.sh WORK --status # what is done, what comes next
+#   bash benchmarks/gpu/reproduce_default.sh WORK --status # what is done, what comes next, and its time on one GPU
 #   bash benchmarks/gpu/reproduce_default.sh WORK --travel # the paths under WORK a fresh machine needs to go on
 #   bash benchmarks/gpu/reproduce_default.sh WORK --travel-to DEST  # those paths alone as a new WORK, to carry
 #   bash benchmarks/gpu/reproduce_default.sh WORK --seed STAGE DIR  # start the chain after STAGE, from DIR's weights
@@ -82,6 +82,9 @@ PIECE_OVERHEAD=${PIECE_OVERHEAD:-50}
 MIN_PIECE=${MIN_PIECE:-60}
 BUILD_SECONDS=${BUILD_SECONDS:-450}
 SCORE_SECONDS=${SCORE_SECONDS:-120}
+RATE64=${RATE64:-5.5}     # --status's planning rates: steps/s at batch 64 and 128, and a stage's set-up in s
+RATE128=${RATE128:-3.8}
+STAGE_SETUP=${STAGE_SETUP:-30}
 CHECK=${CHECK:-build}
 UNTIL=${UNTIL:-run22f}
 AGAINST=${AGAINST:-}
@@ -180,7 +183,11 @@ if [ "${2:-}" = --seed ]; then
 fi
 mkdir -p "$W/chain"
 if [ "${2:-}" = --status ]; then
-  beyond=
+  # Each stage left, timed at the rates the chain's stages have run at on one H100 or H200 (RESULTS, "Reproducing the
+  # default from nothing" and after: 5.2-6.5 steps/s at batch 64, 3.5-4.1 at run9's 128) plus its set-up, and the sum
+  # to it, so that a session's last call can be planned to end where a stage ends: a stage cut by the session's end
+  # starts over on the next machine (its optimiser state, ≈ 190 MB, does not fit a carry).
+  beyond= total=0
   for s in "${STAGES[@]}"; do
     stage "$s"
     state="to do"; [ -f "$W/chain/$s/DONE" ] && state=done
@@ -189,10 +196,20 @@ if [ "${2:-}" = --status ]; then
     [ -f "$W/chain/$s/SEEDED" ] && state="seeded (not trained here)"
     [ "$(cat "$W/current_stage" 2>/dev/null)" = "$s" ] && [ "$state" != done ] && state="in progress"
     cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
-    echo "$s: $state (from ${FROM:-nothing}, $STEPS steps$cut, lr $LR)"
+    eta=
+    if [ "$state" = "to do" ] || [ "$state" = "in progress" ]; then
+      rate=$RATE64; [ "$BATCH" = 128 ] && rate=$RATE128
+      secs=$(awk -v n="$([ "$STOP_AT" != 0 ] && echo "$STOP_AT" || echo "$STEPS")" -v r="$rate" -v o="$STAGE_SETUP" \
+             'BEGIN { printf "%d", n / r + o + 0.5 }')
+      total=$(( total + secs ))
+      eta=" ≈ $secs s at $rate steps/s, $total s to its end"
+      [ "$state" = "in progress" ] && eta=" ≈ $secs s from its start at $rate steps/s, $total s to its end"
+    fi
+    echo "$s: $state (from ${FROM:-nothing}, $STEPS steps$cut, lr $LR)$eta"
   done
   [ -f "$W/default_cache.h5" ] && echo "cache: built ($W/default_cache.h5)" || echo "cache: to do"
   [ "$CHECK" = score ] && { [ -f "$CHECKED" ] && echo "full-configuration scores: done ($CHECKED)" || echo "full-configuration scores: to do"; }
+  [ ! -f "$CHECKED" ] && echo "left: ≈ $(( total + CHECK_SECONDS )) s of one GPU (stages $total s, the $CHECK_NAME $CHECK_SECONDS s; RATE64=$RATE64 RATE128=$RATE128 STAGE_SETUP=$STAGE_SETUP)"
   exit 0
 fi
 # what a fresh machine needs to take the chain on, one path a line: every finished stage's DONE marker and the last
