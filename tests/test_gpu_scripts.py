@@ -188,10 +188,16 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
         assert out.returncode == 0, out.stderr
         return out.stdout
 
+    refused = run(END_WITH="run99")
+    assert refused.returncode == 2 and "END_WITH must be a stage" in refused.stderr
     text = call(100)  # 100 - 50 s of overhead leave less than a piece's minimum: nothing starts
     assert "too little for a training piece" in text and not log.exists()
-    stop.touch()  # the first piece runs out of its time; the same call resumes it, then takes every other stage
-    text = call(1000)
+    stop.touch()  # the first piece runs out of its time; the same call resumes it, then takes the stages to END_WITH
+    out = run(CALL_SECONDS="1000", END_WITH="run10")
+    assert out.returncode == 0 and "run10 is done: this call ends here (END_WITH=run10" in out.stdout, out.stderr
+    assert (work / "chain/run10/DONE").exists() and not (work / "chain/run11a").exists()
+    assert "run11a: to do" in run("--status").stdout
+    text = call(1000)  # without it: every other stage
     trains = [c for c in log.read_text().splitlines() if "train_model" in c]
     assert len(trains) == 9 and "--resume" not in trains[0] and "--resume" in trains[1]
     assert all("--channels-last" in c for c in trains)

@@ -19,7 +19,9 @@
 # set-up outside the trainer's clock, and the stage's packing after it; 19-33 s a piece in the five pieces of
 # benchmarks/logs/h100_chain14_call*.log, ≈ 50 s for run9's first, which trains the tokenizer) in place of STOP_AFTER,
 # and none starts below MIN_PIECE (60) seconds; the build only with BUILD_SECONDS (450) left. A stage cut by the
-# call's end resumes in the next call on the same machine.
+# call's end resumes in the next call on the same machine. END_WITH=STAGE ends the call once STAGE is done, nothing
+# after it started: a session's last call ends on a stage's end (`--status` times each stage), since a stage cut by
+# the session's end starts over on the next machine.
 # Each finished stage's val figures are printed next to the original run's (benchmarks/reproduction_check.py; also in
 # WORK/chain/STAGE/reproduction_check.json), so a stage that drifts shows before the hour is spent.
 # Finished stages stay in WORK/chain/STAGE/plain: a later machine continues from the last one when WORK/chain travels
@@ -153,6 +155,8 @@ last_call() {
 }
 
 ( stage "$UNTIL" ) || { echo "reproduce_default.sh: UNTIL must be a stage" >&2; exit 2; }
+END_WITH=${END_WITH:-}
+[ -z "$END_WITH" ] || ( stage "$END_WITH" ) || { echo "reproduce_default.sh: END_WITH must be a stage" >&2; exit 2; }
 if [ "${2:-}" = --seed ]; then
   SEED=${3:?usage: reproduce_default.sh WORK --seed STAGE DIR}
   DIR=${4:?usage: reproduce_default.sh WORK --seed STAGE DIR}
@@ -326,6 +330,10 @@ if [ -z "$(next_stage)" ] && [ ! -d "$W/chain/$UNTIL/plain" ]; then
 fi
 T0=$(date +%s)
 while :; do
+  if [ -n "$END_WITH" ] && [ -f "$W/chain/$END_WITH/DONE" ]; then
+    echo "[reproduce_default] $END_WITH is done: this call ends here (END_WITH=$END_WITH; unset it to go on)"
+    break
+  fi
   L=$(left)
   S=$(next_stage)
   if [ -n "$S" ]; then
