@@ -84,6 +84,7 @@ mod=$2; shift 2
 out=; json=; prev=
 for a in "$@"; do [ "$prev" = --out ] && out=$a; [ "$prev" = --json ] && json=$a; prev=$a; done
 [ -z "$json" ] || echo '{"within": true}' > "$json"
+[ -n "$json" ] && [ -n "${FAKE_MISS:-}" ] && exit 1  # a comparison with a task beyond the points
 case $mod in
   experiments.make_suite) mkdir -p "$out"; touch "$out/manifest.json" "$out/test.jsonl" ;;
   experiments.train_model)
@@ -296,6 +297,11 @@ def test_the_reproduction_chain_can_end_with_the_full_configuration_scored_inste
     assert again("--seed", "run14", str(ckpt), work=tmp_path / "w2").returncode == 0
     out = again(work=tmp_path / "w2")  # nothing to train: the scoring, the comparison, and both copied to PACK_TO
     assert out.returncode == 0 and "the comparison copied to" in out.stdout, out.stderr
+    assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == ["full_scores.json", "reproduction.json"]
+    shutil.rmtree(tmp_path / "packs")
+    (tmp_path / "w2/full_scores.json").unlink()  # scored again, and this time a task is beyond the 2 points
+    missed = again(work=tmp_path / "w2", FAKE_MISS="1")
+    assert missed.returncode == 1 and "the comparison copied to" in missed.stdout and "a partial reproduction" in missed.stdout
     assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == ["full_scores.json", "reproduction.json"]
     bad = run(CHECK="both")
     assert bad.returncode == 2 and "CHECK must be build or score, got both" in bad.stderr

@@ -34,7 +34,8 @@
 # (train_small_model.sh CHANNELS_LAST; the same function, other kernels), for when bench_small_model finds it faster.
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it;
-# the final comparison's reproduction.json (and with CHECK=score the full_scores.json it read) is copied there too.
+# the final comparison's reproduction.json (and with CHECK=score the full_scores.json it read) is copied there too,
+# also when a task misses the 2 points (the call then exits 1, as the comparison does).
 # --seed STAGE DIR (a fresh WORK only): DIR, the checkpoint STAGE ended with, becomes WORK/chain/STAGE/plain, and STAGE
 # and every stage before it are marked done and SEEDED (not trained here), so the calls after it train only the later
 # stages, then build and compare: a partial reproduction that fits one session's device time. The SEEDED marker names
@@ -206,8 +207,8 @@ if [ "${2:-}" = --status ]; then
       secs=$(awk -v n="$([ "$STOP_AT" != 0 ] && echo "$STOP_AT" || echo "$STEPS")" -v r="$rate" -v o="$STAGE_SETUP" \
              'BEGIN { printf "%d", n / r + o + 0.5 }')
       total=$(( total + secs ))
-      eta=" ≈ $secs s at $rate steps/s, $total s to its end"
-      [ "$state" = "in progress" ] && eta=" ≈ $secs s from its start at $rate steps/s, $total s to its end"
+      since=; [ "$state" = "in progress" ] && since=" from its start"
+      eta=" ≈ $secs s$since at $rate steps/s, $total s to its end"
     fi
     echo "$s: $state (from ${FROM:-nothing}, $STEPS steps$cut, lr $LR)$eta"
   done
@@ -352,12 +353,14 @@ while :; do
   piece
   # the comparison takes seconds: it follows, in the same call, the piece that finished the build or the scoring
   if [ -z "$(next_stage)" ] && [ -f "$CHECKED" ]; then
+    # both comparisons exit 1 when a task is beyond the 2 points: the call still packs and reports, then exits so
+    compared=0
     if [ "$CHECK" = build ]; then
       $PY -m benchmarks.report_live_cache --cache "$W/default_cache.h5" --against "$AGAINST" \
-          --points 2 --json "$W/reproduction.json"
+          --points 2 --json "$W/reproduction.json" || compared=$?
     else
       $PY -m benchmarks.reproduction_check --grid "$CHECKED" --against "$AGAINST" \
-          --points 2 --json "$W/reproduction.json"
+          --points 2 --json "$W/reproduction.json" || compared=$?
     fi
     if [ -n "$PACK_TO" ]; then  # the comparison, and the scores it read, come back with the stages (a cache stays)
       mkdir -p "$PACK_TO"
@@ -367,6 +370,7 @@ while :; do
     fi
     seeded=$(cat "$W"/chain/*/SEEDED 2>/dev/null | sort -u || true)
     [ -z "$seeded" ] || echo "[reproduce_default] a partial reproduction: $seeded (the stages up to it were not trained here)"
+    [ "$compared" = 0 ] || exit "$compared"
     break
   fi
   [ "$CALL_SECONDS" -gt 0 ] || break  # one piece per call
