@@ -202,7 +202,9 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
     trains = [c for c in log.read_text().splitlines() if "train_model" in c]
     assert len(trains) == 9 and "--resume" not in trains[0] and "--resume" in trains[1]
     assert all("--channels-last" in c for c in trains)
-    assert all(int(c.split("--stop-after ")[1].split()[0]) in range(905, 951) for c in trains)  # what is left, less 50 s
+    stop_after = [int(c.split("--stop-after ")[1].split()[0]) for c in trains]
+    assert stop_after[0] in range(885, 931)  # what is left, less 50 s and the 20 s of run9's tokenizer
+    assert all(s in range(905, 951) for s in stop_after[1:])  # what is left, less 50 s (run9 resumed, and the rest)
     assert "too little for the build" not in text and "experiments.build_cache" in log.read_text()
     assert "benchmarks.report_live_cache" in log.read_text().splitlines()[-1]
     packed = sorted(p.name for p in packs.iterdir())

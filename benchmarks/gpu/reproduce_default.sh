@@ -15,9 +15,10 @@
 # follows in the same call (report_live_cache --against the committed cache: every task's full-configuration score
 # within 2 points).
 # CALL_SECONDS=N (default 0: one piece per call) keeps taking pieces until the call's N seconds would not hold the next:
-# a training piece gets what is left less PIECE_OVERHEAD seconds (default 50: process start, suite, tokenizer, model
+# a training piece gets what is left less PIECE_OVERHEAD seconds (default 50: process start, suite, model
 # set-up outside the trainer's clock, and the stage's packing after it; 19-33 s a piece in the five pieces of
-# benchmarks/logs/h100_chain14_call*.log, ≈ 50 s for run9's first, which trains the tokenizer) in place of STOP_AFTER,
+# benchmarks/logs/h100_chain14_call*.log) in place of STOP_AFTER, TOKENIZER_OVERHEAD (20) less for run9's first piece,
+# which writes the suite and trains the tokenizer (58 s outside the trainer's clock in benchmarks/logs/h200_full_call1.log),
 # and none starts below MIN_PIECE (60) seconds; the build only with BUILD_SECONDS (450) left. A stage cut by the
 # call's end resumes in the next call on the same machine. END_WITH=STAGE ends the call once STAGE is done, nothing
 # after it started: a session's last call ends on a stage's end (`--status` times each stage), since a stage cut by
@@ -82,6 +83,7 @@ PY=${PYTHON:-python3}
 STOP_AFTER=${STOP_AFTER:-470}
 CALL_SECONDS=${CALL_SECONDS:-0}
 PIECE_OVERHEAD=${PIECE_OVERHEAD:-50}
+TOKENIZER_OVERHEAD=${TOKENIZER_OVERHEAD:-20}  # more for run9's first piece, which trains the tokenizer
 MIN_PIECE=${MIN_PIECE:-60}
 BUILD_SECONDS=${BUILD_SECONDS:-450}
 SCORE_SECONDS=${SCORE_SECONDS:-120}
@@ -341,6 +343,9 @@ while :; do
     PIECE_STOP_AFTER=$STOP_AFTER
     if [ "$CALL_SECONDS" -gt 0 ]; then
       PIECE_STOP_AFTER=$(( L - PIECE_OVERHEAD ))
+      if [ "$S" = run9 ] && ! { [ "$(cat "$W/current_stage" 2>/dev/null)" = run9 ] && [ -f "$W/ckpt/train_state.pt" ]; }; then
+        PIECE_STOP_AFTER=$(( PIECE_STOP_AFTER - TOKENIZER_OVERHEAD ))
+      fi
       if (( PIECE_STOP_AFTER < MIN_PIECE )); then
         echo "[reproduce_default] ${L} s left of this call: too little for a training piece; stopping here"
         break
