@@ -1,7 +1,8 @@
 """A reproduced training stage against the original run's log (prints figures; reproduce_default.sh runs it).
 
 ``python -m benchmarks.reproduction_check --stage STAGE --log WORK/chain/STAGE/train_log.csv [--json OUT]``
-``python -m benchmarks.reproduction_check --grid full_scores.json --against CACHE|OTHER.json [--points 2] [--json OUT]``
+``python -m benchmarks.reproduction_check --grid full_scores.json --against CACHE|OTHER.json [--points 2] [--json OUT]
+[--by-kind REQUESTS.jsonl]``
 
 The chain behind the committed default (``benchmarks/gpu/reproduce_default.sh``) takes about an hour
 of GPU time over several sessions; the reproduction bar is judged on the built cache at its end.
@@ -18,6 +19,9 @@ full-configuration scores per task (``experiments.eval_model_grid`` over the cac
 committed cache's (``--against``), the reproduction bar's comparison without building a cache; exit 1 when a task
 differs by more than ``--points``. ``--against`` may also name another ``eval_model_grid`` JSON of the same requests
 (``--against OTHER.json``): two retrainings side by side, which says how far a stage's rerun moves on its own.
+``--by-kind`` (the requests' JSONL) splits each task's difference by the kind of question (the request's
+``meta`` fields named ``*_kind``, e.g. a diagram's ``food_web/arrow``): where a retraining's difference lies, say one
+skill learned sooner.
 """
 
 from __future__ import annotations
@@ -128,7 +132,61 @@ def request_tasks(grid: dict) -> np.ndarray:
     return tasks
 
 
-def grid_against_grid(grid: dict, other: dict, points: float) -> dict:
+def request_kinds(path: Path) -> dict[str, str]:
+    """Each request's kind of question in a suite's JSONL, by id: the values of its ``meta`` fields named ``*_kind``
+    joined by "/" (``answer_kind`` only where it is the only one: it is one value for most tasks), or "-";
+    ValueError on a line that is not a request."""
+    kinds = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            meta, rid = req.get("meta") or {}, req["id"]
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{path}:{n} is not a request with an id ({exc})") from None
+        keys = sorted(k for k in meta if k.endswith("_kind") and k != "answer_kind") or \
+            [k for k in ("answer_kind",) if k in meta]
+        kinds[rid] = "/".join(str(meta[k]) for k in keys) or "-"
+    return kinds
+
+
+def kind_breakdown(ids: list[str], this: np.ndarray, ref: np.ndarray, datasets: np.ndarray,
+                   kinds: dict[str, str]) -> dict:
+    """Per task and kind of question (:func:`request_kinds`), over the requests both scored: how many, both means,
+    their difference in points of the kind (``points``) and its share of the task's difference (``task_points``: the
+    kind's differences summed over the task's requests, so a task's kinds add up to its difference); ValueError when
+    a request has no kind."""
+    missing = [i for i in ids if i not in kinds]
+    if missing:
+        raise ValueError(f"{len(missing)} of the scored requests are not in the --by-kind requests (first: {missing[0]})")
+    kind = np.asarray([kinds[i] for i in ids])
+    both = np.isfinite(this) & np.isfinite(ref)
+    out = {}
+    for t in sorted(set(datasets.tolist())):
+        in_task = (datasets == t) & both
+        n_task = int(in_task.sum())
+        groups = {}
+        for k in sorted(set(kind[in_task].tolist())):
+            sel = in_task & (kind == k)
+            d = this[sel] - ref[sel]
+            groups[k] = {"n": int(sel.sum()), "this": float(this[sel].mean()), "reference": float(ref[sel].mean()),
+                         "points": 100 * float(d.mean()), "task_points": 100 * float(d.sum()) / n_task}
+        out[t] = groups
+    return out
+
+
+def print_kinds(by_kind: dict) -> None:
+    """:func:`kind_breakdown`, a line per kind of question, the largest share of its task's difference first."""
+    print("By kind of question: both means, the difference in points of the kind, and its share of the task's")
+    for t, groups in by_kind.items():
+        print(f"  {t}:")
+        for k, g in sorted(groups.items(), key=lambda kv: -abs(kv[1]["task_points"])):
+            print(f"    {k:32s} {g['this']:.3f} vs {g['reference']:.3f} ({g['points']:+.1f} on {g['n']}; "
+                  f"{g['task_points']:+.1f} of the task)")
+
+
+def grid_against_grid(grid: dict, other: dict, points: float, kinds: dict[str, str] | None = None) -> dict:
     """Two ``eval_model_grid`` results of the same requests (two retrainings of one stage) at the full configuration:
     per task the difference, and where both hold per-request scores, the requests that changed and the paired
     standard error (``churn_against``); ValueError when either lacks the full-configuration row or the requests
@@ -145,12 +203,17 @@ def grid_against_grid(grid: dict, other: dict, points: float) -> dict:
     if a and b and str(row.get("index")) in a.get("scores", {}) and str(theirs.get("index")) in b.get("scores", {}):
         if a["ids"] != b["ids"]:
             raise ValueError("the two grids' per-request scores are not of the same requests in the same order")
-        out["churn"] = churn_against(np.asarray(a["scores"][str(row["index"])], dtype=float),
-                                     np.asarray(b["scores"][str(theirs["index"])], dtype=float), request_tasks(grid), points)
+        mine = np.asarray(a["scores"][str(row["index"])], dtype=float)
+        ref = np.asarray(b["scores"][str(theirs["index"])], dtype=float)
+        out["churn"] = churn_against(mine, ref, request_tasks(grid), points)
+        if kinds is not None:
+            out["by_kind"] = kind_breakdown(a["ids"], mine, ref, request_tasks(grid), kinds)
+    elif kinds is not None:
+        raise ValueError("--by-kind needs both grids' per-request scores (eval_model_grid --per-request)")
     return out
 
 
-def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
+def grid_against(grid: dict, reference: str | Path, points: float, kinds: dict[str, str] | None = None) -> dict:
     """An ``eval_model_grid`` result's full-configuration scores per task against the full-configuration scores of
     the cache ``reference`` over all its requests (``report_live_cache``'s comparison), with how many requests a
     task has in each; ValueError when the grid has no full-configuration row."""
@@ -171,16 +234,21 @@ def grid_against(grid: dict, reference: str | Path, points: float) -> dict:
             raise ValueError(f"{sum(r < 0 for r in rows)} of the grid's requests are not in the reference cache")
         full_column = theirs[rows, parts[0].knob_space.index(full)]
         out["churn"] = churn_against(mine, full_column, datasets[rows], points)
+        if kinds is not None:
+            out["by_kind"] = kind_breakdown(per_request["ids"], mine, full_column, datasets[rows], kinds)
+    elif kinds is not None:
+        raise ValueError("--by-kind needs the grid's per-request scores (eval_model_grid --per-request)")
     return out
 
 
 def main_grid(args: argparse.Namespace) -> int:
     try:
         grid = json.loads(args.grid.read_text())
+        kinds = request_kinds(args.by_kind) if args.by_kind else None
         if Path(args.against).suffix == ".json":
-            res = grid_against_grid(grid, json.loads(Path(args.against).read_text()), args.points)
+            res = grid_against_grid(grid, json.loads(Path(args.against).read_text()), args.points, kinds)
         else:
-            res = grid_against(grid, args.against, args.points)
+            res = grid_against(grid, args.against, args.points, kinds)
     except (ValueError, OSError) as exc:
         print(f"reproduction_check: {exc}", file=sys.stderr)
         return 2
@@ -191,6 +259,8 @@ def main_grid(args: argparse.Namespace) -> int:
     print_against(res, f"full configuration, {args.grid} against {args.against} (points):", counts)
     if "churn" in res:
         print_churn(res["churn"], "Request by request")
+    if "by_kind" in res:
+        print_kinds(res["by_kind"])
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return 0 if res["within"] else 1
@@ -205,10 +275,14 @@ def main(argv: list[str] | None = None) -> int:
                     "eval_model_grid JSON of the same requests")
     ap.add_argument("--points", type=float, default=2.0, help="the largest difference --grid accepts, in points")
     ap.add_argument("--json", type=Path, default=None, help="write the comparison here too")
+    ap.add_argument("--by-kind", type=Path, default=None, metavar="REQUESTS",
+                    help="with --grid: the requests' JSONL; each task's difference split by kind of question")
     ap.add_argument("--window", type=int, default=300, help="steps at the stage's end whose training exact match is compared")
     args = ap.parse_args(argv)
     if bool(args.grid) == bool(args.stage) or bool(args.grid) != bool(args.against) or bool(args.stage) != bool(args.log):
         ap.error("give --stage and --log (a training stage), or --grid and --against (the chain's end)")
+    if args.by_kind and not args.grid:
+        ap.error("--by-kind goes with --grid")
     if args.grid:
         return main_grid(args)
     try:

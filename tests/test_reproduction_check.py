@@ -163,3 +163,75 @@ def test_two_retrainings_scored_side_by_side(tmp_path: Path, capsys) -> None:
     pb.write_text(json.dumps(grid(b)))
     assert main(["--grid", str(pa), "--against", str(pb)]) == 2
     assert "n_per_task counts 7 requests, its per-request scores 8" in capsys.readouterr().err
+
+
+def test_a_difference_split_by_kind_of_question(tmp_path: Path, capsys) -> None:
+    """--by-kind REQUESTS: each task's difference per kind of question (the requests' ``*_kind`` meta fields), the
+    kinds' shares adding up to the task's difference; against another grid and against the committed cache."""
+    full = {"index": 174, "tier": "high", "p": 1, "top_k": 8, "blocks": 16}
+    kinds = [("arrow", "food_web"), ("arrow", "food_web"), ("after", "process"), ("after", "process")]
+    a, b = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 0.0]), np.array([0.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    ids = [f"r{i}" for i in range(6)]  # four diagram requests, then two easy_vqa ones (answer_kind alone)
+    requests = tmp_path / "test.jsonl"
+    lines = [{"id": ids[i], "meta": {"question_kind": q, "diagram_kind": d, "answer_kind": "option"}} for i, (q, d) in enumerate(kinds)]
+    lines += [{"id": ids[4], "meta": {"answer_kind": "yes/no"}}, {"id": ids[5], "meta": {}}]
+    requests.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+
+    def grid(s: np.ndarray) -> dict:
+        return {"n_per_task": {"diagram": 4, "easy": 2}, "grid": [{**full, "score/diagram": s[:4].mean(), "score/easy": s[4:].mean()}],
+                "per_request": {"ids": ids, "scores": {"174": s.tolist()}}}
+
+    pa, pb, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "res.json"
+    pa.write_text(json.dumps(grid(a)))
+    pb.write_text(json.dumps(grid(b)))
+    assert main(["--grid", str(pa), "--against", str(pb), "--points", "100", "--by-kind", str(requests), "--json", str(out)]) == 0
+    by_kind = json.loads(out.read_text())["by_kind"]
+    arrow, after = by_kind["diagram"]["food_web/arrow"], by_kind["diagram"]["process/after"]
+    assert (arrow["n"], arrow["this"], arrow["reference"], arrow["points"], arrow["task_points"]) == (2, 1.0, 0.5, 50.0, 25.0)
+    assert after["points"] == -50.0 and after["task_points"] == -25.0  # the task's +0.0 is +25 and -25
+    assert set(by_kind["easy"]) == {"yes/no", "-"}  # answer_kind where it is the only kind; "-" without one
+    assert "food_web/arrow                   1.000 vs 0.500 (+50.0 on 2; +25.0 of the task)" in capsys.readouterr().out
+    lines[3]["id"] = "elsewhere"  # a scored request the file lacks
+    requests.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert main(["--grid", str(pa), "--against", str(pb), "--by-kind", str(requests)]) == 2
+    assert "1 of the scored requests are not in the --by-kind requests (first: r3)" in capsys.readouterr().err
+    requests.write_text("not json\n")
+    assert main(["--grid", str(pa), "--against", str(pb), "--by-kind", str(requests)]) == 2
+    assert "test.jsonl:1 is not a request with an id" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a training stage's check has no requests to split
+        main(["--stage", "run10", "--log", str(pa), "--by-kind", str(requests)])
+
+
+def test_a_difference_from_the_committed_cache_split_by_kind(tmp_path: Path, capsys) -> None:
+    """--by-kind against a cache: the committed default cache's own full-configuration scores with one task's requests of
+    one kind flipped; the whole task's difference lies in that kind."""
+    from benchmarks.report_live_cache import load
+    from cache.default import LIVE_DEFAULT_CACHE
+
+    parts = load(LIVE_DEFAULT_CACHE, "all")
+    ids = np.concatenate([d.sample_ids for d in parts]).tolist()
+    datasets = np.concatenate([d.datasets for d in parts])
+    scores = np.concatenate([d.score for d in parts])[:, parts[0].knob_space.index(parts[0].knob_space.full_config)]
+    task = sorted(set(datasets.tolist()))[0]
+    in_task = np.flatnonzero(datasets == task)
+    requests = tmp_path / "test.jsonl"  # the task's first 100 requests of kind "one", the rest "other"
+    requests.write_text("\n".join(json.dumps({"id": i, "meta": {"question_kind": "one" if r in set(in_task[:100].tolist()) else "other"}})
+                                  for r, i in enumerate(ids)) + "\n")
+    mine = scores.copy()
+    mine[in_task[:100]] = 1.0 - np.round(mine[in_task[:100]])
+    full = {"index": 0, "tier": "high", "p": 1, "top_k": 8, "blocks": 16}
+    tasks = sorted(set(datasets.tolist()))
+    grid = {"n_per_task": {t: int((datasets == t).sum()) for t in tasks},
+            "grid": [{**full, **{f"score/{t}": float(mine[datasets == t].mean()) for t in tasks}}],
+            "per_request": {"ids": ids, "scores": {"0": mine.tolist()}}}
+    path, out = tmp_path / "grid.json", tmp_path / "res.json"
+    path.write_text(json.dumps(grid))
+    main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE), "--points", "100", "--by-kind", str(requests), "--json", str(out)])
+    res = json.loads(out.read_text())
+    one, other = res["by_kind"][task]["one"], res["by_kind"][task]["other"]
+    assert one["n"] == 100 and other["points"] == 0.0
+    assert one["task_points"] == pytest.approx(res["churn"]["tasks"][task]["points"])
+    del grid["per_request"]
+    path.write_text(json.dumps(grid))
+    assert main(["--grid", str(path), "--against", str(LIVE_DEFAULT_CACHE), "--by-kind", str(requests)]) == 2
+    assert "--by-kind needs the grid's per-request scores" in capsys.readouterr().err
