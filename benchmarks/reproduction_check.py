@@ -4,8 +4,8 @@
 ``python -m benchmarks.reproduction_check --grid full_scores.json --against CACHE|OTHER.json [--points 2] [--json OUT]
 [--by-kind REQUESTS.jsonl]``
 
-The chain behind the committed default (``benchmarks/gpu/reproduce_default.sh``) takes about an hour
-of GPU time over several sessions; the reproduction bar is judged on the built cache at its end.
+The chain behind the committed default (``benchmarks/gpu/reproduce_default.sh``) takes over two hours
+of one GPU, in 10-minute calls; the reproduction bar is judged on the built cache at its end.
 This says after each stage whether the stage follows the original: the val loss at every step both
 logs evaluated, and the val exact match per task at the last such step, next to the original
 run's (its ``train_log.csv`` in ``benchmarks/logs``), and the training batches' exact match per task
