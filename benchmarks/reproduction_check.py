@@ -205,9 +205,10 @@ def grid_against_grid(grid: dict, other: dict, points: float, kinds: dict[str, s
             raise ValueError("the two grids' per-request scores are not of the same requests in the same order")
         mine = np.asarray(a["scores"][str(row["index"])], dtype=float)
         ref = np.asarray(b["scores"][str(theirs["index"])], dtype=float)
-        out["churn"] = churn_against(mine, ref, request_tasks(grid), points)
+        tasks = request_tasks(grid)
+        out["churn"] = churn_against(mine, ref, tasks, points)
         if kinds is not None:
-            out["by_kind"] = kind_breakdown(a["ids"], mine, ref, request_tasks(grid), kinds)
+            out["by_kind"] = kind_breakdown(a["ids"], mine, ref, tasks, kinds)
     elif kinds is not None:
         raise ValueError("--by-kind needs both grids' per-request scores (eval_model_grid --per-request)")
     return out

@@ -254,6 +254,11 @@ if [ "${2:-}" = --travel-to ]; then
   exit 0
 fi
 
+# whether stage $1's training resumes from WORK/ckpt (a piece of it stopped by time here) rather than starting over
+resumes() {
+  [ "$(cat "$W/current_stage" 2>/dev/null)" = "$1" ] && [ -f "$W/ckpt/train_state.pt" ] && [ "$(last_call)" = stopped ]
+}
+
 # One piece of work: a training piece, the build or the scoring; nothing when only the comparison is left. (Called as
 # a plain command, not in a condition, so that set -e stops the script when a piece fails.)
 piece() {
@@ -261,9 +266,7 @@ piece() {
   if [ -n "$S" ]; then
     stage "$S"  # the stages before it are done (next_stage takes the first that is not)
     RESUME=0
-    if [ "$(cat "$W/current_stage" 2>/dev/null)" = "$S" ] && [ -f "$W/ckpt/train_state.pt" ] && [ "$(last_call)" = stopped ]; then
-      RESUME=1
-    fi
+    if resumes "$S"; then RESUME=1; fi
     cut=; [ "$STOP_AT" != 0 ] && cut=", cut at step $STOP_AT"
     how=; [ $RESUME = 1 ] && how=", resumed"
     echo "[reproduce_default] stage $S ($STEPS steps$cut, lr $LR$how)"
@@ -343,7 +346,7 @@ while :; do
     PIECE_STOP_AFTER=$STOP_AFTER
     if [ "$CALL_SECONDS" -gt 0 ]; then
       PIECE_STOP_AFTER=$(( L - PIECE_OVERHEAD ))
-      if [ "$S" = run9 ] && ! { [ "$(cat "$W/current_stage" 2>/dev/null)" = run9 ] && [ -f "$W/ckpt/train_state.pt" ]; }; then
+      if [ "$S" = run9 ] && ! resumes run9; then
         PIECE_STOP_AFTER=$(( PIECE_STOP_AFTER - TOKENIZER_OVERHEAD ))
       fi
       if (( PIECE_STOP_AFTER < MIN_PIECE )); then
