@@ -111,7 +111,7 @@ def chain_runner(tmp_path: Path, **env: str) -> tuple[Callable[..., subprocess.C
     """``run(*args, work=WORK, **more_env)``: reproduce_default.sh on WORK (default tmp_path/work) with the stand-in
     for Python, which logs its calls; returns run, the default WORK and the calls' log."""
     base, log = stand_in_python(tmp_path)
-    base |= env
+    base |= {"KEEP": str(tmp_path / "keep")} | env  # the machine's keep, inside the test's folder
     work = tmp_path / "work"
     script = ROOT / "benchmarks" / "gpu" / "reproduce_default.sh"
 
@@ -160,7 +160,8 @@ def test_the_reproduction_chain_runs_its_stages_in_order_resumes_and_ends_with_t
         seen[stage] = trains[0]
         if stage == "run11a":  # what a fresh machine needs: the markers, and the stage the next one starts from
             travel = run("--travel").stdout.split()
-            assert travel == [f"{work}/chain/run9/DONE", f"{work}/chain/run10/DONE", f"{work}/chain/run11a"]
+            assert travel == [f"{work}/chain/run9/DONE", f"{work}/chain/run10/DONE", f"{work}/chain/run11a",
+                              f"{work}/line_id"]
     assert f"--init-from {work}/chain/run9/plain" in seen["run10"] and "--steps 3186" in seen["run10"]
     assert "--compile" in trains_run9 and not any("--compile" in c for c in seen.values())  # eager at batch 64
     assert not any("--channels-last" in c for c in [trains_run9, *seen.values()])  # unless CHANNELS_LAST=1 asks
@@ -219,6 +220,42 @@ def test_the_reproduction_chain_fills_a_call_with_pieces_and_packs_each_finished
     assert "too little for the build" in call(300) and not (work / "default_cache.h5").exists()
 
 
+def test_an_older_copy_of_the_line_carried_onto_the_machine_again_takes_what_the_machine_finished_from_its_keep(
+        tmp_path: Path) -> None:
+    run, work, log = chain_runner(tmp_path, UNTIL="run14")
+    keep, stop = tmp_path / "keep", tmp_path / "stop"
+
+    def trains() -> list[str]:
+        return [c for c in log.read_text().splitlines() if "train_model" in c]
+
+    assert run(END_WITH="run9", CALL_SECONDS="1000").returncode == 0
+    assert run("--travel-to", str(tmp_path / "older")).returncode == 0  # what was carried: run9 done, the line's id
+    line = (work / "line_id").read_text()
+    assert len(line) == 16 and (tmp_path / "older/line_id").read_text() == line
+    assert run(END_WITH="run10", CALL_SECONDS="1000").returncode == 0
+    stop.touch()
+    assert "stage run11a stopped by time" in run().stdout  # one piece of run11a, cut by its time
+    kept = keep / line
+    assert (kept / "chain/run10/plain/model.safetensors").exists() and not (kept / "chain/run9/plain").exists()
+    assert (kept / "chain/run9/DONE").exists() and (kept / "ckpt/STAGE").read_text().strip() == "run11a"
+    n = len(trains())
+
+    shutil.rmtree(work)  # the older copy carried onto this machine again, in place of the WORK that went further
+    shutil.copytree(tmp_path / "older", work)
+    out = run()
+    assert out.returncode == 0, out.stderr
+    assert "finished here by an earlier call: run10" in out.stdout and "stage run11a's part-trained state" in out.stdout
+    assert len(trains()) == n + 1 and "--resume" in trains()[-1] and "run10" not in trains()[-1]
+    assert (work / "chain/run11a/DONE").exists() and not (kept / "ckpt").exists()  # the stage finished: its state goes
+
+    other = run(work=tmp_path / "other", END_WITH="run9", CALL_SECONDS="1000")  # another line takes nothing
+    assert "keep" not in other.stdout and not (tmp_path / "other/chain/run10").exists()
+    shutil.rmtree(work)
+    shutil.copytree(tmp_path / "older", work)
+    off = run(KEEP="")  # the keep turned off: the older copy trains run10 again
+    assert "keep" not in off.stdout and "stage run10 " in off.stdout and "--resume" not in trains()[-1]
+
+
 def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:
     run, work, log = chain_runner(tmp_path, UNTIL="run14")
     ckpt = seed_checkpoint(tmp_path, "v5")
@@ -242,13 +279,13 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
     fresh = run("--status", work=tmp_path / "fresh", RATE128="4", STAGE_SETUP="0").stdout
     assert "run9: to do (from nothing, 3000 steps, lr 2e-3) ≈ 750 s at 4 steps/s, 750 s to its end" in fresh
     travel = run("--travel").stdout.split()
-    assert f"{work}/chain/run11b/SEEDED" in travel and travel[-1] == f"{work}/chain/run12"
+    assert f"{work}/chain/run11b/SEEDED" in travel and travel[-2:] == [f"{work}/chain/run12", f"{work}/line_id"]
     slim = tmp_path / "slim"  # the same paths alone, as a WORK of their own that one carried folder holds
     out = run("--travel-to", str(slim))
     assert out.returncode == 0 and "(next: run13a)" in out.stdout, out.stderr
     held = sorted(str(p.relative_to(slim)) for p in slim.rglob("*") if p.is_file())
     last = [str(p.relative_to(work)) for p in (work / "chain/run12").rglob("*") if p.is_file()]  # markers, weights
-    assert held == sorted([str(Path(p).relative_to(work)) for p in travel[:-1]] + last)
+    assert held == sorted([str(Path(p).relative_to(work)) for p in travel[:-2]] + last + ["line_id"])
     assert run("--status", work=slim).stdout == status and (slim / "chain/run12/plain/model.safetensors").read_text() == "weights"
     again = run("--travel-to", str(slim))
     assert again.returncode == 2 and "it exists (a WORK is never overwritten" in again.stderr

@@ -33,6 +33,11 @@
 # and an eager one 125 ms (benchmarks/RESULTS.md "Where a training step's time goes"); the originals were compiled,
 # which changes rounding only. CHANNELS_LAST=1 runs every stage's crop stem in channels-last memory format
 # (train_small_model.sh CHANNELS_LAST; the same function, other kernels), for when bench_small_model finds it faster.
+# KEEP=DIR (default ~/.cache/molmoe-gym/reproduce_default; KEEP= turns it off) keeps on the machine a copy of what
+# each call finished, under the WORK's line id (WORK/line_id, made once and carried with the WORK): every finished stage
+# (the weights of the last one only) and a part-trained stage's state with the suite it resumes on. A call whose WORK is an older copy of the same
+# line (one carried onto the machine again after a call there went further) takes those back from the keep first and
+# says so, rather than training them again; a WORK of another line, or a fresh one, takes nothing.
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it;
 # the final comparison's reproduction.json (and with CHECK=score the full_scores.json it read) is copied there too,
@@ -80,6 +85,7 @@
 set -euo pipefail
 W=${1:?usage: reproduce_default.sh WORK [--status | --travel | --travel-to DEST | --seed STAGE DIR]}
 PY=${PYTHON:-python3}
+KEEP=${KEEP-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/molmoe-gym/reproduce_default}
 STOP_AFTER=${STOP_AFTER:-470}
 CALL_SECONDS=${CALL_SECONDS:-0}
 PIECE_OVERHEAD=${PIECE_OVERHEAD:-50}
@@ -159,6 +165,13 @@ last_call() {
     "$W/ckpt/train_summary.json"
 }
 
+# WORK/line_id names the line of training a WORK holds, so that the keep (KEEP) serves only copies of the same line
+new_line_id() {
+  [ -f "$W/line_id" ] && return 0
+  mkdir -p "$W"
+  od -An -N8 -tx1 /dev/urandom | tr -d ' \n' > "$W/line_id"
+}
+
 ( stage "$UNTIL" ) || { echo "reproduce_default.sh: UNTIL must be a stage" >&2; exit 2; }
 END_WITH=${END_WITH:-}
 [ -z "$END_WITH" ] || ( stage "$END_WITH" ) || { echo "reproduce_default.sh: END_WITH must be a stage" >&2; exit 2; }
@@ -180,6 +193,7 @@ if [ "${2:-}" = --seed ]; then
     up=$(cat "$DIR"/../../*/SEEDED 2>/dev/null | sort -u | paste -sd';' - || true)
     origin=", trained there ${up:+in a chain seeded with }${up:-from nothing}"
   fi
+  new_line_id
   for s in "${STAGES[@]}"; do
     mkdir -p "$W/chain/$s"
     if [ "$s" = "$SEED" ]; then cp -r "$DIR" "$W/chain/$s/plain"; fi
@@ -234,6 +248,7 @@ travel_paths() {
   done
   [ -f "$W/default_cache.h5" ] && echo "$W/default_cache.h5"
   [ -f "$W/full_scores.json" ] && echo "$W/full_scores.json"
+  [ -f "$W/line_id" ] && echo "$W/line_id"
   return 0
 }
 if [ "${2:-}" = --travel ]; then
@@ -245,6 +260,7 @@ fi
 if [ "${2:-}" = --travel-to ]; then
   D=${3:?usage: reproduce_default.sh WORK --travel-to DEST}
   [ -e "$D" ] && { echo "reproduce_default.sh: --travel-to $D: it exists (a WORK is never overwritten; nothing was done)" >&2; exit 2; }
+  new_line_id  # WORK and the copy are one line: a machine's keep serves the copy what it finished from it
   while read -r p; do
     rel=${p#"$W"/}
     mkdir -p "$D/$(dirname "$rel")"
@@ -259,6 +275,43 @@ fi
 # whether stage $1's training resumes from WORK/ckpt (a piece of it stopped by time here) rather than starting over
 resumes() {
   [ "$(cat "$W/current_stage" 2>/dev/null)" = "$1" ] && [ -f "$W/ckpt/train_state.pt" ] && [ "$(last_call)" = stopped ]
+}
+
+# the keep: what this machine finished of WORK's line, in KEEP/LINE_ID (chain/STAGE as in WORK, ckpt/ with STAGE)
+kept() { echo "$KEEP/$(cat "$W/line_id")"; }
+keep_stage() {  # stage $1 finished: keep it whole, and only the markers of the stages before it
+  [ -n "$KEEP" ] || return 0
+  local K s; K=$(kept)
+  mkdir -p "$K/chain"
+  rm -rf "$K/chain/$1.part" "$K/ckpt"
+  cp -a "$W/chain/$1" "$K/chain/$1.part" && rm -rf "$K/chain/$1" && mv "$K/chain/$1.part" "$K/chain/$1"
+  for s in "${STAGES[@]}"; do [ "$s" = "$1" ] && break; rm -rf "$K/chain/$s/plain"; done
+}
+keep_part() {  # stage $1 stopped by time: keep its state (a copy: the trainer rewrites its files in place), and the
+  [ -n "$KEEP" ] || return 0  # suite it reads on resuming (the same every stage: make_suite --seed 0)
+  local K; K=$(kept)
+  mkdir -p "$K"
+  [ -f "$K/suite/manifest.json" ] || { rm -rf "$K/suite"; cp -a "$W/suite" "$K/suite"; }
+  rm -rf "$K/ckpt.part"
+  cp -a "$W/ckpt" "$K/ckpt.part" && echo "$1" > "$K/ckpt.part/STAGE" && rm -rf "$K/ckpt" && mv "$K/ckpt.part" "$K/ckpt"
+}
+# before a call's work: the stages, and a part-trained stage's state, that the keep has and WORK lacks
+restore_kept() {
+  [ -n "$KEEP" ] && [ -d "$(kept)" ] || return 0
+  local K s S got=; K=$(kept)
+  for s in "${STAGES[@]}"; do
+    if [ -f "$K/chain/$s/DONE" ] && [ ! -f "$W/chain/$s/DONE" ]; then
+      rm -rf "$W/chain/$s"; cp -a "$K/chain/$s" "$W/chain/$s"; got="$got $s"
+    fi
+  done
+  [ -z "$got" ] || echo "[reproduce_default] taken from this machine's keep ($K), finished here by an earlier call:$got"
+  S=$(next_stage)
+  if [ -n "$S" ] && [ "$(cat "$K/ckpt/STAGE" 2>/dev/null)" = "$S" ] && ! resumes "$S"; then
+    rm -rf "$W/ckpt"; cp -a "$K/ckpt" "$W/ckpt"; rm "$W/ckpt/STAGE"; echo "$S" > "$W/current_stage"
+    [ -f "$W/suite/manifest.json" ] || { rm -rf "$W/suite"; cp -a "$K/suite" "$W/suite"; }
+    echo "[reproduce_default] taken from this machine's keep: stage $S's part-trained state"
+  fi
+  return 0
 }
 
 # One piece of work: a training piece, the build or the scoring; nothing when only the comparison is left. (Called as
@@ -282,6 +335,7 @@ piece() {
         RESUME=$RESUME INIT_FROM="$INIT" PYTHON="$PY" \
         bash "$HERE/train_small_model.sh" "$W" 960 "$STEPS"
     if [ "$(last_call)" = stopped ]; then
+      keep_part "$S"
       echo "[reproduce_default] stage $S stopped by time: run the same command again on this machine to resume it"
       return 0
     fi
@@ -296,6 +350,7 @@ piece() {
       $PY -m benchmarks.reproduction_check --stage "$S" --log "$W/chain/$S/train_log.csv" \
           --json "$W/chain/$S/reproduction_check.json" || echo "[reproduce_default] (the check of stage $S failed; the stage stands)"
     fi
+    keep_stage "$S"
     if [ -n "$PACK_TO" ]; then  # the finished stage as a tar in pieces of at most 15 MiB
       mkdir -p "$PACK_TO"
       tar cf - -C "$W" "chain/$S" | split -b 15M -d - "$PACK_TO/$S.tar.part"
@@ -336,6 +391,8 @@ if [ -z "$(next_stage)" ] && [ ! -d "$W/chain/$UNTIL/plain" ]; then
   echo "reproduce_default.sh: UNTIL=$UNTIL: its weights are not in $W (a stage before the seeded one?); nothing was run" >&2
   exit 2
 fi
+new_line_id
+restore_kept
 T0=$(date +%s)
 while :; do
   if [ -n "$END_WITH" ] && [ -f "$W/chain/$END_WITH/DONE" ]; then
