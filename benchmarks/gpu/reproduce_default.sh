@@ -34,10 +34,11 @@
 # which changes rounding only. CHANNELS_LAST=1 runs every stage's crop stem in channels-last memory format
 # (train_small_model.sh CHANNELS_LAST; the same function, other kernels), for when bench_small_model finds it faster.
 # KEEP=DIR (default ~/.cache/molmoe-gym/reproduce_default; KEEP= turns it off) keeps on the machine a copy of what
-# each call finished, under the WORK's line id (WORK/line_id, made once and carried with the WORK): every finished stage
-# (the weights of the last one only) and a part-trained stage's state with the suite it resumes on. A call whose WORK is an older copy of the same
-# line (one carried onto the machine again after a call there went further) takes those back from the keep first and
-# says so, rather than training them again; a WORK of another line, or a fresh one, takes nothing.
+# each call finished, under the WORK's line id (WORK/line_id, made once and carried with the WORK): every finished
+# stage (the weights of the last one only) and a part-trained stage's state with the suite it resumes on. A call whose
+# WORK is an older copy of the same line (one carried onto the machine again after a call there went further) takes
+# those back from the keep first and says so, rather than training them again; a WORK of another line, or a fresh
+# one, takes nothing.
 # PACK_TO=DIR also writes each stage as it finishes as DIR/STAGE.tar.part00, 01, ... (pieces of at most 15 MiB, for a
 # machine whose results come back in size-limited files); `cat DIR/STAGE.tar.part* | tar xf - -C WORK` restores it;
 # the final comparison's reproduction.json (and with CHECK=score the full_scores.json it read) is copied there too,
