@@ -256,6 +256,18 @@ def test_an_older_copy_of_the_line_carried_onto_the_machine_again_takes_what_the
     assert "keep" not in off.stdout and "stage run10 " in off.stdout and "--resume" not in trains()[-1]
 
 
+def test_the_status_plans_a_session_to_end_on_the_last_stage_its_calls_finish(tmp_path: Path) -> None:
+    """run12 687 s, run13a 393 s, run13b 215 s at 7 steps/s: three calls of 560 s after 130 s of start finish run13b."""
+    run, work, _ = chain_runner(tmp_path)
+    assert run("--seed", "run11b", str(seed_checkpoint(tmp_path, "v4"))).returncode == 0
+    plan = run("--status", RATE64="7", SESSION_SECONDS="1800").stdout.splitlines()[-1]
+    assert plan.endswith("3 calls end on run13b (END_WITH=run13b)"), plan
+    assert "end on run13a" in run("--status", SESSION_SECONDS="1800").stdout  # at an H200's 5.5 steps/s
+    short = run("--status", RATE64="7", SESSION_SECONDS="600").stdout
+    assert "no stage finishes (run12 needs ≈ 687 s)" in short
+    assert "a session of" not in run("--status").stdout  # planned only when asked
+
+
 def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:
     run, work, log = chain_runner(tmp_path, UNTIL="run14")
     ckpt = seed_checkpoint(tmp_path, "v5")

@@ -99,6 +99,12 @@ RATE64=${RATE64:-5.5}     # --status's planning rates: steps/s at batch 64 and 1
 # benchmarks/logs/h100_full_call4.log: RATE64=7 plans for one)
 RATE128=${RATE128:-3.8}
 STAGE_SETUP=${STAGE_SETUP:-30}
+# --status with SESSION_SECONDS=N also plans a session of N device-seconds: SESSION_START of them go to the machine's
+# start and the transfers (≈ 130-150 s in the sessions of benchmarks/logs/h200_full_call*.log and h100_full_call*.log),
+# CALL_OUTSIDE to each call's own start, and the calls run CALL_SECONDS each (560 when unset), the pieces as above
+SESSION_SECONDS=${SESSION_SECONDS:-0}
+SESSION_START=${SESSION_START:-130}
+CALL_OUTSIDE=${CALL_OUTSIDE:-10}
 CHECK=${CHECK:-build}
 UNTIL=${UNTIL:-run22f}
 AGAINST=${AGAINST:-}
@@ -211,7 +217,7 @@ if [ "${2:-}" = --status ]; then
   # default from nothing" and after: 5.2-6.5 steps/s at batch 64, 3.5-4.1 at run9's 128) plus its set-up, and the sum
   # to it, so that a session's last call can be planned to end where a stage ends: a stage cut by the session's end
   # starts over on the next machine (its optimiser state, ≈ 190 MB, does not fit a carry).
-  beyond= total=0
+  beyond= total=0 todo=() todo_secs=()
   for s in "${STAGES[@]}"; do
     stage "$s"
     state="to do"; [ -f "$W/chain/$s/DONE" ] && state=done
@@ -226,6 +232,7 @@ if [ "${2:-}" = --status ]; then
       secs=$(awk -v n="$([ "$STOP_AT" != 0 ] && echo "$STOP_AT" || echo "$STEPS")" -v r="$rate" -v o="$STAGE_SETUP" \
              'BEGIN { printf "%d", n / r + o + 0.5 }')
       total=$(( total + secs ))
+      todo+=("$s"); todo_secs+=("$secs")
       since=; [ "$state" = "in progress" ] && since=" from its start"
       eta=" ≈ $secs s$since at $rate steps/s, $total s to its end"
     fi
@@ -234,6 +241,26 @@ if [ "${2:-}" = --status ]; then
   [ -f "$W/default_cache.h5" ] && echo "cache: built ($W/default_cache.h5)" || echo "cache: to do"
   [ "$CHECK" = score ] && { [ -f "$CHECKED" ] && echo "full-configuration scores: done ($CHECKED)" || echo "full-configuration scores: to do"; }
   [ ! -f "$CHECKED" ] && echo "left: ≈ $(( total + CHECK_SECONDS )) s of one GPU (stages $total s, the $CHECK_NAME $CHECK_SECONDS s; RATE64=$RATE64 RATE128=$RATE128 STAGE_SETUP=$STAGE_SETUP)"
+  if [ "$SESSION_SECONDS" -gt 0 ] && [ ${#todo[@]} -gt 0 ]; then
+    # the calls of one session, piece by piece as the loop below takes them (a stage in progress counted from its
+    # start: its state may not be on the session's machine); the last stage that finishes is the one to END_WITH
+    per_call=$CALL_SECONDS; [ "$per_call" -gt 0 ] || per_call=560
+    avail=$(( SESSION_SECONDS - SESSION_START )) i=0 rem=${todo_secs[0]} ends= calls=0
+    while (( i < ${#todo[@]} )); do
+      call=$per_call; (( avail - CALL_OUTSIDE < call )) && call=$(( avail - CALL_OUTSIDE ))
+      (( call >= MIN_PIECE + PIECE_OVERHEAD )) || break
+      avail=$(( avail - call - CALL_OUTSIDE )) calls=$(( calls + 1 )) left=$call
+      while (( i < ${#todo[@]} && left - PIECE_OVERHEAD >= MIN_PIECE )); do
+        if (( rem > left - PIECE_OVERHEAD )); then rem=$(( rem - left + PIECE_OVERHEAD )); break; fi
+        left=$(( left - rem - PIECE_OVERHEAD )) ends=${todo[i]} i=$(( i + 1 )) rem=${todo_secs[i]:-0}
+      done
+    done
+    if [ -n "$ends" ]; then
+      echo "a session of $SESSION_SECONDS s ($SESSION_START s the machine's start and transfers, calls of $per_call s and $CALL_OUTSIDE s each): $calls calls end on $ends (END_WITH=$ends)"
+    else
+      echo "a session of $SESSION_SECONDS s ($SESSION_START s the machine's start and transfers, calls of $per_call s and $CALL_OUTSIDE s each): no stage finishes (${todo[0]} needs ≈ ${todo_secs[0]} s)"
+    fi
+  fi
   exit 0
 fi
 # what a fresh machine needs to take the chain on, one path a line: every finished stage's DONE marker and the last
