@@ -254,6 +254,13 @@ def test_an_older_copy_of_the_line_carried_onto_the_machine_again_takes_what_the
     shutil.copytree(tmp_path / "older", work)
     off = run(KEEP="")  # the keep turned off: the older copy trains run10 again
     assert "keep" not in off.stdout and "stage run10 " in off.stdout and "--resume" not in trains()[-1]
+    (tmp_path / "a_file").write_text("")  # a keep that cannot be written: said, and the stage still finishes and packs
+    stop.touch()
+    cut = run(KEEP=str(tmp_path / "a_file/keep"), PACK_TO=str(tmp_path / "packs"))  # a piece of run11a, cut
+    assert cut.returncode == 0 and "part-trained state could not be kept" in cut.stdout, cut.stderr
+    done = run(KEEP=str(tmp_path / "a_file/keep"), PACK_TO=str(tmp_path / "packs"))
+    assert done.returncode == 0 and "stage run11a could not be kept" in done.stdout, done.stderr
+    assert (work / "chain/run11a/DONE").exists() and (tmp_path / "packs/run11a.tar.part00").exists()
 
 
 def test_the_status_plans_a_session_to_end_on_the_last_stage_its_calls_finish(tmp_path: Path) -> None:

@@ -307,21 +307,26 @@ resumes() {
 
 # the keep: what this machine finished of WORK's line, in KEEP/LINE_ID (chain/STAGE as in WORK, ckpt/ with STAGE)
 kept() { echo "$KEEP/$(cat "$W/line_id")"; }
+# (a keep that cannot be written is reported and left: the call's own work, and its packing, go on without it)
 keep_stage() {  # stage $1 finished: keep it whole, and only the markers of the stages before it
   [ -n "$KEEP" ] || return 0
   local K s; K=$(kept)
-  mkdir -p "$K/chain"
-  rm -rf "$K/chain/$1.part" "$K/ckpt"
-  cp -a "$W/chain/$1" "$K/chain/$1.part" && rm -rf "$K/chain/$1" && mv "$K/chain/$1.part" "$K/chain/$1"
-  for s in "${STAGES[@]}"; do [ "$s" = "$1" ] && break; rm -rf "$K/chain/$s/plain"; done
+  if mkdir -p "$K/chain" 2>/dev/null && rm -rf "$K/chain/$1.part" "$K/ckpt" && cp -a "$W/chain/$1" "$K/chain/$1.part" \
+      && rm -rf "$K/chain/$1" && mv "$K/chain/$1.part" "$K/chain/$1"; then
+    for s in "${STAGES[@]}"; do [ "$s" = "$1" ] && break; rm -rf "$K/chain/$s/plain"; done
+  else
+    echo "[reproduce_default] (stage $1 could not be kept in $K; going on without the keep)"
+  fi
 }
 keep_part() {  # stage $1 stopped by time: keep its state (a copy: the trainer rewrites its files in place), and the
   [ -n "$KEEP" ] || return 0  # suite it reads on resuming (the same every stage: make_suite --seed 0)
   local K; K=$(kept)
-  mkdir -p "$K"
-  [ -f "$K/suite/manifest.json" ] || { rm -rf "$K/suite"; cp -a "$W/suite" "$K/suite"; }
-  rm -rf "$K/ckpt.part"
-  cp -a "$W/ckpt" "$K/ckpt.part" && echo "$1" > "$K/ckpt.part/STAGE" && rm -rf "$K/ckpt" && mv "$K/ckpt.part" "$K/ckpt"
+  if mkdir -p "$K" 2>/dev/null && { [ -f "$K/suite/manifest.json" ] || { rm -rf "$K/suite" && cp -a "$W/suite" "$K/suite"; }; } \
+      && rm -rf "$K/ckpt.part" && cp -a "$W/ckpt" "$K/ckpt.part" && echo "$1" > "$K/ckpt.part/STAGE" \
+      && rm -rf "$K/ckpt" && mv "$K/ckpt.part" "$K/ckpt"; then
+    return 0
+  fi
+  echo "[reproduce_default] (stage $1's part-trained state could not be kept in $K; going on without the keep)"
 }
 # before a call's work: the stages, and a part-trained stage's state, that the keep has and WORK lacks
 restore_kept() {
