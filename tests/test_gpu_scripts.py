@@ -273,6 +273,8 @@ def test_the_status_plans_a_session_to_end_on_the_last_stage_its_calls_finish(tm
     short = run("--status", RATE64="7", SESSION_SECONDS="600").stdout
     assert "no stage finishes (run12 needs ≈ 687 s)" in short
     assert "a session of" not in run("--status").stdout  # planned only when asked
+    # 2,100 s: a fourth call would take run14 only part of the way, so the session still ends on run13b in three
+    assert run("--status", RATE64="7", SESSION_SECONDS="2100").stdout.splitlines()[-1].endswith("3 calls end on run13b (END_WITH=run13b)")
 
 
 def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_the_stages_after_it(tmp_path: Path) -> None:

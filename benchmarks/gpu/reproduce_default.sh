@@ -245,18 +245,18 @@ if [ "${2:-}" = --status ]; then
     # the calls of one session, piece by piece as the loop below takes them (a stage in progress counted from its
     # start: its state may not be on the session's machine); the last stage that finishes is the one to END_WITH
     per_call=$CALL_SECONDS; [ "$per_call" -gt 0 ] || per_call=560
-    avail=$(( SESSION_SECONDS - SESSION_START )) i=0 rem=${todo_secs[0]} ends= calls=0
+    avail=$(( SESSION_SECONDS - SESSION_START )) i=0 rem=${todo_secs[0]} ends= calls=0 ends_calls=0
     while (( i < ${#todo[@]} )); do
       call=$per_call; (( avail - CALL_OUTSIDE < call )) && call=$(( avail - CALL_OUTSIDE ))
       (( call >= MIN_PIECE + PIECE_OVERHEAD )) || break
       avail=$(( avail - call - CALL_OUTSIDE )) calls=$(( calls + 1 )) left=$call
       while (( i < ${#todo[@]} && left - PIECE_OVERHEAD >= MIN_PIECE )); do
         if (( rem > left - PIECE_OVERHEAD )); then rem=$(( rem - left + PIECE_OVERHEAD )); break; fi
-        left=$(( left - rem - PIECE_OVERHEAD )) ends=${todo[i]} i=$(( i + 1 )) rem=${todo_secs[i]:-0}
+        left=$(( left - rem - PIECE_OVERHEAD )) ends=${todo[i]} ends_calls=$calls i=$(( i + 1 )) rem=${todo_secs[i]:-0}
       done
     done
     if [ -n "$ends" ]; then
-      echo "a session of $SESSION_SECONDS s ($SESSION_START s the machine's start and transfers, calls of $per_call s and $CALL_OUTSIDE s each): $calls calls end on $ends (END_WITH=$ends)"
+      echo "a session of $SESSION_SECONDS s ($SESSION_START s the machine's start and transfers, calls of $per_call s and $CALL_OUTSIDE s each): $ends_calls calls end on $ends (END_WITH=$ends)"
     else
       echo "a session of $SESSION_SECONDS s ($SESSION_START s the machine's start and transfers, calls of $per_call s and $CALL_OUTSIDE s each): no stage finishes (${todo[0]} needs ≈ ${todo_secs[0]} s)"
     fi
