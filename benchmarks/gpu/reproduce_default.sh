@@ -308,11 +308,13 @@ resumes() {
 # the keep: what this machine finished of WORK's line, in KEEP/LINE_ID (chain/STAGE as in WORK, ckpt/ with STAGE)
 kept() { echo "$KEEP/$(cat "$W/line_id")"; }
 # (a keep that cannot be written is reported and left: the call's own work, and its packing, go on without it)
+copy_over() {  # $1 copied to $2 in place of what $2 held, through $2.part, so that a copy cut short replaces nothing
+  rm -rf "$2.part" && cp -a "$1" "$2.part" && rm -rf "$2" && mv "$2.part" "$2"
+}
 keep_stage() {  # stage $1 finished: keep it whole, and only the markers of the stages before it
   [ -n "$KEEP" ] || return 0
   local K s; K=$(kept)
-  if mkdir -p "$K/chain" 2>/dev/null && rm -rf "$K/chain/$1.part" "$K/ckpt" && cp -a "$W/chain/$1" "$K/chain/$1.part" \
-      && rm -rf "$K/chain/$1" && mv "$K/chain/$1.part" "$K/chain/$1"; then
+  if mkdir -p "$K/chain" 2>/dev/null && rm -rf "$K/ckpt" && copy_over "$W/chain/$1" "$K/chain/$1"; then
     for s in "${STAGES[@]}"; do [ "$s" = "$1" ] && break; rm -rf "$K/chain/$s/plain"; done
   else
     echo "[reproduce_default] (stage $1 could not be kept in $K; going on without the keep)"
@@ -321,17 +323,18 @@ keep_stage() {  # stage $1 finished: keep it whole, and only the markers of the 
 keep_part() {  # stage $1 stopped by time: keep its state (a copy: the trainer rewrites its files in place), and the
   [ -n "$KEEP" ] || return 0  # suite it reads on resuming (the same every stage: make_suite --seed 0)
   local K; K=$(kept)
-  if mkdir -p "$K" 2>/dev/null && { [ -f "$K/suite/manifest.json" ] || { rm -rf "$K/suite" && cp -a "$W/suite" "$K/suite"; }; } \
-      && rm -rf "$K/ckpt.part" && cp -a "$W/ckpt" "$K/ckpt.part" && echo "$1" > "$K/ckpt.part/STAGE" \
-      && rm -rf "$K/ckpt" && mv "$K/ckpt.part" "$K/ckpt"; then
+  # (STAGE is written after the copy: a state cut short before it is never taken back)
+  if mkdir -p "$K" 2>/dev/null && { [ -f "$K/suite/manifest.json" ] || copy_over "$W/suite" "$K/suite"; } \
+      && copy_over "$W/ckpt" "$K/ckpt" && echo "$1" > "$K/ckpt/STAGE"; then
     return 0
   fi
   echo "[reproduce_default] (stage $1's part-trained state could not be kept in $K; going on without the keep)"
 }
 # before a call's work: the stages, and a part-trained stage's state, that the keep has and WORK lacks
 restore_kept() {
-  [ -n "$KEEP" ] && [ -d "$(kept)" ] || return 0
+  [ -n "$KEEP" ] || return 0
   local K s S got=; K=$(kept)
+  [ -d "$K" ] || return 0
   for s in "${STAGES[@]}"; do
     if [ -f "$K/chain/$s/DONE" ] && [ ! -f "$W/chain/$s/DONE" ]; then
       rm -rf "$W/chain/$s"; cp -a "$K/chain/$s" "$W/chain/$s"; got="$got $s"
