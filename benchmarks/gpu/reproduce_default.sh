@@ -95,8 +95,8 @@ MIN_PIECE=${MIN_PIECE:-60}
 BUILD_SECONDS=${BUILD_SECONDS:-450}
 SCORE_SECONDS=${SCORE_SECONDS:-120}
 RATE64=${RATE64:-5.5}     # --status's planning rates: steps/s at batch 64 and 128, and a stage's set-up in s
-# (one H200's; an H100 trained the batch-64 stages run11a and run11b at 6.9-7.3 steps/s,
-# benchmarks/logs/h100_full_call4.log: RATE64=7 plans for one)
+# (one H200's. H100s differ: one trained run11a and run11b at 6.9-7.3 steps/s, benchmarks/logs/h100_full_call4.log,
+# another run12 at 5.5-5.7, h100_full_call{6,7}.log; the default plans for the slower)
 RATE128=${RATE128:-3.8}
 STAGE_SETUP=${STAGE_SETUP:-30}
 # --status with SESSION_SECONDS=N also plans a session of N device-seconds: SESSION_START of them go to the machine's
