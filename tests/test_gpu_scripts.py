@@ -269,7 +269,7 @@ def test_the_status_plans_a_session_to_end_on_the_last_stage_its_calls_finish(tm
     assert run("--seed", "run11b", str(seed_checkpoint(tmp_path, "v4"))).returncode == 0
     plan = run("--status", RATE64="7", SESSION_SECONDS="1800").stdout.splitlines()[-1]
     assert plan.endswith("3 calls end on run13b (END_WITH=run13b)"), plan
-    assert "end on run13a" in run("--status", SESSION_SECONDS="1800").stdout  # at an H200's 5.5 steps/s
+    assert "end on run13a" in run("--status", SESSION_SECONDS="1800").stdout  # at the default 5.4 steps/s
     short = run("--status", RATE64="7", SESSION_SECONDS="600").stdout
     assert "no stage finishes (run12 needs ≈ 687 s)" in short
     assert "a session of" not in run("--status").stdout  # planned only when asked
@@ -293,10 +293,10 @@ def test_the_reproduction_chain_seeded_from_a_committed_checkpoint_trains_only_t
     assert again.returncode == 2 and "already holds stages" in again.stderr and not (work / "chain/run11b/plain").exists()
     status = run("--status").stdout
     assert status.count("seeded (not trained here)") == 5 and "run13a: to do" in status
-    # the time left, stage by stage, at the planning rates: 2,539 / 5.5 + 30, then 1,292 and 1,800 steps, then the build
-    assert "run13a: to do (from run12, 4600 steps, cut at step 2539, lr 7e-4) ≈ 492 s at 5.5 steps/s, 492 s to its end" in status
-    assert "run14: to do (from run13b, 1800 steps, lr 3.5e-4) ≈ 357 s at 5.5 steps/s, 1114 s to its end" in status
-    assert "left: ≈ 1564 s of one GPU (stages 1114 s, the build 450 s;" in status and "run12: seeded" in status
+    # the time left, stage by stage, at the planning rates: 2,539 / 5.4 + 30, then 1,292 and 1,800 steps, then the build
+    assert "run13a: to do (from run12, 4600 steps, cut at step 2539, lr 7e-4) ≈ 500 s at 5.4 steps/s, 500 s to its end" in status
+    assert "run14: to do (from run13b, 1800 steps, lr 3.5e-4) ≈ 363 s at 5.4 steps/s, 1132 s to its end" in status
+    assert "left: ≈ 1582 s of one GPU (stages 1132 s, the build 450 s;" in status and "run12: seeded" in status
     fresh = run("--status", work=tmp_path / "fresh", RATE128="4", STAGE_SETUP="0").stdout
     assert "run9: to do (from nothing, 3000 steps, lr 2e-3) ≈ 750 s at 4 steps/s, 750 s to its end" in fresh
     travel = run("--travel").stdout.split()
