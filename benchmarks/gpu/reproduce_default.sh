@@ -103,7 +103,9 @@ RATE128=${RATE128:-3.8}
 STAGE_SETUP=${STAGE_SETUP:-30}
 # --status with SESSION_SECONDS=N also plans a session of N device-seconds: SESSION_START of them go to the machine's
 # start and the transfers (≈ 130-150 s in the sessions of benchmarks/logs/h200_full_call*.log and h100_full_call*.log),
-# CALL_OUTSIDE to each call's own start, and the calls run CALL_SECONDS each (560 when unset), the pieces as above
+# CALL_OUTSIDE to each call's own start, and the calls run CALL_SECONDS each (560 when unset), the pieces as above.
+# N is the device time left once a machine is got: a request that finds none has cost 15-180 s (466 s in all before
+# benchmarks/logs/h100_full_call6.log), so plan again with what is left before choosing the last call's END_WITH.
 SESSION_SECONDS=${SESSION_SECONDS:-0}
 SESSION_START=${SESSION_START:-130}
 CALL_OUTSIDE=${CALL_OUTSIDE:-10}
