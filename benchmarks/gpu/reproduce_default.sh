@@ -95,10 +95,10 @@ MIN_PIECE=${MIN_PIECE:-60}
 BUILD_SECONDS=${BUILD_SECONDS:-450}
 SCORE_SECONDS=${SCORE_SECONDS:-120}
 RATE64=${RATE64:-5.4}     # --status's planning rates: steps/s at batch 64 and 128, and a stage's set-up in s
-# (the stage sets the rate more than the card does: on H100s run11a and run11b ran at 5.0-7.4 steps/s,
-# benchmarks/logs/h100_full_call4.log, and the stages from run12 on, whose mix adds synth_read and splits digits, at
-# 5.4 over 33 pieces on H100s and H200s alike, 4.0-6.6 each, h100_full_call{6,7}.log, h100_reproduce_seg*_call*.log,
-# h100_reproduce_seeded_call*.log, h{100,200}_chain14_call*.log)
+# (rates vary with the stage and the machine: on H100s run11a and run11b ran at 5.0-7.4 steps/s,
+# benchmarks/logs/h100_full_call{4,5}.log and h100_reproduce_seg11_call*.log, and the stages from run12 on, whose mix
+# adds synth_read and splits digits, at 5.4 over 33 pieces on H100s and H200s alike, 4.0-6.6 each,
+# h100_full_call{6,7}.log, h100_reproduce_seg*_call*.log, h100_reproduce_seeded_call*.log, h{100,200}_chain14_call*.log)
 RATE128=${RATE128:-3.8}
 STAGE_SETUP=${STAGE_SETUP:-30}
 # --status with SESSION_SECONDS=N also plans a session of N device-seconds: SESSION_START of them go to the machine's
