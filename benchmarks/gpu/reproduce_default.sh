@@ -341,14 +341,14 @@ restore_kept() {
   [ -d "$K" ] || return 0
   for s in "${STAGES[@]}"; do
     if [ -f "$K/chain/$s/DONE" ] && [ ! -f "$W/chain/$s/DONE" ]; then
-      rm -rf "$W/chain/$s"; cp -a "$K/chain/$s" "$W/chain/$s"; got="$got $s"
+      copy_over "$K/chain/$s" "$W/chain/$s"; got="$got $s"
     fi
   done
   [ -z "$got" ] || echo "[reproduce_default] taken from this machine's keep ($K), finished here by an earlier call:$got"
   S=$(next_stage)
   if [ -n "$S" ] && [ "$(cat "$K/ckpt/STAGE" 2>/dev/null)" = "$S" ] && ! resumes "$S"; then
-    rm -rf "$W/ckpt"; cp -a "$K/ckpt" "$W/ckpt"; rm "$W/ckpt/STAGE"; echo "$S" > "$W/current_stage"
-    [ -f "$W/suite/manifest.json" ] || { rm -rf "$W/suite"; cp -a "$K/suite" "$W/suite"; }
+    [ -f "$W/suite/manifest.json" ] || copy_over "$K/suite" "$W/suite"
+    copy_over "$K/ckpt" "$W/ckpt"; rm "$W/ckpt/STAGE"; echo "$S" > "$W/current_stage"
     echo "[reproduce_default] taken from this machine's keep: stage $S's part-trained state"
   fi
   return 0
