@@ -215,7 +215,8 @@ def test_a_difference_from_the_committed_cache_split_by_kind(tmp_path: Path, cap
     task = sorted(set(datasets.tolist()))[0]
     in_task = np.flatnonzero(datasets == task)
     requests = tmp_path / "test.jsonl"  # the task's first 100 requests of kind "one", the rest "other"
-    requests.write_text("\n".join(json.dumps({"id": i, "meta": {"question_kind": "one" if r in set(in_task[:100].tolist()) else "other"}})
+    first = set(in_task[:100].tolist())
+    requests.write_text("\n".join(json.dumps({"id": i, "meta": {"question_kind": "one" if r in first else "other"}})
                                   for r, i in enumerate(ids)) + "\n")
     mine = scores.copy()
     mine[in_task[:100]] = 1.0 - np.round(mine[in_task[:100]])
