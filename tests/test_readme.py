@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+#: The training guide the README's model section points to for the options and commands it leaves out.
+TRAINING = (ROOT / "docs" / "TRAINING.md").read_text(encoding="utf-8")
 #: The README sections whose examples this file checks for created inputs and ignored outputs.
 EXAMPLE_SECTIONS = ("Python", "Command line", "The small MolmoE-architecture model behind the default cache")
 OUTPUT_FLAGS = ("--out", "--fit")
@@ -48,10 +50,40 @@ def test_the_readme_says_how_to_run_its_commands() -> None:
 
 
 def test_every_module_the_readme_runs_exists() -> None:
-    modules = set(re.findall(r"python -m ([A-Za-z_][\w.]*)", README))
-    assert {"cache.synthetic", "experiments.train", "experiments.evaluate"} <= modules
+    modules = set(re.findall(r"python -m ([A-Za-z_][\w.]*)", README + TRAINING))
+    assert {"cache.synthetic", "experiments.train", "experiments.evaluate", "experiments.train_model"} <= modules
     missing = sorted(m for m in modules if importlib.util.find_spec(m) is None)
     assert not missing, missing
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_training_guide_matches_the_code() -> None:
+    """docs/TRAINING.md, where the README sends readers for train_model's options and the forms of
+    reproduce_default.sh: the README links it, every option it names is one train_model takes, every
+    script it runs exists, and what its examples write goes to ignored folders."""
+    from experiments.train_model import parse_args
+
+    assert "(docs/TRAINING.md)" in README
+    known = {"--" + a.replace("_", "-") for a in vars(parse_args(["--suite", "s", "--out", "o"]))}
+    options = re.search(r"^## `train_model`'s options\n(.*?)(?=^## )", TRAINING, flags=re.S | re.M)
+    assert options, "docs/TRAINING.md has no section on train_model's options"
+    named = set(re.findall(r"`(--[a-z][a-z-]*)", options.group(1)))
+    assert {"--stop-after", "--print-loss", "--patch-stem"} <= named
+    assert named <= known, f"docs/TRAINING.md names options train_model does not take: {sorted(named - known)}"
+    scripts = set(re.findall(r"benchmarks/gpu/[\w.]+\.sh", TRAINING))
+    assert "benchmarks/gpu/reproduce_default.sh" in scripts
+    assert all((ROOT / s).is_file() for s in scripts), scripts
+    (block, *_) = code_blocks(TRAINING, "bash")
+    outputs = []
+    for argv in commands(block):
+        words = [w for w in argv if "=" not in w or w.startswith("-")]  # drop VAR=value prefixes
+        if words[0] == "bash":
+            outputs.append(words[2])
+        outputs += flag_values(words, "--travel-to")
+    assert len(outputs) >= 8
+    for out in outputs:
+        done = subprocess.run(["git", "check-ignore", "-q", "--no-index", out], cwd=ROOT)
+        assert done.returncode == 0, f"docs/TRAINING.md example output {out} is not in an ignored folder (.gitignore)"
 
 
 def test_examples_create_what_they_read() -> None:
