@@ -813,8 +813,8 @@ class BanditTrainConfig:
         log_every: rounds between rows of ``progress.csv``.
         blas_threads: BLAS threads while training (via ``threadpoolctl`` when installed; no-op
             otherwise). The per-round matrices are small, and multi-threaded OpenBLAS on shared
-            cores is far slower than one thread (measured on the 2-core dev machine under load:
-            scoring 256 contexts × 225 arms took 33 ms with the default threads, 0.6 ms with 1).
+            cores is far slower than one thread (on a loaded 2-core machine, scoring 256 contexts ×
+            225 arms took some fifty times longer with the default threads than with one).
         seed: seed of the run: the env draws and the bandit's own generator (it replaces
             ``bandit.seed``).
     """

@@ -124,8 +124,8 @@ class GRPOConfig:
         group_size: G, rollouts per context (the seeds' fork used 5).
         torch_threads: ``torch.set_num_threads`` while training (restored afterwards). 1 by
             default: with these small MLPs one thread is fastest, and on a shared 2-core machine
-            two threads contending with other processes made a minibatch step 28 ms instead of
-            2.2 ms (measured). Use at most 2 on the project's CPU machines.
+            two threads contending with other processes made a minibatch step more than ten times
+            slower than one thread did. Use at most 2 on the project's CPU machines.
 
     Optimisation:
         lr: Adam learning rate (the seeds' fork used 1e-4).

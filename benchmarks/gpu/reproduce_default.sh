@@ -29,8 +29,8 @@
 # (a stage starts from the one before it only: the earlier stages' plain/ folders can stay behind, their DONE markers
 # must travel). The stage in progress is named in WORK/current_stage, outside chain/, so that a chain/ copied onto the
 # machine that holds a part-trained stage (WORK/ckpt) leaves its resume intact.
-# The stages at batch 64 train eager (COMPILE=0 of train_small_model.sh): on one H200 a compiled step took 158 ms there
-# and an eager one 125 ms (benchmarks/RESULTS.md "Where a training step's time goes"); the originals were compiled,
+# The stages at batch 64 train eager (COMPILE=0 of train_small_model.sh): on one H200 a compiled step was slower than
+# an eager one at that batch (benchmarks/RESULTS.md "Where a training step's time goes"); the originals were compiled,
 # which changes rounding only. CHANNELS_LAST=1 runs every stage's crop stem in channels-last memory format
 # (train_small_model.sh CHANNELS_LAST; the same function, other kernels), for when bench_small_model finds it faster.
 # KEEP=DIR (default ~/.cache/molmoe-gym/reproduce_default; KEEP= turns it off) keeps on the machine a copy of what
