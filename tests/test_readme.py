@@ -44,6 +44,13 @@ def flag_values(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
 
 
+def assert_ignored(outputs: list[str], where: str) -> None:
+    """Each example output is a path git would ignore (check-ignore exits 0), checked without creating it."""
+    for out in outputs:
+        done = subprocess.run(["git", "check-ignore", "-q", "--no-index", out], cwd=ROOT)
+        assert done.returncode == 0, f"{where} example output {out} is not in an ignored folder (.gitignore)"
+
+
 def test_the_readme_says_how_to_run_its_commands() -> None:
     assert ".venv/bin/python -m" in README and "source .venv/bin/activate" in README
     assert "make test" in README and "make demo" in README
@@ -81,9 +88,7 @@ def test_the_training_guide_matches_the_code() -> None:
             outputs.append(words[2])
         outputs += flag_values(words, "--travel-to")
     assert len(outputs) >= 8
-    for out in outputs:
-        done = subprocess.run(["git", "check-ignore", "-q", "--no-index", out], cwd=ROOT)
-        assert done.returncode == 0, f"docs/TRAINING.md example output {out} is not in an ignored folder (.gitignore)"
+    assert_ignored(outputs, "docs/TRAINING.md")
 
 
 def test_examples_create_what_they_read() -> None:
@@ -117,10 +122,7 @@ def test_example_outputs_go_to_ignored_folders() -> None:
         for block in code_blocks(sec, "python"):
             outputs += re.findall(r"build_default_cache\(\"([^\"]+)\"\)", block)
     assert len(outputs) >= 8
-    for out in outputs:
-        # a path git would ignore (check-ignore exits 0), checked without creating it
-        done = subprocess.run(["git", "check-ignore", "-q", "--no-index", out], cwd=ROOT)
-        assert done.returncode == 0, f"README example output {out} is not in an ignored folder (.gitignore)"
+    assert_ignored(outputs, "README")
 
 
 def test_the_design_contract_lives_in_the_repository() -> None:
